@@ -1,0 +1,49 @@
+// pybind11 bindings: construction helpers only. The math is reached from Python through torch.ops.xtc.*, never
+// through these functions, so that tracing, export and torch.compile see dispatcher ops.
+#include <xtc/nn/modules/attention_layers.h>
+#include <xtc/nn/options/attention_layers.h>
+
+#include <torch/csrc/utils/pybind.h>
+#include <torch/python.h>
+
+namespace py = pybind11;
+
+namespace {
+
+// Runs f with torch's translation of c10::Error into Python exceptions (ValueError for TORCH_CHECK_VALUE, ...).
+template <typename F>
+auto with_torch_errors(F&& f) {
+  HANDLE_TH_ERRORS
+  return f();
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "x_transformers_cpp native bindings; the ops themselves live in torch.ops.xtc";
+
+  m.def("option_keys", &xtc::nn::AttentionLayersOptions::keys,
+        "Keys of the serialised AttentionLayers options, e.g. 'heads', 'attn.dim_head'.");
+
+  m.def(
+      "normalize_options",
+      [](const std::string& text) {
+        return with_torch_errors([&] { return xtc::nn::AttentionLayersOptions::parse(text).serialize(); });
+      },
+      py::arg("options"), "Validates 'key=value;...' options and returns them complete, in canonical form.");
+
+  m.def(
+      "parameter_layout",
+      [](const std::string& text) {
+        return with_torch_errors([&] {
+          xtc::nn::AttentionLayers layers(xtc::nn::AttentionLayersOptions::parse(text));
+          std::vector<std::pair<std::string, at::Tensor>> named;
+          for (const auto& item : layers->named_parameters()) named.emplace_back(item.key(), item.value());
+          return named;
+        });
+      },
+      py::arg("options"),
+      "Names and freshly initialised values of the parameters of xtc::nn::AttentionLayers with these options, in "
+      "the order the attention_layers op reads them.");
+}

@@ -1,0 +1,17 @@
+// C++ API of the xtc::attention_layers op: a whole layer stack as one dispatcher op, so that a traced or exported
+// model holds it as one node (shapes stay dynamic) and Python modules hand their own parameters to C++.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+
+namespace xtc::ops {
+
+/// x (b, n, dim); mask (b, n) bool, True = keep; params in AttentionLayers::named_parameters() order; options as
+/// written by AttentionLayersOptions::serialize().
+at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask, at::TensorList params,
+                            const std::string& options, bool training);
+
+}  // namespace xtc::ops

@@ -1,0 +1,397 @@
+// CPU flash attention, forward and backward.
+//
+// Shape legend: b batch, n queries, m keys, h query heads, hk kv heads (query head i reads kv head i % hk),
+// d head dim of q and k, dv head dim of v. q (b, n, h, d), k (b, m, hk, d), v (b, m, hk, dv), read strided.
+//
+// Why this shape of kernel: the logits of one block of queries against one block of keys are made by a small GEMM
+// (the BLAS torch links, see blas.h), turned into probabilities with an online softmax, and folded into the output by a
+// second GEMM, so memory per thread is a block and never n x m. Causality and the sliding window make the visible
+// keys of a query row one contiguous range, so key blocks outside the range of a query block are never visited;
+// key blocks whose padding mask is all False are skipped as well. The backward pass recomputes the logits from the
+// saved row log-sum-exp (FlashAttention-2) and runs one task per (batch, kv head), which owns dk/dv of that head and
+// dq of the query heads reading it, so no two threads write the same row.
+#include "ops/cpu/blas.h"
+#include "ops/flash_attention_checks.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace xtc::ops {
+namespace {
+
+using cpu::gemm;
+using TransposeType = cpu::Trans;
+using Vec = at::vec::Vectorized<float>;
+
+constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kKeyBlock = 128;
+
+/// Everything a block needs to know about visibility and the logit transform, resolved once per call.
+template <typename scalar_t>
+struct AttentionRule {
+  int64_t keys, key_offset, window_left, window_right;
+  bool causal;
+  scalar_t scale, softcap;
+  const float* slopes;  // (h) or nullptr
+  const bool* mask;     // (b, m) contiguous or nullptr
+
+  // Visible key range [lo, hi) of query i from causality and the window (the padding mask is applied per key).
+  void visible_range(int64_t i, int64_t& lo, int64_t& hi) const {
+    const int64_t pos = i + key_offset;
+    lo = window_left >= 0 ? std::max<int64_t>(0, pos - window_left) : 0;
+    int64_t last = keys - 1;
+    if (causal) last = std::min(last, pos);
+    if (window_right >= 0) last = std::min(last, pos + window_right);
+    hi = std::max(lo, last + 1);
+  }
+};
+
+template <typename scalar_t>
+bool block_has_key(const bool* mask_row, int64_t j0, int64_t j1) {
+  if (mask_row == nullptr) return true;
+  return std::any_of(mask_row + j0, mask_row + j1, [](bool keep) { return keep; });
+}
+
+// Logits of rows [i0, i1) against keys [j0, j1) for one head: s = scale * q k^T (+ alibi) (softcapped), with
+// invisible entries set to -inf. `tanh_out` (optional) receives tanh(s / softcap) for the backward chain rule.
+template <typename scalar_t>
+void block_logits(const AttentionRule<scalar_t>& rule, int64_t head, const bool* mask_row, const scalar_t* q,
+                  int64_t q_stride, const scalar_t* k, int64_t k_stride, int64_t head_dim, int64_t i0, int64_t i1,
+                  int64_t j0, int64_t j1, scalar_t* logits, scalar_t* tanh_out) {
+  const int64_t rows = i1 - i0, cols = j1 - j0;
+  gemm(TransposeType::Yes, TransposeType::No, cols, rows, head_dim, rule.scale, k, k_stride, q,
+       q_stride, scalar_t(0), logits, cols);
+  const scalar_t slope = rule.slopes != nullptr ? static_cast<scalar_t>(rule.slopes[head]) : scalar_t(0);
+  const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
+  for (int64_t r = 0; r < rows; ++r) {
+    scalar_t* s = logits + r * cols;
+    const int64_t i = i0 + r;
+    if (slope != 0) {
+      const int64_t pos = i + rule.key_offset;
+      for (int64_t c = 0; c < cols; ++c) s[c] -= slope * static_cast<scalar_t>(std::abs(pos - (j0 + c)));
+    }
+    if (rule.softcap > 0) {
+      scalar_t* t = tanh_out + r * cols;
+      const scalar_t inv = scalar_t(1) / rule.softcap;
+      for (int64_t c = 0; c < cols; ++c) {
+        t[c] = std::tanh(s[c] * inv);
+        s[c] = rule.softcap * t[c];
+      }
+    }
+    int64_t lo, hi;
+    rule.visible_range(i, lo, hi);
+    const int64_t c_lo = std::clamp<int64_t>(lo - j0, 0, cols), c_hi = std::clamp<int64_t>(hi - j0, 0, cols);
+    std::fill(s, s + std::max(c_lo, int64_t(0)), neg_inf);
+    std::fill(s + std::max(c_hi, c_lo), s + cols, neg_inf);
+    if (mask_row != nullptr) {
+      for (int64_t c = c_lo; c < c_hi; ++c)
+        if (!mask_row[j0 + c]) s[c] = neg_inf;
+    }
+  }
+}
+
+// exp(x - shift) in place over n entries, returning their sum; vectorised for float.
+template <typename scalar_t>
+scalar_t exp_shift_sum(scalar_t* x, int64_t n, scalar_t shift) {
+  scalar_t sum = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    x[c] = std::exp(x[c] - shift);
+    sum += x[c];
+  }
+  return sum;
+}
+
+template <>
+float exp_shift_sum<float>(float* x, int64_t n, float shift) {
+  const Vec shift_vec(shift);
+  Vec acc(0.f);
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    const Vec e = (Vec::loadu(x + c) - shift_vec).exp_u20();
+    e.store(x + c);
+    acc = acc + e;
+  }
+  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; c < n; ++c) {
+    x[c] = std::exp(x[c] - shift);
+    sum += x[c];
+  }
+  return sum;
+}
+
+template <typename scalar_t>
+AttentionRule<scalar_t> make_rule(const detail::FlashAttentionSizes& s, bool causal, int64_t window_left,
+                                  int64_t window_right, double softcap, const at::Tensor& slopes,
+                                  const at::Tensor& mask) {
+  return AttentionRule<scalar_t>{s.keys,
+                                 s.key_offset,
+                                 window_left,
+                                 window_right,
+                                 causal,
+                                 static_cast<scalar_t>(s.scale),
+                                 static_cast<scalar_t>(softcap),
+                                 slopes.defined() ? slopes.data_ptr<float>() : nullptr,
+                                 mask.defined() ? mask.data_ptr<bool>() : nullptr};
+}
+
+// The kernels read rows strided; only the innermost (head dim) stride must be 1 for the GEMMs.
+at::Tensor with_unit_inner_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+template <typename scalar_t>
+void forward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scalar_t>& rule, const at::Tensor& q,
+                  const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
+  const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
+  const scalar_t* q_data = q.data_ptr<scalar_t>();
+  const scalar_t* k_data = k.data_ptr<scalar_t>();
+  const scalar_t* v_data = v.data_ptr<scalar_t>();
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+  scalar_t* lse_data = lse.data_ptr<scalar_t>();
+  const int64_t q_sb = q.stride(0), q_sn = q.stride(1), q_sh = q.stride(2);
+  const int64_t k_sb = k.stride(0), k_sn = k.stride(1), k_sh = k.stride(2);
+  const int64_t v_sb = v.stride(0), v_sn = v.stride(1), v_sh = v.stride(2);
+  const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
+
+  at::parallel_for(0, s.batch * h * q_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> logits(kQueryBlock * kKeyBlock), acc(kQueryBlock * dv), row_max(kQueryBlock),
+        row_sum(kQueryBlock);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qb = task % q_blocks, head = (task / q_blocks) % h, batch = task / (q_blocks * h);
+      const int64_t kv_head = head % hk;
+      const int64_t i0 = qb * kQueryBlock, i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
+      const scalar_t* q_ptr = q_data + batch * q_sb + head * q_sh + i0 * q_sn;
+      const scalar_t* k_head = k_data + batch * k_sb + kv_head * k_sh;
+      const scalar_t* v_head = v_data + batch * v_sb + kv_head * v_sh;
+      const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
+      std::fill(acc.begin(), acc.begin() + rows * dv, scalar_t(0));
+      std::fill(row_max.begin(), row_max.end(), neg_inf);
+      std::fill(row_sum.begin(), row_sum.end(), scalar_t(0));
+
+      int64_t lo_first, hi_first, lo_last, hi_last;
+      rule.visible_range(i0, lo_first, hi_first);
+      rule.visible_range(i1 - 1, lo_last, hi_last);
+      const int64_t key_lo = lo_first, key_hi = std::max(hi_first, hi_last);
+      for (int64_t j0 = (key_lo / kKeyBlock) * kKeyBlock; j0 < key_hi; j0 += kKeyBlock) {
+        const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
+        if (!block_has_key<scalar_t>(mask_row, j0, j1)) continue;
+        block_logits(rule, head, mask_row, q_ptr, q_sn, k_head + j0 * k_sn, k_sn, d, i0, i1, j0, j1,
+                     logits.data(), logits.data());
+        bool any_visible = false;
+        for (int64_t r = 0; r < rows; ++r) {
+          scalar_t* p = logits.data() + r * cols;
+          const scalar_t block_max = *std::max_element(p, p + cols);
+          const scalar_t new_max = std::max(row_max[r], block_max);
+          if (new_max == neg_inf) {  // nothing visible yet in this row
+            std::fill(p, p + cols, scalar_t(0));
+            continue;
+          }
+          any_visible = true;
+          const scalar_t rescale = std::exp(row_max[r] - new_max);
+          row_sum[r] = row_sum[r] * rescale + exp_shift_sum(p, cols, new_max);
+          row_max[r] = new_max;
+          if (rescale != scalar_t(1)) {
+            scalar_t* o = acc.data() + r * dv;
+            for (int64_t c = 0; c < dv; ++c) o[c] *= rescale;
+          }
+        }
+        if (!any_visible) continue;
+        gemm(TransposeType::No, TransposeType::No, dv, rows, cols, scalar_t(1),
+             v_head + j0 * v_sn, v_sn, logits.data(), cols, scalar_t(1), acc.data(), dv);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        scalar_t* o = out_data + ((batch * n + i0 + r) * h + head) * dv;
+        const scalar_t* a = acc.data() + r * dv;
+        scalar_t* l = lse_data + (batch * h + head) * n + i0 + r;
+        if (row_sum[r] > 0) {
+          const scalar_t inv = scalar_t(1) / row_sum[r];
+          for (int64_t c = 0; c < dv; ++c) o[c] = a[c] * inv;
+          *l = row_max[r] + std::log(row_sum[r]);
+        } else {
+          std::fill(o, o + dv, scalar_t(0));
+          *l = neg_inf;
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scalar_t>& rule,
+                   const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv_t) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
+  const scalar_t* q_data = q.data_ptr<scalar_t>();
+  const scalar_t* k_data = k.data_ptr<scalar_t>();
+  const scalar_t* v_data = v.data_ptr<scalar_t>();
+  const scalar_t* o_data = out.data_ptr<scalar_t>();
+  const scalar_t* do_data = grad_out.data_ptr<scalar_t>();
+  const scalar_t* lse_data = lse.data_ptr<scalar_t>();
+  scalar_t* dq_data = dq.data_ptr<scalar_t>();
+  scalar_t* dk_data = dk.data_ptr<scalar_t>();
+  scalar_t* dv_data = dv_t.data_ptr<scalar_t>();
+  const int64_t q_sb = q.stride(0), q_sn = q.stride(1), q_sh = q.stride(2);
+  const int64_t k_sb = k.stride(0), k_sn = k.stride(1), k_sh = k.stride(2);
+  const int64_t v_sb = v.stride(0), v_sn = v.stride(1), v_sh = v.stride(2);
+  const int64_t o_sb = out.stride(0), o_sn = out.stride(1), o_sh = out.stride(2);
+  const int64_t g_sb = grad_out.stride(0), g_sn = grad_out.stride(1), g_sh = grad_out.stride(2);
+  // dq (b, n, h, d), dk (b, m, hk, d), dv (b, m, hk, dv), all contiguous.
+  const int64_t dq_sn = h * d, dk_sn = hk * d, dv_sn = hk * dv;
+  const bool softcap = rule.softcap > 0;
+
+  at::parallel_for(0, s.batch * hk, 1, [&](int64_t begin, int64_t end) {
+    const int64_t block = kQueryBlock * kKeyBlock;
+    std::vector<scalar_t> p(block), dp(block), tanh_buf(softcap ? block : 0), delta(kQueryBlock);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t kv_head = task % hk, batch = task / hk;
+      const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
+      const scalar_t* k_head = k_data + batch * k_sb + kv_head * k_sh;
+      const scalar_t* v_head = v_data + batch * v_sb + kv_head * v_sh;
+      scalar_t* dk_head = dk_data + batch * m * dk_sn + kv_head * d;
+      scalar_t* dv_head = dv_data + batch * m * dv_sn + kv_head * dv;
+      for (int64_t head = kv_head; head < h; head += hk) {
+        const scalar_t* lse_row = lse_data + (batch * h + head) * n;
+        for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
+          const int64_t i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
+          const scalar_t* q_ptr = q_data + batch * q_sb + head * q_sh + i0 * q_sn;
+          const scalar_t* g_ptr = do_data + batch * g_sb + head * g_sh + i0 * g_sn;
+          const scalar_t* o_ptr = o_data + batch * o_sb + head * o_sh + i0 * o_sn;
+          scalar_t* dq_ptr = dq_data + (batch * n + i0) * dq_sn + head * d;
+          // delta_i = rowsum(dO_i * O_i): the softmax Jacobian's correction term.
+          for (int64_t r = 0; r < rows; ++r) {
+            scalar_t acc = 0;
+            for (int64_t c = 0; c < dv; ++c) acc += g_ptr[r * g_sn + c] * o_ptr[r * o_sn + c];
+            delta[r] = acc;
+          }
+          int64_t lo_first, hi_first, lo_last, hi_last;
+          rule.visible_range(i0, lo_first, hi_first);
+          rule.visible_range(i1 - 1, lo_last, hi_last);
+          const int64_t key_hi = std::max(hi_first, hi_last);
+          for (int64_t j0 = (lo_first / kKeyBlock) * kKeyBlock; j0 < key_hi; j0 += kKeyBlock) {
+            const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
+            if (!block_has_key<scalar_t>(mask_row, j0, j1)) continue;
+            block_logits(rule, head, mask_row, q_ptr, q_sn, k_head + j0 * k_sn, k_sn, d, i0, i1, j0, j1, p.data(),
+                         tanh_buf.data());
+            bool any_visible = false;
+            for (int64_t r = 0; r < rows; ++r) {
+              scalar_t* pr = p.data() + r * cols;
+              const scalar_t l = lse_row[i0 + r];
+              if (l == -std::numeric_limits<scalar_t>::infinity()) {
+                std::fill(pr, pr + cols, scalar_t(0));
+                continue;
+              }
+              any_visible = true;
+              exp_shift_sum(pr, cols, l);
+            }
+            if (!any_visible) continue;
+            // dV += P^T dO
+            gemm(TransposeType::No, TransposeType::Yes, dv, cols, rows, scalar_t(1), g_ptr, g_sn,
+                 p.data(), cols, scalar_t(1), dv_head + j0 * dv_sn, dv_sn);
+            // dP = dO V^T
+            gemm(TransposeType::Yes, TransposeType::No, cols, rows, dv, scalar_t(1),
+                 v_head + j0 * v_sn, v_sn, g_ptr, g_sn, scalar_t(0), dp.data(), cols);
+            // dS = P * (dP - delta), through the softcap's tanh when on; stored in dp.
+            for (int64_t r = 0; r < rows; ++r) {
+              scalar_t* ds = dp.data() + r * cols;
+              const scalar_t* pr = p.data() + r * cols;
+              for (int64_t c = 0; c < cols; ++c) ds[c] = pr[c] * (ds[c] - delta[r]);
+              if (softcap) {
+                const scalar_t* t = tanh_buf.data() + r * cols;
+                for (int64_t c = 0; c < cols; ++c) ds[c] *= scalar_t(1) - t[c] * t[c];
+              }
+            }
+            // dQ += scale * dS K ; dK += scale * dS^T Q
+            gemm(TransposeType::No, TransposeType::No, d, rows, cols, rule.scale,
+                 k_head + j0 * k_sn, k_sn, dp.data(), cols, scalar_t(1), dq_ptr, dq_sn);
+            gemm(TransposeType::No, TransposeType::Yes, d, cols, rows, rule.scale, q_ptr, q_sn,
+                 dp.data(), cols, scalar_t(1), dk_head + j0 * dk_sn, dk_sn);
+          }
+        }
+      }
+    }
+  });
+}
+
+void check_cpu_inputs(const at::Tensor& q) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
+              "flash_attention (CPU): expected q, k, v of dtype float32 or float64, got ", q.scalar_type());
+}
+
+at::Tensor contiguous_mask(const std::optional<at::Tensor>& mask) {
+  return mask.has_value() ? mask->contiguous() : at::Tensor();
+}
+
+at::Tensor float_slopes(const std::optional<at::Tensor>& slopes) {
+  return slopes.has_value() ? slopes->to(at::kFloat).contiguous() : at::Tensor();
+}
+
+std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const std::optional<at::Tensor>& key_padding_mask, bool causal, std::optional<double> scale,
+    const std::optional<at::Tensor>& alibi_slopes, int64_t window_left, int64_t window_right, double softcap) {
+  const auto sizes = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
+                                                        window_left, window_right, softcap);
+  check_cpu_inputs(q_in);
+  const at::Tensor q = with_unit_inner_stride(q_in), k = with_unit_inner_stride(k_in),
+                   v = with_unit_inner_stride(v_in);
+  const at::Tensor mask = contiguous_mask(key_padding_mask), slopes = float_slopes(alibi_slopes);
+  auto out = at::empty({sizes.batch, sizes.queries, sizes.heads, sizes.value_head_dim}, q.options());
+  auto lse = at::empty({sizes.batch, sizes.heads, sizes.queries}, q.options());
+  if (out.numel() == 0) return {out, lse.fill_(-std::numeric_limits<double>::infinity())};
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "flash_attention_forward_cpu", [&] {
+    const auto rule = make_rule<scalar_t>(sizes, causal, window_left, window_right, softcap, slopes, mask);
+    forward_impl<scalar_t>(sizes, rule, q, k, v, out, lse);
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
+    const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& out_in, const at::Tensor& lse_in, const std::optional<at::Tensor>& key_padding_mask,
+    bool causal, std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes, int64_t window_left,
+    int64_t window_right, double softcap) {
+  const auto sizes = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
+                                                        window_left, window_right, softcap);
+  check_cpu_inputs(q_in);
+  const std::vector<int64_t> out_shape{sizes.batch, sizes.queries, sizes.heads, sizes.value_head_dim};
+  TORCH_CHECK(grad_out_in.sizes() == out_shape && out_in.sizes() == out_shape,
+              "flash_attention_backward: expected grad_out and out of shape ", c10::IntArrayRef(out_shape),
+              ", got ", grad_out_in.sizes(), " and ", out_in.sizes());
+  TORCH_CHECK(lse_in.sizes() == c10::IntArrayRef({sizes.batch, sizes.heads, sizes.queries}),
+              "flash_attention_backward: expected lse of shape (", sizes.batch, ", ", sizes.heads, ", ",
+              sizes.queries, "), got ", lse_in.sizes());
+  const at::Tensor q = with_unit_inner_stride(q_in), k = with_unit_inner_stride(k_in),
+                   v = with_unit_inner_stride(v_in);
+  const at::Tensor grad_out = with_unit_inner_stride(grad_out_in.to(q.scalar_type()));
+  const at::Tensor out = with_unit_inner_stride(out_in.to(q.scalar_type()));
+  const at::Tensor lse = lse_in.to(q.scalar_type()).contiguous();
+  const at::Tensor mask = contiguous_mask(key_padding_mask), slopes = float_slopes(alibi_slopes);
+  auto dq = at::zeros({sizes.batch, sizes.queries, sizes.heads, sizes.head_dim}, q.options());
+  auto dk = at::zeros({sizes.batch, sizes.keys, sizes.kv_heads, sizes.head_dim}, q.options());
+  auto dv = at::zeros({sizes.batch, sizes.keys, sizes.kv_heads, sizes.value_head_dim}, q.options());
+  if (dq.numel() == 0 || dk.numel() == 0) return {dq, dk, dv};
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "flash_attention_backward_cpu", [&] {
+    const auto rule = make_rule<scalar_t>(sizes, causal, window_left, window_right, softcap, slopes, mask);
+    backward_impl<scalar_t>(sizes, rule, grad_out, q, k, v, out, lse, dq, dk, dv);
+  });
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(xtc, CPU, m) {
+  m.impl("flash_attention", &flash_attention_forward_kernel);
+  m.impl("flash_attention_backward", &flash_attention_backward_kernel);
+}
+
+}  // namespace xtc::ops

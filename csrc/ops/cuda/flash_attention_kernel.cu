@@ -1,0 +1,237 @@
+// CUDA kernels of xtc::flash_attention: argument checks, dtype / head-dim dispatch and launches. The kernels
+// themselves live in flash_fwd.cuh / flash_bwd.cuh, instantiated one per file under instantiations/.
+//
+// Shape legend: b batch, h query heads, hk kv heads, n queries, m keys, d head dim of q/k, dv head dim of v.
+//
+// Routing: float16 / bfloat16 with d == dv in {32, 64, 128} run the tensor-core kernels (fp32 accumulation);
+// float32 / float64 run a simple kernel in their own precision (any d, dv <= 256), so a float input is never
+// rounded to 16 bits behind the caller's back. Anything else fails with a message naming the value.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>  // at::cuda::getCurrentCUDAStream without ATen/cuda's cuBLAS/cuSPARSE headers
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "ops/cuda/flash_params.h"
+#include "ops/cuda/static_switch.h"
+#include "ops/flash_attention_checks.h"
+
+namespace xtc::ops {
+
+namespace {
+
+bool is_half_type(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+// The tensor-core kernels copy rows with 16-byte cp.async: the base pointer and every stride must be 16-byte
+// multiples. Anything else (a slice at an odd offset, a non-contiguous last dim) is copied once here.
+at::Tensor with_aligned_rows(const at::Tensor& x) {
+  const int64_t elems_per_16_bytes = 16 / static_cast<int64_t>(x.element_size());
+  bool ok = x.stride(-1) == 1 && reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 == 0;
+  if (is_half_type(x.scalar_type())) {
+    for (int64_t i = 0; i + 1 < x.dim(); ++i) ok = ok && x.stride(i) % elems_per_16_bytes == 0;
+  }
+  return ok ? x : x.contiguous();
+}
+
+// The simple kernels only need a contiguous last dim.
+at::Tensor with_unit_last_stride(const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
+
+at::Tensor prepare_input(const at::Tensor& x) {
+  return is_half_type(x.scalar_type()) ? with_aligned_rows(x) : with_unit_last_stride(x);
+}
+
+void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes& s) {
+  TORCH_CHECK(q.is_cuda(), "flash_attention (CUDA): expected q on a CUDA device, got ", q.device());
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(is_half_type(dtype) || dtype == at::kFloat || dtype == at::kDouble,
+              "flash_attention (CUDA): expected q, k, v of dtype float16, bfloat16, float32 or float64, got ",
+              dtype);
+  if (is_half_type(dtype)) {
+    TORCH_CHECK(s.head_dim == 32 || s.head_dim == 64 || s.head_dim == 128,
+                "flash_attention (CUDA): head_dim ", s.head_dim, " is not supported for ", dtype,
+                "; expected 32, 64 or 128 (float32/float64 inputs take a slower kernel for head dims up to ",
+                cuda::kSimpleMaxHeadDim, ")");
+    TORCH_CHECK(s.value_head_dim == s.head_dim, "flash_attention (CUDA): expected the value head dim to equal ",
+                "the query/key head dim (", s.head_dim, ") for ", dtype, ", got ", s.value_head_dim);
+  } else {
+    TORCH_CHECK(s.head_dim <= cuda::kSimpleMaxHeadDim && s.value_head_dim <= cuda::kSimpleMaxHeadDim,
+                "flash_attention (CUDA): expected head dims <= ", cuda::kSimpleMaxHeadDim, " for ", dtype,
+                ", got q/k ", s.head_dim, " and v ", s.value_head_dim);
+  }
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  TORCH_CHECK(s.batch <= 65535 && s.heads <= 65535,
+              "flash_attention (CUDA): expected batch and heads <= 65535 (grid limits), got batch ", s.batch,
+              " and heads ", s.heads);
+  // Row and key indices (and i + m - n +- window) are 32-bit ints in the kernels.
+  TORCH_CHECK(s.queries + s.keys < kIntMax, "flash_attention (CUDA): expected queries + keys < ", kIntMax,
+              ", got ", s.queries, " + ", s.keys);
+}
+
+// Fills the fields shared by the forward and the backward. Tensors must outlive the launch (callers keep them).
+void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSizes& s, const at::Tensor& q,
+                        const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& mask,
+                        const std::optional<at::Tensor>& slopes, bool causal, int64_t window_left,
+                        int64_t window_right, double softcap) {
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.q_batch_stride = q.stride(0), p.q_row_stride = q.stride(1), p.q_head_stride = q.stride(2);
+  p.k_batch_stride = k.stride(0), p.k_row_stride = k.stride(1), p.k_head_stride = k.stride(2);
+  p.v_batch_stride = v.stride(0), p.v_row_stride = v.stride(1), p.v_head_stride = v.stride(2);
+  p.key_padding_mask = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+  p.mask_batch_stride = mask.has_value() ? mask->stride(0) : 0;
+  p.mask_key_stride = mask.has_value() ? mask->stride(1) : 0;
+  p.alibi_slopes = slopes.has_value() ? slopes->data_ptr<double>() : nullptr;
+  p.batch = static_cast<int>(s.batch), p.queries = static_cast<int>(s.queries), p.keys = static_cast<int>(s.keys);
+  p.heads = static_cast<int>(s.heads), p.kv_heads = static_cast<int>(s.kv_heads);
+  p.head_dim = static_cast<int>(s.head_dim), p.value_head_dim = static_cast<int>(s.value_head_dim);
+  p.key_offset = static_cast<int>(s.key_offset);
+  p.scale = s.scale;
+  p.softcap = softcap;
+  // Fold causal into the right edge of the band: visible iff j <= i + off + min(right, 0).
+  p.has_left = window_left >= 0;
+  p.window_left = static_cast<int>(p.has_left ? std::min<int64_t>(window_left, s.keys + s.queries) : 0);
+  p.has_right = causal || window_right >= 0;
+  int64_t right = causal ? (window_right >= 0 ? std::min<int64_t>(window_right, 0) : 0) : window_right;
+  p.window_right = static_cast<int>(p.has_right ? std::min<int64_t>(right, s.keys + s.queries) : 0);
+}
+
+std::optional<at::Tensor> prepare_slopes(const std::optional<at::Tensor>& alibi_slopes) {
+  if (!alibi_slopes.has_value()) return std::nullopt;
+  // The kernels read the slopes as double, whatever dtype the caller keeps them in.
+  return alibi_slopes->to(at::kDouble).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const std::optional<at::Tensor>& key_padding_mask, bool causal, std::optional<double> scale,
+    const std::optional<at::Tensor>& alibi_slopes, int64_t window_left, int64_t window_right, double softcap) {
+  const auto s = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
+                                                    window_left, window_right, softcap);
+  check_cuda_route(q_in, s);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+
+  const auto dtype = q_in.scalar_type();
+  at::Tensor out = at::empty({s.batch, s.queries, s.heads, s.value_head_dim}, q_in.options());
+  at::Tensor lse = at::empty({s.batch, s.heads, s.queries}, q_in.options().dtype(detail::lse_dtype(dtype)));
+  if (out.numel() == 0) return {out, lse};
+
+  const at::Tensor q = prepare_input(q_in), k = prepare_input(k_in), v = prepare_input(v_in);
+  const auto slopes = prepare_slopes(alibi_slopes);
+  cuda::FlashFwdParams p{};
+  fill_common_params(p, s, q, k, v, key_padding_mask, slopes, causal, window_left, window_right, softcap);
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr();
+  p.o_batch_stride = out.stride(0), p.o_row_stride = out.stride(1), p.o_head_stride = out.stride(2);
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (is_half_type(dtype)) {
+    XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
+      XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] { C10_CUDA_CHECK((cuda::run_flash_fwd<elem_t, kHeadDim>(p, stream))); });
+    });
+  } else if (dtype == at::kFloat) {
+    C10_CUDA_CHECK(cuda::run_flash_fwd_simple<float>(p, stream));
+  } else {
+    C10_CUDA_CHECK(cuda::run_flash_fwd_simple<double>(p, stream));
+  }
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
+    const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& out_in, const at::Tensor& lse_in, const std::optional<at::Tensor>& key_padding_mask,
+    bool causal, std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes, int64_t window_left,
+    int64_t window_right, double softcap) {
+  const auto s = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
+                                                    window_left, window_right, softcap);
+  check_cuda_route(q_in, s);
+  const auto dtype = q_in.scalar_type();
+  const std::vector<int64_t> out_shape{s.batch, s.queries, s.heads, s.value_head_dim};
+  TORCH_CHECK(grad_out_in.sizes() == out_shape, "flash_attention_backward: expected grad_out of shape ",
+              c10::IntArrayRef(out_shape), ", got ", grad_out_in.sizes());
+  TORCH_CHECK(out_in.sizes() == out_shape, "flash_attention_backward: expected out of shape ",
+              c10::IntArrayRef(out_shape), ", got ", out_in.sizes());
+  TORCH_CHECK(out_in.scalar_type() == dtype, "flash_attention_backward: expected out of dtype ", dtype, ", got ",
+              out_in.scalar_type());
+  const std::vector<int64_t> lse_shape{s.batch, s.heads, s.queries};
+  TORCH_CHECK(lse_in.sizes() == lse_shape, "flash_attention_backward: expected lse of shape ",
+              c10::IntArrayRef(lse_shape), ", got ", lse_in.sizes());
+  TORCH_CHECK(lse_in.scalar_type() == detail::lse_dtype(dtype), "flash_attention_backward: expected lse of dtype ",
+              detail::lse_dtype(dtype), ", got ", lse_in.scalar_type());
+  TORCH_CHECK(grad_out_in.device() == q_in.device() && out_in.device() == q_in.device() &&
+                  lse_in.device() == q_in.device(),
+              "flash_attention_backward: expected grad_out, out and lse on ", q_in.device(), ", got ",
+              grad_out_in.device(), ", ", out_in.device(), " and ", lse_in.device());
+  const c10::cuda::CUDAGuard guard(q_in.device());
+
+  const auto acc_dtype = detail::lse_dtype(dtype);  // float, double for double inputs
+  if (s.batch * s.heads * s.queries == 0 || s.keys == 0) {
+    // Nothing to attend: every gradient is an exact zero.
+    return {at::zeros(q_in.sizes(), q_in.options()), at::zeros(k_in.sizes(), k_in.options()),
+            at::zeros(v_in.sizes(), v_in.options())};
+  }
+
+  // autograd may hand a gradient of another dtype (e.g. float for a bf16 output); the kernels read q's dtype.
+  const at::Tensor grad_out = prepare_input(grad_out_in.to(dtype));
+  const at::Tensor q = prepare_input(q_in), k = prepare_input(k_in), v = prepare_input(v_in);
+  const at::Tensor out = prepare_input(out_in);
+  const at::Tensor lse = lse_in.contiguous();
+  const auto slopes = prepare_slopes(alibi_slopes);
+
+  cuda::FlashBwdParams p{};
+  fill_common_params(p, s, q, k, v, key_padding_mask, slopes, causal, window_left, window_right, softcap);
+  p.out = const_cast<void*>(out.data_ptr());
+  p.o_batch_stride = out.stride(0), p.o_row_stride = out.stride(1), p.o_head_stride = out.stride(2);
+  p.lse = const_cast<void*>(lse.data_ptr());
+  p.dout = grad_out.data_ptr();
+  p.do_batch_stride = grad_out.stride(0), p.do_row_stride = grad_out.stride(1);
+  p.do_head_stride = grad_out.stride(2);
+
+  const auto acc_options = q.options().dtype(acc_dtype);
+  at::Tensor dq_accum = at::zeros({s.batch, s.queries, s.heads, s.head_dim}, acc_options);
+  p.dq_accum = dq_accum.data_ptr();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  if (is_half_type(dtype)) {
+    at::Tensor dsum = at::empty({s.batch, s.heads, s.queries}, acc_options);
+    at::Tensor dk = at::empty({s.batch, s.keys, s.kv_heads, s.head_dim}, q.options());
+    at::Tensor dv = at::empty({s.batch, s.keys, s.kv_heads, s.value_head_dim}, q.options());
+    p.dsum = dsum.data_ptr();
+    p.dk = dk.data_ptr();
+    p.dv = dv.data_ptr();
+    XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
+      XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] { C10_CUDA_CHECK((cuda::run_flash_bwd<elem_t, kHeadDim>(p, stream))); });
+    });
+    // The kernel accumulates dS K without the softmax scale; it is applied once here, with the cast.
+    return {dq_accum.mul_(s.scale).to(dtype), dk, dv};
+  }
+
+  at::Tensor dk_accum = at::zeros({s.batch, s.keys, s.kv_heads, s.head_dim}, acc_options);
+  at::Tensor dv_accum = at::zeros({s.batch, s.keys, s.kv_heads, s.value_head_dim}, acc_options);
+  p.dk_accum = dk_accum.data_ptr();
+  p.dv_accum = dv_accum.data_ptr();
+  if (dtype == at::kFloat) {
+    C10_CUDA_CHECK(cuda::run_flash_bwd_simple<float>(p, stream));
+  } else {
+    C10_CUDA_CHECK(cuda::run_flash_bwd_simple<double>(p, stream));
+  }
+  return {dq_accum, dk_accum, dv_accum};
+}
+
+}  // namespace
+
+}  // namespace xtc::ops
+
+TORCH_LIBRARY_IMPL(xtc, CUDA, m) {
+  m.impl("flash_attention", TORCH_FN(xtc::ops::flash_attention_forward_kernel));
+  m.impl("flash_attention_backward", TORCH_FN(xtc::ops::flash_attention_backward_kernel));
+}

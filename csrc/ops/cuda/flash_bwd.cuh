@@ -1,0 +1,414 @@
+// Backward kernels of xtc::flash_attention on CUDA.
+//
+// Shape legend: b batch, h query heads, hk kv heads, n queries, m keys, d head dim of q/k, dv head dim of v.
+//
+// Tensor-core kernel (FlashAttention-2 style):
+//   1. D = rowsum(dO * O) per (b, h, query), so dS = P * (dP - D) needs no second pass over the keys.
+//   2. One CTA per (key tile of kBlockN keys, kv head, batch); each warp owns 16 keys and keeps their dK, dV rows
+//      in fp32 registers. The CTA walks every query head of its GQA group and every query tile the band can
+//      reach (double-buffered Q / dO tiles through cp.async), so dK and dV are summed over the group in registers
+//      and written once, without atomics. Working on S^T = K Q^T (keys as rows) puts P^T and dS^T straight into
+//      the A-fragment layout of the dV += P^T dO and dK += dS^T Q products.
+//   3. dQ needs a sum over key tiles that live in different CTAs: dS^T goes through shared memory, each warp
+//      forms a dS K block and adds it with fp32 atomicAdd into dq_accum (b, n, h, d); the host scales and casts.
+// The atomics make dQ non-deterministic in its last bits (the order of fp32 additions varies run to run).
+// A deterministic variant is not offered: it would need a per-key-tile dQ buffer and a reduction pass
+// (m / kBlockN times the dq_accum memory), which costs more than it is worth here.
+//
+// The simple kernel (float / double) recomputes each row's probabilities, one warp per query row, and adds dK and
+// dV with atomics in the accumulation type; it favours exactness over speed.
+#pragma once
+
+#include "flash_fwd.cuh"
+
+namespace xtc::cuda {
+namespace detail {
+
+// D[b, h, i] = sum_c dO[b, i, h, c] * O[b, i, h, c], one warp per (b, i, h) row.
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_dot_do_o_kernel(const FlashBwdParams p) {
+  const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
+  if (row_id >= static_cast<int64_t>(p.batch) * p.queries * p.heads) return;
+  const int lane = threadIdx.x % 32;
+  const int head = static_cast<int>(row_id % p.heads);
+  const int i = static_cast<int>((row_id / p.heads) % p.queries);
+  const int batch = static_cast<int>(row_id / (static_cast<int64_t>(p.heads) * p.queries));
+  const T* dout =
+      static_cast<const T*>(p.dout) + batch * p.do_batch_stride + i * p.do_row_stride + head * p.do_head_stride;
+  const T* out =
+      static_cast<const T*>(p.out) + batch * p.o_batch_stride + i * p.o_row_stride + head * p.o_head_stride;
+  Acc sum = 0;
+  for (int c = lane; c < p.value_head_dim; c += 32) sum += static_cast<Acc>(dout[c]) * static_cast<Acc>(out[c]);
+  sum = warp_sum(sum);
+  if (lane == 0) static_cast<Acc*>(p.dsum)[(static_cast<int64_t>(batch) * p.heads + head) * p.queries + i] = sum;
+}
+
+template <typename T, int kHeadDim, int kBlockM, int kBlockN>
+struct BwdConfig {
+  static constexpr int kNWarps = kBlockN / 16;  // one warp per 16 keys
+  static constexpr int kThreads = 32 * kNWarps;
+  static constexpr int kStride = kHeadDim + 8;  // padded smem rows: conflict-free ldmatrix
+  static constexpr int kDsStride = kBlockM + 8;
+  static constexpr int kTileBytes = static_cast<int>(sizeof(T)) * kStride;
+  static constexpr int kSmemBytes = 2 * kBlockN * kTileBytes                          // K, V
+                                    + 2 * 2 * kBlockM * kTileBytes                    // Q, dO, double-buffered
+                                    + kBlockN * kDsStride * static_cast<int>(sizeof(T))  // dS^T
+                                    + 2 * 2 * kBlockM * static_cast<int>(sizeof(float))  // lse, D
+                                    + kBlockN;                                        // keep flags
+  static_assert(kHeadDim % 16 == 0 && kBlockM % 16 == 0 && kBlockN % 16 == 0, "tiles are mma multiples");
+};
+
+template <typename T, int kHeadDim, int kBlockM, int kBlockN>
+__global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdParams p) {
+  using Cfg = BwdConfig<T, kHeadDim, kBlockM, kBlockN>;
+  constexpr int kD = kHeadDim, kNWarps = Cfg::kNWarps, kThreads = Cfg::kThreads;
+  constexpr int kStride = Cfg::kStride, kDsStride = Cfg::kDsStride;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + kBlockN * kStride;
+  T* sQ = sV + kBlockN * kStride;    // [2][kBlockM][kStride]
+  T* sdO = sQ + 2 * kBlockM * kStride;  // [2][kBlockM][kStride]
+  T* sdS = sdO + 2 * kBlockM * kStride;  // [kBlockN][kDsStride], dS^T
+  float* sLse = reinterpret_cast<float*>(sdS + kBlockN * kDsStride);  // [2][kBlockM], log2 units
+  float* sD = sLse + 2 * kBlockM;                                       // [2][kBlockM]
+  bool* sKeep = reinterpret_cast<bool*>(sD + 2 * kBlockM);
+
+  const int n_block = blockIdx.x, kv_head = blockIdx.y, batch = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane >> 2, t = lane & 3;
+  const int key0 = n_block * kBlockN;
+  const int key_last = min(key0 + kBlockN, p.keys) - 1;
+  const int kw0 = warp * 16;  // this warp's first key row within the tile
+
+  // The key tile is fixed for the CTA, so its padding flags are read once.
+  const bool* keep = p.key_padding_mask ? p.key_padding_mask + batch * p.mask_batch_stride : nullptr;
+  bool kept = true;
+  if (tid < kBlockN) {
+    const int j = key0 + tid;
+    kept = j < p.keys && (keep == nullptr || keep[j * p.mask_key_stride]);
+    sKeep[tid] = kept;
+  }
+  const bool any_kept = __syncthreads_or(tid < kBlockN && kept);
+  const bool all_kept = __syncthreads_and(kept);
+
+  // Queries whose band reaches this key tile: j <= i + off + right  <=>  i >= j - off - right, and
+  // j >= i + off - left  <=>  i <= j - off + left.
+  int q_begin = 0, q_end = p.queries;
+  if (p.has_right) q_begin = max(0, key0 - p.key_offset - p.window_right);
+  if (p.has_left) q_end = min(p.queries, key_last - p.key_offset + p.window_left + 1);
+  const int qt_begin = q_begin / kBlockM;
+  const int n_qtiles = q_end > q_begin ? ceil_div(q_end, kBlockM) - qt_begin : 0;
+  const int group = p.heads / p.kv_heads;
+  const int n_iter = any_kept ? group * n_qtiles : 0;  // (group head, query tile) pairs
+
+  const T* k = static_cast<const T*>(p.k) + batch * p.k_batch_stride + kv_head * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + batch * p.v_batch_stride + kv_head * p.v_head_stride;
+  const float* lse = static_cast<const float*>(p.lse);
+  const float* dsum = static_cast<const float*>(p.dsum);
+  float* dq_accum = static_cast<float*>(p.dq_accum);
+
+  auto head_of = [&](int it) { return kv_head + (it / n_qtiles) * p.kv_heads; };
+  auto q0_of = [&](int it) { return (qt_begin + it % n_qtiles) * kBlockM; };
+  auto load_query_tile = [&](int it, int buf) {
+    const int head = head_of(it), q0 = q0_of(it);
+    const T* q = static_cast<const T*>(p.q) + batch * p.q_batch_stride + head * p.q_head_stride;
+    const T* dout = static_cast<const T*>(p.dout) + batch * p.do_batch_stride + head * p.do_head_stride;
+    load_tile_async<T, kBlockM, kD, kThreads>(sQ + buf * kBlockM * kStride, q, p.q_row_stride, q0, p.queries, tid);
+    load_tile_async<T, kBlockM, kD, kThreads>(sdO + buf * kBlockM * kStride, dout, p.do_row_stride, q0, p.queries,
+                                              tid);
+    const int64_t stats = (static_cast<int64_t>(batch) * p.heads + head) * p.queries;
+    for (int r = tid; r < kBlockM; r += kThreads) {
+      const int row = q0 + r;
+      // +inf for rows past n and rows that saw no key (lse = -inf): exp2(x - inf) = 0 gives P = 0 there.
+      float lse2 = INFINITY, d = 0.f;
+      if (row < p.queries) {
+        const float l = lse[stats + row];
+        lse2 = l == -INFINITY ? INFINITY : l * kLog2e;
+        d = dsum[stats + row];
+      }
+      sLse[buf * kBlockM + r] = lse2;
+      sD[buf * kBlockM + r] = d;
+    }
+  };
+
+  load_tile_async<T, kBlockN, kD, kThreads>(sK, k, p.k_row_stride, key0, p.keys, tid);
+  load_tile_async<T, kBlockN, kD, kThreads>(sV, v, p.v_row_stride, key0, p.keys, tid);
+  if (n_iter > 0) load_query_tile(0, 0);
+  cp_async_commit();
+
+  float acc_dk[kD / 8][4], acc_dv[kD / 8][4];
+#pragma unroll
+  for (int i = 0; i < kD / 8; ++i) {
+    acc_dk[i][0] = acc_dk[i][1] = acc_dk[i][2] = acc_dk[i][3] = 0.f;
+    acc_dv[i][0] = acc_dv[i][1] = acc_dv[i][2] = acc_dv[i][3] = 0.f;
+  }
+
+  for (int it = 0; it < n_iter; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < n_iter) load_query_tile(it + 1, buf ^ 1);  // overlaps this tile's math
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const int head = head_of(it), q0 = q0_of(it);
+    const T* cQ = sQ + buf * kBlockM * kStride;
+    const T* cdO = sdO + buf * kBlockM * kStride;
+    const float* cLse = sLse + buf * kBlockM;
+    const float* cD = sD + buf * kBlockM;
+    const LogitTransform logit = make_logit_transform(p, head);
+
+    // S^T = K Q^T and dP^T = V dO^T: this warp's 16 keys x kBlockM queries.
+    float s[kBlockM / 8][4], dp[kBlockM / 8][4];
+#pragma unroll
+    for (int i = 0; i < kBlockM / 8; ++i) {
+      s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const int a_off = (kw0 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + kk * 16 + (lane / 16) * 8;
+      uint32_t a_k[4], a_v[4];
+      ldmatrix_x4(a_k, smem_addr(sK + a_off));
+      ldmatrix_x4(a_v, smem_addr(sV + a_off));
+#pragma unroll
+      for (int np = 0; np < kBlockM / 16; ++np) {
+        const int b_off = (np * 16 + (lane % 8) + (lane / 16) * 8) * kStride + kk * 16 + ((lane / 8) & 1) * 8;
+        uint32_t b[4];
+        ldmatrix_x4(b, smem_addr(cQ + b_off));
+        mma_16816<T>(s[2 * np], a_k, b[0], b[1]);
+        mma_16816<T>(s[2 * np + 1], a_k, b[2], b[3]);
+        ldmatrix_x4(b, smem_addr(cdO + b_off));
+        mma_16816<T>(dp[2 * np], a_v, b[0], b[1]);
+        mma_16816<T>(dp[2 * np + 1], a_v, b[2], b[3]);
+      }
+    }
+
+    // P = exp(logit - lse), dS = P (dP - D) times d softcap / d logit; s and dp now hold P^T and dS^T.
+    const int q_last = min(q0 + kBlockM, p.queries) - 1;
+    const bool whole_tile = all_kept && (!p.has_left || key0 >= q_last + p.key_offset - p.window_left) &&
+                            (!p.has_right || key0 + kBlockN - 1 <= q0 + p.key_offset + p.window_right);
+#pragma unroll
+    for (int nt = 0; nt < kBlockM / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key_local = kw0 + g + (e >= 2 ? 8 : 0);
+        const int col_local = nt * 8 + 2 * t + (e & 1);
+        const int row = q0 + col_local, key = key0 + key_local;
+        float softcap_tanh;
+        const float x = logit(s[nt][e], row, key, softcap_tanh);
+        float prob = exp2_approx(x - cLse[col_local]);
+        if (!whole_tile && !(sKeep[key_local] && in_band(p, row, key))) prob = 0.f;
+        float ds = prob * (dp[nt][e] - cD[col_local]);
+        if (logit.has_softcap) ds *= 1.f - softcap_tanh * softcap_tanh;
+        s[nt][e] = prob;
+        dp[nt][e] = ds;
+      }
+    }
+
+    // dV += P^T dO, dK += dS^T Q (the scale is applied once, when dK is written).
+#pragma unroll
+    for (int kk = 0; kk < kBlockM / 16; ++kk) {
+      const uint32_t a_p[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                               pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const uint32_t a_ds[4] = {pack2<T>(dp[2 * kk][0], dp[2 * kk][1]), pack2<T>(dp[2 * kk][2], dp[2 * kk][3]),
+                                pack2<T>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                                pack2<T>(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+      for (int dn = 0; dn < kD / 16; ++dn) {
+        const int b_off = (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + dn * 16 + (lane / 16) * 8;
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, smem_addr(cdO + b_off));
+        mma_16816<T>(acc_dv[2 * dn], a_p, b[0], b[1]);
+        mma_16816<T>(acc_dv[2 * dn + 1], a_p, b[2], b[3]);
+        ldmatrix_x4_trans(b, smem_addr(cQ + b_off));
+        mma_16816<T>(acc_dk[2 * dn], a_ds, b[0], b[1]);
+        mma_16816<T>(acc_dk[2 * dn + 1], a_ds, b[2], b[3]);
+      }
+    }
+
+    // dS^T to shared memory, so that warps can regroup by query rows for dQ.
+#pragma unroll
+    for (int nt = 0; nt < kBlockM / 8; ++nt) {
+      *reinterpret_cast<uint32_t*>(sdS + (kw0 + g) * kDsStride + nt * 8 + 2 * t) = pack2<T>(dp[nt][0], dp[nt][1]);
+      *reinterpret_cast<uint32_t*>(sdS + (kw0 + g + 8) * kDsStride + nt * 8 + 2 * t) =
+          pack2<T>(dp[nt][2], dp[nt][3]);
+    }
+    __syncthreads();
+
+    // dQ[q0:q0+kBlockM] += dS K, split over warps in (16 query rows, 16 head dims) items.
+    constexpr int kItems = (kBlockM / 16) * (kD / 16);
+    for (int item = warp; item < kItems; item += kNWarps) {
+      const int mt = item / (kD / 16), dn = item % (kD / 16);
+      float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        uint32_t a[4], b[4];
+        ldmatrix_x4_trans(
+            a, smem_addr(sdS + (kk * 16 + (lane % 8) + (lane / 16) * 8) * kDsStride + mt * 16 + ((lane / 8) & 1) * 8));
+        ldmatrix_x4_trans(
+            b, smem_addr(sK + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + dn * 16 + (lane / 16) * 8));
+        mma_16816<T>(acc[0], a, b[0], b[1]);
+        mma_16816<T>(acc[1], a, b[2], b[3]);
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = q0 + mt * 16 + g + half * 8;
+        if (row >= p.queries) continue;
+        float* dq_row = dq_accum + ((static_cast<int64_t>(batch) * p.queries + row) * p.heads + head) * kD;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          float* dst = dq_row + dn * 16 + j * 8 + 2 * t;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+          atomicAdd(reinterpret_cast<float2*>(dst), make_float2(acc[j][2 * half], acc[j][2 * half + 1]));
+#else
+          atomicAdd(dst, acc[j][2 * half]);
+          atomicAdd(dst + 1, acc[j][2 * half + 1]);
+#endif
+        }
+      }
+    }
+    __syncthreads();  // dS^T and this Q / dO buffer are free for the next iteration's writes
+  }
+  cp_async_wait<0>();  // no copy may outlive the CTA
+
+  // dK, dV rows of this warp; keys that no query saw (padded, outside the band) get exact zeros.
+  const float scale = static_cast<float>(p.scale);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key0 + kw0 + g + 8 * r;
+    if (key >= p.keys) continue;
+    const int64_t offset = ((static_cast<int64_t>(batch) * p.keys + key) * p.kv_heads + kv_head) * kD;
+    T* dk = static_cast<T*>(p.dk) + offset;
+    T* dv = static_cast<T*>(p.dv) + offset;
+#pragma unroll
+    for (int dn = 0; dn < kD / 8; ++dn) {
+      *reinterpret_cast<uint32_t*>(dk + dn * 8 + 2 * t) =
+          pack2<T>(acc_dk[dn][2 * r] * scale, acc_dk[dn][2 * r + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dv + dn * 8 + 2 * t) = pack2<T>(acc_dv[dn][2 * r], acc_dv[dn][2 * r + 1]);
+    }
+  }
+}
+
+// 64 keys (4 warps) per CTA; d = 128 walks 32-query tiles so that the S^T / dP^T fragments (16 keys x kBlockM
+// each) fit beside the 2 x 64 fp32 dK / dV accumulators without spilling.
+template <int kHeadDim>
+struct BwdLaunch {
+  static constexpr int kBlockM = kHeadDim >= 128 ? 32 : 64;
+  static constexpr int kBlockN = 64;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_simple_kernel(const FlashBwdParams p) {
+  const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
+  if (row_id >= static_cast<int64_t>(p.batch) * p.heads * p.queries) return;
+  const int lane = threadIdx.x % 32;
+  const int i = static_cast<int>(row_id % p.queries);
+  const int head = static_cast<int>((row_id / p.queries) % p.heads);
+  const int batch = static_cast<int>(row_id / (static_cast<int64_t>(p.queries) * p.heads));
+  const int kv_head = head % p.kv_heads;
+
+  const T lse = static_cast<const T*>(p.lse)[(static_cast<int64_t>(batch) * p.heads + head) * p.queries + i];
+  if (lse == -INFINITY) return;  // the row saw no key: no gradient flows through it
+
+  const T* q = static_cast<const T*>(p.q) + batch * p.q_batch_stride + i * p.q_row_stride + head * p.q_head_stride;
+  const T* dout =
+      static_cast<const T*>(p.dout) + batch * p.do_batch_stride + i * p.do_row_stride + head * p.do_head_stride;
+  const T* out = static_cast<const T*>(p.out) + batch * p.o_batch_stride + i * p.o_row_stride + head * p.o_head_stride;
+  const T* k = static_cast<const T*>(p.k) + batch * p.k_batch_stride + kv_head * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + batch * p.v_batch_stride + kv_head * p.v_head_stride;
+  const bool* keep = p.key_padding_mask ? p.key_padding_mask + batch * p.mask_batch_stride : nullptr;
+  T* dk_accum = static_cast<T*>(p.dk_accum) + (static_cast<int64_t>(batch) * p.keys * p.kv_heads + kv_head) * p.head_dim;
+  T* dv_accum =
+      static_cast<T*>(p.dv_accum) + (static_cast<int64_t>(batch) * p.keys * p.kv_heads + kv_head) * p.value_head_dim;
+  const T scale = static_cast<T>(p.scale), softcap = static_cast<T>(p.softcap);
+  const T slope = p.alibi_slopes ? static_cast<T>(p.alibi_slopes[head]) : T(0);
+
+  T q_reg[kSimplePerLane], do_reg[kSimplePerLane], dq[kSimplePerLane];
+  T d_partial = 0;
+#pragma unroll
+  for (int c = 0; c < kSimplePerLane; ++c) {
+    const int idx = lane + 32 * c;
+    q_reg[c] = idx < p.head_dim ? q[idx] : T(0);
+    do_reg[c] = idx < p.value_head_dim ? dout[idx] : T(0);
+    if (idx < p.value_head_dim) d_partial += do_reg[c] * out[idx];
+    dq[c] = T(0);
+  }
+  const T d_row = warp_sum(d_partial);
+
+  const int diag = i + p.key_offset;
+  const int j_begin = p.has_left ? max(0, diag - p.window_left) : 0;
+  const int j_end = p.has_right ? min(p.keys, diag + p.window_right + 1) : p.keys;
+  for (int j = j_begin; j < j_end; ++j) {
+    if (keep != nullptr && !keep[j * p.mask_key_stride]) continue;
+    const T* k_row = k + j * p.k_row_stride;
+    const T* v_row = v + j * p.v_row_stride;
+    T dot = 0, dprob = 0;
+#pragma unroll
+    for (int c = 0; c < kSimplePerLane; ++c) {
+      const int idx = lane + 32 * c;
+      if (idx < p.head_dim) dot += q_reg[c] * k_row[idx];
+      if (idx < p.value_head_dim) dprob += do_reg[c] * v_row[idx];
+    }
+    T x = warp_sum(dot) * scale;
+    dprob = warp_sum(dprob);
+    if (p.alibi_slopes) x -= slope * static_cast<T>(abs(diag - j));
+    T dcap = 1;
+    if (p.softcap > 0) {
+      const T th = tanh(x / softcap);
+      x = softcap * th;
+      dcap = 1 - th * th;
+    }
+    const T prob = exp(x - lse);
+    const T ds = prob * (dprob - d_row) * dcap * scale;  // gradient wrt the raw dot product q.k
+#pragma unroll
+    for (int c = 0; c < kSimplePerLane; ++c) {
+      const int idx = lane + 32 * c;
+      if (idx < p.head_dim) {
+        dq[c] += ds * k_row[idx];
+        atomicAdd(dk_accum + static_cast<int64_t>(j) * p.kv_heads * p.head_dim + idx, ds * q_reg[c]);
+      }
+      if (idx < p.value_head_dim)
+        atomicAdd(dv_accum + static_cast<int64_t>(j) * p.kv_heads * p.value_head_dim + idx, prob * do_reg[c]);
+    }
+  }
+  // This warp alone owns the dq row, so a plain store suffices.
+  T* dq_row = static_cast<T*>(p.dq_accum) + ((static_cast<int64_t>(batch) * p.queries + i) * p.heads + head) * p.head_dim;
+#pragma unroll
+  for (int c = 0; c < kSimplePerLane; ++c) {
+    const int idx = lane + 32 * c;
+    if (idx < p.head_dim) dq_row[idx] = dq[c];
+  }
+}
+
+}  // namespace detail
+
+template <typename T, int kHeadDim>
+cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(params.batch) * params.queries * params.heads;
+  const int64_t row_blocks = (rows + detail::kSimpleWarps - 1) / detail::kSimpleWarps;
+  detail::flash_bwd_dot_do_o_kernel<T, float>
+      <<<static_cast<unsigned>(row_blocks), 32 * detail::kSimpleWarps, 0, stream>>>(params);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  using Launch = detail::BwdLaunch<kHeadDim>;
+  using Cfg = detail::BwdConfig<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>;
+  auto kernel = detail::flash_bwd_kernel<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(detail::ceil_div(params.keys, Launch::kBlockN), params.kv_heads, params.batch);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t run_flash_bwd_simple(const FlashBwdParams& params, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(params.batch) * params.heads * params.queries;
+  const int64_t blocks = (rows + detail::kSimpleWarps - 1) / detail::kSimpleWarps;
+  detail::flash_bwd_simple_kernel<T><<<static_cast<unsigned>(blocks), 32 * detail::kSimpleWarps, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace xtc::cuda

@@ -1,0 +1,466 @@
+// Forward kernels of xtc::flash_attention on CUDA, plus the device helpers the backward shares.
+//
+// Shape legend: b batch, h query heads, hk kv heads, n queries, m keys, d head dim of q/k, dv head dim of v.
+//
+// Tensor-core kernel (FlashAttention-2 style): one CTA per (query tile of kBlockM rows, head, batch); each warp
+// owns 16 query rows. The Q tile is staged in shared memory once and kept in registers as mma A fragments; the
+// CTA walks the K/V tiles (kBlockN keys) that the causal/window band can reach, skips tiles whose keys are all
+// padded, and keeps the running row max / row sum of the online softmax in fp32. Products use
+// mma.sync.m16n8k16 (bf16 or fp16 in, fp32 accumulate), fed by ldmatrix from padded shared memory: a 16-byte
+// pad per row makes the 8 row addresses of each ldmatrix hit 8 distinct bank groups for every head dim.
+// Causal, window, ALiBi, softcap and the mask are runtime flags (uniform branches), so only dtype x head dim
+// multiply the instantiations; the per-element visibility test runs only on tiles that straddle a boundary.
+//
+// The simple kernel (float / double) gives one warp per query row and no tensor cores: it exists so that fp32
+// and fp64 inputs are computed exactly, never routed through a low-precision path.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "flash_params.h"
+
+namespace xtc::cuda {
+namespace detail {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+__device__ __forceinline__ uint32_t smem_addr(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+// 16-byte asynchronous copy global -> shared; with valid == false the destination is zero-filled and the source
+// is not read, which is how row tails past n or m become zeros (so 0 * garbage never makes a NaN).
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c (16x8 fp32) += a (16x16, row) * b (16x8, col).
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> one 32-bit register of T pairs; the first value lands in the low half (lower column index),
+// matching the mma fragment layouts.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// 2^x with the hardware approximation (relative error ~2^-22, far below bf16/fp16 rounding); 2^-inf = +0.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Copies rows [row0, row0 + kRows) of a (rows_total, kCols) row-major global matrix into shared memory with row
+// stride kCols + 8 elements; rows past rows_total are zero-filled. Needs 16-byte aligned rows (host ensures).
+template <typename T, int kRows, int kCols, int kThreads>
+__device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t row_stride, int row0, int rows_total,
+                                                int tid) {
+  constexpr int kChunksPerRow = kCols / 8;  // 16-byte chunks of 8 two-byte elements
+  constexpr int kStride = kCols + 8;
+#pragma unroll
+  for (int c = tid; c < kRows * kChunksPerRow; c += kThreads) {
+    const int r = c / kChunksPerRow;
+    const int col = (c % kChunksPerRow) * 8;
+    const bool valid = row0 + r < rows_total;
+    const T* src = valid ? gmem + static_cast<int64_t>(row0 + r) * row_stride + col : gmem;
+    cp_async_16(smem_addr(smem + r * kStride + col), src, valid);
+  }
+}
+
+// Logit of query `row` and key `col` in log2 units, from the raw dot product; softcap_tanh receives
+// tanh(x / softcap) for the backward's chain rule (0 when softcap is off).
+struct LogitTransform {
+  float scale, softcap, inv_softcap, slope;  // slope = 0 when ALiBi is off
+  int key_offset;
+  bool has_alibi, has_softcap;
+
+  __device__ __forceinline__ float operator()(float dot, int row, int col, float& softcap_tanh) const {
+    float x = dot * scale;
+    if (has_alibi) x -= slope * fabsf(static_cast<float>(row + key_offset - col));
+    softcap_tanh = 0.f;
+    if (has_softcap) {
+      softcap_tanh = tanhf(x * inv_softcap);
+      x = softcap * softcap_tanh;
+    }
+    return x * kLog2e;
+  }
+};
+
+__device__ __forceinline__ LogitTransform make_logit_transform(const FlashFwdParams& p, int head) {
+  LogitTransform t;
+  t.scale = static_cast<float>(p.scale);
+  t.has_softcap = p.softcap > 0;
+  t.softcap = static_cast<float>(p.softcap);
+  t.inv_softcap = t.has_softcap ? static_cast<float>(1.0 / p.softcap) : 0.f;
+  t.has_alibi = p.alibi_slopes != nullptr;
+  t.slope = t.has_alibi ? static_cast<float>(p.alibi_slopes[head]) : 0.f;
+  t.key_offset = p.key_offset;
+  return t;
+}
+
+// Band test of the causal / window flags (key padding is tested separately).
+__device__ __forceinline__ bool in_band(const FlashFwdParams& p, int row, int col) {
+  const int diag = row + p.key_offset;
+  return (!p.has_left || col >= diag - p.window_left) && (!p.has_right || col <= diag + p.window_right);
+}
+
+template <typename T, int kHeadDim, int kNWarps, int kBlockN>
+struct FwdConfig {
+  static constexpr int kBlockM = 16 * kNWarps;
+  static constexpr int kThreads = 32 * kNWarps;
+  static constexpr int kStride = kHeadDim + 8;  // padded smem row (elements)
+  static constexpr int kSmemBytes =
+      (kBlockM + 2 * kBlockN) * kStride * static_cast<int>(sizeof(T)) + kBlockN;  // + keep flags
+  static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0, "tiles are multiples of the mma shape");
+  static_assert(kThreads >= kBlockN, "one thread per key scans the padding mask of a tile");
+};
+
+template <typename T, int kHeadDim, int kNWarps, int kBlockN>
+__global__ void __launch_bounds__(32 * kNWarps)
+    flash_fwd_kernel(const FlashFwdParams p) {
+  using Cfg = FwdConfig<T, kHeadDim, kNWarps, kBlockN>;
+  constexpr int kBlockM = Cfg::kBlockM, kThreads = Cfg::kThreads, kStride = Cfg::kStride;
+  constexpr int kD = kHeadDim;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + kBlockM * kStride;
+  T* sV = sK + kBlockN * kStride;
+  bool* sKeep = reinterpret_cast<bool*>(sV + kBlockN * kStride);
+
+  const int m_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+  const int kv_head = head % p.kv_heads;  // x-transformers' (r kvh) head expansion
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane >> 2, t = lane & 3;  // mma fragment coordinates: row group, thread in group
+  const int row0 = m_block * kBlockM;
+  const int row_last = min(row0 + kBlockM, p.queries) - 1;
+
+  // Keys any row of this tile can see under the band; tiles outside are never loaded.
+  int key_begin = 0, key_end = p.keys;
+  if (p.has_left) key_begin = max(0, row0 + p.key_offset - p.window_left);
+  if (p.has_right) key_end = min(p.keys, row_last + p.key_offset + p.window_right + 1);
+  const int tile_begin = key_begin / kBlockN;
+  const int tile_end = key_end > key_begin ? ceil_div(key_end, kBlockN) : tile_begin;
+
+  const T* q = static_cast<const T*>(p.q) + batch * p.q_batch_stride + head * p.q_head_stride;
+  const T* k = static_cast<const T*>(p.k) + batch * p.k_batch_stride + kv_head * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + batch * p.v_batch_stride + kv_head * p.v_head_stride;
+  const bool* keep = p.key_padding_mask ? p.key_padding_mask + batch * p.mask_batch_stride : nullptr;
+
+  // Writes the keep flag of each key of `tile` to sKeep (keys past m count as dropped) and returns
+  // bit 0: some key is kept, bit 1: every key is kept. Contains barriers: every thread calls it.
+  auto scan_tile = [&](int tile) -> int {
+    bool kept = true;
+    if (tid < kBlockN) {
+      const int j = tile * kBlockN + tid;
+      kept = j < p.keys && (keep == nullptr || keep[j * p.mask_key_stride]);
+      sKeep[tid] = kept;
+    }
+    const int any = __syncthreads_or(tid < kBlockN && kept);
+    const int all = __syncthreads_and(kept);
+    return (any ? 1 : 0) | (all ? 2 : 0);
+  };
+  // First tile at or after `tile` with a kept key; fully padded tiles are skipped without loading K/V.
+  auto next_live_tile = [&](int tile, int& state) {
+    for (; tile < tile_end; ++tile) {
+      state = scan_tile(tile);
+      if (state & 1) break;
+    }
+    return tile;
+  };
+
+  load_tile_async<T, kBlockM, kD, kThreads>(sQ, q, p.q_row_stride, row0, p.queries, tid);
+  int state = 0;
+  int tile = next_live_tile(tile_begin, state);
+  if (tile < tile_end) load_tile_async<T, kBlockN, kD, kThreads>(sK, k, p.k_row_stride, tile * kBlockN, p.keys, tid);
+  cp_async_commit();
+
+  const LogitTransform logit = make_logit_transform(p, head);
+  const int rows[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};  // this thread's two query rows
+
+  float acc_o[kD / 8][4];
+#pragma unroll
+  for (int i = 0; i < kD / 8; ++i) acc_o[i][0] = acc_o[i][1] = acc_o[i][2] = acc_o[i][3] = 0.f;
+  float row_max[2] = {-INFINITY, -INFINITY};  // log2 units
+  float row_sum[2] = {0.f, 0.f};              // partial over this thread's columns; reduced at the end
+  uint32_t q_frag[kD / 16][4];
+  bool q_in_registers = false;
+
+  while (tile < tile_end) {
+    load_tile_async<T, kBlockN, kD, kThreads>(sV, v, p.v_row_stride, tile * kBlockN, p.keys, tid);
+    cp_async_commit();
+    cp_async_wait<1>();  // Q and this K tile have landed; V may still be in flight
+    __syncthreads();
+    if (!q_in_registers) {
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk)
+        ldmatrix_x4(q_frag[kk],
+                    smem_addr(sQ + (warp * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + kk * 16 + (lane / 16) * 8));
+      q_in_registers = true;
+    }
+
+    // S = Q K^T for this warp's 16 rows x kBlockN keys.
+    float s[kBlockN / 8][4];
+#pragma unroll
+    for (int i = 0; i < kBlockN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < kBlockN / 16; ++np) {
+        uint32_t b[4];
+        ldmatrix_x4(b, smem_addr(sK + (np * 16 + (lane % 8) + (lane / 16) * 8) * kStride + kk * 16 + ((lane / 8) & 1) * 8));
+        mma_16816<T>(s[2 * np], q_frag[kk], b[0], b[1]);
+        mma_16816<T>(s[2 * np + 1], q_frag[kk], b[2], b[3]);
+      }
+    }
+
+    const int key0 = tile * kBlockN;
+    // The per-element test is needed only when some key is dropped or the band cuts through the tile.
+    const bool whole_tile = (state & 2) && (!p.has_left || key0 >= row_last + p.key_offset - p.window_left) &&
+                            (!p.has_right || key0 + kBlockN - 1 <= row0 + p.key_offset + p.window_right);
+#pragma unroll
+    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col_local = nt * 8 + 2 * t + (e & 1);
+        const int row = rows[e >> 1];
+        float unused_tanh;
+        float x = logit(s[nt][e], row, key0 + col_local, unused_tanh);
+        if (!whole_tile && !(sKeep[col_local] && in_band(p, row, key0 + col_local))) x = -INFINITY;
+        s[nt][e] = x;
+      }
+    }
+
+    // Online softmax; a row that has seen no visible key yet keeps max -inf and uses 0 as its reference, so
+    // exp2(-inf - 0) = 0 everywhere and no inf - inf NaN appears.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = row_max[r];
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float ref = mx == -INFINITY ? 0.f : mx;
+      const float correction = exp2_approx(row_max[r] - ref);
+      row_max[r] = mx;
+      row_sum[r] *= correction;
+#pragma unroll
+      for (int dn = 0; dn < kD / 8; ++dn) {
+        acc_o[dn][2 * r] *= correction;
+        acc_o[dn][2 * r + 1] *= correction;
+      }
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+        s[nt][2 * r] = exp2_approx(s[nt][2 * r] - ref);
+        s[nt][2 * r + 1] = exp2_approx(s[nt][2 * r + 1] - ref);
+        row_sum[r] += s[nt][2 * r] + s[nt][2 * r + 1];
+      }
+    }
+
+    cp_async_wait<0>();  // V landed
+    __syncthreads();     // ... and every warp is done with sK and sKeep: the next K tile may overwrite them
+    const int next = next_live_tile(tile + 1, state);
+    if (next < tile_end) load_tile_async<T, kBlockN, kD, kThreads>(sK, k, p.k_row_stride, next * kBlockN, p.keys, tid);
+    cp_async_commit();
+
+    // O += P V: the S accumulator fragments of two adjacent n8 tiles are exactly the A fragment of one k16 step.
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                             pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < kD / 16; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(
+            b, smem_addr(sV + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + dp * 16 + (lane / 16) * 8));
+        mma_16816<T>(acc_o[2 * dp], a, b[0], b[1]);
+        mma_16816<T>(acc_o[2 * dp + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // every warp is done with sV before the next V tile lands there
+    tile = next;
+  }
+  cp_async_wait<0>();  // no copy may outlive the CTA (the Q copy is pending when no tile was live)
+
+  T* out = static_cast<T*>(p.out) + batch * p.o_batch_stride + head * p.o_head_stride;
+  float* lse = static_cast<float*>(p.lse) + (static_cast<int64_t>(batch) * p.heads + head) * p.queries;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = row_sum[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    // A row with no visible key has sum 0: out = 0 and lse = -inf, as the op promises.
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const int row = rows[r];
+    if (row < p.queries) {
+      T* out_row = out + row * p.o_row_stride;
+#pragma unroll
+      for (int dn = 0; dn < kD / 8; ++dn)
+        *reinterpret_cast<uint32_t*>(out_row + dn * 8 + 2 * t) =
+            pack2<T>(acc_o[dn][2 * r] * inv, acc_o[dn][2 * r + 1] * inv);
+      if (t == 0) lse[row] = sum > 0.f ? (row_max[r] + __log2f(sum)) * kLn2 : -INFINITY;
+    }
+  }
+}
+
+// Launch shape per head dim: 8 warps (128 query rows) share each K/V tile for d >= 64, which halves the K/V
+// traffic per row; d = 32 keeps 4 warps so short sequences still spread over the SMs.
+template <int kHeadDim>
+struct FwdLaunch {
+  static constexpr int kNWarps = kHeadDim >= 64 ? 8 : 4;
+  static constexpr int kBlockN = 64;
+};
+
+template <typename Acc>
+__device__ __forceinline__ Acc warp_sum(Acc x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+// One warp per (batch, head, query) row; lane c holds elements c, c + 32, ... of the head dims.
+constexpr int kSimpleWarps = 4;
+constexpr int kSimplePerLane = kSimpleMaxHeadDim / 32;
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kSimpleWarps) flash_fwd_simple_kernel(const FlashFwdParams p) {
+  const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
+  if (row_id >= static_cast<int64_t>(p.batch) * p.heads * p.queries) return;
+  const int lane = threadIdx.x % 32;
+  const int i = static_cast<int>(row_id % p.queries);
+  const int head = static_cast<int>((row_id / p.queries) % p.heads);
+  const int batch = static_cast<int>(row_id / (static_cast<int64_t>(p.queries) * p.heads));
+  const int kv_head = head % p.kv_heads;
+
+  const T* q = static_cast<const T*>(p.q) + batch * p.q_batch_stride + i * p.q_row_stride + head * p.q_head_stride;
+  const T* k = static_cast<const T*>(p.k) + batch * p.k_batch_stride + kv_head * p.k_head_stride;
+  const T* v = static_cast<const T*>(p.v) + batch * p.v_batch_stride + kv_head * p.v_head_stride;
+  const bool* keep = p.key_padding_mask ? p.key_padding_mask + batch * p.mask_batch_stride : nullptr;
+  const T scale = static_cast<T>(p.scale), softcap = static_cast<T>(p.softcap);
+  const T slope = p.alibi_slopes ? static_cast<T>(p.alibi_slopes[head]) : T(0);
+
+  T q_reg[kSimplePerLane], acc[kSimplePerLane];
+#pragma unroll
+  for (int c = 0; c < kSimplePerLane; ++c) {
+    const int idx = lane + 32 * c;
+    q_reg[c] = idx < p.head_dim ? q[idx] : T(0);
+    acc[c] = T(0);
+  }
+  const int diag = i + p.key_offset;
+  const int j_begin = p.has_left ? max(0, diag - p.window_left) : 0;
+  const int j_end = p.has_right ? min(p.keys, diag + p.window_right + 1) : p.keys;
+  T row_max = -INFINITY, row_sum = 0;
+  for (int j = j_begin; j < j_end; ++j) {
+    if (keep != nullptr && !keep[j * p.mask_key_stride]) continue;
+    const T* k_row = k + j * p.k_row_stride;
+    T dot = 0;
+#pragma unroll
+    for (int c = 0; c < kSimplePerLane; ++c) {
+      const int idx = lane + 32 * c;
+      if (idx < p.head_dim) dot += q_reg[c] * k_row[idx];
+    }
+    T x = warp_sum(dot) * scale;
+    if (p.alibi_slopes) x -= slope * static_cast<T>(abs(diag - j));
+    if (p.softcap > 0) x = softcap * tanh(x / softcap);
+    const T new_max = row_max > x ? row_max : x;
+    const T correction = exp(row_max - new_max);  // exp(-inf) = 0 on the first visible key
+    const T weight = exp(x - new_max);
+    row_sum = row_sum * correction + weight;
+    const T* v_row = v + j * p.v_row_stride;
+#pragma unroll
+    for (int c = 0; c < kSimplePerLane; ++c) {
+      const int idx = lane + 32 * c;
+      acc[c] = acc[c] * correction + (idx < p.value_head_dim ? weight * v_row[idx] : T(0));
+    }
+    row_max = new_max;
+  }
+  const T inv = row_sum > 0 ? T(1) / row_sum : T(0);
+  T* out = static_cast<T*>(p.out) + batch * p.o_batch_stride + i * p.o_row_stride + head * p.o_head_stride;
+#pragma unroll
+  for (int c = 0; c < kSimplePerLane; ++c) {
+    const int idx = lane + 32 * c;
+    if (idx < p.value_head_dim) out[idx] = acc[c] * inv;
+  }
+  if (lane == 0)
+    static_cast<T*>(p.lse)[(static_cast<int64_t>(batch) * p.heads + head) * p.queries + i] =
+        row_sum > 0 ? row_max + log(row_sum) : -INFINITY;
+}
+
+}  // namespace detail
+
+template <typename T, int kHeadDim>
+cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) {
+  using Launch = detail::FwdLaunch<kHeadDim>;
+  using Cfg = detail::FwdConfig<T, kHeadDim, Launch::kNWarps, Launch::kBlockN>;
+  auto kernel = detail::flash_fwd_kernel<T, kHeadDim, Launch::kNWarps, Launch::kBlockN>;
+  // Above 48 KiB of dynamic shared memory a kernel must opt in.
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(detail::ceil_div(params.queries, Cfg::kBlockM), params.heads, params.batch);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t run_flash_fwd_simple(const FlashFwdParams& params, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(params.batch) * params.heads * params.queries;
+  const int64_t blocks = (rows + detail::kSimpleWarps - 1) / detail::kSimpleWarps;
+  detail::flash_fwd_simple_kernel<T><<<static_cast<unsigned>(blocks), 32 * detail::kSimpleWarps, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace xtc::cuda

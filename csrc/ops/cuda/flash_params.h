@@ -1,0 +1,74 @@
+// Plain parameters of the CUDA flash attention kernels and the launchers the host glue calls.
+//
+// Shape legend: b batch, h query heads, hk kv heads, n queries, m keys, d head dim of q/k, dv head dim of v.
+//
+// This header includes no torch header, so that the kernels (flash_fwd.cuh, flash_bwd.cuh) and their generated
+// instantiations compile standalone with nvcc, in parallel and without torch's compile cost. The host glue
+// (flash_attention_kernel.cu) fills the structs from tensors and calls the launchers declared at the end.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace xtc::cuda {
+
+/// Inputs and outputs of one forward call. Strides are in elements; the last dim of q, k, v is contiguous.
+struct FlashFwdParams {
+  const void* q;    // (b, n, h, d)
+  const void* k;    // (b, m, hk, d)
+  const void* v;    // (b, m, hk, dv)
+  void* out;        // (b, n, h, dv), written by the forward; read (as saved output) by the backward
+  void* lse;        // (b, h, n) contiguous, float (double for double inputs), natural-log units
+  const bool* key_padding_mask;  // (b, m), true = keep; nullptr when every key is kept
+  const double* alibi_slopes;    // (h,) contiguous; nullptr when ALiBi is off
+
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  int64_t v_batch_stride, v_row_stride, v_head_stride;
+  int64_t o_batch_stride, o_row_stride, o_head_stride;
+  int64_t mask_batch_stride, mask_key_stride;
+
+  int batch, queries, keys, heads, kv_heads, head_dim, value_head_dim;
+  // Query i sits at key position i + key_offset (right alignment, key_offset = m - n).
+  int key_offset;
+  double scale;    // applied to q.k before ALiBi and softcap
+  double softcap;  // 0 = off
+  // The visible band of query i, with causal already folded in by the host: key j is visible iff
+  // (!has_left || j >= i + key_offset - window_left) && (!has_right || j <= i + key_offset + window_right).
+  bool has_left, has_right;
+  int window_left, window_right;
+};
+
+/// Extra inputs and outputs of the backward. `out` and `lse` of the base struct are the saved forward results.
+struct FlashBwdParams : FlashFwdParams {
+  const void* dout;  // (b, n, h, dv)
+  int64_t do_batch_stride, do_row_stride, do_head_stride;
+  // Accumulators in the accumulation type (float, double for double inputs), zero-filled by the host:
+  // dq_accum (b, n, h, d) always; the simple kernel also accumulates dk_accum / dv_accum (b, m, hk, d / dv).
+  void* dq_accum;
+  void* dk_accum;
+  void* dv_accum;
+  void* dsum;  // (b, h, n) scratch for D = rowsum(dO * O), accumulation type
+  // Tensor-core kernel outputs, (b, m, hk, d) contiguous in the input dtype (dv == d there).
+  void* dk;
+  void* dv;
+};
+
+/// Tensor-core kernels: T is __half or __nv_bfloat16, kHeadDim in {32, 64, 128}, d == dv.
+/// Each returns the first CUDA error of its attribute calls and launches (cudaSuccess when all went well).
+template <typename T, int kHeadDim>
+cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream);
+template <typename T, int kHeadDim>
+cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream);
+
+/// Simple kernels without tensor cores for float and double inputs, any d, dv <= kSimpleMaxHeadDim.
+constexpr int kSimpleMaxHeadDim = 256;
+template <typename T>
+cudaError_t run_flash_fwd_simple(const FlashFwdParams& params, cudaStream_t stream);
+template <typename T>
+cudaError_t run_flash_bwd_simple(const FlashBwdParams& params, cudaStream_t stream);
+
+}  // namespace xtc::cuda

@@ -1,0 +1,42 @@
+// Shape functions of the flash attention ops, for torch.compile, torch.export and fake tensors.
+//
+// Shape legend: b batch, n queries, m keys, h query heads, hk kv heads, d head dim, dv value head dim.
+#include "ops/flash_attention_checks.h"
+
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+namespace xtc::ops {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& key_padding_mask,
+    bool /*causal*/, std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes, int64_t window_left,
+    int64_t window_right, double softcap) {
+  const auto s = detail::check_flash_attention_args(q, k, v, key_padding_mask, scale, alibi_slopes, window_left,
+                                                    window_right, softcap);
+  auto out = at::empty({s.batch, s.queries, s.heads, s.value_head_dim}, q.options());
+  auto lse = at::empty({s.batch, s.heads, s.queries}, q.options().dtype(detail::lse_dtype(q.scalar_type())));
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
+    const at::Tensor& /*grad_out*/, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& /*out*/, const at::Tensor& /*lse*/, const std::optional<at::Tensor>& key_padding_mask,
+    bool /*causal*/, std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes, int64_t window_left,
+    int64_t window_right, double softcap) {
+  const auto s = detail::check_flash_attention_args(q, k, v, key_padding_mask, scale, alibi_slopes, window_left,
+                                                    window_right, softcap);
+  return {at::empty({s.batch, s.queries, s.heads, s.head_dim}, q.options()),
+          at::empty({s.batch, s.keys, s.kv_heads, s.head_dim}, q.options()),
+          at::empty({s.batch, s.keys, s.kv_heads, s.value_head_dim}, q.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(xtc, Meta, m) {
+  m.impl("flash_attention", &flash_attention_forward_kernel);
+  m.impl("flash_attention_backward", &flash_attention_backward_kernel);
+}
+
+}  // namespace xtc::ops
