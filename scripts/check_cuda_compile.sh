@@ -17,7 +17,9 @@ OBJ_DIR="$(mktemp -d /tmp/xtc_cuda_obj.XXXXXX)"
 trap 'rm -rf "$OBJ_DIR"' EXIT
 mkdir -p "$LOG_DIR"
 CUDA_DIR="$ROOT/csrc/ops/cuda"
-COMMON_FLAGS=(-std=c++17 -O3 -t1 -Xptxas -v -Xcompiler -Wall -Xcompiler -Wextra)
+# The -D flags are the ones torch extension builds add: the kernels must not rely on implicit half conversions.
+COMMON_FLAGS=(-std=c++17 -O3 -t1 -Xptxas -v -Xcompiler -Wall -Xcompiler -Wextra -D__CUDA_NO_HALF_OPERATORS__
+  -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__)
 
 [[ -x "$NVCC" ]] || { echo "check_cuda_compile: nvcc not found (set NVCC)"; exit 1; }
 echo "check_cuda_compile: $("$NVCC" --version | tail -1), archs: $ARCHS, logs in $LOG_DIR"

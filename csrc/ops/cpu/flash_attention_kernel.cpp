@@ -164,6 +164,7 @@ void forward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scal
   const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
 
   at::parallel_for(0, s.batch * h * q_blocks, 1, [&](int64_t begin, int64_t end) {
+    cpu::SequentialBlasGuard sequential_blas;
     std::vector<scalar_t> logits(kQueryBlock * kKeyBlock), acc(kQueryBlock * dv), row_max(kQueryBlock),
         row_sum(kQueryBlock);
     for (int64_t task = begin; task < end; ++task) {
@@ -250,6 +251,7 @@ void backward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<sca
   const bool softcap = rule.softcap > 0;
 
   at::parallel_for(0, s.batch * hk, 1, [&](int64_t begin, int64_t end) {
+    cpu::SequentialBlasGuard sequential_blas;
     const int64_t block = kQueryBlock * kKeyBlock;
     std::vector<scalar_t> p(block), dp(block), tanh_buf(softcap ? block : 0), delta(kQueryBlock);
     for (int64_t task = begin; task < end; ++task) {

@@ -25,7 +25,7 @@ namespace xtc::cuda {
 namespace detail {
 
 // D[b, h, i] = sum_c dO[b, i, h, c] * O[b, i, h, c], one warp per (b, i, h) row.
-template <typename T, typename Acc>
+template <typename T>
 __global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_dot_do_o_kernel(const FlashBwdParams p) {
   const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
   if (row_id >= static_cast<int64_t>(p.batch) * p.queries * p.heads) return;
@@ -37,10 +37,10 @@ __global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_dot_do_o_kernel(c
       static_cast<const T*>(p.dout) + batch * p.do_batch_stride + i * p.do_row_stride + head * p.do_head_stride;
   const T* out =
       static_cast<const T*>(p.out) + batch * p.o_batch_stride + i * p.o_row_stride + head * p.o_head_stride;
-  Acc sum = 0;
-  for (int c = lane; c < p.value_head_dim; c += 32) sum += static_cast<Acc>(dout[c]) * static_cast<Acc>(out[c]);
+  float sum = 0.f;
+  for (int c = lane; c < p.value_head_dim; c += 32) sum += to_float(dout[c]) * to_float(out[c]);
   sum = warp_sum(sum);
-  if (lane == 0) static_cast<Acc*>(p.dsum)[(static_cast<int64_t>(batch) * p.heads + head) * p.queries + i] = sum;
+  if (lane == 0) static_cast<float*>(p.dsum)[(static_cast<int64_t>(batch) * p.heads + head) * p.queries + i] = sum;
 }
 
 template <typename T, int kHeadDim, int kBlockM, int kBlockN>
@@ -388,7 +388,7 @@ template <typename T, int kHeadDim>
 cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(params.batch) * params.queries * params.heads;
   const int64_t row_blocks = (rows + detail::kSimpleWarps - 1) / detail::kSimpleWarps;
-  detail::flash_bwd_dot_do_o_kernel<T, float>
+  detail::flash_bwd_dot_do_o_kernel<T>
       <<<static_cast<unsigned>(row_blocks), 32 * detail::kSimpleWarps, 0, stream>>>(params);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;

@@ -95,6 +95,10 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// Explicit conversions: torch extension builds define __CUDA_NO_HALF_CONVERSIONS__ and friends.
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
 // 2^x with the hardware approximation (relative error ~2^-22, far below bf16/fp16 rounding); 2^-inf = +0.
 __device__ __forceinline__ float exp2_approx(float x) {
   float y;

@@ -1,0 +1,105 @@
+// xtc::nn modules: x-transformers' parameter names, the functional/op paths agreeing, options round trips,
+// training from C++, and input checks.
+#include <xtc/xtc.h>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+namespace {
+
+TEST(AttentionLayers, ParameterNamesAndShapesAreXTransformers) {
+  xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(32, 2, 2));
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> expected = {
+      {"layers.0.0.0.gamma", {32}},       {"layers.0.1.to_q.weight", {128, 32}},
+      {"layers.0.1.to_k.weight", {128, 32}}, {"layers.0.1.to_v.weight", {128, 32}},
+      {"layers.0.1.to_out.weight", {32, 128}}, {"layers.1.0.0.gamma", {32}},
+      {"layers.1.1.ff.0.0.weight", {128, 32}}, {"layers.1.1.ff.0.0.bias", {128}},
+      {"layers.1.1.ff.2.weight", {32, 128}},   {"layers.1.1.ff.2.bias", {32}}};
+  const auto params = encoder->named_parameters();
+  ASSERT_EQ(params.size(), 21u);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(params[i].key(), expected[i].first);
+    EXPECT_EQ(params[i].value().sizes(), c10::IntArrayRef(expected[i].second));
+  }
+  EXPECT_EQ(params[20].key(), "final_norm.gamma");
+  EXPECT_TRUE(torch::equal(params[0].value(), torch::zeros({32})));  // unit-offset gains start at 0
+}
+
+TEST(AttentionLayers, SingleHeadHasNoOutputProjection) {
+  xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(64, 1, 1));
+  for (const auto& p : encoder->named_parameters()) EXPECT_EQ(p.key().find("to_out"), std::string::npos);
+  EXPECT_THROW(xtc::nn::Encoder(xtc::nn::AttentionLayersOptions(32, 1, 1)), c10::Error);
+}
+
+TEST(AttentionLayers, ModuleAndOpAgree) {
+  torch::manual_seed(0);
+  auto options = xtc::nn::AttentionLayersOptions(48, 2, 3);
+  options.attn().kv_heads(1);
+  xtc::nn::Decoder decoder(options);
+  decoder->eval();
+  const auto x = torch::randn({2, 11, 48});
+  const auto mask = torch::rand({2, 11}) > 0.2;
+  const auto via_module = decoder->forward(x, mask);
+  const auto via_op =
+      xtc::ops::attention_layers(x, mask, decoder->parameters(), decoder->options.serialize(), /*training=*/false);
+  EXPECT_TRUE(torch::equal(via_module, via_op));
+  EXPECT_EQ(via_module.sizes(), x.sizes());
+}
+
+TEST(AttentionLayers, CausalOutputsIgnoreTheFuture) {
+  torch::manual_seed(1);
+  xtc::nn::Decoder decoder(xtc::nn::AttentionLayersOptions(32, 2, 2));
+  auto x = torch::randn({1, 9, 32});
+  const auto before = decoder->forward(x);
+  auto changed = x.clone();
+  changed.index_put_({0, 8}, torch::randn({32}));
+  const auto after = decoder->forward(changed);
+  EXPECT_TRUE(torch::allclose(before.narrow(1, 0, 8), after.narrow(1, 0, 8)));
+  EXPECT_FALSE(torch::allclose(before.narrow(1, 8, 1), after.narrow(1, 8, 1)));
+}
+
+TEST(AttentionLayers, OptionsRoundTripAndRejectUnknownKeys) {
+  auto options = xtc::nn::AttentionLayersOptions(64, 3, 4);
+  options.attn().dim_head(32).kv_heads(2).dropout(0.125);
+  options.ff().mult(2.5);
+  const auto text = options.serialize();
+  EXPECT_EQ(xtc::nn::AttentionLayersOptions::parse(text).serialize(), text);
+  EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse(text + ";attn.talking_heads=1"), c10::Error);
+  EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse("dim=64;depth=2;heads=3;attn.kv_heads=2"), c10::Error);
+}
+
+TEST(AttentionLayers, TrainsFromCpp) {
+  torch::manual_seed(2);
+  xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(32, 2, 4));
+  torch::optim::Adam optimizer(encoder->parameters(), 1e-2);
+  const auto x = torch::randn({4, 10, 32}), target = torch::randn({4, 10, 32});
+  const auto mask = torch::rand({4, 10}) > 0.2;
+  double first = 0, last = 0;
+  for (int step = 0; step < 20; ++step) {
+    optimizer.zero_grad();
+    auto loss = torch::mse_loss(encoder->forward(x, mask), target);
+    loss.backward();
+    optimizer.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, first * 0.9);
+}
+
+TEST(AttentionLayers, BadInputsThrowNamingTheArgument) {
+  xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(32, 1, 2));
+  const auto expect_message = [&](const torch::Tensor& x, const torch::Tensor& mask, const std::string& text) {
+    try {
+      encoder->forward(x, mask);
+      ADD_FAILURE() << "expected an error containing " << text;
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what_without_backtrace()).find(text), std::string::npos) << e.what_without_backtrace();
+    }
+  };
+  expect_message(torch::randn({5, 32}), {}, "expected x of shape (batch, seq, 32)");
+  expect_message(torch::randn({2, 5, 16}), {}, "expected x of shape (batch, seq, 32)");
+  expect_message(torch::randn({2, 5, 32}), torch::ones({2, 4}, torch::kBool), "expected mask of shape (2, 5)");
+  expect_message(torch::randn({2, 5, 32}), torch::ones({2, 5}), "expected mask of dtype bool");
+  expect_message(torch::randn({2, 5, 32}, torch::kDouble), {}, "of the input's dtype");
+}
+
+}  // namespace

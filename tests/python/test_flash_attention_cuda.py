@@ -1,0 +1,228 @@
+"""CUDA kernels of torch.ops.xtc.flash_attention against a dense float64 reference.
+
+Shape legend: b batch, n queries, m keys, h query heads, hk kv heads, d head dim (dv for values).
+
+Tolerance follows FlashAttention's tests: our max error against the float64 reference may be at most twice the
+error of the same dense math run by torch in the input dtype, plus a small absolute slack. Cases are a sampled grid
+of odd sizes (not the full product) so the file runs in well under two minutes on one GPU.
+"""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+if torch.cuda.is_available():
+    import x_transformers_cpp  # noqa: F401  (registers torch.ops.xtc.*)
+
+DEVICE = "cuda"
+
+
+def reference(q, k, v, mask=None, causal=False, scale=None, alibi=None, window=(-1, -1), softcap=0.0):
+    """Dense attention with the op's exact semantics, in the dtype of its inputs; returns (out, lse)."""
+    b, n, h, d = q.shape
+    m, hk = k.shape[1], k.shape[2]
+    scale = d**-0.5 if scale is None else scale
+    kv_index = torch.arange(h, device=q.device) % hk  # query head i reads kv head i % hk
+    k_e, v_e = k[:, :, kv_index], v[:, :, kv_index]
+    s = torch.einsum("bnhd,bmhd->bhnm", q, k_e) * scale
+    i = torch.arange(n, device=q.device)[:, None] + (m - n)
+    j = torch.arange(m, device=q.device)[None, :]
+    if alibi is not None:
+        s = s - alibi.to(s.dtype)[None, :, None, None] * (i - j).abs().to(s.dtype)
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    visible = torch.ones(n, m, dtype=torch.bool, device=q.device)
+    if causal:
+        visible &= j <= i
+    if window[0] >= 0:
+        visible &= j >= i - window[0]
+    if window[1] >= 0:
+        visible &= j <= i + window[1]
+    visible = visible[None, None].expand(b, h, n, m)
+    if mask is not None:
+        visible = visible & mask[:, None, None, :]
+    # Rows without a visible key get finite logits and are zeroed after the softmax, so autograd sees no NaN.
+    row_any = visible.any(-1, keepdim=True)
+    s = torch.where(visible, s, float("-inf"))
+    s = torch.where(row_any, s, 0.0)
+    lse = torch.logsumexp(s, -1, keepdim=True)
+    p = torch.where(visible, torch.exp(s - lse), 0.0)
+    out = torch.einsum("bhnm,bmhd->bnhd", p, v_e)
+    lse = torch.where(row_any, lse, float("-inf")).squeeze(-1)
+    return out, lse
+
+
+def make_mask(kind, b, m, generator):
+    if kind is None:
+        return None
+    if kind == "pad":  # random lengths, batch row 0 fully masked when b > 1
+        lengths = torch.randint(1, m + 1, (b,), generator=generator)
+        mask = torch.arange(m)[None, :] < lengths[:, None]
+    else:  # "random": holes everywhere, so key tiles are partially kept in the middle too
+        mask = torch.rand(b, m, generator=generator) < 0.7
+    if b > 1:
+        mask[0] = False
+    return mask.to(DEVICE)
+
+
+def make_inputs(case, dtype, generator):
+    b, n, m, h, hk, d = case["b"], case["n"], case["m"], case["h"], case["hk"], case["d"]
+    dv = case.get("dv", d)
+    layout = case.get("layout", "contiguous")
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(DEVICE, dtype)
+
+    if layout == "packed":  # q, k, v as views into one (b, n, 3, h, d) buffer, as a fused projection gives
+        assert n == m and h == hk and d == dv
+        qkv = randn(b, n, 3, h, d)
+        q, k, v = qkv.unbind(2)
+    elif layout == "transposed":  # (b, h, n, d) storage seen as (b, n, h, d)
+        q = randn(b, h, n, d).transpose(1, 2)
+        k = randn(b, hk, m, d).transpose(1, 2)
+        v = randn(b, hk, m, dv).transpose(1, 2)
+    else:
+        q, k, v = randn(b, n, h, d), randn(b, m, hk, d), randn(b, m, hk, dv)
+    dout = randn(b, n, h, dv)
+    mask = make_mask(case.get("mask"), b, m, generator)
+    alibi = None
+    if case.get("alibi"):
+        alibi = torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)], device=DEVICE)
+    return q, k, v, dout, mask, alibi
+
+
+def op_kwargs(case, mask, alibi):
+    window = case.get("window", (-1, -1))
+    return dict(key_padding_mask=mask, causal=case.get("causal", False), scale=case.get("scale"),
+                alibi_slopes=alibi, window_left=window[0], window_right=window[1],
+                softcap=case.get("softcap", 0.0))
+
+
+def run_reference(q, k, v, dout, mask, alibi, case, dtype):
+    """Forward and gradients of the dense reference computed in `dtype`."""
+    args = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    out, lse = reference(*args, mask=mask, causal=case.get("causal", False), scale=case.get("scale"), alibi=alibi,
+                         window=case.get("window", (-1, -1)), softcap=case.get("softcap", 0.0))
+    grads = torch.autograd.grad(out, args, dout.to(dtype))
+    return out.detach(), lse.detach(), grads
+
+
+def run_ours(q, k, v, dout, mask, alibi, case):
+    kw = op_kwargs(case, mask, alibi)
+    out, lse = torch.ops.xtc.flash_attention(q, k, v, **kw)
+    grads = torch.ops.xtc.flash_attention_backward(
+        dout, q, k, v, out, lse, kw["key_padding_mask"], kw["causal"], kw["scale"], kw["alibi_slopes"],
+        kw["window_left"], kw["window_right"], kw["softcap"])
+    torch.cuda.synchronize()
+    return out, lse, grads
+
+
+def max_err(x, ref):
+    return (x.double() - ref.double()).abs().max().item() if x.numel() else 0.0
+
+
+def check_case(case, dtype, slack):
+    generator = torch.Generator().manual_seed(zlib.crc32(repr(sorted(case.items())).encode()))
+    q, k, v, dout, mask, alibi = make_inputs(case, dtype, generator)
+    out, lse, grads = run_ours(q, k, v, dout, mask, alibi, case)
+    out_ref, lse_ref, grads_ref = run_reference(q, k, v, dout, mask, alibi, case, torch.float64)
+    out_low, _, grads_low = run_reference(q, k, v, dout, mask, alibi, case, dtype)
+
+    assert out.shape == out_ref.shape and out.dtype == dtype and out.is_contiguous()
+    assert lse.shape == lse_ref.shape and lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    for name, ours in [("out", out), ("dq", grads[0]), ("dk", grads[1]), ("dv", grads[2])]:
+        assert not torch.isnan(ours).any(), f"{name} has NaN"
+    assert not torch.isnan(lse).any(), "lse has NaN"
+    for name, ours, ref, low in [("out", out, out_ref, out_low), ("dq", grads[0], grads_ref[0], grads_low[0]),
+                                 ("dk", grads[1], grads_ref[1], grads_low[1]),
+                                 ("dv", grads[2], grads_ref[2], grads_low[2])]:
+        assert ours.shape == ref.shape and ours.dtype == dtype, name
+        err, err_low = max_err(ours, ref), max_err(low, ref)
+        assert err <= 2 * err_low + slack, f"{name}: max error {err:.3g} vs torch in {dtype} {err_low:.3g}"
+    # lse: equal infinities where no key is visible, close elsewhere.
+    finite = torch.isfinite(lse_ref)
+    assert torch.equal(torch.isinf(lse), ~finite), "lse is -inf exactly on rows without a visible key"
+    if finite.any():
+        assert max_err(lse[finite], lse_ref[finite]) <= 1e-3 * max(1.0, lse_ref[finite].abs().max().item())
+
+    # Rows that see no key: exact zeros forward and backward.
+    empty_rows = (~finite).permute(0, 2, 1)  # (b, n, h)
+    if empty_rows.any():
+        assert (out[empty_rows] == 0).all() and (grads[0][empty_rows] == 0).all()
+    if mask is not None and not mask[0].any():
+        assert (out[0] == 0).all() and (grads[0][0] == 0).all()
+        assert (grads[1][0] == 0).all() and (grads[2][0] == 0).all()
+
+
+# Sampled grid: odd lengths, m != n, every feature in at least two head dims, GQA with h = 8.
+CASES = [
+    dict(b=2, n=1, m=17, h=8, hk=8, d=64),
+    dict(b=2, n=17, m=1, h=8, hk=2, d=32, causal=True),  # m < n: early rows see no key
+    dict(b=3, n=128, m=200, h=8, hk=8, d=128, mask="pad"),
+    dict(b=2, n=1000, m=777, h=8, hk=2, d=64, causal=True, mask="pad"),
+    dict(b=1, n=4097, m=4100, h=2, hk=2, d=128, causal=True),
+    dict(b=2, n=1000, m=1000, h=8, hk=1, d=32, window=(256, 0)),
+    dict(b=2, n=300, m=513, h=8, hk=8, d=64, window=(100, 50), mask="random"),
+    dict(b=2, n=128, m=333, h=8, hk=2, d=128, alibi=True, causal=True),
+    dict(b=2, n=17, m=1000, h=8, hk=8, d=64, softcap=30.0, mask="pad"),
+    dict(b=2, n=1000, m=1500, h=8, hk=1, d=128, alibi=True, softcap=20.0, window=(300, -1), scale=0.1),
+    dict(b=4, n=500, m=400, h=8, hk=8, d=32, causal=True, mask="random"),
+    dict(b=2, n=257, m=257, h=8, hk=8, d=64, layout="packed", mask="pad"),
+    dict(b=2, n=129, m=191, h=8, hk=2, d=128, layout="transposed", window=(-1, 7)),
+]
+
+
+def case_id(case):
+    return "-".join(f"{k}{v}" for k, v in case.items() if k not in ("b",))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_matches_float64_reference(case, dtype):
+    check_case(case, dtype, slack=1e-3)
+
+
+FP32_CASES = [
+    dict(b=2, n=97, m=130, h=8, hk=2, d=40, dv=24, causal=True, mask="pad"),
+    dict(b=2, n=33, m=65, h=8, hk=8, d=64, alibi=True, softcap=10.0, window=(20, 5)),
+    dict(b=1, n=1000, m=1000, h=2, hk=1, d=128, mask="random"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("case", FP32_CASES, ids=[case_id(c) for c in FP32_CASES])
+def test_float_inputs_take_exact_kernel(case, dtype):
+    # float32 / float64 must never be rounded to 16 bits: errors stay at their own precision.
+    check_case(case, dtype, slack=1e-5 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_unsupported_head_dim_names_it(dtype):
+    q = torch.randn(1, 8, 2, 40, device=DEVICE, dtype=dtype)
+    with pytest.raises(RuntimeError, match="head_dim 40"):
+        torch.ops.xtc.flash_attention(q, q, q)
+
+
+def test_value_head_dim_must_match_for_half():
+    q = torch.randn(1, 8, 2, 64, device=DEVICE, dtype=torch.bfloat16)
+    v = torch.randn(1, 8, 2, 32, device=DEVICE, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="value head dim"):
+        torch.ops.xtc.flash_attention(q, q, v)
+
+
+def test_forward_is_deterministic_and_finite_on_large_logits():
+    # Large logits stress the online softmax rescaling; the forward has no atomics, so two runs agree bitwise.
+    g = torch.Generator().manual_seed(0)
+    q = (torch.randn(2, 300, 4, 64, generator=g) * 8).to(DEVICE, torch.bfloat16)
+    k = (torch.randn(2, 700, 4, 64, generator=g) * 8).to(DEVICE, torch.bfloat16)
+    v = torch.randn(2, 700, 4, 64, generator=g).to(DEVICE, torch.bfloat16)
+    out1, lse1 = torch.ops.xtc.flash_attention(q, k, v)
+    out2, lse2 = torch.ops.xtc.flash_attention(q, k, v)
+    assert torch.equal(out1, out2) and torch.equal(lse1, lse2)
+    assert torch.isfinite(out1).all() and torch.isfinite(lse1).all()
+    ref, _ = reference(q.double(), k.double(), v.double())
+    assert max_err(out1, ref) < 2e-2

@@ -1,0 +1,32 @@
+"""Helpers shared by the Python tests: building matching pairs of x-transformers and x_transformers_cpp modules."""
+import torch
+from x_transformers import Decoder as XDecoder
+from x_transformers import Encoder as XEncoder
+
+from x_transformers_cpp import Decoder, Encoder
+
+PAIRS = {"encoder": (Encoder, XEncoder), "decoder": (Decoder, XDecoder)}
+
+
+def perturbed_state_dict(module, scale=0.1):
+    """The module's state_dict plus randn * scale: norms' gammas leave their zero init, so every parameter matters."""
+    return {k: v + torch.randn_like(v) * scale for k, v in module.state_dict().items()}
+
+
+def make_pair(kind, dtype=torch.float32, **kwargs):
+    """(ours, theirs) with identical, perturbed weights; ours loads x-transformers' state_dict strictly."""
+    ours_cls, theirs_cls = PAIRS[kind]
+    theirs = theirs_cls(**kwargs).to(dtype)
+    theirs.load_state_dict(perturbed_state_dict(theirs))
+    ours = ours_cls(**kwargs).to(dtype)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return ours, theirs
+
+
+def random_mask(batch, seq, generator=None):
+    """A (batch, seq) bool mask, True = keep: row 0 full, row 1 fully masked (when batch > 1), the rest random."""
+    mask = torch.rand(batch, seq, generator=generator) > 0.3
+    mask[0] = True
+    if batch > 1:
+        mask[1] = False
+    return mask
