@@ -1,0 +1,292 @@
+"""Encoder speed on the CPU: x_transformers_cpp against its peers, in one run.
+
+Peers: x-transformers' Encoder with attn_flash=False and attn_flash=True (same weights), torch's
+nn.TransformerEncoder (same width, depth, heads, GELU, pre-norm, batch_first; eval mode so its fused fast path can
+run); at op level torch's scaled_dot_product_attention against xtc::flash_attention with the same mask. The
+machine's fp32 GEMM rate is measured in the same run and each case is reported as a fraction of its FLOP roofline.
+
+Each case runs every implementation interleaved (A B C A B C ...) after a warm-up, and reports medians and ratios
+(peer time / our time, so > 1 means we are faster). Long-sequence cases run each implementation in a fresh
+subprocess for a clean peak-memory figure (ru_maxrss). Results go to JSON (and a PNG plot with --plot).
+
+    python benchmarks/bench_encoder.py                  # seed shape + padded batch + op level
+    python benchmarks/bench_encoder.py --long           # also n in {2k, 8k, 32k}, depth 2, dim 256, heads 4
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from x_transformers_cpp import Encoder
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+# ---------------------------------------------------------------------------------------------------- machine
+
+def machine():
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def gemm_gflops(n=1024, repeats=10):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def encoder_flops(batch, seq, dim, depth, heads, dim_head=64, visible_fraction=1.0, backward=False):
+    """Matmul FLOPs of the default encoder; attention credited on visible keys only."""
+    inner = heads * dim_head
+    projections = 2 * batch * seq * dim * (3 * inner + inner)        # q, k, v, out
+    ff = 2 * batch * seq * dim * (4 * dim) * 2
+    attention = 4 * batch * heads * seq * seq * dim_head * visible_fraction
+    forward = depth * (projections + ff + attention)
+    return forward * 3 if backward else forward                      # backward ~ 2x forward
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+def build_models(dim, depth, heads, which):
+    from x_transformers import Encoder as XEncoder
+    torch.manual_seed(0)
+    ours = Encoder(dim=dim, depth=depth, heads=heads)
+    models = {"xtc": ours}
+    if "xt" in which:
+        models["x-transformers"] = XEncoder(dim=dim, depth=depth, heads=heads, attn_flash=False)
+    if "xt_flash" in which:
+        models["x-transformers flash"] = XEncoder(dim=dim, depth=depth, heads=heads, attn_flash=True)
+    for name in ("x-transformers", "x-transformers flash"):
+        if name in models:
+            models[name].load_state_dict(ours.state_dict())
+    if "torch" in which:
+        layer = torch.nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                                 batch_first=True, norm_first=True)
+        models["torch TransformerEncoder"] = torch.nn.TransformerEncoder(
+            layer, depth, norm=torch.nn.LayerNorm(dim), enable_nested_tensor=False)
+    return models
+
+
+def call(name, model, x, mask):
+    if name.startswith("torch"):
+        return model(x, src_key_padding_mask=~mask)  # torch: True = pad
+    return model(x, mask=mask)
+
+
+def fast_path_ran(model, x, mask):
+    """Whether nn.TransformerEncoder takes its fused inference path (torch._transformer_encoder_layer_fwd)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        call("torch", model, x, mask)
+    return any("_transformer_encoder_layer_fwd" in e.name for e in prof.events())
+
+
+def time_interleaved(fns, repeats, warmup=1):
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops, train):
+    torch.manual_seed(1)
+    x = torch.randn(batch, seq, dim)
+    mask = torch.arange(seq)[None, :] < lengths[:, None]
+    visible = (mask.float().sum(1) ** 2).sum().item() / (batch * seq * seq)
+    models = build_models(dim, depth, heads, ("xt", "xt_flash") + (() if train else ("torch",)))
+    rows = []
+    if train:
+        grad = torch.randn(batch, seq, dim)
+        xs = {name: x.clone().requires_grad_() for name in models}
+
+        def step(name, model):
+            def run():
+                model.zero_grad(set_to_none=True)
+                call(name, model, xs[name], mask).backward(grad)
+            return run
+
+        for model in models.values():
+            model.train()
+        medians = time_interleaved({n: step(n, m) for n, m in models.items()}, repeats)
+    else:
+        for model in models.values():
+            model.eval()
+
+        def forward(name, model):
+            def run():
+                with torch.no_grad():
+                    call(name, model, x, mask)
+            return run
+
+        medians = time_interleaved({n: forward(n, m) for n, m in models.items()}, repeats)
+    flops = encoder_flops(batch, seq, dim, depth, heads, visible_fraction=visible, backward=train)
+    extra = {}
+    if "torch TransformerEncoder" in models:
+        extra["torch fast path ran"] = fast_path_ran(models["torch TransformerEncoder"], x, mask)
+    for name, seconds in medians.items():
+        rows.append({"case": label, "impl": name, "median_ms": seconds * 1e3,
+                     "ratio_vs_xtc": seconds / medians["xtc"],
+                     "roofline_fraction": flops / seconds / 1e9 / gflops, **extra})
+    return rows
+
+
+def attention_op_case(seq, heads, dim_head, repeats, padded):
+    """xtc::flash_attention vs torch SDPA on (1, seq, heads, dim_head) with a key padding mask."""
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(1, seq, heads, dim_head) for _ in range(3))
+    mask = torch.ones(1, seq, dtype=torch.bool)
+    if padded:
+        mask[:, int(seq * 0.75):] = False
+    sdpa_mask = mask[:, None, None, :]
+    qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    fns = {
+        "xtc": lambda: torch.ops.xtc.flash_attention(q, k, v, mask if padded else None),
+        "torch sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(
+            qt, kt, vt, attn_mask=sdpa_mask if padded else None),
+    }
+    with torch.no_grad():
+        medians = time_interleaved(fns, repeats)
+    label = f"attention op n={seq} {'25% padded' if padded else 'no mask'}"
+    return [{"case": label, "impl": name, "median_ms": s * 1e3, "ratio_vs_xtc": s / medians["xtc"]}
+            for name, s in medians.items()]
+
+
+# ---------------------------------------------------------------------------------------------------- long sequences
+
+def long_case_child(impl, seq):
+    """Runs in a fresh process: one masked forward, prints seconds and peak RSS (MiB)."""
+    dim, depth, heads = 256, 2, 4
+    torch.manual_seed(3)
+    x = torch.randn(1, seq, dim)
+    mask = torch.ones(1, seq, dtype=torch.bool)
+    mask[:, int(seq * 0.75):] = False
+    model = build_models(dim, depth, heads, {"xtc": (), "x-transformers": ("xt",),
+                                             "x-transformers flash": ("xt_flash",)}[impl])[impl].eval()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(x, mask=mask)
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_mib": peak / 1024, "baseline_mib": before / 1024}))
+
+
+def long_cases(lengths, timeout):
+    rows = []
+    for seq in lengths:
+        for impl in ("xtc", "x-transformers", "x-transformers flash"):
+            cmd = [sys.executable, __file__, "--child", impl, str(seq), "--threads", str(torch.get_num_threads())]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {
+                    "failed": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1][:200]}
+            except subprocess.TimeoutExpired:
+                result = {"failed": f"timed out after {timeout} s"}
+            rows.append({"case": f"long n={seq} (depth 2, dim 256, 25% padded)", "impl": impl, "seq": seq, **result})
+            print(rows[-1], flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+def print_table(rows):
+    print(f"\n{'case':48} {'impl':26} {'median ms':>10} {'peer/xtc':>9} {'roofline':>9} {'peak MiB':>9}")
+    for r in rows:
+        ms = f"{r['median_ms']:.1f}" if "median_ms" in r else (f"{r['seconds'] * 1e3:.0f}" if "seconds" in r else "-")
+        ratio = f"{r['ratio_vs_xtc']:.2f}" if "ratio_vs_xtc" in r else "-"
+        roof = f"{r['roofline_fraction']:.0%}" if "roofline_fraction" in r else "-"
+        peak = f"{r['peak_mib']:.0f}" if "peak_mib" in r else (r.get("failed", "-")[:9])
+        print(f"{r['case'][:48]:48} {r['impl'][:26]:26} {ms:>10} {ratio:>9} {roof:>9} {peak:>9}")
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    long_rows = [r for r in rows if "seq" in r]
+    if not long_rows:
+        return
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+    for impl in sorted({r["impl"] for r in long_rows}):
+        pts = [r for r in long_rows if r["impl"] == impl and "seconds" in r]
+        ax_t.plot([r["seq"] for r in pts], [r["seconds"] for r in pts], "o-", label=impl)
+        ax_m.plot([r["seq"] for r in pts], [r["peak_mib"] for r in pts], "o-", label=impl)
+    for ax, label in ((ax_t, "forward seconds"), (ax_m, "peak RSS (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle("Encoder depth 2, dim 256, heads 4, 25% padded, CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--long", action="store_true", help="also the long-sequence memory cases")
+    parser.add_argument("--long-lengths", default="2048,8192,32768")
+    parser.add_argument("--long-timeout", type=int, default=600)
+    parser.add_argument("--quick", action="store_true", help="seed shape only")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "encoder_cpu.json"))
+    parser.add_argument("--plot", default=os.path.join(RESULTS, "encoder_cpu.png"))
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        return long_case_child(args.child[0], int(args.child[1]))
+
+    info = machine()
+    info["gemm_gflops"] = gemm_gflops()
+    print(f"machine: {info}", flush=True)
+    rows = []
+    seed_lengths = torch.tensor([1024])
+    rows += encoder_case("seed (1,1024,512) d6 h8 forward", 1, 1024, 512, 6, 8, seed_lengths, args.repeats,
+                         info["gemm_gflops"], train=False)
+    rows += encoder_case("seed (1,1024,512) d6 h8 train step", 1, 1024, 512, 6, 8, seed_lengths, args.repeats,
+                         info["gemm_gflops"], train=True)
+    if not args.quick:
+        lengths = torch.randint(128, 513, (8,), generator=torch.Generator().manual_seed(4))
+        rows += encoder_case("padded (8,512,512) d6 h8 forward", 8, 512, 512, 6, 8, lengths, args.repeats,
+                             info["gemm_gflops"], train=False)
+        for padded in (False, True):
+            rows += attention_op_case(4096, 8, 64, args.repeats, padded)
+    if args.long:
+        rows += long_cases([int(s) for s in args.long_lengths.split(",")], args.long_timeout)
+    print_table(rows)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"machine": info, "rows": rows}, f, indent=1)
+    print(f"\nwrote {args.out}")
+    if args.long and args.plot:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
