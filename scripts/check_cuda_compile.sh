@@ -67,7 +67,7 @@ PY
   if "$NVCC" -std=c++20 -O3 -t1 -gencode "arch=compute_${first_arch},code=sm_${first_arch}" "${torch_flags[@]}" \
       -I"$ROOT/csrc/include" -I"$ROOT/csrc" --expt-relaxed-constexpr -Xcompiler -fPIC -Xcompiler -Wall \
       -Xcompiler -Wextra -c "$CUDA_DIR/flash_attention_kernel.cu" -o "$OBJ_DIR/glue.o" >"$LOG_DIR/glue.log" 2>&1; then
-    glue_status="ok (torch $(python -c 'import torch; print(torch.__version__)'))"
+    glue_status="ok (torch $(python -W ignore -c 'import torch; print(torch.__version__)' 2>/dev/null))"
   else
     glue_status="FAILED (see $LOG_DIR/glue.log)"
     failures=$((failures + 1))
@@ -76,7 +76,7 @@ PY
 fi
 
 echo
-echo "per-kernel resources (registers, spill bytes stores/loads, static smem; dynamic smem is set at launch):"
+echo "per-kernel resources (registers, spill bytes stores/loads; shared memory is dynamic, sized at launch):"
 printf '%-6s %-30s %-60s %5s %11s\n' arch file kernel regs spills
 for log in "$LOG_DIR"/*_flash_*.log; do
   base="$(basename "$log" .log)"

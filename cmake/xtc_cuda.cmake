@@ -1,0 +1,10 @@
+# CUDA part of the build, included by the top-level CMakeLists.txt when torch has CUDA.
+# Appends the CUDA sources (host glue + generated kernel instantiations) to XTC_CUDA_SOURCES and picks the target
+# architectures: sm_80 (A100) and sm_90a (H100, whose 'a' variant admits Hopper-only instructions) unless
+# -DXTC_CUDA_ARCHS="..." says otherwise. Regenerate the instantiations with csrc/ops/cuda/generate_kernels.py.
+set(XTC_CUDA_ARCHS "80;90a" CACHE STRING "CUDA architectures of the xtc kernels (CMAKE_CUDA_ARCHITECTURES syntax)")
+set(CMAKE_CUDA_ARCHITECTURES ${XTC_CUDA_ARCHS})
+
+file(GLOB _xtc_cuda_glue CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/ops/cuda/*.cu)
+file(GLOB _xtc_cuda_kernels CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/ops/cuda/instantiations/*.cu)
+list(APPEND XTC_CUDA_SOURCES ${_xtc_cuda_glue} ${_xtc_cuda_kernels})
