@@ -30,6 +30,7 @@ CASES = [
     ("d512-L2-h1-dh512", dict(dim=512, depth=2, heads=1, attn_dim_head=512), 2, 5),
     ("d512-L3-h4-dh40", dict(dim=512, depth=3, heads=4, attn_dim_head=40), 3, 16),
     ("d64-L2-h2-dh32-n130", dict(dim=64, depth=2, heads=2, attn_dim_head=32), 2, 130),
+    ("d64-L1-h2-dh40-n257", dict(dim=64, depth=1, heads=2, attn_dim_head=40), 2, 257),
     # grouped-query attention and one kv head
     ("gqa-h6-kv2-dh24", dict(dim=64, depth=2, heads=6, attn_kv_heads=2, attn_dim_head=24), 3, 17),
     ("gqa-h8-kv4", dict(dim=32, depth=1, heads=8, attn_kv_heads=4, attn_dim_head=8), 2, 10),
@@ -38,6 +39,7 @@ CASES = [
     # feed-forward width
     ("ff-mult1", dict(dim=32, depth=2, heads=2, attn_dim_head=16, ff_mult=1), 2, 8),
     ("ff-mult3", dict(dim=48, depth=3, heads=3, attn_dim_head=16, ff_mult=3), 3, 12),
+    ("ff-mult2.5", dict(dim=36, depth=1, heads=2, attn_dim_head=18, ff_mult=2.5), 2, 7),
     # the flash path of x-transformers (F.scaled_dot_product_attention) against ours with the same flag
     ("attn-flash", dict(dim=64, depth=2, heads=4, attn_dim_head=16, attn_flash=True), 3, 21),
 ]
