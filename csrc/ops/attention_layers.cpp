@@ -12,36 +12,43 @@
 namespace xtc::ops {
 namespace {
 
-// Parsing the options string is cheap, but a forward pass should not pay it every call.
-const nn::AttentionLayersOptions& parsed_options(const std::string& text) {
+// Parsing options and laying out parameters is cheap, but a forward pass should not pay it on every call.
+const nn::functional::AttentionLayersPlan& plan_for(const std::string& text) {
   static std::mutex lock;
-  static std::unordered_map<std::string, std::unique_ptr<nn::AttentionLayersOptions>> cache;
+  static std::unordered_map<std::string, std::unique_ptr<const nn::functional::AttentionLayersPlan>> cache;
   std::lock_guard<std::mutex> guard(lock);
   auto& slot = cache[text];
-  if (!slot) slot = std::make_unique<nn::AttentionLayersOptions>(nn::AttentionLayersOptions::parse(text));
+  if (!slot) slot = std::make_unique<const nn::functional::AttentionLayersPlan>(nn::AttentionLayersOptions::parse(text));
   return *slot;
 }
 
-at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask, at::TensorList params,
+at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                                   const std::optional<at::Tensor>& context,
+                                   const std::optional<at::Tensor>& context_mask, at::TensorList params,
                                    c10::string_view options, bool training) {
-  return nn::functional::attention_layers(x, mask, params, parsed_options(std::string(options)), training);
+  return nn::functional::attention_layers(x, mask, context, context_mask, params, plan_for(std::string(options)),
+                                          training);
 }
 
 }  // namespace
 
-at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask, at::TensorList params,
-                            const std::string& options, bool training) {
+at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                            const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
+                            at::TensorList params, const std::string& options, bool training) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("xtc::attention_layers", "")
-                       .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, at::TensorList,
-                                         c10::string_view, bool)>();
-  return op.call(x, mask, params, options, training);
+                       .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
+                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                         at::TensorList, c10::string_view, bool)>();
+  return op.call(x, mask, context, context_mask, params, options, training);
 }
 
 }  // namespace xtc::ops
 
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
-  m.def("attention_layers(Tensor x, Tensor? mask, Tensor[] params, str options, bool training=False) -> Tensor");
+  m.def(
+      "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor[] params, str options, "
+      "bool training=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

@@ -10,7 +10,7 @@ torch.ops.xtc.flash_attention_backward and torch.ops.xtc.attention_layers.
 import torch  # noqa: F401  (loads libtorch before our library)
 
 from . import _C  # noqa: F401  (loads libxtc.so, registering torch.ops.xtc.*)
-from .attention_layers import AttentionLayers, Decoder, Encoder
+from .attention_layers import AttentionLayers, CrossAttender, Decoder, Encoder
 
-__all__ = ["AttentionLayers", "Decoder", "Encoder"]
+__all__ = ["AttentionLayers", "CrossAttender", "Decoder", "Encoder"]
 __version__ = "0.1.0"

@@ -11,43 +11,53 @@ from torch import nn
 
 from . import _C
 
-# Keyword arguments of AttentionLayers itself; everything else is routed by prefix as in x-transformers.
-_OWN_KWARGS = ("dim", "depth", "heads", "causal", "layer_dropout")
-_PREFIXES = (("ff_", "ff."), ("attn_", "attn."))
+_PREFIXES = ("ff_", "attn_", "cross_attn_")
 
 
-def _option_value(value):
+def _option_value(name, value):
     if isinstance(value, bool):
         return "1" if value else "0"
     if value is None:
         return "none"
     if isinstance(value, (int, float)):
         return repr(value)
-    raise TypeError(f"expected a bool, int, float or None option value, got {type(value).__name__}: {value!r}")
+    if name == "custom_layers" and isinstance(value, (tuple, list, str)):
+        return "".join(value)
+    if name == "layers_execute_order" and isinstance(value, (tuple, list)):
+        return ",".join(str(int(i)) for i in value)
+    raise TypeError(f"{name}: expected a bool, int, float or None, got {type(value).__name__}: {value!r}")
+
+
+def _route(kwargs):
+    """x-transformers' routing: ff_* to the feed-forwards, attn_* to self- and cross-attention, cross_attn_* to
+    cross-attention (overriding attn_*); returns {option key: value}."""
+    own, groups = {}, {prefix: {} for prefix in _PREFIXES}
+    for name, value in kwargs.items():
+        prefix = next((p for p in ("cross_attn_", "ff_", "attn_") if name.startswith(p)), None)
+        if prefix is None:
+            own[name] = value
+        else:
+            groups[prefix][name[len(prefix):]] = value
+    routed = dict(own)
+    routed.update({f"ff.{k}": v for k, v in groups["ff_"].items()})
+    routed.update({f"attn.{k}": v for k, v in groups["attn_"].items()})
+    cross = {**groups["attn_"], **groups["cross_attn_"]}
+    routed.update({f"cross_attn.{k}": v for k, v in cross.items()})
+    return routed, groups
 
 
 def _options_text(kwargs):
-    """x-transformers kwargs -> the C++ options line; unknown or unsupported kwargs raise TypeError."""
+    """x-transformers kwargs -> the C++ options line; unknown or unsupported kwargs raise TypeError naming them."""
     known = set(_C.option_keys())
-    items, unknown = [], []
-    for name, value in kwargs.items():
-        key = name
-        if name not in _OWN_KWARGS:
-            for prefix, nested in _PREFIXES:
-                if name.startswith(prefix):
-                    key = nested + name[len(prefix):]
-                    break
-        if key not in known:
-            unknown.append(name)
-            continue
-        items.append(f"{key}={_option_value(value)}")
+    routed, groups = _route(kwargs)
+    unknown = [name for name in kwargs if name not in known and not name.startswith(_PREFIXES)]
+    for prefix, nested in (("ff_", "ff."), ("attn_", "attn."), ("cross_attn_", "cross_attn.")):
+        unknown += [prefix + k for k in groups[prefix] if nested + k not in known]
     if unknown:
-        supported = sorted(k for k in _OWN_KWARGS) + sorted(
-            p + k[len(n):] for k in known for p, n in _PREFIXES if k.startswith(n))
         raise TypeError(
-            f"unrecognized or unsupported keyword arguments: {', '.join(sorted(unknown))}; "
-            f"supported: {', '.join(supported)}")
-    return _C.normalize_options(";".join(items))
+            f"unrecognized or unsupported keyword arguments: {', '.join(sorted(unknown))}. "
+            "The README lists every x-transformers keyword argument and whether x_transformers_cpp supports it.")
+    return _C.normalize_options(";".join(f"{k}={_option_value(k, v)}" for k, v in routed.items()))
 
 
 def _build_tree(named_tensors):
@@ -80,9 +90,13 @@ class AttentionLayers(nn.Module):
 
     Args (keyword names are x-transformers'):
         dim: model width. depth: number of (attention, feed-forward) blocks. heads: attention heads (8).
-        causal: causal self-attention. layer_dropout: probability of skipping a layer in training.
-        attn_*: attention options (attn_dim_head=64, attn_kv_heads, attn_one_kv_head, attn_dropout, attn_flash).
-        ff_*: feed-forward options (ff_mult=4, ff_dropout).
+        causal: causal self-attention. cross_attend / only_cross: cross-attention layers over `context`.
+        Norms (use_rmsnorm, use_scalenorm, use_simple_rmsnorm, norm_add_unit_offset, pre_norm, sandwich_norm),
+        residuals (scale_residual, gate_residual, use_layerscale), layouts (macaron, custom_layers, par_ratio,
+        sandwich_coef, layers_execute_order, weight_tie_layers), alibi_pos_bias, softclamp_output, layer_dropout.
+        attn_* / cross_attn_*: attention options (dim_head, kv_heads, qk_norm, gate_values, num_mem_kv, ...).
+        ff_*: feed-forward options (mult, glu, swish, relu_squared, post_act_ln, no_bias, dropout).
+        The README's table lists every x-transformers keyword argument and its status here.
     """
 
     def __init__(self, dim, depth=None, heads=8, causal=False, **kwargs):
@@ -96,14 +110,18 @@ class AttentionLayers(nn.Module):
         for name, child in tree.named_children():
             self.add_module(name, child)
 
-    def forward(self, x, mask=None):
+    def forward(self, x, mask=None, context=None, context_mask=None):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
+
+        With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
+        Pass them by name, as x-transformers advises; positionally, the second argument is the mask here (so that
+        `torch.jit.trace(encoder, (embed, mask))` works), where x-transformers would take it as the context.
 
         Padded positions are not attended to, and their attention outputs are zeroed; as in x-transformers, the
         feed-forward layers still run there, so the output at padded positions is defined but not zero.
         """
         params = [reduce(getattr, name.split("."), self) for name in self._parameter_names]
-        return torch.ops.xtc.attention_layers(x, mask, params, self._options, self.training)
+        return torch.ops.xtc.attention_layers(x, mask, context, context_mask, params, self._options, self.training)
 
     def extra_repr(self):
         return self._options
@@ -116,6 +134,13 @@ class Encoder(AttentionLayers):
         if "causal" in kwargs:
             raise TypeError("Encoder: cannot set causality on an Encoder; use Decoder")
         super().__init__(causal=False, **kwargs)
+
+
+class CrossAttender(AttentionLayers):
+    """x-transformers' CrossAttender: cross-attention and feed-forward blocks over a context. Keyword arguments only."""
+
+    def __init__(self, **kwargs):
+        super().__init__(cross_attend=True, only_cross=True, **kwargs)
 
 
 class Decoder(AttentionLayers):

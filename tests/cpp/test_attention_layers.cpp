@@ -41,7 +41,8 @@ TEST(AttentionLayers, ModuleAndOpAgree) {
   const auto mask = torch::rand({2, 11}) > 0.2;
   const auto via_module = decoder->forward(x, mask);
   const auto via_op =
-      xtc::ops::attention_layers(x, mask, decoder->parameters(), decoder->options.serialize(), /*training=*/false);
+      xtc::ops::attention_layers(x, mask, std::nullopt, std::nullopt, decoder->parameters(),
+                                 decoder->options.serialize(), /*training=*/false);
   EXPECT_TRUE(torch::equal(via_module, via_op));
   EXPECT_EQ(via_module.sizes(), x.sizes());
 }
@@ -99,7 +100,7 @@ TEST(AttentionLayers, BadInputsThrowNamingTheArgument) {
   expect_message(torch::randn({2, 5, 16}), {}, "expected x of shape (batch, seq, 32)");
   expect_message(torch::randn({2, 5, 32}), torch::ones({2, 4}, torch::kBool), "expected mask of shape (2, 5)");
   expect_message(torch::randn({2, 5, 32}), torch::ones({2, 5}), "expected mask of dtype bool");
-  expect_message(torch::randn({2, 5, 32}, torch::kDouble), {}, "of the input's dtype");
+  expect_message(torch::randn({2, 5, 32}, torch::kDouble), {}, "expected x of the parameters' dtype Float");
 }
 
 }  // namespace

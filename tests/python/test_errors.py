@@ -118,21 +118,19 @@ def test_wrong_number_of_parameters_to_op(module):
     params = list(module.parameters())
     x = torch.randn(2, 5, DIM)
     op = torch.ops.xtc.attention_layers
-    _raises(lambda: op(x, None, params[:-1], module._options, False), "parameters")
-    _raises(lambda: op(x, None, params + [params[0]], module._options, False), "parameters", str(len(params)),
+    _raises(lambda: op(x, None, None, None, params[:-1], module._options, False), "parameters")
+    _raises(lambda: op(x, None, None, None, params + [params[0]], module._options, False), "parameters", str(len(params)),
             str(len(params) + 1))
-    _raises(lambda: op(x, None, [], module._options, False), "parameters")
+    _raises(lambda: op(x, None, None, None, [], module._options, False), "parameters")
 
 
 def test_malformed_options_to_op(module):
     x = torch.randn(2, 5, DIM)
-    _raises(lambda: torch.ops.xtc.attention_layers(x, None, list(module.parameters()), "dim=32;garbage", False),
+    _raises(lambda: torch.ops.xtc.attention_layers(x, None, None, None, list(module.parameters()), "dim=32;garbage",
+                                                           False),
             "garbage")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "C++: a sparse x fails inside the op with 'unsupported memory format option Contiguous', which names neither x "
-    "nor the layout; a layout check on x is missing"))
 def test_sparse_x(module):
     x = torch.randn(2, 5, DIM).to_sparse()
     _raises(lambda: module(x), "x", "layout")

@@ -315,8 +315,8 @@ def test_unknown_kwargs_raise_type_error_naming_them():
     # real x-transformers options that this package does not support are rejected too, not ignored
     with pytest.raises(TypeError, match="rotary_pos_emb"):
         Decoder(dim=32, depth=1, rotary_pos_emb=True)
-    with pytest.raises(TypeError, match="ff_glu"):
-        Encoder(dim=32, depth=1, ff_glu=True)
+    with pytest.raises(TypeError, match="attn_sparse_topk"):
+        Encoder(dim=32, depth=1, attn_sparse_topk=4)
 
 
 def test_causal_keyword_rejected():

@@ -5,10 +5,12 @@
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/nn/functional/feedforward.h>
 #include <xtc/nn/functional/norm.h>
+#include <xtc/nn/functional/residual.h>
 #include <xtc/nn/modules/attention.h>
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/modules/feedforward.h>
 #include <xtc/nn/modules/norm.h>
+#include <xtc/nn/modules/residual.h>
 #include <xtc/nn/options/attention.h>
 #include <xtc/nn/options/attention_layers.h>
 #include <xtc/nn/options/feedforward.h>

@@ -384,6 +384,19 @@ __global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_simple_kernel(con
 
 }  // namespace detail
 
+namespace detail {
+template <typename T, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
+  using Cfg = BwdConfig<T, kHeadDim, kBlockM, kBlockN>;
+  auto kernel = flash_bwd_kernel<T, kHeadDim, kBlockM, kBlockN>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(ceil_div(params.keys, kBlockN), params.kv_heads, params.batch);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
+  return cudaGetLastError();
+}
+}  // namespace detail
+
 template <typename T, int kHeadDim>
 cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(params.batch) * params.queries * params.heads;
@@ -394,13 +407,13 @@ cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
 
   using Launch = detail::BwdLaunch<kHeadDim>;
-  using Cfg = detail::BwdConfig<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>;
-  auto kernel = detail::flash_bwd_kernel<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
-  if (err != cudaSuccess) return err;
-  const dim3 grid(detail::ceil_div(params.keys, Launch::kBlockN), params.kv_heads, params.batch);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
-  return cudaGetLastError();
+  if constexpr (kHeadDim == 128) {
+    // XTC_CUDA_BWD_BLOCK_N=128: 128-key CTAs of 8 warps for d = 128 (FlashAttention-2's shape: half the dQ atomics
+    // and Q / dO loads, one CTA per SM instead of two); for A/B timing.
+    static const int block_n = detail::env_tile_override("XTC_CUDA_BWD_BLOCK_N", Launch::kBlockN);
+    if (block_n == 128) return detail::launch_flash_bwd<T, kHeadDim, Launch::kBlockM, 128>(params, stream);
+  }
+  return detail::launch_flash_bwd<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>(params, stream);
 }
 
 template <typename T>

@@ -3,7 +3,8 @@
 // Shape legend: b batch, h query heads, hk kv heads, n queries, m keys, d head dim of q/k, dv head dim of v.
 //
 // Tensor-core kernel (FlashAttention-2 style): one CTA per (query tile of kBlockM rows, head, batch); each warp
-// owns 16 query rows. The Q tile is staged in shared memory once and kept in registers as mma A fragments; the
+// owns kWarpM = 16 or 32 query rows (32 for d >= 64, so each K / V fragment feeds two m16 tiles). The Q tile is
+// staged in shared memory once and read as mma A fragments (kept in registers when a warp has 16 rows); the
 // CTA walks the K/V tiles (kBlockN keys) that the causal/window band can reach, skips tiles whose keys are all
 // padded, and keeps the running row max / row sum of the online softmax in fp32. Products use
 // mma.sync.m16n8k16 (bf16 or fp16 in, fp32 accumulate), fed by ldmatrix from padded shared memory: a 16-byte
@@ -21,6 +22,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "flash_params.h"
 
@@ -126,11 +128,15 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t 
 // Logit of query `row` and key `col` in log2 units, from the raw dot product; softcap_tanh receives
 // tanh(x / softcap) for the backward's chain rule (0 when softcap is off).
 struct LogitTransform {
-  float scale, softcap, inv_softcap, slope;  // slope = 0 when ALiBi is off
+  float scale, scale_log2, softcap, inv_softcap, slope;  // slope = 0 when ALiBi is off; scale_log2 = scale*log2(e)
   int key_offset;
   bool has_alibi, has_softcap;
 
   __device__ __forceinline__ float operator()(float dot, int row, int col, float& softcap_tanh) const {
+    if (!has_alibi && !has_softcap) {  // plain scaled dot product: one multiply (uniform branch)
+      softcap_tanh = 0.f;
+      return dot * scale_log2;
+    }
     float x = dot * scale;
     if (has_alibi) x -= slope * fabsf(static_cast<float>(row + key_offset - col));
     softcap_tanh = 0.f;
@@ -145,6 +151,7 @@ struct LogitTransform {
 __device__ __forceinline__ LogitTransform make_logit_transform(const FlashFwdParams& p, int head) {
   LogitTransform t;
   t.scale = static_cast<float>(p.scale);
+  t.scale_log2 = static_cast<float>(p.scale * static_cast<double>(kLog2e));
   t.has_softcap = p.softcap > 0;
   t.softcap = static_cast<float>(p.softcap);
   t.inv_softcap = t.has_softcap ? static_cast<float>(1.0 / p.softcap) : 0.f;
@@ -160,22 +167,26 @@ __device__ __forceinline__ bool in_band(const FlashFwdParams& p, int row, int co
   return (!p.has_left || col >= diag - p.window_left) && (!p.has_right || col <= diag + p.window_right);
 }
 
-template <typename T, int kHeadDim, int kNWarps, int kBlockN>
+// kWarpM query rows per warp (16 or 32): with 32, every K / V fragment read from shared memory feeds two m16
+// tiles, which halves the ldmatrix traffic per mma (the limit of the 16-row layout on H100).
+template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM>
 struct FwdConfig {
-  static constexpr int kBlockM = 16 * kNWarps;
+  static constexpr int kMi = kWarpM / 16;  // m16 tiles per warp
+  static constexpr int kBlockM = kWarpM * kNWarps;
   static constexpr int kThreads = 32 * kNWarps;
   static constexpr int kStride = kHeadDim + 8;  // padded smem row (elements)
   static constexpr int kSmemBytes =
       (kBlockM + 2 * kBlockN) * kStride * static_cast<int>(sizeof(T)) + kBlockN;  // + keep flags
+  static_assert(kWarpM == 16 || kWarpM == 32, "a warp owns one or two m16 tiles");
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0, "tiles are multiples of the mma shape");
   static_assert(kThreads >= kBlockN, "one thread per key scans the padding mask of a tile");
 };
 
-template <typename T, int kHeadDim, int kNWarps, int kBlockN>
+template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM>
 __global__ void __launch_bounds__(32 * kNWarps)
     flash_fwd_kernel(const FlashFwdParams p) {
-  using Cfg = FwdConfig<T, kHeadDim, kNWarps, kBlockN>;
-  constexpr int kBlockM = Cfg::kBlockM, kThreads = Cfg::kThreads, kStride = Cfg::kStride;
+  using Cfg = FwdConfig<T, kHeadDim, kNWarps, kBlockN, kWarpM>;
+  constexpr int kBlockM = Cfg::kBlockM, kThreads = Cfg::kThreads, kStride = Cfg::kStride, kMi = Cfg::kMi;
   constexpr int kD = kHeadDim;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -203,18 +214,28 @@ __global__ void __launch_bounds__(32 * kNWarps)
   const T* v = static_cast<const T*>(p.v) + batch * p.v_batch_stride + kv_head * p.v_head_stride;
   const bool* keep = p.key_padding_mask ? p.key_padding_mask + batch * p.mask_batch_stride : nullptr;
 
-  // Writes the keep flag of each key of `tile` to sKeep (keys past m count as dropped) and returns
-  // bit 0: some key is kept, bit 1: every key is kept. Contains barriers: every thread calls it.
+  // Without a mask the kept keys of a tile are exactly those below m: the state comes from arithmetic, with no
+  // barrier and no sKeep write. With a mask, scan_tile writes the keep flag of each key of `tile` to sKeep (keys
+  // past m count as dropped). Either way it returns bit 0: some key is kept, bit 1: every key is kept.
+  // `keep` is uniform over the CTA, so every thread takes the same branch and the barriers stay collective.
   auto scan_tile = [&](int tile) -> int {
+    if (keep == nullptr) {
+      const int j0 = tile * kBlockN;
+      return (j0 < p.keys ? 1 : 0) | (j0 + kBlockN <= p.keys ? 2 : 0);
+    }
     bool kept = true;
     if (tid < kBlockN) {
       const int j = tile * kBlockN + tid;
-      kept = j < p.keys && (keep == nullptr || keep[j * p.mask_key_stride]);
+      kept = j < p.keys && keep[j * p.mask_key_stride];
       sKeep[tid] = kept;
     }
     const int any = __syncthreads_or(tid < kBlockN && kept);
     const int all = __syncthreads_and(kept);
     return (any ? 1 : 0) | (all ? 2 : 0);
+  };
+  // Keep flag of key `key0 + col_local` of the current tile (read only on tiles that are not whole).
+  auto key_kept = [&](int key0, int col_local) -> bool {
+    return keep == nullptr ? key0 + col_local < p.keys : sKeep[col_local];
   };
   // First tile at or after `tile` with a kept key; fully padded tiles are skipped without loading K/V.
   auto next_live_tile = [&](int tile, int& state) {
@@ -232,41 +253,76 @@ __global__ void __launch_bounds__(32 * kNWarps)
   cp_async_commit();
 
   const LogitTransform logit = make_logit_transform(p, head);
-  const int rows[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};  // this thread's two query rows
-
-  float acc_o[kD / 8][4];
+  const int warp_row0 = warp * kWarpM;  // this warp's first row within the CTA tile
+  // This thread's query rows: m16 tile mi, half r (row groups g and g + 8).
+  int rows[kMi][2];
 #pragma unroll
-  for (int i = 0; i < kD / 8; ++i) acc_o[i][0] = acc_o[i][1] = acc_o[i][2] = acc_o[i][3] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY};  // log2 units
-  float row_sum[2] = {0.f, 0.f};              // partial over this thread's columns; reduced at the end
-  uint32_t q_frag[kD / 16][4];
+  for (int mi = 0; mi < kMi; ++mi) {
+    rows[mi][0] = row0 + warp_row0 + mi * 16 + g;
+    rows[mi][1] = rows[mi][0] + 8;
+  }
+
+  float acc_o[kMi][kD / 8][4];
+#pragma unroll
+  for (int mi = 0; mi < kMi; ++mi)
+#pragma unroll
+    for (int i = 0; i < kD / 8; ++i) acc_o[mi][i][0] = acc_o[mi][i][1] = acc_o[mi][i][2] = acc_o[mi][i][3] = 0.f;
+  float row_max[kMi][2], row_sum[kMi][2];  // max in log2 units; sum partial over this thread's columns
+#pragma unroll
+  for (int mi = 0; mi < kMi; ++mi) {
+    row_max[mi][0] = row_max[mi][1] = -INFINITY;
+    row_sum[mi][0] = row_sum[mi][1] = 0.f;
+  }
+  // Q A-fragments: kept in registers across tiles when one m16 tile per warp; with two, they are re-read from
+  // sQ (never overwritten) each tile, as FlashAttention-2 does, to leave registers for the larger accumulators.
+  constexpr bool kQInRegs = kMi == 1;
+  uint32_t q_frag[kQInRegs ? kD / 16 : 1][4];
   bool q_in_registers = false;
+  auto q_frag_addr = [&](int mi, int kk) {
+    return smem_addr(sQ + (warp_row0 + mi * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + kk * 16 +
+                     (lane / 16) * 8);
+  };
 
   while (tile < tile_end) {
     load_tile_async<T, kBlockN, kD, kThreads>(sV, v, p.v_row_stride, tile * kBlockN, p.keys, tid);
     cp_async_commit();
     cp_async_wait<1>();  // Q and this K tile have landed; V may still be in flight
     __syncthreads();
-    if (!q_in_registers) {
+    if constexpr (kQInRegs) {
+      if (!q_in_registers) {
 #pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk)
-        ldmatrix_x4(q_frag[kk],
-                    smem_addr(sQ + (warp * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + kk * 16 + (lane / 16) * 8));
-      q_in_registers = true;
+        for (int kk = 0; kk < kD / 16; ++kk) ldmatrix_x4(q_frag[kk], q_frag_addr(0, kk));
+        q_in_registers = true;
+      }
     }
 
-    // S = Q K^T for this warp's 16 rows x kBlockN keys.
-    float s[kBlockN / 8][4];
+    // S = Q K^T for this warp's kWarpM rows x kBlockN keys.
+    float s[kMi][kBlockN / 8][4];
 #pragma unroll
-    for (int i = 0; i < kBlockN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mi = 0; mi < kMi; ++mi)
+#pragma unroll
+      for (int i = 0; i < kBlockN / 8; ++i) s[mi][i][0] = s[mi][i][1] = s[mi][i][2] = s[mi][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
+      uint32_t qa[kMi][4];
+#pragma unroll
+      for (int mi = 0; mi < kMi; ++mi) {
+        if constexpr (kQInRegs) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) qa[mi][e] = q_frag[kk][e];
+        } else {
+          ldmatrix_x4(qa[mi], q_frag_addr(mi, kk));
+        }
+      }
 #pragma unroll
       for (int np = 0; np < kBlockN / 16; ++np) {
         uint32_t b[4];
         ldmatrix_x4(b, smem_addr(sK + (np * 16 + (lane % 8) + (lane / 16) * 8) * kStride + kk * 16 + ((lane / 8) & 1) * 8));
-        mma_16816<T>(s[2 * np], q_frag[kk], b[0], b[1]);
-        mma_16816<T>(s[2 * np + 1], q_frag[kk], b[2], b[3]);
+#pragma unroll
+        for (int mi = 0; mi < kMi; ++mi) {
+          mma_16816<T>(s[mi][2 * np], qa[mi], b[0], b[1]);
+          mma_16816<T>(s[mi][2 * np + 1], qa[mi], b[2], b[3]);
+        }
       }
     }
 
@@ -275,41 +331,47 @@ __global__ void __launch_bounds__(32 * kNWarps)
     const bool whole_tile = (state & 2) && (!p.has_left || key0 >= row_last + p.key_offset - p.window_left) &&
                             (!p.has_right || key0 + kBlockN - 1 <= row0 + p.key_offset + p.window_right);
 #pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt) {
+    for (int mi = 0; mi < kMi; ++mi) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col_local = nt * 8 + 2 * t + (e & 1);
-        const int row = rows[e >> 1];
-        float unused_tanh;
-        float x = logit(s[nt][e], row, key0 + col_local, unused_tanh);
-        if (!whole_tile && !(sKeep[col_local] && in_band(p, row, key0 + col_local))) x = -INFINITY;
-        s[nt][e] = x;
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col_local = nt * 8 + 2 * t + (e & 1);
+          const int row = rows[mi][e >> 1];
+          float unused_tanh;
+          float x = logit(s[mi][nt][e], row, key0 + col_local, unused_tanh);
+          if (!whole_tile && !(key_kept(key0, col_local) && in_band(p, row, key0 + col_local))) x = -INFINITY;
+          s[mi][nt][e] = x;
+        }
       }
     }
 
     // Online softmax; a row that has seen no visible key yet keeps max -inf and uses 0 as its reference, so
     // exp2(-inf - 0) = 0 everywhere and no inf - inf NaN appears.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
+    for (int mi = 0; mi < kMi; ++mi) {
 #pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float ref = mx == -INFINITY ? 0.f : mx;
-      const float correction = exp2_approx(row_max[r] - ref);
-      row_max[r] = mx;
-      row_sum[r] *= correction;
+      for (int r = 0; r < 2; ++r) {
+        float mx = row_max[mi][r];
 #pragma unroll
-      for (int dn = 0; dn < kD / 8; ++dn) {
-        acc_o[dn][2 * r] *= correction;
-        acc_o[dn][2 * r + 1] *= correction;
-      }
+        for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mi][nt][2 * r], s[mi][nt][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float ref = mx == -INFINITY ? 0.f : mx;
+        const float correction = exp2_approx(row_max[mi][r] - ref);
+        row_max[mi][r] = mx;
+        row_sum[mi][r] *= correction;
 #pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
-        s[nt][2 * r] = exp2_approx(s[nt][2 * r] - ref);
-        s[nt][2 * r + 1] = exp2_approx(s[nt][2 * r + 1] - ref);
-        row_sum[r] += s[nt][2 * r] + s[nt][2 * r + 1];
+        for (int dn = 0; dn < kD / 8; ++dn) {
+          acc_o[mi][dn][2 * r] *= correction;
+          acc_o[mi][dn][2 * r + 1] *= correction;
+        }
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt) {
+          s[mi][nt][2 * r] = exp2_approx(s[mi][nt][2 * r] - ref);
+          s[mi][nt][2 * r + 1] = exp2_approx(s[mi][nt][2 * r + 1] - ref);
+          row_sum[mi][r] += s[mi][nt][2 * r] + s[mi][nt][2 * r + 1];
+        }
       }
     }
 
@@ -319,19 +381,28 @@ __global__ void __launch_bounds__(32 * kNWarps)
     if (next < tile_end) load_tile_async<T, kBlockN, kD, kThreads>(sK, k, p.k_row_stride, next * kBlockN, p.keys, tid);
     cp_async_commit();
 
-    // O += P V: the S accumulator fragments of two adjacent n8 tiles are exactly the A fragment of one k16 step.
+    // O += P V: the S accumulator fragments of two adjacent n8 tiles are exactly the A fragment of one k16 step;
+    // each V fragment feeds every m16 tile of the warp.
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                             pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t a[kMi][4];
+#pragma unroll
+      for (int mi = 0; mi < kMi; ++mi) {
+        a[mi][0] = pack2<T>(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+        a[mi][1] = pack2<T>(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+        a[mi][2] = pack2<T>(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+        a[mi][3] = pack2<T>(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < kD / 16; ++dp) {
         uint32_t b[4];
         ldmatrix_x4_trans(
             b, smem_addr(sV + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + dp * 16 + (lane / 16) * 8));
-        mma_16816<T>(acc_o[2 * dp], a, b[0], b[1]);
-        mma_16816<T>(acc_o[2 * dp + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mi = 0; mi < kMi; ++mi) {
+          mma_16816<T>(acc_o[mi][2 * dp], a[mi], b[0], b[1]);
+          mma_16816<T>(acc_o[mi][2 * dp + 1], a[mi], b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // every warp is done with sV before the next V tile lands there
@@ -342,31 +413,44 @@ __global__ void __launch_bounds__(32 * kNWarps)
   T* out = static_cast<T*>(p.out) + batch * p.o_batch_stride + head * p.o_head_stride;
   float* lse = static_cast<float*>(p.lse) + (static_cast<int64_t>(batch) * p.heads + head) * p.queries;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    // A row with no visible key has sum 0: out = 0 and lse = -inf, as the op promises.
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    const int row = rows[r];
-    if (row < p.queries) {
-      T* out_row = out + row * p.o_row_stride;
+  for (int mi = 0; mi < kMi; ++mi) {
 #pragma unroll
-      for (int dn = 0; dn < kD / 8; ++dn)
-        *reinterpret_cast<uint32_t*>(out_row + dn * 8 + 2 * t) =
-            pack2<T>(acc_o[dn][2 * r] * inv, acc_o[dn][2 * r + 1] * inv);
-      if (t == 0) lse[row] = sum > 0.f ? (row_max[r] + __log2f(sum)) * kLn2 : -INFINITY;
+    for (int r = 0; r < 2; ++r) {
+      float sum = row_sum[mi][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      // A row with no visible key has sum 0: out = 0 and lse = -inf, as the op promises.
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const int row = rows[mi][r];
+      if (row < p.queries) {
+        T* out_row = out + row * p.o_row_stride;
+#pragma unroll
+        for (int dn = 0; dn < kD / 8; ++dn)
+          *reinterpret_cast<uint32_t*>(out_row + dn * 8 + 2 * t) =
+              pack2<T>(acc_o[mi][dn][2 * r] * inv, acc_o[mi][dn][2 * r + 1] * inv);
+        if (t == 0) lse[row] = sum > 0.f ? (row_max[mi][r] + __log2f(sum)) * kLn2 : -INFINITY;
+      }
     }
   }
 }
 
-// Launch shape per head dim: 8 warps (128 query rows) share each K/V tile for d >= 64, which halves the K/V
-// traffic per row; d = 32 keeps 4 warps so short sequences still spread over the SMs.
+// Launch shape per head dim. d >= 64: 4 warps x 32 query rows (128 rows per CTA, FlashAttention-2's layout),
+// so each K / V fragment feeds two m16 tiles and two CTAs can share an SM; d = 32 keeps 4 warps x 16 rows so
+// short sequences still spread over the SMs.
 template <int kHeadDim>
 struct FwdLaunch {
-  static constexpr int kNWarps = kHeadDim >= 64 ? 8 : 4;
+  static constexpr int kNWarps = 4;
+  static constexpr int kWarpM = kHeadDim >= 64 ? 32 : 16;
   static constexpr int kBlockN = 64;
 };
+
+// Tuning switch read once per process: the integer value of environment variable `name`, or `fallback` when it
+// is unset or empty. Used for A/B timing of alternative tile shapes (see benchmarks/NOTES.md), never for
+// correctness: every shape it can pick computes the same op.
+inline int env_tile_override(const char* name, int fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr && value[0] != '\0' ? std::atoi(value) : fallback;
+}
 
 template <typename Acc>
 __device__ __forceinline__ Acc warp_sum(Acc x) {
@@ -445,18 +529,30 @@ __global__ void __launch_bounds__(32 * kSimpleWarps) flash_fwd_simple_kernel(con
 
 }  // namespace detail
 
-template <typename T, int kHeadDim>
-cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) {
-  using Launch = detail::FwdLaunch<kHeadDim>;
-  using Cfg = detail::FwdConfig<T, kHeadDim, Launch::kNWarps, Launch::kBlockN>;
-  auto kernel = detail::flash_fwd_kernel<T, kHeadDim, Launch::kNWarps, Launch::kBlockN>;
+namespace detail {
+template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM>
+cudaError_t launch_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) {
+  using Cfg = FwdConfig<T, kHeadDim, kNWarps, kBlockN, kWarpM>;
+  auto kernel = flash_fwd_kernel<T, kHeadDim, kNWarps, kBlockN, kWarpM>;
   // Above 48 KiB of dynamic shared memory a kernel must opt in.
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
-  const dim3 grid(detail::ceil_div(params.queries, Cfg::kBlockM), params.heads, params.batch);
+  const dim3 grid(ceil_div(params.queries, Cfg::kBlockM), params.heads, params.batch);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
   return cudaGetLastError();
+}
+}  // namespace detail
+
+template <typename T, int kHeadDim>
+cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) {
+  using Launch = detail::FwdLaunch<kHeadDim>;
+  if constexpr (kHeadDim == 128) {
+    // XTC_CUDA_FWD_BLOCK_N=32: 32-key tiles for d = 128 (no register spills, twice the tiles); for A/B timing.
+    static const int block_n = detail::env_tile_override("XTC_CUDA_FWD_BLOCK_N", Launch::kBlockN);
+    if (block_n == 32) return detail::launch_flash_fwd<T, kHeadDim, Launch::kNWarps, 32, Launch::kWarpM>(params, stream);
+  }
+  return detail::launch_flash_fwd<T, kHeadDim, Launch::kNWarps, Launch::kBlockN, Launch::kWarpM>(params, stream);
 }
 
 template <typename T>

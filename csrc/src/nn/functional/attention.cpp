@@ -3,58 +3,130 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/dropout.h>
-#include <ATen/ops/index_select.h>
+#include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/sigmoid.h>
 #include <ATen/ops/softmax.h>
+#include <ATen/ops/tanh.h>
 
 #include <cmath>
 #include <limits>
 
 namespace xtc::nn::functional {
+namespace {
 
-at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& mask, const at::Tensor& w_q,
-                     const at::Tensor& w_k, const at::Tensor& w_v, const at::Tensor& w_out,
-                     const AttentionConfig& config, bool training) {
-  const int64_t b = x.size(0), n = x.size(1);
-  const auto q = at::linear(x, w_q).view({b, n, config.heads, config.dim_head});
-  const auto k = at::linear(x, w_k).view({b, n, config.kv_heads, config.dim_head});
-  const auto v = at::linear(x, w_v).view({b, n, config.kv_heads, config.dim_head});
-  at::Tensor out;
-  if (training && config.dropout > 0) {
-    out = materialized_attention(q, k, v, mask, config.causal, config.dropout, training);
-  } else {
-    out = std::get<0>(ops::flash_attention(q, k, v, mask, config.causal));
+// x-transformers' l2norm: normalise each of `groups` slices of the head dim.
+at::Tensor l2norm(const at::Tensor& t, int64_t groups) {
+  auto shape = t.sizes().vec();
+  auto grouped = t.unflatten(-1, {groups, shape.back() / groups});
+  grouped = grouped / at::linalg_vector_norm(grouped, 2, {-1}, true).clamp_min(1e-12);
+  return grouped.flatten(-2);
+}
+
+double logit_scale(const AttentionConfig& c) {
+  const double default_scale = 1.0 / std::sqrt(static_cast<double>(c.dim_head));
+  if (!c.options.qk_norm() || c.options.qk_norm_dim_scale()) return default_scale;
+  return c.options.qk_norm_scale();
+}
+
+}  // namespace
+
+std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool training) {
+  std::vector<std::string> reasons;
+  if (training && c.options.dropout() > 0)
+    reasons.emplace_back("attention dropout in training needs the probabilities");
+  if (c.options.num_mem_kv() > 0 && c.alibi_slopes.defined())
+    reasons.emplace_back("ALiBi gives memory key/values no bias, which is not a position the kernel can express");
+  if (c.options.num_mem_kv() > 0 && c.options.max_attend_past().has_value())
+    reasons.emplace_back("max_attend_past keeps memory key/values visible, outside the kernel's window");
+  return reasons;
+}
+
+at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
+                     const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
+                     const AttentionWeights& w, const AttentionConfig& c, bool training) {
+  const auto& o = c.options;
+  const at::Tensor& kv_input = context.has_value() ? *context : x;
+  const int64_t b = x.size(0), n = x.size(1), m = kv_input.size(1);
+  auto q = at::linear(x, w.to_q).view({b, n, c.heads, c.dim_head});
+  auto k = at::linear(kv_input, w.to_k).view({b, m, c.kv_heads, c.dim_head});
+  auto v = at::linear(kv_input, w.to_v).view({b, m, c.kv_heads, c.value_dim_head});
+  if (o.qk_norm()) {
+    q = l2norm(q, o.qk_norm_groups());
+    k = l2norm(k, o.qk_norm_groups());
+    // Learned scales are (heads, 1, dh); our layout is (b, n, heads, dh).
+    if (w.qk_q_scale.defined()) q = q * w.qk_q_scale.transpose(0, 1);
+    if (w.qk_k_scale.defined()) k = k * w.qk_k_scale.transpose(0, 1);
   }
-  out = out.reshape({b, n, config.heads * config.dim_head});
-  if (w_out.defined()) out = at::linear(out, w_out);
+  // Key mask: context_mask for cross-attention, mask for self-attention.
+  std::optional<at::Tensor> key_mask = context.has_value() ? context_mask : mask;
+  if (o.num_mem_kv() > 0) {
+    auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand({b, -1, -1, -1});  // (b, M, hk, dh)
+    const auto mem_v = w.mem_v.transpose(0, 1).unsqueeze(0).expand({b, -1, -1, -1});
+    if (o.qk_norm()) {
+      mem_k = l2norm(mem_k, o.qk_norm_groups());
+      if (w.qk_k_scale.defined()) mem_k = mem_k * w.qk_k_scale.transpose(0, 1);
+    }
+    k = at::cat({mem_k, k}, 1);
+    v = at::cat({mem_v, v}, 1);
+    if (key_mask.has_value())
+      key_mask = at::cat({at::ones({b, o.num_mem_kv()}, key_mask->options()), *key_mask}, 1);
+  }
+  const double scale = logit_scale(c);
+  const double softcap = o.softclamp_logits() ? o.logit_softclamp_value() : 0.0;
+  const int64_t window_left = o.max_attend_past().value_or(-1);
+  at::Tensor out;
+  if (materialize_reasons(c, training).empty()) {
+    const auto slopes = c.alibi_slopes.defined() ? std::optional<at::Tensor>(c.alibi_slopes) : std::nullopt;
+    out = std::get<0>(ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, -1, softcap));
+  } else {
+    // Visibility and bias over (n, M + m) keys; memory keys (the first M) are always visible and unbiased.
+    const int64_t keys = k.size(1), memory = o.num_mem_kv();
+    const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (m - n);
+    const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
+    const auto is_memory = key_pos < 0;
+    at::Tensor keep = key_mask.has_value() ? key_mask->view({b, 1, 1, keys}) : at::Tensor();
+    if (window_left >= 0) {
+      const auto in_window = ((query_pos - key_pos) <= window_left).logical_or(is_memory).view({1, 1, n, keys});
+      keep = keep.defined() ? keep.logical_and(in_window) : in_window;
+    }
+    at::Tensor bias;
+    if (c.alibi_slopes.defined()) {
+      const auto distance = (query_pos - key_pos).abs().to(x.scalar_type()).masked_fill(is_memory, 0);
+      bias = -distance.view({1, 1, n, keys}) * c.alibi_slopes.to(x.scalar_type()).view({1, c.heads, 1, 1});
+    }
+    out = materialized_attention(q, k, v, scale, keep, bias, c.causal && n > 1, softcap, o.dropout(), training);
+  }
+  if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
+  out = out.reshape({b, n, c.heads * c.value_dim_head});
+  if (w.to_v_gate.defined()) out = out * at::sigmoid(at::linear(x, w.to_v_gate));
+  if (w.to_out.defined()) out = at::linear(out, w.to_out);
   if (mask.has_value()) out = out.masked_fill(mask->logical_not().unsqueeze(-1), 0);
   return out;
 }
 
-at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  const std::optional<at::Tensor>& key_padding_mask, bool causal, double dropout,
-                                  bool training) {
+at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                                  const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
+                                  double dropout, bool training) {
   const int64_t heads = q.size(2), kv_heads = k.size(2), n = q.size(1), m = k.size(1);
   // Query head i reads kv head i % kv_heads.
   const auto kv_index = at::arange(heads, q.options().dtype(at::kLong)).remainder(kv_heads);
-  const auto qh = q.transpose(1, 2);                                    // (b, h, n, dh)
-  const auto kh = k.index_select(2, kv_index).transpose(1, 2);          // (b, h, m, dh)
-  const auto vh = v.index_select(2, kv_index).transpose(1, 2);          // (b, h, m, dv)
-  auto sim = at::matmul(qh, kh.transpose(-1, -2)) * (1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  const auto qh = q.transpose(1, 2);                            // (b, h, n, dh)
+  const auto kh = k.index_select(2, kv_index).transpose(1, 2);  // (b, h, m, dh)
+  const auto vh = v.index_select(2, kv_index).transpose(1, 2);  // (b, h, m, dv)
+  auto sim = at::matmul(qh, kh.transpose(-1, -2)) * scale;
+  if (bias.defined()) sim = sim + bias;
+  if (softcap > 0) sim = at::tanh(sim / softcap) * softcap;
   double lowest = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "materialized_attention", [&] {
     lowest = static_cast<double>(std::numeric_limits<scalar_t>::lowest());
   });
-  at::Tensor row_is_entirely_masked;
-  if (key_padding_mask.has_value()) {
-    const auto keep = key_padding_mask->view({q.size(0), 1, 1, m});
-    sim = sim.masked_fill(keep.logical_not(), lowest);
-    row_is_entirely_masked = keep.logical_not().all(-1, /*keepdim=*/true);  // (b, 1, 1, 1)
-  }
-  if (causal && n > 1) {
+  if (keep.defined()) sim = sim.masked_fill(keep.logical_not(), lowest);
+  if (causal) {
     const auto future = at::ones({n, m}, q.options().dtype(at::kBool)).triu(m - n + 1);
     sim = sim.masked_fill(future, lowest);
   }
@@ -62,7 +134,8 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
   auto attn = at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).to(sim.scalar_type());
   if (training && dropout > 0) attn = at::dropout(attn, dropout, training);
   auto out = at::matmul(attn, vh);  // (b, h, n, dv)
-  if (row_is_entirely_masked.defined()) out = out.masked_fill(row_is_entirely_masked, 0);
+  // x-transformers zeroes rows that the key/window masks hide entirely (causality not counted).
+  if (keep.defined()) out = out.masked_fill(keep.logical_not().all(-1, /*keepdim=*/true), 0);
   return out.transpose(1, 2);
 }
 

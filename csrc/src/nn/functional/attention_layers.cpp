@@ -2,92 +2,299 @@
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/nn/functional/feedforward.h>
 #include <xtc/nn/functional/norm.h>
+#include <xtc/nn/functional/residual.h>
 
 #include <ATen/ops/rand.h>
-#include <c10/util/irange.h>
+#include <ATen/ops/tanh.h>
+#include <ATen/ops/tensor.h>
 
-#include <vector>
+#include <cmath>
 
 namespace xtc::nn::functional {
 namespace {
 
-// Hands out the flat parameter list in module order, checking each against the shape the options imply, so that
-// a list built for other options fails loudly instead of computing garbage.
-class ParameterCursor {
- public:
-  ParameterCursor(at::TensorList params, const at::Tensor& x) : params_(params), x_(x) {}
+// ------------------------------------------------------------------------------------------------ layout
 
-  const at::Tensor& take(const char* name, std::vector<int64_t> shape) {
-    TORCH_CHECK(next_ < params_.size(), "AttentionLayers: expected more parameters, ran out at ", name,
-                " (got ", params_.size(), ")");
-    const at::Tensor& p = params_[next_++];
-    TORCH_CHECK(p.sizes() == c10::IntArrayRef(shape), "AttentionLayers: expected parameter ", name, " of shape ",
-                c10::IntArrayRef(shape), ", got ", p.sizes());
-    TORCH_CHECK(p.scalar_type() == x_.scalar_type(), "AttentionLayers: expected parameter ", name,
-                " of the input's dtype ", x_.scalar_type(), ", got ", p.scalar_type());
-    TORCH_CHECK(p.device() == x_.device(), "AttentionLayers: expected parameter ", name, " on the input's device ",
-                x_.device(), ", got ", p.device());
-    return p;
+using Specs = std::vector<ParameterSpec>;
+
+void add_norm(Specs& specs, const std::string& prefix, const AttentionLayersOptions& o) {
+  switch (o.norm_kind()) {
+    case NormKind::LayerNorm: specs.push_back({prefix + "gamma", {o.dim()}}); break;
+    case NormKind::RMSNorm: specs.push_back({prefix + "g", {o.dim()}}); break;
+    case NormKind::ScaleNorm: specs.push_back({prefix + "g", {1}}); break;
+    case NormKind::SimpleRMSNorm: break;
+  }
+}
+
+// Attention's own parameters come first (registration order), then its linear layers.
+void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a, const AttentionLayersOptions& o) {
+  const int64_t h = o.heads(), hk = o.resolved_kv_heads(a), dh = a.dim_head(), dv = a.value_dim_head().value_or(dh);
+  if (a.qk_norm() && a.qk_norm_dim_scale()) {
+    specs.push_back({p + "qk_norm_q_scale", {h, 1, dh}});
+    specs.push_back({p + "qk_norm_k_scale", {hk, 1, dh}});
+  }
+  if (a.head_scale()) specs.push_back({p + "head_scale_params", {1, h, 1, 1}});
+  if (a.num_mem_kv() > 0) {
+    specs.push_back({p + "mem_k", {hk, a.num_mem_kv(), dh}});
+    specs.push_back({p + "mem_v", {hk, a.num_mem_kv(), dh}});
+  }
+  specs.push_back({p + "to_q.weight", {h * dh, o.dim()}});
+  specs.push_back({p + "to_k.weight", {hk * dh, o.dim()}});
+  specs.push_back({p + "to_v.weight", {hk * dv, o.dim()}});
+  if (a.gate_values()) specs.push_back({p + "to_v_gate.weight", {h * dv, o.dim()}});
+  if (h > 1) specs.push_back({p + "to_out.weight", {o.dim(), h * dv}});
+}
+
+void add_feed_forward(Specs& specs, const std::string& p, const AttentionLayersOptions& o) {
+  const auto& f = o.ff();
+  const int64_t inner = static_cast<int64_t>(o.dim() * f.mult());
+  if (f.glu()) {
+    if (f.glu_mult_bias()) specs.push_back({p + "ff.0.mult_bias", {inner}});
+    specs.push_back({p + "ff.0.proj.weight", {2 * inner, o.dim()}});
+    specs.push_back({p + "ff.0.proj.bias", {2 * inner}});
+  } else {
+    specs.push_back({p + "ff.0.0.weight", {inner, o.dim()}});
+    if (!f.no_bias()) specs.push_back({p + "ff.0.0.bias", {inner}});
+  }
+  if (f.post_act_ln()) specs.push_back({p + "ff.1.gamma", {inner}});
+  const std::string out = p + (f.post_act_ln() ? "ff.3." : "ff.2.");
+  specs.push_back({out + "weight", {o.dim(), inner}});
+  if (!f.no_bias()) specs.push_back({out + "bias", {o.dim()}});
+}
+
+void add_residual(Specs& specs, const std::string& p, const AttentionLayersOptions& o) {
+  if (o.scale_residual()) specs.push_back({p + "residual_scale", {o.dim()}});
+  if (o.residual_kind() == ResidualKind::GRUGating) {
+    const int64_t d = o.dim();
+    specs.push_back({p + "gru.weight_ih", {3 * d, d}});
+    specs.push_back({p + "gru.weight_hh", {3 * d, d}});
+    specs.push_back({p + "gru.bias_ih", {3 * d}});
+    specs.push_back({p + "gru.bias_hh", {3 * d}});
+  }
+}
+
+// Where the block of a layer sits: LayerScale adds `gamma` and a `.fn` level, macaron's Scale another `.fn`.
+std::string block_prefix(const std::string& layer, char type, const AttentionLayersOptions& o) {
+  std::string p = layer + "1.";
+  if (o.use_layerscale()) p += "fn.";
+  if (o.macaron() && type == 'f') p += "fn.";
+  return p;
+}
+
+Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
+  Specs specs;
+  for (size_t i = 0; i < types.size(); ++i) {
+    const std::string layer = "layers." + std::to_string(i) + ".";
+    if (o.pre_norm()) add_norm(specs, layer + "0.0.", o);
+    if (o.sandwich_norm()) add_norm(specs, layer + "0.1.", o);
+    if (!o.pre_norm()) add_norm(specs, layer + "0.2.", o);
+    if (o.use_layerscale()) specs.push_back({layer + "1.gamma", {o.dim()}});
+    const std::string block = block_prefix(layer, types[i], o);
+    if (types[i] == 'f') add_feed_forward(specs, block, o);
+    else add_attention(specs, block, types[i] == 'a' ? o.attn() : o.cross_attn(), o);
+    add_residual(specs, layer + "2.", o);
+  }
+  if (o.has_final_norm()) add_norm(specs, "final_norm.", o);
+  return specs;
+}
+
+// x-transformers' AlibiPositionalBias._get_slopes: a geometric series, interleaved for non-powers of 2.
+std::vector<double> geometric_alibi_slopes(int64_t heads) {
+  const auto power_of_2 = [](int64_t n) {
+    const double start = std::pow(2.0, -std::pow(2.0, -(std::log2(static_cast<double>(n)) - 3)));
+    std::vector<double> s;
+    for (int64_t i = 0; i < n; ++i) s.push_back(start * std::pow(start, static_cast<double>(i)));
+    return s;
+  };
+  const double log2_heads = std::log2(static_cast<double>(heads));
+  if (log2_heads == std::floor(log2_heads)) return power_of_2(heads);
+  const int64_t closest = int64_t(1) << static_cast<int64_t>(std::floor(log2_heads));
+  auto slopes = power_of_2(closest);
+  const auto extra = power_of_2(2 * closest);
+  for (int64_t i = 0; i < 2 * closest && static_cast<int64_t>(slopes.size()) < heads; i += 2) slopes.push_back(extra[i]);
+  return slopes;
+}
+
+// ------------------------------------------------------------------------------------------------ forward
+
+// The parameters of one call, checked against the plan and fetched by state_dict name.
+class Parameters {
+ public:
+  Parameters(const AttentionLayersPlan& plan, at::TensorList params, const at::Tensor& x) : plan_(plan), params_(params) {
+    const auto& specs = plan.parameters();
+    TORCH_CHECK_VALUE(params.size() == specs.size(), "AttentionLayers: expected ", specs.size(),
+                      " parameters for these options, got ", params.size());
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const auto& p = params[i];
+      TORCH_CHECK_VALUE(p.sizes() == c10::IntArrayRef(specs[i].shape), "AttentionLayers: expected parameter ",
+                        specs[i].name, " of shape ", c10::IntArrayRef(specs[i].shape), ", got ", p.sizes());
+      TORCH_CHECK_VALUE(p.scalar_type() == x.scalar_type(), "AttentionLayers: expected x of the parameters' dtype ",
+                        p.scalar_type(), ", got ", x.scalar_type(), " (parameter ", specs[i].name, ")");
+      TORCH_CHECK_VALUE(p.device() == x.device(), "AttentionLayers: expected x on the parameters' device ", p.device(),
+                        ", got ", x.device(), " (parameter ", specs[i].name, ")");
+    }
   }
 
-  void expect_end() const {
-    TORCH_CHECK(next_ == params_.size(), "AttentionLayers: expected ", next_, " parameters, got ", params_.size());
+  at::Tensor get(const std::string& name) const {
+    const int64_t i = plan_.index(name);
+    return i < 0 ? at::Tensor() : params_[i];
   }
 
  private:
+  const AttentionLayersPlan& plan_;
   at::TensorList params_;
-  const at::Tensor& x_;
-  size_t next_ = 0;
 };
 
-void check_inputs(const at::Tensor& x, const std::optional<at::Tensor>& mask, const AttentionLayersOptions& o) {
-  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(2) == o.dim(),
-                    "AttentionLayers: expected x of shape (batch, seq, ", o.dim(), "), got ", x.sizes());
-  TORCH_CHECK_VALUE(x.is_floating_point(), "AttentionLayers: expected x of a floating dtype, got ", x.scalar_type());
+void check_sequence(const char* name, const at::Tensor& t, int64_t batch, int64_t dim, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, "AttentionLayers: expected a dense (strided) ", name, ", got layout ",
+                    t.layout());
+  TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == batch && t.size(2) == dim, "AttentionLayers: expected ", name,
+                    " of shape (", batch, ", seq, ", dim, "), got ", t.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), "AttentionLayers: expected ", name, " of x's dtype ",
+                    x.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), "AttentionLayers: expected ", name, " on x's device ", x.device(),
+                    ", got ", t.device());
+}
+
+void check_mask(const char* name, const std::optional<at::Tensor>& mask, const at::Tensor& seq) {
   if (!mask.has_value()) return;
-  TORCH_CHECK_VALUE(mask->scalar_type() == at::kBool, "AttentionLayers: expected mask of dtype bool (True = keep), got ",
-                    mask->scalar_type());
-  TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == x.size(0) && mask->size(1) == x.size(1),
-                    "AttentionLayers: expected mask of shape (", x.size(0), ", ", x.size(1), "), got ", mask->sizes());
-  TORCH_CHECK_VALUE(mask->device() == x.device(), "AttentionLayers: expected mask on the input's device ", x.device(),
-                    ", got ", mask->device());
+  TORCH_CHECK_VALUE(mask->scalar_type() == at::kBool, "AttentionLayers: expected ", name,
+                    " of dtype bool (True = keep), got ", mask->scalar_type());
+  TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == seq.size(0) && mask->size(1) == seq.size(1),
+                    "AttentionLayers: expected ", name, " of shape (", seq.size(0), ", ", seq.size(1), "), got ",
+                    mask->sizes());
+  TORCH_CHECK_VALUE(mask->device() == seq.device(), "AttentionLayers: expected ", name, " on x's device ",
+                    seq.device(), ", got ", mask->device());
+}
+
+void check_inputs(const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
+                  const std::optional<at::Tensor>& context_mask, const AttentionLayersOptions& o) {
+  TORCH_CHECK_VALUE(x.layout() == at::kStrided, "AttentionLayers: expected a dense (strided) x, got layout ",
+                    x.layout());
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(2) == o.dim(), "AttentionLayers: expected x of shape (batch, seq, ", o.dim(),
+                    "), got ", x.sizes());
+  TORCH_CHECK_VALUE(x.is_floating_point(), "AttentionLayers: expected x of a floating dtype, got ", x.scalar_type());
+  check_mask("mask", mask, x);
+  TORCH_CHECK_VALUE(context.has_value() == o.cross_attend(),
+                    o.cross_attend() ? "AttentionLayers: context must be passed in when cross_attend is set"
+                                     : "AttentionLayers: context was passed in, but cross_attend is not set");
+  TORCH_CHECK_VALUE(!context_mask.has_value() || context.has_value(),
+                    "AttentionLayers: context_mask was passed in without context");
+  if (context.has_value()) {
+    check_sequence("context", *context, x.size(0), o.dim(), x);
+    check_mask("context_mask", context_mask, *context);
+  }
+}
+
+AttentionWeights attention_weights(const Parameters& p, const std::string& prefix) {
+  AttentionWeights w;
+  w.to_q = p.get(prefix + "to_q.weight");
+  w.to_k = p.get(prefix + "to_k.weight");
+  w.to_v = p.get(prefix + "to_v.weight");
+  w.to_v_gate = p.get(prefix + "to_v_gate.weight");
+  w.to_out = p.get(prefix + "to_out.weight");
+  w.head_scale = p.get(prefix + "head_scale_params");
+  w.mem_k = p.get(prefix + "mem_k");
+  w.mem_v = p.get(prefix + "mem_v");
+  w.qk_q_scale = p.get(prefix + "qk_norm_q_scale");
+  w.qk_k_scale = p.get(prefix + "qk_norm_k_scale");
+  return w;
+}
+
+FeedForwardWeights feed_forward_weights(const Parameters& p, const std::string& prefix, const FeedForwardOptions& f) {
+  FeedForwardWeights w;
+  if (f.glu()) {
+    w.proj_in_weight = p.get(prefix + "ff.0.proj.weight");
+    w.proj_in_bias = p.get(prefix + "ff.0.proj.bias");
+    w.glu_mult_bias = p.get(prefix + "ff.0.mult_bias");
+  } else {
+    w.proj_in_weight = p.get(prefix + "ff.0.0.weight");
+    w.proj_in_bias = p.get(prefix + "ff.0.0.bias");
+  }
+  w.post_act_gamma = p.get(prefix + "ff.1.gamma");
+  const std::string out = prefix + (f.post_act_ln() ? "ff.3." : "ff.2.");
+  w.proj_out_weight = p.get(out + "weight");
+  w.proj_out_bias = p.get(out + "bias");
+  return w;
+}
+
+ResidualWeights residual_weights(const Parameters& p, const std::string& prefix) {
+  return {p.get(prefix + "residual_scale"), p.get(prefix + "gru.weight_ih"), p.get(prefix + "gru.weight_hh"),
+          p.get(prefix + "gru.bias_ih"), p.get(prefix + "gru.bias_hh")};
+}
+
+at::Tensor norm_gain(const Parameters& p, const std::string& prefix, NormKind kind) {
+  return kind == NormKind::LayerNorm ? p.get(prefix + "gamma") : p.get(prefix + "g");
+}
+
+AttentionConfig attention_config(const AttentionOptions& a, const AttentionLayersOptions& o, bool causal,
+                                 const at::Tensor& slopes) {
+  return AttentionConfig{o.heads(), o.resolved_kv_heads(a), a.dim_head(), a.value_dim_head().value_or(a.dim_head()),
+                         causal, a, slopes};
 }
 
 }  // namespace
 
-at::Tensor attention_layers(const at::Tensor& x_in, const std::optional<at::Tensor>& mask, at::TensorList params,
-                            const AttentionLayersOptions& o, bool training) {
-  check_inputs(x_in, mask, o);
-  ParameterCursor cursor(params, x_in);
-  const int64_t dim = o.dim(), dim_head = o.attn().dim_head(), kv_heads = o.resolved_kv_heads();
-  const int64_t inner = o.heads() * dim_head, kv_inner = kv_heads * dim_head;
-  const int64_t ff_inner = static_cast<int64_t>(dim * o.ff().mult());
-  const AttentionConfig attn_config{o.heads(), kv_heads, dim_head, o.causal(), o.attn().dropout()};
+AttentionLayersPlan::AttentionLayersPlan(AttentionLayersOptions options) : options_(std::move(options)) {
+  options_.validate();
+  layer_types_ = options_.layer_types();
+  execution_order_ = options_.execution_order();
+  parameters_ = layout(options_, layer_types_);
+  for (size_t i = 0; i < parameters_.size(); ++i) index_.emplace(parameters_[i].name, static_cast<int64_t>(i));
+  if (options_.alibi_pos_bias()) {
+    alibi_slopes_ = geometric_alibi_slopes(options_.alibi_num_heads().value_or(options_.heads()));
+    alibi_slopes_.resize(options_.heads(), 0.0);  // heads past alibi_num_heads get no bias
+  }
+}
+
+int64_t AttentionLayersPlan::index(const std::string& name) const {
+  const auto it = index_.find(name);
+  return it == index_.end() ? -1 : it->second;
+}
+
+at::Tensor attention_layers(const at::Tensor& x_in, const std::optional<at::Tensor>& mask,
+                            const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
+                            at::TensorList params, const AttentionLayersPlan& plan, bool training) {
+  const auto& o = plan.options();
+  check_inputs(x_in, mask, context, context_mask, o);
+  const Parameters p(plan, params, x_in);
+  const NormKind norm_kind = o.norm_kind();
+  const bool unit_offset = o.norm_add_unit_offset();
+  at::Tensor slopes;
+  if (!plan.alibi_slopes().empty())
+    slopes = at::tensor(plan.alibi_slopes(), x_in.options().dtype(at::kDouble)).to(at::kFloat);
+  const auto self_config = attention_config(o.attn(), o, o.causal(), slopes);
+  const auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor());
 
   at::Tensor x = x_in;
-  for (const char type : o.layer_types()) {
-    const auto& gamma = cursor.take("norm.gamma", {dim});
-    // Layer dropout skips the whole layer, residual included (x-transformers' `layer_dropout`); the parameters are
-    // still consumed so the cursor stays aligned.
-    const bool skip =
-        training && o.layer_dropout() > 0 && at::rand({}, at::kDouble).item<double>() < o.layer_dropout();
-    if (type == 'a') {
-      const auto& w_q = cursor.take("to_q.weight", {inner, dim});
-      const auto& w_k = cursor.take("to_k.weight", {kv_inner, dim});
-      const auto& w_v = cursor.take("to_v.weight", {kv_inner, dim});
-      const at::Tensor w_out = o.heads() > 1 ? cursor.take("to_out.weight", {dim, inner}) : at::Tensor();
-      if (!skip) x = x + attention(layer_norm(x, gamma), mask, w_q, w_k, w_v, w_out, attn_config, training);
+  for (const int64_t i : plan.execution_order()) {
+    if (training && o.layer_dropout() > 0 && at::rand({}, at::kDouble).item<double>() < o.layer_dropout()) continue;
+    const char type = plan.layer_types()[i];
+    const std::string layer = "layers." + std::to_string(i) + ".";
+    const std::string block = block_prefix(layer, type, o);
+    const at::Tensor inner_residual = x;
+    at::Tensor h = o.pre_norm() ? norm(norm_kind, x, norm_gain(p, layer + "0.0.", norm_kind), unit_offset) : x;
+    at::Tensor out;
+    if (type == 'f') {
+      out = feed_forward(h, feed_forward_weights(p, block, o.ff()), o.ff(), training);
+      if (o.macaron()) out = out * 0.5;
+    } else if (type == 'a') {
+      out = attention(h, std::nullopt, mask, std::nullopt, attention_weights(p, block), self_config, training);
     } else {
-      const auto& w_in = cursor.take("ff.0.0.weight", {ff_inner, dim});
-      const auto& b_in = cursor.take("ff.0.0.bias", {ff_inner});
-      const auto& w_out = cursor.take("ff.2.weight", {dim, ff_inner});
-      const auto& b_out = cursor.take("ff.2.bias", {dim});
-      if (!skip) x = x + feed_forward(layer_norm(x, gamma), w_in, b_in, w_out, b_out, o.ff().dropout(), training);
+      out = attention(h, context, mask, context_mask, attention_weights(p, block), cross_config, training);
     }
+    if (o.use_layerscale()) {
+      const auto gamma = p.get(layer + "1.gamma");
+      out = out * (unit_offset ? gamma + 1 : gamma);
+    }
+    if (o.sandwich_norm()) out = norm(norm_kind, out, norm_gain(p, layer + "0.1.", norm_kind), unit_offset);
+    x = residual(o.residual_kind(), out, inner_residual, residual_weights(p, layer + "2."),
+                 o.scale_residual_constant());
+    if (!o.pre_norm()) x = norm(norm_kind, x, norm_gain(p, layer + "0.2.", norm_kind), unit_offset);
   }
-  const auto& final_gamma = cursor.take("final_norm.gamma", {dim});
-  cursor.expect_end();
-  return layer_norm(x, final_gamma);
+  if (o.softclamp_output()) x = at::tanh(x / o.softclamp_output_value()) * o.softclamp_output_value();
+  if (o.has_final_norm()) x = norm(norm_kind, x, norm_gain(p, "final_norm.", norm_kind), unit_offset);
+  return x;
 }
 
 }  // namespace xtc::nn::functional

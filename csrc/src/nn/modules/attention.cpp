@@ -1,6 +1,12 @@
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/modules/attention.h>
 
+#include <ATen/ops/ones.h>
+#include <ATen/ops/randn.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+
 namespace xtc::nn {
 
 AttentionImpl::AttentionImpl(int64_t dim, int64_t heads, AttentionOptions options, bool causal)
@@ -8,17 +14,44 @@ AttentionImpl::AttentionImpl(int64_t dim, int64_t heads, AttentionOptions option
   reset();
 }
 
+namespace {
+
+int64_t kv_heads_of(const AttentionOptions& o, int64_t heads) {
+  return o.one_kv_head() ? 1 : o.kv_heads().value_or(heads);
+}
+
+std::optional<at::Tensor> optional(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+}  // namespace
+
 void AttentionImpl::reset() {
-  const int64_t kv_heads = options.one_kv_head() ? 1 : options.kv_heads().value_or(heads);
+  const int64_t kv_heads = kv_heads_of(options, heads), dh = options.dim_head();
+  const int64_t dv = options.value_dim_head().value_or(dh);
   TORCH_CHECK_VALUE(heads > 0 && kv_heads > 0 && heads % kv_heads == 0,
                     "Attention: expected kv_heads to divide heads (", heads, "), got ", kv_heads);
-  const int64_t inner = heads * options.dim_head(), kv_inner = kv_heads * options.dim_head();
+  // Own parameters in x-transformers' registration order; they precede the linear layers in the state_dict.
+  if (options.qk_norm() && options.qk_norm_dim_scale()) {
+    const double init = std::pow(static_cast<double>(dh), 0.25);
+    qk_norm_q_scale = register_parameter("qk_norm_q_scale", at::ones({heads, 1, dh}) * init);
+    qk_norm_k_scale = register_parameter("qk_norm_k_scale", at::ones({kv_heads, 1, dh}) * init);
+  }
+  if (options.head_scale()) head_scale_params = register_parameter("head_scale_params", at::ones({1, heads, 1, 1}));
+  if (options.num_mem_kv() > 0) {
+    mem_k = register_parameter("mem_k", at::randn({kv_heads, options.num_mem_kv(), dh}));
+    mem_v = register_parameter("mem_v", at::randn({kv_heads, options.num_mem_kv(), dh}));
+  }
   const auto no_bias = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
-  to_q = register_module("to_q", torch::nn::Linear(no_bias(dim, inner)));
-  to_k = register_module("to_k", torch::nn::Linear(no_bias(dim, kv_inner)));
-  to_v = register_module("to_v", torch::nn::Linear(no_bias(dim, kv_inner)));
+  to_q = register_module("to_q", torch::nn::Linear(no_bias(dim, heads * dh)));
+  to_k = register_module("to_k", torch::nn::Linear(no_bias(dim, kv_heads * dh)));
+  to_v = register_module("to_v", torch::nn::Linear(no_bias(dim, kv_heads * dv)));
+  if (options.gate_values()) to_v_gate = register_module("to_v_gate", torch::nn::Linear(no_bias(dim, heads * dv)));
   // x-transformers has no output projection with a single head.
-  if (heads > 1) to_out = register_module("to_out", torch::nn::Linear(no_bias(inner, dim)));
+  if (heads > 1) {
+    to_out = register_module("to_out", torch::nn::Linear(no_bias(heads * dv, dim)));
+    if (options.zero_init_output()) torch::nn::init::zeros_(to_out->weight);
+  }
 }
 
 void AttentionImpl::pretty_print(std::ostream& stream) const {
@@ -27,11 +60,19 @@ void AttentionImpl::pretty_print(std::ostream& stream) const {
   stream << ")";
 }
 
-at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask) {
-  const int64_t kv_heads = to_k->weight.size(0) / options.dim_head();
-  const functional::AttentionConfig config{heads, kv_heads, options.dim_head(), causal, options.dropout()};
-  return functional::attention(x, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, to_q->weight,
-                               to_k->weight, to_v->weight, to_out ? to_out->weight : at::Tensor(), config,
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& context,
+                                  const at::Tensor& context_mask) {
+  const functional::AttentionConfig config{heads,
+                                           kv_heads_of(options, heads),
+                                           options.dim_head(),
+                                           options.value_dim_head().value_or(options.dim_head()),
+                                           causal && !context.defined(),
+                                           options,
+                                           at::Tensor()};
+  functional::AttentionWeights w{to_q->weight, to_k->weight, to_v->weight,
+                                 to_v_gate ? to_v_gate->weight : at::Tensor(), to_out ? to_out->weight : at::Tensor(),
+                                 head_scale_params, mem_k, mem_v, qk_norm_q_scale, qk_norm_k_scale};
+  return functional::attention(x, optional(context), optional(mask), optional(context_mask), w, config,
                                is_training());
 }
 

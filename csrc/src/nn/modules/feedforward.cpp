@@ -1,32 +1,74 @@
 #include <xtc/nn/functional/feedforward.h>
 #include <xtc/nn/modules/feedforward.h>
+#include <xtc/nn/modules/norm.h>
 
+#include <ATen/ops/ones.h>
+#include <torch/nn/init.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/dropout.h>
 
 namespace xtc::nn {
+
+GLUImpl::GLUImpl(int64_t dim_in, int64_t dim_out, bool mult_bias)
+    : dim_in(dim_in), dim_out(dim_out), has_mult_bias(mult_bias) {
+  reset();
+}
+
+void GLUImpl::reset() {
+  proj = register_module("proj", torch::nn::Linear(dim_in, dim_out * 2));
+  if (has_mult_bias) mult_bias = register_parameter("mult_bias", at::ones({dim_out}));
+}
+
+void GLUImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::GLU(" << dim_in << ", " << dim_out << (has_mult_bias ? ", mult_bias=true" : "") << ")";
+}
 
 FeedForwardImpl::FeedForwardImpl(int64_t dim, FeedForwardOptions options) : dim(dim), options(options) { reset(); }
 
 void FeedForwardImpl::reset() {
   const auto inner = static_cast<int64_t>(dim * options.mult());
   TORCH_CHECK_VALUE(inner > 0, "FeedForward: expected dim * mult >= 1, got dim ", dim, " and mult ", options.mult());
-  proj_in = torch::nn::Linear(torch::nn::LinearOptions(dim, inner));
-  proj_out = torch::nn::Linear(torch::nn::LinearOptions(inner, dim));
-  // ModuleLists only give the nesting x-transformers' Sequentials have; forward runs the functional math.
-  ff = register_module("ff", torch::nn::ModuleList(torch::nn::ModuleList(proj_in, torch::nn::GELU()),
-                                                   torch::nn::Dropout(options.dropout()), proj_out));
+  ff = register_module("ff", torch::nn::ModuleList());
+  // The activation modules only name the layout; forward runs functional::feed_forward.
+  if (options.glu()) {
+    glu = GLU(dim, inner, options.glu_mult_bias());
+    ff->push_back(glu);
+  } else {
+    proj_in = torch::nn::Linear(torch::nn::LinearOptions(dim, inner).bias(!options.no_bias()));
+    ff->push_back(torch::nn::ModuleList(proj_in, torch::nn::GELU()));
+  }
+  if (options.post_act_ln()) {
+    post_act_norm = LayerNorm(inner, /*unit_offset=*/false).ptr();
+    ff->push_back(post_act_norm);
+  }
+  ff->push_back(torch::nn::Dropout(options.dropout()));
+  proj_out = torch::nn::Linear(torch::nn::LinearOptions(inner, dim).bias(!options.no_bias()));
+  ff->push_back(proj_out);
+  if (options.zero_init_output()) {
+    torch::nn::init::zeros_(proj_out->weight);
+    if (proj_out->bias.defined()) torch::nn::init::zeros_(proj_out->bias);
+  }
 }
 
 void FeedForwardImpl::pretty_print(std::ostream& stream) const {
-  stream << "xtc::nn::FeedForward(dim=" << dim << ", mult=" << options.mult();
-  if (options.dropout() > 0) stream << ", dropout=" << options.dropout();
-  stream << ")";
+  stream << "xtc::nn::FeedForward(dim=" << dim << ", mult=" << options.mult() << (options.glu() ? ", glu=true" : "")
+         << ")";
 }
 
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
-  return functional::feed_forward(x, proj_in->weight, proj_in->bias, proj_out->weight, proj_out->bias,
-                                  options.dropout(), is_training());
+  functional::FeedForwardWeights w;
+  if (options.glu()) {
+    w.proj_in_weight = glu->proj->weight;
+    w.proj_in_bias = glu->proj->bias;
+    w.glu_mult_bias = glu->mult_bias;
+  } else {
+    w.proj_in_weight = proj_in->weight;
+    w.proj_in_bias = proj_in->bias;
+  }
+  if (post_act_norm) w.post_act_gamma = post_act_norm->named_parameters()["gamma"];
+  w.proj_out_weight = proj_out->weight;
+  w.proj_out_bias = proj_out->bias;
+  return functional::feed_forward(x, w, options, is_training());
 }
 
 }  // namespace xtc::nn

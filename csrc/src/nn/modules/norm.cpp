@@ -1,23 +1,51 @@
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/modules/norm.h>
 
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/empty.h>
 #include <torch/nn/init.h>
 
 namespace xtc::nn {
 
-LayerNormImpl::LayerNormImpl(int64_t dim) : dim(dim) { reset(); }
+LayerNormImpl::LayerNormImpl(int64_t dim, bool unit_offset) : dim(dim), unit_offset(unit_offset) { reset(); }
 
 void LayerNormImpl::reset() {
   TORCH_CHECK_VALUE(dim > 0, "LayerNorm: expected dim > 0, got ", dim);
-  gamma = register_parameter("gamma", at::zeros({dim}));
+  gamma = register_parameter("gamma", at::empty({dim}));
   reset_parameters();
 }
 
-void LayerNormImpl::reset_parameters() { torch::nn::init::zeros_(gamma); }
+void LayerNormImpl::reset_parameters() { torch::nn::init::constant_(gamma, unit_offset ? 0.0 : 1.0); }
 
-void LayerNormImpl::pretty_print(std::ostream& stream) const { stream << "xtc::nn::LayerNorm(" << dim << ")"; }
+void LayerNormImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::LayerNorm(" << dim << (unit_offset ? ", unit_offset=true" : "") << ")";
+}
 
-at::Tensor LayerNormImpl::forward(const at::Tensor& x) { return functional::layer_norm(x, gamma); }
+at::Tensor LayerNormImpl::forward(const at::Tensor& x) { return functional::layer_norm(x, gamma, unit_offset); }
+
+RMSNormImpl::RMSNormImpl(int64_t dim, bool unit_offset, bool scalar_gain)
+    : dim(dim), unit_offset(unit_offset), scalar_gain(scalar_gain) {
+  reset();
+}
+
+void RMSNormImpl::reset() {
+  TORCH_CHECK_VALUE(dim > 0, "RMSNorm: expected dim > 0, got ", dim);
+  g = register_parameter("g", at::empty({scalar_gain ? 1 : dim}));
+  reset_parameters();
+}
+
+void RMSNormImpl::reset_parameters() { torch::nn::init::constant_(g, unit_offset ? 0.0 : 1.0); }
+
+void RMSNormImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::" << (scalar_gain ? "ScaleNorm(" : "RMSNorm(") << dim << (unit_offset ? ", unit_offset=true" : "")
+         << ")";
+}
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) { return functional::rms_norm(x, g, unit_offset); }
+
+SimpleRMSNormImpl::SimpleRMSNormImpl(int64_t dim) : dim(dim) {}
+
+void SimpleRMSNormImpl::pretty_print(std::ostream& stream) const { stream << "xtc::nn::SimpleRMSNorm(" << dim << ")"; }
+
+at::Tensor SimpleRMSNormImpl::forward(const at::Tensor& x) { return functional::rms_norm(x, at::Tensor()); }
 
 }  // namespace xtc::nn

@@ -12,125 +12,342 @@ namespace xtc::nn {
 AttentionLayersOptions::AttentionLayersOptions(int64_t dim, int64_t depth, int64_t heads)
     : dim_(dim), depth_(depth), heads_(heads) {}
 
-int64_t AttentionLayersOptions::resolved_kv_heads() const {
-  if (attn_.one_kv_head()) return 1;
-  return attn_.kv_heads().value_or(heads_);
+namespace {
+
+std::vector<char> default_block(const AttentionLayersOptions& o) {
+  std::vector<char> block;
+  if (o.macaron()) block.push_back('f');
+  if (!(o.cross_attend() && o.only_cross())) block.push_back('a');
+  if (o.cross_attend()) block.push_back('c');
+  block.push_back('f');
+  return block;
 }
 
+}  // namespace
+
 std::vector<char> AttentionLayersOptions::layer_types() const {
+  auto block = default_block(*this);
   std::vector<char> types;
-  for (int64_t i = 0; i < depth_; ++i) {
-    types.push_back('a');
-    types.push_back('f');
+  if (custom_layers_.has_value()) return {custom_layers_->begin(), custom_layers_->end()};
+  if (par_ratio_.has_value()) {
+    // PAR: attention-heavy head of blocks, then feed-forwards (x-transformers' construction, verbatim).
+    const int64_t par_depth = depth_ * static_cast<int64_t>(block.size());
+    std::vector<char> attn_block;
+    for (char t : block)
+      if (t != 'f') attn_block.push_back(t);
+    const int64_t par_attn = par_depth / *par_ratio_;
+    const int64_t depth_cut = par_depth * 2 / 3;
+    const int64_t par_width = (depth_cut + depth_cut / par_attn) / par_attn;
+    std::vector<char> par_block = attn_block;
+    par_block.resize(par_width, 'f');
+    for (int64_t i = 0; i < par_attn; ++i) types.insert(types.end(), par_block.begin(), par_block.end());
+    types.resize(par_depth, 'f');
+    return types;
   }
+  if (sandwich_coef_.has_value()) {
+    types.assign(*sandwich_coef_, 'a');
+    for (int64_t i = 0; i < depth_ - *sandwich_coef_; ++i) types.insert(types.end(), block.begin(), block.end());
+    types.resize(types.size() + *sandwich_coef_, 'f');
+    return types;
+  }
+  const int64_t blocks = weight_tie_layers_ ? 1 : depth_;
+  for (int64_t i = 0; i < blocks; ++i) types.insert(types.end(), block.begin(), block.end());
   return types;
 }
 
-void AttentionLayersOptions::validate() const {
-  TORCH_CHECK_VALUE(dim_ > 0, "AttentionLayers: expected dim > 0, got ", dim_);
-  TORCH_CHECK_VALUE(depth_ > 0, "AttentionLayers: expected depth > 0, got ", depth_);
-  TORCH_CHECK_VALUE(heads_ > 0, "AttentionLayers: expected heads > 0, got ", heads_);
-  TORCH_CHECK_VALUE(attn_.dim_head() > 0, "AttentionLayers: expected attn_dim_head > 0, got ", attn_.dim_head());
-  TORCH_CHECK_VALUE(!(attn_.one_kv_head() && attn_.kv_heads().has_value()),
-                    "AttentionLayers: attn_one_kv_head and attn_kv_heads clash; set at most one of them");
-  const int64_t kv_heads = resolved_kv_heads();
-  TORCH_CHECK_VALUE(kv_heads > 0 && heads_ % kv_heads == 0, "AttentionLayers: expected attn_kv_heads to divide heads (",
-                    heads_, "), got ", kv_heads);
-  TORCH_CHECK_VALUE(ff_.mult() > 0 && static_cast<int64_t>(dim_ * ff_.mult()) > 0,
-                    "AttentionLayers: expected ff_mult > 0 giving an inner width >= 1, got ", ff_.mult());
-  for (auto [name, p] : {std::pair<const char*, double>{"attn_dropout", attn_.dropout()},
-                         {"ff_dropout", ff_.dropout()},
-                         {"layer_dropout", layer_dropout_}}) {
-    TORCH_CHECK_VALUE(p >= 0 && p < 1, "AttentionLayers: expected ", name, " in [0, 1), got ", p);
-  }
-  // x-transformers: with one head there is no output projection, so the head width must equal dim.
-  TORCH_CHECK_VALUE(heads_ > 1 || attn_.dim_head() == dim_,
-                    "AttentionLayers: with heads=1 there is no output projection, so attn_dim_head must equal dim (",
-                    dim_, "), got ", attn_.dim_head());
+std::vector<int64_t> AttentionLayersOptions::execution_order() const {
+  if (!layers_execute_order_.empty()) return layers_execute_order_;
+  std::vector<int64_t> order;
+  const int64_t layers = static_cast<int64_t>(layer_types().size());
+  const int64_t repeats = weight_tie_layers_ ? depth_ : 1;
+  for (int64_t r = 0; r < repeats; ++r)
+    for (int64_t i = 0; i < layers; ++i) order.push_back(i);
+  return order;
+}
+
+int64_t AttentionLayersOptions::resolved_kv_heads(const AttentionOptions& attention) const {
+  if (attention.one_kv_head()) return 1;
+  return attention.kv_heads().value_or(heads_);
+}
+
+NormKind AttentionLayersOptions::norm_kind() const {
+  if (use_rmsnorm_) return NormKind::RMSNorm;
+  if (use_scalenorm_) return NormKind::ScaleNorm;
+  if (use_simple_rmsnorm_) return NormKind::SimpleRMSNorm;
+  return NormKind::LayerNorm;
+}
+
+ResidualKind AttentionLayersOptions::residual_kind() const {
+  return gate_residual_ ? ResidualKind::GRUGating : ResidualKind::Add;
 }
 
 namespace {
 
-// One serialisable option: its key and how to read and write it as text.
+void validate_attention(const char* prefix, const AttentionOptions& a, const AttentionLayersOptions& o) {
+  TORCH_CHECK_VALUE(a.dim_head() > 0, "AttentionLayers: expected ", prefix, "dim_head > 0, got ", a.dim_head());
+  TORCH_CHECK_VALUE(!(a.one_kv_head() && a.kv_heads().has_value()), "AttentionLayers: ", prefix, "one_kv_head and ",
+                    prefix, "kv_heads clash; set at most one of them");
+  const int64_t kv_heads = o.resolved_kv_heads(a);
+  TORCH_CHECK_VALUE(kv_heads > 0 && o.heads() % kv_heads == 0, "AttentionLayers: expected ", prefix,
+                    "kv_heads to divide heads (", o.heads(), "), got ", kv_heads);
+  TORCH_CHECK_VALUE(!a.value_dim_head().has_value() || *a.value_dim_head() > 0, "AttentionLayers: expected ", prefix,
+                    "value_dim_head > 0");
+  TORCH_CHECK_VALUE(a.dropout() >= 0 && a.dropout() < 1, "AttentionLayers: expected ", prefix,
+                    "dropout in [0, 1), got ", a.dropout());
+  TORCH_CHECK_VALUE(!a.softclamp_logits() || a.logit_softclamp_value() > 0, "AttentionLayers: expected ", prefix,
+                    "logit_softclamp_value > 0, got ", a.logit_softclamp_value());
+  TORCH_CHECK_VALUE(!a.max_attend_past().has_value() || *a.max_attend_past() >= 0, "AttentionLayers: expected ",
+                    prefix, "max_attend_past >= 0");
+  TORCH_CHECK_VALUE(!a.qk_norm() || (a.qk_norm_groups() > 0 && a.dim_head() % a.qk_norm_groups() == 0 &&
+                                     a.dim_head() / a.qk_norm_groups() > 2),
+                    "AttentionLayers: expected ", prefix, "qk_norm_groups to divide ", prefix,
+                    "dim_head into groups wider than 2, got ", a.qk_norm_groups());
+  TORCH_CHECK_VALUE(a.num_mem_kv() >= 0, "AttentionLayers: expected ", prefix, "num_mem_kv >= 0");
+  TORCH_CHECK_VALUE(a.num_mem_kv() == 0 || a.value_dim_head().value_or(a.dim_head()) == a.dim_head(),
+                    "AttentionLayers: ", prefix, "num_mem_kv needs ", prefix, "value_dim_head == ", prefix,
+                    "dim_head (x-transformers' memory values are dim_head wide)");
+  // x-transformers: with one head there is no output projection, so the value width must equal dim.
+  TORCH_CHECK_VALUE(o.heads() > 1 || a.value_dim_head().value_or(a.dim_head()) == o.dim(),
+                    "AttentionLayers: with heads=1 there is no output projection, so ", prefix,
+                    "dim_head must equal dim (", o.dim(), "), got ", a.value_dim_head().value_or(a.dim_head()));
+}
+
+int count_true(std::initializer_list<bool> flags) {
+  int n = 0;
+  for (bool f : flags) n += f;
+  return n;
+}
+
+}  // namespace
+
+void AttentionLayersOptions::validate() const {
+  TORCH_CHECK_VALUE(dim_ > 0, "AttentionLayers: expected dim > 0, got ", dim_);
+  TORCH_CHECK_VALUE(heads_ > 0, "AttentionLayers: expected heads > 0, got ", heads_);
+  TORCH_CHECK_VALUE(custom_layers_.has_value() || depth_ > 0, "AttentionLayers: expected depth > 0, got ", depth_);
+  TORCH_CHECK_VALUE(count_true({use_scalenorm_, use_rmsnorm_, use_simple_rmsnorm_}) <= 1,
+                    "AttentionLayers: use_scalenorm, use_rmsnorm and use_simple_rmsnorm clash; set at most one");
+  TORCH_CHECK_VALUE(count_true({custom_layers_.has_value(), par_ratio_.has_value(), sandwich_coef_.has_value()}) <= 1,
+                    "AttentionLayers: custom_layers, par_ratio and sandwich_coef clash; set at most one");
+  TORCH_CHECK_VALUE(!(weight_tie_layers_ && (custom_layers_ || par_ratio_ || sandwich_coef_ ||
+                                             !layers_execute_order_.empty())),
+                    "AttentionLayers: weight_tie_layers clashes with custom_layers, par_ratio, sandwich_coef and "
+                    "layers_execute_order");
+  TORCH_CHECK_VALUE(pre_norm_ || !sandwich_norm_, "AttentionLayers: sandwich_norm needs pre_norm=True");
+  TORCH_CHECK_VALUE(!only_cross_ || cross_attend_, "AttentionLayers: only_cross needs cross_attend=True");
+  if (custom_layers_.has_value()) {
+    TORCH_CHECK_VALUE(!custom_layers_->empty(), "AttentionLayers: expected a non-empty custom_layers");
+    for (char t : *custom_layers_)
+      TORCH_CHECK_VALUE(t == 'a' || t == 'f' || (t == 'c' && cross_attend_), "AttentionLayers: custom_layers may hold ",
+                        cross_attend_ ? "'a', 'c' and 'f'" : "'a' and 'f' ('c' needs cross_attend=True)", ", got '",
+                        *custom_layers_, "'");
+  }
+  if (par_ratio_.has_value()) {
+    const int64_t par_depth = depth_ * static_cast<int64_t>(default_block(*this).size());
+    TORCH_CHECK_VALUE(*par_ratio_ > 1 && *par_ratio_ <= par_depth, "AttentionLayers: par_ratio out of range (1, ",
+                      par_depth, "], got ", *par_ratio_);
+  }
+  if (sandwich_coef_.has_value())
+    TORCH_CHECK_VALUE(*sandwich_coef_ > 0 && *sandwich_coef_ <= depth_,
+                      "AttentionLayers: expected 0 < sandwich_coef <= depth (", depth_, "), got ", *sandwich_coef_);
+  const auto layers = static_cast<int64_t>(layer_types().size());
+  for (int64_t i : layers_execute_order_)
+    TORCH_CHECK_VALUE(i >= 0 && i < layers, "AttentionLayers: layers_execute_order holds ", i, ", but there are ",
+                      layers, " layers");
+  if (alibi_num_heads_.has_value())
+    TORCH_CHECK_VALUE(*alibi_num_heads_ > 0 && *alibi_num_heads_ <= heads_,
+                      "AttentionLayers: expected 0 < alibi_num_heads <= heads (", heads_, "), got ", *alibi_num_heads_);
+  validate_attention("attn_", attn_, *this);
+  if (cross_attend_) validate_attention("cross_attn_", cross_attn_, *this);
+  TORCH_CHECK_VALUE(ff_.mult() > 0 && static_cast<int64_t>(dim_ * ff_.mult()) > 0,
+                    "AttentionLayers: expected ff_mult > 0 giving an inner width >= 1, got ", ff_.mult());
+  TORCH_CHECK_VALUE(!(ff_.relu_squared() && ff_.swish()), "AttentionLayers: ff_relu_squared and ff_swish clash");
+  for (auto [name, p] : {std::pair<const char*, double>{"ff_dropout", ff_.dropout()}, {"layer_dropout", layer_dropout_}})
+    TORCH_CHECK_VALUE(p >= 0 && p < 1, "AttentionLayers: expected ", name, " in [0, 1), got ", p);
+  TORCH_CHECK_VALUE(!softclamp_output_ || softclamp_output_value_ > 0,
+                    "AttentionLayers: expected softclamp_output_value > 0");
+}
+
+// ------------------------------------------------------------------------------------------------ serialisation
+
+namespace {
+
 struct Field {
-  const char* key;
+  std::string key;
   std::function<std::string(const AttentionLayersOptions&)> get;
   std::function<void(AttentionLayersOptions&, const std::string&)> set;
 };
 
-int64_t to_int(const std::string& key, const std::string& text) {
+[[noreturn]] void bad_value(const std::string& key, const char* expected, const std::string& text) {
+  TORCH_CHECK_VALUE(false, "AttentionLayers: option ", key, " expects ", expected, ", got '", text, "'");
+}
+
+template <typename T>
+T from_text(const std::string& key, const std::string& text);
+
+template <>
+int64_t from_text<int64_t>(const std::string& key, const std::string& text) {
   try {
     size_t used = 0;
     const int64_t value = std::stoll(text, &used);
     if (used == text.size()) return value;
   } catch (const std::exception&) {
   }
-  TORCH_CHECK_VALUE(false, "AttentionLayers: option ", key, " expects an integer, got '", text, "'");
+  bad_value(key, "an integer", text);
 }
 
-double to_double(const std::string& key, const std::string& text) {
+template <>
+double from_text<double>(const std::string& key, const std::string& text) {
   try {
     size_t used = 0;
     const double value = std::stod(text, &used);
     if (used == text.size()) return value;
   } catch (const std::exception&) {
   }
-  TORCH_CHECK_VALUE(false, "AttentionLayers: option ", key, " expects a number, got '", text, "'");
+  bad_value(key, "a number", text);
 }
 
-bool to_bool(const std::string& key, const std::string& text) {
+template <>
+bool from_text<bool>(const std::string& key, const std::string& text) {
   if (text == "1" || text == "true" || text == "True") return true;
   if (text == "0" || text == "false" || text == "False") return false;
-  TORCH_CHECK_VALUE(false, "AttentionLayers: option ", key, " expects a bool, got '", text, "'");
+  bad_value(key, "a bool", text);
 }
 
-// Doubles are written with enough digits to read back the same value.
-std::string from_double(double value) { return fmt::format("{:.17g}", value); }
+template <>
+std::optional<int64_t> from_text<std::optional<int64_t>>(const std::string& key, const std::string& text) {
+  if (text == "none" || text == "None") return std::nullopt;
+  return from_text<int64_t>(key, text);
+}
 
-#define XTC_INT_FIELD(KEY, EXPR)                                                                  \
-  Field {                                                                                         \
-    KEY, [](const AttentionLayersOptions& o) { return std::to_string(o.EXPR()); },                \
-        [](AttentionLayersOptions& o, const std::string& t) { o.EXPR(to_int(KEY, t)); }           \
+template <>
+std::optional<std::string> from_text<std::optional<std::string>>(const std::string& key, const std::string& text) {
+  if (text == "none" || text == "None") return std::nullopt;
+  for (char c : text)
+    if (c == ';' || c == '=' || c == ',') bad_value(key, "letters", text);
+  return text;
+}
+
+template <>
+std::vector<int64_t> from_text<std::vector<int64_t>>(const std::string& key, const std::string& text) {
+  std::vector<int64_t> values;
+  std::istringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    if (!item.empty()) values.push_back(from_text<int64_t>(key, item));
   }
-#define XTC_DOUBLE_FIELD(KEY, EXPR)                                                               \
-  Field {                                                                                         \
-    KEY, [](const AttentionLayersOptions& o) { return from_double(o.EXPR()); },                   \
-        [](AttentionLayersOptions& o, const std::string& t) { o.EXPR(to_double(KEY, t)); }        \
-  }
-#define XTC_BOOL_FIELD(KEY, EXPR)                                                                 \
-  Field {                                                                                         \
-    KEY, [](const AttentionLayersOptions& o) { return std::string(o.EXPR() ? "1" : "0"); },       \
-        [](AttentionLayersOptions& o, const std::string& t) { o.EXPR(to_bool(KEY, t)); }          \
-  }
+  return values;
+}
+
+std::string to_text(int64_t v) { return std::to_string(v); }
+std::string to_text(double v) { return fmt::format("{:.17g}", v); }  // reads back exactly
+std::string to_text(bool v) { return v ? "1" : "0"; }
+std::string to_text(const std::optional<int64_t>& v) { return v ? std::to_string(*v) : "none"; }
+std::string to_text(const std::optional<std::string>& v) { return v ? *v : "none"; }
+std::string to_text(const std::vector<int64_t>& v) { return fmt::format("{}", fmt::join(v, ",")); }
+
+// A field reached through `part` (the options themselves, or a nested options struct) and a TORCH_ARG accessor.
+template <typename Part, typename Value>
+Field field(std::string key, Part& (*part)(AttentionLayersOptions&),
+            const Value& (Part::*get)() const noexcept, Value& (Part::*ref)() noexcept) {
+  return Field{key,
+               [part, get](const AttentionLayersOptions& o) {
+                 return to_text((part(const_cast<AttentionLayersOptions&>(o)).*get)());
+               },
+               [key, part, ref](AttentionLayersOptions& o, const std::string& text) {
+                 (part(o).*ref)() = from_text<Value>(key, text);
+               }};
+}
+
+AttentionLayersOptions& self(AttentionLayersOptions& o) { return o; }
+AttentionOptions& attn(AttentionLayersOptions& o) { return o.attn(); }
+AttentionOptions& cross_attn(AttentionLayersOptions& o) { return o.cross_attn(); }
+FeedForwardOptions& ff(AttentionLayersOptions& o) { return o.ff(); }
+
+
+void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
+                          AttentionOptions& (*part)(AttentionLayersOptions&)) {
+  using A = AttentionOptions;
+#define XTC_ATTN(NAME, TYPE)                                                                                 \
+  fields.push_back(field<A, TYPE>(prefix + #NAME, part, static_cast<const TYPE& (A::*)() const noexcept>(&A::NAME), \
+                                  static_cast<TYPE& (A::*)() noexcept>(&A::NAME)))
+  XTC_ATTN(dim_head, int64_t);
+  XTC_ATTN(kv_heads, std::optional<int64_t>);
+  XTC_ATTN(one_kv_head, bool);
+  XTC_ATTN(value_dim_head, std::optional<int64_t>);
+  XTC_ATTN(dropout, double);
+  XTC_ATTN(flash, bool);
+  XTC_ATTN(softclamp_logits, bool);
+  XTC_ATTN(logit_softclamp_value, double);
+  XTC_ATTN(max_attend_past, std::optional<int64_t>);
+  XTC_ATTN(qk_norm, bool);
+  XTC_ATTN(qk_norm_groups, int64_t);
+  XTC_ATTN(qk_norm_scale, double);
+  XTC_ATTN(qk_norm_dim_scale, bool);
+  XTC_ATTN(gate_values, bool);
+  XTC_ATTN(head_scale, bool);
+  XTC_ATTN(num_mem_kv, int64_t);
+  XTC_ATTN(zero_init_output, bool);
+#undef XTC_ATTN
+}
 
 const std::vector<Field>& fields() {
-  static const std::vector<Field> all = {
-      XTC_INT_FIELD("dim", dim),
-      XTC_INT_FIELD("depth", depth),
-      XTC_INT_FIELD("heads", heads),
-      XTC_BOOL_FIELD("causal", causal),
-      XTC_DOUBLE_FIELD("layer_dropout", layer_dropout),
-      XTC_INT_FIELD("attn.dim_head", attn().dim_head),
-      Field{"attn.kv_heads",
-            [](const AttentionLayersOptions& o) {
-              return o.attn().kv_heads().has_value() ? std::to_string(*o.attn().kv_heads()) : std::string("none");
-            },
-            [](AttentionLayersOptions& o, const std::string& t) {
-              o.attn().kv_heads(t == "none" || t == "None" ? std::nullopt
-                                                           : std::optional<int64_t>(to_int("attn.kv_heads", t)));
-            }},
-      XTC_BOOL_FIELD("attn.one_kv_head", attn().one_kv_head),
-      XTC_DOUBLE_FIELD("attn.dropout", attn().dropout),
-      XTC_BOOL_FIELD("attn.flash", attn().flash),
-      XTC_DOUBLE_FIELD("ff.mult", ff().mult),
-      XTC_DOUBLE_FIELD("ff.dropout", ff().dropout),
-  };
+  static const std::vector<Field> all = [] {
+    std::vector<Field> f;
+    using O = AttentionLayersOptions;
+#define XTC_OWN(NAME, TYPE)                                                                                   \
+  f.push_back(field<O, TYPE>(#NAME, self, static_cast<const TYPE& (O::*)() const noexcept>(&O::NAME),       \
+                             static_cast<TYPE& (O::*)() noexcept>(&O::NAME)))
+    XTC_OWN(dim, int64_t);
+    XTC_OWN(depth, int64_t);
+    XTC_OWN(heads, int64_t);
+    XTC_OWN(causal, bool);
+    XTC_OWN(cross_attend, bool);
+    XTC_OWN(only_cross, bool);
+    XTC_OWN(layer_dropout, double);
+    XTC_OWN(use_scalenorm, bool);
+    XTC_OWN(use_rmsnorm, bool);
+    XTC_OWN(use_simple_rmsnorm, bool);
+    XTC_OWN(norm_add_unit_offset, bool);
+    XTC_OWN(pre_norm, bool);
+    XTC_OWN(sandwich_norm, bool);
+    XTC_OWN(pre_norm_has_final_norm, bool);
+    XTC_OWN(scale_residual, bool);
+    XTC_OWN(scale_residual_constant, double);
+    XTC_OWN(gate_residual, bool);
+    XTC_OWN(use_layerscale, bool);
+    XTC_OWN(layerscale_init_value, double);
+    XTC_OWN(macaron, bool);
+    XTC_OWN(custom_layers, std::optional<std::string>);
+    XTC_OWN(sandwich_coef, std::optional<int64_t>);
+    XTC_OWN(par_ratio, std::optional<int64_t>);
+    XTC_OWN(layers_execute_order, std::vector<int64_t>);
+    XTC_OWN(weight_tie_layers, bool);
+    XTC_OWN(alibi_pos_bias, bool);
+    XTC_OWN(alibi_num_heads, std::optional<int64_t>);
+    XTC_OWN(softclamp_output, bool);
+    XTC_OWN(softclamp_output_value, double);
+    XTC_OWN(zero_init_branch_output, bool);
+#undef XTC_OWN
+    add_attention_fields(f, "attn.", attn);
+    add_attention_fields(f, "cross_attn.", cross_attn);
+    using F = FeedForwardOptions;
+#define XTC_FF(NAME, TYPE)                                                                                     \
+  f.push_back(field<F, TYPE>("ff." #NAME, ff, static_cast<const TYPE& (F::*)() const noexcept>(&F::NAME),   \
+                             static_cast<TYPE& (F::*)() noexcept>(&F::NAME)))
+    XTC_FF(mult, double);
+    XTC_FF(glu, bool);
+    XTC_FF(glu_mult_bias, bool);
+    XTC_FF(swish, bool);
+    XTC_FF(relu_squared, bool);
+    XTC_FF(post_act_ln, bool);
+    XTC_FF(no_bias, bool);
+    XTC_FF(dropout, double);
+    XTC_FF(zero_init_output, bool);
+#undef XTC_FF
+    return f;
+  }();
   return all;
 }
-
-#undef XTC_INT_FIELD
-#undef XTC_DOUBLE_FIELD
-#undef XTC_BOOL_FIELD
 
 }  // namespace
 
@@ -138,7 +355,7 @@ std::string AttentionLayersOptions::serialize() const {
   std::string text;
   for (const auto& field : fields()) {
     if (!text.empty()) text += ';';
-    text += fmt::format("{}={}", field.key, field.get(*this));
+    text += field.key + "=" + field.get(*this);
   }
   return text;
 }
@@ -169,7 +386,7 @@ AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
 
 std::vector<std::string> AttentionLayersOptions::keys() {
   std::vector<std::string> names;
-  for (const auto& field : fields()) names.emplace_back(field.key);
+  for (const auto& field : fields()) names.push_back(field.key);
   return names;
 }
 

@@ -1,34 +1,52 @@
 // Multi-head attention on explicit parameters.
 //
-// Shape legend: b batch, n queries, m keys, h heads, hk kv heads, dh head dim.
+// Shape legend: b batch, n queries, m keys, h heads, hk kv heads, dh head dim, dv value head dim.
 #pragma once
+
+#include <xtc/nn/options/attention.h>
 
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
+#include <vector>
 
 namespace xtc::nn::functional {
 
-/// What the attention block needs besides its weights.
-struct AttentionConfig {
-  int64_t heads, kv_heads, dim_head;
-  bool causal = false;
-  double dropout = 0.0;
+/// The attention block's tensors; undefined where the options leave one out.
+struct AttentionWeights {
+  at::Tensor to_q, to_k, to_v;    // (h dh, dim), (hk dh, dim), (hk dv, dim)
+  at::Tensor to_v_gate;           // (h dv, dim)
+  at::Tensor to_out;              // (dim, h dv); undefined with one head
+  at::Tensor head_scale;          // (1, h, 1, 1)
+  at::Tensor mem_k, mem_v;        // (hk, num_mem_kv, dh)
+  at::Tensor qk_q_scale, qk_k_scale;  // (h, 1, dh), (hk, 1, dh)
 };
 
-/// Self-attention of x (b, n, dim): projections without bias, heads split as feature = head * dh + c, attention by
-/// xtc::flash_attention (or the materialising path when attention dropout is active), heads merged, output
-/// projection `w_out` (undefined when heads == 1, as x-transformers), and positions where `mask` (b, n) is False
-/// zeroed. `mask` also masks the keys.
-at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& mask, const at::Tensor& w_q,
-                     const at::Tensor& w_k, const at::Tensor& w_v, const at::Tensor& w_out,
-                     const AttentionConfig& config, bool training);
+/// What the attention block needs besides its weights.
+struct AttentionConfig {
+  int64_t heads, kv_heads, dim_head, value_dim_head;
+  bool causal = false;
+  AttentionOptions options;
+  at::Tensor alibi_slopes;  // (h) float, 0 for heads without ALiBi; undefined = no ALiBi
+};
 
-/// Softmax attention that materialises the (b, h, n, m) probabilities, exactly as x-transformers' own path:
-/// masked logits filled with the dtype's lowest value, softmax in float32, dropout on the probabilities, rows
-/// whose keys are all masked set to 0. q (b, n, h, dh), k and v (b, m, hk, dh); returns (b, n, h, dv).
-at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  const std::optional<at::Tensor>& key_padding_mask, bool causal, double dropout,
-                                  bool training);
+/// Attention of x (b, n, dim) over `context` (b, m, dim) or, when undefined, over x itself. `mask` (b, n) masks the
+/// keys of self-attention and zeroes the output at padded queries; `context_mask` (b, m) masks cross-attention
+/// keys. Runs in xtc::flash_attention unless attention_path_reasons() names a reason to materialise the scores.
+at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
+                     const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
+                     const AttentionWeights& weights, const AttentionConfig& config, bool training);
+
+/// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils.
+std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool training);
+
+/// Softmax attention that materialises the (b, h, n, m) scores, as x-transformers' own path: logits scaled, plus
+/// `bias` (broadcastable to (b, h, n, m)), soft-capped, hidden entries (`keep` False, or in the future when causal)
+/// filled with the dtype's lowest value, softmax in float32, dropout, rows whose `keep` is all False set to 0.
+/// q (b, n, h, dh), k and v (b, m, hk, dh|dv); returns (b, n, h, dv).
+at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                                  const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
+                                  double dropout, bool training);
 
 }  // namespace xtc::nn::functional

@@ -6,12 +6,46 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 namespace xtc::nn::functional {
 
-/// x (b, n, dim), mask (b, n) bool (True = keep). `params` in the order of AttentionLayers::named_parameters(),
-/// which is x-transformers' state_dict order.
-at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask, at::TensorList params,
-                            const AttentionLayersOptions& options, bool training);
+/// One parameter of the stack: its x-transformers state_dict name and shape.
+struct ParameterSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+/// What options imply, worked out once: layer kinds, execution order, the parameter layout (x-transformers'
+/// names and order, which the C++ module reproduces and checks) and ALiBi slopes.
+class AttentionLayersPlan {
+ public:
+  explicit AttentionLayersPlan(AttentionLayersOptions options);
+
+  const AttentionLayersOptions& options() const { return options_; }
+  const std::vector<ParameterSpec>& parameters() const { return parameters_; }
+  const std::vector<char>& layer_types() const { return layer_types_; }
+  const std::vector<int64_t>& execution_order() const { return execution_order_; }
+  /// Per-head ALiBi slopes (x-transformers' geometric series, zero past alibi_num_heads); empty without ALiBi.
+  const std::vector<double>& alibi_slopes() const { return alibi_slopes_; }
+  /// Position of `name` in parameters(), or -1.
+  int64_t index(const std::string& name) const;
+
+ private:
+  AttentionLayersOptions options_;
+  std::vector<char> layer_types_;
+  std::vector<int64_t> execution_order_;
+  std::vector<ParameterSpec> parameters_;
+  std::unordered_map<std::string, int64_t> index_;
+  std::vector<double> alibi_slopes_;
+};
+
+/// x (b, n, dim); mask (b, n) bool (True = keep); context (b, m, dim) and context_mask (b, m) for cross-attention.
+/// `params` in plan.parameters() order (x-transformers' state_dict order).
+at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                            const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
+                            at::TensorList params, const AttentionLayersPlan& plan, bool training);
 
 }  // namespace xtc::nn::functional

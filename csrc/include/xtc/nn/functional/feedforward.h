@@ -1,12 +1,22 @@
 // The feed-forward block on explicit parameters.
 #pragma once
 
+#include <xtc/nn/options/feedforward.h>
+
 #include <ATen/core/Tensor.h>
 
 namespace xtc::nn::functional {
 
-/// x (..., dim) -> Linear(w_in, b_in) -> GELU (erf) -> dropout -> Linear(w_out, b_out).
-at::Tensor feed_forward(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& w_out,
-                        const at::Tensor& b_out, double dropout, bool training);
+/// The feed-forward block's tensors; undefined where the options leave one out.
+struct FeedForwardWeights {
+  at::Tensor proj_in_weight, proj_in_bias;  // (inner, dim) or, with glu, (2 inner, dim)
+  at::Tensor glu_mult_bias;                 // (inner)
+  at::Tensor post_act_gamma;                // (inner), LayerNorm gain without unit offset
+  at::Tensor proj_out_weight, proj_out_bias;
+};
+
+/// x (..., dim) -> proj_in -> activation (GELU, SiLU or relu^2; gated with glu) -> [LayerNorm] -> dropout -> proj_out.
+at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w, const FeedForwardOptions& options,
+                        bool training);
 
 }  // namespace xtc::nn::functional

@@ -10,23 +10,28 @@
 
 namespace xtc::nn {
 
-/// x-transformers' Attention: `to_q`, `to_k`, `to_v` and `to_out` without bias; no `to_out` when heads == 1.
-/// Attention itself runs in xtc::flash_attention.
+/// x-transformers' Attention: `to_q`, `to_k`, `to_v`, `to_out` without bias (no `to_out` with one head), plus the
+/// optional `qk_norm_{q,k}_scale`, `head_scale_params`, `mem_k`/`mem_v` and `to_v_gate`. The attention itself runs
+/// in xtc::flash_attention.
 class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
  public:
   AttentionImpl(int64_t dim, int64_t heads, AttentionOptions options = {}, bool causal = false);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  /// x (b, n, dim), mask (b, n) bool, True = keep (undefined = no mask).
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
+  /// x (b, n, dim); mask (b, n) bool, True = keep; context (b, m, dim) for cross-attention with context_mask
+  /// (b, m). Undefined tensors mean "none".
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {}, const at::Tensor& context = {},
+                     const at::Tensor& context_mask = {});
 
   int64_t dim, heads;
   AttentionOptions options;
   bool causal;
-  torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
+  torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_v_gate{nullptr}, to_out{nullptr};
+  at::Tensor qk_norm_q_scale, qk_norm_k_scale, head_scale_params, mem_k, mem_v;
 
  protected:
-  FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())})
+  FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},
+                           {3, torch::nn::AnyValue(at::Tensor())})
 };
 TORCH_MODULE(Attention);
 

@@ -1,7 +1,7 @@
-// Layer stacks: AttentionLayers and its Encoder / Decoder faces.
+// Layer stacks: AttentionLayers and its Encoder / Decoder / CrossAttender faces.
 #pragma once
 
-#include <xtc/nn/modules/norm.h>
+#include <xtc/nn/functional/attention_layers.h>
 #include <xtc/nn/options/attention_layers.h>
 
 #include <torch/nn/cloneable.h>
@@ -9,24 +9,31 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
+
 namespace xtc::nn {
 
 /// x-transformers' AttentionLayers. Parameters are named and nested as in x-transformers
-/// (`layers.{i}.{0: norms, 1: block}`, `final_norm`), so a state_dict moves between the two unchanged.
+/// (`layers.{i}.{0: norms (pre, sandwich, post slots), 1: block, 2: residual}`, `final_norm`), so a state_dict
+/// moves between the two unchanged.
 class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
  public:
   explicit AttentionLayersImpl(AttentionLayersOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  /// x (b, n, dim) float, mask (b, n) bool with True = keep (undefined = no mask); returns (b, n, dim).
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {});
+  /// x (b, n, dim) float; mask (b, n) bool, True = keep; context (b, m, dim) and context_mask (b, m) when
+  /// cross-attending. Undefined tensors mean "none". Returns (b, n, dim).
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {}, const at::Tensor& context = {},
+                     const at::Tensor& context_mask = {});
 
   AttentionLayersOptions options;
+  std::shared_ptr<const functional::AttentionLayersPlan> plan;
   torch::nn::ModuleList layers{nullptr};
-  LayerNorm final_norm{nullptr};
+  std::shared_ptr<torch::nn::Module> final_norm;
 
  protected:
-  FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())})
+  FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},
+                           {3, torch::nn::AnyValue(at::Tensor())})
 };
 TORCH_MODULE(AttentionLayers);
 
@@ -43,5 +50,12 @@ class DecoderImpl : public AttentionLayersImpl {
   explicit DecoderImpl(AttentionLayersOptions options);
 };
 TORCH_MODULE(Decoder);
+
+/// Cross-attention only (x-transformers' CrossAttender): blocks ('c', 'f') over a context.
+class CrossAttenderImpl : public AttentionLayersImpl {
+ public:
+  explicit CrossAttenderImpl(AttentionLayersOptions options);
+};
+TORCH_MODULE(CrossAttender);
 
 }  // namespace xtc::nn

@@ -1,4 +1,4 @@
-// Norm modules.
+// Norm modules: LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, as x-transformers.
 #pragma once
 
 #include <torch/nn/cloneable.h>
@@ -6,19 +6,51 @@
 
 namespace xtc::nn {
 
-/// x-transformers' LayerNorm (Ba et al. 2016, arXiv 1607.06450): no bias, gain `gamma` stored with a unit offset
-/// (initialised to 0, effective gain gamma + 1).
+/// x-transformers' LayerNorm (Ba et al. 2016, arXiv 1607.06450): no bias; gain `gamma`, stored as (gain - 1) when
+/// `unit_offset` (then initialised to 0).
 class LayerNormImpl : public torch::nn::Cloneable<LayerNormImpl> {
  public:
-  explicit LayerNormImpl(int64_t dim);
+  explicit LayerNormImpl(int64_t dim, bool unit_offset = true);
   void reset() override;
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& x);
 
   int64_t dim;
+  bool unit_offset;
   at::Tensor gamma;
 };
 TORCH_MODULE(LayerNorm);
+
+/// RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467) as x-transformers: l2-normalise, times sqrt(dim), times gain
+/// `g` of shape (dim); ScaleNorm (Nguyen & Salazar 2019, arXiv 1910.05895) is the same with a (1) gain.
+class RMSNormImpl : public torch::nn::Cloneable<RMSNormImpl> {
+ public:
+  RMSNormImpl(int64_t dim, bool unit_offset = true, bool scalar_gain = false);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x);
+
+  int64_t dim;
+  bool unit_offset, scalar_gain;
+  at::Tensor g;
+};
+TORCH_MODULE(RMSNorm);
+
+/// ScaleNorm: RMSNorm with a single learned gain.
+inline RMSNorm ScaleNorm(int64_t dim, bool unit_offset = true) { return RMSNorm(dim, unit_offset, true); }
+
+/// RMSNorm without a learned gain (Qin et al. 2023, arXiv 2307.14995).
+class SimpleRMSNormImpl : public torch::nn::Cloneable<SimpleRMSNormImpl> {
+ public:
+  explicit SimpleRMSNormImpl(int64_t dim);
+  void reset() override {}
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x);
+
+  int64_t dim;
+};
+TORCH_MODULE(SimpleRMSNorm);
 
 }  // namespace xtc::nn

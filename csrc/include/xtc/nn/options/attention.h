@@ -1,4 +1,4 @@
-// Options of the attention block (x-transformers' `attn_*` keyword arguments, prefix stripped).
+// Options of the attention block (x-transformers' `attn_*` and `cross_attn_*` keyword arguments, prefix stripped).
 #pragma once
 
 #include <torch/arg.h>
@@ -17,10 +17,34 @@ struct AttentionOptions {
   TORCH_ARG(std::optional<int64_t>, kv_heads) = std::nullopt;
   /// One key/value head for all query heads (multi-query attention, Shazeer 2019, arXiv 1911.02150).
   TORCH_ARG(bool, one_kv_head) = false;
+  /// Width of each value head; unset = dim_head.
+  TORCH_ARG(std::optional<int64_t>, value_dim_head) = std::nullopt;
   /// Dropout on the attention probabilities (training only); takes the path that materialises them.
   TORCH_ARG(double, dropout) = 0.0;
   /// Accepted for x-transformers compatibility: our flash kernels run wherever they apply.
   TORCH_ARG(bool, flash) = false;
+  /// Logit soft-capping c * tanh(s / c) (Gemma 2, arXiv 2408.00118), in the kernel.
+  TORCH_ARG(bool, softclamp_logits) = false;
+  /// The cap c of softclamp_logits.
+  TORCH_ARG(double, logit_softclamp_value) = 50.0;
+  /// Keys more than this many positions in the past are hidden (a left window, in the kernel).
+  TORCH_ARG(std::optional<int64_t>, max_attend_past) = std::nullopt;
+  /// Cosine-similarity attention: l2-normalised q and k (Henry et al. 2020, arXiv 2010.04245).
+  TORCH_ARG(bool, qk_norm) = false;
+  /// Groups of the head dim normalised separately by qk_norm.
+  TORCH_ARG(int64_t, qk_norm_groups) = 1;
+  /// Fixed logit scale under qk_norm.
+  TORCH_ARG(double, qk_norm_scale) = 10.0;
+  /// Learned per-dim scales of q and k under qk_norm (Dehghani et al. 2023, arXiv 2302.05442).
+  TORCH_ARG(bool, qk_norm_dim_scale) = false;
+  /// Sigmoid gate on the attention output from the block input (AlphaFold 2's gated attention).
+  TORCH_ARG(bool, gate_values) = false;
+  /// Learned per-head output scale (Shleifer et al. 2021, NormFormer, arXiv 2110.09456).
+  TORCH_ARG(bool, head_scale) = false;
+  /// Learned memory key/values prepended to every sequence (Burtsev et al. 2020, arXiv 2006.11527).
+  TORCH_ARG(int64_t, num_mem_kv) = 0;
+  /// Output projection initialised to zero (set by AttentionLayers' zero_init_branch_output).
+  TORCH_ARG(bool, zero_init_output) = false;
 };
 
 }  // namespace xtc::nn

@@ -1,4 +1,4 @@
-// Options of a layer stack (x-transformers' AttentionLayers / Encoder / Decoder keyword arguments).
+// Options of a layer stack (x-transformers' AttentionLayers / Encoder / Decoder / CrossAttender keyword arguments).
 #pragma once
 
 #include <xtc/nn/options/attention.h>
@@ -7,21 +7,33 @@
 #include <torch/arg.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace xtc::nn {
 
-/// A pre-norm stack of attention and feed-forward layers (Xiong et al. 2020, arXiv 2002.04745) with a final norm,
-/// x-transformers' defaults throughout.
+/// Which norm every slot of the stack uses.
+enum class NormKind { LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm };
+/// How a branch output joins the residual stream.
+enum class ResidualKind { Add, GRUGating };
+
+/// A stack of attention and feed-forward layers with x-transformers' defaults throughout: pre-norm (Xiong et al.
+/// 2020, arXiv 2002.04745) with a final norm, bias-less LayerNorm with unit-offset gains.
 struct AttentionLayersOptions {
   AttentionLayersOptions(int64_t dim, int64_t depth, int64_t heads = 8);
 
-  /// Key/value heads after `kv_heads` / `one_kv_head`; checks that they divide the query heads.
-  int64_t resolved_kv_heads() const;
-  /// Layer kinds in execution order: 'a' self-attention, 'f' feed-forward.
+  /// Layer kinds by index: 'a' self-attention, 'c' cross-attention, 'f' feed-forward.
   std::vector<char> layer_types() const;
-  /// Checks values and clashing flags; throws c10::Error naming the option.
+  /// Indices into layer_types() in the order they run (may repeat: weight tying, layers_execute_order).
+  std::vector<int64_t> execution_order() const;
+  /// Key/value heads of self-attention after `kv_heads` / `one_kv_head`.
+  int64_t resolved_kv_heads(const AttentionOptions& attention) const;
+  NormKind norm_kind() const;
+  ResidualKind residual_kind() const;
+  /// Whether a final norm closes the stack.
+  bool has_final_norm() const { return pre_norm_ && pre_norm_has_final_norm_; }
+  /// Checks values and clashing flags; throws c10::Error (ValueError in Python) naming the options.
   void validate() const;
 
   /// One line "key=value;..." with every option, read back by parse(); what the layer-stack op receives.
@@ -30,22 +42,72 @@ struct AttentionLayersOptions {
   /// The option keys parse() accepts ("dim", "attn.dim_head", ...), in declaration order.
   static std::vector<std::string> keys();
 
-
   /// Model width.
   TORCH_ARG(int64_t, dim);
-  /// Number of (attention, feed-forward) blocks.
+  /// Number of blocks (each the default block: ('a', 'f'), ('a', 'c', 'f') with cross_attend, ...).
   TORCH_ARG(int64_t, depth);
-  /// Attention heads.
+  /// Attention heads (self and cross).
   TORCH_ARG(int64_t, heads);
   /// Causal self-attention (a Decoder); right-aligned when keys outnumber queries.
   TORCH_ARG(bool, causal) = false;
+  /// Add a cross-attention layer after each self-attention; forward then needs `context`.
+  TORCH_ARG(bool, cross_attend) = false;
+  /// With cross_attend: blocks ('c', 'f'), no self-attention (CrossAttender).
+  TORCH_ARG(bool, only_cross) = false;
   /// Drop whole layers at random during training (Fan et al. 2019, arXiv 1909.11556).
   TORCH_ARG(double, layer_dropout) = 0.0;
+  /// ScaleNorm (Nguyen & Salazar 2019, arXiv 1910.05895).
+  TORCH_ARG(bool, use_scalenorm) = false;
+  /// RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467), gain `g`.
+  TORCH_ARG(bool, use_rmsnorm) = false;
+  /// RMSNorm without a learned gain (Qin et al. 2023, arXiv 2307.14995).
+  TORCH_ARG(bool, use_simple_rmsnorm) = false;
+  /// Gains stored as (gain - 1), so weight decay pulls them to 1; also applies to LayerScale.
+  TORCH_ARG(bool, norm_add_unit_offset) = true;
+  /// Pre-norm; false = post-norm (the original Transformer), with no final norm.
+  TORCH_ARG(bool, pre_norm) = true;
+  /// A norm on each branch output too (Ding et al. 2021, CogView, arXiv 2105.13290).
+  TORCH_ARG(bool, sandwich_norm) = false;
+  /// With pre-norm, close the stack with a norm.
+  TORCH_ARG(bool, pre_norm_has_final_norm) = true;
+  /// Learned per-feature scale of the residual (Shleifer et al. 2021, NormFormer, arXiv 2110.09456).
+  TORCH_ARG(bool, scale_residual) = false;
+  /// A constant multiplier on the residual.
+  TORCH_ARG(double, scale_residual_constant) = 1.0;
+  /// GRU gating instead of addition (Parisotto et al. 2019, arXiv 1910.06764).
+  TORCH_ARG(bool, gate_residual) = false;
+  /// Learned per-feature scale of each branch output (Touvron et al. 2021, CaiT, arXiv 2103.17239).
+  TORCH_ARG(bool, use_layerscale) = false;
+  /// Initial LayerScale value.
+  TORCH_ARG(double, layerscale_init_value) = 0.0;
+  /// Feed-forward before and after attention, each at half weight (Lu et al. 2019, arXiv 1906.02762).
+  TORCH_ARG(bool, macaron) = false;
+  /// Explicit layer kinds, e.g. "aaff"; depth is then unused.
+  TORCH_ARG(std::optional<std::string>, custom_layers) = std::nullopt;
+  /// Sandwich transformer: k attention layers first, k feed-forwards last (Press et al. 2019, arXiv 1911.03864).
+  TORCH_ARG(std::optional<int64_t>, sandwich_coef) = std::nullopt;
+  /// PAR transformer layout (Mandava et al. 2020, arXiv 2009.04534).
+  TORCH_ARG(std::optional<int64_t>, par_ratio) = std::nullopt;
+  /// Run layers in this order (indices may repeat).
+  TORCH_ARG(std::vector<int64_t>, layers_execute_order) = {};
+  /// One block's weights reused depth times (ALBERT, Lan et al. 2019, arXiv 1909.11942).
+  TORCH_ARG(bool, weight_tie_layers) = false;
+  /// ALiBi (Press et al. 2021, arXiv 2108.12409), computed in the kernel.
+  TORCH_ARG(bool, alibi_pos_bias) = false;
+  /// ALiBi on the first heads only; unset = all heads.
+  TORCH_ARG(std::optional<int64_t>, alibi_num_heads) = std::nullopt;
+  /// c * tanh(x / c) on the output before the final norm (Gemma 2).
+  TORCH_ARG(bool, softclamp_output) = false;
+  /// The cap c of softclamp_output.
+  TORCH_ARG(double, softclamp_output_value) = 30.0;
+  /// Zero-initialised output projections of every branch.
+  TORCH_ARG(bool, zero_init_branch_output) = false;
   /// Options of every self-attention block (`attn_*`).
   TORCH_ARG(AttentionOptions, attn) = {};
+  /// Options of every cross-attention block (`attn_*` overridden by `cross_attn_*`).
+  TORCH_ARG(AttentionOptions, cross_attn) = {};
   /// Options of every feed-forward block (`ff_*`).
   TORCH_ARG(FeedForwardOptions, ff) = {};
-
 };
 
 }  // namespace xtc::nn
