@@ -47,6 +47,11 @@ if [[ ${STATUS[build]} == ok ]]; then
   timeout 180 python3 benchmarks/bench_attention.py --quick --out "$LOGS/attention_cuda.json" \
     2>&1 | tee "$LOGS/bench.log" | grep -v '^{'
   STATUS[bench]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
+  # Tile-shape variants for A/B timing (same kernels, other instantiations); tests above cover the defaults.
+  for variant in XTC_CUDA_FWD_BLOCK_N=32 XTC_CUDA_BWD_BLOCK_N=128; do
+    env "$variant" timeout 90 python3 benchmarks/bench_attention.py --quick \
+      --out "$LOGS/attention_cuda_${variant%%=*}.json" 2>&1 | tee "$LOGS/bench_${variant%%=*}.log" | tail -12
+  done
 fi
 
 echo
