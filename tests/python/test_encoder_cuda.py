@@ -38,19 +38,23 @@ def test_float32_matches_x_transformers(cls, xcls, dim, depth, heads, kv_heads, 
     got = torch.autograd.grad(out, [x, *ours.parameters()], grad)
     want = torch.autograd.grad(expected, [x, *reference.parameters()], grad)
     for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=1e-3, rtol=1e-3)
+        # Sums over thousands of tokens (bias gradients) cancel: bound the error by the tensor's scale.
+        torch.testing.assert_close(g, w, atol=1e-3 * max(1.0, w.abs().max().item()), rtol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_tracks_float32(dtype):
+    """Ours in bf16/fp16 is no further from the float32 result than x-transformers under autocast in that dtype."""
     ours, reference = pair(Encoder, XEncoder, torch.float32, dim=256, depth=2, heads=4)
     x = torch.randn(2, 513, 256, device="cuda")
     mask = torch.rand(2, 513, device="cuda") > 0.3
     mask[1] = False  # a fully padded sequence
-    expected = reference(x, mask=mask)
-    low = ours.to(dtype)(x.to(dtype), mask=mask).float()
+    with torch.no_grad():
+        expected = reference(x, mask=mask)
+        with torch.autocast("cuda", dtype=dtype):
+            reference_low = reference(x, mask=mask).float()
+        low = ours.to(dtype)(x.to(dtype), mask=mask).float()
     assert torch.isfinite(low).all()
-    reference_low = reference.to(dtype)(x.to(dtype), mask=mask).float()
     ours_error = (low - expected).abs().max()
     torch_error = (reference_low - expected).abs().max()
     assert ours_error <= 2 * torch_error + 1e-2, (ours_error, torch_error)
