@@ -1,0 +1,149 @@
+"""Each supported x-transformers option, alone and combined, against the pinned x-transformers package: the same
+state_dict keys in the same order, outputs within 1e-5 and gradients within 1e-4 (scaled by the tensor's size)."""
+import pytest
+import torch
+from x_transformers import CrossAttender as XCrossAttender, Decoder as XDecoder, Encoder as XEncoder
+
+from x_transformers_cpp import CrossAttender, Decoder, Encoder
+
+CLASSES = {"encoder": (Encoder, XEncoder), "decoder": (Decoder, XDecoder), "cross": (CrossAttender, XCrossAttender)}
+BASE = dict(dim=32, depth=2, heads=4, attn_dim_head=16)
+
+OPTIONS = [
+    # norms
+    dict(use_rmsnorm=True), dict(use_scalenorm=True), dict(use_simple_rmsnorm=True),
+    dict(norm_add_unit_offset=False), dict(use_rmsnorm=True, norm_add_unit_offset=False),
+    dict(pre_norm=False), dict(sandwich_norm=True), dict(pre_norm_has_final_norm=False),
+    # residuals
+    dict(scale_residual=True), dict(scale_residual_constant=0.5), dict(gate_residual=True),
+    dict(gate_residual=True, scale_residual=True), dict(use_layerscale=True),
+    dict(use_layerscale=True, layerscale_init_value=0.1), dict(use_layerscale=True, norm_add_unit_offset=False),
+    # layouts
+    dict(macaron=True), dict(macaron=True, use_layerscale=True), dict(custom_layers=("a", "a", "f", "a", "f")),
+    dict(sandwich_coef=1, depth=3), dict(par_ratio=2, depth=4), dict(layers_execute_order=(0, 1, 0, 1, 2, 3)),
+    dict(weight_tie_layers=True, depth=3), dict(softclamp_output=True, softclamp_output_value=2.0),
+    dict(zero_init_branch_output=True),
+    # positions
+    dict(alibi_pos_bias=True), dict(alibi_pos_bias=True, alibi_num_heads=2), dict(alibi_pos_bias=True, heads=6),
+    # feed-forward
+    dict(ff_mult=2), dict(ff_glu=True), dict(ff_glu=True, ff_glu_mult_bias=True), dict(ff_swish=True),
+    dict(ff_glu=True, ff_swish=True), dict(ff_relu_squared=True), dict(ff_post_act_ln=True), dict(ff_no_bias=True),
+    # attention
+    dict(attn_kv_heads=2), dict(attn_one_kv_head=True), dict(attn_value_dim_head=8),
+    dict(attn_softclamp_logits=True, attn_logit_softclamp_value=3.0), dict(attn_max_attend_past=3),
+    dict(attn_qk_norm=True), dict(attn_qk_norm=True, attn_qk_norm_groups=2, attn_qk_norm_scale=5),
+    dict(attn_qk_norm=True, attn_qk_norm_dim_scale=True), dict(attn_gate_values=True), dict(attn_head_scale=True),
+    dict(attn_num_mem_kv=3), dict(attn_num_mem_kv=2, alibi_pos_bias=True), dict(attn_num_mem_kv=2, attn_max_attend_past=2),
+    dict(attn_num_mem_kv=2, attn_qk_norm=True, attn_qk_norm_dim_scale=True), dict(attn_flash=True),
+    # combinations
+    dict(use_rmsnorm=True, ff_glu=True, ff_swish=True, attn_kv_heads=2, alibi_pos_bias=True, attn_head_scale=True),
+    dict(pre_norm=False, gate_residual=True, macaron=True, attn_gate_values=True, ff_post_act_ln=True),
+    dict(sandwich_norm=True, use_layerscale=True, scale_residual=True, attn_softclamp_logits=True,
+         softclamp_output=True, use_scalenorm=True),
+]
+
+
+def option_id(kwargs):
+    return ",".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+def make_pair(kind, **kwargs):
+    ours_cls, theirs_cls = CLASSES[kind]
+    theirs = theirs_cls(**kwargs)
+    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
+    ours = ours_cls(**kwargs)
+    assert list(ours.state_dict().keys()) == list(theirs.state_dict().keys())
+    for (name, ours_value), their_value in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        assert ours_value.shape == their_value.shape, name
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return ours, theirs
+
+
+def scaled_close(actual, expected, tol, name):
+    torch.testing.assert_close(actual, expected, atol=tol * max(1.0, expected.abs().max().item()), rtol=0,
+                               msg=lambda m: f"{name}: {m}")
+
+
+def check(ours, theirs, x, mask=None, context=None, context_mask=None):
+    kwargs = dict(mask=mask)
+    if context is not None:
+        kwargs.update(context=context, context_mask=context_mask)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = ours(x1, **kwargs), theirs(x2, **kwargs)
+    scaled_close(out, expected, 1e-5, "output")
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x1, *ours.parameters()], grad)
+    want = torch.autograd.grad(expected, [x2, *theirs.parameters()], grad, allow_unused=True)
+    names = ["x"] + [n for n, _ in ours.named_parameters()]
+    for name, g, w in zip(names, got, want):
+        scaled_close(g, torch.zeros_like(g) if w is None else w, 1e-4, f"grad {name}")
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=option_id)
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_option_matches_x_transformers(kind, options):
+    torch.manual_seed(0)
+    kwargs = {**BASE, **options}
+    ours, theirs = make_pair(kind, **kwargs)
+    x = torch.randn(3, 11, kwargs["dim"])
+    mask = torch.rand(3, 11) > 0.3
+    mask[0] = True
+    mask[:, 0] = True  # causal rows keep one visible key, where the two libraries agree on semantics
+    check(ours, theirs, x)
+    check(ours, theirs, x, mask)
+
+
+CROSS_OPTIONS = [dict(), dict(cross_attn_kv_heads=2), dict(attn_gate_values=True), dict(cross_attn_dim_head=8),
+                 dict(attn_num_mem_kv=2), dict(use_rmsnorm=True, ff_glu=True), dict(cross_attn_softclamp_logits=True)]
+
+
+@pytest.mark.parametrize("options", CROSS_OPTIONS, ids=option_id)
+@pytest.mark.parametrize("kind", ["cross", "encoder", "decoder"])
+def test_cross_attention_matches_x_transformers(kind, options):
+    torch.manual_seed(1)
+    kwargs = {**BASE, **options}
+    if kind != "cross":
+        kwargs["cross_attend"] = True
+    ours, theirs = make_pair(kind, **kwargs)
+    x, context = torch.randn(2, 7, 32), torch.randn(2, 13, 32)
+    mask, context_mask = torch.rand(2, 7) > 0.3, torch.rand(2, 13) > 0.3
+    mask[:, 0] = True
+    context_mask[1] = False  # a sequence whose context is all padding
+    check(ours, theirs, x, mask, context, context_mask)
+    check(ours, theirs, x, None, context, None)
+
+
+def test_cross_attend_needs_context():
+    model = Encoder(dim=32, depth=1, heads=2, cross_attend=True)
+    with pytest.raises(ValueError, match="context must be passed in"):
+        model(torch.randn(1, 3, 32))
+    with pytest.raises(ValueError, match="context was passed in"):
+        Encoder(dim=32, depth=1, heads=2)(torch.randn(1, 3, 32), context=torch.randn(1, 2, 32))
+    with pytest.raises(ValueError, match=r"expected context of shape \(1, seq, 32\)"):
+        model(torch.randn(1, 3, 32), context=torch.randn(1, 2, 16))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(use_rmsnorm=True, use_scalenorm=True), "clash"),
+    (dict(pre_norm=False, sandwich_norm=True), "sandwich_norm needs pre_norm"),
+    (dict(attn_kv_heads=3), "kv_heads to divide heads"),
+    (dict(custom_layers=("a", "x")), "custom_layers"),
+    (dict(layers_execute_order=(0, 9)), "layers_execute_order"),
+    (dict(weight_tie_layers=True, custom_layers=("a", "f")), "weight_tie_layers"),
+    (dict(ff_swish=True, ff_relu_squared=True), "clash"),
+    (dict(attn_qk_norm=True, attn_qk_norm_groups=32), "qk_norm_groups"),
+])
+def test_clashing_or_bad_options_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Encoder(**{**BASE, **kwargs})
+
+
+def test_layer_dropout_skips_layers_only_in_training():
+    torch.manual_seed(2)
+    model = Encoder(**BASE, layer_dropout=0.5)
+    x = torch.randn(2, 5, 32)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    outs = {tuple(model(x).flatten()[:4].tolist()) for _ in range(8)}
+    assert len(outs) > 1
