@@ -52,7 +52,7 @@ def ref_kwargs(kwargs):
 CASES = ["plain", "causal", "alibi", "window", "softcap", "scale", "causal+alibi", "causal+window",
          "alibi+window+softcap", "causal+alibi+window+softcap+scale"]
 HEADS = [(1, 1), (2, 1), (2, 2), (8, 2), (8, 8)]
-LENGTHS = [(1, 5), (7, 3), (97, 130), (256, 200), (97, 97)]
+LENGTHS = [(1, 5), (7, 3), (97, 130), (256, 200), (97, 97), (600, 1100)]  # the last spans several CPU blocks
 HEAD_DIMS = [16, 40, 64, 128]
 
 
@@ -63,13 +63,13 @@ def grid():
     for case, (h, hk), (n, m), d in itertools.product(CASES, HEADS, LENGTHS, HEAD_DIMS):
         combos.append((case, h, hk, n, m, d))
     rng.shuffle(combos)
-    return combos[:160]
+    return combos[:200]
 
 
 @pytest.mark.parametrize("case,h,hk,n,m,d", grid())
 @pytest.mark.parametrize("masked", [False, True])
 def test_forward_backward_matches_float64_reference(case, h, hk, n, m, d, masked):
-    b = 3 if (n * m) < 20000 else 1
+    b = 3 if (n * m) < 20000 else (2 if n * m < 100000 else 1)
     q, k, v, g = make_inputs(b, n, m, h, hk, d, torch.float32, seed=hash((case, h, hk, n, m, d, masked)) % 2**31)
     mask = random_mask(b, m, g) if masked else None
     kwargs = features(case, h, g)
@@ -87,7 +87,9 @@ def test_forward_backward_matches_float64_reference(case, h, hk, n, m, d, masked
     expected = torch.autograd.grad(ref_out, (q, k, v), grad.double())
     for name, x, y in zip("qkv", got, expected):
         assert torch.isfinite(x).all(), name
-        torch.testing.assert_close(x.double(), y.double(), atol=1e-4, rtol=1e-3, msg=lambda s: f"d{name}: {s}")
+        # float32 gradients sum over up to n * h / hk terms: allow roundoff that grows with the reduction.
+        atol = 1e-4 if n * h <= 2048 else 5e-4
+        torch.testing.assert_close(x.double(), y.double(), atol=atol, rtol=1e-3, msg=lambda s: f"d{name}: {s}")
 
 
 def test_fully_masked_rows_give_zero_output_and_gradients():

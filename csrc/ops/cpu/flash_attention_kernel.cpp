@@ -34,8 +34,10 @@ using cpu::gemm;
 using TransposeType = cpu::Trans;
 using Vec = at::vec::Vectorized<float>;
 
-constexpr int64_t kQueryBlock = 64;
-constexpr int64_t kKeyBlock = 128;
+// Large blocks keep the per-GEMM overhead small next to its work (PyTorch's CPU flash attention uses 256 x 512 too);
+// memory per thread stays a block: kQueryBlock x kKeyBlock logits.
+constexpr int64_t kQueryBlock = 256;
+constexpr int64_t kKeyBlock = 512;
 
 /// Everything a block needs to know about visibility and the logit transform, resolved once per call.
 template <typename scalar_t>
@@ -131,6 +133,24 @@ float exp_shift_sum<float>(float* x, int64_t n, float shift) {
 }
 
 template <typename scalar_t>
+scalar_t max_of(const scalar_t* x, int64_t n) {
+  return *std::max_element(x, x + n);
+}
+
+template <>
+float max_of<float>(const float* x, int64_t n) {
+  float result = -std::numeric_limits<float>::infinity();
+  int64_t c = 0;
+  if (n >= Vec::size()) {
+    Vec acc = Vec::loadu(x);
+    for (c = Vec::size(); c + Vec::size() <= n; c += Vec::size()) acc = at::vec::maximum(acc, Vec::loadu(x + c));
+    result = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, acc);
+  }
+  for (; c < n; ++c) result = std::max(result, x[c]);
+  return result;
+}
+
+template <typename scalar_t>
 AttentionRule<scalar_t> make_rule(const detail::FlashAttentionSizes& s, bool causal, int64_t window_left,
                                   int64_t window_right, double softcap, const at::Tensor& slopes,
                                   const at::Tensor& mask) {
@@ -191,7 +211,7 @@ void forward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scal
         bool any_visible = false;
         for (int64_t r = 0; r < rows; ++r) {
           scalar_t* p = logits.data() + r * cols;
-          const scalar_t block_max = *std::max_element(p, p + cols);
+          const scalar_t block_max = max_of(p, cols);
           const scalar_t new_max = std::max(row_max[r], block_max);
           if (new_max == neg_inf) {  // nothing visible yet in this row
             std::fill(p, p + cols, scalar_t(0));

@@ -1,0 +1,68 @@
+"""Prints the README's table of x-transformers keyword arguments and whether x_transformers_cpp supports each.
+
+Rows come from the signatures of the installed x-transformers (AttentionLayers, Attention as attn_* / cross_attn_*,
+FeedForward as ff_*); "supported" comes from the native option keys, so the table cannot claim what the code does
+not do. tests/python/test_readme_table.py checks that README.md holds exactly this table.
+
+    python scripts/kwargs_table.py
+"""
+import inspect
+
+from x_transformers.x_transformers import Attention, AttentionLayers, FeedForward
+
+from x_transformers_cpp import _C
+
+# How a supported option runs; everything not listed runs in the flash kernel path.
+PATHS = {
+    "attn_dropout": "materialised scores while training (dropout on the probabilities); flash kernel otherwise",
+    "cross_attn_dropout": "as attn_dropout",
+    "attn_num_mem_kv": "flash kernel; materialised scores together with alibi_pos_bias or attn_max_attend_past",
+    "attn_flash": "accepted and ignored: our kernels always run",
+    "cross_attn_flash": "accepted and ignored: our kernels always run",
+    "alibi_pos_bias": "flash kernel (slopes computed in-kernel)",
+    "attn_softclamp_logits": "flash kernel (soft-cap in-kernel)",
+    "attn_max_attend_past": "flash kernel (left window, in-kernel)",
+    "causal": "set by Decoder; Encoder rejects it",
+}
+# Handled by the constructors themselves rather than as options.
+IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8"}
+# Not keyword arguments users pass to AttentionLayers.
+INTERNAL = {"self", "kwargs", "dim_context", "heads", "causal", "dim_out", "dim", "output_proj_depth",
+            "qkv_receive_diff_residuals", "learned_value_residual_mix", "rotate_num_heads", "inverted_attention"}
+
+
+def rows():
+    known = set(_C.option_keys())
+    own = [p for p in inspect.signature(AttentionLayers.__init__).parameters if p not in ("self", "kwargs")]
+    attn = [p for p in inspect.signature(Attention.__init__).parameters if p not in INTERNAL]
+    ff = [p for p in inspect.signature(FeedForward.__init__).parameters if p not in INTERNAL]
+    table = []
+    for name in own:
+        key = name
+        table.append((name, key))
+    table += [("attn_" + p, "attn." + p) for p in attn]
+    table += [("cross_attn_" + p, "cross_attn." + p) for p in attn]
+    table += [("ff_" + p, "ff." + p) for p in ff]
+    out = []
+    for kwarg, key in table:
+        if kwarg in IMPLIED:
+            status = "supported"
+            path = IMPLIED[kwarg]
+        elif key in known:
+            status = "supported"
+            path = PATHS.get(kwarg, "flash kernel" if key.startswith(("attn.", "cross_attn.")) else "native")
+        else:
+            status = "rejected (TypeError)"
+            path = "-"
+        out.append((kwarg, status, path))
+    return out
+
+
+def markdown():
+    lines = ["| kwarg | status | path |", "|---|---|---|"]
+    lines += [f"| `{k}` | {s} | {p} |" for k, s, p in rows()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown())
