@@ -23,6 +23,7 @@ PATHS = {
     "attn_softclamp_logits": "flash kernel (soft-cap in-kernel)",
     "attn_max_attend_past": "flash kernel (left window, in-kernel)",
     "causal": "set by Decoder; Encoder rejects it",
+    "rotary_pos_emb": "rotation of q and k before the flash kernel (self-attention only, as x-transformers)",
 }
 # Handled by the constructors themselves rather than as options.
 IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8"}

@@ -38,12 +38,14 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& text) {
         return with_torch_errors([&] {
           xtc::nn::AttentionLayers layers(xtc::nn::AttentionLayersOptions::parse(text));
-          std::vector<std::pair<std::string, at::Tensor>> named;
-          for (const auto& item : layers->named_parameters()) named.emplace_back(item.key(), item.value());
+          std::vector<std::tuple<std::string, at::Tensor, bool>> named;
+          const auto tensors = layers->tensors();
+          const auto& specs = layers->plan->parameters();
+          for (size_t i = 0; i < specs.size(); ++i) named.emplace_back(specs[i].name, tensors[i], specs[i].buffer);
           return named;
         });
       },
       py::arg("options"),
-      "Names and freshly initialised values of the parameters of xtc::nn::AttentionLayers with these options, in "
-      "the order the attention_layers op reads them.");
+      "(name, freshly initialised value, is_buffer) of every parameter and buffer of xtc::nn::AttentionLayers with "
+      "these options, in the order the attention_layers op reads them.");
 }

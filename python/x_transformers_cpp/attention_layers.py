@@ -60,15 +60,16 @@ def _options_text(kwargs):
     return _C.normalize_options(";".join(f"{k}={_option_value(k, v)}" for k, v in routed.items()))
 
 
-def _build_tree(named_tensors):
-    """Nested modules holding nn.Parameters at the given dotted names; numbered children form ModuleLists."""
+def _build_tree(layout):
+    """Nested modules holding nn.Parameters (and persistent buffers) at the given dotted names; numbered children
+    form ModuleLists."""
     tree = {}
-    for name, tensor in named_tensors:
+    for name, tensor, is_buffer in layout:
         *path, leaf = name.split(".")
         node = tree
         for part in path:
             node = node.setdefault(part, {})
-        node[leaf] = tensor
+        node[leaf] = (tensor, is_buffer)
 
     def make(node):
         children = {k: v for k, v in node.items() if isinstance(v, dict)}
@@ -78,8 +79,10 @@ def _build_tree(named_tensors):
         for key, value in node.items():
             if isinstance(value, dict):
                 module.add_module(key, make(value))
+            elif value[1]:
+                module.register_buffer(key, value[0].detach().clone())
             else:
-                module.register_parameter(key, nn.Parameter(value.detach().clone()))
+                module.register_parameter(key, nn.Parameter(value[0].detach().clone()))
         return module
 
     return make(tree)
@@ -105,7 +108,7 @@ class AttentionLayers(nn.Module):
             raise TypeError("AttentionLayers: depth is required")
         self._options = _options_text(dict(dim=dim, depth=depth, heads=heads, causal=causal, **kwargs))
         layout = _C.parameter_layout(self._options)
-        self._parameter_names = [name for name, _ in layout]
+        self._parameter_names = [name for name, _, _ in layout]
         tree = _build_tree(layout)
         for name, child in tree.named_children():
             self.add_module(name, child)

@@ -1,6 +1,8 @@
 """torch.ops.xtc.flash_attention on the CPU against a dense float64 reference, plus gradcheck and opcheck."""
 import itertools
+import math
 import random
+import zlib
 
 import pytest
 import torch
@@ -70,14 +72,16 @@ def grid():
 @pytest.mark.parametrize("masked", [False, True])
 def test_forward_backward_matches_float64_reference(case, h, hk, n, m, d, masked):
     b = 3 if (n * m) < 20000 else (2 if n * m < 100000 else 1)
-    q, k, v, g = make_inputs(b, n, m, h, hk, d, torch.float32, seed=hash((case, h, hk, n, m, d, masked)) % 2**31)
+    seed = zlib.crc32(repr((case, h, hk, n, m, d, masked)).encode())  # stable across runs, unlike hash()
+    q, k, v, g = make_inputs(b, n, m, h, hk, d, torch.float32, seed=seed)
     mask = random_mask(b, m, g) if masked else None
     kwargs = features(case, h, g)
     for t in (q, k, v):
         t.requires_grad_(True)
     out, lse = op(q, k, v, mask, **kwargs)
     ref_out, ref_lse = reference_attention(q, k, v, mask, **ref_kwargs(kwargs))
-    torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=1e-4)
+    # The kernel's exp is a vectorised polynomial (as torch's own CPU flash attention): a few ulp per term.
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-5 if m <= 512 else 4e-5, rtol=1e-4)
     finite = torch.isfinite(ref_lse)
     assert torch.equal(torch.isfinite(lse), finite)
     torch.testing.assert_close(lse.double()[finite], ref_lse[finite], atol=2e-5, rtol=1e-5)
@@ -88,7 +92,7 @@ def test_forward_backward_matches_float64_reference(case, h, hk, n, m, d, masked
     for name, x, y in zip("qkv", got, expected):
         assert torch.isfinite(x).all(), name
         # float32 gradients sum over up to n * h / hk terms: allow roundoff that grows with the reduction.
-        atol = 1e-4 if n * h <= 2048 else 5e-4
+        atol = max(1e-4, 1.5e-5 * math.sqrt(n * h / hk))
         torch.testing.assert_close(x.double(), y.double(), atol=atol, rtol=1e-3, msg=lambda s: f"d{name}: {s}")
 
 

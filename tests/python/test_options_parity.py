@@ -25,6 +25,9 @@ OPTIONS = [
     dict(zero_init_branch_output=True),
     # positions
     dict(alibi_pos_bias=True), dict(alibi_pos_bias=True, alibi_num_heads=2), dict(alibi_pos_bias=True, heads=6),
+    dict(rotary_pos_emb=True), dict(rotary_pos_emb=True, rotary_emb_dim=16), dict(rotary_pos_emb=True, rotary_emb_dim=4),
+    dict(rotary_pos_emb=True, rotary_interpolation_factor=2.0, rotary_base_rescale_factor=2.0),
+    dict(rotary_pos_emb=True, attn_qk_norm=True, attn_num_mem_kv=2, attn_kv_heads=2),
     # feed-forward
     dict(ff_mult=2), dict(ff_glu=True), dict(ff_glu=True, ff_glu_mult_bias=True), dict(ff_swish=True),
     dict(ff_glu=True, ff_swish=True), dict(ff_relu_squared=True), dict(ff_post_act_ln=True), dict(ff_no_bias=True),
@@ -94,7 +97,8 @@ def test_option_matches_x_transformers(kind, options):
 
 
 CROSS_OPTIONS = [dict(), dict(cross_attn_kv_heads=2), dict(attn_gate_values=True), dict(cross_attn_dim_head=8),
-                 dict(attn_num_mem_kv=2), dict(use_rmsnorm=True, ff_glu=True), dict(cross_attn_softclamp_logits=True)]
+                 dict(attn_num_mem_kv=2), dict(use_rmsnorm=True, ff_glu=True), dict(cross_attn_softclamp_logits=True),
+                 dict(rotary_pos_emb=True)]
 
 
 @pytest.mark.parametrize("options", CROSS_OPTIONS, ids=option_id)

@@ -11,6 +11,7 @@
 #include <ATen/ops/ones.h>
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/softmax.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/tanh.h>
 
 #include <cmath>
@@ -34,6 +35,18 @@ double logit_scale(const AttentionConfig& c) {
 }
 
 }  // namespace
+
+at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles) {
+  const int64_t r = angles.size(-1), n = t.size(1);
+  const auto a = angles.narrow(0, angles.size(0) - n, n).view({1, n, 1, r});  // the last n positions
+  const auto rotated = t.narrow(-1, 0, r);
+  // rotate_half on interleaved pairs: (x1, x2) -> (-x2, x1)
+  const auto pairs = rotated.unflatten(-1, {r / 2, 2});
+  const auto half = at::stack({-pairs.select(-1, 1), pairs.select(-1, 0)}, -1).flatten(-2);
+  const auto out = (rotated * a.cos() + half * a.sin()).to(t.scalar_type());
+  if (r == t.size(-1)) return out;
+  return at::cat({out, t.narrow(-1, r, t.size(-1) - r)}, -1);
+}
 
 std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool training) {
   std::vector<std::string> reasons;
@@ -61,6 +74,10 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     // Learned scales are (heads, 1, dh); our layout is (b, n, heads, dh).
     if (w.qk_q_scale.defined()) q = q * w.qk_q_scale.transpose(0, 1);
     if (w.qk_k_scale.defined()) k = k * w.qk_k_scale.transpose(0, 1);
+  }
+  if (c.rotary_angles.defined()) {
+    q = apply_rotary(q, c.rotary_angles);
+    k = apply_rotary(k, c.rotary_angles);
   }
   // Key mask: context_mask for cross-attention, mask for self-attention.
   std::optional<at::Tensor> key_mask = context.has_value() ? context_mask : mask;

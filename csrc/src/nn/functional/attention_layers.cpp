@@ -4,6 +4,7 @@
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/residual.h>
 
+#include <ATen/ops/arange.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/tanh.h>
 #include <ATen/ops/tensor.h>
@@ -94,6 +95,7 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     else add_attention(specs, block, types[i] == 'a' ? o.attn() : o.cross_attn(), o);
     add_residual(specs, layer + "2.", o);
   }
+  if (o.rotary_pos_emb()) specs.push_back({"rotary_pos_emb.inv_freq", {o.resolved_rotary_dim() / 2}, /*buffer=*/true});
   if (o.has_final_norm()) add_norm(specs, "final_norm.", o);
   return specs;
 }
@@ -126,7 +128,8 @@ class Parameters {
                       " parameters for these options, got ", params.size());
     for (size_t i = 0; i < specs.size(); ++i) {
       const auto& p = params[i];
-      TORCH_CHECK_VALUE(p.sizes() == c10::IntArrayRef(specs[i].shape), "AttentionLayers: expected parameter ",
+      TORCH_CHECK_VALUE(p.sizes() == c10::IntArrayRef(specs[i].shape), "AttentionLayers: expected ",
+                        specs[i].buffer ? "buffer " : "parameter ",
                         specs[i].name, " of shape ", c10::IntArrayRef(specs[i].shape), ", got ", p.sizes());
       TORCH_CHECK_VALUE(p.scalar_type() == x.scalar_type(), "AttentionLayers: expected x of the parameters' dtype ",
                         p.scalar_type(), ", got ", x.scalar_type(), " (parameter ", specs[i].name, ")");
@@ -228,9 +231,16 @@ at::Tensor norm_gain(const Parameters& p, const std::string& prefix, NormKind ki
 }
 
 AttentionConfig attention_config(const AttentionOptions& a, const AttentionLayersOptions& o, bool causal,
-                                 const at::Tensor& slopes) {
+                                 const at::Tensor& slopes, const at::Tensor& rotary_freqs) {
   return AttentionConfig{o.heads(), o.resolved_kv_heads(a), a.dim_head(), a.value_dim_head().value_or(a.dim_head()),
-                         causal, a, slopes};
+                         causal, a, slopes, rotary_freqs};
+}
+
+// x-transformers' RotaryEmbedding.forward over positions 0..n-1: (n, r) angles, each frequency twice in a row.
+at::Tensor rotary_angles(const at::Tensor& inv_freq, int64_t n, double interpolation_factor) {
+  const auto positions = at::arange(n, inv_freq.options());
+  const auto freqs = positions.unsqueeze(1) * inv_freq.unsqueeze(0) / interpolation_factor;
+  return freqs.repeat_interleave(2, -1);
 }
 
 }  // namespace
@@ -263,8 +273,12 @@ at::Tensor attention_layers(const at::Tensor& x_in, const std::optional<at::Tens
   at::Tensor slopes;
   if (!plan.alibi_slopes().empty())
     slopes = at::tensor(plan.alibi_slopes(), x_in.options().dtype(at::kDouble)).to(at::kFloat);
-  const auto self_config = attention_config(o.attn(), o, o.causal(), slopes);
-  const auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor());
+  at::Tensor rotary;
+  if (o.rotary_pos_emb())
+    rotary = rotary_angles(p.get("rotary_pos_emb.inv_freq"), x_in.size(1), o.rotary_interpolation_factor());
+  // Cross-attention gets neither ALiBi nor rotary (x-transformers passes them to self-attention only).
+  const auto self_config = attention_config(o.attn(), o, o.causal(), slopes, rotary);
+  const auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor(), at::Tensor());
 
   at::Tensor x = x_in;
   for (const int64_t i : plan.execution_order()) {

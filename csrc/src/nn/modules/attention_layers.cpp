@@ -4,6 +4,11 @@
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/residual.h>
 
+#include <ATen/ops/arange.h>
+#include <ATen/ops/pow.h>
+
+#include <cmath>
+
 namespace xtc::nn {
 namespace {
 
@@ -63,17 +68,36 @@ void AttentionLayersImpl::reset() {
     layer->push_back(make_residual(options));
     layers->push_back(layer);
   }
-  if (options.has_final_norm()) final_norm = register_module("final_norm", make_norm(options));
-  // The functional math reads parameters by the plan's layout: the module must produce exactly that layout.
-  const auto params = named_parameters();
-  const auto& specs = plan->parameters();
-  TORCH_INTERNAL_ASSERT(params.size() == specs.size(), "AttentionLayers: module has ", params.size(),
-                        " parameters, layout ", specs.size());
-  for (size_t i = 0; i < specs.size(); ++i) {
-    TORCH_INTERNAL_ASSERT(params[i].key() == specs[i].name && params[i].value().sizes() == specs[i].shape,
-                          "AttentionLayers: module parameter ", params[i].key(), " ", params[i].value().sizes(),
-                          " differs from layout ", specs[i].name, " ", c10::IntArrayRef(specs[i].shape));
+  if (options.rotary_pos_emb()) {
+    // x-transformers' RotaryEmbedding: a persistent inv_freq buffer, base 10000 (NTK-rescaled when asked).
+    const int64_t r = options.resolved_rotary_dim();
+    const double base = 10000.0 * std::pow(options.rotary_base_rescale_factor(),
+                                           static_cast<double>(r) / static_cast<double>(r - 2));
+    rotary_pos_emb = std::make_shared<torch::nn::Module>("RotaryEmbedding");
+    rotary_pos_emb->register_buffer(
+        "inv_freq", 1.0 / at::pow(base, at::arange(0, r, 2, at::kFloat) / static_cast<double>(r)));
+    register_module("rotary_pos_emb", rotary_pos_emb);
   }
+  if (options.has_final_norm()) final_norm = register_module("final_norm", make_norm(options));
+  // The functional math reads tensors by the plan's layout: the module must produce exactly that layout.
+  const auto params = named_parameters();
+  const auto buffers = named_buffers();
+  size_t checked = 0;
+  for (const auto& spec : plan->parameters()) {
+    const auto* found = spec.buffer ? buffers.find(spec.name) : params.find(spec.name);
+    TORCH_INTERNAL_ASSERT(found != nullptr && found->sizes() == spec.shape, "AttentionLayers: module lacks ",
+                          spec.name, " ", c10::IntArrayRef(spec.shape), " of the layout");
+    ++checked;
+  }
+  TORCH_INTERNAL_ASSERT(checked == params.size() + buffers.size(), "AttentionLayers: module has tensors the layout lacks");
+}
+
+std::vector<at::Tensor> AttentionLayersImpl::tensors() const {
+  const auto params = named_parameters();
+  const auto buffers = named_buffers();
+  std::vector<at::Tensor> out;
+  for (const auto& spec : plan->parameters()) out.push_back(spec.buffer ? buffers[spec.name] : params[spec.name]);
+  return out;
 }
 
 void AttentionLayersImpl::pretty_print(std::ostream& stream) const {
@@ -84,8 +108,8 @@ void AttentionLayersImpl::pretty_print(std::ostream& stream) const {
 at::Tensor AttentionLayersImpl::forward(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& context,
                                         const at::Tensor& context_mask) {
   const auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-  return functional::attention_layers(x, optional(mask), optional(context), optional(context_mask), parameters(),
-                                      *plan, is_training());
+  return functional::attention_layers(x, optional(mask), optional(context), optional(context_mask), tensors(), *plan,
+                                      is_training());
 }
 
 EncoderImpl::EncoderImpl(AttentionLayersOptions options)

@@ -156,6 +156,15 @@ void AttentionLayersOptions::validate() const {
   if (alibi_num_heads_.has_value())
     TORCH_CHECK_VALUE(*alibi_num_heads_ > 0 && *alibi_num_heads_ <= heads_,
                       "AttentionLayers: expected 0 < alibi_num_heads <= heads (", heads_, "), got ", *alibi_num_heads_);
+  if (rotary_pos_emb_) {
+    const int64_t r = resolved_rotary_dim();
+    TORCH_CHECK_VALUE(r >= 2 && r % 2 == 0 && r <= attn_.dim_head(), "AttentionLayers: expected an even rotary_emb_dim in [2, ",
+                      attn_.dim_head(), "] (attn_dim_head), got ", r);
+    TORCH_CHECK_VALUE(rotary_interpolation_factor_ >= 1, "AttentionLayers: expected rotary_interpolation_factor >= 1, got ",
+                      rotary_interpolation_factor_);
+    TORCH_CHECK_VALUE(r > 2 || rotary_base_rescale_factor_ == 1.0,
+                      "AttentionLayers: rotary_base_rescale_factor needs rotary_emb_dim > 2");
+  }
   validate_attention("attn_", attn_, *this);
   if (cross_attend_) validate_attention("cross_attn_", cross_attn_, *this);
   TORCH_CHECK_VALUE(ff_.mult() > 0 && static_cast<int64_t>(dim_ * ff_.mult()) > 0,
@@ -324,6 +333,10 @@ const std::vector<Field>& fields() {
     XTC_OWN(weight_tie_layers, bool);
     XTC_OWN(alibi_pos_bias, bool);
     XTC_OWN(alibi_num_heads, std::optional<int64_t>);
+    XTC_OWN(rotary_pos_emb, bool);
+    XTC_OWN(rotary_emb_dim, std::optional<int64_t>);
+    XTC_OWN(rotary_interpolation_factor, double);
+    XTC_OWN(rotary_base_rescale_factor, double);
     XTC_OWN(softclamp_output, bool);
     XTC_OWN(softclamp_output_value, double);
     XTC_OWN(zero_init_branch_output, bool);

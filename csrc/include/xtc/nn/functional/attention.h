@@ -29,7 +29,12 @@ struct AttentionConfig {
   bool causal = false;
   AttentionOptions options;
   at::Tensor alibi_slopes;  // (h) float, 0 for heads without ALiBi; undefined = no ALiBi
+  at::Tensor rotary_angles;  // (n, r) rotary angles of the query positions; undefined = no rotary
 };
+
+/// Rotates the first r features of t (b, n, heads, dh) by `angles` (n, r), pairs (2k, 2k+1) together
+/// (x-transformers' apply_rotary_pos_emb); the rest pass through.
+at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles);
 
 /// Attention of x (b, n, dim) over `context` (b, m, dim) or, when undefined, over x itself. `mask` (b, n) masks the
 /// keys of self-attention and zeroes the output at padded queries; `context_mask` (b, m) masks cross-attention

@@ -12,10 +12,12 @@
 
 namespace xtc::nn::functional {
 
-/// One parameter of the stack: its x-transformers state_dict name and shape.
+/// One tensor of the stack: its x-transformers state_dict name, shape, and whether it is a (persistent) buffer
+/// rather than a parameter.
 struct ParameterSpec {
   std::string name;
   std::vector<int64_t> shape;
+  bool buffer = false;
 };
 
 /// What options imply, worked out once: layer kinds, execution order, the parameter layout (x-transformers'
@@ -43,7 +45,7 @@ class AttentionLayersPlan {
 };
 
 /// x (b, n, dim); mask (b, n) bool (True = keep); context (b, m, dim) and context_mask (b, m) for cross-attention.
-/// `params` in plan.parameters() order (x-transformers' state_dict order).
+/// `params`: the parameters and buffers in plan.parameters() order (x-transformers' state_dict order).
 at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                             const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
                             at::TensorList params, const AttentionLayersPlan& plan, bool training);

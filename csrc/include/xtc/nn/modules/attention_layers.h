@@ -29,7 +29,9 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
   AttentionLayersOptions options;
   std::shared_ptr<const functional::AttentionLayersPlan> plan;
   torch::nn::ModuleList layers{nullptr};
-  std::shared_ptr<torch::nn::Module> final_norm;
+  std::shared_ptr<torch::nn::Module> rotary_pos_emb, final_norm;
+  /// Parameters and buffers in the plan's order: what the functional math reads.
+  std::vector<at::Tensor> tensors() const;
 
  protected:
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},

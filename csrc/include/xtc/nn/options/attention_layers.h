@@ -31,6 +31,8 @@ struct AttentionLayersOptions {
   int64_t resolved_kv_heads(const AttentionOptions& attention) const;
   NormKind norm_kind() const;
   ResidualKind residual_kind() const;
+  /// Rotated features per head when rotary_pos_emb is on.
+  int64_t resolved_rotary_dim() const { return rotary_emb_dim_.value_or(attn_.dim_head() / 2); }
   /// Whether a final norm closes the stack.
   bool has_final_norm() const { return pre_norm_ && pre_norm_has_final_norm_; }
   /// Checks values and clashing flags; throws c10::Error (ValueError in Python) naming the options.
@@ -96,6 +98,15 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, alibi_pos_bias) = false;
   /// ALiBi on the first heads only; unset = all heads.
   TORCH_ARG(std::optional<int64_t>, alibi_num_heads) = std::nullopt;
+  /// Rotary position embedding on q and k of self-attention (Su et al. 2021, arXiv 2104.09864), interleaved pairs
+  /// as x-transformers (GPT-J style).
+  TORCH_ARG(bool, rotary_pos_emb) = false;
+  /// Rotated features per head; unset = dim_head / 2 (partial rotary, as x-transformers).
+  TORCH_ARG(std::optional<int64_t>, rotary_emb_dim) = std::nullopt;
+  /// Positions divided by this factor (position interpolation, Chen et al. 2023, arXiv 2306.15595).
+  TORCH_ARG(double, rotary_interpolation_factor) = 1.0;
+  /// NTK-aware rescaling of the rotary base: base * factor^(r / (r - 2)).
+  TORCH_ARG(double, rotary_base_rescale_factor) = 1.0;
   /// c * tanh(x / c) on the output before the final norm (Gemma 2).
   TORCH_ARG(bool, softclamp_output) = false;
   /// The cap c of softclamp_output.
