@@ -1,6 +1,7 @@
 // pybind11 bindings: construction helpers only. The math is reached from Python through torch.ops.xtc.*, never
 // through these functions, so that tracing, export and torch.compile see dispatcher ops.
 #include <xtc/nn/modules/attention_layers.h>
+#include <xtc/nn/modules/continuous.h>
 #include <xtc/nn/options/attention_layers.h>
 
 #include <torch/csrc/utils/pybind.h>
@@ -48,4 +49,25 @@ PYBIND11_MODULE(_C, m) {
       py::arg("options"),
       "(name, freshly initialised value, is_buffer) of every parameter and buffer of xtc::nn::AttentionLayers with "
       "these options, in the order the attention_layers op reads them.");
+
+  m.def("continuous_option_keys", &xtc::nn::ContinuousTransformerWrapperOptions::keys,
+        "Keys of the serialised ContinuousTransformerWrapper options.");
+
+  m.def(
+      "continuous_layout",
+      [](const std::string& options, const std::string& layer_options) {
+        return with_torch_errors([&] {
+          xtc::nn::ContinuousTransformerWrapper wrapper(
+              xtc::nn::ContinuousTransformerWrapperOptions::parse(options),
+              xtc::nn::AttentionLayers(xtc::nn::AttentionLayersOptions::parse(layer_options)));
+          std::vector<std::tuple<std::string, at::Tensor, bool>> named;
+          const auto tensors = wrapper->tensors();
+          const auto& specs = wrapper->plan->parameters();
+          for (size_t i = 0; i < specs.size(); ++i) named.emplace_back(specs[i].name, tensors[i], specs[i].buffer);
+          return std::make_pair(wrapper->options.serialize(), named);
+        });
+      },
+      py::arg("options"), py::arg("layer_options"),
+      "(canonical options, [(name, initial value, is_buffer)]) of xtc::nn::ContinuousTransformerWrapper, in the "
+      "order the continuous_transformer op reads them; attn_layers.* included.");
 }

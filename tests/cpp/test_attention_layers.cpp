@@ -104,3 +104,25 @@ TEST(AttentionLayers, BadInputsThrowNamingTheArgument) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(ContinuousTransformerWrapper, ProjectsPoolsAndNamesLikeXTransformers) {
+  torch::manual_seed(3);
+  auto options = xtc::nn::ContinuousTransformerWrapperOptions().dim_in(20).dim_out(6).max_seq_len(16).num_memory_tokens(2);
+  xtc::nn::ContinuousTransformerWrapper wrapper(options,
+                                                xtc::nn::Encoder(xtc::nn::AttentionLayersOptions(32, 1, 2)));
+  const auto names = wrapper->named_parameters().keys();
+  ASSERT_GE(names.size(), 4u);
+  EXPECT_EQ(names.front(), "memory_tokens");
+  EXPECT_EQ(names[1], "pos_emb.emb.weight");
+  EXPECT_EQ(names.back(), "project_out.weight");
+  const auto x = torch::randn({3, 9, 20});
+  const auto lens = torch::tensor({9, 4, 1});
+  const auto out = wrapper->forward(x, {}, lens);
+  EXPECT_EQ(out.sizes(), c10::IntArrayRef({3, 9, 6}));
+  EXPECT_EQ(wrapper->forward(x, {}, lens, /*return_embeddings=*/true).size(-1), 32);
+  EXPECT_THROW(wrapper->forward(torch::randn({3, 17, 20})), c10::Error);  // past max_seq_len
+}
+
+}  // namespace

@@ -3,16 +3,19 @@
 
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/attention_layers.h>
+#include <xtc/nn/functional/continuous.h>
 #include <xtc/nn/functional/feedforward.h>
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/residual.h>
 #include <xtc/nn/modules/attention.h>
 #include <xtc/nn/modules/attention_layers.h>
+#include <xtc/nn/modules/continuous.h>
 #include <xtc/nn/modules/feedforward.h>
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/residual.h>
 #include <xtc/nn/options/attention.h>
 #include <xtc/nn/options/attention_layers.h>
+#include <xtc/nn/options/continuous.h>
 #include <xtc/nn/options/feedforward.h>
 #include <xtc/ops/attention_layers.h>
 #include <xtc/ops/flash_attention.h>

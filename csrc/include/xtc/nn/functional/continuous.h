@@ -1,0 +1,40 @@
+// ContinuousTransformerWrapper on explicit parameters.
+//
+// Shape legend: b batch, n sequence, M memory tokens, d the stack's dim.
+#pragma once
+
+#include <xtc/nn/functional/attention_layers.h>
+#include <xtc/nn/options/continuous.h>
+
+namespace xtc::nn::functional {
+
+/// What the wrapper's options and its stack's options imply: the layout of every tensor (x-transformers'
+/// state_dict order: memory_tokens, pos_emb, post_emb_norm, attn_layers.*, project_in, project_out).
+class ContinuousTransformerPlan {
+ public:
+  ContinuousTransformerPlan(ContinuousTransformerWrapperOptions options, AttentionLayersOptions layers);
+
+  const ContinuousTransformerWrapperOptions& options() const { return options_; }
+  const AttentionLayersPlan& layers() const { return layers_; }
+  const std::vector<ParameterSpec>& parameters() const { return parameters_; }
+  /// Where attn_layers.* start in parameters().
+  int64_t layers_offset() const { return layers_offset_; }
+  bool has_abs_pos_emb() const { return has_abs_pos_emb_; }
+  bool has_project_in() const { return has_project_in_; }
+  bool has_project_out() const { return has_project_out_; }
+
+ private:
+  ContinuousTransformerWrapperOptions options_;
+  AttentionLayersPlan layers_;
+  std::vector<ParameterSpec> parameters_;
+  int64_t layers_offset_ = 0;
+  bool has_abs_pos_emb_, has_project_in_, has_project_out_;
+};
+
+/// x (b, n, dim_in); mask (b, n) bool or lens (b) int (at most one); returns (b, n, dim_out), (b, dim_out) with
+/// average_pool_embed, or the stack's embeddings (before project_out) with return_embeddings.
+at::Tensor continuous_transformer(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                                  const std::optional<at::Tensor>& lens, at::TensorList params,
+                                  const ContinuousTransformerPlan& plan, bool training, bool return_embeddings);
+
+}  // namespace xtc::nn::functional

@@ -1,0 +1,111 @@
+#include <xtc/nn/functional/continuous.h>
+#include <xtc/nn/functional/norm.h>
+
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/dropout.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/pow.h>
+
+#include <cmath>
+
+namespace xtc::nn::functional {
+
+ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrapperOptions options,
+                                                     AttentionLayersOptions layers)
+    : options_(std::move(options)), layers_(std::move(layers)) {
+  options_.validate();
+  const auto& o = options_;
+  const int64_t dim = layers_.options().dim();
+  // x-transformers: absolute positions need max_seq_len, and the stack's rotary positions turn them off.
+  has_abs_pos_emb_ = o.max_seq_len().value_or(0) > 0 && o.use_abs_pos_emb() && !layers_.options().rotary_pos_emb();
+  has_project_in_ = o.dim_in().has_value() && (!o.use_identity_if_same_dim() || *o.dim_in() != dim);
+  has_project_out_ = o.dim_out().has_value() && (!o.use_identity_if_same_dim() || *o.dim_out() != dim);
+  TORCH_CHECK_VALUE(!o.scaled_sinu_pos_emb() || dim % 2 == 0,
+                    "ContinuousTransformerWrapper: scaled_sinu_pos_emb needs an even dim, got ", dim);
+  if (o.num_memory_tokens() > 0) parameters_.push_back({"memory_tokens", {o.num_memory_tokens(), dim}});
+  if (has_abs_pos_emb_) {
+    if (o.scaled_sinu_pos_emb()) parameters_.push_back({"pos_emb.scale", {1}});
+    else parameters_.push_back({"pos_emb.emb.weight", {*o.max_seq_len(), dim}});
+  }
+  if (o.post_emb_norm()) parameters_.push_back({"post_emb_norm.gamma", {dim}});
+  layers_offset_ = static_cast<int64_t>(parameters_.size());
+  for (const auto& spec : layers_.parameters())
+    parameters_.push_back({"attn_layers." + spec.name, spec.shape, spec.buffer});
+  if (has_project_in_) parameters_.push_back({"project_in.weight", {dim, *o.dim_in()}});
+  if (has_project_out_) parameters_.push_back({"project_out.weight", {*o.dim_out(), dim}});
+}
+
+at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in,
+                                  const std::optional<at::Tensor>& lens, at::TensorList params,
+                                  const ContinuousTransformerPlan& plan, bool training, bool return_embeddings) {
+  const auto& o = plan.options();
+  const int64_t dim = plan.layers().options().dim();
+  const int64_t dim_in = plan.has_project_in() ? *o.dim_in() : dim;
+  TORCH_CHECK_VALUE(x_in.dim() == 3 && x_in.size(2) == dim_in,
+                    "ContinuousTransformerWrapper: expected x of shape (batch, seq, ", dim_in, "), got ", x_in.sizes());
+  TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "ContinuousTransformerWrapper: expected ",
+                    plan.parameters().size(), " parameters for these options, got ", params.size());
+  TORCH_CHECK_VALUE(!(mask_in.has_value() && lens.has_value()),
+                    "ContinuousTransformerWrapper: pass either mask or lens, not both");
+  const int64_t b = x_in.size(0), n = x_in.size(1);
+  std::optional<at::Tensor> mask = mask_in;
+  if (lens.has_value()) {
+    TORCH_CHECK_VALUE(lens->dim() == 1 && lens->size(0) == b && !lens->is_floating_point(),
+                      "ContinuousTransformerWrapper: expected lens of shape (", b, ") and an integer dtype, got ",
+                      lens->sizes(), " ", lens->scalar_type());
+    mask = at::arange(n, lens->options()).unsqueeze(0) < lens->unsqueeze(1);
+  }
+  const auto get = [&](const std::string& name) -> at::Tensor {
+    const auto& specs = plan.parameters();
+    for (size_t i = 0; i < specs.size(); ++i)
+      if (specs[i].name == name) {
+        TORCH_CHECK_VALUE(params[i].sizes() == c10::IntArrayRef(specs[i].shape),
+                          "ContinuousTransformerWrapper: expected parameter ", name, " of shape ",
+                          c10::IntArrayRef(specs[i].shape), ", got ", params[i].sizes());
+        return params[i];
+      }
+    return at::Tensor();
+  };
+
+  at::Tensor x = plan.has_project_in() ? at::linear(x_in, get("project_in.weight")) : x_in;
+  if (plan.has_abs_pos_emb()) {
+    TORCH_CHECK_VALUE(n <= *o.max_seq_len(), "ContinuousTransformerWrapper: expected a sequence of at most max_seq_len (",
+                      *o.max_seq_len(), ") positions, got ", n);
+    const auto positions = at::arange(n, x.options().dtype(at::kLong));
+    if (o.scaled_sinu_pos_emb()) {
+      const auto freq_seq = at::arange(dim / 2, x.options()) / static_cast<double>(dim / 2);
+      const auto inv_freq = at::pow(10000.0, -freq_seq);
+      const auto angles = positions.to(x.scalar_type()).unsqueeze(1) * inv_freq.unsqueeze(0);
+      x = x + at::cat({angles.sin(), angles.cos()}, -1) * get("pos_emb.scale");
+    } else {
+      x = x + at::embedding(get("pos_emb.emb.weight"), positions) * (1.0 / std::sqrt(static_cast<double>(dim)));
+    }
+  }
+  if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
+  const int64_t memory = o.num_memory_tokens();
+  std::optional<at::Tensor> layer_mask = mask;
+  if (memory > 0) {
+    x = at::cat({get("memory_tokens").unsqueeze(0).expand({b, memory, dim}), x}, 1);
+    if (mask.has_value()) layer_mask = at::cat({at::ones({b, memory}, mask->options()), *mask}, 1);
+  }
+  if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
+  const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
+  x = attention_layers(x, layer_mask, std::nullopt, std::nullopt, layer_params, plan.layers(), training);
+  if (memory > 0) x = x.narrow(1, memory, n);
+  if (o.average_pool_embed()) {
+    // x-transformers pools with the mask as passed: with `lens` instead, it averages over every position.
+    if (mask_in.has_value()) {
+      const auto keep = mask_in->unsqueeze(-1).to(x.scalar_type()).expand_as(x);
+      x = (x * keep).sum(1) / keep.sum(1).clamp_min(1e-5);
+    } else {
+      x = x.mean(1);
+    }
+  }
+  if (return_embeddings || !plan.has_project_out()) return x;
+  return at::linear(x, get("project_out.weight"));
+}
+
+}  // namespace xtc::nn::functional

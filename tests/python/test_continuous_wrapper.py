@@ -1,0 +1,92 @@
+"""ContinuousTransformerWrapper against x-transformers' with the same weights."""
+import pytest
+import torch
+from x_transformers import ContinuousTransformerWrapper as XWrapper
+from x_transformers import Decoder as XDecoder, Encoder as XEncoder
+
+from x_transformers_cpp import ContinuousTransformerWrapper, Decoder, Encoder
+
+LAYERS = dict(dim=32, depth=2, heads=4, attn_dim_head=16)
+CASES = [
+    dict(dim_in=20, dim_out=12, max_seq_len=16),
+    dict(dim_in=20, max_seq_len=16, post_emb_norm=True, num_memory_tokens=3),
+    dict(dim_out=7, max_seq_len=16, scaled_sinu_pos_emb=True),
+    dict(dim_in=32, dim_out=32, use_identity_if_same_dim=True, max_seq_len=0),
+    dict(dim_in=20, dim_out=5, max_seq_len=16, average_pool_embed=True, num_memory_tokens=2),
+    dict(dim_in=20, dim_out=5, max_seq_len=16, use_abs_pos_emb=False),
+]
+
+
+def make_pair(kwargs, layers_cls=(Encoder, XEncoder), layer_kwargs=LAYERS):
+    theirs = XWrapper(attn_layers=layers_cls[1](**layer_kwargs), **kwargs)
+    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
+    ours = ContinuousTransformerWrapper(attn_layers=layers_cls[0](**layer_kwargs), **kwargs)
+    assert list(ours.state_dict().keys()) == list(theirs.state_dict().keys())
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("kwargs", CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_matches_x_transformers(kwargs, with_mask):
+    torch.manual_seed(0)
+    ours, theirs = make_pair(kwargs)
+    x = torch.randn(3, 11, kwargs.get("dim_in", 32))
+    mask = None
+    if with_mask:
+        mask = torch.rand(3, 11) > 0.3
+        mask[:, 0] = True
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = ours(x1, mask=mask), theirs(x2, mask=mask)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x1, *ours.parameters()], grad)
+    want = torch.autograd.grad(expected, [x2, *theirs.parameters()], grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+    torch.testing.assert_close(ours(x, mask=mask, return_embeddings=True),
+                               theirs(x, mask=mask, return_embeddings=True), atol=1e-5, rtol=1e-5)
+
+
+def test_lens_and_rotary_decoder():
+    torch.manual_seed(1)
+    layer_kwargs = dict(LAYERS, rotary_pos_emb=True)
+    ours, theirs = make_pair(dict(dim_in=20, dim_out=6, max_seq_len=16), (Decoder, XDecoder), layer_kwargs)
+    x, lens = torch.randn(3, 9, 20), torch.tensor([9, 4, 1])
+    torch.testing.assert_close(ours(x, lens=lens), theirs(x, lens=lens), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_input_and_unsupported_options():
+    ours = ContinuousTransformerWrapper(attn_layers=Encoder(**LAYERS), dim_in=20, max_seq_len=8)
+    with pytest.raises(ValueError, match=r"expected x of shape \(batch, seq, 20\)"):
+        ours(torch.randn(2, 5, 32))
+    with pytest.raises(ValueError, match="at most max_seq_len"):
+        ours(torch.randn(2, 9, 20))
+    with pytest.raises(ValueError, match="either mask or lens"):
+        ours(torch.randn(2, 5, 20), mask=torch.ones(2, 5, dtype=torch.bool), lens=torch.tensor([5, 5]))
+    with pytest.raises(TypeError, match="probabilistic"):
+        ContinuousTransformerWrapper(attn_layers=Encoder(**LAYERS), probabilistic=True)
+    with pytest.raises(TypeError, match="attn_layers"):
+        ContinuousTransformerWrapper(attn_layers=XEncoder(**LAYERS))
+
+
+def test_trace_keeps_dynamic_shapes(tmp_path):
+    torch.manual_seed(2)
+    model = ContinuousTransformerWrapper(attn_layers=Encoder(**LAYERS), dim_in=20, dim_out=4, max_seq_len=32).eval()
+    x, mask = torch.randn(2, 7, 20), torch.rand(2, 7) > 0.2
+
+
+    class WithMask(torch.nn.Module):  # tracing takes tensors only: the mask goes by keyword inside
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, mask):
+            return self.model(x, mask=mask)
+
+    traced = torch.jit.trace(WithMask(), (x, mask))
+    assert "xtc::continuous_transformer" in str(traced.inlined_graph)
+    traced.save(tmp_path / "wrapper.pt")
+    loaded = torch.jit.load(tmp_path / "wrapper.pt")
+    other, other_mask = torch.randn(3, 12, 20), torch.rand(3, 12) > 0.2
+    torch.testing.assert_close(loaded(other, other_mask), model(other, mask=other_mask))
