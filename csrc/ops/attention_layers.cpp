@@ -3,52 +3,47 @@
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/ops/attention_layers.h>
 
+#include "ops/plan_cache.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include <mutex>
-#include <unordered_map>
 
 namespace xtc::ops {
 namespace {
 
-// Parsing options and laying out parameters is cheap, but a forward pass should not pay it on every call.
-const nn::functional::AttentionLayersPlan& plan_for(const std::string& text) {
-  static std::mutex lock;
-  static std::unordered_map<std::string, std::unique_ptr<const nn::functional::AttentionLayersPlan>> cache;
-  std::lock_guard<std::mutex> guard(lock);
-  auto& slot = cache[text];
-  if (!slot) slot = std::make_unique<const nn::functional::AttentionLayersPlan>(nn::AttentionLayersOptions::parse(text));
-  return *slot;
-}
-
 at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                                    const std::optional<at::Tensor>& context,
-                                   const std::optional<at::Tensor>& context_mask, at::TensorList params,
+                                   const std::optional<at::Tensor>& context_mask,
+                                   const std::optional<at::Tensor>& attn_mask, at::TensorList params,
                                    c10::string_view options, bool training) {
-  return nn::functional::attention_layers(x, mask, context, context_mask, params, plan_for(std::string(options)),
-                                          training);
+  const std::string text(options);
+  const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
+      text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
+  return nn::functional::attention_layers(x, {mask, context, context_mask, attn_mask}, params, plan, training);
 }
 
 }  // namespace
 
 at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                             const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
-                            at::TensorList params, const std::string& options, bool training) {
+                            const std::optional<at::Tensor>& attn_mask, at::TensorList params,
+                            const std::string& options, bool training) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("xtc::attention_layers", "")
                        .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                         at::TensorList, c10::string_view, bool)>();
-  return op.call(x, mask, context, context_mask, params, options, training);
+                                         const std::optional<at::Tensor>&, at::TensorList, c10::string_view,
+                                         bool)>();
+  return op.call(x, mask, context, context_mask, attn_mask, params, options, training);
 }
 
 }  // namespace xtc::ops
 
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def(
-      "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor[] params, str options, "
-      "bool training=False) -> Tensor");
+      "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor? attn_mask, "
+      "Tensor[] params, str options, bool training=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

@@ -9,6 +9,8 @@
 
 #include <cmath>
 #include <optional>
+#include <utility>
+#include <vector>
 
 namespace xtc::ops::detail {
 
@@ -91,6 +93,29 @@ inline FlashAttentionSizes check_flash_attention_args(const at::Tensor& q, const
 /// The log-sum-exp is kept in float32 for every input dtype but float64.
 inline at::ScalarType lse_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+/// Checks of the backward's extra inputs against the forward's sizes: grad_out and out (b, n, h, dv) in q's dtype,
+/// lse (b, h, n) in lse_dtype(), all on q's device.
+inline void check_flash_attention_backward_args(const at::Tensor& grad_out, const at::Tensor& out,
+                                                const at::Tensor& lse, const at::Tensor& q,
+                                                const FlashAttentionSizes& s) {
+  const std::vector<int64_t> out_shape{s.batch, s.queries, s.heads, s.value_head_dim};
+  const std::vector<int64_t> lse_shape{s.batch, s.heads, s.queries};
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_out", grad_out}, {"out", out}}) {
+    TORCH_CHECK(t.sizes() == out_shape, "flash_attention_backward: expected ", name, " of shape ",
+                c10::IntArrayRef(out_shape), ", got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == q.scalar_type(), "flash_attention_backward: expected ", name, " of dtype ",
+                q.scalar_type(), ", got ", t.scalar_type());
+    TORCH_CHECK(t.device() == q.device(), "flash_attention_backward: expected ", name, " on ", q.device(), ", got ",
+                t.device());
+  }
+  TORCH_CHECK(lse.sizes() == lse_shape, "flash_attention_backward: expected lse of shape ", c10::IntArrayRef(lse_shape),
+              ", got ", lse.sizes());
+  TORCH_CHECK(lse.scalar_type() == lse_dtype(q.scalar_type()), "flash_attention_backward: expected lse of dtype ",
+              lse_dtype(q.scalar_type()), ", got ", lse.scalar_type());
+  TORCH_CHECK(lse.device() == q.device(), "flash_attention_backward: expected lse on ", q.device(), ", got ",
+              lse.device());
 }
 
 }  // namespace xtc::ops::detail

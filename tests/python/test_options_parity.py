@@ -151,3 +151,35 @@ def test_layer_dropout_skips_layers_only_in_training():
     model.train()
     outs = {tuple(model(x).flatten()[:4].tolist()) for _ in range(8)}
     assert len(outs) > 1
+
+
+@pytest.mark.parametrize("shape", ["ij", "hij", "bhij", "1hij", "b1ij"])
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_attn_mask_matches_x_transformers(kind, shape):
+    torch.manual_seed(3)
+    ours, theirs = make_pair(kind, **BASE, rotary_pos_emb=True)
+    b, n, h = 3, 9, BASE["heads"]
+    sizes = {"ij": (n, n), "hij": (h, n, n), "bhij": (b, h, n, n), "1hij": (1, h, n, n), "b1ij": (b, 1, n, n)}[shape]
+    attn_mask = torch.rand(sizes) > 0.4
+    attn_mask[..., 0] = True  # every query keeps a key in both libraries' sense
+    x = torch.randn(b, n, 32)
+    mask = torch.rand(b, n) > 0.2
+    mask[:, 0] = True
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = ours(x1, mask=mask, attn_mask=attn_mask)
+    expected = theirs(x2, mask=mask, attn_mask=attn_mask)
+    scaled_close(out, expected, 1e-5, "output")
+    grad = torch.randn_like(out)
+    for name, g, w in zip(["x"] + [k for k, _ in ours.named_parameters()],
+                          torch.autograd.grad(out, [x1, *ours.parameters()], grad),
+                          torch.autograd.grad(expected, [x2, *theirs.parameters()], grad)):
+        scaled_close(g, w, 1e-4, f"grad {name}")
+
+
+def test_bad_attn_mask_raises():
+    model = Encoder(**BASE)
+    x = torch.randn(2, 5, 32)
+    with pytest.raises(ValueError, match="attn_mask of dtype bool"):
+        model(x, attn_mask=torch.ones(5, 5))
+    with pytest.raises(ValueError, match=r"expected attn_mask of shape \(5, 5\)"):
+        model(x, attn_mask=torch.ones(4, 5, dtype=torch.bool))

@@ -385,18 +385,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
   const auto sizes = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
                                                         window_left, window_right, softcap);
   check_cpu_inputs(q_in);
-  const std::vector<int64_t> out_shape{sizes.batch, sizes.queries, sizes.heads, sizes.value_head_dim};
-  TORCH_CHECK(grad_out_in.sizes() == out_shape && out_in.sizes() == out_shape,
-              "flash_attention_backward: expected grad_out and out of shape ", c10::IntArrayRef(out_shape),
-              ", got ", grad_out_in.sizes(), " and ", out_in.sizes());
-  TORCH_CHECK(lse_in.sizes() == c10::IntArrayRef({sizes.batch, sizes.heads, sizes.queries}),
-              "flash_attention_backward: expected lse of shape (", sizes.batch, ", ", sizes.heads, ", ",
-              sizes.queries, "), got ", lse_in.sizes());
+  detail::check_flash_attention_backward_args(grad_out_in, out_in, lse_in, q_in, sizes);
   const at::Tensor q = with_unit_inner_stride(q_in), k = with_unit_inner_stride(k_in),
                    v = with_unit_inner_stride(v_in);
-  const at::Tensor grad_out = with_unit_inner_stride(grad_out_in.to(q.scalar_type()));
-  const at::Tensor out = with_unit_inner_stride(out_in.to(q.scalar_type()));
-  const at::Tensor lse = lse_in.to(q.scalar_type()).contiguous();
+  const at::Tensor grad_out = with_unit_inner_stride(grad_out_in), out = with_unit_inner_stride(out_in);
+  const at::Tensor lse = lse_in.contiguous();
   const at::Tensor mask = contiguous_mask(key_padding_mask), slopes = float_slopes(alibi_slopes);
   auto dq = at::zeros({sizes.batch, sizes.queries, sizes.heads, sizes.head_dim}, q.options());
   auto dk = at::zeros({sizes.batch, sizes.keys, sizes.kv_heads, sizes.head_dim}, q.options());

@@ -155,22 +155,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
                                                     window_left, window_right, softcap);
   check_cuda_route(q_in, s);
   const auto dtype = q_in.scalar_type();
-  const std::vector<int64_t> out_shape{s.batch, s.queries, s.heads, s.value_head_dim};
-  TORCH_CHECK(grad_out_in.sizes() == out_shape, "flash_attention_backward: expected grad_out of shape ",
-              c10::IntArrayRef(out_shape), ", got ", grad_out_in.sizes());
-  TORCH_CHECK(out_in.sizes() == out_shape, "flash_attention_backward: expected out of shape ",
-              c10::IntArrayRef(out_shape), ", got ", out_in.sizes());
-  TORCH_CHECK(out_in.scalar_type() == dtype, "flash_attention_backward: expected out of dtype ", dtype, ", got ",
-              out_in.scalar_type());
-  const std::vector<int64_t> lse_shape{s.batch, s.heads, s.queries};
-  TORCH_CHECK(lse_in.sizes() == lse_shape, "flash_attention_backward: expected lse of shape ",
-              c10::IntArrayRef(lse_shape), ", got ", lse_in.sizes());
-  TORCH_CHECK(lse_in.scalar_type() == detail::lse_dtype(dtype), "flash_attention_backward: expected lse of dtype ",
-              detail::lse_dtype(dtype), ", got ", lse_in.scalar_type());
-  TORCH_CHECK(grad_out_in.device() == q_in.device() && out_in.device() == q_in.device() &&
-                  lse_in.device() == q_in.device(),
-              "flash_attention_backward: expected grad_out, out and lse on ", q_in.device(), ", got ",
-              grad_out_in.device(), ", ", out_in.device(), " and ", lse_in.device());
+  detail::check_flash_attention_backward_args(grad_out_in, out_in, lse_in, q_in, s);
   const c10::cuda::CUDAGuard guard(q_in.device());
 
   const auto acc_dtype = detail::lse_dtype(dtype);  // float, double for double inputs

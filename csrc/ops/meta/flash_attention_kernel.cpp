@@ -21,12 +21,13 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
-    const at::Tensor& /*grad_out*/, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& /*out*/, const at::Tensor& /*lse*/, const std::optional<at::Tensor>& key_padding_mask,
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& key_padding_mask,
     bool /*causal*/, std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes, int64_t window_left,
     int64_t window_right, double softcap) {
   const auto s = detail::check_flash_attention_args(q, k, v, key_padding_mask, scale, alibi_slopes, window_left,
                                                     window_right, softcap);
+  detail::check_flash_attention_backward_args(grad_out, out, lse, q, s);
   return {at::empty({s.batch, s.queries, s.heads, s.head_dim}, q.options()),
           at::empty({s.batch, s.keys, s.kv_heads, s.head_dim}, q.options()),
           at::empty({s.batch, s.keys, s.kv_heads, s.value_head_dim}, q.options())};

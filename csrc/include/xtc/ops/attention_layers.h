@@ -10,9 +10,11 @@
 namespace xtc::ops {
 
 /// x (b, n, dim); mask (b, n) bool, True = keep; context (b, m, dim) and context_mask (b, m) when cross-attending;
-/// params in AttentionLayers::named_parameters() order; options as written by AttentionLayersOptions::serialize().
+/// attn_mask (n, n), (h, n, n) or (b|1, h|1, n, n) bool for self-attention; params as AttentionLayers::tensors();
+/// options as written by AttentionLayersOptions::serialize().
 at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                             const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
-                            at::TensorList params, const std::string& options, bool training);
+                            const std::optional<at::Tensor>& attn_mask, at::TensorList params,
+                            const std::string& options, bool training);
 
 }  // namespace xtc::ops

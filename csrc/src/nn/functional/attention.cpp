@@ -48,8 +48,9 @@ at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles) {
   return at::cat({out, t.narrow(-1, r, t.size(-1) - r)}, -1);
 }
 
-std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool training) {
+std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool training, bool has_attn_mask) {
   std::vector<std::string> reasons;
+  if (has_attn_mask) reasons.emplace_back("attn_mask is an arbitrary (query, key) pattern, not a padding mask");
   if (training && c.options.dropout() > 0)
     reasons.emplace_back("attention dropout in training needs the probabilities");
   if (c.options.num_mem_kv() > 0 && c.alibi_slopes.defined())
@@ -61,7 +62,8 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool trai
 
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
-                     const AttentionWeights& w, const AttentionConfig& c, bool training) {
+                     const AttentionWeights& w, const AttentionConfig& c, bool training,
+                     const std::optional<at::Tensor>& attn_mask) {
   const auto& o = c.options;
   const at::Tensor& kv_input = context.has_value() ? *context : x;
   const int64_t b = x.size(0), n = x.size(1), m = kv_input.size(1);
@@ -97,7 +99,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   const double softcap = o.softclamp_logits() ? o.logit_softclamp_value() : 0.0;
   const int64_t window_left = o.max_attend_past().value_or(-1);
   at::Tensor out;
-  if (materialize_reasons(c, training).empty()) {
+  if (materialize_reasons(c, training, attn_mask.has_value()).empty()) {
     const auto slopes = c.alibi_slopes.defined() ? std::optional<at::Tensor>(c.alibi_slopes) : std::nullopt;
     out = std::get<0>(ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, -1, softcap));
   } else {
@@ -107,6 +109,16 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
     const auto is_memory = key_pos < 0;
     at::Tensor keep = key_mask.has_value() ? key_mask->view({b, 1, 1, keys}) : at::Tensor();
+    if (attn_mask.has_value()) {
+      // Memory keys stay visible: the pattern covers the sequence's own keys.
+      auto pattern = *attn_mask;
+      if (memory > 0) {
+        auto sizes = pattern.sizes().vec();
+        sizes.back() = memory;
+        pattern = at::cat({at::ones(sizes, pattern.options()), pattern}, -1);
+      }
+      keep = keep.defined() ? keep.logical_and(pattern) : pattern;
+    }
     if (window_left >= 0) {
       const auto in_window = ((query_pos - key_pos) <= window_left).logical_or(is_memory).view({1, 1, n, keys});
       keep = keep.defined() ? keep.logical_and(in_window) : in_window;

@@ -189,6 +189,26 @@ void check_inputs(const at::Tensor& x, const std::optional<at::Tensor>& mask, co
   }
 }
 
+// x-transformers' attn_mask shapes (i, j), (h, i, j) and (b|1, h|1, i, j), as a 4-D bool mask.
+std::optional<at::Tensor> normalized_attn_mask(const std::optional<at::Tensor>& attn_mask, const at::Tensor& x,
+                                               int64_t heads) {
+  if (!attn_mask.has_value()) return std::nullopt;
+  const auto& a = *attn_mask;
+  const int64_t b = x.size(0), n = x.size(1);
+  TORCH_CHECK_VALUE(a.scalar_type() == at::kBool, "AttentionLayers: expected attn_mask of dtype bool (True = may "
+                    "attend), got ", a.scalar_type());
+  TORCH_CHECK_VALUE(a.device() == x.device(), "AttentionLayers: expected attn_mask on x's device ", x.device(),
+                    ", got ", a.device());
+  TORCH_CHECK_VALUE(a.dim() >= 2 && a.dim() <= 4, "AttentionLayers: expected attn_mask of shape (", n, ", ", n,
+                    "), (heads, ", n, ", ", n, ") or (batch, heads, ", n, ", ", n, "), got ", a.sizes());
+  const auto full = a.dim() == 2 ? a.view({1, 1, a.size(0), a.size(1)}) : a.dim() == 3 ? a.unsqueeze(0) : a;
+  TORCH_CHECK_VALUE(full.size(2) == n && full.size(3) == n && (full.size(1) == 1 || full.size(1) == heads) &&
+                        (full.size(0) == 1 || full.size(0) == b),
+                    "AttentionLayers: expected attn_mask of shape (", n, ", ", n, "), (", heads, ", ", n, ", ", n,
+                    ") or (", b, " or 1, ", heads, " or 1, ", n, ", ", n, "), got ", a.sizes());
+  return full;
+}
+
 AttentionWeights attention_weights(const Parameters& p, const std::string& prefix) {
   AttentionWeights w;
   w.to_q = p.get(prefix + "to_q.weight");
@@ -262,11 +282,12 @@ int64_t AttentionLayersPlan::index(const std::string& name) const {
   return it == index_.end() ? -1 : it->second;
 }
 
-at::Tensor attention_layers(const at::Tensor& x_in, const std::optional<at::Tensor>& mask,
-                            const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
-                            at::TensorList params, const AttentionLayersPlan& plan, bool training) {
+at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs& inputs, at::TensorList params,
+                            const AttentionLayersPlan& plan, bool training) {
   const auto& o = plan.options();
+  const auto& [mask, context, context_mask, attn_mask_in] = inputs;
   check_inputs(x_in, mask, context, context_mask, o);
+  const auto attn_mask = normalized_attn_mask(attn_mask_in, x_in, o.heads());
   const Parameters p(plan, params, x_in);
   const NormKind norm_kind = o.norm_kind();
   const bool unit_offset = o.norm_add_unit_offset();
@@ -293,7 +314,8 @@ at::Tensor attention_layers(const at::Tensor& x_in, const std::optional<at::Tens
       out = feed_forward(h, feed_forward_weights(p, block, o.ff()), o.ff(), training);
       if (o.macaron()) out = out * 0.5;
     } else if (type == 'a') {
-      out = attention(h, std::nullopt, mask, std::nullopt, attention_weights(p, block), self_config, training);
+      out = attention(h, std::nullopt, mask, std::nullopt, attention_weights(p, block), self_config, training,
+                      attn_mask);
     } else {
       out = attention(h, context, mask, context_mask, attention_weights(p, block), cross_config, training);
     }

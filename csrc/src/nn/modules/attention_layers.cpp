@@ -106,10 +106,10 @@ void AttentionLayersImpl::pretty_print(std::ostream& stream) const {
 }
 
 at::Tensor AttentionLayersImpl::forward(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& context,
-                                        const at::Tensor& context_mask) {
+                                        const at::Tensor& context_mask, const at::Tensor& attn_mask) {
   const auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-  return functional::attention_layers(x, optional(mask), optional(context), optional(context_mask), tensors(), *plan,
-                                      is_training());
+  return functional::attention_layers(x, {optional(mask), optional(context), optional(context_mask), optional(attn_mask)},
+                                      tensors(), *plan, is_training());
 }
 
 EncoderImpl::EncoderImpl(AttentionLayersOptions options)

@@ -39,12 +39,14 @@ at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles);
 /// Attention of x (b, n, dim) over `context` (b, m, dim) or, when undefined, over x itself. `mask` (b, n) masks the
 /// keys of self-attention and zeroes the output at padded queries; `context_mask` (b, m) masks cross-attention
 /// keys. Runs in xtc::flash_attention unless attention_path_reasons() names a reason to materialise the scores.
+/// `attn_mask` (b|1, h|1, n, n) bool, True = may attend, restricts self-attention further.
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
-                     const AttentionWeights& weights, const AttentionConfig& config, bool training);
+                     const AttentionWeights& weights, const AttentionConfig& config, bool training,
+                     const std::optional<at::Tensor>& attn_mask = std::nullopt);
 
 /// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils.
-std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool training);
+std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool training, bool has_attn_mask);
 
 /// Softmax attention that materialises the (b, h, n, m) scores, as x-transformers' own path: logits scaled, plus
 /// `bias` (broadcastable to (b, h, n, m)), soft-capped, hidden entries (`keep` False, or in the future when causal)

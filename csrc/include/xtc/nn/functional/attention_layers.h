@@ -44,10 +44,17 @@ class AttentionLayersPlan {
   std::vector<double> alibi_slopes_;
 };
 
-/// x (b, n, dim); mask (b, n) bool (True = keep); context (b, m, dim) and context_mask (b, m) for cross-attention.
-/// `params`: the parameters and buffers in plan.parameters() order (x-transformers' state_dict order).
-at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
-                            const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
-                            at::TensorList params, const AttentionLayersPlan& plan, bool training);
+/// The optional forward inputs of a layer stack, as x-transformers' AttentionLayers.forward names them.
+struct AttentionLayersInputs {
+  std::optional<at::Tensor> mask;          // (b, n) bool, True = keep: self-attention keys, zeroed query outputs
+  std::optional<at::Tensor> context;       // (b, m, dim), with cross_attend
+  std::optional<at::Tensor> context_mask;  // (b, m) bool, cross-attention keys
+  std::optional<at::Tensor> attn_mask;     // (n, n), (h, n, n) or (b|1, h|1, n, n) bool, True = may attend
+};
+
+/// x (b, n, dim) through the stack. `params`: the parameters and buffers in plan.parameters() order
+/// (x-transformers' state_dict order).
+at::Tensor attention_layers(const at::Tensor& x, const AttentionLayersInputs& inputs, at::TensorList params,
+                            const AttentionLayersPlan& plan, bool training);
 
 }  // namespace xtc::nn::functional

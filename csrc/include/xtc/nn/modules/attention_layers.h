@@ -22,9 +22,10 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   /// x (b, n, dim) float; mask (b, n) bool, True = keep; context (b, m, dim) and context_mask (b, m) when
-  /// cross-attending. Undefined tensors mean "none". Returns (b, n, dim).
+  /// cross-attending; attn_mask (n, n), (h, n, n) or (b|1, h|1, n, n) bool for self-attention. Undefined tensors
+  /// mean "none". Returns (b, n, dim).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {}, const at::Tensor& context = {},
-                     const at::Tensor& context_mask = {});
+                     const at::Tensor& context_mask = {}, const at::Tensor& attn_mask = {});
 
   AttentionLayersOptions options;
   std::shared_ptr<const functional::AttentionLayersPlan> plan;
@@ -35,7 +36,7 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
 
  protected:
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},
-                           {3, torch::nn::AnyValue(at::Tensor())})
+                           {3, torch::nn::AnyValue(at::Tensor())}, {4, torch::nn::AnyValue(at::Tensor())})
 };
 TORCH_MODULE(AttentionLayers);
 
