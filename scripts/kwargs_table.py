@@ -32,6 +32,12 @@ INTERNAL = {"self", "kwargs", "dim_context", "heads", "causal", "dim_out", "dim"
             "qkv_receive_diff_residuals", "learned_value_residual_mix", "rotate_num_heads", "inverted_attention"}
 
 
+# Our own options, beyond x-transformers' signatures.
+EXTENSIONS = {
+    "attn_window_size": "xtc extension: sliding-window (local) attention in the flash kernel, O(n * window)",
+}
+
+
 def rows():
     known = set(_C.option_keys())
     own = [p for p in inspect.signature(AttentionLayers.__init__).parameters if p not in ("self", "kwargs")]
@@ -44,6 +50,7 @@ def rows():
     table += [("attn_" + p, "attn." + p) for p in attn]
     table += [("cross_attn_" + p, "cross_attn." + p) for p in attn]
     table += [("ff_" + p, "ff." + p) for p in ff]
+    table += [(k, k.replace("attn_", "attn.", 1)) for k in EXTENSIONS]
     out = []
     for kwarg, key in table:
         if kwarg in IMPLIED:
@@ -51,7 +58,8 @@ def rows():
             path = IMPLIED[kwarg]
         elif key in known:
             status = "supported"
-            path = PATHS.get(kwarg, "flash kernel" if key.startswith(("attn.", "cross_attn.")) else "native")
+            path = EXTENSIONS.get(kwarg) or PATHS.get(
+                kwarg, "flash kernel" if key.startswith(("attn.", "cross_attn.")) else "native")
         else:
             status = "rejected (TypeError)"
             path = "-"

@@ -183,3 +183,22 @@ def test_bad_attn_mask_raises():
         model(x, attn_mask=torch.ones(5, 5))
     with pytest.raises(ValueError, match=r"expected attn_mask of shape \(5, 5\)"):
         model(x, attn_mask=torch.ones(4, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("window", [0, 2, 5])
+def test_window_size_equals_a_band_attn_mask(kind, window):
+    """attn_window_size (our extension, in the kernel) against x-transformers given the same band as attn_mask."""
+    torch.manual_seed(4)
+    ours, theirs = make_pair(kind, **BASE)
+    windowed = CLASSES[kind][0](**BASE, attn_window_size=window)
+    windowed.load_state_dict(theirs.state_dict())
+    n = 11
+    distance = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+    band = distance.abs() <= window
+    x = torch.randn(2, n, 32)
+    mask = torch.rand(2, n) > 0.2
+    mask[:, 0] = True
+    band_and_self = band | torch.eye(n, dtype=torch.bool)  # both agree on rows the band leaves empty of kept keys
+    expected = theirs(x, mask=mask, attn_mask=band_and_self)
+    scaled_close(windowed(x, mask=mask), expected, 1e-5, "windowed output")

@@ -97,11 +97,16 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   }
   const double scale = logit_scale(c);
   const double softcap = o.softclamp_logits() ? o.logit_softclamp_value() : 0.0;
-  const int64_t window_left = o.max_attend_past().value_or(-1);
+  int64_t window_left = o.max_attend_past().value_or(-1), window_right = -1;
+  if (o.window_size().has_value()) {
+    window_left = *o.window_size();
+    window_right = c.causal ? -1 : *o.window_size();
+  }
   at::Tensor out;
   if (materialize_reasons(c, training, attn_mask.has_value()).empty()) {
     const auto slopes = c.alibi_slopes.defined() ? std::optional<at::Tensor>(c.alibi_slopes) : std::nullopt;
-    out = std::get<0>(ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, -1, softcap));
+    out = std::get<0>(
+        ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, window_right, softcap));
   } else {
     // Visibility and bias over (n, M + m) keys; memory keys (the first M) are always visible and unbiased.
     const int64_t keys = k.size(1), memory = o.num_mem_kv();
@@ -119,8 +124,13 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
       }
       keep = keep.defined() ? keep.logical_and(pattern) : pattern;
     }
-    if (window_left >= 0) {
-      const auto in_window = ((query_pos - key_pos) <= window_left).logical_or(is_memory).view({1, 1, n, keys});
+    if (window_left >= 0 || window_right >= 0) {
+      auto in_window = is_memory.expand({n, keys}).clone();
+      const auto distance = query_pos - key_pos;  // > 0: the key is in the past
+      auto inside = at::ones({n, keys}, in_window.options());
+      if (window_left >= 0) inside = inside.logical_and(distance <= window_left);
+      if (window_right >= 0) inside = inside.logical_and(distance >= -window_right);
+      in_window = in_window.logical_or(inside).view({1, 1, n, keys});
       keep = keep.defined() ? keep.logical_and(in_window) : in_window;
     }
     at::Tensor bias;

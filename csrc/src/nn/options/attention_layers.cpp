@@ -98,6 +98,12 @@ void validate_attention(const char* prefix, const AttentionOptions& a, const Att
                     "logit_softclamp_value > 0, got ", a.logit_softclamp_value());
   TORCH_CHECK_VALUE(!a.max_attend_past().has_value() || *a.max_attend_past() >= 0, "AttentionLayers: expected ",
                     prefix, "max_attend_past >= 0");
+  TORCH_CHECK_VALUE(!a.window_size().has_value() || *a.window_size() >= 0, "AttentionLayers: expected ", prefix,
+                    "window_size >= 0");
+  TORCH_CHECK_VALUE(!(a.window_size().has_value() && a.max_attend_past().has_value()), "AttentionLayers: ", prefix,
+                    "window_size and ", prefix, "max_attend_past clash; set at most one");
+  TORCH_CHECK_VALUE(!(a.window_size().has_value() && a.num_mem_kv() > 0), "AttentionLayers: ", prefix,
+                    "window_size and ", prefix, "num_mem_kv clash: memory keys sit outside every window");
   TORCH_CHECK_VALUE(!a.qk_norm() || (a.qk_norm_groups() > 0 && a.dim_head() % a.qk_norm_groups() == 0 &&
                                      a.dim_head() / a.qk_norm_groups() > 2),
                     "AttentionLayers: expected ", prefix, "qk_norm_groups to divide ", prefix,
@@ -288,6 +294,7 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(softclamp_logits, bool);
   XTC_ATTN(logit_softclamp_value, double);
   XTC_ATTN(max_attend_past, std::optional<int64_t>);
+  XTC_ATTN(window_size, std::optional<int64_t>);
   XTC_ATTN(qk_norm, bool);
   XTC_ATTN(qk_norm_groups, int64_t);
   XTC_ATTN(qk_norm_scale, double);

@@ -29,6 +29,9 @@ struct AttentionOptions {
   TORCH_ARG(double, logit_softclamp_value) = 50.0;
   /// Keys more than this many positions in the past are hidden (a left window, in the kernel).
   TORCH_ARG(std::optional<int64_t>, max_attend_past) = std::nullopt;
+  /// xtc extension: local attention, each query sees keys at most this many positions away (only the past with
+  /// causal); runs as the kernel's sliding window, O(n * window) work.
+  TORCH_ARG(std::optional<int64_t>, window_size) = std::nullopt;
   /// Cosine-similarity attention: l2-normalised q and k (Henry et al. 2020, arXiv 2010.04245).
   TORCH_ARG(bool, qk_norm) = false;
   /// Groups of the head dim normalised separately by qk_norm.
