@@ -23,6 +23,8 @@ PATHS = {
     "attn_softclamp_logits": "flash kernel (soft-cap in-kernel)",
     "attn_max_attend_past": "flash kernel (left window, in-kernel)",
     "causal": "set by Decoder; Encoder rejects it",
+    "rel_pos_bias": "materialised scores (a dense learned (head, query, key) bias)",
+    "dynamic_pos_bias": "materialised scores (a dense learned (head, query, key) bias)",
     "rotary_pos_emb": "rotation of q and k before the flash kernel (self-attention only, as x-transformers)",
 }
 # Handled by the constructors themselves rather than as options.

@@ -28,6 +28,10 @@ OPTIONS = [
     dict(rotary_pos_emb=True), dict(rotary_pos_emb=True, rotary_emb_dim=16), dict(rotary_pos_emb=True, rotary_emb_dim=4),
     dict(rotary_pos_emb=True, rotary_interpolation_factor=2.0, rotary_base_rescale_factor=2.0),
     dict(rotary_pos_emb=True, attn_qk_norm=True, attn_num_mem_kv=2, attn_kv_heads=2),
+    dict(rel_pos_bias=True), dict(rel_pos_bias=True, rel_pos_num_buckets=8, rel_pos_max_distance=16),
+    dict(rel_pos_bias=True, attn_num_mem_kv=2), dict(dynamic_pos_bias=True),
+    dict(dynamic_pos_bias=True, dynamic_pos_bias_log_distance=True, dynamic_pos_bias_mlp_depth=3),
+    dict(dynamic_pos_bias=True, dynamic_pos_bias_norm=True), dict(dynamic_pos_bias=True, dynamic_pos_bias_mlp_depth=1),
     # feed-forward
     dict(ff_mult=2), dict(ff_glu=True), dict(ff_glu=True, ff_glu_mult_bias=True), dict(ff_swish=True),
     dict(ff_glu=True, ff_swish=True), dict(ff_relu_squared=True), dict(ff_post_act_ln=True), dict(ff_no_bias=True),

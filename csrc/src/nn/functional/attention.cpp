@@ -13,6 +13,7 @@
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/tanh.h>
+#include <ATen/ops/zeros.h>
 
 #include <cmath>
 #include <limits>
@@ -51,6 +52,8 @@ at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles) {
 std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool training, bool has_attn_mask) {
   std::vector<std::string> reasons;
   if (has_attn_mask) reasons.emplace_back("attn_mask is an arbitrary (query, key) pattern, not a padding mask");
+  if (c.position_bias.defined())
+    reasons.emplace_back("a learned (T5 or dynamic) position bias is a dense (head, query, key) tensor");
   if (training && c.options.dropout() > 0)
     reasons.emplace_back("attention dropout in training needs the probabilities");
   if (c.options.num_mem_kv() > 0 && c.alibi_slopes.defined())
@@ -137,6 +140,11 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     if (c.alibi_slopes.defined()) {
       const auto distance = (query_pos - key_pos).abs().to(x.scalar_type()).masked_fill(is_memory, 0);
       bias = -distance.view({1, 1, n, keys}) * c.alibi_slopes.to(x.scalar_type()).view({1, c.heads, 1, 1});
+    }
+    if (c.position_bias.defined()) {
+      // Memory keys get no bias (x-transformers pads the bias with zeros on their side).
+      bias = memory > 0 ? at::cat({at::zeros({1, c.heads, n, memory}, x.options()), c.position_bias}, -1)
+                        : c.position_bias;
     }
     out = materialized_attention(q, k, v, scale, keep, bias, c.causal && n > 1, softcap, o.dropout(), training);
   }

@@ -5,7 +5,17 @@
 #include <xtc/nn/functional/residual.h>
 
 #include <ATen/ops/arange.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/layer_norm.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/log.h>
+#include <ATen/ops/minimum.h>
 #include <ATen/ops/rand.h>
+#include <ATen/ops/sign.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/ops/tanh.h>
 #include <ATen/ops/tensor.h>
 
@@ -96,6 +106,27 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     add_residual(specs, layer + "2.", o);
   }
   if (o.rotary_pos_emb()) specs.push_back({"rotary_pos_emb.inv_freq", {o.resolved_rotary_dim() / 2}, /*buffer=*/true});
+  if (o.rel_pos_bias())
+    specs.push_back({"rel_pos.relative_attention_bias.weight", {o.rel_pos_num_buckets(), o.heads()}});
+  if (o.dynamic_pos_bias()) {
+    // x-transformers' DynamicPositionBias MLP; its Sequentials drop the None norms, so names shift with `norm`.
+    const int64_t d = o.dim() / 4, depth = o.dynamic_pos_bias_mlp_depth();
+    specs.push_back({"rel_pos.mlp.0.0.weight", {d, 1}});
+    specs.push_back({"rel_pos.mlp.0.0.bias", {d}});
+    if (o.dynamic_pos_bias_norm()) specs.push_back({"rel_pos.mlp.0.1.gamma", {d}});
+    for (int64_t l = 1; l < depth; ++l) {
+      const std::string p = "rel_pos.mlp." + std::to_string(l) + ".";
+      specs.push_back({p + "0.weight", {d, d}});
+      specs.push_back({p + "0.bias", {d}});
+      if (o.dynamic_pos_bias_norm()) {
+        specs.push_back({p + "1.weight", {d}});
+        specs.push_back({p + "1.bias", {d}});
+      }
+    }
+    const std::string last = "rel_pos.mlp." + std::to_string(depth) + ".";
+    specs.push_back({last + "weight", {o.heads(), d}});
+    specs.push_back({last + "bias", {o.heads()}});
+  }
   if (o.has_final_norm()) add_norm(specs, "final_norm.", o);
   return specs;
 }
@@ -256,6 +287,53 @@ AttentionConfig attention_config(const AttentionOptions& a, const AttentionLayer
                          causal, a, slopes, rotary_freqs};
 }
 
+// x-transformers' RelativePositionBias (T5): bucketed relative positions -> learned per-head bias, (1, h, n, n).
+at::Tensor t5_position_bias(const at::Tensor& weight, int64_t n, const AttentionLayersOptions& o) {
+  const auto positions = at::arange(n, weight.options().dtype(at::kLong));
+  auto distance = positions.unsqueeze(1) - positions.unsqueeze(0);  // query - key = -(relative position)
+  int64_t buckets = o.rel_pos_num_buckets();
+  at::Tensor bucket = at::zeros_like(distance);
+  if (!o.causal()) {
+    buckets /= 2;
+    bucket = bucket + (distance < 0).to(at::kLong) * buckets;
+    distance = distance.abs();
+  } else {
+    distance = distance.clamp_min(0);
+  }
+  const int64_t max_exact = buckets / 2;
+  const auto is_small = distance < max_exact;
+  auto large = max_exact + (at::log(distance.to(at::kFloat) / static_cast<double>(max_exact)) /
+                            std::log(static_cast<double>(o.rel_pos_max_distance()) / max_exact) *
+                            static_cast<double>(buckets - max_exact))
+                               .to(at::kLong);
+  large = at::minimum(large, at::full_like(large, buckets - 1));
+  bucket = bucket + at::where(is_small, distance, large);
+  const double scale = std::sqrt(static_cast<double>(o.attn().dim_head()));
+  return (at::embedding(weight, bucket).permute({2, 0, 1}) * scale).unsqueeze(0);
+}
+
+// x-transformers' DynamicPositionBias: an MLP over the 2n - 1 relative distances, gathered to (1, h, n, n).
+at::Tensor dynamic_position_bias(const Parameters& p, int64_t n, const at::Tensor& like, const AttentionLayersOptions& o) {
+  auto pos = at::arange(-n + 1, n, like.options()).unsqueeze(1);
+  if (o.dynamic_pos_bias_log_distance()) pos = at::sign(pos) * at::log(pos.abs() + 1);
+  const int64_t depth = o.dynamic_pos_bias_mlp_depth();
+  pos = at::linear(pos, p.get("rel_pos.mlp.0.0.weight"), p.get("rel_pos.mlp.0.0.bias"));
+  if (o.dynamic_pos_bias_norm()) pos = layer_norm(pos, p.get("rel_pos.mlp.0.1.gamma"), /*unit_offset=*/false);
+  pos = at::silu(pos);
+  for (int64_t l = 1; l < depth; ++l) {
+    const std::string prefix = "rel_pos.mlp." + std::to_string(l) + ".";
+    pos = at::linear(pos, p.get(prefix + "0.weight"), p.get(prefix + "0.bias"));
+    if (o.dynamic_pos_bias_norm())
+      pos = at::layer_norm(pos, {pos.size(-1)}, p.get(prefix + "1.weight"), p.get(prefix + "1.bias"), 1e-5);
+    pos = at::silu(pos);
+  }
+  const std::string last = "rel_pos.mlp." + std::to_string(depth) + ".";
+  pos = at::linear(pos, p.get(last + "weight"), p.get(last + "bias"));  // (2n - 1, h)
+  const auto index = at::arange(n, like.options().dtype(at::kLong));
+  const auto indices = index.unsqueeze(1) - index.unsqueeze(0) + (n - 1);
+  return pos.index({indices}).permute({2, 0, 1}).unsqueeze(0);
+}
+
 // x-transformers' RotaryEmbedding.forward over positions 0..n-1: (n, r) angles, each frequency twice in a row.
 at::Tensor rotary_angles(const at::Tensor& inv_freq, int64_t n, double interpolation_factor) {
   const auto positions = at::arange(n, inv_freq.options());
@@ -297,8 +375,12 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
   at::Tensor rotary;
   if (o.rotary_pos_emb())
     rotary = rotary_angles(p.get("rotary_pos_emb.inv_freq"), x_in.size(1), o.rotary_interpolation_factor());
-  // Cross-attention gets neither ALiBi nor rotary (x-transformers passes them to self-attention only).
-  const auto self_config = attention_config(o.attn(), o, o.causal(), slopes, rotary);
+  // Cross-attention gets neither ALiBi, learned position biases nor rotary (x-transformers passes them to
+  // self-attention only).
+  auto self_config = attention_config(o.attn(), o, o.causal(), slopes, rotary);
+  if (o.rel_pos_bias())
+    self_config.position_bias = t5_position_bias(p.get("rel_pos.relative_attention_bias.weight"), x_in.size(1), o);
+  if (o.dynamic_pos_bias()) self_config.position_bias = dynamic_position_bias(p, x_in.size(1), x_in, o);
   const auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor(), at::Tensor());
 
   at::Tensor x = x_in;

@@ -6,6 +6,10 @@
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/pow.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/normalization.h>
 
 #include <cmath>
 
@@ -49,6 +53,30 @@ std::shared_ptr<torch::nn::Module> make_block(char type, const AttentionLayersOp
   return block;
 }
 
+// T5's bucket embedding, or the dynamic bias MLP, under x-transformers' names (`rel_pos.*`).
+std::shared_ptr<torch::nn::Module> make_rel_pos(const AttentionLayersOptions& o) {
+  auto rel_pos = std::make_shared<torch::nn::Module>(o.rel_pos_bias() ? "RelativePositionBias" : "DynamicPositionBias");
+  if (o.rel_pos_bias()) {
+    rel_pos->register_module("relative_attention_bias", torch::nn::Embedding(o.rel_pos_num_buckets(), o.heads()));
+    return rel_pos;
+  }
+  const int64_t d = o.dim() / 4;
+  torch::nn::ModuleList mlp;
+  torch::nn::Sequential first(torch::nn::Linear(1, d));
+  if (o.dynamic_pos_bias_norm()) first->push_back(LayerNorm(d, /*unit_offset=*/false));
+  first->push_back(torch::nn::SiLU());
+  mlp->push_back(first);
+  for (int64_t l = 1; l < o.dynamic_pos_bias_mlp_depth(); ++l) {
+    torch::nn::Sequential hidden(torch::nn::Linear(d, d));
+    if (o.dynamic_pos_bias_norm()) hidden->push_back(torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+    hidden->push_back(torch::nn::SiLU());
+    mlp->push_back(hidden);
+  }
+  mlp->push_back(torch::nn::Linear(d, o.heads()));
+  rel_pos->register_module("mlp", mlp);
+  return rel_pos;
+}
+
 std::shared_ptr<torch::nn::Module> make_residual(const AttentionLayersOptions& o) {
   if (o.residual_kind() == ResidualKind::GRUGating) return GRUGating(o.dim(), o.scale_residual()).ptr();
   return Residual(o.dim(), o.scale_residual(), o.scale_residual_constant()).ptr();
@@ -78,6 +106,7 @@ void AttentionLayersImpl::reset() {
         "inv_freq", 1.0 / at::pow(base, at::arange(0, r, 2, at::kFloat) / static_cast<double>(r)));
     register_module("rotary_pos_emb", rotary_pos_emb);
   }
+  if (options.rel_pos_bias() || options.dynamic_pos_bias()) rel_pos = register_module("rel_pos", make_rel_pos(options));
   if (options.has_final_norm()) final_norm = register_module("final_norm", make_norm(options));
   // The functional math reads tensors by the plan's layout: the module must produce exactly that layout.
   const auto params = named_parameters();

@@ -162,6 +162,13 @@ void AttentionLayersOptions::validate() const {
   if (alibi_num_heads_.has_value())
     TORCH_CHECK_VALUE(*alibi_num_heads_ > 0 && *alibi_num_heads_ <= heads_,
                       "AttentionLayers: expected 0 < alibi_num_heads <= heads (", heads_, "), got ", *alibi_num_heads_);
+  TORCH_CHECK_VALUE(count_true({alibi_pos_bias_, rel_pos_bias_, dynamic_pos_bias_}) <= 1,
+                    "AttentionLayers: alibi_pos_bias, rel_pos_bias and dynamic_pos_bias clash; set at most one");
+  TORCH_CHECK_VALUE(rel_pos_num_buckets_ > 1 && rel_pos_num_buckets_ <= rel_pos_max_distance_,
+                    "AttentionLayers: expected 1 < rel_pos_num_buckets <= rel_pos_max_distance, got ",
+                    rel_pos_num_buckets_, " and ", rel_pos_max_distance_);
+  TORCH_CHECK_VALUE(!dynamic_pos_bias_ || (dynamic_pos_bias_mlp_depth_ >= 1 && dim_ / 4 > 0),
+                    "AttentionLayers: dynamic_pos_bias needs dynamic_pos_bias_mlp_depth >= 1 and dim >= 4");
   if (rotary_pos_emb_) {
     const int64_t r = resolved_rotary_dim();
     TORCH_CHECK_VALUE(r >= 2 && r % 2 == 0 && r <= attn_.dim_head(), "AttentionLayers: expected an even rotary_emb_dim in [2, ",
@@ -340,6 +347,13 @@ const std::vector<Field>& fields() {
     XTC_OWN(weight_tie_layers, bool);
     XTC_OWN(alibi_pos_bias, bool);
     XTC_OWN(alibi_num_heads, std::optional<int64_t>);
+    XTC_OWN(rel_pos_bias, bool);
+    XTC_OWN(rel_pos_num_buckets, int64_t);
+    XTC_OWN(rel_pos_max_distance, int64_t);
+    XTC_OWN(dynamic_pos_bias, bool);
+    XTC_OWN(dynamic_pos_bias_log_distance, bool);
+    XTC_OWN(dynamic_pos_bias_mlp_depth, int64_t);
+    XTC_OWN(dynamic_pos_bias_norm, bool);
     XTC_OWN(rotary_pos_emb, bool);
     XTC_OWN(rotary_emb_dim, std::optional<int64_t>);
     XTC_OWN(rotary_interpolation_factor, double);

@@ -30,6 +30,7 @@ struct AttentionConfig {
   AttentionOptions options;
   at::Tensor alibi_slopes;  // (h) float, 0 for heads without ALiBi; undefined = no ALiBi
   at::Tensor rotary_angles;  // (n, r) rotary angles of the query positions; undefined = no rotary
+  at::Tensor position_bias;  // (1, h, n, n) learned bias (T5, dynamic) added to the logits; undefined = none
 };
 
 /// Rotates the first r features of t (b, n, heads, dh) by `angles` (n, r), pairs (2k, 2k+1) together

@@ -30,7 +30,7 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
   AttentionLayersOptions options;
   std::shared_ptr<const functional::AttentionLayersPlan> plan;
   torch::nn::ModuleList layers{nullptr};
-  std::shared_ptr<torch::nn::Module> rotary_pos_emb, final_norm;
+  std::shared_ptr<torch::nn::Module> rotary_pos_emb, rel_pos, final_norm;
   /// Parameters and buffers in the plan's order: what the functional math reads.
   std::vector<at::Tensor> tensors() const;
 

@@ -98,6 +98,20 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, alibi_pos_bias) = false;
   /// ALiBi on the first heads only; unset = all heads.
   TORCH_ARG(std::optional<int64_t>, alibi_num_heads) = std::nullopt;
+  /// T5's learned, bucketed relative position bias (Raffel et al. 2019, arXiv 1910.10683), times sqrt(dim_head).
+  TORCH_ARG(bool, rel_pos_bias) = false;
+  /// T5 buckets.
+  TORCH_ARG(int64_t, rel_pos_num_buckets) = 32;
+  /// T5 distance beyond which buckets stop growing.
+  TORCH_ARG(int64_t, rel_pos_max_distance) = 128;
+  /// A per-head bias from an MLP over relative distance (CrossFormer, Wang et al. 2021, arXiv 2108.00154).
+  TORCH_ARG(bool, dynamic_pos_bias) = false;
+  /// The MLP reads sign(d) * log(|d| + 1) (SwinV2, Liu et al. 2021, arXiv 2111.09883).
+  TORCH_ARG(bool, dynamic_pos_bias_log_distance) = false;
+  /// Hidden layers of that MLP.
+  TORCH_ARG(int64_t, dynamic_pos_bias_mlp_depth) = 2;
+  /// LayerNorms inside that MLP.
+  TORCH_ARG(bool, dynamic_pos_bias_norm) = false;
   /// Rotary position embedding on q and k of self-attention (Su et al. 2021, arXiv 2104.09864), interleaved pairs
   /// as x-transformers (GPT-J style).
   TORCH_ARG(bool, rotary_pos_emb) = false;
