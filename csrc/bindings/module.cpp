@@ -2,6 +2,7 @@
 // through these functions, so that tracing, export and torch.compile see dispatcher ops.
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/modules/continuous.h>
+#include <xtc/nn/modules/transformer_wrapper.h>
 #include <xtc/nn/options/attention_layers.h>
 
 #include <torch/csrc/utils/pybind.h>
@@ -49,6 +50,27 @@ PYBIND11_MODULE(_C, m) {
       py::arg("options"),
       "(name, freshly initialised value, is_buffer) of every parameter and buffer of xtc::nn::AttentionLayers with "
       "these options, in the order the attention_layers op reads them.");
+
+  m.def("transformer_wrapper_option_keys", &xtc::nn::TransformerWrapperOptions::keys,
+        "Keys of the serialised TransformerWrapper options.");
+
+  m.def(
+      "transformer_wrapper_layout",
+      [](const std::string& options, const std::string& layer_options) {
+        return with_torch_errors([&] {
+          xtc::nn::TransformerWrapper wrapper(
+              xtc::nn::TransformerWrapperOptions::parse(options),
+              xtc::nn::AttentionLayers(xtc::nn::AttentionLayersOptions::parse(layer_options)));
+          std::vector<std::tuple<std::string, at::Tensor, bool>> named;
+          const auto tensors = wrapper->tensors();
+          const auto& specs = wrapper->plan->parameters();
+          for (size_t i = 0; i < specs.size(); ++i) named.emplace_back(specs[i].name, tensors[i], specs[i].buffer);
+          return std::make_pair(wrapper->options.serialize(), named);
+        });
+      },
+      py::arg("options"), py::arg("layer_options"),
+      "(canonical options, [(name, initial value, is_buffer)]) of xtc::nn::TransformerWrapper, in the order the "
+      "transformer_wrapper op reads them; attn_layers.* included.");
 
   m.def("continuous_option_keys", &xtc::nn::ContinuousTransformerWrapperOptions::keys,
         "Keys of the serialised ContinuousTransformerWrapper options.");

@@ -11,7 +11,8 @@ import torch  # noqa: F401  (loads libtorch before our library)
 
 from . import _C  # noqa: F401  (loads libxtc.so, registering torch.ops.xtc.*)
 from .attention_layers import AttentionLayers, CrossAttender, Decoder, Encoder
-from .continuous import ContinuousTransformerWrapper
+from .wrappers import ContinuousTransformerWrapper, TransformerWrapper
 
-__all__ = ["AttentionLayers", "ContinuousTransformerWrapper", "CrossAttender", "Decoder", "Encoder"]
+__all__ = [
+    "AttentionLayers", "ContinuousTransformerWrapper", "CrossAttender", "Decoder", "Encoder", "TransformerWrapper"]
 __version__ = "0.1.0"

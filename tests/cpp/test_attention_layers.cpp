@@ -126,3 +126,21 @@ TEST(ContinuousTransformerWrapper, ProjectsPoolsAndNamesLikeXTransformers) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(TransformerWrapper, LogitsFromTokensWithXTransformersNames) {
+  torch::manual_seed(4);
+  xtc::nn::TransformerWrapper lm(xtc::nn::TransformerWrapperOptions(50, 16).emb_dim(24).num_memory_tokens(2),
+                                 xtc::nn::Decoder(xtc::nn::AttentionLayersOptions(32, 1, 2)));
+  const auto names = lm->named_parameters().keys();
+  EXPECT_EQ(names.front(), "memory_tokens");
+  EXPECT_EQ(names[1], "token_emb.emb.weight");
+  EXPECT_EQ(names.back(), "to_logits.weight");
+  const auto tokens = torch::randint(0, 50, {3, 9});
+  EXPECT_EQ(lm->forward(tokens).sizes(), c10::IntArrayRef({3, 9, 50}));
+  EXPECT_EQ(lm->forward(tokens, {}, /*return_embeddings=*/true).sizes(), c10::IntArrayRef({3, 9, 32}));
+  EXPECT_THROW(lm->forward(torch::full({1, 3}, 50, torch::kLong)), c10::Error);  // id out of the vocabulary
+}
+
+}  // namespace

@@ -1,6 +1,8 @@
 #include <xtc/nn/functional/continuous.h>
 #include <xtc/nn/functional/norm.h>
 
+#include "src/nn/functional/wrapper_parts.h"
+
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/dropout.h>
@@ -19,8 +21,8 @@ ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrappe
   options_.validate();
   const auto& o = options_;
   const int64_t dim = layers_.options().dim();
-  // x-transformers: absolute positions need max_seq_len, and the stack's rotary positions turn them off.
-  has_abs_pos_emb_ = o.max_seq_len().value_or(0) > 0 && o.use_abs_pos_emb() && !layers_.options().rotary_pos_emb();
+  // x-transformers: absolute positions need max_seq_len, and the stack's rotary or T5 positions turn them off.
+  has_abs_pos_emb_ = o.max_seq_len().value_or(0) > 0 && o.use_abs_pos_emb() && !layers_.options().disables_abs_pos_emb();
   has_project_in_ = o.dim_in().has_value() && (!o.use_identity_if_same_dim() || *o.dim_in() != dim);
   has_project_out_ = o.dim_out().has_value() && (!o.use_identity_if_same_dim() || *o.dim_out() != dim);
   TORCH_CHECK_VALUE(!o.scaled_sinu_pos_emb() || dim % 2 == 0,
@@ -74,37 +76,20 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at
   if (plan.has_abs_pos_emb()) {
     TORCH_CHECK_VALUE(n <= *o.max_seq_len(), "ContinuousTransformerWrapper: expected a sequence of at most max_seq_len (",
                       *o.max_seq_len(), ") positions, got ", n);
-    const auto positions = at::arange(n, x.options().dtype(at::kLong));
-    if (o.scaled_sinu_pos_emb()) {
-      const auto freq_seq = at::arange(dim / 2, x.options()) / static_cast<double>(dim / 2);
-      const auto inv_freq = at::pow(10000.0, -freq_seq);
-      const auto angles = positions.to(x.scalar_type()).unsqueeze(1) * inv_freq.unsqueeze(0);
-      x = x + at::cat({angles.sin(), angles.cos()}, -1) * get("pos_emb.scale");
-    } else {
-      x = x + at::embedding(get("pos_emb.emb.weight"), positions) * (1.0 / std::sqrt(static_cast<double>(dim)));
-    }
+    x = x + (o.scaled_sinu_pos_emb() ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), n, dim, x)
+                                     : detail::absolute_positions(get("pos_emb.emb.weight"), n, /*l2norm=*/false));
   }
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
   const int64_t memory = o.num_memory_tokens();
   std::optional<at::Tensor> layer_mask = mask;
-  if (memory > 0) {
-    x = at::cat({get("memory_tokens").unsqueeze(0).expand({b, memory, dim}), x}, 1);
-    if (mask.has_value()) layer_mask = at::cat({at::ones({b, memory}, mask->options()), *mask}, 1);
-  }
+  if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
   x = attention_layers(x, {layer_mask, std::nullopt, std::nullopt, std::nullopt}, layer_params, plan.layers(),
                        training);
   if (memory > 0) x = x.narrow(1, memory, n);
-  if (o.average_pool_embed()) {
-    // x-transformers pools with the mask as passed: with `lens` instead, it averages over every position.
-    if (mask_in.has_value()) {
-      const auto keep = mask_in->unsqueeze(-1).to(x.scalar_type()).expand_as(x);
-      x = (x * keep).sum(1) / keep.sum(1).clamp_min(1e-5);
-    } else {
-      x = x.mean(1);
-    }
-  }
+  // x-transformers pools with the mask as passed: with `lens` instead, it averages over every position.
+  if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
   if (return_embeddings || !plan.has_project_out()) return x;
   return at::linear(x, get("project_out.weight"));
 }

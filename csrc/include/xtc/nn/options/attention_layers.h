@@ -31,6 +31,9 @@ struct AttentionLayersOptions {
   int64_t resolved_kv_heads(const AttentionOptions& attention) const;
   NormKind norm_kind() const;
   ResidualKind residual_kind() const;
+  /// Whether the wrappers' absolute positions are off because the stack has its own (rotary or T5), as
+  /// x-transformers' `disable_abs_pos_emb` default.
+  bool disables_abs_pos_emb() const { return rotary_pos_emb_ || rel_pos_bias_; }
   /// Rotated features per head when rotary_pos_emb is on.
   int64_t resolved_rotary_dim() const { return rotary_emb_dim_.value_or(attn_.dim_head() / 2); }
   /// Whether a final norm closes the stack.

@@ -1,0 +1,38 @@
+// TransformerWrapper on explicit parameters.
+//
+// Shape legend: b batch, n tokens, M memory tokens, d the stack's dim, e the embedding width.
+#pragma once
+
+#include <xtc/nn/functional/attention_layers.h>
+#include <xtc/nn/options/transformer_wrapper.h>
+
+namespace xtc::nn::functional {
+
+/// Layout of every tensor, x-transformers' state_dict order: memory_tokens, token_emb, pos_emb, post_emb_norm,
+/// project_emb, attn_layers.*, to_logits.
+class TransformerWrapperPlan {
+ public:
+  TransformerWrapperPlan(TransformerWrapperOptions options, AttentionLayersOptions layers);
+
+  const TransformerWrapperOptions& options() const { return options_; }
+  const AttentionLayersPlan& layers() const { return layers_; }
+  const std::vector<ParameterSpec>& parameters() const { return parameters_; }
+  int64_t layers_offset() const { return layers_offset_; }
+  int64_t emb_dim() const { return emb_dim_; }
+  bool has_abs_pos_emb() const { return has_abs_pos_emb_; }
+  bool has_logits() const { return !options_.return_only_embed(); }
+
+ private:
+  TransformerWrapperOptions options_;
+  AttentionLayersPlan layers_;
+  std::vector<ParameterSpec> parameters_;
+  int64_t layers_offset_ = 0, emb_dim_ = 0;
+  bool has_abs_pos_emb_ = false;
+};
+
+/// tokens (b, n) integer ids; mask (b, n) bool. Returns logits (b, n, logits_dim) ((b, logits_dim) pooled), or the
+/// stack's embeddings with return_embeddings / return_only_embed.
+at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at::Tensor>& mask, at::TensorList params,
+                               const TransformerWrapperPlan& plan, bool training, bool return_embeddings);
+
+}  // namespace xtc::nn::functional

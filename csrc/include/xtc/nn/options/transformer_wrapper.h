@@ -1,0 +1,55 @@
+// Options of TransformerWrapper (x-transformers' token-level wrapper).
+#pragma once
+
+#include <torch/arg.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace xtc::nn {
+
+/// Token embedding, positions and a logits head around a layer stack, as x-transformers' TransformerWrapper.
+struct TransformerWrapperOptions {
+  TransformerWrapperOptions(int64_t num_tokens, int64_t max_seq_len);
+
+  /// Checks values; throws c10::Error (ValueError in Python) naming the option.
+  void validate() const;
+  /// One line "key=value;..." read back by parse(): what the transformer_wrapper op receives.
+  std::string serialize() const;
+  static TransformerWrapperOptions parse(const std::string& text);
+  /// The option keys parse() accepts.
+  static std::vector<std::string> keys();
+
+  /// Vocabulary size.
+  TORCH_ARG(int64_t, num_tokens);
+  /// Longest sequence (sizes learned absolute positions; 0 = none).
+  TORCH_ARG(int64_t, max_seq_len);
+  /// Embedding width; unset = the stack's dim. When it differs, `project_emb` (with bias) maps it to dim.
+  TORCH_ARG(std::optional<int64_t>, emb_dim) = std::nullopt;
+  /// LayerNorm (plain gain) after the embedding.
+  TORCH_ARG(bool, post_emb_norm) = false;
+  /// Dropout on the embedding (training only).
+  TORCH_ARG(double, emb_dropout) = 0.0;
+  /// Learned tokens prepended to every sequence (Memory Transformer, arXiv 2006.11527).
+  TORCH_ARG(int64_t, num_memory_tokens) = 0;
+  /// Logits from the token embedding's transpose (Press & Wolf 2016, arXiv 1608.05859).
+  TORCH_ARG(bool, tie_embedding) = false;
+  /// Scale of the tied logits; unset = dim^-0.5.
+  TORCH_ARG(std::optional<double>, tie_embedding_scale) = std::nullopt;
+  /// Width of the logits; unset = num_tokens.
+  TORCH_ARG(std::optional<int64_t>, logits_dim) = std::nullopt;
+  /// No logits head: the wrapper returns embeddings.
+  TORCH_ARG(bool, return_only_embed) = false;
+  /// Absolute positions (off when the stack has rotary or T5 positions).
+  TORCH_ARG(bool, use_abs_pos_emb) = true;
+  /// Scaled sinusoidal positions (Hua et al. 2022, arXiv 2202.10447) instead of learned ones.
+  TORCH_ARG(bool, scaled_sinu_pos_emb) = false;
+  /// l2-normalised token and position embeddings (Wortsman et al.'s "l2norm embed").
+  TORCH_ARG(bool, l2norm_embed) = false;
+  /// Mean over the kept positions: one vector per sequence.
+  TORCH_ARG(bool, average_pool_embed) = false;
+};
+
+}  // namespace xtc::nn

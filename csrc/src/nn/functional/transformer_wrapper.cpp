@@ -1,0 +1,98 @@
+#include <xtc/nn/functional/norm.h>
+#include <xtc/nn/functional/transformer_wrapper.h>
+
+#include "src/nn/functional/wrapper_parts.h"
+
+#include <ATen/ops/dropout.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
+
+#include <cmath>
+
+namespace xtc::nn::functional {
+
+TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options, AttentionLayersOptions layers)
+    : options_(std::move(options)), layers_(std::move(layers)) {
+  options_.validate();
+  const auto& o = options_;
+  const int64_t dim = layers_.options().dim();
+  emb_dim_ = o.emb_dim().value_or(dim);
+  has_abs_pos_emb_ = o.max_seq_len() > 0 && o.use_abs_pos_emb() && !layers_.options().disables_abs_pos_emb();
+  TORCH_CHECK_VALUE(!(o.scaled_sinu_pos_emb() && has_abs_pos_emb_) || emb_dim_ % 2 == 0,
+                    "TransformerWrapper: scaled_sinu_pos_emb needs an even emb_dim, got ", emb_dim_);
+  TORCH_CHECK_VALUE(!o.tie_embedding() || emb_dim_ == dim,
+                    "TransformerWrapper: tie_embedding needs emb_dim == dim (", dim, "), got ", emb_dim_);
+  if (o.num_memory_tokens() > 0) parameters_.push_back({"memory_tokens", {o.num_memory_tokens(), dim}});
+  parameters_.push_back({"token_emb.emb.weight", {o.num_tokens(), emb_dim_}});
+  if (has_abs_pos_emb_) {
+    if (o.scaled_sinu_pos_emb()) parameters_.push_back({"pos_emb.scale", {1}});
+    else parameters_.push_back({"pos_emb.emb.weight", {o.max_seq_len(), emb_dim_}});
+  }
+  if (o.post_emb_norm()) parameters_.push_back({"post_emb_norm.gamma", {emb_dim_}});
+  if (emb_dim_ != dim) {
+    parameters_.push_back({"project_emb.weight", {dim, emb_dim_}});
+    parameters_.push_back({"project_emb.bias", {dim}});
+  }
+  layers_offset_ = static_cast<int64_t>(parameters_.size());
+  for (const auto& spec : layers_.parameters())
+    parameters_.push_back({"attn_layers." + spec.name, spec.shape, spec.buffer});
+  if (!o.return_only_embed() && !o.tie_embedding())
+    parameters_.push_back({"to_logits.weight", {o.logits_dim().value_or(o.num_tokens()), dim}});
+}
+
+at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at::Tensor>& mask_in,
+                               at::TensorList params, const TransformerWrapperPlan& plan, bool training,
+                               bool return_embeddings) {
+  const auto& o = plan.options();
+  const int64_t dim = plan.layers().options().dim();
+  TORCH_CHECK_VALUE(tokens.dim() == 2 && !tokens.is_floating_point() && !tokens.is_complex(),
+                    "TransformerWrapper: expected token ids of shape (batch, seq) and an integer dtype, got ",
+                    tokens.sizes(), " ", tokens.scalar_type());
+  TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
+                    plan.parameters().size(), " parameters for these options, got ", params.size());
+  const auto get = [&](const std::string& name) -> at::Tensor {
+    const auto& specs = plan.parameters();
+    for (size_t i = 0; i < specs.size(); ++i)
+      if (specs[i].name == name) {
+        TORCH_CHECK_VALUE(params[i].sizes() == c10::IntArrayRef(specs[i].shape),
+                          "TransformerWrapper: expected parameter ", name, " of shape ",
+                          c10::IntArrayRef(specs[i].shape), ", got ", params[i].sizes());
+        return params[i];
+      }
+    return at::Tensor();
+  };
+  const int64_t n = tokens.size(1);
+  const auto table = get("token_emb.emb.weight");
+  if (tokens.numel() > 0) {
+    const int64_t low = tokens.min().item<int64_t>(), high = tokens.max().item<int64_t>();
+    TORCH_CHECK_VALUE(low >= 0 && high < o.num_tokens(), "TransformerWrapper: expected token ids in [0, ",
+                      o.num_tokens(), "), got ids from ", low, " to ", high);
+  }
+  at::Tensor x = at::embedding(table, tokens.to(at::kLong));
+  if (o.l2norm_embed()) x = detail::l2norm(x);
+  if (plan.has_abs_pos_emb()) {
+    TORCH_CHECK_VALUE(n <= o.max_seq_len() || o.scaled_sinu_pos_emb(), "TransformerWrapper: expected at most "
+                      "max_seq_len (", o.max_seq_len(), ") tokens, got ", n);
+    x = x + (o.scaled_sinu_pos_emb()
+                 ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), n, plan.emb_dim(), x)
+                 : detail::absolute_positions(get("pos_emb.emb.weight"), n, o.l2norm_embed()));
+  }
+  if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
+  if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
+  if (plan.emb_dim() != dim) x = at::linear(x, get("project_emb.weight"), get("project_emb.bias"));
+  std::optional<at::Tensor> layer_mask = mask_in;
+  const int64_t memory = o.num_memory_tokens();
+  if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
+  const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
+  x = attention_layers(x, {layer_mask, std::nullopt, std::nullopt, std::nullopt}, layer_params, plan.layers(),
+                       training);
+  if (memory > 0) x = x.narrow(1, memory, n);
+  if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
+  if (return_embeddings || !plan.has_logits()) return x;
+  if (o.tie_embedding())
+    return at::matmul(x, table.t()) * o.tie_embedding_scale().value_or(1.0 / std::sqrt(static_cast<double>(dim)));
+  return at::linear(x, get("to_logits.weight"));
+}
+
+}  // namespace xtc::nn::functional

@@ -1,0 +1,43 @@
+#include "src/nn/functional/wrapper_parts.h"
+
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/pow.h>
+
+#include <cmath>
+
+namespace xtc::nn::functional::detail {
+
+at::Tensor l2norm(const at::Tensor& x) {
+  return x / at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
+}
+
+at::Tensor absolute_positions(const at::Tensor& table, int64_t n, bool normalise) {
+  const auto rows = at::embedding(table, at::arange(n, table.options().dtype(at::kLong)));
+  if (normalise) return l2norm(rows);
+  return rows * (1.0 / std::sqrt(static_cast<double>(table.size(1))));
+}
+
+at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, int64_t n, int64_t dim, const at::Tensor& like) {
+  const int64_t half = dim / 2;
+  const auto inv_freq = at::pow(10000.0, -(at::arange(half, like.options()) / static_cast<double>(half)));
+  const auto angles = at::arange(n, like.options()).unsqueeze(1) * inv_freq.unsqueeze(0);
+  return at::cat({angles.sin(), angles.cos()}, -1) * scale;
+}
+
+void prepend_memory(at::Tensor& x, std::optional<at::Tensor>& mask, const at::Tensor& memory_tokens) {
+  const int64_t b = x.size(0), memory = memory_tokens.size(0);
+  x = at::cat({memory_tokens.unsqueeze(0).expand({b, memory, x.size(2)}), x}, 1);
+  if (mask.has_value()) mask = at::cat({at::ones({b, memory}, mask->options()), *mask}, 1);
+}
+
+at::Tensor masked_mean(const at::Tensor& x, const std::optional<at::Tensor>& mask) {
+  if (!mask.has_value()) return x.mean(1);
+  const auto keep = mask->unsqueeze(-1).to(x.scalar_type()).expand_as(x);
+  return (x * keep).sum(1) / keep.sum(1).clamp_min(1e-5);
+}
+
+}  // namespace xtc::nn::functional::detail

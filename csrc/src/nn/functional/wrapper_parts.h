@@ -1,0 +1,28 @@
+// Pieces the wrappers (ContinuousTransformerWrapper, TransformerWrapper) share, as x-transformers computes them.
+// Internal to the library.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace xtc::nn::functional::detail {
+
+/// AbsolutePositionalEmbedding over positions 0..n-1: table rows times dim^-0.5, or l2-normalised rows.
+at::Tensor absolute_positions(const at::Tensor& table, int64_t n, bool l2norm);
+
+/// ScaledSinusoidalEmbedding over positions 0..n-1: [sin, cos] of positions times 10000^-(k / (dim / 2)), times
+/// the learned scale.
+at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, int64_t n, int64_t dim, const at::Tensor& like);
+
+/// Prepends memory tokens (M, dim) to x (b, n, dim), and True to the mask when there is one.
+void prepend_memory(at::Tensor& x, std::optional<at::Tensor>& mask, const at::Tensor& memory_tokens);
+
+/// torch-einops-utils' masked_mean over the sequence: sum of kept positions / max(count, 1e-5); plain mean
+/// without a mask.
+at::Tensor masked_mean(const at::Tensor& x, const std::optional<at::Tensor>& mask);
+
+/// F.normalize over the last dim.
+at::Tensor l2norm(const at::Tensor& x);
+
+}  // namespace xtc::nn::functional::detail

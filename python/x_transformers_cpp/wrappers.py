@@ -1,0 +1,101 @@
+"""TransformerWrapper and ContinuousTransformerWrapper as torch.nn.Modules over the C++ ops
+torch.ops.xtc.transformer_wrapper and torch.ops.xtc.continuous_transformer.
+
+As x-transformers' wrappers: the modules own the wrapper's parameters under x-transformers' names, hold the given
+AttentionLayers as `attn_layers`, and hand every tensor to the op in the layout the C++ module defines.
+"""
+from functools import reduce
+
+import torch
+from torch import nn
+
+from . import _C
+from .attention_layers import AttentionLayers, _build_tree, _option_value
+
+
+class _Wrapper(nn.Module):
+    """Builds the wrapper's own parameters from the C++ layout, in x-transformers' order, around `attn_layers`."""
+
+    def _setup(self, attn_layers, kwargs, unsupported, keys, layout_fn):
+        if not isinstance(attn_layers, AttentionLayers):
+            raise TypeError(f"attn_layers: expected an x_transformers_cpp AttentionLayers (Encoder, Decoder, ...), "
+                            f"got {type(attn_layers).__name__}")
+        rejected = [k for k, default in unsupported.items() if k in kwargs and kwargs[k] != default]
+        unknown = [k for k in kwargs if k not in unsupported and k not in keys]
+        if rejected or unknown:
+            raise TypeError(f"unrecognized or unsupported keyword arguments: {', '.join(sorted(rejected + unknown))}")
+        text = ";".join(f"{k}={_option_value(k, v)}" for k, v in kwargs.items() if k not in unsupported)
+        self._options, layout = layout_fn(text, attn_layers._options)
+        self._layer_options = attn_layers._options
+        self._tensor_names = [name for name, _, _ in layout]
+        tree = _build_tree([entry for entry in layout if not entry[0].startswith("attn_layers.")])
+        for name, param in tree.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        # Children in the layout's (x-transformers') order, the user's stack in its place.
+        children = dict(tree.named_children(), attn_layers=attn_layers)
+        for top in dict.fromkeys(name.split(".")[0] for name in self._tensor_names):
+            if top in children:
+                self.add_module(top, children[top])
+
+    def _tensors(self):
+        return [reduce(getattr, name.split("."), self) for name in self._tensor_names]
+
+    def extra_repr(self):
+        return self._options
+
+
+class TransformerWrapper(_Wrapper):
+    """x-transformers' TransformerWrapper(num_tokens=..., max_seq_len=..., attn_layers=Decoder(...), ...).
+
+    Keyword arguments only: num_tokens, max_seq_len, attn_layers, emb_dim, post_emb_norm, emb_dropout,
+    num_memory_tokens, tie_embedding, tie_embedding_scale, logits_dim, return_only_embed, use_abs_pos_emb,
+    scaled_sinu_pos_emb, l2norm_embed, average_pool_embed. x-transformers' other arguments are accepted only at
+    their defaults.
+    """
+
+    _UNSUPPORTED = dict(
+        embed_num_tokens={}, max_mem_len=0, shift_mem_down=0, memory_tokens_interspersed_every=None,
+        num_output_heads=1, recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
+        emb_frac_gradient=1.0, attn_z_loss_weight=1e-4, use_cls_token=False, num_cls_tokens=1, attn_pool=False,
+        num_pooled_tokens=1, attn_pool_depth=1, dim_pooled_tokens=None, squeeze_out_last_dim=False, token_emb=None,
+        mixture_of_softmax=False, mixture_of_softmax_k=4, sigsoftmax_logits=False, ff_deep_embed=False,
+        to_logits=None, add_continuous_pred_head=False, input_not_include_cache=False)
+
+    def __init__(self, *, num_tokens, max_seq_len, attn_layers, **kwargs):
+        super().__init__()
+        self._setup(attn_layers, dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs), self._UNSUPPORTED,
+                    _C.transformer_wrapper_option_keys(), _C.transformer_wrapper_layout)
+
+    def forward(self, x, return_embeddings=False, mask=None):
+        """x (batch, seq) token ids; mask (batch, seq) bool, True = keep.
+
+        Returns logits (batch, seq, logits_dim) ((batch, logits_dim) with average_pool_embed), or the stack's
+        embeddings with return_embeddings or return_only_embed.
+        """
+        return torch.ops.xtc.transformer_wrapper(x, mask, self._tensors(), self._options, self._layer_options,
+                                                 self.training, return_embeddings)
+
+
+class ContinuousTransformerWrapper(_Wrapper):
+    """x-transformers' ContinuousTransformerWrapper(max_seq_len=..., attn_layers=Encoder(...), dim_in=..., ...).
+
+    Keyword arguments only: attn_layers (an x_transformers_cpp AttentionLayers), dim_in, dim_out, max_seq_len,
+    num_memory_tokens, post_emb_norm, emb_dropout, use_abs_pos_emb, scaled_sinu_pos_emb, average_pool_embed,
+    use_identity_if_same_dim.
+    """
+
+    # x-transformers keyword arguments that need module objects or features not implemented here.
+    _UNSUPPORTED = dict(project_in=None, project_out=None, probabilistic=False, max_mem_len=0)
+
+    def __init__(self, *, attn_layers, **kwargs):
+        super().__init__()
+        self._setup(attn_layers, kwargs, self._UNSUPPORTED, _C.continuous_option_keys(), _C.continuous_layout)
+
+    def forward(self, x, return_embeddings=False, mask=None, lens=None):
+        """x (batch, seq, dim_in) float; mask (batch, seq) bool (True = keep) or lens (batch,) int.
+
+        Returns (batch, seq, dim_out), or (batch, dim_out) with average_pool_embed; the stack's embeddings before
+        the output projection with return_embeddings.
+        """
+        return torch.ops.xtc.continuous_transformer(x, mask, lens, self._tensors(), self._options,
+                                                    self._layer_options, self.training, return_embeddings)

@@ -1,0 +1,96 @@
+"""TransformerWrapper against x-transformers' with the same weights."""
+import pytest
+import torch
+from x_transformers import Decoder as XDecoder, Encoder as XEncoder, TransformerWrapper as XWrapper
+
+from x_transformers_cpp import Decoder, Encoder, TransformerWrapper
+
+LAYERS = dict(dim=32, depth=2, heads=4, attn_dim_head=16)
+CASES = [
+    dict(),
+    dict(emb_dim=24, post_emb_norm=True),
+    dict(num_memory_tokens=3, logits_dim=7),
+    dict(tie_embedding=True),
+    dict(tie_embedding=True, tie_embedding_scale=0.5),
+    dict(scaled_sinu_pos_emb=True),
+    dict(l2norm_embed=True),
+    dict(use_abs_pos_emb=False, average_pool_embed=True),
+    dict(return_only_embed=True),
+    dict(max_seq_len=0),
+]
+
+
+def make_pair(kwargs, classes=(Decoder, XDecoder), layer_kwargs=LAYERS):
+    kwargs = {"num_tokens": 50, "max_seq_len": 16, **kwargs}
+    theirs = XWrapper(attn_layers=classes[1](**layer_kwargs), **kwargs)
+    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
+    ours = TransformerWrapper(attn_layers=classes[0](**layer_kwargs), **kwargs)
+    assert list(ours.state_dict().keys()) == list(theirs.state_dict().keys())
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("kwargs", CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")
+@pytest.mark.parametrize("classes", [(Decoder, XDecoder), (Encoder, XEncoder)], ids=["decoder", "encoder"])
+def test_matches_x_transformers(kwargs, classes):
+    torch.manual_seed(0)
+    ours, theirs = make_pair(kwargs, classes)
+    tokens = torch.randint(0, 50, (3, 11))
+    mask = torch.rand(3, 11) > 0.3
+    mask[:, 0] = True
+    for m in (None, mask):
+        out, expected = ours(tokens, mask=m), theirs(tokens, mask=m)
+        torch.testing.assert_close(out, expected, atol=1e-5 * max(1.0, expected.abs().max().item()), rtol=0)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, list(ours.parameters()), grad, allow_unused=True)
+        want = torch.autograd.grad(expected, list(theirs.parameters()), grad, allow_unused=True)
+        for (name, _), g, w in zip(ours.named_parameters(), got, want):
+            if w is None:
+                assert g is None or not g.any(), name
+                continue
+            torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0, msg=name)
+    torch.testing.assert_close(ours(tokens, return_embeddings=True), theirs(tokens, return_embeddings=True),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_rotary_stack_turns_absolute_positions_off():
+    torch.manual_seed(1)
+    ours, theirs = make_pair({}, (Decoder, XDecoder), dict(LAYERS, rotary_pos_emb=True))
+    assert not any(k.startswith("pos_emb") for k in ours.state_dict())
+    tokens = torch.randint(0, 50, (2, 20))  # longer than max_seq_len: no absolute positions to run out of
+    torch.testing.assert_close(ours(tokens), theirs(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_tokens_and_options():
+    model = TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS))
+    with pytest.raises(ValueError, match=r"token ids in \[0, 50\)"):
+        model(torch.tensor([[1, 50]]))
+    with pytest.raises(ValueError, match="integer dtype"):
+        model(torch.rand(1, 4))
+    with pytest.raises(ValueError, match="at most max_seq_len"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(TypeError, match="use_cls_token"):
+        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), use_cls_token=True)
+    with pytest.raises(ValueError, match="tie_embedding needs emb_dim"):
+        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), emb_dim=16, tie_embedding=True)
+
+
+def test_trains_and_traces(tmp_path):
+    torch.manual_seed(2)
+    model = TransformerWrapper(num_tokens=50, max_seq_len=32, attn_layers=Decoder(**LAYERS))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    tokens = torch.randint(0, 50, (4, 12))
+    losses = []
+    for _ in range(15):
+        logits = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.8
+    model.eval()
+    traced = torch.jit.trace(model, (tokens,))
+    traced.save(tmp_path / "lm.pt")
+    other = torch.randint(0, 50, (2, 20))
+    torch.testing.assert_close(torch.jit.load(tmp_path / "lm.pt")(other), model(other))
