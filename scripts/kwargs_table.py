@@ -25,6 +25,11 @@ PATHS = {
     "causal": "set by Decoder; Encoder rejects it",
     "rel_pos_bias": "materialised scores (a dense learned (head, query, key) bias)",
     "dynamic_pos_bias": "materialised scores (a dense learned (head, query, key) bias)",
+    "attn_pre_talking_heads": "materialised scores (talking heads mix every head)",
+    "attn_post_talking_heads": "materialised scores (talking heads mix every head)",
+    "attn_pre_scale_post_talking_heads": "materialised scores (talking heads mix every head)",
+    "attn_sparse_topk": "materialised scores (top-k of each row)",
+    "attn_sparse_topk_straight_through": "materialised scores (top-k of each row)",
     "rotary_pos_emb": "rotation of q and k before the flash kernel (self-attention only, as x-transformers)",
 }
 # Handled by the constructors themselves rather than as options.

@@ -315,8 +315,8 @@ def test_unknown_kwargs_raise_type_error_naming_them():
     # real x-transformers options that this package does not support are rejected too, not ignored
     with pytest.raises(TypeError, match="residual_attn"):
         Decoder(dim=32, depth=1, residual_attn=True)
-    with pytest.raises(TypeError, match="attn_sparse_topk"):
-        Encoder(dim=32, depth=1, attn_sparse_topk=4)
+    with pytest.raises(TypeError, match="attn_laser"):
+        Encoder(dim=32, depth=1, attn_laser=True)
 
 
 def test_causal_keyword_rejected():

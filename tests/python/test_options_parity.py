@@ -42,6 +42,11 @@ OPTIONS = [
     dict(attn_qk_norm=True, attn_qk_norm_dim_scale=True), dict(attn_gate_values=True), dict(attn_head_scale=True),
     dict(attn_num_mem_kv=3), dict(attn_num_mem_kv=2, alibi_pos_bias=True), dict(attn_num_mem_kv=2, attn_max_attend_past=2),
     dict(attn_num_mem_kv=2, attn_qk_norm=True, attn_qk_norm_dim_scale=True), dict(attn_flash=True),
+    dict(attn_pre_talking_heads=True), dict(attn_post_talking_heads=True), dict(attn_pre_scale_post_talking_heads=True),
+    dict(attn_pre_talking_heads=True, attn_post_talking_heads=True, attn_kv_heads=2),
+    dict(attn_sparse_topk=3), dict(attn_sparse_topk=3, attn_sparse_topk_straight_through=True),
+    dict(attn_on_attn=True), dict(attn_on_attn=True, heads=1, attn_dim_head=8), dict(attn_on_attn=True, attn_gate_values=True),
+    dict(attn_sparse_topk=4, attn_pre_talking_heads=True, alibi_pos_bias=True, attn_num_mem_kv=2),
     # combinations
     dict(use_rmsnorm=True, ff_glu=True, ff_swish=True, attn_kv_heads=2, alibi_pos_bias=True, attn_head_scale=True),
     dict(pre_norm=False, gate_residual=True, macaron=True, attn_gate_values=True, ff_post_act_ln=True),

@@ -5,6 +5,9 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/dropout.h>
+#include <ATen/ops/einsum.h>
+#include <ATen/ops/glu.h>
+#include <ATen/ops/topk.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
@@ -54,6 +57,10 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool trai
   if (has_attn_mask) reasons.emplace_back("attn_mask is an arbitrary (query, key) pattern, not a padding mask");
   if (c.position_bias.defined())
     reasons.emplace_back("a learned (T5 or dynamic) position bias is a dense (head, query, key) tensor");
+  const auto& o = c.options;
+  if (o.pre_talking_heads() || o.post_talking_heads() || o.pre_scale_post_talking_heads())
+    reasons.emplace_back("talking heads mix the scores of every head");
+  if (o.sparse_topk().has_value()) reasons.emplace_back("top-k sparsity needs each row's scores at once");
   if (training && c.options.dropout() > 0)
     reasons.emplace_back("attention dropout in training needs the probabilities");
   if (c.options.num_mem_kv() > 0 && c.alibi_slopes.defined())
@@ -146,19 +153,23 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
       bias = memory > 0 ? at::cat({at::zeros({1, c.heads, n, memory}, x.options()), c.position_bias}, -1)
                         : c.position_bias;
     }
-    out = materialized_attention(q, k, v, scale, keep, bias, c.causal && n > 1, softcap, o.dropout(), training);
+    const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
+                                     o.sparse_topk(), o.sparse_topk_straight_through()};
+    out = materialized_attention(q, k, v, scale, keep, bias, c.causal && n > 1, softcap, o.dropout(), training,
+                                 transforms);
   }
   if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
   out = out.reshape({b, n, c.heads * c.value_dim_head});
   if (w.to_v_gate.defined()) out = out * at::sigmoid(at::linear(x, w.to_v_gate));
   if (w.to_out.defined()) out = at::linear(out, w.to_out);
+  if (w.to_out_glu.defined()) out = at::glu(at::linear(out, w.to_out_glu), -1);
   if (mask.has_value()) out = out.masked_fill(mask->logical_not().unsqueeze(-1), 0);
   return out;
 }
 
 at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                   const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
-                                  double dropout, bool training) {
+                                  double dropout, bool training, const ScoreTransforms& t) {
   const int64_t heads = q.size(2), kv_heads = k.size(2), n = q.size(1), m = k.size(1);
   // Query head i reads kv head i % kv_heads.
   const auto kv_index = at::arange(heads, q.options().dtype(at::kLong)).remainder(kv_heads);
@@ -166,6 +177,13 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
   const auto kh = k.index_select(2, kv_index).transpose(1, 2);  // (b, h, m, dh)
   const auto vh = v.index_select(2, kv_index).transpose(1, 2);  // (b, h, m, dv)
   auto sim = at::matmul(qh, kh.transpose(-1, -2)) * scale;
+  // Talking heads are 1x1 convolutions over the head axis: a (h, h) mix of the (b, h, n, m) scores.
+  const auto mix_heads = [](const at::Tensor& weight, const at::Tensor& s) {
+    return at::einsum("gh,bhij->bgij", {weight.flatten(1), s});
+  };
+  at::Tensor pre_to_post_scale;
+  if (t.pre_scale_post_talking_heads.defined()) pre_to_post_scale = mix_heads(t.pre_scale_post_talking_heads, sim);
+  if (t.pre_talking_heads.defined()) sim = sim + mix_heads(t.pre_talking_heads, sim);
   if (bias.defined()) sim = sim + bias;
   if (softcap > 0) sim = at::tanh(sim / softcap) * softcap;
   double lowest = 0;
@@ -177,9 +195,23 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     const auto future = at::ones({n, m}, q.options().dtype(at::kBool)).triu(m - n + 1);
     sim = sim.masked_fill(future, lowest);
   }
-  // Softmax in float32 as x-transformers, but float64 inputs keep their precision.
-  auto attn = at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).to(sim.scalar_type());
+  at::Tensor attn;
+  if (t.sparse_topk.has_value()) {
+    // x-transformers' sparse_topk_attn: logits below the row's k-th largest (or masked) are dropped.
+    const auto kth = std::get<0>(sim.topk(std::min(*t.sparse_topk, m), -1)).select(-1, -1).unsqueeze(-1);
+    const auto kept = sim.ge(kth).logical_and(sim.gt(lowest));
+    attn = sim.masked_fill(kept.logical_not(), lowest).softmax(-1);
+    if (t.sparse_topk_straight_through) {
+      const auto soft = sim.softmax(-1);
+      attn = attn.detach() + soft - soft.detach();
+    }
+  } else {
+    // Softmax in float32 as x-transformers, but float64 inputs keep their precision.
+    attn = at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).to(sim.scalar_type());
+  }
   if (training && dropout > 0) attn = at::dropout(attn, dropout, training);
+  if (t.post_talking_heads.defined()) attn = mix_heads(t.post_talking_heads, attn);
+  if (pre_to_post_scale.defined()) attn = attn * pre_to_post_scale;
   auto out = at::matmul(attn, vh);  // (b, h, n, dv)
   // x-transformers zeroes rows that the key/window masks hide entirely (causality not counted).
   if (keep.defined()) out = out.masked_fill(keep.logical_not().all(-1, /*keepdim=*/true), 0);

@@ -53,7 +53,12 @@ void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a
   specs.push_back({p + "to_k.weight", {hk * dh, o.dim()}});
   specs.push_back({p + "to_v.weight", {hk * dv, o.dim()}});
   if (a.gate_values()) specs.push_back({p + "to_v_gate.weight", {h * dv, o.dim()}});
-  if (h > 1) specs.push_back({p + "to_out.weight", {o.dim(), h * dv}});
+  if (a.pre_talking_heads()) specs.push_back({p + "attend.pre_softmax_talking_heads.weight", {h, h, 1, 1}});
+  if (a.post_talking_heads()) specs.push_back({p + "attend.post_softmax_talking_heads.weight", {h, h, 1, 1}});
+  if (a.pre_scale_post_talking_heads())
+    specs.push_back({p + "attend.pre_scale_post_talking_heads.weight", {h, h, 1, 1}});
+  if (a.on_attn()) specs.push_back({p + "to_out.0.weight", {2 * o.dim(), h * dv}});
+  else if (h > 1) specs.push_back({p + "to_out.weight", {o.dim(), h * dv}});
 }
 
 void add_feed_forward(Specs& specs, const std::string& p, const AttentionLayersOptions& o) {
@@ -247,6 +252,10 @@ AttentionWeights attention_weights(const Parameters& p, const std::string& prefi
   w.to_v = p.get(prefix + "to_v.weight");
   w.to_v_gate = p.get(prefix + "to_v_gate.weight");
   w.to_out = p.get(prefix + "to_out.weight");
+  w.to_out_glu = p.get(prefix + "to_out.0.weight");
+  w.pre_talking_heads = p.get(prefix + "attend.pre_softmax_talking_heads.weight");
+  w.post_talking_heads = p.get(prefix + "attend.post_softmax_talking_heads.weight");
+  w.pre_scale_post_talking_heads = p.get(prefix + "attend.pre_scale_post_talking_heads.weight");
   w.head_scale = p.get(prefix + "head_scale_params");
   w.mem_k = p.get(prefix + "mem_k");
   w.mem_v = p.get(prefix + "mem_v");

@@ -4,6 +4,9 @@
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
 #include <torch/nn/init.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
 
 #include <cmath>
 
@@ -47,8 +50,28 @@ void AttentionImpl::reset() {
   to_k = register_module("to_k", torch::nn::Linear(no_bias(dim, kv_heads * dh)));
   to_v = register_module("to_v", torch::nn::Linear(no_bias(dim, kv_heads * dv)));
   if (options.gate_values()) to_v_gate = register_module("to_v_gate", torch::nn::Linear(no_bias(dim, heads * dv)));
-  // x-transformers has no output projection with a single head.
-  if (heads > 1) {
+  if (options.pre_talking_heads() || options.post_talking_heads() || options.pre_scale_post_talking_heads()) {
+    // x-transformers' Attend holds the talking-heads 1x1 convolutions, initialised to the identity (dirac).
+    auto attend = std::make_shared<torch::nn::Module>("Attend");
+    const auto talking = [&](const char* name) {
+      torch::nn::Conv2d conv(torch::nn::Conv2dOptions(heads, heads, 1).bias(false));
+      torch::nn::init::dirac_(conv->weight);
+      attend->register_module(name, conv);
+      return conv->weight;
+    };
+    if (options.pre_talking_heads()) pre_talking_heads = talking("pre_softmax_talking_heads");
+    if (options.post_talking_heads()) post_talking_heads = talking("post_softmax_talking_heads");
+    if (options.pre_scale_post_talking_heads()) pre_scale_post_talking_heads = talking("pre_scale_post_talking_heads");
+    register_module("attend", attend);
+  }
+  if (options.on_attn()) {
+    // Attention on attention: Linear to 2 x dim, then a GLU.
+    torch::nn::Linear glu_projection(no_bias(heads * dv, 2 * dim));
+    if (options.zero_init_output()) torch::nn::init::zeros_(glu_projection->weight);
+    to_out_glu = glu_projection->weight;
+    register_module("to_out", torch::nn::Sequential(glu_projection, torch::nn::GLU()));
+  } else if (heads > 1) {
+    // x-transformers has no output projection with a single head.
     to_out = register_module("to_out", torch::nn::Linear(no_bias(heads * dv, dim)));
     if (options.zero_init_output()) torch::nn::init::zeros_(to_out->weight);
   }
@@ -71,7 +94,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, c
                                            at::Tensor()};
   functional::AttentionWeights w{to_q->weight, to_k->weight, to_v->weight,
                                  to_v_gate ? to_v_gate->weight : at::Tensor(), to_out ? to_out->weight : at::Tensor(),
-                                 head_scale_params, mem_k, mem_v, qk_norm_q_scale, qk_norm_k_scale};
+                                 head_scale_params, mem_k, mem_v, qk_norm_q_scale, qk_norm_k_scale, to_out_glu,
+                                 pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads};
   return functional::attention(x, optional(context), optional(mask), optional(context_mask), w, config,
                                is_training());
 }

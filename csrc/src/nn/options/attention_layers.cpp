@@ -112,8 +112,10 @@ void validate_attention(const char* prefix, const AttentionOptions& a, const Att
   TORCH_CHECK_VALUE(a.num_mem_kv() == 0 || a.value_dim_head().value_or(a.dim_head()) == a.dim_head(),
                     "AttentionLayers: ", prefix, "num_mem_kv needs ", prefix, "value_dim_head == ", prefix,
                     "dim_head (x-transformers' memory values are dim_head wide)");
-  // x-transformers: with one head there is no output projection, so the value width must equal dim.
-  TORCH_CHECK_VALUE(o.heads() > 1 || a.value_dim_head().value_or(a.dim_head()) == o.dim(),
+  TORCH_CHECK_VALUE(!a.sparse_topk().has_value() || *a.sparse_topk() > 0, "AttentionLayers: expected ", prefix,
+                    "sparse_topk > 0");
+  // x-transformers: with one head (and no on_attn) there is no output projection, so the value width must equal dim.
+  TORCH_CHECK_VALUE(o.heads() > 1 || a.on_attn() || a.value_dim_head().value_or(a.dim_head()) == o.dim(),
                     "AttentionLayers: with heads=1 there is no output projection, so ", prefix,
                     "dim_head must equal dim (", o.dim(), "), got ", a.value_dim_head().value_or(a.dim_head()));
 }
@@ -302,6 +304,12 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(logit_softclamp_value, double);
   XTC_ATTN(max_attend_past, std::optional<int64_t>);
   XTC_ATTN(window_size, std::optional<int64_t>);
+  XTC_ATTN(pre_talking_heads, bool);
+  XTC_ATTN(post_talking_heads, bool);
+  XTC_ATTN(pre_scale_post_talking_heads, bool);
+  XTC_ATTN(sparse_topk, std::optional<int64_t>);
+  XTC_ATTN(sparse_topk_straight_through, bool);
+  XTC_ATTN(on_attn, bool);
   XTC_ATTN(qk_norm, bool);
   XTC_ATTN(qk_norm_groups, int64_t);
   XTC_ATTN(qk_norm_scale, double);

@@ -21,6 +21,15 @@ struct AttentionWeights {
   at::Tensor head_scale;          // (1, h, 1, 1)
   at::Tensor mem_k, mem_v;        // (hk, num_mem_kv, dh)
   at::Tensor qk_q_scale, qk_k_scale;  // (h, 1, dh), (hk, 1, dh)
+  at::Tensor to_out_glu;          // (2 dim, h dv), on_attn: GLU output projection instead of to_out
+  at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
+};
+
+/// What the materialising path does beyond a plain softmax: talking heads and top-k sparsity.
+struct ScoreTransforms {
+  at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
+  std::optional<int64_t> sparse_topk;
+  bool sparse_topk_straight_through = false;
 };
 
 /// What the attention block needs besides its weights.
@@ -55,6 +64,6 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool
 /// q (b, n, h, dh), k and v (b, m, hk, dh|dv); returns (b, n, h, dv).
 at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                   const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
-                                  double dropout, bool training);
+                                  double dropout, bool training, const ScoreTransforms& transforms = {});
 
 }  // namespace xtc::nn::functional

@@ -28,6 +28,7 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
   bool causal;
   torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_v_gate{nullptr}, to_out{nullptr};
   at::Tensor qk_norm_q_scale, qk_norm_k_scale, head_scale_params, mem_k, mem_v;
+  at::Tensor to_out_glu, pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;
 
  protected:
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},

@@ -46,6 +46,18 @@ struct AttentionOptions {
   TORCH_ARG(bool, head_scale) = false;
   /// Learned memory key/values prepended to every sequence (Burtsev et al. 2020, arXiv 2006.11527).
   TORCH_ARG(int64_t, num_mem_kv) = 0;
+  /// Talking heads before the softmax: logits += mix_heads(logits) (Shazeer et al. 2020, arXiv 2003.02436).
+  TORCH_ARG(bool, pre_talking_heads) = false;
+  /// Talking heads after the softmax: probabilities = mix_heads(probabilities).
+  TORCH_ARG(bool, post_talking_heads) = false;
+  /// Heads mixed before the softmax, used to scale the probabilities after it (x-transformers' improvisation).
+  TORCH_ARG(bool, pre_scale_post_talking_heads) = false;
+  /// Keep only the top-k logits of each row (Zhao et al. 2019, Explicit Sparse Transformer, arXiv 1912.11637).
+  TORCH_ARG(std::optional<int64_t>, sparse_topk) = std::nullopt;
+  /// With sparse_topk: gradients of the dense softmax (straight-through, arXiv 2505.22074).
+  TORCH_ARG(bool, sparse_topk_straight_through) = false;
+  /// Attention on attention: a GLU output projection (Huang et al. 2019, arXiv 1908.06954).
+  TORCH_ARG(bool, on_attn) = false;
   /// Output projection initialised to zero (set by AttentionLayers' zero_init_branch_output).
   TORCH_ARG(bool, zero_init_output) = false;
 };
