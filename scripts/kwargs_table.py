@@ -30,6 +30,8 @@ PATHS = {
     "attn_pre_scale_post_talking_heads": "materialised scores (talking heads mix every head)",
     "attn_sparse_topk": "materialised scores (top-k of each row)",
     "attn_sparse_topk_straight_through": "materialised scores (top-k of each row)",
+    "residual_attn": "materialised scores (each layer hands its pre-softmax scores on)",
+    "cross_residual_attn": "materialised scores (each layer hands its pre-softmax scores on)",
     "rotary_pos_emb": "rotation of q and k before the flash kernel (self-attention only, as x-transformers)",
 }
 # Handled by the constructors themselves rather than as options.

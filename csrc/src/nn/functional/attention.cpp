@@ -61,6 +61,7 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool trai
   if (o.pre_talking_heads() || o.post_talking_heads() || o.pre_scale_post_talking_heads())
     reasons.emplace_back("talking heads mix the scores of every head");
   if (o.sparse_topk().has_value()) reasons.emplace_back("top-k sparsity needs each row's scores at once");
+  if (c.residual_scores) reasons.emplace_back("residual attention hands the scores on to the next layer");
   if (training && c.options.dropout() > 0)
     reasons.emplace_back("attention dropout in training needs the probabilities");
   if (c.options.num_mem_kv() > 0 && c.alibi_slopes.defined())
@@ -73,7 +74,7 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool trai
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& w, const AttentionConfig& c, bool training,
-                     const std::optional<at::Tensor>& attn_mask) {
+                     const std::optional<at::Tensor>& attn_mask, at::Tensor* scores) {
   const auto& o = c.options;
   const at::Tensor& kv_input = context.has_value() ? *context : x;
   const int64_t b = x.size(0), n = x.size(1), m = kv_input.size(1);
@@ -156,7 +157,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
                                      o.sparse_topk(), o.sparse_topk_straight_through()};
     out = materialized_attention(q, k, v, scale, keep, bias, c.causal && n > 1, softcap, o.dropout(), training,
-                                 transforms);
+                                 transforms, c.residual_scores ? scores : nullptr);
   }
   if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
   out = out.reshape({b, n, c.heads * c.value_dim_head});
@@ -169,7 +170,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
 
 at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                   const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
-                                  double dropout, bool training, const ScoreTransforms& t) {
+                                  double dropout, bool training, const ScoreTransforms& t, at::Tensor* scores) {
   const int64_t heads = q.size(2), kv_heads = k.size(2), n = q.size(1), m = k.size(1);
   // Query head i reads kv head i % kv_heads.
   const auto kv_index = at::arange(heads, q.options().dtype(at::kLong)).remainder(kv_heads);
@@ -177,6 +178,7 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
   const auto kh = k.index_select(2, kv_index).transpose(1, 2);  // (b, h, m, dh)
   const auto vh = v.index_select(2, kv_index).transpose(1, 2);  // (b, h, m, dv)
   auto sim = at::matmul(qh, kh.transpose(-1, -2)) * scale;
+  if (scores != nullptr && scores->defined()) sim = sim + *scores;
   // Talking heads are 1x1 convolutions over the head axis: a (h, h) mix of the (b, h, n, m) scores.
   const auto mix_heads = [](const at::Tensor& weight, const at::Tensor& s) {
     return at::einsum("gh,bhij->bgij", {weight.flatten(1), s});
@@ -195,6 +197,7 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     const auto future = at::ones({n, m}, q.options().dtype(at::kBool)).triu(m - n + 1);
     sim = sim.masked_fill(future, lowest);
   }
+  if (scores != nullptr) *scores = sim;  // x-transformers' pre_softmax_attn: masked, before the softmax
   at::Tensor attn;
   if (t.sparse_topk.has_value()) {
     // x-transformers' sparse_topk_attn: logits below the row's k-th largest (or masked) are dropped.

@@ -390,7 +390,10 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
   if (o.rel_pos_bias())
     self_config.position_bias = t5_position_bias(p.get("rel_pos.relative_attention_bias.weight"), x_in.size(1), o);
   if (o.dynamic_pos_bias()) self_config.position_bias = dynamic_position_bias(p, x_in.size(1), x_in, o);
-  const auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor(), at::Tensor());
+  auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor(), at::Tensor());
+  self_config.residual_scores = o.residual_attn();
+  cross_config.residual_scores = o.cross_residual_attn();
+  at::Tensor self_scores, cross_scores;  // RealFormer: the previous layer's pre-softmax scores
 
   at::Tensor x = x_in;
   for (const int64_t i : plan.execution_order()) {
@@ -406,9 +409,10 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
       if (o.macaron()) out = out * 0.5;
     } else if (type == 'a') {
       out = attention(h, std::nullopt, mask, std::nullopt, attention_weights(p, block), self_config, training,
-                      attn_mask);
+                      attn_mask, &self_scores);
     } else {
-      out = attention(h, context, mask, context_mask, attention_weights(p, block), cross_config, training);
+      out = attention(h, context, mask, context_mask, attention_weights(p, block), cross_config, training,
+                      std::nullopt, &cross_scores);
     }
     if (o.use_layerscale()) {
       const auto gamma = p.get(layer + "1.gamma");

@@ -355,6 +355,8 @@ const std::vector<Field>& fields() {
     XTC_OWN(weight_tie_layers, bool);
     XTC_OWN(alibi_pos_bias, bool);
     XTC_OWN(alibi_num_heads, std::optional<int64_t>);
+    XTC_OWN(residual_attn, bool);
+    XTC_OWN(cross_residual_attn, bool);
     XTC_OWN(rel_pos_bias, bool);
     XTC_OWN(rel_pos_num_buckets, int64_t);
     XTC_OWN(rel_pos_max_distance, int64_t);

@@ -40,6 +40,7 @@ struct AttentionConfig {
   at::Tensor alibi_slopes;  // (h) float, 0 for heads without ALiBi; undefined = no ALiBi
   at::Tensor rotary_angles;  // (n, r) rotary angles of the query positions; undefined = no rotary
   at::Tensor position_bias;  // (1, h, n, n) learned bias (T5, dynamic) added to the logits; undefined = none
+  bool residual_scores = false;  // RealFormer: take the previous layer's scores and hand on this layer's
 };
 
 /// Rotates the first r features of t (b, n, heads, dh) by `angles` (n, r), pairs (2k, 2k+1) together
@@ -49,11 +50,13 @@ at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles);
 /// Attention of x (b, n, dim) over `context` (b, m, dim) or, when undefined, over x itself. `mask` (b, n) masks the
 /// keys of self-attention and zeroes the output at padded queries; `context_mask` (b, m) masks cross-attention
 /// keys. Runs in xtc::flash_attention unless attention_path_reasons() names a reason to materialise the scores.
-/// `attn_mask` (b|1, h|1, n, n) bool, True = may attend, restricts self-attention further.
+/// `attn_mask` (b|1, h|1, n, n) bool, True = may attend, restricts self-attention further. With
+/// config.residual_scores, `scores` holds the previous layer's pre-softmax scores (b, h, n, keys) on entry (or is
+/// undefined) and this layer's on return.
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& weights, const AttentionConfig& config, bool training,
-                     const std::optional<at::Tensor>& attn_mask = std::nullopt);
+                     const std::optional<at::Tensor>& attn_mask = std::nullopt, at::Tensor* scores = nullptr);
 
 /// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils.
 std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool training, bool has_attn_mask);
@@ -62,8 +65,10 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool
 /// `bias` (broadcastable to (b, h, n, m)), soft-capped, hidden entries (`keep` False, or in the future when causal)
 /// filled with the dtype's lowest value, softmax in float32, dropout, rows whose `keep` is all False set to 0.
 /// q (b, n, h, dh), k and v (b, m, hk, dh|dv); returns (b, n, h, dv).
+/// `scores`, when given: the previous pre-softmax scores to add on entry (if defined), this call's on return.
 at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                   const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
-                                  double dropout, bool training, const ScoreTransforms& transforms = {});
+                                  double dropout, bool training, const ScoreTransforms& transforms = {},
+                                  at::Tensor* scores = nullptr);
 
 }  // namespace xtc::nn::functional

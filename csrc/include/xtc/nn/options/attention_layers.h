@@ -115,6 +115,11 @@ struct AttentionLayersOptions {
   TORCH_ARG(int64_t, dynamic_pos_bias_mlp_depth) = 2;
   /// LayerNorms inside that MLP.
   TORCH_ARG(bool, dynamic_pos_bias_norm) = false;
+  /// RealFormer residual attention: each self-attention adds the previous one's pre-softmax scores (He et al.
+  /// 2020, arXiv 2012.11747).
+  TORCH_ARG(bool, residual_attn) = false;
+  /// The same for cross-attention.
+  TORCH_ARG(bool, cross_residual_attn) = false;
   /// Rotary position embedding on q and k of self-attention (Su et al. 2021, arXiv 2104.09864), interleaved pairs
   /// as x-transformers (GPT-J style).
   TORCH_ARG(bool, rotary_pos_emb) = false;
