@@ -5,6 +5,7 @@
 #include <xtc/nn/functional/residual.h>
 
 #include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/full_like.h>
 #include <ATen/ops/layer_norm.h>
@@ -89,10 +90,12 @@ void add_residual(Specs& specs, const std::string& p, const AttentionLayersOptio
   }
 }
 
-// Where the block of a layer sits: LayerScale adds `gamma` and a `.fn` level, macaron's Scale another `.fn`.
+// Where the block of a layer sits: LayerScale adds `gamma` and a `.fn` level, ShiftTokens and macaron's Scale a
+// `.fn` level each (x-transformers wraps layer -> Scale -> ShiftTokens -> LayerScale).
 std::string block_prefix(const std::string& layer, char type, const AttentionLayersOptions& o) {
   std::string p = layer + "1.";
   if (o.use_layerscale()) p += "fn.";
+  if (o.shift_tokens() > 0) p += "fn.";
   if (o.macaron() && type == 'f') p += "fn.";
   return p;
 }
@@ -243,6 +246,24 @@ std::optional<at::Tensor> normalized_attn_mask(const std::optional<at::Tensor>& 
                     "AttentionLayers: expected attn_mask of shape (", n, ", ", n, "), (", heads, ", ", n, ", ", n,
                     ") or (", b, " or 1, ", heads, " or 1, ", n, ", ", n, "), got ", a.sizes());
   return full;
+}
+
+// x-transformers' ShiftTokens: feature segments shifted along the sequence by -s..s (0..s when causal), zeros
+// shifted in; positions the mask drops are zeroed first (attention layers only, as there the mask is passed).
+at::Tensor shift_tokens(const at::Tensor& x, int64_t s, bool causal, const std::optional<at::Tensor>& mask) {
+  std::vector<int64_t> shifts;
+  for (int64_t amount = causal ? 0 : -s; amount <= s; ++amount) shifts.push_back(amount);
+  const int64_t per_shift = x.size(-1) / static_cast<int64_t>(shifts.size()), n = x.size(1);
+  auto pieces = x.split(per_shift, -1);
+  for (size_t i = 0; i < shifts.size() && i < pieces.size(); ++i) {
+    const int64_t amount = std::clamp<int64_t>(shifts[i], -n, n);
+    if (amount == 0) continue;
+    auto piece = mask.has_value() ? pieces[i].masked_fill(mask->logical_not().unsqueeze(-1), 0) : pieces[i];
+    const auto zeros = at::zeros_like(piece.narrow(1, 0, std::abs(amount)));
+    pieces[i] = amount > 0 ? at::cat({zeros, piece.narrow(1, 0, n - amount)}, 1)
+                           : at::cat({piece.narrow(1, -amount, n + amount), zeros}, 1);
+  }
+  return at::cat(pieces, -1);
 }
 
 AttentionWeights attention_weights(const Parameters& p, const std::string& prefix) {
@@ -403,6 +424,8 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
     const std::string block = block_prefix(layer, type, o);
     const at::Tensor inner_residual = x;
     at::Tensor h = o.pre_norm() ? norm(norm_kind, x, norm_gain(p, layer + "0.0.", norm_kind), unit_offset) : x;
+    if (o.shift_tokens() > 0)
+      h = shift_tokens(h, o.shift_tokens(), o.causal(), type == 'f' ? std::optional<at::Tensor>() : mask);
     at::Tensor out;
     if (type == 'f') {
       out = feed_forward(h, feed_forward_weights(p, block, o.ff()), o.ff(), training);

@@ -48,6 +48,7 @@ std::shared_ptr<torch::nn::Module> make_block(char type, const AttentionLayersOp
     attn.zero_init_output(attn.zero_init_output() || o.zero_init_branch_output());
     block = Attention(o.dim(), o.heads(), attn, type == 'a' && o.causal()).ptr();
   }
+  if (o.shift_tokens() > 0) block = ShiftTokens(o.shift_tokens(), block).ptr();
   if (o.use_layerscale())
     block = LayerScale(block, o.dim(), o.layerscale_init_value(), o.norm_add_unit_offset()).ptr();
   return block;

@@ -49,4 +49,10 @@ ScaleImpl::ScaleImpl(double value, std::shared_ptr<torch::nn::Module> fn) : valu
 
 void ScaleImpl::reset() { register_module("fn", fn); }
 
+ShiftTokensImpl::ShiftTokensImpl(int64_t shift, std::shared_ptr<torch::nn::Module> fn) : shift(shift), fn(std::move(fn)) {
+  reset();
+}
+
+void ShiftTokensImpl::reset() { register_module("fn", fn); }
+
 }  // namespace xtc::nn

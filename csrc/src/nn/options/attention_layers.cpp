@@ -141,6 +141,7 @@ void AttentionLayersOptions::validate() const {
                     "AttentionLayers: weight_tie_layers clashes with custom_layers, par_ratio, sandwich_coef and "
                     "layers_execute_order");
   TORCH_CHECK_VALUE(pre_norm_ || !sandwich_norm_, "AttentionLayers: sandwich_norm needs pre_norm=True");
+  TORCH_CHECK_VALUE(shift_tokens_ >= 0, "AttentionLayers: expected shift_tokens >= 0, got ", shift_tokens_);
   TORCH_CHECK_VALUE(!only_cross_ || cross_attend_, "AttentionLayers: only_cross needs cross_attend=True");
   if (custom_layers_.has_value()) {
     TORCH_CHECK_VALUE(!custom_layers_->empty(), "AttentionLayers: expected a non-empty custom_layers");
@@ -355,6 +356,7 @@ const std::vector<Field>& fields() {
     XTC_OWN(weight_tie_layers, bool);
     XTC_OWN(alibi_pos_bias, bool);
     XTC_OWN(alibi_num_heads, std::optional<int64_t>);
+    XTC_OWN(shift_tokens, int64_t);
     XTC_OWN(residual_attn, bool);
     XTC_OWN(cross_residual_attn, bool);
     XTC_OWN(rel_pos_bias, bool);

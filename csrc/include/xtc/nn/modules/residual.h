@@ -61,4 +61,16 @@ class ScaleImpl : public torch::nn::Cloneable<ScaleImpl> {
 };
 TORCH_MODULE(Scale);
 
+/// Holds a branch as `fn` whose input AttentionLayers shifts along the sequence, segment by segment (x-transformers'
+/// ShiftTokens).
+class ShiftTokensImpl : public torch::nn::Cloneable<ShiftTokensImpl> {
+ public:
+  ShiftTokensImpl(int64_t shift, std::shared_ptr<torch::nn::Module> fn);
+  void reset() override;
+
+  int64_t shift;
+  std::shared_ptr<torch::nn::Module> fn;
+};
+TORCH_MODULE(ShiftTokens);
+
 }  // namespace xtc::nn

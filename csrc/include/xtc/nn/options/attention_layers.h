@@ -115,6 +115,9 @@ struct AttentionLayersOptions {
   TORCH_ARG(int64_t, dynamic_pos_bias_mlp_depth) = 2;
   /// LayerNorms inside that MLP.
   TORCH_ARG(bool, dynamic_pos_bias_norm) = false;
+  /// Token shifting (Wang's "shift tokens" trick, as in RWKV): the block input's features are split into
+  /// 2s + 1 segments (s + 1 when causal) shifted by -s..s positions. 0 = off.
+  TORCH_ARG(int64_t, shift_tokens) = 0;
   /// RealFormer residual attention: each self-attention adds the previous one's pre-softmax scores (He et al.
   /// 2020, arXiv 2012.11747).
   TORCH_ARG(bool, residual_attn) = false;
