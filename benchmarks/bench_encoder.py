@@ -93,8 +93,8 @@ def call(name, model, x, mask):
 
 def fast_path_ran(model, x, mask):
     """Whether nn.TransformerEncoder takes its fused inference path (torch._transformer_encoder_layer_fwd)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        call("torch", model, x, mask)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        call("torch", model, x, mask)  # as timed: eval mode, no grad
     return any("_transformer_encoder_layer_fwd" in e.name for e in prof.events())
 
 

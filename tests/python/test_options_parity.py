@@ -42,6 +42,8 @@ OPTIONS = [
     dict(attn_qk_norm=True, attn_qk_norm_dim_scale=True), dict(attn_gate_values=True), dict(attn_head_scale=True),
     dict(attn_num_mem_kv=3), dict(attn_num_mem_kv=2, alibi_pos_bias=True), dict(attn_num_mem_kv=2, attn_max_attend_past=2),
     dict(attn_num_mem_kv=2, attn_qk_norm=True, attn_qk_norm_dim_scale=True), dict(attn_flash=True),
+    dict(add_value_residual=True), dict(add_value_residual=True, learned_value_residual_mix=False, attn_kv_heads=2),
+    dict(add_value_residual=True, attn_num_mem_kv=2, attn_on_attn=True, depth=3),
     dict(shift_tokens=1), dict(shift_tokens=2, dim=30), dict(shift_tokens=1, macaron=True, use_layerscale=True),
     dict(residual_attn=True), dict(residual_attn=True, attn_sparse_topk=4, alibi_pos_bias=True),
     dict(residual_attn=True, attn_num_mem_kv=2, rel_pos_bias=True, layer_dropout=0.0),
@@ -111,7 +113,8 @@ def test_option_matches_x_transformers(kind, options):
 CROSS_OPTIONS = [dict(), dict(cross_attn_kv_heads=2), dict(attn_gate_values=True), dict(cross_attn_dim_head=8),
                  dict(attn_num_mem_kv=2), dict(use_rmsnorm=True, ff_glu=True), dict(cross_attn_softclamp_logits=True),
                  dict(rotary_pos_emb=True), dict(cross_residual_attn=True),
-                 dict(residual_attn=True, cross_residual_attn=True), dict(shift_tokens=1)]
+                 dict(residual_attn=True, cross_residual_attn=True), dict(shift_tokens=1),
+                 dict(add_value_residual=True)]
 
 
 @pytest.mark.parametrize("options", CROSS_OPTIONS, ids=option_id)

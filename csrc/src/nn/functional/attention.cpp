@@ -9,6 +9,7 @@
 #include <ATen/ops/glu.h>
 #include <ATen/ops/topk.h>
 #include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/lerp.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/ones.h>
@@ -74,13 +75,24 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool trai
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& w, const AttentionConfig& c, bool training,
-                     const std::optional<at::Tensor>& attn_mask, at::Tensor* scores) {
+                     const std::optional<at::Tensor>& attn_mask, at::Tensor* scores,
+                     const ValueResidual& value_residual) {
   const auto& o = c.options;
   const at::Tensor& kv_input = context.has_value() ? *context : x;
   const int64_t b = x.size(0), n = x.size(1), m = kv_input.size(1);
   auto q = at::linear(x, w.to_q).view({b, n, c.heads, c.dim_head});
   auto k = at::linear(kv_input, w.to_k).view({b, m, c.kv_heads, c.dim_head});
   auto v = at::linear(kv_input, w.to_v).view({b, m, c.kv_heads, c.value_dim_head});
+  if (value_residual.values_out != nullptr) *value_residual.values_out = v;
+  if (value_residual.first.defined()) {
+    // v = first + mix * (v - first): a per-token, per-head learned mix, or one half.
+    if (w.value_mix_weight.defined()) {
+      const auto mix = at::sigmoid(at::linear(x, w.value_mix_weight, w.value_mix_bias)).unsqueeze(-1);  // (b, n, h, 1)
+      v = at::lerp(value_residual.first, v, mix);
+    } else {
+      v = at::lerp(value_residual.first, v, 0.5);
+    }
+  }
   if (o.qk_norm()) {
     q = l2norm(q, o.qk_norm_groups());
     k = l2norm(k, o.qk_norm_groups());

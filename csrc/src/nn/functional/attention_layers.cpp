@@ -39,7 +39,8 @@ void add_norm(Specs& specs, const std::string& prefix, const AttentionLayersOpti
 }
 
 // Attention's own parameters come first (registration order), then its linear layers.
-void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a, const AttentionLayersOptions& o) {
+void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a, const AttentionLayersOptions& o,
+                   bool learned_value_mix) {
   const int64_t h = o.heads(), hk = o.resolved_kv_heads(a), dh = a.dim_head(), dv = a.value_dim_head().value_or(dh);
   if (a.qk_norm() && a.qk_norm_dim_scale()) {
     specs.push_back({p + "qk_norm_q_scale", {h, 1, dh}});
@@ -58,6 +59,10 @@ void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a
   if (a.post_talking_heads()) specs.push_back({p + "attend.post_softmax_talking_heads.weight", {h, h, 1, 1}});
   if (a.pre_scale_post_talking_heads())
     specs.push_back({p + "attend.pre_scale_post_talking_heads.weight", {h, h, 1, 1}});
+  if (learned_value_mix) {
+    specs.push_back({p + "to_value_residual_mix.0.weight", {h, o.dim()}});
+    specs.push_back({p + "to_value_residual_mix.0.bias", {h}});
+  }
   if (a.on_attn()) specs.push_back({p + "to_out.0.weight", {2 * o.dim(), h * dv}});
   else if (h > 1) specs.push_back({p + "to_out.weight", {o.dim(), h * dv}});
 }
@@ -102,6 +107,7 @@ std::string block_prefix(const std::string& layer, char type, const AttentionLay
 
 Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
   Specs specs;
+  bool first_self_attention = true;
   for (size_t i = 0; i < types.size(); ++i) {
     const std::string layer = "layers." + std::to_string(i) + ".";
     if (o.pre_norm()) add_norm(specs, layer + "0.0.", o);
@@ -109,8 +115,15 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     if (!o.pre_norm()) add_norm(specs, layer + "0.2.", o);
     if (o.use_layerscale()) specs.push_back({layer + "1.gamma", {o.dim()}});
     const std::string block = block_prefix(layer, types[i], o);
-    if (types[i] == 'f') add_feed_forward(specs, block, o);
-    else add_attention(specs, block, types[i] == 'a' ? o.attn() : o.cross_attn(), o);
+    if (types[i] == 'f') {
+      add_feed_forward(specs, block, o);
+    } else {
+      // Self-attention layers after the first learn their value-residual mix.
+      const bool learned_mix = types[i] == 'a' && !first_self_attention && o.add_value_residual() &&
+                               o.learned_value_residual_mix();
+      add_attention(specs, block, types[i] == 'a' ? o.attn() : o.cross_attn(), o, learned_mix);
+      if (types[i] == 'a') first_self_attention = false;
+    }
     add_residual(specs, layer + "2.", o);
   }
   if (o.rotary_pos_emb()) specs.push_back({"rotary_pos_emb.inv_freq", {o.resolved_rotary_dim() / 2}, /*buffer=*/true});
@@ -277,6 +290,8 @@ AttentionWeights attention_weights(const Parameters& p, const std::string& prefi
   w.pre_talking_heads = p.get(prefix + "attend.pre_softmax_talking_heads.weight");
   w.post_talking_heads = p.get(prefix + "attend.post_softmax_talking_heads.weight");
   w.pre_scale_post_talking_heads = p.get(prefix + "attend.pre_scale_post_talking_heads.weight");
+  w.value_mix_weight = p.get(prefix + "to_value_residual_mix.0.weight");
+  w.value_mix_bias = p.get(prefix + "to_value_residual_mix.0.bias");
   w.head_scale = p.get(prefix + "head_scale_params");
   w.mem_k = p.get(prefix + "mem_k");
   w.mem_v = p.get(prefix + "mem_v");
@@ -415,6 +430,7 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
   self_config.residual_scores = o.residual_attn();
   cross_config.residual_scores = o.cross_residual_attn();
   at::Tensor self_scores, cross_scores;  // RealFormer: the previous layer's pre-softmax scores
+  at::Tensor first_self_values, first_cross_values;  // ResFormer: the first attention layers' values
 
   at::Tensor x = x_in;
   for (const int64_t i : plan.execution_order()) {
@@ -431,11 +447,17 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
       out = feed_forward(h, feed_forward_weights(p, block, o.ff()), o.ff(), training);
       if (o.macaron()) out = out * 0.5;
     } else if (type == 'a') {
+      at::Tensor values;
       out = attention(h, std::nullopt, mask, std::nullopt, attention_weights(p, block), self_config, training,
-                      attn_mask, &self_scores);
+                      attn_mask, &self_scores, ValueResidual{o.add_value_residual() ? first_self_values : at::Tensor(),
+                                                             &values});
+      if (!first_self_values.defined()) first_self_values = values;
     } else {
+      at::Tensor values;
       out = attention(h, context, mask, context_mask, attention_weights(p, block), cross_config, training,
-                      std::nullopt, &cross_scores);
+                      std::nullopt, &cross_scores,
+                      ValueResidual{o.add_value_residual() ? first_cross_values : at::Tensor(), &values});
+      if (!first_cross_values.defined()) first_cross_values = values;
     }
     if (o.use_layerscale()) {
       const auto gamma = p.get(layer + "1.gamma");

@@ -12,8 +12,9 @@
 
 namespace xtc::nn {
 
-AttentionImpl::AttentionImpl(int64_t dim, int64_t heads, AttentionOptions options, bool causal)
-    : dim(dim), heads(heads), options(options), causal(causal) {
+AttentionImpl::AttentionImpl(int64_t dim, int64_t heads, AttentionOptions options, bool causal,
+                             bool learned_value_mix)
+    : dim(dim), heads(heads), options(options), causal(causal), learned_value_mix(learned_value_mix) {
   reset();
 }
 
@@ -64,6 +65,10 @@ void AttentionImpl::reset() {
     if (options.pre_scale_post_talking_heads()) pre_scale_post_talking_heads = talking("pre_scale_post_talking_heads");
     register_module("attend", attend);
   }
+  if (learned_value_mix) {
+    to_value_residual_mix = torch::nn::Linear(dim, heads);
+    register_module("to_value_residual_mix", torch::nn::Sequential(to_value_residual_mix, torch::nn::Sigmoid()));
+  }
   if (options.on_attn()) {
     // Attention on attention: Linear to 2 x dim, then a GLU.
     torch::nn::Linear glu_projection(no_bias(heads * dv, 2 * dim));
@@ -95,7 +100,9 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, c
   functional::AttentionWeights w{to_q->weight, to_k->weight, to_v->weight,
                                  to_v_gate ? to_v_gate->weight : at::Tensor(), to_out ? to_out->weight : at::Tensor(),
                                  head_scale_params, mem_k, mem_v, qk_norm_q_scale, qk_norm_k_scale, to_out_glu,
-                                 pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads};
+                                 pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads,
+                                 to_value_residual_mix ? to_value_residual_mix->weight : at::Tensor(),
+                                 to_value_residual_mix ? to_value_residual_mix->bias : at::Tensor()};
   return functional::attention(x, optional(context), optional(mask), optional(context_mask), w, config,
                                is_training());
 }

@@ -36,7 +36,7 @@ std::shared_ptr<torch::nn::Module> make_norm_slots(const AttentionLayersOptions&
   return slots;
 }
 
-std::shared_ptr<torch::nn::Module> make_block(char type, const AttentionLayersOptions& o) {
+std::shared_ptr<torch::nn::Module> make_block(char type, const AttentionLayersOptions& o, bool learned_value_mix) {
   std::shared_ptr<torch::nn::Module> block;
   if (type == 'f') {
     auto ff = o.ff();
@@ -46,7 +46,7 @@ std::shared_ptr<torch::nn::Module> make_block(char type, const AttentionLayersOp
   } else {
     auto attn = type == 'a' ? o.attn() : o.cross_attn();
     attn.zero_init_output(attn.zero_init_output() || o.zero_init_branch_output());
-    block = Attention(o.dim(), o.heads(), attn, type == 'a' && o.causal()).ptr();
+    block = Attention(o.dim(), o.heads(), attn, type == 'a' && o.causal(), learned_value_mix).ptr();
   }
   if (o.shift_tokens() > 0) block = ShiftTokens(o.shift_tokens(), block).ptr();
   if (o.use_layerscale())
@@ -90,10 +90,15 @@ AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options) : optio
 void AttentionLayersImpl::reset() {
   plan = std::make_shared<const functional::AttentionLayersPlan>(options);
   layers = register_module("layers", torch::nn::ModuleList());
+  bool first_self_attention = true;
   for (const char type : plan->layer_types()) {
+    // Self-attention layers after the first learn their value-residual mix (ResFormer).
+    const bool learned_value_mix = type == 'a' && !first_self_attention && options.add_value_residual() &&
+                                   options.learned_value_residual_mix();
+    if (type == 'a') first_self_attention = false;
     torch::nn::ModuleList layer;
     layer->push_back(make_norm_slots(options));
-    layer->push_back(make_block(type, options));
+    layer->push_back(make_block(type, options, learned_value_mix));
     layer->push_back(make_residual(options));
     layers->push_back(layer);
   }

@@ -142,6 +142,9 @@ void AttentionLayersOptions::validate() const {
                     "layers_execute_order");
   TORCH_CHECK_VALUE(pre_norm_ || !sandwich_norm_, "AttentionLayers: sandwich_norm needs pre_norm=True");
   TORCH_CHECK_VALUE(shift_tokens_ >= 0, "AttentionLayers: expected shift_tokens >= 0, got ", shift_tokens_);
+  TORCH_CHECK_VALUE(!(add_value_residual_ && learned_value_residual_mix_ && resolved_kv_heads(attn_) != heads_),
+                    "AttentionLayers: add_value_residual's learned mix needs one kv head per query head (attn_kv_heads "
+                    "unset), got ", resolved_kv_heads(attn_), " kv heads for ", heads_, " heads");
   TORCH_CHECK_VALUE(!only_cross_ || cross_attend_, "AttentionLayers: only_cross needs cross_attend=True");
   if (custom_layers_.has_value()) {
     TORCH_CHECK_VALUE(!custom_layers_->empty(), "AttentionLayers: expected a non-empty custom_layers");
@@ -357,6 +360,8 @@ const std::vector<Field>& fields() {
     XTC_OWN(alibi_pos_bias, bool);
     XTC_OWN(alibi_num_heads, std::optional<int64_t>);
     XTC_OWN(shift_tokens, int64_t);
+    XTC_OWN(add_value_residual, bool);
+    XTC_OWN(learned_value_residual_mix, bool);
     XTC_OWN(residual_attn, bool);
     XTC_OWN(cross_residual_attn, bool);
     XTC_OWN(rel_pos_bias, bool);

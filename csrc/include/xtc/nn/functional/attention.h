@@ -23,6 +23,15 @@ struct AttentionWeights {
   at::Tensor qk_q_scale, qk_k_scale;  // (h, 1, dh), (hk, 1, dh)
   at::Tensor to_out_glu;          // (2 dim, h dv), on_attn: GLU output projection instead of to_out
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
+  at::Tensor value_mix_weight, value_mix_bias;  // (h, dim), (h): learned value-residual mix
+};
+
+/// ResFormer's value residual: `first` (the first layer's values, (b, m, hk, dv); undefined = none) is mixed into
+/// this layer's values, by the learned per-token mix or 0.5; `values_out`, when given, receives this layer's values
+/// before the mix.
+struct ValueResidual {
+  at::Tensor first;
+  at::Tensor* values_out = nullptr;
 };
 
 /// What the materialising path does beyond a plain softmax: talking heads and top-k sparsity.
@@ -56,7 +65,8 @@ at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles);
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& weights, const AttentionConfig& config, bool training,
-                     const std::optional<at::Tensor>& attn_mask = std::nullopt, at::Tensor* scores = nullptr);
+                     const std::optional<at::Tensor>& attn_mask = std::nullopt, at::Tensor* scores = nullptr,
+                     const ValueResidual& value_residual = {});
 
 /// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils.
 std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool training, bool has_attn_mask);

@@ -15,7 +15,10 @@ namespace xtc::nn {
 /// in xtc::flash_attention.
 class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
  public:
-  AttentionImpl(int64_t dim, int64_t heads, AttentionOptions options = {}, bool causal = false);
+  /// `learned_value_mix`: a ResFormer value-residual mix (`to_value_residual_mix`), as x-transformers gives the
+  /// self-attention layers after the first under add_value_residual.
+  AttentionImpl(int64_t dim, int64_t heads, AttentionOptions options = {}, bool causal = false,
+                bool learned_value_mix = false);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   /// x (b, n, dim); mask (b, n) bool, True = keep; context (b, m, dim) for cross-attention with context_mask
@@ -25,10 +28,11 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
 
   int64_t dim, heads;
   AttentionOptions options;
-  bool causal;
+  bool causal, learned_value_mix;
   torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_v_gate{nullptr}, to_out{nullptr};
   at::Tensor qk_norm_q_scale, qk_norm_k_scale, head_scale_params, mem_k, mem_v;
   at::Tensor to_out_glu, pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;
+  torch::nn::Linear to_value_residual_mix{nullptr};
 
  protected:
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},

@@ -118,6 +118,11 @@ struct AttentionLayersOptions {
   /// Token shifting (Wang's "shift tokens" trick, as in RWKV): the block input's features are split into
   /// 2s + 1 segments (s + 1 when causal) shifted by -s..s positions. 0 = off.
   TORCH_ARG(int64_t, shift_tokens) = 0;
+  /// Value residual learning (ResFormer, Zhou et al. 2024, arXiv 2410.17897): later attention layers mix their
+  /// values with the first layer's.
+  TORCH_ARG(bool, add_value_residual) = false;
+  /// With add_value_residual: a learned per-token, per-head mix for self-attention (else 0.5).
+  TORCH_ARG(bool, learned_value_residual_mix) = true;
   /// RealFormer residual attention: each self-attention adds the previous one's pre-softmax scores (He et al.
   /// 2020, arXiv 2012.11747).
   TORCH_ARG(bool, residual_attn) = false;
