@@ -20,6 +20,21 @@ auto with_torch_errors(F&& f) {
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
+// (canonical options, [(name, initial value, is_buffer)]) of a wrapper built around a fresh AttentionLayers: the
+// layout its op reads, attn_layers.* included.
+template <typename Wrapper, typename WrapperOptions>
+auto wrapper_layout(const std::string& options, const std::string& layer_options) {
+  return with_torch_errors([&] {
+    Wrapper wrapper(WrapperOptions::parse(options),
+                    xtc::nn::AttentionLayers(xtc::nn::AttentionLayersOptions::parse(layer_options)));
+    std::vector<std::tuple<std::string, at::Tensor, bool>> named;
+    const auto tensors = wrapper->tensors();
+    const auto& specs = wrapper->plan->parameters();
+    for (size_t i = 0; i < specs.size(); ++i) named.emplace_back(specs[i].name, tensors[i], specs[i].buffer);
+    return std::make_pair(wrapper->options.serialize(), named);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -54,42 +69,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("transformer_wrapper_option_keys", &xtc::nn::TransformerWrapperOptions::keys,
         "Keys of the serialised TransformerWrapper options.");
 
-  m.def(
-      "transformer_wrapper_layout",
-      [](const std::string& options, const std::string& layer_options) {
-        return with_torch_errors([&] {
-          xtc::nn::TransformerWrapper wrapper(
-              xtc::nn::TransformerWrapperOptions::parse(options),
-              xtc::nn::AttentionLayers(xtc::nn::AttentionLayersOptions::parse(layer_options)));
-          std::vector<std::tuple<std::string, at::Tensor, bool>> named;
-          const auto tensors = wrapper->tensors();
-          const auto& specs = wrapper->plan->parameters();
-          for (size_t i = 0; i < specs.size(); ++i) named.emplace_back(specs[i].name, tensors[i], specs[i].buffer);
-          return std::make_pair(wrapper->options.serialize(), named);
-        });
-      },
-      py::arg("options"), py::arg("layer_options"),
-      "(canonical options, [(name, initial value, is_buffer)]) of xtc::nn::TransformerWrapper, in the order the "
-      "transformer_wrapper op reads them; attn_layers.* included.");
+  m.def("transformer_wrapper_layout",
+        &wrapper_layout<xtc::nn::TransformerWrapper, xtc::nn::TransformerWrapperOptions>, py::arg("options"),
+        py::arg("layer_options"),
+        "(canonical options, [(name, initial value, is_buffer)]) of xtc::nn::TransformerWrapper, in the order the "
+        "transformer_wrapper op reads them; attn_layers.* included.");
 
   m.def("continuous_option_keys", &xtc::nn::ContinuousTransformerWrapperOptions::keys,
         "Keys of the serialised ContinuousTransformerWrapper options.");
 
-  m.def(
-      "continuous_layout",
-      [](const std::string& options, const std::string& layer_options) {
-        return with_torch_errors([&] {
-          xtc::nn::ContinuousTransformerWrapper wrapper(
-              xtc::nn::ContinuousTransformerWrapperOptions::parse(options),
-              xtc::nn::AttentionLayers(xtc::nn::AttentionLayersOptions::parse(layer_options)));
-          std::vector<std::tuple<std::string, at::Tensor, bool>> named;
-          const auto tensors = wrapper->tensors();
-          const auto& specs = wrapper->plan->parameters();
-          for (size_t i = 0; i < specs.size(); ++i) named.emplace_back(specs[i].name, tensors[i], specs[i].buffer);
-          return std::make_pair(wrapper->options.serialize(), named);
-        });
-      },
-      py::arg("options"), py::arg("layer_options"),
-      "(canonical options, [(name, initial value, is_buffer)]) of xtc::nn::ContinuousTransformerWrapper, in the "
-      "order the continuous_transformer op reads them; attn_layers.* included.");
+  m.def("continuous_layout",
+        &wrapper_layout<xtc::nn::ContinuousTransformerWrapper, xtc::nn::ContinuousTransformerWrapperOptions>,
+        py::arg("options"), py::arg("layer_options"),
+        "(canonical options, [(name, initial value, is_buffer)]) of xtc::nn::ContinuousTransformerWrapper, in the "
+        "order the continuous_transformer op reads them; attn_layers.* included.");
 }

@@ -60,16 +60,8 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at
                       lens->sizes(), " ", lens->scalar_type());
     mask = at::arange(n, lens->options()).unsqueeze(0) < lens->unsqueeze(1);
   }
-  const auto get = [&](const std::string& name) -> at::Tensor {
-    const auto& specs = plan.parameters();
-    for (size_t i = 0; i < specs.size(); ++i)
-      if (specs[i].name == name) {
-        TORCH_CHECK_VALUE(params[i].sizes() == c10::IntArrayRef(specs[i].shape),
-                          "ContinuousTransformerWrapper: expected parameter ", name, " of shape ",
-                          c10::IntArrayRef(specs[i].shape), ", got ", params[i].sizes());
-        return params[i];
-      }
-    return at::Tensor();
+  const auto get = [&](const std::string& name) {
+    return detail::find_tensor("ContinuousTransformerWrapper", plan.parameters(), params, name);
   };
 
   at::Tensor x = plan.has_project_in() ? at::linear(x_in, get("project_in.weight")) : x_in;

@@ -51,16 +51,8 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at:
                     tokens.sizes(), " ", tokens.scalar_type());
   TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
                     plan.parameters().size(), " parameters for these options, got ", params.size());
-  const auto get = [&](const std::string& name) -> at::Tensor {
-    const auto& specs = plan.parameters();
-    for (size_t i = 0; i < specs.size(); ++i)
-      if (specs[i].name == name) {
-        TORCH_CHECK_VALUE(params[i].sizes() == c10::IntArrayRef(specs[i].shape),
-                          "TransformerWrapper: expected parameter ", name, " of shape ",
-                          c10::IntArrayRef(specs[i].shape), ", got ", params[i].sizes());
-        return params[i];
-      }
-    return at::Tensor();
+  const auto get = [&](const std::string& name) {
+    return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
   };
   const int64_t n = tokens.size(1);
   const auto table = get("token_emb.emb.weight");

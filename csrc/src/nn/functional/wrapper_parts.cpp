@@ -11,6 +11,17 @@
 
 namespace xtc::nn::functional::detail {
 
+at::Tensor find_tensor(const char* owner, const std::vector<ParameterSpec>& specs, at::TensorList params,
+                       const std::string& name) {
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (specs[i].name != name) continue;
+    TORCH_CHECK_VALUE(params[i].sizes() == c10::IntArrayRef(specs[i].shape), owner, ": expected parameter ", name,
+                      " of shape ", c10::IntArrayRef(specs[i].shape), ", got ", params[i].sizes());
+    return params[i];
+  }
+  return at::Tensor();
+}
+
 at::Tensor l2norm(const at::Tensor& x) {
   return x / at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
 }

@@ -2,11 +2,19 @@
 // Internal to the library.
 #pragma once
 
+#include <xtc/nn/functional/attention_layers.h>
+
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
+#include <vector>
 
 namespace xtc::nn::functional::detail {
+
+/// The tensor called `name` in a wrapper's layout (undefined when the options leave it out), its shape checked.
+at::Tensor find_tensor(const char* owner, const std::vector<ParameterSpec>& specs, at::TensorList params,
+                       const std::string& name);
 
 /// AbsolutePositionalEmbedding over positions 0..n-1: table rows times dim^-0.5, or l2-normalised rows.
 at::Tensor absolute_positions(const at::Tensor& table, int64_t n, bool l2norm);

@@ -127,13 +127,21 @@ void AttentionLayersImpl::reset() {
   TORCH_INTERNAL_ASSERT(checked == params.size() + buffers.size(), "AttentionLayers: module has tensors the layout lacks");
 }
 
-std::vector<at::Tensor> AttentionLayersImpl::tensors() const {
-  const auto params = named_parameters();
-  const auto buffers = named_buffers();
+std::vector<at::Tensor> tensors_in_layout(const torch::nn::Module& module,
+                                          const std::vector<functional::ParameterSpec>& specs) {
+  const auto params = module.named_parameters();
+  const auto buffers = module.named_buffers();
   std::vector<at::Tensor> out;
-  for (const auto& spec : plan->parameters()) out.push_back(spec.buffer ? buffers[spec.name] : params[spec.name]);
+  out.reserve(specs.size());
+  for (const auto& spec : specs) {
+    const auto* found = spec.buffer ? buffers.find(spec.name) : params.find(spec.name);
+    TORCH_INTERNAL_ASSERT(found != nullptr, module.name(), ": module lacks ", spec.name, " of its layout");
+    out.push_back(*found);
+  }
   return out;
 }
+
+std::vector<at::Tensor> AttentionLayersImpl::tensors() const { return tensors_in_layout(*this, plan->parameters()); }
 
 void AttentionLayersImpl::pretty_print(std::ostream& stream) const {
   stream << "xtc::nn::AttentionLayers(dim=" << options.dim() << ", depth=" << options.depth()

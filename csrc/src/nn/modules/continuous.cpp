@@ -38,17 +38,7 @@ void ContinuousTransformerWrapperImpl::reset() {
   if (plan->has_project_out()) register_module("project_out", torch::nn::Linear(no_bias(dim, *options.dim_out())));
 }
 
-std::vector<at::Tensor> ContinuousTransformerWrapperImpl::tensors() const {
-  const auto params = named_parameters();
-  const auto buffers = named_buffers();
-  std::vector<at::Tensor> out;
-  for (const auto& spec : plan->parameters()) {
-    const auto* found = spec.buffer ? buffers.find(spec.name) : params.find(spec.name);
-    TORCH_INTERNAL_ASSERT(found != nullptr, "ContinuousTransformerWrapper: module lacks ", spec.name);
-    out.push_back(*found);
-  }
-  return out;
-}
+std::vector<at::Tensor> ContinuousTransformerWrapperImpl::tensors() const { return tensors_in_layout(*this, plan->parameters()); }
 
 at::Tensor ContinuousTransformerWrapperImpl::forward(const at::Tensor& x, const at::Tensor& mask,
                                                      const at::Tensor& lens, bool return_embeddings) {

@@ -47,17 +47,7 @@ void TransformerWrapperImpl::reset() {
                                      dim, options.logits_dim().value_or(options.num_tokens())).bias(false)));
 }
 
-std::vector<at::Tensor> TransformerWrapperImpl::tensors() const {
-  const auto params = named_parameters();
-  const auto buffers = named_buffers();
-  std::vector<at::Tensor> out;
-  for (const auto& spec : plan->parameters()) {
-    const auto* found = spec.buffer ? buffers.find(spec.name) : params.find(spec.name);
-    TORCH_INTERNAL_ASSERT(found != nullptr, "TransformerWrapper: module lacks ", spec.name);
-    out.push_back(*found);
-  }
-  return out;
-}
+std::vector<at::Tensor> TransformerWrapperImpl::tensors() const { return tensors_in_layout(*this, plan->parameters()); }
 
 at::Tensor TransformerWrapperImpl::forward(const at::Tensor& tokens, const at::Tensor& mask, bool return_embeddings) {
   return functional::transformer_wrapper(tokens, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt,

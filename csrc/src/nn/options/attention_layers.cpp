@@ -4,8 +4,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "src/nn/options/option_text.h"
+
 #include <functional>
-#include <sstream>
 
 namespace xtc::nn {
 
@@ -205,84 +206,16 @@ struct Field {
   std::function<void(AttentionLayersOptions&, const std::string&)> set;
 };
 
-[[noreturn]] void bad_value(const std::string& key, const char* expected, const std::string& text) {
-  TORCH_CHECK_VALUE(false, "AttentionLayers: option ", key, " expects ", expected, ", got '", text, "'");
-}
-
-template <typename T>
-T from_text(const std::string& key, const std::string& text);
-
-template <>
-int64_t from_text<int64_t>(const std::string& key, const std::string& text) {
-  try {
-    size_t used = 0;
-    const int64_t value = std::stoll(text, &used);
-    if (used == text.size()) return value;
-  } catch (const std::exception&) {
-  }
-  bad_value(key, "an integer", text);
-}
-
-template <>
-double from_text<double>(const std::string& key, const std::string& text) {
-  try {
-    size_t used = 0;
-    const double value = std::stod(text, &used);
-    if (used == text.size()) return value;
-  } catch (const std::exception&) {
-  }
-  bad_value(key, "a number", text);
-}
-
-template <>
-bool from_text<bool>(const std::string& key, const std::string& text) {
-  if (text == "1" || text == "true" || text == "True") return true;
-  if (text == "0" || text == "false" || text == "False") return false;
-  bad_value(key, "a bool", text);
-}
-
-template <>
-std::optional<int64_t> from_text<std::optional<int64_t>>(const std::string& key, const std::string& text) {
-  if (text == "none" || text == "None") return std::nullopt;
-  return from_text<int64_t>(key, text);
-}
-
-template <>
-std::optional<std::string> from_text<std::optional<std::string>>(const std::string& key, const std::string& text) {
-  if (text == "none" || text == "None") return std::nullopt;
-  for (char c : text)
-    if (c == ';' || c == '=' || c == ',') bad_value(key, "letters", text);
-  return text;
-}
-
-template <>
-std::vector<int64_t> from_text<std::vector<int64_t>>(const std::string& key, const std::string& text) {
-  std::vector<int64_t> values;
-  std::istringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ',')) {
-    if (!item.empty()) values.push_back(from_text<int64_t>(key, item));
-  }
-  return values;
-}
-
-std::string to_text(int64_t v) { return std::to_string(v); }
-std::string to_text(double v) { return fmt::format("{:.17g}", v); }  // reads back exactly
-std::string to_text(bool v) { return v ? "1" : "0"; }
-std::string to_text(const std::optional<int64_t>& v) { return v ? std::to_string(*v) : "none"; }
-std::string to_text(const std::optional<std::string>& v) { return v ? *v : "none"; }
-std::string to_text(const std::vector<int64_t>& v) { return fmt::format("{}", fmt::join(v, ",")); }
-
 // A field reached through `part` (the options themselves, or a nested options struct) and a TORCH_ARG accessor.
 template <typename Part, typename Value>
 Field field(std::string key, Part& (*part)(AttentionLayersOptions&),
             const Value& (Part::*get)() const noexcept, Value& (Part::*ref)() noexcept) {
   return Field{key,
                [part, get](const AttentionLayersOptions& o) {
-                 return to_text((part(const_cast<AttentionLayersOptions&>(o)).*get)());
+                 return detail::format_value((part(const_cast<AttentionLayersOptions&>(o)).*get)());
                },
                [key, part, ref](AttentionLayersOptions& o, const std::string& text) {
-                 (part(o).*ref)() = from_text<Value>(key, text);
+                 (part(o).*ref)() = detail::parse_value<Value>("AttentionLayers", key, text);
                }};
 }
 
@@ -413,24 +346,13 @@ std::string AttentionLayersOptions::serialize() const {
 
 AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
   AttentionLayersOptions options(0, 0, 0);
-  std::istringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ';')) {
-    if (item.empty()) continue;
-    const auto eq = item.find('=');
-    TORCH_CHECK_VALUE(eq != std::string::npos, "AttentionLayers: expected 'key=value' in options, got '", item, "'");
-    const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
-    bool known = false;
+  detail::for_each_option("AttentionLayers", text, [&](const std::string& key, const std::string& value) {
     for (const auto& field : fields()) {
-      if (key == field.key) {
-        field.set(options, value);
-        known = true;
-        break;
-      }
+      if (key == field.key) return field.set(options, value);
     }
-    TORCH_CHECK_VALUE(known, "AttentionLayers: unknown option '", key, "'; known options: ",
+    TORCH_CHECK_VALUE(false, "AttentionLayers: unknown option '", key, "'; known options: ",
                       fmt::format("{}", fmt::join(keys(), ", ")));
-  }
+  });
   options.validate();
   return options;
 }

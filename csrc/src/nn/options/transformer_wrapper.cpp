@@ -1,10 +1,11 @@
 #include <xtc/nn/options/transformer_wrapper.h>
 
+#include "src/nn/options/option_text.h"
+
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <sstream>
 
 namespace xtc::nn {
 
@@ -22,83 +23,42 @@ void TransformerWrapperOptions::validate() const {
                     "TransformerWrapper: tie_embedding gives num_tokens logits, so logits_dim must be unset");
 }
 
-namespace {
-
-std::string text(const std::optional<int64_t>& v) { return v ? std::to_string(*v) : "none"; }
-std::string text(const std::optional<double>& v) { return v ? fmt::format("{:.17g}", *v) : "none"; }
-
-[[noreturn]] void bad(const std::string& key, const char* expected, const std::string& t) {
-  TORCH_CHECK_VALUE(false, "TransformerWrapper: option ", key, " expects ", expected, ", got '", t, "'");
-}
-
-int64_t integer(const std::string& key, const std::string& t) {
-  try {
-    size_t used = 0;
-    const int64_t v = std::stoll(t, &used);
-    if (used == t.size()) return v;
-  } catch (const std::exception&) {
-  }
-  bad(key, "an integer", t);
-}
-
-double number(const std::string& key, const std::string& t) {
-  try {
-    size_t used = 0;
-    const double v = std::stod(t, &used);
-    if (used == t.size()) return v;
-  } catch (const std::exception&) {
-  }
-  bad(key, "a number", t);
-}
-
-bool boolean(const std::string& key, const std::string& t) {
-  if (t == "1" || t == "true" || t == "True") return true;
-  if (t == "0" || t == "false" || t == "False") return false;
-  bad(key, "a bool", t);
-}
-
-bool none(const std::string& t) { return t == "none" || t == "None"; }
-
-}  // namespace
-
 std::string TransformerWrapperOptions::serialize() const {
+  using detail::format_value;
   return fmt::format(
-      "num_tokens={};max_seq_len={};emb_dim={};post_emb_norm={};emb_dropout={:.17g};num_memory_tokens={};"
+      "num_tokens={};max_seq_len={};emb_dim={};post_emb_norm={};emb_dropout={};num_memory_tokens={};"
       "tie_embedding={};tie_embedding_scale={};logits_dim={};return_only_embed={};use_abs_pos_emb={};"
       "scaled_sinu_pos_emb={};l2norm_embed={};average_pool_embed={}",
-      num_tokens_, max_seq_len_, text(emb_dim_), int(post_emb_norm_), emb_dropout_, num_memory_tokens_,
-      int(tie_embedding_), text(tie_embedding_scale_), text(logits_dim_), int(return_only_embed_),
-      int(use_abs_pos_emb_), int(scaled_sinu_pos_emb_), int(l2norm_embed_), int(average_pool_embed_));
+      format_value(num_tokens_), format_value(max_seq_len_), format_value(emb_dim_), format_value(post_emb_norm_),
+      format_value(emb_dropout_), format_value(num_memory_tokens_), format_value(tie_embedding_),
+      format_value(tie_embedding_scale_), format_value(logits_dim_), format_value(return_only_embed_),
+      format_value(use_abs_pos_emb_), format_value(scaled_sinu_pos_emb_), format_value(l2norm_embed_),
+      format_value(average_pool_embed_));
 }
 
 TransformerWrapperOptions TransformerWrapperOptions::parse(const std::string& line) {
+  constexpr const char* owner = "TransformerWrapper";
   TransformerWrapperOptions o(0, 0);
-  std::istringstream stream(line);
-  std::string item;
-  while (std::getline(stream, item, ';')) {
-    if (item.empty()) continue;
-    const auto eq = item.find('=');
-    TORCH_CHECK_VALUE(eq != std::string::npos, "TransformerWrapper: expected 'key=value', got '", item, "'");
-    const std::string k = item.substr(0, eq), v = item.substr(eq + 1);
-    if (k == "num_tokens") o.num_tokens(integer(k, v));
-    else if (k == "max_seq_len") o.max_seq_len(integer(k, v));
-    else if (k == "emb_dim") o.emb_dim(none(v) ? std::nullopt : std::optional<int64_t>(integer(k, v)));
-    else if (k == "post_emb_norm") o.post_emb_norm(boolean(k, v));
-    else if (k == "emb_dropout") o.emb_dropout(number(k, v));
-    else if (k == "num_memory_tokens") o.num_memory_tokens(none(v) ? 0 : integer(k, v));
-    else if (k == "tie_embedding") o.tie_embedding(boolean(k, v));
-    else if (k == "tie_embedding_scale")
-      o.tie_embedding_scale(none(v) ? std::nullopt : std::optional<double>(number(k, v)));
-    else if (k == "logits_dim") o.logits_dim(none(v) ? std::nullopt : std::optional<int64_t>(integer(k, v)));
-    else if (k == "return_only_embed") o.return_only_embed(boolean(k, v));
-    else if (k == "use_abs_pos_emb") o.use_abs_pos_emb(boolean(k, v));
-    else if (k == "scaled_sinu_pos_emb") o.scaled_sinu_pos_emb(boolean(k, v));
-    else if (k == "l2norm_embed") o.l2norm_embed(boolean(k, v));
-    else if (k == "average_pool_embed") o.average_pool_embed(boolean(k, v));
+  detail::for_each_option(owner, line, [&](const std::string& k, const std::string& v) {
+    using detail::parse_value;
+    if (k == "num_tokens") o.num_tokens(parse_value<int64_t>(owner, k, v));
+    else if (k == "max_seq_len") o.max_seq_len(parse_value<int64_t>(owner, k, v));
+    else if (k == "emb_dim") o.emb_dim(parse_value<std::optional<int64_t>>(owner, k, v));
+    else if (k == "post_emb_norm") o.post_emb_norm(parse_value<bool>(owner, k, v));
+    else if (k == "emb_dropout") o.emb_dropout(parse_value<double>(owner, k, v));
+    else if (k == "num_memory_tokens") o.num_memory_tokens(parse_value<std::optional<int64_t>>(owner, k, v).value_or(0));
+    else if (k == "tie_embedding") o.tie_embedding(parse_value<bool>(owner, k, v));
+    else if (k == "tie_embedding_scale") o.tie_embedding_scale(parse_value<std::optional<double>>(owner, k, v));
+    else if (k == "logits_dim") o.logits_dim(parse_value<std::optional<int64_t>>(owner, k, v));
+    else if (k == "return_only_embed") o.return_only_embed(parse_value<bool>(owner, k, v));
+    else if (k == "use_abs_pos_emb") o.use_abs_pos_emb(parse_value<bool>(owner, k, v));
+    else if (k == "scaled_sinu_pos_emb") o.scaled_sinu_pos_emb(parse_value<bool>(owner, k, v));
+    else if (k == "l2norm_embed") o.l2norm_embed(parse_value<bool>(owner, k, v));
+    else if (k == "average_pool_embed") o.average_pool_embed(parse_value<bool>(owner, k, v));
     else
-      TORCH_CHECK_VALUE(false, "TransformerWrapper: unknown option '", k, "'; known options: ",
+      TORCH_CHECK_VALUE(false, owner, ": unknown option '", k, "'; known options: ",
                         fmt::format("{}", fmt::join(keys(), ", ")));
-  }
+  });
   o.validate();
   return o;
 }

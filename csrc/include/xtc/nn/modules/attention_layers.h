@@ -40,6 +40,10 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
 };
 TORCH_MODULE(AttentionLayers);
 
+/// The module's parameters and buffers in the order of `specs` (a plan's layout); throws if one is missing.
+std::vector<at::Tensor> tensors_in_layout(const torch::nn::Module& module,
+                                          const std::vector<functional::ParameterSpec>& specs);
+
 /// Bidirectional layer stack (x-transformers' Encoder): AttentionLayers with causal = false.
 class EncoderImpl : public AttentionLayersImpl {
  public:
