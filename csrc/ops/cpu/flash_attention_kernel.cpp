@@ -345,6 +345,9 @@ void backward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<sca
 }
 
 void check_cpu_inputs(const at::Tensor& q) {
+  // This file is compiled for AVX2 + FMA (see CMakeLists.txt): refuse, rather than crash, on an older CPU.
+  static const bool cpu_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  TORCH_CHECK(cpu_ok, "flash_attention (CPU): this build needs a CPU with AVX2 and FMA");
   TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
               "flash_attention (CPU): expected q, k, v of dtype float32 or float64, got ", q.scalar_type());
 }
