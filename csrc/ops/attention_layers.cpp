@@ -15,27 +15,34 @@ namespace {
 at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                                    const std::optional<at::Tensor>& context,
                                    const std::optional<at::Tensor>& context_mask,
-                                   const std::optional<at::Tensor>& attn_mask, at::TensorList params,
+                                   const std::optional<at::Tensor>& attn_mask,
+                                   const std::optional<at::Tensor>& self_attn_kv_mask,
+                                   const std::optional<at::Tensor>& seq_start_pos, at::TensorList params,
                                    c10::string_view options, bool training) {
   const std::string text(options);
   const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
       text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
-  return nn::functional::attention_layers(x, {mask, context, context_mask, attn_mask}, params, plan, training);
+  return nn::functional::attention_layers(
+      x, {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos}, params, plan, training);
 }
 
 }  // namespace
 
 at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                             const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
-                            const std::optional<at::Tensor>& attn_mask, at::TensorList params,
+                            const std::optional<at::Tensor>& attn_mask,
+                            const std::optional<at::Tensor>& self_attn_kv_mask,
+                            const std::optional<at::Tensor>& seq_start_pos, at::TensorList params,
                             const std::string& options, bool training) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("xtc::attention_layers", "")
                        .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, at::TensorList, c10::string_view,
                                          bool)>();
-  return op.call(x, mask, context, context_mask, attn_mask, params, options, training);
+  return op.call(x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, params, options,
+                 training);
 }
 
 }  // namespace xtc::ops
@@ -43,7 +50,8 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def(
       "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor? attn_mask, "
-      "Tensor[] params, str options, bool training=False) -> Tensor");
+      "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor[] params, str options, bool training=False) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

@@ -113,12 +113,15 @@ class AttentionLayers(nn.Module):
         for name, child in tree.named_children():
             self.add_module(name, child)
 
-    def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None):
+    def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
+                seq_start_pos=None):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
 
         With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
         attn_mask (seq, seq), (heads, seq, seq) or (batch or 1, heads or 1, seq, seq) bool, True = may attend,
-        restricts self-attention (it takes the path that materialises the scores).
+        restricts self-attention (it takes the path that materialises the scores). self_attn_kv_mask (batch, seq)
+        bool replaces `mask` for self-attention's keys; seq_start_pos (batch,) int marks left padding, hiding the
+        keys before each sequence's start (as x-transformers, it then stands in for `mask` on the keys).
         Pass them by name, as x-transformers advises; positionally, the second argument is the mask here (so that
         `torch.jit.trace(encoder, (embed, mask))` works), where x-transformers would take it as the context.
 
@@ -126,8 +129,8 @@ class AttentionLayers(nn.Module):
         feed-forward layers still run there, so the output at padded positions is defined but not zero.
         """
         params = [reduce(getattr, name.split("."), self) for name in self._parameter_names]
-        return torch.ops.xtc.attention_layers(x, mask, context, context_mask, attn_mask, params, self._options,
-                                              self.training)
+        return torch.ops.xtc.attention_layers(x, mask, context, context_mask, attn_mask, self_attn_kv_mask,
+                                              seq_start_pos, params, self._options, self.training)
 
     def extra_repr(self):
         return self._options

@@ -104,8 +104,11 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     q = apply_rotary(q, c.rotary_angles);
     k = apply_rotary(k, c.rotary_angles);
   }
-  // Key mask: context_mask for cross-attention, mask for self-attention.
-  std::optional<at::Tensor> key_mask = context.has_value() ? context_mask : mask;
+  // Key mask, as x-transformers: context_mask when given (self-attention's override too), else `mask` for
+  // self-attention and none for cross-attention.
+  std::optional<at::Tensor> key_mask = context_mask.has_value() ? context_mask
+                                       : context.has_value()    ? std::nullopt
+                                                                : mask;
   if (o.num_mem_kv() > 0) {
     auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand({b, -1, -1, -1});  // (b, M, hk, dh)
     const auto mem_v = w.mem_v.transpose(0, 1).unsqueeze(0).expand({b, -1, -1, -1});

@@ -408,8 +408,20 @@ int64_t AttentionLayersPlan::index(const std::string& name) const {
 at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs& inputs, at::TensorList params,
                             const AttentionLayersPlan& plan, bool training) {
   const auto& o = plan.options();
-  const auto& [mask, context, context_mask, attn_mask_in] = inputs;
+  const auto& [mask, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos] = inputs;
   check_inputs(x_in, mask, context, context_mask, o);
+  check_mask("self_attn_kv_mask", self_attn_kv_mask, x_in);
+  // As x-transformers: self-attention's keys follow self_attn_kv_mask when given (else `mask`), and left padding
+  // (seq_start_pos) hides keys before each sequence's start, replacing `mask` for the keys.
+  std::optional<at::Tensor> self_key_mask = self_attn_kv_mask;
+  if (seq_start_pos.has_value()) {
+    const auto& start = *seq_start_pos;
+    TORCH_CHECK_VALUE(start.dim() == 1 && start.size(0) == x_in.size(0) && !start.is_floating_point(),
+                      "AttentionLayers: expected seq_start_pos of shape (", x_in.size(0),
+                      ") and an integer dtype, got ", start.sizes(), " ", start.scalar_type());
+    const auto left_pad = at::arange(x_in.size(1), start.options()).unsqueeze(0) >= start.unsqueeze(1);
+    self_key_mask = self_key_mask.has_value() ? self_key_mask->logical_and(left_pad) : left_pad;
+  }
   const auto attn_mask = normalized_attn_mask(attn_mask_in, x_in, o.heads());
   const Parameters p(plan, params, x_in);
   const NormKind norm_kind = o.norm_kind();
@@ -448,7 +460,7 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
       if (o.macaron()) out = out * 0.5;
     } else if (type == 'a') {
       at::Tensor values;
-      out = attention(h, std::nullopt, mask, std::nullopt, attention_weights(p, block), self_config, training,
+      out = attention(h, std::nullopt, mask, self_key_mask, attention_weights(p, block), self_config, training,
                       attn_mask, &self_scores, ValueResidual{o.add_value_residual() ? first_self_values : at::Tensor(),
                                                              &values});
       if (!first_self_values.defined()) first_self_values = values;

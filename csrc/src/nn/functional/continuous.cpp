@@ -77,8 +77,7 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
-  x = attention_layers(x, {layer_mask, std::nullopt, std::nullopt, std::nullopt}, layer_params, plan.layers(),
-                       training);
+  x = attention_layers(x, {layer_mask}, layer_params, plan.layers(), training);
   if (memory > 0) x = x.narrow(1, memory, n);
   // x-transformers pools with the mask as passed: with `lens` instead, it averages over every position.
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);

@@ -77,8 +77,7 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at:
   const int64_t memory = o.num_memory_tokens();
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
-  x = attention_layers(x, {layer_mask, std::nullopt, std::nullopt, std::nullopt}, layer_params, plan.layers(),
-                       training);
+  x = attention_layers(x, {layer_mask}, layer_params, plan.layers(), training);
   if (memory > 0) x = x.narrow(1, memory, n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
   if (return_embeddings || !plan.has_logits()) return x;

@@ -56,9 +56,9 @@ struct AttentionConfig {
 /// (x-transformers' apply_rotary_pos_emb); the rest pass through.
 at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles);
 
-/// Attention of x (b, n, dim) over `context` (b, m, dim) or, when undefined, over x itself. `mask` (b, n) masks the
-/// keys of self-attention and zeroes the output at padded queries; `context_mask` (b, m) masks cross-attention
-/// keys. Runs in xtc::flash_attention unless attention_path_reasons() names a reason to materialise the scores.
+/// Attention of x (b, n, dim) over `context` (b, m, dim) or, when undefined, over x itself. `mask` (b, n) zeroes the
+/// output at padded queries and masks self-attention's keys unless `context_mask` is given; `context_mask` masks
+/// the keys (cross-attention's, or self-attention's in place of `mask`). Runs in xtc::flash_attention unless attention_path_reasons() names a reason to materialise the scores.
 /// `attn_mask` (b|1, h|1, n, n) bool, True = may attend, restricts self-attention further. With
 /// config.residual_scores, `scores` holds the previous layer's pre-softmax scores (b, h, n, keys) on entry (or is
 /// undefined) and this layer's on return.

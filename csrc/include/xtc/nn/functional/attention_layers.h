@@ -50,6 +50,8 @@ struct AttentionLayersInputs {
   std::optional<at::Tensor> context;       // (b, m, dim), with cross_attend
   std::optional<at::Tensor> context_mask;  // (b, m) bool, cross-attention keys
   std::optional<at::Tensor> attn_mask;     // (n, n), (h, n, n) or (b|1, h|1, n, n) bool, True = may attend
+  std::optional<at::Tensor> self_attn_kv_mask;  // (b, n) bool: self-attention's key mask instead of `mask`
+  std::optional<at::Tensor> seq_start_pos;      // (b) int: left padding, keys before it are hidden
 };
 
 /// x (b, n, dim) through the stack. `params`: the parameters and buffers in plan.parameters() order
