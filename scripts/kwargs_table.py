@@ -44,6 +44,7 @@ INTERNAL = {"self", "kwargs", "dim_context", "heads", "causal", "dim_out", "dim"
 # Our own options, beyond x-transformers' signatures.
 EXTENSIONS = {
     "attn_window_size": "xtc extension: sliding-window (local) attention in the flash kernel, O(n * window)",
+    "attn_linear": "xtc extension: linear attention (elu + 1 feature map), O(n) time and memory, causal in chunks",
 }
 
 

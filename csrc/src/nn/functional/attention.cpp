@@ -6,6 +6,9 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/einsum.h>
+#include <ATen/ops/elu.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/glu.h>
 #include <ATen/ops/topk.h>
 #include <ATen/ops/linalg_vector_norm.h>
@@ -51,6 +54,58 @@ at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles) {
   const auto out = (rotated * a.cos() + half * a.sin()).to(t.scalar_type());
   if (r == t.size(-1)) return out;
   return at::cat({out, t.narrow(-1, r, t.size(-1) - r)}, -1);
+}
+
+at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& key_padding_mask, bool causal, int64_t chunk) {
+  const int64_t b = q.size(0), n = q.size(1), heads = q.size(2), kv_heads = k.size(2), m = k.size(1);
+  const auto kv_index = at::arange(heads, q.options().dtype(at::kLong)).remainder(kv_heads);
+  const auto phi_q = at::elu(q) + 1;                               // (b, n, h, d)
+  auto phi_k = (at::elu(k) + 1).index_select(2, kv_index);        // (b, m, h, d)
+  auto values = v.index_select(2, kv_index);                       // (b, m, h, dv)
+  if (key_padding_mask.has_value()) {
+    const auto keep = key_padding_mask->view({b, m, 1, 1}).to(q.scalar_type());
+    phi_k = phi_k * keep;
+    values = values * keep;
+  }
+  // A zero normaliser only happens where every visible key is masked: the numerator is 0 there too.
+  const auto divide = [](const at::Tensor& num, const at::Tensor& den) {
+    return num / at::where(den == 0, at::ones_like(den), den).unsqueeze(-1);
+  };
+  if (!causal) {
+    const auto state = at::einsum("bmhd,bmhe->bhde", {phi_k, values});
+    const auto z = phi_k.sum(1);  // (b, h, d)
+    return divide(at::einsum("bnhd,bhde->bnhe", {phi_q, state}), at::einsum("bnhd,bhd->bnh", {phi_q, z}));
+  }
+  // Causal, right-aligned: query i sees keys j <= i + (m - n). Keys before the first query's position seed the
+  // state; each chunk of queries then sees the state plus its own positions' keys, quadratically (masked), and
+  // adds those keys to the state for the chunks after it.
+  const int64_t offset = m - n;
+  const int64_t seed = std::clamp<int64_t>(offset, 0, m);
+  auto state = at::einsum("bmhd,bmhe->bhde", {phi_k.narrow(1, 0, seed), values.narrow(1, 0, seed)});
+  auto z = phi_k.narrow(1, 0, seed).sum(1);
+  std::vector<at::Tensor> outputs;
+  for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+    const int64_t rows = std::min(chunk, n - i0);
+    const auto q_chunk = phi_q.narrow(1, i0, rows);
+    // Keys at this chunk's positions: [i0 + offset, i0 + rows + offset), clipped to [0, m).
+    const int64_t k0 = std::clamp<int64_t>(i0 + offset, 0, m), k1 = std::clamp<int64_t>(i0 + rows + offset, 0, m);
+    auto num = at::einsum("bnhd,bhde->bnhe", {q_chunk, state});
+    auto den = at::einsum("bnhd,bhd->bnh", {q_chunk, z});
+    if (k1 > k0) {
+      const auto k_new = phi_k.narrow(1, k0, k1 - k0), v_new = values.narrow(1, k0, k1 - k0);
+      auto scores = at::einsum("bnhd,bmhd->bhnm", {q_chunk, k_new});
+      const auto query_pos = at::arange(i0, i0 + rows, q.options().dtype(at::kLong)).unsqueeze(1) + offset;
+      const auto key_pos = at::arange(k0, k1, q.options().dtype(at::kLong)).unsqueeze(0);
+      scores = scores * (key_pos <= query_pos).to(q.scalar_type());
+      num = num + at::einsum("bhnm,bmhe->bnhe", {scores, v_new});
+      den = den + scores.sum(-1).transpose(1, 2);
+      state = state + at::einsum("bmhd,bmhe->bhde", {k_new, v_new});
+      z = z + k_new.sum(1);
+    }
+    outputs.push_back(divide(num, den));
+  }
+  return at::cat(outputs, 1);
 }
 
 std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool training, bool has_attn_mask) {
@@ -128,8 +183,12 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     window_left = *o.window_size();
     window_right = c.causal ? -1 : *o.window_size();
   }
+  TORCH_CHECK_VALUE(!(o.linear() && attn_mask.has_value()),
+                    "AttentionLayers: attn_linear has no score matrix for attn_mask to act on");
   at::Tensor out;
-  if (materialize_reasons(c, training, attn_mask.has_value()).empty()) {
+  if (o.linear()) {
+    out = linear_attention(q, k, v, key_mask, c.causal && n > 1);
+  } else if (materialize_reasons(c, training, attn_mask.has_value()).empty()) {
     const auto slopes = c.alibi_slopes.defined() ? std::optional<at::Tensor>(c.alibi_slopes) : std::nullopt;
     out = std::get<0>(
         ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, window_right, softcap));

@@ -115,6 +115,15 @@ void validate_attention(const char* prefix, const AttentionOptions& a, const Att
                     "dim_head (x-transformers' memory values are dim_head wide)");
   TORCH_CHECK_VALUE(!a.sparse_topk().has_value() || *a.sparse_topk() > 0, "AttentionLayers: expected ", prefix,
                     "sparse_topk > 0");
+  TORCH_CHECK_VALUE(!a.linear() || !(a.softclamp_logits() || a.max_attend_past() || a.window_size() ||
+                                     a.pre_talking_heads() || a.post_talking_heads() ||
+                                     a.pre_scale_post_talking_heads() || a.sparse_topk() || a.dropout() > 0),
+                    "AttentionLayers: ", prefix, "linear has no score matrix, so it clashes with softclamp_logits, "
+                    "max_attend_past, window_size, talking heads, sparse_topk and dropout");
+  TORCH_CHECK_VALUE(!a.linear() || !(o.alibi_pos_bias() || o.rel_pos_bias() || o.dynamic_pos_bias() ||
+                                     o.residual_attn()),
+                    "AttentionLayers: ", prefix, "linear has no score matrix, so it clashes with alibi_pos_bias, "
+                    "rel_pos_bias, dynamic_pos_bias and residual_attn");
   // x-transformers: with one head (and no on_attn) there is no output projection, so the value width must equal dim.
   TORCH_CHECK_VALUE(o.heads() > 1 || a.on_attn() || a.value_dim_head().value_or(a.dim_head()) == o.dim(),
                     "AttentionLayers: with heads=1 there is no output projection, so ", prefix,
@@ -241,6 +250,7 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(logit_softclamp_value, double);
   XTC_ATTN(max_attend_past, std::optional<int64_t>);
   XTC_ATTN(window_size, std::optional<int64_t>);
+  XTC_ATTN(linear, bool);
   XTC_ATTN(pre_talking_heads, bool);
   XTC_ATTN(post_talking_heads, bool);
   XTC_ATTN(pre_scale_post_talking_heads, bool);

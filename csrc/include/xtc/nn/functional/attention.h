@@ -52,6 +52,12 @@ struct AttentionConfig {
   bool residual_scores = false;  // RealFormer: take the previous layer's scores and hand on this layer's
 };
 
+/// Linear attention with the elu + 1 feature map: out_i = phi(q_i) S / (phi(q_i) z), S and z summed over the keys
+/// query i may see (key mask; causal right-aligned). Rows that see no key give 0. q (b, n, h, d), k (b, m, hk, d),
+/// v (b, m, hk, dv), query head i reads kv head i % hk; O(n) memory (causal: chunks of `chunk` queries).
+at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& key_padding_mask, bool causal, int64_t chunk = 64);
+
 /// Rotates the first r features of t (b, n, heads, dh) by `angles` (n, r), pairs (2k, 2k+1) together
 /// (x-transformers' apply_rotary_pos_emb); the rest pass through.
 at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles);

@@ -32,6 +32,9 @@ struct AttentionOptions {
   /// xtc extension: local attention, each query sees keys at most this many positions away (only the past with
   /// causal); runs as the kernel's sliding window, O(n * window) work.
   TORCH_ARG(std::optional<int64_t>, window_size) = std::nullopt;
+  /// xtc extension: linear attention (Katharopoulos et al. 2020, arXiv 2006.16236) with the elu(x) + 1 feature
+  /// map, O(n) in time and memory; causal through chunked prefix sums.
+  TORCH_ARG(bool, linear) = false;
   /// Cosine-similarity attention: l2-normalised q and k (Henry et al. 2020, arXiv 2010.04245).
   TORCH_ARG(bool, qk_norm) = false;
   /// Groups of the head dim normalised separately by qk_norm.
