@@ -26,6 +26,20 @@ at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::
       x, {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos}, params, plan, training);
 }
 
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> attention_layers_with_hiddens_kernel(
+    const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
+    const std::optional<at::Tensor>& context_mask, const std::optional<at::Tensor>& attn_mask,
+    const std::optional<at::Tensor>& self_attn_kv_mask, const std::optional<at::Tensor>& seq_start_pos,
+    at::TensorList params, c10::string_view options, bool training) {
+  const std::string text(options);
+  const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
+      text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
+  nn::functional::AttentionLayersHiddens record;
+  auto out = nn::functional::attention_layers(
+      x, {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos}, params, plan, training, &record);
+  return {out, record.hiddens, record.layer_hiddens};
+}
+
 }  // namespace
 
 at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
@@ -52,8 +66,15 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
       "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor? attn_mask, "
       "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor[] params, str options, bool training=False) "
       "-> Tensor");
+  // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer) and
+  // layer_hiddens (entering each layer, then before the final norm), for return_hiddens.
+  m.def(
+      "attention_layers_with_hiddens(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, "
+      "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor[] params, str options, "
+      "bool training=False) -> (Tensor, Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {
   m.impl("attention_layers", &xtc::ops::attention_layers_kernel);
+  m.impl("attention_layers_with_hiddens", &xtc::ops::attention_layers_with_hiddens_kernel);
 }

@@ -4,6 +4,7 @@ The Python modules own their parameters, under x-transformers' names and nesting
 `layers.0.1.to_q.weight`, ...), and hand them to the op at every call; the names, shapes and initial values come
 from the C++ module xtc::nn::AttentionLayers. No math happens here.
 """
+from dataclasses import dataclass
 from functools import reduce
 
 import torch
@@ -88,6 +89,16 @@ def _build_tree(layout):
     return make(tree)
 
 
+@dataclass
+class LayerIntermediates:
+    """The part of x-transformers' LayerIntermediates that return_hiddens fills here."""
+
+    hiddens: list  # the residual stream entering each executed self-attention layer
+    last_hidden: torch.Tensor  # the output, after the final norm
+    layer_hiddens: list  # the stream entering each executed layer, then the stream before the final norm
+    attn_intermediates: list | None = None  # attention maps: not returned
+
+
 class AttentionLayers(nn.Module):
     """A stack of attention and feed-forward layers, as x-transformers' AttentionLayers.
 
@@ -114,7 +125,7 @@ class AttentionLayers(nn.Module):
             self.add_module(name, child)
 
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
-                seq_start_pos=None):
+                seq_start_pos=None, return_hiddens=False):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
 
         With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
@@ -122,6 +133,9 @@ class AttentionLayers(nn.Module):
         restricts self-attention (it takes the path that materialises the scores). self_attn_kv_mask (batch, seq)
         bool replaces `mask` for self-attention's keys; seq_start_pos (batch,) int marks left padding, hiding the
         keys before each sequence's start (as x-transformers, it then stands in for `mask` on the keys).
+
+        With return_hiddens, returns (out, LayerIntermediates) with x-transformers' `hiddens`, `layer_hiddens` and
+        `last_hidden`; attention maps are not returned (`attn_intermediates` is None).
         Pass them by name, as x-transformers advises; positionally, the second argument is the mask here (so that
         `torch.jit.trace(encoder, (embed, mask))` works), where x-transformers would take it as the context.
 
@@ -129,8 +143,12 @@ class AttentionLayers(nn.Module):
         feed-forward layers still run there, so the output at padded positions is defined but not zero.
         """
         params = [reduce(getattr, name.split("."), self) for name in self._parameter_names]
-        return torch.ops.xtc.attention_layers(x, mask, context, context_mask, attn_mask, self_attn_kv_mask,
-                                              seq_start_pos, params, self._options, self.training)
+        args = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, params, self._options,
+                self.training)
+        if not return_hiddens:
+            return torch.ops.xtc.attention_layers(*args)
+        out, hiddens, layer_hiddens = torch.ops.xtc.attention_layers_with_hiddens(*args)
+        return out, LayerIntermediates(hiddens=list(hiddens), last_hidden=out, layer_hiddens=list(layer_hiddens))
 
     def extra_repr(self):
         return self._options

@@ -241,3 +241,23 @@ def test_seq_start_pos_and_self_attn_kv_mask_match_x_transformers(kind, with_mas
     # x-transformers averages over every key, future ones included (README, "Differences"). Elsewhere: equal.
     sees_a_key = kv_mask.cumsum(1) > 0 if kind == "decoder" else kv_mask.any(1, keepdim=True).expand(b, n)
     scaled_close(out[sees_a_key], expected[sees_a_key], 1e-5, "self_attn_kv_mask output")
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("options", [dict(), dict(macaron=True, pre_norm=False), dict(layers_execute_order=(0, 1, 0, 1))],
+                         ids=option_id)
+def test_return_hiddens_match_x_transformers(kind, options):
+    torch.manual_seed(6)
+    ours, theirs = make_pair(kind, **BASE, **options)
+    x = torch.randn(2, 7, 32)
+    mask = torch.rand(2, 7) > 0.2
+    mask[:, 0] = True
+    out, inter = ours(x, mask=mask, return_hiddens=True)
+    expected, their_inter = theirs(x, mask=mask, return_hiddens=True)
+    scaled_close(out, expected, 1e-5, "output")
+    scaled_close(inter.last_hidden, their_inter.last_hidden, 1e-5, "last_hidden")
+    for name in ("hiddens", "layer_hiddens"):
+        ours_list, theirs_list = getattr(inter, name), getattr(their_inter, name)
+        assert len(ours_list) == len(theirs_list), name
+        for a, b in zip(ours_list, theirs_list):
+            scaled_close(a, b, 1e-5, name)

@@ -406,7 +406,7 @@ int64_t AttentionLayersPlan::index(const std::string& name) const {
 }
 
 at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs& inputs, at::TensorList params,
-                            const AttentionLayersPlan& plan, bool training) {
+                            const AttentionLayersPlan& plan, bool training, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
   const auto& [mask, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos] = inputs;
   check_inputs(x_in, mask, context, context_mask, o);
@@ -448,6 +448,10 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
   for (const int64_t i : plan.execution_order()) {
     if (training && o.layer_dropout() > 0 && at::rand({}, at::kDouble).item<double>() < o.layer_dropout()) continue;
     const char type = plan.layer_types()[i];
+    if (record != nullptr) {
+      if (type == 'a') record->hiddens.push_back(x);
+      record->layer_hiddens.push_back(x);
+    }
     const std::string layer = "layers." + std::to_string(i) + ".";
     const std::string block = block_prefix(layer, type, o);
     const at::Tensor inner_residual = x;
@@ -480,6 +484,7 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
                  o.scale_residual_constant());
     if (!o.pre_norm()) x = norm(norm_kind, x, norm_gain(p, layer + "0.2.", norm_kind), unit_offset);
   }
+  if (record != nullptr) record->layer_hiddens.push_back(x);
   if (o.softclamp_output()) x = at::tanh(x / o.softclamp_output_value()) * o.softclamp_output_value();
   if (o.has_final_norm()) x = norm(norm_kind, x, norm_gain(p, "final_norm.", norm_kind), unit_offset);
   return x;

@@ -54,9 +54,15 @@ struct AttentionLayersInputs {
   std::optional<at::Tensor> seq_start_pos;      // (b) int: left padding, keys before it are hidden
 };
 
+/// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed
+/// self-attention layer (`hiddens`) and each executed layer, then before the final norm (`layer_hiddens`).
+struct AttentionLayersHiddens {
+  std::vector<at::Tensor> hiddens, layer_hiddens;
+};
+
 /// x (b, n, dim) through the stack. `params`: the parameters and buffers in plan.parameters() order
-/// (x-transformers' state_dict order).
+/// (x-transformers' state_dict order). `record`, when given, receives the intermediates.
 at::Tensor attention_layers(const at::Tensor& x, const AttentionLayersInputs& inputs, at::TensorList params,
-                            const AttentionLayersPlan& plan, bool training);
+                            const AttentionLayersPlan& plan, bool training, AttentionLayersHiddens* record = nullptr);
 
 }  // namespace xtc::nn::functional
