@@ -17,26 +17,28 @@ at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::
                                    const std::optional<at::Tensor>& context_mask,
                                    const std::optional<at::Tensor>& attn_mask,
                                    const std::optional<at::Tensor>& self_attn_kv_mask,
-                                   const std::optional<at::Tensor>& seq_start_pos, at::TensorList params,
+                                   const std::optional<at::Tensor>& seq_start_pos,
+                                   const std::optional<at::Tensor>& attn_bias, at::TensorList params,
                                    c10::string_view options, bool training) {
   const std::string text(options);
   const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
       text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
   return nn::functional::attention_layers(
-      x, {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos}, params, plan, training);
+      x, {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias}, params, plan, training);
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> attention_layers_with_hiddens_kernel(
     const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
     const std::optional<at::Tensor>& context_mask, const std::optional<at::Tensor>& attn_mask,
     const std::optional<at::Tensor>& self_attn_kv_mask, const std::optional<at::Tensor>& seq_start_pos,
-    at::TensorList params, c10::string_view options, bool training) {
+    const std::optional<at::Tensor>& attn_bias, at::TensorList params, c10::string_view options, bool training) {
   const std::string text(options);
   const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
       text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::attention_layers(
-      x, {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos}, params, plan, training, &record);
+      x, {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias}, params, plan, training,
+      &record);
   return {out, record.hiddens, record.layer_hiddens};
 }
 
@@ -46,17 +48,18 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
                             const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
                             const std::optional<at::Tensor>& attn_mask,
                             const std::optional<at::Tensor>& self_attn_kv_mask,
-                            const std::optional<at::Tensor>& seq_start_pos, at::TensorList params,
+                            const std::optional<at::Tensor>& seq_start_pos,
+                            const std::optional<at::Tensor>& attn_bias, at::TensorList params,
                             const std::string& options, bool training) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("xtc::attention_layers", "")
                        .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                         const std::optional<at::Tensor>&, at::TensorList, c10::string_view,
-                                         bool)>();
-  return op.call(x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, params, options,
-                 training);
+                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                         at::TensorList, c10::string_view, bool)>();
+  return op.call(x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, params,
+                 options, training);
 }
 
 }  // namespace xtc::ops
@@ -64,14 +67,14 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def(
       "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor? attn_mask, "
-      "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor[] params, str options, bool training=False) "
-      "-> Tensor");
+      "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] params, str options, "
+      "bool training=False) -> Tensor");
   // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer) and
   // layer_hiddens (entering each layer, then before the final norm), for return_hiddens.
   m.def(
       "attention_layers_with_hiddens(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, "
-      "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor[] params, str options, "
-      "bool training=False) -> (Tensor, Tensor[], Tensor[])");
+      "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] params, "
+      "str options, bool training=False) -> (Tensor, Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

@@ -42,7 +42,7 @@ TEST(AttentionLayers, ModuleAndOpAgree) {
   const auto via_module = decoder->forward(x, mask);
   const auto via_op =
       xtc::ops::attention_layers(x, mask, std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt,
-                                 decoder->tensors(),
+                                 std::nullopt, decoder->tensors(),
                                  decoder->options.serialize(), /*training=*/false);
   EXPECT_TRUE(torch::equal(via_module, via_op));
   EXPECT_EQ(via_module.sizes(), x.sizes());

@@ -261,3 +261,27 @@ def test_return_hiddens_match_x_transformers(kind, options):
         assert len(ours_list) == len(theirs_list), name
         for a, b in zip(ours_list, theirs_list):
             scaled_close(a, b, 1e-5, name)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("shape", ["hij", "1hij", "bhij"])
+def test_attn_bias_matches_x_transformers(kind, shape):
+    torch.manual_seed(7)
+    ours, theirs = make_pair(kind, **BASE)
+    b, n, h = 2, 9, BASE["heads"]
+    sizes = {"hij": (h, n, n), "1hij": (1, h, n, n), "bhij": (b, h, n, n)}[shape]
+    bias = torch.randn(sizes)
+    x = torch.randn(b, n, 32)
+    mask = torch.rand(b, n) > 0.2
+    mask[:, 0] = True
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = ours(x1, mask=mask, attn_bias=bias), theirs(x2, mask=mask, attn_bias=bias)
+    scaled_close(out, expected, 1e-5, "output")
+    grad = torch.randn_like(out)
+    scaled_close(torch.autograd.grad(out, x1, grad)[0], torch.autograd.grad(expected, x2, grad)[0], 1e-4, "grad x")
+
+
+def test_attn_bias_clashes_with_position_bias_modules():
+    model = Encoder(**BASE, alibi_pos_bias=True)
+    with pytest.raises(ValueError, match="attn_bias clashes"):
+        model(torch.randn(1, 3, 32), attn_bias=torch.zeros(BASE["heads"], 3, 3))

@@ -112,7 +112,7 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool trai
   std::vector<std::string> reasons;
   if (has_attn_mask) reasons.emplace_back("attn_mask is an arbitrary (query, key) pattern, not a padding mask");
   if (c.position_bias.defined())
-    reasons.emplace_back("a learned (T5 or dynamic) position bias is a dense (head, query, key) tensor");
+    reasons.emplace_back("a learned position bias or attn_bias is a dense (head, query, key) tensor");
   const auto& o = c.options;
   if (o.pre_talking_heads() || o.post_talking_heads() || o.pre_scale_post_talking_heads())
     reasons.emplace_back("talking heads mix the scores of every head");
@@ -225,8 +225,8 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     }
     if (c.position_bias.defined()) {
       // Memory keys get no bias (x-transformers pads the bias with zeros on their side).
-      bias = memory > 0 ? at::cat({at::zeros({1, c.heads, n, memory}, x.options()), c.position_bias}, -1)
-                        : c.position_bias;
+      const auto& pb = c.position_bias;
+      bias = memory > 0 ? at::cat({at::zeros({pb.size(0), c.heads, n, memory}, x.options()), pb}, -1) : pb;
     }
     const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
                                      o.sparse_topk(), o.sparse_topk_straight_through()};

@@ -279,6 +279,23 @@ at::Tensor shift_tokens(const at::Tensor& x, int64_t s, bool causal, const std::
   return at::cat(pieces, -1);
 }
 
+// x-transformers' attn_bias: (h, i, j) or (b|1, h, i, j), added to self-attention's logits; as one (b|1, h, n, n)
+// tensor. x-transformers refuses it beside a position-bias module (ALiBi, T5, dynamic).
+at::Tensor normalized_attn_bias(const at::Tensor& bias, const at::Tensor& x, const AttentionLayersOptions& o) {
+  TORCH_CHECK_VALUE(!(o.alibi_pos_bias() || o.rel_pos_bias() || o.dynamic_pos_bias()),
+                    "AttentionLayers: attn_bias clashes with alibi_pos_bias, rel_pos_bias and dynamic_pos_bias");
+  const int64_t b = x.size(0), n = x.size(1), h = o.heads();
+  TORCH_CHECK_VALUE(bias.scalar_type() == x.scalar_type() && bias.device() == x.device(),
+                    "AttentionLayers: expected attn_bias of x's dtype ", x.scalar_type(), " on ", x.device(), ", got ",
+                    bias.scalar_type(), " on ", bias.device());
+  const auto full = bias.dim() == 3 ? bias.unsqueeze(0) : bias;
+  TORCH_CHECK_VALUE(full.dim() == 4 && (full.size(0) == 1 || full.size(0) == b) && full.size(1) == h &&
+                        full.size(2) == n && full.size(3) == n,
+                    "AttentionLayers: expected attn_bias of shape (", h, ", ", n, ", ", n, ") or (", b, " or 1, ", h,
+                    ", ", n, ", ", n, "), got ", bias.sizes());
+  return full;
+}
+
 AttentionWeights attention_weights(const Parameters& p, const std::string& prefix) {
   AttentionWeights w;
   w.to_q = p.get(prefix + "to_q.weight");
@@ -408,7 +425,7 @@ int64_t AttentionLayersPlan::index(const std::string& name) const {
 at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs& inputs, at::TensorList params,
                             const AttentionLayersPlan& plan, bool training, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
-  const auto& [mask, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos] = inputs;
+  const auto& [mask, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias] = inputs;
   check_inputs(x_in, mask, context, context_mask, o);
   check_mask("self_attn_kv_mask", self_attn_kv_mask, x_in);
   // As x-transformers: self-attention's keys follow self_attn_kv_mask when given (else `mask`), and left padding
@@ -438,6 +455,7 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
   if (o.rel_pos_bias())
     self_config.position_bias = t5_position_bias(p.get("rel_pos.relative_attention_bias.weight"), x_in.size(1), o);
   if (o.dynamic_pos_bias()) self_config.position_bias = dynamic_position_bias(p, x_in.size(1), x_in, o);
+  if (attn_bias.has_value()) self_config.position_bias = normalized_attn_bias(*attn_bias, x_in, o);
   auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor(), at::Tensor());
   self_config.residual_scores = o.residual_attn();
   cross_config.residual_scores = o.cross_residual_attn();

@@ -48,7 +48,7 @@ struct AttentionConfig {
   AttentionOptions options;
   at::Tensor alibi_slopes;  // (h) float, 0 for heads without ALiBi; undefined = no ALiBi
   at::Tensor rotary_angles;  // (n, r) rotary angles of the query positions; undefined = no rotary
-  at::Tensor position_bias;  // (1, h, n, n) learned bias (T5, dynamic) added to the logits; undefined = none
+  at::Tensor position_bias;  // (1|b, h, n, n) bias (T5, dynamic, attn_bias) added to the logits; undefined = none
   bool residual_scores = false;  // RealFormer: take the previous layer's scores and hand on this layer's
 };
 

@@ -52,6 +52,7 @@ struct AttentionLayersInputs {
   std::optional<at::Tensor> attn_mask;     // (n, n), (h, n, n) or (b|1, h|1, n, n) bool, True = may attend
   std::optional<at::Tensor> self_attn_kv_mask;  // (b, n) bool: self-attention's key mask instead of `mask`
   std::optional<at::Tensor> seq_start_pos;      // (b) int: left padding, keys before it are hidden
+  std::optional<at::Tensor> attn_bias;          // (h, n, n) or (b|1, h, n, n) float added to self-attention's logits
 };
 
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed
