@@ -12,33 +12,46 @@
 namespace xtc::ops {
 namespace {
 
+std::vector<std::optional<at::Tensor>> to_vector(const c10::List<std::optional<at::Tensor>>& list) {
+  std::vector<std::optional<at::Tensor>> out;
+  for (const auto& item : list) out.push_back(item);
+  return out;
+}
+
 at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                                    const std::optional<at::Tensor>& context,
                                    const std::optional<at::Tensor>& context_mask,
                                    const std::optional<at::Tensor>& attn_mask,
                                    const std::optional<at::Tensor>& self_attn_kv_mask,
                                    const std::optional<at::Tensor>& seq_start_pos,
-                                   const std::optional<at::Tensor>& attn_bias, at::TensorList params,
+                                   const std::optional<at::Tensor>& attn_bias, at::TensorList mems,
+                                   const c10::List<std::optional<at::Tensor>>& mem_masks, at::TensorList params,
                                    c10::string_view options, bool training) {
   const std::string text(options);
   const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
       text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
-  return nn::functional::attention_layers(
-      x, {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias}, params, plan, training);
+  return nn::functional::attention_layers(x,
+                                          {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos,
+                                           attn_bias, mems.vec(), to_vector(mem_masks)},
+                                          params, plan, training);
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> attention_layers_with_hiddens_kernel(
     const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
     const std::optional<at::Tensor>& context_mask, const std::optional<at::Tensor>& attn_mask,
     const std::optional<at::Tensor>& self_attn_kv_mask, const std::optional<at::Tensor>& seq_start_pos,
-    const std::optional<at::Tensor>& attn_bias, at::TensorList params, c10::string_view options, bool training) {
+    const std::optional<at::Tensor>& attn_bias, at::TensorList mems,
+    const c10::List<std::optional<at::Tensor>>& mem_masks, at::TensorList params, c10::string_view options,
+    bool training) {
   const std::string text(options);
   const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
       text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::attention_layers(
-      x, {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias}, params, plan, training,
-      &record);
+      x,
+      {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, mems.vec(),
+       to_vector(mem_masks)},
+      params, plan, training, &record);
   return {out, record.hiddens, record.layer_hiddens};
 }
 
@@ -51,15 +64,17 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
                             const std::optional<at::Tensor>& seq_start_pos,
                             const std::optional<at::Tensor>& attn_bias, at::TensorList params,
                             const std::string& options, bool training) {
+  const c10::List<std::optional<at::Tensor>> no_mem_masks;
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("xtc::attention_layers", "")
                        .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                         at::TensorList, const c10::List<std::optional<at::Tensor>>&,
                                          at::TensorList, c10::string_view, bool)>();
-  return op.call(x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, params,
-                 options, training);
+  return op.call(x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, {},
+                 no_mem_masks, params, options, training);
 }
 
 }  // namespace xtc::ops
@@ -67,14 +82,14 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def(
       "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor? attn_mask, "
-      "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] params, str options, "
-      "bool training=False) -> Tensor");
+      "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] mems, Tensor?[] mem_masks, "
+      "Tensor[] params, str options, bool training=False) -> Tensor");
   // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer) and
   // layer_hiddens (entering each layer, then before the final norm), for return_hiddens.
   m.def(
       "attention_layers_with_hiddens(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, "
-      "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] params, "
-      "str options, bool training=False) -> (Tensor, Tensor[], Tensor[])");
+      "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] mems, "
+      "Tensor?[] mem_masks, Tensor[] params, str options, bool training=False) -> (Tensor, Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

@@ -125,7 +125,7 @@ class AttentionLayers(nn.Module):
             self.add_module(name, child)
 
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
-                seq_start_pos=None, attn_bias=None, return_hiddens=False):
+                seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
 
         With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
@@ -133,7 +133,9 @@ class AttentionLayers(nn.Module):
         restricts self-attention (it takes the path that materialises the scores). self_attn_kv_mask (batch, seq)
         bool replaces `mask` for self-attention's keys; seq_start_pos (batch,) int marks left padding, hiding the
         keys before each sequence's start (as x-transformers, it then stands in for `mask` on the keys). attn_bias
-        (heads, seq, seq) or (batch or 1, heads, seq, seq) float is added to self-attention's logits.
+        (heads, seq, seq) or (batch or 1, heads, seq, seq) float is added to self-attention's logits. mems: a list
+        of Transformer-XL memories (batch, mem_len, dim), one per self-attention layer (fewer: the rest get none),
+        with optional mem_masks (batch, mem_len) bool.
 
         With return_hiddens, returns (out, LayerIntermediates) with x-transformers' `hiddens`, `layer_hiddens` and
         `last_hidden`; attention maps are not returned (`attn_intermediates` is None).
@@ -144,8 +146,8 @@ class AttentionLayers(nn.Module):
         feed-forward layers still run there, so the output at padded positions is defined but not zero.
         """
         params = [reduce(getattr, name.split("."), self) for name in self._parameter_names]
-        args = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, params,
-                self._options, self.training)
+        args = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias,
+                list(mems or []), list(mem_masks or []), params, self._options, self.training)
         if not return_hiddens:
             return torch.ops.xtc.attention_layers(*args)
         out, hiddens, layer_hiddens = torch.ops.xtc.attention_layers_with_hiddens(*args)

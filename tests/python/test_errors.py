@@ -118,16 +118,17 @@ def test_wrong_number_of_parameters_to_op(module):
     params = list(module.parameters())
     x = torch.randn(2, 5, DIM)
     op = torch.ops.xtc.attention_layers
-    _raises(lambda: op(x, None, None, None, None, None, None, None, params[:-1], module._options, False), "parameters")
-    _raises(lambda: op(x, None, None, None, None, None, None, None, params + [params[0]], module._options,
-               False), "parameters", str(len(params)),
+    _raises(lambda: op(x, None, None, None, None, None, None, None, [], [], params[:-1], module._options, False), "parameters")
+    _raises(lambda: op(x, None, None, None, None, None, None, None, [], [], params + [params[0]],
+               module._options, False), "parameters", str(len(params)),
             str(len(params) + 1))
-    _raises(lambda: op(x, None, None, None, None, None, None, None, [], module._options, False), "parameters")
+    _raises(lambda: op(x, None, None, None, None, None, None, None, [], [], [], module._options, False), "parameters")
 
 
 def test_malformed_options_to_op(module):
     x = torch.randn(2, 5, DIM)
-    _raises(lambda: torch.ops.xtc.attention_layers(x, None, None, None, None, None, None, None, list(module.parameters()),
+    _raises(lambda: torch.ops.xtc.attention_layers(x, None, None, None, None, None, None, None, [], [],
+                                                           list(module.parameters()),
                                                            "dim=32;garbage",
                                                            False),
             "garbage")

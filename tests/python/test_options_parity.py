@@ -285,3 +285,32 @@ def test_attn_bias_clashes_with_position_bias_modules():
     model = Encoder(**BASE, alibi_pos_bias=True)
     with pytest.raises(ValueError, match="attn_bias clashes"):
         model(torch.randn(1, 3, 32), attn_bias=torch.zeros(BASE["heads"], 3, 3))
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("options", [dict(), dict(rotary_pos_emb=True), dict(alibi_pos_bias=True),
+                                     dict(attn_num_mem_kv=2, attn_kv_heads=2)], ids=option_id)
+@pytest.mark.parametrize("masked", [False, True])
+def test_mems_match_x_transformers(kind, options, masked):
+    torch.manual_seed(8)
+    ours, theirs = make_pair(kind, **BASE, **options)
+    b, n, mem_len = 2, 7, 5
+    x = torch.randn(b, n, 32)
+    mems = [torch.randn(b, mem_len, 32) for _ in range(BASE["depth"] - 1)]  # fewer than layers: the last gets none
+    mask = mem_masks = None
+    if masked:
+        mask = torch.rand(b, n) > 0.3
+        mask[:, 0] = True
+        mem_masks = [torch.rand(b, mem_len) > 0.3 for _ in mems]
+    out = ours(x, mask=mask, mems=mems, mem_masks=mem_masks)
+    expected = theirs(x, mask=mask, mems=mems, mem_masks=mem_masks)
+    scaled_close(out, expected, 1e-5, "output with mems")
+
+
+def test_bad_mems_raise():
+    model = Encoder(**BASE)
+    x = torch.randn(2, 5, 32)
+    with pytest.raises(ValueError, match=r"expected mems\[0\] of shape \(2, mem_len, 32\)"):
+        model(x, mems=[torch.randn(2, 3, 16)])
+    with pytest.raises(ValueError, match="mems are not supported with rel_pos_bias"):
+        Encoder(**BASE, rel_pos_bias=True)(x, mems=[torch.randn(2, 3, 32)])

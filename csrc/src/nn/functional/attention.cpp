@@ -131,9 +131,10 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& w, const AttentionConfig& c, bool training,
                      const std::optional<at::Tensor>& attn_mask, at::Tensor* scores,
-                     const ValueResidual& value_residual) {
+                     const ValueResidual& value_residual, const XLMemory& xl) {
   const auto& o = c.options;
-  const at::Tensor& kv_input = context.has_value() ? *context : x;
+  // Keys and values come from the context, or from x behind its Transformer-XL memory.
+  const at::Tensor kv_input = context.has_value() ? *context : xl.mem.defined() ? at::cat({xl.mem, x}, 1) : x;
   const int64_t b = x.size(0), n = x.size(1), m = kv_input.size(1);
   auto q = at::linear(x, w.to_q).view({b, n, c.heads, c.dim_head});
   auto k = at::linear(kv_input, w.to_k).view({b, m, c.kv_heads, c.dim_head});
@@ -160,10 +161,16 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     k = apply_rotary(k, c.rotary_angles);
   }
   // Key mask, as x-transformers: context_mask when given (self-attention's override too), else `mask` for
-  // self-attention and none for cross-attention.
+  // self-attention and none for cross-attention; memory keys are kept unless their mask says otherwise.
   std::optional<at::Tensor> key_mask = context_mask.has_value() ? context_mask
                                        : context.has_value()    ? std::nullopt
                                                                 : mask;
+  if (xl.mem.defined() && (key_mask.has_value() || xl.mask.has_value())) {
+    const int64_t mem_len = xl.mem.size(1);
+    const auto mem_keep = xl.mask.has_value() ? *xl.mask : at::ones({b, mem_len}, x.options().dtype(at::kBool));
+    const auto seq_keep = key_mask.has_value() ? *key_mask : at::ones({b, n}, x.options().dtype(at::kBool));
+    key_mask = at::cat({mem_keep, seq_keep}, 1);
+  }
   if (o.num_mem_kv() > 0) {
     auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand({b, -1, -1, -1});  // (b, M, hk, dh)
     const auto mem_v = w.mem_v.transpose(0, 1).unsqueeze(0).expand({b, -1, -1, -1});

@@ -296,6 +296,38 @@ at::Tensor normalized_attn_bias(const at::Tensor& bias, const at::Tensor& x, con
   return full;
 }
 
+// Transformer-XL memories: one (b, M, dim) per self-attention layer at most, masks (b, M) bool.
+void check_memories(const std::vector<at::Tensor>& mems, const std::vector<std::optional<at::Tensor>>& mem_masks,
+                    const at::Tensor& x, const AttentionLayersOptions& o, bool dense_pattern) {
+  if (mems.empty()) {
+    TORCH_CHECK_VALUE(mem_masks.empty(), "AttentionLayers: mem_masks were passed in without mems");
+    return;
+  }
+  TORCH_CHECK_VALUE(!(o.rel_pos_bias() || o.dynamic_pos_bias() || dense_pattern),
+                    "AttentionLayers: mems are not supported with rel_pos_bias, dynamic_pos_bias, attn_mask or "
+                    "attn_bias (their (query, key) tensors do not cover memory keys)");
+  TORCH_CHECK_VALUE(mem_masks.size() <= mems.size(), "AttentionLayers: expected at most one mem_mask per mem, got ",
+                    mem_masks.size(), " for ", mems.size());
+  for (size_t i = 0; i < mems.size(); ++i) {
+    const auto& mem = mems[i];
+    TORCH_CHECK_VALUE(mem.dim() == 3 && mem.size(0) == x.size(0) && mem.size(2) == o.dim() &&
+                          mem.scalar_type() == x.scalar_type() && mem.device() == x.device(),
+                      "AttentionLayers: expected mems[", i, "] of shape (", x.size(0), ", mem_len, ", o.dim(),
+                      ") like x (", x.scalar_type(), " on ", x.device(), "), got ", mem.sizes(), " ",
+                      mem.scalar_type(), " on ", mem.device());
+    TORCH_CHECK_VALUE(!o.rotary_pos_emb() || mem.size(1) == mems.front().size(1),
+                      "AttentionLayers: with rotary_pos_emb every mem must have the first one's length (",
+                      mems.front().size(1), "), got ", mem.size(1), " for mems[", i, "]");
+    if (i < mem_masks.size() && mem_masks[i].has_value()) {
+      const auto& m = *mem_masks[i];
+      TORCH_CHECK_VALUE(m.scalar_type() == at::kBool && m.dim() == 2 && m.size(0) == mem.size(0) &&
+                            m.size(1) == mem.size(1) && m.device() == x.device(),
+                        "AttentionLayers: expected mem_masks[", i, "] of shape (", mem.size(0), ", ", mem.size(1),
+                        ") and dtype bool, got ", m.sizes(), " ", m.scalar_type());
+    }
+  }
+}
+
 AttentionWeights attention_weights(const Parameters& p, const std::string& prefix) {
   AttentionWeights w;
   w.to_q = p.get(prefix + "to_q.weight");
@@ -396,9 +428,10 @@ at::Tensor dynamic_position_bias(const Parameters& p, int64_t n, const at::Tenso
   return pos.index({indices}).permute({2, 0, 1}).unsqueeze(0);
 }
 
-// x-transformers' RotaryEmbedding.forward over positions 0..n-1: (n, r) angles, each frequency twice in a row.
-at::Tensor rotary_angles(const at::Tensor& inv_freq, int64_t n, double interpolation_factor) {
-  const auto positions = at::arange(n, inv_freq.options());
+// x-transformers' RotaryEmbedding.forward over positions first..first+n-1: (n, r) angles, each frequency twice in
+// a row.
+at::Tensor rotary_angles(const at::Tensor& inv_freq, int64_t n, double interpolation_factor, int64_t first = 0) {
+  const auto positions = at::arange(first, first + n, inv_freq.options());
   const auto freqs = positions.unsqueeze(1) * inv_freq.unsqueeze(0) / interpolation_factor;
   return freqs.repeat_interleave(2, -1);
 }
@@ -425,7 +458,9 @@ int64_t AttentionLayersPlan::index(const std::string& name) const {
 at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs& inputs, at::TensorList params,
                             const AttentionLayersPlan& plan, bool training, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
-  const auto& [mask, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias] = inputs;
+  const auto& [mask, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
+               mem_masks] = inputs;
+  check_memories(mems, mem_masks, x_in, o, attn_mask_in.has_value() || attn_bias.has_value());
   check_inputs(x_in, mask, context, context_mask, o);
   check_mask("self_attn_kv_mask", self_attn_kv_mask, x_in);
   // As x-transformers: self-attention's keys follow self_attn_kv_mask when given (else `mask`), and left padding
@@ -447,8 +482,13 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
   if (!plan.alibi_slopes().empty())
     slopes = at::tensor(plan.alibi_slopes(), x_in.options().dtype(at::kDouble)).to(at::kFloat);
   at::Tensor rotary;
-  if (o.rotary_pos_emb())
-    rotary = rotary_angles(p.get("rotary_pos_emb.inv_freq"), x_in.size(1), o.rotary_interpolation_factor());
+  if (o.rotary_pos_emb()) {
+    // With memories the keys reach back to position -M (the first memory's length, as x-transformers).
+    const int64_t mem_len = mems.empty() ? 0 : mems.front().size(1);
+    rotary = rotary_angles(p.get("rotary_pos_emb.inv_freq"), x_in.size(1) + mem_len, o.rotary_interpolation_factor(),
+                           -mem_len);
+  }
+  size_t next_memory = 0;
   // Cross-attention gets neither ALiBi, learned position biases nor rotary (x-transformers passes them to
   // self-attention only).
   auto self_config = attention_config(o.attn(), o, o.causal(), slopes, rotary);
@@ -482,9 +522,16 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
       if (o.macaron()) out = out * 0.5;
     } else if (type == 'a') {
       at::Tensor values;
+      XLMemory memory;
+      if (next_memory < mems.size()) {
+        memory.mem = mems[next_memory];
+        if (o.pre_norm()) memory.mem = norm(norm_kind, memory.mem, norm_gain(p, layer + "0.0.", norm_kind), unit_offset);
+        if (next_memory < mem_masks.size()) memory.mask = mem_masks[next_memory];
+        ++next_memory;
+      }
       out = attention(h, std::nullopt, mask, self_key_mask, attention_weights(p, block), self_config, training,
-                      attn_mask, &self_scores, ValueResidual{o.add_value_residual() ? first_self_values : at::Tensor(),
-                                                             &values});
+                      attn_mask, &self_scores,
+                      ValueResidual{o.add_value_residual() ? first_self_values : at::Tensor(), &values}, memory);
       if (!first_self_values.defined()) first_self_values = values;
     } else {
       at::Tensor values;

@@ -34,6 +34,13 @@ struct ValueResidual {
   at::Tensor* values_out = nullptr;
 };
 
+/// A Transformer-XL memory for one self-attention layer: (b, M, dim) prepended to its keys and values, with its
+/// (b, M) key mask.
+struct XLMemory {
+  at::Tensor mem;
+  std::optional<at::Tensor> mask;
+};
+
 /// What the materialising path does beyond a plain softmax: talking heads and top-k sparsity.
 struct ScoreTransforms {
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
@@ -72,7 +79,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& weights, const AttentionConfig& config, bool training,
                      const std::optional<at::Tensor>& attn_mask = std::nullopt, at::Tensor* scores = nullptr,
-                     const ValueResidual& value_residual = {});
+                     const ValueResidual& value_residual = {}, const XLMemory& memory = {});
 
 /// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils.
 std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool training, bool has_attn_mask);

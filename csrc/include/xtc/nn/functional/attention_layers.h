@@ -53,6 +53,10 @@ struct AttentionLayersInputs {
   std::optional<at::Tensor> self_attn_kv_mask;  // (b, n) bool: self-attention's key mask instead of `mask`
   std::optional<at::Tensor> seq_start_pos;      // (b) int: left padding, keys before it are hidden
   std::optional<at::Tensor> attn_bias;          // (h, n, n) or (b|1, h, n, n) float added to self-attention's logits
+  /// Transformer-XL memories: one (b, M, dim) per executed self-attention layer, in order (fewer: the rest get
+  /// none), pre-normed with that layer's norm and prepended to its keys and values; mem_masks (b, M) bool each.
+  std::vector<at::Tensor> mems;
+  std::vector<std::optional<at::Tensor>> mem_masks;
 };
 
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed
