@@ -12,10 +12,9 @@
 namespace xtc::ops {
 namespace {
 
-std::vector<std::optional<at::Tensor>> to_vector(const c10::List<std::optional<at::Tensor>>& list) {
-  std::vector<std::optional<at::Tensor>> out;
-  for (const auto& item : list) out.push_back(item);
-  return out;
+// Tracing takes no lists of optional tensors, so the schema has Tensor[] (one mask per leading mem, or none).
+std::vector<std::optional<at::Tensor>> to_vector(at::TensorList list) {
+  return std::vector<std::optional<at::Tensor>>(list.begin(), list.end());
 }
 
 at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
@@ -25,7 +24,7 @@ at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::
                                    const std::optional<at::Tensor>& self_attn_kv_mask,
                                    const std::optional<at::Tensor>& seq_start_pos,
                                    const std::optional<at::Tensor>& attn_bias, at::TensorList mems,
-                                   const c10::List<std::optional<at::Tensor>>& mem_masks, at::TensorList params,
+                                   at::TensorList mem_masks, at::TensorList params,
                                    c10::string_view options, bool training) {
   const std::string text(options);
   const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
@@ -40,9 +39,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> attenti
     const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
     const std::optional<at::Tensor>& context_mask, const std::optional<at::Tensor>& attn_mask,
     const std::optional<at::Tensor>& self_attn_kv_mask, const std::optional<at::Tensor>& seq_start_pos,
-    const std::optional<at::Tensor>& attn_bias, at::TensorList mems,
-    const c10::List<std::optional<at::Tensor>>& mem_masks, at::TensorList params, c10::string_view options,
-    bool training) {
+    const std::optional<at::Tensor>& attn_bias, at::TensorList mems, at::TensorList mem_masks,
+    at::TensorList params, c10::string_view options, bool training) {
   const std::string text(options);
   const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
       text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
@@ -64,17 +62,15 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
                             const std::optional<at::Tensor>& seq_start_pos,
                             const std::optional<at::Tensor>& attn_bias, at::TensorList params,
                             const std::string& options, bool training) {
-  const c10::List<std::optional<at::Tensor>> no_mem_masks;
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("xtc::attention_layers", "")
                        .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                         at::TensorList, const c10::List<std::optional<at::Tensor>>&,
-                                         at::TensorList, c10::string_view, bool)>();
-  return op.call(x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, {},
-                 no_mem_masks, params, options, training);
+                                         at::TensorList, at::TensorList, at::TensorList, c10::string_view, bool)>();
+  return op.call(x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, {}, {},
+                 params, options, training);
 }
 
 }  // namespace xtc::ops
@@ -82,14 +78,14 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def(
       "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor? attn_mask, "
-      "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] mems, Tensor?[] mem_masks, "
+      "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] mems, Tensor[] mem_masks, "
       "Tensor[] params, str options, bool training=False) -> Tensor");
   // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer) and
   // layer_hiddens (entering each layer, then before the final norm), for return_hiddens.
   m.def(
       "attention_layers_with_hiddens(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, "
       "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] mems, "
-      "Tensor?[] mem_masks, Tensor[] params, str options, bool training=False) -> (Tensor, Tensor[], Tensor[])");
+      "Tensor[] mem_masks, Tensor[] params, str options, bool training=False) -> (Tensor, Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

@@ -146,8 +146,12 @@ class AttentionLayers(nn.Module):
         feed-forward layers still run there, so the output at padded positions is defined but not zero.
         """
         params = [reduce(getattr, name.split("."), self) for name in self._parameter_names]
-        args = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias,
-                list(mems or []), list(mem_masks or []), params, self._options, self.training)
+        mems = list(mems or [])
+        # The op takes one mask per memory or none: a missing one keeps every memory key.
+        mem_masks = [torch.ones(m.shape[:2], dtype=torch.bool, device=m.device) if k is None else k
+                     for m, k in zip(mems, mem_masks)] if mem_masks else []
+        args = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
+                mem_masks, params, self._options, self.training)
         if not return_hiddens:
             return torch.ops.xtc.attention_layers(*args)
         out, hiddens, layer_hiddens = torch.ops.xtc.attention_layers_with_hiddens(*args)
