@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from x_transformers_cpp import Decoder, Encoder
+from x_transformers_cpp import Encoder
 from xtc_testing import make_pair, random_mask
 
 KW = dict(dim=48, depth=2, heads=3, attn_dim_head=16)
