@@ -8,9 +8,14 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-
 namespace xtc::ops {
 namespace {
+
+const nn::functional::AttentionLayersPlan& layers_plan(c10::string_view options) {
+  const std::string text(options);
+  return detail::cached_plan<nn::functional::AttentionLayersPlan>(
+      text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
+}
 
 // Tracing takes no lists of optional tensors, so the schema has Tensor[] (one mask per leading mem, or none).
 std::vector<std::optional<at::Tensor>> to_vector(at::TensorList list) {
@@ -26,13 +31,10 @@ at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::
                                    const std::optional<at::Tensor>& attn_bias, at::TensorList mems,
                                    at::TensorList mem_masks, at::TensorList params,
                                    c10::string_view options, bool training) {
-  const std::string text(options);
-  const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
-      text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
   return nn::functional::attention_layers(x,
                                           {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos,
                                            attn_bias, mems.vec(), to_vector(mem_masks)},
-                                          params, plan, training);
+                                          params, layers_plan(options), training);
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> attention_layers_with_hiddens_kernel(
@@ -41,15 +43,12 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> attenti
     const std::optional<at::Tensor>& self_attn_kv_mask, const std::optional<at::Tensor>& seq_start_pos,
     const std::optional<at::Tensor>& attn_bias, at::TensorList mems, at::TensorList mem_masks,
     at::TensorList params, c10::string_view options, bool training) {
-  const std::string text(options);
-  const auto& plan = detail::cached_plan<nn::functional::AttentionLayersPlan>(
-      text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::attention_layers(
       x,
       {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, mems.vec(),
        to_vector(mem_masks)},
-      params, plan, training, &record);
+      params, layers_plan(options), training, &record);
   return {out, record.hiddens, record.layer_hiddens};
 }
 

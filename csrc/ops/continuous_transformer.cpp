@@ -14,11 +14,9 @@ at::Tensor continuous_transformer_kernel(const at::Tensor& x, const std::optiona
                                          const std::optional<at::Tensor>& lens, at::TensorList params,
                                          c10::string_view options, c10::string_view layer_options, bool training,
                                          bool return_embeddings) {
-  const std::string wrapper(options), layers(layer_options);
-  const auto& plan = detail::cached_plan<nn::functional::ContinuousTransformerPlan>(wrapper + "|" + layers, [&] {
-    return nn::functional::ContinuousTransformerPlan(nn::ContinuousTransformerWrapperOptions::parse(wrapper),
-                                                     nn::AttentionLayersOptions::parse(layers));
-  });
+  const auto& plan =
+      detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
+          options, layer_options);
   return nn::functional::continuous_transformer(x, mask, lens, params, plan, training, return_embeddings);
 }
 

@@ -2,6 +2,10 @@
 // layer-stack ops do not re-parse their options on every call. Plans are immutable once built.
 #pragma once
 
+#include <xtc/nn/options/attention_layers.h>
+
+#include <c10/util/string_view.h>
+
 #include <memory>
 #include <mutex>
 #include <string>
@@ -17,6 +21,15 @@ const Plan& cached_plan(const std::string& key, Make&& make) {
   auto& slot = cache[key];
   if (!slot) slot = std::make_unique<const Plan>(make());
   return *slot;
+}
+
+/// The plan of a wrapper op: its own options and its stack's, parsed once per pair of option lines.
+template <typename Plan, typename WrapperOptions>
+const Plan& cached_wrapper_plan(c10::string_view options, c10::string_view layer_options) {
+  const std::string wrapper(options), layers(layer_options);
+  return cached_plan<Plan>(wrapper + "|" + layers, [&] {
+    return Plan(WrapperOptions::parse(wrapper), nn::AttentionLayersOptions::parse(layers));
+  });
 }
 
 }  // namespace xtc::ops::detail

@@ -12,11 +12,9 @@ namespace {
 at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens, const std::optional<at::Tensor>& mask,
                                       at::TensorList params, c10::string_view options, c10::string_view layer_options,
                                       bool training, bool return_embeddings) {
-  const std::string wrapper(options), layers(layer_options);
-  const auto& plan = detail::cached_plan<nn::functional::TransformerWrapperPlan>(wrapper + "|" + layers, [&] {
-    return nn::functional::TransformerWrapperPlan(nn::TransformerWrapperOptions::parse(wrapper),
-                                                  nn::AttentionLayersOptions::parse(layers));
-  });
+  const auto& plan =
+      detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapperOptions>(
+          options, layer_options);
   return nn::functional::transformer_wrapper(tokens, mask, params, plan, training, return_embeddings);
 }
 
