@@ -126,9 +126,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="d=128, n in {2048, 8192} only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention_cuda.json"))
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--head-dims", type=int, nargs="+", help="override the head dims of the grid")
+    parser.add_argument("--lengths", type=int, nargs="+", help="override the sequence lengths of the grid")
+    parser.add_argument("--cases", nargs="+", choices=CASES, help="override the mask cases")
+    parser.add_argument("--ours-only", action="store_true", help="skip the SDPA peers (A/B runs of our kernels)")
     args = parser.parse_args()
-    head_dims = [128] if args.quick else [64, 128]
-    lengths = [2048, 8192] if args.quick else [512, 2048, 8192, 16384]
+    head_dims = args.head_dims or ([128] if args.quick else [64, 128])
+    lengths = args.lengths or ([2048, 8192] if args.quick else [512, 2048, 8192, 16384])
+    cases = args.cases or CASES
     reps = args.reps or (5 if args.quick else 20)
     warmup = 2 if args.quick else 5
     heads = 16
@@ -140,11 +145,11 @@ def main():
     for d in head_dims:
         for n in lengths:
             b = 16384 // n
-            for case in CASES:
+            for case in cases:
                 tensors, ours_kw, sdpa_kw, pairs = make_case(case, b, heads, n, d, generator)
                 flops_fwd = 4.0 * heads * d * pairs
                 impls = {"xtc": lambda: bench_ours(tensors, ours_kw, warmup, reps)}
-                for name, backend in SDPA_BACKENDS.items():
+                for name, backend in ({} if args.ours_only else SDPA_BACKENDS).items():
                     impls[name] = (lambda backend=backend: bench_sdpa(tensors, sdpa_kw, backend, warmup, reps))
                 for name, run in impls.items():
                     row = dict(case=case, d=d, n=n, b=b, h=heads, impl=name)
@@ -179,6 +184,19 @@ def main():
         ratio = f"{base['fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f}x" if base else "-"
         print(f"{key} {r['fwd_tflops']:>9.1f} {r['bwd_tflops']:>9.1f} {r['fwd_bwd_tflops']:>9.1f} "
               f"{r['fwd_bwd_ms']:>8.2f} {r['peak_mib']:>9.0f}  {ratio}")
+    print(f"\nSummary: ours against the fastest SDPA backend that takes the case (forward+backward time)")
+    print(f"{'case':<15} {'d':>4} {'n':>6} {'ours fwd/bwd/f+b TF/s':>22} {'fastest SDPA':>15} {'its f+b':>8} "
+          f"{'ratio':>6} {'MiB ours/SDPA':>14}")
+    for (case, d, n), base in ours.items():
+        peers = [r for r in rows if (r["case"], r["d"], r["n"]) == (case, d, n) and r["impl"] != "xtc"
+                 and r["status"] == "ok"]
+        tf = f"{base['fwd_tflops']:.0f}/{base['bwd_tflops']:.0f}/{base['fwd_bwd_tflops']:.0f}"
+        if not peers:
+            print(f"{case:<15} {d:>4} {n:>6} {tf:>22} {'-':>15}")
+            continue
+        best = min(peers, key=lambda r: r["fwd_bwd_ms"])
+        print(f"{case:<15} {d:>4} {n:>6} {tf:>22} {best['impl']:>15} {best['fwd_bwd_tflops']:>8.0f} "
+              f"{best['fwd_bwd_ms'] / base['fwd_bwd_ms']:>5.2f}x {base['peak_mib']:>6.0f}/{best['peak_mib']:<7.0f}")
     print(f"\nwrote {args.out}")
 
 

@@ -188,23 +188,33 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
     const int q_last = min(q0 + kBlockM, p.queries) - 1;
     const bool whole_tile = all_kept && (!p.has_left || key0 >= q_last + p.key_offset - p.window_left) &&
                             (!p.has_right || key0 + kBlockN - 1 <= q0 + p.key_offset + p.window_right);
+    auto score_stage = [&](auto alibi, auto softcap, auto check) {
+      constexpr bool kSoftcap = decltype(softcap)::value;
 #pragma unroll
-    for (int nt = 0; nt < kBlockM / 8; ++nt) {
+      for (int nt = 0; nt < kBlockM / 8; ++nt) {
+        // lse and D of this thread's two query columns (2t, 2t + 1 of the n8 tile), one 8-byte read each.
+        const float2 lse2 = *reinterpret_cast<const float2*>(cLse + nt * 8 + 2 * t);
+        const float2 d2 = *reinterpret_cast<const float2*>(cD + nt * 8 + 2 * t);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key_local = kw0 + g + (e >= 2 ? 8 : 0);
-        const int col_local = nt * 8 + 2 * t + (e & 1);
-        const int row = q0 + col_local, key = key0 + key_local;
-        float softcap_tanh;
-        const float x = logit(s[nt][e], row, key, softcap_tanh);
-        float prob = exp2_approx(x - cLse[col_local]);
-        if (!whole_tile && !(sKeep[key_local] && in_band(p, row, key))) prob = 0.f;
-        float ds = prob * (dp[nt][e] - cD[col_local]);
-        if (logit.has_softcap) ds *= 1.f - softcap_tanh * softcap_tanh;
-        s[nt][e] = prob;
-        dp[nt][e] = ds;
+        for (int e = 0; e < 4; ++e) {
+          const int key_local = kw0 + g + (e >= 2 ? 8 : 0);
+          const int col_local = nt * 8 + 2 * t + (e & 1);
+          const int row = q0 + col_local, key = key0 + key_local;
+          float softcap_tanh;
+          const float x =
+              logit.template apply<decltype(alibi)::value, kSoftcap>(s[nt][e], row, key, softcap_tanh);
+          float prob = exp2_approx(x - ((e & 1) ? lse2.y : lse2.x));
+          if constexpr (decltype(check)::value) {
+            if (!(sKeep[key_local] && in_band(p, row, key))) prob = 0.f;
+          }
+          float ds = prob * (dp[nt][e] - ((e & 1) ? d2.y : d2.x));
+          if constexpr (kSoftcap) ds *= 1.f - softcap_tanh * softcap_tanh;
+          s[nt][e] = prob;
+          dp[nt][e] = ds;
+        }
       }
-    }
+    };
+    with_score_flags<true>(logit.has_alibi, logit.has_softcap, !whole_tile, score_stage);
 
     // dV += P^T dO, dK += dS^T Q (the scale is applied once, when dK is written).
 #pragma unroll

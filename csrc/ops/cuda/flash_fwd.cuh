@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include "flash_params.h"
 
@@ -126,27 +127,53 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t 
 }
 
 // Logit of query `row` and key `col` in log2 units, from the raw dot product; softcap_tanh receives
-// tanh(x / softcap) for the backward's chain rule (0 when softcap is off).
+// tanh(x / softcap) for the backward's chain rule (0 when softcap is off). The ALiBi / softcap choice is a
+// template argument: see with_score_flags for why it must not be a per-score runtime test.
 struct LogitTransform {
   float scale, scale_log2, softcap, inv_softcap, slope;  // slope = 0 when ALiBi is off; scale_log2 = scale*log2(e)
   int key_offset;
   bool has_alibi, has_softcap;
 
-  __device__ __forceinline__ float operator()(float dot, int row, int col, float& softcap_tanh) const {
-    if (!has_alibi && !has_softcap) {  // plain scaled dot product: one multiply (uniform branch)
-      softcap_tanh = 0.f;
-      return dot * scale_log2;
-    }
-    float x = dot * scale;
-    if (has_alibi) x -= slope * fabsf(static_cast<float>(row + key_offset - col));
+  template <bool kAlibi, bool kSoftcap>
+  __device__ __forceinline__ float apply(float dot, int row, int col, float& softcap_tanh) const {
     softcap_tanh = 0.f;
-    if (has_softcap) {
-      softcap_tanh = tanhf(x * inv_softcap);
-      x = softcap * softcap_tanh;
+    if constexpr (!kAlibi && !kSoftcap) {
+      return dot * scale_log2;  // plain scaled dot product: one multiply
+    } else {
+      float x = dot * scale;
+      if constexpr (kAlibi) x -= slope * fabsf(static_cast<float>(row + key_offset - col));
+      if constexpr (kSoftcap) {
+        softcap_tanh = tanhf(x * inv_softcap);
+        x = softcap * softcap_tanh;
+      }
+      return x * kLog2e;
     }
-    return x * kLog2e;
   }
 };
+
+// Calls f(alibi, softcap, check) with three std::bool_constant values, so that the per-score stage of a tile is
+// straight-line code specialised for the runtime flags. Tested per score, the flags stayed in the unrolled loop
+// as branches (ptxas did not unswitch them): about 20 instructions per score, several times the issue slots of
+// the tile's mma.sync, which capped the kernels near 120 TFLOP/s on an H100. With kBias false the ALiBi and
+// softcap variants are not instantiated at all (two variants instead of eight), which keeps their registers out
+// of the forward kernel's allocation when the call uses neither.
+template <bool kBias, typename F>
+__device__ __forceinline__ void with_score_flags(bool alibi, bool softcap, bool check, F&& f) {
+  auto by_check = [&](auto a, auto s) {
+    if (check) f(a, s, std::true_type{});
+    else f(a, s, std::false_type{});
+  };
+  if constexpr (!kBias) {
+    by_check(std::false_type{}, std::false_type{});
+  } else {
+    auto by_softcap = [&](auto a) {
+      if (softcap) by_check(a, std::true_type{});
+      else by_check(a, std::false_type{});
+    };
+    if (alibi) by_softcap(std::true_type{});
+    else by_softcap(std::false_type{});
+  }
+}
 
 __device__ __forceinline__ LogitTransform make_logit_transform(const FlashFwdParams& p, int head) {
   LogitTransform t;
@@ -182,7 +209,8 @@ struct FwdConfig {
   static_assert(kThreads >= kBlockN, "one thread per key scans the padding mask of a tile");
 };
 
-template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM>
+// kBias: the call may use ALiBi or a softcap (false only when it uses neither).
+template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM, bool kBias>
 __global__ void __launch_bounds__(32 * kNWarps)
     flash_fwd_kernel(const FlashFwdParams p) {
   using Cfg = FwdConfig<T, kHeadDim, kNWarps, kBlockN, kWarpM>;
@@ -218,19 +246,19 @@ __global__ void __launch_bounds__(32 * kNWarps)
   // barrier and no sKeep write. With a mask, scan_tile writes the keep flag of each key of `tile` to sKeep (keys
   // past m count as dropped). Either way it returns bit 0: some key is kept, bit 1: every key is kept.
   // `keep` is uniform over the CTA, so every thread takes the same branch and the barriers stay collective.
-  auto scan_tile = [&](int tile) -> int {
+  // read_keep is the global read of this thread's flag, split off so the loop can issue it a tile ahead.
+  auto read_keep = [&](int tile) -> bool {
+    const int j = tile * kBlockN + tid;
+    return tid < kBlockN && j < p.keys && keep[j * p.mask_key_stride];
+  };
+  auto scan_tile = [&](int tile, bool kept) -> int {
     if (keep == nullptr) {
       const int j0 = tile * kBlockN;
       return (j0 < p.keys ? 1 : 0) | (j0 + kBlockN <= p.keys ? 2 : 0);
     }
-    bool kept = true;
-    if (tid < kBlockN) {
-      const int j = tile * kBlockN + tid;
-      kept = j < p.keys && keep[j * p.mask_key_stride];
-      sKeep[tid] = kept;
-    }
+    if (tid < kBlockN) sKeep[tid] = kept;
     const int any = __syncthreads_or(tid < kBlockN && kept);
-    const int all = __syncthreads_and(kept);
+    const int all = __syncthreads_and(tid >= kBlockN || kept);
     return (any ? 1 : 0) | (all ? 2 : 0);
   };
   // Keep flag of key `key0 + col_local` of the current tile (read only on tiles that are not whole).
@@ -238,17 +266,19 @@ __global__ void __launch_bounds__(32 * kNWarps)
     return keep == nullptr ? key0 + col_local < p.keys : sKeep[col_local];
   };
   // First tile at or after `tile` with a kept key; fully padded tiles are skipped without loading K/V.
-  auto next_live_tile = [&](int tile, int& state) {
+  // `first_kept` is this thread's flag of `tile`, already read.
+  auto next_live_tile = [&](int tile, int& state, bool first_kept) {
     for (; tile < tile_end; ++tile) {
-      state = scan_tile(tile);
+      state = scan_tile(tile, first_kept);
       if (state & 1) break;
+      if (keep != nullptr && tile + 1 < tile_end) first_kept = read_keep(tile + 1);
     }
     return tile;
   };
 
   load_tile_async<T, kBlockM, kD, kThreads>(sQ, q, p.q_row_stride, row0, p.queries, tid);
   int state = 0;
-  int tile = next_live_tile(tile_begin, state);
+  int tile = next_live_tile(tile_begin, state, keep != nullptr && tile_begin < tile_end && read_keep(tile_begin));
   if (tile < tile_end) load_tile_async<T, kBlockN, kD, kThreads>(sK, k, p.k_row_stride, tile * kBlockN, p.keys, tid);
   cp_async_commit();
 
@@ -285,6 +315,8 @@ __global__ void __launch_bounds__(32 * kNWarps)
 
   while (tile < tile_end) {
     load_tile_async<T, kBlockN, kD, kThreads>(sV, v, p.v_row_stride, tile * kBlockN, p.keys, tid);
+    // The next tile's mask flag, read now so its latency hides behind this tile's products.
+    const bool next_kept = keep != nullptr && tile + 1 < tile_end && read_keep(tile + 1);
     cp_async_commit();
     cp_async_wait<1>();  // Q and this K tile have landed; V may still be in flight
     __syncthreads();
@@ -330,21 +362,27 @@ __global__ void __launch_bounds__(32 * kNWarps)
     // The per-element test is needed only when some key is dropped or the band cuts through the tile.
     const bool whole_tile = (state & 2) && (!p.has_left || key0 >= row_last + p.key_offset - p.window_left) &&
                             (!p.has_right || key0 + kBlockN - 1 <= row0 + p.key_offset + p.window_right);
+    auto score_stage = [&](auto alibi, auto softcap, auto check) {
 #pragma unroll
-    for (int mi = 0; mi < kMi; ++mi) {
+      for (int mi = 0; mi < kMi; ++mi) {
 #pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+        for (int nt = 0; nt < kBlockN / 8; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col_local = nt * 8 + 2 * t + (e & 1);
-          const int row = rows[mi][e >> 1];
-          float unused_tanh;
-          float x = logit(s[mi][nt][e], row, key0 + col_local, unused_tanh);
-          if (!whole_tile && !(key_kept(key0, col_local) && in_band(p, row, key0 + col_local))) x = -INFINITY;
-          s[mi][nt][e] = x;
+          for (int e = 0; e < 4; ++e) {
+            const int col_local = nt * 8 + 2 * t + (e & 1);
+            const int row = rows[mi][e >> 1];
+            float unused_tanh;
+            float x = logit.template apply<decltype(alibi)::value, decltype(softcap)::value>(
+                s[mi][nt][e], row, key0 + col_local, unused_tanh);
+            if constexpr (decltype(check)::value) {
+              if (!(key_kept(key0, col_local) && in_band(p, row, key0 + col_local))) x = -INFINITY;
+            }
+            s[mi][nt][e] = x;
+          }
         }
       }
-    }
+    };
+    with_score_flags<kBias>(logit.has_alibi, logit.has_softcap, !whole_tile, score_stage);
 
     // Online softmax; a row that has seen no visible key yet keeps max -inf and uses 0 as its reference, so
     // exp2(-inf - 0) = 0 everywhere and no inf - inf NaN appears.
@@ -377,7 +415,7 @@ __global__ void __launch_bounds__(32 * kNWarps)
 
     cp_async_wait<0>();  // V landed
     __syncthreads();     // ... and every warp is done with sK and sKeep: the next K tile may overwrite them
-    const int next = next_live_tile(tile + 1, state);
+    const int next = next_live_tile(tile + 1, state, next_kept);
     if (next < tile_end) load_tile_async<T, kBlockN, kD, kThreads>(sK, k, p.k_row_stride, next * kBlockN, p.keys, tid);
     cp_async_commit();
 
@@ -530,10 +568,10 @@ __global__ void __launch_bounds__(32 * kSimpleWarps) flash_fwd_simple_kernel(con
 }  // namespace detail
 
 namespace detail {
-template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM>
+template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM, bool kBias>
 cudaError_t launch_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) {
   using Cfg = FwdConfig<T, kHeadDim, kNWarps, kBlockN, kWarpM>;
-  auto kernel = flash_fwd_kernel<T, kHeadDim, kNWarps, kBlockN, kWarpM>;
+  auto kernel = flash_fwd_kernel<T, kHeadDim, kNWarps, kBlockN, kWarpM, kBias>;
   // Above 48 KiB of dynamic shared memory a kernel must opt in.
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
@@ -542,17 +580,25 @@ cudaError_t launch_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) 
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
   return cudaGetLastError();
 }
+
+template <typename T, int kHeadDim, int kBlockN>
+cudaError_t launch_flash_fwd_tile(const FlashFwdParams& params, cudaStream_t stream) {
+  using Launch = FwdLaunch<kHeadDim>;
+  if (params.alibi_slopes != nullptr || params.softcap > 0)
+    return launch_flash_fwd<T, kHeadDim, Launch::kNWarps, kBlockN, Launch::kWarpM, true>(params, stream);
+  return launch_flash_fwd<T, kHeadDim, Launch::kNWarps, kBlockN, Launch::kWarpM, false>(params, stream);
+}
 }  // namespace detail
 
 template <typename T, int kHeadDim>
 cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) {
   using Launch = detail::FwdLaunch<kHeadDim>;
   if constexpr (kHeadDim == 128) {
-    // XTC_CUDA_FWD_BLOCK_N=32: 32-key tiles for d = 128 (no register spills, twice the tiles); for A/B timing.
+    // XTC_CUDA_FWD_BLOCK_N=32: 32-key tiles for d = 128 (fewer registers, twice the tiles); for A/B timing.
     static const int block_n = detail::env_tile_override("XTC_CUDA_FWD_BLOCK_N", Launch::kBlockN);
-    if (block_n == 32) return detail::launch_flash_fwd<T, kHeadDim, Launch::kNWarps, 32, Launch::kWarpM>(params, stream);
+    if (block_n == 32) return detail::launch_flash_fwd_tile<T, kHeadDim, 32>(params, stream);
   }
-  return detail::launch_flash_fwd<T, kHeadDim, Launch::kNWarps, Launch::kBlockN, Launch::kWarpM>(params, stream);
+  return detail::launch_flash_fwd_tile<T, kHeadDim, Launch::kBlockN>(params, stream);
 }
 
 template <typename T>
