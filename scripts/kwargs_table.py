@@ -33,6 +33,8 @@ PATHS = {
     "residual_attn": "materialised scores (each layer hands its pre-softmax scores on)",
     "cross_residual_attn": "materialised scores (each layer hands its pre-softmax scores on)",
     "rotary_pos_emb": "rotation of q and k before the flash kernel (self-attention only, as x-transformers)",
+    "rotary_xpos": "rotation and xPos scaling of q and k before the flash kernel (Decoder only, as x-transformers)",
+    "rotary_xpos_scale_base": "as rotary_xpos",
 }
 # Handled by the constructors themselves rather than as options.
 IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8"}

@@ -66,6 +66,20 @@ PYBIND11_MODULE(_C, m) {
       "(name, freshly initialised value, is_buffer) of every parameter and buffer of xtc::nn::AttentionLayers with "
       "these options, in the order the attention_layers op reads them.");
 
+  m.def(
+      "executed_attention_types",
+      [](const std::string& text) {
+        return with_torch_errors([&] {
+          const xtc::nn::functional::AttentionLayersPlan plan(xtc::nn::AttentionLayersOptions::parse(text));
+          std::string types;
+          for (const int64_t i : plan.execution_order())
+            if (plan.layer_types()[i] != 'f') types.push_back(plan.layer_types()[i]);
+          return types;
+        });
+      },
+      py::arg("options"),
+      "The kind ('a' self, 'c' cross) of each attention layer in execution order: the order of the cached_kv pairs.");
+
   m.def("transformer_wrapper_option_keys", &xtc::nn::TransformerWrapperOptions::keys,
         "Keys of the serialised TransformerWrapper options.");
 

@@ -37,19 +37,24 @@ at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::
                                           params, layers_plan(options), training);
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> attention_layers_with_hiddens_kernel(
-    const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
-    const std::optional<at::Tensor>& context_mask, const std::optional<at::Tensor>& attn_mask,
-    const std::optional<at::Tensor>& self_attn_kv_mask, const std::optional<at::Tensor>& seq_start_pos,
-    const std::optional<at::Tensor>& attn_bias, at::TensorList mems, at::TensorList mem_masks,
-    at::TensorList params, c10::string_view options, bool training) {
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+attention_layers_with_hiddens_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                                     const std::optional<at::Tensor>& context,
+                                     const std::optional<at::Tensor>& context_mask,
+                                     const std::optional<at::Tensor>& attn_mask,
+                                     const std::optional<at::Tensor>& self_attn_kv_mask,
+                                     const std::optional<at::Tensor>& seq_start_pos,
+                                     const std::optional<at::Tensor>& attn_bias, at::TensorList mems,
+                                     at::TensorList mem_masks, at::TensorList cache_kv, int64_t cache_length,
+                                     int64_t cache_age, at::TensorList params, c10::string_view options,
+                                     bool training) {
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::attention_layers(
       x,
       {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, mems.vec(),
-       to_vector(mem_masks)},
+       to_vector(mem_masks), cache_kv.vec(), cache_length, cache_age},
       params, layers_plan(options), training, &record);
-  return {out, record.hiddens, record.layer_hiddens};
+  return {out, record.hiddens, record.layer_hiddens, record.cached_kv};
 }
 
 }  // namespace
@@ -79,12 +84,15 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
       "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor? attn_mask, "
       "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] mems, Tensor[] mem_masks, "
       "Tensor[] params, str options, bool training=False) -> Tensor");
-  // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer) and
-  // layer_hiddens (entering each layer, then before the final norm), for return_hiddens.
+  // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer),
+  // layer_hiddens (entering each layer, then before the final norm) and cached_kv (each attention layer's keys and
+  // values, flattened k0, v0, k1, v1, ...), for return_hiddens; with cache_kv (the previous call's), it decodes
+  // incrementally: only the last cache_age tokens run, at positions after cache_length.
   m.def(
       "attention_layers_with_hiddens(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, "
       "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] mems, "
-      "Tensor[] mem_masks, Tensor[] params, str options, bool training=False) -> (Tensor, Tensor[], Tensor[])");
+      "Tensor[] mem_masks, Tensor[] cache_kv, int cache_length, int cache_age, Tensor[] params, str options, "
+      "bool training=False) -> (Tensor, Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

@@ -90,13 +90,28 @@ def _build_tree(layout):
 
 
 @dataclass
+class Intermediates:
+    """The part of x-transformers' per-attention-layer Intermediates filled here: cached_kv, the layer's keys
+    (batch, kv_heads, seq, dim_head) and values (batch, kv_heads, seq, value_dim_head), cached ones included, taken
+    before rotary as x-transformers does; the attention maps are not returned (None)."""
+
+    cached_kv: tuple | None = None
+    layer_type: str | None = None  # 'a' self-attention, 'c' cross-attention
+    qk_similarities: torch.Tensor | None = None
+    pre_softmax_attn: torch.Tensor | None = None
+    post_softmax_attn: torch.Tensor | None = None
+
+
+@dataclass
 class LayerIntermediates:
-    """The part of x-transformers' LayerIntermediates that return_hiddens fills here."""
+    """The part of x-transformers' LayerIntermediates that return_hiddens fills here; it is also the cache of
+    incremental decoding (pass it back as `cache=`)."""
 
     hiddens: list  # the residual stream entering each executed self-attention layer
     last_hidden: torch.Tensor  # the output, after the final norm
     layer_hiddens: list  # the stream entering each executed layer, then the stream before the final norm
-    attn_intermediates: list | None = None  # attention maps: not returned
+    attn_intermediates: list | None = None  # one Intermediates per executed attention layer
+    cache_length: int = 0  # positions decoded so far
 
 
 class AttentionLayers(nn.Module):
@@ -125,7 +140,8 @@ class AttentionLayers(nn.Module):
             self.add_module(name, child)
 
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
-                seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False):
+                seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False, cache=None,
+                cache_age=1):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
 
         With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
@@ -137,8 +153,14 @@ class AttentionLayers(nn.Module):
         of Transformer-XL memories (batch, mem_len, dim), one per self-attention layer (fewer: the rest get none),
         with optional mem_masks (batch, mem_len) bool.
 
-        With return_hiddens, returns (out, LayerIntermediates) with x-transformers' `hiddens`, `layer_hiddens` and
-        `last_hidden`; attention maps are not returned (`attn_intermediates` is None).
+        With return_hiddens, returns (out, LayerIntermediates) with x-transformers' `hiddens`, `layer_hiddens`,
+        `last_hidden`, `cache_length` and, per attention layer, `attn_intermediates[i].cached_kv`; attention maps
+        are not returned (their fields are None).
+
+        Incremental decoding (Decoder), as x-transformers: pass the LayerIntermediates of the previous call as
+        `cache`; only the last `cache_age` tokens of x run (x may hold just the new tokens), at the positions after
+        `cache.cache_length`, attending to the cached keys and values; `mask` then covers the cached and new keys
+        (batch, cached + new). Decoding token by token gives the full forward's outputs.
         Pass them by name, as x-transformers advises; positionally, the second argument is the mask here (so that
         `torch.jit.trace(encoder, (embed, mask))` works), where x-transformers would take it as the context.
 
@@ -150,12 +172,24 @@ class AttentionLayers(nn.Module):
         # The op takes one mask per memory or none: a missing one keeps every memory key.
         mem_masks = [torch.ones(m.shape[:2], dtype=torch.bool, device=m.device) if k is None else k
                      for m, k in zip(mems, mem_masks)] if mem_masks else []
-        args = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
-                mem_masks, params, self._options, self.training)
+        inputs = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
+                  mem_masks)
+        if not return_hiddens and cache is None:
+            return torch.ops.xtc.attention_layers(*inputs, params, self._options, self.training)
+        cache_kv, cache_length = [], 0
+        if cache is not None:
+            cache_kv = [t for inter in cache.attn_intermediates for t in inter.cached_kv]
+            cache_length = cache.cache_length
+        out, hiddens, layer_hiddens, kv = torch.ops.xtc.attention_layers_with_hiddens(
+            *inputs, cache_kv, cache_length, cache_age, params, self._options, self.training)
         if not return_hiddens:
-            return torch.ops.xtc.attention_layers(*args)
-        out, hiddens, layer_hiddens = torch.ops.xtc.attention_layers_with_hiddens(*args)
-        return out, LayerIntermediates(hiddens=list(hiddens), last_hidden=out, layer_hiddens=list(layer_hiddens))
+            return out
+        types = _C.executed_attention_types(self._options)
+        attn_intermediates = [Intermediates(cached_kv=(kv[2 * i], kv[2 * i + 1]), layer_type=t)
+                              for i, t in enumerate(types)]
+        return out, LayerIntermediates(hiddens=list(hiddens), last_hidden=out, layer_hiddens=list(layer_hiddens),
+                                       attn_intermediates=attn_intermediates,
+                                       cache_length=cache_length + out.shape[1])
 
     def extra_repr(self):
         return self._options

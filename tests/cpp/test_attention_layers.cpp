@@ -60,6 +60,38 @@ TEST(AttentionLayers, CausalOutputsIgnoreTheFuture) {
   EXPECT_FALSE(torch::allclose(before.narrow(1, 8, 1), after.narrow(1, 8, 1)));
 }
 
+TEST(AttentionLayers, TokenByTokenDecodingWithACacheEqualsTheFullForward) {
+  torch::manual_seed(2);
+  auto options = xtc::nn::AttentionLayersOptions(32, 2, 4).rotary_xpos(true).alibi_pos_bias(true);
+  options.attn().kv_heads(2).dim_head(8);
+  xtc::nn::Decoder decoder(options);
+  decoder->eval();
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({2, 7, 32});
+  const auto full = decoder->forward(x);
+  const auto tensors = decoder->tensors();
+  std::vector<at::Tensor> outputs, cache;
+  for (int64_t t = 0; t < x.size(1); ++t) {
+    xtc::nn::functional::AttentionLayersInputs inputs;
+    inputs.cache_kv = cache;
+    inputs.cache_length = t;
+    xtc::nn::functional::AttentionLayersHiddens record;
+    outputs.push_back(xtc::nn::functional::attention_layers(x.narrow(1, t, 1), inputs, tensors, *decoder->plan,
+                                                             /*training=*/false, &record));
+    cache = record.cached_kv;
+    ASSERT_EQ(cache.size(), 4u);  // (k, v) of two self-attention layers
+    EXPECT_EQ(cache[0].sizes(), c10::IntArrayRef({2, 2, t + 1, 8}));  // (b, kv heads, cached keys, dim_head)
+  }
+  EXPECT_TRUE(torch::allclose(torch::cat(outputs, 1), full, /*rtol=*/0, /*atol=*/1e-5));
+  // A cache is for causal stacks only.
+  xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(32, 2, 4));
+  xtc::nn::functional::AttentionLayersInputs inputs;
+  inputs.cache_kv = cache;
+  EXPECT_THROW(xtc::nn::functional::attention_layers(x.narrow(1, 0, 1), inputs, encoder->tensors(), *encoder->plan,
+                                                     false),
+               c10::ValueError);
+}
+
 TEST(AttentionLayers, OptionsRoundTripAndRejectUnknownKeys) {
   auto options = xtc::nn::AttentionLayersOptions(64, 3, 4);
   options.attn().dim_head(32).kv_heads(2).dropout(0.125);

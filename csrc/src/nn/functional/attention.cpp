@@ -44,14 +44,21 @@ double logit_scale(const AttentionConfig& c) {
 
 }  // namespace
 
-at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles) {
+at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale, bool inverse_scale) {
   const int64_t r = angles.size(-1), n = t.size(1);
-  const auto a = angles.narrow(0, angles.size(0) - n, n).view({1, n, 1, r});  // the last n positions
+  const auto last = [&](const at::Tensor& rows) { return rows.narrow(0, rows.size(0) - n, n).view({1, n, 1, r}); };
+  const auto a = last(angles);  // the last n positions
   const auto rotated = t.narrow(-1, 0, r);
   // rotate_half on interleaved pairs: (x1, x2) -> (-x2, x1)
   const auto pairs = rotated.unflatten(-1, {r / 2, 2});
   const auto half = at::stack({-pairs.select(-1, 1), pairs.select(-1, 0)}, -1).flatten(-2);
-  const auto out = (rotated * a.cos() + half * a.sin()).to(t.scalar_type());
+  at::Tensor out;
+  if (scale.defined()) {
+    const auto s = inverse_scale ? last(scale).pow(-1) : last(scale);
+    out = (rotated * a.cos() * s + half * a.sin() * s).to(t.scalar_type());
+  } else {
+    out = (rotated * a.cos() + half * a.sin()).to(t.scalar_type());
+  }
   if (r == t.size(-1)) return out;
   return at::cat({out, t.narrow(-1, r, t.size(-1) - r)}, -1);
 }
@@ -131,10 +138,14 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& w, const AttentionConfig& c, bool training,
                      const std::optional<at::Tensor>& attn_mask, at::Tensor* scores,
-                     const ValueResidual& value_residual, const XLMemory& xl) {
+                     const ValueResidual& value_residual, const XLMemory& xl, KVCache* cache) {
   const auto& o = c.options;
-  // Keys and values come from the context, or from x behind its Transformer-XL memory.
-  const at::Tensor kv_input = context.has_value() ? *context : xl.mem.defined() ? at::cat({xl.mem, x}, 1) : x;
+  const bool cached_step = cache != nullptr && cache->k.defined();
+  // Keys and values come from the context, or from x behind its Transformer-XL memory. On a cached step a
+  // cross-attention layer's keys are all in the cache: x-transformers cuts the context to length 0.
+  const at::Tensor kv_input = context.has_value() ? (cached_step ? context->narrow(1, 0, 0) : *context)
+                              : xl.mem.defined()  ? at::cat({xl.mem, x}, 1)
+                                                  : x;
   const int64_t b = x.size(0), n = x.size(1), m = kv_input.size(1);
   auto q = at::linear(x, w.to_q).view({b, n, c.heads, c.dim_head});
   auto k = at::linear(kv_input, w.to_k).view({b, m, c.kv_heads, c.dim_head});
@@ -156,9 +167,17 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     if (w.qk_q_scale.defined()) q = q * w.qk_q_scale.transpose(0, 1);
     if (w.qk_k_scale.defined()) k = k * w.qk_k_scale.transpose(0, 1);
   }
+  if (cache != nullptr) {
+    if (cached_step) {
+      k = at::cat({cache->k, k}, 1);
+      v = at::cat({cache->v, v}, 1);
+    }
+    cache->k = k;
+    cache->v = v;
+  }
   if (c.rotary_angles.defined()) {
-    q = apply_rotary(q, c.rotary_angles);
-    k = apply_rotary(k, c.rotary_angles);
+    q = apply_rotary(q, c.rotary_angles, c.rotary_scale);
+    k = apply_rotary(k, c.rotary_angles, c.rotary_scale, /*inverse_scale=*/true);
   }
   // Key mask, as x-transformers: context_mask when given (self-attention's override too), else `mask` for
   // self-attention and none for cross-attention; memory keys are kept unless their mask says otherwise.
@@ -202,7 +221,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   } else {
     // Visibility and bias over (n, M + m) keys; memory keys (the first M) are always visible and unbiased.
     const int64_t keys = k.size(1), memory = o.num_mem_kv();
-    const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (m - n);
+    const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (keys - memory - n);
     const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
     const auto is_memory = key_pos < 0;
     at::Tensor keep = key_mask.has_value() ? key_mask->view({b, 1, 1, keys}) : at::Tensor();
@@ -245,7 +264,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   if (w.to_v_gate.defined()) out = out * at::sigmoid(at::linear(x, w.to_v_gate));
   if (w.to_out.defined()) out = at::linear(out, w.to_out);
   if (w.to_out_glu.defined()) out = at::glu(at::linear(out, w.to_out_glu), -1);
-  if (mask.has_value()) out = out.masked_fill(mask->logical_not().unsqueeze(-1), 0);
+  if (mask.has_value() && !cached_step) out = out.masked_fill(mask->logical_not().unsqueeze(-1), 0);
   return out;
 }
 

@@ -12,6 +12,7 @@
 #include <ATen/ops/linear.h>
 #include <ATen/ops/log.h>
 #include <ATen/ops/minimum.h>
+#include <ATen/ops/pow.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/sign.h>
 #include <ATen/ops/silu.h>
@@ -20,6 +21,7 @@
 #include <ATen/ops/tanh.h>
 #include <ATen/ops/tensor.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace xtc::nn::functional {
@@ -126,7 +128,8 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     }
     add_residual(specs, layer + "2.", o);
   }
-  if (o.rotary_pos_emb()) specs.push_back({"rotary_pos_emb.inv_freq", {o.resolved_rotary_dim() / 2}, /*buffer=*/true});
+  if (o.uses_rotary()) specs.push_back({"rotary_pos_emb.inv_freq", {o.resolved_rotary_dim() / 2}, /*buffer=*/true});
+  if (o.rotary_xpos()) specs.push_back({"rotary_pos_emb.scale", {o.resolved_rotary_dim() / 2}, /*buffer=*/true});
   if (o.rel_pos_bias())
     specs.push_back({"rel_pos.relative_attention_bias.weight", {o.rel_pos_num_buckets(), o.heads()}});
   if (o.dynamic_pos_bias()) {
@@ -211,25 +214,29 @@ void check_sequence(const char* name, const at::Tensor& t, int64_t batch, int64_
                     ", got ", t.device());
 }
 
-void check_mask(const char* name, const std::optional<at::Tensor>& mask, const at::Tensor& seq) {
+// A (b, length) key mask; `length` is the sequence's, or with a cache the cached and new keys together.
+void check_mask(const char* name, const std::optional<at::Tensor>& mask, const at::Tensor& seq,
+                std::optional<int64_t> length = std::nullopt) {
   if (!mask.has_value()) return;
+  const int64_t keys = length.value_or(seq.size(1));
   TORCH_CHECK_VALUE(mask->scalar_type() == at::kBool, "AttentionLayers: expected ", name,
                     " of dtype bool (True = keep), got ", mask->scalar_type());
-  TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == seq.size(0) && mask->size(1) == seq.size(1),
-                    "AttentionLayers: expected ", name, " of shape (", seq.size(0), ", ", seq.size(1), "), got ",
-                    mask->sizes());
+  TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == seq.size(0) && mask->size(1) == keys,
+                    "AttentionLayers: expected ", name, " of shape (", seq.size(0), ", ", keys, ")",
+                    length.has_value() ? " (cached and new keys)" : "", ", got ", mask->sizes());
   TORCH_CHECK_VALUE(mask->device() == seq.device(), "AttentionLayers: expected ", name, " on x's device ",
                     seq.device(), ", got ", mask->device());
 }
 
 void check_inputs(const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
-                  const std::optional<at::Tensor>& context_mask, const AttentionLayersOptions& o) {
+                  const std::optional<at::Tensor>& context_mask, const AttentionLayersOptions& o,
+                  std::optional<int64_t> key_length) {
   TORCH_CHECK_VALUE(x.layout() == at::kStrided, "AttentionLayers: expected a dense (strided) x, got layout ",
                     x.layout());
   TORCH_CHECK_VALUE(x.dim() == 3 && x.size(2) == o.dim(), "AttentionLayers: expected x of shape (batch, seq, ", o.dim(),
                     "), got ", x.sizes());
   TORCH_CHECK_VALUE(x.is_floating_point(), "AttentionLayers: expected x of a floating dtype, got ", x.scalar_type());
-  check_mask("mask", mask, x);
+  check_mask("mask", mask, x, key_length);
   TORCH_CHECK_VALUE(context.has_value() == o.cross_attend(),
                     o.cross_attend() ? "AttentionLayers: context must be passed in when cross_attend is set"
                                      : "AttentionLayers: context was passed in, but cross_attend is not set");
@@ -315,7 +322,7 @@ void check_memories(const std::vector<at::Tensor>& mems, const std::vector<std::
                       "AttentionLayers: expected mems[", i, "] of shape (", x.size(0), ", mem_len, ", o.dim(),
                       ") like x (", x.scalar_type(), " on ", x.device(), "), got ", mem.sizes(), " ",
                       mem.scalar_type(), " on ", mem.device());
-    TORCH_CHECK_VALUE(!o.rotary_pos_emb() || mem.size(1) == mems.front().size(1),
+    TORCH_CHECK_VALUE(!o.uses_rotary() || mem.size(1) == mems.front().size(1),
                       "AttentionLayers: with rotary_pos_emb every mem must have the first one's length (",
                       mems.front().size(1), "), got ", mem.size(1), " for mems[", i, "]");
     if (i < mem_masks.size() && mem_masks[i].has_value()) {
@@ -326,6 +333,48 @@ void check_memories(const std::vector<at::Tensor>& mems, const std::vector<std::
                         ") and dtype bool, got ", m.sizes(), " ", m.scalar_type());
     }
   }
+}
+
+// Incremental decoding: x-transformers allows it for causal stacks without attn_mask; we also refuse what would
+// silently differ from a full forward (shift_tokens, mems, attn_bias, layer dropout in training). The cache holds
+// one (k, v) pair per executed attention layer, (b, hk, N, dh) and (b, hk, N, dv); returns the cached length of
+// the self-attention keys.
+int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x, const AttentionLayersInputs& in,
+                    const AttentionLayersPlan& plan, bool training) {
+  const auto& o = plan.options();
+  TORCH_CHECK_VALUE(x.dim() == 3, "AttentionLayers: expected x of shape (batch, seq, ", o.dim(), "), got ", x.sizes());
+  TORCH_CHECK_VALUE(o.causal(), "AttentionLayers: a cache (incremental decoding) needs a causal stack (Decoder)");
+  TORCH_CHECK_VALUE(!in.attn_mask.has_value() && !in.attn_bias.has_value() && in.mems.empty(),
+                    "AttentionLayers: a cache cannot be combined with attn_mask, attn_bias or mems");
+  TORCH_CHECK_VALUE(o.shift_tokens() == 0, "AttentionLayers: a cache cannot be combined with shift_tokens "
+                    "(x-transformers would shift within the new tokens only)");
+  TORCH_CHECK_VALUE(!(training && o.layer_dropout() > 0),
+                    "AttentionLayers: a cache cannot be combined with layer_dropout in training");
+  std::vector<char> types;
+  for (const int64_t i : plan.execution_order())
+    if (plan.layer_types()[i] != 'f') types.push_back(plan.layer_types()[i]);
+  TORCH_CHECK_VALUE(cache_kv.size() == 2 * types.size(), "AttentionLayers: expected a cache of ", types.size(),
+                    " (k, v) pairs, one per executed attention layer, got ", cache_kv.size(), " tensors");
+  int64_t past = -1;
+  for (size_t l = 0; l < types.size(); ++l) {
+    const auto& a = types[l] == 'a' ? o.attn() : o.cross_attn();
+    const int64_t hk = o.resolved_kv_heads(a), dh = a.dim_head(), dv = a.value_dim_head().value_or(dh);
+    const auto &k = cache_kv[2 * l], &v = cache_kv[2 * l + 1];
+    const int64_t len = k.dim() == 4 ? k.size(2) : -1;
+    TORCH_CHECK_VALUE(k.dim() == 4 && k.size(0) == x.size(0) && k.size(1) == hk && k.size(3) == dh &&
+                          v.dim() == 4 && v.size(0) == x.size(0) && v.size(1) == hk && v.size(2) == len &&
+                          v.size(3) == dv && k.scalar_type() == x.scalar_type() &&
+                          v.scalar_type() == x.scalar_type() && k.device() == x.device() && v.device() == x.device(),
+                      "AttentionLayers: expected cached (k, v) of attention layer ", l, " of shapes (", x.size(0), ", ",
+                      hk, ", N, ", dh, ") and (", x.size(0), ", ", hk, ", N, ", dv, ") like x, got ", k.sizes(), " and ",
+                      v.sizes(), " ", k.scalar_type(), " on ", k.device());
+    if (types[l] == 'a') {
+      TORCH_CHECK_VALUE(past < 0 || past == len, "AttentionLayers: cached keys of different lengths, ", past, " and ",
+                        len);
+      past = len;
+    }
+  }
+  return std::max<int64_t>(past, 0);
 }
 
 AttentionWeights attention_weights(const Parameters& p, const std::string& prefix) {
@@ -381,10 +430,11 @@ AttentionConfig attention_config(const AttentionOptions& a, const AttentionLayer
                          causal, a, slopes, rotary_freqs};
 }
 
-// x-transformers' RelativePositionBias (T5): bucketed relative positions -> learned per-head bias, (1, h, n, n).
-at::Tensor t5_position_bias(const at::Tensor& weight, int64_t n, const AttentionLayersOptions& o) {
-  const auto positions = at::arange(n, weight.options().dtype(at::kLong));
-  auto distance = positions.unsqueeze(1) - positions.unsqueeze(0);  // query - key = -(relative position)
+// x-transformers' RelativePositionBias (T5): bucketed relative positions -> learned per-head bias, (1, h, i, j);
+// the i queries are the last of the j key positions.
+at::Tensor t5_position_bias(const at::Tensor& weight, int64_t i, int64_t j, const AttentionLayersOptions& o) {
+  const auto key_pos = at::arange(j, weight.options().dtype(at::kLong));
+  auto distance = key_pos.narrow(0, j - i, i).unsqueeze(1) - key_pos.unsqueeze(0);  // query - key
   int64_t buckets = o.rel_pos_num_buckets();
   at::Tensor bucket = at::zeros_like(distance);
   if (!o.causal()) {
@@ -406,9 +456,11 @@ at::Tensor t5_position_bias(const at::Tensor& weight, int64_t n, const Attention
   return (at::embedding(weight, bucket).permute({2, 0, 1}) * scale).unsqueeze(0);
 }
 
-// x-transformers' DynamicPositionBias: an MLP over the 2n - 1 relative distances, gathered to (1, h, n, n).
-at::Tensor dynamic_position_bias(const Parameters& p, int64_t n, const at::Tensor& like, const AttentionLayersOptions& o) {
-  auto pos = at::arange(-n + 1, n, like.options()).unsqueeze(1);
+// x-transformers' DynamicPositionBias: an MLP over the 2j - 1 relative distances, gathered to (1, h, i, j) for
+// the last i of j positions.
+at::Tensor dynamic_position_bias(const Parameters& p, int64_t i, int64_t j, const at::Tensor& like,
+                                 const AttentionLayersOptions& o) {
+  auto pos = at::arange(-j + 1, j, like.options()).unsqueeze(1);
   if (o.dynamic_pos_bias_log_distance()) pos = at::sign(pos) * at::log(pos.abs() + 1);
   const int64_t depth = o.dynamic_pos_bias_mlp_depth();
   pos = at::linear(pos, p.get("rel_pos.mlp.0.0.weight"), p.get("rel_pos.mlp.0.0.bias"));
@@ -423,8 +475,8 @@ at::Tensor dynamic_position_bias(const Parameters& p, int64_t n, const at::Tenso
   }
   const std::string last = "rel_pos.mlp." + std::to_string(depth) + ".";
   pos = at::linear(pos, p.get(last + "weight"), p.get(last + "bias"));  // (2n - 1, h)
-  const auto index = at::arange(n, like.options().dtype(at::kLong));
-  const auto indices = index.unsqueeze(1) - index.unsqueeze(0) + (n - 1);
+  const auto index = at::arange(j, like.options().dtype(at::kLong));
+  const auto indices = index.narrow(0, j - i, i).unsqueeze(1) - index.unsqueeze(0) + (j - 1);
   return pos.index({indices}).permute({2, 0, 1}).unsqueeze(0);
 }
 
@@ -434,6 +486,15 @@ at::Tensor rotary_angles(const at::Tensor& inv_freq, int64_t n, double interpola
   const auto positions = at::arange(first, first + n, inv_freq.options());
   const auto freqs = positions.unsqueeze(1) * inv_freq.unsqueeze(0) / interpolation_factor;
   return freqs.repeat_interleave(2, -1);
+}
+
+// x-transformers' xPos scales over the same positions: scale^((t - max_pos // 2) / scale_base), each twice in a
+// row, max_pos = the last position + 1; q is multiplied by them, k divided.
+at::Tensor xpos_scales(const at::Tensor& scale, int64_t n, int64_t first, int64_t scale_base) {
+  const auto positions = at::arange(first, first + n, scale.options().dtype(at::kLong));
+  const int64_t max_pos = first + n;
+  const auto power = (positions - max_pos / 2).to(scale.scalar_type()) / static_cast<double>(scale_base);
+  return at::pow(scale.unsqueeze(0), power.unsqueeze(1)).repeat_interleave(2, -1);
 }
 
 }  // namespace
@@ -455,23 +516,35 @@ int64_t AttentionLayersPlan::index(const std::string& name) const {
   return it == index_.end() ? -1 : it->second;
 }
 
-at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs& inputs, at::TensorList params,
+at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs& inputs, at::TensorList params,
                             const AttentionLayersPlan& plan, bool training, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
-  const auto& [mask, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
-               mem_masks] = inputs;
+  const auto& [mask_in, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
+               mem_masks, cache_kv, cache_length, cache_age] = inputs;
+  const bool cached = !cache_kv.empty();
+  // With a cache only the last cache_age tokens run (x-transformers' slicing); their keys follow the cached ones.
+  const int64_t past = cached ? check_cache(cache_kv, x_arg, inputs, plan, training) : 0;
+  const int64_t n_in = x_arg.dim() == 3 ? x_arg.size(1) : 0;
+  const at::Tensor x_in = cached && cache_age > 0 && cache_age < n_in ? x_arg.narrow(1, n_in - cache_age, cache_age)
+                                                                      : x_arg;
+  const std::optional<int64_t> key_length =
+      cached ? std::optional<int64_t>(past + x_in.size(1)) : std::nullopt;  // self-attention's keys, with a cache
   check_memories(mems, mem_masks, x_in, o, attn_mask_in.has_value() || attn_bias.has_value());
-  check_inputs(x_in, mask, context, context_mask, o);
-  check_mask("self_attn_kv_mask", self_attn_kv_mask, x_in);
+  check_inputs(x_in, mask_in, context, context_mask, o, key_length);
+  check_mask("self_attn_kv_mask", self_attn_kv_mask, x_in, key_length);
+  const int64_t keys = key_length.value_or(x_in.size(1));
   // As x-transformers: self-attention's keys follow self_attn_kv_mask when given (else `mask`), and left padding
-  // (seq_start_pos) hides keys before each sequence's start, replacing `mask` for the keys.
+  // (seq_start_pos) hides keys before each sequence's start, replacing `mask` for the keys. With a cache `mask`
+  // covers the keys only (the queries are the new tokens).
   std::optional<at::Tensor> self_key_mask = self_attn_kv_mask;
+  if (cached && !self_key_mask.has_value()) self_key_mask = mask_in;
+  const std::optional<at::Tensor> mask = cached ? std::nullopt : mask_in;
   if (seq_start_pos.has_value()) {
     const auto& start = *seq_start_pos;
     TORCH_CHECK_VALUE(start.dim() == 1 && start.size(0) == x_in.size(0) && !start.is_floating_point(),
                       "AttentionLayers: expected seq_start_pos of shape (", x_in.size(0),
                       ") and an integer dtype, got ", start.sizes(), " ", start.scalar_type());
-    const auto left_pad = at::arange(x_in.size(1), start.options()).unsqueeze(0) >= start.unsqueeze(1);
+    const auto left_pad = at::arange(keys, start.options()).unsqueeze(0) >= start.unsqueeze(1);
     self_key_mask = self_key_mask.has_value() ? self_key_mask->logical_and(left_pad) : left_pad;
   }
   const auto attn_mask = normalized_attn_mask(attn_mask_in, x_in, o.heads());
@@ -481,26 +554,50 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
   at::Tensor slopes;
   if (!plan.alibi_slopes().empty())
     slopes = at::tensor(plan.alibi_slopes(), x_in.options().dtype(at::kDouble)).to(at::kFloat);
-  at::Tensor rotary;
-  if (o.rotary_pos_emb()) {
-    // With memories the keys reach back to position -M (the first memory's length, as x-transformers).
+  at::Tensor rotary, xpos_scale;
+  if (o.uses_rotary()) {
+    // With memories the keys reach back to position -M (the first memory's length, as x-transformers). With a
+    // cache the positions run to n_in + cache_length (x-transformers' seq_pos_offset), the keys being the last.
     const int64_t mem_len = mems.empty() ? 0 : mems.front().size(1);
-    rotary = rotary_angles(p.get("rotary_pos_emb.inv_freq"), x_in.size(1) + mem_len, o.rotary_interpolation_factor(),
-                           -mem_len);
+    const int64_t positions = cached ? n_in + cache_length : x_in.size(1) + mem_len;
+    TORCH_CHECK_VALUE(positions >= keys, "AttentionLayers: cache_length ", cache_length, " is shorter than the ",
+                      past, " cached keys");
+    rotary = rotary_angles(p.get("rotary_pos_emb.inv_freq"), positions, o.rotary_interpolation_factor(), -mem_len);
+    if (o.rotary_xpos())
+      xpos_scale = xpos_scales(p.get("rotary_pos_emb.scale"), positions, -mem_len, o.rotary_xpos_scale_base());
   }
   size_t next_memory = 0;
   // Cross-attention gets neither ALiBi, learned position biases nor rotary (x-transformers passes them to
   // self-attention only).
   auto self_config = attention_config(o.attn(), o, o.causal(), slopes, rotary);
+  self_config.rotary_scale = xpos_scale;
   if (o.rel_pos_bias())
-    self_config.position_bias = t5_position_bias(p.get("rel_pos.relative_attention_bias.weight"), x_in.size(1), o);
-  if (o.dynamic_pos_bias()) self_config.position_bias = dynamic_position_bias(p, x_in.size(1), x_in, o);
+    self_config.position_bias =
+        t5_position_bias(p.get("rel_pos.relative_attention_bias.weight"), x_in.size(1), keys, o);
+  if (o.dynamic_pos_bias()) self_config.position_bias = dynamic_position_bias(p, x_in.size(1), keys, x_in, o);
   if (attn_bias.has_value()) self_config.position_bias = normalized_attn_bias(*attn_bias, x_in, o);
   auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor(), at::Tensor());
   self_config.residual_scores = o.residual_attn();
   cross_config.residual_scores = o.cross_residual_attn();
   at::Tensor self_scores, cross_scores;  // RealFormer: the previous layer's pre-softmax scores
   at::Tensor first_self_values, first_cross_values;  // ResFormer: the first attention layers' values
+
+  // The cache entry of an attention layer, as our (b, N, hk, d) layout; its keys and values go to `record`.
+  size_t next_cache = 0;
+  auto layer_cache = [&]() {
+    KVCache kv;
+    if (cached) {
+      kv.k = cache_kv[2 * next_cache].transpose(1, 2);
+      kv.v = cache_kv[2 * next_cache + 1].transpose(1, 2);
+    }
+    ++next_cache;
+    return kv;
+  };
+  auto keep_cache = [&](const KVCache& kv) {
+    if (record == nullptr) return;
+    record->cached_kv.push_back(kv.k.transpose(1, 2));
+    record->cached_kv.push_back(kv.v.transpose(1, 2));
+  };
 
   at::Tensor x = x_in;
   for (const int64_t i : plan.execution_order()) {
@@ -529,15 +626,21 @@ at::Tensor attention_layers(const at::Tensor& x_in, const AttentionLayersInputs&
         if (next_memory < mem_masks.size()) memory.mask = mem_masks[next_memory];
         ++next_memory;
       }
+      KVCache kv = layer_cache();
       out = attention(h, std::nullopt, mask, self_key_mask, attention_weights(p, block), self_config, training,
                       attn_mask, &self_scores,
-                      ValueResidual{o.add_value_residual() ? first_self_values : at::Tensor(), &values}, memory);
+                      ValueResidual{o.add_value_residual() ? first_self_values : at::Tensor(), &values}, memory,
+                      record != nullptr || cached ? &kv : nullptr);
+      keep_cache(kv);
       if (!first_self_values.defined()) first_self_values = values;
     } else {
       at::Tensor values;
+      KVCache kv = layer_cache();
       out = attention(h, context, mask, context_mask, attention_weights(p, block), cross_config, training,
                       std::nullopt, &cross_scores,
-                      ValueResidual{o.add_value_residual() ? first_cross_values : at::Tensor(), &values});
+                      ValueResidual{o.add_value_residual() ? first_cross_values : at::Tensor(), &values}, {},
+                      record != nullptr || cached ? &kv : nullptr);
+      keep_cache(kv);
       if (!first_cross_values.defined()) first_cross_values = values;
     }
     if (o.use_layerscale()) {

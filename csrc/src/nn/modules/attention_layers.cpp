@@ -102,7 +102,7 @@ void AttentionLayersImpl::reset() {
     layer->push_back(make_residual(options));
     layers->push_back(layer);
   }
-  if (options.rotary_pos_emb()) {
+  if (options.uses_rotary()) {
     // x-transformers' RotaryEmbedding: a persistent inv_freq buffer, base 10000 (NTK-rescaled when asked).
     const int64_t r = options.resolved_rotary_dim();
     const double base = 10000.0 * std::pow(options.rotary_base_rescale_factor(),
@@ -110,6 +110,10 @@ void AttentionLayersImpl::reset() {
     rotary_pos_emb = std::make_shared<torch::nn::Module>("RotaryEmbedding");
     rotary_pos_emb->register_buffer(
         "inv_freq", 1.0 / at::pow(base, at::arange(0, r, 2, at::kFloat) / static_cast<double>(r)));
+    // xPos: the per-pair decay (2k + 0.4 r) / (1.4 r), a persistent buffer too.
+    if (options.rotary_xpos())
+      rotary_pos_emb->register_buffer("scale", (at::arange(0, r, 2, at::kFloat) + 0.4 * static_cast<double>(r)) /
+                                                   (1.4 * static_cast<double>(r)));
     register_module("rotary_pos_emb", rotary_pos_emb);
   }
   if (options.rel_pos_bias() || options.dynamic_pos_bias()) rel_pos = register_module("rel_pos", make_rel_pos(options));

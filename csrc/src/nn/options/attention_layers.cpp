@@ -185,7 +185,10 @@ void AttentionLayersOptions::validate() const {
                     rel_pos_num_buckets_, " and ", rel_pos_max_distance_);
   TORCH_CHECK_VALUE(!dynamic_pos_bias_ || (dynamic_pos_bias_mlp_depth_ >= 1 && dim_ / 4 > 0),
                     "AttentionLayers: dynamic_pos_bias needs dynamic_pos_bias_mlp_depth >= 1 and dim >= 4");
-  if (rotary_pos_emb_) {
+  TORCH_CHECK_VALUE(!rotary_xpos_ || causal_, "AttentionLayers: rotary_xpos is for causal stacks only (Decoder)");
+  TORCH_CHECK_VALUE(rotary_xpos_scale_base_ > 0, "AttentionLayers: expected rotary_xpos_scale_base > 0, got ",
+                    rotary_xpos_scale_base_);
+  if (uses_rotary()) {
     const int64_t r = resolved_rotary_dim();
     TORCH_CHECK_VALUE(r >= 2 && r % 2 == 0 && r <= attn_.dim_head(), "AttentionLayers: expected an even rotary_emb_dim in [2, ",
                       attn_.dim_head(), "] (attn_dim_head), got ", r);
@@ -318,6 +321,8 @@ const std::vector<Field>& fields() {
     XTC_OWN(rotary_emb_dim, std::optional<int64_t>);
     XTC_OWN(rotary_interpolation_factor, double);
     XTC_OWN(rotary_base_rescale_factor, double);
+    XTC_OWN(rotary_xpos, bool);
+    XTC_OWN(rotary_xpos_scale_base, int64_t);
     XTC_OWN(softclamp_output, bool);
     XTC_OWN(softclamp_output_value, double);
     XTC_OWN(zero_init_branch_output, bool);

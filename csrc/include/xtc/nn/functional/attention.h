@@ -41,6 +41,14 @@ struct XLMemory {
   std::optional<at::Tensor> mask;
 };
 
+/// Incremental decoding (x-transformers' cached_kv): the keys and values of earlier steps, (b, N, hk, dh|dv), taken
+/// after qk-norm and the value mix and before rotary. On entry, undefined = no earlier step; on return, this call's
+/// keys and values behind the earlier ones. With earlier keys, cross-attention takes them alone (the context is not
+/// projected again) and `mask` is not applied to the outputs (the queries are the new tokens only).
+struct KVCache {
+  at::Tensor k, v;
+};
+
 /// What the materialising path does beyond a plain softmax: talking heads and top-k sparsity.
 struct ScoreTransforms {
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
@@ -54,7 +62,8 @@ struct AttentionConfig {
   bool causal = false;
   AttentionOptions options;
   at::Tensor alibi_slopes;  // (h) float, 0 for heads without ALiBi; undefined = no ALiBi
-  at::Tensor rotary_angles;  // (n, r) rotary angles of the query positions; undefined = no rotary
+  at::Tensor rotary_angles;  // (n, r) rotary angles of the positions (q and k take the last rows); undefined = none
+  at::Tensor rotary_scale;   // (n, r) xPos scales of the same positions (q times, k divided); undefined = none
   at::Tensor position_bias;  // (1|b, h, n, n) bias (T5, dynamic, attn_bias) added to the logits; undefined = none
   bool residual_scores = false;  // RealFormer: take the previous layer's scores and hand on this layer's
 };
@@ -65,9 +74,11 @@ struct AttentionConfig {
 at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const std::optional<at::Tensor>& key_padding_mask, bool causal, int64_t chunk = 64);
 
-/// Rotates the first r features of t (b, n, heads, dh) by `angles` (n, r), pairs (2k, 2k+1) together
-/// (x-transformers' apply_rotary_pos_emb); the rest pass through.
-at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles);
+/// Rotates the first r features of t (b, n, heads, dh) by the last n rows of `angles` (N, r), pairs (2k, 2k+1)
+/// together (x-transformers' apply_rotary_pos_emb); the rest pass through. `scale` (N, r), when defined, multiplies
+/// the rotated features (xPos; its reciprocal with `inverse_scale`, for the keys).
+at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale = {},
+                        bool inverse_scale = false);
 
 /// Attention of x (b, n, dim) over `context` (b, m, dim) or, when undefined, over x itself. `mask` (b, n) zeroes the
 /// output at padded queries and masks self-attention's keys unless `context_mask` is given; `context_mask` masks
@@ -79,7 +90,8 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& weights, const AttentionConfig& config, bool training,
                      const std::optional<at::Tensor>& attn_mask = std::nullopt, at::Tensor* scores = nullptr,
-                     const ValueResidual& value_residual = {}, const XLMemory& memory = {});
+                     const ValueResidual& value_residual = {}, const XLMemory& memory = {},
+                     KVCache* cache = nullptr);
 
 /// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils.
 std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool training, bool has_attn_mask);

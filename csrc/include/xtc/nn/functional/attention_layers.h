@@ -57,12 +57,21 @@ struct AttentionLayersInputs {
   /// none), pre-normed with that layer's norm and prepended to its keys and values; mem_masks (b, M) bool each.
   std::vector<at::Tensor> mems;
   std::vector<std::optional<at::Tensor>> mem_masks;
+  /// Incremental decoding (causal stacks): x-transformers' cached_kv of the previous call, one (k, v) pair per
+  /// executed attention layer, flattened [k0, v0, k1, v1, ...], k (b, hk, N, dh) and v (b, hk, N, dv); empty = no
+  /// cache. With one, only the last `cache_age` tokens of x run (all when cache_age <= 0), `mask` and
+  /// self_attn_kv_mask cover the cached and new keys (b, N + new), and positions continue from cache_length.
+  std::vector<at::Tensor> cache_kv;
+  int64_t cache_length = 0;
+  int64_t cache_age = 1;
 };
 
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed
 /// self-attention layer (`hiddens`) and each executed layer, then before the final norm (`layer_hiddens`).
+/// cached_kv: each executed attention layer's keys and values, cached ones included, flattened as
+/// AttentionLayersInputs::cache_kv (the cache for the next step).
 struct AttentionLayersHiddens {
-  std::vector<at::Tensor> hiddens, layer_hiddens;
+  std::vector<at::Tensor> hiddens, layer_hiddens, cached_kv;
 };
 
 /// x (b, n, dim) through the stack. `params`: the parameters and buffers in plan.parameters() order

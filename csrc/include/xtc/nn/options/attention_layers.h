@@ -33,7 +33,9 @@ struct AttentionLayersOptions {
   ResidualKind residual_kind() const;
   /// Whether the wrappers' absolute positions are off because the stack has its own (rotary or T5), as
   /// x-transformers' `disable_abs_pos_emb` default.
-  bool disables_abs_pos_emb() const { return rotary_pos_emb_ || rel_pos_bias_; }
+  bool disables_abs_pos_emb() const { return uses_rotary() || rel_pos_bias_; }
+  /// Rotary embedding on: rotary_pos_emb, or rotary_xpos (which implies it, as x-transformers).
+  bool uses_rotary() const { return rotary_pos_emb_ || rotary_xpos_; }
   /// Rotated features per head when rotary_pos_emb is on.
   int64_t resolved_rotary_dim() const { return rotary_emb_dim_.value_or(attn_.dim_head() / 2); }
   /// Whether a final norm closes the stack.
@@ -137,6 +139,11 @@ struct AttentionLayersOptions {
   TORCH_ARG(double, rotary_interpolation_factor) = 1.0;
   /// NTK-aware rescaling of the rotary base: base * factor^(r / (r - 2)).
   TORCH_ARG(double, rotary_base_rescale_factor) = 1.0;
+  /// xPos (Sun et al. 2022, arXiv 2212.10554): rotary with a per-pair decay, q scaled by s^p and k by s^-p,
+  /// p = (position - max_pos / 2) / rotary_xpos_scale_base; implies rotary_pos_emb; causal stacks only.
+  TORCH_ARG(bool, rotary_xpos) = false;
+  /// The xPos scale base.
+  TORCH_ARG(int64_t, rotary_xpos_scale_base) = 512;
   /// c * tanh(x / c) on the output before the final norm (Gemma 2).
   TORCH_ARG(bool, softclamp_output) = false;
   /// The cap c of softclamp_output.
