@@ -37,7 +37,8 @@ at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::
                                           params, layers_plan(options), training);
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>>
 attention_layers_with_hiddens_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                                      const std::optional<at::Tensor>& context,
                                      const std::optional<at::Tensor>& context_mask,
@@ -54,7 +55,7 @@ attention_layers_with_hiddens_kernel(const at::Tensor& x, const std::optional<at
       {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, mems.vec(),
        to_vector(mem_masks), cache_kv.vec(), cache_length, cache_age},
       params, layers_plan(options), training, &record);
-  return {out, record.hiddens, record.layer_hiddens, record.cached_kv};
+  return {out, record.hiddens, record.layer_hiddens, record.cached_kv, record.attn_maps};
 }
 
 }  // namespace
@@ -86,13 +87,14 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
       "Tensor[] params, str options, bool training=False) -> Tensor");
   // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer),
   // layer_hiddens (entering each layer, then before the final norm) and cached_kv (each attention layer's keys and
-  // values, flattened k0, v0, k1, v1, ...), for return_hiddens; with cache_kv (the previous call's), it decodes
-  // incrementally: only the last cache_age tokens run, at positions after cache_length.
+  // values, flattened k0, v0, k1, v1, ...) and attention maps (qk_similarities, pre- and post-softmax per attention
+  // layer, empty where x-transformers has none), for return_hiddens; with cache_kv (the previous call's), it
+  // decodes incrementally: only the last cache_age tokens run, at positions after cache_length.
   m.def(
       "attention_layers_with_hiddens(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, "
       "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] mems, "
       "Tensor[] mem_masks, Tensor[] cache_kv, int cache_length, int cache_age, Tensor[] params, str options, "
-      "bool training=False) -> (Tensor, Tensor[], Tensor[], Tensor[])");
+      "bool training=False) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

@@ -93,7 +93,8 @@ def _build_tree(layout):
 class Intermediates:
     """The part of x-transformers' per-attention-layer Intermediates filled here: cached_kv, the layer's keys
     (batch, kv_heads, seq, dim_head) and values (batch, kv_heads, seq, value_dim_head), cached ones included, taken
-    before rotary as x-transformers does; the attention maps are not returned (None)."""
+    before rotary as x-transformers does; and the attention maps (batch, heads, seq, keys): qk_similarities,
+    pre_softmax_attn, post_softmax_attn, None where x-transformers has none (attn_flash=True, and our attn_linear)."""
 
     cached_kv: tuple | None = None
     layer_type: str | None = None  # 'a' self-attention, 'c' cross-attention
@@ -154,8 +155,9 @@ class AttentionLayers(nn.Module):
         with optional mem_masks (batch, mem_len) bool.
 
         With return_hiddens, returns (out, LayerIntermediates) with x-transformers' `hiddens`, `layer_hiddens`,
-        `last_hidden`, `cache_length` and, per attention layer, `attn_intermediates[i].cached_kv`; attention maps
-        are not returned (their fields are None).
+        `last_hidden`, `cache_length` and, per attention layer, `attn_intermediates[i]` with `cached_kv` and, as
+        x-transformers without attn_flash, the attention maps `qk_similarities`, `pre_softmax_attn` and
+        `post_softmax_attn` (those layers then materialise their scores for this call).
 
         Incremental decoding (Decoder), as x-transformers: pass the LayerIntermediates of the previous call as
         `cache`; only the last `cache_age` tokens of x run (x may hold just the new tokens), at the positions after
@@ -180,12 +182,15 @@ class AttentionLayers(nn.Module):
         if cache is not None:
             cache_kv = [t for inter in cache.attn_intermediates for t in inter.cached_kv]
             cache_length = cache.cache_length
-        out, hiddens, layer_hiddens, kv = torch.ops.xtc.attention_layers_with_hiddens(
+        out, hiddens, layer_hiddens, kv, maps = torch.ops.xtc.attention_layers_with_hiddens(
             *inputs, cache_kv, cache_length, cache_age, params, self._options, self.training)
         if not return_hiddens:
             return out
         types = _C.executed_attention_types(self._options)
-        attn_intermediates = [Intermediates(cached_kv=(kv[2 * i], kv[2 * i + 1]), layer_type=t)
+        maps = [m if m.dim() == 4 else None for m in maps]  # empty: this layer has no maps
+        attn_intermediates = [Intermediates(cached_kv=(kv[2 * i], kv[2 * i + 1]), layer_type=t,
+                                            qk_similarities=maps[3 * i], pre_softmax_attn=maps[3 * i + 1],
+                                            post_softmax_attn=maps[3 * i + 2])
                               for i, t in enumerate(types)]
         return out, LayerIntermediates(hiddens=list(hiddens), last_hidden=out, layer_hiddens=list(layer_hiddens),
                                        attn_intermediates=attn_intermediates,

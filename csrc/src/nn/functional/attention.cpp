@@ -115,8 +115,10 @@ at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return at::cat(outputs, 1);
 }
 
-std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool training, bool has_attn_mask) {
+std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool training, bool has_attn_mask,
+                                             bool wants_maps) {
   std::vector<std::string> reasons;
+  if (wants_maps) reasons.emplace_back("the attention maps were asked for (return_hiddens without attn_flash)");
   if (has_attn_mask) reasons.emplace_back("attn_mask is an arbitrary (query, key) pattern, not a padding mask");
   if (c.position_bias.defined())
     reasons.emplace_back("a learned position bias or attn_bias is a dense (head, query, key) tensor");
@@ -138,7 +140,8 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& w, const AttentionConfig& c, bool training,
                      const std::optional<at::Tensor>& attn_mask, at::Tensor* scores,
-                     const ValueResidual& value_residual, const XLMemory& xl, KVCache* cache) {
+                     const ValueResidual& value_residual, const XLMemory& xl, KVCache* cache,
+                     AttentionMaps* maps) {
   const auto& o = c.options;
   const bool cached_step = cache != nullptr && cache->k.defined();
   // Keys and values come from the context, or from x behind its Transformer-XL memory. On a cached step a
@@ -214,7 +217,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   at::Tensor out;
   if (o.linear()) {
     out = linear_attention(q, k, v, key_mask, c.causal && n > 1);
-  } else if (materialize_reasons(c, training, attn_mask.has_value()).empty()) {
+  } else if (materialize_reasons(c, training, attn_mask.has_value(), maps != nullptr).empty()) {
     const auto slopes = c.alibi_slopes.defined() ? std::optional<at::Tensor>(c.alibi_slopes) : std::nullopt;
     out = std::get<0>(
         ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, window_right, softcap));
@@ -257,7 +260,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
                                      o.sparse_topk(), o.sparse_topk_straight_through()};
     out = materialized_attention(q, k, v, scale, keep, bias, c.causal && n > 1, softcap, o.dropout(), training,
-                                 transforms, c.residual_scores ? scores : nullptr);
+                                 transforms, c.residual_scores ? scores : nullptr, maps);
   }
   if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
   out = out.reshape({b, n, c.heads * c.value_dim_head});
@@ -270,7 +273,8 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
 
 at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                   const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
-                                  double dropout, bool training, const ScoreTransforms& t, at::Tensor* scores) {
+                                  double dropout, bool training, const ScoreTransforms& t, at::Tensor* scores,
+                                  AttentionMaps* maps) {
   const int64_t heads = q.size(2), kv_heads = k.size(2), n = q.size(1), m = k.size(1);
   // Query head i reads kv head i % kv_heads.
   const auto kv_index = at::arange(heads, q.options().dtype(at::kLong)).remainder(kv_heads);
@@ -279,6 +283,7 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
   const auto vh = v.index_select(2, kv_index).transpose(1, 2);  // (b, h, m, dv)
   auto sim = at::matmul(qh, kh.transpose(-1, -2)) * scale;
   if (scores != nullptr && scores->defined()) sim = sim + *scores;
+  if (maps != nullptr) maps->qk_similarities = sim;
   // Talking heads are 1x1 convolutions over the head axis: a (h, h) mix of the (b, h, n, m) scores.
   const auto mix_heads = [](const at::Tensor& weight, const at::Tensor& s) {
     return at::einsum("gh,bhij->bgij", {weight.flatten(1), s});
@@ -298,6 +303,7 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     sim = sim.masked_fill(future, lowest);
   }
   if (scores != nullptr) *scores = sim;  // x-transformers' pre_softmax_attn: masked, before the softmax
+  if (maps != nullptr) maps->pre_softmax_attn = sim;
   at::Tensor attn;
   if (t.sparse_topk.has_value()) {
     // x-transformers' sparse_topk_attn: logits below the row's k-th largest (or masked) are dropped.
@@ -312,6 +318,7 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     // Softmax in float32 as x-transformers, but float64 inputs keep their precision.
     attn = at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).to(sim.scalar_type());
   }
+  if (maps != nullptr) maps->post_softmax_attn = attn;
   if (training && dropout > 0) attn = at::dropout(attn, dropout, training);
   if (t.post_talking_heads.defined()) attn = mix_heads(t.post_talking_heads, attn);
   if (pre_to_post_scale.defined()) attn = attn * pre_to_post_scale;

@@ -7,6 +7,7 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/embedding.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/full_like.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
@@ -598,6 +599,15 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     record->cached_kv.push_back(kv.k.transpose(1, 2));
     record->cached_kv.push_back(kv.v.transpose(1, 2));
   };
+  // Attention maps, when recording, for the layers whose x-transformers counterpart would return them.
+  auto maps_for = [&](const AttentionOptions& a, AttentionMaps& maps) -> AttentionMaps* {
+    return record != nullptr && !a.flash() && !a.linear() ? &maps : nullptr;
+  };
+  auto keep_maps = [&](const AttentionMaps& maps) {
+    if (record == nullptr) return;
+    for (const auto* t : {&maps.qk_similarities, &maps.pre_softmax_attn, &maps.post_softmax_attn})
+      record->attn_maps.push_back(t->defined() ? *t : at::empty({0}, x_in.options()));
+  };
 
   at::Tensor x = x_in;
   for (const int64_t i : plan.execution_order()) {
@@ -627,20 +637,24 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
         ++next_memory;
       }
       KVCache kv = layer_cache();
+      AttentionMaps maps;
       out = attention(h, std::nullopt, mask, self_key_mask, attention_weights(p, block), self_config, training,
                       attn_mask, &self_scores,
                       ValueResidual{o.add_value_residual() ? first_self_values : at::Tensor(), &values}, memory,
-                      record != nullptr || cached ? &kv : nullptr);
+                      record != nullptr || cached ? &kv : nullptr, maps_for(o.attn(), maps));
       keep_cache(kv);
+      keep_maps(maps);
       if (!first_self_values.defined()) first_self_values = values;
     } else {
       at::Tensor values;
       KVCache kv = layer_cache();
+      AttentionMaps maps;
       out = attention(h, context, mask, context_mask, attention_weights(p, block), cross_config, training,
                       std::nullopt, &cross_scores,
                       ValueResidual{o.add_value_residual() ? first_cross_values : at::Tensor(), &values}, {},
-                      record != nullptr || cached ? &kv : nullptr);
+                      record != nullptr || cached ? &kv : nullptr, maps_for(o.cross_attn(), maps));
       keep_cache(kv);
+      keep_maps(maps);
       if (!first_cross_values.defined()) first_cross_values = values;
     }
     if (o.use_layerscale()) {

@@ -49,6 +49,13 @@ struct KVCache {
   at::Tensor k, v;
 };
 
+/// x-transformers' attention maps of one layer (its Intermediates), each (b, h, n, keys), memory keys first:
+/// qk_similarities (q.k times the scale, plus the previous layer's scores with residual attention; before bias and
+/// masks), pre_softmax_attn (the masked logits) and post_softmax_attn (the probabilities, before dropout).
+struct AttentionMaps {
+  at::Tensor qk_similarities, pre_softmax_attn, post_softmax_attn;
+};
+
 /// What the materialising path does beyond a plain softmax: talking heads and top-k sparsity.
 struct ScoreTransforms {
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
@@ -91,10 +98,12 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      const AttentionWeights& weights, const AttentionConfig& config, bool training,
                      const std::optional<at::Tensor>& attn_mask = std::nullopt, at::Tensor* scores = nullptr,
                      const ValueResidual& value_residual = {}, const XLMemory& memory = {},
-                     KVCache* cache = nullptr);
+                     KVCache* cache = nullptr, AttentionMaps* maps = nullptr);
 
 /// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils.
-std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool training, bool has_attn_mask);
+/// `wants_maps`: the caller asked for the attention maps (return_hiddens without attn_flash).
+std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool training, bool has_attn_mask,
+                                             bool wants_maps = false);
 
 /// Softmax attention that materialises the (b, h, n, m) scores, as x-transformers' own path: logits scaled, plus
 /// `bias` (broadcastable to (b, h, n, m)), soft-capped, hidden entries (`keep` False, or in the future when causal)
@@ -104,6 +113,6 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool
 at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                   const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
                                   double dropout, bool training, const ScoreTransforms& transforms = {},
-                                  at::Tensor* scores = nullptr);
+                                  at::Tensor* scores = nullptr, AttentionMaps* maps = nullptr);
 
 }  // namespace xtc::nn::functional

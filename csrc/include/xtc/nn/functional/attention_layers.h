@@ -69,9 +69,12 @@ struct AttentionLayersInputs {
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed
 /// self-attention layer (`hiddens`) and each executed layer, then before the final norm (`layer_hiddens`).
 /// cached_kv: each executed attention layer's keys and values, cached ones included, flattened as
-/// AttentionLayersInputs::cache_kv (the cache for the next step).
+/// AttentionLayersInputs::cache_kv (the cache for the next step). attn_maps: each executed attention layer's
+/// qk_similarities, pre_softmax_attn and post_softmax_attn (AttentionMaps), flattened; as x-transformers, only
+/// layers without attn_flash (or cross_attn_flash) and without attn_linear have them, the others give empty
+/// tensors. Asking for the maps makes those layers materialise their scores.
 struct AttentionLayersHiddens {
-  std::vector<at::Tensor> hiddens, layer_hiddens, cached_kv;
+  std::vector<at::Tensor> hiddens, layer_hiddens, cached_kv, attn_maps;
 };
 
 /// x (b, n, dim) through the stack. `params`: the parameters and buffers in plan.parameters() order
