@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
   T* sQ = sV + kBlockN * kStride;    // [2][kBlockM][kStride]
   T* sdO = sQ + 2 * kBlockM * kStride;  // [2][kBlockM][kStride]
   T* sdS = sdO + 2 * kBlockM * kStride;  // [kBlockN][kDsStride], dS^T
-  float* sLse = reinterpret_cast<float*>(sdS + kBlockN * kDsStride);  // [2][kBlockM], log2 units
+  float* sLse = reinterpret_cast<float*>(sdS + kBlockN * kDsStride);  // [2][kBlockM], as saved (natural log)
   float* sD = sLse + 2 * kBlockM;                                       // [2][kBlockM]
   bool* sKeep = reinterpret_cast<bool*>(sD + 2 * kBlockM);
 
@@ -117,18 +117,14 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
     load_tile_async<T, kBlockM, kD, kThreads>(sQ + buf * kBlockM * kStride, q, p.q_row_stride, q0, p.queries, tid);
     load_tile_async<T, kBlockM, kD, kThreads>(sdO + buf * kBlockM * kStride, dout, p.do_row_stride, q0, p.queries,
                                               tid);
-    const int64_t stats = (static_cast<int64_t>(batch) * p.heads + head) * p.queries;
+    // lse and D through cp.async as well: a plain load would stall the loading warp for the global latency
+    // before the barrier every iteration. Rows past n are zero-filled; their q and dO rows are zeros too, so
+    // they add nothing to dK and dV.
+    const int64_t stats = (static_cast<int64_t>(batch) * p.heads + head) * p.queries + q0;
     for (int r = tid; r < kBlockM; r += kThreads) {
-      const int row = q0 + r;
-      // +inf for rows past n and rows that saw no key (lse = -inf): exp2(x - inf) = 0 gives P = 0 there.
-      float lse2 = INFINITY, d = 0.f;
-      if (row < p.queries) {
-        const float l = lse[stats + row];
-        lse2 = l == -INFINITY ? INFINITY : l * kLog2e;
-        d = dsum[stats + row];
-      }
-      sLse[buf * kBlockM + r] = lse2;
-      sD[buf * kBlockM + r] = d;
+      const bool valid = q0 + r < p.queries;
+      cp_async_4(smem_addr(sLse + buf * kBlockM + r), lse + stats + r, valid);
+      cp_async_4(smem_addr(sD + buf * kBlockM + r), dsum + stats + r, valid);
     }
   };
 
@@ -192,8 +188,11 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
       constexpr bool kSoftcap = decltype(softcap)::value;
 #pragma unroll
       for (int nt = 0; nt < kBlockM / 8; ++nt) {
-        // lse and D of this thread's two query columns (2t, 2t + 1 of the n8 tile), one 8-byte read each.
-        const float2 lse2 = *reinterpret_cast<const float2*>(cLse + nt * 8 + 2 * t);
+        // lse and D of this thread's two query columns (2t, 2t + 1 of the n8 tile), one 8-byte read each; lse to
+        // log2 units, +inf for rows that saw no key (lse = -inf), so that exp2(x - inf) = 0 gives P = 0 there.
+        const float2 lse_raw = *reinterpret_cast<const float2*>(cLse + nt * 8 + 2 * t);
+        const float2 lse2 = make_float2(lse_raw.x == -INFINITY ? INFINITY : lse_raw.x * kLog2e,
+                                        lse_raw.y == -INFINITY ? INFINITY : lse_raw.y * kLog2e);
         const float2 d2 = *reinterpret_cast<const float2*>(cD + nt * 8 + 2 * t);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {

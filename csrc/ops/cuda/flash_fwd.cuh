@@ -45,6 +45,11 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool 
   const int src_bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
+// 4-byte asynchronous copy (one float); with valid == false the destination is zero-filled, nothing is read.
+__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
@@ -111,18 +116,35 @@ __device__ __forceinline__ float exp2_approx(float x) {
 
 // Copies rows [row0, row0 + kRows) of a (rows_total, kCols) row-major global matrix into shared memory with row
 // stride kCols + 8 elements; rows past rows_total are zero-filled. Needs 16-byte aligned rows (host ensures).
+// Each thread owns one 16-byte column chunk and every kRowsPerPass-th row from its first, so the addresses of its
+// copies differ by constants: one 64-bit product per call, then an add and a compare per copy (the generic
+// per-chunk index arithmetic cost ~25 instructions a copy, a third of the forward's issue slots).
 template <typename T, int kRows, int kCols, int kThreads>
 __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t row_stride, int row0, int rows_total,
                                                 int tid) {
   constexpr int kChunksPerRow = kCols / 8;  // 16-byte chunks of 8 two-byte elements
   constexpr int kStride = kCols + 8;
+  static_assert(kThreads % kChunksPerRow == 0, "every thread keeps one column chunk");
+  constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+  const int row = tid / kChunksPerRow, col = (tid % kChunksPerRow) * 8;
+  if constexpr (kRows % kRowsPerPass == 0) {
+    const T* src = gmem + static_cast<int64_t>(row0 + row) * row_stride + col;
+    const int64_t src_step = static_cast<int64_t>(kRowsPerPass) * row_stride;
+    const uint32_t dst = smem_addr(smem + row * kStride + col);
 #pragma unroll
-  for (int c = tid; c < kRows * kChunksPerRow; c += kThreads) {
-    const int r = c / kChunksPerRow;
-    const int col = (c % kChunksPerRow) * 8;
-    const bool valid = row0 + r < rows_total;
-    const T* src = valid ? gmem + static_cast<int64_t>(row0 + r) * row_stride + col : gmem;
-    cp_async_16(smem_addr(smem + r * kStride + col), src, valid);
+    for (int pass = 0; pass < kRows / kRowsPerPass; ++pass) {
+      // A row past the end copies 0 bytes (zero fill): its address is formed but never read.
+      const bool valid = row0 + row + pass * kRowsPerPass < rows_total;
+      cp_async_16(dst + pass * kRowsPerPass * kStride * static_cast<int>(sizeof(T)), src, valid);
+      src += src_step;
+    }
+  } else {
+#pragma unroll
+    for (int r = row; r < kRows; r += kRowsPerPass) {
+      const bool valid = row0 + r < rows_total;
+      const T* src = valid ? gmem + static_cast<int64_t>(row0 + r) * row_stride + col : gmem;
+      cp_async_16(smem_addr(smem + r * kStride + col), src, valid);
+    }
   }
 }
 
@@ -209,7 +231,7 @@ struct FwdConfig {
   static_assert(kThreads >= kBlockN, "one thread per key scans the padding mask of a tile");
 };
 
-// kBias: the call may use ALiBi or a softcap (false only when it uses neither).
+// kBias: the call may use ALiBi or a softcap, or has a scale <= 0 (false only when none of these holds).
 template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM, bool kBias>
 __global__ void __launch_bounds__(32 * kNWarps)
     flash_fwd_kernel(const FlashFwdParams p) {
@@ -283,6 +305,11 @@ __global__ void __launch_bounds__(32 * kNWarps)
   cp_async_commit();
 
   const LogitTransform logit = make_logit_transform(p, head);
+  // Without ALiBi and softcap (and with a positive scale, which the host guarantees for kBias == false) the
+  // scores stay raw q.k until the exponent, where score_factor = scale * log2(e) is applied; else they are
+  // transformed to log2 units first and score_factor is 1.
+  constexpr bool kRawScores = !kBias;
+  const float score_factor = kRawScores ? logit.scale_log2 : 1.f;
   const int warp_row0 = warp * kWarpM;  // this warp's first row within the CTA tile
   // This thread's query rows: m16 tile mi, half r (row groups g and g + 8).
   int rows[kMi][2];
@@ -372,8 +399,9 @@ __global__ void __launch_bounds__(32 * kNWarps)
             const int col_local = nt * 8 + 2 * t + (e & 1);
             const int row = rows[mi][e >> 1];
             float unused_tanh;
-            float x = logit.template apply<decltype(alibi)::value, decltype(softcap)::value>(
-                s[mi][nt][e], row, key0 + col_local, unused_tanh);
+            float x = kRawScores ? s[mi][nt][e]
+                                 : logit.template apply<decltype(alibi)::value, decltype(softcap)::value>(
+                                       s[mi][nt][e], row, key0 + col_local, unused_tanh);
             if constexpr (decltype(check)::value) {
               if (!(key_kept(key0, col_local) && in_band(p, row, key0 + col_local))) x = -INFINITY;
             }
@@ -385,7 +413,10 @@ __global__ void __launch_bounds__(32 * kNWarps)
     with_score_flags<kBias>(logit.has_alibi, logit.has_softcap, !whole_tile, score_stage);
 
     // Online softmax; a row that has seen no visible key yet keeps max -inf and uses 0 as its reference, so
-    // exp2(-inf - 0) = 0 everywhere and no inf - inf NaN appears.
+    // exp2(-inf - 0) = 0 everywhere and no inf - inf NaN appears. With raw scores (kRawScores) the max is taken
+    // on q.k and the scale enters the exponent as one FFMA, exp2(s * f - max * f), as FlashAttention-2 does.
+    float row_max_new[kMi][2];
+    bool unchanged = true;
 #pragma unroll
     for (int mi = 0; mi < kMi; ++mi) {
 #pragma unroll
@@ -395,19 +426,33 @@ __global__ void __launch_bounds__(32 * kNWarps)
         for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mi][nt][2 * r], s[mi][nt][2 * r + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float ref = mx == -INFINITY ? 0.f : mx;
-        const float correction = exp2_approx(row_max[mi][r] - ref);
-        row_max[mi][r] = mx;
-        row_sum[mi][r] *= correction;
+        row_max_new[mi][r] = mx;
+        unchanged = unchanged && mx == row_max[mi][r];
+      }
+    }
+    // Once the running maxima settle, most tiles change none of a warp's rows: their correction is exactly 1
+    // (or the row has no visible key yet and nothing to rescale), so the rescaling of O is skipped warp-wide.
+    const bool rescale = !__all_sync(0xffffffffu, unchanged);
 #pragma unroll
-        for (int dn = 0; dn < kD / 8; ++dn) {
-          acc_o[mi][dn][2 * r] *= correction;
-          acc_o[mi][dn][2 * r + 1] *= correction;
+    for (int mi = 0; mi < kMi; ++mi) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float mx = row_max_new[mi][r];
+        const float ref_f = (mx == -INFINITY ? 0.f : mx) * score_factor;
+        if (rescale) {
+          const float correction = exp2_approx(row_max[mi][r] * score_factor - ref_f);
+          row_sum[mi][r] *= correction;
+#pragma unroll
+          for (int dn = 0; dn < kD / 8; ++dn) {
+            acc_o[mi][dn][2 * r] *= correction;
+            acc_o[mi][dn][2 * r + 1] *= correction;
+          }
         }
+        row_max[mi][r] = mx;
 #pragma unroll
         for (int nt = 0; nt < kBlockN / 8; ++nt) {
-          s[mi][nt][2 * r] = exp2_approx(s[mi][nt][2 * r] - ref);
-          s[mi][nt][2 * r + 1] = exp2_approx(s[mi][nt][2 * r + 1] - ref);
+          s[mi][nt][2 * r] = exp2_approx(fmaf(s[mi][nt][2 * r], score_factor, -ref_f));
+          s[mi][nt][2 * r + 1] = exp2_approx(fmaf(s[mi][nt][2 * r + 1], score_factor, -ref_f));
           row_sum[mi][r] += s[mi][nt][2 * r] + s[mi][nt][2 * r + 1];
         }
       }
@@ -466,7 +511,7 @@ __global__ void __launch_bounds__(32 * kNWarps)
         for (int dn = 0; dn < kD / 8; ++dn)
           *reinterpret_cast<uint32_t*>(out_row + dn * 8 + 2 * t) =
               pack2<T>(acc_o[mi][dn][2 * r] * inv, acc_o[mi][dn][2 * r + 1] * inv);
-        if (t == 0) lse[row] = sum > 0.f ? (row_max[mi][r] + __log2f(sum)) * kLn2 : -INFINITY;
+        if (t == 0) lse[row] = sum > 0.f ? (row_max[mi][r] * score_factor + __log2f(sum)) * kLn2 : -INFINITY;
       }
     }
   }
@@ -584,7 +629,8 @@ cudaError_t launch_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) 
 template <typename T, int kHeadDim, int kBlockN>
 cudaError_t launch_flash_fwd_tile(const FlashFwdParams& params, cudaStream_t stream) {
   using Launch = FwdLaunch<kHeadDim>;
-  if (params.alibi_slopes != nullptr || params.softcap > 0)
+  // kBias == false keeps raw scores until the exponent, which needs a positive scale to keep the row maxima.
+  if (params.alibi_slopes != nullptr || params.softcap > 0 || !(params.scale > 0))
     return launch_flash_fwd<T, kHeadDim, Launch::kNWarps, kBlockN, Launch::kWarpM, true>(params, stream);
   return launch_flash_fwd<T, kHeadDim, Launch::kNWarps, kBlockN, Launch::kWarpM, false>(params, stream);
 }
