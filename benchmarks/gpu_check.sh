@@ -49,7 +49,10 @@ if [[ ${STATUS[build]} == ok ]]; then
     > "$LOGS/bench.log" 2>&1
   STATUS[bench]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
   # Tile-shape variants for A/B timing (same kernels, other instantiations); tests above cover the defaults.
-  for variant in XTC_CUDA_FWD_BLOCK_N=32 XTC_CUDA_BWD_BLOCK_N=128; do
+  # XTC_GPU_CHECK_AB=0 skips them.
+  variants=(XTC_CUDA_BWD_BLOCK_N=64)
+  [[ "${XTC_GPU_CHECK_AB:-1}" == 0 ]] && variants=()
+  for variant in "${variants[@]}"; do
     env "$variant" timeout 45 python3 benchmarks/bench_attention.py --head-dims 128 --lengths 2048 8192 \
       --cases none padding alibi --ours-only --reps 10 --out "/tmp/attention_cuda_${variant%%=*}.json" 2>&1 \
       | sed -n '/^Summary/,/^wrote/p' | sed "s/^Summary.*/A\/B $variant:/" | grep -v '^wrote' | tee -a "$LOGS/ab.log"

@@ -300,12 +300,14 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
   }
 }
 
-// 64 keys (4 warps) per CTA; d = 128 walks 32-query tiles so that the S^T / dP^T fragments (16 keys x kBlockM
-// each) fit beside the 2 x 64 fp32 dK / dV accumulators without spilling.
+// One warp per 16 keys; d = 128 walks 32-query tiles so that the S^T / dP^T fragments (16 keys x kBlockM each)
+// fit beside the 2 x 64 fp32 dK / dV accumulators without spilling. d = 128 takes 128 keys (8 warps) per CTA,
+// FlashAttention-2's shape: half the dQ atomics and Q / dO loads of 64-key CTAs, measured 5-7% faster on an H100
+// (benchmarks/NOTES.md); smaller head dims keep 64 keys (4 warps).
 template <int kHeadDim>
 struct BwdLaunch {
   static constexpr int kBlockM = kHeadDim >= 128 ? 32 : 64;
-  static constexpr int kBlockN = 64;
+  static constexpr int kBlockN = kHeadDim >= 128 ? 128 : 64;
 };
 
 template <typename T>
@@ -417,10 +419,9 @@ cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
 
   using Launch = detail::BwdLaunch<kHeadDim>;
   if constexpr (kHeadDim == 128) {
-    // XTC_CUDA_BWD_BLOCK_N=128: 128-key CTAs of 8 warps for d = 128 (FlashAttention-2's shape: half the dQ atomics
-    // and Q / dO loads, one CTA per SM instead of two); for A/B timing.
+    // XTC_CUDA_BWD_BLOCK_N=64: the 64-key CTAs of 4 warps (two CTAs per SM) for d = 128; for A/B timing.
     static const int block_n = detail::env_tile_override("XTC_CUDA_BWD_BLOCK_N", Launch::kBlockN);
-    if (block_n == 128) return detail::launch_flash_bwd<T, kHeadDim, Launch::kBlockM, 128>(params, stream);
+    if (block_n == 64) return detail::launch_flash_bwd<T, kHeadDim, Launch::kBlockM, 64>(params, stream);
   }
   return detail::launch_flash_bwd<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>(params, stream);
 }

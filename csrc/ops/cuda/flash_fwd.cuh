@@ -639,11 +639,6 @@ cudaError_t launch_flash_fwd_tile(const FlashFwdParams& params, cudaStream_t str
 template <typename T, int kHeadDim>
 cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) {
   using Launch = detail::FwdLaunch<kHeadDim>;
-  if constexpr (kHeadDim == 128) {
-    // XTC_CUDA_FWD_BLOCK_N=32: 32-key tiles for d = 128 (fewer registers, twice the tiles); for A/B timing.
-    static const int block_n = detail::env_tile_override("XTC_CUDA_FWD_BLOCK_N", Launch::kBlockN);
-    if (block_n == 32) return detail::launch_flash_fwd_tile<T, kHeadDim, 32>(params, stream);
-  }
   return detail::launch_flash_fwd_tile<T, kHeadDim, Launch::kBlockN>(params, stream);
 }
 
