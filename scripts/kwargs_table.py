@@ -35,6 +35,7 @@ PATHS = {
     "rotary_pos_emb": "rotation of q and k before the flash kernel (self-attention only, as x-transformers)",
     "rotary_xpos": "rotation and xPos scaling of q and k before the flash kernel (Decoder only, as x-transformers)",
     "rotary_xpos_scale_base": "as rotary_xpos",
+    "rotate_num_heads": "rotation of the last heads' q and k before the flash kernel (self-attention only)",
 }
 # Handled by the constructors themselves rather than as options.
 IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8"}

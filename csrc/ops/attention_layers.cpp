@@ -28,13 +28,14 @@ at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::
                                    const std::optional<at::Tensor>& attn_mask,
                                    const std::optional<at::Tensor>& self_attn_kv_mask,
                                    const std::optional<at::Tensor>& seq_start_pos,
-                                   const std::optional<at::Tensor>& attn_bias, at::TensorList mems,
+                                   const std::optional<at::Tensor>& attn_bias,
+                                   const std::optional<at::Tensor>& pos, at::TensorList mems,
                                    at::TensorList mem_masks, at::TensorList params,
                                    c10::string_view options, bool training) {
-  return nn::functional::attention_layers(x,
-                                          {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos,
-                                           attn_bias, mems.vec(), to_vector(mem_masks)},
-                                          params, layers_plan(options), training);
+  nn::functional::AttentionLayersInputs inputs{mask, context, context_mask, attn_mask, self_attn_kv_mask,
+                                               seq_start_pos, attn_bias, mems.vec(), to_vector(mem_masks)};
+  inputs.pos = pos;
+  return nn::functional::attention_layers(x, inputs, params, layers_plan(options), training);
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
@@ -45,16 +46,17 @@ attention_layers_with_hiddens_kernel(const at::Tensor& x, const std::optional<at
                                      const std::optional<at::Tensor>& attn_mask,
                                      const std::optional<at::Tensor>& self_attn_kv_mask,
                                      const std::optional<at::Tensor>& seq_start_pos,
-                                     const std::optional<at::Tensor>& attn_bias, at::TensorList mems,
+                                     const std::optional<at::Tensor>& attn_bias,
+                                     const std::optional<at::Tensor>& pos, at::TensorList mems,
                                      at::TensorList mem_masks, at::TensorList cache_kv, int64_t cache_length,
                                      int64_t cache_age, at::TensorList params, c10::string_view options,
                                      bool training) {
   nn::functional::AttentionLayersHiddens record;
-  auto out = nn::functional::attention_layers(
-      x,
-      {mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, mems.vec(),
-       to_vector(mem_masks), cache_kv.vec(), cache_length, cache_age},
-      params, layers_plan(options), training, &record);
+  nn::functional::AttentionLayersInputs inputs{mask, context, context_mask, attn_mask, self_attn_kv_mask,
+                                               seq_start_pos, attn_bias, mems.vec(), to_vector(mem_masks),
+                                               cache_kv.vec(), cache_length, cache_age};
+  inputs.pos = pos;
+  auto out = nn::functional::attention_layers(x, inputs, params, layers_plan(options), training, &record);
   return {out, record.hiddens, record.layer_hiddens, record.cached_kv, record.attn_maps};
 }
 
@@ -73,9 +75,10 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                         at::TensorList, at::TensorList, at::TensorList, c10::string_view, bool)>();
-  return op.call(x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, {}, {},
-                 params, options, training);
+                                         const std::optional<at::Tensor>&, at::TensorList, at::TensorList,
+                                         at::TensorList, c10::string_view, bool)>();
+  return op.call(x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias,
+                 std::nullopt, {}, {}, params, options, training);
 }
 
 }  // namespace xtc::ops
@@ -83,8 +86,8 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def(
       "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor? attn_mask, "
-      "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] mems, Tensor[] mem_masks, "
-      "Tensor[] params, str options, bool training=False) -> Tensor");
+      "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor? pos, Tensor[] mems, "
+      "Tensor[] mem_masks, Tensor[] params, str options, bool training=False) -> Tensor");
   // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer),
   // layer_hiddens (entering each layer, then before the final norm) and cached_kv (each attention layer's keys and
   // values, flattened k0, v0, k1, v1, ...) and attention maps (qk_similarities, pre- and post-softmax per attention
@@ -92,8 +95,8 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
   // decodes incrementally: only the last cache_age tokens run, at positions after cache_length.
   m.def(
       "attention_layers_with_hiddens(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, "
-      "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor[] mems, "
-      "Tensor[] mem_masks, Tensor[] cache_kv, int cache_length, int cache_age, Tensor[] params, str options, "
+      "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor? pos, "
+      "Tensor[] mems, Tensor[] mem_masks, Tensor[] cache_kv, int cache_length, int cache_age, Tensor[] params, str options, "
       "bool training=False) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 

@@ -142,7 +142,7 @@ class AttentionLayers(nn.Module):
 
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                 seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False, cache=None,
-                cache_age=1):
+                cache_age=1, pos=None):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
 
         With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
@@ -163,6 +163,9 @@ class AttentionLayers(nn.Module):
         `cache`; only the last `cache_age` tokens of x run (x may hold just the new tokens), at the positions after
         `cache.cache_length`, attending to the cached keys and values; `mask` then covers the cached and new keys
         (batch, cached + new). Decoding token by token gives the full forward's outputs.
+
+        pos (keys,) or (batch, keys) int: custom positions, as x-transformers: rotary (and xPos) rotate by them
+        instead of 0, 1, ..., and ALiBi becomes -|pos_j - pos_i| * slope (one position per token then).
         Pass them by name, as x-transformers advises; positionally, the second argument is the mask here (so that
         `torch.jit.trace(encoder, (embed, mask))` works), where x-transformers would take it as the context.
 
@@ -174,7 +177,7 @@ class AttentionLayers(nn.Module):
         # The op takes one mask per memory or none: a missing one keeps every memory key.
         mem_masks = [torch.ones(m.shape[:2], dtype=torch.bool, device=m.device) if k is None else k
                      for m, k in zip(mems, mem_masks)] if mem_masks else []
-        inputs = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
+        inputs = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, pos, mems,
                   mem_masks)
         if not return_hiddens and cache is None:
             return torch.ops.xtc.attention_layers(*inputs, params, self._options, self.training)

@@ -25,7 +25,8 @@ def test_maps_match_x_transformers(kind, options):
     mask = torch.tensor([[True] * 9, [True] * 5 + [False] * 4])
     kwargs = dict(mask=mask)
     if options.get("cross_attend"):
-        kwargs.update(context=torch.randn(2, 6, BASE["dim"]), context_mask=torch.tensor([[True] * 6, [True] * 3 + [False] * 3]))
+        context_mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+        kwargs.update(context=torch.randn(2, 6, BASE["dim"]), context_mask=context_mask)
     out, inter = ours(x, return_hiddens=True, **kwargs)
     expected, their_inter = theirs(x, return_hiddens=True, **kwargs)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)

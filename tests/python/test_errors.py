@@ -117,17 +117,19 @@ def test_misshapen_parameter(module, name, shape):
 def test_wrong_number_of_parameters_to_op(module):
     params = list(module.parameters())
     x = torch.randn(2, 5, DIM)
-    op = torch.ops.xtc.attention_layers
-    _raises(lambda: op(x, None, None, None, None, None, None, None, [], [], params[:-1], module._options, False), "parameters")
-    _raises(lambda: op(x, None, None, None, None, None, None, None, [], [], params + [params[0]],
-               module._options, False), "parameters", str(len(params)),
-            str(len(params) + 1))
-    _raises(lambda: op(x, None, None, None, None, None, None, None, [], [], [], module._options, False), "parameters")
+    no_inputs = (None,) * 8 + ([], [])  # the optional inputs after x, pos included, and the empty mems lists
+
+    def op(params_in):
+        return torch.ops.xtc.attention_layers(x, *no_inputs, params_in, module._options, False)
+
+    _raises(lambda: op(params[:-1]), "parameters")
+    _raises(lambda: op(params + [params[0]]), "parameters", str(len(params)), str(len(params) + 1))
+    _raises(lambda: op([]), "parameters")
 
 
 def test_malformed_options_to_op(module):
     x = torch.randn(2, 5, DIM)
-    _raises(lambda: torch.ops.xtc.attention_layers(x, None, None, None, None, None, None, None, [], [],
+    _raises(lambda: torch.ops.xtc.attention_layers(x, None, None, None, None, None, None, None, None, [], [],
                                                            list(module.parameters()),
                                                            "dim=32;garbage",
                                                            False),

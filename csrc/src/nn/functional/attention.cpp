@@ -46,7 +46,11 @@ double logit_scale(const AttentionConfig& c) {
 
 at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale, bool inverse_scale) {
   const int64_t r = angles.size(-1), n = t.size(1);
-  const auto last = [&](const at::Tensor& rows) { return rows.narrow(0, rows.size(0) - n, n).view({1, n, 1, r}); };
+  // The last n positions, broadcast over heads (and over the batch for shared positions).
+  const auto last = [&](const at::Tensor& rows) {
+    const int64_t dim = rows.dim() - 2;
+    return rows.narrow(dim, rows.size(dim) - n, n).view({rows.dim() == 3 ? rows.size(0) : 1, n, 1, r});
+  };
   const auto a = last(angles);  // the last n positions
   const auto rotated = t.narrow(-1, 0, r);
   // rotate_half on interleaved pairs: (x1, x2) -> (-x2, x1)
@@ -179,8 +183,16 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     cache->v = v;
   }
   if (c.rotary_angles.defined()) {
-    q = apply_rotary(q, c.rotary_angles, c.rotary_scale);
-    k = apply_rotary(k, c.rotary_angles, c.rotary_scale, /*inverse_scale=*/true);
+    // rotate_num_heads: only the last heads rotate (x-transformers' q[:, -R:]); the rest pass through.
+    const auto rotate = [&](const at::Tensor& t, bool inverse) {
+      const int64_t heads = t.size(2), rotated = c.rotary_heads < 0 ? heads : c.rotary_heads;
+      if (rotated == heads) return apply_rotary(t, c.rotary_angles, c.rotary_scale, inverse);
+      return at::cat({t.narrow(2, 0, heads - rotated),
+                      apply_rotary(t.narrow(2, heads - rotated, rotated), c.rotary_angles, c.rotary_scale, inverse)},
+                     2);
+    };
+    q = rotate(q, false);
+    k = rotate(k, true);
   }
   // Key mask, as x-transformers: context_mask when given (self-attention's override too), else `mask` for
   // self-attention and none for cross-attention; memory keys are kept unless their mask says otherwise.

@@ -8,6 +8,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/floor_divide.h>
 #include <ATen/ops/full_like.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
@@ -481,21 +482,39 @@ at::Tensor dynamic_position_bias(const Parameters& p, int64_t i, int64_t j, cons
   return pos.index({indices}).permute({2, 0, 1}).unsqueeze(0);
 }
 
-// x-transformers' RotaryEmbedding.forward over positions first..first+n-1: (n, r) angles, each frequency twice in
-// a row.
-at::Tensor rotary_angles(const at::Tensor& inv_freq, int64_t n, double interpolation_factor, int64_t first = 0) {
-  const auto positions = at::arange(first, first + n, inv_freq.options());
-  const auto freqs = positions.unsqueeze(1) * inv_freq.unsqueeze(0) / interpolation_factor;
+// x-transformers' RotaryEmbedding.forward over integer positions t, (N) or (b, N): (N, r) or (b, N, r) angles,
+// each frequency twice in a row.
+at::Tensor rotary_angles(const at::Tensor& inv_freq, const at::Tensor& t, double interpolation_factor) {
+  const auto freqs = t.to(inv_freq.scalar_type()).unsqueeze(-1) * inv_freq / interpolation_factor;
   return freqs.repeat_interleave(2, -1);
 }
 
 // x-transformers' xPos scales over the same positions: scale^((t - max_pos // 2) / scale_base), each twice in a
-// row, max_pos = the last position + 1; q is multiplied by them, k divided.
-at::Tensor xpos_scales(const at::Tensor& scale, int64_t n, int64_t first, int64_t scale_base) {
-  const auto positions = at::arange(first, first + n, scale.options().dtype(at::kLong));
-  const int64_t max_pos = first + n;
-  const auto power = (positions - max_pos / 2).to(scale.scalar_type()) / static_cast<double>(scale_base);
-  return at::pow(scale.unsqueeze(0), power.unsqueeze(1)).repeat_interleave(2, -1);
+// row, max_pos = the largest position + 1 (over the whole batch); q is multiplied by them, k divided.
+at::Tensor xpos_scales(const at::Tensor& scale, const at::Tensor& t, int64_t scale_base) {
+  const auto max_pos = t.max() + 1;
+  const auto power = (t - at::floor_divide(max_pos, 2)).to(scale.scalar_type()) / static_cast<double>(scale_base);
+  return at::pow(scale, power.unsqueeze(-1)).repeat_interleave(2, -1);
+}
+
+// Custom positions: integers, (N) or (b, N) with N the self-attention keys (cached and memory keys included);
+// ALiBi takes them as a dense (n, n) bias, so there they must be exactly the sequence's and come without a cache
+// or memories, as in x-transformers.
+void check_positions(const at::Tensor& pos, const at::Tensor& x, const AttentionLayersOptions& o, int64_t keys,
+                     bool extra_keys) {
+  TORCH_CHECK_VALUE(!pos.is_floating_point() && !pos.is_complex() && pos.scalar_type() != at::kBool &&
+                        (pos.dim() == 1 || (pos.dim() == 2 && pos.size(0) == x.size(0))) && pos.device() == x.device(),
+                    "AttentionLayers: expected pos of shape (", keys, ") or (", x.size(0), ", ", keys,
+                    ") and an integer dtype on x's device, got ", pos.sizes(), " ", pos.scalar_type(), " on ",
+                    pos.device());
+  TORCH_CHECK_VALUE(pos.size(-1) >= keys, "AttentionLayers: expected pos to cover the ", keys,
+                    " self-attention keys, got ", pos.size(-1), " positions");
+  TORCH_CHECK_VALUE(!(o.rel_pos_bias() || o.dynamic_pos_bias()),
+                    "AttentionLayers: pos is not supported with rel_pos_bias or dynamic_pos_bias (x-transformers "
+                    "allows only ALiBi and rotary with custom positions)");
+  TORCH_CHECK_VALUE(!o.alibi_pos_bias() || (!extra_keys && pos.size(-1) == x.size(1)),
+                    "AttentionLayers: pos with alibi_pos_bias needs exactly one position per token (", x.size(1),
+                    "), and no cache or mems, got ", pos.size(-1));
 }
 
 }  // namespace
@@ -521,7 +540,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
                             const AttentionLayersPlan& plan, bool training, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
   const auto& [mask_in, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
-               mem_masks, cache_kv, cache_length, cache_age] = inputs;
+               mem_masks, cache_kv, cache_length, cache_age, pos] = inputs;
   const bool cached = !cache_kv.empty();
   // With a cache only the last cache_age tokens run (x-transformers' slicing); their keys follow the cached ones.
   const int64_t past = cached ? check_cache(cache_kv, x_arg, inputs, plan, training) : 0;
@@ -555,23 +574,36 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   at::Tensor slopes;
   if (!plan.alibi_slopes().empty())
     slopes = at::tensor(plan.alibi_slopes(), x_in.options().dtype(at::kDouble)).to(at::kFloat);
+  const int64_t mem_len = mems.empty() ? 0 : mems.front().size(1);
+  if (pos.has_value()) check_positions(*pos, x_in, o, keys + mem_len, cached || mem_len > 0);
   at::Tensor rotary, xpos_scale;
   if (o.uses_rotary()) {
     // With memories the keys reach back to position -M (the first memory's length, as x-transformers). With a
     // cache the positions run to n_in + cache_length (x-transformers' seq_pos_offset), the keys being the last.
-    const int64_t mem_len = mems.empty() ? 0 : mems.front().size(1);
+    // Custom positions replace the range.
     const int64_t positions = cached ? n_in + cache_length : x_in.size(1) + mem_len;
     TORCH_CHECK_VALUE(positions >= keys, "AttentionLayers: cache_length ", cache_length, " is shorter than the ",
                       past, " cached keys");
-    rotary = rotary_angles(p.get("rotary_pos_emb.inv_freq"), positions, o.rotary_interpolation_factor(), -mem_len);
-    if (o.rotary_xpos())
-      xpos_scale = xpos_scales(p.get("rotary_pos_emb.scale"), positions, -mem_len, o.rotary_xpos_scale_base());
+    const auto& inv_freq = p.get("rotary_pos_emb.inv_freq");
+    const auto range = at::arange(-mem_len, positions - mem_len, inv_freq.options().dtype(at::kLong));
+    const auto& t = pos.has_value() ? *pos : range;
+    rotary = rotary_angles(inv_freq, t, o.rotary_interpolation_factor());
+    if (o.rotary_xpos()) xpos_scale = xpos_scales(p.get("rotary_pos_emb.scale"), t, o.rotary_xpos_scale_base());
   }
   size_t next_memory = 0;
   // Cross-attention gets neither ALiBi, learned position biases nor rotary (x-transformers passes them to
   // self-attention only).
   auto self_config = attention_config(o.attn(), o, o.causal(), slopes, rotary);
   self_config.rotary_scale = xpos_scale;
+  self_config.rotary_heads = o.rotate_num_heads().value_or(-1);
+  if (pos.has_value() && slopes.defined()) {
+    // x-transformers' Alibi.forward_custom_pos: -|pos_j - pos_i| * slope, a dense bias (heads past
+    // alibi_num_heads have slope 0, its zero padding).
+    const auto t = pos->dim() == 1 ? pos->unsqueeze(0) : *pos;  // (1|b, n)
+    const auto distance = (t.unsqueeze(1) - t.unsqueeze(2)).abs().unsqueeze(1).to(x_in.scalar_type());
+    self_config.position_bias = -distance * slopes.to(x_in.scalar_type()).view({1, o.heads(), 1, 1});
+    self_config.alibi_slopes = at::Tensor();
+  }
   if (o.rel_pos_bias())
     self_config.position_bias =
         t5_position_bias(p.get("rel_pos.relative_attention_bias.weight"), x_in.size(1), keys, o);

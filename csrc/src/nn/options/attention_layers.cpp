@@ -186,6 +186,13 @@ void AttentionLayersOptions::validate() const {
   TORCH_CHECK_VALUE(!dynamic_pos_bias_ || (dynamic_pos_bias_mlp_depth_ >= 1 && dim_ / 4 > 0),
                     "AttentionLayers: dynamic_pos_bias needs dynamic_pos_bias_mlp_depth >= 1 and dim >= 4");
   TORCH_CHECK_VALUE(!rotary_xpos_ || causal_, "AttentionLayers: rotary_xpos is for causal stacks only (Decoder)");
+  if (rotate_num_heads_.has_value()) {
+    TORCH_CHECK_VALUE(*rotate_num_heads_ > 0 && *rotate_num_heads_ <= heads_,
+                      "AttentionLayers: expected 0 < rotate_num_heads <= heads (", heads_, "), got ", *rotate_num_heads_);
+    TORCH_CHECK_VALUE(*rotate_num_heads_ == heads_ || resolved_kv_heads(attn_) == heads_,
+                      "AttentionLayers: rotate_num_heads below heads needs as many kv heads as heads (no GQA), got ",
+                      resolved_kv_heads(attn_), " kv heads");
+  }
   TORCH_CHECK_VALUE(rotary_xpos_scale_base_ > 0, "AttentionLayers: expected rotary_xpos_scale_base > 0, got ",
                     rotary_xpos_scale_base_);
   if (uses_rotary()) {
@@ -323,6 +330,7 @@ const std::vector<Field>& fields() {
     XTC_OWN(rotary_base_rescale_factor, double);
     XTC_OWN(rotary_xpos, bool);
     XTC_OWN(rotary_xpos_scale_base, int64_t);
+    XTC_OWN(rotate_num_heads, std::optional<int64_t>);
     XTC_OWN(softclamp_output, bool);
     XTC_OWN(softclamp_output_value, double);
     XTC_OWN(zero_init_branch_output, bool);

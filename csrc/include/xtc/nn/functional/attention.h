@@ -69,8 +69,9 @@ struct AttentionConfig {
   bool causal = false;
   AttentionOptions options;
   at::Tensor alibi_slopes;  // (h) float, 0 for heads without ALiBi; undefined = no ALiBi
-  at::Tensor rotary_angles;  // (n, r) rotary angles of the positions (q and k take the last rows); undefined = none
-  at::Tensor rotary_scale;   // (n, r) xPos scales of the same positions (q times, k divided); undefined = none
+  at::Tensor rotary_angles;  // (n, r) or (b, n, r) rotary angles of the positions (q and k take the last rows)
+  at::Tensor rotary_scale;   // xPos scales of the same positions and shape (q times, k divided); undefined = none
+  int64_t rotary_heads = -1;  // rotary on the last rotary_heads heads of q and k; -1 = all
   at::Tensor position_bias;  // (1|b, h, n, n) bias (T5, dynamic, attn_bias) added to the logits; undefined = none
   bool residual_scores = false;  // RealFormer: take the previous layer's scores and hand on this layer's
 };
@@ -81,7 +82,8 @@ struct AttentionConfig {
 at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const std::optional<at::Tensor>& key_padding_mask, bool causal, int64_t chunk = 64);
 
-/// Rotates the first r features of t (b, n, heads, dh) by the last n rows of `angles` (N, r), pairs (2k, 2k+1)
+/// Rotates the first r features of t (b, n, heads, dh) by the last n rows of `angles` (N, r) or (b, N, r) (per
+/// sequence positions), pairs (2k, 2k+1)
 /// together (x-transformers' apply_rotary_pos_emb); the rest pass through. `scale` (N, r), when defined, multiplies
 /// the rotated features (xPos; its reciprocal with `inverse_scale`, for the keys).
 at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale = {},

@@ -64,6 +64,10 @@ struct AttentionLayersInputs {
   std::vector<at::Tensor> cache_kv;
   int64_t cache_length = 0;
   int64_t cache_age = 1;
+  /// Custom integer positions of the self-attention keys, (N) or (b, N) (x-transformers' `pos`): rotary (and xPos)
+  /// take them instead of 0, 1, ... (q the last n), ALiBi becomes -|pos_j - pos_i| * slope (N = n then); not with
+  /// rel_pos_bias or dynamic_pos_bias (x-transformers refuses those too).
+  std::optional<at::Tensor> pos;
 };
 
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed

@@ -144,6 +144,9 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, rotary_xpos) = false;
   /// The xPos scale base.
   TORCH_ARG(int64_t, rotary_xpos_scale_base) = 512;
+  /// Rotary (and xPos) on the last rotate_num_heads heads of self-attention only; unset = all heads. Below heads it
+  /// needs kv_heads == heads, as x-transformers.
+  TORCH_ARG(std::optional<int64_t>, rotate_num_heads) = std::nullopt;
   /// c * tanh(x / c) on the output before the final norm (Gemma 2).
   TORCH_ARG(bool, softclamp_output) = false;
   /// The cap c of softclamp_output.
