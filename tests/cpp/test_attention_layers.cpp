@@ -69,15 +69,13 @@ TEST(AttentionLayers, TokenByTokenDecodingWithACacheEqualsTheFullForward) {
   torch::NoGradGuard no_grad;
   const auto x = torch::randn({2, 7, 32});
   const auto full = decoder->forward(x);
-  const auto tensors = decoder->tensors();
   std::vector<at::Tensor> outputs, cache;
   for (int64_t t = 0; t < x.size(1); ++t) {
     xtc::nn::functional::AttentionLayersInputs inputs;
     inputs.cache_kv = cache;
     inputs.cache_length = t;
     xtc::nn::functional::AttentionLayersHiddens record;
-    outputs.push_back(xtc::nn::functional::attention_layers(x.narrow(1, t, 1), inputs, tensors, *decoder->plan,
-                                                             /*training=*/false, &record));
+    outputs.push_back(decoder->forward_with(x.narrow(1, t, 1), inputs, &record));
     cache = record.cached_kv;
     ASSERT_EQ(cache.size(), 4u);  // (k, v) of two self-attention layers
     EXPECT_EQ(cache[0].sizes(), c10::IntArrayRef({2, 2, t + 1, 8}));  // (b, kv heads, cached keys, dim_head)
@@ -87,9 +85,24 @@ TEST(AttentionLayers, TokenByTokenDecodingWithACacheEqualsTheFullForward) {
   xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(32, 2, 4));
   xtc::nn::functional::AttentionLayersInputs inputs;
   inputs.cache_kv = cache;
-  EXPECT_THROW(xtc::nn::functional::attention_layers(x.narrow(1, 0, 1), inputs, encoder->tensors(), *encoder->plan,
-                                                     false),
-               c10::ValueError);
+  EXPECT_THROW(encoder->forward_with(x.narrow(1, 0, 1), inputs), c10::ValueError);
+}
+
+TEST(AttentionLayers, ForwardWithTakesPositionsAndReturnsAttentionMaps) {
+  torch::manual_seed(3);
+  xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(32, 2, 4).alibi_pos_bias(true));
+  encoder->eval();
+  const auto x = torch::randn({2, 6, 32});
+  xtc::nn::functional::AttentionLayersInputs plain, shifted;
+  shifted.pos = torch::arange(6) * 2;  // twice the distances: a different ALiBi bias
+  xtc::nn::functional::AttentionLayersHiddens record;
+  const auto out = encoder->forward_with(x, plain, &record);
+  EXPECT_TRUE(torch::allclose(out, encoder->forward(x), /*rtol=*/0, /*atol=*/1e-6));
+  EXPECT_FALSE(torch::allclose(encoder->forward_with(x, shifted), out, /*rtol=*/0, /*atol=*/1e-4));
+  ASSERT_EQ(record.attn_maps.size(), 6u);  // two layers x (qk_similarities, pre- and post-softmax)
+  const auto& probabilities = record.attn_maps[2];
+  EXPECT_EQ(probabilities.sizes(), c10::IntArrayRef({2, 4, 6, 6}));
+  EXPECT_TRUE(torch::allclose(probabilities.sum(-1), torch::ones({2, 4, 6}), /*rtol=*/0, /*atol=*/1e-5));
 }
 
 TEST(AttentionLayers, OptionsRoundTripAndRejectUnknownKeys) {

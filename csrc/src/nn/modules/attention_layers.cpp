@@ -159,6 +159,11 @@ at::Tensor AttentionLayersImpl::forward(const at::Tensor& x, const at::Tensor& m
                                       tensors(), *plan, is_training());
 }
 
+at::Tensor AttentionLayersImpl::forward_with(const at::Tensor& x, const functional::AttentionLayersInputs& inputs,
+                                             functional::AttentionLayersHiddens* record) {
+  return functional::attention_layers(x, inputs, tensors(), *plan, is_training(), record);
+}
+
 EncoderImpl::EncoderImpl(AttentionLayersOptions options)
     : AttentionLayersImpl([&] {
         TORCH_CHECK_VALUE(!options.causal(), "Encoder: cannot set causality on an Encoder; use Decoder");

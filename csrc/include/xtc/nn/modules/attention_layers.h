@@ -26,6 +26,12 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
   /// mean "none". Returns (b, n, dim).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {}, const at::Tensor& context = {},
                      const at::Tensor& context_mask = {}, const at::Tensor& attn_mask = {});
+  /// Every forward argument of x-transformers (self_attn_kv_mask, seq_start_pos, attn_bias, mems, pos, and the
+  /// cache of incremental decoding: see functional::AttentionLayersInputs). With `record` (return_hiddens) it also
+  /// returns the hiddens, each attention layer's cached_kv (pass them back as inputs.cache_kv, with cache_length
+  /// the positions decoded so far, to decode the next tokens) and the attention maps.
+  at::Tensor forward_with(const at::Tensor& x, const functional::AttentionLayersInputs& inputs,
+                          functional::AttentionLayersHiddens* record = nullptr);
 
   AttentionLayersOptions options;
   std::shared_ptr<const functional::AttentionLayersPlan> plan;
