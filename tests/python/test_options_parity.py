@@ -81,8 +81,9 @@ def scaled_close(actual, expected, tol, name):
                                msg=lambda m: f"{name}: {m}")
 
 
-def check(ours, theirs, x, mask=None, context=None, context_mask=None):
-    kwargs = dict(mask=mask)
+def check(ours, theirs, x, mask=None, context=None, context_mask=None, **forward_kwargs):
+    """Outputs within 1e-5 and the gradients of x and every parameter within 1e-4 (scaled by size)."""
+    kwargs = dict(mask=mask, **forward_kwargs)
     if context is not None:
         kwargs.update(context=context, context_mask=context_mask)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()

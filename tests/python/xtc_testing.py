@@ -30,3 +30,16 @@ def random_mask(batch, seq, generator=None):
     if batch > 1:
         mask[1] = False
     return mask
+
+
+def assert_parameter_grads_close(ours, theirs, out, expected, tol=1e-4):
+    """The gradients of both modules' parameters for one random upstream gradient agree within tol (scaled by
+    the gradient's size); a parameter x-transformers leaves unused must get no or a zero gradient."""
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, list(ours.parameters()), grad, allow_unused=True)
+    want = torch.autograd.grad(expected, list(theirs.parameters()), grad, allow_unused=True)
+    for (name, _), g, w in zip(ours.named_parameters(), got, want):
+        if w is None:
+            assert g is None or not g.any(), name
+            continue
+        torch.testing.assert_close(g, w, atol=tol * max(1.0, w.abs().max().item()), rtol=0, msg=name)
