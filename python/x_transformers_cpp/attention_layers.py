@@ -166,6 +166,7 @@ class AttentionLayers(nn.Module):
 
         pos (keys,) or (batch, keys) int: custom positions, as x-transformers: rotary (and xPos) rotate by them
         instead of 0, 1, ..., and ALiBi becomes -|pos_j - pos_i| * slope (one position per token then).
+
         Pass them by name, as x-transformers advises; positionally, the second argument is the mask here (so that
         `torch.jit.trace(encoder, (embed, mask))` works), where x-transformers would take it as the context.
 
