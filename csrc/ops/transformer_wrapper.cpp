@@ -18,6 +18,20 @@ at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens, const std::optio
   return nn::functional::transformer_wrapper(tokens, mask, params, plan, training, return_embeddings);
 }
 
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>>
+transformer_wrapper_with_hiddens_kernel(const at::Tensor& tokens, const std::optional<at::Tensor>& mask,
+                                        at::TensorList cache_kv, at::TensorList params, c10::string_view options,
+                                        c10::string_view layer_options, bool training, bool return_embeddings) {
+  const auto& plan =
+      detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapperOptions>(
+          options, layer_options);
+  nn::functional::AttentionLayersHiddens record;
+  auto out = nn::functional::transformer_wrapper(tokens, mask, params, plan, training, return_embeddings,
+                                                 cache_kv.vec(), &record);
+  return {out, record.hiddens, record.layer_hiddens, record.cached_kv, record.attn_maps};
+}
+
 }  // namespace
 }  // namespace xtc::ops
 
@@ -25,8 +39,16 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def(
       "transformer_wrapper(Tensor tokens, Tensor? mask, Tensor[] params, str options, str layer_options, "
       "bool training=False, bool return_embeddings=False) -> Tensor");
+  // The same, also returning the stack's intermediates as xtc::attention_layers_with_hiddens does (hiddens,
+  // layer_hiddens, cached_kv, attention maps), for return_intermediates; with cache_kv (the previous call's), it
+  // decodes the last token of `tokens` incrementally.
+  m.def(
+      "transformer_wrapper_with_hiddens(Tensor tokens, Tensor? mask, Tensor[] cache_kv, Tensor[] params, "
+      "str options, str layer_options, bool training=False, bool return_embeddings=False) -> "
+      "(Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {
   m.impl("transformer_wrapper", &xtc::ops::transformer_wrapper_kernel);
+  m.impl("transformer_wrapper_with_hiddens", &xtc::ops::transformer_wrapper_with_hiddens_kernel);
 }

@@ -115,6 +115,19 @@ class LayerIntermediates:
     cache_length: int = 0  # positions decoded so far
 
 
+def layer_intermediates(options, out, hiddens, layer_hiddens, kv, maps, cache_length):
+    """LayerIntermediates from what the *_with_hiddens ops return: kv and maps flattened per attention layer (maps
+    empty where the layer has none)."""
+    types = _C.executed_attention_types(options)
+    maps = [m if m.dim() == 4 else None for m in maps]
+    attn_intermediates = [Intermediates(cached_kv=(kv[2 * i], kv[2 * i + 1]), layer_type=t,
+                                        qk_similarities=maps[3 * i], pre_softmax_attn=maps[3 * i + 1],
+                                        post_softmax_attn=maps[3 * i + 2])
+                          for i, t in enumerate(types)]
+    return LayerIntermediates(hiddens=list(hiddens), last_hidden=out, layer_hiddens=list(layer_hiddens),
+                              attn_intermediates=attn_intermediates, cache_length=cache_length)
+
+
 class AttentionLayers(nn.Module):
     """A stack of attention and feed-forward layers, as x-transformers' AttentionLayers.
 
@@ -190,15 +203,8 @@ class AttentionLayers(nn.Module):
             *inputs, cache_kv, cache_length, cache_age, params, self._options, self.training)
         if not return_hiddens:
             return out
-        types = _C.executed_attention_types(self._options)
-        maps = [m if m.dim() == 4 else None for m in maps]  # empty: this layer has no maps
-        attn_intermediates = [Intermediates(cached_kv=(kv[2 * i], kv[2 * i + 1]), layer_type=t,
-                                            qk_similarities=maps[3 * i], pre_softmax_attn=maps[3 * i + 1],
-                                            post_softmax_attn=maps[3 * i + 2])
-                              for i, t in enumerate(types)]
-        return out, LayerIntermediates(hiddens=list(hiddens), last_hidden=out, layer_hiddens=list(layer_hiddens),
-                                       attn_intermediates=attn_intermediates,
-                                       cache_length=cache_length + out.shape[1])
+        return out, layer_intermediates(self._options, out, hiddens, layer_hiddens, kv, maps,
+                                        cache_length + out.shape[1])
 
     def extra_repr(self):
         return self._options

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import _C
-from .attention_layers import AttentionLayers, _build_tree, _option_value
+from .attention_layers import AttentionLayers, _build_tree, _option_value, layer_intermediates
 
 
 class _Wrapper(nn.Module):
@@ -66,14 +66,30 @@ class TransformerWrapper(_Wrapper):
         self._setup(attn_layers, dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs), self._UNSUPPORTED,
                     _C.transformer_wrapper_option_keys(), _C.transformer_wrapper_layout)
 
-    def forward(self, x, return_embeddings=False, mask=None):
+    def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None):
         """x (batch, seq) token ids; mask (batch, seq) bool, True = keep.
 
         Returns logits (batch, seq, logits_dim) ((batch, logits_dim) with average_pool_embed), or the stack's
-        embeddings with return_embeddings or return_only_embed.
+        embeddings with return_embeddings or return_only_embed. With return_intermediates, (logits,
+        LayerIntermediates) as x-transformers.
+
+        Incremental decoding, as x-transformers (its AutoregressiveWrapper): pass the whole sequence so far with
+        the previous call's intermediates as `cache`; only the last token runs through the stack, and the logits
+        are (batch, 1, logits_dim).
         """
-        return torch.ops.xtc.transformer_wrapper(x, mask, self._tensors(), self._options, self._layer_options,
-                                                 self.training, return_embeddings)
+        if not return_intermediates and cache is None:
+            return torch.ops.xtc.transformer_wrapper(x, mask, self._tensors(), self._options, self._layer_options,
+                                                     self.training, return_embeddings)
+        cache_kv = [t for inter in cache.attn_intermediates for t in inter.cached_kv] if cache is not None else []
+        out, hiddens, layer_hiddens, kv, maps = torch.ops.xtc.transformer_wrapper_with_hiddens(
+            x, mask, cache_kv, self._tensors(), self._options, self._layer_options, self.training,
+            return_embeddings)
+        if not return_intermediates:
+            return out
+        processed = 1 if cache is not None else x.shape[1]
+        previous = cache.cache_length if cache is not None else 0
+        return out, layer_intermediates(self.attn_layers._options, out, hiddens, layer_hiddens, kv, maps,
+                                        previous + processed)
 
 
 class ContinuousTransformerWrapper(_Wrapper):

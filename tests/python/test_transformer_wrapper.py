@@ -88,3 +88,37 @@ def test_trains_and_traces(tmp_path):
     traced.save(tmp_path / "lm.pt")
     other = torch.randint(0, 50, (2, 20))
     torch.testing.assert_close(torch.jit.load(tmp_path / "lm.pt")(other), model(other))
+
+
+@pytest.mark.parametrize("kwargs,layer_kwargs", [
+    (dict(), LAYERS), (dict(emb_dim=24), {**LAYERS, "rotary_pos_emb": True}),
+    (dict(scaled_sinu_pos_emb=True), {**LAYERS, "alibi_pos_bias": True, "attn_kv_heads": 2}),
+], ids=["abs_pos", "rotary", "sinusoidal_alibi"])
+def test_cached_decoding_matches_x_transformers(kwargs, layer_kwargs):
+    # x-transformers' AutoregressiveWrapper style: the whole sequence so far, the previous intermediates as cache.
+    torch.manual_seed(3)
+    ours, theirs = make_pair(kwargs, layer_kwargs=layer_kwargs)
+    ours.eval(), theirs.eval()
+    tokens = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        full = theirs(tokens)
+        logits, cache = ours(tokens[:, :3], return_intermediates=True)
+        _, their_cache = theirs(tokens[:, :3], return_intermediates=True)
+        torch.testing.assert_close(logits, full[:, :3], atol=1e-5, rtol=0)
+        for t in range(4, tokens.shape[1] + 1):
+            logits, cache = ours(tokens[:, :t], cache=cache, return_intermediates=True)
+            expected, their_cache = theirs(tokens[:, :t], cache=their_cache, return_intermediates=True)
+            assert logits.shape == expected.shape == (2, 1, 50)
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+            torch.testing.assert_close(logits[:, 0], full[:, t - 1], atol=1e-5, rtol=0)
+            assert cache.cache_length == their_cache.cache_length == t
+    with pytest.raises(ValueError, match="whole sequence so far"):
+        ours(tokens[:, -1:], cache=cache)
+
+
+def test_cache_refuses_memory_tokens():
+    model = TransformerWrapper(num_tokens=50, max_seq_len=16, attn_layers=Decoder(**LAYERS), num_memory_tokens=2)
+    tokens = torch.randint(0, 50, (1, 4))
+    _, cache = model(tokens, return_intermediates=True)
+    with pytest.raises(ValueError, match="num_memory_tokens"):
+        model(torch.randint(0, 50, (1, 5)), cache=cache)

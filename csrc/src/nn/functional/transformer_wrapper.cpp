@@ -43,7 +43,8 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
 
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at::Tensor>& mask_in,
                                at::TensorList params, const TransformerWrapperPlan& plan, bool training,
-                               bool return_embeddings) {
+                               bool return_embeddings, const std::vector<at::Tensor>& cache_kv,
+                               AttentionLayersHiddens* record) {
   const auto& o = plan.options();
   const int64_t dim = plan.layers().options().dim();
   TORCH_CHECK_VALUE(tokens.dim() == 2 && !tokens.is_floating_point() && !tokens.is_complex(),
@@ -77,7 +78,18 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at:
   const int64_t memory = o.num_memory_tokens();
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
-  x = attention_layers(x, {layer_mask}, layer_params, plan.layers(), training);
+  AttentionLayersInputs inputs{layer_mask};
+  if (!cache_kv.empty()) {
+    // x-transformers' can_cache_kv: memory tokens would sit between the cached keys and the new ones.
+    TORCH_CHECK_VALUE(memory == 0 && !o.average_pool_embed(),
+                      "TransformerWrapper: a cache cannot be combined with num_memory_tokens or average_pool_embed");
+    TORCH_CHECK_VALUE(cache_kv.front().dim() == 4 && cache_kv.front().size(2) < n,
+                      "TransformerWrapper: with a cache, pass the whole sequence so far (the ", 
+                      cache_kv.front().dim() == 4 ? cache_kv.front().size(2) : 0,
+                      " cached tokens and the new ones), got ", n, " tokens");
+    inputs.cache_kv = cache_kv;  // positions from 0: the input holds the cached tokens (seq_pos_offset 0)
+  }
+  x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow(1, memory, n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
   if (return_embeddings || !plan.has_logits()) return x;

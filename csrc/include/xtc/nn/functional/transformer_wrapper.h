@@ -31,8 +31,14 @@ class TransformerWrapperPlan {
 };
 
 /// tokens (b, n) integer ids; mask (b, n) bool. Returns logits (b, n, logits_dim) ((b, logits_dim) pooled), or the
-/// stack's embeddings with return_embeddings / return_only_embed.
+/// stack's embeddings with return_embeddings / return_only_embed. `record`, when given, receives the stack's
+/// intermediates (x-transformers' return_intermediates), its cached_kv included.
+///
+/// Incremental decoding, as x-transformers: `cache_kv` holds the previous call's record->cached_kv and `tokens`
+/// the whole sequence so far (cached tokens and new ones). The embeddings of every token are formed, only the last
+/// one runs through the stack (its keys after the cached ones), and the logits are (b, 1, logits_dim).
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at::Tensor>& mask, at::TensorList params,
-                               const TransformerWrapperPlan& plan, bool training, bool return_embeddings);
+                               const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
+                               const std::vector<at::Tensor>& cache_kv = {}, AttentionLayersHiddens* record = nullptr);
 
 }  // namespace xtc::nn::functional
