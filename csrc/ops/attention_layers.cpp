@@ -96,8 +96,8 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def(
       "attention_layers_with_hiddens(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, "
       "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor? pos, "
-      "Tensor[] mems, Tensor[] mem_masks, Tensor[] cache_kv, int cache_length, int cache_age, Tensor[] params, str options, "
-      "bool training=False) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
+      "Tensor[] mems, Tensor[] mem_masks, Tensor[] cache_kv, int cache_length, int cache_age, Tensor[] params, "
+      "str options, bool training=False) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

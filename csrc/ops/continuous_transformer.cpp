@@ -20,6 +20,21 @@ at::Tensor continuous_transformer_kernel(const at::Tensor& x, const std::optiona
   return nn::functional::continuous_transformer(x, mask, lens, params, plan, training, return_embeddings);
 }
 
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>>
+continuous_transformer_with_hiddens_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                                           const std::optional<at::Tensor>& lens, at::TensorList cache_kv,
+                                           at::TensorList params, c10::string_view options,
+                                           c10::string_view layer_options, bool training, bool return_embeddings) {
+  const auto& plan =
+      detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
+          options, layer_options);
+  nn::functional::AttentionLayersHiddens record;
+  auto out = nn::functional::continuous_transformer(x, mask, lens, params, plan, training, return_embeddings,
+                                                    cache_kv.vec(), &record);
+  return {out, record.hiddens, record.layer_hiddens, record.cached_kv, record.attn_maps};
+}
+
 }  // namespace
 }  // namespace xtc::ops
 
@@ -27,8 +42,14 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def(
       "continuous_transformer(Tensor x, Tensor? mask, Tensor? lens, Tensor[] params, str options, str layer_options, "
       "bool training=False, bool return_embeddings=False) -> Tensor");
+  // The same with the stack's intermediates and incremental decoding, as xtc::transformer_wrapper_with_hiddens.
+  m.def(
+      "continuous_transformer_with_hiddens(Tensor x, Tensor? mask, Tensor? lens, Tensor[] cache_kv, "
+      "Tensor[] params, str options, str layer_options, bool training=False, bool return_embeddings=False) -> "
+      "(Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {
   m.impl("continuous_transformer", &xtc::ops::continuous_transformer_kernel);
+  m.impl("continuous_transformer_with_hiddens", &xtc::ops::continuous_transformer_with_hiddens_kernel);
 }

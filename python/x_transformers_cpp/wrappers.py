@@ -40,6 +40,19 @@ class _Wrapper(nn.Module):
     def _tensors(self):
         return [reduce(getattr, name.split("."), self) for name in self._tensor_names]
 
+    def _run(self, op, op_with_hiddens, inputs, seq_len, return_embeddings, return_intermediates, cache):
+        """The plain op, or the one with the stack's intermediates for return_intermediates / cache; with a cache
+        only the last position runs (x-transformers' wrappers, whose input holds every position so far)."""
+        tail = (self._tensors(), self._options, self._layer_options, self.training, return_embeddings)
+        if not return_intermediates and cache is None:
+            return op(*inputs, *tail)
+        cache_kv = [t for inter in cache.attn_intermediates for t in inter.cached_kv] if cache is not None else []
+        out, hiddens, layer_hiddens, kv, maps = op_with_hiddens(*inputs, cache_kv, *tail)
+        if not return_intermediates:
+            return out
+        cache_length = cache.cache_length + 1 if cache is not None else seq_len
+        return out, layer_intermediates(self._layer_options, out, hiddens, layer_hiddens, kv, maps, cache_length)
+
     def extra_repr(self):
         return self._options
 
@@ -77,19 +90,8 @@ class TransformerWrapper(_Wrapper):
         the previous call's intermediates as `cache`; only the last token runs through the stack, and the logits
         are (batch, 1, logits_dim).
         """
-        if not return_intermediates and cache is None:
-            return torch.ops.xtc.transformer_wrapper(x, mask, self._tensors(), self._options, self._layer_options,
-                                                     self.training, return_embeddings)
-        cache_kv = [t for inter in cache.attn_intermediates for t in inter.cached_kv] if cache is not None else []
-        out, hiddens, layer_hiddens, kv, maps = torch.ops.xtc.transformer_wrapper_with_hiddens(
-            x, mask, cache_kv, self._tensors(), self._options, self._layer_options, self.training,
-            return_embeddings)
-        if not return_intermediates:
-            return out
-        processed = 1 if cache is not None else x.shape[1]
-        previous = cache.cache_length if cache is not None else 0
-        return out, layer_intermediates(self.attn_layers._options, out, hiddens, layer_hiddens, kv, maps,
-                                        previous + processed)
+        return self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens,
+                         (x, mask), x.shape[1], return_embeddings, return_intermediates, cache)
 
 
 class ContinuousTransformerWrapper(_Wrapper):
@@ -107,11 +109,13 @@ class ContinuousTransformerWrapper(_Wrapper):
         super().__init__()
         self._setup(attn_layers, kwargs, self._UNSUPPORTED, _C.continuous_option_keys(), _C.continuous_layout)
 
-    def forward(self, x, return_embeddings=False, mask=None, lens=None):
+    def forward(self, x, return_embeddings=False, mask=None, lens=None, return_intermediates=False, cache=None):
         """x (batch, seq, dim_in) float; mask (batch, seq) bool (True = keep) or lens (batch,) int.
 
         Returns (batch, seq, dim_out), or (batch, dim_out) with average_pool_embed; the stack's embeddings before
-        the output projection with return_embeddings.
+        the output projection with return_embeddings. With return_intermediates, (out, LayerIntermediates); with
+        `cache` (the previous intermediates) and every position so far in x, only the last position runs, as
+        x-transformers.
         """
-        return torch.ops.xtc.continuous_transformer(x, mask, lens, self._tensors(), self._options,
-                                                    self._layer_options, self.training, return_embeddings)
+        return self._run(torch.ops.xtc.continuous_transformer, torch.ops.xtc.continuous_transformer_with_hiddens,
+                         (x, mask, lens), x.shape[1], return_embeddings, return_intermediates, cache)

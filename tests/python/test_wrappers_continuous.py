@@ -90,3 +90,42 @@ def test_trace_keeps_dynamic_shapes(tmp_path):
     loaded = torch.jit.load(tmp_path / "wrapper.pt")
     other, other_mask = torch.randn(3, 12, 20), torch.rand(3, 12) > 0.2
     torch.testing.assert_close(loaded(other, other_mask), model(other, mask=other_mask))
+
+
+def test_return_intermediates_match_x_transformers():
+    torch.manual_seed(5)
+    ours, theirs = make_pair(dict(dim_in=20, dim_out=12, max_seq_len=16),
+                             layer_kwargs={**LAYERS, "rel_pos_bias": True})
+    x = torch.randn(2, 9, 20)
+    mask = torch.tensor([[True] * 9, [True] * 6 + [False] * 3])
+    out, inter = ours(x, mask=mask, return_intermediates=True)
+    expected, their_inter = theirs(x, mask=mask, return_intermediates=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert inter.cache_length == their_inter.cache_length == 9
+    for a, b in zip(inter.hiddens, their_inter.hiddens):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    for a, b in zip(inter.attn_intermediates, their_inter.attn_intermediates):
+        torch.testing.assert_close(a.post_softmax_attn, b.post_softmax_attn, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.cached_kv[0], b.cached_kv[0], atol=1e-5, rtol=0)
+
+
+def test_cached_decoding_matches_x_transformers():
+    # Continuous autoregression (x-transformers' ContinuousAutoregressiveWrapper): every position so far, plus
+    # the previous intermediates as cache; only the last position runs.
+    torch.manual_seed(6)
+    ours, theirs = make_pair(dict(dim_in=20, dim_out=20, max_seq_len=16), (Decoder, XDecoder),
+                             {**LAYERS, "rotary_pos_emb": True})
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 8, 20)
+    with torch.no_grad():
+        full = theirs(x)
+        _, cache = ours(x[:, :3], return_intermediates=True)
+        _, their_cache = theirs(x[:, :3], return_intermediates=True)
+        for t in range(4, x.shape[1] + 1):
+            out, cache = ours(x[:, :t], cache=cache, return_intermediates=True)
+            expected, their_cache = theirs(x[:, :t], cache=their_cache, return_intermediates=True)
+            torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+            torch.testing.assert_close(out[:, 0], full[:, t - 1], atol=1e-5, rtol=0)
+            assert cache.cache_length == their_cache.cache_length == t
+    with pytest.raises(ValueError, match="whole sequence so far"):
+        ours(x[:, -1:], cache=cache)

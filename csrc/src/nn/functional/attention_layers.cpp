@@ -367,9 +367,9 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
                           v.dim() == 4 && v.size(0) == x.size(0) && v.size(1) == hk && v.size(2) == len &&
                           v.size(3) == dv && k.scalar_type() == x.scalar_type() &&
                           v.scalar_type() == x.scalar_type() && k.device() == x.device() && v.device() == x.device(),
-                      "AttentionLayers: expected cached (k, v) of attention layer ", l, " of shapes (", x.size(0), ", ",
-                      hk, ", N, ", dh, ") and (", x.size(0), ", ", hk, ", N, ", dv, ") like x, got ", k.sizes(), " and ",
-                      v.sizes(), " ", k.scalar_type(), " on ", k.device());
+                      "AttentionLayers: expected cached (k, v) of attention layer ", l, " of shapes (", x.size(0),
+                      ", ", hk, ", N, ", dh, ") and (", x.size(0), ", ", hk, ", N, ", dv, ") like x, got ",
+                      k.sizes(), " and ", v.sizes(), " ", k.scalar_type(), " on ", k.device());
     if (types[l] == 'a') {
       TORCH_CHECK_VALUE(past < 0 || past == len, "AttentionLayers: cached keys of different lengths, ", past, " and ",
                         len);

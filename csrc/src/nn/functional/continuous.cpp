@@ -42,7 +42,8 @@ ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrappe
 
 at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in,
                                   const std::optional<at::Tensor>& lens, at::TensorList params,
-                                  const ContinuousTransformerPlan& plan, bool training, bool return_embeddings) {
+                                  const ContinuousTransformerPlan& plan, bool training, bool return_embeddings,
+                                  const std::vector<at::Tensor>& cache_kv, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
   const int64_t dim = plan.layers().options().dim();
   const int64_t dim_in = plan.has_project_in() ? *o.dim_in() : dim;
@@ -77,7 +78,9 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
-  x = attention_layers(x, {layer_mask}, layer_params, plan.layers(), training);
+  const auto inputs = detail::stack_inputs("ContinuousTransformerWrapper", layer_mask, cache_kv, n,
+                                           memory > 0 || o.average_pool_embed());
+  x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow(1, memory, n);
   // x-transformers pools with the mask as passed: with `lens` instead, it averages over every position.
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);

@@ -78,17 +78,8 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at:
   const int64_t memory = o.num_memory_tokens();
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
-  AttentionLayersInputs inputs{layer_mask};
-  if (!cache_kv.empty()) {
-    // x-transformers' can_cache_kv: memory tokens would sit between the cached keys and the new ones.
-    TORCH_CHECK_VALUE(memory == 0 && !o.average_pool_embed(),
-                      "TransformerWrapper: a cache cannot be combined with num_memory_tokens or average_pool_embed");
-    TORCH_CHECK_VALUE(cache_kv.front().dim() == 4 && cache_kv.front().size(2) < n,
-                      "TransformerWrapper: with a cache, pass the whole sequence so far (the ", 
-                      cache_kv.front().dim() == 4 ? cache_kv.front().size(2) : 0,
-                      " cached tokens and the new ones), got ", n, " tokens");
-    inputs.cache_kv = cache_kv;  // positions from 0: the input holds the cached tokens (seq_pos_offset 0)
-  }
+  const auto inputs =
+      detail::stack_inputs("TransformerWrapper", layer_mask, cache_kv, n, memory > 0 || o.average_pool_embed());
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow(1, memory, n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);

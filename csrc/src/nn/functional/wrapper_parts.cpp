@@ -51,4 +51,18 @@ at::Tensor masked_mean(const at::Tensor& x, const std::optional<at::Tensor>& mas
   return (x * keep).sum(1) / keep.sum(1).clamp_min(1e-5);
 }
 
+AttentionLayersInputs stack_inputs(const char* wrapper, const std::optional<at::Tensor>& mask,
+                                   const std::vector<at::Tensor>& cache_kv, int64_t n, bool memory_or_pooling) {
+  AttentionLayersInputs inputs{mask};
+  if (cache_kv.empty()) return inputs;
+  // x-transformers' can_cache_kv: memory tokens would sit between the cached keys and the new ones.
+  TORCH_CHECK_VALUE(!memory_or_pooling, wrapper,
+                    ": a cache cannot be combined with num_memory_tokens or average_pool_embed");
+  const int64_t cached = cache_kv.front().dim() == 4 ? cache_kv.front().size(2) : 0;
+  TORCH_CHECK_VALUE(cached < n, wrapper, ": with a cache, pass the whole sequence so far (the ", cached,
+                    " cached positions and the new ones), got ", n);
+  inputs.cache_kv = cache_kv;  // positions from 0: the input holds the cached ones (x-transformers' offset 0)
+  return inputs;
+}
+
 }  // namespace xtc::nn::functional::detail

@@ -33,4 +33,10 @@ at::Tensor masked_mean(const at::Tensor& x, const std::optional<at::Tensor>& mas
 /// F.normalize over the last dim.
 at::Tensor l2norm(const at::Tensor& x);
 
+/// The layer stack's inputs from a wrapper: its key mask and, for incremental decoding, the previous call's cache.
+/// As x-transformers' wrappers, the input holds the whole sequence so far (the n positions, cached ones included)
+/// and only the last one runs; memory tokens and pooling are refused with a cache.
+AttentionLayersInputs stack_inputs(const char* wrapper, const std::optional<at::Tensor>& mask,
+                                   const std::vector<at::Tensor>& cache_kv, int64_t n, bool memory_or_pooling);
+
 }  // namespace xtc::nn::functional::detail

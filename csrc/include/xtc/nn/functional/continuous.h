@@ -32,9 +32,13 @@ class ContinuousTransformerPlan {
 };
 
 /// x (b, n, dim_in); mask (b, n) bool or lens (b) int (at most one); returns (b, n, dim_out), (b, dim_out) with
-/// average_pool_embed, or the stack's embeddings (before project_out) with return_embeddings.
+/// average_pool_embed, or the stack's embeddings (before project_out) with return_embeddings. `record` and
+/// `cache_kv`: the stack's intermediates and incremental decoding, as functional::transformer_wrapper (x then holds
+/// every position so far, and only the last one runs).
 at::Tensor continuous_transformer(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                                   const std::optional<at::Tensor>& lens, at::TensorList params,
-                                  const ContinuousTransformerPlan& plan, bool training, bool return_embeddings);
+                                  const ContinuousTransformerPlan& plan, bool training, bool return_embeddings,
+                                  const std::vector<at::Tensor>& cache_kv = {},
+                                  AttentionLayersHiddens* record = nullptr);
 
 }  // namespace xtc::nn::functional
