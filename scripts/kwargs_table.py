@@ -17,6 +17,8 @@ PATHS = {
     "attn_dropout": "materialised scores while training (dropout on the probabilities); flash kernel otherwise",
     "cross_attn_dropout": "as attn_dropout",
     "attn_num_mem_kv": "flash kernel; materialised scores together with alibi_pos_bias or attn_max_attend_past",
+    "attn_add_zero_kv": "flash kernel; materialised scores together with alibi_pos_bias or attn_max_attend_past",
+    "cross_attn_add_zero_kv": "flash kernel (a zero key and value in front)",
     "attn_flash": "accepted and ignored: our kernels always run",
     "cross_attn_flash": "accepted and ignored: our kernels always run",
     "alibi_pos_bias": "flash kernel (slopes computed in-kernel)",

@@ -13,7 +13,7 @@ MAP_OPTIONS = [
     ("encoder", dict(rel_pos_bias=True)), ("decoder", dict(attn_num_mem_kv=2, attn_kv_heads=2)),
     ("encoder", dict(residual_attn=True)), ("decoder", dict(rotary_pos_emb=True, attn_qk_norm=True)),
     ("encoder", dict(attn_pre_talking_heads=True, attn_softclamp_logits=True, attn_logit_softclamp_value=3.0)),
-    ("decoder", dict(cross_attend=True)),
+    ("decoder", dict(cross_attend=True)), ("decoder", dict(attn_add_zero_kv=True, attn_num_mem_kv=1)),
 ]
 
 

@@ -52,6 +52,11 @@ OPTIONS = [
     dict(attn_sparse_topk=3), dict(attn_sparse_topk=3, attn_sparse_topk_straight_through=True),
     dict(attn_on_attn=True), dict(attn_on_attn=True, heads=1, attn_dim_head=8), dict(attn_on_attn=True, attn_gate_values=True),
     dict(attn_sparse_topk=4, attn_pre_talking_heads=True, alibi_pos_bias=True, attn_num_mem_kv=2),
+    dict(attn_qk_rmsnorm=True), dict(attn_k_rmsnorm=True, attn_kv_heads=2), dict(attn_value_rmsnorm=True),
+    dict(attn_qk_rmsnorm=True, attn_value_rmsnorm=True, add_value_residual=True, rotary_pos_emb=True),
+    dict(attn_add_zero_kv=True), dict(attn_add_zero_kv=True, alibi_pos_bias=True),
+    dict(attn_add_zero_kv=True, attn_num_mem_kv=2, attn_max_attend_past=2),
+    dict(attn_add_zero_kv=True, rel_pos_bias=True, attn_kv_heads=2),
     # combinations
     dict(use_rmsnorm=True, ff_glu=True, ff_swish=True, attn_kv_heads=2, alibi_pos_bias=True, attn_head_scale=True),
     dict(pre_norm=False, gate_residual=True, macaron=True, attn_gate_values=True, ff_post_act_ln=True),
@@ -115,7 +120,7 @@ CROSS_OPTIONS = [dict(), dict(cross_attn_kv_heads=2), dict(attn_gate_values=True
                  dict(attn_num_mem_kv=2), dict(use_rmsnorm=True, ff_glu=True), dict(cross_attn_softclamp_logits=True),
                  dict(rotary_pos_emb=True), dict(cross_residual_attn=True),
                  dict(residual_attn=True, cross_residual_attn=True), dict(shift_tokens=1),
-                 dict(add_value_residual=True)]
+                 dict(add_value_residual=True), dict(cross_attn_add_zero_kv=True, cross_attn_k_rmsnorm=True)]
 
 
 @pytest.mark.parametrize("options", CROSS_OPTIONS, ids=option_id)
@@ -315,3 +320,12 @@ def test_bad_mems_raise():
         model(x, mems=[torch.randn(2, 3, 16)])
     with pytest.raises(ValueError, match="mems are not supported with rel_pos_bias"):
         Encoder(**BASE, rel_pos_bias=True)(x, mems=[torch.randn(2, 3, 32)])
+
+
+def test_rmsnorm_and_zero_kv_option_errors():
+    with pytest.raises(ValueError, match="qk_rmsnorm and attn_k_rmsnorm clash"):
+        Decoder(**BASE, attn_qk_rmsnorm=True, attn_k_rmsnorm=True)
+    with pytest.raises(ValueError, match="value_rmsnorm needs as many kv heads"):
+        Decoder(**BASE, attn_value_rmsnorm=True, attn_kv_heads=2)
+    with pytest.raises(ValueError, match="window_size clashes"):
+        Encoder(**BASE, attn_window_size=4, attn_add_zero_kv=True)

@@ -1,4 +1,5 @@
 #include <xtc/nn/functional/attention.h>
+#include <xtc/nn/functional/norm.h>
 #include <xtc/ops/flash_attention.h>
 
 #include <ATen/Dispatch.h>
@@ -28,6 +29,11 @@
 namespace xtc::nn::functional {
 namespace {
 
+// x-transformers' MultiheadRMSNorm on t (b, n, heads, d): SimpleRMSNorm times (gamma + 1), gamma (heads, 1, d).
+at::Tensor multihead_rms_norm(const at::Tensor& t, const at::Tensor& gamma) {
+  return rms_norm(t, at::Tensor()) * (gamma.transpose(0, 1) + 1);
+}
+
 // x-transformers' l2norm: normalise each of `groups` slices of the head dim.
 at::Tensor l2norm(const at::Tensor& t, int64_t groups) {
   auto shape = t.sizes().vec();
@@ -35,6 +41,9 @@ at::Tensor l2norm(const at::Tensor& t, int64_t groups) {
   grouped = grouped / at::linalg_vector_norm(grouped, 2, {-1}, true).clamp_min(1e-12);
   return grouped.flatten(-2);
 }
+
+// Keys in front of the sequence's own that every query sees unbiased: the zero key/value, then the memory ones.
+int64_t memory_keys(const AttentionOptions& o) { return o.num_mem_kv() + (o.add_zero_kv() ? 1 : 0); }
 
 double logit_scale(const AttentionConfig& c) {
   const double default_scale = 1.0 / std::sqrt(static_cast<double>(c.dim_head));
@@ -133,9 +142,9 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool trai
   if (c.residual_scores) reasons.emplace_back("residual attention hands the scores on to the next layer");
   if (training && c.options.dropout() > 0)
     reasons.emplace_back("attention dropout in training needs the probabilities");
-  if (c.options.num_mem_kv() > 0 && c.alibi_slopes.defined())
+  if (memory_keys(c.options) > 0 && c.alibi_slopes.defined())
     reasons.emplace_back("ALiBi gives memory key/values no bias, which is not a position the kernel can express");
-  if (c.options.num_mem_kv() > 0 && c.options.max_attend_past().has_value())
+  if (memory_keys(c.options) > 0 && c.options.max_attend_past().has_value())
     reasons.emplace_back("max_attend_past keeps memory key/values visible, outside the kernel's window");
   return reasons;
 }
@@ -174,6 +183,9 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     if (w.qk_q_scale.defined()) q = q * w.qk_q_scale.transpose(0, 1);
     if (w.qk_k_scale.defined()) k = k * w.qk_k_scale.transpose(0, 1);
   }
+  if (w.q_rmsnorm.defined()) q = multihead_rms_norm(q, w.q_rmsnorm);
+  if (w.k_rmsnorm.defined()) k = multihead_rms_norm(k, w.k_rmsnorm);
+  if (w.value_rmsnorm.defined()) v = multihead_rms_norm(v, w.value_rmsnorm);
   if (cache != nullptr) {
     if (cached_step) {
       k = at::cat({cache->k, k}, 1);
@@ -217,6 +229,12 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     if (key_mask.has_value())
       key_mask = at::cat({at::ones({b, o.num_mem_kv()}, key_mask->options()), *key_mask}, 1);
   }
+  if (o.add_zero_kv()) {
+    // In front of the memory keys too, as x-transformers' Attend pads it last; always visible.
+    k = at::cat({at::zeros({b, 1, c.kv_heads, c.dim_head}, k.options()), k}, 1);
+    v = at::cat({at::zeros({b, 1, c.kv_heads, c.value_dim_head}, v.options()), v}, 1);
+    if (key_mask.has_value()) key_mask = at::cat({at::ones({b, 1}, key_mask->options()), *key_mask}, 1);
+  }
   const double scale = logit_scale(c);
   const double softcap = o.softclamp_logits() ? o.logit_softclamp_value() : 0.0;
   int64_t window_left = o.max_attend_past().value_or(-1), window_right = -1;
@@ -235,7 +253,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
         ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, window_right, softcap));
   } else {
     // Visibility and bias over (n, M + m) keys; memory keys (the first M) are always visible and unbiased.
-    const int64_t keys = k.size(1), memory = o.num_mem_kv();
+    const int64_t keys = k.size(1), memory = memory_keys(o);
     const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (keys - memory - n);
     const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
     const auto is_memory = key_pos < 0;

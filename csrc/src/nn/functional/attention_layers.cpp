@@ -59,6 +59,9 @@ void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a
   specs.push_back({p + "to_k.weight", {hk * dh, o.dim()}});
   specs.push_back({p + "to_v.weight", {hk * dv, o.dim()}});
   if (a.gate_values()) specs.push_back({p + "to_v_gate.weight", {h * dv, o.dim()}});
+  if (a.qk_rmsnorm()) specs.push_back({p + "q_rmsnorm.gamma", {h, 1, dh}});
+  if (a.qk_rmsnorm() || a.k_rmsnorm()) specs.push_back({p + "k_rmsnorm.gamma", {hk, 1, dh}});
+  if (a.value_rmsnorm()) specs.push_back({p + "value_rmsnorm.gamma", {h, 1, dh}});
   if (a.pre_talking_heads()) specs.push_back({p + "attend.pre_softmax_talking_heads.weight", {h, h, 1, 1}});
   if (a.post_talking_heads()) specs.push_back({p + "attend.post_softmax_talking_heads.weight", {h, h, 1, 1}});
   if (a.pre_scale_post_talking_heads())
@@ -397,6 +400,9 @@ AttentionWeights attention_weights(const Parameters& p, const std::string& prefi
   w.mem_v = p.get(prefix + "mem_v");
   w.qk_q_scale = p.get(prefix + "qk_norm_q_scale");
   w.qk_k_scale = p.get(prefix + "qk_norm_k_scale");
+  w.q_rmsnorm = p.get(prefix + "q_rmsnorm.gamma");
+  w.k_rmsnorm = p.get(prefix + "k_rmsnorm.gamma");
+  w.value_rmsnorm = p.get(prefix + "value_rmsnorm.gamma");
   return w;
 }
 

@@ -3,6 +3,7 @@
 
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/zeros.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
@@ -51,6 +52,16 @@ void AttentionImpl::reset() {
   to_k = register_module("to_k", torch::nn::Linear(no_bias(dim, kv_heads * dh)));
   to_v = register_module("to_v", torch::nn::Linear(no_bias(dim, kv_heads * dv)));
   if (options.gate_values()) to_v_gate = register_module("to_v_gate", torch::nn::Linear(no_bias(dim, heads * dv)));
+  // x-transformers' MultiheadRMSNorm modules: a zero-initialised per-head gain `gamma` each.
+  const auto multihead_rms_norm = [&](const char* name, int64_t norm_heads) {
+    auto norm = std::make_shared<torch::nn::Module>("MultiheadRMSNorm");
+    auto gamma = norm->register_parameter("gamma", at::zeros({norm_heads, 1, dh}));
+    register_module(name, norm);
+    return gamma;
+  };
+  if (options.qk_rmsnorm()) q_rmsnorm = multihead_rms_norm("q_rmsnorm", heads);
+  if (options.qk_rmsnorm() || options.k_rmsnorm()) k_rmsnorm = multihead_rms_norm("k_rmsnorm", kv_heads);
+  if (options.value_rmsnorm()) value_rmsnorm = multihead_rms_norm("value_rmsnorm", heads);
   if (options.pre_talking_heads() || options.post_talking_heads() || options.pre_scale_post_talking_heads()) {
     // x-transformers' Attend holds the talking-heads 1x1 convolutions, initialised to the identity (dirac).
     auto attend = std::make_shared<torch::nn::Module>("Attend");
@@ -102,7 +113,10 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, c
                                  head_scale_params, mem_k, mem_v, qk_norm_q_scale, qk_norm_k_scale, to_out_glu,
                                  pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads,
                                  to_value_residual_mix ? to_value_residual_mix->weight : at::Tensor(),
-                                 to_value_residual_mix ? to_value_residual_mix->bias : at::Tensor()};
+                                 to_value_residual_mix ? to_value_residual_mix->bias : at::Tensor(),
+                                 q_rmsnorm,
+                                 k_rmsnorm,
+                                 value_rmsnorm};
   return functional::attention(x, optional(context), optional(mask), optional(context_mask), w, config,
                                is_training());
 }

@@ -103,8 +103,15 @@ void validate_attention(const char* prefix, const AttentionOptions& a, const Att
                     "window_size >= 0");
   TORCH_CHECK_VALUE(!(a.window_size().has_value() && a.max_attend_past().has_value()), "AttentionLayers: ", prefix,
                     "window_size and ", prefix, "max_attend_past clash; set at most one");
-  TORCH_CHECK_VALUE(!(a.window_size().has_value() && a.num_mem_kv() > 0), "AttentionLayers: ", prefix,
-                    "window_size and ", prefix, "num_mem_kv clash: memory keys sit outside every window");
+  TORCH_CHECK_VALUE(!(a.window_size().has_value() && (a.num_mem_kv() > 0 || a.add_zero_kv())), "AttentionLayers: ",
+                    prefix, "window_size clashes with ", prefix, "num_mem_kv and ", prefix,
+                    "add_zero_kv: memory keys sit outside every window");
+  TORCH_CHECK_VALUE(!(a.qk_rmsnorm() && a.k_rmsnorm()), "AttentionLayers: ", prefix, "qk_rmsnorm and ", prefix,
+                    "k_rmsnorm clash; set at most one");
+  TORCH_CHECK_VALUE(!a.value_rmsnorm() || (o.resolved_kv_heads(a) == o.heads() &&
+                                            a.value_dim_head().value_or(a.dim_head()) == a.dim_head()),
+                    "AttentionLayers: ", prefix, "value_rmsnorm needs as many kv heads as heads and value_dim_head == ",
+                    "dim_head (x-transformers' per-head gains are (heads, 1, dim_head))");
   TORCH_CHECK_VALUE(!a.qk_norm() || (a.qk_norm_groups() > 0 && a.dim_head() % a.qk_norm_groups() == 0 &&
                                      a.dim_head() / a.qk_norm_groups() > 2),
                     "AttentionLayers: expected ", prefix, "qk_norm_groups to divide ", prefix,
@@ -274,6 +281,10 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(gate_values, bool);
   XTC_ATTN(head_scale, bool);
   XTC_ATTN(num_mem_kv, int64_t);
+  XTC_ATTN(add_zero_kv, bool);
+  XTC_ATTN(qk_rmsnorm, bool);
+  XTC_ATTN(k_rmsnorm, bool);
+  XTC_ATTN(value_rmsnorm, bool);
   XTC_ATTN(zero_init_output, bool);
 #undef XTC_ATTN
 }

@@ -24,6 +24,7 @@ struct AttentionWeights {
   at::Tensor to_out_glu;          // (2 dim, h dv), on_attn: GLU output projection instead of to_out
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
   at::Tensor value_mix_weight, value_mix_bias;  // (h, dim), (h): learned value-residual mix
+  at::Tensor q_rmsnorm, k_rmsnorm, value_rmsnorm;  // (h, 1, dh), (hk, 1, dh), (h, 1, dh): per-head RMSNorm gains
 };
 
 /// ResFormer's value residual: `first` (the first layer's values, (b, m, hk, dv); undefined = none) is mixed into

@@ -49,6 +49,14 @@ struct AttentionOptions {
   TORCH_ARG(bool, head_scale) = false;
   /// Learned memory key/values prepended to every sequence (Burtsev et al. 2020, arXiv 2006.11527).
   TORCH_ARG(int64_t, num_mem_kv) = 0;
+  /// A zero key and value in front of every sequence, so a query can attend to nothing (torch's add_zero_attn).
+  TORCH_ARG(bool, add_zero_kv) = false;
+  /// Per-head RMSNorm (learned gain, zero-initialised, plus 1) on q and k.
+  TORCH_ARG(bool, qk_rmsnorm) = false;
+  /// The same on k only.
+  TORCH_ARG(bool, k_rmsnorm) = false;
+  /// The same on the values (needs as many kv heads as heads, and value_dim_head == dim_head).
+  TORCH_ARG(bool, value_rmsnorm) = false;
   /// Talking heads before the softmax: logits += mix_heads(logits) (Shazeer et al. 2020, arXiv 2003.02436).
   TORCH_ARG(bool, pre_talking_heads) = false;
   /// Talking heads after the softmax: probabilities = mix_heads(probabilities).
