@@ -313,8 +313,8 @@ def test_unknown_kwargs_raise_type_error_naming_them():
         Encoder(dim=32, depth=1, attn_bogus=3, not_an_option=True)
     assert "not_an_option" in str(info.value)
     # real x-transformers options that this package does not support are rejected too, not ignored
-    with pytest.raises(TypeError, match="use_dynamic_tanh"):
-        Decoder(dim=32, depth=1, use_dynamic_tanh=True)
+    with pytest.raises(TypeError, match="use_derf"):
+        Decoder(dim=32, depth=1, use_derf=True)
     with pytest.raises(TypeError, match="attn_laser"):
         Encoder(dim=32, depth=1, attn_laser=True)
 

@@ -13,6 +13,8 @@ OPTIONS = [
     # norms
     dict(use_rmsnorm=True), dict(use_scalenorm=True), dict(use_simple_rmsnorm=True),
     dict(norm_add_unit_offset=False), dict(use_rmsnorm=True, norm_add_unit_offset=False),
+    dict(use_dynamic_tanh=True), dict(use_dynamic_tanh=True, dynamic_tanh_init_alpha=0.5, norm_add_unit_offset=False),
+    dict(use_dynamic_tanh=True, sandwich_norm=True, dynamic_tanh_init_alpha=2.0),
     dict(pre_norm=False), dict(sandwich_norm=True), dict(pre_norm_has_final_norm=False),
     # residuals
     dict(scale_residual=True), dict(scale_residual_constant=0.5), dict(gate_residual=True),
@@ -329,3 +331,5 @@ def test_rmsnorm_and_zero_kv_option_errors():
         Decoder(**BASE, attn_value_rmsnorm=True, attn_kv_heads=2)
     with pytest.raises(ValueError, match="window_size clashes"):
         Encoder(**BASE, attn_window_size=4, attn_add_zero_kv=True)
+    with pytest.raises(ValueError, match="use_dynamic_tanh needs pre_norm"):
+        Encoder(**BASE, use_dynamic_tanh=True, pre_norm=False)

@@ -39,6 +39,11 @@ void add_norm(Specs& specs, const std::string& prefix, const AttentionLayersOpti
     case NormKind::RMSNorm: specs.push_back({prefix + "g", {o.dim()}}); break;
     case NormKind::ScaleNorm: specs.push_back({prefix + "g", {1}}); break;
     case NormKind::SimpleRMSNorm: break;
+    case NormKind::DynamicTanh:
+      specs.push_back({prefix + "pre_tanh_scale", {}});
+      specs.push_back({prefix + "gamma", {o.dim()}});
+      specs.push_back({prefix + "beta", {o.dim()}});
+      break;
   }
 }
 
@@ -428,8 +433,10 @@ ResidualWeights residual_weights(const Parameters& p, const std::string& prefix)
           p.get(prefix + "gru.bias_ih"), p.get(prefix + "gru.bias_hh")};
 }
 
-at::Tensor norm_gain(const Parameters& p, const std::string& prefix, NormKind kind) {
-  return kind == NormKind::LayerNorm ? p.get(prefix + "gamma") : p.get(prefix + "g");
+NormWeights norm_weights(const Parameters& p, const std::string& prefix, NormKind kind) {
+  if (kind == NormKind::DynamicTanh)
+    return {p.get(prefix + "gamma"), p.get(prefix + "pre_tanh_scale"), p.get(prefix + "beta")};
+  return {kind == NormKind::LayerNorm ? p.get(prefix + "gamma") : p.get(prefix + "g")};
 }
 
 AttentionConfig attention_config(const AttentionOptions& a, const AttentionLayersOptions& o, bool causal,
@@ -577,6 +584,10 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   const Parameters p(plan, params, x_in);
   const NormKind norm_kind = o.norm_kind();
   const bool unit_offset = o.norm_add_unit_offset();
+  // The stack's norm with the tensors under `prefix` (a norm slot or final_norm).
+  const auto apply_norm = [&](const at::Tensor& t, const std::string& prefix) {
+    return norm(norm_kind, t, norm_weights(p, prefix, norm_kind), unit_offset, o.dynamic_tanh_init_alpha());
+  };
   at::Tensor slopes;
   if (!plan.alibi_slopes().empty())
     slopes = at::tensor(plan.alibi_slopes(), x_in.options().dtype(at::kDouble)).to(at::kFloat);
@@ -658,7 +669,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     const std::string layer = "layers." + std::to_string(i) + ".";
     const std::string block = block_prefix(layer, type, o);
     const at::Tensor inner_residual = x;
-    at::Tensor h = o.pre_norm() ? norm(norm_kind, x, norm_gain(p, layer + "0.0.", norm_kind), unit_offset) : x;
+    at::Tensor h = o.pre_norm() ? apply_norm(x, layer + "0.0.") : x;
     if (o.shift_tokens() > 0)
       h = shift_tokens(h, o.shift_tokens(), o.causal(), type == 'f' ? std::optional<at::Tensor>() : mask);
     at::Tensor out;
@@ -670,7 +681,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       XLMemory memory;
       if (next_memory < mems.size()) {
         memory.mem = mems[next_memory];
-        if (o.pre_norm()) memory.mem = norm(norm_kind, memory.mem, norm_gain(p, layer + "0.0.", norm_kind), unit_offset);
+        if (o.pre_norm()) memory.mem = apply_norm(memory.mem, layer + "0.0.");
         if (next_memory < mem_masks.size()) memory.mask = mem_masks[next_memory];
         ++next_memory;
       }
@@ -699,14 +710,14 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       const auto gamma = p.get(layer + "1.gamma");
       out = out * (unit_offset ? gamma + 1 : gamma);
     }
-    if (o.sandwich_norm()) out = norm(norm_kind, out, norm_gain(p, layer + "0.1.", norm_kind), unit_offset);
+    if (o.sandwich_norm()) out = apply_norm(out, layer + "0.1.");
     x = residual(o.residual_kind(), out, inner_residual, residual_weights(p, layer + "2."),
                  o.scale_residual_constant());
-    if (!o.pre_norm()) x = norm(norm_kind, x, norm_gain(p, layer + "0.2.", norm_kind), unit_offset);
+    if (!o.pre_norm()) x = apply_norm(x, layer + "0.2.");
   }
   if (record != nullptr) record->layer_hiddens.push_back(x);
   if (o.softclamp_output()) x = at::tanh(x / o.softclamp_output_value()) * o.softclamp_output_value();
-  if (o.has_final_norm()) x = norm(norm_kind, x, norm_gain(p, "final_norm.", norm_kind), unit_offset);
+  if (o.has_final_norm()) x = apply_norm(x, "final_norm.");
   return x;
 }
 

@@ -18,8 +18,19 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& g, bool unit_offset) 
   return normed * (unit_offset ? (g + 1) * scale : g * scale);
 }
 
-at::Tensor norm(NormKind kind, const at::Tensor& x, const at::Tensor& gain, bool unit_offset) {
-  return kind == NormKind::LayerNorm ? layer_norm(x, gain, unit_offset) : rms_norm(x, gain, unit_offset);
+at::Tensor dynamic_tanh(const at::Tensor& x, const NormWeights& w, bool unit_offset, double init_alpha) {
+  const auto alpha = unit_offset ? w.pre_tanh_scale + init_alpha : w.pre_tanh_scale;
+  const auto gamma = unit_offset ? w.gain + 1.0 : w.gain;
+  return (x * alpha).tanh() * gamma + w.beta;
+}
+
+at::Tensor norm(NormKind kind, const at::Tensor& x, const NormWeights& w, bool unit_offset,
+                double dynamic_tanh_init_alpha) {
+  switch (kind) {
+    case NormKind::LayerNorm: return layer_norm(x, w.gain, unit_offset);
+    case NormKind::DynamicTanh: return dynamic_tanh(x, w, unit_offset, dynamic_tanh_init_alpha);
+    default: return rms_norm(x, w.gain, unit_offset);
+  }
 }
 
 }  // namespace xtc::nn::functional

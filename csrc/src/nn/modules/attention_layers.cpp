@@ -23,6 +23,7 @@ std::shared_ptr<torch::nn::Module> make_norm(const AttentionLayersOptions& o) {
     case NormKind::RMSNorm: return RMSNorm(o.dim(), offset).ptr();
     case NormKind::ScaleNorm: return ScaleNorm(o.dim(), offset).ptr();
     case NormKind::SimpleRMSNorm: return SimpleRMSNorm(o.dim()).ptr();
+    case NormKind::DynamicTanh: return DynamicTanh(o.dim(), o.dynamic_tanh_init_alpha(), offset).ptr();
   }
   TORCH_INTERNAL_ASSERT(false, "unknown norm kind");
 }

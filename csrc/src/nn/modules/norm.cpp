@@ -48,4 +48,33 @@ void SimpleRMSNormImpl::pretty_print(std::ostream& stream) const { stream << "xt
 
 at::Tensor SimpleRMSNormImpl::forward(const at::Tensor& x) { return functional::rms_norm(x, at::Tensor()); }
 
+DynamicTanhImpl::DynamicTanhImpl(int64_t dim, double init_alpha, bool unit_offset)
+    : dim(dim), init_alpha(init_alpha), unit_offset(unit_offset) {
+  reset();
+}
+
+void DynamicTanhImpl::reset() {
+  TORCH_CHECK_VALUE(dim > 0, "DynamicTanh: expected dim > 0, got ", dim);
+  // x-transformers' registration order: pre_tanh_scale, gamma, beta.
+  pre_tanh_scale = register_parameter("pre_tanh_scale", at::empty({}));
+  gamma = register_parameter("gamma", at::empty({dim}));
+  beta = register_parameter("beta", at::empty({dim}));
+  reset_parameters();
+}
+
+void DynamicTanhImpl::reset_parameters() {
+  torch::nn::init::constant_(pre_tanh_scale, unit_offset ? 0.0 : init_alpha);
+  torch::nn::init::constant_(gamma, unit_offset ? 0.0 : 1.0);
+  torch::nn::init::zeros_(beta);
+}
+
+void DynamicTanhImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::DynamicTanh(" << dim << ", init_alpha=" << init_alpha << (unit_offset ? ", unit_offset=true" : "")
+         << ")";
+}
+
+at::Tensor DynamicTanhImpl::forward(const at::Tensor& x) {
+  return functional::dynamic_tanh(x, {gamma, pre_tanh_scale, beta}, unit_offset, init_alpha);
+}
+
 }  // namespace xtc::nn

@@ -75,6 +75,7 @@ NormKind AttentionLayersOptions::norm_kind() const {
   if (use_rmsnorm_) return NormKind::RMSNorm;
   if (use_scalenorm_) return NormKind::ScaleNorm;
   if (use_simple_rmsnorm_) return NormKind::SimpleRMSNorm;
+  if (use_dynamic_tanh_) return NormKind::DynamicTanh;
   return NormKind::LayerNorm;
 }
 
@@ -149,8 +150,11 @@ void AttentionLayersOptions::validate() const {
   TORCH_CHECK_VALUE(dim_ > 0, "AttentionLayers: expected dim > 0, got ", dim_);
   TORCH_CHECK_VALUE(heads_ > 0, "AttentionLayers: expected heads > 0, got ", heads_);
   TORCH_CHECK_VALUE(custom_layers_.has_value() || depth_ > 0, "AttentionLayers: expected depth > 0, got ", depth_);
-  TORCH_CHECK_VALUE(count_true({use_scalenorm_, use_rmsnorm_, use_simple_rmsnorm_}) <= 1,
-                    "AttentionLayers: use_scalenorm, use_rmsnorm and use_simple_rmsnorm clash; set at most one");
+  TORCH_CHECK_VALUE(count_true({use_scalenorm_, use_rmsnorm_, use_simple_rmsnorm_, use_dynamic_tanh_}) <= 1,
+                    "AttentionLayers: use_scalenorm, use_rmsnorm, use_simple_rmsnorm and use_dynamic_tanh clash; "
+                    "set at most one");
+  TORCH_CHECK_VALUE(!use_dynamic_tanh_ || pre_norm_, "AttentionLayers: use_dynamic_tanh needs pre_norm (as "
+                    "x-transformers)");
   TORCH_CHECK_VALUE(count_true({custom_layers_.has_value(), par_ratio_.has_value(), sandwich_coef_.has_value()}) <= 1,
                     "AttentionLayers: custom_layers, par_ratio and sandwich_coef clash; set at most one");
   TORCH_CHECK_VALUE(!(weight_tie_layers_ && (custom_layers_ || par_ratio_ || sandwich_coef_ ||
@@ -306,6 +310,8 @@ const std::vector<Field>& fields() {
     XTC_OWN(use_scalenorm, bool);
     XTC_OWN(use_rmsnorm, bool);
     XTC_OWN(use_simple_rmsnorm, bool);
+    XTC_OWN(use_dynamic_tanh, bool);
+    XTC_OWN(dynamic_tanh_init_alpha, double);
     XTC_OWN(norm_add_unit_offset, bool);
     XTC_OWN(pre_norm, bool);
     XTC_OWN(sandwich_norm, bool);

@@ -14,7 +14,18 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& gamma, bool unit_of
 /// SimpleRMSNorm. No eps inside a square root, as x-transformers (F.normalize).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& g, bool unit_offset = true);
 
-/// The norm of the given kind with its gain parameter (undefined for SimpleRMSNorm).
-at::Tensor norm(NormKind kind, const at::Tensor& x, const at::Tensor& gain, bool unit_offset);
+/// A norm's tensors: its gain (gamma or g; undefined for SimpleRMSNorm) and, for DynamicTanh, the scalar
+/// pre_tanh_scale and the bias beta.
+struct NormWeights {
+  at::Tensor gain, pre_tanh_scale, beta;
+};
+
+/// x-transformers' DynamicTanh: tanh(x * (alpha [+ init_alpha])) * (gamma [+ 1]) + beta; the offsets with
+/// unit_offset.
+at::Tensor dynamic_tanh(const at::Tensor& x, const NormWeights& w, bool unit_offset, double init_alpha);
+
+/// The norm of the given kind with its tensors.
+at::Tensor norm(NormKind kind, const at::Tensor& x, const NormWeights& w, bool unit_offset,
+                double dynamic_tanh_init_alpha = 1.0);
 
 }  // namespace xtc::nn::functional

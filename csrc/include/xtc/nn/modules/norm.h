@@ -53,4 +53,21 @@ class SimpleRMSNormImpl : public torch::nn::Cloneable<SimpleRMSNormImpl> {
 };
 TORCH_MODULE(SimpleRMSNorm);
 
+/// Dynamic tanh, a norm-free replacement (Zhu et al. 2025, arXiv 2503.10622): gamma * tanh(alpha * x) + beta, with
+/// a learned scalar alpha; x-transformers' DynamicTanh, its offsets included under unit_offset.
+class DynamicTanhImpl : public torch::nn::Cloneable<DynamicTanhImpl> {
+ public:
+  DynamicTanhImpl(int64_t dim, double init_alpha = 1.0, bool unit_offset = true);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x);
+
+  int64_t dim;
+  double init_alpha;
+  bool unit_offset;
+  at::Tensor pre_tanh_scale, gamma, beta;
+};
+TORCH_MODULE(DynamicTanh);
+
 }  // namespace xtc::nn

@@ -14,7 +14,7 @@
 namespace xtc::nn {
 
 /// Which norm every slot of the stack uses.
-enum class NormKind { LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm };
+enum class NormKind { LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh };
 /// How a branch output joins the residual stream.
 enum class ResidualKind { Add, GRUGating };
 
@@ -69,6 +69,11 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, use_rmsnorm) = false;
   /// RMSNorm without a learned gain (Qin et al. 2023, arXiv 2307.14995).
   TORCH_ARG(bool, use_simple_rmsnorm) = false;
+  /// Dynamic tanh in place of every norm, gamma * tanh(alpha * x) + beta (Zhu et al. 2025, arXiv 2503.10622);
+  /// pre-norm only, as x-transformers.
+  TORCH_ARG(bool, use_dynamic_tanh) = false;
+  /// The initial alpha of use_dynamic_tanh.
+  TORCH_ARG(double, dynamic_tanh_init_alpha) = 1.0;
   /// Gains stored as (gain - 1), so weight decay pulls them to 1; also applies to LayerScale.
   TORCH_ARG(bool, norm_add_unit_offset) = true;
   /// Pre-norm; false = post-norm (the original Transformer), with no final norm.
