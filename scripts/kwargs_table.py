@@ -38,6 +38,9 @@ PATHS = {
     "rotary_xpos": "rotation and xPos scaling of q and k before the flash kernel (Decoder only, as x-transformers)",
     "rotary_xpos_scale_base": "as rotary_xpos",
     "rotate_num_heads": "rotation of the last heads' q and k before the flash kernel (self-attention only)",
+    "disable_abs_pos_emb": "read by the wrappers: their absolute position embedding is left out",
+    "attn_head_learned_sink": "materialised scores (a learned per-head logit column before the softmax)",
+    "cross_attn_head_learned_sink": "materialised scores (a learned per-head logit column before the softmax)",
 }
 # Handled by the constructors themselves rather than as options.
 IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8"}

@@ -23,6 +23,7 @@ CACHE_OPTIONS = [
     dict(attn_pre_talking_heads=True, attn_post_talking_heads=True), dict(macaron=True, use_rmsnorm=True, depth=1),
     dict(layers_execute_order=(0, 1, 0, 1, 2, 3)), dict(attn_qk_norm=True, attn_qk_norm_dim_scale=True),
     dict(attn_add_zero_kv=True, attn_qk_rmsnorm=True, attn_value_rmsnorm=True, rotary_pos_emb=True),
+    dict(attn_head_learned_sink=True, alibi_pos_bias=True),
 ]
 
 

@@ -59,6 +59,8 @@ OPTIONS = [
     dict(attn_add_zero_kv=True), dict(attn_add_zero_kv=True, alibi_pos_bias=True),
     dict(attn_add_zero_kv=True, attn_num_mem_kv=2, attn_max_attend_past=2),
     dict(attn_add_zero_kv=True, rel_pos_bias=True, attn_kv_heads=2),
+    dict(attn_head_learned_sink=True), dict(attn_head_learned_sink=True, alibi_pos_bias=True, attn_num_mem_kv=2),
+    dict(attn_head_learned_sink=True, attn_sparse_topk=3, attn_pre_talking_heads=True, attn_kv_heads=2),
     # combinations
     dict(use_rmsnorm=True, ff_glu=True, ff_swish=True, attn_kv_heads=2, alibi_pos_bias=True, attn_head_scale=True),
     dict(pre_norm=False, gate_residual=True, macaron=True, attn_gate_values=True, ff_post_act_ln=True),
@@ -122,7 +124,8 @@ CROSS_OPTIONS = [dict(), dict(cross_attn_kv_heads=2), dict(attn_gate_values=True
                  dict(attn_num_mem_kv=2), dict(use_rmsnorm=True, ff_glu=True), dict(cross_attn_softclamp_logits=True),
                  dict(rotary_pos_emb=True), dict(cross_residual_attn=True),
                  dict(residual_attn=True, cross_residual_attn=True), dict(shift_tokens=1),
-                 dict(add_value_residual=True), dict(cross_attn_add_zero_kv=True, cross_attn_k_rmsnorm=True)]
+                 dict(add_value_residual=True), dict(cross_attn_add_zero_kv=True, cross_attn_k_rmsnorm=True),
+                 dict(cross_attn_head_learned_sink=True)]
 
 
 @pytest.mark.parametrize("options", CROSS_OPTIONS, ids=option_id)
@@ -331,5 +334,9 @@ def test_rmsnorm_and_zero_kv_option_errors():
         Decoder(**BASE, attn_value_rmsnorm=True, attn_kv_heads=2)
     with pytest.raises(ValueError, match="window_size clashes"):
         Encoder(**BASE, attn_window_size=4, attn_add_zero_kv=True)
+    with pytest.raises(ValueError, match="head_learned_sink is not supported with attn_flash"):
+        Encoder(**BASE, attn_head_learned_sink=True, attn_flash=True)
+    with pytest.raises(ValueError, match="head_learned_sink clashes with residual attention"):
+        Encoder(**BASE, attn_head_learned_sink=True, residual_attn=True)
     with pytest.raises(ValueError, match="use_dynamic_tanh needs pre_norm"):
         Encoder(**BASE, use_dynamic_tanh=True, pre_norm=False)

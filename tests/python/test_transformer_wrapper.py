@@ -122,3 +122,17 @@ def test_cache_refuses_memory_tokens():
     _, cache = model(tokens, return_intermediates=True)
     with pytest.raises(ValueError, match="num_memory_tokens"):
         model(torch.randint(0, 50, (1, 5)), cache=cache)
+
+
+@pytest.mark.parametrize("layer_kwargs", [dict(disable_abs_pos_emb=True),
+                                          dict(rotary_pos_emb=True, disable_abs_pos_emb=False)],
+                         ids=["disabled", "rotary_and_absolute"])
+def test_disable_abs_pos_emb_matches_x_transformers(layer_kwargs):
+    # The stack's disable_abs_pos_emb decides whether the wrapper has pos_emb, as in x-transformers.
+    torch.manual_seed(4)
+    ours, theirs = make_pair(dict(), layer_kwargs={**LAYERS, **layer_kwargs})
+    assert ("pos_emb.emb.weight" in ours.state_dict()) == (not layer_kwargs["disable_abs_pos_emb"])
+    tokens = torch.randint(0, 50, (2, 10))
+    out, expected = ours(tokens), theirs(tokens)
+    torch.testing.assert_close(out, expected, atol=1e-5 * max(1.0, expected.abs().max().item()), rtol=0)
+    assert_parameter_grads_close(ours, theirs, out, expected)

@@ -139,6 +139,7 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool trai
   if (o.pre_talking_heads() || o.post_talking_heads() || o.pre_scale_post_talking_heads())
     reasons.emplace_back("talking heads mix the scores of every head");
   if (o.sparse_topk().has_value()) reasons.emplace_back("top-k sparsity needs each row's scores at once");
+  if (o.head_learned_sink()) reasons.emplace_back("a learned sink is a per-head logit column beside the keys");
   if (c.residual_scores) reasons.emplace_back("residual attention hands the scores on to the next layer");
   if (training && c.options.dropout() > 0)
     reasons.emplace_back("attention dropout in training needs the probabilities");
@@ -288,7 +289,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
       bias = memory > 0 ? at::cat({at::zeros({pb.size(0), c.heads, n, memory}, x.options()), pb}, -1) : pb;
     }
     const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
-                                     o.sparse_topk(), o.sparse_topk_straight_through()};
+                                     o.sparse_topk(), o.sparse_topk_straight_through(), w.head_attn_sink};
     out = materialized_attention(q, k, v, scale, keep, bias, c.causal && n > 1, softcap, o.dropout(), training,
                                  transforms, c.residual_scores ? scores : nullptr, maps);
   }
@@ -333,11 +334,17 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     sim = sim.masked_fill(future, lowest);
   }
   if (scores != nullptr) *scores = sim;  // x-transformers' pre_softmax_attn: masked, before the softmax
+  if (t.sink.defined()) {
+    // x-transformers' head_learned_sink: the sink logit in front of each row (the maps keep that column).
+    auto sizes = sim.sizes().vec();
+    sizes.back() = 1;
+    sim = at::cat({t.sink.to(sim.scalar_type()).view({1, heads, 1, 1}).expand(sizes), sim}, -1);
+  }
   if (maps != nullptr) maps->pre_softmax_attn = sim;
   at::Tensor attn;
   if (t.sparse_topk.has_value()) {
     // x-transformers' sparse_topk_attn: logits below the row's k-th largest (or masked) are dropped.
-    const auto kth = std::get<0>(sim.topk(std::min(*t.sparse_topk, m), -1)).select(-1, -1).unsqueeze(-1);
+    const auto kth = std::get<0>(sim.topk(std::min(*t.sparse_topk, sim.size(-1)), -1)).select(-1, -1).unsqueeze(-1);
     const auto kept = sim.ge(kth).logical_and(sim.gt(lowest));
     attn = sim.masked_fill(kept.logical_not(), lowest).softmax(-1);
     if (t.sparse_topk_straight_through) {
@@ -349,6 +356,7 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     attn = at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).to(sim.scalar_type());
   }
   if (maps != nullptr) maps->post_softmax_attn = attn;
+  if (t.sink.defined()) attn = attn.narrow(-1, 1, m);  // the sink has no value
   if (training && dropout > 0) attn = at::dropout(attn, dropout, training);
   if (t.post_talking_heads.defined()) attn = mix_heads(t.post_talking_heads, attn);
   if (pre_to_post_scale.defined()) attn = attn * pre_to_post_scale;

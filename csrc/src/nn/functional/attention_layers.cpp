@@ -67,6 +67,7 @@ void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a
   if (a.qk_rmsnorm()) specs.push_back({p + "q_rmsnorm.gamma", {h, 1, dh}});
   if (a.qk_rmsnorm() || a.k_rmsnorm()) specs.push_back({p + "k_rmsnorm.gamma", {hk, 1, dh}});
   if (a.value_rmsnorm()) specs.push_back({p + "value_rmsnorm.gamma", {h, 1, dh}});
+  if (a.head_learned_sink()) specs.push_back({p + "attend.head_attn_sink", {h}});  // Attend's own parameter first
   if (a.pre_talking_heads()) specs.push_back({p + "attend.pre_softmax_talking_heads.weight", {h, h, 1, 1}});
   if (a.post_talking_heads()) specs.push_back({p + "attend.post_softmax_talking_heads.weight", {h, h, 1, 1}});
   if (a.pre_scale_post_talking_heads())
@@ -405,6 +406,7 @@ AttentionWeights attention_weights(const Parameters& p, const std::string& prefi
   w.mem_v = p.get(prefix + "mem_v");
   w.qk_q_scale = p.get(prefix + "qk_norm_q_scale");
   w.qk_k_scale = p.get(prefix + "qk_norm_k_scale");
+  w.head_attn_sink = p.get(prefix + "attend.head_attn_sink");
   w.q_rmsnorm = p.get(prefix + "q_rmsnorm.gamma");
   w.k_rmsnorm = p.get(prefix + "k_rmsnorm.gamma");
   w.value_rmsnorm = p.get(prefix + "value_rmsnorm.gamma");

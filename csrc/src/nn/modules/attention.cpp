@@ -62,9 +62,12 @@ void AttentionImpl::reset() {
   if (options.qk_rmsnorm()) q_rmsnorm = multihead_rms_norm("q_rmsnorm", heads);
   if (options.qk_rmsnorm() || options.k_rmsnorm()) k_rmsnorm = multihead_rms_norm("k_rmsnorm", kv_heads);
   if (options.value_rmsnorm()) value_rmsnorm = multihead_rms_norm("value_rmsnorm", heads);
-  if (options.pre_talking_heads() || options.post_talking_heads() || options.pre_scale_post_talking_heads()) {
-    // x-transformers' Attend holds the talking-heads 1x1 convolutions, initialised to the identity (dirac).
+  if (options.head_learned_sink() || options.pre_talking_heads() || options.post_talking_heads() ||
+      options.pre_scale_post_talking_heads()) {
+    // x-transformers' Attend holds the learned sink logits and the talking-heads 1x1 convolutions, initialised to
+    // the identity (dirac).
     auto attend = std::make_shared<torch::nn::Module>("Attend");
+    if (options.head_learned_sink()) head_attn_sink = attend->register_parameter("head_attn_sink", at::zeros({heads}));
     const auto talking = [&](const char* name) {
       torch::nn::Conv2d conv(torch::nn::Conv2dOptions(heads, heads, 1).bias(false));
       torch::nn::init::dirac_(conv->weight);
@@ -116,7 +119,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, c
                                  to_value_residual_mix ? to_value_residual_mix->bias : at::Tensor(),
                                  q_rmsnorm,
                                  k_rmsnorm,
-                                 value_rmsnorm};
+                                 value_rmsnorm,
+                                 head_attn_sink};
   return functional::attention(x, optional(context), optional(mask), optional(context_mask), w, config,
                                is_training());
 }

@@ -107,6 +107,11 @@ void validate_attention(const char* prefix, const AttentionOptions& a, const Att
   TORCH_CHECK_VALUE(!(a.window_size().has_value() && (a.num_mem_kv() > 0 || a.add_zero_kv())), "AttentionLayers: ",
                     prefix, "window_size clashes with ", prefix, "num_mem_kv and ", prefix,
                     "add_zero_kv: memory keys sit outside every window");
+  TORCH_CHECK_VALUE(!(a.head_learned_sink() && a.flash()), "AttentionLayers: ", prefix, "head_learned_sink is not ",
+                    "supported with ", prefix, "flash (as x-transformers)");
+  TORCH_CHECK_VALUE(!(a.head_learned_sink() && (&a == &o.attn() ? o.residual_attn() : o.cross_residual_attn())),
+                    "AttentionLayers: ", prefix, "head_learned_sink clashes with residual attention (the sink "
+                    "column would reach the next layer's scores)");
   TORCH_CHECK_VALUE(!(a.qk_rmsnorm() && a.k_rmsnorm()), "AttentionLayers: ", prefix, "qk_rmsnorm and ", prefix,
                     "k_rmsnorm clash; set at most one");
   TORCH_CHECK_VALUE(!a.value_rmsnorm() || (o.resolved_kv_heads(a) == o.heads() &&
@@ -289,6 +294,7 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(qk_rmsnorm, bool);
   XTC_ATTN(k_rmsnorm, bool);
   XTC_ATTN(value_rmsnorm, bool);
+  XTC_ATTN(head_learned_sink, bool);
   XTC_ATTN(zero_init_output, bool);
 #undef XTC_ATTN
 }
@@ -348,6 +354,7 @@ const std::vector<Field>& fields() {
     XTC_OWN(rotary_xpos, bool);
     XTC_OWN(rotary_xpos_scale_base, int64_t);
     XTC_OWN(rotate_num_heads, std::optional<int64_t>);
+    XTC_OWN(disable_abs_pos_emb, std::optional<bool>);
     XTC_OWN(softclamp_output, bool);
     XTC_OWN(softclamp_output_value, double);
     XTC_OWN(zero_init_branch_output, bool);

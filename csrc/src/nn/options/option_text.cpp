@@ -66,6 +66,13 @@ std::optional<int64_t> parse_value<std::optional<int64_t>>(const char* owner, co
 }
 
 template <>
+std::optional<bool> parse_value<std::optional<bool>>(const char* owner, const std::string& key,
+                                                     const std::string& text) {
+  if (is_none(text)) return std::nullopt;
+  return parse_value<bool>(owner, key, text);
+}
+
+template <>
 std::optional<double> parse_value<std::optional<double>>(const char* owner, const std::string& key,
                                                          const std::string& text) {
   if (is_none(text)) return std::nullopt;
@@ -96,6 +103,7 @@ std::string format_value(int64_t value) { return std::to_string(value); }
 std::string format_value(double value) { return fmt::format("{:.17g}", value); }
 std::string format_value(bool value) { return value ? "1" : "0"; }
 std::string format_value(const std::optional<int64_t>& value) { return value ? format_value(*value) : "none"; }
+std::string format_value(const std::optional<bool>& value) { return value ? format_value(*value) : "none"; }
 std::string format_value(const std::optional<double>& value) { return value ? format_value(*value) : "none"; }
 std::string format_value(const std::optional<std::string>& value) { return value ? *value : "none"; }
 std::string format_value(const std::vector<int64_t>& value) { return fmt::format("{}", fmt::join(value, ",")); }

@@ -23,6 +23,7 @@ std::string format_value(int64_t value);
 std::string format_value(double value);  // enough digits to read back the same double
 std::string format_value(bool value);
 std::string format_value(const std::optional<int64_t>& value);
+std::string format_value(const std::optional<bool>& value);
 std::string format_value(const std::optional<double>& value);
 std::string format_value(const std::optional<std::string>& value);
 std::string format_value(const std::vector<int64_t>& value);

@@ -25,6 +25,7 @@ struct AttentionWeights {
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
   at::Tensor value_mix_weight, value_mix_bias;  // (h, dim), (h): learned value-residual mix
   at::Tensor q_rmsnorm, k_rmsnorm, value_rmsnorm;  // (h, 1, dh), (hk, 1, dh), (h, 1, dh): per-head RMSNorm gains
+  at::Tensor head_attn_sink;                       // (h): learned per-head sink logits
 };
 
 /// ResFormer's value residual: `first` (the first layer's values, (b, m, hk, dv); undefined = none) is mixed into
@@ -62,6 +63,7 @@ struct ScoreTransforms {
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
   std::optional<int64_t> sparse_topk;
   bool sparse_topk_straight_through = false;
+  at::Tensor sink;  // (h): a logit column joined before the softmax and dropped after it; undefined = none
 };
 
 /// What the attention block needs besides its weights.

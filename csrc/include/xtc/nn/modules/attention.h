@@ -33,6 +33,7 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
   at::Tensor qk_norm_q_scale, qk_norm_k_scale, head_scale_params, mem_k, mem_v;
   at::Tensor to_out_glu, pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;
   at::Tensor q_rmsnorm, k_rmsnorm, value_rmsnorm;  // per-head RMSNorm gains (heads or kv heads, 1, dim_head)
+  at::Tensor head_attn_sink;                       // (heads) learned sink logits
   torch::nn::Linear to_value_residual_mix{nullptr};
 
  protected:

@@ -57,6 +57,9 @@ struct AttentionOptions {
   TORCH_ARG(bool, k_rmsnorm) = false;
   /// The same on the values (needs as many kv heads as heads, and value_dim_head == dim_head).
   TORCH_ARG(bool, value_rmsnorm) = false;
+  /// A learned per-head logit (`attend.head_attn_sink`, zero-initialised) joins each row before the softmax and
+  /// leaves after it, so the row's probabilities may sum to less than 1 (gpt-oss's attention sink).
+  TORCH_ARG(bool, head_learned_sink) = false;
   /// Talking heads before the softmax: logits += mix_heads(logits) (Shazeer et al. 2020, arXiv 2003.02436).
   TORCH_ARG(bool, pre_talking_heads) = false;
   /// Talking heads after the softmax: probabilities = mix_heads(probabilities).

@@ -33,7 +33,9 @@ struct AttentionLayersOptions {
   ResidualKind residual_kind() const;
   /// Whether the wrappers' absolute positions are off because the stack has its own (rotary or T5), as
   /// x-transformers' `disable_abs_pos_emb` default.
-  bool disables_abs_pos_emb() const { return uses_rotary() || rel_pos_bias_; }
+  /// Whether wrappers leave out their absolute position embedding: disable_abs_pos_emb, by default with rotary
+  /// or T5 relative positions (x-transformers).
+  bool disables_abs_pos_emb() const { return disable_abs_pos_emb_.value_or(uses_rotary() || rel_pos_bias_); }
   /// Rotary embedding on: rotary_pos_emb, or rotary_xpos (which implies it, as x-transformers).
   bool uses_rotary() const { return rotary_pos_emb_ || rotary_xpos_; }
   /// Rotated features per head when rotary_pos_emb is on.
@@ -149,6 +151,8 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, rotary_xpos) = false;
   /// The xPos scale base.
   TORCH_ARG(int64_t, rotary_xpos_scale_base) = 512;
+  /// Tells the wrappers whether to leave out their absolute position embedding; unset = with rotary or T5 bias.
+  TORCH_ARG(std::optional<bool>, disable_abs_pos_emb) = std::nullopt;
   /// Rotary (and xPos) on the last rotate_num_heads heads of self-attention only; unset = all heads. Below heads it
   /// needs kv_heads == heads, as x-transformers.
   TORCH_ARG(std::optional<int64_t>, rotate_num_heads) = std::nullopt;
