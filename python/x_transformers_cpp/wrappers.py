@@ -40,7 +40,7 @@ class _Wrapper(nn.Module):
     def _tensors(self):
         return [reduce(getattr, name.split("."), self) for name in self._tensor_names]
 
-    def _run(self, op, op_with_hiddens, inputs, seq_len, return_embeddings, return_intermediates, cache):
+    def _run(self, op, op_with_hiddens, inputs, return_embeddings, return_intermediates, cache):
         """The plain op, or the one with the stack's intermediates for return_intermediates / cache; with a cache
         only the last position runs (x-transformers' wrappers, whose input holds every position so far)."""
         tail = (self._tensors(), self._options, self._layer_options, self.training, return_embeddings)
@@ -50,7 +50,8 @@ class _Wrapper(nn.Module):
         out, hiddens, layer_hiddens, kv, maps = op_with_hiddens(*inputs, cache_kv, *tail)
         if not return_intermediates:
             return out
-        cache_length = cache.cache_length + 1 if cache is not None else seq_len
+        # Positions the stack ran (memory tokens included, as x-transformers counts them), after the cached ones.
+        cache_length = (cache.cache_length if cache is not None else 0) + layer_hiddens[-1].shape[1]
         return out, layer_intermediates(self._layer_options, out, hiddens, layer_hiddens, kv, maps, cache_length)
 
     def extra_repr(self):
@@ -91,7 +92,7 @@ class TransformerWrapper(_Wrapper):
         are (batch, 1, logits_dim).
         """
         return self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens,
-                         (x, mask), x.shape[1], return_embeddings, return_intermediates, cache)
+                         (x, mask), return_embeddings, return_intermediates, cache)
 
 
 class ContinuousTransformerWrapper(_Wrapper):
@@ -118,4 +119,4 @@ class ContinuousTransformerWrapper(_Wrapper):
         x-transformers.
         """
         return self._run(torch.ops.xtc.continuous_transformer, torch.ops.xtc.continuous_transformer_with_hiddens,
-                         (x, mask, lens), x.shape[1], return_embeddings, return_intermediates, cache)
+                         (x, mask, lens), return_embeddings, return_intermediates, cache)

@@ -117,11 +117,14 @@ def test_cached_decoding_matches_x_transformers(kwargs, layer_kwargs):
 
 
 def test_cache_refuses_memory_tokens():
-    model = TransformerWrapper(num_tokens=50, max_seq_len=16, attn_layers=Decoder(**LAYERS), num_memory_tokens=2)
+    torch.manual_seed(5)
+    ours, theirs = make_pair(dict(num_memory_tokens=2))
     tokens = torch.randint(0, 50, (1, 4))
-    _, cache = model(tokens, return_intermediates=True)
+    _, cache = ours(tokens, return_intermediates=True)
+    _, their_cache = theirs(tokens, return_intermediates=True)
+    assert cache.cache_length == their_cache.cache_length == 6  # memory tokens count, as in x-transformers
     with pytest.raises(ValueError, match="num_memory_tokens"):
-        model(torch.randint(0, 50, (1, 5)), cache=cache)
+        ours(torch.randint(0, 50, (1, 5)), cache=cache)
 
 
 @pytest.mark.parametrize("layer_kwargs", [dict(disable_abs_pos_emb=True),
