@@ -70,11 +70,8 @@ PYBIND11_MODULE(_C, m) {
       "executed_attention_types",
       [](const std::string& text) {
         return with_torch_errors([&] {
-          const xtc::nn::functional::AttentionLayersPlan plan(xtc::nn::AttentionLayersOptions::parse(text));
-          std::string types;
-          for (const int64_t i : plan.execution_order())
-            if (plan.layer_types()[i] != 'f') types.push_back(plan.layer_types()[i]);
-          return types;
+          return xtc::nn::functional::AttentionLayersPlan(xtc::nn::AttentionLayersOptions::parse(text))
+              .executed_attention_types();
         });
       },
       py::arg("options"),

@@ -3,6 +3,7 @@
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/ops/attention_layers.h>
 
+#include "ops/layer_hiddens.h"
 #include "ops/plan_cache.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -22,6 +23,19 @@ std::vector<std::optional<at::Tensor>> to_vector(at::TensorList list) {
   return std::vector<std::optional<at::Tensor>>(list.begin(), list.end());
 }
 
+// The forward inputs both layer-stack kernels take, as the functional stack reads them.
+nn::functional::AttentionLayersInputs stack_inputs(
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
+    const std::optional<at::Tensor>& context_mask, const std::optional<at::Tensor>& attn_mask,
+    const std::optional<at::Tensor>& self_attn_kv_mask, const std::optional<at::Tensor>& seq_start_pos,
+    const std::optional<at::Tensor>& attn_bias, const std::optional<at::Tensor>& pos, at::TensorList mems,
+    at::TensorList mem_masks) {
+  nn::functional::AttentionLayersInputs inputs{mask, context, context_mask, attn_mask, self_attn_kv_mask,
+                                               seq_start_pos, attn_bias, mems.vec(), to_vector(mem_masks)};
+  inputs.pos = pos;
+  return inputs;
+}
+
 at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                                    const std::optional<at::Tensor>& context,
                                    const std::optional<at::Tensor>& context_mask,
@@ -32,32 +46,27 @@ at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::
                                    const std::optional<at::Tensor>& pos, at::TensorList mems,
                                    at::TensorList mem_masks, at::TensorList params,
                                    c10::string_view options, bool training) {
-  nn::functional::AttentionLayersInputs inputs{mask, context, context_mask, attn_mask, self_attn_kv_mask,
-                                               seq_start_pos, attn_bias, mems.vec(), to_vector(mem_masks)};
-  inputs.pos = pos;
-  return nn::functional::attention_layers(x, inputs, params, layers_plan(options), training);
+  return nn::functional::attention_layers(x,
+                                          stack_inputs(mask, context, context_mask, attn_mask, self_attn_kv_mask,
+                                                       seq_start_pos, attn_bias, pos, mems, mem_masks),
+                                          params, layers_plan(options), training);
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
-           std::vector<at::Tensor>>
-attention_layers_with_hiddens_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
-                                     const std::optional<at::Tensor>& context,
-                                     const std::optional<at::Tensor>& context_mask,
-                                     const std::optional<at::Tensor>& attn_mask,
-                                     const std::optional<at::Tensor>& self_attn_kv_mask,
-                                     const std::optional<at::Tensor>& seq_start_pos,
-                                     const std::optional<at::Tensor>& attn_bias,
-                                     const std::optional<at::Tensor>& pos, at::TensorList mems,
-                                     at::TensorList mem_masks, at::TensorList cache_kv, int64_t cache_length,
-                                     int64_t cache_age, at::TensorList params, c10::string_view options,
-                                     bool training) {
+detail::LayerHiddensResult attention_layers_with_hiddens_kernel(
+    const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
+    const std::optional<at::Tensor>& context_mask, const std::optional<at::Tensor>& attn_mask,
+    const std::optional<at::Tensor>& self_attn_kv_mask, const std::optional<at::Tensor>& seq_start_pos,
+    const std::optional<at::Tensor>& attn_bias, const std::optional<at::Tensor>& pos, at::TensorList mems,
+    at::TensorList mem_masks, at::TensorList cache_kv, int64_t cache_length, int64_t cache_age, at::TensorList params,
+    c10::string_view options, bool training) {
+  auto inputs = stack_inputs(mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias,
+                             pos, mems, mem_masks);
+  inputs.cache_kv = cache_kv.vec();
+  inputs.cache_length = cache_length;
+  inputs.cache_age = cache_age;
   nn::functional::AttentionLayersHiddens record;
-  nn::functional::AttentionLayersInputs inputs{mask, context, context_mask, attn_mask, self_attn_kv_mask,
-                                               seq_start_pos, attn_bias, mems.vec(), to_vector(mem_masks),
-                                               cache_kv.vec(), cache_length, cache_age};
-  inputs.pos = pos;
   auto out = nn::functional::attention_layers(x, inputs, params, layers_plan(options), training, &record);
-  return {out, record.hiddens, record.layer_hiddens, record.cached_kv, record.attn_maps};
+  return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // xtc::attention_layers.
 #include <xtc/nn/functional/continuous.h>
 
+#include "ops/layer_hiddens.h"
 #include "ops/plan_cache.h"
 
 #include <torch/library.h>
@@ -20,19 +21,17 @@ at::Tensor continuous_transformer_kernel(const at::Tensor& x, const std::optiona
   return nn::functional::continuous_transformer(x, mask, lens, params, plan, training, return_embeddings);
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
-           std::vector<at::Tensor>>
-continuous_transformer_with_hiddens_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
-                                           const std::optional<at::Tensor>& lens, at::TensorList cache_kv,
-                                           at::TensorList params, c10::string_view options,
-                                           c10::string_view layer_options, bool training, bool return_embeddings) {
+detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
+    const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& lens,
+    at::TensorList cache_kv, at::TensorList params, c10::string_view options, c10::string_view layer_options,
+    bool training, bool return_embeddings) {
   const auto& plan =
       detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
           options, layer_options);
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::continuous_transformer(x, mask, lens, params, plan, training, return_embeddings,
                                                     cache_kv.vec(), &record);
-  return {out, record.hiddens, record.layer_hiddens, record.cached_kv, record.attn_maps};
+  return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 
 }  // namespace

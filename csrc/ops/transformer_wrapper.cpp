@@ -2,6 +2,7 @@
 // xtc::attention_layers.
 #include <xtc/nn/functional/transformer_wrapper.h>
 
+#include "ops/layer_hiddens.h"
 #include "ops/plan_cache.h"
 
 #include <torch/library.h>
@@ -18,18 +19,17 @@ at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens, const std::optio
   return nn::functional::transformer_wrapper(tokens, mask, params, plan, training, return_embeddings);
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
-           std::vector<at::Tensor>>
-transformer_wrapper_with_hiddens_kernel(const at::Tensor& tokens, const std::optional<at::Tensor>& mask,
-                                        at::TensorList cache_kv, at::TensorList params, c10::string_view options,
-                                        c10::string_view layer_options, bool training, bool return_embeddings) {
+detail::LayerHiddensResult transformer_wrapper_with_hiddens_kernel(
+    const at::Tensor& tokens, const std::optional<at::Tensor>& mask, at::TensorList cache_kv,
+    at::TensorList params, c10::string_view options, c10::string_view layer_options, bool training,
+    bool return_embeddings) {
   const auto& plan =
       detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapperOptions>(
           options, layer_options);
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::transformer_wrapper(tokens, mask, params, plan, training, return_embeddings,
                                                  cache_kv.vec(), &record);
-  return {out, record.hiddens, record.layer_hiddens, record.cached_kv, record.attn_maps};
+  return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 
 }  // namespace

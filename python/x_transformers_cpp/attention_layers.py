@@ -115,10 +115,14 @@ class LayerIntermediates:
     cache_length: int = 0  # positions decoded so far
 
 
-def layer_intermediates(options, out, hiddens, layer_hiddens, kv, maps, cache_length):
-    """LayerIntermediates from what the *_with_hiddens ops return: kv and maps flattened per attention layer (maps
-    empty where the layer has none)."""
-    types = _C.executed_attention_types(options)
+def flat_cache(cache):
+    """The ops' cache_kv from a LayerIntermediates: k0, v0, k1, v1, ... (empty without a cache)."""
+    return [t for inter in cache.attn_intermediates for t in inter.cached_kv] if cache is not None else []
+
+
+def layer_intermediates(types, out, hiddens, layer_hiddens, kv, maps, cache_length):
+    """LayerIntermediates from what the *_with_hiddens ops return: kv and maps flattened per attention layer in
+    `types` order ('a' / 'c', AttentionLayers._attention_types), maps empty where the layer has none."""
     maps = [m if m.dim() == 4 else None for m in maps]
     attn_intermediates = [Intermediates(cached_kv=(kv[2 * i], kv[2 * i + 1]), layer_type=t,
                                         qk_similarities=maps[3 * i], pre_softmax_attn=maps[3 * i + 1],
@@ -149,6 +153,7 @@ class AttentionLayers(nn.Module):
         self._options = _options_text(dict(dim=dim, depth=depth, heads=heads, causal=causal, **kwargs))
         layout = _C.parameter_layout(self._options)
         self._parameter_names = [name for name, _, _ in layout]
+        self._attention_types = _C.executed_attention_types(self._options)  # once: read by every return_hiddens
         tree = _build_tree(layout)
         for name, child in tree.named_children():
             self.add_module(name, child)
@@ -195,15 +200,12 @@ class AttentionLayers(nn.Module):
                   mem_masks)
         if not return_hiddens and cache is None:
             return torch.ops.xtc.attention_layers(*inputs, params, self._options, self.training)
-        cache_kv, cache_length = [], 0
-        if cache is not None:
-            cache_kv = [t for inter in cache.attn_intermediates for t in inter.cached_kv]
-            cache_length = cache.cache_length
+        cache_length = cache.cache_length if cache is not None else 0
         out, hiddens, layer_hiddens, kv, maps = torch.ops.xtc.attention_layers_with_hiddens(
-            *inputs, cache_kv, cache_length, cache_age, params, self._options, self.training)
+            *inputs, flat_cache(cache), cache_length, cache_age, params, self._options, self.training)
         if not return_hiddens:
             return out
-        return out, layer_intermediates(self._options, out, hiddens, layer_hiddens, kv, maps,
+        return out, layer_intermediates(self._attention_types, out, hiddens, layer_hiddens, kv, maps,
                                         cache_length + out.shape[1])
 
     def extra_repr(self):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import _C
-from .attention_layers import AttentionLayers, _build_tree, _option_value, layer_intermediates
+from .attention_layers import AttentionLayers, _build_tree, _option_value, flat_cache, layer_intermediates
 
 
 class _Wrapper(nn.Module):
@@ -46,13 +46,13 @@ class _Wrapper(nn.Module):
         tail = (self._tensors(), self._options, self._layer_options, self.training, return_embeddings)
         if not return_intermediates and cache is None:
             return op(*inputs, *tail)
-        cache_kv = [t for inter in cache.attn_intermediates for t in inter.cached_kv] if cache is not None else []
-        out, hiddens, layer_hiddens, kv, maps = op_with_hiddens(*inputs, cache_kv, *tail)
+        out, hiddens, layer_hiddens, kv, maps = op_with_hiddens(*inputs, flat_cache(cache), *tail)
         if not return_intermediates:
             return out
         # Positions the stack ran (memory tokens included, as x-transformers counts them), after the cached ones.
         cache_length = (cache.cache_length if cache is not None else 0) + layer_hiddens[-1].shape[1]
-        return out, layer_intermediates(self._layer_options, out, hiddens, layer_hiddens, kv, maps, cache_length)
+        return out, layer_intermediates(self.attn_layers._attention_types, out, hiddens, layer_hiddens, kv, maps,
+                                        cache_length)
 
     def extra_repr(self):
         return self._options

@@ -361,9 +361,7 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
                     "(x-transformers would shift within the new tokens only)");
   TORCH_CHECK_VALUE(!(training && o.layer_dropout() > 0),
                     "AttentionLayers: a cache cannot be combined with layer_dropout in training");
-  std::vector<char> types;
-  for (const int64_t i : plan.execution_order())
-    if (plan.layer_types()[i] != 'f') types.push_back(plan.layer_types()[i]);
+  const std::string& types = plan.executed_attention_types();
   TORCH_CHECK_VALUE(cache_kv.size() == 2 * types.size(), "AttentionLayers: expected a cache of ", types.size(),
                     " (k, v) pairs, one per executed attention layer, got ", cache_kv.size(), " tensors");
   int64_t past = -1;
@@ -538,6 +536,8 @@ AttentionLayersPlan::AttentionLayersPlan(AttentionLayersOptions options) : optio
   options_.validate();
   layer_types_ = options_.layer_types();
   execution_order_ = options_.execution_order();
+  for (const int64_t i : execution_order_)
+    if (layer_types_[i] != 'f') executed_attention_types_.push_back(layer_types_[i]);
   parameters_ = layout(options_, layer_types_);
   for (size_t i = 0; i < parameters_.size(); ++i) index_.emplace(parameters_[i].name, static_cast<int64_t>(i));
   if (options_.alibi_pos_bias()) {
@@ -604,8 +604,9 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     TORCH_CHECK_VALUE(positions >= keys, "AttentionLayers: cache_length ", cache_length, " is shorter than the ",
                       past, " cached keys");
     const auto& inv_freq = p.get("rotary_pos_emb.inv_freq");
-    const auto range = at::arange(-mem_len, positions - mem_len, inv_freq.options().dtype(at::kLong));
-    const auto& t = pos.has_value() ? *pos : range;
+    const at::Tensor t = pos.has_value()
+                             ? *pos
+                             : at::arange(-mem_len, positions - mem_len, inv_freq.options().dtype(at::kLong));
     rotary = rotary_angles(inv_freq, t, o.rotary_interpolation_factor());
     if (o.rotary_xpos()) xpos_scale = xpos_scales(p.get("rotary_pos_emb.scale"), t, o.rotary_xpos_scale_base());
   }

@@ -29,6 +29,13 @@ void for_each_option(const char* owner, const std::string& line,
   }
 }
 
+// "none" as an empty optional, anything else as a T.
+template <typename T>
+std::optional<T> parse_optional(const char* owner, const std::string& key, const std::string& text) {
+  if (is_none(text)) return std::nullopt;
+  return parse_value<T>(owner, key, text);
+}
+
 template <>
 int64_t parse_value<int64_t>(const char* owner, const std::string& key, const std::string& text) {
   try {
@@ -61,22 +68,19 @@ bool parse_value<bool>(const char* owner, const std::string& key, const std::str
 template <>
 std::optional<int64_t> parse_value<std::optional<int64_t>>(const char* owner, const std::string& key,
                                                            const std::string& text) {
-  if (is_none(text)) return std::nullopt;
-  return parse_value<int64_t>(owner, key, text);
+  return parse_optional<int64_t>(owner, key, text);
 }
 
 template <>
 std::optional<bool> parse_value<std::optional<bool>>(const char* owner, const std::string& key,
                                                      const std::string& text) {
-  if (is_none(text)) return std::nullopt;
-  return parse_value<bool>(owner, key, text);
+  return parse_optional<bool>(owner, key, text);
 }
 
 template <>
 std::optional<double> parse_value<std::optional<double>>(const char* owner, const std::string& key,
                                                          const std::string& text) {
-  if (is_none(text)) return std::nullopt;
-  return parse_value<double>(owner, key, text);
+  return parse_optional<double>(owner, key, text);
 }
 
 template <>

@@ -30,6 +30,9 @@ class AttentionLayersPlan {
   const std::vector<ParameterSpec>& parameters() const { return parameters_; }
   const std::vector<char>& layer_types() const { return layer_types_; }
   const std::vector<int64_t>& execution_order() const { return execution_order_; }
+  /// The kind ('a' self, 'c' cross) of each attention layer in execution order: the order of the cached_kv pairs
+  /// and attention maps.
+  const std::string& executed_attention_types() const { return executed_attention_types_; }
   /// Per-head ALiBi slopes (x-transformers' geometric series, zero past alibi_num_heads); empty without ALiBi.
   const std::vector<double>& alibi_slopes() const { return alibi_slopes_; }
   /// Position of `name` in parameters(), or -1.
@@ -39,6 +42,7 @@ class AttentionLayersPlan {
   AttentionLayersOptions options_;
   std::vector<char> layer_types_;
   std::vector<int64_t> execution_order_;
+  std::string executed_attention_types_;
   std::vector<ParameterSpec> parameters_;
   std::unordered_map<std::string, int64_t> index_;
   std::vector<double> alibi_slopes_;
