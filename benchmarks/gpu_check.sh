@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot check on a CUDA machine (H100 image: torch with CUDA, nvcc, cmake, ninja, 16 cores, no network):
 # build the package for sm_90a, run the CUDA op tests (and the encoder parity tests when present), then the full
-# attention benchmark grid and the tile-shape A/B, and print the summary table last. Logs and JSON go to $OUT when
+# attention benchmark grid and the kernel A/B variants, and print the summary table last. Logs and JSON go to $OUT when
 # set (else benchmarks/results/gpu_check). About 4 minutes on an H100 (218 s measured).
 #
 # Usage (repo root): bash benchmarks/gpu_check.sh
@@ -34,9 +34,26 @@ echo "build: ${STATUS[build]} at $(elapsed)s"
 
 if [[ ${STATUS[build]} == ok ]]; then
   # Run from outside the tree so the installed package (not python/ sources) is imported.
-  timeout 120 python3 -m pytest -q -p no:cacheprovider "$PWD/tests/python/test_flash_attention_cuda.py" \
+  timeout 150 python3 -m pytest -q -p no:cacheprovider "$PWD/tests/python/test_flash_attention_cuda.py" \
     2>&1 | tee "$LOGS/test_cuda.log" | tail -15
   STATUS[test_cuda]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
+  # The same tests on the mma.sync kernels, which the Hopper (wgmma) kernels replace on this GPU by default (they
+  # remain the path of other GPUs and of builds without sm_90a code).
+  XTC_CUDA_FWD_WGMMA=0 XTC_CUDA_BWD_WGMMA=0 timeout 150 python3 -m pytest -q -p no:cacheprovider \
+    "$PWD/tests/python/test_flash_attention_cuda.py" 2>&1 | tee "$LOGS/test_cuda_mma.log" | tail -3
+  STATUS[test_cuda_mma]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
+  # If the default failed, the rest of the run falls back to the mma.sync kernels of the failing direction, so
+  # that the other one and the benchmark still report.
+  if [[ ${STATUS[test_cuda]} != ok ]]; then
+    if XTC_CUDA_BWD_WGMMA=0 timeout 150 python3 -m pytest -q -p no:cacheprovider \
+        "$PWD/tests/python/test_flash_attention_cuda.py" 2>&1 | tee "$LOGS/test_cuda_mma_bwd.log" | tail -3; then
+      echo "Hopper backward failed its tests: XTC_CUDA_BWD_WGMMA=0 for the rest of the run"
+      export XTC_CUDA_BWD_WGMMA=0
+    else
+      echo "Hopper kernels failed their tests: XTC_CUDA_FWD_WGMMA=0 XTC_CUDA_BWD_WGMMA=0 for the rest of the run"
+      export XTC_CUDA_FWD_WGMMA=0 XTC_CUDA_BWD_WGMMA=0
+    fi
+  fi
   # Encoder / Decoder on CUDA against x-transformers on CUDA, when x-transformers travels in .whl.
   if python3 -c 'import x_transformers' 2>/dev/null; then
     timeout 90 python3 -m pytest -q -p no:cacheprovider "$PWD/tests/python/test_encoder_cuda.py" \
@@ -49,14 +66,15 @@ if [[ ${STATUS[build]} == ok ]]; then
   PYTHONUNBUFFERED=1 timeout 270 python3 benchmarks/bench_attention.py --reps 10 --out "$LOGS/attention_cuda.json" \
     > "$LOGS/bench.log" 2>&1
   STATUS[bench]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
-  # Tile-shape variants for A/B timing (same kernels, other instantiations); tests above cover the defaults.
-  # XTC_GPU_CHECK_AB=0 skips them.
-  variants=(XTC_CUDA_BWD_BLOCK_N=64)
+  # Kernel variants for A/B timing (same op, other kernels or tile shapes), as "ENV=value head-dims"; the tests
+  # above cover the defaults. XTC_GPU_CHECK_AB=0 skips them.
+  variants=("XTC_CUDA_FWD_WGMMA=0 64 128" "XTC_CUDA_BWD_WGMMA=0 64 128")
   [[ "${XTC_GPU_CHECK_AB:-1}" == 0 ]] && variants=()
   for variant in "${variants[@]}"; do
-    env "$variant" timeout 45 python3 benchmarks/bench_attention.py --head-dims 128 --lengths 2048 8192 \
-      --cases none padding alibi --ours-only --reps 10 --out "/tmp/attention_cuda_${variant%%=*}.json" 2>&1 \
-      | sed -n '/^Summary/,/^wrote/p' | sed "s/^Summary.*/A\/B $variant:/" | grep -v '^wrote' | tee -a "$LOGS/ab.log"
+    read -r setting dims <<<"$variant"
+    env "$setting" timeout 60 python3 benchmarks/bench_attention.py --head-dims $dims --lengths 2048 8192 \
+      --cases none padding alibi --ours-only --reps 10 --out "/tmp/attention_cuda_${setting%%=*}.json" 2>&1 \
+      | sed -n '/^Summary/,/^wrote/p' | sed "s/^Summary.*/A\/B $setting:/" | grep -v '^wrote' | tee -a "$LOGS/ab.log"
   done
   sed -n '/^Summary/,/^wrote/p' "$LOGS/bench.log"
 fi
@@ -64,7 +82,7 @@ fi
 echo
 echo "gpu_check summary ($(head -1 "$LOGS/gpu.txt"), $(elapsed)s)"
 printf '  %-12s %s\n' step status
-for step in build test_cuda test_parity bench; do
+for step in build test_cuda test_cuda_mma test_parity bench; do
   [[ -n "${STATUS[$step]:-}" ]] && printf '  %-12s %s\n' "$step" "${STATUS[$step]}"
 done
 for s in "${STATUS[@]}"; do [[ $s == ok ]] || exit 1; done

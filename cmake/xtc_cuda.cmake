@@ -8,3 +8,7 @@ set(CMAKE_CUDA_ARCHITECTURES ${XTC_CUDA_ARCHS})
 file(GLOB _xtc_cuda_glue CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/ops/cuda/*.cu)
 file(GLOB _xtc_cuda_kernels CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/ops/cuda/instantiations/*.cu)
 list(APPEND XTC_CUDA_SOURCES ${_xtc_cuda_glue} ${_xtc_cuda_kernels})
+# The host glue launches the Hopper (wgmma) forward only when the build holds sm_90a code.
+if(XTC_CUDA_ARCHS MATCHES "90a")
+  set_source_files_properties(${_xtc_cuda_glue} PROPERTIES COMPILE_DEFINITIONS XTC_CUDA_SM90A=1)
+endif()

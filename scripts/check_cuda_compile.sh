@@ -64,7 +64,9 @@ print(f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}")
 PY
 )
   first_arch="${ARCHS%% *}"
-  if "$NVCC" -std=c++20 -O3 -t1 -gencode "arch=compute_${first_arch},code=sm_${first_arch}" "${torch_flags[@]}" \
+  glue_defs=()
+  [[ " $ARCHS " == *" 90a "* ]] && glue_defs=(-DXTC_CUDA_SM90A=1)  # as the build sets it: the Hopper dispatch too
+  if "$NVCC" -std=c++20 -O3 -t1 -gencode "arch=compute_${first_arch},code=sm_${first_arch}" "${torch_flags[@]}" "${glue_defs[@]}" \
       -I"$ROOT/csrc/include" -I"$ROOT/csrc" --expt-relaxed-constexpr -Xcompiler -fPIC -Xcompiler -Wall \
       -Xcompiler -Wextra -c "$CUDA_DIR/flash_attention_kernel.cu" -o "$OBJ_DIR/glue.o" >"$LOG_DIR/glue.log" 2>&1; then
     glue_status="ok (torch $(python -W ignore -c 'import torch; print(torch.__version__)' 2>/dev/null))"

@@ -1,11 +1,15 @@
 // CUDA kernels of xtc::flash_attention: argument checks, dtype / head-dim dispatch and launches. The kernels
-// themselves live in flash_fwd.cuh / flash_bwd.cuh, instantiated one per file under instantiations/.
+// themselves live in flash_fwd.cuh / flash_bwd.cuh and their Hopper versions flash_fwd_sm90.cuh /
+// flash_bwd_sm90.cuh, instantiated one per file under instantiations/.
 //
 // Shape legend: b batch, h query heads, hk kv heads, n queries, m keys, d head dim of q/k, dv head dim of v.
 //
 // Routing: float16 / bfloat16 with d == dv in {32, 64, 128} run the tensor-core kernels (fp32 accumulation);
 // float32 / float64 run a simple kernel in their own precision (any d, dv <= 256), so a float input is never
-// rounded to 16 bits behind the caller's back. Anything else fails with a message naming the value.
+// rounded to 16 bits behind the caller's back. Anything else fails with a message naming the value. On a Hopper
+// GPU (compute capability 9.0) the half-precision forward with d in {64, 128} runs the warpgroup-MMA kernel when
+// the build has sm_90a code (XTC_CUDA_SM90A, set by the build when 90a is among the architectures), and so does
+// the backward.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -16,8 +20,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -40,6 +46,31 @@ at::Tensor with_aligned_rows(const at::Tensor& x) {
     for (int64_t i = 0; i + 1 < x.dim(); ++i) ok = ok && x.stride(i) % elems_per_16_bytes == 0;
   }
   return ok ? x : x.contiguous();
+}
+
+// Whether a half-precision call with head dim d on `device` takes the Hopper (warpgroup MMA) kernels.
+// XTC_CUDA_FWD_WGMMA=0 / XTC_CUDA_BWD_WGMMA=0 keep the mma.sync kernels of that direction everywhere (A/B timing;
+// both compute the same op).
+enum class Direction { kForward, kBackward };
+bool use_hopper_kernel(Direction direction, int64_t head_dim, c10::DeviceIndex device) {
+#ifdef XTC_CUDA_SM90A
+  auto enabled_by_env = [](const char* name) {
+    const char* value = std::getenv(name);
+    return value == nullptr || std::string(value) != "0";
+  };
+  static const bool forward = enabled_by_env("XTC_CUDA_FWD_WGMMA");
+  static const bool backward = enabled_by_env("XTC_CUDA_BWD_WGMMA");
+  if (!(direction == Direction::kForward ? forward : backward) || (head_dim != 64 && head_dim != 128)) return false;
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major == 9 && minor == 0;
+#else
+  (void)direction;
+  (void)head_dim;
+  (void)device;
+  return false;
+#endif
 }
 
 // The simple kernels only need a contiguous last dim.
@@ -135,8 +166,17 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (is_half_type(dtype)) {
+    const bool hopper = use_hopper_kernel(Direction::kForward, s.head_dim, q.device().index());
     XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
-      XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] { C10_CUDA_CHECK((cuda::run_flash_fwd<elem_t, kHeadDim>(p, stream))); });
+      XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] {
+        if constexpr (kHeadDim >= 64) {
+          if (hopper) {
+            C10_CUDA_CHECK((cuda::run_flash_fwd_sm90<elem_t, kHeadDim>(p, stream)));
+            return;
+          }
+        }
+        C10_CUDA_CHECK((cuda::run_flash_fwd<elem_t, kHeadDim>(p, stream)));
+      });
     });
   } else if (dtype == at::kFloat) {
     C10_CUDA_CHECK(cuda::run_flash_fwd_simple<float>(p, stream));
@@ -182,24 +222,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
   p.do_head_stride = grad_out.stride(2);
 
   const auto acc_options = q.options().dtype(acc_dtype);
-  at::Tensor dq_accum = at::zeros({s.batch, s.queries, s.heads, s.head_dim}, acc_options);
-  p.dq_accum = dq_accum.data_ptr();
+  const std::vector<int64_t> dq_sizes{s.batch, s.queries, s.heads, s.head_dim};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   if (is_half_type(dtype)) {
+    // The kernels zero dq_accum, accumulate dS K into it without the softmax scale, and write dq = scale * dq_accum.
+    at::Tensor dq_accum = at::empty(dq_sizes, acc_options);
     at::Tensor dsum = at::empty({s.batch, s.heads, s.queries}, acc_options);
+    at::Tensor dq = at::empty(dq_sizes, q.options());
     at::Tensor dk = at::empty({s.batch, s.keys, s.kv_heads, s.head_dim}, q.options());
     at::Tensor dv = at::empty({s.batch, s.keys, s.kv_heads, s.value_head_dim}, q.options());
+    p.dq_accum = dq_accum.data_ptr();
     p.dsum = dsum.data_ptr();
+    p.dq = dq.data_ptr();
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
+    const bool hopper = use_hopper_kernel(Direction::kBackward, s.head_dim, q.device().index());
     XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
-      XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] { C10_CUDA_CHECK((cuda::run_flash_bwd<elem_t, kHeadDim>(p, stream))); });
+      XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] {
+        if constexpr (kHeadDim >= 64) {
+          if (hopper) {
+            C10_CUDA_CHECK((cuda::run_flash_bwd_sm90<elem_t, kHeadDim>(p, stream)));
+            return;
+          }
+        }
+        C10_CUDA_CHECK((cuda::run_flash_bwd<elem_t, kHeadDim>(p, stream)));
+      });
     });
-    // The kernel accumulates dS K without the softmax scale; it is applied once here, with the cast.
-    return {dq_accum.mul_(s.scale).to(dtype), dk, dv};
+    return {dq, dk, dv};
   }
 
+  at::Tensor dq_accum = at::zeros(dq_sizes, acc_options);
+  p.dq_accum = dq_accum.data_ptr();
   at::Tensor dk_accum = at::zeros({s.batch, s.keys, s.kv_heads, s.head_dim}, acc_options);
   at::Tensor dv_accum = at::zeros({s.batch, s.keys, s.kv_heads, s.value_head_dim}, acc_options);
   p.dk_accum = dk_accum.data_ptr();

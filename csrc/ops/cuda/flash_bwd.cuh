@@ -24,23 +24,64 @@
 namespace xtc::cuda {
 namespace detail {
 
-// D[b, h, i] = sum_c dO[b, i, h, c] * O[b, i, h, c], one warp per (b, i, h) row.
-template <typename T>
-__global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_dot_do_o_kernel(const FlashBwdParams p) {
-  const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
-  if (row_id >= static_cast<int64_t>(p.batch) * p.queries * p.heads) return;
-  const int lane = threadIdx.x % 32;
-  const int head = static_cast<int>(row_id % p.heads);
-  const int i = static_cast<int>((row_id / p.heads) % p.queries);
-  const int batch = static_cast<int>(row_id / (static_cast<int64_t>(p.heads) * p.queries));
-  const T* dout =
-      static_cast<const T*>(p.dout) + batch * p.do_batch_stride + i * p.do_row_stride + head * p.do_head_stride;
-  const T* out =
-      static_cast<const T*>(p.out) + batch * p.o_batch_stride + i * p.o_row_stride + head * p.o_head_stride;
+template <int kHeadDim>
+struct BwdPrologue {
+  static constexpr int kLanesPerRow = kHeadDim / 8;  // each lane reads 8 elements (16 bytes) of dO and of O
+  static constexpr int kThreads = 128;
+  static constexpr int kRowsPerBlock = kThreads / kLanesPerRow;
+};
+
+// Tensor-core path, before the main kernel: D[b, h, i] = sum_c dO[b, i, h, c] * O[b, i, h, c] with 16-byte loads,
+// kHeadDim / 8 lanes per (b, i, h) row, and the row's fp32 dq_accum zeroed in the same pass (one launch and one
+// write of dq_accum, instead of a separate memset).
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(BwdPrologue<kHeadDim>::kThreads) flash_bwd_prologue_kernel(const FlashBwdParams p) {
+  using Pro = BwdPrologue<kHeadDim>;
+  const int64_t row_id = static_cast<int64_t>(blockIdx.x) * Pro::kRowsPerBlock + threadIdx.x / Pro::kLanesPerRow;
+  const int part = threadIdx.x % Pro::kLanesPerRow;
+  const bool valid = row_id < static_cast<int64_t>(p.batch) * p.queries * p.heads;
   float sum = 0.f;
-  for (int c = lane; c < p.value_head_dim; c += 32) sum += to_float(dout[c]) * to_float(out[c]);
-  sum = warp_sum(sum);
-  if (lane == 0) static_cast<float*>(p.dsum)[(static_cast<int64_t>(batch) * p.heads + head) * p.queries + i] = sum;
+  int batch = 0, i = 0, head = 0;
+  if (valid) {
+    head = static_cast<int>(row_id % p.heads);
+    i = static_cast<int>((row_id / p.heads) % p.queries);
+    batch = static_cast<int>(row_id / (static_cast<int64_t>(p.heads) * p.queries));
+    const uint4 dout_raw = *reinterpret_cast<const uint4*>(
+        static_cast<const T*>(p.dout) + batch * p.do_batch_stride + i * p.do_row_stride + head * p.do_head_stride +
+        part * 8);
+    const uint4 out_raw = *reinterpret_cast<const uint4*>(
+        static_cast<const T*>(p.out) + batch * p.o_batch_stride + i * p.o_row_stride + head * p.o_head_stride +
+        part * 8);
+    const T* dout8 = reinterpret_cast<const T*>(&dout_raw);
+    const T* out8 = reinterpret_cast<const T*>(&out_raw);
+#pragma unroll
+    for (int c = 0; c < 8; ++c) sum += to_float(dout8[c]) * to_float(out8[c]);
+    // dq_accum is (b, n, h, d) contiguous: row_id * d is the row's start.
+    float4* dq_row = reinterpret_cast<float4*>(static_cast<float*>(p.dq_accum) + row_id * kHeadDim + part * 8);
+    dq_row[0] = make_float4(0.f, 0.f, 0.f, 0.f);
+    dq_row[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+#pragma unroll
+  for (int offset = Pro::kLanesPerRow / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (valid && part == 0)
+    static_cast<float*>(p.dsum)[(static_cast<int64_t>(batch) * p.heads + head) * p.queries + i] = sum;
+}
+
+// Tensor-core path, after the main kernel: dq = dq_accum * scale in the input dtype, 8 elements per thread.
+constexpr int kEpilogueThreads = 256;
+template <typename T>
+__global__ void __launch_bounds__(kEpilogueThreads) flash_bwd_dq_epilogue_kernel(const FlashBwdParams p, int64_t vectors) {
+  const int64_t v8 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (v8 >= vectors) return;
+  const float4* src = reinterpret_cast<const float4*>(p.dq_accum) + 2 * v8;
+  const float4 lo = src[0], hi = src[1];
+  const float scale = static_cast<float>(p.scale);
+  uint4 packed;
+  packed.x = pack2<T>(lo.x * scale, lo.y * scale);
+  packed.y = pack2<T>(lo.z * scale, lo.w * scale);
+  packed.z = pack2<T>(hi.x * scale, hi.y * scale);
+  packed.w = pack2<T>(hi.z * scale, hi.w * scale);
+  reinterpret_cast<uint4*>(p.dq)[v8] = packed;
 }
 
 template <typename T, int kHeadDim, int kBlockM, int kBlockN>
@@ -56,12 +97,21 @@ struct BwdConfig {
                                     + 2 * 2 * kBlockM * static_cast<int>(sizeof(float))  // lse, D
                                     + kBlockN;                                        // keep flags
   static_assert(kHeadDim % 16 == 0 && kBlockM % 16 == 0 && kBlockN % 16 == 0, "tiles are mma multiples");
+  // dQ = dS K split over the warps: 32 query rows per warp (16 where the head dims would split below 16), the
+  // head dims shared among the warps of a row block.
+  static constexpr int kDqTileM =
+      kBlockM >= 32 && kHeadDim / (kNWarps / (kBlockM / 32)) >= 16 ? 32 : 16;
+  static constexpr int kDqWarpsM = kBlockM / kDqTileM;
+  static constexpr int kDqWarpsN = kNWarps / kDqWarpsM;
+  static constexpr int kDqTileN = kHeadDim / kDqWarpsN;
+  static_assert(kNWarps % kDqWarpsM == 0 && kDqTileN % 16 == 0 && kDqTileN * kDqWarpsN == kHeadDim,
+                "the dQ product splits evenly over the warps");
 };
 
 template <typename T, int kHeadDim, int kBlockM, int kBlockN>
 __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdParams p) {
   using Cfg = BwdConfig<T, kHeadDim, kBlockM, kBlockN>;
-  constexpr int kD = kHeadDim, kNWarps = Cfg::kNWarps, kThreads = Cfg::kThreads;
+  constexpr int kD = kHeadDim, kThreads = Cfg::kThreads;
   constexpr int kStride = Cfg::kStride, kDsStride = Cfg::kDsStride;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -246,35 +296,52 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
     }
     __syncthreads();
 
-    // dQ[q0:q0+kBlockM] += dS K, split over warps in (16 query rows, 16 head dims) items.
-    constexpr int kItems = (kBlockM / 16) * (kD / 16);
-    for (int item = warp; item < kItems; item += kNWarps) {
-      const int mt = item / (kD / 16), dn = item % (kD / 16);
-      float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    // dQ[q0:q0+kBlockM] += dS K: each warp takes one (kDqTileM query rows, kDqTileN head dims) block, the largest
+    // equal split, so that fewer warps re-read the same dS^T rows and K columns from shared memory.
+    constexpr int kTileM = Cfg::kDqTileM, kTileN = Cfg::kDqTileN;
+    {
+      const int m0 = (warp / Cfg::kDqWarpsN) * kTileM, d0 = (warp % Cfg::kDqWarpsN) * kTileN;
+      float acc[kTileM / 16][kTileN / 8][4];
+#pragma unroll
+      for (int mt = 0; mt < kTileM / 16; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kTileN / 8; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        uint32_t a[4], b[4];
-        ldmatrix_x4_trans(
-            a, smem_addr(sdS + (kk * 16 + (lane % 8) + (lane / 16) * 8) * kDsStride + mt * 16 + ((lane / 8) & 1) * 8));
-        ldmatrix_x4_trans(
-            b, smem_addr(sK + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + dn * 16 + (lane / 16) * 8));
-        mma_16816<T>(acc[0], a, b[0], b[1]);
-        mma_16816<T>(acc[1], a, b[2], b[3]);
+        uint32_t a[kTileM / 16][4];
+#pragma unroll
+        for (int mt = 0; mt < kTileM / 16; ++mt)
+          ldmatrix_x4_trans(a[mt], smem_addr(sdS + (kk * 16 + (lane % 8) + (lane / 16) * 8) * kDsStride + m0 +
+                                             mt * 16 + ((lane / 8) & 1) * 8));
+#pragma unroll
+        for (int dn = 0; dn < kTileN / 16; ++dn) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, smem_addr(sK + (kk * 16 + (lane % 8) + ((lane / 8) & 1) * 8) * kStride + d0 +
+                                         dn * 16 + (lane / 16) * 8));
+#pragma unroll
+          for (int mt = 0; mt < kTileM / 16; ++mt) {
+            mma_16816<T>(acc[mt][2 * dn], a[mt], b[0], b[1]);
+            mma_16816<T>(acc[mt][2 * dn + 1], a[mt], b[2], b[3]);
+          }
+        }
       }
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = q0 + mt * 16 + g + half * 8;
-        if (row >= p.queries) continue;
-        float* dq_row = dq_accum + ((static_cast<int64_t>(batch) * p.queries + row) * p.heads + head) * kD;
+      for (int mt = 0; mt < kTileM / 16; ++mt) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          float* dst = dq_row + dn * 16 + j * 8 + 2 * t;
+        for (int half = 0; half < 2; ++half) {
+          const int row = q0 + m0 + mt * 16 + g + half * 8;
+          if (row >= p.queries) continue;
+          float* dq_row = dq_accum + ((static_cast<int64_t>(batch) * p.queries + row) * p.heads + head) * kD + d0;
+#pragma unroll
+          for (int nt = 0; nt < kTileN / 8; ++nt) {
+            float* dst = dq_row + nt * 8 + 2 * t;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-          atomicAdd(reinterpret_cast<float2*>(dst), make_float2(acc[j][2 * half], acc[j][2 * half + 1]));
+            atomicAdd(reinterpret_cast<float2*>(dst), make_float2(acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]));
 #else
-          atomicAdd(dst, acc[j][2 * half]);
-          atomicAdd(dst + 1, acc[j][2 * half + 1]);
+            atomicAdd(dst, acc[mt][nt][2 * half]);
+            atomicAdd(dst + 1, acc[mt][nt][2 * half + 1]);
 #endif
+          }
         }
       }
     }
@@ -300,13 +367,14 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
   }
 }
 
-// One warp per 16 keys; d = 128 walks 32-query tiles so that the S^T / dP^T fragments (16 keys x kBlockM each)
-// fit beside the 2 x 64 fp32 dK / dV accumulators without spilling. d = 128 takes 128 keys (8 warps) per CTA,
-// FlashAttention-2's shape: half the dQ atomics and Q / dO loads of 64-key CTAs, measured 5-7% faster on an H100
-// (benchmarks/NOTES.md); smaller head dims keep 64 keys (4 warps).
+// One warp per 16 keys. d = 128 takes 128 keys (8 warps) per CTA and 64-query tiles, FlashAttention-2's shape:
+// the wider query tile halves the CTA's K / V fragment reloads and dQ atomics per query, and the dQ product's
+// 32 x 32 warp blocks read less shared memory than 16-wide ones (benchmarks/NOTES.md has the A/B). Its 64 S^T / dP^T
+// registers beside the 128 of the dK / dV accumulators fit under the 255 cap without spills (ptxas report in CI).
+// Smaller head dims keep 64 keys (4 warps) by 64 queries.
 template <int kHeadDim>
 struct BwdLaunch {
-  static constexpr int kBlockM = kHeadDim >= 128 ? 32 : 64;
+  static constexpr int kBlockM = 64;
   static constexpr int kBlockN = kHeadDim >= 128 ? 128 : 64;
 };
 
@@ -408,22 +476,55 @@ cudaError_t launch_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) 
 }
 }  // namespace detail
 
+namespace detail {
+// The default tile shape, or for A/B timing the one that XTC_CUDA_BWD_BLOCK_M / XTC_CUDA_BWD_BLOCK_N name among the
+// instantiated alternatives (d >= 64); an unknown pair keeps the default. Every shape computes the same op.
+template <typename T, int kHeadDim>
+cudaError_t launch_flash_bwd_shape(const FlashBwdParams& params, cudaStream_t stream) {
+  using Launch = BwdLaunch<kHeadDim>;
+  if constexpr (kHeadDim >= 64) {
+    static const int block_m = env_tile_override("XTC_CUDA_BWD_BLOCK_M", Launch::kBlockM);
+    static const int block_n = env_tile_override("XTC_CUDA_BWD_BLOCK_N", Launch::kBlockN);
+    if (block_m != Launch::kBlockM || block_n != Launch::kBlockN) {
+      if (block_m == 32 && block_n == 128) return launch_flash_bwd<T, kHeadDim, 32, 128>(params, stream);
+      if (block_m == 32 && block_n == 64) return launch_flash_bwd<T, kHeadDim, 32, 64>(params, stream);
+      if (block_m == 64 && block_n == 64) return launch_flash_bwd<T, kHeadDim, 64, 64>(params, stream);
+      if (block_m == 64 && block_n == 128) return launch_flash_bwd<T, kHeadDim, 64, 128>(params, stream);
+    }
+  }
+  return launch_flash_bwd<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>(params, stream);
+}
+}  // namespace detail
+
+namespace detail {
+// The passes around the main kernel, shared with the Hopper backward (flash_bwd_sm90.cuh).
+template <typename T, int kHeadDim>
+cudaError_t launch_flash_bwd_prologue(const FlashBwdParams& params, cudaStream_t stream) {
+  using Pro = BwdPrologue<kHeadDim>;
+  const int64_t rows = static_cast<int64_t>(params.batch) * params.queries * params.heads;
+  flash_bwd_prologue_kernel<T, kHeadDim>
+      <<<static_cast<unsigned>((rows + Pro::kRowsPerBlock - 1) / Pro::kRowsPerBlock), Pro::kThreads, 0, stream>>>(
+          params);
+  return cudaGetLastError();
+}
+
+template <typename T, int kHeadDim>
+cudaError_t launch_flash_bwd_epilogue(const FlashBwdParams& params, cudaStream_t stream) {
+  const int64_t vectors = static_cast<int64_t>(params.batch) * params.queries * params.heads * kHeadDim / 8;
+  flash_bwd_dq_epilogue_kernel<T><<<static_cast<unsigned>((vectors + kEpilogueThreads - 1) / kEpilogueThreads),
+                                    kEpilogueThreads, 0, stream>>>(params, vectors);
+  return cudaGetLastError();
+}
+}  // namespace detail
+
+// Three launches: the prologue (D and zeroed dq_accum), the main kernel (dK, dV, dq_accum), the dQ epilogue.
 template <typename T, int kHeadDim>
 cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
-  const int64_t rows = static_cast<int64_t>(params.batch) * params.queries * params.heads;
-  const int64_t row_blocks = (rows + detail::kSimpleWarps - 1) / detail::kSimpleWarps;
-  detail::flash_bwd_dot_do_o_kernel<T>
-      <<<static_cast<unsigned>(row_blocks), 32 * detail::kSimpleWarps, 0, stream>>>(params);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err = detail::launch_flash_bwd_prologue<T, kHeadDim>(params, stream);
   if (err != cudaSuccess) return err;
-
-  using Launch = detail::BwdLaunch<kHeadDim>;
-  if constexpr (kHeadDim == 128) {
-    // XTC_CUDA_BWD_BLOCK_N=64: the 64-key CTAs of 4 warps (two CTAs per SM) for d = 128; for A/B timing.
-    static const int block_n = detail::env_tile_override("XTC_CUDA_BWD_BLOCK_N", Launch::kBlockN);
-    if (block_n == 64) return detail::launch_flash_bwd<T, kHeadDim, Launch::kBlockM, 64>(params, stream);
-  }
-  return detail::launch_flash_bwd<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>(params, stream);
+  err = detail::launch_flash_bwd_shape<T, kHeadDim>(params, stream);
+  if (err != cudaSuccess) return err;
+  return detail::launch_flash_bwd_epilogue<T, kHeadDim>(params, stream);
 }
 
 template <typename T>

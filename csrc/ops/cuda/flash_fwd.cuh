@@ -279,9 +279,8 @@ __global__ void __launch_bounds__(32 * kNWarps)
       return (j0 < p.keys ? 1 : 0) | (j0 + kBlockN <= p.keys ? 2 : 0);
     }
     if (tid < kBlockN) sKeep[tid] = kept;
-    const int any = __syncthreads_or(tid < kBlockN && kept);
-    const int all = __syncthreads_and(tid >= kBlockN || kept);
-    return (any ? 1 : 0) | (all ? 2 : 0);
+    const int count = __syncthreads_count(tid < kBlockN && kept);  // one barrier gives both bits
+    return (count > 0 ? 1 : 0) | (count == kBlockN ? 2 : 0);
   };
   // Keep flag of key `key0 + col_local` of the current tile (read only on tiles that are not whole).
   auto key_kept = [&](int key0, int col_local) -> bool {

@@ -46,13 +46,16 @@ struct FlashFwdParams {
 struct FlashBwdParams : FlashFwdParams {
   const void* dout;  // (b, n, h, dv)
   int64_t do_batch_stride, do_row_stride, do_head_stride;
-  // Accumulators in the accumulation type (float, double for double inputs), zero-filled by the host:
-  // dq_accum (b, n, h, d) always; the simple kernel also accumulates dk_accum / dv_accum (b, m, hk, d / dv).
+  // Accumulators in the accumulation type (float, double for double inputs): dq_accum (b, n, h, d) always, which
+  // the tensor-core path zero-fills itself and the host zero-fills for the simple kernels; those also accumulate
+  // dk_accum / dv_accum (b, m, hk, d / dv), zero-filled by the host.
   void* dq_accum;
   void* dk_accum;
   void* dv_accum;
   void* dsum;  // (b, h, n) scratch for D = rowsum(dO * O), accumulation type
-  // Tensor-core kernel outputs, (b, m, hk, d) contiguous in the input dtype (dv == d there).
+  // Tensor-core kernel outputs, contiguous in the input dtype (dv == d there): dq (b, n, h, d) = scale * dq_accum,
+  // dk and dv (b, m, hk, d).
+  void* dq;
   void* dk;
   void* dv;
 };
@@ -63,6 +66,12 @@ template <typename T, int kHeadDim>
 cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream);
 template <typename T, int kHeadDim>
 cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream);
+/// The same on Hopper warpgroup MMA, kHeadDim in {64, 128}: launch only on a compute capability 9.0 device from a
+/// build with sm_90a code (XTC_CUDA_SM90A); elsewhere their kernels trap.
+template <typename T, int kHeadDim>
+cudaError_t run_flash_fwd_sm90(const FlashFwdParams& params, cudaStream_t stream);
+template <typename T, int kHeadDim>
+cudaError_t run_flash_bwd_sm90(const FlashBwdParams& params, cudaStream_t stream);
 
 /// Simple kernels without tensor cores for float and double inputs, any d, dv <= kSimpleMaxHeadDim.
 constexpr int kSimpleMaxHeadDim = 256;
