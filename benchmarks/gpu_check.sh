@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-shot check on a CUDA machine (H100 image: torch with CUDA, nvcc, cmake, ninja, 16 cores, no network):
-# build the package for sm_90a, run the CUDA op tests (and the encoder parity tests when present), then the full
-# attention benchmark grid and the kernel A/B variants, and print the summary table last. Logs and JSON go to $OUT when
-# set (else benchmarks/results/gpu_check). About 4 minutes on an H100 (218 s measured).
+# build the package for sm_90a, run the CUDA op tests (default routing, all Hopper kernels, all mma.sync kernels)
+# and the encoder parity tests when x-transformers is present, then the full attention benchmark grid and the
+# kernel A/B variants, and print the summary table last. Logs and JSON go to $OUT when set (else
+# benchmarks/results/gpu_check). About 5 minutes on an H100 (278 s measured with two test passes).
 #
 # Usage (repo root): bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -33,20 +34,24 @@ STATUS[build]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
 echo "build: ${STATUS[build]} at $(elapsed)s"
 
 if [[ ${STATUS[build]} == ok ]]; then
-  # Run from outside the tree so the installed package (not python/ sources) is imported.
-  timeout 150 python3 -m pytest -q -p no:cacheprovider "$PWD/tests/python/test_flash_attention_cuda.py" \
-    2>&1 | tee "$LOGS/test_cuda.log" | tail -15
-  STATUS[test_cuda]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
-  # The same tests on the mma.sync kernels, which the Hopper (wgmma) kernels replace on this GPU by default (they
-  # remain the path of other GPUs and of builds without sm_90a code).
-  XTC_CUDA_FWD_WGMMA=0 XTC_CUDA_BWD_WGMMA=0 timeout 150 python3 -m pytest -q -p no:cacheprovider \
-    "$PWD/tests/python/test_flash_attention_cuda.py" 2>&1 | tee "$LOGS/test_cuda_mma.log" | tail -3
-  STATUS[test_cuda_mma]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
-  # If the default failed, the rest of the run falls back to the mma.sync kernels of the failing direction, so
-  # that the other one and the benchmark still report.
-  if [[ ${STATUS[test_cuda]} != ok ]]; then
-    if XTC_CUDA_BWD_WGMMA=0 timeout 150 python3 -m pytest -q -p no:cacheprovider \
-        "$PWD/tests/python/test_flash_attention_cuda.py" 2>&1 | tee "$LOGS/test_cuda_mma_bwd.log" | tail -3; then
+  # Run from outside the tree so the installed package (not python/ sources) is imported. Three passes: the
+  # default routing, every call on the Hopper (wgmma) kernels, every call on the mma.sync kernels (the path of
+  # other GPUs and of short masked calls); the XTC_CUDA_*_WGMMA switches pick them.
+  cuda_tests() {  # log-name, then VAR=value settings
+    local log="$1"; shift
+    env "$@" timeout 150 python3 -m pytest -q -p no:cacheprovider "$PWD/tests/python/test_flash_attention_cuda.py" \
+      2>&1 | tee "$LOGS/$log.log" | tail -3
+    return "${PIPESTATUS[0]}"
+  }
+  cuda_tests test_cuda XTC_GPU_CHECK_DEFAULT=1 && STATUS[test_cuda]=ok || STATUS[test_cuda]=FAILED
+  cuda_tests test_cuda_hopper XTC_CUDA_FWD_WGMMA=1 XTC_CUDA_BWD_WGMMA=1 \
+    && STATUS[test_cuda_hopper]=ok || STATUS[test_cuda_hopper]=FAILED
+  cuda_tests test_cuda_mma XTC_CUDA_FWD_WGMMA=0 XTC_CUDA_BWD_WGMMA=0 \
+    && STATUS[test_cuda_mma]=ok || STATUS[test_cuda_mma]=FAILED
+  # If the Hopper kernels failed, the rest of the run keeps off those of the failing direction, so that the other
+  # one and the benchmark still report.
+  if [[ ${STATUS[test_cuda_hopper]} != ok ]]; then
+    if cuda_tests test_cuda_hopper_fwd XTC_CUDA_FWD_WGMMA=1 XTC_CUDA_BWD_WGMMA=0; then
       echo "Hopper backward failed its tests: XTC_CUDA_BWD_WGMMA=0 for the rest of the run"
       export XTC_CUDA_BWD_WGMMA=0
     else
@@ -62,27 +67,35 @@ if [[ ${STATUS[build]} == ok ]]; then
   else
     echo "x-transformers not importable: encoder parity on CUDA skipped"
   fi
-  # The full grid of issue 3 (d 64 / 128, n 512 .. 16k, five cases, every SDPA backend).
-  PYTHONUNBUFFERED=1 timeout 270 python3 benchmarks/bench_attention.py --reps 10 --out "$LOGS/attention_cuda.json" \
-    > "$LOGS/bench.log" 2>&1
-  STATUS[bench]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
-  # Kernel variants for A/B timing (same op, other kernels or tile shapes), as "ENV=value head-dims"; the tests
-  # above cover the defaults. XTC_GPU_CHECK_AB=0 skips them.
-  variants=("XTC_CUDA_FWD_WGMMA=0 64 128" "XTC_CUDA_BWD_WGMMA=0 64 128")
+  # The full grid of issue 3 (d 64 / 128, n 512 .. 16k, five cases, every SDPA backend); XTC_GPU_CHECK_GRID=0
+  # skips it (a check of the tests and the A/B only).
+  if [[ "${XTC_GPU_CHECK_GRID:-1}" != 0 ]]; then
+    PYTHONUNBUFFERED=1 timeout 270 python3 benchmarks/bench_attention.py --reps 10 --out "$LOGS/attention_cuda.json" \
+      > "$LOGS/bench.log" 2>&1
+    STATUS[bench]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
+  fi
+  # Kernel variants for A/B timing (same op, other kernels or tile shapes), as "ENV=value[,ENV=value] head-dims"
+  # ("default" for no setting), over XTC_GPU_CHECK_AB_LENGTHS and XTC_GPU_CHECK_AB_CASES; ';' separates variants
+  # in XTC_GPU_CHECK_AB_VARIANTS. XTC_GPU_CHECK_AB=0 skips them.
+  variants=("XTC_CUDA_FWD_WGMMA=1,XTC_CUDA_BWD_WGMMA=1 64 128" "XTC_CUDA_FWD_WGMMA=0,XTC_CUDA_BWD_WGMMA=0 64 128")
+  [[ -n "${XTC_GPU_CHECK_AB_VARIANTS:-}" ]] && IFS=';' read -r -a variants <<<"$XTC_GPU_CHECK_AB_VARIANTS"
   [[ "${XTC_GPU_CHECK_AB:-1}" == 0 ]] && variants=()
   for variant in "${variants[@]}"; do
     read -r setting dims <<<"$variant"
-    env "$setting" timeout 60 python3 benchmarks/bench_attention.py --head-dims $dims --lengths 2048 8192 \
-      --cases none padding alibi --ours-only --reps 10 --out "/tmp/attention_cuda_${setting%%=*}.json" 2>&1 \
+    [[ $setting == default ]] && setting=XTC_GPU_CHECK_DEFAULT=1
+    # shellcheck disable=SC2086  # the settings split on purpose
+    env ${setting//,/ } timeout 90 python3 benchmarks/bench_attention.py --head-dims $dims \
+      --lengths ${XTC_GPU_CHECK_AB_LENGTHS:-2048 8192} --cases ${XTC_GPU_CHECK_AB_CASES:-none padding alibi} \
+      --ours-only --reps 10 --out "$LOGS/ab_$(echo "$setting" | tr -c 'A-Za-z0-9_\n' '_').json" 2>&1 \
       | sed -n '/^Summary/,/^wrote/p' | sed "s/^Summary.*/A\/B $setting:/" | grep -v '^wrote' | tee -a "$LOGS/ab.log"
   done
-  sed -n '/^Summary/,/^wrote/p' "$LOGS/bench.log"
+  [[ -f "$LOGS/bench.log" ]] && sed -n '/^Summary/,/^wrote/p' "$LOGS/bench.log"
 fi
 
 echo
 echo "gpu_check summary ($(head -1 "$LOGS/gpu.txt"), $(elapsed)s)"
-printf '  %-12s %s\n' step status
-for step in build test_cuda test_cuda_mma test_parity bench; do
-  [[ -n "${STATUS[$step]:-}" ]] && printf '  %-12s %s\n' "$step" "${STATUS[$step]}"
+printf '  %-17s %s\n' step status
+for step in build test_cuda test_cuda_hopper test_cuda_mma test_parity bench; do
+  [[ -n "${STATUS[$step]:-}" ]] && printf '  %-17s %s\n' "$step" "${STATUS[$step]}"
 done
 for s in "${STATUS[@]}"; do [[ $s == ok ]] || exit 1; done

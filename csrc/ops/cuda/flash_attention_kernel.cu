@@ -7,9 +7,9 @@
 // Routing: float16 / bfloat16 with d == dv in {32, 64, 128} run the tensor-core kernels (fp32 accumulation);
 // float32 / float64 run a simple kernel in their own precision (any d, dv <= 256), so a float input is never
 // rounded to 16 bits behind the caller's back. Anything else fails with a message naming the value. On a Hopper
-// GPU (compute capability 9.0) the half-precision forward with d in {64, 128} runs the warpgroup-MMA kernel when
-// the build has sm_90a code (XTC_CUDA_SM90A, set by the build when 90a is among the architectures), and so does
-// the backward.
+// GPU (compute capability 9.0) the half-precision forward and backward with d in {64, 128} run the warpgroup-MMA
+// kernels when the build has sm_90a code (XTC_CUDA_SM90A, set by the build when 90a is among the architectures),
+// except for short masked calls (use_hopper_kernel).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -48,26 +48,39 @@ at::Tensor with_aligned_rows(const at::Tensor& x) {
   return ok ? x : x.contiguous();
 }
 
-// Whether a half-precision call with head dim d on `device` takes the Hopper (warpgroup MMA) kernels.
-// XTC_CUDA_FWD_WGMMA=0 / XTC_CUDA_BWD_WGMMA=0 keep the mma.sync kernels of that direction everywhere (A/B timing;
-// both compute the same op).
+// Whether a half-precision call takes the Hopper (warpgroup MMA) kernels: they need d in {64, 128}, a compute
+// capability 9.0 device and a build with sm_90a code. Among those calls, short masked ones stay on the mma.sync
+// kernels, which measured faster there on an H100 (benchmarks/NOTES.md, third session: one Hopper CTA per SM
+// and 128-key tiles leave the load prologue and the mask scan exposed when a CTA sees few tiles):
+//   forward:  Hopper when m > 1024, or d = 128 without a key padding mask;
+//   backward: Hopper when d = 128, m > 1024, or without a key padding mask.
+// XTC_CUDA_FWD_WGMMA / XTC_CUDA_BWD_WGMMA = 1 take the Hopper kernels wherever they can run, = 0 never (tests of
+// both families, A/B timing); both compute the same op.
 enum class Direction { kForward, kBackward };
-bool use_hopper_kernel(Direction direction, int64_t head_dim, c10::DeviceIndex device) {
+bool use_hopper_kernel(Direction direction, const detail::FlashAttentionSizes& s, bool has_padding_mask,
+                       c10::DeviceIndex device) {
 #ifdef XTC_CUDA_SM90A
-  auto enabled_by_env = [](const char* name) {
+  auto env_choice = [](const char* name) {  // -1 unset (by size and mask), 0 never, 1 always
     const char* value = std::getenv(name);
-    return value == nullptr || std::string(value) != "0";
+    if (value == nullptr || value[0] == '\0') return -1;
+    return std::string(value) == "0" ? 0 : 1;
   };
-  static const bool forward = enabled_by_env("XTC_CUDA_FWD_WGMMA");
-  static const bool backward = enabled_by_env("XTC_CUDA_BWD_WGMMA");
-  if (!(direction == Direction::kForward ? forward : backward) || (head_dim != 64 && head_dim != 128)) return false;
+  static const int forward = env_choice("XTC_CUDA_FWD_WGMMA");
+  static const int backward = env_choice("XTC_CUDA_BWD_WGMMA");
+  const int choice = direction == Direction::kForward ? forward : backward;
+  if (choice == 0 || (s.head_dim != 64 && s.head_dim != 128)) return false;
   int major = 0, minor = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major == 9 && minor == 0;
+  if (major != 9 || minor != 0) return false;
+  if (choice == 1) return true;
+  const bool long_keys = s.keys > 1024;
+  return direction == Direction::kForward ? long_keys || (s.head_dim == 128 && !has_padding_mask)
+                                          : s.head_dim == 128 || long_keys || !has_padding_mask;
 #else
   (void)direction;
-  (void)head_dim;
+  (void)s;
+  (void)has_padding_mask;
   (void)device;
   return false;
 #endif
@@ -166,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (is_half_type(dtype)) {
-    const bool hopper = use_hopper_kernel(Direction::kForward, s.head_dim, q.device().index());
+    const bool hopper = use_hopper_kernel(Direction::kForward, s, key_padding_mask.has_value(), q.device().index());
     XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
       XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] {
         if constexpr (kHeadDim >= 64) {
@@ -237,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
     p.dq = dq.data_ptr();
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
-    const bool hopper = use_hopper_kernel(Direction::kBackward, s.head_dim, q.device().index());
+    const bool hopper = use_hopper_kernel(Direction::kBackward, s, key_padding_mask.has_value(), q.device().index());
     XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
       XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] {
         if constexpr (kHeadDim >= 64) {

@@ -84,6 +84,65 @@ __global__ void __launch_bounds__(kEpilogueThreads) flash_bwd_dq_epilogue_kernel
   reinterpret_cast<uint4*>(p.dq)[v8] = packed;
 }
 
+// P = exp(logit - lse) and dS = P (dP - D) (times d softcap / d logit), in place of S^T and dP^T, for one warp's
+// 16 keys x kBlockM queries in the m16n8 accumulator layout: [nt][e] is key key_row0 + g (+ 8 for e >= 2) of the
+// tile starting at key0, query q0 + 8 nt + 2t + e % 2. lse_tile and d_tile hold the query tile's lse (natural log,
+// as saved) and D; keep_tile the key tile's padding flags (read only when kCheck).
+template <int kBlockM, bool kAlibi, bool kSoftcap, bool kCheck>
+__device__ __forceinline__ void bwd_probabilities_and_grads(float (&s)[kBlockM / 8][4], float (&dp)[kBlockM / 8][4],
+                                                            const float* lse_tile, const float* d_tile,
+                                                            const LogitTransform& logit, const FlashFwdParams& p,
+                                                            const bool* keep_tile, int q0, int key0, int key_row0,
+                                                            int g, int t) {
+#pragma unroll
+  for (int nt = 0; nt < kBlockM / 8; ++nt) {
+    // lse and D of this thread's two query columns (2t, 2t + 1 of the n8 tile), one 8-byte read each; lse to
+    // log2 units, +inf for rows that saw no key (lse = -inf), so that exp2(x - inf) = 0 gives P = 0 there.
+    const float2 lse_raw = *reinterpret_cast<const float2*>(lse_tile + nt * 8 + 2 * t);
+    const float2 lse2 = make_float2(lse_raw.x == -INFINITY ? INFINITY : lse_raw.x * kLog2e,
+                                    lse_raw.y == -INFINITY ? INFINITY : lse_raw.y * kLog2e);
+    const float2 d2 = *reinterpret_cast<const float2*>(d_tile + nt * 8 + 2 * t);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key_local = key_row0 + g + (e >= 2 ? 8 : 0);
+      const int row = q0 + nt * 8 + 2 * t + (e & 1), key = key0 + key_local;
+      float softcap_tanh;
+      const float x = logit.template apply<kAlibi, kSoftcap>(s[nt][e], row, key, softcap_tanh);
+      float prob = exp2_approx(x - ((e & 1) ? lse2.y : lse2.x));
+      if constexpr (kCheck) {
+        if (!(keep_tile[key_local] && in_band(p, row, key))) prob = 0.f;
+      }
+      float ds = prob * (dp[nt][e] - ((e & 1) ? d2.y : d2.x));
+      if constexpr (kSoftcap) ds *= 1.f - softcap_tanh * softcap_tanh;
+      s[nt][e] = prob;
+      dp[nt][e] = ds;
+    }
+  }
+}
+
+// Writes one warp's dK (times the scale) and dV rows from m16n8-layout accumulators: [dn][e] is key
+// key_row + g (+ 8 for e >= 2), head dim 8 dn + 2t + e % 2. Keys past m are skipped.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void store_dk_dv(const FlashBwdParams& p, const float (&acc_dk)[kHeadDim / 8][4],
+                                            const float (&acc_dv)[kHeadDim / 8][4], int batch, int kv_head,
+                                            int key_row, int g, int t) {
+  const float scale = static_cast<float>(p.scale);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key_row + g + 8 * r;
+    if (key >= p.keys) continue;
+    const int64_t offset = ((static_cast<int64_t>(batch) * p.keys + key) * p.kv_heads + kv_head) * kHeadDim;
+    T* dk = static_cast<T*>(p.dk) + offset;
+    T* dv = static_cast<T*>(p.dv) + offset;
+#pragma unroll
+    for (int dn = 0; dn < kHeadDim / 8; ++dn) {
+      *reinterpret_cast<uint32_t*>(dk + dn * 8 + 2 * t) =
+          pack2<T>(acc_dk[dn][2 * r] * scale, acc_dk[dn][2 * r + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dv + dn * 8 + 2 * t) = pack2<T>(acc_dv[dn][2 * r], acc_dv[dn][2 * r + 1]);
+    }
+  }
+}
+
 template <typename T, int kHeadDim, int kBlockM, int kBlockN>
 struct BwdConfig {
   static constexpr int kNWarps = kBlockN / 16;  // one warp per 16 keys
@@ -142,13 +201,8 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
   const bool any_kept = __syncthreads_or(tid < kBlockN && kept);
   const bool all_kept = __syncthreads_and(kept);
 
-  // Queries whose band reaches this key tile: j <= i + off + right  <=>  i >= j - off - right, and
-  // j >= i + off - left  <=>  i <= j - off + left.
-  int q_begin = 0, q_end = p.queries;
-  if (p.has_right) q_begin = max(0, key0 - p.key_offset - p.window_right);
-  if (p.has_left) q_end = min(p.queries, key_last - p.key_offset + p.window_left + 1);
-  const int qt_begin = q_begin / kBlockM;
-  const int n_qtiles = q_end > q_begin ? ceil_div(q_end, kBlockM) - qt_begin : 0;
+  const TileRange qtiles = reaching_query_tiles<kBlockM>(p, key0, key_last);
+  const int qt_begin = qtiles.begin, n_qtiles = qtiles.end - qtiles.begin;
   const int group = p.heads / p.kv_heads;
   const int n_iter = any_kept ? group * n_qtiles : 0;  // (group head, query tile) pairs
 
@@ -234,36 +288,10 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
     const int q_last = min(q0 + kBlockM, p.queries) - 1;
     const bool whole_tile = all_kept && (!p.has_left || key0 >= q_last + p.key_offset - p.window_left) &&
                             (!p.has_right || key0 + kBlockN - 1 <= q0 + p.key_offset + p.window_right);
-    auto score_stage = [&](auto alibi, auto softcap, auto check) {
-      constexpr bool kSoftcap = decltype(softcap)::value;
-#pragma unroll
-      for (int nt = 0; nt < kBlockM / 8; ++nt) {
-        // lse and D of this thread's two query columns (2t, 2t + 1 of the n8 tile), one 8-byte read each; lse to
-        // log2 units, +inf for rows that saw no key (lse = -inf), so that exp2(x - inf) = 0 gives P = 0 there.
-        const float2 lse_raw = *reinterpret_cast<const float2*>(cLse + nt * 8 + 2 * t);
-        const float2 lse2 = make_float2(lse_raw.x == -INFINITY ? INFINITY : lse_raw.x * kLog2e,
-                                        lse_raw.y == -INFINITY ? INFINITY : lse_raw.y * kLog2e);
-        const float2 d2 = *reinterpret_cast<const float2*>(cD + nt * 8 + 2 * t);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key_local = kw0 + g + (e >= 2 ? 8 : 0);
-          const int col_local = nt * 8 + 2 * t + (e & 1);
-          const int row = q0 + col_local, key = key0 + key_local;
-          float softcap_tanh;
-          const float x =
-              logit.template apply<decltype(alibi)::value, kSoftcap>(s[nt][e], row, key, softcap_tanh);
-          float prob = exp2_approx(x - ((e & 1) ? lse2.y : lse2.x));
-          if constexpr (decltype(check)::value) {
-            if (!(sKeep[key_local] && in_band(p, row, key))) prob = 0.f;
-          }
-          float ds = prob * (dp[nt][e] - ((e & 1) ? d2.y : d2.x));
-          if constexpr (kSoftcap) ds *= 1.f - softcap_tanh * softcap_tanh;
-          s[nt][e] = prob;
-          dp[nt][e] = ds;
-        }
-      }
-    };
-    with_score_flags<true>(logit.has_alibi, logit.has_softcap, !whole_tile, score_stage);
+    with_score_flags<true>(logit.has_alibi, logit.has_softcap, !whole_tile, [&](auto alibi, auto softcap, auto check) {
+      bwd_probabilities_and_grads<kBlockM, decltype(alibi)::value, decltype(softcap)::value, decltype(check)::value>(
+          s, dp, cLse, cD, logit, p, sKeep, q0, key0, kw0, g, t);
+    });
 
     // dV += P^T dO, dK += dS^T Q (the scale is applied once, when dK is written).
 #pragma unroll
@@ -350,21 +378,7 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
   cp_async_wait<0>();  // no copy may outlive the CTA
 
   // dK, dV rows of this warp; keys that no query saw (padded, outside the band) get exact zeros.
-  const float scale = static_cast<float>(p.scale);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key0 + kw0 + g + 8 * r;
-    if (key >= p.keys) continue;
-    const int64_t offset = ((static_cast<int64_t>(batch) * p.keys + key) * p.kv_heads + kv_head) * kD;
-    T* dk = static_cast<T*>(p.dk) + offset;
-    T* dv = static_cast<T*>(p.dv) + offset;
-#pragma unroll
-    for (int dn = 0; dn < kD / 8; ++dn) {
-      *reinterpret_cast<uint32_t*>(dk + dn * 8 + 2 * t) =
-          pack2<T>(acc_dk[dn][2 * r] * scale, acc_dk[dn][2 * r + 1] * scale);
-      *reinterpret_cast<uint32_t*>(dv + dn * 8 + 2 * t) = pack2<T>(acc_dv[dn][2 * r], acc_dv[dn][2 * r + 1]);
-    }
-  }
+  store_dk_dv<T, kD>(p, acc_dk, acc_dv, batch, kv_head, key0 + kw0, g, t);
 }
 
 // One warp per 16 keys. d = 128 takes 128 keys (8 warps) per CTA and 64-query tiles, FlashAttention-2's shape:

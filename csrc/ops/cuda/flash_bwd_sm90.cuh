@@ -75,12 +75,8 @@ __global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1) flash_bw
   const int kept_count = __syncthreads_count(tid < kBlockN && kept);
   const bool any_kept = kept_count > 0, all_kept = kept_count == kBlockN;
 
-  // Queries whose band reaches this key tile (as in flash_bwd_kernel).
-  int q_begin = 0, q_end = p.queries;
-  if (p.has_right) q_begin = max(0, key0 - p.key_offset - p.window_right);
-  if (p.has_left) q_end = min(p.queries, key_last - p.key_offset + p.window_left + 1);
-  const int qt_begin = q_begin / kBlockM;
-  const int n_qtiles = q_end > q_begin ? ceil_div(q_end, kBlockM) - qt_begin : 0;
+  const TileRange qtiles = reaching_query_tiles<kBlockM>(p, key0, key_last);
+  const int qt_begin = qtiles.begin, n_qtiles = qtiles.end - qtiles.begin;
   const int group = p.heads / p.kv_heads;
   const int n_iter = any_kept ? group * n_qtiles : 0;  // (group head, query tile) pairs
 
@@ -112,9 +108,11 @@ __global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1) flash_bw
   if (n_iter > 0) load_query_tile(0, 0);
   cp_async_commit();
 
-  float acc_dk[kD / 2], acc_dv[kD / 2];  // m64n{d}: n8 block dn holds [4 dn .. 4 dn + 3]
+  float acc_dk[kD / 8][4], acc_dv[kD / 8][4];  // m64n{d} accumulators in the m16n8 layout of this warp's 16 keys
 #pragma unroll
-  for (int i = 0; i < kD / 2; ++i) acc_dk[i] = acc_dv[i] = 0.f;
+  for (int dn = 0; dn < kD / 8; ++dn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc_dk[dn][e] = acc_dv[dn][e] = 0.f;
 
   // Descriptors (see flash_fwd_sm90.cuh). K-major: k16 step kk is column block kk / 4, 32 bytes into the row.
   // MN-major: k16 step kk is 16 rows (2048 bytes) further; column blocks of 64 along N are rows * 128 bytes apart.
@@ -138,56 +136,34 @@ __global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1) flash_bw
     const float* cD = sD + stage * kBlockM;
     const LogitTransform logit = make_logit_transform(p, head);
 
-    // S^T = K Q^T and dP^T = V dO^T: this warpgroup's 64 keys x 64 queries; [4 nt + e] is key kw0 + g (+ 8 for
+    // S^T = K Q^T and dP^T = V dO^T: this warpgroup's 64 keys x 64 queries; [nt][e] is key kw0 + g (+ 8 for
     // e >= 2), query q0 + 8 nt + 2t + e % 2.
-    float s[kBlockM / 2], dp[kBlockM / 2];
+    float s[kBlockM / 8][4], dp[kBlockM / 8][4];
 #pragma unroll
-    for (int i = 0; i < kBlockM / 2; ++i) s[i] = dp[i] = 0.f;
+    for (int nt = 0; nt < kBlockM / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
-      Wgmma<T, kBlockM>::ss(s, kmajor_desc(sK, kBlockN, wg * 64, kk), kmajor_desc(sQ(stage), kBlockM, 0, kk),
+      Wgmma<T, kBlockM>::ss(flat(s), kmajor_desc(sK, kBlockN, wg * 64, kk), kmajor_desc(sQ(stage), kBlockM, 0, kk),
                             kk > 0 ? 1 : 0);
-      Wgmma<T, kBlockM>::ss(dp, kmajor_desc(sV, kBlockN, wg * 64, kk), kmajor_desc(sdO(stage), kBlockM, 0, kk),
+      Wgmma<T, kBlockM>::ss(flat(dp), kmajor_desc(sV, kBlockN, wg * 64, kk), kmajor_desc(sdO(stage), kBlockM, 0, kk),
                             kk > 0 ? 1 : 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
-    pin_registers(s);
-    pin_registers(dp);
+    pin_registers(flat(s));
+    pin_registers(flat(dp));
 
     // P = exp(logit - lse), dS = P (dP - D) times d softcap / d logit; s and dp then hold P^T and dS^T.
     const int q_last = min(q0 + kBlockM, p.queries) - 1;
     const bool whole_tile = all_kept && (!p.has_left || key0 >= q_last + p.key_offset - p.window_left) &&
                             (!p.has_right || key0 + kBlockN - 1 <= q0 + p.key_offset + p.window_right);
-    auto score_stage = [&](auto alibi, auto softcap, auto check) {
-      constexpr bool kSoftcap = decltype(softcap)::value;
-#pragma unroll
-      for (int nt = 0; nt < kBlockM / 8; ++nt) {
-        // lse and D of this thread's two query columns; lse to log2 units, +inf for rows that saw no key.
-        const float2 lse_raw = *reinterpret_cast<const float2*>(cLse + nt * 8 + 2 * t);
-        const float2 lse2 = make_float2(lse_raw.x == -INFINITY ? INFINITY : lse_raw.x * kLog2e,
-                                        lse_raw.y == -INFINITY ? INFINITY : lse_raw.y * kLog2e);
-        const float2 d2 = *reinterpret_cast<const float2*>(cD + nt * 8 + 2 * t);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key_local = kw0 + g + (e >= 2 ? 8 : 0);
-          const int row = q0 + nt * 8 + 2 * t + (e & 1), key = key0 + key_local;
-          float softcap_tanh;
-          const float x =
-              logit.template apply<decltype(alibi)::value, kSoftcap>(s[4 * nt + e], row, key, softcap_tanh);
-          float prob = exp2_approx(x - ((e & 1) ? lse2.y : lse2.x));
-          if constexpr (decltype(check)::value) {
-            if (!(sKeep[key_local] && in_band(p, row, key))) prob = 0.f;
-          }
-          float ds = prob * (dp[4 * nt + e] - ((e & 1) ? d2.y : d2.x));
-          if constexpr (kSoftcap) ds *= 1.f - softcap_tanh * softcap_tanh;
-          s[4 * nt + e] = prob;
-          dp[4 * nt + e] = ds;
-        }
-      }
-    };
-    with_score_flags<true>(logit.has_alibi, logit.has_softcap, !whole_tile, score_stage);
+    with_score_flags<true>(logit.has_alibi, logit.has_softcap, !whole_tile, [&](auto alibi, auto softcap, auto check) {
+      bwd_probabilities_and_grads<kBlockM, decltype(alibi)::value, decltype(softcap)::value, decltype(check)::value>(
+          s, dp, cLse, cD, logit, p, sKeep, q0, key0, kw0, g, t);
+    });
 
     // dV += P^T dO, dK += dS^T Q (the scale is applied once, when dK is written). The accumulators of n8 blocks
     // 2 kk and 2 kk + 1 are the A fragment of k16 step kk.
@@ -196,15 +172,16 @@ __global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1) flash_bw
     for (int kk = 0; kk < kBlockM / 16; ++kk) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        a_p[kk][e] = pack2<T>(s[8 * kk + 2 * e], s[8 * kk + 2 * e + 1]);
-        a_ds[kk][e] = pack2<T>(dp[8 * kk + 2 * e], dp[8 * kk + 2 * e + 1]);
+        const int nt = 2 * kk + e / 2, lo = 2 * (e % 2);
+        a_p[kk][e] = pack2<T>(s[nt][lo], s[nt][lo + 1]);
+        a_ds[kk][e] = pack2<T>(dp[nt][lo], dp[nt][lo + 1]);
       }
     }
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockM / 16; ++kk) {
-      Wgmma<T, kD>::rs_b_mn_major(acc_dv, a_p[kk], mnmajor_desc(sdO(stage), kBlockM, kk * 16, 0));
-      Wgmma<T, kD>::rs_b_mn_major(acc_dk, a_ds[kk], mnmajor_desc(sQ(stage), kBlockM, kk * 16, 0));
+      Wgmma<T, kD>::rs_b_mn_major(flat(acc_dv), a_p[kk], mnmajor_desc(sdO(stage), kBlockM, kk * 16, 0));
+      Wgmma<T, kD>::rs_b_mn_major(flat(acc_dk), a_ds[kk], mnmajor_desc(sQ(stage), kBlockM, kk * 16, 0));
     }
     wgmma_commit();
 
@@ -219,8 +196,8 @@ __global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1) flash_bw
       }
     }
     wgmma_wait<0>();
-    pin_registers(acc_dv);
-    pin_registers(acc_dk);
+    pin_registers(flat(acc_dv));
+    pin_registers(flat(acc_dk));
     pin_registers(a_p);
     pin_registers(a_ds);
     fence_proxy_async_shared();  // the dS^T stores are read next by wgmma
@@ -260,21 +237,7 @@ __global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1) flash_bw
   cp_async_wait<0>();  // no copy may outlive the CTA
 
   // dK, dV rows of this warp; keys that no query saw (padded, outside the band) get exact zeros.
-  const float scale = static_cast<float>(p.scale);
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key0 + kw0 + g + 8 * r;
-    if (key >= p.keys) continue;
-    const int64_t offset = ((static_cast<int64_t>(batch) * p.keys + key) * p.kv_heads + kv_head) * kD;
-    T* dk = static_cast<T*>(p.dk) + offset;
-    T* dv = static_cast<T*>(p.dv) + offset;
-#pragma unroll
-    for (int dn = 0; dn < kD / 8; ++dn) {
-      *reinterpret_cast<uint32_t*>(dk + dn * 8 + 2 * t) =
-          pack2<T>(acc_dk[4 * dn + 2 * r] * scale, acc_dk[4 * dn + 2 * r + 1] * scale);
-      *reinterpret_cast<uint32_t*>(dv + dn * 8 + 2 * t) = pack2<T>(acc_dv[4 * dn + 2 * r], acc_dv[4 * dn + 2 * r + 1]);
-    }
-  }
+  store_dk_dv<T, kD>(p, acc_dk, acc_dv, batch, kv_head, key0 + kw0, g, t);
 #else
   __trap();  // built without sm_90a code: the host launches this kernel only where that code exists
 #endif

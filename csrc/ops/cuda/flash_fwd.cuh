@@ -216,6 +216,31 @@ __device__ __forceinline__ bool in_band(const FlashFwdParams& p, int row, int co
   return (!p.has_left || col >= diag - p.window_left) && (!p.has_right || col <= diag + p.window_right);
 }
 
+// The key tiles [begin, end) of kBlockN keys that some query row in [row0, row_last] can see under the band;
+// tiles outside are never loaded.
+struct TileRange {
+  int begin, end;
+};
+template <int kBlockN>
+__device__ __forceinline__ TileRange visible_key_tiles(const FlashFwdParams& p, int row0, int row_last) {
+  int key_begin = 0, key_end = p.keys;
+  if (p.has_left) key_begin = max(0, row0 + p.key_offset - p.window_left);
+  if (p.has_right) key_end = min(p.keys, row_last + p.key_offset + p.window_right + 1);
+  const int begin = key_begin / kBlockN;
+  return {begin, key_end > key_begin ? ceil_div(key_end, kBlockN) : begin};
+}
+
+// The query tiles [begin, end) of kBlockM queries whose band reaches some key in [key0, key_last]:
+// j <= i + off + right  <=>  i >= j - off - right, and j >= i + off - left  <=>  i <= j - off + left.
+template <int kBlockM>
+__device__ __forceinline__ TileRange reaching_query_tiles(const FlashFwdParams& p, int key0, int key_last) {
+  int q_begin = 0, q_end = p.queries;
+  if (p.has_right) q_begin = max(0, key0 - p.key_offset - p.window_right);
+  if (p.has_left) q_end = min(p.queries, key_last - p.key_offset + p.window_left + 1);
+  const int begin = q_begin / kBlockM;
+  return {begin, q_end > q_begin ? ceil_div(q_end, kBlockM) : begin};
+}
+
 // kWarpM query rows per warp (16 or 32): with 32, every K / V fragment read from shared memory feeds two m16
 // tiles, which halves the ldmatrix traffic per mma (the limit of the 16-row layout on H100).
 template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM>
@@ -252,12 +277,8 @@ __global__ void __launch_bounds__(32 * kNWarps)
   const int row0 = m_block * kBlockM;
   const int row_last = min(row0 + kBlockM, p.queries) - 1;
 
-  // Keys any row of this tile can see under the band; tiles outside are never loaded.
-  int key_begin = 0, key_end = p.keys;
-  if (p.has_left) key_begin = max(0, row0 + p.key_offset - p.window_left);
-  if (p.has_right) key_end = min(p.keys, row_last + p.key_offset + p.window_right + 1);
-  const int tile_begin = key_begin / kBlockN;
-  const int tile_end = key_end > key_begin ? ceil_div(key_end, kBlockN) : tile_begin;
+  const TileRange tiles = visible_key_tiles<kBlockN>(p, row0, row_last);
+  const int tile_begin = tiles.begin, tile_end = tiles.end;
 
   const T* q = static_cast<const T*>(p.q) + batch * p.q_batch_stride + head * p.q_head_stride;
   const T* k = static_cast<const T*>(p.k) + batch * p.k_batch_stride + kv_head * p.k_head_stride;

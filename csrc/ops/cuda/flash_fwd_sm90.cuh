@@ -57,6 +57,13 @@ __device__ __forceinline__ void pin_registers(uint32_t (&r)[N][M]) {
     for (int j = 0; j < M; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
 }
 
+// An accumulator kept in the m16n8 layout [n8 block][4] seen as the flat register list a wgmma call takes (the
+// same registers, element 4 nb + e).
+template <int kBlocks>
+__device__ __forceinline__ float (&flat(float (&a)[kBlocks][4]))[kBlocks * 4] {
+  return reinterpret_cast<float(&)[kBlocks * 4]>(a);
+}
+
 // Shared memory written by cp.async (the generic proxy) is read next by wgmma (the async proxy): each writing
 // thread fences after its copies land and before the barrier.
 __device__ __forceinline__ void fence_proxy_async_shared() {
@@ -133,12 +140,8 @@ __global__ void __launch_bounds__(FwdSm90Config<kHeadDim>::kThreads, 1) flash_fw
   const int row0 = m_block * kBlockM;
   const int row_last = min(row0 + kBlockM, p.queries) - 1;
 
-  // Keys any row of this tile can see under the band; tiles outside are never loaded.
-  int key_begin = 0, key_end = p.keys;
-  if (p.has_left) key_begin = max(0, row0 + p.key_offset - p.window_left);
-  if (p.has_right) key_end = min(p.keys, row_last + p.key_offset + p.window_right + 1);
-  const int tile_begin = key_begin / kBlockN;
-  const int tile_end = key_end > key_begin ? ceil_div(key_end, kBlockN) : tile_begin;
+  const TileRange tiles = visible_key_tiles<kBlockN>(p, row0, row_last);
+  const int tile_begin = tiles.begin, tile_end = tiles.end;
 
   const T* q = static_cast<const T*>(p.q) + batch * p.q_batch_stride + head * p.q_head_stride;
   const T* k = static_cast<const T*>(p.k) + batch * p.k_batch_stride + kv_head * p.k_head_stride;
