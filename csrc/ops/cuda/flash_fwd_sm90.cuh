@@ -203,8 +203,8 @@ __global__ void __launch_bounds__(FwdSm90Config<kHeadDim>::kThreads, 1) flash_fw
 
   while (tile < tile_end) {
     cp_async_wait<0>();  // Q and this tile's K / V have landed
-    // The fence compiles to a full CTA memory barrier, which would also wait for copies still in flight: the next
-    // tile's copies are issued only after it.
+    // The fence compiles to MEMBAR.ALL.CTA and FENCE.VIEW.ASYNC.S (SASS): the next tile's copies are issued only
+    // after it, so that the memory barrier never waits on copies still in flight.
     fence_proxy_async_shared();
     __syncthreads();
     // The next live tile's K / V go to the other stage while this one is computed; the barrier above freed it
