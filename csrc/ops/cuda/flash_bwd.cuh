@@ -384,8 +384,9 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
 // One warp per 16 keys. d = 128 takes 128 keys (8 warps) per CTA and 64-query tiles, FlashAttention-2's shape:
 // the wider query tile halves the CTA's K / V fragment reloads and dQ atomics per query, and the dQ product's
 // 32 x 32 warp blocks read less shared memory than 16-wide ones (benchmarks/NOTES.md has the A/B). Its 64 S^T / dP^T
-// registers beside the 128 of the dK / dV accumulators fit under the 255 cap without spills (ptxas report in CI).
-// Smaller head dims keep 64 keys (4 warps) by 64 queries.
+// registers beside the 128 of the dK / dV accumulators reach the 255 cap with about 100 bytes of spills (ptxas
+// report in CI); the A/B measured it faster than the spill-free 32-query tile all the same. Smaller head dims keep
+// 64 keys (4 warps) by 64 queries.
 template <int kHeadDim>
 struct BwdLaunch {
   static constexpr int kBlockM = 64;
@@ -478,39 +479,18 @@ __global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_simple_kernel(con
 }  // namespace detail
 
 namespace detail {
-template <typename T, int kHeadDim, int kBlockM, int kBlockN>
+template <typename T, int kHeadDim>
 cudaError_t launch_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
-  using Cfg = BwdConfig<T, kHeadDim, kBlockM, kBlockN>;
-  auto kernel = flash_bwd_kernel<T, kHeadDim, kBlockM, kBlockN>;
+  using Launch = BwdLaunch<kHeadDim>;
+  using Cfg = BwdConfig<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>;
+  auto kernel = flash_bwd_kernel<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
-  const dim3 grid(ceil_div(params.keys, kBlockN), params.kv_heads, params.batch);
+  const dim3 grid(ceil_div(params.keys, Launch::kBlockN), params.kv_heads, params.batch);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
   return cudaGetLastError();
 }
-}  // namespace detail
 
-namespace detail {
-// The default tile shape, or for A/B timing the one that XTC_CUDA_BWD_BLOCK_M / XTC_CUDA_BWD_BLOCK_N name among the
-// instantiated alternatives (d >= 64); an unknown pair keeps the default. Every shape computes the same op.
-template <typename T, int kHeadDim>
-cudaError_t launch_flash_bwd_shape(const FlashBwdParams& params, cudaStream_t stream) {
-  using Launch = BwdLaunch<kHeadDim>;
-  if constexpr (kHeadDim >= 64) {
-    static const int block_m = env_tile_override("XTC_CUDA_BWD_BLOCK_M", Launch::kBlockM);
-    static const int block_n = env_tile_override("XTC_CUDA_BWD_BLOCK_N", Launch::kBlockN);
-    if (block_m != Launch::kBlockM || block_n != Launch::kBlockN) {
-      if (block_m == 32 && block_n == 128) return launch_flash_bwd<T, kHeadDim, 32, 128>(params, stream);
-      if (block_m == 32 && block_n == 64) return launch_flash_bwd<T, kHeadDim, 32, 64>(params, stream);
-      if (block_m == 64 && block_n == 64) return launch_flash_bwd<T, kHeadDim, 64, 64>(params, stream);
-      if (block_m == 64 && block_n == 128) return launch_flash_bwd<T, kHeadDim, 64, 128>(params, stream);
-    }
-  }
-  return launch_flash_bwd<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>(params, stream);
-}
-}  // namespace detail
-
-namespace detail {
 // The passes around the main kernel, shared with the Hopper backward (flash_bwd_sm90.cuh).
 template <typename T, int kHeadDim>
 cudaError_t launch_flash_bwd_prologue(const FlashBwdParams& params, cudaStream_t stream) {
@@ -536,7 +516,7 @@ template <typename T, int kHeadDim>
 cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
   cudaError_t err = detail::launch_flash_bwd_prologue<T, kHeadDim>(params, stream);
   if (err != cudaSuccess) return err;
-  err = detail::launch_flash_bwd_shape<T, kHeadDim>(params, stream);
+  err = detail::launch_flash_bwd<T, kHeadDim>(params, stream);
   if (err != cudaSuccess) return err;
   return detail::launch_flash_bwd_epilogue<T, kHeadDim>(params, stream);
 }

@@ -22,7 +22,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "flash_params.h"
@@ -546,14 +545,6 @@ struct FwdLaunch {
   static constexpr int kWarpM = kHeadDim >= 64 ? 32 : 16;
   static constexpr int kBlockN = 64;
 };
-
-// Tuning switch read once per process: the integer value of environment variable `name`, or `fallback` when it
-// is unset or empty. Used for A/B timing of alternative tile shapes (see benchmarks/NOTES.md), never for
-// correctness: every shape it can pick computes the same op.
-inline int env_tile_override(const char* name, int fallback) {
-  const char* value = std::getenv(name);
-  return value != nullptr && value[0] != '\0' ? std::atoi(value) : fallback;
-}
 
 template <typename Acc>
 __device__ __forceinline__ Acc warp_sum(Acc x) {
