@@ -2,7 +2,8 @@
 out of one build (build/ in the source tree, reused by ctest). The package ships _C (bindings) and libxtc.so (ops).
 
 Environment: XTC_BUILD_TESTS=1 also builds the GoogleTest binaries and the example's ctest entries;
-XTC_CUDA_ARCHS (e.g. 90a) picks CUDA architectures when torch has CUDA; MAX_JOBS caps parallel compile jobs;
+XTC_CUDA_ARCHS (e.g. 90a) picks CUDA architectures when torch has CUDA; XTC_WITH_CUDA=OFF builds only the CPU
+kernels against a CUDA build of torch (ON / OFF / AUTO, as the CMake option); MAX_JOBS caps parallel compile jobs;
 XTC_BUILD_DIR moves the build folder.
 """
 import glob
@@ -28,6 +29,8 @@ class CMakeBuild(build_ext):
             configure += ["-G", "Ninja"]
         if os.environ.get("XTC_BUILD_TESTS"):
             configure.append("-DXTC_BUILD_TESTS=" + ("ON" if os.environ["XTC_BUILD_TESTS"] != "0" else "OFF"))
+        if os.environ.get("XTC_WITH_CUDA"):
+            configure.append(f"-DXTC_WITH_CUDA={os.environ['XTC_WITH_CUDA']}")
         if os.environ.get("XTC_CUDA_ARCHS"):
             configure.append(f"-DXTC_CUDA_ARCHS={os.environ['XTC_CUDA_ARCHS']}")
         subprocess.check_call(configure)

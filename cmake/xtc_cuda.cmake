@@ -4,6 +4,11 @@
 # -DXTC_CUDA_ARCHS="..." says otherwise. Regenerate the instantiations with csrc/ops/cuda/generate_kernels.py.
 set(XTC_CUDA_ARCHS "80;90a" CACHE STRING "CUDA architectures of the xtc kernels (CMAKE_CUDA_ARCHITECTURES syntax)")
 set(CMAKE_CUDA_ARCHITECTURES ${XTC_CUDA_ARCHS})
+# nvcc takes -std=c++20 from CUDA 12 on; torch 2.14's headers in the host glue need it.
+if(XTC_CXX_STANDARD GREATER_EQUAL 20 AND CMAKE_CUDA_COMPILER_VERSION VERSION_LESS 12.0)
+  message(FATAL_ERROR "xtc: torch ${Torch_VERSION} needs C++20 in the CUDA host glue; nvcc "
+                      "${CMAKE_CUDA_COMPILER_VERSION} supports at most C++17 (use CUDA >= 12)")
+endif()
 
 file(GLOB _xtc_cuda_glue CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/ops/cuda/*.cu)
 file(GLOB _xtc_cuda_kernels CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/ops/cuda/instantiations/*.cu)

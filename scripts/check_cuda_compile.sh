@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Compiles every CUDA flash attention kernel instantiation standalone with nvcc, for each target architecture,
 # with `-Xptxas -v` so the log shows registers, spills and shared memory per kernel; fails on any compile error.
-# Needs no GPU. When a CUDA build of torch is importable, also compiles the host glue (flash_attention_kernel.cu)
-# against torch's headers with -c.
+# Needs no GPU. When TORCH_PYTHON (default: python) imports a CUDA build of torch, also compiles the host glue
+# (flash_attention_kernel.cu) against that torch's headers with -c; CI points it at the venv of
+# scripts/check_newest_torch.sh (torch 2.14.1, CUDA 13), so a glue compile error cannot land unseen.
 #
-# Usage: scripts/check_cuda_compile.sh [log_dir]      (env: NVCC, XTC_CUDA_ARCHS="80 90a", JOBS=1)
+# Usage: scripts/check_cuda_compile.sh [log_dir]   (env: NVCC, XTC_CUDA_ARCHS="80 90a", JOBS=1, TORCH_PYTHON,
+#                                                   XTC_REQUIRE_GLUE=1 to fail when no CUDA torch is found)
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,6 +14,7 @@ NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/bin/nvcc)}"
 ARCHS="${XTC_CUDA_ARCHS:-80 90a}"
 ARCHS="${ARCHS//;/ }"
 JOBS="${JOBS:-1}"   # instantiations compiled at once; each nvcc runs with -t1
+TORCH_PYTHON="${TORCH_PYTHON:-python}"
 LOG_DIR="${1:-$(mktemp -d /tmp/xtc_cuda_compile.XXXXXX)}"
 OBJ_DIR="$(mktemp -d /tmp/xtc_cuda_obj.XXXXXX)"
 trap 'rm -rf "$OBJ_DIR"' EXIT
@@ -49,8 +52,8 @@ done
 
 # Host glue: only when a CUDA build of torch is importable.
 glue_status="skipped (no CUDA build of torch importable)"
-if python -W ignore -c 'import torch; assert torch.version.cuda' >/dev/null 2>&1; then
-  mapfile -t torch_flags < <(python -W ignore - 2>/dev/null <<'PY'
+if "$TORCH_PYTHON" -W ignore -c 'import torch; assert torch.version.cuda' >/dev/null 2>&1; then
+  mapfile -t torch_flags < <("$TORCH_PYTHON" -W ignore - 2>/dev/null <<'PY'
 import torch
 from torch.utils.cpp_extension import include_paths
 try:
@@ -69,7 +72,7 @@ PY
   if "$NVCC" -std=c++20 -O3 -t1 -gencode "arch=compute_${first_arch},code=sm_${first_arch}" "${torch_flags[@]}" "${glue_defs[@]}" \
       -I"$ROOT/csrc/include" -I"$ROOT/csrc" --expt-relaxed-constexpr -Xcompiler -fPIC -Xcompiler -Wall \
       -Xcompiler -Wextra -c "$CUDA_DIR/flash_attention_kernel.cu" -o "$OBJ_DIR/glue.o" >"$LOG_DIR/glue.log" 2>&1; then
-    glue_status="ok (torch $(python -W ignore -c 'import torch; print(torch.__version__)' 2>/dev/null))"
+    glue_status="ok (torch $("$TORCH_PYTHON" -W ignore -c 'import torch; print(torch.__version__)' 2>/dev/null))"
   else
     glue_status="FAILED (see $LOG_DIR/glue.log)"
     failures=$((failures + 1))
@@ -93,6 +96,10 @@ for log in "$LOG_DIR"/*_flash_*.log; do
     }' "$log"
   grep -E "(error|warning)" "$log" | head -5
 done
+if [[ "${XTC_REQUIRE_GLUE:-0}" == 1 && "$glue_status" == skipped* ]]; then  # CI: a skip would hide the glue
+  glue_status="FAILED: $glue_status, but XTC_REQUIRE_GLUE=1"
+  failures=$((failures + 1))
+fi
 echo
 echo "host glue: $glue_status"
 if (( failures > 0 )); then
