@@ -1,9 +1,11 @@
-"""Encoder speed on the CPU: x_transformers_cpp against its peers, in one run.
+"""Encoder speed on the CPU: x_transformers_cpp against its peers, in one run, in fp32 and under bf16 autocast.
 
 Peers: x-transformers' Encoder with attn_flash=False and attn_flash=True (same weights), torch's
 nn.TransformerEncoder (same width, depth, heads, GELU, pre-norm, batch_first; eval mode so its fused fast path can
-run); at op level torch's scaled_dot_product_attention against xtc::flash_attention with the same mask. The
-machine's fp32 GEMM rate is measured in the same run and each case is reported as a fraction of its FLOP roofline.
+run); at op level torch's scaled_dot_product_attention against xtc::flash_attention with the same mask, in fp32 and
+in bf16. Every encoder case runs in fp32 and under torch.autocast("cpu", dtype=torch.bfloat16), each peer in the
+same precision. The machine's fp32 and bf16 GEMM rates are measured in the same run and each case is reported as a
+fraction of the FLOP roofline of its precision.
 
 Each case runs every implementation interleaved (A B C A B C ...) after a warm-up, and reports medians and ratios
 (peer time / our time, so > 1 means we are faster). Long-sequence cases run each implementation in a fresh
@@ -42,8 +44,8 @@ def machine():
             "python": platform.python_version()}
 
 
-def gemm_gflops(n=1024, repeats=10):
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_gflops(n=1024, repeats=10, dtype=torch.float32):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     times = []
     for _ in range(repeats):
@@ -91,10 +93,10 @@ def call(name, model, x, mask):
     return model(x, mask=mask)
 
 
-def fast_path_ran(model, x, mask):
+def fast_path_ran(model, x, mask, precision):
     """Whether nn.TransformerEncoder takes its fused inference path (torch._transformer_encoder_layer_fwd)."""
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        call("torch", model, x, mask)  # as timed: eval mode, no grad
+        in_precision(lambda: call("torch", model, x, mask), precision)()  # as timed: eval mode, no grad
     return any("_transformer_encoder_layer_fwd" in e.name for e in prof.events())
 
 
@@ -111,7 +113,19 @@ def time_interleaved(fns, repeats, warmup=1):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops, train):
+def in_precision(fn, precision):
+    """fn as the user runs it in `precision`: fp32 as is, or under CPU bf16 autocast."""
+    if precision == "fp32":
+        return fn
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fn()
+    return run
+
+
+def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops, train, precision="fp32"):
+    label = f"{label} {precision}"
     torch.manual_seed(1)
     x = torch.randn(batch, seq, dim)
     mask = torch.arange(seq)[None, :] < lengths[:, None]
@@ -130,7 +144,7 @@ def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops,
 
         for model in models.values():
             model.train()
-        medians = time_interleaved({n: step(n, m) for n, m in models.items()}, repeats)
+        medians = time_interleaved({n: in_precision(step(n, m), precision) for n, m in models.items()}, repeats)
     else:
         for model in models.values():
             model.eval()
@@ -141,22 +155,22 @@ def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops,
                     call(name, model, x, mask)
             return run
 
-        medians = time_interleaved({n: forward(n, m) for n, m in models.items()}, repeats)
+        medians = time_interleaved({n: in_precision(forward(n, m), precision) for n, m in models.items()}, repeats)
     flops = encoder_flops(batch, seq, dim, depth, heads, visible_fraction=visible, backward=train)
     extra = {}
     if "torch TransformerEncoder" in models:
-        extra["torch fast path ran"] = fast_path_ran(models["torch TransformerEncoder"], x, mask)
+        extra["torch fast path ran"] = fast_path_ran(models["torch TransformerEncoder"], x, mask, precision)
     for name, seconds in medians.items():
-        rows.append({"case": label, "impl": name, "median_ms": seconds * 1e3,
+        rows.append({"case": label, "impl": name, "precision": precision, "median_ms": seconds * 1e3,
                      "ratio_vs_xtc": seconds / medians["xtc"],
                      "roofline_fraction": flops / seconds / 1e9 / gflops, **extra})
     return rows
 
 
-def attention_op_case(seq, heads, dim_head, repeats, padded):
-    """xtc::flash_attention vs torch SDPA on (1, seq, heads, dim_head) with a key padding mask."""
+def attention_op_case(seq, heads, dim_head, repeats, padded, dtype=torch.float32):
+    """xtc::flash_attention vs torch SDPA on (1, seq, heads, dim_head) with a key padding mask, in `dtype`."""
     torch.manual_seed(2)
-    q, k, v = (torch.randn(1, seq, heads, dim_head) for _ in range(3))
+    q, k, v = (torch.randn(1, seq, heads, dim_head, dtype=dtype) for _ in range(3))
     mask = torch.ones(1, seq, dtype=torch.bool)
     if padded:
         mask[:, int(seq * 0.75):] = False
@@ -169,9 +183,12 @@ def attention_op_case(seq, heads, dim_head, repeats, padded):
     }
     with torch.no_grad():
         medians = time_interleaved(fns, repeats)
-    label = f"attention op n={seq} {'25% padded' if padded else 'no mask'}"
-    return [{"case": label, "impl": name, "median_ms": s * 1e3, "ratio_vs_xtc": s / medians["xtc"]}
-            for name, s in medians.items()]
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+    label = f"attention op n={seq} {'25% padded' if padded else 'no mask'} {precision}"
+    visible = mask.float().mean().item()
+    tflops = 4 * heads * seq * seq * dim_head * visible / 1e9
+    return [{"case": label, "impl": name, "precision": precision, "median_ms": s * 1e3,
+             "ratio_vs_xtc": s / medians["xtc"], "gflops": tflops / s} for name, s in medians.items()]
 
 
 # ---------------------------------------------------------------------------------------------------- long sequences
@@ -221,13 +238,37 @@ def print_table(rows):
     for r in rows:
         if "torch fast path ran" in r and r["impl"].startswith("torch"):
             print(f"{r['case']}: torch TransformerEncoder fast path ran: {r['torch fast path ran']}")
-    print(f"\n{'case':48} {'impl':26} {'median ms':>10} {'peer/xtc':>9} {'roofline':>9} {'peak MiB':>9}")
+    print(f"\n{'case':54} {'impl':26} {'median ms':>10} {'peer/xtc':>9} {'roofline':>9} {'peak MiB':>9}")
     for r in rows:
         ms = f"{r['median_ms']:.1f}" if "median_ms" in r else (f"{r['seconds'] * 1e3:.0f}" if "seconds" in r else "-")
         ratio = f"{r['ratio_vs_xtc']:.2f}" if "ratio_vs_xtc" in r else "-"
         roof = f"{r['roofline_fraction']:.0%}" if "roofline_fraction" in r else "-"
         peak = f"{r['peak_mib']:.0f}" if "peak_mib" in r else (r.get("failed", "-")[:9])
-        print(f"{r['case'][:48]:48} {r['impl'][:26]:26} {ms:>10} {ratio:>9} {roof:>9} {peak:>9}")
+        if "gflops" in r:
+            roof = f"{r['gflops']:.0f}GF/s"
+        print(f"{r['case'][:54]:54} {r['impl'][:26]:26} {ms:>10} {ratio:>9} {roof:>9} {peak:>9}")
+
+
+def print_bf16_summary(rows):
+    """bf16 autocast against our own fp32 and against the faster x-transformers mode in bf16: the CPU targets."""
+    def ms(case, impl):
+        return next((r["median_ms"] for r in rows if r["case"] == case and r["impl"] == impl), None)
+    lines = []
+    for case in sorted({r["case"].rsplit(" ", 1)[0] for r in rows if r.get("precision") == "bf16"}):
+        ours_bf16, ours_fp32 = ms(f"{case} bf16", "xtc"), ms(f"{case} fp32", "xtc")
+        peers = [t for t in (ms(f"{case} bf16", "x-transformers"), ms(f"{case} bf16", "x-transformers flash"))
+                 if t is not None]
+        sdpa = ms(f"{case} bf16", "torch sdpa")
+        parts = []
+        if ours_fp32:
+            parts.append(f"bf16 vs our fp32 {ours_fp32 / ours_bf16:.2f}x")
+        if peers:
+            parts.append(f"vs faster x-transformers mode in bf16 {min(peers) / ours_bf16:.2f}x")
+        if sdpa:
+            parts.append(f"vs SDPA in bf16 {sdpa / ours_bf16:.2f}x")
+        lines.append(f"{case}: " + ", ".join(parts))
+    if lines:
+        print("\nbf16 autocast summary:\n  " + "\n  ".join(lines))
 
 
 def plot(rows, path):
@@ -262,6 +303,7 @@ def main():
     parser.add_argument("--long-timeout", type=int, default=600)
     parser.add_argument("--quick", action="store_true", help="seed shape only")
     parser.add_argument("--only-long", action="store_true", help="only the long-sequence memory cases")
+    parser.add_argument("--precisions", default="fp32,bf16", help="fp32 and/or bf16 (CPU autocast), comma-separated")
     parser.add_argument("--out", default=os.path.join(RESULTS, "encoder_cpu.json"))
     parser.add_argument("--plot", default=os.path.join(RESULTS, "encoder_cpu.png"))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -272,25 +314,32 @@ def main():
 
     info = machine()
     info["gemm_gflops"] = gemm_gflops()
+    info["bf16_gemm_gflops"] = gemm_gflops(dtype=torch.bfloat16)
+    info["cpu_has_avx512_bf16"] = "avx512_bf16" in open("/proc/cpuinfo").read()
+    rates = {"fp32": info["gemm_gflops"], "bf16": info["bf16_gemm_gflops"]}
     print(f"machine: {info}", flush=True)
     rows = []
     if args.only_long:
         args.long, args.quick = True, True
     seed_lengths = torch.tensor([1024])
-    if not args.only_long:
+    precisions = args.precisions.split(",")
+    for precision in precisions if not args.only_long else ():
+        rate = rates[precision]
         rows += encoder_case("seed (1,1024,512) d6 h8 forward", 1, 1024, 512, 6, 8, seed_lengths, args.repeats,
-                             info["gemm_gflops"], train=False)
+                             rate, train=False, precision=precision)
         rows += encoder_case("seed (1,1024,512) d6 h8 train step", 1, 1024, 512, 6, 8, seed_lengths, args.repeats,
-                             info["gemm_gflops"], train=True)
-    if not args.quick:
-        lengths = torch.randint(128, 513, (8,), generator=torch.Generator().manual_seed(4))
-        rows += encoder_case("padded (8,512,512) d6 h8 forward", 8, 512, 512, 6, 8, lengths, args.repeats,
-                             info["gemm_gflops"], train=False)
-        for padded in (False, True):
-            rows += attention_op_case(4096, 8, 64, args.repeats, padded)
+                             rate, train=True, precision=precision)
+        if not args.quick:
+            lengths = torch.randint(128, 513, (8,), generator=torch.Generator().manual_seed(4))
+            rows += encoder_case("padded (8,512,512) d6 h8 forward", 8, 512, 512, 6, 8, lengths, args.repeats,
+                                 rate, train=False, precision=precision)
+            for padded in (False, True):
+                rows += attention_op_case(4096, 8, 64, args.repeats, padded,
+                                          torch.bfloat16 if precision == "bf16" else torch.float32)
     if args.long:
         rows += long_cases([int(s) for s in args.long_lengths.split(",")], args.long_timeout)
     print_table(rows)
+    print_bf16_summary(rows)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": info, "rows": rows}, f, indent=1)

@@ -2,6 +2,7 @@
 // training from C++, and input checks.
 #include <xtc/xtc.h>
 
+#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -130,6 +131,41 @@ TEST(AttentionLayers, TrainsFromCpp) {
     (step == 0 ? first : last) = loss.item<double>();
   }
   EXPECT_LT(last, first * 0.9);
+}
+
+TEST(AttentionLayers, RunsInBFloat16AsModuleAndUnderAutocast) {
+  torch::manual_seed(3);
+  auto options = xtc::nn::AttentionLayersOptions(48, 2, 4);
+  options.rotary_pos_emb(true);
+  options.attn().kv_heads(2);
+  xtc::nn::Decoder decoder(options);
+  decoder->eval();
+  const auto x = torch::randn({2, 37, 48});
+  const auto mask = torch::rand({2, 37}) > 0.2;
+  torch::NoGradGuard no_grad;
+  const auto full = decoder->forward(x, mask);
+  decoder->to(torch::kDouble);
+  const auto exact = decoder->forward(x.to(torch::kDouble), mask);
+  decoder->to(torch::kFloat);
+  const auto keep = mask.unsqueeze(-1);
+  const double f32_error = ((full.to(torch::kDouble) - exact).abs() * keep).max().item<double>();
+  {
+    // Autocast as torch::autocast sets it from C++: linears and attention in bf16, the residual stream float32.
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    const auto out = decoder->forward(x, mask);
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::clear_cache();
+    EXPECT_EQ(out.scalar_type(), torch::kFloat);
+    const double error = ((out.to(torch::kDouble) - exact).abs() * keep).max().item<double>();
+    EXPECT_GT(error, f32_error);  // it did run in bf16
+    EXPECT_LT(error, 0.05 * exact.abs().max().item<double>());
+  }
+  decoder->to(torch::kBFloat16);
+  const auto low = decoder->forward(x.to(torch::kBFloat16), mask);
+  EXPECT_EQ(low.scalar_type(), torch::kBFloat16);
+  const double error = ((low.to(torch::kDouble) - exact).abs() * keep).max().item<double>();
+  EXPECT_LT(error, 0.1 * exact.abs().max().item<double>());
 }
 
 TEST(AttentionLayers, BadInputsThrowNamingTheArgument) {

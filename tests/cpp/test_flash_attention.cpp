@@ -99,7 +99,7 @@ TEST(FlashAttention, BadArgumentsThrowNamingThem) {
         << e.what_without_backtrace();
   }
   EXPECT_THROW(xtc::ops::flash_attention(q, k.narrow(2, 0, 3), v.narrow(2, 0, 3)), c10::Error);
-  EXPECT_THROW(xtc::ops::flash_attention(q.to(torch::kHalf), k.to(torch::kHalf), v.to(torch::kHalf)), c10::Error);
+  EXPECT_THROW(xtc::ops::flash_attention(q.to(torch::kInt), k.to(torch::kInt), v.to(torch::kInt)), c10::Error);
 }
 
 }  // namespace

@@ -45,3 +45,29 @@ def reference_attention(q, k, v, mask=None, causal=False, scale=None, alibi_slop
     p = torch.exp(s - lse[..., None]).nan_to_num(0.0)  # rows that see nothing: all zero
     out = (p @ v).transpose(1, 2)
     return out, lse
+
+
+def low_precision_attention(q, k, v, mask=None, causal=False, scale=None, alibi_slopes=None, window=(-1, -1),
+                            softcap=0.0):
+    """The same attention as plain torch ops in q's own dtype (bf16 / fp16), as flash-attention's
+    attention_ref(upcast=False): products, scores and probabilities rounded to that dtype; the yardstick of the
+    low-precision tolerance rule. Returns out (b, n, h, dv) and the float32 lse of the rounded scores."""
+    b, n, h, d = q.shape
+    m, hk = k.shape[1], k.shape[2]
+    kv_index = torch.arange(h, device=q.device) % hk
+    k = k[:, :, kv_index].transpose(1, 2)
+    v = v[:, :, kv_index].transpose(1, 2)
+    q = q.transpose(1, 2)
+    scale = d ** -0.5 if scale is None else scale
+    s = (q @ k.transpose(-1, -2)) * scale
+    if alibi_slopes is not None:
+        pos = torch.arange(n, device=q.device)[:, None] + (m - n)
+        dist = (pos - torch.arange(m, device=q.device)[None, :]).abs().to(q.dtype)
+        s = s - alibi_slopes.to(q.dtype)[None, :, None, None] * dist
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    keep = visible_keys(n, m, mask, causal, window, q.device)
+    s = s.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(s.float(), dim=-1)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    return (p @ v).transpose(1, 2), lse

@@ -138,6 +138,21 @@ def test_float64_matches_reference_to_float64_precision():
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
 
 
+def test_float64_alibi_slopes_stay_float64():
+    """Regression: the CPU kernel rounded ALiBi slopes to float32, so float64 was off by 1e-8..1e-7."""
+    q, k, v, g = make_inputs(2, 40, 300, 4, 4, 16, torch.float64, seed=14)
+    slopes = torch.rand(4, generator=g, dtype=torch.float64) / 3  # not representable in float32
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    out, lse = op(q, k, v, None, False, None, slopes)
+    ref, ref_lse = reference_attention(q, k, v, alibi_slopes=slopes)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-12, rtol=1e-12)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    for x, y in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        torch.testing.assert_close(x, y, atol=1e-11, rtol=1e-10)
+
+
 @pytest.mark.parametrize("case", ["plain", "causal+alibi", "window+softcap", "causal+window+softcap+scale"])
 def test_gradcheck_float64(case):
     q, k, v, g = make_inputs(2, 6, 9, 4, 2, 8, torch.float64, seed=5)
@@ -168,7 +183,7 @@ def test_opcheck():
     (lambda q, k, v: (q, k, v[:, :3]), "expected v of shape"),
     (lambda q, k, v: (q, k[:, :, :3], v[:, :, :3]), "multiple of the kv heads"),
     (lambda q, k, v: (q.double(), k, v), "one dtype"),
-    (lambda q, k, v: (q.half(), k.half(), v.half()), "float32 or float64"),
+    (lambda q, k, v: (q.int(), k.int(), v.int()), "float64, float32, bfloat16 or float16"),
 ])
 def test_bad_arguments_raise_clear_errors(bad, message):
     q, k, v, _ = make_inputs(2, 5, 7, 4, 4, 16, torch.float32, seed=7)

@@ -10,6 +10,14 @@
 // key blocks whose padding mask is all False are skipped as well. The backward pass recomputes the logits from the
 // saved row log-sum-exp (FlashAttention-2) and runs one task per (batch, kv head), which owns dk/dv of that head and
 // dq of the query heads reading it, so no two threads write the same row.
+//
+// Precision: float64 and float32 run in their own type (ALiBi slopes included). bfloat16 runs its two products per
+// block through ATen's CPU matmul (oneDNN, on the CPU's bf16 units) and everything else in float32: logits are the
+// bf16 product widened, then scaled, biased, capped and masked in float32; the online softmax, its statistics and
+// the output accumulation are float32; P is rounded to bf16 for the P V product only, as every bf16 flash kernel
+// does. On a CPU without AVX512-BF16, for float16 (no fp16 units here; ATen's fp16 matmul measured 1-4 GFLOP/s) and
+// for the backward of both, the inputs are widened to float32 and the float32 kernel runs; results come back in the
+// input dtype, lse in float32. XTC_CPU_BF16_MATMUL=0 forces the widening path for bf16 too.
 #include "ops/cpu/blas.h"
 #include "ops/flash_attention_checks.h"
 
@@ -19,11 +27,15 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -45,7 +57,7 @@ struct AttentionRule {
   int64_t keys, key_offset, window_left, window_right;
   bool causal;
   scalar_t scale, softcap;
-  const float* slopes;  // (h) or nullptr
+  const scalar_t* slopes;  // (h) in scalar_t (float64 stays float64), or nullptr
   const bool* mask;     // (b, m) contiguous or nullptr
 
   // Visible key range [lo, hi) of query i from causality and the window (the padding mask is applied per key).
@@ -65,16 +77,14 @@ bool block_has_key(const bool* mask_row, int64_t j0, int64_t j1) {
   return std::any_of(mask_row + j0, mask_row + j1, [](bool keep) { return keep; });
 }
 
-// Logits of rows [i0, i1) against keys [j0, j1) for one head: s = scale * q k^T (+ alibi) (softcapped), with
-// invisible entries set to -inf. `tanh_out` (optional) receives tanh(s / softcap) for the backward chain rule.
+// The logit transform of rows [i0, i1) against keys [j0, j1) for one head, on raw scaled products s = scale q k^T
+// already in `logits`: + alibi, then the soft-cap, then invisible entries set to -inf. `tanh_out` (optional)
+// receives tanh(s / softcap) for the backward chain rule.
 template <typename scalar_t>
-void block_logits(const AttentionRule<scalar_t>& rule, int64_t head, const bool* mask_row, const scalar_t* q,
-                  int64_t q_stride, const scalar_t* k, int64_t k_stride, int64_t head_dim, int64_t i0, int64_t i1,
-                  int64_t j0, int64_t j1, scalar_t* logits, scalar_t* tanh_out) {
+void transform_logits(const AttentionRule<scalar_t>& rule, int64_t head, const bool* mask_row, int64_t i0,
+                      int64_t i1, int64_t j0, int64_t j1, scalar_t* logits, scalar_t* tanh_out) {
   const int64_t rows = i1 - i0, cols = j1 - j0;
-  gemm(TransposeType::Yes, TransposeType::No, cols, rows, head_dim, rule.scale, k, k_stride, q,
-       q_stride, scalar_t(0), logits, cols);
-  const scalar_t slope = rule.slopes != nullptr ? static_cast<scalar_t>(rule.slopes[head]) : scalar_t(0);
+  const scalar_t slope = rule.slopes != nullptr ? rule.slopes[head] : scalar_t(0);
   const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
   for (int64_t r = 0; r < rows; ++r) {
     scalar_t* s = logits + r * cols;
@@ -101,6 +111,17 @@ void block_logits(const AttentionRule<scalar_t>& rule, int64_t head, const bool*
         if (!mask_row[j0 + c]) s[c] = neg_inf;
     }
   }
+}
+
+// Logits of rows [i0, i1) against keys [j0, j1) for one head (float / double): the BLAS product, then the transform.
+template <typename scalar_t>
+void block_logits(const AttentionRule<scalar_t>& rule, int64_t head, const bool* mask_row, const scalar_t* q,
+                  int64_t q_stride, const scalar_t* k, int64_t k_stride, int64_t head_dim, int64_t i0, int64_t i1,
+                  int64_t j0, int64_t j1, scalar_t* logits, scalar_t* tanh_out) {
+  const int64_t rows = i1 - i0, cols = j1 - j0;
+  gemm(TransposeType::Yes, TransposeType::No, cols, rows, head_dim, rule.scale, k, k_stride, q,
+       q_stride, scalar_t(0), logits, cols);
+  transform_logits(rule, head, mask_row, i0, i1, j0, j1, logits, tanh_out);
 }
 
 // exp(x - shift) in place over n entries, returning their sum; vectorised for float.
@@ -161,7 +182,7 @@ AttentionRule<scalar_t> make_rule(const detail::FlashAttentionSizes& s, bool cau
                                  causal,
                                  static_cast<scalar_t>(s.scale),
                                  static_cast<scalar_t>(softcap),
-                                 slopes.defined() ? slopes.data_ptr<float>() : nullptr,
+                                 slopes.defined() ? slopes.data_ptr<scalar_t>() : nullptr,
                                  mask.defined() ? mask.data_ptr<bool>() : nullptr};
 }
 
@@ -344,20 +365,183 @@ void backward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<sca
   });
 }
 
+// ---- bfloat16 forward on the CPU's bf16 units ----------------------------------------------------------------
+// Same blocks, visibility and online softmax as forward_impl<float>; the two products per block go through ATen's
+// CPU matmul (oneDNN's bf16 kernels: 250-320 GFLOP/s a core on this block shape where the BLAS's fp32 gives 90,
+// and MKL's bf16 GEMM and ATen's brgemm without AMX measured no faster than fp32), which writes bf16. The score
+// product is widened and scaled in float32 at once, P is rounded to bf16 only as the left operand of P V, and each
+// block's P V is added into a float32 accumulator.
+using BVec = at::vec::Vectorized<at::BFloat16>;
+
+// dst[c] = float(src[c]) * scale over n entries.
+void widen_scaled(const at::BFloat16* src, float* dst, int64_t n, float scale) {
+  const Vec scale_vec(scale);
+  int64_t c = 0;
+  for (; c + BVec::size() <= n; c += BVec::size()) {
+    auto [lo, hi] = at::vec::convert_bfloat16_float(BVec::loadu(src + c));
+    (lo * scale_vec).store(dst + c);
+    (hi * scale_vec).store(dst + c + Vec::size());
+  }
+  for (; c < n; ++c) dst[c] = static_cast<float>(src[c]) * scale;
+}
+
+// p[c] = bf16(exp(x[c] - shift)) over n entries; returns the float32 sum of the unrounded exponentials.
+float exp_shift_sum_to_bf16(const float* x, at::BFloat16* p, int64_t n, float shift) {
+  const Vec shift_vec(shift);
+  Vec acc(0.f);
+  int64_t c = 0;
+  for (; c + BVec::size() <= n; c += BVec::size()) {
+    const Vec lo = (Vec::loadu(x + c) - shift_vec).exp_u20();
+    const Vec hi = (Vec::loadu(x + c + Vec::size()) - shift_vec).exp_u20();
+    acc = acc + lo + hi;
+    at::vec::convert_float_bfloat16(lo, hi).store(p + c);
+  }
+  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; c < n; ++c) {
+    const float e = std::exp(x[c] - shift);
+    sum += e;
+    p[c] = static_cast<at::BFloat16>(e);
+  }
+  return sum;
+}
+
+// acc[c] += float(src[c]) over n entries.
+void add_widened(const at::BFloat16* src, float* acc, int64_t n) {
+  int64_t c = 0;
+  for (; c + BVec::size() <= n; c += BVec::size()) {
+    auto [lo, hi] = at::vec::convert_bfloat16_float(BVec::loadu(src + c));
+    (Vec::loadu(acc + c) + lo).store(acc + c);
+    (Vec::loadu(acc + c + Vec::size()) + hi).store(acc + c + Vec::size());
+  }
+  for (; c < n; ++c) acc[c] += static_cast<float>(src[c]);
+}
+
+// A (rows, cols) view with row stride `stride` over memory the kernel reads; from_blob neither copies nor owns it.
+at::Tensor bf16_view(const at::BFloat16* data, int64_t rows, int64_t cols, int64_t stride) {
+  return at::from_blob(const_cast<at::BFloat16*>(data), {rows, cols}, {stride, 1},
+                       at::TensorOptions().dtype(at::kBFloat16));
+}
+
+void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule<float>& rule, const at::Tensor& q,
+                       const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
+  const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
+  const auto* q_data = q.const_data_ptr<at::BFloat16>();
+  const auto* k_data = k.const_data_ptr<at::BFloat16>();
+  const auto* v_data = v.const_data_ptr<at::BFloat16>();
+  auto* out_data = out.data_ptr<at::BFloat16>();
+  float* lse_data = lse.data_ptr<float>();
+  const int64_t q_sb = q.stride(0), q_sn = q.stride(1), q_sh = q.stride(2);
+  const int64_t k_sb = k.stride(0), k_sn = k.stride(1), k_sh = k.stride(2);
+  const int64_t v_sb = v.stride(0), v_sn = v.stride(1), v_sh = v.stride(2);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const float scale = rule.scale;
+  // The transform below is the float one on already scaled logits: scale 1 there.
+  AttentionRule<float> unscaled = rule;
+  unscaled.scale = 1.f;
+
+  at::parallel_for(0, s.batch * h * q_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> logits(kQueryBlock * kKeyBlock), acc(kQueryBlock * dv), row_max(kQueryBlock),
+        row_sum(kQueryBlock);
+    const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+    at::Tensor product = at::empty({kQueryBlock * std::max(kKeyBlock, dv)}, bf16);  // each product's bf16 result
+    at::Tensor p_low = at::empty({kQueryBlock * kKeyBlock}, bf16);                  // P in bf16
+    auto* product_data = product.data_ptr<at::BFloat16>();
+    auto* p_data = p_low.data_ptr<at::BFloat16>();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qb = task % q_blocks, head = (task / q_blocks) % h, batch = task / (q_blocks * h);
+      const int64_t kv_head = head % hk;
+      const int64_t i0 = qb * kQueryBlock, i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
+      const at::BFloat16* q_ptr = q_data + batch * q_sb + head * q_sh + i0 * q_sn;
+      const at::BFloat16* k_head = k_data + batch * k_sb + kv_head * k_sh;
+      const at::BFloat16* v_head = v_data + batch * v_sb + kv_head * v_sh;
+      const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
+      const at::Tensor q_block = bf16_view(q_ptr, rows, d, q_sn);
+      std::fill(acc.begin(), acc.begin() + rows * dv, 0.f);
+      std::fill(row_max.begin(), row_max.end(), neg_inf);
+      std::fill(row_sum.begin(), row_sum.end(), 0.f);
+
+      int64_t lo_first, hi_first, lo_last, hi_last;
+      rule.visible_range(i0, lo_first, hi_first);
+      rule.visible_range(i1 - 1, lo_last, hi_last);
+      const int64_t key_lo = lo_first, key_hi = std::max(hi_first, hi_last);
+      for (int64_t j0 = (key_lo / kKeyBlock) * kKeyBlock; j0 < key_hi; j0 += kKeyBlock) {
+        const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
+        if (!block_has_key<float>(mask_row, j0, j1)) continue;
+        at::Tensor scores = product.narrow(0, 0, rows * cols).view({rows, cols});
+        at::cpu::mm_out(scores, q_block, bf16_view(k_head + j0 * k_sn, cols, d, k_sn).t());
+        widen_scaled(product_data, logits.data(), rows * cols, scale);
+        transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, logits.data(), logits.data());
+        bool any_visible = false;
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* x = logits.data() + r * cols;
+          at::BFloat16* p = p_data + r * cols;
+          const float new_max = std::max(row_max[r], max_of(x, cols));
+          if (new_max == neg_inf) {  // nothing visible yet in this row
+            std::fill(p, p + cols, at::BFloat16(0.f));
+            continue;
+          }
+          any_visible = true;
+          const float rescale = std::exp(row_max[r] - new_max);
+          row_sum[r] = row_sum[r] * rescale + exp_shift_sum_to_bf16(x, p, cols, new_max);
+          row_max[r] = new_max;
+          if (rescale != 1.f) {
+            float* o = acc.data() + r * dv;
+            for (int64_t c = 0; c < dv; ++c) o[c] *= rescale;
+          }
+        }
+        if (!any_visible) continue;
+        at::Tensor pv = product.narrow(0, 0, rows * dv).view({rows, dv});
+        at::cpu::mm_out(pv, bf16_view(p_data, rows, cols, cols), bf16_view(v_head + j0 * v_sn, cols, dv, v_sn));
+        add_widened(product_data, acc.data(), rows * dv);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        at::BFloat16* o = out_data + ((batch * n + i0 + r) * h + head) * dv;
+        const float* a = acc.data() + r * dv;
+        float* l = lse_data + (batch * h + head) * n + i0 + r;
+        if (row_sum[r] > 0) {
+          const float inv = 1.f / row_sum[r];
+          for (int64_t c = 0; c < dv; ++c) o[c] = static_cast<at::BFloat16>(a[c] * inv);
+          *l = row_max[r] + std::log(row_sum[r]);
+        } else {
+          std::fill(o, o + dv, at::BFloat16(0.f));
+          *l = neg_inf;
+        }
+      }
+    }
+  });
+}
+
+// ---- entry points ------------------------------------------------------------------------------------------------
+
 void check_cpu_inputs(const at::Tensor& q) {
   // This file is compiled for AVX2 + FMA (see CMakeLists.txt): refuse, rather than crash, on an older CPU.
   static const bool cpu_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   TORCH_CHECK(cpu_ok, "flash_attention (CPU): this build needs a CPU with AVX2 and FMA");
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
-              "flash_attention (CPU): expected q, k, v of dtype float32 or float64, got ", q.scalar_type());
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "flash_attention (CPU): expected q, k, v of dtype float64, float32, bfloat16 or float16, got ", dtype);
+}
+
+/// bf16 products on the CPU's bf16 units: where it has them (AVX512-BF16), unless XTC_CPU_BF16_MATMUL=0.
+bool use_bf16_matmul() {
+  static const bool cpu_has_bf16 = __builtin_cpu_supports("avx512bf16");
+  if (!cpu_has_bf16) return false;
+  const char* setting = std::getenv("XTC_CPU_BF16_MATMUL");
+  return setting == nullptr || std::strcmp(setting, "0") != 0;
+}
+
+bool is_low_precision(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
 }
 
 at::Tensor contiguous_mask(const std::optional<at::Tensor>& mask) {
   return mask.has_value() ? mask->contiguous() : at::Tensor();
 }
 
-at::Tensor float_slopes(const std::optional<at::Tensor>& slopes) {
-  return slopes.has_value() ? slopes->to(at::kFloat).contiguous() : at::Tensor();
+// ALiBi slopes in the accumulation type: float64 for float64 inputs (exact), float32 otherwise.
+at::Tensor accumulation_slopes(const std::optional<at::Tensor>& slopes, at::ScalarType input) {
+  return slopes.has_value() ? slopes->to(detail::lse_dtype(input)).contiguous() : at::Tensor();
 }
 
 std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
@@ -367,12 +551,26 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
   const auto sizes = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
                                                         window_left, window_right, softcap);
   check_cpu_inputs(q_in);
+  const bool native_bf16 = q_in.scalar_type() == at::kBFloat16 && use_bf16_matmul();
+  if (is_low_precision(q_in) && !native_bf16) {
+    // Widened to float32; the float32 kernel's lse is already the low-precision call's lse (float32).
+    auto [out, lse] = flash_attention_forward_kernel(q_in.to(at::kFloat), k_in.to(at::kFloat), v_in.to(at::kFloat),
+                                                     key_padding_mask, causal, scale, alibi_slopes, window_left,
+                                                     window_right, softcap);
+    return {out.to(q_in.scalar_type()), lse};
+  }
   const at::Tensor q = with_unit_inner_stride(q_in), k = with_unit_inner_stride(k_in),
                    v = with_unit_inner_stride(v_in);
-  const at::Tensor mask = contiguous_mask(key_padding_mask), slopes = float_slopes(alibi_slopes);
+  const at::Tensor mask = contiguous_mask(key_padding_mask);
+  const at::Tensor slopes = accumulation_slopes(alibi_slopes, q.scalar_type());
   auto out = at::empty({sizes.batch, sizes.queries, sizes.heads, sizes.value_head_dim}, q.options());
-  auto lse = at::empty({sizes.batch, sizes.heads, sizes.queries}, q.options());
+  auto lse = at::empty({sizes.batch, sizes.heads, sizes.queries}, q.options().dtype(detail::lse_dtype(q.scalar_type())));
   if (out.numel() == 0) return {out, lse.fill_(-std::numeric_limits<double>::infinity())};
+  if (native_bf16) {
+    const auto rule = make_rule<float>(sizes, causal, window_left, window_right, softcap, slopes, mask);
+    forward_bf16_impl(sizes, rule, q, k, v, out, lse);
+    return {out, lse};
+  }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "flash_attention_forward_cpu", [&] {
     const auto rule = make_rule<scalar_t>(sizes, causal, window_left, window_right, softcap, slopes, mask);
     forward_impl<scalar_t>(sizes, rule, q, k, v, out, lse);
@@ -389,11 +587,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
                                                         window_left, window_right, softcap);
   check_cpu_inputs(q_in);
   detail::check_flash_attention_backward_args(grad_out_in, out_in, lse_in, q_in, sizes);
+  if (is_low_precision(q_in)) {
+    // Widened to float32: the gradients accumulate over every query / key block in float32 before one rounding.
+    const auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat); };
+    auto [dq, dk, dv] = flash_attention_backward_kernel(f32(grad_out_in), f32(q_in), f32(k_in), f32(v_in),
+                                                        f32(out_in), lse_in, key_padding_mask, causal, scale,
+                                                        alibi_slopes, window_left, window_right, softcap);
+    const auto dtype = q_in.scalar_type();
+    return {dq.to(dtype), dk.to(dtype), dv.to(dtype)};
+  }
   const at::Tensor q = with_unit_inner_stride(q_in), k = with_unit_inner_stride(k_in),
                    v = with_unit_inner_stride(v_in);
   const at::Tensor grad_out = with_unit_inner_stride(grad_out_in), out = with_unit_inner_stride(out_in);
   const at::Tensor lse = lse_in.contiguous();
-  const at::Tensor mask = contiguous_mask(key_padding_mask), slopes = float_slopes(alibi_slopes);
+  const at::Tensor mask = contiguous_mask(key_padding_mask);
+  const at::Tensor slopes = accumulation_slopes(alibi_slopes, q.scalar_type());
   auto dq = at::zeros({sizes.batch, sizes.queries, sizes.heads, sizes.head_dim}, q.options());
   auto dk = at::zeros({sizes.batch, sizes.keys, sizes.kv_heads, sizes.head_dim}, q.options());
   auto dv = at::zeros({sizes.batch, sizes.keys, sizes.kv_heads, sizes.value_head_dim}, q.options());

@@ -325,7 +325,8 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
   if (bias.defined()) sim = sim + bias;
   if (softcap > 0) sim = at::tanh(sim / softcap) * softcap;
   double lowest = 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "materialized_attention", [&] {
+  // The mask value of the scores' own dtype (x-transformers' max_neg_value): under autocast they are bf16 / fp16.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sim.scalar_type(), "materialized_attention", [&] {
     lowest = static_cast<double>(std::numeric_limits<scalar_t>::lowest());
   });
   if (keep.defined()) sim = sim.masked_fill(keep.logical_not(), lowest);

@@ -370,13 +370,15 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
     const int64_t hk = o.resolved_kv_heads(a), dh = a.dim_head(), dv = a.value_dim_head().value_or(dh);
     const auto &k = cache_kv[2 * l], &v = cache_kv[2 * l + 1];
     const int64_t len = k.dim() == 4 ? k.size(2) : -1;
+    // Any one floating dtype: under autocast the cached keys are bf16 beside a float32 x.
     TORCH_CHECK_VALUE(k.dim() == 4 && k.size(0) == x.size(0) && k.size(1) == hk && k.size(3) == dh &&
                           v.dim() == 4 && v.size(0) == x.size(0) && v.size(1) == hk && v.size(2) == len &&
-                          v.size(3) == dv && k.scalar_type() == x.scalar_type() &&
-                          v.scalar_type() == x.scalar_type() && k.device() == x.device() && v.device() == x.device(),
+                          v.size(3) == dv && k.is_floating_point() && v.scalar_type() == k.scalar_type() &&
+                          k.device() == x.device() && v.device() == x.device(),
                       "AttentionLayers: expected cached (k, v) of attention layer ", l, " of shapes (", x.size(0),
-                      ", ", hk, ", N, ", dh, ") and (", x.size(0), ", ", hk, ", N, ", dv, ") like x, got ",
-                      k.sizes(), " and ", v.sizes(), " ", k.scalar_type(), " on ", k.device());
+                      ", ", hk, ", N, ", dh, ") and (", x.size(0), ", ", hk, ", N, ", dv,
+                      "), of one floating dtype, on x's device, got ", k.sizes(), " ", k.scalar_type(), " and ",
+                      v.sizes(), " ", v.scalar_type(), " on ", k.device());
     if (types[l] == 'a') {
       TORCH_CHECK_VALUE(past < 0 || past == len, "AttentionLayers: cached keys of different lengths, ", past, " and ",
                         len);
