@@ -14,10 +14,10 @@
 // Precision: float64 and float32 run in their own type (ALiBi slopes included). bfloat16 runs its two products per
 // block through ATen's CPU matmul (oneDNN, on the CPU's bf16 units) and everything else in float32: logits are the
 // bf16 product widened, then scaled, biased, capped and masked in float32; the online softmax, its statistics and
-// the output accumulation are float32; P is rounded to bf16 for the P V product only, as every bf16 flash kernel
-// does. On a CPU without AVX512-BF16, for float16 (no fp16 units here; ATen's fp16 matmul measured 1-4 GFLOP/s) and
-// for the backward of both, the inputs are widened to float32 and the float32 kernel runs; results come back in the
-// input dtype, lse in float32. XTC_CPU_BF16_MATMUL=0 forces the widening path for bf16 too.
+// the output accumulation are float32; P (and dS in the backward) is rounded to bf16 as a product's operand only, as
+// every bf16 flash kernel does. On a CPU without AVX512-BF16 and for float16 (no fp16 units here; ATen's fp16
+// matmul measured 1-4 GFLOP/s), the inputs are widened to float32 and the float32 kernel runs; results come back in
+// the input dtype, lse in float32. XTC_CPU_BF16_MATMUL=0 forces the widening path for bf16 too.
 #include "ops/cpu/blas.h"
 #include "ops/flash_attention_checks.h"
 
@@ -512,6 +512,141 @@ void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule
   });
 }
 
+// ---- bfloat16 backward on the CPU's bf16 units ---------------------------------------------------------------
+// backward_impl's blocks and tasks with four of its five products per block on oneDNN's bf16 matmul: S = Q K^T,
+// dV += P^T dO, dQ += dS K, dK += dS^T Q; dP = dO V^T stays float32 (see there). P and scale * dS are rounded to bf16
+// as operands (as the GPU flash kernels do); everything between the products (the softmax recomputed from lse,
+// delta, dS) is float32, and dq, dk, dv accumulate in float32 before one rounding to bf16 at the end.
+
+// dst[r * dst_stride + c] += float(src[r * cols + c]) for a (rows, cols) bf16 block.
+void add_widened_rows(const at::BFloat16* src, int64_t rows, int64_t cols, float* dst, int64_t dst_stride) {
+  for (int64_t r = 0; r < rows; ++r) add_widened(src + r * cols, dst + r * dst_stride, cols);
+}
+
+void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule<float>& rule,
+                        const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk,
+                        at::Tensor& dv_t) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
+  const auto* q_data = q.const_data_ptr<at::BFloat16>();
+  const auto* k_data = k.const_data_ptr<at::BFloat16>();
+  const auto* v_data = v.const_data_ptr<at::BFloat16>();
+  const auto* o_data = out.const_data_ptr<at::BFloat16>();
+  const auto* do_data = grad_out.const_data_ptr<at::BFloat16>();
+  const float* lse_data = lse.const_data_ptr<float>();
+  float* dq_data = dq.data_ptr<float>();
+  float* dk_data = dk.data_ptr<float>();
+  float* dv_data = dv_t.data_ptr<float>();
+  const int64_t q_sb = q.stride(0), q_sn = q.stride(1), q_sh = q.stride(2);
+  const int64_t k_sb = k.stride(0), k_sn = k.stride(1), k_sh = k.stride(2);
+  const int64_t v_sb = v.stride(0), v_sn = v.stride(1), v_sh = v.stride(2);
+  const int64_t o_sb = out.stride(0), o_sn = out.stride(1), o_sh = out.stride(2);
+  const int64_t g_sb = grad_out.stride(0), g_sn = grad_out.stride(1), g_sh = grad_out.stride(2);
+  const int64_t dq_sn = h * d, dk_sn = hk * d, dv_sn = hk * dv;  // float32 accumulators, contiguous
+  const bool softcap = rule.softcap > 0;
+  const float scale = rule.scale;
+  AttentionRule<float> unscaled = rule;
+  unscaled.scale = 1.f;
+
+  at::parallel_for(0, s.batch * hk, 1, [&](int64_t begin, int64_t end) {
+    const int64_t block = kQueryBlock * kKeyBlock;
+    cpu::SequentialBlasGuard sequential_blas;
+    std::vector<float> p(block), dp(block), tanh_buf(softcap ? block : 0), delta(kQueryBlock);
+    std::vector<float> g_wide(kQueryBlock * dv), v_wide(kKeyBlock * dv);  // dO and V widened for dP
+    const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+    const int64_t widest = std::max({kKeyBlock, d, dv});
+    at::Tensor product = at::empty({std::max(kQueryBlock, kKeyBlock) * widest}, bf16);
+    at::Tensor p_low = at::empty({block}, bf16), ds_low = at::empty({block}, bf16);
+    auto* product_data = product.data_ptr<at::BFloat16>();
+    auto* p_low_data = p_low.data_ptr<at::BFloat16>();
+    auto* ds_low_data = ds_low.data_ptr<at::BFloat16>();
+    // product[: rows * cols] = a b, as a (rows, cols) bf16 block.
+    const auto multiply = [&](int64_t rows, int64_t cols, const at::Tensor& a, const at::Tensor& b) {
+      at::Tensor result = product.narrow(0, 0, rows * cols).view({rows, cols});
+      at::cpu::mm_out(result, a, b);
+    };
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t kv_head = task % hk, batch = task / hk;
+      const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
+      const at::BFloat16* k_head = k_data + batch * k_sb + kv_head * k_sh;
+      const at::BFloat16* v_head = v_data + batch * v_sb + kv_head * v_sh;
+      float* dk_head = dk_data + batch * m * dk_sn + kv_head * d;
+      float* dv_head = dv_data + batch * m * dv_sn + kv_head * dv;
+      for (int64_t head = kv_head; head < h; head += hk) {
+        const float* lse_row = lse_data + (batch * h + head) * n;
+        for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
+          const int64_t i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
+          const at::BFloat16* q_ptr = q_data + batch * q_sb + head * q_sh + i0 * q_sn;
+          const at::BFloat16* g_ptr = do_data + batch * g_sb + head * g_sh + i0 * g_sn;
+          const at::BFloat16* o_ptr = o_data + batch * o_sb + head * o_sh + i0 * o_sn;
+          float* dq_ptr = dq_data + (batch * n + i0) * dq_sn + head * d;
+          const at::Tensor q_block = bf16_view(q_ptr, rows, d, q_sn), g_block = bf16_view(g_ptr, rows, dv, g_sn);
+          for (int64_t r = 0; r < rows; ++r) widen_scaled(g_ptr + r * g_sn, g_wide.data() + r * dv, dv, 1.f);
+          for (int64_t r = 0; r < rows; ++r) {  // delta_i = rowsum(dO_i * O_i)
+            float acc = 0;
+            for (int64_t c = 0; c < dv; ++c)
+              acc += static_cast<float>(g_ptr[r * g_sn + c]) * static_cast<float>(o_ptr[r * o_sn + c]);
+            delta[r] = acc;
+          }
+          int64_t lo_first, hi_first, lo_last, hi_last;
+          rule.visible_range(i0, lo_first, hi_first);
+          rule.visible_range(i1 - 1, lo_last, hi_last);
+          const int64_t key_hi = std::max(hi_first, hi_last);
+          for (int64_t j0 = (lo_first / kKeyBlock) * kKeyBlock; j0 < key_hi; j0 += kKeyBlock) {
+            const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
+            if (!block_has_key<float>(mask_row, j0, j1)) continue;
+            const at::Tensor k_block = bf16_view(k_head + j0 * k_sn, cols, d, k_sn);
+            multiply(rows, cols, q_block, k_block.t());
+            widen_scaled(product_data, p.data(), rows * cols, scale);
+            transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, p.data(), tanh_buf.data());
+            bool any_visible = false;
+            for (int64_t r = 0; r < rows; ++r) {
+              float* pr = p.data() + r * cols;
+              at::BFloat16* pl = p_low_data + r * cols;
+              const float l = lse_row[i0 + r];
+              if (l == -std::numeric_limits<float>::infinity()) {
+                std::fill(pr, pr + cols, 0.f);
+                std::fill(pl, pl + cols, at::BFloat16(0.f));
+                continue;
+              }
+              any_visible = true;
+              exp_shift_sum(pr, cols, l);
+              at::vec::convert(pr, pl, cols);
+            }
+            if (!any_visible) continue;
+            const at::Tensor p_block = bf16_view(p_low_data, rows, cols, cols);
+            // dV += P^T dO
+            multiply(cols, dv, p_block.t(), g_block);
+            add_widened_rows(product_data, cols, dv, dv_head + j0 * dv_sn, dv_sn);
+            // dP = dO V^T in float32 (the BLAS on widened operands): dS takes dP - delta, a difference that a
+            // bf16-rounded dP would leave off by |dP| 2^-9 (a row that sees one key must get dS = 0 exactly).
+            for (int64_t c = 0; c < cols; ++c) widen_scaled(v_head + (j0 + c) * v_sn, v_wide.data() + c * dv, dv, 1.f);
+            gemm(TransposeType::Yes, TransposeType::No, cols, rows, dv, 1.f, v_wide.data(), dv, g_wide.data(), dv,
+                 0.f, dp.data(), cols);
+            // scale * dS = scale * P * (dP - delta), through the softcap's tanh when on; rounded to bf16.
+            for (int64_t r = 0; r < rows; ++r) {
+              float* ds = dp.data() + r * cols;
+              const float* pr = p.data() + r * cols;
+              for (int64_t c = 0; c < cols; ++c) ds[c] = scale * pr[c] * (ds[c] - delta[r]);
+              if (softcap) {
+                const float* t = tanh_buf.data() + r * cols;
+                for (int64_t c = 0; c < cols; ++c) ds[c] *= 1.f - t[c] * t[c];
+              }
+            }
+            at::vec::convert(dp.data(), ds_low_data, rows * cols);
+            const at::Tensor ds_block = bf16_view(ds_low_data, rows, cols, cols);
+            // dQ += dS K ; dK += dS^T Q
+            multiply(rows, d, ds_block, k_block);
+            add_widened_rows(product_data, rows, d, dq_ptr, dq_sn);
+            multiply(cols, d, ds_block.t(), q_block);
+            add_widened_rows(product_data, cols, d, dk_head + j0 * dk_sn, dk_sn);
+          }
+        }
+      }
+    }
+  });
+}
+
 // ---- entry points ------------------------------------------------------------------------------------------------
 
 void check_cpu_inputs(const at::Tensor& q) {
@@ -535,6 +670,9 @@ bool is_low_precision(const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
 }
 
+/// Low precision that runs as such: bf16 on the bf16 units. Other low precision is widened to float32.
+bool runs_on_bf16_units(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 && use_bf16_matmul(); }
+
 at::Tensor contiguous_mask(const std::optional<at::Tensor>& mask) {
   return mask.has_value() ? mask->contiguous() : at::Tensor();
 }
@@ -551,8 +689,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
   const auto sizes = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
                                                         window_left, window_right, softcap);
   check_cpu_inputs(q_in);
-  const bool native_bf16 = q_in.scalar_type() == at::kBFloat16 && use_bf16_matmul();
-  if (is_low_precision(q_in) && !native_bf16) {
+  if (is_low_precision(q_in) && !runs_on_bf16_units(q_in)) {
     // Widened to float32; the float32 kernel's lse is already the low-precision call's lse (float32).
     auto [out, lse] = flash_attention_forward_kernel(q_in.to(at::kFloat), k_in.to(at::kFloat), v_in.to(at::kFloat),
                                                      key_padding_mask, causal, scale, alibi_slopes, window_left,
@@ -566,7 +703,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
   auto out = at::empty({sizes.batch, sizes.queries, sizes.heads, sizes.value_head_dim}, q.options());
   auto lse = at::empty({sizes.batch, sizes.heads, sizes.queries}, q.options().dtype(detail::lse_dtype(q.scalar_type())));
   if (out.numel() == 0) return {out, lse.fill_(-std::numeric_limits<double>::infinity())};
-  if (native_bf16) {
+  if (q.scalar_type() == at::kBFloat16) {
     const auto rule = make_rule<float>(sizes, causal, window_left, window_right, softcap, slopes, mask);
     forward_bf16_impl(sizes, rule, q, k, v, out, lse);
     return {out, lse};
@@ -587,7 +724,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
                                                         window_left, window_right, softcap);
   check_cpu_inputs(q_in);
   detail::check_flash_attention_backward_args(grad_out_in, out_in, lse_in, q_in, sizes);
-  if (is_low_precision(q_in)) {
+  if (is_low_precision(q_in) && !runs_on_bf16_units(q_in)) {
     // Widened to float32: the gradients accumulate over every query / key block in float32 before one rounding.
     const auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat); };
     auto [dq, dk, dv] = flash_attention_backward_kernel(f32(grad_out_in), f32(q_in), f32(k_in), f32(v_in),
@@ -602,9 +739,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
   const at::Tensor lse = lse_in.contiguous();
   const at::Tensor mask = contiguous_mask(key_padding_mask);
   const at::Tensor slopes = accumulation_slopes(alibi_slopes, q.scalar_type());
-  auto dq = at::zeros({sizes.batch, sizes.queries, sizes.heads, sizes.head_dim}, q.options());
-  auto dk = at::zeros({sizes.batch, sizes.keys, sizes.kv_heads, sizes.head_dim}, q.options());
-  auto dv = at::zeros({sizes.batch, sizes.keys, sizes.kv_heads, sizes.value_head_dim}, q.options());
+  // bf16 accumulates in float32 buffers, rounded once at the end.
+  const auto accumulation = q.options().dtype(detail::lse_dtype(q.scalar_type()));
+  auto dq = at::zeros({sizes.batch, sizes.queries, sizes.heads, sizes.head_dim}, accumulation);
+  auto dk = at::zeros({sizes.batch, sizes.keys, sizes.kv_heads, sizes.head_dim}, accumulation);
+  auto dv = at::zeros({sizes.batch, sizes.keys, sizes.kv_heads, sizes.value_head_dim}, accumulation);
+  if (q.scalar_type() == at::kBFloat16) {
+    if (dq.numel() > 0 && dk.numel() > 0) {
+      const auto rule = make_rule<float>(sizes, causal, window_left, window_right, softcap, slopes, mask);
+      backward_bf16_impl(sizes, rule, grad_out, q, k, v, out, lse, dq, dk, dv);
+    }
+    return {dq.to(at::kBFloat16), dk.to(at::kBFloat16), dv.to(at::kBFloat16)};
+  }
   if (dq.numel() == 0 || dk.numel() == 0) return {dq, dk, dv};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "flash_attention_backward_cpu", [&] {
     const auto rule = make_rule<scalar_t>(sizes, causal, window_left, window_right, softcap, slopes, mask);
