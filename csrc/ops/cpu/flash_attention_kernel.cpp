@@ -86,6 +86,9 @@ void transform_logits(const AttentionRule<scalar_t>& rule, int64_t head, const b
   const int64_t rows = i1 - i0, cols = j1 - j0;
   const scalar_t slope = rule.slopes != nullptr ? rule.slopes[head] : scalar_t(0);
   const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
+  // A block whose keys are all kept (padding sits at the end, mostly) needs no per-row scalar pass over the mask.
+  if (mask_row != nullptr && std::all_of(mask_row + j0, mask_row + j1, [](bool keep) { return keep; }))
+    mask_row = nullptr;
   for (int64_t r = 0; r < rows; ++r) {
     scalar_t* s = logits + r * cols;
     const int64_t i = i0 + r;
@@ -513,10 +516,50 @@ void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule
 }
 
 // ---- bfloat16 backward on the CPU's bf16 units ---------------------------------------------------------------
-// backward_impl's blocks and tasks with four of its five products per block on oneDNN's bf16 matmul: S = Q K^T,
-// dV += P^T dO, dQ += dS K, dK += dS^T Q; dP = dO V^T stays float32 (see there). P and scale * dS are rounded to bf16
-// as operands (as the GPU flash kernels do); everything between the products (the softmax recomputed from lse,
-// delta, dS) is float32, and dq, dk, dv accumulate in float32 before one rounding to bf16 at the end.
+// backward_impl's blocks and tasks with its five products per block on oneDNN's bf16 matmul: S = Q K^T,
+// dV += P^T dO, dP - delta = dO V^T - delta (one product, see there), dQ += dS K, dK += dS^T Q. P and scale * dS are
+// rounded to bf16 as operands (as the GPU flash kernels do); everything between the products (the softmax recomputed
+// from lse, dS) is float32, and dq, dk, dv accumulate in float32 before one rounding to bf16 at the end.
+
+// x[c] = exp(x[c] - shift) in place, and its bf16 rounding into p[c], over n entries.
+void exp_shift_and_round(float* x, at::BFloat16* p, int64_t n, float shift) {
+  const Vec shift_vec(shift);
+  int64_t c = 0;
+  for (; c + BVec::size() <= n; c += BVec::size()) {
+    const Vec lo = (Vec::loadu(x + c) - shift_vec).exp_u20();
+    const Vec hi = (Vec::loadu(x + c + Vec::size()) - shift_vec).exp_u20();
+    lo.store(x + c);
+    hi.store(x + c + Vec::size());
+    at::vec::convert_float_bfloat16(lo, hi).store(p + c);
+  }
+  for (; c < n; ++c) {
+    x[c] = std::exp(x[c] - shift);
+    p[c] = static_cast<at::BFloat16>(x[c]);
+  }
+}
+
+// ds[c] = bf16(scale * p[c] * float(dp_minus_delta[c]) (* (1 - t[c]^2) when t, the softcap's tanh, is given)).
+void scaled_ds_to_bf16(const at::BFloat16* dp_minus_delta, const float* p, const float* t, float scale,
+                       at::BFloat16* ds, int64_t n) {
+  const Vec scale_vec(scale), one(1.f);
+  int64_t c = 0;
+  for (; c + BVec::size() <= n; c += BVec::size()) {
+    auto [lo, hi] = at::vec::convert_bfloat16_float(BVec::loadu(dp_minus_delta + c));
+    lo = lo * Vec::loadu(p + c) * scale_vec;
+    hi = hi * Vec::loadu(p + c + Vec::size()) * scale_vec;
+    if (t != nullptr) {
+      const Vec t_lo = Vec::loadu(t + c), t_hi = Vec::loadu(t + c + Vec::size());
+      lo = lo * (one - t_lo * t_lo);
+      hi = hi * (one - t_hi * t_hi);
+    }
+    at::vec::convert_float_bfloat16(lo, hi).store(ds + c);
+  }
+  for (; c < n; ++c) {
+    float value = scale * p[c] * static_cast<float>(dp_minus_delta[c]);
+    if (t != nullptr) value *= 1.f - t[c] * t[c];
+    ds[c] = static_cast<at::BFloat16>(value);
+  }
+}
 
 // dst[r * dst_stride + c] += float(src[r * cols + c]) for a (rows, cols) bf16 block.
 void add_widened_rows(const at::BFloat16* src, int64_t rows, int64_t cols, float* dst, int64_t dst_stride) {
@@ -550,10 +593,12 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
 
   at::parallel_for(0, s.batch * hk, 1, [&](int64_t begin, int64_t end) {
     const int64_t block = kQueryBlock * kKeyBlock;
-    cpu::SequentialBlasGuard sequential_blas;
-    std::vector<float> p(block), dp(block), tanh_buf(softcap ? block : 0), delta(kQueryBlock);
-    std::vector<float> g_wide(kQueryBlock * dv), v_wide(kKeyBlock * dv);  // dO and V widened for dP
+    std::vector<float> p(block), tanh_buf(softcap ? block : 0);
     const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+    const int64_t aug = dv + 3;  // dO and V with three more columns for delta
+    at::Tensor g_aug = at::empty({kQueryBlock * aug}, bf16), v_aug = at::empty({kKeyBlock * aug}, bf16);
+    auto* g_aug_data = g_aug.data_ptr<at::BFloat16>();
+    auto* v_aug_data = v_aug.data_ptr<at::BFloat16>();
     const int64_t widest = std::max({kKeyBlock, d, dv});
     at::Tensor product = at::empty({std::max(kQueryBlock, kKeyBlock) * widest}, bf16);
     at::Tensor p_low = at::empty({block}, bf16), ds_low = at::empty({block}, bf16);
@@ -581,13 +626,18 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
           const at::BFloat16* o_ptr = o_data + batch * o_sb + head * o_sh + i0 * o_sn;
           float* dq_ptr = dq_data + (batch * n + i0) * dq_sn + head * d;
           const at::Tensor q_block = bf16_view(q_ptr, rows, d, q_sn), g_block = bf16_view(g_ptr, rows, dv, g_sn);
-          for (int64_t r = 0; r < rows; ++r) widen_scaled(g_ptr + r * g_sn, g_wide.data() + r * dv, dv, 1.f);
-          for (int64_t r = 0; r < rows; ++r) {  // delta_i = rowsum(dO_i * O_i)
-            float acc = 0;
+          for (int64_t r = 0; r < rows; ++r) {  // delta_i = rowsum(dO_i * O_i), appended to dO_i as -(hi + mid + lo)
+            float delta = 0;
             for (int64_t c = 0; c < dv; ++c)
-              acc += static_cast<float>(g_ptr[r * g_sn + c]) * static_cast<float>(o_ptr[r * o_sn + c]);
-            delta[r] = acc;
+              delta += static_cast<float>(g_ptr[r * g_sn + c]) * static_cast<float>(o_ptr[r * o_sn + c]);
+            at::BFloat16* row = g_aug_data + r * aug;
+            std::copy(g_ptr + r * g_sn, g_ptr + r * g_sn + dv, row);
+            for (int64_t part = 0; part < 3; ++part) {
+              row[dv + part] = static_cast<at::BFloat16>(-delta);
+              delta += static_cast<float>(row[dv + part]);
+            }
           }
+          const at::Tensor g_aug_block = bf16_view(g_aug_data, rows, aug, aug);
           int64_t lo_first, hi_first, lo_last, hi_last;
           rule.visible_range(i0, lo_first, hi_first);
           rule.visible_range(i1 - 1, lo_last, hi_last);
@@ -610,30 +660,25 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
                 continue;
               }
               any_visible = true;
-              exp_shift_sum(pr, cols, l);
-              at::vec::convert(pr, pl, cols);
+              exp_shift_and_round(pr, pl, cols, l);
             }
             if (!any_visible) continue;
             const at::Tensor p_block = bf16_view(p_low_data, rows, cols, cols);
             // dV += P^T dO
             multiply(cols, dv, p_block.t(), g_block);
             add_widened_rows(product_data, cols, dv, dv_head + j0 * dv_sn, dv_sn);
-            // dP = dO V^T in float32 (the BLAS on widened operands): dS takes dP - delta, a difference that a
-            // bf16-rounded dP would leave off by |dP| 2^-9 (a row that sees one key must get dS = 0 exactly).
-            for (int64_t c = 0; c < cols; ++c) widen_scaled(v_head + (j0 + c) * v_sn, v_wide.data() + c * dv, dv, 1.f);
-            gemm(TransposeType::Yes, TransposeType::No, cols, rows, dv, 1.f, v_wide.data(), dv, g_wide.data(), dv,
-                 0.f, dp.data(), cols);
-            // scale * dS = scale * P * (dP - delta), through the softcap's tanh when on; rounded to bf16.
-            for (int64_t r = 0; r < rows; ++r) {
-              float* ds = dp.data() + r * cols;
-              const float* pr = p.data() + r * cols;
-              for (int64_t c = 0; c < cols; ++c) ds[c] = scale * pr[c] * (ds[c] - delta[r]);
-              if (softcap) {
-                const float* t = tanh_buf.data() + r * cols;
-                for (int64_t c = 0; c < cols; ++c) ds[c] *= 1.f - t[c] * t[c];
-              }
+            // dP - delta in one bf16 product: [dO | -delta in three bf16 parts] [V | 1 1 1]^T, accumulated in float32
+            // and rounded once, so the difference keeps its own relative accuracy (a bf16-rounded dP would leave it
+            // off by |dP| 2^-9; a row that sees one key must get dS = 0).
+            for (int64_t c = 0; c < cols; ++c) {
+              at::BFloat16* row = v_aug_data + c * aug;
+              std::copy(v_head + (j0 + c) * v_sn, v_head + (j0 + c) * v_sn + dv, row);
+              std::fill(row + dv, row + aug, at::BFloat16(1.f));
             }
-            at::vec::convert(dp.data(), ds_low_data, rows * cols);
+            multiply(rows, cols, g_aug_block, bf16_view(v_aug_data, cols, aug, aug).t());
+            // scale * dS = scale * P * (dP - delta), through the softcap's tanh when on; rounded to bf16.
+            scaled_ds_to_bf16(product_data, p.data(), softcap ? tanh_buf.data() : nullptr, scale, ds_low_data,
+                              rows * cols);
             const at::Tensor ds_block = bf16_view(ds_low_data, rows, cols, cols);
             // dQ += dS K ; dK += dS^T Q
             multiply(rows, d, ds_block, k_block);
