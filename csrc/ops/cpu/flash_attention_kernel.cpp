@@ -37,6 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace xtc::ops {
@@ -68,6 +69,15 @@ struct AttentionRule {
     if (causal) last = std::min(last, pos);
     if (window_right >= 0) last = std::min(last, pos + window_right);
     hi = std::max(lo, last + 1);
+  }
+
+  // The key blocks queries [i0, i1) visit: from the block holding the first one's first visible key up to the end
+  // of the visible keys (each row's visible keys are one contiguous range that only moves right with i).
+  std::pair<int64_t, int64_t> key_blocks(int64_t i0, int64_t i1) const {
+    int64_t lo_first, hi_first, lo_last, hi_last;
+    visible_range(i0, lo_first, hi_first);
+    visible_range(i1 - 1, lo_last, hi_last);
+    return {(lo_first / kKeyBlock) * kKeyBlock, std::max(hi_first, hi_last)};
   }
 };
 
@@ -189,6 +199,18 @@ AttentionRule<scalar_t> make_rule(const detail::FlashAttentionSizes& s, bool cau
                                  mask.defined() ? mask.data_ptr<bool>() : nullptr};
 }
 
+/// A (b, rows, heads, dim) operand read row by row through its strides (only the innermost must be 1).
+template <typename T>
+struct RowOperand {
+  const T* data;
+  int64_t batch_stride, row_stride, head_stride;
+  explicit RowOperand(const at::Tensor& t)
+      : data(t.const_data_ptr<T>()), batch_stride(t.stride(0)), row_stride(t.stride(1)), head_stride(t.stride(2)) {}
+  const T* at(int64_t batch, int64_t row, int64_t head) const {
+    return data + batch * batch_stride + row * row_stride + head * head_stride;
+  }
+};
+
 // The kernels read rows strided; only the innermost (head dim) stride must be 1 for the GEMMs.
 at::Tensor with_unit_inner_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
@@ -197,14 +219,9 @@ void forward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scal
                   const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse) {
   const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
   const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
-  const scalar_t* q_data = q.data_ptr<scalar_t>();
-  const scalar_t* k_data = k.data_ptr<scalar_t>();
-  const scalar_t* v_data = v.data_ptr<scalar_t>();
+  const RowOperand<scalar_t> Q(q), K(k), V(v);
   scalar_t* out_data = out.data_ptr<scalar_t>();
   scalar_t* lse_data = lse.data_ptr<scalar_t>();
-  const int64_t q_sb = q.stride(0), q_sn = q.stride(1), q_sh = q.stride(2);
-  const int64_t k_sb = k.stride(0), k_sn = k.stride(1), k_sh = k.stride(2);
-  const int64_t v_sb = v.stride(0), v_sn = v.stride(1), v_sh = v.stride(2);
   const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
 
   at::parallel_for(0, s.batch * h * q_blocks, 1, [&](int64_t begin, int64_t end) {
@@ -215,22 +232,19 @@ void forward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scal
       const int64_t qb = task % q_blocks, head = (task / q_blocks) % h, batch = task / (q_blocks * h);
       const int64_t kv_head = head % hk;
       const int64_t i0 = qb * kQueryBlock, i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
-      const scalar_t* q_ptr = q_data + batch * q_sb + head * q_sh + i0 * q_sn;
-      const scalar_t* k_head = k_data + batch * k_sb + kv_head * k_sh;
-      const scalar_t* v_head = v_data + batch * v_sb + kv_head * v_sh;
+      const scalar_t* q_ptr = Q.at(batch, i0, head);
+      const scalar_t* k_head = K.at(batch, 0, kv_head);
+      const scalar_t* v_head = V.at(batch, 0, kv_head);
       const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
       std::fill(acc.begin(), acc.begin() + rows * dv, scalar_t(0));
       std::fill(row_max.begin(), row_max.end(), neg_inf);
       std::fill(row_sum.begin(), row_sum.end(), scalar_t(0));
 
-      int64_t lo_first, hi_first, lo_last, hi_last;
-      rule.visible_range(i0, lo_first, hi_first);
-      rule.visible_range(i1 - 1, lo_last, hi_last);
-      const int64_t key_lo = lo_first, key_hi = std::max(hi_first, hi_last);
-      for (int64_t j0 = (key_lo / kKeyBlock) * kKeyBlock; j0 < key_hi; j0 += kKeyBlock) {
+      const auto [first_block, key_hi] = rule.key_blocks(i0, i1);
+      for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
         const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
         if (!block_has_key<scalar_t>(mask_row, j0, j1)) continue;
-        block_logits(rule, head, mask_row, q_ptr, q_sn, k_head + j0 * k_sn, k_sn, d, i0, i1, j0, j1,
+        block_logits(rule, head, mask_row, q_ptr, Q.row_stride, k_head + j0 * K.row_stride, K.row_stride, d, i0, i1, j0, j1,
                      logits.data(), logits.data());
         bool any_visible = false;
         for (int64_t r = 0; r < rows; ++r) {
@@ -252,7 +266,7 @@ void forward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scal
         }
         if (!any_visible) continue;
         gemm(TransposeType::No, TransposeType::No, dv, rows, cols, scalar_t(1),
-             v_head + j0 * v_sn, v_sn, logits.data(), cols, scalar_t(1), acc.data(), dv);
+             v_head + j0 * V.row_stride, V.row_stride, logits.data(), cols, scalar_t(1), acc.data(), dv);
       }
       for (int64_t r = 0; r < rows; ++r) {
         scalar_t* o = out_data + ((batch * n + i0 + r) * h + head) * dv;
@@ -276,20 +290,11 @@ void backward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<sca
                    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv_t) {
   const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
-  const scalar_t* q_data = q.data_ptr<scalar_t>();
-  const scalar_t* k_data = k.data_ptr<scalar_t>();
-  const scalar_t* v_data = v.data_ptr<scalar_t>();
-  const scalar_t* o_data = out.data_ptr<scalar_t>();
-  const scalar_t* do_data = grad_out.data_ptr<scalar_t>();
+  const RowOperand<scalar_t> Q(q), K(k), V(v), O(out), dO(grad_out);
   const scalar_t* lse_data = lse.data_ptr<scalar_t>();
   scalar_t* dq_data = dq.data_ptr<scalar_t>();
   scalar_t* dk_data = dk.data_ptr<scalar_t>();
   scalar_t* dv_data = dv_t.data_ptr<scalar_t>();
-  const int64_t q_sb = q.stride(0), q_sn = q.stride(1), q_sh = q.stride(2);
-  const int64_t k_sb = k.stride(0), k_sn = k.stride(1), k_sh = k.stride(2);
-  const int64_t v_sb = v.stride(0), v_sn = v.stride(1), v_sh = v.stride(2);
-  const int64_t o_sb = out.stride(0), o_sn = out.stride(1), o_sh = out.stride(2);
-  const int64_t g_sb = grad_out.stride(0), g_sn = grad_out.stride(1), g_sh = grad_out.stride(2);
   // dq (b, n, h, d), dk (b, m, hk, d), dv (b, m, hk, dv), all contiguous.
   const int64_t dq_sn = h * d, dk_sn = hk * d, dv_sn = hk * dv;
   const bool softcap = rule.softcap > 0;
@@ -301,32 +306,29 @@ void backward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<sca
     for (int64_t task = begin; task < end; ++task) {
       const int64_t kv_head = task % hk, batch = task / hk;
       const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
-      const scalar_t* k_head = k_data + batch * k_sb + kv_head * k_sh;
-      const scalar_t* v_head = v_data + batch * v_sb + kv_head * v_sh;
+      const scalar_t* k_head = K.at(batch, 0, kv_head);
+      const scalar_t* v_head = V.at(batch, 0, kv_head);
       scalar_t* dk_head = dk_data + batch * m * dk_sn + kv_head * d;
       scalar_t* dv_head = dv_data + batch * m * dv_sn + kv_head * dv;
       for (int64_t head = kv_head; head < h; head += hk) {
         const scalar_t* lse_row = lse_data + (batch * h + head) * n;
         for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
           const int64_t i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
-          const scalar_t* q_ptr = q_data + batch * q_sb + head * q_sh + i0 * q_sn;
-          const scalar_t* g_ptr = do_data + batch * g_sb + head * g_sh + i0 * g_sn;
-          const scalar_t* o_ptr = o_data + batch * o_sb + head * o_sh + i0 * o_sn;
+          const scalar_t* q_ptr = Q.at(batch, i0, head);
+          const scalar_t* g_ptr = dO.at(batch, i0, head);
+          const scalar_t* o_ptr = O.at(batch, i0, head);
           scalar_t* dq_ptr = dq_data + (batch * n + i0) * dq_sn + head * d;
           // delta_i = rowsum(dO_i * O_i): the softmax Jacobian's correction term.
           for (int64_t r = 0; r < rows; ++r) {
             scalar_t acc = 0;
-            for (int64_t c = 0; c < dv; ++c) acc += g_ptr[r * g_sn + c] * o_ptr[r * o_sn + c];
+            for (int64_t c = 0; c < dv; ++c) acc += g_ptr[r * dO.row_stride + c] * o_ptr[r * O.row_stride + c];
             delta[r] = acc;
           }
-          int64_t lo_first, hi_first, lo_last, hi_last;
-          rule.visible_range(i0, lo_first, hi_first);
-          rule.visible_range(i1 - 1, lo_last, hi_last);
-          const int64_t key_hi = std::max(hi_first, hi_last);
-          for (int64_t j0 = (lo_first / kKeyBlock) * kKeyBlock; j0 < key_hi; j0 += kKeyBlock) {
+          const auto [first_block, key_hi] = rule.key_blocks(i0, i1);
+          for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
             const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
             if (!block_has_key<scalar_t>(mask_row, j0, j1)) continue;
-            block_logits(rule, head, mask_row, q_ptr, q_sn, k_head + j0 * k_sn, k_sn, d, i0, i1, j0, j1, p.data(),
+            block_logits(rule, head, mask_row, q_ptr, Q.row_stride, k_head + j0 * K.row_stride, K.row_stride, d, i0, i1, j0, j1, p.data(),
                          tanh_buf.data());
             bool any_visible = false;
             for (int64_t r = 0; r < rows; ++r) {
@@ -341,11 +343,11 @@ void backward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<sca
             }
             if (!any_visible) continue;
             // dV += P^T dO
-            gemm(TransposeType::No, TransposeType::Yes, dv, cols, rows, scalar_t(1), g_ptr, g_sn,
+            gemm(TransposeType::No, TransposeType::Yes, dv, cols, rows, scalar_t(1), g_ptr, dO.row_stride,
                  p.data(), cols, scalar_t(1), dv_head + j0 * dv_sn, dv_sn);
             // dP = dO V^T
             gemm(TransposeType::Yes, TransposeType::No, cols, rows, dv, scalar_t(1),
-                 v_head + j0 * v_sn, v_sn, g_ptr, g_sn, scalar_t(0), dp.data(), cols);
+                 v_head + j0 * V.row_stride, V.row_stride, g_ptr, dO.row_stride, scalar_t(0), dp.data(), cols);
             // dS = P * (dP - delta), through the softcap's tanh when on; stored in dp.
             for (int64_t r = 0; r < rows; ++r) {
               scalar_t* ds = dp.data() + r * cols;
@@ -358,8 +360,8 @@ void backward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<sca
             }
             // dQ += scale * dS K ; dK += scale * dS^T Q
             gemm(TransposeType::No, TransposeType::No, d, rows, cols, rule.scale,
-                 k_head + j0 * k_sn, k_sn, dp.data(), cols, scalar_t(1), dq_ptr, dq_sn);
-            gemm(TransposeType::No, TransposeType::Yes, d, cols, rows, rule.scale, q_ptr, q_sn,
+                 k_head + j0 * K.row_stride, K.row_stride, dp.data(), cols, scalar_t(1), dq_ptr, dq_sn);
+            gemm(TransposeType::No, TransposeType::Yes, d, cols, rows, rule.scale, q_ptr, Q.row_stride,
                  dp.data(), cols, scalar_t(1), dk_head + j0 * dk_sn, dk_sn);
           }
         }
@@ -429,14 +431,9 @@ void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule
                        const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse) {
   const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
   const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
-  const auto* q_data = q.const_data_ptr<at::BFloat16>();
-  const auto* k_data = k.const_data_ptr<at::BFloat16>();
-  const auto* v_data = v.const_data_ptr<at::BFloat16>();
+  const RowOperand<at::BFloat16> Q(q), K(k), V(v);
   auto* out_data = out.data_ptr<at::BFloat16>();
   float* lse_data = lse.data_ptr<float>();
-  const int64_t q_sb = q.stride(0), q_sn = q.stride(1), q_sh = q.stride(2);
-  const int64_t k_sb = k.stride(0), k_sn = k.stride(1), k_sh = k.stride(2);
-  const int64_t v_sb = v.stride(0), v_sn = v.stride(1), v_sh = v.stride(2);
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const float scale = rule.scale;
   // The transform below is the float one on already scaled logits: scale 1 there.
@@ -455,24 +452,21 @@ void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule
       const int64_t qb = task % q_blocks, head = (task / q_blocks) % h, batch = task / (q_blocks * h);
       const int64_t kv_head = head % hk;
       const int64_t i0 = qb * kQueryBlock, i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
-      const at::BFloat16* q_ptr = q_data + batch * q_sb + head * q_sh + i0 * q_sn;
-      const at::BFloat16* k_head = k_data + batch * k_sb + kv_head * k_sh;
-      const at::BFloat16* v_head = v_data + batch * v_sb + kv_head * v_sh;
+      const at::BFloat16* q_ptr = Q.at(batch, i0, head);
+      const at::BFloat16* k_head = K.at(batch, 0, kv_head);
+      const at::BFloat16* v_head = V.at(batch, 0, kv_head);
       const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
-      const at::Tensor q_block = bf16_view(q_ptr, rows, d, q_sn);
+      const at::Tensor q_block = bf16_view(q_ptr, rows, d, Q.row_stride);
       std::fill(acc.begin(), acc.begin() + rows * dv, 0.f);
       std::fill(row_max.begin(), row_max.end(), neg_inf);
       std::fill(row_sum.begin(), row_sum.end(), 0.f);
 
-      int64_t lo_first, hi_first, lo_last, hi_last;
-      rule.visible_range(i0, lo_first, hi_first);
-      rule.visible_range(i1 - 1, lo_last, hi_last);
-      const int64_t key_lo = lo_first, key_hi = std::max(hi_first, hi_last);
-      for (int64_t j0 = (key_lo / kKeyBlock) * kKeyBlock; j0 < key_hi; j0 += kKeyBlock) {
+      const auto [first_block, key_hi] = rule.key_blocks(i0, i1);
+      for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
         const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
         if (!block_has_key<float>(mask_row, j0, j1)) continue;
         at::Tensor scores = product.narrow(0, 0, rows * cols).view({rows, cols});
-        at::cpu::mm_out(scores, q_block, bf16_view(k_head + j0 * k_sn, cols, d, k_sn).t());
+        at::cpu::mm_out(scores, q_block, bf16_view(k_head + j0 * K.row_stride, cols, d, K.row_stride).t());
         widen_scaled(product_data, logits.data(), rows * cols, scale);
         transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, logits.data(), logits.data());
         bool any_visible = false;
@@ -495,7 +489,7 @@ void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule
         }
         if (!any_visible) continue;
         at::Tensor pv = product.narrow(0, 0, rows * dv).view({rows, dv});
-        at::cpu::mm_out(pv, bf16_view(p_data, rows, cols, cols), bf16_view(v_head + j0 * v_sn, cols, dv, v_sn));
+        at::cpu::mm_out(pv, bf16_view(p_data, rows, cols, cols), bf16_view(v_head + j0 * V.row_stride, cols, dv, V.row_stride));
         add_widened(product_data, acc.data(), rows * dv);
       }
       for (int64_t r = 0; r < rows; ++r) {
@@ -571,20 +565,11 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
                         const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk,
                         at::Tensor& dv_t) {
   const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
-  const auto* q_data = q.const_data_ptr<at::BFloat16>();
-  const auto* k_data = k.const_data_ptr<at::BFloat16>();
-  const auto* v_data = v.const_data_ptr<at::BFloat16>();
-  const auto* o_data = out.const_data_ptr<at::BFloat16>();
-  const auto* do_data = grad_out.const_data_ptr<at::BFloat16>();
+  const RowOperand<at::BFloat16> Q(q), K(k), V(v), O(out), dO(grad_out);
   const float* lse_data = lse.const_data_ptr<float>();
   float* dq_data = dq.data_ptr<float>();
   float* dk_data = dk.data_ptr<float>();
   float* dv_data = dv_t.data_ptr<float>();
-  const int64_t q_sb = q.stride(0), q_sn = q.stride(1), q_sh = q.stride(2);
-  const int64_t k_sb = k.stride(0), k_sn = k.stride(1), k_sh = k.stride(2);
-  const int64_t v_sb = v.stride(0), v_sn = v.stride(1), v_sh = v.stride(2);
-  const int64_t o_sb = out.stride(0), o_sn = out.stride(1), o_sh = out.stride(2);
-  const int64_t g_sb = grad_out.stride(0), g_sn = grad_out.stride(1), g_sh = grad_out.stride(2);
   const int64_t dq_sn = h * d, dk_sn = hk * d, dv_sn = hk * dv;  // float32 accumulators, contiguous
   const bool softcap = rule.softcap > 0;
   const float scale = rule.scale;
@@ -613,39 +598,36 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
     for (int64_t task = begin; task < end; ++task) {
       const int64_t kv_head = task % hk, batch = task / hk;
       const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
-      const at::BFloat16* k_head = k_data + batch * k_sb + kv_head * k_sh;
-      const at::BFloat16* v_head = v_data + batch * v_sb + kv_head * v_sh;
+      const at::BFloat16* k_head = K.at(batch, 0, kv_head);
+      const at::BFloat16* v_head = V.at(batch, 0, kv_head);
       float* dk_head = dk_data + batch * m * dk_sn + kv_head * d;
       float* dv_head = dv_data + batch * m * dv_sn + kv_head * dv;
       for (int64_t head = kv_head; head < h; head += hk) {
         const float* lse_row = lse_data + (batch * h + head) * n;
         for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
           const int64_t i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
-          const at::BFloat16* q_ptr = q_data + batch * q_sb + head * q_sh + i0 * q_sn;
-          const at::BFloat16* g_ptr = do_data + batch * g_sb + head * g_sh + i0 * g_sn;
-          const at::BFloat16* o_ptr = o_data + batch * o_sb + head * o_sh + i0 * o_sn;
+          const at::BFloat16* q_ptr = Q.at(batch, i0, head);
+          const at::BFloat16* g_ptr = dO.at(batch, i0, head);
+          const at::BFloat16* o_ptr = O.at(batch, i0, head);
           float* dq_ptr = dq_data + (batch * n + i0) * dq_sn + head * d;
-          const at::Tensor q_block = bf16_view(q_ptr, rows, d, q_sn), g_block = bf16_view(g_ptr, rows, dv, g_sn);
+          const at::Tensor q_block = bf16_view(q_ptr, rows, d, Q.row_stride), g_block = bf16_view(g_ptr, rows, dv, dO.row_stride);
           for (int64_t r = 0; r < rows; ++r) {  // delta_i = rowsum(dO_i * O_i), appended to dO_i as -(hi + mid + lo)
             float delta = 0;
             for (int64_t c = 0; c < dv; ++c)
-              delta += static_cast<float>(g_ptr[r * g_sn + c]) * static_cast<float>(o_ptr[r * o_sn + c]);
+              delta += static_cast<float>(g_ptr[r * dO.row_stride + c]) * static_cast<float>(o_ptr[r * O.row_stride + c]);
             at::BFloat16* row = g_aug_data + r * aug;
-            std::copy(g_ptr + r * g_sn, g_ptr + r * g_sn + dv, row);
+            std::copy(g_ptr + r * dO.row_stride, g_ptr + r * dO.row_stride + dv, row);
             for (int64_t part = 0; part < 3; ++part) {
               row[dv + part] = static_cast<at::BFloat16>(-delta);
               delta += static_cast<float>(row[dv + part]);
             }
           }
           const at::Tensor g_aug_block = bf16_view(g_aug_data, rows, aug, aug);
-          int64_t lo_first, hi_first, lo_last, hi_last;
-          rule.visible_range(i0, lo_first, hi_first);
-          rule.visible_range(i1 - 1, lo_last, hi_last);
-          const int64_t key_hi = std::max(hi_first, hi_last);
-          for (int64_t j0 = (lo_first / kKeyBlock) * kKeyBlock; j0 < key_hi; j0 += kKeyBlock) {
+          const auto [first_block, key_hi] = rule.key_blocks(i0, i1);
+          for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
             const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
             if (!block_has_key<float>(mask_row, j0, j1)) continue;
-            const at::Tensor k_block = bf16_view(k_head + j0 * k_sn, cols, d, k_sn);
+            const at::Tensor k_block = bf16_view(k_head + j0 * K.row_stride, cols, d, K.row_stride);
             multiply(rows, cols, q_block, k_block.t());
             widen_scaled(product_data, p.data(), rows * cols, scale);
             transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, p.data(), tanh_buf.data());
@@ -672,7 +654,7 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
             // off by |dP| 2^-9; a row that sees one key must get dS = 0).
             for (int64_t c = 0; c < cols; ++c) {
               at::BFloat16* row = v_aug_data + c * aug;
-              std::copy(v_head + (j0 + c) * v_sn, v_head + (j0 + c) * v_sn + dv, row);
+              std::copy(v_head + (j0 + c) * V.row_stride, v_head + (j0 + c) * V.row_stride + dv, row);
               std::fill(row + dv, row + aug, at::BFloat16(1.f));
             }
             multiply(rows, cols, g_aug_block, bf16_view(v_aug_data, cols, aug, aug).t());
