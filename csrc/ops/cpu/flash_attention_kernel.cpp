@@ -244,8 +244,8 @@ void forward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scal
       for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
         const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
         if (!block_has_key<scalar_t>(mask_row, j0, j1)) continue;
-        block_logits(rule, head, mask_row, q_ptr, Q.row_stride, k_head + j0 * K.row_stride, K.row_stride, d, i0, i1, j0, j1,
-                     logits.data(), logits.data());
+        block_logits(rule, head, mask_row, q_ptr, Q.row_stride, k_head + j0 * K.row_stride, K.row_stride, d, i0, i1,
+                     j0, j1, logits.data(), logits.data());
         bool any_visible = false;
         for (int64_t r = 0; r < rows; ++r) {
           scalar_t* p = logits.data() + r * cols;
@@ -328,8 +328,8 @@ void backward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<sca
           for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
             const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
             if (!block_has_key<scalar_t>(mask_row, j0, j1)) continue;
-            block_logits(rule, head, mask_row, q_ptr, Q.row_stride, k_head + j0 * K.row_stride, K.row_stride, d, i0, i1, j0, j1, p.data(),
-                         tanh_buf.data());
+            block_logits(rule, head, mask_row, q_ptr, Q.row_stride, k_head + j0 * K.row_stride, K.row_stride, d, i0,
+                         i1, j0, j1, p.data(), tanh_buf.data());
             bool any_visible = false;
             for (int64_t r = 0; r < rows; ++r) {
               scalar_t* pr = p.data() + r * cols;
@@ -489,7 +489,8 @@ void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule
         }
         if (!any_visible) continue;
         at::Tensor pv = product.narrow(0, 0, rows * dv).view({rows, dv});
-        at::cpu::mm_out(pv, bf16_view(p_data, rows, cols, cols), bf16_view(v_head + j0 * V.row_stride, cols, dv, V.row_stride));
+        at::cpu::mm_out(pv, bf16_view(p_data, rows, cols, cols),
+                        bf16_view(v_head + j0 * V.row_stride, cols, dv, V.row_stride));
         add_widened(product_data, acc.data(), rows * dv);
       }
       for (int64_t r = 0; r < rows; ++r) {
@@ -610,11 +611,13 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
           const at::BFloat16* g_ptr = dO.at(batch, i0, head);
           const at::BFloat16* o_ptr = O.at(batch, i0, head);
           float* dq_ptr = dq_data + (batch * n + i0) * dq_sn + head * d;
-          const at::Tensor q_block = bf16_view(q_ptr, rows, d, Q.row_stride), g_block = bf16_view(g_ptr, rows, dv, dO.row_stride);
+          const at::Tensor q_block = bf16_view(q_ptr, rows, d, Q.row_stride);
+          const at::Tensor g_block = bf16_view(g_ptr, rows, dv, dO.row_stride);
           for (int64_t r = 0; r < rows; ++r) {  // delta_i = rowsum(dO_i * O_i), appended to dO_i as -(hi + mid + lo)
             float delta = 0;
             for (int64_t c = 0; c < dv; ++c)
-              delta += static_cast<float>(g_ptr[r * dO.row_stride + c]) * static_cast<float>(o_ptr[r * O.row_stride + c]);
+              delta +=
+                  static_cast<float>(g_ptr[r * dO.row_stride + c]) * static_cast<float>(o_ptr[r * O.row_stride + c]);
             at::BFloat16* row = g_aug_data + r * aug;
             std::copy(g_ptr + r * dO.row_stride, g_ptr + r * dO.row_stride + dv, row);
             for (int64_t part = 0; part < 3; ++part) {
@@ -728,7 +731,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
   const at::Tensor mask = contiguous_mask(key_padding_mask);
   const at::Tensor slopes = accumulation_slopes(alibi_slopes, q.scalar_type());
   auto out = at::empty({sizes.batch, sizes.queries, sizes.heads, sizes.value_head_dim}, q.options());
-  auto lse = at::empty({sizes.batch, sizes.heads, sizes.queries}, q.options().dtype(detail::lse_dtype(q.scalar_type())));
+  auto lse = at::empty({sizes.batch, sizes.heads, sizes.queries},
+                       q.options().dtype(detail::lse_dtype(q.scalar_type())));
   if (out.numel() == 0) return {out, lse.fill_(-std::numeric_limits<double>::infinity())};
   if (q.scalar_type() == at::kBFloat16) {
     const auto rule = make_rule<float>(sizes, causal, window_left, window_right, softcap, slopes, mask);
