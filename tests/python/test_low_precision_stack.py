@@ -1,5 +1,5 @@
 """The layer stacks and both wrappers in low precision on the CPU, under torch.autocast (bf16 and fp16) and as
-modules converted with .to(torch.bfloat16), against a float64 run of the same weights. The rule of the op tests, at
+modules converted with .to(torch.bfloat16) / .half(), against a float64 run of the same weights. The rule of the op tests, at
 stack level: our error against float64 is at most twice x-transformers' own error in the same precision, for the
 outputs and for every gradient (input and parameters), which come back in the parameters' dtype.
 
@@ -28,7 +28,7 @@ OPTIONS = [
     dict(rel_pos_bias=True), dict(attn_pre_talking_heads=True, attn_post_talking_heads=True),
     dict(attn_head_learned_sink=True), dict(residual_attn=True), dict(cross_attend=True),
 ]
-PRECISIONS = ["autocast-bf16", "autocast-fp16", "module-bf16"]
+PRECISIONS = ["autocast-bf16", "autocast-fp16", "module-bf16", "module-fp16"]
 
 
 def error(x, reference, keep=None):
@@ -50,8 +50,9 @@ def run(module, precision, args, kwargs):
         dtype = torch.bfloat16 if precision.endswith("bf16") else torch.float16
         with torch.autocast("cpu", dtype=dtype):
             return module(*args, **kwargs)
-    low = lambda t: t.bfloat16() if torch.is_tensor(t) and t.is_floating_point() else t  # noqa: E731
-    return module.to(torch.bfloat16)(*map(low, args), **{k: low(v) for k, v in kwargs.items()})
+    dtype = torch.bfloat16 if precision.endswith("bf16") else torch.float16
+    low = lambda t: t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t  # noqa: E731
+    return module.to(dtype)(*map(low, args), **{k: low(v) for k, v in kwargs.items()})
 
 
 def compare(ours, theirs, precision, args, kwargs, keep=None):
@@ -115,7 +116,7 @@ def test_stack_in_low_precision_within_twice_x_transformers_error(kind, options,
     ours, theirs = make_pair(kind, **{**BASE, **options})
     x = torch.randn(3, 45, BASE["dim"])
     kwargs, keep = {}, None
-    if precision != "module-bf16":
+    if not precision.startswith("module"):
         mask = random_mask(3, 45)
         mask[1, :5] = True  # x-transformers and ours differ on fully masked sequences' outputs by design
         mask[:, 0] = True  # and x-transformers' float64 gradient is NaN where a causal query sees no key
@@ -152,7 +153,7 @@ def test_cross_attender_with_context_in_low_precision(precision):
     ours.load_state_dict(theirs.state_dict())
     context = torch.randn(3, 21, BASE["dim"])
     kwargs = dict(context=context)
-    if precision != "module-bf16":
+    if not precision.startswith("module"):
         kwargs["context_mask"] = torch.rand(3, 21) > 0.3
         kwargs["context_mask"][:, 0] = True
     compare(ours, theirs, precision, [torch.randn(3, 17, BASE["dim"])], kwargs)
@@ -168,7 +169,7 @@ def test_continuous_wrapper_in_low_precision(precision):
     ours = ContinuousTransformerWrapper(attn_layers=Encoder(**layers), **wrapper_kwargs)
     ours.load_state_dict(theirs.state_dict())
     kwargs, keep = {}, None
-    if precision != "module-bf16":
+    if not precision.startswith("module"):
         keep = torch.rand(3, 29) > 0.3
         keep[:, 0] = True
         kwargs["mask"] = keep
