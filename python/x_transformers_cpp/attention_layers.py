@@ -154,6 +154,11 @@ class AttentionLayers(nn.Module):
         layout = _C.parameter_layout(self._options)
         self._parameter_names = [name for name, _, _ in layout]
         self._attention_types = _C.executed_attention_types(self._options)  # once: read by every return_hiddens
+        # The attributes x-transformers' wrappers read off a stack.
+        self.dim, self.depth, self.causal = dim, depth, causal
+        self.attn_heads, self.attn_dim_head = heads, kwargs.get("attn_dim_head", 64)
+        # Our cache refuses shift_tokens (x-transformers would shift within the new tokens only): no caching then.
+        self.can_cache_kv = not kwargs.get("shift_tokens", 0)
         tree = _build_tree(layout)
         for name, child in tree.named_children():
             self.add_module(name, child)

@@ -37,6 +37,35 @@ class _Wrapper(nn.Module):
             if top in children:
                 self.add_module(top, children[top])
 
+    def _set_attributes(self, kwargs):
+        """The attributes x-transformers' own wrappers (AutoregressiveWrapper, ...) read off a TransformerWrapper or
+        ContinuousTransformerWrapper, as x-transformers sets them."""
+        self.max_seq_len = kwargs.get("max_seq_len", 0)
+        self.num_memory_tokens = kwargs.get("num_memory_tokens") or 0
+        self.has_abs_pos_emb = any(name.startswith("pos_emb.") for name in self._tensor_names)
+        self.can_cache_kv = self.num_memory_tokens == 0 and self.attn_layers.can_cache_kv
+        self.can_cache_kv_outside_max_seq_len = not self.has_abs_pos_emb
+        self.looped = self.recycling = self.add_continuous_pred_head = self.output_is_log_prob = False
+        self.probabilistic = False
+
+    @staticmethod
+    def _check_forward_defaults(cls_name, given, defaults):
+        """x-transformers' forward arguments that are not implemented here work at their defaults (which do
+        nothing) and are refused by name otherwise, never ignored."""
+        refused = []
+        for name, value in given.items():
+            if name not in defaults:
+                refused.append(name)
+                continue
+            default = defaults[name]
+            neutral = (value is None) if default is None else (not value if isinstance(default, dict) else
+                                                                 value == default)
+            if not neutral:
+                refused.append(name)
+        if refused:
+            raise TypeError(f"{cls_name}.forward: unsupported arguments (only at x-transformers' defaults): "
+                            f"{', '.join(sorted(refused))}")
+
     def _tensors(self):
         return [reduce(getattr, name.split("."), self) for name in self._tensor_names]
 
@@ -79,8 +108,22 @@ class TransformerWrapper(_Wrapper):
         super().__init__()
         self._setup(attn_layers, dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs), self._UNSUPPORTED,
                     _C.transformer_wrapper_option_keys(), _C.transformer_wrapper_layout)
+        self._set_attributes(dict(max_seq_len=max_seq_len, **kwargs))
+        self.num_tokens, self.emb_dim = num_tokens, kwargs.get("emb_dim") or attn_layers.dim
 
-    def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None):
+    # x-transformers' other forward arguments, at the values that make them do nothing. looped_pred_all_logits only
+    # matters for looped networks (refused at construction), so any value does nothing here.
+    _FORWARD_DEFAULTS = dict(
+        return_logits_and_embeddings=False, return_embeddings_and_intermediates=False, return_logit_entropies=False,
+        return_next_embed_pred=False, return_mems=False, return_attn=False, mems=None, mem_masks=None,
+        detach_mems=True, recycle_steps=None, looped_steps=None, max_looped_steps=None, looped_inference=False,
+        looped_exit_prob_threshold=0.9, pos=None, prepend_embeds=None, prepend_mask=None, excise_prepend_embeds=False,
+        embed_ids={}, sum_embeds=None, transform_token_embeds=None, transform_block_inputs=None,
+        return_attn_z_loss=False, attn_z_loss_weight=1e-4, seq_start_pos=None, input_not_include_cache=None,
+        token_emb_kwargs={}, to_logits_kwargs={})
+
+    def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None,
+                looped_pred_all_logits=None, **kwargs):
         """x (batch, seq) token ids; mask (batch, seq) bool, True = keep.
 
         Returns logits (batch, seq, logits_dim) ((batch, logits_dim) with average_pool_embed), or the stack's
@@ -90,7 +133,11 @@ class TransformerWrapper(_Wrapper):
         Incremental decoding, as x-transformers (its AutoregressiveWrapper): pass the whole sequence so far with
         the previous call's intermediates as `cache`; only the last token runs through the stack, and the logits
         are (batch, 1, logits_dim).
+
+        x-transformers' other forward arguments are accepted at their defaults (so its AutoregressiveWrapper runs
+        over this class) and refused by name otherwise.
         """
+        self._check_forward_defaults("TransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
         return self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens,
                          (x, mask), return_embeddings, return_intermediates, cache)
 
@@ -109,6 +156,7 @@ class ContinuousTransformerWrapper(_Wrapper):
     def __init__(self, *, attn_layers, **kwargs):
         super().__init__()
         self._setup(attn_layers, kwargs, self._UNSUPPORTED, _C.continuous_option_keys(), _C.continuous_layout)
+        self._set_attributes(kwargs)
 
     def forward(self, x, return_embeddings=False, mask=None, lens=None, return_intermediates=False, cache=None):
         """x (batch, seq, dim_in) float; mask (batch, seq) bool (True = keep) or lens (batch,) int.
