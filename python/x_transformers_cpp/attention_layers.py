@@ -148,8 +148,11 @@ class AttentionLayers(nn.Module):
 
     def __init__(self, dim, depth=None, heads=8, causal=False, **kwargs):
         super().__init__()
+        if depth is None and kwargs.get("custom_layers") is not None:
+            # As x-transformers: the number of executed layers.
+            depth = len(kwargs.get("layers_execute_order") or kwargs["custom_layers"])
         if depth is None:
-            raise TypeError("AttentionLayers: depth is required")
+            raise TypeError("AttentionLayers: depth is required unless custom_layers gives the layers")
         self._options = _options_text(dict(dim=dim, depth=depth, heads=heads, causal=causal, **kwargs))
         layout = _C.parameter_layout(self._options)
         self._parameter_names = [name for name, _, _ in layout]

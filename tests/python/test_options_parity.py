@@ -340,3 +340,14 @@ def test_rmsnorm_and_zero_kv_option_errors():
         Encoder(**BASE, attn_head_learned_sink=True, residual_attn=True)
     with pytest.raises(ValueError, match="use_dynamic_tanh needs pre_norm"):
         Encoder(**BASE, use_dynamic_tanh=True, pre_norm=False)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("layout", [dict(custom_layers=("a", "f", "a", "f", "f")),
+                                    dict(custom_layers=("a", "f"), layers_execute_order=(0, 1, 0, 1))])
+def test_depth_comes_from_custom_layers(kind, layout):
+    """Without depth, x-transformers takes it from the executed layers; so do we, with its numbers."""
+    torch.manual_seed(0)
+    ours, theirs = make_pair(kind, dim=32, heads=4, attn_dim_head=16, **layout)
+    assert ours.depth == theirs.depth
+    check(ours, theirs, torch.randn(2, 9, 32), mask=torch.rand(2, 9) > 0.2)
