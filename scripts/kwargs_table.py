@@ -41,11 +41,13 @@ PATHS = {
     "disable_abs_pos_emb": "read by the wrappers: their absolute position embedding is left out",
     "attn_head_learned_sink": "materialised scores (a learned per-head logit column before the softmax)",
     "cross_attn_head_learned_sink": "materialised scores (a learned per-head logit column before the softmax)",
+    "attn_dim_context": "dim only: self-attention reads x (cross_attn_dim_context sets another width)",
+    "cross_attn_dim_context": "keys and values projected from a context of that width",
 }
 # Handled by the constructors themselves rather than as options.
 IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8"}
 # Not keyword arguments users pass to AttentionLayers.
-INTERNAL = {"self", "kwargs", "dim_context", "heads", "causal", "dim_out", "dim", "output_proj_depth",
+INTERNAL = {"self", "kwargs", "heads", "causal", "dim_out", "dim", "output_proj_depth",
             "qkv_receive_diff_residuals", "learned_value_residual_mix", "rotate_num_heads", "inverted_attention"}
 
 

@@ -168,6 +168,21 @@ TEST(AttentionLayers, RunsInBFloat16AsModuleAndUnderAutocast) {
   EXPECT_LT(error, 0.1 * exact.abs().max().item<double>());
 }
 
+TEST(AttentionLayers, CrossAttentionOverAContextOfAnotherWidth) {
+  torch::manual_seed(4);
+  auto options = xtc::nn::AttentionLayersOptions(32, 2, 4);
+  options.cross_attn().dim_context(48);
+  xtc::nn::CrossAttender stack(options);
+  for (const auto& p : stack->named_parameters()) {
+    if (p.key().find("to_k.weight") != std::string::npos) EXPECT_EQ(p.value().size(1), 48) << p.key();
+    if (p.key().find("to_q.weight") != std::string::npos) EXPECT_EQ(p.value().size(1), 32) << p.key();
+  }
+  const auto x = torch::randn({2, 7, 32}), context = torch::randn({2, 11, 48});
+  const auto out = stack->forward(x, {}, context);
+  EXPECT_EQ(out.sizes(), x.sizes());
+  EXPECT_THROW(stack->forward(x, {}, torch::randn({2, 11, 32})), c10::Error);
+}
+
 TEST(AttentionLayers, BadInputsThrowNamingTheArgument) {
   xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(32, 1, 2));
   const auto expect_message = [&](const torch::Tensor& x, const torch::Tensor& mask, const std::string& text) {

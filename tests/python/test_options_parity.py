@@ -125,7 +125,8 @@ CROSS_OPTIONS = [dict(), dict(cross_attn_kv_heads=2), dict(attn_gate_values=True
                  dict(rotary_pos_emb=True), dict(cross_residual_attn=True),
                  dict(residual_attn=True, cross_residual_attn=True), dict(shift_tokens=1),
                  dict(add_value_residual=True), dict(cross_attn_add_zero_kv=True, cross_attn_k_rmsnorm=True),
-                 dict(cross_attn_head_learned_sink=True)]
+                 dict(cross_attn_head_learned_sink=True), dict(cross_attn_dim_context=48),
+                 dict(cross_attn_dim_context=20, cross_attn_kv_heads=2, attn_gate_values=True, rotary_pos_emb=True)]
 
 
 @pytest.mark.parametrize("options", CROSS_OPTIONS, ids=option_id)
@@ -136,7 +137,7 @@ def test_cross_attention_matches_x_transformers(kind, options):
     if kind != "cross":
         kwargs["cross_attend"] = True
     ours, theirs = make_pair(kind, **kwargs)
-    x, context = torch.randn(2, 7, 32), torch.randn(2, 13, 32)
+    x, context = torch.randn(2, 7, 32), torch.randn(2, 13, kwargs.get("cross_attn_dim_context", 32))
     mask, context_mask = torch.rand(2, 7) > 0.3, torch.rand(2, 13) > 0.3
     mask[:, 0] = True
     context_mask[1] = False  # a sequence whose context is all padding
@@ -152,6 +153,11 @@ def test_cross_attend_needs_context():
         Encoder(dim=32, depth=1, heads=2)(torch.randn(1, 3, 32), context=torch.randn(1, 2, 32))
     with pytest.raises(ValueError, match=r"expected context of shape \(1, seq, 32\)"):
         model(torch.randn(1, 3, 32), context=torch.randn(1, 2, 16))
+    wide = CrossAttender(dim=32, depth=1, heads=2, cross_attn_dim_context=48)
+    with pytest.raises(ValueError, match=r"expected context of shape \(1, seq, 48\)"):
+        wide(torch.randn(1, 3, 32), context=torch.randn(1, 2, 32))
+    with pytest.raises(ValueError, match="attn_dim_context=48"):
+        Encoder(dim=32, depth=1, heads=2, attn_dim_context=48)
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -61,8 +61,9 @@ void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a
     specs.push_back({p + "mem_v", {hk, a.num_mem_kv(), dh}});
   }
   specs.push_back({p + "to_q.weight", {h * dh, o.dim()}});
-  specs.push_back({p + "to_k.weight", {hk * dh, o.dim()}});
-  specs.push_back({p + "to_v.weight", {hk * dv, o.dim()}});
+  const int64_t dim_kv = a.dim_context().value_or(o.dim());
+  specs.push_back({p + "to_k.weight", {hk * dh, dim_kv}});
+  specs.push_back({p + "to_v.weight", {hk * dv, dim_kv}});
   if (a.gate_values()) specs.push_back({p + "to_v_gate.weight", {h * dv, o.dim()}});
   if (a.qk_rmsnorm()) specs.push_back({p + "q_rmsnorm.gamma", {h, 1, dh}});
   if (a.qk_rmsnorm() || a.k_rmsnorm()) specs.push_back({p + "k_rmsnorm.gamma", {hk, 1, dh}});
@@ -254,7 +255,7 @@ void check_inputs(const at::Tensor& x, const std::optional<at::Tensor>& mask, co
   TORCH_CHECK_VALUE(!context_mask.has_value() || context.has_value(),
                     "AttentionLayers: context_mask was passed in without context");
   if (context.has_value()) {
-    check_sequence("context", *context, x.size(0), o.dim(), x);
+    check_sequence("context", *context, x.size(0), o.cross_attn().dim_context().value_or(o.dim()), x);
     check_mask("context_mask", context_mask, *context);
   }
 }

@@ -49,8 +49,9 @@ void AttentionImpl::reset() {
   }
   const auto no_bias = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
   to_q = register_module("to_q", torch::nn::Linear(no_bias(dim, heads * dh)));
-  to_k = register_module("to_k", torch::nn::Linear(no_bias(dim, kv_heads * dh)));
-  to_v = register_module("to_v", torch::nn::Linear(no_bias(dim, kv_heads * dv)));
+  const int64_t dim_kv = options.dim_context().value_or(dim);  // cross-attention over a context of another width
+  to_k = register_module("to_k", torch::nn::Linear(no_bias(dim_kv, kv_heads * dh)));
+  to_v = register_module("to_v", torch::nn::Linear(no_bias(dim_kv, kv_heads * dv)));
   if (options.gate_values()) to_v_gate = register_module("to_v_gate", torch::nn::Linear(no_bias(dim, heads * dv)));
   // x-transformers' MultiheadRMSNorm modules: a zero-initialised per-head gain `gamma` each.
   const auto multihead_rms_norm = [&](const char* name, int64_t norm_heads) {

@@ -222,6 +222,11 @@ void AttentionLayersOptions::validate() const {
   }
   validate_attention("attn_", attn_, *this);
   if (cross_attend_) validate_attention("cross_attn_", cross_attn_, *this);
+  TORCH_CHECK_VALUE(attn_.dim_context().value_or(dim_) == dim_, "AttentionLayers: self-attention reads x, so its "
+                    "keys' input width is dim (", dim_, "), got attn_dim_context=", *attn_.dim_context(),
+                    "; set cross_attn_dim_context for a context of another width");
+  TORCH_CHECK_VALUE(cross_attn_.dim_context().value_or(1) > 0, "AttentionLayers: expected cross_attn_dim_context > 0, "
+                    "got ", cross_attn_.dim_context().value_or(0));
   TORCH_CHECK_VALUE(ff_.mult() > 0 && static_cast<int64_t>(dim_ * ff_.mult()) > 0,
                     "AttentionLayers: expected ff_mult > 0 giving an inner width >= 1, got ", ff_.mult());
   TORCH_CHECK_VALUE(!(ff_.relu_squared() && ff_.swish()), "AttentionLayers: ff_relu_squared and ff_swish clash");
@@ -295,6 +300,7 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(k_rmsnorm, bool);
   XTC_ATTN(value_rmsnorm, bool);
   XTC_ATTN(head_learned_sink, bool);
+  XTC_ATTN(dim_context, std::optional<int64_t>);
   XTC_ATTN(zero_init_output, bool);
 #undef XTC_ATTN
 }

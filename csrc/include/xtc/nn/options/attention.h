@@ -19,6 +19,9 @@ struct AttentionOptions {
   TORCH_ARG(bool, one_kv_head) = false;
   /// Width of each value head; unset = dim_head.
   TORCH_ARG(std::optional<int64_t>, value_dim_head) = std::nullopt;
+  /// Width of the keys' and values' input, for cross-attention over a context of another width (a CLIP or BERT
+  /// output beside a narrower stack); unset = dim. Self-attention reads x, so only dim there.
+  TORCH_ARG(std::optional<int64_t>, dim_context) = std::nullopt;
   /// Dropout on the attention probabilities (training only); takes the path that materialises them.
   TORCH_ARG(double, dropout) = 0.0;
   /// Accepted for x-transformers compatibility: our flash kernels run wherever they apply.
