@@ -51,6 +51,14 @@ PYBIND11_MODULE(_C, m) {
       py::arg("options"), "Validates 'key=value;...' options and returns them complete, in canonical form.");
 
   m.def(
+      "disables_abs_pos_emb",
+      [](const std::string& text) {
+        return with_torch_errors(
+            [&] { return xtc::nn::AttentionLayersOptions::parse(text).disables_abs_pos_emb(); });
+      },
+      py::arg("options"), "x-transformers' resolved disable_abs_pos_emb of these options (default: rotary or T5 bias).");
+
+  m.def(
       "parameter_layout",
       [](const std::string& text) {
         return with_torch_errors([&] {

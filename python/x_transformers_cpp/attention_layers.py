@@ -132,6 +132,27 @@ def layer_intermediates(types, out, hiddens, layer_hiddens, kv, maps, cache_leng
                               attn_intermediates=attn_intermediates, cache_length=cache_length)
 
 
+def check_forward_defaults(owner, given, defaults):
+    """x-transformers' forward arguments that are not implemented here work at their defaults (which do nothing)
+    and are refused by name otherwise, never ignored. None and 0 / False count as the same default (x-transformers'
+    own wrappers pass either)."""
+    refused = []
+    for name, value in given.items():
+        if name not in defaults:
+            refused.append(name)
+            continue
+        default = defaults[name]
+        if isinstance(default, dict) or default is None or default is False or default == 0:
+            neutral = value is None or (not torch.is_tensor(value) and not value)
+        else:
+            neutral = not torch.is_tensor(value) and value == default
+        if not neutral:
+            refused.append(name)
+    if refused:
+        raise TypeError(f"{owner}.forward: unsupported arguments (only at x-transformers' defaults): "
+                        f"{', '.join(sorted(refused))}")
+
+
 class AttentionLayers(nn.Module):
     """A stack of attention and feed-forward layers, as x-transformers' AttentionLayers.
 
@@ -162,13 +183,24 @@ class AttentionLayers(nn.Module):
         self.attn_heads, self.attn_dim_head = heads, kwargs.get("attn_dim_head", 64)
         # Our cache refuses shift_tokens (x-transformers would shift within the new tokens only): no caching then.
         self.can_cache_kv = not kwargs.get("shift_tokens", 0)
+        self.disable_abs_pos_emb = _C.disables_abs_pos_emb(self._options)
         tree = _build_tree(layout)
         for name, child in tree.named_children():
             self.add_module(name, child)
 
+    # x-transformers' other forward arguments, at the values that make them do nothing (its own wrappers pass them
+    # so); anything else is refused by name.
+    _FORWARD_DEFAULTS = dict(
+        seq_pos_offset=0, input_not_include_cache=False, return_gumbel_log_probs=False, rotary_pos_emb=None,
+        polar_pos_emb=None, context_pos=None, deep_embeds_and_ids=None, self_attn_additional_kv=None,
+        additional_kv_mask=None, detach_additional_kv=False, route_additional_kv_to_top=True, condition=None,
+        in_attn_cond=None, layers_execute_order=None, repeat_blocks=None, self_attn_kv_residuals=None,
+        cross_attn_kv_residuals=None, flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None,
+        transform_block_inputs=None)
+
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                 seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False, cache=None,
-                cache_age=1, pos=None):
+                cache_age=1, pos=None, **kwargs):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
 
         With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
@@ -199,6 +231,10 @@ class AttentionLayers(nn.Module):
         Padded positions are not attended to, and their attention outputs are zeroed; as in x-transformers, the
         feed-forward layers still run there, so the output at padded positions is defined but not zero.
         """
+        # x-transformers' TransformerWrapper passes the cached length as seq_pos_offset; the cache says it here.
+        if cache is not None and kwargs.get("seq_pos_offset") == cache.cache_length:
+            kwargs.pop("seq_pos_offset")
+        check_forward_defaults(type(self).__name__, kwargs, self._FORWARD_DEFAULTS)
         params = [reduce(getattr, name.split("."), self) for name in self._parameter_names]
         mems = list(mems or [])
         # The op takes one mask per memory or none: a missing one keeps every memory key.

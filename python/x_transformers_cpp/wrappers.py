@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from . import _C
-from .attention_layers import AttentionLayers, _build_tree, _option_value, flat_cache, layer_intermediates
+from .attention_layers import (AttentionLayers, _build_tree, _option_value, check_forward_defaults, flat_cache,
+                               layer_intermediates)
 
 
 class _Wrapper(nn.Module):
@@ -47,24 +48,6 @@ class _Wrapper(nn.Module):
         self.can_cache_kv_outside_max_seq_len = not self.has_abs_pos_emb
         self.looped = self.recycling = self.add_continuous_pred_head = self.output_is_log_prob = False
         self.probabilistic = False
-
-    @staticmethod
-    def _check_forward_defaults(cls_name, given, defaults):
-        """x-transformers' forward arguments that are not implemented here work at their defaults (which do
-        nothing) and are refused by name otherwise, never ignored."""
-        refused = []
-        for name, value in given.items():
-            if name not in defaults:
-                refused.append(name)
-                continue
-            default = defaults[name]
-            neutral = (value is None) if default is None else (not value if isinstance(default, dict) else
-                                                                 value == default)
-            if not neutral:
-                refused.append(name)
-        if refused:
-            raise TypeError(f"{cls_name}.forward: unsupported arguments (only at x-transformers' defaults): "
-                            f"{', '.join(sorted(refused))}")
 
     def _tensors(self):
         return [reduce(getattr, name.split("."), self) for name in self._tensor_names]
@@ -137,7 +120,7 @@ class TransformerWrapper(_Wrapper):
         x-transformers' other forward arguments are accepted at their defaults (so its AutoregressiveWrapper runs
         over this class) and refused by name otherwise.
         """
-        self._check_forward_defaults("TransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
+        check_forward_defaults("TransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
         return self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens,
                          (x, mask), return_embeddings, return_intermediates, cache)
 

@@ -73,3 +73,57 @@ def test_unsupported_forward_arguments_are_refused_by_name():
         net(tokens, prepend_embeds=torch.randn(2, 3, 32))
     with pytest.raises(TypeError, match="not_an_argument"):
         net(tokens, not_an_argument=1)
+
+
+def their_wrapper_pair(wrapper_cls, layers_classes, layer_kwargs, **wrapper_kwargs):
+    """x-transformers' own wrapper class around our stack and around x-transformers' stack, same weights."""
+    torch.manual_seed(0)
+    theirs = wrapper_cls(attn_layers=layers_classes[1](**layer_kwargs), **wrapper_kwargs)
+    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
+    mixed = wrapper_cls(attn_layers=layers_classes[0](**layer_kwargs), **wrapper_kwargs)
+    assert list(mixed.state_dict().keys()) == list(theirs.state_dict().keys())
+    mixed.load_state_dict(theirs.state_dict(), strict=True)
+    return mixed, theirs
+
+
+@pytest.mark.parametrize("layers", [LAYERS, dict(LAYERS, rotary_pos_emb=True), dict(LAYERS, alibi_pos_bias=True)],
+                         ids=["abs-pos", "rotary", "alibi"])
+def test_their_transformer_wrapper_over_our_decoder(layers):
+    from x_transformers import Decoder as XDecoder, TransformerWrapper as XWrapper
+    mixed, theirs = their_wrapper_pair(XWrapper, (Decoder, XDecoder), layers, num_tokens=50, max_seq_len=32)
+    tokens = torch.randint(0, 50, (3, 13))
+    mask = torch.rand(3, 13) > 0.2
+    mask[:, 0] = True
+    out, expected = mixed(tokens, mask=mask), theirs(tokens, mask=mask)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    got = torch.autograd.grad(out.sum(), list(mixed.parameters()))
+    want = torch.autograd.grad(expected.sum(), list(theirs.parameters()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+    results = []
+    for wrapper in (AutoregressiveWrapper(mixed).eval(), AutoregressiveWrapper(theirs).eval()):
+        torch.manual_seed(2)
+        with torch.no_grad():
+            results.append(wrapper.generate(tokens[:, :4], 9))
+    assert torch.equal(results[0], results[1])
+
+
+def test_their_vit_wrapper_over_our_encoder():
+    from x_transformers import Encoder as XEncoder, ViTransformerWrapper
+    from x_transformers_cpp import Encoder
+    mixed, theirs = their_wrapper_pair(ViTransformerWrapper, (Encoder, XEncoder), LAYERS, image_size=32,
+                                       patch_size=8, num_classes=10)
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(mixed(images), theirs(images), atol=1e-5, rtol=0)
+
+
+def test_stack_refuses_unimplemented_x_transformers_arguments_by_name():
+    stack = Decoder(**LAYERS)
+    x = torch.randn(2, 5, 32)
+    stack(x, seq_pos_offset=0, input_not_include_cache=False, deep_embeds_and_ids=None, causal=None)
+    with pytest.raises(TypeError, match="condition"):
+        stack(x, condition=torch.randn(2, 8))
+    with pytest.raises(TypeError, match="layers_execute_order"):
+        stack(x, layers_execute_order=(0, 1, 0, 1))
+    with pytest.raises(TypeError, match="seq_pos_offset"):
+        stack(x, seq_pos_offset=3)
