@@ -230,6 +230,9 @@ class AttentionLayers(nn.Module):
 
         Padded positions are not attended to, and their attention outputs are zeroed; as in x-transformers, the
         feed-forward layers still run there, so the output at padded positions is defined but not zero.
+
+        x-transformers' other forward arguments (condition, context_pos, self_attn_additional_kv, ...) are accepted
+        at their defaults, as its own wrappers pass them, and refused by name otherwise.
         """
         # x-transformers' TransformerWrapper passes the cached length as seq_pos_offset; the cache says it here.
         if cache is not None and kwargs.get("seq_pos_offset") == cache.cache_length:

@@ -43,9 +43,9 @@ class _Wrapper(nn.Module):
         ContinuousTransformerWrapper, as x-transformers sets them."""
         self.max_seq_len = kwargs.get("max_seq_len", 0)
         self.num_memory_tokens = kwargs.get("num_memory_tokens") or 0
-        self.has_abs_pos_emb = any(name.startswith("pos_emb.") for name in self._tensor_names)
+        has_abs_pos_emb = any(name.startswith("pos_emb.") for name in self._tensor_names)
         self.can_cache_kv = self.num_memory_tokens == 0 and self.attn_layers.can_cache_kv
-        self.can_cache_kv_outside_max_seq_len = not self.has_abs_pos_emb
+        self.can_cache_kv_outside_max_seq_len = not has_abs_pos_emb
         self.looped = self.recycling = self.add_continuous_pred_head = self.output_is_log_prob = False
         self.probabilistic = False
 
