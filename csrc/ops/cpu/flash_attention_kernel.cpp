@@ -427,6 +427,12 @@ at::Tensor bf16_view(const at::BFloat16* data, int64_t rows, int64_t cols, int64
                        at::TensorOptions().dtype(at::kBFloat16));
 }
 
+// scratch[: rows * cols] = a b as a (rows, cols) bf16 block, through ATen's CPU matmul (no dispatcher round trip).
+void bf16_product(at::Tensor& scratch, int64_t rows, int64_t cols, const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor result = scratch.narrow(0, 0, rows * cols).view({rows, cols});
+  at::cpu::mm_out(result, a, b);
+}
+
 void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule<float>& rule, const at::Tensor& q,
                        const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse) {
   const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
@@ -465,8 +471,7 @@ void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule
       for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
         const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
         if (!block_has_key<float>(mask_row, j0, j1)) continue;
-        at::Tensor scores = product.narrow(0, 0, rows * cols).view({rows, cols});
-        at::cpu::mm_out(scores, q_block, bf16_view(k_head + j0 * K.row_stride, cols, d, K.row_stride).t());
+        bf16_product(product, rows, cols, q_block, bf16_view(k_head + j0 * K.row_stride, cols, d, K.row_stride).t());
         widen_scaled(product_data, logits.data(), rows * cols, scale);
         transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, logits.data(), logits.data());
         bool any_visible = false;
@@ -488,9 +493,8 @@ void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule
           }
         }
         if (!any_visible) continue;
-        at::Tensor pv = product.narrow(0, 0, rows * dv).view({rows, dv});
-        at::cpu::mm_out(pv, bf16_view(p_data, rows, cols, cols),
-                        bf16_view(v_head + j0 * V.row_stride, cols, dv, V.row_stride));
+        bf16_product(product, rows, dv, bf16_view(p_data, rows, cols, cols),
+                     bf16_view(v_head + j0 * V.row_stride, cols, dv, V.row_stride));
         add_widened(product_data, acc.data(), rows * dv);
       }
       for (int64_t r = 0; r < rows; ++r) {
@@ -582,7 +586,8 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
     std::vector<float> p(block), tanh_buf(softcap ? block : 0);
     const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
     const int64_t aug = dv + 3;  // dO and V with three more columns for delta
-    at::Tensor g_aug = at::empty({kQueryBlock * aug}, bf16), v_aug = at::empty({kKeyBlock * aug}, bf16);
+    // [V | 1 1 1] of every key of the task's kv head, built once per task (each query block and head reads it).
+    at::Tensor g_aug = at::empty({kQueryBlock * aug}, bf16), v_aug = at::empty({m * aug}, bf16);
     auto* g_aug_data = g_aug.data_ptr<at::BFloat16>();
     auto* v_aug_data = v_aug.data_ptr<at::BFloat16>();
     const int64_t widest = std::max({kKeyBlock, d, dv});
@@ -591,11 +596,6 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
     auto* product_data = product.data_ptr<at::BFloat16>();
     auto* p_low_data = p_low.data_ptr<at::BFloat16>();
     auto* ds_low_data = ds_low.data_ptr<at::BFloat16>();
-    // product[: rows * cols] = a b, as a (rows, cols) bf16 block.
-    const auto multiply = [&](int64_t rows, int64_t cols, const at::Tensor& a, const at::Tensor& b) {
-      at::Tensor result = product.narrow(0, 0, rows * cols).view({rows, cols});
-      at::cpu::mm_out(result, a, b);
-    };
     for (int64_t task = begin; task < end; ++task) {
       const int64_t kv_head = task % hk, batch = task / hk;
       const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
@@ -603,6 +603,11 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
       const at::BFloat16* v_head = V.at(batch, 0, kv_head);
       float* dk_head = dk_data + batch * m * dk_sn + kv_head * d;
       float* dv_head = dv_data + batch * m * dv_sn + kv_head * dv;
+      for (int64_t j = 0; j < m; ++j) {
+        at::BFloat16* row = v_aug_data + j * aug;
+        std::copy(v_head + j * V.row_stride, v_head + j * V.row_stride + dv, row);
+        std::fill(row + dv, row + aug, at::BFloat16(1.f));
+      }
       for (int64_t head = kv_head; head < h; head += hk) {
         const float* lse_row = lse_data + (batch * h + head) * n;
         for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
@@ -631,7 +636,7 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
             const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
             if (!block_has_key<float>(mask_row, j0, j1)) continue;
             const at::Tensor k_block = bf16_view(k_head + j0 * K.row_stride, cols, d, K.row_stride);
-            multiply(rows, cols, q_block, k_block.t());
+            bf16_product(product, rows, cols, q_block, k_block.t());
             widen_scaled(product_data, p.data(), rows * cols, scale);
             transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, p.data(), tanh_buf.data());
             bool any_visible = false;
@@ -650,25 +655,20 @@ void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRul
             if (!any_visible) continue;
             const at::Tensor p_block = bf16_view(p_low_data, rows, cols, cols);
             // dV += P^T dO
-            multiply(cols, dv, p_block.t(), g_block);
+            bf16_product(product, cols, dv, p_block.t(), g_block);
             add_widened_rows(product_data, cols, dv, dv_head + j0 * dv_sn, dv_sn);
             // dP - delta in one bf16 product: [dO | -delta in three bf16 parts] [V | 1 1 1]^T, accumulated in float32
             // and rounded once, so the difference keeps its own relative accuracy (a bf16-rounded dP would leave it
             // off by |dP| 2^-9; a row that sees one key must get dS = 0).
-            for (int64_t c = 0; c < cols; ++c) {
-              at::BFloat16* row = v_aug_data + c * aug;
-              std::copy(v_head + (j0 + c) * V.row_stride, v_head + (j0 + c) * V.row_stride + dv, row);
-              std::fill(row + dv, row + aug, at::BFloat16(1.f));
-            }
-            multiply(rows, cols, g_aug_block, bf16_view(v_aug_data, cols, aug, aug).t());
+            bf16_product(product, rows, cols, g_aug_block, bf16_view(v_aug_data + j0 * aug, cols, aug, aug).t());
             // scale * dS = scale * P * (dP - delta), through the softcap's tanh when on; rounded to bf16.
             scaled_ds_to_bf16(product_data, p.data(), softcap ? tanh_buf.data() : nullptr, scale, ds_low_data,
                               rows * cols);
             const at::Tensor ds_block = bf16_view(ds_low_data, rows, cols, cols);
             // dQ += dS K ; dK += dS^T Q
-            multiply(rows, d, ds_block, k_block);
+            bf16_product(product, rows, d, ds_block, k_block);
             add_widened_rows(product_data, rows, d, dq_ptr, dq_sn);
-            multiply(cols, d, ds_block.t(), q_block);
+            bf16_product(product, cols, d, ds_block.t(), q_block);
             add_widened_rows(product_data, cols, d, dk_head + j0 * dk_sn, dk_sn);
           }
         }
