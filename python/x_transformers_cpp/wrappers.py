@@ -47,7 +47,6 @@ class _Wrapper(nn.Module):
         self.can_cache_kv = self.num_memory_tokens == 0 and self.attn_layers.can_cache_kv
         self.can_cache_kv_outside_max_seq_len = not has_abs_pos_emb
         self.looped = self.recycling = self.add_continuous_pred_head = self.output_is_log_prob = False
-        self.probabilistic = False
 
     def _tensors(self):
         return [reduce(getattr, name.split("."), self) for name in self._tensor_names]
@@ -140,6 +139,7 @@ class ContinuousTransformerWrapper(_Wrapper):
         super().__init__()
         self._setup(attn_layers, kwargs, self._UNSUPPORTED, _C.continuous_option_keys(), _C.continuous_layout)
         self._set_attributes(kwargs)
+        self.probabilistic = False  # refused above; x-transformers' continuous wrappers read it
 
     def forward(self, x, return_embeddings=False, mask=None, lens=None, return_intermediates=False, cache=None):
         """x (batch, seq, dim_in) float; mask (batch, seq) bool (True = keep) or lens (batch,) int.

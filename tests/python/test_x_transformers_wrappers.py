@@ -4,6 +4,7 @@ token for token (with and without the kv cache, filters, temperature, past max_s
 import pytest
 import torch
 from x_transformers import AutoregressiveWrapper
+from x_transformers import Decoder as XDecoder
 
 from test_transformer_wrapper import make_pair
 from x_transformers_cpp import Decoder, TransformerWrapper
@@ -19,7 +20,6 @@ NETS = {
 def wrapped_pair(name):
     torch.manual_seed(0)
     kwargs, layers = NETS[name]
-    from x_transformers import Decoder as XDecoder
     ours, theirs = make_pair(kwargs, (Decoder, XDecoder), layers)
     return AutoregressiveWrapper(ours), AutoregressiveWrapper(theirs)
 
@@ -89,7 +89,7 @@ def their_wrapper_pair(wrapper_cls, layers_classes, layer_kwargs, **wrapper_kwar
 @pytest.mark.parametrize("layers", [LAYERS, dict(LAYERS, rotary_pos_emb=True), dict(LAYERS, alibi_pos_bias=True)],
                          ids=["abs-pos", "rotary", "alibi"])
 def test_their_transformer_wrapper_over_our_decoder(layers):
-    from x_transformers import Decoder as XDecoder, TransformerWrapper as XWrapper
+    from x_transformers import TransformerWrapper as XWrapper
     mixed, theirs = their_wrapper_pair(XWrapper, (Decoder, XDecoder), layers, num_tokens=50, max_seq_len=32)
     tokens = torch.randint(0, 50, (3, 13))
     mask = torch.rand(3, 13) > 0.2
