@@ -4,25 +4,44 @@
 // Shape legend: b batch, n queries, m keys, h query heads, hk kv heads, d head dim of q/k, dv head dim of v.
 #pragma once
 
+#include "src/symbolic_sizes.h"
+
 #include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
 #include <c10/util/Optional.h>
 
 #include <cmath>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace xtc::ops::detail {
 
-/// Sizes of one flash_attention call, read once after the checks.
+/// Sizes of one flash_attention call, read once after the checks. The kernels read them as int64_t; the Meta
+/// kernel as c10::SymInt, so that torch.export and torch.compile keep batch and lengths symbolic (heads and head
+/// dims come from a model's options and stay concrete).
+template <typename Int = int64_t>
 struct FlashAttentionSizes {
-  int64_t batch, queries, keys, heads, kv_heads, head_dim, value_head_dim;
+  Int batch, queries, keys;
+  int64_t heads, kv_heads, head_dim, value_head_dim;
   double scale;
   // Right alignment: query i sits at key position i + key_offset (x-transformers' triu(j - i + 1)).
-  int64_t key_offset;
+  Int key_offset;
 };
 
-inline FlashAttentionSizes check_flash_attention_args(const at::Tensor& q, const at::Tensor& k,
+/// t.size(d) as Int: concrete for the kernels, symbolic for the Meta kernel.
+template <typename Int>
+Int size_as(const at::Tensor& t, int64_t d) {
+  if constexpr (std::is_same_v<Int, c10::SymInt>) {
+    return t.sym_size(d);
+  } else {
+    return t.sym_size(d).guard_int(__FILE__, __LINE__);
+  }
+}
+
+template <typename Int = int64_t>
+FlashAttentionSizes<Int> check_flash_attention_args(const at::Tensor& q, const at::Tensor& k,
                                                       const at::Tensor& v,
                                                       const std::optional<at::Tensor>& key_padding_mask,
                                                       std::optional<double> scale,
@@ -30,31 +49,31 @@ inline FlashAttentionSizes check_flash_attention_args(const at::Tensor& q, const
                                                       int64_t window_left, int64_t window_right,
                                                       double softcap) {
   TORCH_CHECK(q.dim() == 4, "flash_attention: expected q of shape (batch, queries, heads, head_dim), got ",
-              q.sizes());
+              q.sym_sizes());
   TORCH_CHECK(k.dim() == 4, "flash_attention: expected k of shape (batch, keys, kv_heads, head_dim), got ",
-              k.sizes());
+              k.sym_sizes());
   TORCH_CHECK(v.dim() == 4, "flash_attention: expected v of shape (batch, keys, kv_heads, value_head_dim), got ",
-              v.sizes());
+              v.sym_sizes());
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
               "flash_attention: expected q, k and v of one dtype, got q ", q.scalar_type(), ", k ",
               k.scalar_type(), ", v ", v.scalar_type());
   TORCH_CHECK(q.device() == k.device() && q.device() == v.device(),
               "flash_attention: expected q, k and v on one device, got q on ", q.device(), ", k on ", k.device(),
               ", v on ", v.device());
-  FlashAttentionSizes s{};
-  s.batch = q.size(0);
-  s.queries = q.size(1);
-  s.heads = q.size(2);
-  s.head_dim = q.size(3);
-  s.keys = k.size(1);
-  s.kv_heads = k.size(2);
-  s.value_head_dim = v.size(3);
-  TORCH_CHECK(k.size(0) == s.batch && k.size(3) == s.head_dim,
+  FlashAttentionSizes<Int> s{};
+  s.batch = size_as<Int>(q, 0);
+  s.queries = size_as<Int>(q, 1);
+  s.heads = xtc::detail::static_size(q, 2);
+  s.head_dim = xtc::detail::static_size(q, 3);
+  s.keys = size_as<Int>(k, 1);
+  s.kv_heads = xtc::detail::static_size(k, 2);
+  s.value_head_dim = xtc::detail::static_size(v, 3);
+  TORCH_CHECK(size_as<Int>(k, 0) == s.batch && k.sym_size(3) == s.head_dim,
               "flash_attention: expected k of shape (", s.batch, ", keys, kv_heads, ", s.head_dim, "), got ",
-              k.sizes());
-  TORCH_CHECK(v.size(0) == s.batch && v.size(1) == s.keys && v.size(2) == s.kv_heads,
+              k.sym_sizes());
+  TORCH_CHECK(size_as<Int>(v, 0) == s.batch && size_as<Int>(v, 1) == s.keys && v.sym_size(2) == s.kv_heads,
               "flash_attention: expected v of shape (", s.batch, ", ", s.keys, ", ", s.kv_heads,
-              ", value_head_dim), got ", v.sizes());
+              ", value_head_dim), got ", v.sym_sizes());
   TORCH_CHECK(s.kv_heads > 0 && s.heads % s.kv_heads == 0,
               "flash_attention: expected the query heads (", s.heads, ") to be a multiple of the kv heads (",
               s.kv_heads, ")");
@@ -64,16 +83,16 @@ inline FlashAttentionSizes check_flash_attention_args(const at::Tensor& q, const
     const auto& mask = *key_padding_mask;
     TORCH_CHECK(mask.scalar_type() == at::kBool, "flash_attention: expected key_padding_mask of dtype bool, got ",
                 mask.scalar_type());
-    TORCH_CHECK(mask.dim() == 2 && mask.size(0) == s.batch && mask.size(1) == s.keys,
+    TORCH_CHECK(mask.dim() == 2 && size_as<Int>(mask, 0) == s.batch && size_as<Int>(mask, 1) == s.keys,
                 "flash_attention: expected key_padding_mask of shape (", s.batch, ", ", s.keys, "), got ",
-                mask.sizes());
+                mask.sym_sizes());
     TORCH_CHECK(mask.device() == q.device(), "flash_attention: expected key_padding_mask on ", q.device(),
                 ", got ", mask.device());
   }
   if (alibi_slopes.has_value()) {
     const auto& slopes = *alibi_slopes;
-    TORCH_CHECK(slopes.dim() == 1 && slopes.size(0) == s.heads,
-                "flash_attention: expected alibi_slopes of shape (", s.heads, "), got ", slopes.sizes());
+    TORCH_CHECK(slopes.dim() == 1 && slopes.sym_size(0) == s.heads,
+                "flash_attention: expected alibi_slopes of shape (", s.heads, "), got ", slopes.sym_sizes());
     TORCH_CHECK(slopes.is_floating_point(), "flash_attention: expected floating alibi_slopes, got ",
                 slopes.scalar_type());
     TORCH_CHECK(slopes.device() == q.device(), "flash_attention: expected alibi_slopes on ", q.device(),
@@ -95,23 +114,32 @@ inline at::ScalarType lse_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+/// Whether t has exactly `shape` (symbolic dims compared under guards, not specialised).
+template <typename Int>
+bool has_shape(const at::Tensor& t, const std::vector<Int>& shape) {
+  if (t.dim() != static_cast<int64_t>(shape.size())) return false;
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (!(size_as<Int>(t, static_cast<int64_t>(i)) == shape[i])) return false;
+  return true;
+}
+
 /// Checks of the backward's extra inputs against the forward's sizes: grad_out and out (b, n, h, dv) in q's dtype,
 /// lse (b, h, n) in lse_dtype(), all on q's device.
-inline void check_flash_attention_backward_args(const at::Tensor& grad_out, const at::Tensor& out,
-                                                const at::Tensor& lse, const at::Tensor& q,
-                                                const FlashAttentionSizes& s) {
-  const std::vector<int64_t> out_shape{s.batch, s.queries, s.heads, s.value_head_dim};
-  const std::vector<int64_t> lse_shape{s.batch, s.heads, s.queries};
+template <typename Int>
+void check_flash_attention_backward_args(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
+                                         const at::Tensor& q, const FlashAttentionSizes<Int>& s) {
+  const std::vector<Int> out_shape{s.batch, s.queries, Int(s.heads), Int(s.value_head_dim)};
+  const std::vector<Int> lse_shape{s.batch, Int(s.heads), s.queries};
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_out", grad_out}, {"out", out}}) {
-    TORCH_CHECK(t.sizes() == out_shape, "flash_attention_backward: expected ", name, " of shape ",
-                c10::IntArrayRef(out_shape), ", got ", t.sizes());
+    TORCH_CHECK(has_shape(t, out_shape), "flash_attention_backward: expected ", name, " of shape ",
+                c10::ArrayRef<Int>(out_shape), ", got ", t.sym_sizes());
     TORCH_CHECK(t.scalar_type() == q.scalar_type(), "flash_attention_backward: expected ", name, " of dtype ",
                 q.scalar_type(), ", got ", t.scalar_type());
     TORCH_CHECK(t.device() == q.device(), "flash_attention_backward: expected ", name, " on ", q.device(), ", got ",
                 t.device());
   }
-  TORCH_CHECK(lse.sizes() == lse_shape, "flash_attention_backward: expected lse of shape ", c10::IntArrayRef(lse_shape),
-              ", got ", lse.sizes());
+  TORCH_CHECK(has_shape(lse, lse_shape), "flash_attention_backward: expected lse of shape ",
+              c10::ArrayRef<Int>(lse_shape), ", got ", lse.sym_sizes());
   TORCH_CHECK(lse.scalar_type() == lse_dtype(q.scalar_type()), "flash_attention_backward: expected lse of dtype ",
               lse_dtype(q.scalar_type()), ", got ", lse.scalar_type());
   TORCH_CHECK(lse.device() == q.device(), "flash_attention_backward: expected lse on ", q.device(), ", got ",

@@ -185,7 +185,7 @@ float max_of<float>(const float* x, int64_t n) {
 }
 
 template <typename scalar_t>
-AttentionRule<scalar_t> make_rule(const detail::FlashAttentionSizes& s, bool causal, int64_t window_left,
+AttentionRule<scalar_t> make_rule(const detail::FlashAttentionSizes<>& s, bool causal, int64_t window_left,
                                   int64_t window_right, double softcap, const at::Tensor& slopes,
                                   const at::Tensor& mask) {
   return AttentionRule<scalar_t>{s.keys,
@@ -215,7 +215,7 @@ struct RowOperand {
 at::Tensor with_unit_inner_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
 template <typename scalar_t>
-void forward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scalar_t>& rule, const at::Tensor& q,
+void forward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<scalar_t>& rule, const at::Tensor& q,
                   const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse) {
   const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
   const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
@@ -286,7 +286,7 @@ void forward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scal
 }
 
 template <typename scalar_t>
-void backward_impl(const detail::FlashAttentionSizes& s, const AttentionRule<scalar_t>& rule,
+void backward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<scalar_t>& rule,
                    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv_t) {
   const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
@@ -433,7 +433,7 @@ void bf16_product(at::Tensor& scratch, int64_t rows, int64_t cols, const at::Ten
   at::cpu::mm_out(result, a, b);
 }
 
-void forward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule<float>& rule, const at::Tensor& q,
+void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule, const at::Tensor& q,
                        const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse) {
   const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
   const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
@@ -565,7 +565,7 @@ void add_widened_rows(const at::BFloat16* src, int64_t rows, int64_t cols, float
   for (int64_t r = 0; r < rows; ++r) add_widened(src + r * cols, dst + r * dst_stride, cols);
 }
 
-void backward_bf16_impl(const detail::FlashAttentionSizes& s, const AttentionRule<float>& rule,
+void backward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
                         const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk,
                         at::Tensor& dv_t) {

@@ -57,7 +57,7 @@ at::Tensor with_aligned_rows(const at::Tensor& x) {
 // XTC_CUDA_FWD_WGMMA / XTC_CUDA_BWD_WGMMA = 1 take the Hopper kernels wherever they can run, = 0 never (tests of
 // both families, A/B timing); both compute the same op.
 enum class Direction { kForward, kBackward };
-bool use_hopper_kernel(Direction direction, const detail::FlashAttentionSizes& s, bool has_padding_mask,
+bool use_hopper_kernel(Direction direction, const detail::FlashAttentionSizes<>& s, bool has_padding_mask,
                        c10::DeviceIndex device) {
 #ifdef XTC_CUDA_SM90A
   auto env_choice = [](const char* name) {  // -1 unset (by size and mask), 0 never, 1 always
@@ -93,7 +93,7 @@ at::Tensor prepare_input(const at::Tensor& x) {
   return is_half_type(x.scalar_type()) ? with_aligned_rows(x) : with_unit_last_stride(x);
 }
 
-void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes& s) {
+void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes<>& s) {
   TORCH_CHECK(q.is_cuda(), "flash_attention (CUDA): expected q on a CUDA device, got ", q.device());
   const auto dtype = q.scalar_type();
   TORCH_CHECK(is_half_type(dtype) || dtype == at::kFloat || dtype == at::kDouble,
@@ -121,7 +121,7 @@ void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes& s)
 }
 
 // Fills the fields shared by the forward and the backward. Tensors must outlive the launch (callers keep them).
-void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSizes& s, const at::Tensor& q,
+void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSizes<>& s, const at::Tensor& q,
                         const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& mask,
                         const std::optional<at::Tensor>& slopes, bool causal, int64_t window_left,
                         int64_t window_right, double softcap) {

@@ -2,6 +2,8 @@
 #include <xtc/nn/functional/norm.h>
 #include <xtc/ops/flash_attention.h>
 
+#include "src/symbolic_sizes.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
@@ -36,8 +38,7 @@ at::Tensor multihead_rms_norm(const at::Tensor& t, const at::Tensor& gamma) {
 
 // x-transformers' l2norm: normalise each of `groups` slices of the head dim.
 at::Tensor l2norm(const at::Tensor& t, int64_t groups) {
-  auto shape = t.sizes().vec();
-  auto grouped = t.unflatten(-1, {groups, shape.back() / groups});
+  auto grouped = t.unflatten(-1, {groups, xtc::detail::static_size(t, -1) / groups});
   grouped = grouped / at::linalg_vector_norm(grouped, 2, {-1}, true).clamp_min(1e-12);
   return grouped.flatten(-2);
 }
@@ -54,11 +55,13 @@ double logit_scale(const AttentionConfig& c) {
 }  // namespace
 
 at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale, bool inverse_scale) {
-  const int64_t r = angles.size(-1), n = t.size(1);
+  const int64_t r = xtc::detail::static_size(angles, -1), d = xtc::detail::static_size(t, -1);
+  const c10::SymInt n = t.sym_size(1);
   // The last n positions, broadcast over heads (and over the batch for shared positions).
   const auto last = [&](const at::Tensor& rows) {
     const int64_t dim = rows.dim() - 2;
-    return rows.narrow(dim, rows.size(dim) - n, n).view({rows.dim() == 3 ? rows.size(0) : 1, n, 1, r});
+    return rows.narrow_symint(dim, rows.sym_size(dim) - n, n)
+        .view_symint({rows.dim() == 3 ? rows.sym_size(0) : c10::SymInt(1), n, 1, r});
   };
   const auto a = last(angles);  // the last n positions
   const auto rotated = t.narrow(-1, 0, r);
@@ -72,19 +75,19 @@ at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at:
   } else {
     out = (rotated * a.cos() + half * a.sin()).to(t.scalar_type());
   }
-  if (r == t.size(-1)) return out;
-  return at::cat({out, t.narrow(-1, r, t.size(-1) - r)}, -1);
+  if (r == d) return out;
+  return at::cat({out, t.narrow(-1, r, d - r)}, -1);
 }
 
 at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const std::optional<at::Tensor>& key_padding_mask, bool causal, int64_t chunk) {
-  const int64_t b = q.size(0), n = q.size(1), heads = q.size(2), kv_heads = k.size(2), m = k.size(1);
+  const int64_t heads = xtc::detail::static_size(q, 2), kv_heads = xtc::detail::static_size(k, 2);
   const auto kv_index = at::arange(heads, q.options().dtype(at::kLong)).remainder(kv_heads);
   const auto phi_q = at::elu(q) + 1;                               // (b, n, h, d)
   auto phi_k = (at::elu(k) + 1).index_select(2, kv_index);        // (b, m, h, d)
   auto values = v.index_select(2, kv_index);                       // (b, m, h, dv)
   if (key_padding_mask.has_value()) {
-    const auto keep = key_padding_mask->view({b, m, 1, 1}).to(q.scalar_type());
+    const auto keep = key_padding_mask->unsqueeze(-1).unsqueeze(-1).to(q.scalar_type());
     phi_k = phi_k * keep;
     values = values * keep;
   }
@@ -99,7 +102,8 @@ at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::
   }
   // Causal, right-aligned: query i sees keys j <= i + (m - n). Keys before the first query's position seed the
   // state; each chunk of queries then sees the state plus its own positions' keys, quadratically (masked), and
-  // adds those keys to the state for the chunks after it.
+  // adds those keys to the state for the chunks after it. The chunk loop needs concrete lengths.
+  const int64_t n = xtc::detail::static_size(q, 1), m = xtc::detail::static_size(k, 1);
   const int64_t offset = m - n;
   const int64_t seed = std::clamp<int64_t>(offset, 0, m);
   auto state = at::einsum("bmhd,bmhe->bhde", {phi_k.narrow(1, 0, seed), values.narrow(1, 0, seed)});
@@ -163,10 +167,11 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   const at::Tensor kv_input = context.has_value() ? (cached_step ? context->narrow(1, 0, 0) : *context)
                               : xl.mem.defined()  ? at::cat({xl.mem, x}, 1)
                                                   : x;
-  const int64_t b = x.size(0), n = x.size(1), m = kv_input.size(1);
-  auto q = at::linear(x, w.to_q).view({b, n, c.heads, c.dim_head});
-  auto k = at::linear(kv_input, w.to_k).view({b, m, c.kv_heads, c.dim_head});
-  auto v = at::linear(kv_input, w.to_v).view({b, m, c.kv_heads, c.value_dim_head});
+  // Batch and lengths as SymInts: torch.export and torch.compile keep them symbolic (dynamic shapes).
+  const c10::SymInt b = x.sym_size(0), n = x.sym_size(1), m = kv_input.sym_size(1);
+  auto q = at::linear(x, w.to_q).view_symint({b, n, c.heads, c.dim_head});
+  auto k = at::linear(kv_input, w.to_k).view_symint({b, m, c.kv_heads, c.dim_head});
+  auto v = at::linear(kv_input, w.to_v).view_symint({b, m, c.kv_heads, c.value_dim_head});
   if (value_residual.values_out != nullptr) *value_residual.values_out = v;
   if (value_residual.first.defined()) {
     // v = first + mix * (v - first): a per-token, per-head learned mix, or one half.
@@ -198,7 +203,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   if (c.rotary_angles.defined()) {
     // rotate_num_heads: only the last heads rotate (x-transformers' q[:, -R:]); the rest pass through.
     const auto rotate = [&](const at::Tensor& t, bool inverse) {
-      const int64_t heads = t.size(2), rotated = c.rotary_heads < 0 ? heads : c.rotary_heads;
+      const int64_t heads = xtc::detail::static_size(t, 2), rotated = c.rotary_heads < 0 ? heads : c.rotary_heads;
       if (rotated == heads) return apply_rotary(t, c.rotary_angles, c.rotary_scale, inverse);
       return at::cat({t.narrow(2, 0, heads - rotated),
                       apply_rotary(t.narrow(2, heads - rotated, rotated), c.rotary_angles, c.rotary_scale, inverse)},
@@ -213,14 +218,15 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                                        : context.has_value()    ? std::nullopt
                                                                 : mask;
   if (xl.mem.defined() && (key_mask.has_value() || xl.mask.has_value())) {
-    const int64_t mem_len = xl.mem.size(1);
-    const auto mem_keep = xl.mask.has_value() ? *xl.mask : at::ones({b, mem_len}, x.options().dtype(at::kBool));
-    const auto seq_keep = key_mask.has_value() ? *key_mask : at::ones({b, n}, x.options().dtype(at::kBool));
+    const c10::SymInt mem_len = xl.mem.sym_size(1);
+    const auto mem_keep =
+        xl.mask.has_value() ? *xl.mask : at::ones_symint({b, mem_len}, x.options().dtype(at::kBool));
+    const auto seq_keep = key_mask.has_value() ? *key_mask : at::ones_symint({b, n}, x.options().dtype(at::kBool));
     key_mask = at::cat({mem_keep, seq_keep}, 1);
   }
   if (o.num_mem_kv() > 0) {
-    auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand({b, -1, -1, -1});  // (b, M, hk, dh)
-    const auto mem_v = w.mem_v.transpose(0, 1).unsqueeze(0).expand({b, -1, -1, -1});
+    auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});  // (b, M, hk, dh)
+    const auto mem_v = w.mem_v.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});
     if (o.qk_norm()) {
       mem_k = l2norm(mem_k, o.qk_norm_groups());
       if (w.qk_k_scale.defined()) mem_k = mem_k * w.qk_k_scale.transpose(0, 1);
@@ -228,13 +234,13 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     k = at::cat({mem_k, k}, 1);
     v = at::cat({mem_v, v}, 1);
     if (key_mask.has_value())
-      key_mask = at::cat({at::ones({b, o.num_mem_kv()}, key_mask->options()), *key_mask}, 1);
+      key_mask = at::cat({at::ones_symint({b, o.num_mem_kv()}, key_mask->options()), *key_mask}, 1);
   }
   if (o.add_zero_kv()) {
     // In front of the memory keys too, as x-transformers' Attend pads it last; always visible.
-    k = at::cat({at::zeros({b, 1, c.kv_heads, c.dim_head}, k.options()), k}, 1);
-    v = at::cat({at::zeros({b, 1, c.kv_heads, c.value_dim_head}, v.options()), v}, 1);
-    if (key_mask.has_value()) key_mask = at::cat({at::ones({b, 1}, key_mask->options()), *key_mask}, 1);
+    k = at::cat({at::zeros_symint({b, 1, c.kv_heads, c.dim_head}, k.options()), k}, 1);
+    v = at::cat({at::zeros_symint({b, 1, c.kv_heads, c.value_dim_head}, v.options()), v}, 1);
+    if (key_mask.has_value()) key_mask = at::cat({at::ones_symint({b, 1}, key_mask->options()), *key_mask}, 1);
   }
   const double scale = logit_scale(c);
   const double softcap = o.softclamp_logits() ? o.logit_softclamp_value() : 0.0;
@@ -254,39 +260,41 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
         ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, window_right, softcap));
   } else {
     // Visibility and bias over (n, M + m) keys; memory keys (the first M) are always visible and unbiased.
-    const int64_t keys = k.size(1), memory = memory_keys(o);
+    const c10::SymInt keys = k.sym_size(1);
+    const int64_t memory = memory_keys(o);
     const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (keys - memory - n);
     const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
     const auto is_memory = key_pos < 0;
-    at::Tensor keep = key_mask.has_value() ? key_mask->view({b, 1, 1, keys}) : at::Tensor();
+    at::Tensor keep = key_mask.has_value() ? key_mask->view_symint({b, 1, 1, keys}) : at::Tensor();
     if (attn_mask.has_value()) {
       // Memory keys stay visible: the pattern covers the sequence's own keys.
       auto pattern = *attn_mask;
       if (memory > 0) {
-        auto sizes = pattern.sizes().vec();
+        auto sizes = pattern.sym_sizes().vec();
         sizes.back() = memory;
-        pattern = at::cat({at::ones(sizes, pattern.options()), pattern}, -1);
+        pattern = at::cat({at::ones_symint(sizes, pattern.options()), pattern}, -1);
       }
       keep = keep.defined() ? keep.logical_and(pattern) : pattern;
     }
     if (window_left >= 0 || window_right >= 0) {
-      auto in_window = is_memory.expand({n, keys}).clone();
+      auto in_window = is_memory.expand_symint({n, keys}).clone();
       const auto distance = query_pos - key_pos;  // > 0: the key is in the past
-      auto inside = at::ones({n, keys}, in_window.options());
+      auto inside = at::ones_symint({n, keys}, in_window.options());
       if (window_left >= 0) inside = inside.logical_and(distance <= window_left);
       if (window_right >= 0) inside = inside.logical_and(distance >= -window_right);
-      in_window = in_window.logical_or(inside).view({1, 1, n, keys});
+      in_window = in_window.logical_or(inside).view_symint({1, 1, n, keys});
       keep = keep.defined() ? keep.logical_and(in_window) : in_window;
     }
     at::Tensor bias;
     if (c.alibi_slopes.defined()) {
       const auto distance = (query_pos - key_pos).abs().to(x.scalar_type()).masked_fill(is_memory, 0);
-      bias = -distance.view({1, 1, n, keys}) * c.alibi_slopes.to(x.scalar_type()).view({1, c.heads, 1, 1});
+      bias = -distance.view_symint({1, 1, n, keys}) * c.alibi_slopes.to(x.scalar_type()).view({1, c.heads, 1, 1});
     }
     if (c.position_bias.defined()) {
       // Memory keys get no bias (x-transformers pads the bias with zeros on their side).
       const auto& pb = c.position_bias;
-      bias = memory > 0 ? at::cat({at::zeros({pb.size(0), c.heads, n, memory}, x.options()), pb}, -1) : pb;
+      bias = memory > 0 ? at::cat({at::zeros_symint({pb.sym_size(0), c.heads, n, memory}, x.options()), pb}, -1)
+                        : pb;
     }
     const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
                                      o.sparse_topk(), o.sparse_topk_straight_through(), w.head_attn_sink};
@@ -294,7 +302,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                                  transforms, c.residual_scores ? scores : nullptr, maps);
   }
   if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
-  out = out.reshape({b, n, c.heads * c.value_dim_head});
+  out = out.reshape_symint({b, n, c.heads * c.value_dim_head});
   if (w.to_v_gate.defined()) out = out * at::sigmoid(at::linear(x, w.to_v_gate));
   if (w.to_out.defined()) out = at::linear(out, w.to_out);
   if (w.to_out_glu.defined()) out = at::glu(at::linear(out, w.to_out_glu), -1);
@@ -306,7 +314,8 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
                                   const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
                                   double dropout, bool training, const ScoreTransforms& t, at::Tensor* scores,
                                   AttentionMaps* maps) {
-  const int64_t heads = q.size(2), kv_heads = k.size(2), n = q.size(1), m = k.size(1);
+  const int64_t heads = xtc::detail::static_size(q, 2), kv_heads = xtc::detail::static_size(k, 2);
+  const c10::SymInt n = q.sym_size(1), m = k.sym_size(1);
   // Query head i reads kv head i % kv_heads.
   const auto kv_index = at::arange(heads, q.options().dtype(at::kLong)).remainder(kv_heads);
   const auto qh = q.transpose(1, 2);                            // (b, h, n, dh)
@@ -331,21 +340,23 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
   });
   if (keep.defined()) sim = sim.masked_fill(keep.logical_not(), lowest);
   if (causal) {
-    const auto future = at::ones({n, m}, q.options().dtype(at::kBool)).triu(m - n + 1);
+    // Right-aligned: key j is in query i's future when j > i + (m - n) (x-transformers' triu(m - n + 1)).
+    const auto query_pos = at::arange(n, q.options().dtype(at::kLong)).unsqueeze(1) + (m - n);
+    const auto future = at::arange(m, q.options().dtype(at::kLong)).unsqueeze(0) > query_pos;
     sim = sim.masked_fill(future, lowest);
   }
   if (scores != nullptr) *scores = sim;  // x-transformers' pre_softmax_attn: masked, before the softmax
   if (t.sink.defined()) {
     // x-transformers' head_learned_sink: the sink logit in front of each row (the maps keep that column).
-    auto sizes = sim.sizes().vec();
+    auto sizes = sim.sym_sizes().vec();
     sizes.back() = 1;
-    sim = at::cat({t.sink.to(sim.scalar_type()).view({1, heads, 1, 1}).expand(sizes), sim}, -1);
+    sim = at::cat({t.sink.to(sim.scalar_type()).view({1, heads, 1, 1}).expand_symint(sizes), sim}, -1);
   }
   if (maps != nullptr) maps->pre_softmax_attn = sim;
   at::Tensor attn;
   if (t.sparse_topk.has_value()) {
     // x-transformers' sparse_topk_attn: logits below the row's k-th largest (or masked) are dropped.
-    const auto kth = std::get<0>(sim.topk(std::min(*t.sparse_topk, sim.size(-1)), -1)).select(-1, -1).unsqueeze(-1);
+    const auto kth = std::get<0>(sim.topk_symint(sim.sym_size(-1).min(*t.sparse_topk), -1)).select(-1, -1).unsqueeze(-1);
     const auto kept = sim.ge(kth).logical_and(sim.gt(lowest));
     attn = sim.masked_fill(kept.logical_not(), lowest).softmax(-1);
     if (t.sparse_topk_straight_through) {
@@ -357,7 +368,7 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     attn = at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).to(sim.scalar_type());
   }
   if (maps != nullptr) maps->post_softmax_attn = attn;
-  if (t.sink.defined()) attn = attn.narrow(-1, 1, m);  // the sink has no value
+  if (t.sink.defined()) attn = attn.narrow_symint(-1, 1, m);  // the sink has no value
   if (training && dropout > 0) attn = at::dropout(attn, dropout, training);
   if (t.post_talking_heads.defined()) attn = mix_heads(t.post_talking_heads, attn);
   if (pre_to_post_scale.defined()) attn = attn * pre_to_post_scale;

@@ -3,8 +3,11 @@
 #include <xtc/nn/functional/feedforward.h>
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/residual.h>
+#include "src/symbolic_sizes.h"
 
 #include <ATen/ops/arange.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/empty.h>
@@ -215,11 +218,12 @@ class Parameters {
   at::TensorList params_;
 };
 
-void check_sequence(const char* name, const at::Tensor& t, int64_t batch, int64_t dim, const at::Tensor& x) {
+void check_sequence(const char* name, const at::Tensor& t, const c10::SymInt& batch, int64_t dim,
+                    const at::Tensor& x) {
   TORCH_CHECK_VALUE(t.layout() == at::kStrided, "AttentionLayers: expected a dense (strided) ", name, ", got layout ",
                     t.layout());
-  TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == batch && t.size(2) == dim, "AttentionLayers: expected ", name,
-                    " of shape (", batch, ", seq, ", dim, "), got ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == 3 && t.sym_size(0) == batch && t.sym_size(2) == dim, "AttentionLayers: expected ", name,
+                    " of shape (", batch, ", seq, ", dim, "), got ", t.sym_sizes());
   TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), "AttentionLayers: expected ", name, " of x's dtype ",
                     x.scalar_type(), ", got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == x.device(), "AttentionLayers: expected ", name, " on x's device ", x.device(),
@@ -228,25 +232,25 @@ void check_sequence(const char* name, const at::Tensor& t, int64_t batch, int64_
 
 // A (b, length) key mask; `length` is the sequence's, or with a cache the cached and new keys together.
 void check_mask(const char* name, const std::optional<at::Tensor>& mask, const at::Tensor& seq,
-                std::optional<int64_t> length = std::nullopt) {
+                std::optional<c10::SymInt> length = std::nullopt) {
   if (!mask.has_value()) return;
-  const int64_t keys = length.value_or(seq.size(1));
+  const c10::SymInt keys = length.value_or(seq.sym_size(1));
   TORCH_CHECK_VALUE(mask->scalar_type() == at::kBool, "AttentionLayers: expected ", name,
                     " of dtype bool (True = keep), got ", mask->scalar_type());
-  TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == seq.size(0) && mask->size(1) == keys,
-                    "AttentionLayers: expected ", name, " of shape (", seq.size(0), ", ", keys, ")",
-                    length.has_value() ? " (cached and new keys)" : "", ", got ", mask->sizes());
+  TORCH_CHECK_VALUE(mask->dim() == 2 && mask->sym_size(0) == seq.sym_size(0) && mask->sym_size(1) == keys,
+                    "AttentionLayers: expected ", name, " of shape (", seq.sym_size(0), ", ", keys, ")",
+                    length.has_value() ? " (cached and new keys)" : "", ", got ", mask->sym_sizes());
   TORCH_CHECK_VALUE(mask->device() == seq.device(), "AttentionLayers: expected ", name, " on x's device ",
                     seq.device(), ", got ", mask->device());
 }
 
 void check_inputs(const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
                   const std::optional<at::Tensor>& context_mask, const AttentionLayersOptions& o,
-                  std::optional<int64_t> key_length) {
+                  std::optional<c10::SymInt> key_length) {
   TORCH_CHECK_VALUE(x.layout() == at::kStrided, "AttentionLayers: expected a dense (strided) x, got layout ",
                     x.layout());
-  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(2) == o.dim(), "AttentionLayers: expected x of shape (batch, seq, ", o.dim(),
-                    "), got ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.sym_size(2) == o.dim(), "AttentionLayers: expected x of shape (batch, seq, ", o.dim(),
+                    "), got ", x.sym_sizes());
   TORCH_CHECK_VALUE(x.is_floating_point(), "AttentionLayers: expected x of a floating dtype, got ", x.scalar_type());
   check_mask("mask", mask, x, key_length);
   TORCH_CHECK_VALUE(context.has_value() == o.cross_attend(),
@@ -255,7 +259,7 @@ void check_inputs(const at::Tensor& x, const std::optional<at::Tensor>& mask, co
   TORCH_CHECK_VALUE(!context_mask.has_value() || context.has_value(),
                     "AttentionLayers: context_mask was passed in without context");
   if (context.has_value()) {
-    check_sequence("context", *context, x.size(0), o.cross_attn().dim_context().value_or(o.dim()), x);
+    check_sequence("context", *context, x.sym_size(0), o.cross_attn().dim_context().value_or(o.dim()), x);
     check_mask("context_mask", context_mask, *context);
   }
 }
@@ -265,18 +269,19 @@ std::optional<at::Tensor> normalized_attn_mask(const std::optional<at::Tensor>& 
                                                int64_t heads) {
   if (!attn_mask.has_value()) return std::nullopt;
   const auto& a = *attn_mask;
-  const int64_t b = x.size(0), n = x.size(1);
+  const c10::SymInt b = x.sym_size(0), n = x.sym_size(1);
   TORCH_CHECK_VALUE(a.scalar_type() == at::kBool, "AttentionLayers: expected attn_mask of dtype bool (True = may "
                     "attend), got ", a.scalar_type());
   TORCH_CHECK_VALUE(a.device() == x.device(), "AttentionLayers: expected attn_mask on x's device ", x.device(),
                     ", got ", a.device());
   TORCH_CHECK_VALUE(a.dim() >= 2 && a.dim() <= 4, "AttentionLayers: expected attn_mask of shape (", n, ", ", n,
-                    "), (heads, ", n, ", ", n, ") or (batch, heads, ", n, ", ", n, "), got ", a.sizes());
-  const auto full = a.dim() == 2 ? a.view({1, 1, a.size(0), a.size(1)}) : a.dim() == 3 ? a.unsqueeze(0) : a;
-  TORCH_CHECK_VALUE(full.size(2) == n && full.size(3) == n && (full.size(1) == 1 || full.size(1) == heads) &&
-                        (full.size(0) == 1 || full.size(0) == b),
+                    "), (heads, ", n, ", ", n, ") or (batch, heads, ", n, ", ", n, "), got ", a.sym_sizes());
+  const auto full = a.dim() == 2 ? a.unsqueeze(0).unsqueeze(0) : a.dim() == 3 ? a.unsqueeze(0) : a;
+  TORCH_CHECK_VALUE(full.sym_size(2) == n && full.sym_size(3) == n &&
+                        (full.sym_size(1) == 1 || full.sym_size(1) == heads) &&
+                        (full.sym_size(0) == 1 || full.sym_size(0) == b),
                     "AttentionLayers: expected attn_mask of shape (", n, ", ", n, "), (", heads, ", ", n, ", ", n,
-                    ") or (", b, " or 1, ", heads, " or 1, ", n, ", ", n, "), got ", a.sizes());
+                    ") or (", b, " or 1, ", heads, " or 1, ", n, ", ", n, "), got ", a.sym_sizes());
   return full;
 }
 
@@ -285,15 +290,18 @@ std::optional<at::Tensor> normalized_attn_mask(const std::optional<at::Tensor>& 
 at::Tensor shift_tokens(const at::Tensor& x, int64_t s, bool causal, const std::optional<at::Tensor>& mask) {
   std::vector<int64_t> shifts;
   for (int64_t amount = causal ? 0 : -s; amount <= s; ++amount) shifts.push_back(amount);
-  const int64_t per_shift = x.size(-1) / static_cast<int64_t>(shifts.size()), n = x.size(1);
+  const int64_t per_shift = xtc::detail::static_size(x, -1) / static_cast<int64_t>(shifts.size());
+  const c10::SymInt n = x.sym_size(1);
+  const auto position = at::arange(n, x.options().dtype(at::kLong));
   auto pieces = x.split(per_shift, -1);
   for (size_t i = 0; i < shifts.size() && i < pieces.size(); ++i) {
-    const int64_t amount = std::clamp<int64_t>(shifts[i], -n, n);
-    if (amount == 0) continue;
+    if (shifts[i] == 0) continue;
     auto piece = mask.has_value() ? pieces[i].masked_fill(mask->logical_not().unsqueeze(-1), 0) : pieces[i];
-    const auto zeros = at::zeros_like(piece.narrow(1, 0, std::abs(amount)));
-    pieces[i] = amount > 0 ? at::cat({zeros, piece.narrow(1, 0, n - amount)}, 1)
-                           : at::cat({piece.narrow(1, -amount, n + amount), zeros}, 1);
+    // Position t takes t - shift, zero where that falls outside the sequence. A gather keeps every intermediate
+    // at length n (slices of n - shift would make torch.compile guard on their sizes).
+    const auto source = position - shifts[i];
+    const auto outside = source.lt(0).logical_or(source.ge(n));
+    pieces[i] = piece.index_select(1, source.clamp(0, n - 1)).masked_fill(outside.view({1, -1, 1}), 0);
   }
   return at::cat(pieces, -1);
 }
@@ -303,15 +311,16 @@ at::Tensor shift_tokens(const at::Tensor& x, int64_t s, bool causal, const std::
 at::Tensor normalized_attn_bias(const at::Tensor& bias, const at::Tensor& x, const AttentionLayersOptions& o) {
   TORCH_CHECK_VALUE(!(o.alibi_pos_bias() || o.rel_pos_bias() || o.dynamic_pos_bias()),
                     "AttentionLayers: attn_bias clashes with alibi_pos_bias, rel_pos_bias and dynamic_pos_bias");
-  const int64_t b = x.size(0), n = x.size(1), h = o.heads();
+  const c10::SymInt b = x.sym_size(0), n = x.sym_size(1);
+  const int64_t h = o.heads();
   TORCH_CHECK_VALUE(bias.scalar_type() == x.scalar_type() && bias.device() == x.device(),
                     "AttentionLayers: expected attn_bias of x's dtype ", x.scalar_type(), " on ", x.device(), ", got ",
                     bias.scalar_type(), " on ", bias.device());
   const auto full = bias.dim() == 3 ? bias.unsqueeze(0) : bias;
-  TORCH_CHECK_VALUE(full.dim() == 4 && (full.size(0) == 1 || full.size(0) == b) && full.size(1) == h &&
-                        full.size(2) == n && full.size(3) == n,
+  TORCH_CHECK_VALUE(full.dim() == 4 && (full.sym_size(0) == 1 || full.sym_size(0) == b) && full.sym_size(1) == h &&
+                        full.sym_size(2) == n && full.sym_size(3) == n,
                     "AttentionLayers: expected attn_bias of shape (", h, ", ", n, ", ", n, ") or (", b, " or 1, ", h,
-                    ", ", n, ", ", n, "), got ", bias.sizes());
+                    ", ", n, ", ", n, "), got ", bias.sym_sizes());
   return full;
 }
 
@@ -329,20 +338,20 @@ void check_memories(const std::vector<at::Tensor>& mems, const std::vector<std::
                     mem_masks.size(), " for ", mems.size());
   for (size_t i = 0; i < mems.size(); ++i) {
     const auto& mem = mems[i];
-    TORCH_CHECK_VALUE(mem.dim() == 3 && mem.size(0) == x.size(0) && mem.size(2) == o.dim() &&
+    TORCH_CHECK_VALUE(mem.dim() == 3 && mem.sym_size(0) == x.sym_size(0) && mem.size(2) == o.dim() &&
                           mem.scalar_type() == x.scalar_type() && mem.device() == x.device(),
-                      "AttentionLayers: expected mems[", i, "] of shape (", x.size(0), ", mem_len, ", o.dim(),
-                      ") like x (", x.scalar_type(), " on ", x.device(), "), got ", mem.sizes(), " ",
+                      "AttentionLayers: expected mems[", i, "] of shape (", x.sym_size(0), ", mem_len, ", o.dim(),
+                      ") like x (", x.scalar_type(), " on ", x.device(), "), got ", mem.sym_sizes(), " ",
                       mem.scalar_type(), " on ", mem.device());
-    TORCH_CHECK_VALUE(!o.uses_rotary() || mem.size(1) == mems.front().size(1),
+    TORCH_CHECK_VALUE(!o.uses_rotary() || mem.sym_size(1) == mems.front().sym_size(1),
                       "AttentionLayers: with rotary_pos_emb every mem must have the first one's length (",
-                      mems.front().size(1), "), got ", mem.size(1), " for mems[", i, "]");
+                      mems.front().sym_size(1), "), got ", mem.sym_size(1), " for mems[", i, "]");
     if (i < mem_masks.size() && mem_masks[i].has_value()) {
       const auto& m = *mem_masks[i];
-      TORCH_CHECK_VALUE(m.scalar_type() == at::kBool && m.dim() == 2 && m.size(0) == mem.size(0) &&
-                            m.size(1) == mem.size(1) && m.device() == x.device(),
-                        "AttentionLayers: expected mem_masks[", i, "] of shape (", mem.size(0), ", ", mem.size(1),
-                        ") and dtype bool, got ", m.sizes(), " ", m.scalar_type());
+      TORCH_CHECK_VALUE(m.scalar_type() == at::kBool && m.dim() == 2 && m.sym_size(0) == mem.sym_size(0) &&
+                            m.sym_size(1) == mem.sym_size(1) && m.device() == x.device(),
+                        "AttentionLayers: expected mem_masks[", i, "] of shape (", mem.sym_size(0), ", ",
+                        mem.sym_size(1), ") and dtype bool, got ", m.sym_sizes(), " ", m.scalar_type());
     }
   }
 }
@@ -354,7 +363,8 @@ void check_memories(const std::vector<at::Tensor>& mems, const std::vector<std::
 int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x, const AttentionLayersInputs& in,
                     const AttentionLayersPlan& plan, bool training) {
   const auto& o = plan.options();
-  TORCH_CHECK_VALUE(x.dim() == 3, "AttentionLayers: expected x of shape (batch, seq, ", o.dim(), "), got ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 3, "AttentionLayers: expected x of shape (batch, seq, ", o.dim(), "), got ",
+                    x.sym_sizes());
   TORCH_CHECK_VALUE(o.causal(), "AttentionLayers: a cache (incremental decoding) needs a causal stack (Decoder)");
   TORCH_CHECK_VALUE(!in.attn_mask.has_value() && !in.attn_bias.has_value() && in.mems.empty(),
                     "AttentionLayers: a cache cannot be combined with attn_mask, attn_bias or mems");
@@ -370,16 +380,16 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
     const auto& a = types[l] == 'a' ? o.attn() : o.cross_attn();
     const int64_t hk = o.resolved_kv_heads(a), dh = a.dim_head(), dv = a.value_dim_head().value_or(dh);
     const auto &k = cache_kv[2 * l], &v = cache_kv[2 * l + 1];
-    const int64_t len = k.dim() == 4 ? k.size(2) : -1;
+    const int64_t len = k.dim() == 4 ? xtc::detail::static_size(k, 2) : -1;
     // Any one floating dtype: under autocast the cached keys are bf16 beside a float32 x.
-    TORCH_CHECK_VALUE(k.dim() == 4 && k.size(0) == x.size(0) && k.size(1) == hk && k.size(3) == dh &&
-                          v.dim() == 4 && v.size(0) == x.size(0) && v.size(1) == hk && v.size(2) == len &&
-                          v.size(3) == dv && k.is_floating_point() && v.scalar_type() == k.scalar_type() &&
+    TORCH_CHECK_VALUE(k.dim() == 4 && k.sym_size(0) == x.sym_size(0) && k.sym_size(1) == hk && k.sym_size(3) == dh &&
+                          v.dim() == 4 && v.sym_size(0) == x.sym_size(0) && v.sym_size(1) == hk && v.sym_size(2) == len &&
+                          v.sym_size(3) == dv && k.is_floating_point() && v.scalar_type() == k.scalar_type() &&
                           k.device() == x.device() && v.device() == x.device(),
-                      "AttentionLayers: expected cached (k, v) of attention layer ", l, " of shapes (", x.size(0),
-                      ", ", hk, ", N, ", dh, ") and (", x.size(0), ", ", hk, ", N, ", dv,
-                      "), of one floating dtype, on x's device, got ", k.sizes(), " ", k.scalar_type(), " and ",
-                      v.sizes(), " ", v.scalar_type(), " on ", k.device());
+                      "AttentionLayers: expected cached (k, v) of attention layer ", l, " of shapes (", x.sym_size(0),
+                      ", ", hk, ", N, ", dh, ") and (", x.sym_size(0), ", ", hk, ", N, ", dv,
+                      "), of one floating dtype, on x's device, got ", k.sym_sizes(), " ", k.scalar_type(), " and ",
+                      v.sym_sizes(), " ", v.scalar_type(), " on ", k.device());
     if (types[l] == 'a') {
       TORCH_CHECK_VALUE(past < 0 || past == len, "AttentionLayers: cached keys of different lengths, ", past, " and ",
                         len);
@@ -450,9 +460,10 @@ AttentionConfig attention_config(const AttentionOptions& a, const AttentionLayer
 
 // x-transformers' RelativePositionBias (T5): bucketed relative positions -> learned per-head bias, (1, h, i, j);
 // the i queries are the last of the j key positions.
-at::Tensor t5_position_bias(const at::Tensor& weight, int64_t i, int64_t j, const AttentionLayersOptions& o) {
+at::Tensor t5_position_bias(const at::Tensor& weight, const c10::SymInt& i, const c10::SymInt& j,
+                            const AttentionLayersOptions& o) {
   const auto key_pos = at::arange(j, weight.options().dtype(at::kLong));
-  auto distance = key_pos.narrow(0, j - i, i).unsqueeze(1) - key_pos.unsqueeze(0);  // query - key
+  auto distance = key_pos.narrow_symint(0, j - i, i).unsqueeze(1) - key_pos.unsqueeze(0);  // query - key
   int64_t buckets = o.rel_pos_num_buckets();
   at::Tensor bucket = at::zeros_like(distance);
   if (!o.causal()) {
@@ -476,9 +487,9 @@ at::Tensor t5_position_bias(const at::Tensor& weight, int64_t i, int64_t j, cons
 
 // x-transformers' DynamicPositionBias: an MLP over the 2j - 1 relative distances, gathered to (1, h, i, j) for
 // the last i of j positions.
-at::Tensor dynamic_position_bias(const Parameters& p, int64_t i, int64_t j, const at::Tensor& like,
+at::Tensor dynamic_position_bias(const Parameters& p, const c10::SymInt& i, const c10::SymInt& j, const at::Tensor& like,
                                  const AttentionLayersOptions& o) {
-  auto pos = at::arange(-j + 1, j, like.options()).unsqueeze(1);
+  auto pos = at::arange(1 - j, j, like.options()).unsqueeze(1);
   if (o.dynamic_pos_bias_log_distance()) pos = at::sign(pos) * at::log(pos.abs() + 1);
   const int64_t depth = o.dynamic_pos_bias_mlp_depth();
   pos = at::linear(pos, p.get("rel_pos.mlp.0.0.weight"), p.get("rel_pos.mlp.0.0.bias"));
@@ -488,13 +499,13 @@ at::Tensor dynamic_position_bias(const Parameters& p, int64_t i, int64_t j, cons
     const std::string prefix = "rel_pos.mlp." + std::to_string(l) + ".";
     pos = at::linear(pos, p.get(prefix + "0.weight"), p.get(prefix + "0.bias"));
     if (o.dynamic_pos_bias_norm())
-      pos = at::layer_norm(pos, {pos.size(-1)}, p.get(prefix + "1.weight"), p.get(prefix + "1.bias"), 1e-5);
+      pos = at::layer_norm_symint(pos, {pos.sym_size(-1)}, p.get(prefix + "1.weight"), p.get(prefix + "1.bias"), 1e-5);
     pos = at::silu(pos);
   }
   const std::string last = "rel_pos.mlp." + std::to_string(depth) + ".";
   pos = at::linear(pos, p.get(last + "weight"), p.get(last + "bias"));  // (2n - 1, h)
   const auto index = at::arange(j, like.options().dtype(at::kLong));
-  const auto indices = index.narrow(0, j - i, i).unsqueeze(1) - index.unsqueeze(0) + (j - 1);
+  const auto indices = index.narrow_symint(0, j - i, i).unsqueeze(1) - index.unsqueeze(0) + (j - 1);
   return pos.index({indices}).permute({2, 0, 1}).unsqueeze(0);
 }
 
@@ -516,21 +527,22 @@ at::Tensor xpos_scales(const at::Tensor& scale, const at::Tensor& t, int64_t sca
 // Custom positions: integers, (N) or (b, N) with N the self-attention keys (cached and memory keys included);
 // ALiBi takes them as a dense (n, n) bias, so there they must be exactly the sequence's and come without a cache
 // or memories, as in x-transformers.
-void check_positions(const at::Tensor& pos, const at::Tensor& x, const AttentionLayersOptions& o, int64_t keys,
-                     bool extra_keys) {
+void check_positions(const at::Tensor& pos, const at::Tensor& x, const AttentionLayersOptions& o,
+                     const c10::SymInt& keys, bool extra_keys) {
   TORCH_CHECK_VALUE(!pos.is_floating_point() && !pos.is_complex() && pos.scalar_type() != at::kBool &&
-                        (pos.dim() == 1 || (pos.dim() == 2 && pos.size(0) == x.size(0))) && pos.device() == x.device(),
-                    "AttentionLayers: expected pos of shape (", keys, ") or (", x.size(0), ", ", keys,
-                    ") and an integer dtype on x's device, got ", pos.sizes(), " ", pos.scalar_type(), " on ",
+                        (pos.dim() == 1 || (pos.dim() == 2 && pos.sym_size(0) == x.sym_size(0))) &&
+                        pos.device() == x.device(),
+                    "AttentionLayers: expected pos of shape (", keys, ") or (", x.sym_size(0), ", ", keys,
+                    ") and an integer dtype on x's device, got ", pos.sym_sizes(), " ", pos.scalar_type(), " on ",
                     pos.device());
-  TORCH_CHECK_VALUE(pos.size(-1) >= keys, "AttentionLayers: expected pos to cover the ", keys,
-                    " self-attention keys, got ", pos.size(-1), " positions");
+  TORCH_CHECK_VALUE(pos.sym_size(-1) >= keys, "AttentionLayers: expected pos to cover the ", keys,
+                    " self-attention keys, got ", pos.sym_size(-1), " positions");
   TORCH_CHECK_VALUE(!(o.rel_pos_bias() || o.dynamic_pos_bias()),
                     "AttentionLayers: pos is not supported with rel_pos_bias or dynamic_pos_bias (x-transformers "
                     "allows only ALiBi and rotary with custom positions)");
-  TORCH_CHECK_VALUE(!o.alibi_pos_bias() || (!extra_keys && pos.size(-1) == x.size(1)),
-                    "AttentionLayers: pos with alibi_pos_bias needs exactly one position per token (", x.size(1),
-                    "), and no cache or mems, got ", pos.size(-1));
+  TORCH_CHECK_VALUE(!o.alibi_pos_bias() || (!extra_keys && pos.sym_size(-1) == x.sym_size(1)),
+                    "AttentionLayers: pos with alibi_pos_bias needs exactly one position per token (", x.sym_size(1),
+                    "), and no cache or mems, got ", pos.sym_size(-1));
 }
 
 }  // namespace
@@ -562,15 +574,16 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   const bool cached = !cache_kv.empty();
   // With a cache only the last cache_age tokens run (x-transformers' slicing); their keys follow the cached ones.
   const int64_t past = cached ? check_cache(cache_kv, x_arg, inputs, plan, training) : 0;
-  const int64_t n_in = x_arg.dim() == 3 ? x_arg.size(1) : 0;
-  const at::Tensor x_in = cached && cache_age > 0 && cache_age < n_in ? x_arg.narrow(1, n_in - cache_age, cache_age)
-                                                                      : x_arg;
-  const std::optional<int64_t> key_length =
-      cached ? std::optional<int64_t>(past + x_in.size(1)) : std::nullopt;  // self-attention's keys, with a cache
+  // Lengths as SymInts: torch.export and torch.compile keep them symbolic (dynamic shapes).
+  const c10::SymInt n_in = x_arg.dim() == 3 ? x_arg.sym_size(1) : c10::SymInt(0);
+  const at::Tensor x_in =
+      cached && cache_age > 0 && n_in > cache_age ? x_arg.narrow_symint(1, n_in - cache_age, cache_age) : x_arg;
+  const std::optional<c10::SymInt> key_length =
+      cached ? std::optional<c10::SymInt>(x_in.sym_size(1) + past) : std::nullopt;  // self-attention's keys, with a cache
   check_memories(mems, mem_masks, x_in, o, attn_mask_in.has_value() || attn_bias.has_value());
   check_inputs(x_in, mask_in, context, context_mask, o, key_length);
   check_mask("self_attn_kv_mask", self_attn_kv_mask, x_in, key_length);
-  const int64_t keys = key_length.value_or(x_in.size(1));
+  const c10::SymInt keys = key_length.value_or(x_in.sym_size(1));
   // As x-transformers: self-attention's keys follow self_attn_kv_mask when given (else `mask`), and left padding
   // (seq_start_pos) hides keys before each sequence's start, replacing `mask` for the keys. With a cache `mask`
   // covers the keys only (the queries are the new tokens).
@@ -579,9 +592,9 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   const std::optional<at::Tensor> mask = cached ? std::nullopt : mask_in;
   if (seq_start_pos.has_value()) {
     const auto& start = *seq_start_pos;
-    TORCH_CHECK_VALUE(start.dim() == 1 && start.size(0) == x_in.size(0) && !start.is_floating_point(),
-                      "AttentionLayers: expected seq_start_pos of shape (", x_in.size(0),
-                      ") and an integer dtype, got ", start.sizes(), " ", start.scalar_type());
+    TORCH_CHECK_VALUE(start.dim() == 1 && start.sym_size(0) == x_in.sym_size(0) && !start.is_floating_point(),
+                      "AttentionLayers: expected seq_start_pos of shape (", x_in.sym_size(0),
+                      ") and an integer dtype, got ", start.sym_sizes(), " ", start.scalar_type());
     const auto left_pad = at::arange(keys, start.options()).unsqueeze(0) >= start.unsqueeze(1);
     self_key_mask = self_key_mask.has_value() ? self_key_mask->logical_and(left_pad) : left_pad;
   }
@@ -594,16 +607,21 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     return norm(norm_kind, t, norm_weights(p, prefix, norm_kind), unit_offset, o.dynamic_tanh_init_alpha());
   };
   at::Tensor slopes;
-  if (!plan.alibi_slopes().empty())
-    slopes = at::tensor(plan.alibi_slopes(), x_in.options().dtype(at::kDouble)).to(at::kFloat);
-  const int64_t mem_len = mems.empty() ? 0 : mems.front().size(1);
+  if (!plan.alibi_slopes().empty()) {
+    // Through factory ops, not by copying host data in: fake tensors (torch.export, torch.compile) have none.
+    std::vector<at::Tensor> values;
+    for (const double slope : plan.alibi_slopes())
+      values.push_back(at::scalar_tensor(slope, x_in.options().dtype(at::kDouble)));
+    slopes = at::stack(values).to(at::kFloat);
+  }
+  const c10::SymInt mem_len = mems.empty() ? c10::SymInt(0) : mems.front().sym_size(1);
   if (pos.has_value()) check_positions(*pos, x_in, o, keys + mem_len, cached || mem_len > 0);
   at::Tensor rotary, xpos_scale;
   if (o.uses_rotary()) {
     // With memories the keys reach back to position -M (the first memory's length, as x-transformers). With a
     // cache the positions run to n_in + cache_length (x-transformers' seq_pos_offset), the keys being the last.
     // Custom positions replace the range.
-    const int64_t positions = cached ? n_in + cache_length : x_in.size(1) + mem_len;
+    const c10::SymInt positions = cached ? n_in + cache_length : x_in.sym_size(1) + mem_len;
     TORCH_CHECK_VALUE(positions >= keys, "AttentionLayers: cache_length ", cache_length, " is shorter than the ",
                       past, " cached keys");
     const auto& inv_freq = p.get("rotary_pos_emb.inv_freq");
@@ -629,8 +647,8 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   }
   if (o.rel_pos_bias())
     self_config.position_bias =
-        t5_position_bias(p.get("rel_pos.relative_attention_bias.weight"), x_in.size(1), keys, o);
-  if (o.dynamic_pos_bias()) self_config.position_bias = dynamic_position_bias(p, x_in.size(1), keys, x_in, o);
+        t5_position_bias(p.get("rel_pos.relative_attention_bias.weight"), x_in.sym_size(1), keys, o);
+  if (o.dynamic_pos_bias()) self_config.position_bias = dynamic_position_bias(p, x_in.sym_size(1), keys, x_in, o);
   if (attn_bias.has_value()) self_config.position_bias = normalized_attn_bias(*attn_bias, x_in, o);
   auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor(), at::Tensor());
   self_config.residual_scores = o.residual_attn();

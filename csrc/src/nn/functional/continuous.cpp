@@ -47,18 +47,20 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at
   const auto& o = plan.options();
   const int64_t dim = plan.layers().options().dim();
   const int64_t dim_in = plan.has_project_in() ? *o.dim_in() : dim;
-  TORCH_CHECK_VALUE(x_in.dim() == 3 && x_in.size(2) == dim_in,
-                    "ContinuousTransformerWrapper: expected x of shape (batch, seq, ", dim_in, "), got ", x_in.sizes());
+  TORCH_CHECK_VALUE(x_in.dim() == 3 && x_in.sym_size(2) == dim_in,
+                    "ContinuousTransformerWrapper: expected x of shape (batch, seq, ", dim_in, "), got ",
+                    x_in.sym_sizes());
   TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "ContinuousTransformerWrapper: expected ",
                     plan.parameters().size(), " parameters for these options, got ", params.size());
   TORCH_CHECK_VALUE(!(mask_in.has_value() && lens.has_value()),
                     "ContinuousTransformerWrapper: pass either mask or lens, not both");
-  const int64_t b = x_in.size(0), n = x_in.size(1);
+  // Batch and length as SymInts: torch.export and torch.compile keep them symbolic.
+  const c10::SymInt b = x_in.sym_size(0), n = x_in.sym_size(1);
   std::optional<at::Tensor> mask = mask_in;
   if (lens.has_value()) {
-    TORCH_CHECK_VALUE(lens->dim() == 1 && lens->size(0) == b && !lens->is_floating_point(),
+    TORCH_CHECK_VALUE(lens->dim() == 1 && lens->sym_size(0) == b && !lens->is_floating_point(),
                       "ContinuousTransformerWrapper: expected lens of shape (", b, ") and an integer dtype, got ",
-                      lens->sizes(), " ", lens->scalar_type());
+                      lens->sym_sizes(), " ", lens->scalar_type());
     mask = at::arange(n, lens->options()).unsqueeze(0) < lens->unsqueeze(1);
   }
   const auto get = [&](const std::string& name) {
@@ -81,7 +83,7 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at
   const auto inputs = detail::stack_inputs("ContinuousTransformerWrapper", layer_mask, cache_kv, n,
                                            memory > 0 || o.average_pool_embed());
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
-  if (memory > 0) x = x.narrow(1, memory, n);
+  if (memory > 0) x = x.narrow_symint(1, memory, n);
   // x-transformers pools with the mask as passed: with `lens` instead, it averages over every position.
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
   if (return_embeddings || !plan.has_project_out()) return x;

@@ -1,4 +1,5 @@
 #include <xtc/nn/functional/norm.h>
+#include "src/symbolic_sizes.h"
 
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linalg_vector_norm.h>
@@ -8,11 +9,11 @@
 namespace xtc::nn::functional {
 
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& gamma, bool unit_offset) {
-  return at::layer_norm(x, {x.size(-1)}, unit_offset ? gamma + 1 : gamma, /*bias=*/{}, /*eps=*/1e-5);
+  return at::layer_norm_symint(x, {x.sym_size(-1)}, unit_offset ? gamma + 1 : gamma, /*bias=*/{}, /*eps=*/1e-5);
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& g, bool unit_offset) {
-  const double scale = std::sqrt(static_cast<double>(x.size(-1)));
+  const double scale = std::sqrt(static_cast<double>(xtc::detail::static_size(x, -1)));
   auto normed = x / at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
   if (!g.defined()) return normed * scale;
   return normed * (unit_offset ? (g + 1) * scale : g * scale);

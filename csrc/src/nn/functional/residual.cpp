@@ -1,4 +1,5 @@
 #include <xtc/nn/functional/residual.h>
+#include "src/symbolic_sizes.h"
 
 #include <ATen/ops/gru_cell.h>
 
@@ -9,7 +10,7 @@ at::Tensor residual(ResidualKind kind, const at::Tensor& branch, const at::Tenso
   at::Tensor residual = residual_in;
   if (w.residual_scale.defined()) residual = residual * w.residual_scale;
   if (kind == ResidualKind::GRUGating) {
-    const int64_t dim = branch.size(-1);
+    const int64_t dim = xtc::detail::static_size(branch, -1);
     return at::gru_cell(branch.reshape({-1, dim}), residual.reshape({-1, dim}), w.weight_ih, w.weight_hh, w.bias_ih,
                         w.bias_hh)
         .reshape_as(branch);

@@ -3,6 +3,7 @@
 
 #include "src/nn/functional/wrapper_parts.h"
 
+#include <ATen/ops/_assert_async.h>
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/linear.h>
@@ -49,15 +50,20 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at:
   const int64_t dim = plan.layers().options().dim();
   TORCH_CHECK_VALUE(tokens.dim() == 2 && !tokens.is_floating_point() && !tokens.is_complex(),
                     "TransformerWrapper: expected token ids of shape (batch, seq) and an integer dtype, got ",
-                    tokens.sizes(), " ", tokens.scalar_type());
+                    tokens.sym_sizes(), " ", tokens.scalar_type());
   TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
                     plan.parameters().size(), " parameters for these options, got ", params.size());
   const auto get = [&](const std::string& name) {
     return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
   };
-  const int64_t n = tokens.size(1);
+  // The length as a SymInt: torch.export and torch.compile keep it symbolic.
+  const c10::SymInt n = tokens.sym_size(1);
   const auto table = get("token_emb.emb.weight");
-  if (tokens.numel() > 0) {
+  if (tokens.key_set().has(c10::DispatchKey::Python)) {
+    // Traced (fake tensors under torch.export / torch.compile): no ids to read; the check runs in the graph.
+    at::_assert_async(tokens.ge(0).logical_and(tokens.lt(o.num_tokens())).all(),
+                      "TransformerWrapper: expected token ids in [0, " + std::to_string(o.num_tokens()) + ")");
+  } else if (tokens.sym_numel() > 0) {
     const int64_t low = tokens.min().item<int64_t>(), high = tokens.max().item<int64_t>();
     TORCH_CHECK_VALUE(low >= 0 && high < o.num_tokens(), "TransformerWrapper: expected token ids in [0, ",
                       o.num_tokens(), "), got ids from ", low, " to ", high);
@@ -81,7 +87,7 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at:
   const auto inputs =
       detail::stack_inputs("TransformerWrapper", layer_mask, cache_kv, n, memory > 0 || o.average_pool_embed());
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
-  if (memory > 0) x = x.narrow(1, memory, n);
+  if (memory > 0) x = x.narrow_symint(1, memory, n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
   if (return_embeddings || !plan.has_logits()) return x;
   if (o.tie_embedding())

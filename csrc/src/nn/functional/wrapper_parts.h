@@ -17,11 +17,12 @@ at::Tensor find_tensor(const char* owner, const std::vector<ParameterSpec>& spec
                        const std::string& name);
 
 /// AbsolutePositionalEmbedding over positions 0..n-1: table rows times dim^-0.5, or l2-normalised rows.
-at::Tensor absolute_positions(const at::Tensor& table, int64_t n, bool l2norm);
+at::Tensor absolute_positions(const at::Tensor& table, const c10::SymInt& n, bool l2norm);
 
 /// ScaledSinusoidalEmbedding over positions 0..n-1: [sin, cos] of positions times 10000^-(k / (dim / 2)), times
 /// the learned scale.
-at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, int64_t n, int64_t dim, const at::Tensor& like);
+at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, const c10::SymInt& n, int64_t dim,
+                                       const at::Tensor& like);
 
 /// Prepends memory tokens (M, dim) to x (b, n, dim), and True to the mask when there is one.
 void prepend_memory(at::Tensor& x, std::optional<at::Tensor>& mask, const at::Tensor& memory_tokens);
@@ -37,6 +38,7 @@ at::Tensor l2norm(const at::Tensor& x);
 /// As x-transformers' wrappers, the input holds the whole sequence so far (the n positions, cached ones included)
 /// and only the last one runs; memory tokens and pooling are refused with a cache.
 AttentionLayersInputs stack_inputs(const char* wrapper, const std::optional<at::Tensor>& mask,
-                                   const std::vector<at::Tensor>& cache_kv, int64_t n, bool memory_or_pooling);
+                                   const std::vector<at::Tensor>& cache_kv, const c10::SymInt& n,
+                                   bool memory_or_pooling);
 
 }  // namespace xtc::nn::functional::detail
