@@ -20,18 +20,36 @@ auto with_torch_errors(F&& f) {
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
-// (canonical options, [(name, initial value, is_buffer)]) of a wrapper built around a fresh AttentionLayers: the
-// layout its op reads, attn_layers.* included.
+// One layout entry for Python: (name, shape, is_buffer, initial value or None).
+using LayoutEntry = std::tuple<std::string, std::vector<int64_t>, bool, std::optional<at::Tensor>>;
+
+// The entries of `specs`, with the module's freshly initialised tensors when `module` is given (else shapes only,
+// for meta-device construction). Entries under `held_elsewhere` (a wrapper's stack) carry no value.
+std::vector<LayoutEntry> layout_entries(const std::vector<xtc::nn::functional::ParameterSpec>& specs,
+                                        const torch::nn::Module* module, const std::string& held_elsewhere = "") {
+  const auto params = module != nullptr ? module->named_parameters() : torch::OrderedDict<std::string, at::Tensor>();
+  const auto buffers = module != nullptr ? module->named_buffers() : torch::OrderedDict<std::string, at::Tensor>();
+  std::vector<LayoutEntry> entries;
+  for (const auto& spec : specs) {
+    const bool elsewhere = !held_elsewhere.empty() && spec.name.rfind(held_elsewhere, 0) == 0;
+    std::optional<at::Tensor> value;
+    if (module != nullptr && !elsewhere) value = spec.buffer ? buffers[spec.name] : params[spec.name];
+    entries.emplace_back(spec.name, spec.shape, spec.buffer, value);
+  }
+  return entries;
+}
+
+// (canonical options, entries) of a wrapper, its own tensors initialised and the stack's (attn_layers.*) named only:
+// the Python wrapper holds the user's stack. Built around a stack without tensors, so none of its are allocated.
 template <typename Wrapper, typename WrapperOptions>
-auto wrapper_layout(const std::string& options, const std::string& layer_options) {
+auto wrapper_layout(const std::string& options, const std::string& layer_options, bool initialize) {
   return with_torch_errors([&] {
     Wrapper wrapper(WrapperOptions::parse(options),
-                    xtc::nn::AttentionLayers(xtc::nn::AttentionLayersOptions::parse(layer_options)));
-    std::vector<std::tuple<std::string, at::Tensor, bool>> named;
-    const auto tensors = wrapper->tensors();
-    const auto& specs = wrapper->plan->parameters();
-    for (size_t i = 0; i < specs.size(); ++i) named.emplace_back(specs[i].name, tensors[i], specs[i].buffer);
-    return std::make_pair(wrapper->options.serialize(), named);
+                    xtc::nn::AttentionLayers(xtc::nn::AttentionLayersImpl::without_tensors(
+                        xtc::nn::AttentionLayersOptions::parse(layer_options))));
+    return std::make_pair(wrapper->options.serialize(),
+                          layout_entries(wrapper->plan->parameters(), initialize ? wrapper.get() : nullptr,
+                                         "attn_layers."));
   });
 }
 
@@ -60,19 +78,18 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "parameter_layout",
-      [](const std::string& text) {
+      [](const std::string& text, bool initialize) {
         return with_torch_errors([&] {
-          xtc::nn::AttentionLayers layers(xtc::nn::AttentionLayersOptions::parse(text));
-          std::vector<std::tuple<std::string, at::Tensor, bool>> named;
-          const auto tensors = layers->tensors();
-          const auto& specs = layers->plan->parameters();
-          for (size_t i = 0; i < specs.size(); ++i) named.emplace_back(specs[i].name, tensors[i], specs[i].buffer);
-          return named;
+          auto options = xtc::nn::AttentionLayersOptions::parse(text);
+          if (!initialize) return layout_entries(xtc::nn::functional::AttentionLayersPlan(options).parameters(), nullptr);
+          xtc::nn::AttentionLayers layers(options);
+          return layout_entries(layers->plan->parameters(), layers.get());
         });
       },
-      py::arg("options"),
-      "(name, freshly initialised value, is_buffer) of every parameter and buffer of xtc::nn::AttentionLayers with "
-      "these options, in the order the attention_layers op reads them.");
+      py::arg("options"), py::arg("initialize") = true,
+      "(name, shape, is_buffer, freshly initialised value) of every parameter and buffer of xtc::nn::AttentionLayers "
+      "with these options, in the order the attention_layers op reads them; the value is None without initialize "
+      "(nothing allocated, for meta-device construction).");
 
   m.def(
       "executed_attention_types",
@@ -90,16 +107,17 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("transformer_wrapper_layout",
         &wrapper_layout<xtc::nn::TransformerWrapper, xtc::nn::TransformerWrapperOptions>, py::arg("options"),
-        py::arg("layer_options"),
-        "(canonical options, [(name, initial value, is_buffer)]) of xtc::nn::TransformerWrapper, in the order the "
-        "transformer_wrapper op reads them; attn_layers.* included.");
+        py::arg("layer_options"), py::arg("initialize") = true,
+        "(canonical options, [(name, shape, is_buffer, initial value or None)]) of xtc::nn::TransformerWrapper, in the "
+        "order the transformer_wrapper op reads them; attn_layers.* (the stack's) have no value.");
 
   m.def("continuous_option_keys", &xtc::nn::ContinuousTransformerWrapperOptions::keys,
         "Keys of the serialised ContinuousTransformerWrapper options.");
 
   m.def("continuous_layout",
         &wrapper_layout<xtc::nn::ContinuousTransformerWrapper, xtc::nn::ContinuousTransformerWrapperOptions>,
-        py::arg("options"), py::arg("layer_options"),
-        "(canonical options, [(name, initial value, is_buffer)]) of xtc::nn::ContinuousTransformerWrapper, in the "
-        "order the continuous_transformer op reads them; attn_layers.* included.");
+        py::arg("options"), py::arg("layer_options"), py::arg("initialize") = true,
+        "(canonical options, [(name, shape, is_buffer, initial value or None)]) of "
+        "xtc::nn::ContinuousTransformerWrapper, in the order the continuous_transformer op reads them; attn_layers.* "
+        "(the stack's) have no value.");
 }

@@ -61,16 +61,32 @@ def _options_text(kwargs):
     return _C.normalize_options(";".join(f"{k}={_option_value(k, v)}" for k, v in routed.items()))
 
 
+def initializes_on_construction():
+    """False under torch.device("meta"): there, as x-transformers' modules, ours allocate nothing and hold meta
+    tensors, to be materialised with to_empty(device=...) and reset_parameters()."""
+    return torch.get_default_device().type != "meta"
+
+
+def _initial_tensor(shape, value):
+    """A layout entry's tensor: the C++ module's freshly initialised one (kept as is on the CPU, so construction
+    holds one copy of the parameters; moved under a torch.device context), or an uninitialised one on the default
+    device (meta) when the layout carries no value."""
+    if value is None:
+        return torch.empty(shape)
+    device = torch.get_default_device()
+    return value.detach() if value.device == device else value.detach().to(device)
+
+
 def _build_tree(layout):
-    """Nested modules holding nn.Parameters (and persistent buffers) at the given dotted names; numbered children
-    form ModuleLists."""
+    """Nested modules holding nn.Parameters (and persistent buffers) at the layout's dotted names; numbered children
+    form ModuleLists. layout: (name, shape, is_buffer, value or None) entries, as the C++ layouts give them."""
     tree = {}
-    for name, tensor, is_buffer in layout:
+    for name, shape, is_buffer, value in layout:
         *path, leaf = name.split(".")
         node = tree
         for part in path:
             node = node.setdefault(part, {})
-        node[leaf] = (tensor, is_buffer)
+        node[leaf] = (_initial_tensor(shape, value), is_buffer)
 
     def make(node):
         children = {k: v for k, v in node.items() if isinstance(v, dict)}
@@ -81,12 +97,46 @@ def _build_tree(layout):
             if isinstance(value, dict):
                 module.add_module(key, make(value))
             elif value[1]:
-                module.register_buffer(key, value[0].detach().clone())
+                module.register_buffer(key, value[0])
             else:
-                module.register_parameter(key, nn.Parameter(value[0].detach().clone()))
+                module.register_parameter(key, nn.Parameter(value[0]))
         return module
 
     return make(tree)
+
+
+def fill_from_layout(module, layout):
+    """Copies a freshly initialised layout's values into the module's tensors of those names (entries without a
+    value are skipped): reset_parameters, on whatever device the module is. FSDP2-sharded parameters (DTensors)
+    take their shard of the value."""
+    with torch.no_grad():
+        for name, _, _, value in layout:
+            if value is None:
+                continue
+            target = reduce(getattr, name.split("."), module)
+            if _is_dtensor(target):
+                from torch.distributed.tensor import distribute_tensor
+                value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements)
+            target.copy_(value)
+
+
+def _is_dtensor(t):
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+    return isinstance(t, DTensor)
+
+
+def unshard_fsdp_groups(module):
+    """FSDP2 groups inside `module` (fully_shard on each layer): the stack runs as one op, so their own forwards,
+    where FSDP would gather them, never run. They are gathered here for the op; FSDP's root post-backward then
+    reduce-scatters their gradients and reshards them."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.fsdp import FSDPModule
+    for child in module.modules():
+        if child is not module and isinstance(child, FSDPModule):
+            child.unshard()
 
 
 @dataclass
@@ -175,8 +225,8 @@ class AttentionLayers(nn.Module):
         if depth is None:
             raise TypeError("AttentionLayers: depth is required unless custom_layers gives the layers")
         self._options = _options_text(dict(dim=dim, depth=depth, heads=heads, causal=causal, **kwargs))
-        layout = _C.parameter_layout(self._options)
-        self._parameter_names = [name for name, _, _ in layout]
+        layout = _C.parameter_layout(self._options, initializes_on_construction())
+        self._parameter_names = [name for name, *_ in layout]
         self._attention_types = _C.executed_attention_types(self._options)  # once: read by every return_hiddens
         # The attributes x-transformers' wrappers read off a stack.
         self.dim, self.depth, self.causal = dim, depth, causal
@@ -197,6 +247,13 @@ class AttentionLayers(nn.Module):
         in_attn_cond=None, layers_execute_order=None, repeat_blocks=None, self_attn_kv_residuals=None,
         cross_attn_kv_residuals=None, flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None,
         transform_block_inputs=None)
+
+    def reset_parameters(self):
+        """Initialises every parameter and buffer in place as construction does (the C++ module's init, which is
+        x-transformers'), for a stack built under torch.device("meta") and materialised with to_empty(device=...).
+        Draws from torch's default generator in construction's order: torch.manual_seed(s) then reset_parameters()
+        gives the values that constructing after torch.manual_seed(s) gives."""
+        fill_from_layout(self, _C.parameter_layout(self._options))
 
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                 seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False, cache=None,
@@ -238,6 +295,7 @@ class AttentionLayers(nn.Module):
         if cache is not None and kwargs.get("seq_pos_offset") == cache.cache_length:
             kwargs.pop("seq_pos_offset")
         check_forward_defaults(type(self).__name__, kwargs, self._FORWARD_DEFAULTS)
+        unshard_fsdp_groups(self)
         params = [reduce(getattr, name.split("."), self) for name in self._parameter_names]
         mems = list(mems or [])
         # The op takes one mask per memory or none: a missing one keeps every memory key.

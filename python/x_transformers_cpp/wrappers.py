@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from . import _C
-from .attention_layers import (AttentionLayers, _build_tree, _option_value, check_forward_defaults, flat_cache,
-                               layer_intermediates)
+from .attention_layers import (AttentionLayers, _build_tree, _option_value, check_forward_defaults, fill_from_layout,
+                               flat_cache, initializes_on_construction, layer_intermediates, unshard_fsdp_groups)
 
 
 class _Wrapper(nn.Module):
     """Builds the wrapper's own parameters from the C++ layout, in x-transformers' order, around `attn_layers`."""
 
-    def _setup(self, attn_layers, kwargs, unsupported, keys, layout_fn):
+    def _setup(self, attn_layers, kwargs, unsupported, keys):
         if not isinstance(attn_layers, AttentionLayers):
             raise TypeError(f"attn_layers: expected an x_transformers_cpp AttentionLayers (Encoder, Decoder, ...), "
                             f"got {type(attn_layers).__name__}")
@@ -26,9 +26,9 @@ class _Wrapper(nn.Module):
         if rejected or unknown:
             raise TypeError(f"unrecognized or unsupported keyword arguments: {', '.join(sorted(rejected + unknown))}")
         text = ";".join(f"{k}={_option_value(k, v)}" for k, v in kwargs.items() if k not in unsupported)
-        self._options, layout = layout_fn(text, attn_layers._options)
+        self._options, layout = self._layout(text, attn_layers._options, initializes_on_construction())
         self._layer_options = attn_layers._options
-        self._tensor_names = [name for name, _, _ in layout]
+        self._tensor_names = [name for name, *_ in layout]
         tree = _build_tree([entry for entry in layout if not entry[0].startswith("attn_layers.")])
         for name, param in tree.named_parameters(recurse=False):
             self.register_parameter(name, param)
@@ -48,7 +48,14 @@ class _Wrapper(nn.Module):
         self.can_cache_kv_outside_max_seq_len = not has_abs_pos_emb
         self.looped = self.recycling = self.add_continuous_pred_head = self.output_is_log_prob = False
 
+    def reset_parameters(self):
+        """Initialises the wrapper's own parameters in place as construction does (attn_layers has its own
+        reset_parameters, as torch modules reset only their own), after to_empty(device=...) on a wrapper built
+        under torch.device("meta")."""
+        fill_from_layout(self, self._layout(self._options, self._layer_options, True)[1])
+
     def _tensors(self):
+        unshard_fsdp_groups(self)
         return [reduce(getattr, name.split("."), self) for name in self._tensor_names]
 
     def _run(self, op, op_with_hiddens, inputs, return_embeddings, return_intermediates, cache):
@@ -78,6 +85,7 @@ class TransformerWrapper(_Wrapper):
     their defaults.
     """
 
+    _layout = staticmethod(_C.transformer_wrapper_layout)
     _UNSUPPORTED = dict(
         embed_num_tokens={}, max_mem_len=0, shift_mem_down=0, memory_tokens_interspersed_every=None,
         num_output_heads=1, recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
@@ -89,7 +97,7 @@ class TransformerWrapper(_Wrapper):
     def __init__(self, *, num_tokens, max_seq_len, attn_layers, **kwargs):
         super().__init__()
         self._setup(attn_layers, dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs), self._UNSUPPORTED,
-                    _C.transformer_wrapper_option_keys(), _C.transformer_wrapper_layout)
+                    _C.transformer_wrapper_option_keys())
         self._set_attributes(dict(max_seq_len=max_seq_len, **kwargs))
         self.num_tokens, self.emb_dim = num_tokens, kwargs.get("emb_dim") or attn_layers.dim
 
@@ -133,11 +141,12 @@ class ContinuousTransformerWrapper(_Wrapper):
     """
 
     # x-transformers keyword arguments that need module objects or features not implemented here.
+    _layout = staticmethod(_C.continuous_layout)
     _UNSUPPORTED = dict(project_in=None, project_out=None, probabilistic=False, max_mem_len=0)
 
     def __init__(self, *, attn_layers, **kwargs):
         super().__init__()
-        self._setup(attn_layers, kwargs, self._UNSUPPORTED, _C.continuous_option_keys(), _C.continuous_layout)
+        self._setup(attn_layers, kwargs, self._UNSUPPORTED, _C.continuous_option_keys())
         self._set_attributes(kwargs)
         self.probabilistic = False  # refused above; x-transformers' continuous wrappers read it
 

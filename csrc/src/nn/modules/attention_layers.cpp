@@ -88,6 +88,14 @@ std::shared_ptr<torch::nn::Module> make_residual(const AttentionLayersOptions& o
 
 AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options) : options(std::move(options)) { reset(); }
 
+AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options, WithoutTensors) : options(std::move(options)) {
+  plan = std::make_shared<const functional::AttentionLayersPlan>(this->options);
+}
+
+std::shared_ptr<AttentionLayersImpl> AttentionLayersImpl::without_tensors(AttentionLayersOptions options) {
+  return std::shared_ptr<AttentionLayersImpl>(new AttentionLayersImpl(std::move(options), WithoutTensors{}));
+}
+
 void AttentionLayersImpl::reset() {
   plan = std::make_shared<const functional::AttentionLayersPlan>(options);
   layers = register_module("layers", torch::nn::ModuleList());

@@ -19,6 +19,9 @@ namespace xtc::nn {
 class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
  public:
   explicit AttentionLayersImpl(AttentionLayersOptions options);
+  /// A stack with its options and plan but no parameters or buffers: what a wrapper's own layout is built around
+  /// when the stack's tensors live elsewhere (the Python wrappers hold the user's stack), so that none are allocated.
+  static std::shared_ptr<AttentionLayersImpl> without_tensors(AttentionLayersOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   /// x (b, n, dim) float; mask (b, n) bool, True = keep; context (b, m, dim) and context_mask (b, m) when
@@ -43,6 +46,10 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
  protected:
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},
                            {3, torch::nn::AnyValue(at::Tensor())}, {4, torch::nn::AnyValue(at::Tensor())})
+
+ private:
+  struct WithoutTensors {};
+  AttentionLayersImpl(AttentionLayersOptions options, WithoutTensors);
 };
 TORCH_MODULE(AttentionLayers);
 
