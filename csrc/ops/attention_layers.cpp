@@ -113,3 +113,10 @@ TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {
   m.impl("attention_layers", &xtc::ops::attention_layers_kernel);
   m.impl("attention_layers_with_hiddens", &xtc::ops::attention_layers_with_hiddens_kernel);
 }
+
+// torch.func.vmap decomposes the stack into its aten ops, each with its batching rule: batched inputs and batched
+// parameters (model ensembles) alike.
+TORCH_LIBRARY_IMPL(xtc, FuncTorchBatchedDecomposition, m) {
+  m.impl("attention_layers", &xtc::ops::attention_layers_kernel);
+  m.impl("attention_layers_with_hiddens", &xtc::ops::attention_layers_with_hiddens_kernel);
+}

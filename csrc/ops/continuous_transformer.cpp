@@ -52,3 +52,9 @@ TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {
   m.impl("continuous_transformer", &xtc::ops::continuous_transformer_kernel);
   m.impl("continuous_transformer_with_hiddens", &xtc::ops::continuous_transformer_with_hiddens_kernel);
 }
+
+// torch.func.vmap decomposes the wrapper into its aten ops (see ops/attention_layers.cpp).
+TORCH_LIBRARY_IMPL(xtc, FuncTorchBatchedDecomposition, m) {
+  m.impl("continuous_transformer", &xtc::ops::continuous_transformer_kernel);
+  m.impl("continuous_transformer_with_hiddens", &xtc::ops::continuous_transformer_with_hiddens_kernel);
+}

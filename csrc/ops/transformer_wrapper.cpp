@@ -52,3 +52,9 @@ TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {
   m.impl("transformer_wrapper", &xtc::ops::transformer_wrapper_kernel);
   m.impl("transformer_wrapper_with_hiddens", &xtc::ops::transformer_wrapper_with_hiddens_kernel);
 }
+
+// torch.func.vmap decomposes the wrapper into its aten ops (see ops/attention_layers.cpp).
+TORCH_LIBRARY_IMPL(xtc, FuncTorchBatchedDecomposition, m) {
+  m.impl("transformer_wrapper", &xtc::ops::transformer_wrapper_kernel);
+  m.impl("transformer_wrapper_with_hiddens", &xtc::ops::transformer_wrapper_with_hiddens_kernel);
+}

@@ -10,6 +10,7 @@ torch.ops.xtc.flash_attention_backward and torch.ops.xtc.attention_layers.
 import torch  # noqa: F401  (loads libtorch before our library)
 
 from . import _C  # noqa: F401  (loads libxtc.so, registering torch.ops.xtc.*)
+from . import batching  # noqa: F401  (torch.func.vmap rule of torch.ops.xtc.flash_attention)
 from .attention_layers import AttentionLayers, CrossAttender, Decoder, Encoder
 from .wrappers import ContinuousTransformerWrapper, TransformerWrapper
 

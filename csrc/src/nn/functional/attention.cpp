@@ -5,6 +5,7 @@
 #include "src/symbolic_sizes.h"
 
 #include <ATen/Dispatch.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/dropout.h>
@@ -136,6 +137,10 @@ std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool trai
                                              bool wants_maps) {
   std::vector<std::string> reasons;
   if (wants_maps) reasons.emplace_back("the attention maps were asked for (return_hiddens without attn_flash)");
+  // functorch includes its front-mode key in the thread's dispatch keys while any transform's layer is alive.
+  if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode))
+    reasons.emplace_back("a torch.func transform (vmap, grad, jacrev, ...) is active: the kernel's C++ autograd has no "
+                         "functorch rules, the aten ops do");
   if (has_attn_mask) reasons.emplace_back("attn_mask is an arbitrary (query, key) pattern, not a padding mask");
   if (c.position_bias.defined())
     reasons.emplace_back("a learned position bias or attn_bias is a dense (head, query, key) tensor");
