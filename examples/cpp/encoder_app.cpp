@@ -1,16 +1,42 @@
-// The seed's use case from C++: (a) a native xtc::nn::Encoder over precomputed embeddings, (b) the same encoder
-// traced in Python and loaded with torch::jit::load. Both are checked against the output Python saved.
+// The seed's use case from C++, by the three deployment routes: (a) a native xtc::nn::Encoder over precomputed
+// embeddings, (b) the same encoder traced in Python and loaded with torch::jit::load, (c) optionally, the encoder
+// exported with a dynamic batch and length and compiled by AOTInductor, loaded with AOTIModelPackageLoader (its
+// xtc ops resolve through libxtc, which xtc::xtc links whole). Each is checked against the outputs Python saved.
 //
-// Usage: encoder_app <traced_encoder.pt> <tensors.pt>
+// Usage: encoder_app <traced_encoder.pt> <tensors.pt> [encoder.pt2]
 #include <xtc/xtc.h>
 
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
 
+#include <algorithm>
 #include <cstdio>
 
+namespace {
+
+// (c): the package at the saved shape and at a second one; returns the larger difference from Python's outputs.
+double run_package(const char* path, const torch::jit::Module& tensors) {
+  torch::inductor::AOTIModelPackageLoader loader(path);
+  double worst = 0;
+  for (const char* prefix : {"", "other_"}) {
+    const std::string p(prefix);
+    const auto embed = tensors.attr(p + "embed").toTensor();
+    const auto outputs = loader.run({embed, tensors.attr(p + "mask").toTensor()});
+    const auto expected = tensors.attr(p + "expected").toTensor();
+    const double diff = outputs.size() == 1 && outputs[0].sizes() == expected.sizes()
+                            ? (outputs[0] - expected).abs().max().item<double>()
+                            : 1e9;
+    std::printf("package at %s vs python %.3g\n", c10::str(embed.sizes()).c_str(), diff);
+    worst = std::max(worst, diff);
+  }
+  return worst;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: %s <traced_encoder.pt> <tensors.pt>\n", argv[0]);
+  if (argc != 3 && argc != 4) {
+    std::fprintf(stderr, "usage: %s <traced_encoder.pt> <tensors.pt> [encoder.pt2]\n", argv[0]);
     return 2;
   }
   torch::NoGradGuard no_grad;
@@ -51,7 +77,9 @@ int main(int argc, char** argv) {
   std::printf("shape %s | native vs python %.3g | traced vs python %.3g | traced vs native at %s %.3g\n",
               c10::str(native_out.sizes()).c_str(), native_diff, traced_diff, c10::str(other.sizes()).c_str(),
               other_diff);
-  const bool ok = native_out.sizes() == embed.sizes() && native_diff < 1e-5 && traced_diff < 1e-5 && other_diff < 1e-5;
+  const double package_diff = argc == 4 ? run_package(argv[3], tensors) : 0.0;
+  const bool ok = native_out.sizes() == embed.sizes() && native_diff < 1e-5 && traced_diff < 1e-5 &&
+                  other_diff < 1e-5 && package_diff < 1e-5;
   std::printf("%s\n", ok ? "OK" : "MISMATCH");
   return ok ? 0 : 1;
 }

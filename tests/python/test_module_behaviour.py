@@ -196,9 +196,6 @@ def test_functional_call_uses_given_parameters(kind):
         torch.testing.assert_close(leaves[name].grad, p.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "C++ bug: the Autograd kernel of xtc::attention_layers is a torch::autograd::Function, which functorch "
-    "transforms refuse ('cannot use C++ torch::autograd::Function with functorch transforms')"))
 def test_torch_func_grad():
     """torch.func.grad / vjp over functional_call, the torch.func way of getting per-parameter gradients."""
     torch.manual_seed(14)
