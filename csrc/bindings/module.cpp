@@ -4,6 +4,7 @@
 #include <xtc/nn/modules/continuous.h>
 #include <xtc/nn/modules/transformer_wrapper.h>
 #include <xtc/nn/options/attention_layers.h>
+#include <xtc/ops/attention_layers.h>
 
 #include <torch/csrc/utils/pybind.h>
 #include <torch/python.h>
@@ -101,6 +102,9 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("options"),
       "The kind ('a' self, 'c' cross) of each attention layer in execution order: the order of the cached_kv pairs.");
+
+  m.def("cached_plans", &xtc::ops::cached_plans,
+        "Plans the layer-stack and wrapper ops hold in their caches (at most 256 of each kind).");
 
   m.def("transformer_wrapper_option_keys", &xtc::nn::TransformerWrapperOptions::keys,
         "Keys of the serialised TransformerWrapper options.");

@@ -12,7 +12,7 @@
 namespace xtc::ops {
 namespace {
 
-const nn::functional::AttentionLayersPlan& layers_plan(c10::string_view options) {
+std::shared_ptr<const nn::functional::AttentionLayersPlan> layers_plan(c10::string_view options) {
   const std::string text(options);
   return detail::cached_plan<nn::functional::AttentionLayersPlan>(
       text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
@@ -49,7 +49,7 @@ at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::
   return nn::functional::attention_layers(x,
                                           stack_inputs(mask, context, context_mask, attn_mask, self_attn_kv_mask,
                                                        seq_start_pos, attn_bias, pos, mems, mem_masks),
-                                          params, layers_plan(options), training);
+                                          params, *layers_plan(options), training);
 }
 
 detail::LayerHiddensResult attention_layers_with_hiddens_kernel(
@@ -65,7 +65,7 @@ detail::LayerHiddensResult attention_layers_with_hiddens_kernel(
   inputs.cache_length = cache_length;
   inputs.cache_age = cache_age;
   nn::functional::AttentionLayersHiddens record;
-  auto out = nn::functional::attention_layers(x, inputs, params, layers_plan(options), training, &record);
+  auto out = nn::functional::attention_layers(x, inputs, params, *layers_plan(options), training, &record);
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 

@@ -15,21 +15,21 @@ at::Tensor continuous_transformer_kernel(const at::Tensor& x, const std::optiona
                                          const std::optional<at::Tensor>& lens, at::TensorList params,
                                          c10::string_view options, c10::string_view layer_options, bool training,
                                          bool return_embeddings) {
-  const auto& plan =
+  const auto plan =
       detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
           options, layer_options);
-  return nn::functional::continuous_transformer(x, mask, lens, params, plan, training, return_embeddings);
+  return nn::functional::continuous_transformer(x, mask, lens, params, *plan, training, return_embeddings);
 }
 
 detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
     const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& lens,
     at::TensorList cache_kv, at::TensorList params, c10::string_view options, c10::string_view layer_options,
     bool training, bool return_embeddings) {
-  const auto& plan =
+  const auto plan =
       detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
           options, layer_options);
   nn::functional::AttentionLayersHiddens record;
-  auto out = nn::functional::continuous_transformer(x, mask, lens, params, plan, training, return_embeddings,
+  auto out = nn::functional::continuous_transformer(x, mask, lens, params, *plan, training, return_embeddings,
                                                     cache_kv.vec(), &record);
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }

@@ -13,21 +13,21 @@ namespace {
 at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens, const std::optional<at::Tensor>& mask,
                                       at::TensorList params, c10::string_view options, c10::string_view layer_options,
                                       bool training, bool return_embeddings) {
-  const auto& plan =
+  const auto plan =
       detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapperOptions>(
           options, layer_options);
-  return nn::functional::transformer_wrapper(tokens, mask, params, plan, training, return_embeddings);
+  return nn::functional::transformer_wrapper(tokens, mask, params, *plan, training, return_embeddings);
 }
 
 detail::LayerHiddensResult transformer_wrapper_with_hiddens_kernel(
     const at::Tensor& tokens, const std::optional<at::Tensor>& mask, at::TensorList cache_kv,
     at::TensorList params, c10::string_view options, c10::string_view layer_options, bool training,
     bool return_embeddings) {
-  const auto& plan =
+  const auto plan =
       detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapperOptions>(
           options, layer_options);
   nn::functional::AttentionLayersHiddens record;
-  auto out = nn::functional::transformer_wrapper(tokens, mask, params, plan, training, return_embeddings,
+  auto out = nn::functional::transformer_wrapper(tokens, mask, params, *plan, training, return_embeddings,
                                                  cache_kv.vec(), &record);
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }

@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <thread>
+#include <vector>
+
 namespace {
 
 TEST(AttentionLayers, ParameterNamesAndShapesAreXTransformers) {
@@ -198,6 +201,39 @@ TEST(AttentionLayers, BadInputsThrowNamingTheArgument) {
   expect_message(torch::randn({2, 5, 32}), torch::ones({2, 4}, torch::kBool), "expected mask of shape (2, 5)");
   expect_message(torch::randn({2, 5, 32}), torch::ones({2, 5}), "expected mask of dtype bool");
   expect_message(torch::randn({2, 5, 32}, torch::kDouble), {}, "expected x of the parameters' dtype Float");
+}
+
+// Eight std::threads running forward and backward on one shared module give the serial results.
+TEST(AttentionLayers, ThreadsSharingAModuleGiveTheSerialResults) {
+  torch::manual_seed(0);
+  auto options = xtc::nn::AttentionLayersOptions(32, 2, 4);
+  options.rotary_pos_emb(true).attn().dim_head(8).kv_heads(2);
+  xtc::nn::Decoder decoder(options);
+  constexpr int kThreads = 8;
+  std::vector<torch::Tensor> xs, masks;
+  for (int i = 0; i < kThreads; ++i) {
+    xs.push_back(torch::randn({3, 7 + 5 * i, 32}));
+    masks.push_back(torch::rand({3, 7 + 5 * i}) > 0.3);
+  }
+  const auto run = [&](int i) {
+    auto x = xs[i].clone().requires_grad_();
+    auto out = decoder->forward(x, masks[i]);
+    std::vector<torch::Tensor> inputs{x};
+    for (const auto& p : decoder->parameters()) inputs.push_back(p);
+    auto grads = torch::autograd::grad({out.square().sum()}, inputs);
+    grads.insert(grads.begin(), out.detach());
+    return grads;
+  };
+  std::vector<std::vector<torch::Tensor>> serial(kThreads), threaded(kThreads);
+  for (int i = 0; i < kThreads; ++i) serial[i] = run(i);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) threads.emplace_back([&, i] { threaded[i] = run(i); });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kThreads; ++i) {
+    ASSERT_EQ(threaded[i].size(), serial[i].size());
+    for (size_t j = 0; j < serial[i].size(); ++j)
+      EXPECT_TRUE(torch::allclose(threaded[i][j], serial[i][j], /*rtol=*/0, /*atol=*/1e-6)) << "thread " << i << " tensor " << j;
+  }
 }
 
 }  // namespace

@@ -166,9 +166,18 @@ float exp_shift_sum<float>(float* x, int64_t n, float shift) {
   return sum;
 }
 
+// max(a, b), NaN if either is: a NaN logit (from NaN or Inf in the input) must reach the row's output, as it does
+// through x-transformers' softmax, not be dropped by the comparison (std::max keeps its first argument then).
+template <typename scalar_t>
+scalar_t max_keeping_nan(scalar_t a, scalar_t b) {
+  return std::isnan(a) || a > b ? a : b;
+}
+
 template <typename scalar_t>
 scalar_t max_of(const scalar_t* x, int64_t n) {
-  return *std::max_element(x, x + n);
+  scalar_t result = -std::numeric_limits<scalar_t>::infinity();
+  for (int64_t c = 0; c < n; ++c) result = max_keeping_nan(result, x[c]);
+  return result;
 }
 
 template <>
@@ -180,7 +189,7 @@ float max_of<float>(const float* x, int64_t n) {
     for (c = Vec::size(); c + Vec::size() <= n; c += Vec::size()) acc = at::vec::maximum(acc, Vec::loadu(x + c));
     result = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, acc);
   }
-  for (; c < n; ++c) result = std::max(result, x[c]);
+  for (; c < n; ++c) result = max_keeping_nan(result, x[c]);  // at::vec::maximum keeps NaN too
   return result;
 }
 
@@ -250,7 +259,7 @@ void forward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<sc
         for (int64_t r = 0; r < rows; ++r) {
           scalar_t* p = logits.data() + r * cols;
           const scalar_t block_max = max_of(p, cols);
-          const scalar_t new_max = std::max(row_max[r], block_max);
+          const scalar_t new_max = max_keeping_nan(row_max[r], block_max);
           if (new_max == neg_inf) {  // nothing visible yet in this row
             std::fill(p, p + cols, scalar_t(0));
             continue;
@@ -272,7 +281,7 @@ void forward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<sc
         scalar_t* o = out_data + ((batch * n + i0 + r) * h + head) * dv;
         const scalar_t* a = acc.data() + r * dv;
         scalar_t* l = lse_data + (batch * h + head) * n + i0 + r;
-        if (row_sum[r] > 0) {
+        if (row_sum[r] != 0) {  // NaN (a NaN logit) goes on into the output and lse
           const scalar_t inv = scalar_t(1) / row_sum[r];
           for (int64_t c = 0; c < dv; ++c) o[c] = a[c] * inv;
           *l = row_max[r] + std::log(row_sum[r]);
@@ -478,7 +487,7 @@ void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRu
         for (int64_t r = 0; r < rows; ++r) {
           const float* x = logits.data() + r * cols;
           at::BFloat16* p = p_data + r * cols;
-          const float new_max = std::max(row_max[r], max_of(x, cols));
+          const float new_max = max_keeping_nan(row_max[r], max_of(x, cols));
           if (new_max == neg_inf) {  // nothing visible yet in this row
             std::fill(p, p + cols, at::BFloat16(0.f));
             continue;
@@ -501,7 +510,7 @@ void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRu
         at::BFloat16* o = out_data + ((batch * n + i0 + r) * h + head) * dv;
         const float* a = acc.data() + r * dv;
         float* l = lse_data + (batch * h + head) * n + i0 + r;
-        if (row_sum[r] > 0) {
+        if (row_sum[r] != 0) {  // NaN (a NaN logit) goes on into the output and lse
           const float inv = 1.f / row_sum[r];
           for (int64_t c = 0; c < dv; ++c) o[c] = static_cast<at::BFloat16>(a[c] * inv);
           *l = row_max[r] + std::log(row_sum[r]);

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstddef>
 #include <optional>
 #include <string>
 
@@ -21,5 +22,9 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
                             const std::optional<at::Tensor>& seq_start_pos,
                             const std::optional<at::Tensor>& attn_bias, at::TensorList params,
                             const std::string& options, bool training);
+
+/// The plans (parsed options) the layer-stack and wrapper ops hold in their caches, which keep the most recently
+/// used 256 of each kind: for tests and diagnostics.
+size_t cached_plans();
 
 }  // namespace xtc::ops

@@ -10,6 +10,7 @@
 namespace xtc::nn::functional {
 namespace {
 
+// x-transformers' precedence when several are set: relu_squared, then swish, then GELU.
 at::Tensor activation(const at::Tensor& x, const FeedForwardOptions& o) {
   if (o.relu_squared()) return at::relu(x).square();
   if (o.swish()) return at::silu(x);

@@ -6,6 +6,7 @@
 
 #include "src/nn/options/option_text.h"
 
+#include <algorithm>
 #include <functional>
 
 namespace xtc::nn {
@@ -168,9 +169,6 @@ void AttentionLayersOptions::validate() const {
                     "layers_execute_order");
   TORCH_CHECK_VALUE(pre_norm_ || !sandwich_norm_, "AttentionLayers: sandwich_norm needs pre_norm=True");
   TORCH_CHECK_VALUE(shift_tokens_ >= 0, "AttentionLayers: expected shift_tokens >= 0, got ", shift_tokens_);
-  TORCH_CHECK_VALUE(!(add_value_residual_ && learned_value_residual_mix_ && resolved_kv_heads(attn_) != heads_),
-                    "AttentionLayers: add_value_residual's learned mix needs one kv head per query head (attn_kv_heads "
-                    "unset), got ", resolved_kv_heads(attn_), " kv heads for ", heads_, " heads");
   TORCH_CHECK_VALUE(!only_cross_ || cross_attend_, "AttentionLayers: only_cross needs cross_attend=True");
   if (custom_layers_.has_value()) {
     TORCH_CHECK_VALUE(!custom_layers_->empty(), "AttentionLayers: expected a non-empty custom_layers");
@@ -229,11 +227,17 @@ void AttentionLayersOptions::validate() const {
                     "got ", cross_attn_.dim_context().value_or(0));
   TORCH_CHECK_VALUE(ff_.mult() > 0 && static_cast<int64_t>(dim_ * ff_.mult()) > 0,
                     "AttentionLayers: expected ff_mult > 0 giving an inner width >= 1, got ", ff_.mult());
-  TORCH_CHECK_VALUE(!(ff_.relu_squared() && ff_.swish()), "AttentionLayers: ff_relu_squared and ff_swish clash");
   for (auto [name, p] : {std::pair<const char*, double>{"ff_dropout", ff_.dropout()}, {"layer_dropout", layer_dropout_}})
     TORCH_CHECK_VALUE(p >= 0 && p < 1, "AttentionLayers: expected ", name, " in [0, 1), got ", p);
   TORCH_CHECK_VALUE(!softclamp_output_ || softclamp_output_value_ > 0,
                     "AttentionLayers: expected softclamp_output_value > 0");
+  // The learned mix sits on the self-attention layers after the first; x-transformers fails at forward there when
+  // kv heads are fewer than heads, so refuse at construction (a single self-attention layer has no mix).
+  const auto types = layer_types();
+  TORCH_CHECK_VALUE(!(add_value_residual_ && learned_value_residual_mix_ && resolved_kv_heads(attn_) != heads_ &&
+                      std::count(types.begin(), types.end(), 'a') > 1),
+                    "AttentionLayers: add_value_residual's learned mix needs one kv head per query head (attn_kv_heads "
+                    "unset), got ", resolved_kv_heads(attn_), " kv heads for ", heads_, " heads");
 }
 
 // ------------------------------------------------------------------------------------------------ serialisation

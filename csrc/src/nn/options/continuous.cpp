@@ -9,9 +9,10 @@
 namespace xtc::nn {
 
 void ContinuousTransformerWrapperOptions::validate() const {
-  for (auto [name, v] : {std::pair<const char*, std::optional<int64_t>>{"dim_in", dim_in_}, {"dim_out", dim_out_},
-                         {"max_seq_len", max_seq_len_}})
-    TORCH_CHECK_VALUE(!v.has_value() || *v >= 0, "ContinuousTransformerWrapper: expected ", name, " >= 0, got ", *v);
+  for (auto [name, v] : {std::pair<const char*, std::optional<int64_t>>{"dim_in", dim_in_}, {"dim_out", dim_out_}})
+    TORCH_CHECK_VALUE(!v.has_value() || *v > 0, "ContinuousTransformerWrapper: expected ", name, " > 0, got ", *v);
+  TORCH_CHECK_VALUE(!max_seq_len_.has_value() || *max_seq_len_ >= 0,
+                    "ContinuousTransformerWrapper: expected max_seq_len >= 0, got ", max_seq_len_.value_or(0));
   TORCH_CHECK_VALUE(num_memory_tokens_ >= 0, "ContinuousTransformerWrapper: expected num_memory_tokens >= 0, got ",
                     num_memory_tokens_);
   TORCH_CHECK_VALUE(emb_dropout_ >= 0 && emb_dropout_ < 1,
