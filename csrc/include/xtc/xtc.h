@@ -22,3 +22,4 @@
 #include <xtc/nn/options/transformer_wrapper.h>
 #include <xtc/ops/attention_layers.h>
 #include <xtc/ops/flash_attention.h>
+#include <xtc/ops/flash_attention_varlen.h>
