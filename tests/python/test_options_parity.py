@@ -358,3 +358,19 @@ def test_depth_comes_from_custom_layers(kind, layout):
     ours, theirs = make_pair(kind, dim=32, heads=4, attn_dim_head=16, **layout)
     assert ours.depth == theirs.depth
     check(ours, theirs, torch.randn(2, 9, 32), mask=torch.rand(2, 9) > 0.2)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_value_residual_with_fewer_kv_heads_runs_where_x_transformers_does(kind):
+    """A randomized find: add_value_residual with kv heads < heads was refused even with one self-attention layer,
+    where x-transformers has no learned mix and runs. With two such layers x-transformers fails at forward (its mix
+    is per query head), so we refuse at construction."""
+    torch.manual_seed(0)
+    kwargs = dict(dim=32, depth=1, heads=4, attn_dim_head=8, attn_kv_heads=2, add_value_residual=True)
+    ours, theirs = make_pair(kind, **kwargs)
+    x, mask = torch.randn(2, 7, 32), torch.rand(2, 7) > 0.3
+    mask[:, 0] = True
+    torch.testing.assert_close(ours(x, mask=mask), theirs(x, mask=mask), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="add_value_residual's learned mix needs one kv head per query head"):
+        Encoder(**{**kwargs, "depth": 2})
+
