@@ -28,13 +28,18 @@ using LayoutEntry = std::tuple<std::string, std::vector<int64_t>, bool, std::opt
 // for meta-device construction). Entries under `held_elsewhere` (a wrapper's stack) carry no value.
 std::vector<LayoutEntry> layout_entries(const std::vector<xtc::nn::functional::ParameterSpec>& specs,
                                         const torch::nn::Module* module, const std::string& held_elsewhere = "") {
-  const auto params = module != nullptr ? module->named_parameters() : torch::OrderedDict<std::string, at::Tensor>();
-  const auto buffers = module != nullptr ? module->named_buffers() : torch::OrderedDict<std::string, at::Tensor>();
+  const auto elsewhere = [&](const xtc::nn::functional::ParameterSpec& spec) {
+    return !held_elsewhere.empty() && spec.name.rfind(held_elsewhere, 0) == 0;
+  };
+  std::vector<xtc::nn::functional::ParameterSpec> own;
+  for (const auto& spec : specs)
+    if (!elsewhere(spec)) own.push_back(spec);
+  const auto values = module != nullptr ? xtc::nn::tensors_in_layout(*module, own) : std::vector<at::Tensor>();
   std::vector<LayoutEntry> entries;
+  size_t next = 0;
   for (const auto& spec : specs) {
-    const bool elsewhere = !held_elsewhere.empty() && spec.name.rfind(held_elsewhere, 0) == 0;
     std::optional<at::Tensor> value;
-    if (module != nullptr && !elsewhere) value = spec.buffer ? buffers[spec.name] : params[spec.name];
+    if (module != nullptr && !elsewhere(spec)) value = values[next++];
     entries.emplace_back(spec.name, spec.shape, spec.buffer, value);
   }
   return entries;

@@ -5,6 +5,11 @@ C++ for FuncTorchBatchedDecomposition)."""
 import torch
 
 
+def _slice(t, in_dim, i):
+    """Slice i of the vmapped dim; t itself where it has none (None stays None)."""
+    return t if t is None or in_dim is None else t.select(in_dim, i)
+
+
 def _fold(t, in_dim, size):
     """(..., V at in_dim, ...) -> (V * b, ...): the vmapped dim moved to the front and merged with the batch."""
     t = t.movedim(in_dim, 0) if in_dim is not None else t.unsqueeze(0).expand(size, *t.shape)
@@ -20,11 +25,9 @@ def _flash_attention_vmap(info, in_dims, q, k, v, key_padding_mask=None, causal=
     if alibi_slopes is not None and slopes_dim is not None:
         # Per-slice slopes: one call per slice.
         slices = [torch.ops.xtc.flash_attention(
-            q.select(q_dim, i) if q_dim is not None else q, k.select(k_dim, i) if k_dim is not None else k,
-            v.select(v_dim, i) if v_dim is not None else v,
-            None if key_padding_mask is None else
-            (key_padding_mask.select(mask_dim, i) if mask_dim is not None else key_padding_mask),
-            causal, scale, alibi_slopes.select(slopes_dim, i), window_left, window_right, softcap) for i in range(size)]
+            _slice(q, q_dim, i), _slice(k, k_dim, i), _slice(v, v_dim, i), _slice(key_padding_mask, mask_dim, i),
+            causal, scale, _slice(alibi_slopes, slopes_dim, i), window_left, window_right, softcap)
+            for i in range(size)]
         return (torch.stack([s[0] for s in slices]), torch.stack([s[1] for s in slices])), (0, 0)
     mask = None if key_padding_mask is None else _fold(key_padding_mask, mask_dim, size)
     out, lse = torch.ops.xtc.flash_attention(_fold(q, q_dim, size), _fold(k, k_dim, size), _fold(v, v_dim, size), mask,

@@ -3,6 +3,8 @@
 // up as a node in traced and exported graphs. The log-sum-exp output carries no gradient.
 #include <xtc/ops/flash_attention.h>
 
+#include "ops/autograd/saved_attention_rule.h"
+
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -22,11 +24,7 @@ class FlashAttentionFunction : public torch::autograd::Function<FlashAttentionFu
         flash_attention(q, k, v, key_padding_mask, causal, scale, alibi_slopes, window_left, window_right, softcap);
     ctx->save_for_backward({q, k, v, out, lse, key_padding_mask.value_or(at::Tensor()),
                             alibi_slopes.value_or(at::Tensor())});
-    ctx->saved_data["causal"] = causal;
-    ctx->saved_data["scale"] = scale.has_value() ? c10::IValue(*scale) : c10::IValue();
-    ctx->saved_data["window_left"] = window_left;
-    ctx->saved_data["window_right"] = window_right;
-    ctx->saved_data["softcap"] = softcap;
+    detail::save_attention_rule(ctx, {causal, scale, window_left, window_right, softcap});
     ctx->mark_non_differentiable({lse});
     return {out, lse};
   }
@@ -34,15 +32,12 @@ class FlashAttentionFunction : public torch::autograd::Function<FlashAttentionFu
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-    const auto& scale_value = ctx->saved_data["scale"];
+    const auto rule = detail::saved_attention_rule(ctx);
     at::Tensor grad_out = grads[0].defined() ? grads[0] : at::zeros_like(saved[3]);
-    auto [dq, dk, dv] = flash_attention_backward(
-        grad_out, saved[0], saved[1], saved[2], saved[3], saved[4], optional(saved[5]),
-        ctx->saved_data["causal"].toBool(),
-        scale_value.isNone() ? std::nullopt : std::optional<double>(scale_value.toDouble()), optional(saved[6]),
-        ctx->saved_data["window_left"].toInt(), ctx->saved_data["window_right"].toInt(),
-        ctx->saved_data["softcap"].toDouble());
+    auto [dq, dk, dv] = flash_attention_backward(grad_out, saved[0], saved[1], saved[2], saved[3], saved[4],
+                                                 detail::optional_tensor(saved[5]), rule.causal, rule.scale,
+                                                 detail::optional_tensor(saved[6]), rule.window_left,
+                                                 rule.window_right, rule.softcap);
     return {dq, dk, dv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};
   }

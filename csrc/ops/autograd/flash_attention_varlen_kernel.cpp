@@ -2,6 +2,8 @@
 // (xtc::flash_attention_varlen_backward); the log-sum-exp and the cu_seqlens carry no gradient.
 #include <xtc/ops/flash_attention_varlen.h>
 
+#include "ops/autograd/saved_attention_rule.h"
+
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -23,11 +25,7 @@ class FlashAttentionVarlenFunction : public torch::autograd::Function<FlashAtten
     ctx->save_for_backward({q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes.value_or(at::Tensor())});
     ctx->saved_data["max_seqlen_q"] = max_seqlen_q;
     ctx->saved_data["max_seqlen_k"] = max_seqlen_k;
-    ctx->saved_data["causal"] = causal;
-    ctx->saved_data["scale"] = scale.has_value() ? c10::IValue(*scale) : c10::IValue();
-    ctx->saved_data["window_left"] = window_left;
-    ctx->saved_data["window_right"] = window_right;
-    ctx->saved_data["softcap"] = softcap;
+    detail::save_attention_rule(ctx, {causal, scale, window_left, window_right, softcap});
     ctx->mark_non_differentiable({lse});
     return {out, lse};
   }
@@ -35,15 +33,12 @@ class FlashAttentionVarlenFunction : public torch::autograd::Function<FlashAtten
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto& scale = ctx->saved_data["scale"];
+    const auto rule = detail::saved_attention_rule(ctx);
     const at::Tensor grad_out = grads[0].defined() ? grads[0] : at::zeros_like(saved[3]);
     auto [dq, dk, dv] = flash_attention_varlen_backward(
         grad_out, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
-        ctx->saved_data["max_seqlen_q"].toInt(), ctx->saved_data["max_seqlen_k"].toInt(),
-        ctx->saved_data["causal"].toBool(), scale.isNone() ? std::nullopt : std::optional<double>(scale.toDouble()),
-        saved[7].defined() ? std::optional<at::Tensor>(saved[7]) : std::nullopt,
-        ctx->saved_data["window_left"].toInt(), ctx->saved_data["window_right"].toInt(),
-        ctx->saved_data["softcap"].toDouble());
+        ctx->saved_data["max_seqlen_q"].toInt(), ctx->saved_data["max_seqlen_k"].toInt(), rule.causal, rule.scale,
+        detail::optional_tensor(saved[7]), rule.window_left, rule.window_right, rule.softcap);
     torch::autograd::variable_list result(13);  // one per forward input; only q, k, v are differentiable
     result[0] = dq;
     result[1] = dk;
