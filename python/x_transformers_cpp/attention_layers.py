@@ -182,6 +182,24 @@ def layer_intermediates(types, out, hiddens, layer_hiddens, kv, maps, cache_leng
                               attn_intermediates=attn_intermediates, cache_length=cache_length)
 
 
+_PACK_SEQ_KEYS = ("cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")
+
+
+def flash_pack_seq_args(kwargs, name):
+    """x-transformers' flash_pack_seq_kwargs (flash_attn_varlen_func's keyword arguments) as the ops take them:
+    ([cu_seqlens_q, cu_seqlens_k], [max_seqlen_q, max_seqlen_k]), or two empty lists."""
+    if kwargs is None:
+        return [], []
+    unknown = sorted(set(kwargs) - set(_PACK_SEQ_KEYS))
+    missing = [k for k in _PACK_SEQ_KEYS if k not in kwargs]
+    if unknown or missing:
+        raise TypeError(f"{name}: expected the keys {', '.join(_PACK_SEQ_KEYS)}"
+                        + (f"; unsupported: {', '.join(unknown)}" if unknown else "")
+                        + (f"; missing: {', '.join(missing)}" if missing else ""))
+    return ([kwargs["cu_seqlens_q"], kwargs["cu_seqlens_k"]],
+            [int(kwargs["max_seqlen_q"]), int(kwargs["max_seqlen_k"])])
+
+
 def check_forward_defaults(owner, given, defaults):
     """x-transformers' forward arguments that are not implemented here work at their defaults (which do nothing)
     and are refused by name otherwise, never ignored. None and 0 / False count as the same default (x-transformers'
@@ -245,8 +263,7 @@ class AttentionLayers(nn.Module):
         polar_pos_emb=None, context_pos=None, deep_embeds_and_ids=None, self_attn_additional_kv=None,
         additional_kv_mask=None, detach_additional_kv=False, route_additional_kv_to_top=True, condition=None,
         in_attn_cond=None, layers_execute_order=None, repeat_blocks=None, self_attn_kv_residuals=None,
-        cross_attn_kv_residuals=None, flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None,
-        transform_block_inputs=None)
+        cross_attn_kv_residuals=None, causal=None, transform_block_inputs=None)
 
     def reset_parameters(self):
         """Initialises every parameter and buffer in place as construction does (the C++ module's init, which is
@@ -257,7 +274,7 @@ class AttentionLayers(nn.Module):
 
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                 seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False, cache=None,
-                cache_age=1, pos=None, **kwargs):
+                cache_age=1, pos=None, flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, **kwargs):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
 
         With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
@@ -288,6 +305,15 @@ class AttentionLayers(nn.Module):
         Padded positions are not attended to, and their attention outputs are zeroed; as in x-transformers, the
         feed-forward layers still run there, so the output at padded positions is defined but not zero.
 
+        Packed sequences, as x-transformers with attn_flash_pack_seq=True (and attn_flash=True): x (1, total, dim)
+        holds sequences end to end and flash_pack_seq_kwargs = dict(cu_seqlens_q=..., cu_seqlens_k=...,
+        max_seqlen_q=..., max_seqlen_k=...) (FlashAttention's varlen arguments; int32 offsets) lays them out; each
+        attends within itself. flash_pack_seq_context_kwargs does the same for cross-attention, its cu_seqlens_k
+        laying out a packed context (1, total_context, dim). Any device, without the flash-attn package.
+
+        With unpad=True (an xtc extension) and a mask, the kept tokens are packed at the entry, every layer runs on
+        them alone, and the output is scattered back: kept positions as without unpad, masked positions exactly 0.
+
         x-transformers' other forward arguments (condition, context_pos, self_attn_additional_kv, ...) are accepted
         at their defaults, as its own wrappers pass them, and refused by name otherwise.
         """
@@ -302,7 +328,8 @@ class AttentionLayers(nn.Module):
         mem_masks = [torch.ones(m.shape[:2], dtype=torch.bool, device=m.device) if k is None else k
                      for m, k in zip(mems, mem_masks)] if mem_masks else []
         inputs = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, pos, mems,
-                  mem_masks)
+                  mem_masks, *flash_pack_seq_args(flash_pack_seq_kwargs, "flash_pack_seq_kwargs"),
+                  *flash_pack_seq_args(flash_pack_seq_context_kwargs, "flash_pack_seq_context_kwargs"))
         if not return_hiddens and cache is None:
             return torch.ops.xtc.attention_layers(*inputs, params, self._options, self.training)
         cache_length = cache.cache_length if cache is not None else 0

@@ -117,7 +117,8 @@ def test_misshapen_parameter(module, name, shape):
 def test_wrong_number_of_parameters_to_op(module):
     params = list(module.parameters())
     x = torch.randn(2, 5, DIM)
-    no_inputs = (None,) * 8 + ([], [])  # the optional inputs after x, pos included, and the empty mems lists
+    # the optional inputs after x, pos included, the empty mems lists and no packed sequences
+    no_inputs = (None,) * 8 + ([], []) + ([], [], [], [])
 
     def op(params_in):
         return torch.ops.xtc.attention_layers(x, *no_inputs, params_in, module._options, False)

@@ -1,6 +1,8 @@
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/norm.h>
+#include <xtc/nn/functional/packing.h>
 #include <xtc/ops/flash_attention.h>
+#include <xtc/ops/flash_attention_varlen.h>
 
 #include "src/symbolic_sizes.h"
 
@@ -164,7 +166,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      const AttentionWeights& w, const AttentionConfig& c, bool training,
                      const std::optional<at::Tensor>& attn_mask, at::Tensor* scores,
                      const ValueResidual& value_residual, const XLMemory& xl, KVCache* cache,
-                     AttentionMaps* maps) {
+                     AttentionMaps* maps, const PackedAttention* packed) {
   const auto& o = c.options;
   const bool cached_step = cache != nullptr && cache->k.defined();
   // Keys and values come from the context, or from x behind its Transformer-XL memory. On a cached step a
@@ -229,24 +231,6 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     const auto seq_keep = key_mask.has_value() ? *key_mask : at::ones_symint({b, n}, x.options().dtype(at::kBool));
     key_mask = at::cat({mem_keep, seq_keep}, 1);
   }
-  if (o.num_mem_kv() > 0) {
-    auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});  // (b, M, hk, dh)
-    const auto mem_v = w.mem_v.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});
-    if (o.qk_norm()) {
-      mem_k = l2norm(mem_k, o.qk_norm_groups());
-      if (w.qk_k_scale.defined()) mem_k = mem_k * w.qk_k_scale.transpose(0, 1);
-    }
-    k = at::cat({mem_k, k}, 1);
-    v = at::cat({mem_v, v}, 1);
-    if (key_mask.has_value())
-      key_mask = at::cat({at::ones_symint({b, o.num_mem_kv()}, key_mask->options()), *key_mask}, 1);
-  }
-  if (o.add_zero_kv()) {
-    // In front of the memory keys too, as x-transformers' Attend pads it last; always visible.
-    k = at::cat({at::zeros_symint({b, 1, c.kv_heads, c.dim_head}, k.options()), k}, 1);
-    v = at::cat({at::zeros_symint({b, 1, c.kv_heads, c.value_dim_head}, v.options()), v}, 1);
-    if (key_mask.has_value()) key_mask = at::cat({at::ones_symint({b, 1}, key_mask->options()), *key_mask}, 1);
-  }
   const double scale = logit_scale(c);
   const double softcap = o.softclamp_logits() ? o.logit_softclamp_value() : 0.0;
   int64_t window_left = o.max_attend_past().value_or(-1), window_right = -1;
@@ -256,55 +240,106 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   }
   TORCH_CHECK_VALUE(!(o.linear() && attn_mask.has_value()),
                     "AttentionLayers: attn_linear has no score matrix for attn_mask to act on");
-  at::Tensor out;
-  if (o.linear()) {
-    out = linear_attention(q, k, v, key_mask, c.causal && n > 1);
-  } else if (materialize_reasons(c, training, attn_mask.has_value(), maps != nullptr).empty()) {
-    const auto slopes = c.alibi_slopes.defined() ? std::optional<at::Tensor>(c.alibi_slopes) : std::nullopt;
-    out = std::get<0>(
-        ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, window_right, softcap));
-  } else {
-    // Visibility and bias over (n, M + m) keys; memory keys (the first M) are always visible and unbiased.
-    const c10::SymInt keys = k.sym_size(1);
-    const int64_t memory = memory_keys(o);
-    const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (keys - memory - n);
-    const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
-    const auto is_memory = key_pos < 0;
-    at::Tensor keep = key_mask.has_value() ? key_mask->view_symint({b, 1, 1, keys}) : at::Tensor();
-    if (attn_mask.has_value()) {
-      // Memory keys stay visible: the pattern covers the sequence's own keys.
-      auto pattern = *attn_mask;
-      if (memory > 0) {
-        auto sizes = pattern.sym_sizes().vec();
-        sizes.back() = memory;
-        pattern = at::cat({at::ones_symint(sizes, pattern.options()), pattern}, -1);
+  const auto slopes = c.alibi_slopes.defined() ? std::optional<at::Tensor>(c.alibi_slopes) : std::nullopt;
+  // Attention of a padded batch, q (b, n, h, dh) and k, v (b, m, hk, dh|dv) with their key mask: (b, n, h, dv).
+  const auto dense = [&](at::Tensor q, at::Tensor k, at::Tensor v, std::optional<at::Tensor> key_mask,
+                         const c10::SymInt& b, const c10::SymInt& n) {
+    if (o.num_mem_kv() > 0) {
+      auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});  // (b, M, hk, dh)
+      const auto mem_v = w.mem_v.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});
+      if (o.qk_norm()) {
+        mem_k = l2norm(mem_k, o.qk_norm_groups());
+        if (w.qk_k_scale.defined()) mem_k = mem_k * w.qk_k_scale.transpose(0, 1);
       }
-      keep = keep.defined() ? keep.logical_and(pattern) : pattern;
+      k = at::cat({mem_k, k}, 1);
+      v = at::cat({mem_v, v}, 1);
+      if (key_mask.has_value())
+        key_mask = at::cat({at::ones_symint({b, o.num_mem_kv()}, key_mask->options()), *key_mask}, 1);
     }
-    if (window_left >= 0 || window_right >= 0) {
-      auto in_window = is_memory.expand_symint({n, keys}).clone();
-      const auto distance = query_pos - key_pos;  // > 0: the key is in the past
-      auto inside = at::ones_symint({n, keys}, in_window.options());
-      if (window_left >= 0) inside = inside.logical_and(distance <= window_left);
-      if (window_right >= 0) inside = inside.logical_and(distance >= -window_right);
-      in_window = in_window.logical_or(inside).view_symint({1, 1, n, keys});
-      keep = keep.defined() ? keep.logical_and(in_window) : in_window;
+    if (o.add_zero_kv()) {
+      // In front of the memory keys too, as x-transformers' Attend pads it last; always visible.
+      k = at::cat({at::zeros_symint({b, 1, c.kv_heads, c.dim_head}, k.options()), k}, 1);
+      v = at::cat({at::zeros_symint({b, 1, c.kv_heads, c.value_dim_head}, v.options()), v}, 1);
+      if (key_mask.has_value()) key_mask = at::cat({at::ones_symint({b, 1}, key_mask->options()), *key_mask}, 1);
     }
-    at::Tensor bias;
-    if (c.alibi_slopes.defined()) {
-      const auto distance = (query_pos - key_pos).abs().to(x.scalar_type()).masked_fill(is_memory, 0);
-      bias = -distance.view_symint({1, 1, n, keys}) * c.alibi_slopes.to(x.scalar_type()).view({1, c.heads, 1, 1});
+    at::Tensor out;
+    if (o.linear()) {
+      out = linear_attention(q, k, v, key_mask, c.causal && n > 1);
+    } else if (materialize_reasons(c, training, attn_mask.has_value(), maps != nullptr).empty()) {
+      out = std::get<0>(
+          ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, window_right, softcap));
+    } else {
+      // Visibility and bias over (n, M + m) keys; memory keys (the first M) are always visible and unbiased.
+      const c10::SymInt keys = k.sym_size(1);
+      const int64_t memory = memory_keys(o);
+      const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (keys - memory - n);
+      const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
+      const auto is_memory = key_pos < 0;
+      at::Tensor keep = key_mask.has_value() ? key_mask->view_symint({b, 1, 1, keys}) : at::Tensor();
+      if (attn_mask.has_value()) {
+        // Memory keys stay visible: the pattern covers the sequence's own keys.
+        auto pattern = *attn_mask;
+        if (memory > 0) {
+          auto sizes = pattern.sym_sizes().vec();
+          sizes.back() = memory;
+          pattern = at::cat({at::ones_symint(sizes, pattern.options()), pattern}, -1);
+        }
+        keep = keep.defined() ? keep.logical_and(pattern) : pattern;
+      }
+      if (window_left >= 0 || window_right >= 0) {
+        auto in_window = is_memory.expand_symint({n, keys}).clone();
+        const auto distance = query_pos - key_pos;  // > 0: the key is in the past
+        auto inside = at::ones_symint({n, keys}, in_window.options());
+        if (window_left >= 0) inside = inside.logical_and(distance <= window_left);
+        if (window_right >= 0) inside = inside.logical_and(distance >= -window_right);
+        in_window = in_window.logical_or(inside).view_symint({1, 1, n, keys});
+        keep = keep.defined() ? keep.logical_and(in_window) : in_window;
+      }
+      at::Tensor bias;
+      if (c.alibi_slopes.defined()) {
+        const auto distance = (query_pos - key_pos).abs().to(x.scalar_type()).masked_fill(is_memory, 0);
+        bias = -distance.view_symint({1, 1, n, keys}) * c.alibi_slopes.to(x.scalar_type()).view({1, c.heads, 1, 1});
+      }
+      if (c.position_bias.defined()) {
+        // Memory keys get no bias (x-transformers pads the bias with zeros on their side).
+        const auto& pb = c.position_bias;
+        bias = memory > 0 ? at::cat({at::zeros_symint({pb.sym_size(0), c.heads, n, memory}, x.options()), pb}, -1)
+                          : pb;
+      }
+      const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
+                                       o.sparse_topk(), o.sparse_topk_straight_through(), w.head_attn_sink};
+      out = materialized_attention(q, k, v, scale, keep, bias, c.causal && n > 1, softcap, o.dropout(), training,
+                                   transforms, c.residual_scores ? scores : nullptr, maps);
     }
-    if (c.position_bias.defined()) {
-      // Memory keys get no bias (x-transformers pads the bias with zeros on their side).
-      const auto& pb = c.position_bias;
-      bias = memory > 0 ? at::cat({at::zeros_symint({pb.sym_size(0), c.heads, n, memory}, x.options()), pb}, -1)
-                        : pb;
+    return out;
+  };
+  at::Tensor out;
+  if (packed == nullptr) {
+    out = dense(q, k, v, key_mask, b, n);
+  } else {
+    // Packed: q holds the packed queries, k and v the packed keys (or the dense context's, see PackedAttention).
+    const auto& queries = *packed->queries;
+    const auto& keys = *packed->keys;
+    const bool positional = slopes.has_value() || window_left >= 0 || window_right >= 0;
+    const bool in_varlen_kernel = x.device().is_cpu() && !o.linear() && memory_keys(o) == 0 &&
+                                  materialize_reasons(c, training, attn_mask.has_value(), maps != nullptr).empty() &&
+                                  (!positional || (queries.consecutive && keys.consecutive));
+    if (in_varlen_kernel) {
+      const auto packed_k = packed->packed_keys ? k : pack(k, keys);
+      const auto packed_v = packed->packed_keys ? v : pack(v, keys);
+      out = std::get<0>(ops::flash_attention_varlen(q.squeeze(0), packed_k.squeeze(0), packed_v.squeeze(0),
+                                                    queries.cu_seqlens, keys.cu_seqlens, queries.max_seqlen,
+                                                    keys.max_seqlen, c.causal, scale, slopes, window_left,
+                                                    window_right, softcap))
+                .unsqueeze(0);
+    } else {
+      // What the varlen kernel cannot express runs in the padded frame, exactly as an unpacked batch.
+      const auto frame_k = packed->packed_keys ? unpack(k, keys) : k;
+      const auto frame_v = packed->packed_keys ? unpack(v, keys) : v;
+      out = pack(dense(unpack(q, queries), frame_k, frame_v, keys.frame_mask, queries.batch(),
+                       queries.frame_length()),
+                 queries);
     }
-    const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
-                                     o.sparse_topk(), o.sparse_topk_straight_through(), w.head_attn_sink};
-    out = materialized_attention(q, k, v, scale, keep, bias, c.causal && n > 1, softcap, o.dropout(), training,
-                                 transforms, c.residual_scores ? scores : nullptr, maps);
   }
   if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
   out = out.reshape_symint({b, n, c.heads * c.value_dim_head});

@@ -2,6 +2,7 @@
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/nn/functional/feedforward.h>
 #include <xtc/nn/functional/norm.h>
+#include <xtc/nn/functional/packing.h>
 #include <xtc/nn/functional/residual.h>
 #include "src/symbolic_sizes.h"
 
@@ -545,6 +546,123 @@ void check_positions(const at::Tensor& pos, const at::Tensor& x, const Attention
                     "), and no cache or mems, got ", pos.sym_size(-1));
 }
 
+
+// ------------------------------------------------------------------------------------------------ packing
+
+// How one call of the stack packs its tokens (packing.h): x-transformers' flash_pack_seq_kwargs (the caller
+// packed x and the context) or the `unpad` option (the stack packs x by its mask, the context by context_mask).
+struct StackPacking {
+  bool unpad = false;
+  std::optional<PackedSequences> tokens;   // x's rows: the queries (and self-attention's keys)
+  std::optional<PackedSequences> context;  // cross-attention's keys
+  bool self_packed = false, cross_packed = false;  // which attention layers run packed
+  bool context_is_packed = false;                  // the context tensor holds packed rows (flash_pack_seq)
+
+  PackedAttention self_attention() const { return {&*tokens, &*tokens, true}; }
+  PackedAttention cross_attention() const { return {&*tokens, &*context, context_is_packed}; }
+};
+
+// The flash_pack_seq_kwargs of a call, checked as x-transformers' asserts (and what it leaves unchecked).
+StackPacking caller_packing(const at::Tensor& x, const AttentionLayersInputs& in, const AttentionLayersPlan& plan) {
+  const auto& o = plan.options();
+  const auto& types = plan.executed_attention_types();
+  const bool has_self = types.find('a') != std::string::npos, has_cross = types.find('c') != std::string::npos;
+  StackPacking packing;
+  packing.self_packed = has_self && o.attn().flash_pack_seq();
+  packing.cross_packed = has_cross && o.cross_attn().flash_pack_seq();
+  TORCH_CHECK_VALUE(in.flash_pack_seq.has_value() == packing.self_packed,
+                    packing.self_packed ? "AttentionLayers: flash_pack_seq_kwargs must be provided with attn_flash_pack_seq"
+                                        : "AttentionLayers: flash_pack_seq_kwargs needs self-attention layers with "
+                                          "attn_flash_pack_seq=True (and attn_flash=True)");
+  TORCH_CHECK_VALUE(in.flash_pack_seq_context.has_value() == packing.cross_packed,
+                    packing.cross_packed ? "AttentionLayers: flash_pack_seq_context_kwargs must be provided with "
+                                           "cross_attn_flash_pack_seq (attn_flash_pack_seq routes there too)"
+                                         : "AttentionLayers: flash_pack_seq_context_kwargs needs cross-attention layers "
+                                           "with cross_attn_flash_pack_seq=True (or attn_flash_pack_seq=True)");
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.sym_size(0) == 1,
+                    "AttentionLayers: expected x of shape (1, total, dim) with packed sequences (batch size must be 1 "
+                    "for sequence packing), got ", x.sym_sizes());
+  TORCH_CHECK_VALUE(!in.mask.has_value() && !in.attn_mask.has_value() && !in.self_attn_kv_mask.has_value() &&
+                        !in.seq_start_pos.has_value(),
+                    "AttentionLayers: mask, attn_mask, self_attn_kv_mask and seq_start_pos cannot be used with packed "
+                    "sequences (flash_pack_seq_kwargs)");
+  TORCH_CHECK_VALUE(!in.attn_bias.has_value() && in.mems.empty() && in.cache_kv.empty(),
+                    "AttentionLayers: attn_bias, mems and a cache cannot be used with packed sequences "
+                    "(flash_pack_seq_kwargs)");
+  TORCH_CHECK_VALUE(o.shift_tokens() == 0, "AttentionLayers: shift_tokens cannot be used with packed sequences "
+                    "(flash_pack_seq_kwargs): it would shift tokens across the sequences' boundaries");
+  TORCH_CHECK_VALUE(!(packing.cross_packed && in.context_mask.has_value()),
+                    "AttentionLayers: context_mask cannot be used with flash_pack_seq_context_kwargs");
+  const int64_t total = xtc::detail::static_size(x, 1);
+  const auto same_offsets = [](const at::Tensor& a, const at::Tensor& b) {
+    return a.numel() == b.numel() && a.to(at::kLong).cpu().equal(b.to(at::kLong).cpu());
+  };
+  if (packing.self_packed) {
+    const auto& kw = *in.flash_pack_seq;
+    TORCH_CHECK_VALUE(kw.cu_seqlens_q.defined() && kw.cu_seqlens_k.defined() && same_offsets(kw.cu_seqlens_q, kw.cu_seqlens_k),
+                      "AttentionLayers: expected flash_pack_seq_kwargs' cu_seqlens_q and cu_seqlens_k equal "
+                      "(self-attention's keys are its queries)");
+    packing.tokens = pack_by_offsets(kw.cu_seqlens_q, std::min(kw.max_seqlen_q, kw.max_seqlen_k), total,
+                                     "flash_pack_seq_kwargs", "cu_seqlens_q");
+  }
+  if (packing.cross_packed) {
+    const auto& kw = *in.flash_pack_seq_context;
+    TORCH_CHECK_VALUE(kw.cu_seqlens_q.defined() && kw.cu_seqlens_k.defined(),
+                      "AttentionLayers: expected flash_pack_seq_context_kwargs with cu_seqlens_q and cu_seqlens_k");
+    if (packing.tokens.has_value()) {
+      TORCH_CHECK_VALUE(same_offsets(kw.cu_seqlens_q, packing.tokens->cu_seqlens),
+                        "AttentionLayers: expected flash_pack_seq_context_kwargs' cu_seqlens_q equal to "
+                        "flash_pack_seq_kwargs' (both lay out x)");
+    } else {
+      packing.tokens = pack_by_offsets(kw.cu_seqlens_q, kw.max_seqlen_q, total, "flash_pack_seq_context_kwargs",
+                                       "cu_seqlens_q");
+    }
+    TORCH_CHECK_VALUE(in.context.has_value() && in.context->dim() == 3 && in.context->sym_size(0) == 1,
+                      "AttentionLayers: expected a context of shape (1, total_context, dim) with "
+                      "flash_pack_seq_context_kwargs");
+    packing.context = pack_by_offsets(kw.cu_seqlens_k, kw.max_seqlen_k, xtc::detail::static_size(*in.context, 1),
+                                      "flash_pack_seq_context_kwargs", "cu_seqlens_k");
+    TORCH_CHECK_VALUE(packing.context->batch() == packing.tokens->batch(),
+                      "AttentionLayers: expected flash_pack_seq_context_kwargs' cu_seqlens_k to hold as many sequences "
+                      "(", packing.tokens->batch(), ") as its cu_seqlens_q, got ", packing.context->batch());
+    packing.context_is_packed = true;
+  }
+  return packing;
+}
+
+// The unpad option on a call with a mask: what needs the padded batch between layers is refused by name.
+StackPacking unpadding(const AttentionLayersInputs& in, const AttentionLayersOptions& o) {
+  TORCH_CHECK_VALUE(o.shift_tokens() == 0, "AttentionLayers: unpad cannot be combined with shift_tokens (it shifts "
+                    "along the padded sequence)");
+  TORCH_CHECK_VALUE(in.mems.empty() && in.cache_kv.empty(),
+                    "AttentionLayers: unpad cannot be combined with mems or a cache (incremental decoding)");
+  TORCH_CHECK_VALUE(!in.self_attn_kv_mask.has_value() && !in.seq_start_pos.has_value(),
+                    "AttentionLayers: unpad packs the tokens `mask` keeps, so self_attn_kv_mask and seq_start_pos "
+                    "(another key mask) cannot be combined with it");
+  StackPacking packing;
+  packing.unpad = packing.self_packed = packing.cross_packed = true;
+  packing.tokens = pack_by_mask(*in.mask);
+  if (in.context.has_value()) {
+    const auto& ctx = *in.context;
+    packing.context = pack_by_mask(in.context_mask.has_value()
+                                       ? *in.context_mask
+                                       : at::ones({ctx.size(0), ctx.size(1)}, ctx.options().dtype(at::kBool)));
+  }
+  return packing;
+}
+
+// Self-attention keys and values of a record, (1, hk, total, d) each, back in the padded frame (b, hk, n, d).
+void unpack_record(AttentionLayersHiddens& record, const AttentionLayersPlan& plan, const PackedSequences& tokens) {
+  for (auto* list : {&record.hiddens, &record.layer_hiddens})
+    for (auto& t : *list) t = unpack(t, tokens);
+  const auto& types = plan.executed_attention_types();
+  for (size_t l = 0; l < types.size() && 2 * l + 1 < record.cached_kv.size(); ++l) {
+    if (types[l] != 'a') continue;
+    for (auto& t : {&record.cached_kv[2 * l], &record.cached_kv[2 * l + 1]})
+      *t = unpack(t->transpose(1, 2), tokens).transpose(1, 2);
+  }
+}
+
 }  // namespace
 
 AttentionLayersPlan::AttentionLayersPlan(AttentionLayersOptions options) : options_(std::move(options)) {
@@ -570,7 +688,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
                             const AttentionLayersPlan& plan, bool training, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
   const auto& [mask_in, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
-               mem_masks, cache_kv, cache_length, cache_age, pos] = inputs;
+               mem_masks, cache_kv, cache_length, cache_age, pos, flash_pack_seq, flash_pack_seq_context] = inputs;
   const bool cached = !cache_kv.empty();
   // With a cache only the last cache_age tokens run (x-transformers' slicing); their keys follow the cached ones.
   const int64_t past = cached ? check_cache(cache_kv, x_arg, inputs, plan, training) : 0;
@@ -600,6 +718,17 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   }
   const auto attn_mask = normalized_attn_mask(attn_mask_in, x_in, o.heads());
   const Parameters p(plan, params, x_in);
+  // Packed sequences: the caller's (flash_pack_seq_kwargs) or the mask's (unpad). Position biases are built in
+  // the padded frame, where attention runs when the varlen kernel cannot.
+  std::optional<StackPacking> packing;
+  if (flash_pack_seq.has_value() || flash_pack_seq_context.has_value() || o.attn().flash_pack_seq() ||
+      (o.cross_attend() && o.cross_attn().flash_pack_seq()))
+    packing = caller_packing(x_in, inputs, plan);
+  else if (o.unpad() && mask_in.has_value())
+    packing = unpadding(inputs, o);
+  const bool caller_packed = packing.has_value() && !packing->unpad;
+  const c10::SymInt frame_length = caller_packed ? c10::SymInt(packing->tokens->frame_length()) : x_in.sym_size(1);
+  const c10::SymInt frame_keys = caller_packed ? frame_length : keys;
   const NormKind norm_kind = o.norm_kind();
   const bool unit_offset = o.norm_add_unit_offset();
   // The stack's norm with the tensors under `prefix` (a norm slot or final_norm).
@@ -634,21 +763,34 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   size_t next_memory = 0;
   // Cross-attention gets neither ALiBi, learned position biases nor rotary (x-transformers passes them to
   // self-attention only).
+  if (packing.has_value() && packing->unpad && rotary.defined()) {
+    // Each kept token keeps its position's angles (and xPos scales): (total, r).
+    const auto packed_rows = [&](const at::Tensor& rows) {
+      const int64_t n = packing->tokens->frame_length();
+      const auto t = rows.narrow(-2, rows.size(-2) - n, n);  // custom positions may reach further back
+      const auto per_token = t.dim() == 2 ? t.unsqueeze(0).expand({packing->tokens->batch(), -1, -1}) : t;
+      return pack(per_token, *packing->tokens).squeeze(0);
+    };
+    rotary = packed_rows(rotary);
+    if (xpos_scale.defined()) xpos_scale = packed_rows(xpos_scale);
+  }
   auto self_config = attention_config(o.attn(), o, o.causal(), slopes, rotary);
   self_config.rotary_scale = xpos_scale;
   self_config.rotary_heads = o.rotate_num_heads().value_or(-1);
   if (pos.has_value() && slopes.defined()) {
     // x-transformers' Alibi.forward_custom_pos: -|pos_j - pos_i| * slope, a dense bias (heads past
     // alibi_num_heads have slope 0, its zero padding).
-    const auto t = pos->dim() == 1 ? pos->unsqueeze(0) : *pos;  // (1|b, n)
+    auto t = pos->dim() == 1 ? pos->unsqueeze(0) : *pos;  // (1|b, n)
+    if (caller_packed) t = unpack(t, *packing->tokens);  // the packed positions in their sequences' frame
     const auto distance = (t.unsqueeze(1) - t.unsqueeze(2)).abs().unsqueeze(1).to(x_in.scalar_type());
     self_config.position_bias = -distance * slopes.to(x_in.scalar_type()).view({1, o.heads(), 1, 1});
     self_config.alibi_slopes = at::Tensor();
   }
   if (o.rel_pos_bias())
     self_config.position_bias =
-        t5_position_bias(p.get("rel_pos.relative_attention_bias.weight"), x_in.sym_size(1), keys, o);
-  if (o.dynamic_pos_bias()) self_config.position_bias = dynamic_position_bias(p, x_in.sym_size(1), keys, x_in, o);
+        t5_position_bias(p.get("rel_pos.relative_attention_bias.weight"), frame_length, frame_keys, o);
+  if (o.dynamic_pos_bias())
+    self_config.position_bias = dynamic_position_bias(p, frame_length, frame_keys, x_in, o);
   if (attn_bias.has_value()) self_config.position_bias = normalized_attn_bias(*attn_bias, x_in, o);
   auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor(), at::Tensor());
   self_config.residual_scores = o.residual_attn();
@@ -682,7 +824,14 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       record->attn_maps.push_back(t->defined() ? *t : at::empty({0}, x_in.options()));
   };
 
-  at::Tensor x = x_in;
+  at::Tensor x = packing.has_value() && packing->unpad ? pack(x_in, *packing->tokens) : x_in;
+  // Packed layers take their masks from the layouts.
+  std::optional<PackedAttention> packed_self, packed_cross;
+  if (packing.has_value() && packing->self_packed) packed_self = packing->self_attention();
+  if (packing.has_value() && packing->cross_packed && packing->context.has_value())
+    packed_cross = packing->cross_attention();
+  const std::optional<at::Tensor> layer_mask = packing.has_value() ? std::nullopt : mask;
+  const std::optional<at::Tensor> cross_key_mask = packed_cross.has_value() ? std::nullopt : context_mask;
   for (const int64_t i : plan.execution_order()) {
     if (training && o.layer_dropout() > 0 && at::rand({}, at::kDouble).item<double>() < o.layer_dropout()) continue;
     const char type = plan.layer_types()[i];
@@ -711,10 +860,11 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       }
       KVCache kv = layer_cache();
       AttentionMaps maps;
-      out = attention(h, std::nullopt, mask, self_key_mask, attention_weights(p, block), self_config, training,
+      out = attention(h, std::nullopt, layer_mask, self_key_mask, attention_weights(p, block), self_config, training,
                       attn_mask, &self_scores,
                       ValueResidual{o.add_value_residual() ? first_self_values : at::Tensor(), &values}, memory,
-                      record != nullptr || cached ? &kv : nullptr, maps_for(o.attn(), maps));
+                      record != nullptr || cached ? &kv : nullptr, maps_for(o.attn(), maps),
+                      packed_self.has_value() ? &*packed_self : nullptr);
       keep_cache(kv);
       keep_maps(maps);
       if (!first_self_values.defined()) first_self_values = values;
@@ -722,10 +872,11 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       at::Tensor values;
       KVCache kv = layer_cache();
       AttentionMaps maps;
-      out = attention(h, context, mask, context_mask, attention_weights(p, block), cross_config, training,
+      out = attention(h, context, layer_mask, cross_key_mask, attention_weights(p, block), cross_config, training,
                       std::nullopt, &cross_scores,
                       ValueResidual{o.add_value_residual() ? first_cross_values : at::Tensor(), &values}, {},
-                      record != nullptr || cached ? &kv : nullptr, maps_for(o.cross_attn(), maps));
+                      record != nullptr || cached ? &kv : nullptr, maps_for(o.cross_attn(), maps),
+                      packed_cross.has_value() ? &*packed_cross : nullptr);
       keep_cache(kv);
       keep_maps(maps);
       if (!first_cross_values.defined()) first_cross_values = values;
@@ -742,6 +893,11 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   if (record != nullptr) record->layer_hiddens.push_back(x);
   if (o.softclamp_output()) x = at::tanh(x / o.softclamp_output_value()) * o.softclamp_output_value();
   if (o.has_final_norm()) x = apply_norm(x, "final_norm.");
+  if (packing.has_value() && packing->unpad) {
+    // Back to the padded batch: zeros where the mask drops a token.
+    x = unpack(x, *packing->tokens);
+    if (record != nullptr) unpack_record(*record, plan, *packing->tokens);
+  }
   return x;
 }
 

@@ -108,6 +108,8 @@ void validate_attention(const char* prefix, const AttentionOptions& a, const Att
   TORCH_CHECK_VALUE(!(a.window_size().has_value() && (a.num_mem_kv() > 0 || a.add_zero_kv())), "AttentionLayers: ",
                     prefix, "window_size clashes with ", prefix, "num_mem_kv and ", prefix,
                     "add_zero_kv: memory keys sit outside every window");
+  TORCH_CHECK_VALUE(!a.flash_pack_seq() || a.flash(), "AttentionLayers: ", prefix, "flash_pack_seq needs ", prefix,
+                    "flash (x-transformers packs sequences only in its flash path)");
   TORCH_CHECK_VALUE(!(a.head_learned_sink() && a.flash()), "AttentionLayers: ", prefix, "head_learned_sink is not ",
                     "supported with ", prefix, "flash (as x-transformers)");
   TORCH_CHECK_VALUE(!(a.head_learned_sink() && (&a == &o.attn() ? o.residual_attn() : o.cross_residual_attn())),
@@ -281,6 +283,7 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(value_dim_head, std::optional<int64_t>);
   XTC_ATTN(dropout, double);
   XTC_ATTN(flash, bool);
+  XTC_ATTN(flash_pack_seq, bool);
   XTC_ATTN(softclamp_logits, bool);
   XTC_ATTN(logit_softclamp_value, double);
   XTC_ATTN(max_attend_past, std::optional<int64_t>);
@@ -368,6 +371,7 @@ const std::vector<Field>& fields() {
     XTC_OWN(softclamp_output, bool);
     XTC_OWN(softclamp_output_value, double);
     XTC_OWN(zero_init_branch_output, bool);
+    XTC_OWN(unpad, bool);
 #undef XTC_OWN
     add_attention_fields(f, "attn.", attn);
     add_attention_fields(f, "cross_attn.", cross_attn);

@@ -3,6 +3,7 @@
 // Shape legend: b batch, n queries, m keys, h heads, hk kv heads, dh head dim, dv value head dim.
 #pragma once
 
+#include <xtc/nn/functional/packing.h>
 #include <xtc/nn/options/attention.h>
 
 #include <ATen/core/Tensor.h>
@@ -58,6 +59,16 @@ struct AttentionMaps {
   at::Tensor qk_similarities, pre_softmax_attn, post_softmax_attn;
 };
 
+/// Attention over packed sequences (xtc/nn/functional/packing.h): x holds the packed queries (1, total_q, dim),
+/// laid out by `queries`; the keys' input is packed too, laid out by `keys` (self-attention; a caller-packed
+/// context), or with packed_keys false it is the dense context (b, m, dim) and `keys` packs its kept positions
+/// (unpad's cross-attention). Masks are in the layouts: the call passes none.
+struct PackedAttention {
+  const PackedSequences* queries = nullptr;
+  const PackedSequences* keys = nullptr;
+  bool packed_keys = true;
+};
+
 /// What the materialising path does beyond a plain softmax: talking heads and top-k sparsity.
 struct ScoreTransforms {
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
@@ -97,13 +108,15 @@ at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at:
 /// the keys (cross-attention's, or self-attention's in place of `mask`). Runs in xtc::flash_attention unless attention_path_reasons() names a reason to materialise the scores.
 /// `attn_mask` (b|1, h|1, n, n) bool, True = may attend, restricts self-attention further. With
 /// config.residual_scores, `scores` holds the previous layer's pre-softmax scores (b, h, n, keys) on entry (or is
-/// undefined) and this layer's on return.
+/// undefined) and this layer's on return. With `packed`, x and the keys are packed sequences: attention runs per
+/// sequence in xtc::flash_attention_varlen where it can, in the padded frame otherwise.
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& weights, const AttentionConfig& config, bool training,
                      const std::optional<at::Tensor>& attn_mask = std::nullopt, at::Tensor* scores = nullptr,
                      const ValueResidual& value_residual = {}, const XLMemory& memory = {},
-                     KVCache* cache = nullptr, AttentionMaps* maps = nullptr);
+                     KVCache* cache = nullptr, AttentionMaps* maps = nullptr,
+                     const PackedAttention* packed = nullptr);
 
 /// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils.
 /// `wants_maps`: the caller asked for the attention maps (return_hiddens without attn_flash).

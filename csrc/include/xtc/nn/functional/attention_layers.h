@@ -48,6 +48,14 @@ class AttentionLayersPlan {
   std::vector<double> alibi_slopes_;
 };
 
+/// x-transformers' flash_pack_seq_kwargs (FlashAttention's varlen arguments): the rows of x (1, total, dim), or of
+/// the context, hold sequences end to end; queries of sequence i at cu_seqlens_q[i] .. cu_seqlens_q[i + 1], its
+/// keys at cu_seqlens_k[i] .. cu_seqlens_k[i + 1] (integer offsets from 0), lengths at most max_seqlen_q / _k.
+struct FlashPackSeq {
+  at::Tensor cu_seqlens_q, cu_seqlens_k;
+  int64_t max_seqlen_q = 0, max_seqlen_k = 0;
+};
+
 /// The optional forward inputs of a layer stack, as x-transformers' AttentionLayers.forward names them.
 struct AttentionLayersInputs {
   std::optional<at::Tensor> mask;          // (b, n) bool, True = keep: self-attention keys, zeroed query outputs
@@ -72,6 +80,11 @@ struct AttentionLayersInputs {
   /// take them instead of 0, 1, ... (q the last n), ALiBi becomes -|pos_j - pos_i| * slope (N = n then); not with
   /// rel_pos_bias or dynamic_pos_bias (x-transformers refuses those too).
   std::optional<at::Tensor> pos;
+  /// Packed sequences (layers with attn_flash_pack_seq / cross_attn_flash_pack_seq): x (1, total, dim) laid out by
+  /// flash_pack_seq (self-attention, whose cu_seqlens_q and _k are then one layout) or by flash_pack_seq_context's
+  /// queries, the context (1, total_context, dim) by flash_pack_seq_context's keys. Not with masks, attn_mask,
+  /// attn_bias, mems or a cache (x-transformers' rules).
+  std::optional<FlashPackSeq> flash_pack_seq, flash_pack_seq_context;
 };
 
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed

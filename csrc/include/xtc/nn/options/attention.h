@@ -26,6 +26,10 @@ struct AttentionOptions {
   TORCH_ARG(double, dropout) = 0.0;
   /// Accepted for x-transformers compatibility: our flash kernels run wherever they apply.
   TORCH_ARG(bool, flash) = false;
+  /// x-transformers' flash_pack_seq: with flash, forward takes packed sequences (batch 1, FlashAttention's
+  /// cu_seqlens in flash_pack_seq_kwargs) and each attends within itself; here on any device, without the
+  /// flash-attn package, with or without rotary.
+  TORCH_ARG(bool, flash_pack_seq) = false;
   /// Logit soft-capping c * tanh(s / c) (Gemma 2, arXiv 2408.00118), in the kernel.
   TORCH_ARG(bool, softclamp_logits) = false;
   /// The cap c of softclamp_logits.

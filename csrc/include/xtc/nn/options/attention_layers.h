@@ -160,6 +160,10 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, softclamp_output) = false;
   /// The cap c of softclamp_output.
   TORCH_ARG(double, softclamp_output_value) = 30.0;
+  /// xtc extension: with a `mask`, the kept tokens (any pattern) are packed once at the stack's entry, every layer
+  /// runs on them alone (attention per sequence in the varlen kernel) and the output is scattered back, zeros at
+  /// masked positions (as torch's nested-tensor fast path). Positions keep their original index.
+  TORCH_ARG(bool, unpad) = false;
   /// Zero-initialised output projections of every branch.
   TORCH_ARG(bool, zero_init_branch_output) = false;
   /// Options of every self-attention block (`attn_*`).
