@@ -43,6 +43,9 @@ PATHS = {
     "cross_attn_head_learned_sink": "materialised scores (a learned per-head logit column before the softmax)",
     "attn_dim_context": "dim only: self-attention reads x (cross_attn_dim_context sets another width)",
     "cross_attn_dim_context": "keys and values projected from a context of that width",
+    "attn_flash_pack_seq": "packed sequences (forward's flash_pack_seq_kwargs) attend per sequence in the varlen "
+                           "kernel, on any device, rotary or not; needs attn_flash, as x-transformers",
+    "cross_attn_flash_pack_seq": "as attn_flash_pack_seq, with flash_pack_seq_context_kwargs",
 }
 # Handled by the constructors themselves rather than as options.
 IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8"}
@@ -55,6 +58,8 @@ INTERNAL = {"self", "kwargs", "heads", "causal", "dim_out", "dim", "output_proj_
 EXTENSIONS = {
     "attn_window_size": "xtc extension: sliding-window (local) attention in the flash kernel, O(n * window)",
     "attn_linear": "xtc extension: linear attention (elu + 1 feature map), O(n) time and memory, causal in chunks",
+    "unpad": "xtc extension: with a mask, every layer runs on the kept tokens alone (packed at the entry, scattered "
+             "back, zeros at masked positions)",
 }
 
 

@@ -251,6 +251,7 @@ class AttentionLayers(nn.Module):
         self.attn_heads, self.attn_dim_head = heads, kwargs.get("attn_dim_head", 64)
         # Our cache refuses shift_tokens (x-transformers would shift within the new tokens only): no caching then.
         self.can_cache_kv = not kwargs.get("shift_tokens", 0)
+        self._unpad = bool(kwargs.get("unpad", False))
         self.disable_abs_pos_emb = _C.disables_abs_pos_emb(self._options)
         tree = _build_tree(layout)
         for name, child in tree.named_children():
@@ -321,6 +322,10 @@ class AttentionLayers(nn.Module):
         if cache is not None and kwargs.get("seq_pos_offset") == cache.cache_length:
             kwargs.pop("seq_pos_offset")
         check_forward_defaults(type(self).__name__, kwargs, self._FORWARD_DEFAULTS)
+        if self._unpad and mask is not None and torch.compiler.is_exporting():
+            # (torch.compile runs the packing eagerly, breaking its graph there; export has no such way out.)
+            raise ValueError("unpad packs by the mask's values, which torch.export's fake tensors do not have: "
+                             "export the stack without unpad (the same numbers at kept positions)")
         unshard_fsdp_groups(self)
         params = [reduce(getattr, name.split("."), self) for name in self._parameter_names]
         mems = list(mems or [])

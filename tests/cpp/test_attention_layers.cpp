@@ -109,6 +109,34 @@ TEST(AttentionLayers, ForwardWithTakesPositionsAndReturnsAttentionMaps) {
   EXPECT_TRUE(torch::allclose(probabilities.sum(-1), torch::ones({2, 4, 6}), /*rtol=*/0, /*atol=*/1e-5));
 }
 
+TEST(AttentionLayers, UnpadGivesThePaddedStacksOutputsAtKeptPositions) {
+  torch::manual_seed(4);
+  auto options = xtc::nn::AttentionLayersOptions(32, 2, 4).rotary_pos_emb(true);
+  options.attn().dim_head(8).kv_heads(2);
+  xtc::nn::Decoder padded(options);
+  xtc::nn::Decoder unpadded(xtc::nn::AttentionLayersOptions(options).unpad(true));
+  torch::NoGradGuard no_grad;
+  for (const auto& p : padded->named_parameters()) unpadded->named_parameters()[p.key()].copy_(p.value());
+  const auto x = torch::randn({3, 12, 32});
+  auto mask = torch::rand({3, 12}) > 0.4;
+  mask[1].fill_(false);  // a sequence with no tokens
+  const auto want = padded->forward(x, mask), got = unpadded->forward(x, mask);
+  const auto keep = mask.unsqueeze(-1);
+  EXPECT_TRUE(torch::allclose(got * keep, want * keep, /*rtol=*/0, /*atol=*/1e-5));
+  EXPECT_TRUE(got.masked_select(keep.logical_not()).eq(0).all().item<bool>());
+  // Packed by the caller, FlashAttention's layout: two sequences of 5 and 7 tokens in a batch of one.
+  auto packed_options = xtc::nn::AttentionLayersOptions(options);
+  packed_options.attn().flash(true).flash_pack_seq(true);
+  xtc::nn::Decoder packed(packed_options);
+  for (const auto& p : padded->named_parameters()) packed->named_parameters()[p.key()].copy_(p.value());
+  xtc::nn::functional::AttentionLayersInputs inputs;
+  const auto offsets = torch::tensor({0, 5, 12}, torch::kInt);
+  inputs.flash_pack_seq = xtc::nn::functional::FlashPackSeq{offsets, offsets, 7, 7};
+  const auto both = packed->forward_with(x[0].unsqueeze(0), inputs);
+  EXPECT_TRUE(torch::allclose(both.narrow(1, 0, 5), padded->forward(x[0].narrow(0, 0, 5).unsqueeze(0)), 0, 1e-5));
+  EXPECT_TRUE(torch::allclose(both.narrow(1, 5, 7), padded->forward(x[0].narrow(0, 5, 7).unsqueeze(0)), 0, 1e-5));
+}
+
 TEST(AttentionLayers, OptionsRoundTripAndRejectUnknownKeys) {
   auto options = xtc::nn::AttentionLayersOptions(64, 3, 4);
   options.attn().dim_head(32).kv_heads(2).dropout(0.125);

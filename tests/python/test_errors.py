@@ -131,7 +131,7 @@ def test_wrong_number_of_parameters_to_op(module):
 def test_malformed_options_to_op(module):
     x = torch.randn(2, 5, DIM)
     _raises(lambda: torch.ops.xtc.attention_layers(x, None, None, None, None, None, None, None, None, [], [],
-                                                           list(module.parameters()),
+                                                           [], [], [], [], list(module.parameters()),
                                                            "dim=32;garbage",
                                                            False),
             "garbage")

@@ -177,8 +177,10 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   // Batch and lengths as SymInts: torch.export and torch.compile keep them symbolic (dynamic shapes).
   const c10::SymInt b = x.sym_size(0), n = x.sym_size(1), m = kv_input.sym_size(1);
   auto q = at::linear(x, w.to_q).view_symint({b, n, c.heads, c.dim_head});
-  auto k = at::linear(kv_input, w.to_k).view_symint({b, m, c.kv_heads, c.dim_head});
-  auto v = at::linear(kv_input, w.to_v).view_symint({b, m, c.kv_heads, c.value_dim_head});
+  // The keys' batch is x's, except for packed queries over a dense context (unpad's cross-attention).
+  const c10::SymInt kv_b = kv_input.sym_size(0);
+  auto k = at::linear(kv_input, w.to_k).view_symint({kv_b, m, c.kv_heads, c.dim_head});
+  auto v = at::linear(kv_input, w.to_v).view_symint({kv_b, m, c.kv_heads, c.value_dim_head});
   if (value_residual.values_out != nullptr) *value_residual.values_out = v;
   if (value_residual.first.defined()) {
     // v = first + mix * (v - first): a per-token, per-head learned mix, or one half.
