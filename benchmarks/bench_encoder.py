@@ -2,7 +2,8 @@
 
 Peers: x-transformers' Encoder with attn_flash=False and attn_flash=True (same weights), torch's
 nn.TransformerEncoder (same width, depth, heads, GELU, pre-norm, batch_first; eval mode so its fused fast path can
-run); at op level torch's scaled_dot_product_attention against xtc::flash_attention with the same mask, in fp32 and
+run; on the padded batches also a post-norm one with nested tensors on, torch's own unpadding, which it refuses
+for pre-norm); ours also with unpad=True on the padded batches (the variable-length targets); at op level torch's scaled_dot_product_attention against xtc::flash_attention with the same mask, in fp32 and
 in bf16. Every encoder case runs in fp32 and under torch.autocast("cpu", dtype=torch.bfloat16), each peer in the
 same precision. The machine's fp32 and bf16 GEMM rates are measured in the same run and each case is reported as a
 fraction of the FLOP roofline of its precision.
@@ -72,6 +73,9 @@ def build_models(dim, depth, heads, which):
     torch.manual_seed(0)
     ours = Encoder(dim=dim, depth=depth, heads=heads)
     models = {"xtc": ours}
+    if "xtc_unpad" in which:
+        models["xtc unpad"] = Encoder(dim=dim, depth=depth, heads=heads, unpad=True)
+        models["xtc unpad"].load_state_dict(ours.state_dict())
     if "xt" in which:
         models["x-transformers"] = XEncoder(dim=dim, depth=depth, heads=heads, attn_flash=False)
     if "xt_flash" in which:
@@ -84,6 +88,11 @@ def build_models(dim, depth, heads, which):
                                                  batch_first=True, norm_first=True)
         models["torch TransformerEncoder"] = torch.nn.TransformerEncoder(
             layer, depth, norm=torch.nn.LayerNorm(dim), enable_nested_tensor=False)
+    if "torch_nested" in which:
+        # torch converts padded batches to nested tensors only for post-norm layers; the same FLOPs as ours.
+        layer = torch.nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                                 batch_first=True, norm_first=False)
+        models["torch nested (post-norm)"] = torch.nn.TransformerEncoder(layer, depth, enable_nested_tensor=True)
     return models
 
 
@@ -124,13 +133,18 @@ def in_precision(fn, precision):
     return run
 
 
-def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops, train, precision="fp32"):
+def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops, train, precision="fp32",
+                 varlen=False, peers=("xt", "xt_flash")):
+    """One case; varlen adds ours with unpad=True and (forward) torch's nested-tensor encoder. The roofline counts
+    the padded batch's FLOPs, attention on visible keys."""
     label = f"{label} {precision}"
     torch.manual_seed(1)
     x = torch.randn(batch, seq, dim)
     mask = torch.arange(seq)[None, :] < lengths[:, None]
     visible = (mask.float().sum(1) ** 2).sum().item() / (batch * seq * seq)
-    models = build_models(dim, depth, heads, ("xt", "xt_flash") + (() if train else ("torch",)))
+    which = peers + (() if train else ("torch",)) + (("xtc_unpad",) + (() if train else ("torch_nested",))
+                                                     if varlen else ())
+    models = build_models(dim, depth, heads, which)
     rows = []
     if train:
         grad = torch.randn(batch, seq, dim)
@@ -249,6 +263,33 @@ def print_table(rows):
         print(f"{r['case'][:54]:54} {r['impl'][:26]:26} {ms:>10} {ratio:>9} {roof:>9} {peak:>9}")
 
 
+# The variable-length targets (the padded batches): unpad against our padded path and the faster x-transformers
+# mode, in the same precision.
+VARLEN_TARGETS = {"forward": (1.4, 1.8), "train step": (1.3, None)}
+LONG_TARGET = 1.3
+
+
+def print_varlen_summary(rows):
+    lines = []
+    for case in sorted({r["case"] for r in rows if r["impl"] == "xtc unpad"}):
+        t = {r["impl"]: r["median_ms"] for r in rows if r["case"] == case}
+        kind = "train step" if "train" in case else "forward"
+        vs_padded = t["xtc"] / t["xtc unpad"]
+        own, peer = VARLEN_TARGETS[kind]
+        if case.startswith("long"):
+            own = LONG_TARGET
+        parts = [f"unpad vs our padded {vs_padded:.2f}x (target {own}x)"]
+        peers = [t[n] for n in ("x-transformers", "x-transformers flash") if n in t]
+        if peers:
+            parts.append(f"vs faster x-transformers mode {min(peers) / t['xtc unpad']:.2f}x"
+                         + (f" (target {peer}x)" if peer and not case.startswith("long") else ""))
+        if "torch nested (post-norm)" in t:
+            parts.append(f"vs torch nested {t['torch nested (post-norm)'] / t['xtc unpad']:.2f}x")
+        lines.append(f"{case}: " + ", ".join(parts))
+    if lines:
+        print("\nvariable-length summary:\n  " + "\n  ".join(lines))
+
+
 def print_bf16_summary(rows):
     """bf16 autocast against our own fp32 and against the faster x-transformers mode in bf16: the CPU targets."""
     def ms(case, impl):
@@ -302,6 +343,8 @@ def main():
     parser.add_argument("--long-lengths", default="2048,8192,32768")
     parser.add_argument("--long-timeout", type=int, default=600)
     parser.add_argument("--quick", action="store_true", help="seed shape only")
+    parser.add_argument("--varlen-long", action="store_true",
+                        help="also the long variable-length batch (4, 8192, 256), lengths in [2048, 8192]")
     parser.add_argument("--only-long", action="store_true", help="only the long-sequence memory cases")
     parser.add_argument("--precisions", default="fp32,bf16", help="fp32 and/or bf16 (CPU autocast), comma-separated")
     parser.add_argument("--out", default=os.path.join(RESULTS, "encoder_cpu.json"))
@@ -332,14 +375,27 @@ def main():
         if not args.quick:
             lengths = torch.randint(128, 513, (8,), generator=torch.Generator().manual_seed(4))
             rows += encoder_case("padded (8,512,512) d6 h8 forward", 8, 512, 512, 6, 8, lengths, args.repeats,
-                                 rate, train=False, precision=precision)
+                                 rate, train=False, precision=precision, varlen=True)
+            rows += encoder_case("padded (8,512,512) d6 h8 train step", 8, 512, 512, 6, 8, lengths, args.repeats,
+                                 rate, train=True, precision=precision, varlen=True)
             for padded in (False, True):
                 rows += attention_op_case(4096, 8, 64, args.repeats, padded,
                                           torch.bfloat16 if precision == "bf16" else torch.float32)
+    if args.varlen_long:
+        # Lengths uniform in [2048, 8192]. x-transformers without flash holds 4 GiB of scores per layer and head
+        # group: forward only (its training step would not fit this machine's memory).
+        lengths = torch.randint(2048, 8193, (4,), generator=torch.Generator().manual_seed(5))
+        for precision in precisions:
+            for train in (False, True):
+                rows += encoder_case(f"long (4,8192,256) d2 h4 {'train step' if train else 'forward'}", 4, 8192,
+                                     256, 2, 4, lengths, max(3, args.repeats // 2), rates[precision], train=train,
+                                     precision=precision, varlen=True,
+                                     peers=("xt_flash",) if train else ("xt", "xt_flash"))
     if args.long:
         rows += long_cases([int(s) for s in args.long_lengths.split(",")], args.long_timeout)
     print_table(rows)
     print_bf16_summary(rows)
+    print_varlen_summary(rows)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": info, "rows": rows}, f, indent=1)

@@ -67,6 +67,21 @@ if [[ ${STATUS[build]} == ok ]]; then
   else
     echo "x-transformers not importable: encoder parity on CUDA skipped"
   fi
+  # Packed sequences: the varlen op against the dense op per sequence, unpad against x-transformers, in the padded
+  # frame (default) and in the varlen kernel (XTC_CUDA_VARLEN=1); then their benchmark with the varlen kernel.
+  packed_tests() {  # log-name, then VAR=value settings
+    local log="$1"; shift
+    env "$@" timeout 90 python3 -m pytest -q -p no:cacheprovider "$PWD/tests/python/test_packed_sequences_cuda.py" \
+      2>&1 | tee "$LOGS/$log.log" | tail -3
+    return "${PIPESTATUS[0]}"
+  }
+  packed_tests test_packed XTC_GPU_CHECK_DEFAULT=1 && STATUS[test_packed]=ok || STATUS[test_packed]=FAILED
+  packed_tests test_packed_varlen XTC_CUDA_VARLEN=1 && STATUS[test_packed_varlen]=ok || STATUS[test_packed_varlen]=FAILED
+  if python3 -c 'import x_transformers' 2>/dev/null; then
+    XTC_CUDA_VARLEN=1 PYTHONUNBUFFERED=1 timeout 120 python3 benchmarks/bench_packed_cuda.py \
+      --out "$LOGS/packed_cuda.json" > "$LOGS/bench_packed.log" 2>&1
+    STATUS[bench_packed]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
+  fi
   # The full grid of issue 3 (d 64 / 128, n 512 .. 16k, five cases, every SDPA backend); XTC_GPU_CHECK_GRID=0
   # skips it (a check of the tests and the A/B only).
   if [[ "${XTC_GPU_CHECK_GRID:-1}" != 0 ]]; then
@@ -90,12 +105,14 @@ if [[ ${STATUS[build]} == ok ]]; then
       | sed -n '/^Summary/,/^wrote/p' | sed "s/^Summary.*/A\/B $setting:/" | grep -v '^wrote' | tee -a "$LOGS/ab.log"
   done
   [[ -f "$LOGS/bench.log" ]] && sed -n '/^Summary/,/^wrote/p' "$LOGS/bench.log"
+  [[ -f "$LOGS/bench_packed.log" ]] && grep -E '^(device|target)' "$LOGS/bench_packed.log"
 fi
 
 echo
 echo "gpu_check summary ($(head -1 "$LOGS/gpu.txt"), $(elapsed)s)"
 printf '  %-17s %s\n' step status
-for step in build test_cuda test_cuda_hopper test_cuda_mma test_parity bench; do
+for step in build test_cuda test_cuda_hopper test_cuda_mma test_parity test_packed test_packed_varlen bench_packed \
+    bench; do
   [[ -n "${STATUS[$step]:-}" ]] && printf '  %-17s %s\n' "$step" "${STATUS[$step]}"
 done
 for s in "${STATUS[@]}"; do [[ $s == ok ]] || exit 1; done

@@ -115,3 +115,15 @@ def test_bad_shapes_and_dtypes():
         op(q, k, v, cu.long(), cu, 7, 7)
     with pytest.raises(RuntimeError, match=r"query heads \(2\) to be a multiple of the kv heads \(3\)"):
         op(q, torch.randn(7, 3, 4), torch.randn(7, 3, 4), cu, cu, 7, 7)
+
+
+def test_autocast_runs_in_bf16_like_the_dense_op():
+    # As flash_attention (and SDPA): float32 inputs under CPU autocast are cast to bf16; out comes back in bf16.
+    q, k, v = _packed([5, 9], [5, 9], 4, 2, 16, 16, torch.float32, seed=3)
+    cu = _cu([5, 9])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, lse = op(q, k, v, cu, cu, 9, 9, causal=True)
+    want, want_lse = op(q.bfloat16(), k.bfloat16(), v.bfloat16(), cu, cu, 9, 9, causal=True)
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    torch.testing.assert_close(out, want, atol=0, rtol=0)
+    torch.testing.assert_close(lse, want_lse, atol=0, rtol=0)

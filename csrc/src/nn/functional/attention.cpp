@@ -29,6 +29,8 @@
 #include <ATen/ops/zeros.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <limits>
 
 namespace xtc::nn::functional {
@@ -48,6 +50,17 @@ at::Tensor l2norm(const at::Tensor& t, int64_t groups) {
 
 // Keys in front of the sequence's own that every query sees unbiased: the zero key/value, then the memory ones.
 int64_t memory_keys(const AttentionOptions& o) { return o.num_mem_kv() + (o.add_zero_kv() ? 1 : 0); }
+
+// The varlen op's CUDA kernel (one dense launch per sequence) has not run on a GPU yet: packed layers take it only
+// when XTC_CUDA_VARLEN=1, else the padded frame with the dense CUDA kernel.
+bool varlen_kernel_on(const at::Device& device) {
+  if (device.is_cpu()) return true;
+  static const bool cuda_opt_in = [] {
+    const char* value = std::getenv("XTC_CUDA_VARLEN");
+    return value != nullptr && std::string(value) == "1";
+  }();
+  return device.is_cuda() && cuda_opt_in;
+}
 
 double logit_scale(const AttentionConfig& c) {
   const double default_scale = 1.0 / std::sqrt(static_cast<double>(c.dim_head));
@@ -323,7 +336,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     const auto& queries = *packed->queries;
     const auto& keys = *packed->keys;
     const bool positional = slopes.has_value() || window_left >= 0 || window_right >= 0;
-    const bool in_varlen_kernel = x.device().is_cpu() && !o.linear() && memory_keys(o) == 0 &&
+    const bool in_varlen_kernel = varlen_kernel_on(x.device()) && !o.linear() && memory_keys(o) == 0 &&
                                   materialize_reasons(c, training, attn_mask.has_value(), maps != nullptr).empty() &&
                                   (!positional || (queries.consecutive && keys.consecutive));
     if (in_varlen_kernel) {

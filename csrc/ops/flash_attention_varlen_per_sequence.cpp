@@ -1,7 +1,11 @@
-// CPU kernels of xtc::flash_attention_varlen: each packed sequence runs through flash_attention's CPU kernel on its
-// own rows (views, batch 1), so the work is the sum of n_i * m_i and every rule (causal right-aligned per sequence,
-// ALiBi, window, soft-cap, GQA, dtypes) is the dense kernel's. Sequences without queries are skipped; without keys,
-// their queries get 0 and lse -inf (the dense kernel's rule).
+// The CPU and CUDA kernels of xtc::flash_attention_varlen: each packed sequence runs through flash_attention's kernel
+// of its device on its own rows (views, batch 1), so the work is the sum of n_i * m_i and every rule (causal
+// right-aligned per sequence, ALiBi, window, soft-cap, GQA, dtypes) is the dense kernel's. Sequences without
+// queries are skipped; without keys, their queries get 0 and lse -inf (the dense kernel's rule).
+//
+// On CUDA this is one launch per sequence, the offsets read on the host (FlashAttention's device cu_seqlens are
+// copied once): correct by construction from the dense kernels, but not a fused varlen kernel, and not yet run on a
+// GPU, so the layer stacks use it on CUDA only with XTC_CUDA_VARLEN=1 (attention/packing notes in the README).
 //
 // Shape legend: total_q / total_k packed rows, b sequences, h query heads, hk kv heads, d, dv head dims.
 #include <xtc/ops/flash_attention.h>
@@ -22,9 +26,7 @@ namespace {
 // longer than max_seqlen.
 std::vector<int64_t> sequence_starts(const at::Tensor& cu_seqlens, const char* name, int64_t rows, int64_t max_len,
                                      const char* max_name) {
-  TORCH_CHECK(cu_seqlens.device().is_cpu(), "flash_attention_varlen (CPU): expected ", name, " on the CPU, got ",
-              cu_seqlens.device());
-  const auto cu = cu_seqlens.contiguous();
+  const auto cu = cu_seqlens.cpu().contiguous();
   const int32_t* data = cu.data_ptr<int32_t>();
   std::vector<int64_t> starts(data, data + cu.numel());
   TORCH_CHECK(starts.front() == 0 && starts.back() == rows, "flash_attention_varlen: expected ", name,
@@ -109,6 +111,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_varlen_backward_k
 }  // namespace
 
 TORCH_LIBRARY_IMPL(xtc, CPU, m) {
+  m.impl("flash_attention_varlen", &flash_attention_varlen_forward_kernel);
+  m.impl("flash_attention_varlen_backward", &flash_attention_varlen_backward_kernel);
+}
+
+TORCH_LIBRARY_IMPL(xtc, CUDA, m) {
   m.impl("flash_attention_varlen", &flash_attention_varlen_forward_kernel);
   m.impl("flash_attention_varlen_backward", &flash_attention_varlen_backward_kernel);
 }
