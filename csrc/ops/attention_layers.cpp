@@ -5,6 +5,7 @@
 
 #include "ops/layer_hiddens.h"
 #include "ops/plan_cache.h"
+#include "ops/stack_inputs.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -18,67 +19,16 @@ std::shared_ptr<const nn::functional::AttentionLayersPlan> layers_plan(c10::stri
       text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
 }
 
-// Tracing takes no lists of optional tensors, so the schema has Tensor[] (one mask per leading mem, or none).
-std::vector<std::optional<at::Tensor>> to_vector(at::TensorList list) {
-  return std::vector<std::optional<at::Tensor>>(list.begin(), list.end());
-}
-
-// flash_pack_seq_kwargs as the schema carries them: [cu_seqlens_q, cu_seqlens_k] and [max_seqlen_q, max_seqlen_k],
-// or two empty lists.
-std::optional<nn::functional::FlashPackSeq> flash_pack_seq(at::TensorList cu_seqlens, at::IntArrayRef max_seqlen,
-                                                           const char* name) {
-  if (cu_seqlens.empty() && max_seqlen.empty()) return std::nullopt;
-  TORCH_CHECK_VALUE(cu_seqlens.size() == 2 && max_seqlen.size() == 2, "attention_layers: expected ", name,
-                    " as [cu_seqlens_q, cu_seqlens_k] and [max_seqlen_q, max_seqlen_k], got ", cu_seqlens.size(),
-                    " tensors and ", max_seqlen.size(), " lengths");
-  return nn::functional::FlashPackSeq{cu_seqlens[0], cu_seqlens[1], max_seqlen[0], max_seqlen[1]};
-}
-
-// The forward inputs both layer-stack kernels take, as the functional stack reads them.
-nn::functional::AttentionLayersInputs stack_inputs(
-    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
-    const std::optional<at::Tensor>& context_mask, const std::optional<at::Tensor>& attn_mask,
-    const std::optional<at::Tensor>& self_attn_kv_mask, const std::optional<at::Tensor>& seq_start_pos,
-    const std::optional<at::Tensor>& attn_bias, const std::optional<at::Tensor>& pos, at::TensorList mems,
-    at::TensorList mem_masks, at::TensorList pack_seq, at::IntArrayRef pack_seq_max, at::TensorList pack_seq_context,
-    at::IntArrayRef pack_seq_context_max) {
-  nn::functional::AttentionLayersInputs inputs{mask, context, context_mask, attn_mask, self_attn_kv_mask,
-                                               seq_start_pos, attn_bias, mems.vec(), to_vector(mem_masks)};
-  inputs.pos = pos;
-  inputs.flash_pack_seq = flash_pack_seq(pack_seq, pack_seq_max, "flash_pack_seq");
-  inputs.flash_pack_seq_context = flash_pack_seq(pack_seq_context, pack_seq_context_max, "flash_pack_seq_context");
-  return inputs;
-}
-
-at::Tensor attention_layers_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
-                                   const std::optional<at::Tensor>& context,
-                                   const std::optional<at::Tensor>& context_mask,
-                                   const std::optional<at::Tensor>& attn_mask,
-                                   const std::optional<at::Tensor>& self_attn_kv_mask,
-                                   const std::optional<at::Tensor>& seq_start_pos,
-                                   const std::optional<at::Tensor>& attn_bias,
-                                   const std::optional<at::Tensor>& pos, at::TensorList mems,
-                                   at::TensorList mem_masks, at::TensorList pack_seq,
-                                   at::IntArrayRef pack_seq_max, at::TensorList pack_seq_context,
-                                   at::IntArrayRef pack_seq_context_max, at::TensorList params,
+at::Tensor attention_layers_kernel(const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS at::TensorList params,
                                    c10::string_view options, bool training) {
-  return nn::functional::attention_layers(
-      x,
-      stack_inputs(mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, pos, mems,
-                   mem_masks, pack_seq, pack_seq_max, pack_seq_context, pack_seq_context_max),
-      params, *layers_plan(options), training);
+  return nn::functional::attention_layers(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), params,
+                                          *layers_plan(options), training);
 }
 
 detail::LayerHiddensResult attention_layers_with_hiddens_kernel(
-    const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context,
-    const std::optional<at::Tensor>& context_mask, const std::optional<at::Tensor>& attn_mask,
-    const std::optional<at::Tensor>& self_attn_kv_mask, const std::optional<at::Tensor>& seq_start_pos,
-    const std::optional<at::Tensor>& attn_bias, const std::optional<at::Tensor>& pos, at::TensorList mems,
-    at::TensorList mem_masks, at::TensorList pack_seq, at::IntArrayRef pack_seq_max, at::TensorList pack_seq_context,
-    at::IntArrayRef pack_seq_context_max, at::TensorList cache_kv, int64_t cache_length, int64_t cache_age,
+    const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS at::TensorList cache_kv, int64_t cache_length, int64_t cache_age,
     at::TensorList params, c10::string_view options, bool training) {
-  auto inputs = stack_inputs(mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias,
-                             pos, mems, mem_masks, pack_seq, pack_seq_max, pack_seq_context, pack_seq_context_max);
+  auto inputs = detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {});
   inputs.cache_kv = cache_kv.vec();
   inputs.cache_length = cache_length;
   inputs.cache_age = cache_age;
@@ -96,39 +46,32 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
                             const std::optional<at::Tensor>& seq_start_pos,
                             const std::optional<at::Tensor>& attn_bias, at::TensorList params,
                             const std::string& options, bool training) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("xtc::attention_layers", "")
-                       .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&,
-                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                         const std::optional<at::Tensor>&, at::TensorList, at::TensorList,
-                                         at::TensorList, at::IntArrayRef, at::TensorList, at::IntArrayRef,
-                                         at::TensorList, c10::string_view, bool)>();
-  return op.call(x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias,
-                 std::nullopt, {}, {}, {}, {}, {}, {}, params, options, training);
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("xtc::attention_layers", "")
+          .typed<at::Tensor(const at::Tensor&, XTC_STACK_INPUT_TYPES at::TensorList, c10::string_view, bool)>();
+  const std::optional<at::Tensor> pos;
+  const at::TensorList mems, mem_masks, flash_pack_seq, flash_pack_seq_context;
+  const at::IntArrayRef flash_pack_seq_max, flash_pack_seq_context_max;
+  return op.call(x, XTC_STACK_INPUT_ARGUMENTS params, options, training);
 }
 
 }  // namespace xtc::ops
 
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
-  m.def(
-      "attention_layers(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, Tensor? attn_mask, "
-      "Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor? pos, Tensor[] mems, "
-      "Tensor[] mem_masks, Tensor[] flash_pack_seq, int[] flash_pack_seq_max, Tensor[] flash_pack_seq_context, "
-      "int[] flash_pack_seq_context_max, Tensor[] params, str options, bool training=False) -> Tensor");
+  // The stack's inputs are XTC_STACK_INPUTS (ops/stack_inputs.h), x-transformers' AttentionLayers.forward
+  // arguments; flash_pack_seq* carry flash_pack_seq_kwargs ([cu_seqlens_q, cu_seqlens_k], [max_seqlen_q,
+  // max_seqlen_k]) and its context counterpart, empty when not given.
+  m.def("attention_layers(Tensor x, " XTC_STACK_INPUTS_SCHEMA
+        "Tensor[] params, str options, bool training=False) -> Tensor");
   // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer),
   // layer_hiddens (entering each layer, then before the final norm) and cached_kv (each attention layer's keys and
   // values, flattened k0, v0, k1, v1, ...) and attention maps (qk_similarities, pre- and post-softmax per attention
   // layer, empty where x-transformers has none), for return_hiddens; with cache_kv (the previous call's), it
   // decodes incrementally: only the last cache_age tokens run, at positions after cache_length.
-  m.def(
-      "attention_layers_with_hiddens(Tensor x, Tensor? mask, Tensor? context, Tensor? context_mask, "
-      "Tensor? attn_mask, Tensor? self_attn_kv_mask, Tensor? seq_start_pos, Tensor? attn_bias, Tensor? pos, "
-      "Tensor[] mems, Tensor[] mem_masks, Tensor[] flash_pack_seq, int[] flash_pack_seq_max, "
-      "Tensor[] flash_pack_seq_context, int[] flash_pack_seq_context_max, Tensor[] cache_kv, int cache_length, "
-      "int cache_age, Tensor[] params, str options, bool training=False) -> "
-      "(Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
+  m.def("attention_layers_with_hiddens(Tensor x, " XTC_STACK_INPUTS_SCHEMA
+        "Tensor[] cache_kv, int cache_length, int cache_age, Tensor[] params, str options, bool training=False) -> "
+        "(Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

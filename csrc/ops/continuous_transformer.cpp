@@ -4,6 +4,7 @@
 
 #include "ops/layer_hiddens.h"
 #include "ops/plan_cache.h"
+#include "ops/stack_inputs.h"
 
 #include <torch/library.h>
 
@@ -11,26 +12,28 @@
 namespace xtc::ops {
 namespace {
 
-at::Tensor continuous_transformer_kernel(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+at::Tensor continuous_transformer_kernel(const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS
                                          const std::optional<at::Tensor>& lens, at::TensorList params,
                                          c10::string_view options, c10::string_view layer_options, bool training,
                                          bool return_embeddings) {
   const auto plan =
       detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
           options, layer_options);
-  return nn::functional::continuous_transformer(x, mask, lens, params, *plan, training, return_embeddings);
+  return nn::functional::continuous_transformer(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), lens, params,
+                                                *plan, training, return_embeddings);
 }
 
 detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
-    const at::Tensor& x, const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& lens,
-    at::TensorList cache_kv, at::TensorList params, c10::string_view options, c10::string_view layer_options,
-    bool training, bool return_embeddings) {
+    const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& lens, at::TensorList cache_kv,
+    at::TensorList params, c10::string_view options, c10::string_view layer_options, bool training,
+    bool return_embeddings) {
   const auto plan =
       detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
           options, layer_options);
   nn::functional::AttentionLayersHiddens record;
-  auto out = nn::functional::continuous_transformer(x, mask, lens, params, *plan, training, return_embeddings,
-                                                    cache_kv.vec(), &record);
+  auto out = nn::functional::continuous_transformer(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), lens,
+                                                    params, *plan, training, return_embeddings, cache_kv.vec(),
+                                                    &record);
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 
@@ -38,14 +41,14 @@ detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
 }  // namespace xtc::ops
 
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
-  m.def(
-      "continuous_transformer(Tensor x, Tensor? mask, Tensor? lens, Tensor[] params, str options, str layer_options, "
-      "bool training=False, bool return_embeddings=False) -> Tensor");
+  // The stack's inputs (XTC_STACK_INPUTS, ops/stack_inputs.h) follow x, then the wrapper's own lens.
+  m.def("continuous_transformer(Tensor x, " XTC_STACK_INPUTS_SCHEMA
+        "Tensor? lens, Tensor[] params, str options, str layer_options, bool training=False, "
+        "bool return_embeddings=False) -> Tensor");
   // The same with the stack's intermediates and incremental decoding, as xtc::transformer_wrapper_with_hiddens.
-  m.def(
-      "continuous_transformer_with_hiddens(Tensor x, Tensor? mask, Tensor? lens, Tensor[] cache_kv, "
-      "Tensor[] params, str options, str layer_options, bool training=False, bool return_embeddings=False) -> "
-      "(Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
+  m.def("continuous_transformer_with_hiddens(Tensor x, " XTC_STACK_INPUTS_SCHEMA
+        "Tensor? lens, Tensor[] cache_kv, Tensor[] params, str options, str layer_options, bool training=False, "
+        "bool return_embeddings=False) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

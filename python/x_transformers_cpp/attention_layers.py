@@ -182,6 +182,46 @@ def layer_intermediates(types, out, hiddens, layer_hiddens, kv, maps, cache_leng
                               attn_intermediates=attn_intermediates, cache_length=cache_length)
 
 
+def _stack_input_schema():
+    """The layer stack's forward inputs as the ops take them (XTC_STACK_INPUTS in csrc/ops/stack_inputs.h, the one
+    list), read off the op's schema: (name, default) pairs between x and params."""
+    arguments = torch.ops.xtc.attention_layers.default._schema.arguments
+    names = [a.name for a in arguments]
+    return [(a.name, [] if isinstance(a.type, torch.ListType) else None)
+            for a in arguments[1:names.index("params")]]
+
+
+_STACK_INPUTS = None
+
+# x-transformers' names of the stack's forward inputs (AttentionLayers.forward, and what its wrappers pass on).
+STACK_KWARGS = ("context", "context_mask", "attn_mask", "self_attn_kv_mask", "seq_start_pos", "attn_bias", "pos",
+                "mems", "mem_masks", "flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs")
+
+
+def stack_arguments(mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
+                    seq_start_pos=None, attn_bias=None, pos=None, mems=None, mem_masks=None,
+                    flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None):
+    """x-transformers' stack inputs as the ops take them, in the ops' order (absent ones at their defaults)."""
+    global _STACK_INPUTS
+    if _STACK_INPUTS is None:
+        _STACK_INPUTS = _stack_input_schema()
+    mems = list(mems or [])
+    # The ops take one mask per memory or none: a missing one keeps every memory key.
+    mem_masks = [torch.ones(m.shape[:2], dtype=torch.bool, device=m.device) if k is None else k
+                 for m, k in zip(mems, mem_masks)] if mem_masks else []
+    pack_seq, pack_seq_max = flash_pack_seq_args(flash_pack_seq_kwargs, "flash_pack_seq_kwargs")
+    pack_context, pack_context_max = flash_pack_seq_args(flash_pack_seq_context_kwargs,
+                                                         "flash_pack_seq_context_kwargs")
+    given = dict(mask=mask, context=context, context_mask=context_mask, attn_mask=attn_mask,
+                 self_attn_kv_mask=self_attn_kv_mask, seq_start_pos=seq_start_pos, attn_bias=attn_bias, pos=pos,
+                 mems=mems, mem_masks=mem_masks, flash_pack_seq=pack_seq, flash_pack_seq_max=pack_seq_max,
+                 flash_pack_seq_context=pack_context, flash_pack_seq_context_max=pack_context_max)
+    arguments = [given.pop(name, default) for name, default in _STACK_INPUTS]
+    if given:  # a name here that the ops' schema lacks: the two lists have fallen out of step
+        raise RuntimeError(f"stack inputs not in the ops' schema: {', '.join(given)}")
+    return arguments
+
+
 _PACK_SEQ_KEYS = ("cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")
 
 
@@ -328,13 +368,11 @@ class AttentionLayers(nn.Module):
                              "export the stack without unpad (the same numbers at kept positions)")
         unshard_fsdp_groups(self)
         params = [reduce(getattr, name.split("."), self) for name in self._parameter_names]
-        mems = list(mems or [])
-        # The op takes one mask per memory or none: a missing one keeps every memory key.
-        mem_masks = [torch.ones(m.shape[:2], dtype=torch.bool, device=m.device) if k is None else k
-                     for m, k in zip(mems, mem_masks)] if mem_masks else []
-        inputs = (x, mask, context, context_mask, attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, pos, mems,
-                  mem_masks, *flash_pack_seq_args(flash_pack_seq_kwargs, "flash_pack_seq_kwargs"),
-                  *flash_pack_seq_args(flash_pack_seq_context_kwargs, "flash_pack_seq_context_kwargs"))
+        inputs = (x, *stack_arguments(
+            mask=mask, context=context, context_mask=context_mask, attn_mask=attn_mask,
+            self_attn_kv_mask=self_attn_kv_mask, seq_start_pos=seq_start_pos, attn_bias=attn_bias, pos=pos,
+            mems=mems, mem_masks=mem_masks, flash_pack_seq_kwargs=flash_pack_seq_kwargs,
+            flash_pack_seq_context_kwargs=flash_pack_seq_context_kwargs))
         if not return_hiddens and cache is None:
             return torch.ops.xtc.attention_layers(*inputs, params, self._options, self.training)
         cache_length = cache.cache_length if cache is not None else 0

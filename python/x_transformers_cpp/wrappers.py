@@ -10,8 +10,14 @@ import torch
 from torch import nn
 
 from . import _C
-from .attention_layers import (AttentionLayers, _build_tree, _option_value, check_forward_defaults, fill_from_layout,
-                               flat_cache, initializes_on_construction, layer_intermediates, unshard_fsdp_groups)
+from .attention_layers import (STACK_KWARGS, AttentionLayers, _build_tree, _option_value, check_forward_defaults,
+                               fill_from_layout, flat_cache, initializes_on_construction, layer_intermediates,
+                               stack_arguments, unshard_fsdp_groups)
+
+
+def _stack_kwargs(kwargs):
+    """The forward arguments x-transformers' wrappers pass on to their stack, taken out of kwargs."""
+    return {name: kwargs.pop(name) for name in STACK_KWARGS if name in kwargs}
 
 
 class _Wrapper(nn.Module):
@@ -105,12 +111,11 @@ class TransformerWrapper(_Wrapper):
     # matters for looped networks (refused at construction), so any value does nothing here.
     _FORWARD_DEFAULTS = dict(
         return_logits_and_embeddings=False, return_embeddings_and_intermediates=False, return_logit_entropies=False,
-        return_next_embed_pred=False, return_mems=False, return_attn=False, mems=None, mem_masks=None,
-        detach_mems=True, recycle_steps=None, looped_steps=None, max_looped_steps=None, looped_inference=False,
-        looped_exit_prob_threshold=0.9, pos=None, prepend_embeds=None, prepend_mask=None, excise_prepend_embeds=False,
-        embed_ids={}, sum_embeds=None, transform_token_embeds=None, transform_block_inputs=None,
-        return_attn_z_loss=False, attn_z_loss_weight=1e-4, seq_start_pos=None, input_not_include_cache=None,
-        token_emb_kwargs={}, to_logits_kwargs={})
+        return_next_embed_pred=False, return_mems=False, return_attn=False, detach_mems=True, recycle_steps=None,
+        looped_steps=None, max_looped_steps=None, looped_inference=False, looped_exit_prob_threshold=0.9,
+        prepend_embeds=None, prepend_mask=None, excise_prepend_embeds=False, embed_ids={}, sum_embeds=None,
+        transform_token_embeds=None, transform_block_inputs=None, return_attn_z_loss=False, attn_z_loss_weight=1e-4,
+        input_not_include_cache=None, token_emb_kwargs={}, to_logits_kwargs={})
 
     def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None,
                 looped_pred_all_logits=None, **kwargs):
@@ -124,12 +129,17 @@ class TransformerWrapper(_Wrapper):
         the previous call's intermediates as `cache`; only the last token runs through the stack, and the logits
         are (batch, 1, logits_dim).
 
+        As x-transformers, the stack's forward arguments pass on to it: context and context_mask (cross-attention),
+        attn_mask, self_attn_kv_mask, attn_bias, mems / mem_masks, and pos and seq_start_pos (left padding), which
+        also set the absolute positions (seq_start_pos shifts each row's to start at 0 there).
+
         x-transformers' other forward arguments are accepted at their defaults (so its AutoregressiveWrapper runs
         over this class) and refused by name otherwise.
         """
+        stack = _stack_kwargs(kwargs)
         check_forward_defaults("TransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
         return self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens,
-                         (x, mask), return_embeddings, return_intermediates, cache)
+                         (x, *stack_arguments(mask=mask, **stack)), return_embeddings, return_intermediates, cache)
 
 
 class ContinuousTransformerWrapper(_Wrapper):
@@ -150,13 +160,24 @@ class ContinuousTransformerWrapper(_Wrapper):
         self._set_attributes(kwargs)
         self.probabilistic = False  # refused above; x-transformers' continuous wrappers read it
 
-    def forward(self, x, return_embeddings=False, mask=None, lens=None, return_intermediates=False, cache=None):
+    # x-transformers' other forward arguments, at the values that make them do nothing.
+    _FORWARD_DEFAULTS = dict(return_mems=False, return_attn=False, sum_embeds=None, prepend_embeds=None,
+                             prepend_mask=None, input_not_include_cache=False)
+
+    def forward(self, x, return_embeddings=False, mask=None, lens=None, return_intermediates=False, cache=None,
+                **kwargs):
         """x (batch, seq, dim_in) float; mask (batch, seq) bool (True = keep) or lens (batch,) int.
 
         Returns (batch, seq, dim_out), or (batch, dim_out) with average_pool_embed; the stack's embeddings before
         the output projection with return_embeddings. With return_intermediates, (out, LayerIntermediates); with
         `cache` (the previous intermediates) and every position so far in x, only the last position runs, as
         x-transformers.
+
+        As x-transformers, pos and seq_start_pos set the absolute positions only, and the stack's other forward
+        arguments (context, context_mask, attn_mask, mems, ...) pass on to it.
         """
+        stack = _stack_kwargs(kwargs)
+        check_forward_defaults("ContinuousTransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
         return self._run(torch.ops.xtc.continuous_transformer, torch.ops.xtc.continuous_transformer_with_hiddens,
-                         (x, mask, lens), return_embeddings, return_intermediates, cache)
+                         (x, *stack_arguments(mask=mask, **stack), lens), return_embeddings, return_intermediates,
+                         cache)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from x_transformers import AutoregressiveWrapper
 from x_transformers import Decoder as XDecoder
+from x_transformers import TransformerWrapper as XTokens
 
 from test_transformer_wrapper import make_pair
 from x_transformers_cpp import Decoder, TransformerWrapper
@@ -67,8 +68,6 @@ def test_unsupported_forward_arguments_are_refused_by_name():
     net = TransformerWrapper(num_tokens=50, max_seq_len=16, attn_layers=Decoder(**LAYERS))
     tokens = torch.randint(0, 50, (2, 7))
     net(tokens, return_attn_z_loss=False, prepend_embeds=None, seq_start_pos=None, looped_pred_all_logits=True)
-    with pytest.raises(TypeError, match="seq_start_pos"):
-        net(tokens, seq_start_pos=torch.tensor([0, 2]))
     with pytest.raises(TypeError, match="prepend_embeds"):
         net(tokens, prepend_embeds=torch.randn(2, 3, 32))
     with pytest.raises(TypeError, match="not_an_argument"):
@@ -127,3 +126,97 @@ def test_stack_refuses_unimplemented_x_transformers_arguments_by_name():
         stack(x, layers_execute_order=(0, 1, 0, 1))
     with pytest.raises(TypeError, match="seq_pos_offset"):
         stack(x, seq_pos_offset=3)
+
+
+@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("cache_kv", [True, False])
+def test_generation_from_prompts_of_different_lengths(name, cache_kv):
+    # prompt_lens: the prompts are left-padded, and AutoregressiveWrapper passes seq_start_pos to the wrapper, which
+    # shifts each row's absolute positions and hides the padding keys.
+    ours, theirs = wrapped_pair(name)
+    ours.eval(), theirs.eval()
+    prompt, prompt_lens = torch.randint(0, 50, (3, 6)), torch.tensor([6, 2, 4])
+    results = []
+    for wrapper in (ours, theirs):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            results.append(wrapper.generate(prompt, 7, prompt_lens=prompt_lens, cache_kv=cache_kv, temperature=0.0))
+    assert torch.equal(results[0], results[1])
+
+
+STACK_ARGUMENTS = {
+    "context": (dict(cross_attend=True), lambda b, n: dict(context=torch.randn(b, 5, 32),
+                                                            context_mask=torch.rand(b, 5) > 0.3)),
+    "attn_mask": ({}, lambda b, n: dict(attn_mask=torch.rand(b, 1, n, n) > 0.3)),
+    "pos-rotary": (dict(rotary_pos_emb=True), lambda b, n: dict(pos=torch.randint(0, 16, (b, n)).sort(-1).values)),
+    "seq_start_pos": ({}, lambda b, n: dict(seq_start_pos=torch.tensor([0, 3, 1][:b]))),
+}
+
+
+@pytest.mark.parametrize("name", STACK_ARGUMENTS)
+def test_wrappers_pass_the_stack_arguments_on(name):
+    from x_transformers import ContinuousTransformerWrapper as XContinuous
+    from x_transformers_cpp import ContinuousTransformerWrapper
+    layer_options, arguments = STACK_ARGUMENTS[name]
+    torch.manual_seed(0)
+    tokens_pair = their_wrapper_pair(lambda attn_layers, **kw: (TransformerWrapper if isinstance(attn_layers, Decoder)
+                                                                else XTokens)(attn_layers=attn_layers, **kw),
+                                     (Decoder, XDecoder), dict(LAYERS, **layer_options), num_tokens=50,
+                                     max_seq_len=16)
+    continuous_pair = their_wrapper_pair(lambda attn_layers, **kw: (
+        ContinuousTransformerWrapper if isinstance(attn_layers, Decoder) else XContinuous)(attn_layers=attn_layers,
+                                                                                          **kw),
+        (Decoder, XDecoder), dict(LAYERS, **layer_options), dim_in=12, max_seq_len=16)
+    kwargs = arguments(3, 9)
+    # Left padding: the positions before each row's start see no key (its own is hidden, later ones are in the
+    # future), where x-transformers averages every value and we give 0 (the README's fully masked rows).
+    keep = (torch.arange(9)[None] >= kwargs["seq_start_pos"][:, None] if "seq_start_pos" in kwargs
+            else torch.ones(3, 9, dtype=torch.bool))
+    for (ours, theirs), x in ((tokens_pair, torch.randint(0, 50, (3, 9))), (continuous_pair, torch.randn(3, 9, 12))):
+        out, expected = ours(x, **kwargs), theirs(x, **kwargs)
+        torch.testing.assert_close(out[keep], expected[keep], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("tie_token_emb", [False, True])
+def test_xtransformer_matches_x_transformers(tie_token_emb):
+    from x_transformers import XTransformer as XXTransformer
+    from x_transformers_cpp import XTransformer
+    kwargs = dict(dim=32, enc_num_tokens=40, enc_depth=2, enc_heads=4, enc_attn_dim_head=8, enc_max_seq_len=16,
+                  dec_num_tokens=40, dec_depth=2, dec_heads=4, dec_attn_dim_head=8, dec_max_seq_len=16,
+                  dec_rotary_pos_emb=True, tie_token_emb=tie_token_emb)
+    torch.manual_seed(0)
+    theirs, ours = XXTransformer(**kwargs), XTransformer(**kwargs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    src, tgt = torch.randint(0, 40, (2, 12)), torch.randint(0, 40, (2, 10))
+    mask = torch.rand(2, 12) > 0.3
+    mask[:, 0] = True
+    loss, expected = ours(src, tgt, mask=mask), theirs(src, tgt, mask=mask)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    got = torch.autograd.grad(loss, list(ours.parameters()))
+    want = torch.autograd.grad(expected, list(theirs.parameters()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+    ours.eval(), theirs.eval()
+    results = []
+    for model in (ours, theirs):
+        torch.manual_seed(3)
+        results.append(model.generate(src, torch.ones(2, 1, dtype=torch.long), 8, mask=mask))
+    assert torch.equal(results[0], results[1])
+
+
+def test_their_continuous_autoregressive_wrapper_over_ours():
+    from x_transformers import ContinuousAutoregressiveWrapper
+    from x_transformers import ContinuousTransformerWrapper as XContinuous
+    from x_transformers_cpp import ContinuousTransformerWrapper
+    ours, theirs = their_wrapper_pair(
+        lambda attn_layers, **kw: (ContinuousTransformerWrapper if isinstance(attn_layers, Decoder)
+                                   else XContinuous)(attn_layers=attn_layers, **kw),
+        (Decoder, XDecoder), LAYERS, dim_in=7, dim_out=7, max_seq_len=16)
+    ours, theirs = ContinuousAutoregressiveWrapper(ours), ContinuousAutoregressiveWrapper(theirs)
+    x = torch.randn(2, 10, 7)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=0)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours.generate(x[:, :3], 5), theirs.generate(x[:, :3], 5), atol=1e-5, rtol=0)

@@ -40,11 +40,12 @@ ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrappe
   if (has_project_out_) parameters_.push_back({"project_out.weight", {*o.dim_out(), dim}});
 }
 
-at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in,
+at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersInputs& given,
                                   const std::optional<at::Tensor>& lens, at::TensorList params,
                                   const ContinuousTransformerPlan& plan, bool training, bool return_embeddings,
                                   const std::vector<at::Tensor>& cache_kv, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
+  const std::optional<at::Tensor>& mask_in = given.mask;
   const int64_t dim = plan.layers().options().dim();
   const int64_t dim_in = plan.has_project_in() ? *o.dim_in() : dim;
   TORCH_CHECK_VALUE(x_in.dim() == 3 && x_in.sym_size(2) == dim_in,
@@ -71,8 +72,10 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at
   if (plan.has_abs_pos_emb()) {
     TORCH_CHECK_VALUE(n <= *o.max_seq_len(), "ContinuousTransformerWrapper: expected a sequence of at most max_seq_len (",
                       *o.max_seq_len(), ") positions, got ", n);
-    x = x + (o.scaled_sinu_pos_emb() ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), n, dim, x)
-                                     : detail::absolute_positions(get("pos_emb.emb.weight"), n, /*l2norm=*/false));
+    const auto positions =
+        detail::wrapper_positions("ContinuousTransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb());
+    x = x + (o.scaled_sinu_pos_emb() ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, dim, x)
+                                     : detail::absolute_positions(get("pos_emb.emb.weight"), positions, false));
   }
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
   const int64_t memory = o.num_memory_tokens();
@@ -80,8 +83,13 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const std::optional<at
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
-  const auto inputs = detail::stack_inputs("ContinuousTransformerWrapper", layer_mask, cache_kv, n,
-                                           memory > 0 || o.average_pool_embed());
+  // Unlike TransformerWrapper, x-transformers' continuous wrapper keeps pos and seq_start_pos to its position
+  // embedding: the stack gets neither.
+  AttentionLayersInputs for_stack = given;
+  for_stack.pos.reset();
+  for_stack.seq_start_pos.reset();
+  const auto inputs = detail::stack_inputs("ContinuousTransformerWrapper", for_stack, layer_mask, cache_kv, n,
+                                           memory > 0, o.average_pool_embed());
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow_symint(1, memory, n);
   // x-transformers pools with the mask as passed: with `lens` instead, it averages over every position.

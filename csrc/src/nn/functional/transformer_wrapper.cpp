@@ -42,11 +42,11 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
     parameters_.push_back({"to_logits.weight", {o.logits_dim().value_or(o.num_tokens()), dim}});
 }
 
-at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at::Tensor>& mask_in,
-                               at::TensorList params, const TransformerWrapperPlan& plan, bool training,
-                               bool return_embeddings, const std::vector<at::Tensor>& cache_kv,
-                               AttentionLayersHiddens* record) {
+at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given, at::TensorList params,
+                               const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
+                               const std::vector<at::Tensor>& cache_kv, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
+  const std::optional<at::Tensor>& mask_in = given.mask;
   const int64_t dim = plan.layers().options().dim();
   TORCH_CHECK_VALUE(tokens.dim() == 2 && !tokens.is_floating_point() && !tokens.is_complex(),
                     "TransformerWrapper: expected token ids of shape (batch, seq) and an integer dtype, got ",
@@ -73,9 +73,11 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at:
   if (plan.has_abs_pos_emb()) {
     TORCH_CHECK_VALUE(n <= o.max_seq_len() || o.scaled_sinu_pos_emb(), "TransformerWrapper: expected at most "
                       "max_seq_len (", o.max_seq_len(), ") tokens, got ", n);
+    // x-transformers' position embeddings take the custom pos and the left padding (seq_start_pos) too.
+    const auto positions = detail::wrapper_positions("TransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb());
     x = x + (o.scaled_sinu_pos_emb()
-                 ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), n, plan.emb_dim(), x)
-                 : detail::absolute_positions(get("pos_emb.emb.weight"), n, o.l2norm_embed()));
+                 ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, plan.emb_dim(), x)
+                 : detail::absolute_positions(get("pos_emb.emb.weight"), positions, o.l2norm_embed()));
   }
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
@@ -84,8 +86,9 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at:
   const int64_t memory = o.num_memory_tokens();
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
+  // As x-transformers, the stack also gets pos and seq_start_pos.
   const auto inputs =
-      detail::stack_inputs("TransformerWrapper", layer_mask, cache_kv, n, memory > 0 || o.average_pool_embed());
+      detail::stack_inputs("TransformerWrapper", given, layer_mask, cache_kv, n, memory > 0, o.average_pool_embed());
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow_symint(1, memory, n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);

@@ -27,17 +27,40 @@ at::Tensor l2norm(const at::Tensor& x) {
   return x / at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
 }
 
-at::Tensor absolute_positions(const at::Tensor& table, const c10::SymInt& n, bool normalise) {
-  const auto rows = at::embedding(table, at::arange(n, table.options().dtype(at::kLong)));
+at::Tensor wrapper_positions(const char* wrapper, const c10::SymInt& n, const AttentionLayersInputs& inputs,
+                             const at::Tensor& like, bool clamp) {
+  const auto options = like.options().dtype(at::kLong);
+  at::Tensor positions = at::arange(n, options);
+  if (inputs.pos.has_value()) {
+    const auto& pos = *inputs.pos;
+    TORCH_CHECK_VALUE(!pos.is_floating_point() && pos.scalar_type() != at::kBool && pos.sym_size(-1) == n &&
+                          (pos.dim() == 1 || (pos.dim() == 2 && pos.sym_size(0) == like.sym_size(0))),
+                      wrapper, ": expected pos of shape (", n, ") or (", like.sym_size(0), ", ", n,
+                      ") and an integer dtype, got ", pos.sym_sizes(), " ", pos.scalar_type());
+    positions = pos.to(at::kLong);
+  }
+  if (inputs.seq_start_pos.has_value()) {
+    const auto& start = *inputs.seq_start_pos;
+    TORCH_CHECK_VALUE(start.dim() == 1 && start.sym_size(0) == like.sym_size(0) && !start.is_floating_point(),
+                      wrapper, ": expected seq_start_pos of shape (", like.sym_size(0), ") and an integer dtype, got ",
+                      start.sym_sizes(), " ", start.scalar_type());
+    positions = positions - start.to(at::kLong).unsqueeze(1);
+    if (clamp) positions = positions.clamp_min(0);
+  }
+  return positions;
+}
+
+at::Tensor absolute_positions(const at::Tensor& table, const at::Tensor& positions, bool normalise) {
+  const auto rows = at::embedding(table, positions);
   if (normalise) return l2norm(rows);
   return rows * (1.0 / std::sqrt(static_cast<double>(table.size(1))));
 }
 
-at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, const c10::SymInt& n, int64_t dim,
+at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, const at::Tensor& positions, int64_t dim,
                                        const at::Tensor& like) {
   const int64_t half = dim / 2;
   const auto inv_freq = at::pow(10000.0, -(at::arange(half, like.options()) / static_cast<double>(half)));
-  const auto angles = at::arange(n, like.options()).unsqueeze(1) * inv_freq.unsqueeze(0);
+  const auto angles = positions.to(like.scalar_type()).unsqueeze(-1) * inv_freq;
   return at::cat({angles.sin(), angles.cos()}, -1) * scale;
 }
 
@@ -54,13 +77,19 @@ at::Tensor masked_mean(const at::Tensor& x, const std::optional<at::Tensor>& mas
   return (x * keep).sum(1) / keep.sum(1).clamp_min(1e-5);
 }
 
-AttentionLayersInputs stack_inputs(const char* wrapper, const std::optional<at::Tensor>& mask,
-                                   const std::vector<at::Tensor>& cache_kv, const c10::SymInt& n,
-                                   bool memory_or_pooling) {
-  AttentionLayersInputs inputs{mask};
+AttentionLayersInputs stack_inputs(const char* wrapper, const AttentionLayersInputs& given,
+                                   const std::optional<at::Tensor>& mask, const std::vector<at::Tensor>& cache_kv,
+                                   const c10::SymInt& n, bool memory, bool pooling) {
+  AttentionLayersInputs inputs = given;
+  inputs.mask = mask;
+  // The stack's per-token inputs would not cover the memory tokens in front (x-transformers pads only the mask).
+  TORCH_CHECK_VALUE(!memory || !(given.attn_mask || given.self_attn_kv_mask || given.seq_start_pos ||
+                                 given.attn_bias || given.pos || !given.mems.empty()),
+                    wrapper, ": attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, pos and mems cannot be "
+                    "combined with num_memory_tokens");
   if (cache_kv.empty()) return inputs;
   // x-transformers' can_cache_kv: memory tokens would sit between the cached keys and the new ones.
-  TORCH_CHECK_VALUE(!memory_or_pooling, wrapper,
+  TORCH_CHECK_VALUE(!memory && !pooling, wrapper,
                     ": a cache cannot be combined with num_memory_tokens or average_pool_embed");
   const int64_t cached = cache_kv.front().dim() == 4 ? xtc::detail::static_size(cache_kv.front(), 2) : 0;
   TORCH_CHECK_VALUE(n > cached, wrapper, ": with a cache, pass the whole sequence so far (the ", cached,

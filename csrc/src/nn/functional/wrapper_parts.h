@@ -16,12 +16,18 @@ namespace xtc::nn::functional::detail {
 at::Tensor find_tensor(const char* owner, const std::vector<ParameterSpec>& specs, at::TensorList params,
                        const std::string& name);
 
-/// AbsolutePositionalEmbedding over positions 0..n-1: table rows times dim^-0.5, or l2-normalised rows.
-at::Tensor absolute_positions(const at::Tensor& table, const c10::SymInt& n, bool l2norm);
+/// The positions of a wrapper's n tokens, as x-transformers' position embeddings take them: the stack inputs'
+/// custom `pos` ((n) or (b, n) integers) or 0..n-1, minus the left padding seq_start_pos (b) per row, clamped at 0
+/// for the learned table (`clamp`); (n) or (b, n) int64.
+at::Tensor wrapper_positions(const char* wrapper, const c10::SymInt& n, const AttentionLayersInputs& inputs,
+                             const at::Tensor& like, bool clamp);
 
-/// ScaledSinusoidalEmbedding over positions 0..n-1: [sin, cos] of positions times 10000^-(k / (dim / 2)), times
-/// the learned scale.
-at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, const c10::SymInt& n, int64_t dim,
+/// AbsolutePositionalEmbedding at `positions` (int64, any shape): table rows times dim^-0.5, or l2-normalised rows.
+at::Tensor absolute_positions(const at::Tensor& table, const at::Tensor& positions, bool l2norm);
+
+/// ScaledSinusoidalEmbedding at `positions`: [sin, cos] of positions times 10000^-(k / (dim / 2)), times the learned
+/// scale.
+at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, const at::Tensor& positions, int64_t dim,
                                        const at::Tensor& like);
 
 /// Prepends memory tokens (M, dim) to x (b, n, dim), and True to the mask when there is one.
@@ -34,11 +40,12 @@ at::Tensor masked_mean(const at::Tensor& x, const std::optional<at::Tensor>& mas
 /// F.normalize over the last dim.
 at::Tensor l2norm(const at::Tensor& x);
 
-/// The layer stack's inputs from a wrapper: its key mask and, for incremental decoding, the previous call's cache.
-/// As x-transformers' wrappers, the input holds the whole sequence so far (the n positions, cached ones included)
-/// and only the last one runs; memory tokens and pooling are refused with a cache.
-AttentionLayersInputs stack_inputs(const char* wrapper, const std::optional<at::Tensor>& mask,
-                                   const std::vector<at::Tensor>& cache_kv, const c10::SymInt& n,
-                                   bool memory_or_pooling);
+/// The layer stack's inputs from a wrapper: the caller's (context, attn_mask, pos, ...), the key mask after the
+/// memory tokens and, for incremental decoding, the previous call's cache. As x-transformers' wrappers, the input
+/// holds the whole sequence so far (the n positions, cached ones included) and only the last one runs; memory
+/// tokens and pooling are refused with a cache, and the per-token inputs with memory tokens.
+AttentionLayersInputs stack_inputs(const char* wrapper, const AttentionLayersInputs& given,
+                                   const std::optional<at::Tensor>& mask, const std::vector<at::Tensor>& cache_kv,
+                                   const c10::SymInt& n, bool memory, bool pooling);
 
 }  // namespace xtc::nn::functional::detail

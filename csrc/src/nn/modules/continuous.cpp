@@ -43,7 +43,9 @@ std::vector<at::Tensor> ContinuousTransformerWrapperImpl::tensors() const { retu
 at::Tensor ContinuousTransformerWrapperImpl::forward(const at::Tensor& x, const at::Tensor& mask,
                                                      const at::Tensor& lens, bool return_embeddings) {
   const auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-  return functional::continuous_transformer(x, optional(mask), optional(lens), tensors(), *plan, is_training(),
+  functional::AttentionLayersInputs inputs;
+  inputs.mask = optional(mask);
+  return functional::continuous_transformer(x, inputs, optional(lens), tensors(), *plan, is_training(),
                                             return_embeddings);
 }
 

@@ -50,8 +50,9 @@ void TransformerWrapperImpl::reset() {
 std::vector<at::Tensor> TransformerWrapperImpl::tensors() const { return tensors_in_layout(*this, plan->parameters()); }
 
 at::Tensor TransformerWrapperImpl::forward(const at::Tensor& tokens, const at::Tensor& mask, bool return_embeddings) {
-  return functional::transformer_wrapper(tokens, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt,
-                                         tensors(), *plan, is_training(), return_embeddings);
+  functional::AttentionLayersInputs inputs;
+  if (mask.defined()) inputs.mask = mask;
+  return functional::transformer_wrapper(tokens, inputs, tensors(), *plan, is_training(), return_embeddings);
 }
 
 }  // namespace xtc::nn

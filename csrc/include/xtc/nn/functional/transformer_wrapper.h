@@ -30,14 +30,15 @@ class TransformerWrapperPlan {
   bool has_abs_pos_emb_ = false;
 };
 
-/// tokens (b, n) integer ids; mask (b, n) bool. Returns logits (b, n, logits_dim) ((b, logits_dim) pooled), or the
+/// tokens (b, n) integer ids; `inputs` the layer stack's (x-transformers passes the wrapper's other forward
+/// arguments on to it): inputs.mask (b, n) bool; pos and seq_start_pos also shift the absolute positions. Returns logits (b, n, logits_dim) ((b, logits_dim) pooled), or the
 /// stack's embeddings with return_embeddings / return_only_embed. `record`, when given, receives the stack's
 /// intermediates (x-transformers' return_intermediates), its cached_kv included.
 ///
 /// Incremental decoding, as x-transformers: `cache_kv` holds the previous call's record->cached_kv and `tokens`
 /// the whole sequence so far (cached tokens and new ones). The embeddings of every token are formed, only the last
 /// one runs through the stack (its keys after the cached ones), and the logits are (b, 1, logits_dim).
-at::Tensor transformer_wrapper(const at::Tensor& tokens, const std::optional<at::Tensor>& mask, at::TensorList params,
+at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& inputs, at::TensorList params,
                                const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
                                const std::vector<at::Tensor>& cache_kv = {}, AttentionLayersHiddens* record = nullptr);
 
