@@ -11,26 +11,38 @@
 namespace xtc::ops {
 namespace {
 
-at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens, XTC_STACK_INPUT_PARAMETERS at::TensorList params,
+std::shared_ptr<const nn::functional::TransformerWrapperPlan> wrapper_plan(c10::string_view options,
+                                                                          c10::string_view layer_options) {
+  return detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapperOptions>(
+      options, layer_options);
+}
+
+at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens, XTC_STACK_INPUT_PARAMETERS
+                                      const std::optional<at::Tensor>& sum_embeds,
+                                      const std::optional<at::Tensor>& prepend_embeds,
+                                      const std::optional<at::Tensor>& prepend_mask, at::TensorList params,
                                       c10::string_view options, c10::string_view layer_options, bool training,
                                       bool return_embeddings) {
-  const auto plan =
-      detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapperOptions>(
-          options, layer_options);
   return nn::functional::transformer_wrapper(tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), params,
-                                             *plan, training, return_embeddings);
+                                             *wrapper_plan(options, layer_options), training, return_embeddings, {},
+                                             nullptr, {sum_embeds, prepend_embeds, prepend_mask});
 }
 
 detail::LayerHiddensResult transformer_wrapper_with_hiddens_kernel(
-    const at::Tensor& tokens, XTC_STACK_INPUT_PARAMETERS at::TensorList cache_kv, at::TensorList params,
-    c10::string_view options, c10::string_view layer_options, bool training, bool return_embeddings) {
-  const auto plan =
-      detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapperOptions>(
-          options, layer_options);
+    const at::Tensor& tokens, XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& sum_embeds,
+    const std::optional<at::Tensor>& prepend_embeds, const std::optional<at::Tensor>& prepend_mask,
+    at::TensorList cache_kv, at::TensorList params, c10::string_view options, c10::string_view layer_options,
+    bool training, bool return_embeddings) {
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::transformer_wrapper(tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), params,
-                                                 *plan, training, return_embeddings, cache_kv.vec(), &record);
+                                                 *wrapper_plan(options, layer_options), training, return_embeddings,
+                                                 cache_kv.vec(), &record, {sum_embeds, prepend_embeds, prepend_mask});
   return detail::layer_hiddens_result(std::move(out), std::move(record));
+}
+
+at::Tensor transformer_wrapper_logits_kernel(const at::Tensor& embeddings, at::TensorList params,
+                                             c10::string_view options, c10::string_view layer_options) {
+  return nn::functional::transformer_wrapper_logits(embeddings, params, *wrapper_plan(options, layer_options));
 }
 
 }  // namespace
@@ -39,24 +51,29 @@ detail::LayerHiddensResult transformer_wrapper_with_hiddens_kernel(
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
   // The stack's inputs (XTC_STACK_INPUTS, ops/stack_inputs.h) follow the tokens, as x-transformers' wrapper passes
   // its other forward arguments on to the stack.
+  // Then the wrapper's own embeddings beside the tokens' (sum_embeds, prepend_embeds and its mask).
   m.def("transformer_wrapper(Tensor tokens, " XTC_STACK_INPUTS_SCHEMA
-        "Tensor[] params, str options, str layer_options, bool training=False, bool return_embeddings=False) -> "
-        "Tensor");
+        "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor[] params, str options, "
+        "str layer_options, bool training=False, bool return_embeddings=False) -> Tensor");
+  // The logits head alone, for return_logits_and_embeddings (the embeddings come from the op above).
+  m.def("transformer_wrapper_logits(Tensor embeddings, Tensor[] params, str options, str layer_options) -> Tensor");
   // The same, also returning the stack's intermediates as xtc::attention_layers_with_hiddens does (hiddens,
   // layer_hiddens, cached_kv, attention maps), for return_intermediates; with cache_kv (the previous call's), it
   // decodes the last token of `tokens` incrementally.
   m.def("transformer_wrapper_with_hiddens(Tensor tokens, " XTC_STACK_INPUTS_SCHEMA
-        "Tensor[] cache_kv, Tensor[] params, str options, str layer_options, bool training=False, "
+        "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor[] cache_kv, Tensor[] params, str options, str layer_options, bool training=False, "
         "bool return_embeddings=False) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {
   m.impl("transformer_wrapper", &xtc::ops::transformer_wrapper_kernel);
   m.impl("transformer_wrapper_with_hiddens", &xtc::ops::transformer_wrapper_with_hiddens_kernel);
+  m.impl("transformer_wrapper_logits", &xtc::ops::transformer_wrapper_logits_kernel);
 }
 
 // torch.func.vmap decomposes the wrapper into its aten ops (see ops/attention_layers.cpp).
 TORCH_LIBRARY_IMPL(xtc, FuncTorchBatchedDecomposition, m) {
   m.impl("transformer_wrapper", &xtc::ops::transformer_wrapper_kernel);
   m.impl("transformer_wrapper_with_hiddens", &xtc::ops::transformer_wrapper_with_hiddens_kernel);
+  m.impl("transformer_wrapper_logits", &xtc::ops::transformer_wrapper_logits_kernel);
 }

@@ -110,15 +110,16 @@ class TransformerWrapper(_Wrapper):
     # x-transformers' other forward arguments, at the values that make them do nothing. looped_pred_all_logits only
     # matters for looped networks (refused at construction), so any value does nothing here.
     _FORWARD_DEFAULTS = dict(
-        return_logits_and_embeddings=False, return_embeddings_and_intermediates=False, return_logit_entropies=False,
-        return_next_embed_pred=False, return_mems=False, return_attn=False, detach_mems=True, recycle_steps=None,
-        looped_steps=None, max_looped_steps=None, looped_inference=False, looped_exit_prob_threshold=0.9,
-        prepend_embeds=None, prepend_mask=None, excise_prepend_embeds=False, embed_ids={}, sum_embeds=None,
-        transform_token_embeds=None, transform_block_inputs=None, return_attn_z_loss=False, attn_z_loss_weight=1e-4,
-        input_not_include_cache=None, token_emb_kwargs={}, to_logits_kwargs={})
+        return_logit_entropies=False, return_next_embed_pred=False, return_mems=False, return_attn=False,
+        detach_mems=True, recycle_steps=None, looped_steps=None, max_looped_steps=None, looped_inference=False,
+        looped_exit_prob_threshold=0.9, embed_ids={}, transform_token_embeds=None, transform_block_inputs=None,
+        return_attn_z_loss=False, attn_z_loss_weight=1e-4, input_not_include_cache=None, token_emb_kwargs={},
+        to_logits_kwargs={})
 
     def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None,
-                looped_pred_all_logits=None, **kwargs):
+                looped_pred_all_logits=None, return_logits_and_embeddings=False,
+                return_embeddings_and_intermediates=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,
+                excise_prepend_embeds=False, **kwargs):
         """x (batch, seq) token ids; mask (batch, seq) bool, True = keep.
 
         Returns logits (batch, seq, logits_dim) ((batch, logits_dim) with average_pool_embed), or the stack's
@@ -129,6 +130,11 @@ class TransformerWrapper(_Wrapper):
         the previous call's intermediates as `cache`; only the last token runs through the stack, and the logits
         are (batch, 1, logits_dim).
 
+        As x-transformers: return_logits_and_embeddings gives (logits, embeddings), return_embeddings_and_intermediates
+        (embeddings, LayerIntermediates); sum_embeds (batch, seq, emb_dim) adds to the token embeddings,
+        prepend_embeds (batch, prefix, emb_dim) goes in front of them (after post_emb_norm) with prepend_mask
+        (batch, prefix) joining the mask, and excise_prepend_embeds cuts the prefix off the outputs.
+
         As x-transformers, the stack's forward arguments pass on to it: context and context_mask (cross-attention),
         attn_mask, self_attn_kv_mask, attn_bias, mems / mem_masks, and pos and seq_start_pos (left padding), which
         also set the absolute positions (seq_start_pos shifts each row's to start at 0 there).
@@ -138,8 +144,20 @@ class TransformerWrapper(_Wrapper):
         """
         stack = _stack_kwargs(kwargs)
         check_forward_defaults("TransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
-        return self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens,
-                         (x, *stack_arguments(mask=mask, **stack)), return_embeddings, return_intermediates, cache)
+        with_intermediates = return_intermediates or return_embeddings_and_intermediates
+        embeddings = return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates
+        inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask)
+        result = self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens, inputs,
+                           embeddings, with_intermediates, cache)
+        out, intermediates = result if with_intermediates else (result, None)
+        if excise_prepend_embeds and prepend_embeds is not None and cache is None:
+            out = out[:, prepend_embeds.shape[1]:]
+        if return_logits_and_embeddings:
+            logits = torch.ops.xtc.transformer_wrapper_logits(out, self._tensors(), self._options, self._layer_options)
+            out = (logits, out)
+        elif return_embeddings_and_intermediates:
+            out = (out, intermediates)
+        return (out, intermediates) if return_intermediates else out
 
 
 class ContinuousTransformerWrapper(_Wrapper):

@@ -1,6 +1,8 @@
 """x-transformers' own AutoregressiveWrapper over our TransformerWrapper, against the same wrapper over x-transformers'
 TransformerWrapper with the same weights: the training loss and its gradients, and generation with a fixed seed
 token for token (with and without the kv cache, filters, temperature, past max_seq_len with rotary)."""
+import random
+
 import pytest
 import torch
 from x_transformers import AutoregressiveWrapper
@@ -68,8 +70,8 @@ def test_unsupported_forward_arguments_are_refused_by_name():
     net = TransformerWrapper(num_tokens=50, max_seq_len=16, attn_layers=Decoder(**LAYERS))
     tokens = torch.randint(0, 50, (2, 7))
     net(tokens, return_attn_z_loss=False, prepend_embeds=None, seq_start_pos=None, looped_pred_all_logits=True)
-    with pytest.raises(TypeError, match="prepend_embeds"):
-        net(tokens, prepend_embeds=torch.randn(2, 3, 32))
+    with pytest.raises(TypeError, match="return_attn_z_loss"):
+        net(tokens, return_attn_z_loss=True)
     with pytest.raises(TypeError, match="not_an_argument"):
         net(tokens, not_an_argument=1)
 
@@ -220,3 +222,65 @@ def test_their_continuous_autoregressive_wrapper_over_ours():
     ours.eval(), theirs.eval()
     with torch.no_grad():
         torch.testing.assert_close(ours.generate(x[:, :3], 5), theirs.generate(x[:, :3], 5), atol=1e-5, rtol=0)
+
+
+def tokens_wrapper_pair(layer_kwargs=LAYERS, classes=(Decoder, XDecoder), **kwargs):
+    return their_wrapper_pair(lambda attn_layers, **kw: (TransformerWrapper if isinstance(attn_layers, classes[0])
+                                                         else XTokens)(attn_layers=attn_layers, **kw),
+                              classes, layer_kwargs, **kwargs)
+
+
+@pytest.mark.parametrize("tie_embedding", [False, True])
+def test_wrapper_extra_embeddings_and_returns(tie_embedding):
+    ours, theirs = tokens_wrapper_pair(num_tokens=50, max_seq_len=16, post_emb_norm=True,
+                                       tie_embedding=tie_embedding)
+    tokens, mask = torch.randint(0, 50, (2, 7)), torch.rand(2, 7) > 0.3
+    extra = dict(sum_embeds=torch.randn(2, 7, 32), prepend_embeds=torch.randn(2, 3, 32),
+                 prepend_mask=torch.tensor([[True, False, True], [True, True, True]]))
+    excised = ours(tokens, excise_prepend_embeds=True, **extra)
+    torch.testing.assert_close(excised, theirs(tokens, excise_prepend_embeds=True, **extra), atol=1e-5, rtol=0)
+    assert excised.shape == (2, 7, 50)
+    for kwargs in (dict(extra, mask=mask), dict(sum_embeds=extra["sum_embeds"])):
+        torch.testing.assert_close(ours(tokens, **kwargs), theirs(tokens, **kwargs), atol=1e-5, rtol=0)
+        (logits, emb), (want_logits, want_emb) = (net(tokens, return_logits_and_embeddings=True, **kwargs)
+                                                  for net in (ours, theirs))
+        torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(emb, want_emb, atol=1e-5, rtol=0)
+        (emb, inter), (want_emb, want_inter) = (net(tokens, return_embeddings_and_intermediates=True, **kwargs)
+                                                for net in (ours, theirs))
+        torch.testing.assert_close(emb, want_emb, atol=1e-5, rtol=0)
+        for got, want in zip(inter.hiddens, want_inter.hiddens):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("self_cond", [False, True])
+def test_their_non_autoregressive_wrapper_over_ours(self_cond):
+    from x_transformers import Encoder as XEncoder, NonAutoregressiveWrapper
+    from x_transformers_cpp import Encoder
+    ours, theirs = tokens_wrapper_pair(LAYERS, (Encoder, XEncoder), num_tokens=51, max_seq_len=16)
+    torch.manual_seed(0)
+    ours, theirs = (NonAutoregressiveWrapper(net, mask_id=50, steps=4, self_cond=self_cond) for net in (ours, theirs))
+    theirs.load_state_dict(ours.state_dict(), strict=True) if self_cond else None
+    tokens = torch.randint(0, 50, (2, 16))
+    losses = []
+    for wrapper in (ours, theirs):
+        torch.manual_seed(1)
+        random.seed(1)  # its coin flips draw from Python's generator
+        losses.append(wrapper(tokens).loss)
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=0)
+    results = []
+    for wrapper in (ours.eval(), theirs.eval()):
+        torch.manual_seed(2)
+        random.seed(2)
+        results.append(wrapper.generate(batch_size=2))
+    assert torch.equal(results[0], results[1])
+
+
+def test_their_belief_state_wrapper_over_ours():
+    from x_transformers import BeliefStateWrapper
+    ours, theirs = tokens_wrapper_pair(num_tokens=50, max_seq_len=16)
+    torch.manual_seed(0)
+    ours, theirs = BeliefStateWrapper(ours), BeliefStateWrapper(theirs)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    tokens = torch.randint(0, 50, (2, 10))
+    torch.testing.assert_close(ours(tokens), theirs(tokens), atol=1e-5, rtol=0)

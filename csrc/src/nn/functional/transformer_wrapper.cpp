@@ -8,6 +8,8 @@
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/ones.h>
 
 #include <cmath>
 
@@ -42,9 +44,27 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
     parameters_.push_back({"to_logits.weight", {o.logits_dim().value_or(o.num_tokens()), dim}});
 }
 
+at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params, const TransformerWrapperPlan& plan) {
+  const auto& o = plan.options();
+  TORCH_CHECK_VALUE(plan.has_logits(), "TransformerWrapper: return_only_embed has no logits");
+  TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
+                    plan.parameters().size(), " parameters for these options, got ", params.size());
+  const int64_t dim = plan.layers().options().dim();
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.sym_size(-1) == dim, "TransformerWrapper: expected embeddings of width ", dim,
+                    ", got ", x.sym_sizes());
+  const auto get = [&](const std::string& name) {
+    return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
+  };
+  if (o.tie_embedding())
+    return at::matmul(x, get("token_emb.emb.weight").t()) *
+           o.tie_embedding_scale().value_or(1.0 / std::sqrt(static_cast<double>(dim)));
+  return at::linear(x, get("to_logits.weight"));
+}
+
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given, at::TensorList params,
                                const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
-                               const std::vector<at::Tensor>& cache_kv, AttentionLayersHiddens* record) {
+                               const std::vector<at::Tensor>& cache_kv, AttentionLayersHiddens* record,
+                               const ExtraEmbeddings& extra) {
   const auto& o = plan.options();
   const std::optional<at::Tensor>& mask_in = given.mask;
   const int64_t dim = plan.layers().options().dim();
@@ -79,10 +99,49 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
                  ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, plan.emb_dim(), x)
                  : detail::absolute_positions(get("pos_emb.emb.weight"), positions, o.l2norm_embed()));
   }
+  if (extra.sum_embeds.has_value()) {
+    // Anything that broadcasts over (b, n, emb_dim): NonAutoregressiveWrapper adds a (emb_dim,) null embedding.
+    const auto& sum = *extra.sum_embeds;
+    TORCH_CHECK_VALUE(sum.dim() >= 1 && sum.dim() <= 3 && sum.sym_size(-1) == plan.emb_dim() &&
+                          sum.scalar_type() == x.scalar_type() && sum.device() == x.device() &&
+                          (sum.dim() < 2 || sum.sym_size(-2) == n || sum.sym_size(-2) == 1) &&
+                          (sum.dim() < 3 || sum.sym_size(0) == x.sym_size(0) || sum.sym_size(0) == 1),
+                      "TransformerWrapper: expected sum_embeds broadcastable to (", x.sym_size(0), ", ", n, ", ",
+                      plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ", sum.sym_sizes(), " ",
+                      sum.scalar_type());
+    x = x + sum;
+  }
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
+  std::optional<at::Tensor> layer_mask = mask_in;
+  c10::SymInt prepended = 0;
+  TORCH_CHECK_VALUE(extra.prepend_embeds.has_value() || !extra.prepend_mask.has_value(),
+                    "TransformerWrapper: prepend_mask was passed in without prepend_embeds");
+  if (extra.prepend_embeds.has_value()) {
+    // PaLI-style prefix embeddings; the mask (when either is given) covers them too.
+    const auto& front = *extra.prepend_embeds;
+    TORCH_CHECK_VALUE(front.dim() == 3 && front.sym_size(0) == x.sym_size(0) && front.sym_size(2) == plan.emb_dim() &&
+                          front.scalar_type() == x.scalar_type() && front.device() == x.device(),
+                      "TransformerWrapper: expected prepend_embeds of shape (", x.sym_size(0), ", prefix, ",
+                      plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ", front.sym_sizes(), " ",
+                      front.scalar_type());
+    TORCH_CHECK_VALUE(cache_kv.empty() && !o.average_pool_embed(), "TransformerWrapper: prepend_embeds cannot be "
+                      "combined with a cache or average_pool_embed");
+    prepended = front.sym_size(1);
+    x = at::cat({front, x}, 1);
+    if (mask_in.has_value() || extra.prepend_mask.has_value()) {
+      const auto ones = [&](const c10::SymInt& len) {
+        return at::ones_symint({x.sym_size(0), len}, x.options().dtype(at::kBool));
+      };
+      const auto& pm = extra.prepend_mask;
+      TORCH_CHECK_VALUE(!pm.has_value() || (pm->scalar_type() == at::kBool && pm->dim() == 2 &&
+                                            pm->sym_size(0) == x.sym_size(0) && pm->sym_size(1) == prepended),
+                        "TransformerWrapper: expected prepend_mask of shape (", x.sym_size(0), ", ", prepended,
+                        ") and dtype bool");
+      layer_mask = at::cat({pm.has_value() ? *pm : ones(prepended), mask_in.has_value() ? *mask_in : ones(n)}, 1);
+    }
+  }
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
   if (plan.emb_dim() != dim) x = at::linear(x, get("project_emb.weight"), get("project_emb.bias"));
-  std::optional<at::Tensor> layer_mask = mask_in;
   const int64_t memory = o.num_memory_tokens();
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
@@ -90,12 +149,10 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   const auto inputs =
       detail::stack_inputs("TransformerWrapper", given, layer_mask, cache_kv, n, memory > 0, o.average_pool_embed());
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
-  if (memory > 0) x = x.narrow_symint(1, memory, n);
+  if (memory > 0) x = x.narrow_symint(1, memory, prepended + n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
   if (return_embeddings || !plan.has_logits()) return x;
-  if (o.tie_embedding())
-    return at::matmul(x, table.t()) * o.tie_embedding_scale().value_or(1.0 / std::sqrt(static_cast<double>(dim)));
-  return at::linear(x, get("to_logits.weight"));
+  return transformer_wrapper_logits(x, params, plan);
 }
 
 }  // namespace xtc::nn::functional

@@ -30,9 +30,17 @@ class TransformerWrapperPlan {
   bool has_abs_pos_emb_ = false;
 };
 
+/// x-transformers' embeddings beside the tokens' (TransformerWrapper.forward): sum_embeds (b, n, emb_dim) added to
+/// the token and position embeddings, prepend_embeds (b, p, emb_dim) in front of them after post_emb_norm (as in
+/// PaLI), with prepend_mask (b, p) bool joining the mask; the outputs then cover the prepended positions too.
+struct ExtraEmbeddings {
+  std::optional<at::Tensor> sum_embeds, prepend_embeds, prepend_mask;
+};
+
 /// tokens (b, n) integer ids; `inputs` the layer stack's (x-transformers passes the wrapper's other forward
-/// arguments on to it): inputs.mask (b, n) bool; pos and seq_start_pos also shift the absolute positions. Returns logits (b, n, logits_dim) ((b, logits_dim) pooled), or the
-/// stack's embeddings with return_embeddings / return_only_embed. `record`, when given, receives the stack's
+/// arguments on to it): inputs.mask (b, n) bool; pos and seq_start_pos also shift the absolute positions; `extra`
+/// the embeddings beside the tokens'. Returns logits (b, n, logits_dim) ((b, logits_dim) pooled), or the stack's
+/// embeddings with return_embeddings / return_only_embed. `record`, when given, receives the stack's
 /// intermediates (x-transformers' return_intermediates), its cached_kv included.
 ///
 /// Incremental decoding, as x-transformers: `cache_kv` holds the previous call's record->cached_kv and `tokens`
@@ -40,6 +48,11 @@ class TransformerWrapperPlan {
 /// one runs through the stack (its keys after the cached ones), and the logits are (b, 1, logits_dim).
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& inputs, at::TensorList params,
                                const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
-                               const std::vector<at::Tensor>& cache_kv = {}, AttentionLayersHiddens* record = nullptr);
+                               const std::vector<at::Tensor>& cache_kv = {}, AttentionLayersHiddens* record = nullptr,
+                               const ExtraEmbeddings& extra = {});
+
+/// The logits head alone: embeddings (..., dim), as transformer_wrapper returns them, to logits (tied or not).
+at::Tensor transformer_wrapper_logits(const at::Tensor& embeddings, at::TensorList params,
+                                      const TransformerWrapperPlan& plan);
 
 }  // namespace xtc::nn::functional

@@ -1,0 +1,54 @@
+"""The layer stack's forward inputs are one list (XTC_STACK_INPUTS in csrc/ops/stack_inputs.h): every op that runs a
+stack takes exactly that list after its first input, in that order, and the Python modules pass it in that order."""
+import pytest
+import torch
+
+import x_transformers_cpp  # noqa: F401
+from x_transformers_cpp.attention_layers import STACK_KWARGS, _stack_input_schema, stack_arguments
+
+OPS = ["attention_layers", "attention_layers_with_hiddens", "transformer_wrapper", "transformer_wrapper_with_hiddens",
+       "continuous_transformer", "continuous_transformer_with_hiddens"]
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_every_stack_op_takes_the_one_list(op):
+    names = [a.name for a in getattr(torch.ops.xtc, op).default._schema.arguments]
+    expected = [name for name, _ in _stack_input_schema()]
+    assert names[1:1 + len(expected)] == expected
+
+
+def test_python_passes_every_input_of_the_list():
+    # Each x-transformers keyword lands in its place; the lists' packed-sequence entries come from the two kwargs.
+    names = [name for name, _ in _stack_input_schema()]
+    marker = torch.zeros(1)
+    for kwarg in STACK_KWARGS:
+        if kwarg.startswith("flash_pack_seq") or kwarg in ("mems", "mem_masks"):
+            continue
+        arguments = stack_arguments(**{kwarg: marker})
+        assert arguments[names.index(kwarg)] is marker
+    cu = torch.tensor([0, 2], dtype=torch.int32)
+    arguments = stack_arguments(flash_pack_seq_context_kwargs=dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=2,
+                                                                   max_seqlen_k=2))
+    assert arguments[names.index("flash_pack_seq_context_max")] == [2, 2]
+    assert arguments[names.index("flash_pack_seq")] == []
+
+
+def _parameters(fn):
+    import inspect
+    return [p for p in inspect.signature(fn).parameters if p not in ("self", "kwargs", "args")]
+
+
+@pytest.mark.parametrize("pair", ["AttentionLayers", "TransformerWrapper", "ContinuousTransformerWrapper"])
+def test_every_x_transformers_forward_argument_is_taken_or_refused_by_name(pair):
+    # Against the pinned signatures: each argument of x-transformers' forward is a parameter of ours, passes on to
+    # the stack (the wrappers), or is accepted at its default and refused by name when set; none is ignored.
+    import x_transformers
+    import x_transformers_cpp
+    theirs = getattr(x_transformers, pair) if hasattr(x_transformers, pair) else None
+    theirs = theirs or getattr(x_transformers.x_transformers, pair)
+    ours = getattr(x_transformers_cpp, pair)
+    handled = set(_parameters(ours.forward)) | set(ours._FORWARD_DEFAULTS)
+    if pair != "AttentionLayers":
+        handled |= set(STACK_KWARGS)
+    missing = [name for name in _parameters(theirs.forward) if name not in handled]
+    assert not missing, f"{pair}.forward: x-transformers arguments neither taken nor refused: {missing}"
