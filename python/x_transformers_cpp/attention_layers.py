@@ -163,6 +163,7 @@ class LayerIntermediates:
     layer_hiddens: list  # the stream entering each executed layer, then the stream before the final norm
     attn_intermediates: list | None = None  # one Intermediates per executed attention layer
     cache_length: int = 0  # positions decoded so far
+    mems: list | None = None  # Transformer-XL: the next call's memories (TransformerWrapper's return_mems)
 
 
 def flat_cache(cache):

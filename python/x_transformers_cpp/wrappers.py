@@ -93,15 +93,18 @@ class TransformerWrapper(_Wrapper):
 
     _layout = staticmethod(_C.transformer_wrapper_layout)
     _UNSUPPORTED = dict(
-        embed_num_tokens={}, max_mem_len=0, shift_mem_down=0, memory_tokens_interspersed_every=None,
+        embed_num_tokens={}, memory_tokens_interspersed_every=None,
         num_output_heads=1, recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
         emb_frac_gradient=1.0, attn_z_loss_weight=1e-4, use_cls_token=False, num_cls_tokens=1, attn_pool=False,
         num_pooled_tokens=1, attn_pool_depth=1, dim_pooled_tokens=None, squeeze_out_last_dim=False, token_emb=None,
         mixture_of_softmax=False, mixture_of_softmax_k=4, sigsoftmax_logits=False, ff_deep_embed=False,
         to_logits=None, add_continuous_pred_head=False, input_not_include_cache=False)
 
-    def __init__(self, *, num_tokens, max_seq_len, attn_layers, **kwargs):
+    def __init__(self, *, num_tokens, max_seq_len, attn_layers, max_mem_len=0, shift_mem_down=0, **kwargs):
         super().__init__()
+        # Transformer-XL: how many positions of the hiddens return_mems keeps, and how far the list of memories
+        # rotates down before the layers take them (x-transformers' arguments; no parameters of their own).
+        self.max_mem_len, self.shift_mem_down = max_mem_len, shift_mem_down
         self._setup(attn_layers, dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs), self._UNSUPPORTED,
                     _C.transformer_wrapper_option_keys())
         self._set_attributes(dict(max_seq_len=max_seq_len, **kwargs))
@@ -110,8 +113,7 @@ class TransformerWrapper(_Wrapper):
     # x-transformers' other forward arguments, at the values that make them do nothing. looped_pred_all_logits only
     # matters for looped networks (refused at construction), so any value does nothing here.
     _FORWARD_DEFAULTS = dict(
-        return_logit_entropies=False, return_next_embed_pred=False, return_mems=False, return_attn=False,
-        detach_mems=True, recycle_steps=None, looped_steps=None, max_looped_steps=None, looped_inference=False,
+        return_logit_entropies=False, return_next_embed_pred=False, return_attn=False, recycle_steps=None, looped_steps=None, max_looped_steps=None, looped_inference=False,
         looped_exit_prob_threshold=0.9, embed_ids={}, transform_token_embeds=None, transform_block_inputs=None,
         return_attn_z_loss=False, attn_z_loss_weight=1e-4, input_not_include_cache=None, token_emb_kwargs={},
         to_logits_kwargs={})
@@ -119,7 +121,7 @@ class TransformerWrapper(_Wrapper):
     def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None,
                 looped_pred_all_logits=None, return_logits_and_embeddings=False,
                 return_embeddings_and_intermediates=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,
-                excise_prepend_embeds=False, **kwargs):
+                excise_prepend_embeds=False, return_mems=False, detach_mems=True, **kwargs):
         """x (batch, seq) token ids; mask (batch, seq) bool, True = keep.
 
         Returns logits (batch, seq, logits_dim) ((batch, logits_dim) with average_pool_embed), or the stack's
@@ -133,7 +135,10 @@ class TransformerWrapper(_Wrapper):
         As x-transformers: return_logits_and_embeddings gives (logits, embeddings), return_embeddings_and_intermediates
         (embeddings, LayerIntermediates); sum_embeds (batch, seq, emb_dim) adds to the token embeddings,
         prepend_embeds (batch, prefix, emb_dim) goes in front of them (after post_emb_norm) with prepend_mask
-        (batch, prefix) joining the mask, and excise_prepend_embeds cuts the prefix off the outputs.
+        (batch, prefix) joining the mask, and excise_prepend_embeds cuts the prefix off the outputs. Transformer-XL:
+        `mems` (one (batch, mem_len, dim) per self-attention layer) pass on to the stack, rotated by shift_mem_down;
+        return_mems also returns the new memories, each layer's hiddens behind its old memory, the last max_mem_len
+        positions, detached unless detach_mems=False (in LayerIntermediates.mems with return_intermediates).
 
         As x-transformers, the stack's forward arguments pass on to it: context and context_mask (cross-attention),
         attn_mask, self_attn_kv_mask, attn_bias, mems / mem_masks, and pos and seq_start_pos (left padding), which
@@ -144,7 +149,11 @@ class TransformerWrapper(_Wrapper):
         """
         stack = _stack_kwargs(kwargs)
         check_forward_defaults("TransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
-        with_intermediates = return_intermediates or return_embeddings_and_intermediates
+        mems = stack.get("mems")
+        if self.shift_mem_down and mems:
+            mems = [*mems[self.shift_mem_down:], *mems[:self.shift_mem_down]]
+            stack["mems"] = mems
+        with_intermediates = return_intermediates or return_embeddings_and_intermediates or return_mems
         embeddings = return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates
         inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask)
         result = self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens, inputs,
@@ -157,6 +166,16 @@ class TransformerWrapper(_Wrapper):
             out = (logits, out)
         elif return_embeddings_and_intermediates:
             out = (out, intermediates)
+        if return_mems:
+            hiddens = intermediates.hiddens
+            new_mems = [torch.cat(pair, dim=-2) for pair in zip(mems, hiddens)] if mems else hiddens
+            new_mems = [t[..., -self.max_mem_len:, :] if self.max_mem_len > 0 else t[..., t.shape[-2]:, :]
+                        for t in new_mems]
+            if detach_mems:
+                new_mems = [t.detach() for t in new_mems]
+            if not return_intermediates:
+                return out, new_mems
+            intermediates.mems = new_mems
         return (out, intermediates) if return_intermediates else out
 
 

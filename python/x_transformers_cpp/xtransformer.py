@@ -60,10 +60,11 @@ class XTransformer(nn.Module):
         return self.decoder.generate(seq_out_start, seq_len, context=encodings, context_mask=mask, **kwargs)
 
     def forward(self, src, tgt, mask=None, attn_mask=None, src_prepend_embeds=None):
-        if src_prepend_embeds is not None:
-            raise TypeError("XTransformer.forward: src_prepend_embeds is not supported (our TransformerWrapper "
-                            "has no prepend_embeds yet)")
-        enc = self.encoder(src, mask=mask, attn_mask=attn_mask, return_embeddings=True)
+        enc = self.encoder(src, mask=mask, attn_mask=attn_mask, prepend_embeds=src_prepend_embeds,
+                           return_embeddings=True)
+        if src_prepend_embeds is not None and mask is not None:
+            # The context mask covers the prepended positions too (x-transformers' pad_at_dim).
+            mask = torch.cat((mask.new_ones(mask.shape[0], src_prepend_embeds.shape[-2]), mask), dim=-1)
         if self.training and self.cross_attn_tokens_dropout > 0:
             from x_transformers.x_transformers import dropout_seq
             enc, mask = dropout_seq(enc, mask, self.cross_attn_tokens_dropout)

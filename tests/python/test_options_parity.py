@@ -330,8 +330,21 @@ def test_bad_mems_raise():
     x = torch.randn(2, 5, 32)
     with pytest.raises(ValueError, match=r"expected mems\[0\] of shape \(2, mem_len, 32\)"):
         model(x, mems=[torch.randn(2, 3, 16)])
-    with pytest.raises(ValueError, match="mems are not supported with rel_pos_bias"):
-        Encoder(**BASE, rel_pos_bias=True)(x, mems=[torch.randn(2, 3, 32)])
+    with pytest.raises(ValueError, match="with rel_pos_bias or dynamic_pos_bias, expected one mem per"):
+        Encoder(**BASE, rel_pos_bias=True)(x, mems=[torch.randn(2, 3, 32)] * (BASE["depth"] - 1))
+    with pytest.raises(ValueError, match="mems are not supported with attn_mask"):
+        model(x, mems=[torch.randn(2, 3, 32)], attn_mask=torch.ones(5, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("options", [dict(rel_pos_bias=True), dict(dynamic_pos_bias=True)], ids=option_id)
+def test_mems_with_a_learned_position_bias_match_x_transformers(kind, options):
+    # Transformer-XL's own setting: the (query, key) bias spans the memory keys in front.
+    torch.manual_seed(9)
+    ours, theirs = make_pair(kind, **BASE, **options)
+    x = torch.randn(2, 7, 32)
+    mems = [torch.randn(2, 5, 32) for _ in range(BASE["depth"])]
+    scaled_close(ours(x, mems=mems), theirs(x, mems=mems), 1e-5, "output with mems")
 
 
 def test_rmsnorm_and_zero_kv_option_errors():

@@ -200,6 +200,9 @@ def test_xtransformer_matches_x_transformers(tie_token_emb):
     want = torch.autograd.grad(expected, list(theirs.parameters()))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+    prefix = torch.randn(2, 3, 32)
+    torch.testing.assert_close(ours(src, tgt, mask=mask, src_prepend_embeds=prefix),
+                               theirs(src, tgt, mask=mask, src_prepend_embeds=prefix), atol=1e-5, rtol=0)
     ours.eval(), theirs.eval()
     results = []
     for model in (ours, theirs):
@@ -284,3 +287,42 @@ def test_their_belief_state_wrapper_over_ours():
     theirs.load_state_dict(ours.state_dict(), strict=True)
     tokens = torch.randint(0, 50, (2, 10))
     torch.testing.assert_close(ours(tokens), theirs(tokens), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layer_options", [dict(rel_pos_bias=True), dict(rotary_pos_emb=True)],
+                         ids=["t5-bias", "rotary"])
+def test_their_xl_wrapper_over_ours(layer_options):
+    # Transformer-XL training: segments of max_seq_len, each layer's hiddens carried as the next segment's memories.
+    from x_transformers import XLAutoregressiveWrapper
+    ours, theirs = tokens_wrapper_pair(dict(LAYERS, **layer_options), num_tokens=50, max_seq_len=8, max_mem_len=8,
+                                       use_abs_pos_emb=False)
+    assert ours.max_mem_len == theirs.max_mem_len == 8
+    ours, theirs = XLAutoregressiveWrapper(ours), XLAutoregressiveWrapper(theirs)
+    tokens = torch.randint(0, 50, (2, 29))
+    loss, expected = ours(tokens), theirs(tokens)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    got = torch.autograd.grad(loss, list(ours.parameters()))
+    want = torch.autograd.grad(expected, list(theirs.parameters()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+    # Generation within the first segment matches token for token; past it, the XL wrapper decodes only the new
+    # tokens with a kv cache beside the memories (input_not_include_cache), which our wrapper refuses.
+    results = []
+    for wrapper in (ours.eval(), theirs.eval()):
+        torch.manual_seed(5)
+        results.append(wrapper.generate(tokens[:, :3], 4))
+    assert torch.equal(results[0], results[1])
+    with pytest.raises(ValueError, match="with a cache, pass the whole sequence"):
+        ours.generate(tokens[:, :11], 4)
+
+
+def test_return_mems_and_shift_mem_down():
+    ours, theirs = tokens_wrapper_pair(dict(LAYERS, rel_pos_bias=True), num_tokens=50, max_seq_len=8, max_mem_len=5,
+                                       shift_mem_down=1, use_abs_pos_emb=False)
+    tokens = torch.randint(0, 50, (2, 8))
+    mems = [torch.randn(2, 5, 32) for _ in range(2)]
+    (out, new_mems), (want, want_mems) = (net(tokens, mems=mems, return_mems=True) for net in (ours, theirs))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
+    for got, exp in zip(new_mems, want_mems):
+        torch.testing.assert_close(got, exp, atol=1e-5, rtol=0)
+        assert got.shape == (2, 5, 32) and not got.requires_grad

@@ -327,14 +327,23 @@ at::Tensor normalized_attn_bias(const at::Tensor& bias, const at::Tensor& x, con
 
 // Transformer-XL memories: one (b, M, dim) per self-attention layer at most, masks (b, M) bool.
 void check_memories(const std::vector<at::Tensor>& mems, const std::vector<std::optional<at::Tensor>>& mem_masks,
-                    const at::Tensor& x, const AttentionLayersOptions& o, bool dense_pattern) {
+                    const at::Tensor& x, const AttentionLayersPlan& plan, bool dense_pattern) {
+  const auto& o = plan.options();
   if (mems.empty()) {
     TORCH_CHECK_VALUE(mem_masks.empty(), "AttentionLayers: mem_masks were passed in without mems");
     return;
   }
-  TORCH_CHECK_VALUE(!(o.rel_pos_bias() || o.dynamic_pos_bias() || dense_pattern),
-                    "AttentionLayers: mems are not supported with rel_pos_bias, dynamic_pos_bias, attn_mask or "
-                    "attn_bias (their (query, key) tensors do not cover memory keys)");
+  TORCH_CHECK_VALUE(!dense_pattern, "AttentionLayers: mems are not supported with attn_mask or attn_bias (their "
+                    "(query, key) tensors do not cover memory keys)");
+  if (o.rel_pos_bias() || o.dynamic_pos_bias()) {
+    // One (query, key) bias serves every layer, so every self-attention layer needs a memory of one length.
+    const auto& types = plan.executed_attention_types();
+    const auto self_layers = static_cast<size_t>(std::count(types.begin(), types.end(), 'a'));
+    bool same = mems.size() == self_layers;
+    for (const auto& mem : mems) same = same && mem.dim() == 3 && mem.sym_size(1) == mems.front().sym_size(1);
+    TORCH_CHECK_VALUE(same, "AttentionLayers: with rel_pos_bias or dynamic_pos_bias, expected one mem per "
+                      "self-attention layer (", self_layers, "), all of one length, got ", mems.size());
+  }
   TORCH_CHECK_VALUE(mem_masks.size() <= mems.size(), "AttentionLayers: expected at most one mem_mask per mem, got ",
                     mem_masks.size(), " for ", mems.size());
   for (size_t i = 0; i < mems.size(); ++i) {
@@ -698,7 +707,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       cached && cache_age > 0 && n_in > cache_age ? x_arg.narrow_symint(1, n_in - cache_age, cache_age) : x_arg;
   const std::optional<c10::SymInt> key_length =
       cached ? std::optional<c10::SymInt>(x_in.sym_size(1) + past) : std::nullopt;  // self-attention's keys, with a cache
-  check_memories(mems, mem_masks, x_in, o, attn_mask_in.has_value() || attn_bias.has_value());
+  check_memories(mems, mem_masks, x_in, plan, attn_mask_in.has_value() || attn_bias.has_value());
   check_inputs(x_in, mask_in, context, context_mask, o, key_length);
   check_mask("self_attn_kv_mask", self_attn_kv_mask, x_in, key_length);
   const c10::SymInt keys = key_length.value_or(x_in.sym_size(1));
@@ -728,7 +737,9 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     packing = unpadding(inputs, o);
   const bool caller_packed = packing.has_value() && !packing->unpad;
   const c10::SymInt frame_length = caller_packed ? c10::SymInt(packing->tokens->frame_length()) : x_in.sym_size(1);
-  const c10::SymInt frame_keys = caller_packed ? frame_length : keys;
+  // Position biases span the memory keys in front too (Transformer-XL), as x-transformers' rel_pos(i, j).
+  const c10::SymInt mem_len = mems.empty() ? c10::SymInt(0) : mems.front().sym_size(1);
+  const c10::SymInt frame_keys = caller_packed ? frame_length : keys + mem_len;
   const NormKind norm_kind = o.norm_kind();
   const bool unit_offset = o.norm_add_unit_offset();
   // The stack's norm with the tensors under `prefix` (a norm slot or final_norm).
@@ -743,7 +754,6 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       values.push_back(at::scalar_tensor(slope, x_in.options().dtype(at::kDouble)));
     slopes = at::stack(values).to(at::kFloat);
   }
-  const c10::SymInt mem_len = mems.empty() ? c10::SymInt(0) : mems.front().sym_size(1);
   if (pos.has_value()) check_positions(*pos, x_in, o, keys + mem_len, cached || mem_len > 0);
   at::Tensor rotary, xpos_scale;
   if (o.uses_rotary()) {
