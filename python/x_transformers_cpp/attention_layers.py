@@ -24,7 +24,7 @@ def _option_value(name, value):
         return repr(value)
     if name == "custom_layers" and isinstance(value, (tuple, list, str)):
         return "".join(value)
-    if name == "layers_execute_order" and isinstance(value, (tuple, list)):
+    if name in ("layers_execute_order", "shift_tokens") and isinstance(value, (tuple, list)):
         return ",".join(str(int(i)) for i in value)
     raise TypeError(f"{name}: expected a bool, int, float or None, got {type(value).__name__}: {value!r}")
 
@@ -291,7 +291,8 @@ class AttentionLayers(nn.Module):
         self.dim, self.depth, self.causal = dim, depth, causal
         self.attn_heads, self.attn_dim_head = heads, kwargs.get("attn_dim_head", 64)
         # Our cache refuses shift_tokens (x-transformers would shift within the new tokens only): no caching then.
-        self.can_cache_kv = not kwargs.get("shift_tokens", 0)
+        shift = kwargs.get("shift_tokens", 0)
+        self.can_cache_kv = not (any(shift) if isinstance(shift, (tuple, list)) else shift)
         self._unpad = bool(kwargs.get("unpad", False))
         self.disable_abs_pos_emb = _C.disables_abs_pos_emb(self._options)
         tree = _build_tree(layout)

@@ -387,3 +387,17 @@ def test_value_residual_with_fewer_kv_heads_runs_where_x_transformers_does(kind)
     with pytest.raises(ValueError, match="add_value_residual's learned mix needs one kv head per query head"):
         Encoder(**{**kwargs, "depth": 2})
 
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_shift_tokens_per_layer_match_x_transformers(kind):
+    # x-transformers' layer schedule: one shift per layer (attention and feed-forward alternating).
+    torch.manual_seed(10)
+    schedule = (2, 1, 0, 1)
+    ours, theirs = make_pair(kind, **BASE, shift_tokens=schedule)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x, mask = torch.randn(2, 9, 32), torch.rand(2, 9) > 0.3
+    out, expected = ours(x, mask=mask), theirs(x, mask=mask)
+    scaled_close(out, expected, 1e-5, "output with a shift schedule")
+    with pytest.raises(ValueError, match="one value or one per layer"):
+        Encoder(**BASE, shift_tokens=(1, 0, 1))

@@ -115,10 +115,10 @@ void add_residual(Specs& specs, const std::string& p, const AttentionLayersOptio
 
 // Where the block of a layer sits: LayerScale adds `gamma` and a `.fn` level, ShiftTokens and macaron's Scale a
 // `.fn` level each (x-transformers wraps layer -> Scale -> ShiftTokens -> LayerScale).
-std::string block_prefix(const std::string& layer, char type, const AttentionLayersOptions& o) {
-  std::string p = layer + "1.";
+std::string block_prefix(size_t index, char type, const AttentionLayersOptions& o) {
+  std::string p = "layers." + std::to_string(index) + ".1.";
   if (o.use_layerscale()) p += "fn.";
-  if (o.shift_tokens() > 0) p += "fn.";
+  if (o.layer_shift_tokens(index) > 0) p += "fn.";
   if (o.macaron() && type == 'f') p += "fn.";
   return p;
 }
@@ -132,7 +132,7 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     if (o.sandwich_norm()) add_norm(specs, layer + "0.1.", o);
     if (!o.pre_norm()) add_norm(specs, layer + "0.2.", o);
     if (o.use_layerscale()) specs.push_back({layer + "1.gamma", {o.dim()}});
-    const std::string block = block_prefix(layer, types[i], o);
+    const std::string block = block_prefix(i, types[i], o);
     if (types[i] == 'f') {
       add_feed_forward(specs, block, o);
     } else {
@@ -378,7 +378,7 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
   TORCH_CHECK_VALUE(o.causal(), "AttentionLayers: a cache (incremental decoding) needs a causal stack (Decoder)");
   TORCH_CHECK_VALUE(!in.attn_mask.has_value() && !in.attn_bias.has_value() && in.mems.empty(),
                     "AttentionLayers: a cache cannot be combined with attn_mask, attn_bias or mems");
-  TORCH_CHECK_VALUE(o.shift_tokens() == 0, "AttentionLayers: a cache cannot be combined with shift_tokens "
+  TORCH_CHECK_VALUE(!o.any_shift_tokens(), "AttentionLayers: a cache cannot be combined with shift_tokens "
                     "(x-transformers would shift within the new tokens only)");
   TORCH_CHECK_VALUE(!(training && o.layer_dropout() > 0),
                     "AttentionLayers: a cache cannot be combined with layer_dropout in training");
@@ -598,7 +598,7 @@ StackPacking caller_packing(const at::Tensor& x, const AttentionLayersInputs& in
   TORCH_CHECK_VALUE(!in.attn_bias.has_value() && in.mems.empty() && in.cache_kv.empty(),
                     "AttentionLayers: attn_bias, mems and a cache cannot be used with packed sequences "
                     "(flash_pack_seq_kwargs)");
-  TORCH_CHECK_VALUE(o.shift_tokens() == 0, "AttentionLayers: shift_tokens cannot be used with packed sequences "
+  TORCH_CHECK_VALUE(!o.any_shift_tokens(), "AttentionLayers: shift_tokens cannot be used with packed sequences "
                     "(flash_pack_seq_kwargs): it would shift tokens across the sequences' boundaries");
   TORCH_CHECK_VALUE(!(packing.cross_packed && in.context_mask.has_value()),
                     "AttentionLayers: context_mask cannot be used with flash_pack_seq_context_kwargs");
@@ -641,7 +641,7 @@ StackPacking caller_packing(const at::Tensor& x, const AttentionLayersInputs& in
 
 // The unpad option on a call with a mask: what needs the padded batch between layers is refused by name.
 StackPacking unpadding(const AttentionLayersInputs& in, const AttentionLayersOptions& o) {
-  TORCH_CHECK_VALUE(o.shift_tokens() == 0, "AttentionLayers: unpad cannot be combined with shift_tokens (it shifts "
+  TORCH_CHECK_VALUE(!o.any_shift_tokens(), "AttentionLayers: unpad cannot be combined with shift_tokens (it shifts "
                     "along the padded sequence)");
   TORCH_CHECK_VALUE(in.mems.empty() && in.cache_kv.empty(),
                     "AttentionLayers: unpad cannot be combined with mems or a cache (incremental decoding)");
@@ -850,11 +850,11 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       record->layer_hiddens.push_back(x);
     }
     const std::string layer = "layers." + std::to_string(i) + ".";
-    const std::string block = block_prefix(layer, type, o);
+    const std::string block = block_prefix(static_cast<size_t>(i), type, o);
     const at::Tensor inner_residual = x;
     at::Tensor h = o.pre_norm() ? apply_norm(x, layer + "0.0.") : x;
-    if (o.shift_tokens() > 0)
-      h = shift_tokens(h, o.shift_tokens(), o.causal(), type == 'f' ? std::optional<at::Tensor>() : mask);
+    if (const int64_t shift = o.layer_shift_tokens(static_cast<size_t>(i)); shift > 0)
+      h = shift_tokens(h, shift, o.causal(), type == 'f' ? std::optional<at::Tensor>() : mask);
     at::Tensor out;
     if (type == 'f') {
       out = feed_forward(h, feed_forward_weights(p, block, o.ff()), o.ff(), training);

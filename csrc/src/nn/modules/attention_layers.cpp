@@ -37,7 +37,8 @@ std::shared_ptr<torch::nn::Module> make_norm_slots(const AttentionLayersOptions&
   return slots;
 }
 
-std::shared_ptr<torch::nn::Module> make_block(char type, const AttentionLayersOptions& o, bool learned_value_mix) {
+std::shared_ptr<torch::nn::Module> make_block(char type, const AttentionLayersOptions& o, bool learned_value_mix,
+                                              int64_t shift) {
   std::shared_ptr<torch::nn::Module> block;
   if (type == 'f') {
     auto ff = o.ff();
@@ -49,7 +50,7 @@ std::shared_ptr<torch::nn::Module> make_block(char type, const AttentionLayersOp
     attn.zero_init_output(attn.zero_init_output() || o.zero_init_branch_output());
     block = Attention(o.dim(), o.heads(), attn, type == 'a' && o.causal(), learned_value_mix).ptr();
   }
-  if (o.shift_tokens() > 0) block = ShiftTokens(o.shift_tokens(), block).ptr();
+  if (shift > 0) block = ShiftTokens(shift, block).ptr();
   if (o.use_layerscale())
     block = LayerScale(block, o.dim(), o.layerscale_init_value(), o.norm_add_unit_offset()).ptr();
   return block;
@@ -100,14 +101,16 @@ void AttentionLayersImpl::reset() {
   plan = std::make_shared<const functional::AttentionLayersPlan>(options);
   layers = register_module("layers", torch::nn::ModuleList());
   bool first_self_attention = true;
-  for (const char type : plan->layer_types()) {
+  const auto& types = plan->layer_types();
+  for (size_t i = 0; i < types.size(); ++i) {
+    const char type = types[i];
     // Self-attention layers after the first learn their value-residual mix (ResFormer).
     const bool learned_value_mix = type == 'a' && !first_self_attention && options.add_value_residual() &&
                                    options.learned_value_residual_mix();
     if (type == 'a') first_self_attention = false;
     torch::nn::ModuleList layer;
     layer->push_back(make_norm_slots(options));
-    layer->push_back(make_block(type, options, learned_value_mix));
+    layer->push_back(make_block(type, options, learned_value_mix, options.layer_shift_tokens(i)));
     layer->push_back(make_residual(options));
     layers->push_back(layer);
   }

@@ -170,7 +170,11 @@ void AttentionLayersOptions::validate() const {
                     "AttentionLayers: weight_tie_layers clashes with custom_layers, par_ratio, sandwich_coef and "
                     "layers_execute_order");
   TORCH_CHECK_VALUE(pre_norm_ || !sandwich_norm_, "AttentionLayers: sandwich_norm needs pre_norm=True");
-  TORCH_CHECK_VALUE(shift_tokens_ >= 0, "AttentionLayers: expected shift_tokens >= 0, got ", shift_tokens_);
+  for (const int64_t s : shift_tokens_)
+    TORCH_CHECK_VALUE(s >= 0, "AttentionLayers: expected shift_tokens >= 0, got ", s);
+  TORCH_CHECK_VALUE(shift_tokens_.size() <= 1 || shift_tokens_.size() == layer_types().size(),
+                    "AttentionLayers: expected shift_tokens as one value or one per layer (", layer_types().size(),
+                    " layers), got ", shift_tokens_.size(), " values");
   TORCH_CHECK_VALUE(!only_cross_ || cross_attend_, "AttentionLayers: only_cross needs cross_attend=True");
   if (custom_layers_.has_value()) {
     TORCH_CHECK_VALUE(!custom_layers_->empty(), "AttentionLayers: expected a non-empty custom_layers");
@@ -348,7 +352,7 @@ const std::vector<Field>& fields() {
     XTC_OWN(weight_tie_layers, bool);
     XTC_OWN(alibi_pos_bias, bool);
     XTC_OWN(alibi_num_heads, std::optional<int64_t>);
-    XTC_OWN(shift_tokens, int64_t);
+    XTC_OWN(shift_tokens, std::vector<int64_t>);
     XTC_OWN(add_value_residual, bool);
     XTC_OWN(learned_value_residual_mix, bool);
     XTC_OWN(residual_attn, bool);

@@ -40,6 +40,17 @@ struct AttentionLayersOptions {
   bool uses_rotary() const { return rotary_pos_emb_ || rotary_xpos_; }
   /// Rotated features per head when rotary_pos_emb is on.
   int64_t resolved_rotary_dim() const { return rotary_emb_dim_.value_or(attn_.dim_head() / 2); }
+  /// The token shift of layer `layer` (an index into layer_types()).
+  int64_t layer_shift_tokens(size_t layer) const {
+    if (shift_tokens_.empty()) return 0;
+    return shift_tokens_.size() == 1 ? shift_tokens_.front() : shift_tokens_.at(layer);
+  }
+  /// Whether any layer shifts tokens.
+  bool any_shift_tokens() const {
+    for (const int64_t s : shift_tokens_)
+      if (s > 0) return true;
+    return false;
+  }
   /// Whether a final norm closes the stack.
   bool has_final_norm() const { return pre_norm_ && pre_norm_has_final_norm_; }
   /// Checks values and clashing flags; throws c10::Error (ValueError in Python) naming the options.
@@ -125,8 +136,9 @@ struct AttentionLayersOptions {
   /// LayerNorms inside that MLP.
   TORCH_ARG(bool, dynamic_pos_bias_norm) = false;
   /// Token shifting (Wang's "shift tokens" trick, as in RWKV): the block input's features are split into
-  /// 2s + 1 segments (s + 1 when causal) shifted by -s..s positions. 0 = off.
-  TORCH_ARG(int64_t, shift_tokens) = 0;
+  /// 2s + 1 segments (s + 1 when causal) shifted by -s..s positions. One s for every layer, or one per layer (a
+  /// layer schedule, as x-transformers' tuple); empty or 0 = off.
+  TORCH_ARG(std::vector<int64_t>, shift_tokens) = {};
   /// Value residual learning (ResFormer, Zhou et al. 2024, arXiv 2410.17897): later attention layers mix their
   /// values with the first layer's.
   TORCH_ARG(bool, add_value_residual) = false;
