@@ -53,6 +53,7 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
   const std::optional<at::Tensor> pos;
   const at::TensorList mems, mem_masks, flash_pack_seq, flash_pack_seq_context;
   const at::IntArrayRef flash_pack_seq_max, flash_pack_seq_context_max;
+  const std::optional<bool> causal;
   return op.call(x, XTC_STACK_INPUT_ARGUMENTS params, options, training);
 }
 

@@ -35,6 +35,7 @@ nn::functional::AttentionLayersInputs stack_inputs(XTC_STACK_INPUT_PARAMETERS En
   inputs.flash_pack_seq = flash_pack_seq_inputs(flash_pack_seq, flash_pack_seq_max, "flash_pack_seq");
   inputs.flash_pack_seq_context =
       flash_pack_seq_inputs(flash_pack_seq_context, flash_pack_seq_context_max, "flash_pack_seq_context");
+  inputs.causal = causal;
   return inputs;
 }
 

@@ -15,6 +15,11 @@ from .attention_layers import (STACK_KWARGS, AttentionLayers, _build_tree, _opti
                                stack_arguments, unshard_fsdp_groups)
 
 
+def _attention_maps(intermediates):
+    """x-transformers' return_attn: each attention layer's post-softmax map (None for attn_flash layers)."""
+    return [t.post_softmax_attn for t in intermediates.attn_intermediates]
+
+
 def _stack_kwargs(kwargs):
     """The forward arguments x-transformers' wrappers pass on to their stack, taken out of kwargs."""
     return {name: kwargs.pop(name) for name in STACK_KWARGS if name in kwargs}
@@ -113,7 +118,7 @@ class TransformerWrapper(_Wrapper):
     # x-transformers' other forward arguments, at the values that make them do nothing. looped_pred_all_logits only
     # matters for looped networks (refused at construction), so any value does nothing here.
     _FORWARD_DEFAULTS = dict(
-        return_logit_entropies=False, return_next_embed_pred=False, return_attn=False, recycle_steps=None, looped_steps=None, max_looped_steps=None, looped_inference=False,
+        return_logit_entropies=False, return_next_embed_pred=False, recycle_steps=None, looped_steps=None, max_looped_steps=None, looped_inference=False,
         looped_exit_prob_threshold=0.9, embed_ids={}, transform_token_embeds=None, transform_block_inputs=None,
         return_attn_z_loss=False, attn_z_loss_weight=1e-4, input_not_include_cache=None, token_emb_kwargs={},
         to_logits_kwargs={})
@@ -121,7 +126,7 @@ class TransformerWrapper(_Wrapper):
     def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None,
                 looped_pred_all_logits=None, return_logits_and_embeddings=False,
                 return_embeddings_and_intermediates=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,
-                excise_prepend_embeds=False, return_mems=False, detach_mems=True, **kwargs):
+                excise_prepend_embeds=False, return_mems=False, detach_mems=True, return_attn=False, **kwargs):
         """x (batch, seq) token ids; mask (batch, seq) bool, True = keep.
 
         Returns logits (batch, seq, logits_dim) ((batch, logits_dim) with average_pool_embed), or the stack's
@@ -153,7 +158,8 @@ class TransformerWrapper(_Wrapper):
         if self.shift_mem_down and mems:
             mems = [*mems[self.shift_mem_down:], *mems[:self.shift_mem_down]]
             stack["mems"] = mems
-        with_intermediates = return_intermediates or return_embeddings_and_intermediates or return_mems
+        with_intermediates = (return_intermediates or return_embeddings_and_intermediates or return_mems
+                              or return_attn)
         embeddings = return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates
         inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask)
         result = self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens, inputs,
@@ -176,7 +182,9 @@ class TransformerWrapper(_Wrapper):
             if not return_intermediates:
                 return out, new_mems
             intermediates.mems = new_mems
-        return (out, intermediates) if return_intermediates else out
+        if return_intermediates:
+            return out, intermediates
+        return (out, _attention_maps(intermediates)) if return_attn else out
 
 
 class ContinuousTransformerWrapper(_Wrapper):
@@ -198,11 +206,11 @@ class ContinuousTransformerWrapper(_Wrapper):
         self.probabilistic = False  # refused above; x-transformers' continuous wrappers read it
 
     # x-transformers' other forward arguments, at the values that make them do nothing.
-    _FORWARD_DEFAULTS = dict(return_mems=False, return_attn=False, sum_embeds=None, prepend_embeds=None,
-                             prepend_mask=None, input_not_include_cache=False)
+    _FORWARD_DEFAULTS = dict(return_mems=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,
+                             input_not_include_cache=False)
 
     def forward(self, x, return_embeddings=False, mask=None, lens=None, return_intermediates=False, cache=None,
-                **kwargs):
+                return_attn=False, **kwargs):
         """x (batch, seq, dim_in) float; mask (batch, seq) bool (True = keep) or lens (batch,) int.
 
         Returns (batch, seq, dim_out), or (batch, dim_out) with average_pool_embed; the stack's embeddings before
@@ -215,6 +223,10 @@ class ContinuousTransformerWrapper(_Wrapper):
         """
         stack = _stack_kwargs(kwargs)
         check_forward_defaults("ContinuousTransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
-        return self._run(torch.ops.xtc.continuous_transformer, torch.ops.xtc.continuous_transformer_with_hiddens,
-                         (x, *stack_arguments(mask=mask, **stack), lens), return_embeddings, return_intermediates,
-                         cache)
+        result = self._run(torch.ops.xtc.continuous_transformer, torch.ops.xtc.continuous_transformer_with_hiddens,
+                           (x, *stack_arguments(mask=mask, **stack), lens), return_embeddings,
+                           return_intermediates or return_attn, cache)
+        if return_attn and not return_intermediates:
+            out, intermediates = result
+            return out, _attention_maps(intermediates)
+        return result

@@ -130,6 +130,24 @@ def test_stack_refuses_unimplemented_x_transformers_arguments_by_name():
         stack(x, seq_pos_offset=3)
 
 
+@pytest.mark.parametrize("kind", ["decoder", "encoder"])
+def test_causal_override_per_call(kind):
+    from x_transformers import Encoder as XEncoder
+    from x_transformers_cpp import Encoder
+    ours_cls, theirs_cls = (Decoder, XDecoder) if kind == "decoder" else (Encoder, XEncoder)
+    torch.manual_seed(0)
+    theirs = theirs_cls(**LAYERS, alibi_pos_bias=True)
+    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
+    ours = ours_cls(**LAYERS, alibi_pos_bias=True)
+    ours.load_state_dict(theirs.state_dict())
+    x, mask = torch.randn(2, 9, 32), torch.rand(2, 9) > 0.3
+    mask[:, 0] = True
+    for causal in (True, False):
+        torch.testing.assert_close(ours(x, mask=mask, causal=causal), theirs(x, mask=mask, causal=causal),
+                                   atol=1e-5, rtol=0)
+    assert not torch.allclose(ours(x, causal=True), ours(x, causal=False), atol=1e-3)
+
+
 @pytest.mark.parametrize("name", NETS)
 @pytest.mark.parametrize("cache_kv", [True, False])
 def test_generation_from_prompts_of_different_lengths(name, cache_kv):
@@ -152,6 +170,7 @@ STACK_ARGUMENTS = {
     "attn_mask": ({}, lambda b, n: dict(attn_mask=torch.rand(b, 1, n, n) > 0.3)),
     "pos-rotary": (dict(rotary_pos_emb=True), lambda b, n: dict(pos=torch.randint(0, 16, (b, n)).sort(-1).values)),
     "seq_start_pos": ({}, lambda b, n: dict(seq_start_pos=torch.tensor([0, 3, 1][:b]))),
+    "causal-override": (dict(rotary_pos_emb=True), lambda b, n: dict(causal=False)),
 }
 
 
@@ -326,3 +345,13 @@ def test_return_mems_and_shift_mem_down():
     for got, exp in zip(new_mems, want_mems):
         torch.testing.assert_close(got, exp, atol=1e-5, rtol=0)
         assert got.shape == (2, 5, 32) and not got.requires_grad
+
+
+def test_return_attn_gives_the_attention_maps():
+    ours, theirs = tokens_wrapper_pair(num_tokens=50, max_seq_len=16)
+    tokens = torch.randint(0, 50, (2, 9))
+    (out, maps), (want, want_maps) = (net(tokens, return_attn=True) for net in (ours, theirs))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
+    assert len(maps) == len(want_maps) == 2
+    for got, exp in zip(maps, want_maps):
+        torch.testing.assert_close(got, exp, atol=1e-5, rtol=0)

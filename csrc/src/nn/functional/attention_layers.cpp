@@ -697,7 +697,8 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
                             const AttentionLayersPlan& plan, bool training, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
   const auto& [mask_in, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
-               mem_masks, cache_kv, cache_length, cache_age, pos, flash_pack_seq, flash_pack_seq_context] = inputs;
+               mem_masks, cache_kv, cache_length, cache_age, pos, flash_pack_seq, flash_pack_seq_context,
+               causal_override] = inputs;
   const bool cached = !cache_kv.empty();
   // With a cache only the last cache_age tokens run (x-transformers' slicing); their keys follow the cached ones.
   const int64_t past = cached ? check_cache(cache_kv, x_arg, inputs, plan, training) : 0;
@@ -784,7 +785,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     rotary = packed_rows(rotary);
     if (xpos_scale.defined()) xpos_scale = packed_rows(xpos_scale);
   }
-  auto self_config = attention_config(o.attn(), o, o.causal(), slopes, rotary);
+  auto self_config = attention_config(o.attn(), o, causal_override.value_or(o.causal()), slopes, rotary);
   self_config.rotary_scale = xpos_scale;
   self_config.rotary_heads = o.rotate_num_heads().value_or(-1);
   if (pos.has_value() && slopes.defined()) {

@@ -85,6 +85,9 @@ struct AttentionLayersInputs {
   /// queries, the context (1, total_context, dim) by flash_pack_seq_context's keys. Not with masks, attn_mask,
   /// attn_bias, mems or a cache (x-transformers' rules).
   std::optional<FlashPackSeq> flash_pack_seq, flash_pack_seq_context;
+  /// x-transformers' per-call causal override of self-attention (unset = the stack's); a cache still needs a
+  /// causal stack, and token shifts and T5 buckets keep the stack's causality, as x-transformers builds them.
+  std::optional<bool> causal;
 };
 
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed
