@@ -37,12 +37,13 @@ if [[ ${STATUS[build]} == ok ]]; then
   # Run from outside the tree so the installed package (not python/ sources) is imported. Three passes: the
   # default routing, every call on the Hopper (wgmma) kernels, every call on the mma.sync kernels (the path of
   # other GPUs and of short masked calls); the XTC_CUDA_*_WGMMA switches pick them.
-  cuda_tests() {  # log-name, then VAR=value settings
-    local log="$1"; shift
-    env "$@" timeout 150 python3 -m pytest -q -p no:cacheprovider "$PWD/tests/python/test_flash_attention_cuda.py" \
+  gpu_tests() {  # test file, log-name, time limit, then VAR=value settings
+    local file="$1" log="$2" limit="$3"; shift 3
+    env "$@" timeout "$limit" python3 -m pytest -q -p no:cacheprovider "$PWD/tests/python/$file" \
       2>&1 | tee "$LOGS/$log.log" | tail -3
     return "${PIPESTATUS[0]}"
   }
+  cuda_tests() { local log="$1"; shift; gpu_tests test_flash_attention_cuda.py "$log" 150 "$@"; }
   cuda_tests test_cuda XTC_GPU_CHECK_DEFAULT=1 && STATUS[test_cuda]=ok || STATUS[test_cuda]=FAILED
   cuda_tests test_cuda_hopper XTC_CUDA_FWD_WGMMA=1 XTC_CUDA_BWD_WGMMA=1 \
     && STATUS[test_cuda_hopper]=ok || STATUS[test_cuda_hopper]=FAILED
@@ -69,12 +70,7 @@ if [[ ${STATUS[build]} == ok ]]; then
   fi
   # Packed sequences: the varlen op against the dense op per sequence, unpad against x-transformers, in the padded
   # frame (default) and in the varlen kernel (XTC_CUDA_VARLEN=1); then their benchmark with the varlen kernel.
-  packed_tests() {  # log-name, then VAR=value settings
-    local log="$1"; shift
-    env "$@" timeout 90 python3 -m pytest -q -p no:cacheprovider "$PWD/tests/python/test_packed_sequences_cuda.py" \
-      2>&1 | tee "$LOGS/$log.log" | tail -3
-    return "${PIPESTATUS[0]}"
-  }
+  packed_tests() { local log="$1"; shift; gpu_tests test_packed_sequences_cuda.py "$log" 90 "$@"; }
   packed_tests test_packed XTC_GPU_CHECK_DEFAULT=1 && STATUS[test_packed]=ok || STATUS[test_packed]=FAILED
   packed_tests test_packed_varlen XTC_CUDA_VARLEN=1 && STATUS[test_packed_varlen]=ok || STATUS[test_packed_varlen]=FAILED
   if python3 -c 'import x_transformers' 2>/dev/null; then

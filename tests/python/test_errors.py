@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from x_transformers_cpp import AttentionLayers, Decoder, Encoder
+from x_transformers_cpp.attention_layers import stack_arguments
 
 DIM = 32
 KW = dict(dim=DIM, depth=2, heads=4, attn_dim_head=8)
@@ -117,8 +118,7 @@ def test_misshapen_parameter(module, name, shape):
 def test_wrong_number_of_parameters_to_op(module):
     params = list(module.parameters())
     x = torch.randn(2, 5, DIM)
-    # the optional inputs after x, pos included, the empty mems lists and no packed sequences
-    no_inputs = (None,) * 8 + ([], []) + ([], [], [], [])
+    no_inputs = stack_arguments()  # every stack input at its default, in the ops' order
 
     def op(params_in):
         return torch.ops.xtc.attention_layers(x, *no_inputs, params_in, module._options, False)
@@ -130,10 +130,8 @@ def test_wrong_number_of_parameters_to_op(module):
 
 def test_malformed_options_to_op(module):
     x = torch.randn(2, 5, DIM)
-    _raises(lambda: torch.ops.xtc.attention_layers(x, None, None, None, None, None, None, None, None, [], [],
-                                                           [], [], [], [], list(module.parameters()),
-                                                           "dim=32;garbage",
-                                                           False),
+    _raises(lambda: torch.ops.xtc.attention_layers(x, *stack_arguments(), list(module.parameters()),
+                                                   "dim=32;garbage", False),
             "garbage")
 
 

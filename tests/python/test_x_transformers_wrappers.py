@@ -20,6 +20,15 @@ NETS = {
 }
 
 
+def assert_loss_and_gradients_match(ours, theirs, loss, expected):
+    """The two losses within 1e-5, every parameter's gradient within 1e-4 (scaled by its size)."""
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    got = torch.autograd.grad(loss, list(ours.parameters()))
+    want = torch.autograd.grad(expected, list(theirs.parameters()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+
+
 def wrapped_pair(name):
     torch.manual_seed(0)
     kwargs, layers = NETS[name]
@@ -32,11 +41,7 @@ def test_training_loss_and_gradients_match(name):
     ours, theirs = wrapped_pair(name)
     tokens = torch.randint(0, 50, (3, 14))
     loss, expected = ours(tokens), theirs(tokens)
-    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
-    got = torch.autograd.grad(loss, list(ours.parameters()))
-    want = torch.autograd.grad(expected, list(theirs.parameters()))
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+    assert_loss_and_gradients_match(ours, theirs, loss, expected)
 
 
 @pytest.mark.parametrize("name", NETS)
@@ -214,11 +219,7 @@ def test_xtransformer_matches_x_transformers(tie_token_emb):
     mask = torch.rand(2, 12) > 0.3
     mask[:, 0] = True
     loss, expected = ours(src, tgt, mask=mask), theirs(src, tgt, mask=mask)
-    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
-    got = torch.autograd.grad(loss, list(ours.parameters()))
-    want = torch.autograd.grad(expected, list(theirs.parameters()))
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+    assert_loss_and_gradients_match(ours, theirs, loss, expected)
     prefix = torch.randn(2, 3, 32)
     torch.testing.assert_close(ours(src, tgt, mask=mask, src_prepend_embeds=prefix),
                                theirs(src, tgt, mask=mask, src_prepend_embeds=prefix), atol=1e-5, rtol=0)
@@ -319,11 +320,7 @@ def test_their_xl_wrapper_over_ours(layer_options):
     ours, theirs = XLAutoregressiveWrapper(ours), XLAutoregressiveWrapper(theirs)
     tokens = torch.randint(0, 50, (2, 29))
     loss, expected = ours(tokens), theirs(tokens)
-    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
-    got = torch.autograd.grad(loss, list(ours.parameters()))
-    want = torch.autograd.grad(expected, list(theirs.parameters()))
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+    assert_loss_and_gradients_match(ours, theirs, loss, expected)
     # Generation within the first segment matches token for token; past it, the XL wrapper decodes only the new
     # tokens with a kv cache beside the memories (input_not_include_cache), which our wrapper refuses.
     results = []

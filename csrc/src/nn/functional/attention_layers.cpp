@@ -555,7 +555,6 @@ void check_positions(const at::Tensor& pos, const at::Tensor& x, const Attention
                     "), and no cache or mems, got ", pos.sym_size(-1));
 }
 
-
 // ------------------------------------------------------------------------------------------------ packing
 
 // How one call of the stack packs its tokens (packing.h): x-transformers' flash_pack_seq_kwargs (the caller
