@@ -16,6 +16,11 @@ OPTIONS = [
     dict(use_dynamic_tanh=True), dict(use_dynamic_tanh=True, dynamic_tanh_init_alpha=0.5, norm_add_unit_offset=False),
     dict(use_dynamic_tanh=True, sandwich_norm=True, dynamic_tanh_init_alpha=2.0),
     dict(pre_norm=False), dict(sandwich_norm=True), dict(pre_norm_has_final_norm=False),
+    dict(pre_and_post_norm=True), dict(pre_and_post_norm=True, pre_norm=False, use_rmsnorm=True),
+    dict(pre_and_post_norm=True, sandwich_norm=True),
+    # input reinjection
+    dict(reinject_input=True), dict(reinject_input=True, learned_reinject_input_gate=True),
+    dict(reinject_input=True, learned_reinject_input_gate=True, rotary_pos_emb=True, pre_norm=False),
     # residuals
     dict(scale_residual=True), dict(scale_residual_constant=0.5), dict(gate_residual=True),
     dict(gate_residual=True, scale_residual=True), dict(use_layerscale=True),

@@ -21,6 +21,7 @@
 #include <ATen/ops/pow.h>
 #include <ATen/ops/rand.h>
 #include <ATen/ops/sign.h>
+#include <ATen/ops/sigmoid.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
@@ -130,7 +131,7 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     const std::string layer = "layers." + std::to_string(i) + ".";
     if (o.pre_norm()) add_norm(specs, layer + "0.0.", o);
     if (o.sandwich_norm()) add_norm(specs, layer + "0.1.", o);
-    if (!o.pre_norm()) add_norm(specs, layer + "0.2.", o);
+    if (o.applies_post_norm()) add_norm(specs, layer + "0.2.", o);
     if (o.use_layerscale()) specs.push_back({layer + "1.gamma", {o.dim()}});
     const std::string block = block_prefix(i, types[i], o);
     if (types[i] == 'f') {
@@ -168,6 +169,8 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     specs.push_back({last + "bias", {o.heads()}});
   }
   if (o.has_final_norm()) add_norm(specs, "final_norm.", o);
+  if (o.reinject_input()) specs.push_back({"reinject_input_proj.weight", {o.dim(), o.dim()}});
+  if (o.learned_reinject_input_gate()) specs.push_back({"learned_reinject_input_gate.weight", {1, o.dim()}});
   return specs;
 }
 
@@ -579,14 +582,16 @@ StackPacking caller_packing(const at::Tensor& x, const AttentionLayersInputs& in
   packing.self_packed = has_self && o.attn().flash_pack_seq();
   packing.cross_packed = has_cross && o.cross_attn().flash_pack_seq();
   TORCH_CHECK_VALUE(in.flash_pack_seq.has_value() == packing.self_packed,
-                    packing.self_packed ? "AttentionLayers: flash_pack_seq_kwargs must be provided with attn_flash_pack_seq"
-                                        : "AttentionLayers: flash_pack_seq_kwargs needs self-attention layers with "
-                                          "attn_flash_pack_seq=True (and attn_flash=True)");
+                    packing.self_packed
+                        ? "AttentionLayers: flash_pack_seq_kwargs must be provided with attn_flash_pack_seq"
+                        : "AttentionLayers: flash_pack_seq_kwargs needs self-attention layers with "
+                          "attn_flash_pack_seq=True (and attn_flash=True)");
   TORCH_CHECK_VALUE(in.flash_pack_seq_context.has_value() == packing.cross_packed,
-                    packing.cross_packed ? "AttentionLayers: flash_pack_seq_context_kwargs must be provided with "
-                                           "cross_attn_flash_pack_seq (attn_flash_pack_seq routes there too)"
-                                         : "AttentionLayers: flash_pack_seq_context_kwargs needs cross-attention layers "
-                                           "with cross_attn_flash_pack_seq=True (or attn_flash_pack_seq=True)");
+                    packing.cross_packed
+                        ? "AttentionLayers: flash_pack_seq_context_kwargs must be provided with "
+                          "cross_attn_flash_pack_seq (attn_flash_pack_seq routes there too)"
+                        : "AttentionLayers: flash_pack_seq_context_kwargs needs cross-attention layers with "
+                          "cross_attn_flash_pack_seq=True (or attn_flash_pack_seq=True)");
   TORCH_CHECK_VALUE(x.dim() == 3 && x.sym_size(0) == 1,
                     "AttentionLayers: expected x of shape (1, total, dim) with packed sequences (batch size must be 1 "
                     "for sequence packing), got ", x.sym_sizes());
@@ -607,7 +612,8 @@ StackPacking caller_packing(const at::Tensor& x, const AttentionLayersInputs& in
   };
   if (packing.self_packed) {
     const auto& kw = *in.flash_pack_seq;
-    TORCH_CHECK_VALUE(kw.cu_seqlens_q.defined() && kw.cu_seqlens_k.defined() && same_offsets(kw.cu_seqlens_q, kw.cu_seqlens_k),
+    TORCH_CHECK_VALUE(kw.cu_seqlens_q.defined() && kw.cu_seqlens_k.defined() &&
+                          same_offsets(kw.cu_seqlens_q, kw.cu_seqlens_k),
                       "AttentionLayers: expected flash_pack_seq_kwargs' cu_seqlens_q and cu_seqlens_k equal "
                       "(self-attention's keys are its queries)");
     packing.tokens = pack_by_offsets(kw.cu_seqlens_q, std::min(kw.max_seqlen_q, kw.max_seqlen_k), total,
@@ -842,6 +848,13 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     packed_cross = packing->cross_attention();
   const std::optional<at::Tensor> layer_mask = packing.has_value() ? std::nullopt : mask;
   const std::optional<at::Tensor> cross_key_mask = packed_cross.has_value() ? std::nullopt : context_mask;
+  // reinject_input: each branch also reads W x_in (gated per token with the learned gate).
+  at::Tensor reinjected;
+  if (o.reinject_input()) {
+    reinjected = at::linear(x, p.get("reinject_input_proj.weight"));
+    if (o.learned_reinject_input_gate())
+      reinjected = reinjected * at::sigmoid(at::linear(x, p.get("learned_reinject_input_gate.weight")));
+  }
   for (const int64_t i : plan.execution_order()) {
     if (training && o.layer_dropout() > 0 && at::rand({}, at::kDouble).item<double>() < o.layer_dropout()) continue;
     const char type = plan.layer_types()[i];
@@ -852,7 +865,8 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     const std::string layer = "layers." + std::to_string(i) + ".";
     const std::string block = block_prefix(static_cast<size_t>(i), type, o);
     const at::Tensor inner_residual = x;
-    at::Tensor h = o.pre_norm() ? apply_norm(x, layer + "0.0.") : x;
+    const at::Tensor branch_input = reinjected.defined() ? x + reinjected : x;
+    at::Tensor h = o.pre_norm() ? apply_norm(branch_input, layer + "0.0.") : branch_input;
     if (const int64_t shift = o.layer_shift_tokens(static_cast<size_t>(i)); shift > 0)
       h = shift_tokens(h, shift, o.causal(), type == 'f' ? std::optional<at::Tensor>() : mask);
     at::Tensor out;
@@ -898,7 +912,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     if (o.sandwich_norm()) out = apply_norm(out, layer + "0.1.");
     x = residual(o.residual_kind(), out, inner_residual, residual_weights(p, layer + "2."),
                  o.scale_residual_constant());
-    if (!o.pre_norm()) x = apply_norm(x, layer + "0.2.");
+    if (o.applies_post_norm()) x = apply_norm(x, layer + "0.2.");
   }
   if (record != nullptr) record->layer_hiddens.push_back(x);
   if (o.softclamp_output()) x = at::tanh(x / o.softclamp_output_value()) * o.softclamp_output_value();

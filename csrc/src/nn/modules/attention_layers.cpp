@@ -33,7 +33,7 @@ std::shared_ptr<torch::nn::Module> make_norm_slots(const AttentionLayersOptions&
   auto slots = std::make_shared<torch::nn::Module>("NormSlots");
   if (o.pre_norm()) slots->register_module("0", make_norm(o));
   if (o.sandwich_norm()) slots->register_module("1", make_norm(o));
-  if (!o.pre_norm()) slots->register_module("2", make_norm(o));
+  if (o.applies_post_norm()) slots->register_module("2", make_norm(o));
   return slots;
 }
 
@@ -130,6 +130,12 @@ void AttentionLayersImpl::reset() {
   }
   if (options.rel_pos_bias() || options.dynamic_pos_bias()) rel_pos = register_module("rel_pos", make_rel_pos(options));
   if (options.has_final_norm()) final_norm = register_module("final_norm", make_norm(options));
+  if (options.reinject_input())
+    register_module("reinject_input_proj",
+                    torch::nn::Linear(torch::nn::LinearOptions(options.dim(), options.dim()).bias(false)));
+  if (options.learned_reinject_input_gate())
+    register_module("learned_reinject_input_gate",
+                    torch::nn::Linear(torch::nn::LinearOptions(options.dim(), 1).bias(false)));
   // The functional math reads tensors by the plan's layout: the module must produce exactly that layout.
   const auto params = named_parameters();
   const auto buffers = named_buffers();

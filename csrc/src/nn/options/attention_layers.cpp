@@ -339,6 +339,9 @@ const std::vector<Field>& fields() {
     XTC_OWN(pre_norm, bool);
     XTC_OWN(sandwich_norm, bool);
     XTC_OWN(pre_norm_has_final_norm, bool);
+    XTC_OWN(pre_and_post_norm, bool);
+    XTC_OWN(reinject_input, bool);
+    XTC_OWN(learned_reinject_input_gate, bool);
     XTC_OWN(scale_residual, bool);
     XTC_OWN(scale_residual_constant, double);
     XTC_OWN(gate_residual, bool);

@@ -52,7 +52,9 @@ struct AttentionLayersOptions {
     return false;
   }
   /// Whether a final norm closes the stack.
-  bool has_final_norm() const { return pre_norm_ && pre_norm_has_final_norm_; }
+  bool has_final_norm() const { return pre_norm_ && pre_norm_has_final_norm_ && !pre_and_post_norm_; }
+  /// A norm after each residual: post-norm, or pre_and_post_norm.
+  bool applies_post_norm() const { return !pre_norm_ || pre_and_post_norm_; }
   /// Checks values and clashing flags; throws c10::Error (ValueError in Python) naming the options.
   void validate() const;
 
@@ -95,6 +97,14 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, sandwich_norm) = false;
   /// With pre-norm, close the stack with a norm.
   TORCH_ARG(bool, pre_norm_has_final_norm) = true;
+  /// A norm after each residual too, and no final norm (KEEL; recurrent-depth looped LMs); the norm before each
+  /// branch stays pre_norm's, as in x-transformers.
+  TORCH_ARG(bool, pre_and_post_norm) = false;
+  /// Every layer's branch also reads a learned projection of the stack's input (DEQ, Bai et al. 2019, arXiv
+  /// 1909.01377): x + W x_in before its norm, the residual stream unchanged.
+  TORCH_ARG(bool, reinject_input) = false;
+  /// With reinject_input: the projection gated by sigmoid(w . x_in) per token.
+  TORCH_ARG(bool, learned_reinject_input_gate) = false;
   /// Learned per-feature scale of the residual (Shleifer et al. 2021, NormFormer, arXiv 2110.09456).
   TORCH_ARG(bool, scale_residual) = false;
   /// A constant multiplier on the residual.
