@@ -18,6 +18,8 @@ OPTIONS = [
     dict(pre_norm=False), dict(sandwich_norm=True), dict(pre_norm_has_final_norm=False),
     dict(pre_and_post_norm=True), dict(pre_and_post_norm=True, pre_norm=False, use_rmsnorm=True),
     dict(pre_and_post_norm=True, sandwich_norm=True),
+    # U-Net skips (odd depth: the middle block has no partner)
+    dict(unet_skips=True), dict(unet_skips=True, depth=5), dict(unet_skips=True, depth=4, rotary_pos_emb=True),
     # input reinjection
     dict(reinject_input=True), dict(reinject_input=True, learned_reinject_input_gate=True),
     dict(reinject_input=True, learned_reinject_input_gate=True, rotary_pos_emb=True, pre_norm=False),
@@ -406,3 +408,11 @@ def test_shift_tokens_per_layer_match_x_transformers(kind):
     scaled_close(out, expected, 1e-5, "output with a shift schedule")
     with pytest.raises(ValueError, match="one value or one per layer"):
         Encoder(**BASE, shift_tokens=(1, 0, 1))
+
+
+def test_unet_skips_refuses_layouts_x_transformers_cannot_pair():
+    # Three-layer blocks leave second-half blocks without a partner: x-transformers fails with an IndexError.
+    with pytest.raises(ValueError, match="unet_skips pairs more second-half blocks"):
+        Encoder(**dict(BASE, depth=4), macaron=True, unet_skips=True)
+    with pytest.raises(ValueError, match="unet_skips needs a depth of at least 2"):
+        Encoder(**dict(BASE, depth=1), unet_skips=True)

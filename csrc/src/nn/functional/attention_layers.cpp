@@ -169,6 +169,10 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     specs.push_back({last + "bias", {o.heads()}});
   }
   if (o.has_final_norm()) add_norm(specs, "final_norm.", o);
+  const auto sources = o.unet_skip_sources();
+  for (size_t i = 0; i < sources.size(); ++i)
+    if (sources[i] >= 0)
+      specs.push_back({"skip_combines." + std::to_string(i) + ".combine.weight", {o.dim(), 2 * o.dim()}});
   if (o.reinject_input()) specs.push_back({"reinject_input_proj.weight", {o.dim(), o.dim()}});
   if (o.learned_reinject_input_gate()) specs.push_back({"learned_reinject_input_gate.weight", {1, o.dim()}});
   return specs;
@@ -855,7 +859,21 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     if (o.learned_reinject_input_gate())
       reinjected = reinjected * at::sigmoid(at::linear(x, p.get("learned_reinject_input_gate.weight")));
   }
+  // U-Net skips: the input of every executed step, for the second half's blocks to join (x-transformers' skip
+  // hiddens, kept before layer dropout).
+  const auto skip_sources = o.unet_skip_sources();
+  std::vector<at::Tensor> skip_hiddens;
   for (const int64_t i : plan.execution_order()) {
+    if (o.unet_skips()) {
+      skip_hiddens.push_back(x);
+      if (const int64_t source = skip_sources[i]; source >= 0) {
+        TORCH_CHECK_VALUE(source < static_cast<int64_t>(skip_hiddens.size()),
+                          "AttentionLayers: unet_skips needs the execution order to reach step ", source,
+                          " before layer ", i);
+        x = at::linear(at::cat({skip_hiddens[source], x}, -1),
+                       p.get("skip_combines." + std::to_string(i) + ".combine.weight"));
+      }
+    }
     if (training && o.layer_dropout() > 0 && at::rand({}, at::kDouble).item<double>() < o.layer_dropout()) continue;
     const char type = plan.layer_types()[i];
     if (record != nullptr) {

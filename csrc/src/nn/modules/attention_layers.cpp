@@ -130,6 +130,19 @@ void AttentionLayersImpl::reset() {
   }
   if (options.rel_pos_bias() || options.dynamic_pos_bias()) rel_pos = register_module("rel_pos", make_rel_pos(options));
   if (options.has_final_norm()) final_norm = register_module("final_norm", make_norm(options));
+  if (options.unet_skips()) {
+    // x-transformers' skip_combines: a ConcatCombine (a bias-less (2 dim -> dim) linear) at each second-half block.
+    auto combines = std::make_shared<torch::nn::Module>("SkipCombines");
+    const auto sources = options.unet_skip_sources();
+    for (size_t i = 0; i < sources.size(); ++i) {
+      if (sources[i] < 0) continue;
+      auto combine = std::make_shared<torch::nn::Module>("ConcatCombine");
+      combine->register_module(
+          "combine", torch::nn::Linear(torch::nn::LinearOptions(2 * options.dim(), options.dim()).bias(false)));
+      combines->register_module(std::to_string(i), combine);
+    }
+    register_module("skip_combines", combines);
+  }
   if (options.reinject_input())
     register_module("reinject_input_proj",
                     torch::nn::Linear(torch::nn::LinearOptions(options.dim(), options.dim()).bias(false)));

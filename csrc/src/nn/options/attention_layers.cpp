@@ -57,6 +57,29 @@ std::vector<char> AttentionLayersOptions::layer_types() const {
   return types;
 }
 
+std::vector<int64_t> AttentionLayersOptions::unet_skip_sources() const {
+  const auto types = layer_types();
+  std::vector<int64_t> sources(types.size(), -1);
+  if (!unet_skips_) return sources;
+  // x-transformers' construction, verbatim: blocks count as one layer for custom layouts, the depth is 1 when tied.
+  const bool custom = custom_layers_.has_value() || par_ratio_.has_value() || sandwich_coef_.has_value();
+  const int64_t block = custom ? 1 : static_cast<int64_t>(default_block(*this).size());
+  const int64_t depth = weight_tie_layers_ ? 1 : depth_;
+  const int64_t skips = depth / block;
+  TORCH_CHECK_VALUE(skips > 0, "AttentionLayers: unet_skips needs a depth of at least 2 blocks, got ", depth);
+  std::vector<int64_t> open;
+  for (int64_t i = 0; i < skips; ++i) open.push_back(i * block);
+  for (size_t i = 0; i < types.size(); ++i) {
+    const auto index = static_cast<int64_t>(i);
+    if (index % block != 0 || static_cast<double>(index / block) < static_cast<double>(depth) / 2) continue;
+    TORCH_CHECK_VALUE(!open.empty(), "AttentionLayers: unet_skips pairs more second-half blocks than first-half "
+                      "ones for this layout (x-transformers fails here too)");
+    sources[i] = open.back();
+    open.pop_back();
+  }
+  return sources;
+}
+
 std::vector<int64_t> AttentionLayersOptions::execution_order() const {
   if (!layers_execute_order_.empty()) return layers_execute_order_;
   std::vector<int64_t> order;
@@ -340,6 +363,7 @@ const std::vector<Field>& fields() {
     XTC_OWN(sandwich_norm, bool);
     XTC_OWN(pre_norm_has_final_norm, bool);
     XTC_OWN(pre_and_post_norm, bool);
+    XTC_OWN(unet_skips, bool);
     XTC_OWN(reinject_input, bool);
     XTC_OWN(learned_reinject_input_gate, bool);
     XTC_OWN(scale_residual, bool);

@@ -27,6 +27,9 @@ struct AttentionLayersOptions {
   std::vector<char> layer_types() const;
   /// Indices into layer_types() in the order they run (may repeat: weight tying, layers_execute_order).
   std::vector<int64_t> execution_order() const;
+  /// With unet_skips, for each layer (an index into layer_types()): the executed step whose input it joins, or -1
+  /// (x-transformers' ConcatCombine pairing: the second half's blocks with the first half's, last with first).
+  std::vector<int64_t> unet_skip_sources() const;
   /// Key/value heads of self-attention after `kv_heads` / `one_kv_head`.
   int64_t resolved_kv_heads(const AttentionOptions& attention) const;
   NormKind norm_kind() const;
@@ -103,6 +106,9 @@ struct AttentionLayersOptions {
   /// Every layer's branch also reads a learned projection of the stack's input (DEQ, Bai et al. 2019, arXiv
   /// 1909.01377): x + W x_in before its norm, the residual stream unchanged.
   TORCH_ARG(bool, reinject_input) = false;
+  /// U-Net skips: each block of the second half starts from a projection of its input concatenated with the input
+  /// of its mirror block in the first half.
+  TORCH_ARG(bool, unet_skips) = false;
   /// With reinject_input: the projection gated by sigmoid(w . x_in) per token.
   TORCH_ARG(bool, learned_reinject_input_gate) = false;
   /// Learned per-feature scale of the residual (Shleifer et al. 2021, NormFormer, arXiv 2110.09456).
