@@ -43,6 +43,12 @@ PATHS = {
     "cross_attn_head_learned_sink": "materialised scores (a learned per-head logit column before the softmax)",
     "attn_dim_context": "dim only: self-attention reads x (cross_attn_dim_context sets another width)",
     "cross_attn_dim_context": "keys and values projected from a context of that width",
+    "use_adaptive_layernorm": "forward's `condition` scales each LayerNorm (1 + W condition), as DiT",
+    "use_adaptive_rmsnorm": "forward's `condition` scales each RMSNorm (1 + W condition)",
+    "use_adaptive_layerscale": "each branch output times sigmoid(W condition + b) (adaLN-zero)",
+    "unet_skips": "second-half blocks join their mirror block's input through a (2 dim -> dim) projection",
+    "reinject_input": "each branch reads x + W x_in",
+    "pre_and_post_norm": "a norm after each residual too, no final norm",
     "attn_flash_pack_seq": "packed sequences (forward's flash_pack_seq_kwargs) attend per sequence in the varlen "
                            "kernel, on any device, rotary or not; needs attn_flash, as x-transformers",
     "cross_attn_flash_pack_seq": "as attn_flash_pack_seq, with flash_pack_seq_context_kwargs",

@@ -36,6 +36,7 @@ nn::functional::AttentionLayersInputs stack_inputs(XTC_STACK_INPUT_PARAMETERS En
   inputs.flash_pack_seq_context =
       flash_pack_seq_inputs(flash_pack_seq_context, flash_pack_seq_context_max, "flash_pack_seq_context");
   inputs.causal = causal;
+  inputs.condition = condition;
   return inputs;
 }
 

@@ -196,12 +196,12 @@ _STACK_INPUTS = None
 
 # x-transformers' names of the stack's forward inputs (AttentionLayers.forward, and what its wrappers pass on).
 STACK_KWARGS = ("context", "context_mask", "attn_mask", "self_attn_kv_mask", "seq_start_pos", "attn_bias", "pos",
-                "mems", "mem_masks", "flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "causal")
+                "mems", "mem_masks", "flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "causal", "condition")
 
 
 def stack_arguments(mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                     seq_start_pos=None, attn_bias=None, pos=None, mems=None, mem_masks=None,
-                    flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None):
+                    flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None, condition=None):
     """x-transformers' stack inputs as the ops take them, in the ops' order (absent ones at their defaults)."""
     global _STACK_INPUTS
     if _STACK_INPUTS is None:
@@ -216,7 +216,8 @@ def stack_arguments(mask=None, context=None, context_mask=None, attn_mask=None, 
     given = dict(mask=mask, context=context, context_mask=context_mask, attn_mask=attn_mask,
                  self_attn_kv_mask=self_attn_kv_mask, seq_start_pos=seq_start_pos, attn_bias=attn_bias, pos=pos,
                  mems=mems, mem_masks=mem_masks, flash_pack_seq=pack_seq, flash_pack_seq_max=pack_seq_max,
-                 flash_pack_seq_context=pack_context, flash_pack_seq_context_max=pack_context_max, causal=causal)
+                 flash_pack_seq_context=pack_context, flash_pack_seq_context_max=pack_context_max, causal=causal,
+                 condition=condition)
     arguments = [given.pop(name, default) for name, default in _STACK_INPUTS]
     if given:  # a name here that the ops' schema lacks: the two lists have fallen out of step
         raise RuntimeError(f"stack inputs not in the ops' schema: {', '.join(given)}")
@@ -304,8 +305,7 @@ class AttentionLayers(nn.Module):
     _FORWARD_DEFAULTS = dict(
         seq_pos_offset=0, input_not_include_cache=False, return_gumbel_log_probs=False, rotary_pos_emb=None,
         polar_pos_emb=None, context_pos=None, deep_embeds_and_ids=None, self_attn_additional_kv=None,
-        additional_kv_mask=None, detach_additional_kv=False, route_additional_kv_to_top=True, condition=None,
-        in_attn_cond=None, layers_execute_order=None, repeat_blocks=None, self_attn_kv_residuals=None,
+        additional_kv_mask=None, detach_additional_kv=False, route_additional_kv_to_top=True, in_attn_cond=None, layers_execute_order=None, repeat_blocks=None, self_attn_kv_residuals=None,
         cross_attn_kv_residuals=None, transform_block_inputs=None)
 
     def reset_parameters(self):
@@ -318,7 +318,7 @@ class AttentionLayers(nn.Module):
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                 seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False, cache=None,
                 cache_age=1, pos=None, flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None,
-                **kwargs):
+                condition=None, **kwargs):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
 
         With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
@@ -341,6 +341,8 @@ class AttentionLayers(nn.Module):
         (batch, cached + new). Decoding token by token gives the full forward's outputs.
 
         causal (bool): overrides the stack's causality of self-attention for this call, as x-transformers.
+        condition (batch, dim_condition) or (batch, seq, dim_condition): read by the adaptive norms and layerscale
+        (use_adaptive_layernorm, use_adaptive_rmsnorm, use_adaptive_layerscale), and needed exactly with them.
 
         pos (keys,) or (batch, keys) int: custom positions, as x-transformers: rotary (and xPos) rotate by them
         instead of 0, 1, ..., and ALiBi becomes -|pos_j - pos_i| * slope (one position per token then).
@@ -377,7 +379,7 @@ class AttentionLayers(nn.Module):
             mask=mask, context=context, context_mask=context_mask, attn_mask=attn_mask,
             self_attn_kv_mask=self_attn_kv_mask, seq_start_pos=seq_start_pos, attn_bias=attn_bias, pos=pos,
             mems=mems, mem_masks=mem_masks, flash_pack_seq_kwargs=flash_pack_seq_kwargs,
-            flash_pack_seq_context_kwargs=flash_pack_seq_context_kwargs, causal=causal))
+            flash_pack_seq_context_kwargs=flash_pack_seq_context_kwargs, causal=causal, condition=condition))
         if not return_hiddens and cache is None:
             return torch.ops.xtc.attention_layers(*inputs, params, self._options, self.training)
         cache_length = cache.cache_length if cache is not None else 0

@@ -118,10 +118,10 @@ class TransformerWrapper(_Wrapper):
     # x-transformers' other forward arguments, at the values that make them do nothing. looped_pred_all_logits only
     # matters for looped networks (refused at construction), so any value does nothing here.
     _FORWARD_DEFAULTS = dict(
-        return_logit_entropies=False, return_next_embed_pred=False, recycle_steps=None, looped_steps=None, max_looped_steps=None, looped_inference=False,
-        looped_exit_prob_threshold=0.9, embed_ids={}, transform_token_embeds=None, transform_block_inputs=None,
-        return_attn_z_loss=False, attn_z_loss_weight=1e-4, input_not_include_cache=None, token_emb_kwargs={},
-        to_logits_kwargs={})
+        return_logit_entropies=False, return_next_embed_pred=False, recycle_steps=None, looped_steps=None,
+        max_looped_steps=None, looped_inference=False, looped_exit_prob_threshold=0.9, embed_ids={},
+        transform_token_embeds=None, transform_block_inputs=None, return_attn_z_loss=False, attn_z_loss_weight=1e-4,
+        input_not_include_cache=None, token_emb_kwargs={}, to_logits_kwargs={})
 
     def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None,
                 looped_pred_all_logits=None, return_logits_and_embeddings=False,

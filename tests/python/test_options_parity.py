@@ -416,3 +416,55 @@ def test_unet_skips_refuses_layouts_x_transformers_cannot_pair():
         Encoder(**dict(BASE, depth=4), macaron=True, unet_skips=True)
     with pytest.raises(ValueError, match="unet_skips needs a depth of at least 2"):
         Encoder(**dict(BASE, depth=1), unet_skips=True)
+
+
+CONDITIONING = [
+    dict(use_adaptive_layernorm=True), dict(use_adaptive_rmsnorm=True),
+    dict(use_adaptive_layernorm=True, use_adaptive_layerscale=True),  # DiT's adaLN-zero
+    dict(use_adaptive_rmsnorm=True, dim_condition=12, adaptive_condition_mlp=True),
+    dict(use_adaptive_layerscale=True, dim_condition=12, adaptive_condition_mlp=True,
+         adaptive_condition_mlp_expansion=2, rotary_pos_emb=True),
+]
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("options", CONDITIONING, ids=option_id)
+@pytest.mark.parametrize("per_token", [False, True])
+def test_conditioning_matches_x_transformers(kind, options, per_token):
+    # Diffusion / flow models over embeddings: the adaptive norms and layerscale read a condition (a time step,
+    # a class embedding), per sequence or per token.
+    torch.manual_seed(11)
+    ours, theirs = make_pair(kind, **BASE, **options)
+    width = options.get("dim_condition", BASE["dim"])
+    x, mask = torch.randn(2, 9, 32), torch.rand(2, 9) > 0.3
+    mask[:, 0] = True
+    condition = torch.randn(2, 9, width) if per_token else torch.randn(2, width)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    c1, c2 = condition.clone().requires_grad_(), condition.clone().requires_grad_()
+    out, expected = ours(x1, mask=mask, condition=c1), theirs(x2, mask=mask, condition=c2)
+    scaled_close(out, expected, 1e-5, "output with a condition")
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x1, c1, *ours.parameters()], grad)
+    want = torch.autograd.grad(expected, [x2, c2, *theirs.parameters()], grad)
+    for g, w in zip(got, want):
+        scaled_close(g, w, 1e-4, "gradient with a condition")
+    with pytest.raises(ValueError, match="condition must be passed in"):
+        ours(x)
+    with pytest.raises(ValueError, match="expected condition of shape"):
+        ours(x, condition=torch.randn(2, width + 1))
+
+
+def test_conditioning_with_unpad_and_through_the_wrapper():
+    from x_transformers import ContinuousTransformerWrapper as XContinuous
+    from x_transformers import Encoder as XEncoder
+    from x_transformers_cpp import ContinuousTransformerWrapper
+    torch.manual_seed(12)
+    layers = dict(BASE, use_adaptive_layernorm=True, use_adaptive_layerscale=True)
+    theirs = XContinuous(dim_in=7, dim_out=7, max_seq_len=16, attn_layers=XEncoder(**layers))
+    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
+    ours = ContinuousTransformerWrapper(dim_in=7, dim_out=7, max_seq_len=16, attn_layers=Encoder(**layers, unpad=True))
+    ours.load_state_dict(theirs.state_dict())
+    x, lens, condition = torch.randn(3, 10, 7), torch.tensor([10, 4, 7]), torch.randn(3, 32)
+    keep = torch.arange(10) < lens[:, None]
+    torch.testing.assert_close(ours(x, lens=lens, condition=condition)[keep],
+                               theirs(x, lens=lens, condition=condition)[keep], atol=1e-5, rtol=0)

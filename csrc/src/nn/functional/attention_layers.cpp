@@ -44,6 +44,8 @@ void add_norm(Specs& specs, const std::string& prefix, const AttentionLayersOpti
     case NormKind::RMSNorm: specs.push_back({prefix + "g", {o.dim()}}); break;
     case NormKind::ScaleNorm: specs.push_back({prefix + "g", {1}}); break;
     case NormKind::SimpleRMSNorm: break;
+    case NormKind::AdaptiveLayerNorm:
+    case NormKind::AdaptiveRMSNorm: specs.push_back({prefix + "to_gamma.weight", {o.dim(), o.conditioning_width()}}); break;
     case NormKind::DynamicTanh:
       specs.push_back({prefix + "pre_tanh_scale", {}});
       specs.push_back({prefix + "gamma", {o.dim()}});
@@ -118,7 +120,7 @@ void add_residual(Specs& specs, const std::string& p, const AttentionLayersOptio
 // `.fn` level each (x-transformers wraps layer -> Scale -> ShiftTokens -> LayerScale).
 std::string block_prefix(size_t index, char type, const AttentionLayersOptions& o) {
   std::string p = "layers." + std::to_string(index) + ".1.";
-  if (o.use_layerscale()) p += "fn.";
+  if (o.use_layerscale() || o.use_adaptive_layerscale()) p += "fn.";
   if (o.layer_shift_tokens(index) > 0) p += "fn.";
   if (o.macaron() && type == 'f') p += "fn.";
   return p;
@@ -142,6 +144,11 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
                                o.learned_value_residual_mix();
       add_attention(specs, block, types[i] == 'a' ? o.attn() : o.cross_attn(), o, learned_mix);
       if (types[i] == 'a') first_self_attention = false;
+    }
+    if (o.use_adaptive_layerscale()) {
+      // AdaptiveLayerScale registers its wrapped block first, then to_gamma.
+      specs.push_back({layer + "1.to_gamma.weight", {o.dim(), o.conditioning_width()}});
+      specs.push_back({layer + "1.to_gamma.bias", {o.dim()}});
     }
     add_residual(specs, layer + "2.", o);
   }
@@ -168,6 +175,8 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     specs.push_back({last + "weight", {o.heads(), d}});
     specs.push_back({last + "bias", {o.heads()}});
   }
+  if (o.needs_condition() && o.adaptive_condition_mlp())
+    specs.push_back({"adaptive_mlp.0.weight", {o.conditioning_width(), o.resolved_dim_condition()}});
   if (o.has_final_norm()) add_norm(specs, "final_norm.", o);
   const auto sources = o.unet_skip_sources();
   for (size_t i = 0; i < sources.size(); ++i)
@@ -464,6 +473,7 @@ ResidualWeights residual_weights(const Parameters& p, const std::string& prefix)
 }
 
 NormWeights norm_weights(const Parameters& p, const std::string& prefix, NormKind kind) {
+  if (kind == NormKind::AdaptiveLayerNorm || kind == NormKind::AdaptiveRMSNorm) return {p.get(prefix + "to_gamma.weight")};
   if (kind == NormKind::DynamicTanh)
     return {p.get(prefix + "gamma"), p.get(prefix + "pre_tanh_scale"), p.get(prefix + "beta")};
   return {kind == NormKind::LayerNorm ? p.get(prefix + "gamma") : p.get(prefix + "g")};
@@ -707,7 +717,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   const auto& o = plan.options();
   const auto& [mask_in, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
                mem_masks, cache_kv, cache_length, cache_age, pos, flash_pack_seq, flash_pack_seq_context,
-               causal_override] = inputs;
+               causal_override, condition_in] = inputs;
   const bool cached = !cache_kv.empty();
   // With a cache only the last cache_age tokens run (x-transformers' slicing); their keys follow the cached ones.
   const int64_t past = cached ? check_cache(cache_kv, x_arg, inputs, plan, training) : 0;
@@ -750,11 +760,35 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   // Position biases span the memory keys in front too (Transformer-XL), as x-transformers' rel_pos(i, j).
   const c10::SymInt mem_len = mems.empty() ? c10::SymInt(0) : mems.front().sym_size(1);
   const c10::SymInt frame_keys = caller_packed ? frame_length : keys + mem_len;
+  // The adaptive layers' condition, (b, 1 | n, width) after adaptive_condition_mlp (packed with the tokens below).
+  TORCH_CHECK_VALUE(condition_in.has_value() == o.needs_condition(),
+                    o.needs_condition() ? "AttentionLayers: condition must be passed in with use_adaptive_layernorm, "
+                                          "use_adaptive_rmsnorm or use_adaptive_layerscale"
+                                        : "AttentionLayers: condition was passed in, but no adaptive norm or "
+                                          "layerscale reads it");
+  at::Tensor condition;
+  if (condition_in.has_value()) {
+    const auto& c = *condition_in;
+    TORCH_CHECK_VALUE((c.dim() == 2 || (c.dim() == 3 && (c.sym_size(1) == 1 || c.sym_size(1) == n_in))) &&
+                          c.sym_size(0) == x_in.sym_size(0) && c.sym_size(-1) == o.resolved_dim_condition() &&
+                          c.scalar_type() == x_in.scalar_type() && c.device() == x_in.device(),
+                      "AttentionLayers: expected condition of shape (", x_in.sym_size(0), ", ",
+                      o.resolved_dim_condition(), ") or (", x_in.sym_size(0), ", ", n_in, ", ",
+                      o.resolved_dim_condition(), ") like x (", x_in.scalar_type(), "), got ", c.sym_sizes(), " ",
+                      c.scalar_type());
+    condition = c.dim() == 2 ? c.unsqueeze(1) : c;
+    // With a cache only the last tokens run: per-token conditions follow them.
+    if (condition.sym_size(1) != 1 && condition.sym_size(1) != x_in.sym_size(1))
+      condition = condition.narrow_symint(1, condition.sym_size(1) - x_in.sym_size(1), x_in.sym_size(1));
+  }
   const NormKind norm_kind = o.norm_kind();
   const bool unit_offset = o.norm_add_unit_offset();
   // The stack's norm with the tensors under `prefix` (a norm slot or final_norm).
   const auto apply_norm = [&](const at::Tensor& t, const std::string& prefix) {
-    return norm(norm_kind, t, norm_weights(p, prefix, norm_kind), unit_offset, o.dynamic_tanh_init_alpha());
+    const auto weights = norm_weights(p, prefix, norm_kind);
+    if (norm_kind == NormKind::AdaptiveLayerNorm || norm_kind == NormKind::AdaptiveRMSNorm)
+      return adaptive_norm(norm_kind, t, at::linear(condition, weights.gain));
+    return norm(norm_kind, t, weights, unit_offset, o.dynamic_tanh_init_alpha());
   };
   at::Tensor slopes;
   if (!plan.alibi_slopes().empty()) {
@@ -844,6 +878,10 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       record->attn_maps.push_back(t->defined() ? *t : at::empty({0}, x_in.options()));
   };
 
+  if (condition.defined() && o.adaptive_condition_mlp())
+    condition = at::silu(at::linear(condition, p.get("adaptive_mlp.0.weight")));
+  if (condition.defined() && packing.has_value() && packing->unpad)
+    condition = pack(condition.expand({-1, x_in.size(1), -1}), *packing->tokens);
   at::Tensor x = packing.has_value() && packing->unpad ? pack(x_in, *packing->tokens) : x_in;
   // Packed layers take their masks from the layouts.
   std::optional<PackedAttention> packed_self, packed_cross;
@@ -927,6 +965,8 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       const auto gamma = p.get(layer + "1.gamma");
       out = out * (unit_offset ? gamma + 1 : gamma);
     }
+    if (o.use_adaptive_layerscale())
+      out = out * at::sigmoid(at::linear(condition, p.get(layer + "1.to_gamma.weight"), p.get(layer + "1.to_gamma.bias")));
     if (o.sandwich_norm()) out = apply_norm(out, layer + "0.1.");
     x = residual(o.residual_kind(), out, inner_residual, residual_weights(p, layer + "2."),
                  o.scale_residual_constant());

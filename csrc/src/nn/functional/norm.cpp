@@ -25,6 +25,13 @@ at::Tensor dynamic_tanh(const at::Tensor& x, const NormWeights& w, bool unit_off
   return (x * alpha).tanh() * gamma + w.beta;
 }
 
+at::Tensor adaptive_norm(NormKind kind, const at::Tensor& x, const at::Tensor& gamma) {
+  const auto normed = kind == NormKind::AdaptiveLayerNorm
+                          ? at::layer_norm_symint(x, {x.sym_size(-1)}, /*weight=*/{}, /*bias=*/{}, /*eps=*/1e-5)
+                          : rms_norm(x, at::Tensor());
+  return normed * (gamma + 1.0);
+}
+
 at::Tensor norm(NormKind kind, const at::Tensor& x, const NormWeights& w, bool unit_offset,
                 double dynamic_tanh_init_alpha) {
   switch (kind) {

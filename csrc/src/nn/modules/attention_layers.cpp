@@ -24,6 +24,18 @@ std::shared_ptr<torch::nn::Module> make_norm(const AttentionLayersOptions& o) {
     case NormKind::ScaleNorm: return ScaleNorm(o.dim(), offset).ptr();
     case NormKind::SimpleRMSNorm: return SimpleRMSNorm(o.dim()).ptr();
     case NormKind::DynamicTanh: return DynamicTanh(o.dim(), o.dynamic_tanh_init_alpha(), offset).ptr();
+    case NormKind::AdaptiveLayerNorm:
+    case NormKind::AdaptiveRMSNorm: {
+      // x-transformers' AdaptiveLayerNorm / AdaptiveRMSNorm: no gain of their own, a zero-initialised to_gamma.
+      auto norm = std::make_shared<torch::nn::Module>(o.norm_kind() == NormKind::AdaptiveLayerNorm
+                                                          ? "AdaptiveLayerNorm"
+                                                          : "AdaptiveRMSNorm");
+      auto to_gamma = torch::nn::Linear(torch::nn::LinearOptions(o.conditioning_width(), o.dim()).bias(false));
+      torch::NoGradGuard no_grad;
+      to_gamma->weight.zero_();
+      norm->register_module("to_gamma", to_gamma);
+      return norm;
+    }
   }
   TORCH_INTERNAL_ASSERT(false, "unknown norm kind");
 }
@@ -53,6 +65,17 @@ std::shared_ptr<torch::nn::Module> make_block(char type, const AttentionLayersOp
   if (shift > 0) block = ShiftTokens(shift, block).ptr();
   if (o.use_layerscale())
     block = LayerScale(block, o.dim(), o.layerscale_init_value(), o.norm_add_unit_offset()).ptr();
+  if (o.use_adaptive_layerscale()) {
+    // x-transformers' AdaptiveLayerScale: the block as `fn`, then to_gamma (zero weight, bias -2: adaLN-zero).
+    auto scale = std::make_shared<torch::nn::Module>("AdaptiveLayerScale");
+    scale->register_module("fn", block);
+    auto to_gamma = torch::nn::Linear(o.conditioning_width(), o.dim());
+    torch::NoGradGuard no_grad;
+    to_gamma->weight.zero_();
+    to_gamma->bias.fill_(-2.0);
+    scale->register_module("to_gamma", to_gamma);
+    block = scale;
+  }
   return block;
 }
 
@@ -129,6 +152,13 @@ void AttentionLayersImpl::reset() {
     register_module("rotary_pos_emb", rotary_pos_emb);
   }
   if (options.rel_pos_bias() || options.dynamic_pos_bias()) rel_pos = register_module("rel_pos", make_rel_pos(options));
+  if (options.needs_condition() && options.adaptive_condition_mlp()) {
+    auto mlp = std::make_shared<torch::nn::Module>("AdaptiveMLP");  // x-transformers' Sequential(Linear, SiLU)
+    mlp->register_module("0", torch::nn::Linear(torch::nn::LinearOptions(options.resolved_dim_condition(),
+                                                                         options.conditioning_width())
+                                                    .bias(false)));
+    register_module("adaptive_mlp", mlp);
+  }
   if (options.has_final_norm()) final_norm = register_module("final_norm", make_norm(options));
   if (options.unet_skips()) {
     // x-transformers' skip_combines: a ConcatCombine (a bias-less (2 dim -> dim) linear) at each second-half block.

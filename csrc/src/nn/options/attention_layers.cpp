@@ -96,6 +96,8 @@ int64_t AttentionLayersOptions::resolved_kv_heads(const AttentionOptions& attent
 }
 
 NormKind AttentionLayersOptions::norm_kind() const {
+  if (use_adaptive_layernorm_) return NormKind::AdaptiveLayerNorm;
+  if (use_adaptive_rmsnorm_) return NormKind::AdaptiveRMSNorm;
   if (use_rmsnorm_) return NormKind::RMSNorm;
   if (use_scalenorm_) return NormKind::ScaleNorm;
   if (use_simple_rmsnorm_) return NormKind::SimpleRMSNorm;
@@ -181,9 +183,16 @@ void AttentionLayersOptions::validate() const {
   TORCH_CHECK_VALUE(dim_ > 0, "AttentionLayers: expected dim > 0, got ", dim_);
   TORCH_CHECK_VALUE(heads_ > 0, "AttentionLayers: expected heads > 0, got ", heads_);
   TORCH_CHECK_VALUE(custom_layers_.has_value() || depth_ > 0, "AttentionLayers: expected depth > 0, got ", depth_);
-  TORCH_CHECK_VALUE(count_true({use_scalenorm_, use_rmsnorm_, use_simple_rmsnorm_, use_dynamic_tanh_}) <= 1,
-                    "AttentionLayers: use_scalenorm, use_rmsnorm, use_simple_rmsnorm and use_dynamic_tanh clash; "
-                    "set at most one");
+  TORCH_CHECK_VALUE(count_true({use_scalenorm_, use_rmsnorm_, use_simple_rmsnorm_, use_dynamic_tanh_,
+                                use_adaptive_layernorm_, use_adaptive_rmsnorm_}) <= 1,
+                    "AttentionLayers: use_scalenorm, use_rmsnorm, use_simple_rmsnorm, use_dynamic_tanh, "
+                    "use_adaptive_layernorm and use_adaptive_rmsnorm clash; set at most one");
+  TORCH_CHECK_VALUE(!(use_layerscale_ && use_adaptive_layerscale_),
+                    "AttentionLayers: use_layerscale and use_adaptive_layerscale clash; set at most one");
+  TORCH_CHECK_VALUE(!dim_condition_.has_value() || *dim_condition_ > 0, "AttentionLayers: expected dim_condition > 0");
+  TORCH_CHECK_VALUE(adaptive_condition_mlp_expansion_ > 0,
+                    "AttentionLayers: expected adaptive_condition_mlp_expansion > 0, got ",
+                    adaptive_condition_mlp_expansion_);
   TORCH_CHECK_VALUE(!use_dynamic_tanh_ || pre_norm_, "AttentionLayers: use_dynamic_tanh needs pre_norm (as "
                     "x-transformers)");
   TORCH_CHECK_VALUE(count_true({custom_layers_.has_value(), par_ratio_.has_value(), sandwich_coef_.has_value()}) <= 1,
@@ -364,6 +373,12 @@ const std::vector<Field>& fields() {
     XTC_OWN(pre_norm_has_final_norm, bool);
     XTC_OWN(pre_and_post_norm, bool);
     XTC_OWN(unet_skips, bool);
+    XTC_OWN(use_adaptive_layernorm, bool);
+    XTC_OWN(use_adaptive_rmsnorm, bool);
+    XTC_OWN(use_adaptive_layerscale, bool);
+    XTC_OWN(dim_condition, std::optional<int64_t>);
+    XTC_OWN(adaptive_condition_mlp, bool);
+    XTC_OWN(adaptive_condition_mlp_expansion, int64_t);
     XTC_OWN(reinject_input, bool);
     XTC_OWN(learned_reinject_input_gate, bool);
     XTC_OWN(scale_residual, bool);

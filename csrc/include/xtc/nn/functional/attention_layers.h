@@ -88,6 +88,9 @@ struct AttentionLayersInputs {
   /// x-transformers' per-call causal override of self-attention (unset = the stack's); a cache still needs a
   /// causal stack, and token shifts and T5 buckets keep the stack's causality, as x-transformers builds them.
   std::optional<bool> causal;
+  /// (b, dim_condition) or (b, n, dim_condition): what the adaptive norms and layerscale read (needed exactly when
+  /// the options have one).
+  std::optional<at::Tensor> condition;
 };
 
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed

@@ -24,6 +24,10 @@ struct NormWeights {
 /// unit_offset.
 at::Tensor dynamic_tanh(const at::Tensor& x, const NormWeights& w, bool unit_offset, double init_alpha);
 
+/// x-transformers' AdaptiveLayerNorm / AdaptiveRMSNorm: the norm without a gain (LayerNorm eps 1e-5, or
+/// F.normalize times sqrt(dim)), times (gamma + 1), gamma = to_gamma(condition) broadcast over the tokens.
+at::Tensor adaptive_norm(NormKind kind, const at::Tensor& x, const at::Tensor& gamma);
+
 /// The norm of the given kind with its tensors.
 at::Tensor norm(NormKind kind, const at::Tensor& x, const NormWeights& w, bool unit_offset,
                 double dynamic_tanh_init_alpha = 1.0);

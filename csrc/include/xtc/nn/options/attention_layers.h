@@ -14,7 +14,7 @@
 namespace xtc::nn {
 
 /// Which norm every slot of the stack uses.
-enum class NormKind { LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh };
+enum class NormKind { LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh, AdaptiveLayerNorm, AdaptiveRMSNorm };
 /// How a branch output joins the residual stream.
 enum class ResidualKind { Add, GRUGating };
 
@@ -54,6 +54,13 @@ struct AttentionLayersOptions {
       if (s > 0) return true;
     return false;
   }
+  /// Whether forward needs a `condition` (adaptive norms or layerscale).
+  bool needs_condition() const { return use_adaptive_layernorm_ || use_adaptive_rmsnorm_ || use_adaptive_layerscale_; }
+  /// The width of `condition` as passed in, and as the adaptive layers read it (after adaptive_condition_mlp).
+  int64_t resolved_dim_condition() const { return dim_condition_.value_or(dim_); }
+  int64_t conditioning_width() const {
+    return resolved_dim_condition() * (adaptive_condition_mlp_ ? adaptive_condition_mlp_expansion_ : 1);
+  }
   /// Whether a final norm closes the stack.
   bool has_final_norm() const { return pre_norm_ && pre_norm_has_final_norm_ && !pre_and_post_norm_; }
   /// A norm after each residual: post-norm, or pre_and_post_norm.
@@ -92,6 +99,18 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, use_dynamic_tanh) = false;
   /// The initial alpha of use_dynamic_tanh.
   TORCH_ARG(double, dynamic_tanh_init_alpha) = 1.0;
+  /// Adaptive LayerNorm (DiT, Peebles & Xie 2022, arXiv 2212.09748): LayerNorm without a gain, times
+  /// (1 + W condition) per norm; forward then takes `condition`.
+  TORCH_ARG(bool, use_adaptive_layernorm) = false;
+  /// The same on RMSNorm.
+  TORCH_ARG(bool, use_adaptive_rmsnorm) = false;
+  /// Each branch output times sigmoid(W condition + b), b initialised to -2 (DiT's adaLN-zero).
+  TORCH_ARG(bool, use_adaptive_layerscale) = false;
+  /// Width of `condition`; unset = dim.
+  TORCH_ARG(std::optional<int64_t>, dim_condition) = std::nullopt;
+  /// The condition through a bias-less linear to adaptive_condition_mlp_expansion times its width and a SiLU first.
+  TORCH_ARG(bool, adaptive_condition_mlp) = false;
+  TORCH_ARG(int64_t, adaptive_condition_mlp_expansion) = 4;
   /// Gains stored as (gain - 1), so weight decay pulls them to 1; also applies to LayerScale.
   TORCH_ARG(bool, norm_add_unit_offset) = true;
   /// Pre-norm; false = post-norm (the original Transformer), with no final norm.
