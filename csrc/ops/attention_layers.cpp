@@ -54,7 +54,7 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
   const at::TensorList mems, mem_masks, flash_pack_seq, flash_pack_seq_context;
   const at::IntArrayRef flash_pack_seq_max, flash_pack_seq_context_max;
   const std::optional<bool> causal;
-  const std::optional<at::Tensor> condition;
+  const std::optional<at::Tensor> condition, in_attn_cond;
   return op.call(x, XTC_STACK_INPUT_ARGUMENTS params, options, training);
 }
 

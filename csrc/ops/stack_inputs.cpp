@@ -37,6 +37,7 @@ nn::functional::AttentionLayersInputs stack_inputs(XTC_STACK_INPUT_PARAMETERS En
       flash_pack_seq_inputs(flash_pack_seq_context, flash_pack_seq_context_max, "flash_pack_seq_context");
   inputs.causal = causal;
   inputs.condition = condition;
+  inputs.in_attn_cond = in_attn_cond;
   return inputs;
 }
 

@@ -29,7 +29,8 @@
   X(flash_pack_seq_context, "Tensor[]", at::TensorList)                \
   X(flash_pack_seq_context_max, "int[]", at::IntArrayRef)            \
   X(causal, "bool?", std::optional<bool>)                              \
-  X(condition, "Tensor?", const std::optional<at::Tensor>&)
+  X(condition, "Tensor?", const std::optional<at::Tensor>&)            \
+  X(in_attn_cond, "Tensor?", const std::optional<at::Tensor>&)
 
 // "Tensor? mask, Tensor? context, ..., " for a schema (each entry ends in ", ").
 #define XTC_STACK_INPUT_SCHEMA_ENTRY(name, schema, cpp) schema " " #name ", "

@@ -196,12 +196,14 @@ _STACK_INPUTS = None
 
 # x-transformers' names of the stack's forward inputs (AttentionLayers.forward, and what its wrappers pass on).
 STACK_KWARGS = ("context", "context_mask", "attn_mask", "self_attn_kv_mask", "seq_start_pos", "attn_bias", "pos",
-                "mems", "mem_masks", "flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "causal", "condition")
+                "mems", "mem_masks", "flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "causal", "condition",
+                "in_attn_cond")
 
 
 def stack_arguments(mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                     seq_start_pos=None, attn_bias=None, pos=None, mems=None, mem_masks=None,
-                    flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None, condition=None):
+                    flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None, condition=None,
+                    in_attn_cond=None):
     """x-transformers' stack inputs as the ops take them, in the ops' order (absent ones at their defaults)."""
     global _STACK_INPUTS
     if _STACK_INPUTS is None:
@@ -217,7 +219,7 @@ def stack_arguments(mask=None, context=None, context_mask=None, attn_mask=None, 
                  self_attn_kv_mask=self_attn_kv_mask, seq_start_pos=seq_start_pos, attn_bias=attn_bias, pos=pos,
                  mems=mems, mem_masks=mem_masks, flash_pack_seq=pack_seq, flash_pack_seq_max=pack_seq_max,
                  flash_pack_seq_context=pack_context, flash_pack_seq_context_max=pack_context_max, causal=causal,
-                 condition=condition)
+                 condition=condition, in_attn_cond=in_attn_cond)
     arguments = [given.pop(name, default) for name, default in _STACK_INPUTS]
     if given:  # a name here that the ops' schema lacks: the two lists have fallen out of step
         raise RuntimeError(f"stack inputs not in the ops' schema: {', '.join(given)}")
@@ -305,8 +307,8 @@ class AttentionLayers(nn.Module):
     _FORWARD_DEFAULTS = dict(
         seq_pos_offset=0, input_not_include_cache=False, return_gumbel_log_probs=False, rotary_pos_emb=None,
         polar_pos_emb=None, context_pos=None, deep_embeds_and_ids=None, self_attn_additional_kv=None,
-        additional_kv_mask=None, detach_additional_kv=False, route_additional_kv_to_top=True, in_attn_cond=None, layers_execute_order=None, repeat_blocks=None, self_attn_kv_residuals=None,
-        cross_attn_kv_residuals=None, transform_block_inputs=None)
+        additional_kv_mask=None, detach_additional_kv=False, route_additional_kv_to_top=True, repeat_blocks=None,
+        self_attn_kv_residuals=None, cross_attn_kv_residuals=None, transform_block_inputs=None)
 
     def reset_parameters(self):
         """Initialises every parameter and buffer in place as construction does (the C++ module's init, which is
@@ -318,7 +320,7 @@ class AttentionLayers(nn.Module):
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                 seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False, cache=None,
                 cache_age=1, pos=None, flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None,
-                condition=None, **kwargs):
+                condition=None, in_attn_cond=None, layers_execute_order=None, **kwargs):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
 
         With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
@@ -343,6 +345,8 @@ class AttentionLayers(nn.Module):
         causal (bool): overrides the stack's causality of self-attention for this call, as x-transformers.
         condition (batch, dim_condition) or (batch, seq, dim_condition): read by the adaptive norms and layerscale
         (use_adaptive_layernorm, use_adaptive_rmsnorm, use_adaptive_layerscale), and needed exactly with them.
+        in_attn_cond (batch, dim) or (batch, seq, dim): added to every branch's input, as x-transformers.
+        layers_execute_order: this call's order of the layers (indices), as x-transformers (depth extrapolation).
 
         pos (keys,) or (batch, keys) int: custom positions, as x-transformers: rotary (and xPos) rotate by them
         instead of 0, 1, ..., and ALiBi becomes -|pos_j - pos_i| * slope (one position per token then).
@@ -379,15 +383,22 @@ class AttentionLayers(nn.Module):
             mask=mask, context=context, context_mask=context_mask, attn_mask=attn_mask,
             self_attn_kv_mask=self_attn_kv_mask, seq_start_pos=seq_start_pos, attn_bias=attn_bias, pos=pos,
             mems=mems, mem_masks=mem_masks, flash_pack_seq_kwargs=flash_pack_seq_kwargs,
-            flash_pack_seq_context_kwargs=flash_pack_seq_context_kwargs, causal=causal, condition=condition))
+            flash_pack_seq_context_kwargs=flash_pack_seq_context_kwargs, causal=causal, condition=condition,
+            in_attn_cond=in_attn_cond))
+        options, attention_types = self._options, self._attention_types
+        if layers_execute_order is not None:
+            # The same layers (so the same parameters) in another order: this call's options.
+            order = ",".join(str(int(i)) for i in layers_execute_order)
+            options = _C.normalize_options(f"{self._options};layers_execute_order={order}")
+            attention_types = _C.executed_attention_types(options)
         if not return_hiddens and cache is None:
-            return torch.ops.xtc.attention_layers(*inputs, params, self._options, self.training)
+            return torch.ops.xtc.attention_layers(*inputs, params, options, self.training)
         cache_length = cache.cache_length if cache is not None else 0
         out, hiddens, layer_hiddens, kv, maps = torch.ops.xtc.attention_layers_with_hiddens(
-            *inputs, flat_cache(cache), cache_length, cache_age, params, self._options, self.training)
+            *inputs, flat_cache(cache), cache_length, cache_age, params, options, self.training)
         if not return_hiddens:
             return out
-        return out, layer_intermediates(self._attention_types, out, hiddens, layer_hiddens, kv, maps,
+        return out, layer_intermediates(attention_types, out, hiddens, layer_hiddens, kv, maps,
                                         cache_length + out.shape[1])
 
     def extra_repr(self):

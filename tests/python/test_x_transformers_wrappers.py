@@ -127,10 +127,10 @@ def test_stack_refuses_unimplemented_x_transformers_arguments_by_name():
     stack = Decoder(**LAYERS)
     x = torch.randn(2, 5, 32)
     stack(x, seq_pos_offset=0, input_not_include_cache=False, deep_embeds_and_ids=None, causal=None)
-    with pytest.raises(TypeError, match="condition"):
-        stack(x, condition=torch.randn(2, 8))
-    with pytest.raises(TypeError, match="layers_execute_order"):
-        stack(x, layers_execute_order=(0, 1, 0, 1))
+    with pytest.raises(ValueError, match="condition was passed in, but no adaptive norm"):
+        stack(x, condition=torch.randn(2, 32))
+    with pytest.raises(TypeError, match="self_attn_additional_kv"):
+        stack(x, self_attn_additional_kv=[(torch.randn(2, 4, 3, 8), torch.randn(2, 4, 3, 8))])
     with pytest.raises(TypeError, match="seq_pos_offset"):
         stack(x, seq_pos_offset=3)
 
@@ -352,3 +352,22 @@ def test_return_attn_gives_the_attention_maps():
     assert len(maps) == len(want_maps) == 2
     for got, exp in zip(maps, want_maps):
         torch.testing.assert_close(got, exp, atol=1e-5, rtol=0)
+
+
+def test_in_attn_cond_and_layers_execute_order_per_call():
+    from x_transformers import Encoder as XEncoder
+    from x_transformers_cpp import Encoder
+    torch.manual_seed(0)
+    for layer_kwargs in (dict(LAYERS), dict(LAYERS, learned_reinject_input_gate=True)):
+        theirs = XEncoder(**layer_kwargs)
+        theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
+        ours = Encoder(**layer_kwargs)
+        ours.load_state_dict(theirs.state_dict())
+        x = torch.randn(2, 7, 32)
+        for cond in (torch.randn(2, 32), torch.randn(2, 7, 32)):
+            torch.testing.assert_close(ours(x, in_attn_cond=cond), theirs(x, in_attn_cond=cond), atol=1e-5, rtol=0)
+        order = (0, 1, 0, 1, 2, 3)  # depth extrapolation: the first block twice
+        torch.testing.assert_close(ours(x, layers_execute_order=order), theirs(x, layers_execute_order=order),
+                                   atol=1e-5, rtol=0)
+        _, inter = ours(x, layers_execute_order=order, return_hiddens=True)
+        assert len(inter.attn_intermediates) == 3

@@ -717,7 +717,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   const auto& o = plan.options();
   const auto& [mask_in, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
                mem_masks, cache_kv, cache_length, cache_age, pos, flash_pack_seq, flash_pack_seq_context,
-               causal_override, condition_in] = inputs;
+               causal_override, condition_in, in_attn_cond] = inputs;
   const bool cached = !cache_kv.empty();
   // With a cache only the last cache_age tokens run (x-transformers' slicing); their keys follow the cached ones.
   const int64_t past = cached ? check_cache(cache_kv, x_arg, inputs, plan, training) : 0;
@@ -890,13 +890,29 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     packed_cross = packing->cross_attention();
   const std::optional<at::Tensor> layer_mask = packing.has_value() ? std::nullopt : mask;
   const std::optional<at::Tensor> cross_key_mask = packed_cross.has_value() ? std::nullopt : context_mask;
-  // reinject_input: each branch also reads W x_in (gated per token with the learned gate).
+  // reinject_input: each branch also reads W x_in; in_attn_cond: the given tensor instead. Either gated per token
+  // with the learned gate.
   at::Tensor reinjected;
+  TORCH_CHECK_VALUE(!(o.reinject_input() && in_attn_cond.has_value()),
+                    "AttentionLayers: in_attn_cond cannot be combined with reinject_input");
   if (o.reinject_input()) {
     reinjected = at::linear(x, p.get("reinject_input_proj.weight"));
-    if (o.learned_reinject_input_gate())
-      reinjected = reinjected * at::sigmoid(at::linear(x, p.get("learned_reinject_input_gate.weight")));
+  } else if (in_attn_cond.has_value()) {
+    const auto& c = *in_attn_cond;
+    TORCH_CHECK_VALUE((c.dim() == 2 || (c.dim() == 3 && (c.sym_size(1) == 1 || c.sym_size(1) == n_in))) &&
+                          c.sym_size(0) == x_in.sym_size(0) && c.sym_size(-1) == o.dim() &&
+                          c.scalar_type() == x_in.scalar_type() && c.device() == x_in.device(),
+                      "AttentionLayers: expected in_attn_cond of shape (", x_in.sym_size(0), ", ", o.dim(), ") or (",
+                      x_in.sym_size(0), ", ", n_in, ", ", o.dim(), ") like x (", x_in.scalar_type(), "), got ",
+                      c.sym_sizes(), " ", c.scalar_type());
+    reinjected = c.dim() == 2 ? c.unsqueeze(1) : c;
+    if (reinjected.sym_size(1) != 1 && reinjected.sym_size(1) != x_in.sym_size(1))
+      reinjected = reinjected.narrow_symint(1, reinjected.sym_size(1) - x_in.sym_size(1), x_in.sym_size(1));
+    if (packing.has_value() && packing->unpad)
+      reinjected = pack(reinjected.expand({-1, x_in.size(1), -1}), *packing->tokens);
   }
+  if (reinjected.defined() && o.learned_reinject_input_gate())
+    reinjected = reinjected * at::sigmoid(at::linear(x, p.get("learned_reinject_input_gate.weight")));
   // U-Net skips: the input of every executed step, for the second half's blocks to join (x-transformers' skip
   // hiddens, kept before layer dropout).
   const auto skip_sources = o.unet_skip_sources();

@@ -91,6 +91,9 @@ struct AttentionLayersInputs {
   /// (b, dim_condition) or (b, n, dim_condition): what the adaptive norms and layerscale read (needed exactly when
   /// the options have one).
   std::optional<at::Tensor> condition;
+  /// (b, dim) or (b, n, dim) added to every branch's input (x-transformers' in-attention conditioning; gated by
+  /// learned_reinject_input_gate when set); not with reinject_input.
+  std::optional<at::Tensor> in_attn_cond;
 };
 
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed
