@@ -197,13 +197,13 @@ class ContinuousTransformerWrapper(_Wrapper):
 
     # x-transformers keyword arguments that need module objects or features not implemented here.
     _layout = staticmethod(_C.continuous_layout)
-    _UNSUPPORTED = dict(project_in=None, project_out=None, probabilistic=False, max_mem_len=0)
+    _UNSUPPORTED = dict(project_in=None, project_out=None, max_mem_len=0)
 
     def __init__(self, *, attn_layers, **kwargs):
         super().__init__()
         self._setup(attn_layers, kwargs, self._UNSUPPORTED, _C.continuous_option_keys())
         self._set_attributes(kwargs)
-        self.probabilistic = False  # refused above; x-transformers' continuous wrappers read it
+        self.probabilistic = bool(kwargs.get("probabilistic", False))  # x-transformers' continuous wrappers read it
 
     # x-transformers' other forward arguments, at the values that make them do nothing.
     _FORWARD_DEFAULTS = dict(return_mems=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,

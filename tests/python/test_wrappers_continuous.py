@@ -64,8 +64,8 @@ def test_bad_input_and_unsupported_options():
         ours(torch.randn(2, 9, 20))
     with pytest.raises(ValueError, match="either mask or lens"):
         ours(torch.randn(2, 5, 20), mask=torch.ones(2, 5, dtype=torch.bool), lens=torch.tensor([5, 5]))
-    with pytest.raises(TypeError, match="probabilistic"):
-        ContinuousTransformerWrapper(attn_layers=Encoder(**LAYERS), probabilistic=True)
+    with pytest.raises(TypeError, match="project_in"):
+        ContinuousTransformerWrapper(attn_layers=Encoder(**LAYERS), project_in=torch.nn.Identity())
     with pytest.raises(TypeError, match="attn_layers"):
         ContinuousTransformerWrapper(attn_layers=XEncoder(**LAYERS))
 

@@ -371,3 +371,26 @@ def test_in_attn_cond_and_layers_execute_order_per_call():
                                    atol=1e-5, rtol=0)
         _, inter = ours(x, layers_execute_order=order, return_hiddens=True)
         assert len(inter.attn_intermediates) == 3
+
+
+def test_their_continuous_autoregressive_wrapper_over_a_probabilistic_one():
+    from x_transformers import ContinuousAutoregressiveWrapper
+    from x_transformers import ContinuousTransformerWrapper as XContinuous
+    from x_transformers_cpp import ContinuousTransformerWrapper
+    ours, theirs = their_wrapper_pair(
+        lambda attn_layers, **kw: (ContinuousTransformerWrapper if isinstance(attn_layers, Decoder)
+                                   else XContinuous)(attn_layers=attn_layers, **kw),
+        (Decoder, XDecoder), LAYERS, dim_in=7, dim_out=7, max_seq_len=16, probabilistic=True)
+    x = torch.randn(2, 10, 7)
+    out, expected = ours(x), theirs(x)
+    assert out.shape == (2, 2, 10, 7)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    ours, theirs = ContinuousAutoregressiveWrapper(ours), ContinuousAutoregressiveWrapper(theirs)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=0)
+    ours.eval(), theirs.eval()
+    results = []
+    for wrapper in (ours, theirs):
+        torch.manual_seed(4)
+        with torch.no_grad():
+            results.append(wrapper.generate(x[:, :3], 5))
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)

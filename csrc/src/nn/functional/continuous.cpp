@@ -2,6 +2,7 @@
 #include <xtc/nn/functional/norm.h>
 
 #include "src/nn/functional/wrapper_parts.h"
+#include "src/symbolic_sizes.h"
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
@@ -10,6 +11,7 @@
 #include <ATen/ops/linear.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/pow.h>
+#include <ATen/ops/stack.h>
 
 #include <cmath>
 
@@ -24,7 +26,9 @@ ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrappe
   // x-transformers: absolute positions need max_seq_len, and the stack's rotary or T5 positions turn them off.
   has_abs_pos_emb_ = o.max_seq_len().value_or(0) > 0 && o.use_abs_pos_emb() && !layers_.options().disables_abs_pos_emb();
   has_project_in_ = o.dim_in().has_value() && (!o.use_identity_if_same_dim() || *o.dim_in() != dim);
-  has_project_out_ = o.dim_out().has_value() && (!o.use_identity_if_same_dim() || *o.dim_out() != dim);
+  // Probabilistic outputs are twice as wide (a mean and a log-variance per feature), as x-transformers.
+  const int64_t dim_out = o.dim_out().value_or(0) * (o.probabilistic() ? 2 : 1);
+  has_project_out_ = o.dim_out().has_value() && (!o.use_identity_if_same_dim() || dim_out != dim);
   TORCH_CHECK_VALUE(!o.scaled_sinu_pos_emb() || dim % 2 == 0,
                     "ContinuousTransformerWrapper: scaled_sinu_pos_emb needs an even dim, got ", dim);
   if (o.num_memory_tokens() > 0) parameters_.push_back({"memory_tokens", {o.num_memory_tokens(), dim}});
@@ -37,7 +41,7 @@ ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrappe
   for (const auto& spec : layers_.parameters())
     parameters_.push_back({"attn_layers." + spec.name, spec.shape, spec.buffer});
   if (has_project_in_) parameters_.push_back({"project_in.weight", {dim, *o.dim_in()}});
-  if (has_project_out_) parameters_.push_back({"project_out.weight", {*o.dim_out(), dim}});
+  if (has_project_out_) parameters_.push_back({"project_out.weight", {dim_out, dim}});
 }
 
 at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersInputs& given,
@@ -94,8 +98,12 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersI
   if (memory > 0) x = x.narrow_symint(1, memory, n);
   // x-transformers pools with the mask as passed: with `lens` instead, it averages over every position.
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
-  if (return_embeddings || !plan.has_project_out()) return x;
-  return at::linear(x, get("project_out.weight"));
+  if (return_embeddings) return x;
+  const at::Tensor out = plan.has_project_out() ? at::linear(x, get("project_out.weight")) : x;
+  if (!o.probabilistic()) return out;
+  // '... (d mean_log_var) -> mean_log_var ... d': interleaved pairs; the variance is exp(log_var).
+  const auto pairs = out.unflatten(-1, {xtc::detail::static_size(out, -1) / 2, 2});
+  return at::stack({pairs.select(-1, 0), pairs.select(-1, 1).exp()});
 }
 
 }  // namespace xtc::nn::functional

@@ -35,7 +35,9 @@ void ContinuousTransformerWrapperImpl::reset() {
   register_module("attn_layers", attn_layers);
   const auto no_bias = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
   if (plan->has_project_in()) register_module("project_in", torch::nn::Linear(no_bias(*options.dim_in(), dim)));
-  if (plan->has_project_out()) register_module("project_out", torch::nn::Linear(no_bias(dim, *options.dim_out())));
+  if (plan->has_project_out())
+    register_module("project_out",
+                    torch::nn::Linear(no_bias(dim, *options.dim_out() * (options.probabilistic() ? 2 : 1))));
 }
 
 std::vector<at::Tensor> ContinuousTransformerWrapperImpl::tensors() const { return tensors_in_layout(*this, plan->parameters()); }

@@ -23,10 +23,11 @@ std::string ContinuousTransformerWrapperOptions::serialize() const {
   using detail::format_value;
   return fmt::format(
       "dim_in={};dim_out={};max_seq_len={};num_memory_tokens={};post_emb_norm={};emb_dropout={};"
-      "use_abs_pos_emb={};scaled_sinu_pos_emb={};average_pool_embed={};use_identity_if_same_dim={}",
+      "use_abs_pos_emb={};scaled_sinu_pos_emb={};average_pool_embed={};use_identity_if_same_dim={};probabilistic={}",
       format_value(dim_in_), format_value(dim_out_), format_value(max_seq_len_), format_value(num_memory_tokens_),
       format_value(post_emb_norm_), format_value(emb_dropout_), format_value(use_abs_pos_emb_),
-      format_value(scaled_sinu_pos_emb_), format_value(average_pool_embed_), format_value(use_identity_if_same_dim_));
+      format_value(scaled_sinu_pos_emb_), format_value(average_pool_embed_), format_value(use_identity_if_same_dim_),
+      format_value(probabilistic_));
 }
 
 ContinuousTransformerWrapperOptions ContinuousTransformerWrapperOptions::parse(const std::string& line) {
@@ -44,6 +45,7 @@ ContinuousTransformerWrapperOptions ContinuousTransformerWrapperOptions::parse(c
     else if (k == "scaled_sinu_pos_emb") o.scaled_sinu_pos_emb(parse_value<bool>(owner, k, v));
     else if (k == "average_pool_embed") o.average_pool_embed(parse_value<bool>(owner, k, v));
     else if (k == "use_identity_if_same_dim") o.use_identity_if_same_dim(parse_value<bool>(owner, k, v));
+    else if (k == "probabilistic") o.probabilistic(parse_value<bool>(owner, k, v));
     else
       TORCH_CHECK_VALUE(false, owner, ": unknown option '", k, "'; known options: ",
                         fmt::format("{}", fmt::join(keys(), ", ")));
@@ -54,7 +56,8 @@ ContinuousTransformerWrapperOptions ContinuousTransformerWrapperOptions::parse(c
 
 std::vector<std::string> ContinuousTransformerWrapperOptions::keys() {
   return {"dim_in",        "dim_out",         "max_seq_len",         "num_memory_tokens",  "post_emb_norm",
-          "emb_dropout",   "use_abs_pos_emb", "scaled_sinu_pos_emb", "average_pool_embed", "use_identity_if_same_dim"};
+          "emb_dropout",   "use_abs_pos_emb", "scaled_sinu_pos_emb", "average_pool_embed", "use_identity_if_same_dim",
+          "probabilistic"};
 }
 
 }  // namespace xtc::nn
