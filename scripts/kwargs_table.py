@@ -53,6 +53,32 @@ PATHS = {
                            "kernel, on any device, rotary or not; needs attn_flash, as x-transformers",
     "cross_attn_flash_pack_seq": "as attn_flash_pack_seq, with flash_pack_seq_context_kwargs",
 }
+# Why a rejected keyword is rejected: the first matching rule (by the option's name without its attn_ / cross_attn_
+# / ff_ prefix), else a research option not implemented yet. Each rejection raises a TypeError naming it.
+_CALLABLE = "takes a Python callable or module, which the C++ stack cannot run"
+WHY_REJECTED = [
+    (("custom_attn_fn", "hybrid_module", "custom_activation"), _CALLABLE),
+    (("hybrid_mask_kwarg", "hybrid_fold_axial_dim", "hybrid_learned_mix"),
+     "an option of hybrid_module, a Python module, which the C++ stack cannot run"),
+    (("rel_pos_kwargs", "residual_fn_kwargs", "data_dependent_alibi_kwargs", "aggregated_residual_kwargs",
+      "attend_sdp_kwargs"), "a dict of keyword arguments for a module not implemented here"),
+    (("verbose",), "logging only; nothing here to log"),
+    (("onnxable",), "an ONNX-export variant of x-transformers' Python attention; ours exports through torch.export"),
+    (("num_residual_streams", "hyper_conn_sinkhorn_iters", "qkv_receive_diff_residuals", "integrate_layers",
+      "layer_integrate_use_softmax"), "hyper-connections / layer integration (several residual streams): not yet"),
+    (("cross_attn_tokens_dropout",), "a training-time regulariser of XTransformer's, not of the stack: not yet"),
+]
+RESEARCH = "a research option not implemented yet"
+
+
+def why_rejected(kwarg):
+    name = next((kwarg[len(p):] for p in ("cross_attn_", "attn_", "ff_") if kwarg.startswith(p)), kwarg)
+    for names, why in WHY_REJECTED:
+        if name in names or kwarg in names:
+            return why
+    return RESEARCH
+
+
 # Handled by the constructors themselves rather than as options.
 IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8"}
 # Not keyword arguments users pass to AttentionLayers.
@@ -93,13 +119,13 @@ def rows():
                 kwarg, "flash kernel" if key.startswith(("attn.", "cross_attn.")) else "native")
         else:
             status = "rejected (TypeError)"
-            path = "-"
+            path = why_rejected(kwarg)
         out.append((kwarg, status, path))
     return out
 
 
 def markdown():
-    lines = ["| kwarg | status | path |", "|---|---|---|"]
+    lines = ["| kwarg | status | path (or why rejected) |", "|---|---|---|"]
     lines += [f"| `{k}` | {s} | {p} |" for k, s, p in rows()]
     return "\n".join(lines)
 
