@@ -3,10 +3,11 @@
 Peers: x-transformers' Encoder with attn_flash=False and attn_flash=True (same weights), torch's
 nn.TransformerEncoder (same width, depth, heads, GELU, pre-norm, batch_first; eval mode so its fused fast path can
 run; on the padded batches also a post-norm one with nested tensors on, torch's own unpadding, which it refuses
-for pre-norm); ours also with unpad=True on the padded batches (the variable-length targets); at op level torch's scaled_dot_product_attention against xtc::flash_attention with the same mask, in fp32 and
-in bf16. Every encoder case runs in fp32 and under torch.autocast("cpu", dtype=torch.bfloat16), each peer in the
-same precision. The machine's fp32 and bf16 GEMM rates are measured in the same run and each case is reported as a
-fraction of the FLOP roofline of its precision.
+for pre-norm); ours also with unpad=True on the padded batches (the variable-length targets); at op level torch's
+scaled_dot_product_attention against xtc::flash_attention with the same mask, in fp32 and in bf16. Every encoder
+case runs in fp32 and under torch.autocast("cpu", dtype=torch.bfloat16), each peer in the same precision. The
+machine's fp32 and bf16 GEMM rates are measured in the same run and each case is reported as a fraction of the FLOP
+roofline of its precision.
 
 Each case runs every implementation interleaved (A B C A B C ...) after a warm-up, and reports medians and ratios
 (peer time / our time, so > 1 means we are faster). Long-sequence cases run each implementation in a fresh
