@@ -61,8 +61,9 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
   // layer_hiddens, cached_kv, attention maps), for return_intermediates; with cache_kv (the previous call's), it
   // decodes the last token of `tokens` incrementally.
   m.def("transformer_wrapper_with_hiddens(Tensor tokens, " XTC_STACK_INPUTS_SCHEMA
-        "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor[] cache_kv, Tensor[] params, str options, str layer_options, bool training=False, "
-        "bool return_embeddings=False) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
+        "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor[] cache_kv, Tensor[] params, "
+        "str options, str layer_options, bool training=False, bool return_embeddings=False) -> "
+        "(Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

@@ -45,7 +45,9 @@ void add_norm(Specs& specs, const std::string& prefix, const AttentionLayersOpti
     case NormKind::ScaleNorm: specs.push_back({prefix + "g", {1}}); break;
     case NormKind::SimpleRMSNorm: break;
     case NormKind::AdaptiveLayerNorm:
-    case NormKind::AdaptiveRMSNorm: specs.push_back({prefix + "to_gamma.weight", {o.dim(), o.conditioning_width()}}); break;
+    case NormKind::AdaptiveRMSNorm:
+      specs.push_back({prefix + "to_gamma.weight", {o.dim(), o.conditioning_width()}});
+      break;
     case NormKind::DynamicTanh:
       specs.push_back({prefix + "pre_tanh_scale", {}});
       specs.push_back({prefix + "gamma", {o.dim()}});
@@ -473,7 +475,8 @@ ResidualWeights residual_weights(const Parameters& p, const std::string& prefix)
 }
 
 NormWeights norm_weights(const Parameters& p, const std::string& prefix, NormKind kind) {
-  if (kind == NormKind::AdaptiveLayerNorm || kind == NormKind::AdaptiveRMSNorm) return {p.get(prefix + "to_gamma.weight")};
+  if (kind == NormKind::AdaptiveLayerNorm || kind == NormKind::AdaptiveRMSNorm)
+    return {p.get(prefix + "to_gamma.weight")};
   if (kind == NormKind::DynamicTanh)
     return {p.get(prefix + "gamma"), p.get(prefix + "pre_tanh_scale"), p.get(prefix + "beta")};
   return {kind == NormKind::LayerNorm ? p.get(prefix + "gamma") : p.get(prefix + "g")};
@@ -982,7 +985,8 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       out = out * (unit_offset ? gamma + 1 : gamma);
     }
     if (o.use_adaptive_layerscale())
-      out = out * at::sigmoid(at::linear(condition, p.get(layer + "1.to_gamma.weight"), p.get(layer + "1.to_gamma.bias")));
+      out = out * at::sigmoid(
+                      at::linear(condition, p.get(layer + "1.to_gamma.weight"), p.get(layer + "1.to_gamma.bias")));
     if (o.sandwich_norm()) out = apply_norm(out, layer + "0.1.");
     x = residual(o.residual_kind(), out, inner_residual, residual_weights(p, layer + "2."),
                  o.scale_residual_constant());
