@@ -75,6 +75,18 @@ PYBIND11_MODULE(_C, m) {
       py::arg("options"), "Validates 'key=value;...' options and returns them complete, in canonical form.");
 
   m.def(
+      "repeat_blocks_order",
+      [](const std::string& text, const std::vector<std::tuple<int64_t, int64_t, int64_t>>& groups) {
+        return with_torch_errors([&] {
+          std::vector<xtc::nn::RepeatBlocks> blocks;
+          for (const auto& [first, last, repeats] : groups) blocks.push_back({first, last, repeats});
+          return xtc::nn::AttentionLayersOptions::parse(text).repeat_blocks_order(blocks);
+        });
+      },
+      py::arg("options"), py::arg("groups"),
+      "x-transformers' repeat_blocks, as (first block, last block, repeats) groups, as a layers_execute_order.");
+
+  m.def(
       "disables_abs_pos_emb",
       [](const std::string& text) {
         return with_torch_errors(

@@ -54,7 +54,10 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
   const at::TensorList mems, mem_masks, flash_pack_seq, flash_pack_seq_context;
   const at::IntArrayRef flash_pack_seq_max, flash_pack_seq_context_max;
   const std::optional<bool> causal;
-  const std::optional<at::Tensor> condition, in_attn_cond;
+  const std::optional<at::Tensor> condition, in_attn_cond, context_pos, additional_kv_mask, self_attn_kv_residuals,
+      cross_attn_kv_residuals;
+  const at::TensorList self_attn_additional_kv;
+  const bool route_additional_kv_to_top = true;
   return op.call(x, XTC_STACK_INPUT_ARGUMENTS params, options, training);
 }
 

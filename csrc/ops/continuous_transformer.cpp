@@ -25,15 +25,15 @@ at::Tensor continuous_transformer_kernel(const at::Tensor& x, XTC_STACK_INPUT_PA
 
 detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
     const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& lens, at::TensorList cache_kv,
-    at::TensorList params, c10::string_view options, c10::string_view layer_options, bool training,
+    bool input_not_include_cache, at::TensorList params, c10::string_view options, c10::string_view layer_options, bool training,
     bool return_embeddings) {
   const auto plan =
       detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
           options, layer_options);
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::continuous_transformer(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), lens,
-                                                    params, *plan, training, return_embeddings, cache_kv.vec(),
-                                                    &record);
+                                                    params, *plan, training, return_embeddings,
+                                                    {cache_kv.vec(), input_not_include_cache}, &record);
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 
@@ -47,8 +47,9 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
         "bool return_embeddings=False) -> Tensor");
   // The same with the stack's intermediates and incremental decoding, as xtc::transformer_wrapper_with_hiddens.
   m.def("continuous_transformer_with_hiddens(Tensor x, " XTC_STACK_INPUTS_SCHEMA
-        "Tensor? lens, Tensor[] cache_kv, Tensor[] params, str options, str layer_options, bool training=False, "
-        "bool return_embeddings=False) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
+        "Tensor? lens, Tensor[] cache_kv, bool input_not_include_cache, Tensor[] params, str options, "
+        "str layer_options, bool training=False, bool return_embeddings=False) -> "
+        "(Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

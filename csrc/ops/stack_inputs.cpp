@@ -38,6 +38,12 @@ nn::functional::AttentionLayersInputs stack_inputs(XTC_STACK_INPUT_PARAMETERS En
   inputs.causal = causal;
   inputs.condition = condition;
   inputs.in_attn_cond = in_attn_cond;
+  inputs.context_pos = context_pos;
+  inputs.self_attn_additional_kv = self_attn_additional_kv.vec();
+  inputs.additional_kv_mask = additional_kv_mask;
+  inputs.route_additional_kv_to_top = route_additional_kv_to_top;
+  inputs.self_attn_kv_residuals = self_attn_kv_residuals;
+  inputs.cross_attn_kv_residuals = cross_attn_kv_residuals;
   return inputs;
 }
 

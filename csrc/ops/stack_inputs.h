@@ -30,7 +30,13 @@
   X(flash_pack_seq_context_max, "int[]", at::IntArrayRef)            \
   X(causal, "bool?", std::optional<bool>)                              \
   X(condition, "Tensor?", const std::optional<at::Tensor>&)            \
-  X(in_attn_cond, "Tensor?", const std::optional<at::Tensor>&)
+  X(in_attn_cond, "Tensor?", const std::optional<at::Tensor>&)           \
+  X(context_pos, "Tensor?", const std::optional<at::Tensor>&)            \
+  X(self_attn_additional_kv, "Tensor[]", at::TensorList)                 \
+  X(additional_kv_mask, "Tensor?", const std::optional<at::Tensor>&)     \
+  X(route_additional_kv_to_top, "bool", bool)                           \
+  X(self_attn_kv_residuals, "Tensor?", const std::optional<at::Tensor>&) \
+  X(cross_attn_kv_residuals, "Tensor?", const std::optional<at::Tensor>&)
 
 // "Tensor? mask, Tensor? context, ..., " for a schema (each entry ends in ", ").
 #define XTC_STACK_INPUT_SCHEMA_ENTRY(name, schema, cpp) schema " " #name ", "

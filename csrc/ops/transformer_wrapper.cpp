@@ -31,12 +31,14 @@ at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens, XTC_STACK_INPUT_
 detail::LayerHiddensResult transformer_wrapper_with_hiddens_kernel(
     const at::Tensor& tokens, XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& sum_embeds,
     const std::optional<at::Tensor>& prepend_embeds, const std::optional<at::Tensor>& prepend_mask,
-    at::TensorList cache_kv, at::TensorList params, c10::string_view options, c10::string_view layer_options,
+    at::TensorList cache_kv, bool input_not_include_cache, at::TensorList params, c10::string_view options,
+    c10::string_view layer_options,
     bool training, bool return_embeddings) {
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::transformer_wrapper(tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), params,
                                                  *wrapper_plan(options, layer_options), training, return_embeddings,
-                                                 cache_kv.vec(), &record, {sum_embeds, prepend_embeds, prepend_mask});
+                                                 {cache_kv.vec(), input_not_include_cache}, &record,
+                                                 {sum_embeds, prepend_embeds, prepend_mask});
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 
@@ -59,10 +61,12 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def("transformer_wrapper_logits(Tensor embeddings, Tensor[] params, str options, str layer_options) -> Tensor");
   // The same, also returning the stack's intermediates as xtc::attention_layers_with_hiddens does (hiddens,
   // layer_hiddens, cached_kv, attention maps), for return_intermediates; with cache_kv (the previous call's), it
-  // decodes the last token of `tokens` incrementally.
+  // decodes the last token of `tokens` incrementally (`tokens` holding only the new ones with
+  // input_not_include_cache).
   m.def("transformer_wrapper_with_hiddens(Tensor tokens, " XTC_STACK_INPUTS_SCHEMA
-        "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor[] cache_kv, Tensor[] params, "
-        "str options, str layer_options, bool training=False, bool return_embeddings=False) -> "
+        "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor[] cache_kv, "
+        "bool input_not_include_cache, Tensor[] params, str options, str layer_options, bool training=False, "
+        "bool return_embeddings=False) -> "
         "(Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 

@@ -197,13 +197,36 @@ _STACK_INPUTS = None
 # x-transformers' names of the stack's forward inputs (AttentionLayers.forward, and what its wrappers pass on).
 STACK_KWARGS = ("context", "context_mask", "attn_mask", "self_attn_kv_mask", "seq_start_pos", "attn_bias", "pos",
                 "mems", "mem_masks", "flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "causal", "condition",
-                "in_attn_cond")
+                "in_attn_cond", "context_pos", "self_attn_additional_kv", "additional_kv_mask",
+                "detach_additional_kv", "route_additional_kv_to_top", "self_attn_kv_residuals",
+                "cross_attn_kv_residuals")
+
+# x-transformers' forward arguments that choose this call's layer order (they change the options, not the inputs).
+ORDER_KWARGS = ("layers_execute_order", "repeat_blocks")
+
+
+def _additional_kv_list(additional_kv, detach):
+    """self_attn_additional_kv as the ops take it: [k0, v0, k1, v1, ...]. As x-transformers, a LayerIntermediates
+    (another model's return_hiddens, ours or x-transformers') gives its layers' cached_kv."""
+    if additional_kv is None:
+        return []
+    if hasattr(additional_kv, "attn_intermediates"):
+        additional_kv = [inter.cached_kv for inter in additional_kv.attn_intermediates]
+    flat = []
+    for i, pair in enumerate(additional_kv):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(torch.is_tensor(t) for t in pair)):
+            raise TypeError(f"self_attn_additional_kv: expected (k, v) tensor pairs or a LayerIntermediates, "
+                            f"got {type(pair).__name__} at index {i}")
+        flat += [t.detach() if detach and t.requires_grad else t for t in pair]
+    return flat
 
 
 def stack_arguments(mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                     seq_start_pos=None, attn_bias=None, pos=None, mems=None, mem_masks=None,
                     flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None, condition=None,
-                    in_attn_cond=None):
+                    in_attn_cond=None, context_pos=None, self_attn_additional_kv=None, additional_kv_mask=None,
+                    detach_additional_kv=False, route_additional_kv_to_top=True, self_attn_kv_residuals=None,
+                    cross_attn_kv_residuals=None):
     """x-transformers' stack inputs as the ops take them, in the ops' order (absent ones at their defaults)."""
     global _STACK_INPUTS
     if _STACK_INPUTS is None:
@@ -219,7 +242,10 @@ def stack_arguments(mask=None, context=None, context_mask=None, attn_mask=None, 
                  self_attn_kv_mask=self_attn_kv_mask, seq_start_pos=seq_start_pos, attn_bias=attn_bias, pos=pos,
                  mems=mems, mem_masks=mem_masks, flash_pack_seq=pack_seq, flash_pack_seq_max=pack_seq_max,
                  flash_pack_seq_context=pack_context, flash_pack_seq_context_max=pack_context_max, causal=causal,
-                 condition=condition, in_attn_cond=in_attn_cond)
+                 condition=condition, in_attn_cond=in_attn_cond, context_pos=context_pos,
+                 self_attn_additional_kv=_additional_kv_list(self_attn_additional_kv, detach_additional_kv),
+                 additional_kv_mask=additional_kv_mask, route_additional_kv_to_top=bool(route_additional_kv_to_top),
+                 self_attn_kv_residuals=self_attn_kv_residuals, cross_attn_kv_residuals=cross_attn_kv_residuals)
     arguments = [given.pop(name, default) for name, default in _STACK_INPUTS]
     if given:  # a name here that the ops' schema lacks: the two lists have fallen out of step
         raise RuntimeError(f"stack inputs not in the ops' schema: {', '.join(given)}")
@@ -306,9 +332,27 @@ class AttentionLayers(nn.Module):
     # so); anything else is refused by name.
     _FORWARD_DEFAULTS = dict(
         seq_pos_offset=0, input_not_include_cache=False, return_gumbel_log_probs=False, rotary_pos_emb=None,
-        polar_pos_emb=None, context_pos=None, deep_embeds_and_ids=None, self_attn_additional_kv=None,
-        additional_kv_mask=None, detach_additional_kv=False, route_additional_kv_to_top=True, repeat_blocks=None,
-        self_attn_kv_residuals=None, cross_attn_kv_residuals=None, transform_block_inputs=None)
+        polar_pos_emb=None, deep_embeds_and_ids=None, transform_block_inputs=None)
+
+    def call_options(self, layers_execute_order=None, repeat_blocks=None):
+        """This call's options and executed attention kinds: the stack's, or the same layers (so the same
+        parameters) in another order, x-transformers' layers_execute_order or repeat_blocks (depth extrapolation).
+        repeat_blocks: (start_end, repeats) or a tuple of them, start_end a block index or (first, last)."""
+        if repeat_blocks is not None:
+            if layers_execute_order is not None:
+                raise ValueError("cannot pass both `repeat_blocks` and `layers_execute_order`")
+            groups = (repeat_blocks,) if (isinstance(repeat_blocks, (tuple, list)) and len(repeat_blocks) == 2
+                                          and isinstance(repeat_blocks[1], int)) else repeat_blocks
+            triples = []
+            for start_end, repeats in groups:
+                first, last = (start_end, start_end) if isinstance(start_end, int) else start_end
+                triples.append((int(first), int(last), int(repeats)))
+            layers_execute_order = _C.repeat_blocks_order(self._options, triples)
+        if layers_execute_order is None:
+            return self._options, self._attention_types
+        order = ",".join(str(int(i)) for i in layers_execute_order)
+        options = _C.normalize_options(f"{self._options};layers_execute_order={order}")
+        return options, _C.executed_attention_types(options)
 
     def reset_parameters(self):
         """Initialises every parameter and buffer in place as construction does (the C++ module's init, which is
@@ -320,7 +364,7 @@ class AttentionLayers(nn.Module):
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                 seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False, cache=None,
                 cache_age=1, pos=None, flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None,
-                condition=None, in_attn_cond=None, layers_execute_order=None, **kwargs):
+                condition=None, in_attn_cond=None, layers_execute_order=None, repeat_blocks=None, **kwargs):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
 
         With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
@@ -346,7 +390,17 @@ class AttentionLayers(nn.Module):
         condition (batch, dim_condition) or (batch, seq, dim_condition): read by the adaptive norms and layerscale
         (use_adaptive_layernorm, use_adaptive_rmsnorm, use_adaptive_layerscale), and needed exactly with them.
         in_attn_cond (batch, dim) or (batch, seq, dim): added to every branch's input, as x-transformers.
-        layers_execute_order: this call's order of the layers (indices), as x-transformers (depth extrapolation).
+        layers_execute_order: this call's order of the layers (indices), as x-transformers (depth extrapolation);
+        or repeat_blocks: ((first, last), repeats) groups of blocks run again (a block index for first == last).
+
+        context_pos (context_seq,) or (batch, context_seq) int: with rotary, cross-attention rotates its queries by
+        the tokens' positions and its keys by these, as x-transformers.
+        self_attn_additional_kv: (k, v) pairs, k (batch, kv_heads', len, dim_head) and v (batch, kv_heads', len,
+        value_dim_head), or another stack's LayerIntermediates (its cached_kv), joined in front of the keys of the
+        last self-attention layers (the first with route_additional_kv_to_top=False), with additional_kv_mask
+        (batch, len) bool; detach_additional_kv detaches them. self_attn_kv_residuals / cross_attn_kv_residuals
+        (batch, seq, dim) for the first layer, or (layers, batch, seq, dim) for the first layers: added to the
+        keys' and values' input, as x-transformers.
 
         pos (keys,) or (batch, keys) int: custom positions, as x-transformers: rotary (and xPos) rotate by them
         instead of 0, 1, ..., and ALiBi becomes -|pos_j - pos_i| * slope (one position per token then).
@@ -366,12 +420,13 @@ class AttentionLayers(nn.Module):
         With unpad=True (an xtc extension) and a mask, the kept tokens are packed at the entry, every layer runs on
         them alone, and the output is scattered back: kept positions as without unpad, masked positions exactly 0.
 
-        x-transformers' other forward arguments (condition, context_pos, self_attn_additional_kv, ...) are accepted
-        at their defaults, as its own wrappers pass them, and refused by name otherwise.
+        x-transformers' other forward arguments (rotary_pos_emb, deep_embeds_and_ids, ...) are accepted at their
+        defaults, as its own wrappers pass them, and refused by name otherwise.
         """
         # x-transformers' TransformerWrapper passes the cached length as seq_pos_offset; the cache says it here.
         if cache is not None and kwargs.get("seq_pos_offset") == cache.cache_length:
             kwargs.pop("seq_pos_offset")
+        stack_extra = {name: kwargs.pop(name) for name in STACK_KWARGS if name in kwargs}
         check_forward_defaults(type(self).__name__, kwargs, self._FORWARD_DEFAULTS)
         if self._unpad and mask is not None and torch.compiler.is_exporting():
             # (torch.compile runs the packing eagerly, breaking its graph there; export has no such way out.)
@@ -384,13 +439,8 @@ class AttentionLayers(nn.Module):
             self_attn_kv_mask=self_attn_kv_mask, seq_start_pos=seq_start_pos, attn_bias=attn_bias, pos=pos,
             mems=mems, mem_masks=mem_masks, flash_pack_seq_kwargs=flash_pack_seq_kwargs,
             flash_pack_seq_context_kwargs=flash_pack_seq_context_kwargs, causal=causal, condition=condition,
-            in_attn_cond=in_attn_cond))
-        options, attention_types = self._options, self._attention_types
-        if layers_execute_order is not None:
-            # The same layers (so the same parameters) in another order: this call's options.
-            order = ",".join(str(int(i)) for i in layers_execute_order)
-            options = _C.normalize_options(f"{self._options};layers_execute_order={order}")
-            attention_types = _C.executed_attention_types(options)
+            in_attn_cond=in_attn_cond, **stack_extra))
+        options, attention_types = self.call_options(layers_execute_order, repeat_blocks)
         if not return_hiddens and cache is None:
             return torch.ops.xtc.attention_layers(*inputs, params, options, self.training)
         cache_length = cache.cache_length if cache is not None else 0

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import _C
-from .attention_layers import (STACK_KWARGS, AttentionLayers, _build_tree, _option_value, check_forward_defaults,
+from .attention_layers import (ORDER_KWARGS, STACK_KWARGS, AttentionLayers, _build_tree, _option_value, check_forward_defaults,
                                fill_from_layout, flat_cache, initializes_on_construction, layer_intermediates,
                                stack_arguments, unshard_fsdp_groups)
 
@@ -21,8 +21,11 @@ def _attention_maps(intermediates):
 
 
 def _stack_kwargs(kwargs):
-    """The forward arguments x-transformers' wrappers pass on to their stack, taken out of kwargs."""
-    return {name: kwargs.pop(name) for name in STACK_KWARGS if name in kwargs}
+    """The forward arguments x-transformers' wrappers pass on to their stack, taken out of kwargs: its inputs, and
+    this call's layer order (layers_execute_order or repeat_blocks)."""
+    stack = {name: kwargs.pop(name) for name in STACK_KWARGS if name in kwargs}
+    order = {name: kwargs.pop(name) for name in ORDER_KWARGS if name in kwargs}
+    return stack, order
 
 
 class _Wrapper(nn.Module):
@@ -69,19 +72,22 @@ class _Wrapper(nn.Module):
         unshard_fsdp_groups(self)
         return [reduce(getattr, name.split("."), self) for name in self._tensor_names]
 
-    def _run(self, op, op_with_hiddens, inputs, return_embeddings, return_intermediates, cache):
+    def _run(self, op, op_with_hiddens, inputs, return_embeddings, return_intermediates, cache, order,
+             input_not_include_cache):
         """The plain op, or the one with the stack's intermediates for return_intermediates / cache; with a cache
-        only the last position runs (x-transformers' wrappers, whose input holds every position so far)."""
-        tail = (self._tensors(), self._options, self._layer_options, self.training, return_embeddings)
+        only the last position runs (x-transformers' wrappers, whose input holds every position so far, or only the
+        new ones with input_not_include_cache). `order`: this call's layers_execute_order / repeat_blocks."""
+        layer_options, attention_types = self.attn_layers.call_options(**order)
+        tail = (self._tensors(), self._options, layer_options, self.training, return_embeddings)
         if not return_intermediates and cache is None:
             return op(*inputs, *tail)
-        out, hiddens, layer_hiddens, kv, maps = op_with_hiddens(*inputs, flat_cache(cache), *tail)
+        not_included = bool(input_not_include_cache) and cache is not None
+        out, hiddens, layer_hiddens, kv, maps = op_with_hiddens(*inputs, flat_cache(cache), not_included, *tail)
         if not return_intermediates:
             return out
         # Positions the stack ran (memory tokens included, as x-transformers counts them), after the cached ones.
         cache_length = (cache.cache_length if cache is not None else 0) + layer_hiddens[-1].shape[1]
-        return out, layer_intermediates(self.attn_layers._attention_types, out, hiddens, layer_hiddens, kv, maps,
-                                        cache_length)
+        return out, layer_intermediates(attention_types, out, hiddens, layer_hiddens, kv, maps, cache_length)
 
     def extra_repr(self):
         return self._options
@@ -103,10 +109,13 @@ class TransformerWrapper(_Wrapper):
         emb_frac_gradient=1.0, attn_z_loss_weight=1e-4, use_cls_token=False, num_cls_tokens=1, attn_pool=False,
         num_pooled_tokens=1, attn_pool_depth=1, dim_pooled_tokens=None, squeeze_out_last_dim=False, token_emb=None,
         mixture_of_softmax=False, mixture_of_softmax_k=4, sigsoftmax_logits=False, ff_deep_embed=False,
-        to_logits=None, add_continuous_pred_head=False, input_not_include_cache=False)
+        to_logits=None, add_continuous_pred_head=False)
 
-    def __init__(self, *, num_tokens, max_seq_len, attn_layers, max_mem_len=0, shift_mem_down=0, **kwargs):
+    def __init__(self, *, num_tokens, max_seq_len, attn_layers, max_mem_len=0, shift_mem_down=0,
+                 input_not_include_cache=False, **kwargs):
         super().__init__()
+        # With a cache, whether forward's input holds only the new tokens by default (x-transformers' option).
+        self.input_not_include_cache = input_not_include_cache
         # Transformer-XL: how many positions of the hiddens return_mems keeps, and how far the list of memories
         # rotates down before the layers take them (x-transformers' arguments; no parameters of their own).
         self.max_mem_len, self.shift_mem_down = max_mem_len, shift_mem_down
@@ -121,12 +130,13 @@ class TransformerWrapper(_Wrapper):
         return_logit_entropies=False, return_next_embed_pred=False, recycle_steps=None, looped_steps=None,
         max_looped_steps=None, looped_inference=False, looped_exit_prob_threshold=0.9, embed_ids={},
         transform_token_embeds=None, transform_block_inputs=None, return_attn_z_loss=False, attn_z_loss_weight=1e-4,
-        input_not_include_cache=None, token_emb_kwargs={}, to_logits_kwargs={})
+        token_emb_kwargs={}, to_logits_kwargs={})
 
     def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None,
                 looped_pred_all_logits=None, return_logits_and_embeddings=False,
                 return_embeddings_and_intermediates=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,
-                excise_prepend_embeds=False, return_mems=False, detach_mems=True, return_attn=False, **kwargs):
+                excise_prepend_embeds=False, return_mems=False, detach_mems=True, return_attn=False,
+                input_not_include_cache=None, **kwargs):
         """x (batch, seq) token ids; mask (batch, seq) bool, True = keep.
 
         Returns logits (batch, seq, logits_dim) ((batch, logits_dim) with average_pool_embed), or the stack's
@@ -135,7 +145,8 @@ class TransformerWrapper(_Wrapper):
 
         Incremental decoding, as x-transformers (its AutoregressiveWrapper): pass the whole sequence so far with
         the previous call's intermediates as `cache`; only the last token runs through the stack, and the logits
-        are (batch, 1, logits_dim).
+        are (batch, 1, logits_dim). With input_not_include_cache (here or at construction), x holds only the new
+        tokens, at the positions after the cached ones.
 
         As x-transformers: return_logits_and_embeddings gives (logits, embeddings), return_embeddings_and_intermediates
         (embeddings, LayerIntermediates); sum_embeds (batch, seq, emb_dim) adds to the token embeddings,
@@ -152,7 +163,7 @@ class TransformerWrapper(_Wrapper):
         x-transformers' other forward arguments are accepted at their defaults (so its AutoregressiveWrapper runs
         over this class) and refused by name otherwise.
         """
-        stack = _stack_kwargs(kwargs)
+        stack, order = _stack_kwargs(kwargs)
         check_forward_defaults("TransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
         mems = stack.get("mems")
         if self.shift_mem_down and mems:
@@ -163,7 +174,8 @@ class TransformerWrapper(_Wrapper):
         embeddings = return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates
         inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask)
         result = self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens, inputs,
-                           embeddings, with_intermediates, cache)
+                           embeddings, with_intermediates, cache, order,
+                           self.input_not_include_cache if input_not_include_cache is None else input_not_include_cache)
         out, intermediates = result if with_intermediates else (result, None)
         if excise_prepend_embeds and prepend_embeds is not None and cache is None:
             out = out[:, prepend_embeds.shape[1]:]
@@ -206,26 +218,25 @@ class ContinuousTransformerWrapper(_Wrapper):
         self.probabilistic = bool(kwargs.get("probabilistic", False))  # x-transformers' continuous wrappers read it
 
     # x-transformers' other forward arguments, at the values that make them do nothing.
-    _FORWARD_DEFAULTS = dict(return_mems=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,
-                             input_not_include_cache=False)
+    _FORWARD_DEFAULTS = dict(return_mems=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None)
 
     def forward(self, x, return_embeddings=False, mask=None, lens=None, return_intermediates=False, cache=None,
-                return_attn=False, **kwargs):
+                return_attn=False, input_not_include_cache=False, **kwargs):
         """x (batch, seq, dim_in) float; mask (batch, seq) bool (True = keep) or lens (batch,) int.
 
         Returns (batch, seq, dim_out), or (batch, dim_out) with average_pool_embed; the stack's embeddings before
         the output projection with return_embeddings. With return_intermediates, (out, LayerIntermediates); with
         `cache` (the previous intermediates) and every position so far in x, only the last position runs, as
-        x-transformers.
+        x-transformers; with input_not_include_cache, x holds only the new positions.
 
         As x-transformers, pos and seq_start_pos set the absolute positions only, and the stack's other forward
         arguments (context, context_mask, attn_mask, mems, ...) pass on to it.
         """
-        stack = _stack_kwargs(kwargs)
+        stack, order = _stack_kwargs(kwargs)
         check_forward_defaults("ContinuousTransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
         result = self._run(torch.ops.xtc.continuous_transformer, torch.ops.xtc.continuous_transformer_with_hiddens,
                            (x, *stack_arguments(mask=mask, **stack), lens), return_embeddings,
-                           return_intermediates or return_attn, cache)
+                           return_intermediates or return_attn, cache, order, input_not_include_cache)
         if return_attn and not return_intermediates:
             out, intermediates = result
             return out, _attention_maps(intermediates)

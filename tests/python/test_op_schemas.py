@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import x_transformers_cpp  # noqa: F401
-from x_transformers_cpp.attention_layers import STACK_KWARGS, _stack_input_schema, stack_arguments
+from x_transformers_cpp.attention_layers import ORDER_KWARGS, STACK_KWARGS, _stack_input_schema, stack_arguments
 
 OPS = ["attention_layers", "attention_layers_with_hiddens", "transformer_wrapper", "transformer_wrapper_with_hiddens",
        "continuous_transformer", "continuous_transformer_with_hiddens"]
@@ -18,11 +18,13 @@ def test_every_stack_op_takes_the_one_list(op):
 
 
 def test_python_passes_every_input_of_the_list():
-    # Each x-transformers keyword lands in its place; the lists' packed-sequence entries come from the two kwargs.
+    # Each x-transformers keyword lands in its place; the lists' packed-sequence entries come from the two kwargs,
+    # the additional key/values' list from their pairs.
     names = [name for name, _ in _stack_input_schema()]
     marker = torch.zeros(1)
+    converted = ("mems", "mem_masks", "self_attn_additional_kv", "detach_additional_kv", "route_additional_kv_to_top")
     for kwarg in STACK_KWARGS:
-        if kwarg.startswith("flash_pack_seq") or kwarg in ("mems", "mem_masks"):
+        if kwarg.startswith("flash_pack_seq") or kwarg in converted:
             continue
         arguments = stack_arguments(**{kwarg: marker})
         assert arguments[names.index(kwarg)] is marker
@@ -31,6 +33,12 @@ def test_python_passes_every_input_of_the_list():
                                                                    max_seqlen_k=2))
     assert arguments[names.index("flash_pack_seq_context_max")] == [2, 2]
     assert arguments[names.index("flash_pack_seq")] == []
+    k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4, requires_grad=True)
+    arguments = stack_arguments(self_attn_additional_kv=[(k, v)], detach_additional_kv=True,
+                                route_additional_kv_to_top=False)
+    flat = arguments[names.index("self_attn_additional_kv")]
+    assert flat[0] is k and torch.equal(flat[1], v) and not flat[1].requires_grad
+    assert arguments[names.index("route_additional_kv_to_top")] is False
 
 
 def _parameters(fn):
@@ -47,8 +55,7 @@ def test_every_x_transformers_forward_argument_is_taken_or_refused_by_name(pair)
     theirs = getattr(x_transformers, pair) if hasattr(x_transformers, pair) else None
     theirs = theirs or getattr(x_transformers.x_transformers, pair)
     ours = getattr(x_transformers_cpp, pair)
-    handled = set(_parameters(ours.forward)) | set(ours._FORWARD_DEFAULTS)
-    if pair != "AttentionLayers":
-        handled |= set(STACK_KWARGS)
+    # The stack's inputs and this call's layer order are taken out of **kwargs (by the wrappers too).
+    handled = set(_parameters(ours.forward)) | set(ours._FORWARD_DEFAULTS) | set(STACK_KWARGS) | set(ORDER_KWARGS)
     missing = [name for name in _parameters(theirs.forward) if name not in handled]
     assert not missing, f"{pair}.forward: x-transformers arguments neither taken nor refused: {missing}"

@@ -179,14 +179,26 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      const AttentionWeights& w, const AttentionConfig& c, bool training,
                      const std::optional<at::Tensor>& attn_mask, at::Tensor* scores,
                      const ValueResidual& value_residual, const XLMemory& xl, KVCache* cache,
-                     AttentionMaps* maps, const PackedAttention* packed) {
+                     AttentionMaps* maps, const PackedAttention* packed, const ExtraKeyValues& extra) {
   const auto& o = c.options;
   const bool cached_step = cache != nullptr && cache->k.defined();
+  const bool cross = context.has_value();
+  if (extra.k.defined()) {
+    // x-transformers' biases, windows and attn_mask span the sequence's keys and its memory key/values only.
+    TORCH_CHECK_VALUE(!c.alibi_slopes.defined() && !c.position_bias.defined() && !attn_mask.has_value() &&
+                          !o.max_attend_past().has_value() && !o.window_size().has_value(),
+                      "AttentionLayers: self_attn_additional_kv cannot be combined with alibi_pos_bias, rel_pos_bias, "
+                      "dynamic_pos_bias, attn_bias, attn_mask, max_attend_past or window_size: those cover the "
+                      "layer's own keys, not the additional ones (x-transformers' do not either)");
+    TORCH_CHECK_VALUE(packed == nullptr,
+                      "AttentionLayers: self_attn_additional_kv cannot be used with packed sequences");
+  }
   // Keys and values come from the context, or from x behind its Transformer-XL memory. On a cached step a
-  // cross-attention layer's keys are all in the cache: x-transformers cuts the context to length 0.
-  const at::Tensor kv_input = context.has_value() ? (cached_step ? context->narrow(1, 0, 0) : *context)
-                              : xl.mem.defined()  ? at::cat({xl.mem, x}, 1)
-                                                  : x;
+  // cross-attention layer's keys are all in the cache: x-transformers cuts the context to length 0, and the
+  // cached keys already carry the input residual.
+  at::Tensor kv_source = cross ? (cached_step ? context->narrow(1, 0, 0) : *context) : x;
+  if (extra.input_residual.defined() && !(cross && cached_step)) kv_source = kv_source + extra.input_residual;
+  const at::Tensor kv_input = !cross && xl.mem.defined() ? at::cat({xl.mem, kv_source}, 1) : kv_source;
   // Batch and lengths as SymInts: torch.export and torch.compile keep them symbolic (dynamic shapes).
   const c10::SymInt b = x.sym_size(0), n = x.sym_size(1), m = kv_input.sym_size(1);
   auto q = at::linear(x, w.to_q).view_symint({b, n, c.heads, c.dim_head});
@@ -214,36 +226,47 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   if (w.q_rmsnorm.defined()) q = multihead_rms_norm(q, w.q_rmsnorm);
   if (w.k_rmsnorm.defined()) k = multihead_rms_norm(k, w.k_rmsnorm);
   if (w.value_rmsnorm.defined()) v = multihead_rms_norm(v, w.value_rmsnorm);
+  // Transformer-XL memory rows lead the keys; the cache holds the sequence's own keys only, as x-transformers'
+  // cached_kv (memory, cached, new).
+  const c10::SymInt xl_len = !cross && xl.mem.defined() ? xl.mem.sym_size(1) : c10::SymInt(0);
   if (cache != nullptr) {
+    auto own_k = k.narrow_symint(1, xl_len, k.sym_size(1) - xl_len);
+    auto own_v = v.narrow_symint(1, xl_len, v.sym_size(1) - xl_len);
     if (cached_step) {
-      k = at::cat({cache->k, k}, 1);
-      v = at::cat({cache->v, v}, 1);
+      own_k = at::cat({cache->k, own_k}, 1);
+      own_v = at::cat({cache->v, own_v}, 1);
     }
-    cache->k = k;
-    cache->v = v;
+    cache->k = own_k;
+    cache->v = own_v;
+    k = xl_len > 0 ? at::cat({k.narrow_symint(1, 0, xl_len), own_k}, 1) : own_k;
+    v = xl_len > 0 ? at::cat({v.narrow_symint(1, 0, xl_len), own_v}, 1) : own_v;
   }
   if (c.rotary_angles.defined()) {
     // rotate_num_heads: only the last heads rotate (x-transformers' q[:, -R:]); the rest pass through.
-    const auto rotate = [&](const at::Tensor& t, bool inverse) {
+    const auto rotate = [&](const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale, bool inverse) {
       const int64_t heads = xtc::detail::static_size(t, 2), rotated = c.rotary_heads < 0 ? heads : c.rotary_heads;
-      if (rotated == heads) return apply_rotary(t, c.rotary_angles, c.rotary_scale, inverse);
-      return at::cat({t.narrow(2, 0, heads - rotated),
-                      apply_rotary(t.narrow(2, heads - rotated, rotated), c.rotary_angles, c.rotary_scale, inverse)},
-                     2);
+      if (rotated == heads) return apply_rotary(t, angles, scale, inverse);
+      return at::cat(
+          {t.narrow(2, 0, heads - rotated), apply_rotary(t.narrow(2, heads - rotated, rotated), angles, scale, inverse)},
+          2);
     };
-    q = rotate(q, false);
-    k = rotate(k, true);
+    q = rotate(q, c.rotary_angles, c.rotary_scale, false);
+    const bool own_key_angles = c.key_rotary_angles.defined();
+    k = rotate(k, own_key_angles ? c.key_rotary_angles : c.rotary_angles,
+               own_key_angles ? c.key_rotary_scale : c.rotary_scale, true);
   }
   // Key mask, as x-transformers: context_mask when given (self-attention's override too), else `mask` for
   // self-attention and none for cross-attention; memory keys are kept unless their mask says otherwise.
   std::optional<at::Tensor> key_mask = context_mask.has_value() ? context_mask
-                                       : context.has_value()    ? std::nullopt
+                                       : cross                  ? std::nullopt
                                                                 : mask;
-  if (xl.mem.defined() && (key_mask.has_value() || xl.mask.has_value())) {
-    const c10::SymInt mem_len = xl.mem.sym_size(1);
+  if (xl_len > 0 && (key_mask.has_value() || xl.mask.has_value())) {
     const auto mem_keep =
-        xl.mask.has_value() ? *xl.mask : at::ones_symint({b, mem_len}, x.options().dtype(at::kBool));
-    const auto seq_keep = key_mask.has_value() ? *key_mask : at::ones_symint({b, n}, x.options().dtype(at::kBool));
+        xl.mask.has_value() ? *xl.mask : at::ones_symint({b, xl_len}, x.options().dtype(at::kBool));
+    // The sequence's keys: the cached ones too.
+    const auto seq_keep = key_mask.has_value()
+                              ? *key_mask
+                              : at::ones_symint({b, k.sym_size(1) - xl_len}, x.options().dtype(at::kBool));
     key_mask = at::cat({mem_keep, seq_keep}, 1);
   }
   const double scale = logit_scale(c);
@@ -271,10 +294,34 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
       if (key_mask.has_value())
         key_mask = at::cat({at::ones_symint({b, o.num_mem_kv()}, key_mask->options()), *key_mask}, 1);
     }
+    if (extra.k.defined()) {
+      // x-transformers' additional key/values, in front of the memory ones. With another head count than the
+      // layer's kv heads, both expand to the query heads (head i reads head i % heads of each, as its repeat).
+      auto added_k = extra.k.transpose(1, 2).to(k.scalar_type()), added_v = extra.v.transpose(1, 2).to(v.scalar_type());
+      const int64_t added_heads = xtc::detail::static_size(added_k, 2);
+      if (added_heads != c.kv_heads) {
+        const auto to_query_heads = [&](const at::Tensor& t) {
+          const int64_t t_heads = xtc::detail::static_size(t, 2);
+          return t.index_select(2, at::arange(c.heads, t.options().dtype(at::kLong)).remainder(t_heads));
+        };
+        k = to_query_heads(k), v = to_query_heads(v);
+        added_k = to_query_heads(added_k), added_v = to_query_heads(added_v);
+      }
+      const c10::SymInt keys_before = k.sym_size(1), added = added_k.sym_size(1);
+      k = at::cat({added_k, k}, 1);
+      v = at::cat({added_v, v}, 1);
+      if (key_mask.has_value() || extra.mask.has_value()) {
+        const auto keep = [&](const std::optional<at::Tensor>& m, const c10::SymInt& length) {
+          return m.has_value() ? *m : at::ones_symint({b, length}, x.options().dtype(at::kBool));
+        };
+        key_mask = at::cat({keep(extra.mask, added), keep(key_mask, keys_before)}, 1);
+      }
+    }
     if (o.add_zero_kv()) {
       // In front of the memory keys too, as x-transformers' Attend pads it last; always visible.
-      k = at::cat({at::zeros_symint({b, 1, c.kv_heads, c.dim_head}, k.options()), k}, 1);
-      v = at::cat({at::zeros_symint({b, 1, c.kv_heads, c.value_dim_head}, v.options()), v}, 1);
+      const int64_t heads_now = xtc::detail::static_size(k, 2);
+      k = at::cat({at::zeros_symint({b, 1, heads_now, c.dim_head}, k.options()), k}, 1);
+      v = at::cat({at::zeros_symint({b, 1, heads_now, c.value_dim_head}, v.options()), v}, 1);
       if (key_mask.has_value()) key_mask = at::cat({at::ones_symint({b, 1}, key_mask->options()), *key_mask}, 1);
     }
     at::Tensor out;
@@ -286,7 +333,8 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     } else {
       // Visibility and bias over (n, M + m) keys; memory keys (the first M) are always visible and unbiased.
       const c10::SymInt keys = k.sym_size(1);
-      const int64_t memory = memory_keys(o);
+      // Additional key/values count as memory here: visible and unbiased (windows and biases are refused above).
+      const c10::SymInt memory = extra.k.defined() ? extra.k.sym_size(2) + memory_keys(o) : c10::SymInt(memory_keys(o));
       const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (keys - memory - n);
       const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
       const auto is_memory = key_pos < 0;

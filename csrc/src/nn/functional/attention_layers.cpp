@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 namespace xtc::nn::functional {
 namespace {
@@ -385,7 +386,8 @@ void check_memories(const std::vector<at::Tensor>& mems, const std::vector<std::
 }
 
 // Incremental decoding: x-transformers allows it for causal stacks without attn_mask; we also refuse what would
-// silently differ from a full forward (shift_tokens, mems, attn_bias, layer dropout in training). The cache holds
+// silently differ from a full forward (shift_tokens, attn_bias, layer dropout in training). Transformer-XL
+// memories stay in front of the cached keys (x-transformers' XL generation). The cache holds
 // one (k, v) pair per executed attention layer, (b, hk, N, dh) and (b, hk, N, dv); returns the cached length of
 // the self-attention keys.
 int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x, const AttentionLayersInputs& in,
@@ -394,8 +396,8 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
   TORCH_CHECK_VALUE(x.dim() == 3, "AttentionLayers: expected x of shape (batch, seq, ", o.dim(), "), got ",
                     x.sym_sizes());
   TORCH_CHECK_VALUE(o.causal(), "AttentionLayers: a cache (incremental decoding) needs a causal stack (Decoder)");
-  TORCH_CHECK_VALUE(!in.attn_mask.has_value() && !in.attn_bias.has_value() && in.mems.empty(),
-                    "AttentionLayers: a cache cannot be combined with attn_mask, attn_bias or mems");
+  TORCH_CHECK_VALUE(!in.attn_mask.has_value() && !in.attn_bias.has_value(),
+                    "AttentionLayers: a cache cannot be combined with attn_mask or attn_bias");
   TORCH_CHECK_VALUE(!o.any_shift_tokens(), "AttentionLayers: a cache cannot be combined with shift_tokens "
                     "(x-transformers would shift within the new tokens only)");
   TORCH_CHECK_VALUE(!(training && o.layer_dropout() > 0),
@@ -575,6 +577,87 @@ void check_positions(const at::Tensor& pos, const at::Tensor& x, const Attention
                     "), and no cache or mems, got ", pos.sym_size(-1));
 }
 
+// A per-call tensor read at every token (condition, in_attn_cond, a kv residual): (b, width) where a per-sequence
+// one is allowed, else (b, 1 | n, width) with n the tokens of x; like x in dtype and device. Returns
+// (b, 1 | n', width), n' the tokens this call runs (with a cache, the last of them).
+at::Tensor per_token_input(const char* name, const at::Tensor& t, const at::Tensor& x_in, const c10::SymInt& n_in,
+                           int64_t width, bool per_sequence) {
+  const bool shape_ok =
+      (per_sequence && t.dim() == 2) || (t.dim() == 3 && (t.sym_size(1) == 1 || t.sym_size(1) == n_in));
+  TORCH_CHECK_VALUE(shape_ok && t.sym_size(0) == x_in.sym_size(0) && t.sym_size(-1) == width &&
+                        t.scalar_type() == x_in.scalar_type() && t.device() == x_in.device(),
+                    "AttentionLayers: expected ", name, " of shape ",
+                    per_sequence ? "(" + std::to_string(xtc::detail::static_size(x_in, 0)) + ", " +
+                                       std::to_string(width) + ") or "
+                                 : std::string(),
+                    "(", x_in.sym_size(0), ", 1 or ", n_in, ", ", width, ") like x (", x_in.scalar_type(), " on ",
+                    x_in.device(), "), got ", t.sym_sizes(), " ", t.scalar_type(), " on ", t.device());
+  const auto rows = t.dim() == 2 ? t.unsqueeze(1) : t;
+  if (rows.sym_size(1) == 1 || rows.sym_size(1) == x_in.sym_size(1)) return rows;
+  return rows.narrow_symint(1, rows.sym_size(1) - x_in.sym_size(1), x_in.sym_size(1));
+}
+
+// x-transformers' kv residuals of one kind: (b, n, d) for the first layer only, or (L, b, n, d) for the first L.
+std::vector<at::Tensor> kv_residual_list(const char* name, const std::optional<at::Tensor>& residuals) {
+  if (!residuals.has_value()) return {};
+  TORCH_CHECK_VALUE(residuals->dim() == 3 || residuals->dim() == 4, "AttentionLayers: expected ", name,
+                    " of shape (b, seq, dim) or (layers, b, seq, dim), got ", residuals->sym_sizes());
+  if (residuals->dim() == 3) return {*residuals};
+  return residuals->unbind(0);
+}
+
+// self_attn_additional_kv as pairs, one per executed self-attention layer in order (undefined pairs: none),
+// x-transformers' routing: the given pairs go to the last layers (route_additional_kv_to_top, the surplus first
+// ones dropped) or to the first.
+std::vector<std::pair<at::Tensor, at::Tensor>> additional_kv_per_layer(const AttentionLayersInputs& in,
+                                                                       const AttentionLayersPlan& plan,
+                                                                       const at::Tensor& x) {
+  const auto& flat = in.self_attn_additional_kv;
+  if (flat.empty()) return {};
+  const auto& o = plan.options();
+  TORCH_CHECK_VALUE(flat.size() % 2 == 0, "AttentionLayers: expected self_attn_additional_kv as (k, v) pairs "
+                    "flattened [k0, v0, k1, v1, ...], got ", flat.size(), " tensors");
+  const auto& types = plan.executed_attention_types();
+  const int64_t layers = std::count(types.begin(), types.end(), 'a');
+  const int64_t pairs = static_cast<int64_t>(flat.size() / 2);
+  const int64_t dim_head = o.attn().dim_head(), value_dim_head = o.attn().value_dim_head().value_or(dim_head);
+  for (int64_t i = 0; i < pairs; ++i) {
+    const auto &k = flat[2 * i], &v = flat[2 * i + 1];
+    TORCH_CHECK_VALUE(k.dim() == 4 && v.dim() == 4 && k.sym_size(0) == x.sym_size(0) &&
+                          v.sym_size(0) == x.sym_size(0) && k.sym_size(1) == v.sym_size(1) &&
+                          k.sym_size(2) == v.sym_size(2) && k.sym_size(3) == dim_head &&
+                          v.sym_size(3) == value_dim_head && xtc::detail::static_size(k, 1) > 0 &&
+                          o.heads() % xtc::detail::static_size(k, 1) == 0 && k.is_floating_point() &&
+                          v.is_floating_point() && k.device() == x.device() && v.device() == x.device(),
+                      "AttentionLayers: expected self_attn_additional_kv pair ", i, " as k (", x.sym_size(0),
+                      ", kv heads dividing ", o.heads(), ", length, ", dim_head, ") and v (", x.sym_size(0),
+                      ", the same heads and length, ", value_dim_head, "), float on x's device, got ", k.sym_sizes(),
+                      " and ", v.sym_sizes());
+  }
+  if (in.additional_kv_mask.has_value()) {
+    const auto& m = *in.additional_kv_mask;
+    TORCH_CHECK_VALUE(m.dim() == 2 && m.scalar_type() == at::kBool && m.sym_size(0) == x.sym_size(0) &&
+                          m.sym_size(1) == flat.front().sym_size(2),
+                      "AttentionLayers: expected additional_kv_mask of shape (", x.sym_size(0), ", ",
+                      flat.front().sym_size(2), ") bool, got ", m.sym_sizes(), " ", m.scalar_type());
+  }
+  std::vector<std::pair<at::Tensor, at::Tensor>> per_layer(layers);
+  for (int64_t l = 0; l < layers; ++l) {
+    const int64_t pair = in.route_additional_kv_to_top ? l - layers + pairs : l;
+    if (pair >= 0 && pair < pairs) per_layer[l] = {flat[2 * pair], flat[2 * pair + 1]};
+  }
+  if (o.residual_attn()) {
+    // Each layer adds the previous one's scores: every layer needs as many keys.
+    bool same = true;
+    for (const auto& [k, v] : per_layer)
+      same = same && k.defined() && k.sym_size(2) == per_layer.front().first.sym_size(2);
+    TORCH_CHECK_VALUE(same, "AttentionLayers: self_attn_additional_kv with residual_attn needs a pair of one length "
+                      "for every self-attention layer (", layers, "), since each layer adds the previous one's "
+                      "scores; got ", pairs, " pairs");
+  }
+  return per_layer;
+}
+
 // ------------------------------------------------------------------------------------------------ packing
 
 // How one call of the stack packs its tokens (packing.h): x-transformers' flash_pack_seq_kwargs (the caller
@@ -720,7 +803,8 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   const auto& o = plan.options();
   const auto& [mask_in, context, context_mask, attn_mask_in, self_attn_kv_mask, seq_start_pos, attn_bias, mems,
                mem_masks, cache_kv, cache_length, cache_age, pos, flash_pack_seq, flash_pack_seq_context,
-               causal_override, condition_in, in_attn_cond] = inputs;
+               causal_override, condition_in, in_attn_cond, context_pos, self_attn_additional_kv, additional_kv_mask,
+               route_additional_kv_to_top, self_attn_kv_residuals, cross_attn_kv_residuals] = inputs;
   const bool cached = !cache_kv.empty();
   // With a cache only the last cache_age tokens run (x-transformers' slicing); their keys follow the cached ones.
   const int64_t past = cached ? check_cache(cache_kv, x_arg, inputs, plan, training) : 0;
@@ -769,21 +853,10 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
                                           "use_adaptive_rmsnorm or use_adaptive_layerscale"
                                         : "AttentionLayers: condition was passed in, but no adaptive norm or "
                                           "layerscale reads it");
-  at::Tensor condition;
-  if (condition_in.has_value()) {
-    const auto& c = *condition_in;
-    TORCH_CHECK_VALUE((c.dim() == 2 || (c.dim() == 3 && (c.sym_size(1) == 1 || c.sym_size(1) == n_in))) &&
-                          c.sym_size(0) == x_in.sym_size(0) && c.sym_size(-1) == o.resolved_dim_condition() &&
-                          c.scalar_type() == x_in.scalar_type() && c.device() == x_in.device(),
-                      "AttentionLayers: expected condition of shape (", x_in.sym_size(0), ", ",
-                      o.resolved_dim_condition(), ") or (", x_in.sym_size(0), ", ", n_in, ", ",
-                      o.resolved_dim_condition(), ") like x (", x_in.scalar_type(), "), got ", c.sym_sizes(), " ",
-                      c.scalar_type());
-    condition = c.dim() == 2 ? c.unsqueeze(1) : c;
-    // With a cache only the last tokens run: per-token conditions follow them.
-    if (condition.sym_size(1) != 1 && condition.sym_size(1) != x_in.sym_size(1))
-      condition = condition.narrow_symint(1, condition.sym_size(1) - x_in.sym_size(1), x_in.sym_size(1));
-  }
+  at::Tensor condition =
+      condition_in.has_value()
+          ? per_token_input("condition", *condition_in, x_in, n_in, o.resolved_dim_condition(), /*per_sequence=*/true)
+          : at::Tensor();
   const NormKind norm_kind = o.norm_kind();
   const bool unit_offset = o.norm_add_unit_offset();
   // The stack's norm with the tensors under `prefix` (a norm slot or final_norm).
@@ -807,8 +880,8 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     // With memories the keys reach back to position -M (the first memory's length, as x-transformers). With a
     // cache the positions run to n_in + cache_length (x-transformers' seq_pos_offset), the keys being the last.
     // Custom positions replace the range.
-    const c10::SymInt positions = cached ? n_in + cache_length : x_in.sym_size(1) + mem_len;
-    TORCH_CHECK_VALUE(positions >= keys, "AttentionLayers: cache_length ", cache_length, " is shorter than the ",
+    const c10::SymInt positions = (cached ? n_in + cache_length : x_in.sym_size(1)) + mem_len;
+    TORCH_CHECK_VALUE(positions >= keys + mem_len, "AttentionLayers: cache_length ", cache_length, " is shorter than the ",
                       past, " cached keys");
     const auto& inv_freq = p.get("rotary_pos_emb.inv_freq");
     const at::Tensor t = pos.has_value()
@@ -850,6 +923,27 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     self_config.position_bias = dynamic_position_bias(p, frame_length, frame_keys, x_in, o);
   if (attn_bias.has_value()) self_config.position_bias = normalized_attn_bias(*attn_bias, x_in, o);
   auto cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor(), at::Tensor());
+  if (context_pos.has_value()) {
+    // x-transformers' context_pos: cross-attention's queries rotate by the tokens' positions (all heads), its keys
+    // by the context's.
+    const auto& t = *context_pos;
+    TORCH_CHECK_VALUE(rotary.defined() && context.has_value(),
+                      "AttentionLayers: context_pos sets cross-attention's rotary positions, so it needs "
+                      "rotary_pos_emb (or rotary_xpos) and cross-attention with a context");
+    const c10::SymInt context_length = context->sym_size(1);
+    TORCH_CHECK_VALUE(!t.is_floating_point() && !t.is_complex() && t.scalar_type() != at::kBool &&
+                          (t.dim() == 1 || (t.dim() == 2 && t.sym_size(0) == context->sym_size(0))) &&
+                          t.sym_size(-1) == context_length && t.device() == x_in.device(),
+                      "AttentionLayers: expected context_pos of shape (", context_length, ") or (",
+                      context->sym_size(0), ", ", context_length, ") and an integer dtype on x's device, got ",
+                      t.sym_sizes(), " ", t.scalar_type(), " on ", t.device());
+    const auto& inv_freq = p.get("rotary_pos_emb.inv_freq");
+    cross_config.rotary_angles = rotary;
+    cross_config.rotary_scale = xpos_scale;
+    cross_config.key_rotary_angles = rotary_angles(inv_freq, t, o.rotary_interpolation_factor());
+    if (o.rotary_xpos())
+      cross_config.key_rotary_scale = xpos_scales(p.get("rotary_pos_emb.scale"), t, o.rotary_xpos_scale_base());
+  }
   self_config.residual_scores = o.residual_attn();
   cross_config.residual_scores = o.cross_residual_attn();
   at::Tensor self_scores, cross_scores;  // RealFormer: the previous layer's pre-softmax scores
@@ -883,8 +977,32 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
 
   if (condition.defined() && o.adaptive_condition_mlp())
     condition = at::silu(at::linear(condition, p.get("adaptive_mlp.0.weight")));
-  if (condition.defined() && packing.has_value() && packing->unpad)
-    condition = pack(condition.expand({-1, x_in.size(1), -1}), *packing->tokens);
+  // A per-token input in the layout x runs in: packed with the tokens under unpad.
+  const auto per_token_packed = [&](const at::Tensor& rows) {
+    return packing.has_value() && packing->unpad ? pack(rows.expand({-1, x_in.size(1), -1}), *packing->tokens)
+                                                 : rows;
+  };
+  if (condition.defined()) condition = per_token_packed(condition);
+  // kv residuals: self-attention's over x's tokens (packed with them), cross-attention's over the context's.
+  std::vector<at::Tensor> self_kv_residuals = kv_residual_list("self_attn_kv_residuals", self_attn_kv_residuals);
+  for (auto& r : self_kv_residuals)
+    r = per_token_packed(per_token_input("self_attn_kv_residuals", r, x_in, n_in, o.dim(), /*per_sequence=*/false));
+  const std::vector<at::Tensor> cross_kv_residuals =
+      kv_residual_list("cross_attn_kv_residuals", cross_attn_kv_residuals);
+  TORCH_CHECK_VALUE(cross_kv_residuals.empty() || context.has_value(),
+                    "AttentionLayers: cross_attn_kv_residuals needs cross-attention layers and a context");
+  for (const auto& r : cross_kv_residuals) {
+    const int64_t width = o.cross_attn().dim_context().value_or(o.dim());
+    TORCH_CHECK_VALUE(r.dim() == 3 && (r.sym_size(0) == 1 || r.sym_size(0) == context->sym_size(0)) &&
+                          (r.sym_size(1) == 1 || r.sym_size(1) == context->sym_size(1)) && r.sym_size(2) == width,
+                      "AttentionLayers: expected cross_attn_kv_residuals of shape (", context->sym_size(0), ", ",
+                      context->sym_size(1), ", ", width, ") (the context's), or (layers, ...) of them, got ",
+                      r.sym_sizes());
+  }
+  const auto additional_kv = additional_kv_per_layer(inputs, plan, x_in);
+  TORCH_CHECK_VALUE(additional_kv.empty() || !packing.has_value(),
+                    "AttentionLayers: self_attn_additional_kv cannot be used with packed sequences or unpad");
+  size_t next_self_layer = 0, next_cross_layer = 0;  // executed attention layers that ran so far
   at::Tensor x = packing.has_value() && packing->unpad ? pack(x_in, *packing->tokens) : x_in;
   // Packed layers take their masks from the layouts.
   std::optional<PackedAttention> packed_self, packed_cross;
@@ -901,18 +1019,8 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
   if (o.reinject_input()) {
     reinjected = at::linear(x, p.get("reinject_input_proj.weight"));
   } else if (in_attn_cond.has_value()) {
-    const auto& c = *in_attn_cond;
-    TORCH_CHECK_VALUE((c.dim() == 2 || (c.dim() == 3 && (c.sym_size(1) == 1 || c.sym_size(1) == n_in))) &&
-                          c.sym_size(0) == x_in.sym_size(0) && c.sym_size(-1) == o.dim() &&
-                          c.scalar_type() == x_in.scalar_type() && c.device() == x_in.device(),
-                      "AttentionLayers: expected in_attn_cond of shape (", x_in.sym_size(0), ", ", o.dim(), ") or (",
-                      x_in.sym_size(0), ", ", n_in, ", ", o.dim(), ") like x (", x_in.scalar_type(), "), got ",
-                      c.sym_sizes(), " ", c.scalar_type());
-    reinjected = c.dim() == 2 ? c.unsqueeze(1) : c;
-    if (reinjected.sym_size(1) != 1 && reinjected.sym_size(1) != x_in.sym_size(1))
-      reinjected = reinjected.narrow_symint(1, reinjected.sym_size(1) - x_in.sym_size(1), x_in.sym_size(1));
-    if (packing.has_value() && packing->unpad)
-      reinjected = pack(reinjected.expand({-1, x_in.size(1), -1}), *packing->tokens);
+    reinjected = per_token_packed(
+        per_token_input("in_attn_cond", *in_attn_cond, x_in, n_in, o.dim(), /*per_sequence=*/true));
   }
   if (reinjected.defined() && o.learned_reinject_input_gate())
     reinjected = reinjected * at::sigmoid(at::linear(x, p.get("learned_reinject_input_gate.weight")));
@@ -959,11 +1067,18 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       }
       KVCache kv = layer_cache();
       AttentionMaps maps;
+      ExtraKeyValues extra;
+      if (next_self_layer < self_kv_residuals.size()) extra.input_residual = self_kv_residuals[next_self_layer];
+      if (next_self_layer < additional_kv.size()) {
+        std::tie(extra.k, extra.v) = additional_kv[next_self_layer];
+        if (extra.k.defined()) extra.mask = additional_kv_mask;
+      }
+      ++next_self_layer;
       out = attention(h, std::nullopt, layer_mask, self_key_mask, attention_weights(p, block), self_config, training,
                       attn_mask, &self_scores,
                       ValueResidual{o.add_value_residual() ? first_self_values : at::Tensor(), &values}, memory,
                       record != nullptr || cached ? &kv : nullptr, maps_for(o.attn(), maps),
-                      packed_self.has_value() ? &*packed_self : nullptr);
+                      packed_self.has_value() ? &*packed_self : nullptr, extra);
       keep_cache(kv);
       keep_maps(maps);
       if (!first_self_values.defined()) first_self_values = values;
@@ -971,11 +1086,14 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       at::Tensor values;
       KVCache kv = layer_cache();
       AttentionMaps maps;
+      ExtraKeyValues extra;
+      if (next_cross_layer < cross_kv_residuals.size()) extra.input_residual = cross_kv_residuals[next_cross_layer];
+      ++next_cross_layer;
       out = attention(h, context, layer_mask, cross_key_mask, attention_weights(p, block), cross_config, training,
                       std::nullopt, &cross_scores,
                       ValueResidual{o.add_value_residual() ? first_cross_values : at::Tensor(), &values}, {},
                       record != nullptr || cached ? &kv : nullptr, maps_for(o.cross_attn(), maps),
-                      packed_cross.has_value() ? &*packed_cross : nullptr);
+                      packed_cross.has_value() ? &*packed_cross : nullptr, extra);
       keep_cache(kv);
       keep_maps(maps);
       if (!first_cross_values.defined()) first_cross_values = values;

@@ -47,7 +47,7 @@ ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrappe
 at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersInputs& given,
                                   const std::optional<at::Tensor>& lens, at::TensorList params,
                                   const ContinuousTransformerPlan& plan, bool training, bool return_embeddings,
-                                  const std::vector<at::Tensor>& cache_kv, AttentionLayersHiddens* record) {
+                                  const WrapperCache& cache, AttentionLayersHiddens* record) {
   const auto& o = plan.options();
   const std::optional<at::Tensor>& mask_in = given.mask;
   const int64_t dim = plan.layers().options().dim();
@@ -74,10 +74,11 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersI
 
   at::Tensor x = plan.has_project_in() ? at::linear(x_in, get("project_in.weight")) : x_in;
   if (plan.has_abs_pos_emb()) {
-    TORCH_CHECK_VALUE(n <= *o.max_seq_len(), "ContinuousTransformerWrapper: expected a sequence of at most max_seq_len (",
-                      *o.max_seq_len(), ") positions, got ", n);
+    const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
+    TORCH_CHECK_VALUE(n + offset <= *o.max_seq_len(), "ContinuousTransformerWrapper: expected a sequence of at most "
+                      "max_seq_len (", *o.max_seq_len(), ") positions, got ", n + offset);
     const auto positions =
-        detail::wrapper_positions("ContinuousTransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb());
+        detail::wrapper_positions("ContinuousTransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb(), offset);
     x = x + (o.scaled_sinu_pos_emb() ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, dim, x)
                                      : detail::absolute_positions(get("pos_emb.emb.weight"), positions, false));
   }
@@ -92,7 +93,7 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersI
   AttentionLayersInputs for_stack = given;
   for_stack.pos.reset();
   for_stack.seq_start_pos.reset();
-  const auto inputs = detail::stack_inputs("ContinuousTransformerWrapper", for_stack, layer_mask, cache_kv, n,
+  const auto inputs = detail::stack_inputs("ContinuousTransformerWrapper", for_stack, layer_mask, cache, n,
                                            memory > 0, o.average_pool_embed());
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow_symint(1, memory, n);

@@ -63,7 +63,7 @@ at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params
 
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given, at::TensorList params,
                                const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
-                               const std::vector<at::Tensor>& cache_kv, AttentionLayersHiddens* record,
+                               const WrapperCache& cache, AttentionLayersHiddens* record,
                                const ExtraEmbeddings& extra) {
   const auto& o = plan.options();
   const std::optional<at::Tensor>& mask_in = given.mask;
@@ -91,10 +91,13 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   at::Tensor x = at::embedding(table, tokens.to(at::kLong));
   if (o.l2norm_embed()) x = detail::l2norm(x);
   if (plan.has_abs_pos_emb()) {
-    TORCH_CHECK_VALUE(n <= o.max_seq_len() || o.scaled_sinu_pos_emb(), "TransformerWrapper: expected at most "
-                      "max_seq_len (", o.max_seq_len(), ") tokens, got ", n);
+    // With input_not_include_cache the tokens' positions follow the cached ones (x-transformers' seq_pos_offset).
+    const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
+    TORCH_CHECK_VALUE(n + offset <= o.max_seq_len() || o.scaled_sinu_pos_emb(), "TransformerWrapper: expected at "
+                      "most max_seq_len (", o.max_seq_len(), ") positions, got ", n + offset);
     // x-transformers' position embeddings take the custom pos and the left padding (seq_start_pos) too.
-    const auto positions = detail::wrapper_positions("TransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb());
+    const auto positions =
+        detail::wrapper_positions("TransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb(), offset);
     x = x + (o.scaled_sinu_pos_emb()
                  ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, plan.emb_dim(), x)
                  : detail::absolute_positions(get("pos_emb.emb.weight"), positions, o.l2norm_embed()));
@@ -124,7 +127,7 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
                       "TransformerWrapper: expected prepend_embeds of shape (", x.sym_size(0), ", prefix, ",
                       plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ", front.sym_sizes(), " ",
                       front.scalar_type());
-    TORCH_CHECK_VALUE(cache_kv.empty() && !o.average_pool_embed(), "TransformerWrapper: prepend_embeds cannot be "
+    TORCH_CHECK_VALUE(cache.kv.empty() && !o.average_pool_embed(), "TransformerWrapper: prepend_embeds cannot be "
                       "combined with a cache or average_pool_embed");
     prepended = front.sym_size(1);
     x = at::cat({front, x}, 1);
@@ -147,7 +150,7 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
   // As x-transformers, the stack also gets pos and seq_start_pos.
   const auto inputs =
-      detail::stack_inputs("TransformerWrapper", given, layer_mask, cache_kv, n, memory > 0, o.average_pool_embed());
+      detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, n, memory > 0, o.average_pool_embed());
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow_symint(1, memory, prepended + n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);

@@ -10,6 +10,14 @@
 
 #include <cmath>
 
+namespace xtc::nn::functional {
+
+int64_t WrapperCache::cached_length() const {
+  return !kv.empty() && kv.front().dim() == 4 ? xtc::detail::static_size(kv.front(), 2) : 0;
+}
+
+}  // namespace xtc::nn::functional
+
 namespace xtc::nn::functional::detail {
 
 at::Tensor find_tensor(const char* owner, const std::vector<ParameterSpec>& specs, at::TensorList params,
@@ -28,9 +36,9 @@ at::Tensor l2norm(const at::Tensor& x) {
 }
 
 at::Tensor wrapper_positions(const char* wrapper, const c10::SymInt& n, const AttentionLayersInputs& inputs,
-                             const at::Tensor& like, bool clamp) {
+                             const at::Tensor& like, bool clamp, int64_t offset) {
   const auto options = like.options().dtype(at::kLong);
-  at::Tensor positions = at::arange(n, options);
+  at::Tensor positions = at::arange(n, options) + offset;
   if (inputs.pos.has_value()) {
     const auto& pos = *inputs.pos;
     TORCH_CHECK_VALUE(!pos.is_floating_point() && pos.scalar_type() != at::kBool && pos.sym_size(-1) == n &&
@@ -78,7 +86,7 @@ at::Tensor masked_mean(const at::Tensor& x, const std::optional<at::Tensor>& mas
 }
 
 AttentionLayersInputs stack_inputs(const char* wrapper, const AttentionLayersInputs& given,
-                                   const std::optional<at::Tensor>& mask, const std::vector<at::Tensor>& cache_kv,
+                                   const std::optional<at::Tensor>& mask, const WrapperCache& cache,
                                    const c10::SymInt& n, bool memory, bool pooling) {
   AttentionLayersInputs inputs = given;
   inputs.mask = mask;
@@ -87,15 +95,22 @@ AttentionLayersInputs stack_inputs(const char* wrapper, const AttentionLayersInp
                                  given.attn_bias || given.pos || !given.mems.empty()),
                     wrapper, ": attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, pos and mems cannot be "
                     "combined with num_memory_tokens");
-  if (cache_kv.empty()) return inputs;
+  if (cache.kv.empty()) return inputs;
   // x-transformers' can_cache_kv: memory tokens would sit between the cached keys and the new ones.
   TORCH_CHECK_VALUE(!memory && !pooling, wrapper,
                     ": a cache cannot be combined with num_memory_tokens or average_pool_embed");
-  const int64_t cached = cache_kv.front().dim() == 4 ? xtc::detail::static_size(cache_kv.front(), 2) : 0;
+  const int64_t cached = cache.cached_length();
+  inputs.cache_kv = cache.kv;
+  if (cache.input_not_include_cache) {
+    // Only new tokens: their positions follow the cached ones (x-transformers' seq_pos_offset = cache_length).
+    TORCH_CHECK_VALUE(n > 0, wrapper, ": with input_not_include_cache, pass at least one new position");
+    inputs.cache_length = cached;
+    return inputs;
+  }
   TORCH_CHECK_VALUE(n > cached, wrapper, ": with a cache, pass the whole sequence so far (the ", cached,
-                    " cached positions and the new ones), got ", n);
-  inputs.cache_kv = cache_kv;  // positions from 0: the input holds the cached ones (x-transformers' offset 0)
-  return inputs;
+                    " cached positions and the new ones), got ", n,
+                    " (or set input_not_include_cache to pass the new ones alone)");
+  return inputs;  // positions from 0: the input holds the cached ones (x-transformers' offset 0)
 }
 
 }  // namespace xtc::nn::functional::detail

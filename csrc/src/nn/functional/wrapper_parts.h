@@ -18,9 +18,9 @@ at::Tensor find_tensor(const char* owner, const std::vector<ParameterSpec>& spec
 
 /// The positions of a wrapper's n tokens, as x-transformers' position embeddings take them: the stack inputs'
 /// custom `pos` ((n) or (b, n) integers) or 0..n-1, minus the left padding seq_start_pos (b) per row, clamped at 0
-/// for the learned table (`clamp`); (n) or (b, n) int64.
+/// for the learned table (`clamp`); (n) or (b, n) int64. `offset` shifts the default range (not a custom pos).
 at::Tensor wrapper_positions(const char* wrapper, const c10::SymInt& n, const AttentionLayersInputs& inputs,
-                             const at::Tensor& like, bool clamp);
+                             const at::Tensor& like, bool clamp, int64_t offset = 0);
 
 /// AbsolutePositionalEmbedding at `positions` (int64, any shape): table rows times dim^-0.5, or l2-normalised rows.
 at::Tensor absolute_positions(const at::Tensor& table, const at::Tensor& positions, bool l2norm);
@@ -42,10 +42,11 @@ at::Tensor l2norm(const at::Tensor& x);
 
 /// The layer stack's inputs from a wrapper: the caller's (context, attn_mask, pos, ...), the key mask after the
 /// memory tokens and, for incremental decoding, the previous call's cache. As x-transformers' wrappers, the input
-/// holds the whole sequence so far (the n positions, cached ones included) and only the last one runs; memory
-/// tokens and pooling are refused with a cache, and the per-token inputs with memory tokens.
+/// holds the whole sequence so far (the n positions, cached ones included; only the new ones with
+/// input_not_include_cache) and only the last one runs; memory tokens and pooling are refused with a cache, and the
+/// per-token inputs with memory tokens.
 AttentionLayersInputs stack_inputs(const char* wrapper, const AttentionLayersInputs& given,
-                                   const std::optional<at::Tensor>& mask, const std::vector<at::Tensor>& cache_kv,
+                                   const std::optional<at::Tensor>& mask, const WrapperCache& cache,
                                    const c10::SymInt& n, bool memory, bool pooling);
 
 }  // namespace xtc::nn::functional::detail

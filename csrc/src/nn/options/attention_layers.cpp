@@ -90,6 +90,30 @@ std::vector<int64_t> AttentionLayersOptions::execution_order() const {
   return order;
 }
 
+std::vector<int64_t> AttentionLayersOptions::repeat_blocks_order(const std::vector<RepeatBlocks>& groups) const {
+  TORCH_CHECK_VALUE(!custom_layers_.has_value() && !par_ratio_.has_value() && !sandwich_coef_.has_value(),
+                    "AttentionLayers: repeat_blocks is only supported for the default block layout (not with "
+                    "custom_layers, par_ratio or sandwich_coef)");
+  const int64_t block = static_cast<int64_t>(default_block(*this).size());
+  const int64_t blocks = static_cast<int64_t>(layer_types().size()) / block;
+  std::vector<std::pair<int64_t, int64_t>> group_at(blocks, {-1, 0});  // per first block: (last block, repeats)
+  for (const auto& g : groups) {
+    TORCH_CHECK_VALUE(0 <= g.first && g.first <= g.last && g.last < blocks && g.repeats >= 0,
+                      "AttentionLayers: expected repeat_blocks groups (first, last) with 0 <= first <= last < ",
+                      blocks, " (the blocks) and repeats >= 0, got (", g.first, ", ", g.last, ") x ", g.repeats);
+    group_at[g.first] = {g.last, g.repeats};  // a later group of the same first block wins, as x-transformers' dict
+  }
+  std::vector<int64_t> order;
+  for (int64_t b = 0; b < blocks;) {
+    const auto [last, repeats] = group_at[b];
+    const int64_t end = last < 0 ? b : last;
+    for (int64_t r = 0; r < (last < 0 ? 1 : repeats); ++r)
+      for (int64_t layer = b * block; layer < (end + 1) * block; ++layer) order.push_back(layer);
+    b = end + 1;
+  }
+  return order;
+}
+
 int64_t AttentionLayersOptions::resolved_kv_heads(const AttentionOptions& attention) const {
   if (attention.one_kv_head()) return 1;
   return attention.kv_heads().value_or(heads_);

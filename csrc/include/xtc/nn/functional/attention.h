@@ -69,6 +69,19 @@ struct PackedAttention {
   bool packed_keys = true;
 };
 
+/// Per-call additions to one attention layer's keys and values, as x-transformers' Attention.forward takes them.
+struct ExtraKeyValues {
+  /// kv_input_residual: added to the keys' and values' input (x, or the context; not a Transformer-XL memory),
+  /// broadcastable to it; undefined = none. On a cached cross-attention step the cached keys already hold it.
+  at::Tensor input_residual;
+  /// additional_key_values, (b, ha, l, dh) and (b, ha, l, dv) (x-transformers' head-first layout, e.g. another
+  /// model's cached_kv), ha dividing the heads: joined in front of the keys after the memory key/values, not
+  /// rotated, visible to every query and never biased. Undefined = none.
+  at::Tensor k, v;
+  /// (b, l) bool, True = keep, for k and v; unset = all kept.
+  std::optional<at::Tensor> mask;
+};
+
 /// What the materialising path does beyond a plain softmax: talking heads and top-k sparsity.
 struct ScoreTransforms {
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
@@ -85,6 +98,9 @@ struct AttentionConfig {
   at::Tensor alibi_slopes;  // (h) float, 0 for heads without ALiBi; undefined = no ALiBi
   at::Tensor rotary_angles;  // (n, r) or (b, n, r) rotary angles of the positions (q and k take the last rows)
   at::Tensor rotary_scale;   // xPos scales of the same positions and shape (q times, k divided); undefined = none
+  /// The keys' own rotary angles and xPos scales (cross-attention with context_pos: the context's positions, the
+  /// last m rows); undefined = the keys take rotary_angles and rotary_scale as the queries do.
+  at::Tensor key_rotary_angles, key_rotary_scale;
   int64_t rotary_heads = -1;  // rotary on the last rotary_heads heads of q and k; -1 = all
   at::Tensor position_bias;  // (1|b, h, n, n) bias (T5, dynamic, attn_bias) added to the logits; undefined = none
   bool residual_scores = false;  // RealFormer: take the previous layer's scores and hand on this layer's
@@ -109,14 +125,15 @@ at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at:
 /// `attn_mask` (b|1, h|1, n, n) bool, True = may attend, restricts self-attention further. With
 /// config.residual_scores, `scores` holds the previous layer's pre-softmax scores (b, h, n, keys) on entry (or is
 /// undefined) and this layer's on return. With `packed`, x and the keys are packed sequences: attention runs per
-/// sequence in xtc::flash_attention_varlen where it can, in the padded frame otherwise.
+/// sequence in xtc::flash_attention_varlen where it can, in the padded frame otherwise. `extra`: the call's
+/// kv_input_residual and additional key/values.
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& weights, const AttentionConfig& config, bool training,
                      const std::optional<at::Tensor>& attn_mask = std::nullopt, at::Tensor* scores = nullptr,
                      const ValueResidual& value_residual = {}, const XLMemory& memory = {},
                      KVCache* cache = nullptr, AttentionMaps* maps = nullptr,
-                     const PackedAttention* packed = nullptr);
+                     const PackedAttention* packed = nullptr, const ExtraKeyValues& extra = {});
 
 /// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils.
 /// `wants_maps`: the caller asked for the attention maps (return_hiddens without attn_flash).

@@ -94,6 +94,20 @@ struct AttentionLayersInputs {
   /// (b, dim) or (b, n, dim) added to every branch's input (x-transformers' in-attention conditioning; gated by
   /// learned_reinject_input_gate when set); not with reinject_input.
   std::optional<at::Tensor> in_attn_cond;
+  /// Integer positions of the context, (m) or (b, m) (x-transformers' context_pos): with rotary, cross-attention
+  /// then rotates its queries by the tokens' positions and its keys by these; needs rotary and cross_attend.
+  std::optional<at::Tensor> context_pos;
+  /// x-transformers' self_attn_additional_kv (say another model's cached_kv): (k, v) pairs flattened [k0, v0, k1,
+  /// v1, ...], k (b, ha, l, dh) and v (b, ha, l, dv), ha dividing heads, for the executed self-attention layers: the
+  /// last ones with route_additional_kv_to_top (as many as there are pairs), else the first. Each joins its layer's
+  /// keys in front (ExtraKeyValues), with additional_kv_mask (b, l) bool over every pair's keys.
+  std::vector<at::Tensor> self_attn_additional_kv;
+  std::optional<at::Tensor> additional_kv_mask;
+  bool route_additional_kv_to_top = true;
+  /// x-transformers' self_attn_kv_residuals / cross_attn_kv_residuals: added to the keys' and values' input of
+  /// the self- (cross-) attention layers, (b, n | m, dim | dim_context) for the first executed one only, or
+  /// (L, b, n | m, dim | dim_context) for the first L; a length of 1 broadcasts.
+  std::optional<at::Tensor> self_attn_kv_residuals, cross_attn_kv_residuals;
 };
 
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed
@@ -105,6 +119,18 @@ struct AttentionLayersInputs {
 /// tensors. Asking for the maps makes those layers materialise their scores.
 struct AttentionLayersHiddens {
   std::vector<at::Tensor> hiddens, layer_hiddens, cached_kv, attn_maps;
+};
+
+/// Incremental decoding through a wrapper (TransformerWrapper, ContinuousTransformerWrapper): the previous call's
+/// record->cached_kv (empty = no cache), and whether the input holds only the new positions (x-transformers'
+/// input_not_include_cache: their positions then continue after the cached ones) instead of every position so far.
+struct WrapperCache {
+  WrapperCache(std::vector<at::Tensor> kv = {}, bool input_not_include_cache = false)
+      : kv(std::move(kv)), input_not_include_cache(input_not_include_cache) {}
+  std::vector<at::Tensor> kv;
+  bool input_not_include_cache = false;
+  /// The positions already cached (0 without a cache): keys (b, hk, N, dh) of the first layer.
+  int64_t cached_length() const;
 };
 
 /// x (b, n, dim) through the stack. `params`: the parameters and buffers in plan.parameters() order

@@ -43,12 +43,13 @@ struct ExtraEmbeddings {
 /// embeddings with return_embeddings / return_only_embed. `record`, when given, receives the stack's
 /// intermediates (x-transformers' return_intermediates), its cached_kv included.
 ///
-/// Incremental decoding, as x-transformers: `cache_kv` holds the previous call's record->cached_kv and `tokens`
-/// the whole sequence so far (cached tokens and new ones). The embeddings of every token are formed, only the last
-/// one runs through the stack (its keys after the cached ones), and the logits are (b, 1, logits_dim).
+/// Incremental decoding, as x-transformers: `cache.kv` holds the previous call's record->cached_kv and `tokens`
+/// the whole sequence so far (cached tokens and new ones), or with cache.input_not_include_cache the new tokens
+/// only (at the positions after the cached ones). The embeddings of every token are formed, only the last one
+/// runs through the stack (its keys after the cached ones), and the logits are (b, 1, logits_dim).
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& inputs, at::TensorList params,
                                const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
-                               const std::vector<at::Tensor>& cache_kv = {}, AttentionLayersHiddens* record = nullptr,
+                               const WrapperCache& cache = {}, AttentionLayersHiddens* record = nullptr,
                                const ExtraEmbeddings& extra = {});
 
 /// The logits head alone: embeddings (..., dim), as transformer_wrapper returns them, to logits (tied or not).

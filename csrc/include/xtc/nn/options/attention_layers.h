@@ -18,6 +18,11 @@ enum class NormKind { LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh,
 /// How a branch output joins the residual stream.
 enum class ResidualKind { Add, GRUGating };
 
+/// One group of x-transformers' repeat_blocks: blocks first..last (inclusive) run `repeats` times in a row.
+struct RepeatBlocks {
+  int64_t first, last, repeats;
+};
+
 /// A stack of attention and feed-forward layers with x-transformers' defaults throughout: pre-norm (Xiong et al.
 /// 2020, arXiv 2002.04745) with a final norm, bias-less LayerNorm with unit-offset gains.
 struct AttentionLayersOptions {
@@ -27,6 +32,10 @@ struct AttentionLayersOptions {
   std::vector<char> layer_types() const;
   /// Indices into layer_types() in the order they run (may repeat: weight tying, layers_execute_order).
   std::vector<int64_t> execution_order() const;
+  /// x-transformers' repeat_blocks as an execution order (layer indices, for layers_execute_order): the blocks in
+  /// order, each group's run `repeats` times; the default block layout only (no custom_layers, par_ratio or
+  /// sandwich_coef).
+  std::vector<int64_t> repeat_blocks_order(const std::vector<RepeatBlocks>& groups) const;
   /// With unet_skips, for each layer (an index into layer_types()): the executed step whose input it joins, or -1
   /// (x-transformers' ConcatCombine pairing: the second half's blocks with the first half's, last with first).
   std::vector<int64_t> unet_skip_sources() const;
