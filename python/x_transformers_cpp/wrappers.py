@@ -98,7 +98,8 @@ class TransformerWrapper(_Wrapper):
 
     Keyword arguments only: num_tokens, max_seq_len, attn_layers, emb_dim, post_emb_norm, emb_dropout,
     num_memory_tokens, tie_embedding, tie_embedding_scale, logits_dim, return_only_embed, use_abs_pos_emb,
-    scaled_sinu_pos_emb, l2norm_embed, average_pool_embed. x-transformers' other arguments are accepted only at
+    scaled_sinu_pos_emb, l2norm_embed, average_pool_embed, use_cls_token / num_cls_tokens, squeeze_out_last_dim,
+    max_mem_len, shift_mem_down, input_not_include_cache. x-transformers' other arguments are accepted only at
     their defaults.
     """
 
@@ -106,8 +107,8 @@ class TransformerWrapper(_Wrapper):
     _UNSUPPORTED = dict(
         embed_num_tokens={}, memory_tokens_interspersed_every=None,
         num_output_heads=1, recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
-        emb_frac_gradient=1.0, attn_z_loss_weight=1e-4, use_cls_token=False, num_cls_tokens=1, attn_pool=False,
-        num_pooled_tokens=1, attn_pool_depth=1, dim_pooled_tokens=None, squeeze_out_last_dim=False, token_emb=None,
+        emb_frac_gradient=1.0, attn_z_loss_weight=1e-4, attn_pool=False,
+        num_pooled_tokens=1, attn_pool_depth=1, dim_pooled_tokens=None, token_emb=None,
         mixture_of_softmax=False, mixture_of_softmax_k=4, sigsoftmax_logits=False, ff_deep_embed=False,
         to_logits=None, add_continuous_pred_head=False)
 
@@ -123,6 +124,7 @@ class TransformerWrapper(_Wrapper):
                     _C.transformer_wrapper_option_keys())
         self._set_attributes(dict(max_seq_len=max_seq_len, **kwargs))
         self.num_tokens, self.emb_dim = num_tokens, kwargs.get("emb_dim") or attn_layers.dim
+        self.num_cls_tokens = kwargs.get("num_cls_tokens", 1)
 
     # x-transformers' other forward arguments, at the values that make them do nothing. looped_pred_all_logits only
     # matters for looped networks (refused at construction), so any value does nothing here.

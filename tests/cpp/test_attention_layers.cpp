@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -302,6 +303,55 @@ TEST(TransformerWrapper, LogitsFromTokensWithXTransformersNames) {
   EXPECT_EQ(lm->forward(tokens).sizes(), c10::IntArrayRef({3, 9, 50}));
   EXPECT_EQ(lm->forward(tokens, {}, /*return_embeddings=*/true).sizes(), c10::IntArrayRef({3, 9, 32}));
   EXPECT_THROW(lm->forward(torch::full({1, 3}, 50, torch::kLong)), c10::Error);  // id out of the vocabulary
+}
+
+TEST(TransformerWrapper, ClsTokensGiveOneOutputPerSequence) {
+  torch::manual_seed(5);
+  xtc::nn::TransformerWrapper lm(
+      xtc::nn::TransformerWrapperOptions(50, 16).use_cls_token(true).logits_dim(1).squeeze_out_last_dim(true),
+      xtc::nn::Encoder(xtc::nn::AttentionLayersOptions(32, 1, 2)));
+  EXPECT_EQ(lm->named_parameters().keys().front(), "cls_token");
+  const auto tokens = torch::randint(0, 50, {3, 9});
+  EXPECT_EQ(lm->forward(tokens).sizes(), c10::IntArrayRef({3}));  // one score per sequence
+  EXPECT_EQ(lm->forward(tokens, {}, /*return_embeddings=*/true).sizes(), c10::IntArrayRef({3, 32}));
+}
+
+TEST(Wrappers, OptionsRoundTripThroughTheirFieldTables) {
+  const auto lm = xtc::nn::TransformerWrapperOptions(50, 16).emb_dim(24).use_cls_token(true).num_cls_tokens(3);
+  const auto text = lm.serialize();
+  EXPECT_EQ(xtc::nn::TransformerWrapperOptions::parse(text).serialize(), text);
+  EXPECT_EQ(xtc::nn::TransformerWrapperOptions::parse(text).num_cls_tokens(), 3);
+  EXPECT_EQ(xtc::nn::TransformerWrapperOptions::keys().size(), std::count(text.begin(), text.end(), '=') + 0u);
+  EXPECT_THROW(xtc::nn::TransformerWrapperOptions::parse(text + ";attn_pool=1"), c10::Error);
+  const auto continuous = xtc::nn::ContinuousTransformerWrapperOptions().dim_in(20).probabilistic(true);
+  const auto line = continuous.serialize();
+  EXPECT_EQ(xtc::nn::ContinuousTransformerWrapperOptions::parse(line).serialize(), line);
+  EXPECT_TRUE(xtc::nn::ContinuousTransformerWrapperOptions::parse(line).probabilistic());
+  // A count reads None (Python's) as 0.
+  EXPECT_EQ(xtc::nn::ContinuousTransformerWrapperOptions::parse("num_memory_tokens=none").num_memory_tokens(), 0);
+}
+
+TEST(AttentionLayers, AdditionalKeyValuesAndKvResidualsFromCpp) {
+  torch::manual_seed(6);
+  auto options = xtc::nn::AttentionLayersOptions(32, 2, 4);
+  options.attn().dim_head(8);
+  xtc::nn::Decoder stack(options);
+  const auto x = torch::randn({2, 5, 32});
+  xtc::nn::functional::AttentionLayersInputs inputs;
+  const auto plain = stack->forward_with(x, inputs);
+  // Additional keys whose values are zero and whose mask hides them change nothing.
+  inputs.self_attn_additional_kv = {torch::randn({2, 4, 3, 8}), torch::zeros({2, 4, 3, 8})};
+  inputs.additional_kv_mask = torch::zeros({2, 3}, torch::kBool);
+  EXPECT_TRUE(torch::allclose(stack->forward_with(x, inputs), plain, 1e-6, 1e-6));
+  inputs.additional_kv_mask.reset();
+  EXPECT_FALSE(torch::allclose(stack->forward_with(x, inputs), plain, 1e-4, 1e-4));
+  inputs = {};
+  inputs.self_attn_kv_residuals = torch::randn({2, 5, 32});
+  EXPECT_FALSE(torch::allclose(stack->forward_with(x, inputs), plain, 1e-4, 1e-4));
+  inputs.self_attn_kv_residuals = torch::randn({2, 5, 31});
+  EXPECT_THROW(stack->forward_with(x, inputs), c10::Error);
+  // repeat_blocks: the first block twice.
+  EXPECT_EQ(options.repeat_blocks_order({{0, 0, 2}}), (std::vector<int64_t>{0, 1, 0, 1, 2, 3}));
 }
 
 }  // namespace

@@ -18,6 +18,10 @@ CASES = [
     dict(use_abs_pos_emb=False, average_pool_embed=True),
     dict(return_only_embed=True),
     dict(max_seq_len=0),
+    dict(use_cls_token=True),
+    dict(use_cls_token=True, num_cls_tokens=3, num_memory_tokens=2, emb_dim=24),
+    dict(logits_dim=1, squeeze_out_last_dim=True),
+    dict(use_cls_token=True, logits_dim=1, squeeze_out_last_dim=True, tie_embedding=False),
 ]
 
 
@@ -43,6 +47,10 @@ def test_matches_x_transformers(kwargs, classes):
         out, expected = ours(tokens, mask=m), theirs(tokens, mask=m)
         torch.testing.assert_close(out, expected, atol=1e-5 * max(1.0, expected.abs().max().item()), rtol=0)
         assert_parameter_grads_close(ours, theirs, out, expected)
+    if kwargs.get("squeeze_out_last_dim"):
+        # x-transformers' forward fails there with return_embeddings (it squeezes logits it did not compute).
+        assert ours(tokens, return_embeddings=True).shape[-1] == 32
+        return
     torch.testing.assert_close(ours(tokens, return_embeddings=True), theirs(tokens, return_embeddings=True),
                                atol=1e-5, rtol=1e-5)
 
@@ -63,8 +71,15 @@ def test_bad_tokens_and_options():
         model(torch.rand(1, 4))
     with pytest.raises(ValueError, match="at most max_seq_len"):
         model(torch.zeros(1, 9, dtype=torch.long))
-    with pytest.raises(TypeError, match="use_cls_token"):
-        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), use_cls_token=True)
+    with pytest.raises(TypeError, match="attn_pool"):
+        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), attn_pool=True)
+    with pytest.raises(ValueError, match="use_cls_token and average_pool_embed clash"):
+        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), use_cls_token=True,
+                           average_pool_embed=True)
+    with pytest.raises(ValueError, match="a cache cannot be combined with num_memory_tokens, use_cls_token"):
+        cls = TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), use_cls_token=True)
+        _, cache = cls(torch.zeros(1, 3, dtype=torch.long), return_intermediates=True)
+        cls(torch.zeros(1, 4, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="tie_embedding needs emb_dim"):
         TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), emb_dim=16, tie_embedding=True)
 

@@ -26,6 +26,8 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
                     "TransformerWrapper: scaled_sinu_pos_emb needs an even emb_dim, got ", emb_dim_);
   TORCH_CHECK_VALUE(!o.tie_embedding() || emb_dim_ == dim,
                     "TransformerWrapper: tie_embedding needs emb_dim == dim (", dim, "), got ", emb_dim_);
+  // x-transformers registers these two directly on the wrapper, so they lead its state_dict.
+  if (o.use_cls_token()) parameters_.push_back({"cls_token", {o.num_cls_tokens(), dim}});
   if (o.num_memory_tokens() > 0) parameters_.push_back({"memory_tokens", {o.num_memory_tokens(), dim}});
   parameters_.push_back({"token_emb.emb.weight", {o.num_tokens(), emb_dim_}});
   if (has_abs_pos_emb_) {
@@ -55,10 +57,10 @@ at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params
   const auto get = [&](const std::string& name) {
     return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
   };
-  if (o.tie_embedding())
-    return at::matmul(x, get("token_emb.emb.weight").t()) *
-           o.tie_embedding_scale().value_or(1.0 / std::sqrt(static_cast<double>(dim)));
-  return at::linear(x, get("to_logits.weight"));
+  const auto logits = o.tie_embedding() ? at::matmul(x, get("token_emb.emb.weight").t()) *
+                                              o.tie_embedding_scale().value_or(1.0 / std::sqrt(static_cast<double>(dim)))
+                                        : at::linear(x, get("to_logits.weight"));
+  return o.squeeze_out_last_dim() && logits.sym_size(-1) == 1 ? logits.squeeze(-1) : logits;
 }
 
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given, at::TensorList params,
@@ -145,15 +147,19 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   }
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
   if (plan.emb_dim() != dim) x = at::linear(x, get("project_emb.weight"), get("project_emb.bias"));
+  // [CLS] tokens, then memory tokens, in front (x-transformers' order); the mask keeps both.
+  const int64_t cls = o.use_cls_token() ? o.num_cls_tokens() : 0;
+  if (cls > 0) detail::prepend_memory(x, layer_mask, get("cls_token"));
   const int64_t memory = o.num_memory_tokens();
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
   // As x-transformers, the stack also gets pos and seq_start_pos.
-  const auto inputs =
-      detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, n, memory > 0, o.average_pool_embed());
+  const auto inputs = detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, n, memory > 0 || cls > 0,
+                                           o.average_pool_embed() || cls > 0);
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
-  if (memory > 0) x = x.narrow_symint(1, memory, prepended + n);
+  if (memory > 0) x = x.narrow_symint(1, memory, cls + prepended + n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
+  if (cls > 0) x = cls == 1 ? x.select(1, 0) : x.narrow(1, 0, cls);
   if (return_embeddings || !plan.has_logits()) return x;
   return transformer_wrapper_logits(x, params, plan);
 }

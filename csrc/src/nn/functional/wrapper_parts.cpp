@@ -94,11 +94,11 @@ AttentionLayersInputs stack_inputs(const char* wrapper, const AttentionLayersInp
   TORCH_CHECK_VALUE(!memory || !(given.attn_mask || given.self_attn_kv_mask || given.seq_start_pos ||
                                  given.attn_bias || given.pos || !given.mems.empty()),
                     wrapper, ": attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, pos and mems cannot be "
-                    "combined with num_memory_tokens");
+                    "combined with num_memory_tokens or use_cls_token (tokens in front of the sequence)");
   if (cache.kv.empty()) return inputs;
   // x-transformers' can_cache_kv: memory tokens would sit between the cached keys and the new ones.
   TORCH_CHECK_VALUE(!memory && !pooling, wrapper,
-                    ": a cache cannot be combined with num_memory_tokens or average_pool_embed");
+                    ": a cache cannot be combined with num_memory_tokens, use_cls_token or average_pool_embed");
   const int64_t cached = cache.cached_length();
   inputs.cache_kv = cache.kv;
   if (cache.input_not_include_cache) {

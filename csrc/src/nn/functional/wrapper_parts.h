@@ -30,7 +30,7 @@ at::Tensor absolute_positions(const at::Tensor& table, const at::Tensor& positio
 at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, const at::Tensor& positions, int64_t dim,
                                        const at::Tensor& like);
 
-/// Prepends memory tokens (M, dim) to x (b, n, dim), and True to the mask when there is one.
+/// Prepends learned tokens (memory or [CLS]) (M, dim) to x (b, n, dim), and True to the mask when there is one.
 void prepend_memory(at::Tensor& x, std::optional<at::Tensor>& mask, const at::Tensor& memory_tokens);
 
 /// torch-einops-utils' masked_mean over the sequence: sum of kept positions / max(count, 1e-5); plain mean

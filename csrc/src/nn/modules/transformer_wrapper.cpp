@@ -19,6 +19,8 @@ TransformerWrapperImpl::TransformerWrapperImpl(TransformerWrapperOptions options
 void TransformerWrapperImpl::reset() {
   plan = std::make_shared<const functional::TransformerWrapperPlan>(options, attn_layers->options);
   const int64_t dim = attn_layers->options.dim(), emb_dim = plan->emb_dim();
+  if (options.use_cls_token())
+    register_parameter("cls_token", at::randn({options.num_cls_tokens(), dim}) * 0.02);
   if (options.num_memory_tokens() > 0)
     register_parameter("memory_tokens", at::randn({options.num_memory_tokens(), dim}));
   // x-transformers' init_: kaiming-normal token embeddings, or tiny ones (std 1e-5) with l2norm_embed.

@@ -3,8 +3,6 @@
 #include "src/nn/options/option_text.h"
 
 #include <c10/util/Exception.h>
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 
 namespace xtc::nn {
 
@@ -19,45 +17,43 @@ void ContinuousTransformerWrapperOptions::validate() const {
                     "ContinuousTransformerWrapper: expected emb_dropout in [0, 1), got ", emb_dropout_);
 }
 
-std::string ContinuousTransformerWrapperOptions::serialize() const {
-  using detail::format_value;
-  return fmt::format(
-      "dim_in={};dim_out={};max_seq_len={};num_memory_tokens={};post_emb_norm={};emb_dropout={};"
-      "use_abs_pos_emb={};scaled_sinu_pos_emb={};average_pool_embed={};use_identity_if_same_dim={};probabilistic={}",
-      format_value(dim_in_), format_value(dim_out_), format_value(max_seq_len_), format_value(num_memory_tokens_),
-      format_value(post_emb_norm_), format_value(emb_dropout_), format_value(use_abs_pos_emb_),
-      format_value(scaled_sinu_pos_emb_), format_value(average_pool_embed_), format_value(use_identity_if_same_dim_),
-      format_value(probabilistic_));
+namespace {
+
+// Every option, in serialisation order: serialize(), parse() and keys() follow this one table.
+const std::vector<detail::OptionField<ContinuousTransformerWrapperOptions>>& fields() {
+  using O = ContinuousTransformerWrapperOptions;
+  constexpr const char* owner = "ContinuousTransformerWrapper";
+#define XTC_FIELD(NAME, TYPE)                                                                        \
+  detail::option_field<O, TYPE>(owner, #NAME, static_cast<const TYPE& (O::*)() const noexcept>(&O::NAME), \
+                                static_cast<TYPE& (O::*)() noexcept>(&O::NAME))
+  static const std::vector<detail::OptionField<O>> table = {
+      XTC_FIELD(dim_in, std::optional<int64_t>),
+      XTC_FIELD(dim_out, std::optional<int64_t>),
+      XTC_FIELD(max_seq_len, std::optional<int64_t>),
+      XTC_FIELD(num_memory_tokens, int64_t),
+      XTC_FIELD(post_emb_norm, bool),
+      XTC_FIELD(emb_dropout, double),
+      XTC_FIELD(use_abs_pos_emb, bool),
+      XTC_FIELD(scaled_sinu_pos_emb, bool),
+      XTC_FIELD(average_pool_embed, bool),
+      XTC_FIELD(use_identity_if_same_dim, bool),
+      XTC_FIELD(probabilistic, bool),
+  };
+#undef XTC_FIELD
+  return table;
 }
 
+}  // namespace
+
+std::string ContinuousTransformerWrapperOptions::serialize() const { return detail::format_fields(fields(), *this); }
+
 ContinuousTransformerWrapperOptions ContinuousTransformerWrapperOptions::parse(const std::string& line) {
-  constexpr const char* owner = "ContinuousTransformerWrapper";
   ContinuousTransformerWrapperOptions o;
-  detail::for_each_option(owner, line, [&](const std::string& k, const std::string& v) {
-    using detail::parse_value;
-    if (k == "dim_in") o.dim_in(parse_value<std::optional<int64_t>>(owner, k, v));
-    else if (k == "dim_out") o.dim_out(parse_value<std::optional<int64_t>>(owner, k, v));
-    else if (k == "max_seq_len") o.max_seq_len(parse_value<std::optional<int64_t>>(owner, k, v));
-    else if (k == "num_memory_tokens") o.num_memory_tokens(parse_value<std::optional<int64_t>>(owner, k, v).value_or(0));
-    else if (k == "post_emb_norm") o.post_emb_norm(parse_value<bool>(owner, k, v));
-    else if (k == "emb_dropout") o.emb_dropout(parse_value<double>(owner, k, v));
-    else if (k == "use_abs_pos_emb") o.use_abs_pos_emb(parse_value<bool>(owner, k, v));
-    else if (k == "scaled_sinu_pos_emb") o.scaled_sinu_pos_emb(parse_value<bool>(owner, k, v));
-    else if (k == "average_pool_embed") o.average_pool_embed(parse_value<bool>(owner, k, v));
-    else if (k == "use_identity_if_same_dim") o.use_identity_if_same_dim(parse_value<bool>(owner, k, v));
-    else if (k == "probabilistic") o.probabilistic(parse_value<bool>(owner, k, v));
-    else
-      TORCH_CHECK_VALUE(false, owner, ": unknown option '", k, "'; known options: ",
-                        fmt::format("{}", fmt::join(keys(), ", ")));
-  });
+  detail::parse_fields("ContinuousTransformerWrapper", fields(), line, o);
   o.validate();
   return o;
 }
 
-std::vector<std::string> ContinuousTransformerWrapperOptions::keys() {
-  return {"dim_in",        "dim_out",         "max_seq_len",         "num_memory_tokens",  "post_emb_norm",
-          "emb_dropout",   "use_abs_pos_emb", "scaled_sinu_pos_emb", "average_pool_embed", "use_identity_if_same_dim",
-          "probabilistic"};
-}
+std::vector<std::string> ContinuousTransformerWrapperOptions::keys() { return detail::field_keys(fields()); }
 
 }  // namespace xtc::nn

@@ -6,6 +6,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace xtc::nn::detail {
@@ -27,5 +28,57 @@ std::string format_value(const std::optional<bool>& value);
 std::string format_value(const std::optional<double>& value);
 std::string format_value(const std::optional<std::string>& value);
 std::string format_value(const std::vector<int64_t>& value);
+
+/// One option of an options struct with TORCH_ARG accessors: its key, and how it is written and read back.
+template <typename Options>
+struct OptionField {
+  std::string key;
+  std::function<std::string(const Options&)> format;
+  std::function<void(Options&, const std::string&)> parse;
+};
+
+/// The field of the TORCH_ARG accessor pair (get, ref), e.g. option_field<O, bool>(owner, "post_emb_norm",
+/// &O::post_emb_norm, &O::post_emb_norm). A count (int64_t) reads "none" as 0, as x-transformers' None there.
+template <typename Options, typename Value>
+OptionField<Options> option_field(const char* owner, std::string key, const Value& (Options::*get)() const noexcept,
+                                  Value& (Options::*ref)() noexcept) {
+  return {key, [get](const Options& o) { return format_value((o.*get)()); },
+          [owner, key, ref](Options& o, const std::string& text) {
+            if constexpr (std::is_same_v<Value, int64_t>) {
+              (o.*ref)() = parse_value<std::optional<int64_t>>(owner, key, text).value_or(0);
+            } else {
+              (o.*ref)() = parse_value<Value>(owner, key, text);
+            }
+          }};
+}
+
+/// "key=value;..." of every field, in the table's order.
+template <typename Options>
+std::string format_fields(const std::vector<OptionField<Options>>& fields, const Options& o) {
+  std::string line;
+  for (const auto& f : fields) line += (line.empty() ? "" : ";") + f.key + "=" + f.format(o);
+  return line;
+}
+
+/// The table's keys, in order.
+template <typename Options>
+std::vector<std::string> field_keys(const std::vector<OptionField<Options>>& fields) {
+  std::vector<std::string> keys;
+  for (const auto& f : fields) keys.push_back(f.key);
+  return keys;
+}
+
+/// Sets each "key=value" of `line` on `o`; an unknown key throws, listing the known ones.
+void unknown_option(const char* owner, const std::string& key, const std::vector<std::string>& known);
+template <typename Options>
+void parse_fields(const char* owner, const std::vector<OptionField<Options>>& fields, const std::string& line,
+                  Options& o) {
+  for_each_option(owner, line, [&](const std::string& key, const std::string& value) {
+    for (const auto& f : fields) {
+      if (f.key == key) return f.parse(o, value);
+    }
+    unknown_option(owner, key, field_keys(fields));
+  });
+}
 
 }  // namespace xtc::nn::detail

@@ -50,6 +50,12 @@ struct TransformerWrapperOptions {
   TORCH_ARG(bool, l2norm_embed) = false;
   /// Mean over the kept positions: one vector per sequence.
   TORCH_ARG(bool, average_pool_embed) = false;
+  /// BERT's [CLS]: num_cls_tokens learned tokens (`cls_token`, normal with std 0.02) in front of the sequence; the
+  /// outputs are theirs alone, (b, dim) for one, (b, num_cls_tokens, dim) for more. Not with average_pool_embed.
+  TORCH_ARG(bool, use_cls_token) = false;
+  TORCH_ARG(int64_t, num_cls_tokens) = 1;
+  /// Logits of width 1 lose their last dim (a regression or score head).
+  TORCH_ARG(bool, squeeze_out_last_dim) = false;
 };
 
 }  // namespace xtc::nn
