@@ -47,6 +47,15 @@ at::Tensor transformer_wrapper_logits_kernel(const at::Tensor& embeddings, at::T
   return nn::functional::transformer_wrapper_logits(embeddings, params, *wrapper_plan(options, layer_options));
 }
 
+at::Tensor transformer_wrapper_attn_pool_kernel(const at::Tensor& embeddings, const std::optional<at::Tensor>& mask,
+                                               const std::optional<at::Tensor>& prepend_embeds,
+                                               const std::optional<at::Tensor>& prepend_mask, at::TensorList params,
+                                               c10::string_view options, c10::string_view layer_options,
+                                               bool training) {
+  return nn::functional::transformer_wrapper_attn_pool(embeddings, mask, {std::nullopt, prepend_embeds, prepend_mask},
+                                                       params, *wrapper_plan(options, layer_options), training);
+}
+
 }  // namespace
 }  // namespace xtc::ops
 
@@ -59,6 +68,9 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
         "str layer_options, bool training=False, bool return_embeddings=False) -> Tensor");
   // The logits head alone, for return_logits_and_embeddings (the embeddings come from the op above).
   m.def("transformer_wrapper_logits(Tensor embeddings, Tensor[] params, str options, str layer_options) -> Tensor");
+  // The attention pool alone (attn_pool), over the embeddings with the forward's mask and prepended positions.
+  m.def("transformer_wrapper_attn_pool(Tensor embeddings, Tensor? mask, Tensor? prepend_embeds, Tensor? prepend_mask, "
+        "Tensor[] params, str options, str layer_options, bool training=False) -> Tensor");
   // The same, also returning the stack's intermediates as xtc::attention_layers_with_hiddens does (hiddens,
   // layer_hiddens, cached_kv, attention maps), for return_intermediates; with cache_kv (the previous call's), it
   // decodes the last token of `tokens` incrementally (`tokens` holding only the new ones with
@@ -74,6 +86,7 @@ TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {
   m.impl("transformer_wrapper", &xtc::ops::transformer_wrapper_kernel);
   m.impl("transformer_wrapper_with_hiddens", &xtc::ops::transformer_wrapper_with_hiddens_kernel);
   m.impl("transformer_wrapper_logits", &xtc::ops::transformer_wrapper_logits_kernel);
+  m.impl("transformer_wrapper_attn_pool", &xtc::ops::transformer_wrapper_attn_pool_kernel);
 }
 
 // torch.func.vmap decomposes the wrapper into its aten ops (see ops/attention_layers.cpp).
@@ -81,4 +94,5 @@ TORCH_LIBRARY_IMPL(xtc, FuncTorchBatchedDecomposition, m) {
   m.impl("transformer_wrapper", &xtc::ops::transformer_wrapper_kernel);
   m.impl("transformer_wrapper_with_hiddens", &xtc::ops::transformer_wrapper_with_hiddens_kernel);
   m.impl("transformer_wrapper_logits", &xtc::ops::transformer_wrapper_logits_kernel);
+  m.impl("transformer_wrapper_attn_pool", &xtc::ops::transformer_wrapper_attn_pool_kernel);
 }

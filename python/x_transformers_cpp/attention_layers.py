@@ -164,6 +164,8 @@ class LayerIntermediates:
     attn_intermediates: list | None = None  # one Intermediates per executed attention layer
     cache_length: int = 0  # positions decoded so far
     mems: list | None = None  # Transformer-XL: the next call's memories (TransformerWrapper's return_mems)
+    attn_pooled_tokens: torch.Tensor | None = None  # TransformerWrapper's attn_pool
+    logits: torch.Tensor | None = None  # TransformerWrapper's logits beside the pooled tokens (encoders)
 
 
 def flat_cache(cache):

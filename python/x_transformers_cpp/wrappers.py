@@ -107,8 +107,7 @@ class TransformerWrapper(_Wrapper):
     _UNSUPPORTED = dict(
         embed_num_tokens={}, memory_tokens_interspersed_every=None,
         num_output_heads=1, recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
-        emb_frac_gradient=1.0, attn_z_loss_weight=1e-4, attn_pool=False,
-        num_pooled_tokens=1, attn_pool_depth=1, dim_pooled_tokens=None, token_emb=None,
+        emb_frac_gradient=1.0, attn_z_loss_weight=1e-4, token_emb=None,
         mixture_of_softmax=False, mixture_of_softmax_k=4, sigsoftmax_logits=False, ff_deep_embed=False,
         to_logits=None, add_continuous_pred_head=False)
 
@@ -125,6 +124,7 @@ class TransformerWrapper(_Wrapper):
         self._set_attributes(dict(max_seq_len=max_seq_len, **kwargs))
         self.num_tokens, self.emb_dim = num_tokens, kwargs.get("emb_dim") or attn_layers.dim
         self.num_cls_tokens = kwargs.get("num_cls_tokens", 1)
+        self._attn_pool = bool(kwargs.get("attn_pool", False))
 
     # x-transformers' other forward arguments, at the values that make them do nothing. looped_pred_all_logits only
     # matters for looped networks (refused at construction), so any value does nothing here.
@@ -175,11 +175,25 @@ class TransformerWrapper(_Wrapper):
                               or return_attn)
         embeddings = return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates
         inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask)
+        # With the attention pool and intermediates, x-transformers gives the pooled tokens and the logits both: the
+        # embeddings come first here, then each head.
+        pool_beside = self._attn_pool and with_intermediates
         result = self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens, inputs,
-                           embeddings, with_intermediates, cache, order,
+                           embeddings or pool_beside, with_intermediates, cache, order,
                            self.input_not_include_cache if input_not_include_cache is None else input_not_include_cache)
         out, intermediates = result if with_intermediates else (result, None)
-        if excise_prepend_embeds and prepend_embeds is not None and cache is None:
+        if pool_beside:
+            intermediates.attn_pooled_tokens = torch.ops.xtc.transformer_wrapper_attn_pool(
+                out, mask, prepend_embeds, prepend_mask, self._tensors(), self._options, self._layer_options,
+                self.training)
+            if not embeddings:
+                logits = torch.ops.xtc.transformer_wrapper_logits(out, self._tensors(), self._options,
+                                                                  self._layer_options)
+                out = logits
+                if not self.attn_layers.causal:  # an encoder returns the pooled tokens, as x-transformers
+                    intermediates.logits, out = logits, intermediates.attn_pooled_tokens
+        pooled_out = self._attn_pool and not self.attn_layers.causal and not embeddings
+        if excise_prepend_embeds and prepend_embeds is not None and cache is None and not pooled_out:
             out = out[:, prepend_embeds.shape[1]:]
         if return_logits_and_embeddings:
             logits = torch.ops.xtc.transformer_wrapper_logits(out, self._tensors(), self._options, self._layer_options)

@@ -316,6 +316,21 @@ TEST(TransformerWrapper, ClsTokensGiveOneOutputPerSequence) {
   EXPECT_EQ(lm->forward(tokens, {}, /*return_embeddings=*/true).sizes(), c10::IntArrayRef({3, 32}));
 }
 
+TEST(TransformerWrapper, AttentionPoolOfAnEncoderReturnsThePooledTokens) {
+  torch::manual_seed(7);
+  for (const int64_t depth : {1, 2}) {
+    xtc::nn::TransformerWrapper lm(
+        xtc::nn::TransformerWrapperOptions(50, 16).attn_pool(true).attn_pool_depth(depth).num_pooled_tokens(3),
+        xtc::nn::Encoder(xtc::nn::AttentionLayersOptions(32, 1, 2)));
+    const auto names = lm->named_parameters().keys();
+    EXPECT_NE(std::find(names.begin(), names.end(), "attn_pool.queries"), names.end());
+    const auto tokens = torch::randint(0, 50, {2, 9});
+    const auto mask = torch::rand({2, 9}) > 0.3;
+    EXPECT_EQ(lm->forward(tokens, mask).sizes(), c10::IntArrayRef({2, 3, 32}));
+    EXPECT_EQ(lm->forward(tokens, mask, /*return_embeddings=*/true).sizes(), c10::IntArrayRef({2, 9, 32}));
+  }
+}
+
 TEST(Wrappers, OptionsRoundTripThroughTheirFieldTables) {
   const auto lm = xtc::nn::TransformerWrapperOptions(50, 16).emb_dim(24).use_cls_token(true).num_cls_tokens(3);
   const auto text = lm.serialize();

@@ -71,8 +71,11 @@ def test_bad_tokens_and_options():
         model(torch.rand(1, 4))
     with pytest.raises(ValueError, match="at most max_seq_len"):
         model(torch.zeros(1, 9, dtype=torch.long))
-    with pytest.raises(TypeError, match="attn_pool"):
-        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), attn_pool=True)
+    with pytest.raises(TypeError, match="recycling"):
+        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), recycling=True)
+    with pytest.raises(ValueError, match="use_cls_token and attn_pool clash"):
+        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), use_cls_token=True,
+                           attn_pool=True)
     with pytest.raises(ValueError, match="use_cls_token and average_pool_embed clash"):
         TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), use_cls_token=True,
                            average_pool_embed=True)
@@ -154,3 +157,38 @@ def test_disable_abs_pos_emb_matches_x_transformers(layer_kwargs):
     out, expected = ours(tokens), theirs(tokens)
     torch.testing.assert_close(out, expected, atol=1e-5 * max(1.0, expected.abs().max().item()), rtol=0)
     assert_parameter_grads_close(ours, theirs, out, expected)
+
+
+@pytest.mark.parametrize("pool", [dict(), dict(attn_pool_depth=2), dict(num_pooled_tokens=3, dim_pooled_tokens=24),
+                                  dict(attn_pool_depth=2, num_pooled_tokens=2, dim_pooled_tokens=20)],
+                         ids=["one-attention", "cross-attender", "three-narrower", "deep-two"])
+def test_attention_pool_matches_x_transformers(pool):
+    # An encoder returns the pooled tokens; with return_intermediates also the logits beside them.
+    torch.manual_seed(0)
+    ours, theirs = make_pair(dict(attn_pool=True, **pool), (Encoder, XEncoder))
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    tokens = torch.randint(0, 50, (3, 11))
+    mask = torch.rand(3, 11) > 0.3
+    mask[1] = False  # a fully masked row
+    for m in (None, mask):
+        out, expected = ours(tokens, mask=m), theirs(tokens, mask=m)
+        assert out.shape == (3, pool.get("num_pooled_tokens", 1), pool.get("dim_pooled_tokens", 32))
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        assert_parameter_grads_close(ours, theirs, out, expected)
+    (out, inter), (want, want_inter) = (net(tokens, mask=mask, return_intermediates=True) for net in (ours, theirs))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inter.logits, want_inter.logits, atol=1e-5, rtol=0)
+    # With prepended embeddings and their mask, the pool covers them too.
+    prefix, prefix_mask = torch.randn(3, 2, 32), torch.tensor([[True, False]] * 3)
+    extra = dict(mask=mask, prepend_embeds=prefix, prepend_mask=prefix_mask)
+    torch.testing.assert_close(ours(tokens, **extra), theirs(tokens, **extra), atol=1e-5, rtol=0)
+
+
+def test_attention_pool_of_a_decoder_comes_with_the_intermediates():
+    torch.manual_seed(0)
+    ours, theirs = make_pair(dict(attn_pool=True, num_pooled_tokens=2))
+    tokens = torch.randint(0, 50, (2, 9))
+    torch.testing.assert_close(ours(tokens), theirs(tokens), atol=1e-5, rtol=0)  # logits, as without the pool
+    (logits, inter), (want, want_inter) = (net(tokens, return_intermediates=True) for net in (ours, theirs))
+    torch.testing.assert_close(logits, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inter.attn_pooled_tokens, want_inter.attn_pooled_tokens, atol=1e-5, rtol=0)

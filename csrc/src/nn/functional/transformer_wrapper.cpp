@@ -1,3 +1,4 @@
+#include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/transformer_wrapper.h>
 
@@ -42,8 +43,96 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
   layers_offset_ = static_cast<int64_t>(parameters_.size());
   for (const auto& spec : layers_.parameters())
     parameters_.push_back({"attn_layers." + spec.name, spec.shape, spec.buffer});
+  if (o.attn_pool()) {
+    // x-transformers' AttentionPool(dim_pooled, dim_context=dim, heads, dim_head) of the stack's heads.
+    const auto& stack = layers_.options();
+    const int64_t pooled = dim_pooled(), heads = stack.heads(), dim_head = stack.attn().dim_head();
+    parameters_.push_back({"attn_pool.queries", {o.num_pooled_tokens(), pooled}});
+    pool_offset_ = static_cast<int64_t>(parameters_.size());
+    if (o.attn_pool_depth() == 1) {
+      TORCH_CHECK_VALUE(heads > 1 || dim_head == pooled, "TransformerWrapper: attn_pool with one head needs "
+                        "attn_dim_head == dim_pooled_tokens (", pooled, "), got ", dim_head);
+      parameters_.push_back({"attn_pool.pooler.to_q.weight", {heads * dim_head, pooled}});
+      parameters_.push_back({"attn_pool.pooler.to_k.weight", {heads * dim_head, dim}});
+      parameters_.push_back({"attn_pool.pooler.to_v.weight", {heads * dim_head, dim}});
+      if (heads > 1) parameters_.push_back({"attn_pool.pooler.to_out.weight", {pooled, heads * dim_head}});
+    } else {
+      AttentionLayersOptions pooler(pooled, o.attn_pool_depth(), heads);
+      pooler.cross_attend(true).only_cross(true);
+      pooler.attn().dim_head(dim_head);
+      pooler.cross_attn().dim_head(dim_head).dim_context(dim);
+      pool_layers_.emplace(pooler);
+      for (const auto& spec : pool_layers_->parameters())
+        parameters_.push_back({"attn_pool.pooler." + spec.name, spec.shape, spec.buffer});
+    }
+  }
   if (!o.return_only_embed() && !o.tie_embedding())
     parameters_.push_back({"to_logits.weight", {o.logits_dim().value_or(o.num_tokens()), dim}});
+}
+
+namespace {
+
+// The key mask over [prepend_embeds, tokens] (b, p + n) when either mask is given, as x-transformers pads it.
+std::optional<at::Tensor> mask_with_prepend(const std::optional<at::Tensor>& mask, const ExtraEmbeddings& extra,
+                                            const c10::SymInt& b, const c10::SymInt& n, const at::Tensor& like) {
+  TORCH_CHECK_VALUE(extra.prepend_embeds.has_value() || !extra.prepend_mask.has_value(),
+                    "TransformerWrapper: prepend_mask was passed in without prepend_embeds");
+  if (!extra.prepend_embeds.has_value() || !(mask.has_value() || extra.prepend_mask.has_value())) return mask;
+  const c10::SymInt prepended = extra.prepend_embeds->sym_size(1);
+  const auto ones = [&](const c10::SymInt& len) { return at::ones_symint({b, len}, like.options().dtype(at::kBool)); };
+  const auto& pm = extra.prepend_mask;
+  TORCH_CHECK_VALUE(!pm.has_value() || (pm->scalar_type() == at::kBool && pm->dim() == 2 && pm->sym_size(0) == b &&
+                                        pm->sym_size(1) == prepended),
+                    "TransformerWrapper: expected prepend_mask of shape (", b, ", ", prepended, ") and dtype bool");
+  return at::cat({pm.has_value() ? *pm : ones(prepended), mask.has_value() ? *mask : ones(n)}, 1);
+}
+
+// The learned queries through the pooler over x (b, n, dim) with its key mask.
+at::Tensor attn_pool_tokens(const at::Tensor& x, const std::optional<at::Tensor>& key_mask, at::TensorList params,
+                            const TransformerWrapperPlan& plan, bool training) {
+  const auto get = [&](const std::string& name) {
+    return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
+  };
+  const auto queries = get("attn_pool.queries");
+  const auto q = queries.unsqueeze(0).expand_symint({x.sym_size(0), queries.sym_size(0), queries.sym_size(1)});
+  if (plan.pool_layers().has_value()) {
+    AttentionLayersInputs inputs;
+    inputs.context = x;
+    inputs.context_mask = key_mask;
+    return attention_layers(q, inputs, params.slice(plan.pool_offset(), plan.pool_layers()->parameters().size()),
+                            *plan.pool_layers(), training);
+  }
+  const auto& stack = plan.layers().options();
+  const int64_t heads = stack.heads(), dim_head = stack.attn().dim_head();
+  AttentionWeights w;
+  w.to_q = get("attn_pool.pooler.to_q.weight");
+  w.to_k = get("attn_pool.pooler.to_k.weight");
+  w.to_v = get("attn_pool.pooler.to_v.weight");
+  w.to_out = get("attn_pool.pooler.to_out.weight");  // undefined with one head
+  AttentionConfig config{heads, heads, dim_head, dim_head};
+  config.options.dim_head(dim_head).dim_context(stack.dim());
+  return attention(q, x, std::nullopt, key_mask, w, config, training);
+}
+
+}  // namespace
+
+at::Tensor transformer_wrapper_attn_pool(const at::Tensor& embeddings, const std::optional<at::Tensor>& mask,
+                                         const ExtraEmbeddings& extra, at::TensorList params,
+                                         const TransformerWrapperPlan& plan, bool training) {
+  TORCH_CHECK_VALUE(plan.options().attn_pool(), "TransformerWrapper: attn_pool is off, so there is no pooler");
+  TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
+                    plan.parameters().size(), " parameters for these options, got ", params.size());
+  const int64_t dim = plan.layers().options().dim();
+  TORCH_CHECK_VALUE(embeddings.dim() == 3 && embeddings.sym_size(-1) == dim,
+                    "TransformerWrapper: expected embeddings of shape (b, n, ", dim, "), got ", embeddings.sym_sizes());
+  const c10::SymInt prepended = extra.prepend_embeds.has_value() ? extra.prepend_embeds->sym_size(1) : 0;
+  const auto key_mask =
+      mask_with_prepend(mask, extra, embeddings.sym_size(0), embeddings.sym_size(1) - prepended, embeddings);
+  if (key_mask.has_value())
+    TORCH_CHECK_VALUE(key_mask->dim() == 2 && key_mask->sym_size(1) == embeddings.sym_size(1),
+                      "TransformerWrapper: expected the mask to cover the ", embeddings.sym_size(1),
+                      " embeddings (prepended ones included), got ", key_mask->sym_sizes());
+  return attn_pool_tokens(embeddings, key_mask, params, plan, training);
 }
 
 at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params, const TransformerWrapperPlan& plan) {
@@ -117,10 +206,7 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
     x = x + sum;
   }
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
-  std::optional<at::Tensor> layer_mask = mask_in;
   c10::SymInt prepended = 0;
-  TORCH_CHECK_VALUE(extra.prepend_embeds.has_value() || !extra.prepend_mask.has_value(),
-                    "TransformerWrapper: prepend_mask was passed in without prepend_embeds");
   if (extra.prepend_embeds.has_value()) {
     // PaLI-style prefix embeddings; the mask (when either is given) covers them too.
     const auto& front = *extra.prepend_embeds;
@@ -133,18 +219,9 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
                       "combined with a cache or average_pool_embed");
     prepended = front.sym_size(1);
     x = at::cat({front, x}, 1);
-    if (mask_in.has_value() || extra.prepend_mask.has_value()) {
-      const auto ones = [&](const c10::SymInt& len) {
-        return at::ones_symint({x.sym_size(0), len}, x.options().dtype(at::kBool));
-      };
-      const auto& pm = extra.prepend_mask;
-      TORCH_CHECK_VALUE(!pm.has_value() || (pm->scalar_type() == at::kBool && pm->dim() == 2 &&
-                                            pm->sym_size(0) == x.sym_size(0) && pm->sym_size(1) == prepended),
-                        "TransformerWrapper: expected prepend_mask of shape (", x.sym_size(0), ", ", prepended,
-                        ") and dtype bool");
-      layer_mask = at::cat({pm.has_value() ? *pm : ones(prepended), mask_in.has_value() ? *mask_in : ones(n)}, 1);
-    }
   }
+  std::optional<at::Tensor> layer_mask = mask_with_prepend(mask_in, extra, x.sym_size(0), n, x);
+  const std::optional<at::Tensor> pool_mask = layer_mask;  // the attention pool's: over what the wrapper returns
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
   if (plan.emb_dim() != dim) x = at::linear(x, get("project_emb.weight"), get("project_emb.bias"));
   // [CLS] tokens, then memory tokens, in front (x-transformers' order); the mask keeps both.
@@ -160,6 +237,9 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   if (memory > 0) x = x.narrow_symint(1, memory, cls + prepended + n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
   if (cls > 0) x = cls == 1 ? x.select(1, 0) : x.narrow(1, 0, cls);
+  // An encoder's output is then the pooled tokens, as x-transformers'.
+  if (o.attn_pool() && !plan.layers().options().causal() && !return_embeddings)
+    return attn_pool_tokens(x, pool_mask, params, plan, training);
   if (return_embeddings || !plan.has_logits()) return x;
   return transformer_wrapper_logits(x, params, plan);
 }

@@ -44,6 +44,27 @@ void TransformerWrapperImpl::reset() {
   if (options.post_emb_norm()) register_module("post_emb_norm", LayerNorm(emb_dim, /*unit_offset=*/false));
   if (emb_dim != dim) register_module("project_emb", torch::nn::Linear(emb_dim, dim));
   register_module("attn_layers", attn_layers);
+  if (options.attn_pool()) {
+    // x-transformers' AttentionPool: learned queries, then one attention or a CrossAttender.
+    auto attn_pool = std::make_shared<torch::nn::Module>("AttentionPool");
+    const auto& stack = attn_layers->options;
+    const int64_t pooled = plan->dim_pooled(), inner = stack.heads() * stack.attn().dim_head();
+    attn_pool->register_parameter("queries", at::randn({options.num_pooled_tokens(), pooled}) * 1e-2);
+    if (plan->pool_layers().has_value()) {
+      attn_pool->register_module("pooler", CrossAttender(plan->pool_layers()->options()));
+    } else {
+      auto pooler = std::make_shared<torch::nn::Module>("Attention");
+      const auto linear = [](int64_t in, int64_t out) {
+        return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+      };
+      pooler->register_module("to_q", linear(pooled, inner));
+      pooler->register_module("to_k", linear(dim, inner));
+      pooler->register_module("to_v", linear(dim, inner));
+      if (stack.heads() > 1) pooler->register_module("to_out", linear(inner, pooled));
+      attn_pool->register_module("pooler", pooler);
+    }
+    register_module("attn_pool", attn_pool);
+  }
   if (!options.return_only_embed() && !options.tie_embedding())
     register_module("to_logits", torch::nn::Linear(torch::nn::LinearOptions(
                                      dim, options.logits_dim().value_or(options.num_tokens())).bias(false)));

@@ -21,6 +21,11 @@ void TransformerWrapperOptions::validate() const {
                     num_cls_tokens_);
   TORCH_CHECK_VALUE(!(use_cls_token_ && average_pool_embed_),
                     "TransformerWrapper: use_cls_token and average_pool_embed clash; set at most one of them");
+  TORCH_CHECK_VALUE(!(use_cls_token_ && attn_pool_),
+                    "TransformerWrapper: use_cls_token and attn_pool clash; set at most one of them");
+  TORCH_CHECK_VALUE(!attn_pool_ || (num_pooled_tokens_ > 0 && attn_pool_depth_ > 0 &&
+                                    dim_pooled_tokens_.value_or(1) > 0),
+                    "TransformerWrapper: expected num_pooled_tokens, attn_pool_depth and dim_pooled_tokens > 0");
   TORCH_CHECK_VALUE(!(tie_embedding_ && logits_dim_.has_value() && *logits_dim_ != num_tokens_),
                     "TransformerWrapper: tie_embedding gives num_tokens logits, so logits_dim must be unset");
 }
@@ -52,6 +57,10 @@ const std::vector<detail::OptionField<TransformerWrapperOptions>>& fields() {
       XTC_FIELD(use_cls_token, bool),
       XTC_FIELD(num_cls_tokens, int64_t),
       XTC_FIELD(squeeze_out_last_dim, bool),
+      XTC_FIELD(attn_pool, bool),
+      XTC_FIELD(num_pooled_tokens, int64_t),
+      XTC_FIELD(attn_pool_depth, int64_t),
+      XTC_FIELD(dim_pooled_tokens, std::optional<int64_t>),
   };
 #undef XTC_FIELD
   return table;

@@ -8,8 +8,8 @@
 
 namespace xtc::nn::functional {
 
-/// Layout of every tensor, x-transformers' state_dict order: memory_tokens, token_emb, pos_emb, post_emb_norm,
-/// project_emb, attn_layers.*, to_logits.
+/// Layout of every tensor, x-transformers' state_dict order: cls_token, memory_tokens, token_emb, pos_emb,
+/// post_emb_norm, project_emb, attn_layers.*, attn_pool.*, to_logits.
 class TransformerWrapperPlan {
  public:
   TransformerWrapperPlan(TransformerWrapperOptions options, AttentionLayersOptions layers);
@@ -21,12 +21,18 @@ class TransformerWrapperPlan {
   int64_t emb_dim() const { return emb_dim_; }
   bool has_abs_pos_emb() const { return has_abs_pos_emb_; }
   bool has_logits() const { return !options_.return_only_embed(); }
+  /// With attn_pool deeper than 1: the CrossAttender that pools (its tensors at pool_offset()).
+  const std::optional<AttentionLayersPlan>& pool_layers() const { return pool_layers_; }
+  int64_t pool_offset() const { return pool_offset_; }
+  /// The pooled tokens' width (dim_pooled_tokens, unset = dim).
+  int64_t dim_pooled() const { return options_.dim_pooled_tokens().value_or(layers_.options().dim()); }
 
  private:
   TransformerWrapperOptions options_;
   AttentionLayersPlan layers_;
   std::vector<ParameterSpec> parameters_;
-  int64_t layers_offset_ = 0, emb_dim_ = 0;
+  std::optional<AttentionLayersPlan> pool_layers_;
+  int64_t layers_offset_ = 0, emb_dim_ = 0, pool_offset_ = 0;
   bool has_abs_pos_emb_ = false;
 };
 
@@ -40,7 +46,8 @@ struct ExtraEmbeddings {
 /// tokens (b, n) integer ids; `inputs` the layer stack's (x-transformers passes the wrapper's other forward
 /// arguments on to it): inputs.mask (b, n) bool; pos and seq_start_pos also shift the absolute positions; `extra`
 /// the embeddings beside the tokens'. Returns logits (b, n, logits_dim) ((b, logits_dim) pooled), or the stack's
-/// embeddings with return_embeddings / return_only_embed. `record`, when given, receives the stack's
+/// embeddings with return_embeddings / return_only_embed, or, with attn_pool over an encoder, the pooled tokens
+/// (x-transformers' default output there). `record`, when given, receives the stack's
 /// intermediates (x-transformers' return_intermediates), its cached_kv included.
 ///
 /// Incremental decoding, as x-transformers: `cache.kv` holds the previous call's record->cached_kv and `tokens`
@@ -51,6 +58,13 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
                                const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
                                const WrapperCache& cache = {}, AttentionLayersHiddens* record = nullptr,
                                const ExtraEmbeddings& extra = {});
+
+/// x-transformers' AttentionPool: the learned queries cross-attend to `embeddings` (b, n, dim), as the wrapper
+/// returns them, whose key mask is `mask` and prepend_mask (b, p) for prepend_length prepended positions (the
+/// wrapper's forward arguments; either may be unset). Returns (b, num_pooled_tokens, dim_pooled_tokens).
+at::Tensor transformer_wrapper_attn_pool(const at::Tensor& embeddings, const std::optional<at::Tensor>& mask,
+                                         const ExtraEmbeddings& extra, at::TensorList params,
+                                         const TransformerWrapperPlan& plan, bool training);
 
 /// The logits head alone: embeddings (..., dim), as transformer_wrapper returns them, to logits (tied or not).
 at::Tensor transformer_wrapper_logits(const at::Tensor& embeddings, at::TensorList params,

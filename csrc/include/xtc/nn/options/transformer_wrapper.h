@@ -56,6 +56,14 @@ struct TransformerWrapperOptions {
   TORCH_ARG(int64_t, num_cls_tokens) = 1;
   /// Logits of width 1 lose their last dim (a regression or score head).
   TORCH_ARG(bool, squeeze_out_last_dim) = false;
+  /// x-transformers' attention pooling: num_pooled_tokens learned queries (`attn_pool.queries`, width
+  /// dim_pooled_tokens, unset = dim) cross-attend to the final embeddings, by one attention (attn_pool_depth 1) or a
+  /// CrossAttender of that depth, with the stack's heads and dim_head. An encoder's forward then returns the
+  /// pooled tokens (b, num_pooled_tokens, dim_pooled_tokens). Not with use_cls_token.
+  TORCH_ARG(bool, attn_pool) = false;
+  TORCH_ARG(int64_t, num_pooled_tokens) = 1;
+  TORCH_ARG(int64_t, attn_pool_depth) = 1;
+  TORCH_ARG(std::optional<int64_t>, dim_pooled_tokens) = std::nullopt;
 };
 
 }  // namespace xtc::nn
