@@ -26,6 +26,9 @@ def _option_value(name, value):
         return "".join(value)
     if name in ("layers_execute_order", "shift_tokens") and isinstance(value, (tuple, list)):
         return ",".join(str(int(i)) for i in value)
+    if name.startswith(("attn.", "cross_attn.", "ff.")) and isinstance(value, tuple):
+        # A layer schedule, as x-transformers' tuples: one value per layer of that kind.
+        return ",".join(_option_value(name, v) for v in value)
     raise TypeError(f"{name}: expected a bool, int, float or None, got {type(value).__name__}: {value!r}")
 
 
@@ -42,7 +45,8 @@ def _route(kwargs):
     routed = dict(own)
     routed.update({f"ff.{k}": v for k, v in groups["ff_"].items()})
     routed.update({f"attn.{k}": v for k, v in groups["attn_"].items()})
-    cross = {**groups["attn_"], **groups["cross_attn_"]}
+    # As x-transformers, an attn_* schedule (a tuple, one value per self-attention layer) stays with self-attention.
+    cross = {**{k: v for k, v in groups["attn_"].items() if not isinstance(v, tuple)}, **groups["cross_attn_"]}
     routed.update({f"cross_attn.{k}": v for k, v in cross.items()})
     return routed, groups
 

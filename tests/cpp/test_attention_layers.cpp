@@ -146,6 +146,15 @@ TEST(AttentionLayers, OptionsRoundTripAndRejectUnknownKeys) {
   EXPECT_EQ(xtc::nn::AttentionLayersOptions::parse(text).serialize(), text);
   EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse(text + ";attn.talking_heads=1"), c10::Error);
   EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse("dim=64;depth=2;heads=3;attn.kv_heads=2"), c10::Error);
+  // A layer schedule: one feed-forward width per layer, as x-transformers' ff_mult=(4, 2, 1).
+  auto scheduled = xtc::nn::AttentionLayersOptions::parse(text + ";ff.mult=4,2,1;attn.kv_heads=4,2,1");
+  ASSERT_EQ(scheduled.ff_per_layer().size(), 3u);
+  EXPECT_EQ(scheduled.layer_feed_forward(3).mult(), 2.0);  // layer 3 is the second feed-forward
+  EXPECT_EQ(scheduled.layer_attention(4).kv_heads(), 1);
+  EXPECT_EQ(xtc::nn::AttentionLayersOptions::parse(scheduled.serialize()).serialize(), scheduled.serialize());
+  xtc::nn::Encoder stack(scheduled);
+  EXPECT_EQ(stack->named_parameters()["layers.5.1.ff.2.weight"].sizes(), c10::IntArrayRef({64, 64}));
+  EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse(text + ";ff.mult=4,2"), c10::Error);
 }
 
 TEST(AttentionLayers, TrainsFromCpp) {

@@ -10,6 +10,10 @@ CLASSES = {"encoder": (Encoder, XEncoder), "decoder": (Decoder, XDecoder), "cros
 BASE = dict(dim=32, depth=2, heads=4, attn_dim_head=16)
 
 OPTIONS = [
+    # layer schedules: a tuple gives one value per layer of its kind (depth 2: two of each)
+    dict(ff_mult=(4, 2)), dict(ff_mult=(1.5, 3), ff_glu=(True, False)), dict(attn_kv_heads=(4, 2)),
+    dict(attn_qk_norm=(True, False), ff_swish=(False, True)),
+    dict(attn_num_mem_kv=(0, 2), attn_gate_values=(True, False)), dict(depth=3, ff_mult=(1, 2, 3), rotary_pos_emb=True),
     # norms
     dict(use_rmsnorm=True), dict(use_scalenorm=True), dict(use_simple_rmsnorm=True),
     dict(norm_add_unit_offset=False), dict(use_rmsnorm=True, norm_add_unit_offset=False),
@@ -135,7 +139,10 @@ CROSS_OPTIONS = [dict(), dict(cross_attn_kv_heads=2), dict(attn_gate_values=True
                  dict(residual_attn=True, cross_residual_attn=True), dict(shift_tokens=1),
                  dict(add_value_residual=True), dict(cross_attn_add_zero_kv=True, cross_attn_k_rmsnorm=True),
                  dict(cross_attn_head_learned_sink=True), dict(cross_attn_dim_context=48),
-                 dict(cross_attn_dim_context=20, cross_attn_kv_heads=2, attn_gate_values=True, rotary_pos_emb=True)]
+                 dict(cross_attn_dim_context=20, cross_attn_kv_heads=2, attn_gate_values=True, rotary_pos_emb=True),
+                 # layer schedules: self-attention's attn_* tuples stay with self-attention, as x-transformers
+                 dict(cross_attn_kv_heads=(1, 2)), dict(attn_kv_heads=(4, 2), cross_attn_dim_head=(8, 16)),
+                 dict(ff_mult=(2, 3), cross_attn_gate_values=(False, True))]
 
 
 @pytest.mark.parametrize("options", CROSS_OPTIONS, ids=option_id)
@@ -177,6 +184,8 @@ def test_cross_attend_needs_context():
     (dict(layers_execute_order=(0, 9)), "layers_execute_order"),
     (dict(weight_tie_layers=True, custom_layers=("a", "f")), "weight_tie_layers"),
     (dict(attn_qk_norm=True, attn_qk_norm_groups=32), "qk_norm_groups"),
+    (dict(ff_mult=(4, 2, 1)), r"expected ff.mult per layer as 2 values"),
+    (dict(attn_kv_heads=(4, 3)), "kv_heads to divide heads"),
 ])
 def test_clashing_or_bad_options_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -91,8 +91,8 @@ void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a
   else if (h > 1) specs.push_back({p + "to_out.weight", {o.dim(), h * dv}});
 }
 
-void add_feed_forward(Specs& specs, const std::string& p, const AttentionLayersOptions& o) {
-  const auto& f = o.ff();
+void add_feed_forward(Specs& specs, const std::string& p, const FeedForwardOptions& f,
+                      const AttentionLayersOptions& o) {
   const int64_t inner = static_cast<int64_t>(o.dim() * f.mult());
   if (f.glu()) {
     if (f.glu_mult_bias()) specs.push_back({p + "ff.0.mult_bias", {inner}});
@@ -140,12 +140,12 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     if (o.use_layerscale()) specs.push_back({layer + "1.gamma", {o.dim()}});
     const std::string block = block_prefix(i, types[i], o);
     if (types[i] == 'f') {
-      add_feed_forward(specs, block, o);
+      add_feed_forward(specs, block, o.layer_feed_forward(i), o);
     } else {
       // Self-attention layers after the first learn their value-residual mix.
       const bool learned_mix = types[i] == 'a' && !first_self_attention && o.add_value_residual() &&
                                o.learned_value_residual_mix();
-      add_attention(specs, block, types[i] == 'a' ? o.attn() : o.cross_attn(), o, learned_mix);
+      add_attention(specs, block, o.layer_attention(i), o, learned_mix);
       if (types[i] == 'a') first_self_attention = false;
     }
     if (o.use_adaptive_layerscale()) {
@@ -405,9 +405,12 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
   const std::string& types = plan.executed_attention_types();
   TORCH_CHECK_VALUE(cache_kv.size() == 2 * types.size(), "AttentionLayers: expected a cache of ", types.size(),
                     " (k, v) pairs, one per executed attention layer, got ", cache_kv.size(), " tensors");
+  std::vector<size_t> attention_layers;  // the executed attention layers' indices, in order
+  for (const int64_t i : plan.execution_order())
+    if (plan.layer_types()[i] != 'f') attention_layers.push_back(static_cast<size_t>(i));
   int64_t past = -1;
   for (size_t l = 0; l < types.size(); ++l) {
-    const auto& a = types[l] == 'a' ? o.attn() : o.cross_attn();
+    const auto& a = o.layer_attention(attention_layers[l]);
     const int64_t hk = o.resolved_kv_heads(a), dh = a.dim_head(), dv = a.value_dim_head().value_or(dh);
     const auto &k = cache_kv[2 * l], &v = cache_kv[2 * l + 1];
     const int64_t len = k.dim() == 4 ? xtc::detail::static_size(k, 2) : -1;
@@ -488,6 +491,15 @@ AttentionConfig attention_config(const AttentionOptions& a, const AttentionLayer
                                  const at::Tensor& slopes, const at::Tensor& rotary_freqs) {
   return AttentionConfig{o.heads(), o.resolved_kv_heads(a), a.dim_head(), a.value_dim_head().value_or(a.dim_head()),
                          causal, a, slopes, rotary_freqs};
+}
+
+// A layer's config under a layer schedule: the stack's (positions, biases, causality) with its own options.
+AttentionConfig with_options(AttentionConfig config, const AttentionOptions& a, const AttentionLayersOptions& o) {
+  config.kv_heads = o.resolved_kv_heads(a);
+  config.dim_head = a.dim_head();
+  config.value_dim_head = a.value_dim_head().value_or(a.dim_head());
+  config.options = a;
+  return config;
 }
 
 // x-transformers' RelativePositionBias (T5): bucketed relative positions -> learned per-head bias, (1, h, i, j);
@@ -1054,7 +1066,8 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       h = shift_tokens(h, shift, o.causal(), type == 'f' ? std::optional<at::Tensor>() : mask);
     at::Tensor out;
     if (type == 'f') {
-      out = feed_forward(h, feed_forward_weights(p, block, o.ff()), o.ff(), training);
+      const auto& f = o.layer_feed_forward(static_cast<size_t>(i));
+      out = feed_forward(h, feed_forward_weights(p, block, f), f, training);
       if (o.macaron()) out = out * 0.5;
     } else if (type == 'a') {
       at::Tensor values;
@@ -1074,10 +1087,12 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
         if (extra.k.defined()) extra.mask = additional_kv_mask;
       }
       ++next_self_layer;
-      out = attention(h, std::nullopt, layer_mask, self_key_mask, attention_weights(p, block), self_config, training,
+      const auto& a = o.layer_attention(static_cast<size_t>(i));
+      out = attention(h, std::nullopt, layer_mask, self_key_mask, attention_weights(p, block),
+                      o.attn_per_layer().empty() ? self_config : with_options(self_config, a, o), training,
                       attn_mask, &self_scores,
                       ValueResidual{o.add_value_residual() ? first_self_values : at::Tensor(), &values}, memory,
-                      record != nullptr || cached ? &kv : nullptr, maps_for(o.attn(), maps),
+                      record != nullptr || cached ? &kv : nullptr, maps_for(a, maps),
                       packed_self.has_value() ? &*packed_self : nullptr, extra);
       keep_cache(kv);
       keep_maps(maps);
@@ -1089,10 +1104,12 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       ExtraKeyValues extra;
       if (next_cross_layer < cross_kv_residuals.size()) extra.input_residual = cross_kv_residuals[next_cross_layer];
       ++next_cross_layer;
-      out = attention(h, context, layer_mask, cross_key_mask, attention_weights(p, block), cross_config, training,
+      const auto& a = o.layer_attention(static_cast<size_t>(i));
+      out = attention(h, context, layer_mask, cross_key_mask, attention_weights(p, block),
+                      o.cross_attn_per_layer().empty() ? cross_config : with_options(cross_config, a, o), training,
                       std::nullopt, &cross_scores,
                       ValueResidual{o.add_value_residual() ? first_cross_values : at::Tensor(), &values}, {},
-                      record != nullptr || cached ? &kv : nullptr, maps_for(o.cross_attn(), maps),
+                      record != nullptr || cached ? &kv : nullptr, maps_for(a, maps),
                       packed_cross.has_value() ? &*packed_cross : nullptr, extra);
       keep_cache(kv);
       keep_maps(maps);

@@ -49,16 +49,16 @@ std::shared_ptr<torch::nn::Module> make_norm_slots(const AttentionLayersOptions&
   return slots;
 }
 
-std::shared_ptr<torch::nn::Module> make_block(char type, const AttentionLayersOptions& o, bool learned_value_mix,
-                                              int64_t shift) {
+std::shared_ptr<torch::nn::Module> make_block(char type, size_t index, const AttentionLayersOptions& o,
+                                              bool learned_value_mix, int64_t shift) {
   std::shared_ptr<torch::nn::Module> block;
   if (type == 'f') {
-    auto ff = o.ff();
+    auto ff = o.layer_feed_forward(index);
     ff.zero_init_output(ff.zero_init_output() || o.zero_init_branch_output());
     block = FeedForward(o.dim(), ff).ptr();
     if (o.macaron()) block = Scale(0.5, block).ptr();
   } else {
-    auto attn = type == 'a' ? o.attn() : o.cross_attn();
+    auto attn = o.layer_attention(index);
     attn.zero_init_output(attn.zero_init_output() || o.zero_init_branch_output());
     block = Attention(o.dim(), o.heads(), attn, type == 'a' && o.causal(), learned_value_mix).ptr();
   }
@@ -133,7 +133,7 @@ void AttentionLayersImpl::reset() {
     if (type == 'a') first_self_attention = false;
     torch::nn::ModuleList layer;
     layer->push_back(make_norm_slots(options));
-    layer->push_back(make_block(type, options, learned_value_mix, options.layer_shift_tokens(i)));
+    layer->push_back(make_block(type, i, options, learned_value_mix, options.layer_shift_tokens(i)));
     layer->push_back(make_residual(options));
     layers->push_back(layer);
   }

@@ -114,6 +114,27 @@ std::vector<int64_t> AttentionLayersOptions::repeat_blocks_order(const std::vect
   return order;
 }
 
+namespace {
+
+// The index of `layer` among the layers of its kind.
+size_t ordinal_of_kind(const std::vector<char>& types, size_t layer) {
+  return static_cast<size_t>(std::count(types.begin(), types.begin() + static_cast<int64_t>(layer), types.at(layer)));
+}
+
+}  // namespace
+
+const AttentionOptions& AttentionLayersOptions::layer_attention(size_t layer) const {
+  const auto types = layer_types();
+  const auto& schedule = types.at(layer) == 'c' ? cross_attn_per_layer_ : attn_per_layer_;
+  if (schedule.empty()) return types.at(layer) == 'c' ? cross_attn_ : attn_;
+  return schedule.at(ordinal_of_kind(types, layer));
+}
+
+const FeedForwardOptions& AttentionLayersOptions::layer_feed_forward(size_t layer) const {
+  if (ff_per_layer_.empty()) return ff_;
+  return ff_per_layer_.at(ordinal_of_kind(layer_types(), layer));
+}
+
 int64_t AttentionLayersOptions::resolved_kv_heads(const AttentionOptions& attention) const {
   if (attention.one_kv_head()) return 1;
   return attention.kv_heads().value_or(heads_);
@@ -282,6 +303,25 @@ void AttentionLayersOptions::validate() const {
   }
   validate_attention("attn_", attn_, *this);
   if (cross_attend_) validate_attention("cross_attn_", cross_attn_, *this);
+  {
+    // A schedule has one entry per layer of its kind, each valid on its own.
+    const auto kinds = layer_types();
+    const auto count = [&](char kind) { return static_cast<size_t>(std::count(kinds.begin(), kinds.end(), kind)); };
+    const auto check_length = [&](const char* name, size_t given, char kind) {
+      TORCH_CHECK_VALUE(given == 0 || given == count(kind), "AttentionLayers: expected the ", name,
+                        " schedule to give one value per layer of that kind (", count(kind), "), got ", given);
+    };
+    check_length("attn_*", attn_per_layer_.size(), 'a');
+    check_length("cross_attn_*", cross_attn_per_layer_.size(), 'c');
+    check_length("ff_*", ff_per_layer_.size(), 'f');
+    for (const auto& a : attn_per_layer_) validate_attention("attn_", a, *this);
+    for (const auto& a : cross_attn_per_layer_) validate_attention("cross_attn_", a, *this);
+    for (const auto& f : ff_per_layer_)
+      TORCH_CHECK_VALUE(f.mult() > 0 && static_cast<int64_t>(dim_ * f.mult()) > 0 && f.dropout() >= 0 &&
+                            f.dropout() < 1,
+                        "AttentionLayers: expected each ff_mult > 0 giving an inner width >= 1 and each ff_dropout "
+                        "in [0, 1), got ", f.mult(), " and ", f.dropout());
+  }
   TORCH_CHECK_VALUE(attn_.dim_context().value_or(dim_) == dim_, "AttentionLayers: self-attention reads x, so its "
                     "keys' input width is dim (", dim_, "), got attn_dim_context=", *attn_.dim_context(),
                     "; set cross_attn_dim_context for a context of another width");
@@ -466,24 +506,134 @@ const std::vector<Field>& fields() {
 
 }  // namespace
 
+namespace {
+
+// Layer schedules in the options line: a block option's values, one per layer of its kind, comma-separated
+// ("ff.mult=4,2,1"); block options hold no lists of their own. A schedule's field is read and written through a
+// copy of the options whose common block options are that layer's.
+struct Schedule {
+  const char* prefix;  // the fields' key prefix
+  size_t size;         // entries (0: no schedule)
+  std::function<void(AttentionLayersOptions&, size_t)> select;  // common options := entry i
+  std::function<void(AttentionLayersOptions&, size_t, const AttentionLayersOptions&)> store;  // entry i := common
+  std::function<void(AttentionLayersOptions&, size_t)> resize;
+};
+
+std::vector<Schedule> schedules(const AttentionLayersOptions& o) {
+  using O = AttentionLayersOptions;
+  return {
+      {"attn.", o.attn_per_layer().size(), [](O& t, size_t i) { t.attn(t.attn_per_layer().at(i)); },
+       [](O& t, size_t i, const O& from) { t.attn_per_layer().at(i) = from.attn(); },
+       [](O& t, size_t n) { t.attn_per_layer().assign(n, t.attn()); }},
+      {"cross_attn.", o.cross_attn_per_layer().size(),
+       [](O& t, size_t i) { t.cross_attn(t.cross_attn_per_layer().at(i)); },
+       [](O& t, size_t i, const O& from) { t.cross_attn_per_layer().at(i) = from.cross_attn(); },
+       [](O& t, size_t n) { t.cross_attn_per_layer().assign(n, t.cross_attn()); }},
+      {"ff.", o.ff_per_layer().size(), [](O& t, size_t i) { t.ff(t.ff_per_layer().at(i)); },
+       [](O& t, size_t i, const O& from) { t.ff_per_layer().at(i) = from.ff(); },
+       [](O& t, size_t n) { t.ff_per_layer().assign(n, t.ff()); }},
+  };
+}
+
+const Schedule* schedule_of(const std::vector<Schedule>& all, const std::string& key) {
+  for (const auto& s : all)
+    if (key.rfind(s.prefix, 0) == 0) return &s;
+  return nullptr;
+}
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (size_t comma; (comma = text.find(',', start)) != std::string::npos; start = comma + 1)
+    parts.push_back(text.substr(start, comma - start));
+  parts.push_back(text.substr(start));
+  return parts;
+}
+
+}  // namespace
+
 std::string AttentionLayersOptions::serialize() const {
+  const auto all = schedules(*this);
   std::string text;
   for (const auto& field : fields()) {
     if (!text.empty()) text += ';';
-    text += field.key + "=" + field.get(*this);
+    std::string value = field.get(*this);
+    if (const Schedule* s = schedule_of(all, field.key); s != nullptr && s->size > 0) {
+      // Per layer when the layers differ in this field.
+      std::vector<std::string> values;
+      for (size_t i = 0; i < s->size; ++i) {
+        AttentionLayersOptions layer = *this;
+        s->select(layer, i);
+        values.push_back(field.get(layer));
+      }
+      if (std::adjacent_find(values.begin(), values.end(), std::not_equal_to<>()) != values.end())
+        value = fmt::format("{}", fmt::join(values, ","));
+    }
+    text += field.key + "=" + value;
   }
   return text;
 }
 
 AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
   AttentionLayersOptions options(0, 0, 0);
+  std::vector<std::pair<const Field*, std::vector<std::string>>> scheduled;  // set once the layer counts are known
+  std::vector<std::string> given;  // the keys of the line
+  const auto all = schedules(options);
   detail::for_each_option("AttentionLayers", text, [&](const std::string& key, const std::string& value) {
+    given.push_back(key);
     for (const auto& field : fields()) {
-      if (key == field.key) return field.set(options, value);
+      if (key != field.key) continue;
+      if (schedule_of(all, key) != nullptr && value.find(',') != std::string::npos) {
+        auto values = split_commas(value);
+        field.set(options, values.front());  // the common value: the first layer's
+        scheduled.emplace_back(&field, std::move(values));
+        return;
+      }
+      return field.set(options, value);
     }
     TORCH_CHECK_VALUE(false, "AttentionLayers: unknown option '", key, "'; known options: ",
                       fmt::format("{}", fmt::join(keys(), ", ")));
   });
+  if (!scheduled.empty()) {
+    const auto types = options.layer_types();
+    // x-transformers: an attn_* schedule that does not match the self-attention layers goes to cross-attention
+    // (CrossAttender), unless cross_attn_* gives that option.
+    const auto self_layers = static_cast<size_t>(std::count(types.begin(), types.end(), 'a'));
+    for (size_t e = 0, entries = scheduled.size(); e < entries; ++e) {
+      const auto [field, values] = scheduled[e];
+      if (field->key.rfind("attn.", 0) != 0 || values.size() == self_layers || self_layers > 0) continue;
+      const std::string cross_key = "cross_" + field->key;
+      scheduled[e].first = nullptr;
+      if (std::find(given.begin(), given.end(), cross_key) != given.end()) continue;
+      for (const auto& f : fields())
+        if (f.key == cross_key) {
+          f.set(options, values.front());
+          scheduled.emplace_back(&f, values);
+        }
+    }
+    scheduled.erase(std::remove_if(scheduled.begin(), scheduled.end(),
+                                   [](const auto& entry) { return entry.first == nullptr; }),
+                    scheduled.end());
+    for (const auto& s : all) {
+      const auto in_this = [&](const Field* field) { return schedule_of(all, field->key) == &s; };
+      if (std::none_of(scheduled.begin(), scheduled.end(), [&](const auto& entry) { return in_this(entry.first); }))
+        continue;
+      const char kind = std::string(s.prefix) == "attn." ? 'a' : std::string(s.prefix) == "ff." ? 'f' : 'c';
+      const auto layers = static_cast<size_t>(std::count(types.begin(), types.end(), kind));
+      s.resize(options, layers);
+      for (const auto& [field, values] : scheduled) {
+        if (!in_this(field)) continue;
+        TORCH_CHECK_VALUE(values.size() == layers, "AttentionLayers: expected ", field->key, " per layer as ", layers,
+                          " values (one per layer of that kind), got ", values.size());
+        for (size_t i = 0; i < layers; ++i) {
+          AttentionLayersOptions layer = options;
+          s.select(layer, i);
+          field->set(layer, values[i]);
+          s.store(options, i, layer);
+        }
+      }
+    }
+  }
   options.validate();
   return options;
 }

@@ -52,6 +52,10 @@ struct AttentionLayersOptions {
   bool uses_rotary() const { return rotary_pos_emb_ || rotary_xpos_; }
   /// Rotated features per head when rotary_pos_emb is on.
   int64_t resolved_rotary_dim() const { return rotary_emb_dim_.value_or(attn_.dim_head() / 2); }
+  /// The block options of layer `layer` (an index into layer_types()): its entry of the layer schedule
+  /// (attn_per_layer, ...), or the common ones.
+  const AttentionOptions& layer_attention(size_t layer) const;
+  const FeedForwardOptions& layer_feed_forward(size_t layer) const;
   /// The token shift of layer `layer` (an index into layer_types()).
   int64_t layer_shift_tokens(size_t layer) const {
     if (shift_tokens_.empty()) return 0;
@@ -228,6 +232,13 @@ struct AttentionLayersOptions {
   TORCH_ARG(AttentionOptions, cross_attn) = {};
   /// Options of every feed-forward block (`ff_*`).
   TORCH_ARG(FeedForwardOptions, ff) = {};
+  /// Layer schedules (x-transformers' tuples: an `attn_*`, `cross_attn_*` or `ff_*` value per layer of that kind):
+  /// one options struct per self-attention, cross-attention or feed-forward layer, in layer order; empty = every
+  /// layer of that kind takes attn(), cross_attn() or ff(). The stack-wide uses (rotary's dim_head, T5's scale,
+  /// the context's width, packing) read attn() / cross_attn(), which parse() sets to the first layer's values.
+  TORCH_ARG(std::vector<AttentionOptions>, attn_per_layer) = {};
+  TORCH_ARG(std::vector<AttentionOptions>, cross_attn_per_layer) = {};
+  TORCH_ARG(std::vector<FeedForwardOptions>, ff_per_layer) = {};
 };
 
 }  // namespace xtc::nn
