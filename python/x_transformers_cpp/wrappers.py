@@ -107,13 +107,27 @@ class TransformerWrapper(_Wrapper):
     _UNSUPPORTED = dict(
         embed_num_tokens={}, memory_tokens_interspersed_every=None,
         num_output_heads=1, recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
-        emb_frac_gradient=1.0, attn_z_loss_weight=1e-4, token_emb=None,
+        emb_frac_gradient=1.0, attn_z_loss_weight=1e-4,
         mixture_of_softmax=False, mixture_of_softmax_k=4, sigsoftmax_logits=False, ff_deep_embed=False,
-        to_logits=None, add_continuous_pred_head=False)
+        add_continuous_pred_head=False)
 
     def __init__(self, *, num_tokens, max_seq_len, attn_layers, max_mem_len=0, shift_mem_down=0,
-                 input_not_include_cache=False, **kwargs):
+                 input_not_include_cache=False, token_emb=None, to_logits=None, **kwargs):
         super().__init__()
+        # x-transformers takes the token embedding and the logits head as modules too: Python runs those (the op
+        # takes the embeddings, and returns embeddings for the head), and they sit where x-transformers has them.
+        for name, module in (("token_emb", token_emb), ("to_logits", to_logits)):
+            if module is not None and not isinstance(module, nn.Module):
+                raise TypeError(f"{name}: expected a torch.nn.Module, got {type(module).__name__}")
+        if token_emb is not None:
+            kwargs["external_token_emb"] = True
+        if to_logits is not None:
+            if kwargs.get("return_only_embed") or kwargs.get("tie_embedding"):
+                raise ValueError("to_logits: a logits module cannot be combined with return_only_embed or "
+                                 "tie_embedding")
+            kwargs["return_only_embed"] = True  # the op's head is off: the module is the head
+        self._token_emb_module, self._to_logits_module = token_emb is not None, to_logits is not None
+        self._squeeze_out_last_dim = bool(kwargs.get("squeeze_out_last_dim", False))
         # With a cache, whether forward's input holds only the new tokens by default (x-transformers' option).
         self.input_not_include_cache = input_not_include_cache
         # Transformer-XL: how many positions of the hiddens return_mems keeps, and how far the list of memories
@@ -125,6 +139,18 @@ class TransformerWrapper(_Wrapper):
         self.num_tokens, self.emb_dim = num_tokens, kwargs.get("emb_dim") or attn_layers.dim
         self.num_cls_tokens = kwargs.get("num_cls_tokens", 1)
         self._attn_pool = bool(kwargs.get("attn_pool", False))
+        if token_emb is not None:  # first among the modules, as x-transformers registers it
+            self._modules = type(self._modules)([("token_emb", token_emb), *self._modules.items()])
+        if to_logits is not None:
+            self.add_module("to_logits", to_logits)
+
+    def _logits(self, embeddings, to_logits_kwargs):
+        """The logits head over the op's embeddings: the op's own, or the given to_logits module."""
+        if not self._to_logits_module:
+            return torch.ops.xtc.transformer_wrapper_logits(embeddings, self._tensors(), self._options,
+                                                            self._layer_options)
+        logits = self.to_logits(embeddings, **to_logits_kwargs)
+        return logits.squeeze(-1) if self._squeeze_out_last_dim and logits.shape[-1] == 1 else logits
 
     # x-transformers' other forward arguments, at the values that make them do nothing. looped_pred_all_logits only
     # matters for looped networks (refused at construction), so any value does nothing here.
@@ -166,6 +192,8 @@ class TransformerWrapper(_Wrapper):
         over this class) and refused by name otherwise.
         """
         stack, order = _stack_kwargs(kwargs)
+        token_emb_kwargs = kwargs.pop("token_emb_kwargs", {}) if self._token_emb_module else {}
+        to_logits_kwargs = kwargs.pop("to_logits_kwargs", {}) if self._to_logits_module else {}
         check_forward_defaults("TransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
         mems = stack.get("mems")
         if self.shift_mem_down and mems:
@@ -174,30 +202,34 @@ class TransformerWrapper(_Wrapper):
         with_intermediates = (return_intermediates or return_embeddings_and_intermediates or return_mems
                               or return_attn)
         embeddings = return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates
-        inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask)
-        # With the attention pool and intermediates, x-transformers gives the pooled tokens and the logits both: the
-        # embeddings come first here, then each head.
-        pool_beside = self._attn_pool and with_intermediates
+        token_embeds = self.token_emb(x, **token_emb_kwargs) if self._token_emb_module else None
+        inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask, token_embeds)
+        # With a to_logits module, or the attention pool and intermediates (x-transformers gives the pooled tokens
+        # and the logits both), the op returns the embeddings and each head runs after it.
+        encoder_pools = self._attn_pool and not self.attn_layers.causal
+        heads_after = self._to_logits_module or (self._attn_pool and with_intermediates)
         result = self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens, inputs,
-                           embeddings or pool_beside, with_intermediates, cache, order,
+                           embeddings or heads_after, with_intermediates, cache, order,
                            self.input_not_include_cache if input_not_include_cache is None else input_not_include_cache)
         out, intermediates = result if with_intermediates else (result, None)
-        if pool_beside:
-            intermediates.attn_pooled_tokens = torch.ops.xtc.transformer_wrapper_attn_pool(
-                out, mask, prepend_embeds, prepend_mask, self._tensors(), self._options, self._layer_options,
-                self.training)
-            if not embeddings:
-                logits = torch.ops.xtc.transformer_wrapper_logits(out, self._tensors(), self._options,
-                                                                  self._layer_options)
-                out = logits
-                if not self.attn_layers.causal:  # an encoder returns the pooled tokens, as x-transformers
-                    intermediates.logits, out = logits, intermediates.attn_pooled_tokens
-        pooled_out = self._attn_pool and not self.attn_layers.causal and not embeddings
-        if excise_prepend_embeds and prepend_embeds is not None and cache is None and not pooled_out:
+        if heads_after and not embeddings:
+            pooled = None
+            if self._attn_pool and (with_intermediates or encoder_pools):
+                pooled = torch.ops.xtc.transformer_wrapper_attn_pool(
+                    out, mask, prepend_embeds, prepend_mask, self._tensors(), self._options, self._layer_options,
+                    self.training)
+                if intermediates is not None:
+                    intermediates.attn_pooled_tokens = pooled
+            out = self._logits(out, to_logits_kwargs)
+            if encoder_pools:  # an encoder returns the pooled tokens, as x-transformers
+                if intermediates is not None:
+                    intermediates.logits = out
+                out = pooled
+        if excise_prepend_embeds and prepend_embeds is not None and cache is None and not (encoder_pools
+                                                                                            and not embeddings):
             out = out[:, prepend_embeds.shape[1]:]
         if return_logits_and_embeddings:
-            logits = torch.ops.xtc.transformer_wrapper_logits(out, self._tensors(), self._options, self._layer_options)
-            out = (logits, out)
+            out = (self._logits(out, to_logits_kwargs), out)
         elif return_embeddings_and_intermediates:
             out = (out, intermediates)
         if return_mems:

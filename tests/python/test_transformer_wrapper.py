@@ -192,3 +192,54 @@ def test_attention_pool_of_a_decoder_comes_with_the_intermediates():
     (logits, inter), (want, want_inter) = (net(tokens, return_intermediates=True) for net in (ours, theirs))
     torch.testing.assert_close(logits, want, atol=1e-5, rtol=0)
     torch.testing.assert_close(inter.attn_pooled_tokens, want_inter.attn_pooled_tokens, atol=1e-5, rtol=0)
+
+
+class ScaledEmbedding(torch.nn.Module):
+    """A token embedding of the user's own, taking a keyword argument (x-transformers' token_emb_kwargs)."""
+
+    def __init__(self, num_tokens, dim):
+        super().__init__()
+        self.emb = torch.nn.Embedding(num_tokens, dim)
+
+    def forward(self, x, scale=1.0):
+        return self.emb(x) * scale
+
+
+@pytest.mark.parametrize("modules", ["token_emb", "to_logits", "both"])
+@pytest.mark.parametrize("extra", [dict(), dict(emb_dim=24, use_abs_pos_emb=False), dict(attn_pool=True)],
+                         ids=["plain", "narrow-embedding", "attn-pool"])
+def test_token_emb_and_to_logits_given_as_modules(modules, extra):
+    torch.manual_seed(0)
+    emb_dim = extra.get("emb_dim", 32)
+
+    def build(wrapper, layers):
+        torch.manual_seed(3)
+        given = {}
+        if modules in ("token_emb", "both"):
+            given["token_emb"] = ScaledEmbedding(50, emb_dim)
+        if modules in ("to_logits", "both"):
+            given["to_logits"] = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        return wrapper(num_tokens=50, max_seq_len=16, attn_layers=layers(**LAYERS), squeeze_out_last_dim=True,
+                       **given, **extra)
+
+    classes = (Encoder, XEncoder) if extra.get("attn_pool") else (Decoder, XDecoder)
+    theirs, ours = build(XWrapper, classes[1]), build(TransformerWrapper, classes[0])
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    tokens, mask = torch.randint(0, 50, (3, 9)), torch.rand(3, 9) > 0.3
+    call = dict(mask=mask, token_emb_kwargs=dict(scale=0.5)) if modules != "to_logits" else dict(mask=mask)
+    out, expected = ours(tokens, **call), theirs(tokens, **call)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert_parameter_grads_close(ours, theirs, out, expected)
+    (out, inter), (want, want_inter) = (net(tokens, return_intermediates=True, **call) for net in (ours, theirs))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
+    (logits, emb), (want_logits, want_emb) = (net(tokens, return_logits_and_embeddings=True, **call)
+                                              for net in (ours, theirs))
+    torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(emb, want_emb, atol=1e-5, rtol=0)
+
+
+def test_token_emb_module_refuses_tied_embeddings():
+    with pytest.raises(ValueError, match="tie_embedding needs the wrapper's own token embedding"):
+        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS),
+                           token_emb=ScaledEmbedding(50, 32), tie_embedding=True)

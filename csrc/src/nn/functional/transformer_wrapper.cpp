@@ -30,7 +30,7 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
   // x-transformers registers these two directly on the wrapper, so they lead its state_dict.
   if (o.use_cls_token()) parameters_.push_back({"cls_token", {o.num_cls_tokens(), dim}});
   if (o.num_memory_tokens() > 0) parameters_.push_back({"memory_tokens", {o.num_memory_tokens(), dim}});
-  parameters_.push_back({"token_emb.emb.weight", {o.num_tokens(), emb_dim_}});
+  if (!o.external_token_emb()) parameters_.push_back({"token_emb.emb.weight", {o.num_tokens(), emb_dim_}});
   if (has_abs_pos_emb_) {
     if (o.scaled_sinu_pos_emb()) parameters_.push_back({"pos_emb.scale", {1}});
     else parameters_.push_back({"pos_emb.emb.weight", {o.max_seq_len(), emb_dim_}});
@@ -169,8 +169,13 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   };
   // The length as a SymInt: torch.export and torch.compile keep it symbolic.
   const c10::SymInt n = tokens.sym_size(1);
-  const auto table = get("token_emb.emb.weight");
-  if (tokens.key_set().has(c10::DispatchKey::Python)) {
+  TORCH_CHECK_VALUE(extra.token_embeds.has_value() == o.external_token_emb(),
+                    o.external_token_emb() ? "TransformerWrapper: a token_emb module needs its embeddings passed in"
+                                           : "TransformerWrapper: token embeddings were passed in, but the wrapper "
+                                             "has its own token_emb");
+  if (o.external_token_emb()) {
+    // Whatever the caller's module made of the ids.
+  } else if (tokens.key_set().has(c10::DispatchKey::Python)) {
     // Traced (fake tensors under torch.export / torch.compile): no ids to read; the check runs in the graph.
     at::_assert_async(tokens.ge(0).logical_and(tokens.lt(o.num_tokens())).all(),
                       "TransformerWrapper: expected token ids in [0, " + std::to_string(o.num_tokens()) + ")");
@@ -179,8 +184,18 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
     TORCH_CHECK_VALUE(low >= 0 && high < o.num_tokens(), "TransformerWrapper: expected token ids in [0, ",
                       o.num_tokens(), "), got ids from ", low, " to ", high);
   }
-  at::Tensor x = at::embedding(table, tokens.to(at::kLong));
-  if (o.l2norm_embed()) x = detail::l2norm(x);
+  at::Tensor x;
+  if (o.external_token_emb()) {
+    x = *extra.token_embeds;
+    TORCH_CHECK_VALUE(x.dim() == 3 && x.sym_size(0) == tokens.sym_size(0) && x.sym_size(1) == n &&
+                          x.sym_size(2) == plan.emb_dim() && x.is_floating_point() && x.device() == tokens.device(),
+                      "TransformerWrapper: expected the token_emb module's output of shape (", tokens.sym_size(0), ", ",
+                      n, ", ", plan.emb_dim(), ") and a float dtype on the tokens' device, got ", x.sym_sizes(), " ",
+                      x.scalar_type());
+  } else {
+    x = at::embedding(get("token_emb.emb.weight"), tokens.to(at::kLong));
+    if (o.l2norm_embed()) x = detail::l2norm(x);
+  }
   if (plan.has_abs_pos_emb()) {
     // With input_not_include_cache the tokens' positions follow the cached ones (x-transformers' seq_pos_offset).
     const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;

@@ -24,12 +24,14 @@ void TransformerWrapperImpl::reset() {
   if (options.num_memory_tokens() > 0)
     register_parameter("memory_tokens", at::randn({options.num_memory_tokens(), dim}));
   // x-transformers' init_: kaiming-normal token embeddings, or tiny ones (std 1e-5) with l2norm_embed.
-  auto token_emb = std::make_shared<torch::nn::Module>("TokenEmbedding");
-  torch::nn::Embedding table(options.num_tokens(), emb_dim);
-  if (options.l2norm_embed()) torch::nn::init::normal_(table->weight, 0.0, 1e-5);
-  else torch::nn::init::kaiming_normal_(table->weight);
-  token_emb->register_module("emb", table);
-  register_module("token_emb", token_emb);
+  if (!options.external_token_emb()) {
+    auto token_emb = std::make_shared<torch::nn::Module>("TokenEmbedding");
+    torch::nn::Embedding table(options.num_tokens(), emb_dim);
+    if (options.l2norm_embed()) torch::nn::init::normal_(table->weight, 0.0, 1e-5);
+    else torch::nn::init::kaiming_normal_(table->weight);
+    token_emb->register_module("emb", table);
+    register_module("token_emb", token_emb);
+  }
   if (plan->has_abs_pos_emb()) {
     auto pos_emb = std::make_shared<torch::nn::Module>("AbsolutePositionalEmbedding");
     if (options.scaled_sinu_pos_emb()) {

@@ -21,6 +21,8 @@ void TransformerWrapperOptions::validate() const {
                     num_cls_tokens_);
   TORCH_CHECK_VALUE(!(use_cls_token_ && average_pool_embed_),
                     "TransformerWrapper: use_cls_token and average_pool_embed clash; set at most one of them");
+  TORCH_CHECK_VALUE(!(external_token_emb_ && tie_embedding_),
+                    "TransformerWrapper: tie_embedding needs the wrapper's own token embedding, not a token_emb module");
   TORCH_CHECK_VALUE(!(use_cls_token_ && attn_pool_),
                     "TransformerWrapper: use_cls_token and attn_pool clash; set at most one of them");
   TORCH_CHECK_VALUE(!attn_pool_ || (num_pooled_tokens_ > 0 && attn_pool_depth_ > 0 &&
@@ -56,6 +58,7 @@ const std::vector<detail::OptionField<TransformerWrapperOptions>>& fields() {
       XTC_FIELD(average_pool_embed, bool),
       XTC_FIELD(use_cls_token, bool),
       XTC_FIELD(num_cls_tokens, int64_t),
+      XTC_FIELD(external_token_emb, bool),
       XTC_FIELD(squeeze_out_last_dim, bool),
       XTC_FIELD(attn_pool, bool),
       XTC_FIELD(num_pooled_tokens, int64_t),

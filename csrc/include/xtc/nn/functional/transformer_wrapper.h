@@ -41,6 +41,8 @@ class TransformerWrapperPlan {
 /// PaLI), with prepend_mask (b, p) bool joining the mask; the outputs then cover the prepended positions too.
 struct ExtraEmbeddings {
   std::optional<at::Tensor> sum_embeds, prepend_embeds, prepend_mask;
+  /// (b, n, emb_dim): the tokens' embeddings, with external_token_emb (needed exactly then).
+  std::optional<at::Tensor> token_embeds;
 };
 
 /// tokens (b, n) integer ids; `inputs` the layer stack's (x-transformers passes the wrapper's other forward

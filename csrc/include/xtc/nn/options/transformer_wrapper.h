@@ -54,6 +54,9 @@ struct TransformerWrapperOptions {
   /// outputs are theirs alone, (b, dim) for one, (b, num_cls_tokens, dim) for more. Not with average_pool_embed.
   TORCH_ARG(bool, use_cls_token) = false;
   TORCH_ARG(int64_t, num_cls_tokens) = 1;
+  /// The token embeddings come with each call (ExtraEmbeddings::token_embeds, from x-transformers' `token_emb`
+  /// given as a module, which Python runs), so the wrapper has no `token_emb.emb.weight`; not with tie_embedding.
+  TORCH_ARG(bool, external_token_emb) = false;
   /// Logits of width 1 lose their last dim (a regression or score head).
   TORCH_ARG(bool, squeeze_out_last_dim) = false;
   /// x-transformers' attention pooling: num_pooled_tokens learned queries (`attn_pool.queries`, width
