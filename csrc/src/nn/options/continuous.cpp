@@ -23,9 +23,7 @@ namespace {
 const std::vector<detail::OptionField<ContinuousTransformerWrapperOptions>>& fields() {
   using O = ContinuousTransformerWrapperOptions;
   constexpr const char* owner = "ContinuousTransformerWrapper";
-#define XTC_FIELD(NAME, TYPE)                                                                        \
-  detail::option_field<O, TYPE>(owner, #NAME, static_cast<const TYPE& (O::*)() const noexcept>(&O::NAME), \
-                                static_cast<TYPE& (O::*)() noexcept>(&O::NAME))
+#define XTC_FIELD(NAME, TYPE) XTC_OPTION_FIELD(O, owner, NAME, TYPE)
   static const std::vector<detail::OptionField<O>> table = {
       XTC_FIELD(dim_in, std::optional<int64_t>),
       XTC_FIELD(dim_out, std::optional<int64_t>),

@@ -52,6 +52,12 @@ OptionField<Options> option_field(const char* owner, std::string key, const Valu
           }};
 }
 
+/// option_field of the TORCH_ARG `NAME` (of type TYPE) of OPTIONS, its key the name: one row of an options table.
+#define XTC_OPTION_FIELD(OPTIONS, OWNER, NAME, TYPE)                                                           \
+  ::xtc::nn::detail::option_field<OPTIONS, TYPE>(                                                              \
+      OWNER, #NAME, static_cast<const TYPE& (OPTIONS::*)() const noexcept>(&OPTIONS::NAME),                   \
+      static_cast<TYPE& (OPTIONS::*)() noexcept>(&OPTIONS::NAME))
+
 /// "key=value;..." of every field, in the table's order.
 template <typename Options>
 std::string format_fields(const std::vector<OptionField<Options>>& fields, const Options& o) {

@@ -38,9 +38,7 @@ namespace {
 const std::vector<detail::OptionField<TransformerWrapperOptions>>& fields() {
   using O = TransformerWrapperOptions;
   constexpr const char* owner = "TransformerWrapper";
-#define XTC_FIELD(NAME, TYPE)                                                                        \
-  detail::option_field<O, TYPE>(owner, #NAME, static_cast<const TYPE& (O::*)() const noexcept>(&O::NAME), \
-                                static_cast<TYPE& (O::*)() noexcept>(&O::NAME))
+#define XTC_FIELD(NAME, TYPE) XTC_OPTION_FIELD(O, owner, NAME, TYPE)
   static const std::vector<detail::OptionField<O>> table = {
       XTC_FIELD(num_tokens, int64_t),
       XTC_FIELD(max_seq_len, int64_t),
