@@ -14,13 +14,22 @@ PackedSequences pack_by_mask(const at::Tensor& mask) {
   const int64_t n = mask.size(1);
   layout.indices = mask.flatten().nonzero().squeeze(1);
   const auto lengths = mask.sum(1);  // (b) int64
-  layout.cu_seqlens = at::cat({at::zeros({1}, lengths.options()), at::cumsum(lengths, 0)}).to(at::kInt).cpu();
-  layout.max_seqlen = mask.numel() == 0 ? 0 : lengths.max().item<int64_t>();
+  if (mask.numel() == 0) {
+    layout.cu_seqlens = at::zeros({mask.size(0) + 1}, lengths.options().dtype(at::kInt).device(at::kCPU));
+    return layout;  // nothing kept: max_seqlen 0, consecutive
+  }
   // Consecutive when each row's kept positions span exactly its length (an empty row counts as consecutive).
   const auto position = at::arange(n, mask.options().dtype(at::kLong)).unsqueeze(0);
   const auto first = at::where(mask, position, n).amin(1), last = at::where(mask, position, -1).amax(1);
   const auto span = at::where(lengths > 0, last - first + 1, 0);
-  layout.consecutive = mask.numel() == 0 || span.eq(lengths).all().item<bool>();
+  // One copy to the host (beside nonzero's): the offsets, the longest length and the consecutive flag.
+  const auto summary = at::cat({at::zeros({1}, lengths.options()), at::cumsum(lengths, 0), lengths.amax(0, true),
+                                span.eq(lengths).all().to(at::kLong).unsqueeze(0)})
+                           .cpu();
+  const int64_t b = lengths.size(0);
+  layout.cu_seqlens = summary.narrow(0, 0, b + 1).to(at::kInt);
+  layout.max_seqlen = summary[b + 1].item<int64_t>();
+  layout.consecutive = summary[b + 2].item<int64_t>() != 0;
   return layout;
 }
 
