@@ -11,11 +11,11 @@ import torch  # noqa: F401  (loads libtorch before our library)
 
 from . import _C  # noqa: F401  (loads libxtc.so, registering torch.ops.xtc.*)
 from . import batching  # noqa: F401  (torch.func.vmap rule of torch.ops.xtc.flash_attention)
-from .attention_layers import AttentionLayers, CrossAttender, Decoder, Encoder
+from .attention_layers import AttentionLayers, CrossAttender, Decoder, Encoder, PrefixDecoder
 from .wrappers import ContinuousTransformerWrapper, TransformerWrapper
 from .xtransformer import XTransformer
 
 __all__ = [
-    "AttentionLayers", "ContinuousTransformerWrapper", "CrossAttender", "Decoder", "Encoder", "TransformerWrapper",
-    "XTransformer"]
+    "AttentionLayers", "ContinuousTransformerWrapper", "CrossAttender", "Decoder", "Encoder", "PrefixDecoder",
+    "TransformerWrapper", "XTransformer"]
 __version__ = "0.1.0"

@@ -81,9 +81,11 @@ def _initial_tensor(shape, value):
     return value.detach() if value.device == device else value.detach().to(device)
 
 
-def _build_tree(layout):
+def _build_tree(layout, classes=None):
     """Nested modules holding nn.Parameters (and persistent buffers) at the layout's dotted names; numbered children
-    form ModuleLists. layout: (name, shape, is_buffer, value or None) entries, as the C++ layouts give them."""
+    form ModuleLists. layout: (name, shape, is_buffer, value or None) entries, as the C++ layouts give them.
+    classes: {dotted name: nn.Module subclass} for nodes that also run (x-transformers' wrappers call some)."""
+    classes = classes or {}
     tree = {}
     for name, shape, is_buffer, value in layout:
         *path, leaf = name.split(".")
@@ -92,14 +94,14 @@ def _build_tree(layout):
             node = node.setdefault(part, {})
         node[leaf] = (_initial_tensor(shape, value), is_buffer)
 
-    def make(node):
+    def make(node, path=""):
         children = {k: v for k, v in node.items() if isinstance(v, dict)}
         if children and len(children) == len(node) and sorted(children) == [str(i) for i in range(len(children))]:
-            return nn.ModuleList(make(children[str(i)]) for i in range(len(children)))
-        module = nn.Module()
+            return nn.ModuleList(make(children[str(i)], f"{path}{i}.") for i in range(len(children)))
+        module = classes.get(path.rstrip("."), nn.Module)()
         for key, value in node.items():
             if isinstance(value, dict):
-                module.add_module(key, make(value))
+                module.add_module(key, make(value, f"{path}{key}."))
             elif value[1]:
                 module.register_buffer(key, value[0])
             else:
@@ -484,3 +486,25 @@ class Decoder(AttentionLayers):
         if "causal" in kwargs:
             raise TypeError("Decoder: cannot set causality on a Decoder; it is always causal")
         super().__init__(causal=True, **kwargs)
+
+
+class PrefixDecoder(AttentionLayers):
+    """x-transformers' PrefixDecoder: causal self-attention except over a prefix of `prefix_attn_len` positions
+    (an int, or one per sequence), which every query sees; through attn_mask, so on the materialising path."""
+
+    def __init__(self, **kwargs):
+        if "causal" in kwargs:
+            raise TypeError("PrefixDecoder: cannot set causality on a PrefixDecoder")
+        super().__init__(causal=False, **kwargs)
+
+    def forward(self, x, *args, attn_mask=None, prefix_attn_len=None, **kwargs):
+        b, n = x.shape[0], x.shape[1]
+        visible = ~torch.ones((n, n), device=x.device, dtype=torch.bool).triu(1)
+        if prefix_attn_len is not None:
+            if isinstance(prefix_attn_len, int):
+                prefix_attn_len = torch.full((b,), prefix_attn_len, device=x.device)
+            prefix = torch.arange(n, device=x.device) < prefix_attn_len.view(b, 1, 1, 1)
+            visible = visible | prefix
+        if attn_mask is not None:
+            visible = visible & attn_mask
+        return super().forward(x, *args, attn_mask=visible, **kwargs)

@@ -20,6 +20,25 @@ def _attention_maps(intermediates):
     return [t.post_softmax_attn for t in intermediates.attn_intermediates]
 
 
+class TokenEmbedding(nn.Module):
+    """x-transformers' TokenEmbedding over the wrapper's table (`emb.weight`), for the wrappers that call
+    `net.token_emb(ids)` themselves (NextLatentWrapper, ...); the wrapper's own forward embeds in its op."""
+
+    l2norm_embed = False
+
+    def forward(self, x):
+        embeds = torch.nn.functional.embedding(x.long(), self.emb.weight)
+        return torch.nn.functional.normalize(embeds, dim=-1) if self.l2norm_embed else embeds
+
+
+class LogitsHead(nn.Module):
+    """x-transformers' bias-less to_logits linear over the wrapper's `weight`, for wrappers that call
+    `net.to_logits(embeddings)` themselves."""
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight)
+
+
 def _stack_kwargs(kwargs):
     """The forward arguments x-transformers' wrappers pass on to their stack, taken out of kwargs: its inputs, and
     this call's layer order (layers_execute_order or repeat_blocks)."""
@@ -43,7 +62,8 @@ class _Wrapper(nn.Module):
         self._options, layout = self._layout(text, attn_layers._options, initializes_on_construction())
         self._layer_options = attn_layers._options
         self._tensor_names = [name for name, *_ in layout]
-        tree = _build_tree([entry for entry in layout if not entry[0].startswith("attn_layers.")])
+        tree = _build_tree([entry for entry in layout if not entry[0].startswith("attn_layers.")],
+                           dict(token_emb=TokenEmbedding, to_logits=LogitsHead))
         for name, param in tree.named_parameters(recurse=False):
             self.register_parameter(name, param)
         # Children in the layout's (x-transformers') order, the user's stack in its place.
@@ -127,6 +147,7 @@ class TransformerWrapper(_Wrapper):
                                  "tie_embedding")
             kwargs["return_only_embed"] = True  # the op's head is off: the module is the head
         self._token_emb_module, self._to_logits_module = token_emb is not None, to_logits is not None
+        self._tied_logits = bool(kwargs.get("tie_embedding", False))
         self._squeeze_out_last_dim = bool(kwargs.get("squeeze_out_last_dim", False))
         # With a cache, whether forward's input holds only the new tokens by default (x-transformers' option).
         self.input_not_include_cache = input_not_include_cache
@@ -139,10 +160,18 @@ class TransformerWrapper(_Wrapper):
         self.num_tokens, self.emb_dim = num_tokens, kwargs.get("emb_dim") or attn_layers.dim
         self.num_cls_tokens = kwargs.get("num_cls_tokens", 1)
         self._attn_pool = bool(kwargs.get("attn_pool", False))
+        if token_emb is None:
+            self.token_emb.l2norm_embed = bool(kwargs.get("l2norm_embed", False))
+        if self._tied_logits:  # x-transformers' tied head is a function of the token table too
+            self.to_logits = self._tied_to_logits
         if token_emb is not None:  # first among the modules, as x-transformers registers it
             self._modules = type(self._modules)([("token_emb", token_emb), *self._modules.items()])
         if to_logits is not None:
             self.add_module("to_logits", to_logits)
+
+    def _tied_to_logits(self, embeddings):
+        return torch.ops.xtc.transformer_wrapper_logits(embeddings, self._tensors(), self._options,
+                                                        self._layer_options)
 
     def _logits(self, embeddings, to_logits_kwargs):
         """The logits head over the op's embeddings: the op's own, or the given to_logits module."""

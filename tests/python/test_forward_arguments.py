@@ -224,3 +224,22 @@ def test_cached_decoding_beside_transformer_xl_memories(options):
         for i in range(4, 7):
             step, cache = ours(x[:, :i + 1], mems=mems, mem_masks=masks, cache=cache, return_hiddens=True)
             assert_close(step[:, -1], full[:, i])
+
+
+@pytest.mark.parametrize("prefix", [3, "per-sequence"])
+def test_prefix_decoder_matches_x_transformers(prefix):
+    from x_transformers import PrefixDecoder as XPrefixDecoder
+    from x_transformers_cpp import PrefixDecoder
+    torch.manual_seed(0)
+    theirs = XPrefixDecoder(**LAYERS)
+    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
+    ours = PrefixDecoder(**LAYERS)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    prefix_attn_len = prefix if isinstance(prefix, int) else torch.tensor([0, 2, 7])
+    out, expected = ours(x, prefix_attn_len=prefix_attn_len), theirs(x, prefix_attn_len=prefix_attn_len)
+    assert_close(out, expected)
+    assert_parameter_grads_close(ours, theirs, out, expected)
+    band = torch.ones(7, 7, dtype=torch.bool).tril()  # with a further attn_mask
+    assert_close(ours(x, prefix_attn_len=prefix_attn_len, attn_mask=band),
+                 theirs(x, prefix_attn_len=prefix_attn_len, attn_mask=band))

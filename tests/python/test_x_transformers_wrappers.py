@@ -393,3 +393,26 @@ def test_their_continuous_autoregressive_wrapper_over_a_probabilistic_one():
         with torch.no_grad():
             results.append(wrapper.generate(x[:, :3], 5))
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
+
+
+def test_their_dpo_entropy_tokenizer_and_next_latent_wrappers_over_ours():
+    # DPO (a deep copy of the policy as reference), EntropyBasedTokenizer (logits' entropies) and NextLatentWrapper
+    # (which calls the wrapper's token_emb and to_logits itself), with the same weights and seeds.
+    from x_transformers import DPO, EntropyBasedTokenizer, NextLatentWrapper
+    ours, theirs = tokens_wrapper_pair(num_tokens=50, max_seq_len=32)
+    seq, other = torch.randint(1, 50, (2, 10)), torch.randint(1, 50, (2, 10))
+    other[:, -2:] = 0  # padding, with pad_id 0
+    prompt_mask = torch.zeros(2, 10, dtype=torch.bool)
+    prompt_mask[:, :3] = True
+    loss, expected = (DPO(net, pad_id=0)(seq, other, prompt_mask=prompt_mask) for net in (ours, theirs))
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    got, want = (EntropyBasedTokenizer(net, entropy_threshold=2.5)(seq) for net in (ours, theirs))
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    results = []
+    for net in (ours, theirs):
+        torch.manual_seed(2)
+        wrapper = NextLatentWrapper(net, dim=32)
+        torch.manual_seed(3)
+        results.append(wrapper(seq))
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.token_emb(seq), theirs.token_emb(seq), atol=0, rtol=0)
