@@ -25,8 +25,8 @@ at::Tensor continuous_transformer_kernel(const at::Tensor& x, XTC_STACK_INPUT_PA
 
 detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
     const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& lens, at::TensorList cache_kv,
-    bool input_not_include_cache, at::TensorList params, c10::string_view options, c10::string_view layer_options, bool training,
-    bool return_embeddings) {
+    bool input_not_include_cache, at::TensorList params, c10::string_view options, c10::string_view layer_options,
+    bool training, bool return_embeddings) {
   const auto plan =
       detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
           options, layer_options);

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from . import _C
-from .attention_layers import (ORDER_KWARGS, STACK_KWARGS, AttentionLayers, _build_tree, _option_value, check_forward_defaults,
-                               fill_from_layout, flat_cache, initializes_on_construction, layer_intermediates,
-                               stack_arguments, unshard_fsdp_groups)
+from .attention_layers import (ORDER_KWARGS, STACK_KWARGS, AttentionLayers, _build_tree, _option_value,
+                               check_forward_defaults, fill_from_layout, flat_cache, initializes_on_construction,
+                               layer_intermediates, stack_arguments, unshard_fsdp_groups)
 
 
 def _attention_maps(intermediates):
@@ -119,8 +119,9 @@ class TransformerWrapper(_Wrapper):
     Keyword arguments only: num_tokens, max_seq_len, attn_layers, emb_dim, post_emb_norm, emb_dropout,
     num_memory_tokens, tie_embedding, tie_embedding_scale, logits_dim, return_only_embed, use_abs_pos_emb,
     scaled_sinu_pos_emb, l2norm_embed, average_pool_embed, use_cls_token / num_cls_tokens, squeeze_out_last_dim,
-    max_mem_len, shift_mem_down, input_not_include_cache. x-transformers' other arguments are accepted only at
-    their defaults.
+    attn_pool / num_pooled_tokens / attn_pool_depth / dim_pooled_tokens, max_mem_len, shift_mem_down,
+    input_not_include_cache, and token_emb / to_logits as modules. x-transformers' other arguments are accepted
+    only at their defaults.
     """
 
     _layout = staticmethod(_C.transformer_wrapper_layout)
@@ -254,8 +255,8 @@ class TransformerWrapper(_Wrapper):
                 if intermediates is not None:
                     intermediates.logits = out
                 out = pooled
-        if excise_prepend_embeds and prepend_embeds is not None and cache is None and not (encoder_pools
-                                                                                            and not embeddings):
+        returns_pooled = encoder_pools and not embeddings  # pooled tokens have no positions to cut
+        if excise_prepend_embeds and prepend_embeds is not None and cache is None and not returns_pooled:
             out = out[:, prepend_embeds.shape[1]:]
         if return_logits_and_embeddings:
             out = (self._logits(out, to_logits_kwargs), out)

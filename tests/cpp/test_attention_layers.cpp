@@ -340,6 +340,20 @@ TEST(TransformerWrapper, AttentionPoolOfAnEncoderReturnsThePooledTokens) {
   }
 }
 
+TEST(TransformerWrapper, TakesTheTokenEmbeddingsOfAModuleOfItsOwn) {
+  torch::manual_seed(8);
+  torch::nn::Embedding table(50, 32);
+  xtc::nn::TransformerWrapper lm(xtc::nn::TransformerWrapperOptions(50, 16).external_token_emb(true),
+                                 xtc::nn::Decoder(xtc::nn::AttentionLayersOptions(32, 1, 2)));
+  const auto names = lm->named_parameters().keys();
+  EXPECT_EQ(std::find(names.begin(), names.end(), "token_emb.emb.weight"), names.end());
+  const auto tokens = torch::randint(0, 50, {2, 7});
+  xtc::nn::functional::ExtraEmbeddings extra;
+  extra.token_embeds = table->forward(tokens);
+  EXPECT_EQ(lm->forward_with(tokens, {}, extra).sizes(), c10::IntArrayRef({2, 7, 50}));
+  EXPECT_THROW(lm->forward(tokens), c10::Error);  // its embeddings are needed
+}
+
 TEST(Wrappers, OptionsRoundTripThroughTheirFieldTables) {
   const auto lm = xtc::nn::TransformerWrapperOptions(50, 16).emb_dim(24).use_cls_token(true).num_cls_tokens(3);
   const auto text = lm.serialize();

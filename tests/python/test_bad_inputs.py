@@ -158,7 +158,8 @@ def test_state_dict_keys_get_torch_errors(edit, message):
     (lambda m: m(torch.zeros(2, 3, 1, dtype=torch.long)), ValueError, r"got \[2, 3, 1\] Long"),
     (lambda m: m(torch.full((2, 3), 10)), ValueError, r"expected token ids in \[0, 10\), got ids from 10 to 10"),
     (lambda m: m(torch.full((2, 3), -1)), ValueError, r"expected token ids in \[0, 10\), got ids from -1 to -1"),
-    (lambda m: m(torch.zeros(2, 9, dtype=torch.long)), ValueError, r"expected at most max_seq_len \(8\) positions, got 9"),
+    (lambda m: m(torch.zeros(2, 9, dtype=torch.long)), ValueError,
+     r"expected at most max_seq_len \(8\) positions, got 9"),
     (lambda m: m(torch.zeros(2, 3, dtype=torch.long), mask=torch.ones(2, 4, dtype=torch.bool)), ValueError,
      r"expected mask of shape \(2, 3\), got \[2, 4\]"),
 ], ids=["float_ids", "rank", "id_too_large", "negative_id", "too_long", "mask_shape"])

@@ -246,9 +246,8 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     const auto rotate = [&](const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale, bool inverse) {
       const int64_t heads = xtc::detail::static_size(t, 2), rotated = c.rotary_heads < 0 ? heads : c.rotary_heads;
       if (rotated == heads) return apply_rotary(t, angles, scale, inverse);
-      return at::cat(
-          {t.narrow(2, 0, heads - rotated), apply_rotary(t.narrow(2, heads - rotated, rotated), angles, scale, inverse)},
-          2);
+      const auto rotated_part = apply_rotary(t.narrow(2, heads - rotated, rotated), angles, scale, inverse);
+      return at::cat({t.narrow(2, 0, heads - rotated), rotated_part}, 2);
     };
     q = rotate(q, c.rotary_angles, c.rotary_scale, false);
     const bool own_key_angles = c.key_rotary_angles.defined();

@@ -893,7 +893,8 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
     // cache the positions run to n_in + cache_length (x-transformers' seq_pos_offset), the keys being the last.
     // Custom positions replace the range.
     const c10::SymInt positions = (cached ? n_in + cache_length : x_in.sym_size(1)) + mem_len;
-    TORCH_CHECK_VALUE(positions >= keys + mem_len, "AttentionLayers: cache_length ", cache_length, " is shorter than the ",
+    TORCH_CHECK_VALUE(positions >= keys + mem_len, "AttentionLayers: cache_length ", cache_length,
+                      " is shorter than the ",
                       past, " cached keys");
     const auto& inv_freq = p.get("rotary_pos_emb.inv_freq");
     const at::Tensor t = pos.has_value()

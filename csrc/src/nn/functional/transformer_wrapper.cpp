@@ -109,7 +109,9 @@ at::Tensor attn_pool_tokens(const at::Tensor& x, const std::optional<at::Tensor>
   w.to_k = get("attn_pool.pooler.to_k.weight");
   w.to_v = get("attn_pool.pooler.to_v.weight");
   w.to_out = get("attn_pool.pooler.to_out.weight");  // undefined with one head
-  AttentionConfig config{heads, heads, dim_head, dim_head};
+  AttentionConfig config{};
+  config.heads = config.kv_heads = heads;
+  config.dim_head = config.value_dim_head = dim_head;
   config.options.dim_head(dim_head).dim_context(stack.dim());
   return attention(q, x, std::nullopt, key_mask, w, config, training);
 }
@@ -146,8 +148,8 @@ at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params
   const auto get = [&](const std::string& name) {
     return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
   };
-  const auto logits = o.tie_embedding() ? at::matmul(x, get("token_emb.emb.weight").t()) *
-                                              o.tie_embedding_scale().value_or(1.0 / std::sqrt(static_cast<double>(dim)))
+  const double tied_scale = o.tie_embedding_scale().value_or(1.0 / std::sqrt(static_cast<double>(dim)));
+  const auto logits = o.tie_embedding() ? at::matmul(x, get("token_emb.emb.weight").t()) * tied_scale
                                         : at::linear(x, get("to_logits.weight"));
   return o.squeeze_out_last_dim() && logits.sym_size(-1) == 1 ? logits.squeeze(-1) : logits;
 }

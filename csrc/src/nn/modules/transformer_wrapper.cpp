@@ -80,4 +80,10 @@ at::Tensor TransformerWrapperImpl::forward(const at::Tensor& tokens, const at::T
   return functional::transformer_wrapper(tokens, inputs, tensors(), *plan, is_training(), return_embeddings);
 }
 
+at::Tensor TransformerWrapperImpl::forward_with(const at::Tensor& tokens, const functional::AttentionLayersInputs& inputs,
+                                               const functional::ExtraEmbeddings& extra, bool return_embeddings) {
+  return functional::transformer_wrapper(tokens, inputs, tensors(), *plan, is_training(), return_embeddings, {},
+                                         nullptr, extra);
+}
+
 }  // namespace xtc::nn

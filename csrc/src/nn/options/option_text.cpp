@@ -18,7 +18,8 @@ bool is_none(const std::string& text) { return text == "none" || text == "None";
 }  // namespace
 
 void unknown_option(const char* owner, const std::string& key, const std::vector<std::string>& known) {
-  TORCH_CHECK_VALUE(false, owner, ": unknown option '", key, "'; known options: ", fmt::format("{}", fmt::join(known, ", ")));
+  TORCH_CHECK_VALUE(false, owner, ": unknown option '", key, "'; known options: ",
+                    fmt::format("{}", fmt::join(known, ", ")));
 }
 
 void for_each_option(const char* owner, const std::string& line,

@@ -22,7 +22,8 @@ void TransformerWrapperOptions::validate() const {
   TORCH_CHECK_VALUE(!(use_cls_token_ && average_pool_embed_),
                     "TransformerWrapper: use_cls_token and average_pool_embed clash; set at most one of them");
   TORCH_CHECK_VALUE(!(external_token_emb_ && tie_embedding_),
-                    "TransformerWrapper: tie_embedding needs the wrapper's own token embedding, not a token_emb module");
+                    "TransformerWrapper: tie_embedding needs the wrapper's own token embedding, not a token_emb "
+                    "module");
   TORCH_CHECK_VALUE(!(use_cls_token_ && attn_pool_),
                     "TransformerWrapper: use_cls_token and attn_pool clash; set at most one of them");
   TORCH_CHECK_VALUE(!attn_pool_ || (num_pooled_tokens_ > 0 && attn_pool_depth_ > 0 &&
