@@ -164,21 +164,21 @@ class TransformerWrapper(_Wrapper):
         if token_emb is None:
             self.token_emb.l2norm_embed = bool(kwargs.get("l2norm_embed", False))
         if self._tied_logits:  # x-transformers' tied head is a function of the token table too
-            self.to_logits = self._tied_to_logits
+            self.to_logits = self._own_logits
         if token_emb is not None:  # first among the modules, as x-transformers registers it
             self._modules = type(self._modules)([("token_emb", token_emb), *self._modules.items()])
         if to_logits is not None:
             self.add_module("to_logits", to_logits)
 
-    def _tied_to_logits(self, embeddings):
+    def _own_logits(self, embeddings):
+        """The op's logits head (tied or not) over embeddings."""
         return torch.ops.xtc.transformer_wrapper_logits(embeddings, self._tensors(), self._options,
                                                         self._layer_options)
 
     def _logits(self, embeddings, to_logits_kwargs):
         """The logits head over the op's embeddings: the op's own, or the given to_logits module."""
         if not self._to_logits_module:
-            return torch.ops.xtc.transformer_wrapper_logits(embeddings, self._tensors(), self._options,
-                                                            self._layer_options)
+            return self._own_logits(embeddings)
         logits = self.to_logits(embeddings, **to_logits_kwargs)
         return logits.squeeze(-1) if self._squeeze_out_last_dim and logits.shape[-1] == 1 else logits
 

@@ -410,7 +410,7 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
     if (plan.layer_types()[i] != 'f') attention_layers.push_back(static_cast<size_t>(i));
   int64_t past = -1;
   for (size_t l = 0; l < types.size(); ++l) {
-    const auto& a = o.layer_attention(attention_layers[l]);
+    const auto& a = plan.layer_attention(attention_layers[l]);
     const int64_t hk = o.resolved_kv_heads(a), dh = a.dim_head(), dv = a.value_dim_head().value_or(dh);
     const auto &k = cache_kv[2 * l], &v = cache_kv[2 * l + 1];
     const int64_t len = k.dim() == 4 ? xtc::detail::static_size(k, 2) : -1;
@@ -795,6 +795,11 @@ AttentionLayersPlan::AttentionLayersPlan(AttentionLayersOptions options) : optio
   options_.validate();
   layer_types_ = options_.layer_types();
   execution_order_ = options_.execution_order();
+  for (size_t i = 0; i < layer_types_.size(); ++i) {
+    const bool feed_forward = layer_types_[i] == 'f';
+    layer_attention_.push_back(feed_forward ? options_.attn() : options_.layer_attention(i));
+    layer_feed_forward_.push_back(feed_forward ? options_.layer_feed_forward(i) : options_.ff());
+  }
   for (const int64_t i : execution_order_)
     if (layer_types_[i] != 'f') executed_attention_types_.push_back(layer_types_[i]);
   parameters_ = layout(options_, layer_types_);
@@ -1067,7 +1072,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       h = shift_tokens(h, shift, o.causal(), type == 'f' ? std::optional<at::Tensor>() : mask);
     at::Tensor out;
     if (type == 'f') {
-      const auto& f = o.layer_feed_forward(static_cast<size_t>(i));
+      const auto& f = plan.layer_feed_forward(static_cast<size_t>(i));
       out = feed_forward(h, feed_forward_weights(p, block, f), f, training);
       if (o.macaron()) out = out * 0.5;
     } else if (type == 'a') {
@@ -1088,7 +1093,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
         if (extra.k.defined()) extra.mask = additional_kv_mask;
       }
       ++next_self_layer;
-      const auto& a = o.layer_attention(static_cast<size_t>(i));
+      const auto& a = plan.layer_attention(static_cast<size_t>(i));
       out = attention(h, std::nullopt, layer_mask, self_key_mask, attention_weights(p, block),
                       o.attn_per_layer().empty() ? self_config : with_options(self_config, a, o), training,
                       attn_mask, &self_scores,
@@ -1105,7 +1110,7 @@ at::Tensor attention_layers(const at::Tensor& x_arg, const AttentionLayersInputs
       ExtraKeyValues extra;
       if (next_cross_layer < cross_kv_residuals.size()) extra.input_residual = cross_kv_residuals[next_cross_layer];
       ++next_cross_layer;
-      const auto& a = o.layer_attention(static_cast<size_t>(i));
+      const auto& a = plan.layer_attention(static_cast<size_t>(i));
       out = attention(h, context, layer_mask, cross_key_mask, attention_weights(p, block),
                       o.cross_attn_per_layer().empty() ? cross_config : with_options(cross_config, a, o), training,
                       std::nullopt, &cross_scores,

@@ -35,6 +35,10 @@ class AttentionLayersPlan {
   const std::string& executed_attention_types() const { return executed_attention_types_; }
   /// Per-head ALiBi slopes (x-transformers' geometric series, zero past alibi_num_heads); empty without ALiBi.
   const std::vector<double>& alibi_slopes() const { return alibi_slopes_; }
+  /// Each layer's block options (options().layer_attention / layer_feed_forward, resolved once): what the forward
+  /// reads per layer, without walking the layer kinds at every call.
+  const AttentionOptions& layer_attention(size_t layer) const { return layer_attention_.at(layer); }
+  const FeedForwardOptions& layer_feed_forward(size_t layer) const { return layer_feed_forward_.at(layer); }
   /// Position of `name` in parameters(), or -1.
   int64_t index(const std::string& name) const;
 
@@ -46,6 +50,8 @@ class AttentionLayersPlan {
   std::vector<ParameterSpec> parameters_;
   std::unordered_map<std::string, int64_t> index_;
   std::vector<double> alibi_slopes_;
+  std::vector<AttentionOptions> layer_attention_;       // per layer; the common attn() for feed-forwards
+  std::vector<FeedForwardOptions> layer_feed_forward_;  // per layer; the common ff() for attention layers
 };
 
 /// x-transformers' flash_pack_seq_kwargs (FlashAttention's varlen arguments): the rows of x (1, total, dim), or of
