@@ -1,17 +1,21 @@
 """Packed sequences on a CUDA GPU, in one run: the varlen op against our unmasked dense kernel at the same total
 tokens (TFLOP/s credited on visible keys), and the padded encoder batch end to end with and without unpad (fp32
 with TF32, and bf16 autocast), beside x-transformers with attn_flash. Medians of interleaved runs, CUDA events;
-prints a table and writes JSON. benchmarks/gpu_check.sh runs it with XTC_CUDA_VARLEN=1 (without it, packed layers
-on CUDA attend in the padded frame).
+prints a table and writes JSON. benchmarks/gpu_check.sh runs it with the cuda_varlen backend enabled (without it,
+packed layers on CUDA attend in the padded frame).
 
-    XTC_CUDA_VARLEN=1 python benchmarks/bench_packed_cuda.py --out results/packed_cuda.json
+    python benchmarks/bench_packed_cuda.py --backends \
+        cuda_hopper_forward,cuda_hopper_backward,cuda_mma_sync,cuda_simple,varlen,cuda_varlen,math --out results/packed_cuda.json
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
 
 import torch
+
+from x_transformers_cpp.backends import attention_backend, enabled_backends
 
 
 def cuda_median_ms(fns, repeats):
@@ -74,7 +78,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "packed_cuda.json"))
+    parser.add_argument("--backends", help="x_transformers_cpp.backends families that may run, comma-separated "
+                        "(default: the library's own setting)")
+    parser.add_argument("--backend-priority", action="store_true", help="the order of --backends ranks every choice")
     args = parser.parse_args()
+    setting = attention_backend(args.backends, args.backend_priority) if args.backends else contextlib.nullcontext()
+    with setting:
+        run(args)
+
+
+def run(args):
     import x_transformers_cpp  # noqa: F401
     rows = []
     g = torch.Generator().manual_seed(0)
@@ -85,7 +98,7 @@ def main():
     for precision in ("tf32", "bf16"):
         rows += encoder_case(precision, args.repeats)
     device = torch.cuda.get_device_name()
-    print(f"device: {device}, XTC_CUDA_VARLEN={os.environ.get('XTC_CUDA_VARLEN', '')}")
+    print(f"device: {device}, backends: {','.join(b.value for b in enabled_backends())}")
     print(f"{'case':48} {'impl':22} {'median ms':>10} {'TFLOP/s':>8} {'vs unpad':>9}")
     for r in rows:
         tf = f"{r['tflops']:.1f}" if "tflops" in r else "-"

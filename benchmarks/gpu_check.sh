@@ -35,8 +35,14 @@ echo "build: ${STATUS[build]} at $(elapsed)s"
 
 if [[ ${STATUS[build]} == ok ]]; then
   # Run from outside the tree so the installed package (not python/ sources) is imported. Three passes: the
-  # default routing, every call on the Hopper (wgmma) kernels, every call on the mma.sync kernels (the path of
-  # other GPUs and of short masked calls); the XTC_CUDA_*_WGMMA switches pick them.
+  # default routing, every call on the Hopper (wgmma) kernels where they can run, every call on the mma.sync
+  # kernels (the path of other GPUs and of short masked calls). XTC_TEST_BACKENDS (tests/python/conftest.py) sets
+  # the session's x_transformers_cpp.backends families, in priority order with XTC_TEST_BACKEND_PRIORITY=1; the
+  # benchmarks take the same lists as --backends.
+  HOPPER=varlen,cuda_hopper_forward,cuda_hopper_backward,cuda_mma_sync,cuda_simple,cpu_flash,cpu_bf16_matmul,math
+  HOPPER_FWD=varlen,cuda_hopper_forward,cuda_mma_sync,cuda_simple,cpu_flash,cpu_bf16_matmul,math
+  MMA=varlen,cuda_mma_sync,cuda_simple,cpu_flash,cpu_bf16_matmul,math
+  DEFAULT=cpu_flash,cpu_bf16_matmul,cuda_hopper_forward,cuda_hopper_backward,cuda_mma_sync,cuda_simple,varlen,math
   gpu_tests() {  # test file, log-name, time limit, then VAR=value settings
     local file="$1" log="$2" limit="$3"; shift 3
     env "$@" timeout "$limit" python3 -m pytest -q -p no:cacheprovider "$PWD/tests/python/$file" \
@@ -45,20 +51,21 @@ if [[ ${STATUS[build]} == ok ]]; then
   }
   cuda_tests() { local log="$1"; shift; gpu_tests test_flash_attention_cuda.py "$log" 150 "$@"; }
   cuda_tests test_cuda XTC_GPU_CHECK_DEFAULT=1 && STATUS[test_cuda]=ok || STATUS[test_cuda]=FAILED
-  cuda_tests test_cuda_hopper XTC_CUDA_FWD_WGMMA=1 XTC_CUDA_BWD_WGMMA=1 \
+  cuda_tests test_cuda_hopper XTC_TEST_BACKENDS=$HOPPER XTC_TEST_BACKEND_PRIORITY=1 \
     && STATUS[test_cuda_hopper]=ok || STATUS[test_cuda_hopper]=FAILED
-  cuda_tests test_cuda_mma XTC_CUDA_FWD_WGMMA=0 XTC_CUDA_BWD_WGMMA=0 \
+  cuda_tests test_cuda_mma XTC_TEST_BACKENDS=$MMA XTC_TEST_BACKEND_PRIORITY=1 \
     && STATUS[test_cuda_mma]=ok || STATUS[test_cuda_mma]=FAILED
   # If the Hopper kernels failed, the rest of the run keeps off those of the failing direction, so that the other
   # one and the benchmark still report.
   if [[ ${STATUS[test_cuda_hopper]} != ok ]]; then
-    if cuda_tests test_cuda_hopper_fwd XTC_CUDA_FWD_WGMMA=1 XTC_CUDA_BWD_WGMMA=0; then
-      echo "Hopper backward failed its tests: XTC_CUDA_BWD_WGMMA=0 for the rest of the run"
-      export XTC_CUDA_BWD_WGMMA=0
+    if cuda_tests test_cuda_hopper_fwd XTC_TEST_BACKENDS=$HOPPER_FWD XTC_TEST_BACKEND_PRIORITY=1; then
+      echo "Hopper backward failed its tests: cuda_hopper_backward off for the rest of the run"
+      DEFAULT=${DEFAULT/cuda_hopper_backward,/}
     else
-      echo "Hopper kernels failed their tests: XTC_CUDA_FWD_WGMMA=0 XTC_CUDA_BWD_WGMMA=0 for the rest of the run"
-      export XTC_CUDA_FWD_WGMMA=0 XTC_CUDA_BWD_WGMMA=0
+      echo "Hopper kernels failed their tests: both off for the rest of the run"
+      DEFAULT=${DEFAULT/cuda_hopper_forward,cuda_hopper_backward,/}
     fi
+    export XTC_TEST_BACKENDS=$DEFAULT
   fi
   # Encoder / Decoder on CUDA against x-transformers on CUDA, when x-transformers travels in .whl.
   if python3 -c 'import x_transformers' 2>/dev/null; then
@@ -69,35 +76,36 @@ if [[ ${STATUS[build]} == ok ]]; then
     echo "x-transformers not importable: encoder parity on CUDA skipped"
   fi
   # Packed sequences: the varlen op against the dense op per sequence, unpad against x-transformers, in the padded
-  # frame (default) and in the varlen kernel (XTC_CUDA_VARLEN=1); then their benchmark with the varlen kernel.
+  # frame (default) and in the varlen kernel (cuda_varlen enabled); then their benchmark with the varlen kernel.
   packed_tests() { local log="$1"; shift; gpu_tests test_packed_sequences_cuda.py "$log" 90 "$@"; }
   packed_tests test_packed XTC_GPU_CHECK_DEFAULT=1 && STATUS[test_packed]=ok || STATUS[test_packed]=FAILED
-  packed_tests test_packed_varlen XTC_CUDA_VARLEN=1 && STATUS[test_packed_varlen]=ok || STATUS[test_packed_varlen]=FAILED
+  packed_tests test_packed_varlen XTC_TEST_BACKENDS=$DEFAULT,cuda_varlen && STATUS[test_packed_varlen]=ok || STATUS[test_packed_varlen]=FAILED
   if python3 -c 'import x_transformers' 2>/dev/null; then
-    XTC_CUDA_VARLEN=1 PYTHONUNBUFFERED=1 timeout 120 python3 benchmarks/bench_packed_cuda.py \
+    PYTHONUNBUFFERED=1 timeout 120 python3 benchmarks/bench_packed_cuda.py --backends "$DEFAULT,cuda_varlen" \
       --out "$LOGS/packed_cuda.json" > "$LOGS/bench_packed.log" 2>&1
     STATUS[bench_packed]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
   fi
   # The full grid of issue 3 (d 64 / 128, n 512 .. 16k, five cases, every SDPA backend); XTC_GPU_CHECK_GRID=0
   # skips it (a check of the tests and the A/B only).
   if [[ "${XTC_GPU_CHECK_GRID:-1}" != 0 ]]; then
-    PYTHONUNBUFFERED=1 timeout 270 python3 benchmarks/bench_attention.py --reps 10 --out "$LOGS/attention_cuda.json" \
+    PYTHONUNBUFFERED=1 timeout 270 python3 benchmarks/bench_attention.py --backends "$DEFAULT" --reps 10 --out "$LOGS/attention_cuda.json" \
       > "$LOGS/bench.log" 2>&1
     STATUS[bench]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
   fi
-  # Kernel variants for A/B timing (same op, other kernels or tile shapes), as "ENV=value[,ENV=value] head-dims"
-  # ("default" for no setting), over XTC_GPU_CHECK_AB_LENGTHS and XTC_GPU_CHECK_AB_CASES; ';' separates variants
-  # in XTC_GPU_CHECK_AB_VARIANTS. XTC_GPU_CHECK_AB=0 skips them.
-  variants=("XTC_CUDA_FWD_WGMMA=1,XTC_CUDA_BWD_WGMMA=1 64 128" "XTC_CUDA_FWD_WGMMA=0,XTC_CUDA_BWD_WGMMA=0 64 128")
+  # Kernel variants for A/B timing (same op, other kernels), as "backend-list head-dims" (the list in priority
+  # order, "default" for the library's own choice), over XTC_GPU_CHECK_AB_LENGTHS and XTC_GPU_CHECK_AB_CASES; ';'
+  # separates variants in XTC_GPU_CHECK_AB_VARIANTS. XTC_GPU_CHECK_AB=0 skips them.
+  variants=("$HOPPER 64 128" "$MMA 64 128")
   [[ -n "${XTC_GPU_CHECK_AB_VARIANTS:-}" ]] && IFS=';' read -r -a variants <<<"$XTC_GPU_CHECK_AB_VARIANTS"
   [[ "${XTC_GPU_CHECK_AB:-1}" == 0 ]] && variants=()
   for variant in "${variants[@]}"; do
     read -r setting dims <<<"$variant"
-    [[ $setting == default ]] && setting=XTC_GPU_CHECK_DEFAULT=1
-    # shellcheck disable=SC2086  # the settings split on purpose
-    env ${setting//,/ } timeout 90 python3 benchmarks/bench_attention.py --head-dims $dims \
+    backend_args=(--backends "$setting" --backend-priority)
+    [[ $setting == default ]] && backend_args=()
+    # shellcheck disable=SC2086  # the head dims, lengths and cases split on purpose
+    timeout 90 python3 benchmarks/bench_attention.py "${backend_args[@]}" --head-dims $dims \
       --lengths ${XTC_GPU_CHECK_AB_LENGTHS:-2048 8192} --cases ${XTC_GPU_CHECK_AB_CASES:-none padding alibi} \
-      --ours-only --reps 10 --out "$LOGS/ab_$(echo "$setting" | tr -c 'A-Za-z0-9_\n' '_').json" 2>&1 \
+      --ours-only --reps 10 --out "$LOGS/ab_$(echo "$setting" | cut -d, -f1-2 | tr -c 'A-Za-z0-9_\n' '_').json" 2>&1 \
       | sed -n '/^Summary/,/^wrote/p' | sed "s/^Summary.*/A\/B $setting:/" | grep -v '^wrote' | tee -a "$LOGS/ab.log"
   done
   [[ -f "$LOGS/bench.log" ]] && sed -n '/^Summary/,/^wrote/p' "$LOGS/bench.log"

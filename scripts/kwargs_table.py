@@ -8,39 +8,60 @@ not do. tests/python/test_readme_table.py checks that README.md holds exactly th
 """
 import inspect
 
+import torch
+
 from x_transformers.x_transformers import Attention, AttentionLayers, FeedForward
 
 from x_transformers_cpp import _C
 
-# How a supported option runs; everything not listed runs in the flash kernel path.
-PATHS = {
-    "attn_dropout": "materialised scores while training (dropout on the probabilities); flash kernel otherwise",
-    "cross_attn_dropout": "as attn_dropout",
-    "attn_num_mem_kv": "flash kernel; materialised scores together with alibi_pos_bias or attn_max_attend_past",
-    "attn_add_zero_kv": "flash kernel; materialised scores together with alibi_pos_bias or attn_max_attend_past",
-    "cross_attn_add_zero_kv": "flash kernel (a zero key and value in front)",
+# How an attention option runs is not written here: a small stack with the option set (PROBES, else the value
+# opposite to x-transformers' default for a flag, else that default) runs once in eval and once in training under
+# x_transformers_cpp.backends.record_choices, and the path column reports the kernel each attention layer took with
+# the reasons of the kernels it passed over, the very checks the forward makes.
+PROBES = {
+    "attn_sparse_topk": dict(attn_sparse_topk=2), "attn_sparse_topk_straight_through": dict(attn_sparse_topk=2),
+    "attn_num_mem_kv": dict(attn_num_mem_kv=2), "cross_attn_num_mem_kv": dict(cross_attn_num_mem_kv=2),
+    "attn_dropout": dict(attn_dropout=0.1), "cross_attn_dropout": dict(cross_attn_dropout=0.1),
+    "attn_max_attend_past": dict(attn_max_attend_past=4),
+    "cross_attn_sparse_topk": dict(cross_attn_sparse_topk=2),
+    "attn_qk_norm_dim_scale": dict(attn_qk_norm=True), "attn_qk_norm_groups": dict(attn_qk_norm=True),
+    "attn_qk_norm_scale": dict(attn_qk_norm=True), "cross_attn_qk_norm_dim_scale": dict(cross_attn_qk_norm=True),
+    "cross_attn_qk_norm_groups": dict(cross_attn_qk_norm=True),
+    "cross_attn_qk_norm_scale": dict(cross_attn_qk_norm=True),
+    "attn_logit_softclamp_value": dict(attn_softclamp_logits=True),
+    "cross_attn_logit_softclamp_value": dict(cross_attn_softclamp_logits=True),
+    "attn_kv_heads": dict(attn_kv_heads=1), "cross_attn_kv_heads": dict(cross_attn_kv_heads=1),
+    "attn_value_dim_head": dict(attn_value_dim_head=16), "cross_attn_value_dim_head": dict(cross_attn_value_dim_head=16),
+    "attn_window_size": dict(attn_window_size=4), "rotary_xpos": dict(rotary_pos_emb=True, causal=True),
+    "rotary_xpos_scale_base": dict(rotary_xpos=True, causal=True), "rotate_num_heads": dict(rotary_pos_emb=True),
+    "attn_flash_pack_seq": None, "cross_attn_flash_pack_seq": None,  # need packed inputs: see NOTES
+}
+# Stack options that change how attention runs, probed like the attn_* ones.
+STACK_PROBED = {"alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias", "residual_attn", "cross_residual_attn",
+                "rotary_pos_emb", "rotary_xpos", "rotary_xpos_scale_base", "rotate_num_heads"}
+# What the kernel column alone does not say.
+NOTES = {
+    "alibi_pos_bias": "slopes computed in-kernel",
+    "attn_softclamp_logits": "soft-cap in-kernel",
+    "attn_max_attend_past": "left window, in-kernel",
+    "attn_num_mem_kv": "materialised scores together with alibi_pos_bias or attn_max_attend_past",
+    "attn_add_zero_kv": "materialised scores together with alibi_pos_bias or attn_max_attend_past",
+    "cross_attn_add_zero_kv": "a zero key and value in front",
+    "rotary_pos_emb": "q and k rotated before it (self-attention only, as x-transformers)",
+    "rotary_xpos": "q and k rotated and xPos-scaled before it (Decoder only, as x-transformers)",
+    "rotary_xpos_scale_base": "as rotary_xpos",
+    "rotate_num_heads": "the last heads' q and k rotated before it (self-attention only)",
+    "attn_window_size": "xtc extension: sliding-window (local) attention in-kernel, O(n * window)",
+    "attn_flash_pack_seq": "packed sequences (forward's flash_pack_seq_kwargs) attend per sequence in the varlen "
+                           "op (backend varlen), on any device, rotary or not; needs attn_flash, as x-transformers",
+    "cross_attn_flash_pack_seq": "as attn_flash_pack_seq, with flash_pack_seq_context_kwargs",
+}
+# Options whose row is a description rather than a kernel path.
+DESCRIBED = {
     "attn_flash": "accepted and ignored: our kernels always run",
     "cross_attn_flash": "accepted and ignored: our kernels always run",
-    "alibi_pos_bias": "flash kernel (slopes computed in-kernel)",
-    "attn_softclamp_logits": "flash kernel (soft-cap in-kernel)",
-    "attn_max_attend_past": "flash kernel (left window, in-kernel)",
     "causal": "set by Decoder; Encoder rejects it",
-    "rel_pos_bias": "materialised scores (a dense learned (head, query, key) bias)",
-    "dynamic_pos_bias": "materialised scores (a dense learned (head, query, key) bias)",
-    "attn_pre_talking_heads": "materialised scores (talking heads mix every head)",
-    "attn_post_talking_heads": "materialised scores (talking heads mix every head)",
-    "attn_pre_scale_post_talking_heads": "materialised scores (talking heads mix every head)",
-    "attn_sparse_topk": "materialised scores (top-k of each row)",
-    "attn_sparse_topk_straight_through": "materialised scores (top-k of each row)",
-    "residual_attn": "materialised scores (each layer hands its pre-softmax scores on)",
-    "cross_residual_attn": "materialised scores (each layer hands its pre-softmax scores on)",
-    "rotary_pos_emb": "rotation of q and k before the flash kernel (self-attention only, as x-transformers)",
-    "rotary_xpos": "rotation and xPos scaling of q and k before the flash kernel (Decoder only, as x-transformers)",
-    "rotary_xpos_scale_base": "as rotary_xpos",
-    "rotate_num_heads": "rotation of the last heads' q and k before the flash kernel (self-attention only)",
     "disable_abs_pos_emb": "read by the wrappers: their absolute position embedding is left out",
-    "attn_head_learned_sink": "materialised scores (a learned per-head logit column before the softmax)",
-    "cross_attn_head_learned_sink": "materialised scores (a learned per-head logit column before the softmax)",
     "attn_dim_context": "dim only: self-attention reads x (cross_attn_dim_context sets another width)",
     "cross_attn_dim_context": "keys and values projected from a context of that width",
     "use_adaptive_layernorm": "forward's `condition` scales each LayerNorm (1 + W condition), as DiT",
@@ -49,10 +70,62 @@ PATHS = {
     "unet_skips": "second-half blocks join their mirror block's input through a (2 dim -> dim) projection",
     "reinject_input": "each branch reads x + W x_in",
     "pre_and_post_norm": "a norm after each residual too, no final norm",
-    "attn_flash_pack_seq": "packed sequences (forward's flash_pack_seq_kwargs) attend per sequence in the varlen "
-                           "kernel, on any device, rotary or not; needs attn_flash, as x-transformers",
-    "cross_attn_flash_pack_seq": "as attn_flash_pack_seq, with flash_pack_seq_context_kwargs",
+    "attn_linear": "xtc extension: linear attention (elu + 1 feature map), O(n) time and memory, causal in chunks",
+    "unpad": "xtc extension: with a mask, every layer runs on the kept tokens alone (packed at the entry, scattered "
+             "back, zeros at masked positions)",
 }
+
+
+def probe_kwargs(kwarg):
+    """The stack keyword arguments that exercise `kwarg`, or None where a probe cannot show it."""
+    if kwarg in PROBES and PROBES[kwarg] is None:
+        return None
+    kwargs = dict(PROBES.get(kwarg, {}))
+    if kwarg not in kwargs:
+        name = next((kwarg[len(p):] for p in ("cross_attn_", "attn_") if kwarg.startswith(p)), kwarg)
+        owner = AttentionLayers if name == kwarg else Attention
+        parameter = inspect.signature(owner.__init__).parameters.get(name)
+        if parameter is not None and isinstance(parameter.default, bool):
+            kwargs[kwarg] = not parameter.default
+    return kwargs
+
+
+def probed_path(kwarg):
+    """The kernel the attention layers take with `kwarg` set, and why the ones before it could not run."""
+    from x_transformers_cpp import Decoder, Encoder
+    from x_transformers_cpp.backends import Backend, record_choices
+
+    kwargs = probe_kwargs(kwarg)
+    if kwargs is None:
+        return None
+    causal = kwargs.pop("causal", False)
+    torch.manual_seed(0)
+    stack = (Decoder if causal else Encoder)(dim=16, depth=2, heads=2, attn_dim_head=8, cross_attend=True, **kwargs)
+    x, context = torch.randn(2, 7, 16), torch.randn(2, 5, 16)
+    paths = {}
+    for training in (False, True):
+        with record_choices() as choices:
+            stack.train(training)(x, context=context)
+        paths[training] = [c for c in choices if c.site.endswith("layer")]
+    math = {training: [c for c in chosen if c.chosen == Backend.MATH] for training, chosen in paths.items()}
+    reasons = lambda cs: "; ".join(dict.fromkeys(r for c in cs for rs in c.rejected.values() for r in rs))
+    if not paths[False]:
+        return "no softmax kernel"
+    if math[False]:
+        return f"materialised scores ({reasons(math[False])})"
+    if math[True]:
+        return f"flash kernel; materialised scores while training ({reasons(math[True])})"
+    return "flash kernel"
+
+
+def attention_path(kwarg):
+    path = probed_path(kwarg)
+    note = NOTES.get(kwarg)
+    if path is None:
+        return note
+    return f"{path}; {note}" if note else path
+
+
 # Why a rejected keyword is rejected: the first matching rule (by the option's name without its attn_ / cross_attn_
 # / ff_ prefix), else a research option not implemented yet. Each rejection raises a TypeError naming it.
 _CALLABLE = "takes a Python callable or module, which the C++ stack cannot run"
@@ -87,12 +160,7 @@ INTERNAL = {"self", "kwargs", "heads", "causal", "dim_out", "dim", "output_proj_
 
 
 # Our own options, beyond x-transformers' signatures.
-EXTENSIONS = {
-    "attn_window_size": "xtc extension: sliding-window (local) attention in the flash kernel, O(n * window)",
-    "attn_linear": "xtc extension: linear attention (elu + 1 feature map), O(n) time and memory, causal in chunks",
-    "unpad": "xtc extension: with a mask, every layer runs on the kept tokens alone (packed at the entry, scattered "
-             "back, zeros at masked positions)",
-}
+EXTENSIONS = ["attn_window_size", "attn_linear", "unpad"]
 
 
 def rows():
@@ -115,8 +183,12 @@ def rows():
             path = IMPLIED[kwarg]
         elif key in known:
             status = "supported"
-            path = EXTENSIONS.get(kwarg) or PATHS.get(
-                kwarg, "flash kernel" if key.startswith(("attn.", "cross_attn.")) else "native")
+            if kwarg in DESCRIBED:
+                path = DESCRIBED[kwarg]
+            elif key.startswith(("attn.", "cross_attn.")) or kwarg in STACK_PROBED:
+                path = attention_path(kwarg)
+            else:
+                path = "native"
         else:
             status = "rejected (TypeError)"
             path = why_rejected(kwarg)

@@ -1,5 +1,6 @@
 // pybind11 bindings: construction helpers only. The math is reached from Python through torch.ops.xtc.*, never
 // through these functions, so that tracing, export and torch.compile see dispatcher ops.
+#include <xtc/backends.h>
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/modules/continuous.h>
 #include <xtc/nn/modules/transformer_wrapper.h>
@@ -59,10 +60,56 @@ auto wrapper_layout(const std::string& options, const std::string& layer_options
   });
 }
 
+std::vector<std::string> backend_names(const std::vector<xtc::Backend>& backends) {
+  std::vector<std::string> names;
+  for (const auto b : backends) names.emplace_back(xtc::backend_name(b));
+  return names;
+}
+
+std::vector<std::unique_ptr<xtc::BackendRecorder>>& recorders() {
+  thread_local std::vector<std::unique_ptr<xtc::BackendRecorder>> stack;
+  return stack;
+}
+
+// The backend setting and its recorder (x_transformers_cpp.backends): names in, names out.
+void bind_backends(py::module_& m) {
+  m.def("backend_names", [] { return backend_names(xtc::all_backends()); });
+  m.def("enabled_backends", [] { return backend_names(xtc::enabled_backends()); });
+  m.def("backend_priority", [] { return backend_names(xtc::backend_priority()); });
+  m.def(
+      "set_enabled_backends",
+      [](const std::vector<std::string>& names, bool set_priority) {
+        with_torch_errors([&] {
+          std::vector<xtc::Backend> backends;
+          for (const auto& name : names) backends.push_back(xtc::backend_from_name(name));
+          xtc::set_enabled_backends(backends, set_priority);
+        });
+      },
+      py::arg("backends"), py::arg("set_priority") = false);
+  m.def("reset_backends", &xtc::reset_backends);
+  // Recorders in a per-thread stack, so that Python never holds a pointer the C++ side could outlive:
+  // start_recording pushes one, stop_recording pops it and returns its choices as
+  // [(site, chosen, [(passed-over family, [reasons])])].
+  m.def("start_recording", [] { recorders().push_back(std::make_unique<xtc::BackendRecorder>()); });
+  m.def("stop_recording", [] {
+    TORCH_CHECK(!recorders().empty(), "backends: stop_recording without start_recording on this thread");
+    std::vector<std::tuple<std::string, std::string, std::vector<std::pair<std::string, std::vector<std::string>>>>>
+        out;
+    for (const auto& c : recorders().back()->choices()) {
+      std::vector<std::pair<std::string, std::vector<std::string>>> rejected;
+      for (const auto& r : c.rejected) rejected.emplace_back(xtc::backend_name(r.backend), r.reasons);
+      out.emplace_back(c.site, xtc::backend_name(c.chosen), std::move(rejected));
+    }
+    recorders().pop_back();
+    return out;
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "x_transformers_cpp native bindings; the ops themselves live in torch.ops.xtc";
+  bind_backends(m);
 
   m.def("option_keys", &xtc::nn::AttentionLayersOptions::keys,
         "Keys of the serialised AttentionLayers options, e.g. 'heads', 'attn.dim_head'.");

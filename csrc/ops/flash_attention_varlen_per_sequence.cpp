@@ -5,7 +5,7 @@
 //
 // On CUDA this is one launch per sequence, the offsets read on the host (FlashAttention's device cu_seqlens are
 // copied once): correct by construction from the dense kernels, but not a fused varlen kernel, and not yet run on a
-// GPU, so the layer stacks use it on CUDA only with XTC_CUDA_VARLEN=1 (attention/packing notes in the README).
+// GPU, so the layer stacks use it on CUDA only with the cuda_varlen backend enabled (xtc/backends.h) (attention/packing notes in the README).
 //
 // Shape legend: total_q / total_k packed rows, b sequences, h query heads, hk kv heads, d, dv head dims.
 #include <xtc/ops/flash_attention.h>

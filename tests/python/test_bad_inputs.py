@@ -8,7 +8,8 @@ from x_transformers import Decoder as XDecoder
 from x_transformers import Encoder as XEncoder
 
 from x_transformers_cpp import ContinuousTransformerWrapper, CrossAttender, Decoder, Encoder, TransformerWrapper
-from xtc_testing import make_pair, random_mask
+from x_transformers_cpp.backends import Backend
+from xtc_testing import make_pair, random_mask, without_backend
 
 KW = dict(dim=16, depth=1, heads=2, attn_dim_head=8)
 op = torch.ops.xtc.flash_attention
@@ -232,12 +233,16 @@ def test_op_empty_sizes_are_defined(shape_q, shape_k):
     assert q.grad.shape == shape_q
 
 
-@pytest.mark.parametrize("bf16_matmul", ["1", "0"])
+@pytest.mark.parametrize("bf16_matmul", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_op_nan_logits_reach_the_output(dtype, bf16_matmul, monkeypatch):
+def test_op_nan_logits_reach_the_output(dtype, bf16_matmul):
     """A NaN among a query's visible keys makes its output and lse NaN (as softmax does); a masked NaN key does
     not."""
-    monkeypatch.setenv("XTC_CPU_BF16_MATMUL", bf16_matmul)
+    with without_backend(None if bf16_matmul else Backend.CPU_BF16_MATMUL):
+        check_nan_logits_reach_the_output(dtype)
+
+
+def check_nan_logits_reach_the_output(dtype):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 700, 2, 16, dtype=dtype) for _ in range(3))  # more than one key block
     k[0, 600, 1, 3] = float("nan")

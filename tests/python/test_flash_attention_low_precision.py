@@ -2,7 +2,7 @@
 tolerance rule: our error against float64 is at most twice that of the same attention written as plain torch ops in
 the same dtype (attention_reference.low_precision_attention), for the output, the lse and the gradients. bf16 runs
 both CPU paths: its products on the bf16 units (where the CPU has them) and widened to float32
-(XTC_CPU_BF16_MATMUL=0, the path of CPUs without AVX512-BF16)."""
+(the cpu_bf16_matmul backend disabled: the path of CPUs without AVX512-BF16)."""
 import zlib
 
 import pytest
@@ -11,6 +11,8 @@ import torch
 import x_transformers_cpp  # noqa: F401  (registers torch.ops.xtc)
 from attention_reference import low_precision_attention, reference_attention
 from test_flash_attention import features, grid, make_inputs, random_mask, ref_kwargs
+from x_transformers_cpp.backends import Backend
+from xtc_testing import without_backend
 
 op = torch.ops.xtc.flash_attention
 
@@ -31,8 +33,12 @@ def check_within_twice(name, ours, math, reference, floor):
 @pytest.mark.parametrize("dtype,path", PATHS, ids=[f"{str(d)[6:]}-{p}" for d, p in PATHS])
 @pytest.mark.parametrize("case,h,hk,n,m,d", grid()[::4])
 @pytest.mark.parametrize("masked", [False, True])
-def test_low_precision_within_twice_torch_ops_error(dtype, path, case, h, hk, n, m, d, masked, monkeypatch):
-    monkeypatch.setenv("XTC_CPU_BF16_MATMUL", "0" if path == "widened" else "1")
+def test_low_precision_within_twice_torch_ops_error(dtype, path, case, h, hk, n, m, d, masked):
+    with without_backend(Backend.CPU_BF16_MATMUL if path == "widened" else None):
+        check_low_precision(dtype, case, h, hk, n, m, d, masked)
+
+
+def check_low_precision(dtype, case, h, hk, n, m, d, masked):
     b = 3 if (n * m) < 20000 else (2 if n * m < 100000 else 1)
     seed = zlib.crc32(repr(("low", case, h, hk, n, m, d, masked)).encode())
     q, k, v, g = make_inputs(b, n, m, h, hk, d, torch.float32, seed=seed)

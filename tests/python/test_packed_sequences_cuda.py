@@ -1,11 +1,11 @@
 """Packed sequences on CUDA (skipped without a GPU): torch.ops.xtc.flash_attention_varlen's CUDA kernel against the
 dense CUDA op run on each sequence alone (it launches exactly that per sequence, so the two agree bitwise), with
-device and host cu_seqlens; and unpad on CUDA, in the padded frame by default and in the varlen kernel with
-XTC_CUDA_VARLEN=1 (benchmarks/gpu_check.sh runs this file both ways), against x-transformers on CUDA."""
-import os
-
+device and host cu_seqlens; and unpad on CUDA, in the padded frame by default and in the varlen kernel with the
+cuda_varlen backend (benchmarks/gpu_check.sh runs this file both ways), against x-transformers on CUDA."""
 import pytest
 import torch
+
+from x_transformers_cpp.backends import enabled_backends
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -69,4 +69,4 @@ def test_unpad_on_cuda_matches_x_transformers(options):
         low, theirs_low = ours(x, mask=mask).float(), theirs(x, mask=mask).float()
     e_ours = (low[mask] - expected[mask]).abs().max()
     e_theirs = (theirs_low[mask] - expected[mask]).abs().max()
-    assert e_ours <= 2 * e_theirs + 1e-2, (e_ours, e_theirs, os.environ.get("XTC_CUDA_VARLEN"))
+    assert e_ours <= 2 * e_theirs + 1e-2, (e_ours, e_theirs, enabled_backends())

@@ -1,9 +1,12 @@
 """Helpers shared by the Python tests: building matching pairs of x-transformers and x_transformers_cpp modules."""
+import contextlib
+
 import torch
 from x_transformers import Decoder as XDecoder
 from x_transformers import Encoder as XEncoder
 
 from x_transformers_cpp import Decoder, Encoder
+from x_transformers_cpp.backends import attention_backend, enabled_backends
 
 PAIRS = {"encoder": (Encoder, XEncoder), "decoder": (Decoder, XDecoder)}
 
@@ -43,3 +46,10 @@ def assert_parameter_grads_close(ours, theirs, out, expected, tol=1e-4):
             assert g is None or not g.any(), name
             continue
         torch.testing.assert_close(g, w, atol=tol * max(1.0, w.abs().max().item()), rtol=0, msg=name)
+
+
+def without_backend(backend):
+    """The current backend setting less `backend` (None: unchanged), for the duration of a with block."""
+    if backend is None:
+        return contextlib.nullcontext()
+    return attention_backend([b for b in enabled_backends() if b != backend])

@@ -17,8 +17,10 @@
 // the output accumulation are float32; P (and dS in the backward) is rounded to bf16 as a product's operand only, as
 // every bf16 flash kernel does. On a CPU without AVX512-BF16 and for float16 (no fp16 units here; ATen's fp16
 // matmul measured 1-4 GFLOP/s), the inputs are widened to float32 and the float32 kernel runs; results come back in
-// the input dtype, lse in float32. XTC_CPU_BF16_MATMUL=0 forces the widening path for bf16 too.
+// the input dtype, lse in float32. Disabling the cpu_bf16_matmul backend (xtc/backends.h) forces the widening path
+// for bf16 too.
 #include "ops/cpu/blas.h"
+#include <xtc/backends.h>
 #include "ops/flash_attention_checks.h"
 
 #include <ATen/Dispatch.h>
@@ -697,20 +699,26 @@ void check_cpu_inputs(const at::Tensor& q) {
               "flash_attention (CPU): expected q, k, v of dtype float64, float32, bfloat16 or float16, got ", dtype);
 }
 
-/// bf16 products on the CPU's bf16 units: where it has them (AVX512-BF16), unless XTC_CPU_BF16_MATMUL=0.
-bool use_bf16_matmul() {
-  static const bool cpu_has_bf16 = __builtin_cpu_supports("avx512bf16");
-  if (!cpu_has_bf16) return false;
-  const char* setting = std::getenv("XTC_CPU_BF16_MATMUL");
-  return setting == nullptr || std::strcmp(setting, "0") != 0;
-}
-
 bool is_low_precision(const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
 }
 
-/// Low precision that runs as such: bf16 on the bf16 units. Other low precision is widened to float32.
-bool runs_on_bf16_units(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 && use_bf16_matmul(); }
+/// How a call runs on the CPU kernel: bf16 products on the CPU's bf16 units where the dtype, the CPU and the
+/// backend setting allow, else in float32 (low precision widened to it). float32 / float64 have no choice to make
+/// (and the widened call does not make it again).
+bool runs_on_bf16_units(const at::Tensor& t, const char* site) {
+  if (!is_low_precision(t)) {
+    if (!backend_enabled(Backend::CpuFlash)) choose_backend(site, {{Backend::CpuFlash, {}}});  // throws, saying why
+    return false;
+  }
+  std::vector<std::string> bf16_reasons;
+  if (t.scalar_type() != at::kBFloat16) bf16_reasons.emplace_back("float16 has no CPU units here");
+  static const bool cpu_has_bf16 = __builtin_cpu_supports("avx512bf16");
+  if (!cpu_has_bf16) bf16_reasons.emplace_back("this CPU has no AVX512-BF16 units");
+  if (!backend_enabled(Backend::CpuFlash)) bf16_reasons.emplace_back("it runs inside cpu_flash, which is disabled");
+  return choose_backend(site, {{Backend::CpuBf16Matmul, std::move(bf16_reasons)}, {Backend::CpuFlash, {}}}) ==
+         Backend::CpuBf16Matmul;
+}
 
 at::Tensor contiguous_mask(const std::optional<at::Tensor>& mask) {
   return mask.has_value() ? mask->contiguous() : at::Tensor();
@@ -728,7 +736,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
   const auto sizes = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
                                                         window_left, window_right, softcap);
   check_cpu_inputs(q_in);
-  if (is_low_precision(q_in) && !runs_on_bf16_units(q_in)) {
+  const bool bf16_units = runs_on_bf16_units(q_in, "flash_attention (CPU forward)");
+  if (is_low_precision(q_in) && !bf16_units) {
     // Widened to float32; the float32 kernel's lse is already the low-precision call's lse (float32).
     auto [out, lse] = flash_attention_forward_kernel(q_in.to(at::kFloat), k_in.to(at::kFloat), v_in.to(at::kFloat),
                                                      key_padding_mask, causal, scale, alibi_slopes, window_left,
@@ -764,7 +773,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
                                                         window_left, window_right, softcap);
   check_cpu_inputs(q_in);
   detail::check_flash_attention_backward_args(grad_out_in, out_in, lse_in, q_in, sizes);
-  if (is_low_precision(q_in) && !runs_on_bf16_units(q_in)) {
+  const bool bf16_units = runs_on_bf16_units(q_in, "flash_attention (CPU backward)");
+  if (is_low_precision(q_in) && !bf16_units) {
     // Widened to float32: the gradients accumulate over every query / key block in float32 before one rounding.
     const auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat); };
     auto [dq, dk, dv] = flash_attention_backward_kernel(f32(grad_out_in), f32(q_in), f32(k_in), f32(v_in),

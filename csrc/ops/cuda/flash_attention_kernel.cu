@@ -9,7 +9,7 @@
 // rounded to 16 bits behind the caller's back. Anything else fails with a message naming the value. On a Hopper
 // GPU (compute capability 9.0) the half-precision forward and backward with d in {64, 128} run the warpgroup-MMA
 // kernels when the build has sm_90a code (XTC_CUDA_SM90A, set by the build when 90a is among the architectures),
-// except for short masked calls (use_hopper_kernel).
+// except for short masked calls (choose_cuda_kernel, through the backend setting of xtc/backends.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -31,6 +31,8 @@
 #include "ops/cuda/static_switch.h"
 #include "ops/flash_attention_checks.h"
 
+#include <xtc/backends.h>
+
 namespace xtc::ops {
 
 namespace {
@@ -48,42 +50,61 @@ at::Tensor with_aligned_rows(const at::Tensor& x) {
   return ok ? x : x.contiguous();
 }
 
-// Whether a half-precision call takes the Hopper (warpgroup MMA) kernels: they need d in {64, 128}, a compute
-// capability 9.0 device and a build with sm_90a code. Among those calls, short masked ones stay on the mma.sync
-// kernels, which measured faster there on an H100 (benchmarks/NOTES.md, third session: one Hopper CTA per SM
-// and 128-key tiles leave the load prologue and the mask scan exposed when a CTA sees few tiles):
+// Which kernel family runs a call (xtc/backends.h): float16 / bfloat16 take the Hopper (warpgroup MMA) kernels or
+// the mma.sync ones, float32 / float64 the simple kernels. Hopper needs d in {64, 128}, a compute capability 9.0
+// device and a build with sm_90a code. Among those calls, short masked ones stay on the mma.sync kernels, which
+// measured faster there on an H100 (benchmarks/NOTES.md, third session: one Hopper CTA per SM and 128-key tiles
+// leave the load prologue and the mask scan exposed when a CTA sees few tiles):
 //   forward:  Hopper when m > 1024, or d = 128 without a key padding mask;
 //   backward: Hopper when d = 128, m > 1024, or without a key padding mask.
-// XTC_CUDA_FWD_WGMMA / XTC_CUDA_BWD_WGMMA = 1 take the Hopper kernels wherever they can run, = 0 never (tests of
-// both families, A/B timing); both compute the same op.
+// That preference yields to the backend setting: with mma.sync disabled, or a priority order set, Hopper takes
+// every call it can run. Every family computes the same op.
 enum class Direction { kForward, kBackward };
-bool use_hopper_kernel(Direction direction, const detail::FlashAttentionSizes<>& s, bool has_padding_mask,
-                       c10::DeviceIndex device) {
+
+std::vector<std::string> hopper_reasons(Direction direction, const detail::FlashAttentionSizes<>& s,
+                                        bool has_padding_mask, c10::DeviceIndex device) {
+  std::vector<std::string> reasons;
 #ifdef XTC_CUDA_SM90A
-  auto env_choice = [](const char* name) {  // -1 unset (by size and mask), 0 never, 1 always
-    const char* value = std::getenv(name);
-    if (value == nullptr || value[0] == '\0') return -1;
-    return std::string(value) == "0" ? 0 : 1;
-  };
-  static const int forward = env_choice("XTC_CUDA_FWD_WGMMA");
-  static const int backward = env_choice("XTC_CUDA_BWD_WGMMA");
-  const int choice = direction == Direction::kForward ? forward : backward;
-  if (choice == 0 || (s.head_dim != 64 && s.head_dim != 128)) return false;
+  if (s.head_dim != 64 && s.head_dim != 128)
+    reasons.push_back("head dim " + std::to_string(s.head_dim) + " (the Hopper kernels take 64 or 128)");
   int major = 0, minor = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  if (major != 9 || minor != 0) return false;
-  if (choice == 1) return true;
+  if (major != 9 || minor != 0)
+    reasons.push_back("compute capability " + std::to_string(major) + "." + std::to_string(minor) + " (needs 9.0)");
   const bool long_keys = s.keys > 1024;
-  return direction == Direction::kForward ? long_keys || (s.head_dim == 128 && !has_padding_mask)
-                                          : s.head_dim == 128 || long_keys || !has_padding_mask;
+  const bool preferred = direction == Direction::kForward ? long_keys || (s.head_dim == 128 && !has_padding_mask)
+                                                          : s.head_dim == 128 || long_keys || !has_padding_mask;
+  if (!preferred && backend_priority().empty() && backend_enabled(Backend::CudaMmaSync))
+    reasons.emplace_back("a short masked call: the mma.sync kernels measured faster there");
 #else
   (void)direction;
   (void)s;
   (void)has_padding_mask;
   (void)device;
-  return false;
+  reasons.emplace_back("this build has no sm_90a code");
 #endif
+  return reasons;
+}
+
+Backend choose_cuda_kernel(Direction direction, const at::Tensor& q, const detail::FlashAttentionSizes<>& s,
+                           bool has_padding_mask) {
+  const bool half = is_half_type(q.scalar_type());
+  const std::string dtype = c10::toString(q.scalar_type());
+  const Backend hopper = direction == Direction::kForward ? Backend::CudaHopperForward : Backend::CudaHopperBackward;
+  std::vector<std::string> hopper_no, mma_no, simple_no;
+  if (half) {
+    hopper_no = hopper_reasons(direction, s, has_padding_mask, q.device().index());
+    simple_no.push_back(dtype + " runs on the tensor-core kernels");
+  } else {
+    hopper_no.push_back(dtype + " is not a tensor-core dtype here (float16 / bfloat16)");
+    mma_no = hopper_no;
+  }
+  const char* site = direction == Direction::kForward ? "flash_attention (CUDA forward)"
+                                                      : "flash_attention (CUDA backward)";
+  return choose_backend(site, {{hopper, std::move(hopper_no)},
+                               {Backend::CudaMmaSync, std::move(mma_no)},
+                               {Backend::CudaSimple, std::move(simple_no)}});
 }
 
 // The simple kernels only need a contiguous last dim.
@@ -178,8 +199,9 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
   p.o_batch_stride = out.stride(0), p.o_row_stride = out.stride(1), p.o_head_stride = out.stride(2);
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const Backend kernel = choose_cuda_kernel(Direction::kForward, q, s, key_padding_mask.has_value());
   if (is_half_type(dtype)) {
-    const bool hopper = use_hopper_kernel(Direction::kForward, s, key_padding_mask.has_value(), q.device().index());
+    const bool hopper = kernel == Backend::CudaHopperForward;
     XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
       XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] {
         if constexpr (kHeadDim >= 64) {
@@ -237,6 +259,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
   const auto acc_options = q.options().dtype(acc_dtype);
   const std::vector<int64_t> dq_sizes{s.batch, s.queries, s.heads, s.head_dim};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const Backend kernel = choose_cuda_kernel(Direction::kBackward, q, s, key_padding_mask.has_value());
 
   if (is_half_type(dtype)) {
     // The kernels zero dq_accum, accumulate dS K into it without the softmax scale, and write dq = scale * dq_accum.
@@ -250,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
     p.dq = dq.data_ptr();
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
-    const bool hopper = use_hopper_kernel(Direction::kBackward, s, key_padding_mask.has_value(), q.device().index());
+    const bool hopper = kernel == Backend::CudaHopperBackward;
     XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
       XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] {
         if constexpr (kHeadDim >= 64) {

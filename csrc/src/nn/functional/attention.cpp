@@ -1,3 +1,4 @@
+#include <xtc/backends.h>
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/packing.h>
@@ -51,15 +52,33 @@ at::Tensor l2norm(const at::Tensor& t, int64_t groups) {
 // Keys in front of the sequence's own that every query sees unbiased: the zero key/value, then the memory ones.
 int64_t memory_keys(const AttentionOptions& o) { return o.num_mem_kv() + (o.add_zero_kv() ? 1 : 0); }
 
-// The varlen op's CUDA kernel (one dense launch per sequence) has not run on a GPU yet: packed layers take it only
-// when XTC_CUDA_VARLEN=1, else the padded frame with the dense CUDA kernel.
-bool varlen_kernel_on(const at::Device& device) {
-  if (device.is_cpu()) return true;
-  static const bool cuda_opt_in = [] {
-    const char* value = std::getenv("XTC_CUDA_VARLEN");
-    return value != nullptr && std::string(value) == "1";
-  }();
-  return device.is_cuda() && cuda_opt_in;
+// The flash family of a device, as one candidate of a layer's path: the CPU kernel, or the CUDA kernels (the op
+// picks among them and records its own choice).
+BackendCandidate flash_candidate(const at::Device& device, std::vector<std::string> reasons) {
+  if (device.is_cpu()) return {Backend::CpuFlash, std::move(reasons)};
+  if (!device.is_cuda()) {
+    reasons.push_back(std::string("no flash kernel for device type ") + c10::DeviceTypeName(device.type()));
+    return {Backend::CpuFlash, std::move(reasons)};
+  }
+  for (const auto b : {Backend::CudaHopperForward, Backend::CudaMmaSync, Backend::CudaSimple})
+    if (backend_enabled(b)) return {b, std::move(reasons)};
+  return {Backend::CudaSimple, std::move(reasons)};  // every CUDA family disabled: choose_backend says so
+}
+
+// Why packed sequences cannot attend in the varlen op (empty: they can). The varlen op's CUDA kernel (one dense
+// launch per sequence) has not run on a GPU yet: on CUDA it needs the cuda_varlen backend too.
+std::vector<std::string> varlen_reasons(const at::Device& device, const AttentionConfig& c,
+                                        const std::vector<std::string>& flash_no, bool positional,
+                                        const PackedAttention& packed) {
+  std::vector<std::string> reasons = flash_no;
+  if (!backend_enabled(flash_candidate(device, {}).backend))
+    reasons.emplace_back("it runs the device's flash kernel per sequence, which is disabled");
+  if (device.is_cuda() && !backend_enabled(Backend::CudaVarlen))
+    reasons.emplace_back("on CUDA the varlen op also needs the cuda_varlen backend (no GPU has run it yet)");
+  if (memory_keys(c.options) > 0) reasons.emplace_back("memory or zero key/values lead every sequence's keys");
+  if (positional && !(packed.queries->consecutive && packed.keys->consecutive))
+    reasons.emplace_back("ALiBi or a window over sequences whose kept positions are not one span");
+  return reasons;
 }
 
 double logit_scale(const AttentionConfig& c) {
@@ -148,8 +167,7 @@ at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return at::cat(outputs, 1);
 }
 
-std::vector<std::string> materialize_reasons(const AttentionConfig& c, bool training, bool has_attn_mask,
-                                             bool wants_maps) {
+std::vector<std::string> flash_reasons(const AttentionConfig& c, bool training, bool has_attn_mask, bool wants_maps) {
   std::vector<std::string> reasons;
   if (wants_maps) reasons.emplace_back("the attention maps were asked for (return_hiddens without attn_flash)");
   // functorch includes its front-mode key in the thread's dispatch keys while any transform's layer is alive.
@@ -280,7 +298,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   const auto slopes = c.alibi_slopes.defined() ? std::optional<at::Tensor>(c.alibi_slopes) : std::nullopt;
   // Attention of a padded batch, q (b, n, h, dh) and k, v (b, m, hk, dh|dv) with their key mask: (b, n, h, dv).
   const auto dense = [&](at::Tensor q, at::Tensor k, at::Tensor v, std::optional<at::Tensor> key_mask,
-                         const c10::SymInt& b, const c10::SymInt& n) {
+                         const c10::SymInt& b, const c10::SymInt& n, Backend path) {
     if (o.num_mem_kv() > 0) {
       auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});  // (b, M, hk, dh)
       const auto mem_v = w.mem_v.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});
@@ -326,7 +344,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     at::Tensor out;
     if (o.linear()) {
       out = linear_attention(q, k, v, key_mask, c.causal && n > 1);
-    } else if (materialize_reasons(c, training, attn_mask.has_value(), maps != nullptr).empty()) {
+    } else if (path != Backend::Math) {
       out = std::get<0>(
           ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, window_right, softcap));
     } else {
@@ -375,33 +393,40 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
     }
     return out;
   };
+  // The path: the flash kernel of the device unless a rule needs the scores (Math); packed sequences in the varlen
+  // op where it can express the call, else in the padded frame (then flash or Math).
+  const auto flash_no = o.linear() ? std::vector<std::string>{"attn_linear runs its own kernel-free path"}
+                                   : flash_reasons(c, training, attn_mask.has_value(), maps != nullptr);
+  std::vector<BackendCandidate> paths = {flash_candidate(x.device(), flash_no), {Backend::Math, {}}};
+  if (packed != nullptr) {
+    const bool positional = slopes.has_value() || window_left >= 0 || window_right >= 0;
+    paths.insert(paths.begin(), {Backend::Varlen, varlen_reasons(x.device(), c, flash_no, positional, *packed)});
+  }
+  const Backend path = o.linear() ? Backend::Math
+                                  : choose_backend(cross ? "cross-attention layer" : "self-attention layer", paths);
   at::Tensor out;
   if (packed == nullptr) {
-    out = dense(q, k, v, key_mask, b, n);
-  } else {
+    out = dense(q, k, v, key_mask, b, n, path);
+  } else if (path == Backend::Varlen) {
     // Packed: q holds the packed queries, k and v the packed keys (or the dense context's, see PackedAttention).
     const auto& queries = *packed->queries;
     const auto& keys = *packed->keys;
-    const bool positional = slopes.has_value() || window_left >= 0 || window_right >= 0;
-    const bool in_varlen_kernel = varlen_kernel_on(x.device()) && !o.linear() && memory_keys(o) == 0 &&
-                                  materialize_reasons(c, training, attn_mask.has_value(), maps != nullptr).empty() &&
-                                  (!positional || (queries.consecutive && keys.consecutive));
-    if (in_varlen_kernel) {
-      const auto packed_k = packed->packed_keys ? k : pack(k, keys);
-      const auto packed_v = packed->packed_keys ? v : pack(v, keys);
-      out = std::get<0>(ops::flash_attention_varlen(q.squeeze(0), packed_k.squeeze(0), packed_v.squeeze(0),
-                                                    queries.cu_seqlens, keys.cu_seqlens, queries.max_seqlen,
-                                                    keys.max_seqlen, c.causal, scale, slopes, window_left,
-                                                    window_right, softcap))
-                .unsqueeze(0);
-    } else {
-      // What the varlen kernel cannot express runs in the padded frame, exactly as an unpacked batch.
-      const auto frame_k = packed->packed_keys ? unpack(k, keys) : k;
-      const auto frame_v = packed->packed_keys ? unpack(v, keys) : v;
-      out = pack(dense(unpack(q, queries), frame_k, frame_v, keys.frame_mask, queries.batch(),
-                       queries.frame_length()),
-                 queries);
-    }
+    const auto packed_k = packed->packed_keys ? k : pack(k, keys);
+    const auto packed_v = packed->packed_keys ? v : pack(v, keys);
+    out = std::get<0>(ops::flash_attention_varlen(q.squeeze(0), packed_k.squeeze(0), packed_v.squeeze(0),
+                                                  queries.cu_seqlens, keys.cu_seqlens, queries.max_seqlen,
+                                                  keys.max_seqlen, c.causal, scale, slopes, window_left,
+                                                  window_right, softcap))
+              .unsqueeze(0);
+  } else {
+    // What the varlen kernel cannot express runs in the padded frame, exactly as an unpacked batch.
+    const auto& queries = *packed->queries;
+    const auto& keys = *packed->keys;
+    const auto frame_k = packed->packed_keys ? unpack(k, keys) : k;
+    const auto frame_v = packed->packed_keys ? unpack(v, keys) : v;
+    out = pack(dense(unpack(q, queries), frame_k, frame_v, keys.frame_mask, queries.batch(), queries.frame_length(),
+                     path),
+               queries);
   }
   if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
   out = out.reshape_symint({b, n, c.heads * c.value_dim_head});

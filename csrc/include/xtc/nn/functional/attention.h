@@ -121,7 +121,8 @@ at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at:
 
 /// Attention of x (b, n, dim) over `context` (b, m, dim) or, when undefined, over x itself. `mask` (b, n) zeroes the
 /// output at padded queries and masks self-attention's keys unless `context_mask` is given; `context_mask` masks
-/// the keys (cross-attention's, or self-attention's in place of `mask`). Runs in xtc::flash_attention unless attention_path_reasons() names a reason to materialise the scores.
+/// the keys (cross-attention's, or self-attention's in place of `mask`). Runs in xtc::flash_attention unless flash_reasons() names a reason to materialise the scores
+/// (or the backend setting excludes the flash kernel).
 /// `attn_mask` (b|1, h|1, n, n) bool, True = may attend, restricts self-attention further. With
 /// config.residual_scores, `scores` holds the previous layer's pre-softmax scores (b, h, n, keys) on entry (or is
 /// undefined) and this layer's on return. With `packed`, x and the keys are packed sequences: attention runs per
@@ -135,10 +136,11 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      KVCache* cache = nullptr, AttentionMaps* maps = nullptr,
                      const PackedAttention* packed = nullptr, const ExtraKeyValues& extra = {});
 
-/// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils.
+/// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils; each
+/// layer's call hands them to xtc::choose_backend (xtc/backends.h), which takes Math when the list is not empty.
 /// `wants_maps`: the caller asked for the attention maps (return_hiddens without attn_flash).
-std::vector<std::string> materialize_reasons(const AttentionConfig& config, bool training, bool has_attn_mask,
-                                             bool wants_maps = false);
+std::vector<std::string> flash_reasons(const AttentionConfig& config, bool training, bool has_attn_mask,
+                                       bool wants_maps = false);
 
 /// Softmax attention that materialises the (b, h, n, m) scores, as x-transformers' own path: logits scaled, plus
 /// `bias` (broadcastable to (b, h, n, m)), soft-capped, hidden entries (`keep` False, or in the future when causal)
