@@ -39,6 +39,8 @@ class AttentionLayersPlan {
   /// reads per layer, without walking the layer kinds at every call.
   const AttentionOptions& layer_attention(size_t layer) const { return layer_attention_.at(layer); }
   const FeedForwardOptions& layer_feed_forward(size_t layer) const { return layer_feed_forward_.at(layer); }
+  /// Where layer `layer`'s block sits in the state_dict ("layers.<i>.1." plus a ".fn" per wrapper around it).
+  const std::string& block_prefix(size_t layer) const { return block_prefixes_.at(layer); }
   /// Position of `name` in parameters(), or -1.
   int64_t index(const std::string& name) const;
 
@@ -52,6 +54,7 @@ class AttentionLayersPlan {
   std::vector<double> alibi_slopes_;
   std::vector<AttentionOptions> layer_attention_;       // per layer; the common attn() for feed-forwards
   std::vector<FeedForwardOptions> layer_feed_forward_;  // per layer; the common ff() for attention layers
+  std::vector<std::string> block_prefixes_;
 };
 
 /// x-transformers' flash_pack_seq_kwargs (FlashAttention's varlen arguments): the rows of x (1, total, dim), or of

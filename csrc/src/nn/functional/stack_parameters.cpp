@@ -1,0 +1,102 @@
+#include "src/nn/functional/stack_parameters.h"
+
+namespace xtc::nn::functional::detail {
+
+StackParameters::StackParameters(const AttentionLayersPlan& plan, at::TensorList params, const at::Tensor& x)
+    : plan_(plan), params_(params) {
+  const auto& specs = plan.parameters();
+  TORCH_CHECK_VALUE(params.size() == specs.size(), "AttentionLayers: expected ", specs.size(),
+                    " parameters for these options, got ", params.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& p = params[i];
+    TORCH_CHECK_VALUE(p.sizes() == c10::IntArrayRef(specs[i].shape), "AttentionLayers: expected ",
+                      specs[i].buffer ? "buffer " : "parameter ", specs[i].name, " of shape ",
+                      c10::IntArrayRef(specs[i].shape), ", got ", p.sizes());
+    TORCH_CHECK_VALUE(p.scalar_type() == x.scalar_type(), "AttentionLayers: expected x of the parameters' dtype ",
+                      p.scalar_type(), ", got ", x.scalar_type(), " (parameter ", specs[i].name, ")");
+    TORCH_CHECK_VALUE(p.device() == x.device(), "AttentionLayers: expected x on the parameters' device ",
+                      p.device(), ", got ", x.device(), " (parameter ", specs[i].name, ")");
+  }
+}
+
+at::Tensor StackParameters::get(const std::string& name) const {
+  const int64_t i = plan_.index(name);
+  return i < 0 ? at::Tensor() : params_[i];
+}
+
+AttentionWeights attention_weights(const StackParameters& p, const std::string& prefix) {
+  AttentionWeights w;
+  w.to_q = p.get(prefix + "to_q.weight");
+  w.to_k = p.get(prefix + "to_k.weight");
+  w.to_v = p.get(prefix + "to_v.weight");
+  w.to_v_gate = p.get(prefix + "to_v_gate.weight");
+  w.to_out = p.get(prefix + "to_out.weight");
+  w.to_out_glu = p.get(prefix + "to_out.0.weight");
+  w.pre_talking_heads = p.get(prefix + "attend.pre_softmax_talking_heads.weight");
+  w.post_talking_heads = p.get(prefix + "attend.post_softmax_talking_heads.weight");
+  w.pre_scale_post_talking_heads = p.get(prefix + "attend.pre_scale_post_talking_heads.weight");
+  w.value_mix_weight = p.get(prefix + "to_value_residual_mix.0.weight");
+  w.value_mix_bias = p.get(prefix + "to_value_residual_mix.0.bias");
+  w.head_scale = p.get(prefix + "head_scale_params");
+  w.mem_k = p.get(prefix + "mem_k");
+  w.mem_v = p.get(prefix + "mem_v");
+  w.qk_q_scale = p.get(prefix + "qk_norm_q_scale");
+  w.qk_k_scale = p.get(prefix + "qk_norm_k_scale");
+  w.head_attn_sink = p.get(prefix + "attend.head_attn_sink");
+  w.q_rmsnorm = p.get(prefix + "q_rmsnorm.gamma");
+  w.k_rmsnorm = p.get(prefix + "k_rmsnorm.gamma");
+  w.value_rmsnorm = p.get(prefix + "value_rmsnorm.gamma");
+  return w;
+}
+
+FeedForwardWeights feed_forward_weights(const StackParameters& p, const std::string& prefix, const FeedForwardOptions& f) {
+  FeedForwardWeights w;
+  if (f.glu()) {
+    w.proj_in_weight = p.get(prefix + "ff.0.proj.weight");
+    w.proj_in_bias = p.get(prefix + "ff.0.proj.bias");
+    w.glu_mult_bias = p.get(prefix + "ff.0.mult_bias");
+  } else {
+    w.proj_in_weight = p.get(prefix + "ff.0.0.weight");
+    w.proj_in_bias = p.get(prefix + "ff.0.0.bias");
+  }
+  w.post_act_gamma = p.get(prefix + "ff.1.gamma");
+  const std::string out = prefix + (f.post_act_ln() ? "ff.3." : "ff.2.");
+  w.proj_out_weight = p.get(out + "weight");
+  w.proj_out_bias = p.get(out + "bias");
+  return w;
+}
+
+ResidualWeights residual_weights(const StackParameters& p, const std::string& prefix) {
+  return {p.get(prefix + "residual_scale"), p.get(prefix + "gru.weight_ih"), p.get(prefix + "gru.weight_hh"),
+          p.get(prefix + "gru.bias_ih"), p.get(prefix + "gru.bias_hh")};
+}
+
+NormWeights norm_weights(const StackParameters& p, const std::string& prefix, NormKind kind) {
+  if (kind == NormKind::AdaptiveLayerNorm || kind == NormKind::AdaptiveRMSNorm)
+    return {p.get(prefix + "to_gamma.weight")};
+  if (kind == NormKind::DynamicTanh)
+    return {p.get(prefix + "gamma"), p.get(prefix + "pre_tanh_scale"), p.get(prefix + "beta")};
+  return {kind == NormKind::LayerNorm ? p.get(prefix + "gamma") : p.get(prefix + "g")};
+}
+
+DynamicPositionBiasWeights dynamic_position_bias_weights(const StackParameters& p, const AttentionLayersOptions& o) {
+  // x-transformers' Sequentials drop the None norms, so the names shift with dynamic_pos_bias_norm.
+  DynamicPositionBiasWeights w;
+  const int64_t depth = o.dynamic_pos_bias_mlp_depth();
+  for (int64_t l = 0; l < depth; ++l) {
+    const std::string prefix = "rel_pos.mlp." + std::to_string(l) + ".";
+    w.weights.push_back(p.get(prefix + "0.weight"));
+    w.biases.push_back(p.get(prefix + "0.bias"));
+    if (o.dynamic_pos_bias_norm() && l == 0) w.first_norm_gamma = p.get(prefix + "1.gamma");
+    if (o.dynamic_pos_bias_norm() && l > 0) {
+      w.norm_weights.push_back(p.get(prefix + "1.weight"));
+      w.norm_biases.push_back(p.get(prefix + "1.bias"));
+    }
+  }
+  const std::string last = "rel_pos.mlp." + std::to_string(depth) + ".";
+  w.weights.push_back(p.get(last + "weight"));
+  w.biases.push_back(p.get(last + "bias"));
+  return w;
+}
+
+}  // namespace xtc::nn::functional::detail

@@ -1,0 +1,37 @@
+// The parameters of one call of the layer stack, fetched by their x-transformers state_dict names, and the
+// weight structs of each block read from them. Internal to the library.
+#pragma once
+
+#include <xtc/nn/functional/attention.h>
+#include <xtc/nn/functional/attention_layers.h>
+#include <xtc/nn/functional/feedforward.h>
+#include <xtc/nn/functional/norm.h>
+#include <xtc/nn/functional/positional.h>
+#include <xtc/nn/functional/residual.h>
+
+#include <string>
+
+namespace xtc::nn::functional::detail {
+
+/// The parameters of one call, checked against the plan (count, shapes, x's dtype and device) and fetched by
+/// state_dict name (undefined where the options leave one out).
+class StackParameters {
+ public:
+  StackParameters(const AttentionLayersPlan& plan, at::TensorList params, const at::Tensor& x);
+  at::Tensor get(const std::string& name) const;
+
+ private:
+  const AttentionLayersPlan& plan_;
+  at::TensorList params_;
+};
+
+/// The tensors of the attention block, feed-forward block, residual and norm under `prefix`.
+AttentionWeights attention_weights(const StackParameters& p, const std::string& prefix);
+FeedForwardWeights feed_forward_weights(const StackParameters& p, const std::string& prefix,
+                                        const FeedForwardOptions& f);
+ResidualWeights residual_weights(const StackParameters& p, const std::string& prefix);
+NormWeights norm_weights(const StackParameters& p, const std::string& prefix, NormKind kind);
+/// rel_pos.mlp.* of dynamic_pos_bias.
+DynamicPositionBiasWeights dynamic_position_bias_weights(const StackParameters& p, const AttentionLayersOptions& o);
+
+}  // namespace xtc::nn::functional::detail
