@@ -192,249 +192,319 @@ std::vector<std::string> flash_reasons(const AttentionConfig& c, bool training, 
   return reasons;
 }
 
+namespace {
+
+// One layer's call, as attention() receives it; the steps below read it.
+struct LayerCall {
+  const at::Tensor& x;
+  const std::optional<at::Tensor>& context;
+  const AttentionWeights& w;
+  const AttentionConfig& c;
+  const AttentionOptions& o;
+  bool training;
+  const std::optional<at::Tensor>& attn_mask;
+  at::Tensor* scores;
+  AttentionMaps* maps;
+  const ExtraKeyValues& extra;
+  bool cross;
+  bool cached_step;  // a cache with earlier keys
+};
+
+// The kernel's rules for the layer: scale, soft-cap, window, ALiBi slopes.
+struct KernelRule {
+  double scale = 1.0, softcap = 0.0;
+  int64_t window_left = -1, window_right = -1;
+  std::optional<at::Tensor> slopes;
+};
+
+KernelRule kernel_rule(const AttentionConfig& c) {
+  const auto& o = c.options;
+  KernelRule r;
+  r.scale = logit_scale(c);
+  r.softcap = o.softclamp_logits() ? o.logit_softclamp_value() : 0.0;
+  r.window_left = o.max_attend_past().value_or(-1);
+  if (o.window_size().has_value()) {
+    r.window_left = *o.window_size();
+    r.window_right = c.causal ? -1 : *o.window_size();
+  }
+  if (c.alibi_slopes.defined()) r.slopes = c.alibi_slopes;
+  return r;
+}
+
+void check_extra_key_values(const LayerCall& l, const PackedAttention* packed) {
+  if (!l.extra.k.defined()) return;
+  // x-transformers' biases, windows and attn_mask span the sequence's keys and its memory key/values only.
+  TORCH_CHECK_VALUE(!l.c.alibi_slopes.defined() && !l.c.position_bias.defined() && !l.attn_mask.has_value() &&
+                        !l.o.max_attend_past().has_value() && !l.o.window_size().has_value(),
+                    "AttentionLayers: self_attn_additional_kv cannot be combined with alibi_pos_bias, rel_pos_bias, "
+                    "dynamic_pos_bias, attn_bias, attn_mask, max_attend_past or window_size: those cover the "
+                    "layer's own keys, not the additional ones (x-transformers' do not either)");
+  TORCH_CHECK_VALUE(packed == nullptr, "AttentionLayers: self_attn_additional_kv cannot be used with packed sequences");
+}
+
+struct QKV {
+  at::Tensor q, k, v;
+};
+
+// q from x; k and v from the context, or from x behind its Transformer-XL memory. On a cached step a
+// cross-attention layer's keys are all in the cache: x-transformers cuts the context to length 0, and the cached
+// keys already carry the input residual. Then the value residual and the query / key / value norms.
+QKV project(const LayerCall& l, const XLMemory& xl, const ValueResidual& value_residual) {
+  const auto& [x, context, w, c, o] = std::tie(l.x, l.context, l.w, l.c, l.o);
+  at::Tensor kv_source = l.cross ? (l.cached_step ? context->narrow(1, 0, 0) : *context) : x;
+  if (l.extra.input_residual.defined() && !(l.cross && l.cached_step)) kv_source = kv_source + l.extra.input_residual;
+  const at::Tensor kv_input = !l.cross && xl.mem.defined() ? at::cat({xl.mem, kv_source}, 1) : kv_source;
+  // Batch and lengths as SymInts: torch.export and torch.compile keep them symbolic (dynamic shapes). The keys'
+  // batch is x's, except for packed queries over a dense context (unpad's cross-attention).
+  const c10::SymInt b = x.sym_size(0), n = x.sym_size(1), m = kv_input.sym_size(1), kv_b = kv_input.sym_size(0);
+  QKV t{at::linear(x, w.to_q).view_symint({b, n, c.heads, c.dim_head}),
+        at::linear(kv_input, w.to_k).view_symint({kv_b, m, c.kv_heads, c.dim_head}),
+        at::linear(kv_input, w.to_v).view_symint({kv_b, m, c.kv_heads, c.value_dim_head})};
+  if (value_residual.values_out != nullptr) *value_residual.values_out = t.v;
+  if (value_residual.first.defined()) {
+    // v = first + mix * (v - first): a per-token, per-head learned mix, or one half.
+    if (w.value_mix_weight.defined()) {
+      const auto mix = at::sigmoid(at::linear(x, w.value_mix_weight, w.value_mix_bias)).unsqueeze(-1);  // (b, n, h, 1)
+      t.v = at::lerp(value_residual.first, t.v, mix);
+    } else {
+      t.v = at::lerp(value_residual.first, t.v, 0.5);
+    }
+  }
+  if (o.qk_norm()) {
+    t.q = l2norm(t.q, o.qk_norm_groups());
+    t.k = l2norm(t.k, o.qk_norm_groups());
+    // Learned scales are (heads, 1, dh); our layout is (b, n, heads, dh).
+    if (w.qk_q_scale.defined()) t.q = t.q * w.qk_q_scale.transpose(0, 1);
+    if (w.qk_k_scale.defined()) t.k = t.k * w.qk_k_scale.transpose(0, 1);
+  }
+  if (w.q_rmsnorm.defined()) t.q = multihead_rms_norm(t.q, w.q_rmsnorm);
+  if (w.k_rmsnorm.defined()) t.k = multihead_rms_norm(t.k, w.k_rmsnorm);
+  if (w.value_rmsnorm.defined()) t.v = multihead_rms_norm(t.v, w.value_rmsnorm);
+  return t;
+}
+
+// Transformer-XL memory rows lead the keys; the cache holds the sequence's own keys only, as x-transformers'
+// cached_kv (memory, cached, new).
+void through_cache(QKV& t, KVCache& cache, const c10::SymInt& xl_len) {
+  auto own_k = t.k.narrow_symint(1, xl_len, t.k.sym_size(1) - xl_len);
+  auto own_v = t.v.narrow_symint(1, xl_len, t.v.sym_size(1) - xl_len);
+  if (cache.k.defined()) {
+    own_k = at::cat({cache.k, own_k}, 1);
+    own_v = at::cat({cache.v, own_v}, 1);
+  }
+  cache.k = own_k;
+  cache.v = own_v;
+  t.k = xl_len > 0 ? at::cat({t.k.narrow_symint(1, 0, xl_len), own_k}, 1) : own_k;
+  t.v = xl_len > 0 ? at::cat({t.v.narrow_symint(1, 0, xl_len), own_v}, 1) : own_v;
+}
+
+// rotate_num_heads: only the last heads rotate (x-transformers' q[:, -R:]); the rest pass through.
+at::Tensor rotate_heads(const at::Tensor& t, int64_t rotary_heads, const at::Tensor& angles, const at::Tensor& scale,
+                        bool inverse) {
+  const int64_t heads = xtc::detail::static_size(t, 2), rotated = rotary_heads < 0 ? heads : rotary_heads;
+  if (rotated == heads) return apply_rotary(t, angles, scale, inverse);
+  const auto rotated_part = apply_rotary(t.narrow(2, heads - rotated, rotated), angles, scale, inverse);
+  return at::cat({t.narrow(2, 0, heads - rotated), rotated_part}, 2);
+}
+
+void rotate(QKV& t, const AttentionConfig& c) {
+  if (!c.rotary_angles.defined()) return;
+  t.q = rotate_heads(t.q, c.rotary_heads, c.rotary_angles, c.rotary_scale, false);
+  const bool own_key_angles = c.key_rotary_angles.defined();
+  t.k = rotate_heads(t.k, c.rotary_heads, own_key_angles ? c.key_rotary_angles : c.rotary_angles,
+                     own_key_angles ? c.key_rotary_scale : c.rotary_scale, true);
+}
+
+// Key mask, as x-transformers: context_mask when given (self-attention's override too), else `mask` for
+// self-attention and none for cross-attention; memory keys are kept unless their mask says otherwise.
+std::optional<at::Tensor> key_mask_of(const LayerCall& l, const std::optional<at::Tensor>& mask,
+                                      const std::optional<at::Tensor>& context_mask, const XLMemory& xl,
+                                      const c10::SymInt& xl_len, const c10::SymInt& keys) {
+  std::optional<at::Tensor> key_mask = context_mask.has_value() ? context_mask : l.cross ? std::nullopt : mask;
+  if (xl_len > 0 && (key_mask.has_value() || xl.mask.has_value())) {
+    const c10::SymInt b = l.x.sym_size(0);
+    const auto bools = l.x.options().dtype(at::kBool);
+    const auto mem_keep = xl.mask.has_value() ? *xl.mask : at::ones_symint({b, xl_len}, bools);
+    // The sequence's keys: the cached ones too.
+    const auto seq_keep = key_mask.has_value() ? *key_mask : at::ones_symint({b, keys - xl_len}, bools);
+    key_mask = at::cat({mem_keep, seq_keep}, 1);
+  }
+  return key_mask;
+}
+
+// Keys every query sees unbiased, joined in front of the sequence's in x-transformers' order: the learned memory
+// key/values, then the additional ones before them, then the zero one first of all.
+void prepend_unbiased_keys(const LayerCall& l, QKV& t, std::optional<at::Tensor>& key_mask, const c10::SymInt& b) {
+  const auto& [w, o, extra] = std::tie(l.w, l.o, l.extra);
+  if (o.num_mem_kv() > 0) {
+    auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});  // (b, M, hk, dh)
+    const auto mem_v = w.mem_v.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});
+    if (o.qk_norm()) {
+      mem_k = l2norm(mem_k, o.qk_norm_groups());
+      if (w.qk_k_scale.defined()) mem_k = mem_k * w.qk_k_scale.transpose(0, 1);
+    }
+    t.k = at::cat({mem_k, t.k}, 1);
+    t.v = at::cat({mem_v, t.v}, 1);
+    if (key_mask.has_value())
+      key_mask = at::cat({at::ones_symint({b, o.num_mem_kv()}, key_mask->options()), *key_mask}, 1);
+  }
+  if (extra.k.defined()) {
+    // With another head count than the layer's kv heads, both expand to the query heads (head i reads head
+    // i % heads of each, as its repeat).
+    auto added_k = extra.k.transpose(1, 2).to(t.k.scalar_type()), added_v = extra.v.transpose(1, 2).to(t.v.scalar_type());
+    const int64_t added_heads = xtc::detail::static_size(added_k, 2);
+    if (added_heads != l.c.kv_heads) {
+      const auto to_query_heads = [&](const at::Tensor& x) {
+        const int64_t x_heads = xtc::detail::static_size(x, 2);
+        return x.index_select(2, at::arange(l.c.heads, x.options().dtype(at::kLong)).remainder(x_heads));
+      };
+      t.k = to_query_heads(t.k), t.v = to_query_heads(t.v);
+      added_k = to_query_heads(added_k), added_v = to_query_heads(added_v);
+    }
+    const c10::SymInt keys_before = t.k.sym_size(1), added = added_k.sym_size(1);
+    t.k = at::cat({added_k, t.k}, 1);
+    t.v = at::cat({added_v, t.v}, 1);
+    if (key_mask.has_value() || extra.mask.has_value()) {
+      const auto keep = [&](const std::optional<at::Tensor>& m, const c10::SymInt& length) {
+        return m.has_value() ? *m : at::ones_symint({b, length}, l.x.options().dtype(at::kBool));
+      };
+      key_mask = at::cat({keep(extra.mask, added), keep(key_mask, keys_before)}, 1);
+    }
+  }
+  if (o.add_zero_kv()) {
+    // In front of the memory keys too, as x-transformers' Attend pads it last; always visible.
+    const int64_t heads_now = xtc::detail::static_size(t.k, 2);
+    t.k = at::cat({at::zeros_symint({b, 1, heads_now, l.c.dim_head}, t.k.options()), t.k}, 1);
+    t.v = at::cat({at::zeros_symint({b, 1, heads_now, l.c.value_dim_head}, t.v.options()), t.v}, 1);
+    if (key_mask.has_value()) key_mask = at::cat({at::ones_symint({b, 1}, key_mask->options()), *key_mask}, 1);
+  }
+}
+
+// The materialising path: visibility and bias over (n, M + m) keys, memory keys (the first M) always visible and
+// unbiased; then x-transformers' softmax attention on the scores.
+at::Tensor math_attention(const LayerCall& l, const QKV& t, const std::optional<at::Tensor>& key_mask,
+                          const KernelRule& r, const c10::SymInt& b, const c10::SymInt& n) {
+  const auto& [x, c, o, extra] = std::tie(l.x, l.c, l.o, l.extra);
+  const c10::SymInt keys = t.k.sym_size(1);
+  // Additional key/values count as memory here: visible and unbiased (windows and biases are refused with them).
+  const c10::SymInt memory = extra.k.defined() ? extra.k.sym_size(2) + memory_keys(o) : c10::SymInt(memory_keys(o));
+  const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (keys - memory - n);
+  const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
+  const auto is_memory = key_pos < 0;
+  at::Tensor keep = key_mask.has_value() ? key_mask->view_symint({b, 1, 1, keys}) : at::Tensor();
+  if (l.attn_mask.has_value()) {
+    // Memory keys stay visible: the pattern covers the sequence's own keys.
+    auto pattern = *l.attn_mask;
+    if (memory > 0) {
+      auto sizes = pattern.sym_sizes().vec();
+      sizes.back() = memory;
+      pattern = at::cat({at::ones_symint(sizes, pattern.options()), pattern}, -1);
+    }
+    keep = keep.defined() ? keep.logical_and(pattern) : pattern;
+  }
+  if (r.window_left >= 0 || r.window_right >= 0) {
+    auto in_window = is_memory.expand_symint({n, keys}).clone();
+    const auto distance = query_pos - key_pos;  // > 0: the key is in the past
+    auto inside = at::ones_symint({n, keys}, in_window.options());
+    if (r.window_left >= 0) inside = inside.logical_and(distance <= r.window_left);
+    if (r.window_right >= 0) inside = inside.logical_and(distance >= -r.window_right);
+    in_window = in_window.logical_or(inside).view_symint({1, 1, n, keys});
+    keep = keep.defined() ? keep.logical_and(in_window) : in_window;
+  }
+  at::Tensor bias;
+  if (c.alibi_slopes.defined()) {
+    const auto distance = (query_pos - key_pos).abs().to(x.scalar_type()).masked_fill(is_memory, 0);
+    bias = -distance.view_symint({1, 1, n, keys}) * c.alibi_slopes.to(x.scalar_type()).view({1, c.heads, 1, 1});
+  }
+  if (c.position_bias.defined()) {
+    // Memory keys get no bias (x-transformers pads the bias with zeros on their side).
+    const auto& pb = c.position_bias;
+    bias = memory > 0 ? at::cat({at::zeros_symint({pb.sym_size(0), c.heads, n, memory}, x.options()), pb}, -1) : pb;
+  }
+  const auto& w = l.w;
+  const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
+                                   o.sparse_topk(), o.sparse_topk_straight_through(), w.head_attn_sink};
+  return materialized_attention(t.q, t.k, t.v, r.scale, keep, bias, c.causal && n > 1, r.softcap, o.dropout(),
+                                l.training, transforms, c.residual_scores ? l.scores : nullptr, l.maps);
+}
+
+// Attention of a padded batch, q (b, n, h, dh) and k, v (b, m, hk, dh|dv) with their key mask: (b, n, h, dv).
+at::Tensor dense_attention(const LayerCall& l, QKV t, std::optional<at::Tensor> key_mask, const KernelRule& r,
+                           const c10::SymInt& b, const c10::SymInt& n, Backend path) {
+  prepend_unbiased_keys(l, t, key_mask, b);
+  if (l.o.linear()) return linear_attention(t.q, t.k, t.v, key_mask, l.c.causal && n > 1);
+  if (path == Backend::Math) return math_attention(l, t, key_mask, r, b, n);
+  return std::get<0>(ops::flash_attention(t.q, t.k, t.v, key_mask, l.c.causal, r.scale, r.slopes, r.window_left,
+                                          r.window_right, r.softcap));
+}
+
+// Packed sequences: q holds the packed queries, k and v the packed keys (or the dense context's, see
+// PackedAttention). In the varlen op, or in the padded frame exactly as an unpacked batch.
+at::Tensor packed_attention(const LayerCall& l, const QKV& t, const PackedAttention& packed, const KernelRule& r,
+                            Backend path) {
+  const auto& queries = *packed.queries;
+  const auto& keys = *packed.keys;
+  if (path == Backend::Varlen) {
+    const auto k = packed.packed_keys ? t.k : pack(t.k, keys);
+    const auto v = packed.packed_keys ? t.v : pack(t.v, keys);
+    return std::get<0>(ops::flash_attention_varlen(t.q.squeeze(0), k.squeeze(0), v.squeeze(0), queries.cu_seqlens,
+                                                   keys.cu_seqlens, queries.max_seqlen, keys.max_seqlen, l.c.causal,
+                                                   r.scale, r.slopes, r.window_left, r.window_right, r.softcap))
+        .unsqueeze(0);
+  }
+  const QKV frame{unpack(t.q, queries), packed.packed_keys ? unpack(t.k, keys) : t.k,
+                  packed.packed_keys ? unpack(t.v, keys) : t.v};
+  return pack(dense_attention(l, frame, keys.frame_mask, r, queries.batch(), queries.frame_length(), path), queries);
+}
+
+// The path: the flash kernel of the device unless a rule needs the scores (Math); packed sequences in the varlen op
+// where it can express the call, else in the padded frame (then flash or Math). attn_linear has its own.
+Backend choose_path(const LayerCall& l, const KernelRule& r, const PackedAttention* packed) {
+  if (l.o.linear()) return Backend::Math;
+  const auto flash_no = flash_reasons(l.c, l.training, l.attn_mask.has_value(), l.maps != nullptr);
+  std::vector<BackendCandidate> paths = {flash_candidate(l.x.device(), flash_no), {Backend::Math, {}}};
+  if (packed != nullptr) {
+    const bool positional = r.slopes.has_value() || r.window_left >= 0 || r.window_right >= 0;
+    paths.insert(paths.begin(), {Backend::Varlen, varlen_reasons(l.x.device(), l.c, flash_no, positional, *packed)});
+  }
+  return choose_backend(l.cross ? "cross-attention layer" : "self-attention layer", paths);
+}
+
+// Head scale, the heads merged, the value gate, the output projection, padded queries zeroed.
+at::Tensor output(const LayerCall& l, at::Tensor out, const std::optional<at::Tensor>& mask) {
+  const auto& [x, w, c] = std::tie(l.x, l.w, l.c);
+  if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
+  out = out.reshape_symint({x.sym_size(0), x.sym_size(1), c.heads * c.value_dim_head});
+  if (w.to_v_gate.defined()) out = out * at::sigmoid(at::linear(x, w.to_v_gate));
+  if (w.to_out.defined()) out = at::linear(out, w.to_out);
+  if (w.to_out_glu.defined()) out = at::glu(at::linear(out, w.to_out_glu), -1);
+  if (mask.has_value() && !l.cached_step) out = out.masked_fill(mask->logical_not().unsqueeze(-1), 0);
+  return out;
+}
+
+}  // namespace
+
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& w, const AttentionConfig& c, bool training,
                      const std::optional<at::Tensor>& attn_mask, at::Tensor* scores,
                      const ValueResidual& value_residual, const XLMemory& xl, KVCache* cache,
                      AttentionMaps* maps, const PackedAttention* packed, const ExtraKeyValues& extra) {
-  const auto& o = c.options;
-  const bool cached_step = cache != nullptr && cache->k.defined();
-  const bool cross = context.has_value();
-  if (extra.k.defined()) {
-    // x-transformers' biases, windows and attn_mask span the sequence's keys and its memory key/values only.
-    TORCH_CHECK_VALUE(!c.alibi_slopes.defined() && !c.position_bias.defined() && !attn_mask.has_value() &&
-                          !o.max_attend_past().has_value() && !o.window_size().has_value(),
-                      "AttentionLayers: self_attn_additional_kv cannot be combined with alibi_pos_bias, rel_pos_bias, "
-                      "dynamic_pos_bias, attn_bias, attn_mask, max_attend_past or window_size: those cover the "
-                      "layer's own keys, not the additional ones (x-transformers' do not either)");
-    TORCH_CHECK_VALUE(packed == nullptr,
-                      "AttentionLayers: self_attn_additional_kv cannot be used with packed sequences");
-  }
-  // Keys and values come from the context, or from x behind its Transformer-XL memory. On a cached step a
-  // cross-attention layer's keys are all in the cache: x-transformers cuts the context to length 0, and the
-  // cached keys already carry the input residual.
-  at::Tensor kv_source = cross ? (cached_step ? context->narrow(1, 0, 0) : *context) : x;
-  if (extra.input_residual.defined() && !(cross && cached_step)) kv_source = kv_source + extra.input_residual;
-  const at::Tensor kv_input = !cross && xl.mem.defined() ? at::cat({xl.mem, kv_source}, 1) : kv_source;
-  // Batch and lengths as SymInts: torch.export and torch.compile keep them symbolic (dynamic shapes).
-  const c10::SymInt b = x.sym_size(0), n = x.sym_size(1), m = kv_input.sym_size(1);
-  auto q = at::linear(x, w.to_q).view_symint({b, n, c.heads, c.dim_head});
-  // The keys' batch is x's, except for packed queries over a dense context (unpad's cross-attention).
-  const c10::SymInt kv_b = kv_input.sym_size(0);
-  auto k = at::linear(kv_input, w.to_k).view_symint({kv_b, m, c.kv_heads, c.dim_head});
-  auto v = at::linear(kv_input, w.to_v).view_symint({kv_b, m, c.kv_heads, c.value_dim_head});
-  if (value_residual.values_out != nullptr) *value_residual.values_out = v;
-  if (value_residual.first.defined()) {
-    // v = first + mix * (v - first): a per-token, per-head learned mix, or one half.
-    if (w.value_mix_weight.defined()) {
-      const auto mix = at::sigmoid(at::linear(x, w.value_mix_weight, w.value_mix_bias)).unsqueeze(-1);  // (b, n, h, 1)
-      v = at::lerp(value_residual.first, v, mix);
-    } else {
-      v = at::lerp(value_residual.first, v, 0.5);
-    }
-  }
-  if (o.qk_norm()) {
-    q = l2norm(q, o.qk_norm_groups());
-    k = l2norm(k, o.qk_norm_groups());
-    // Learned scales are (heads, 1, dh); our layout is (b, n, heads, dh).
-    if (w.qk_q_scale.defined()) q = q * w.qk_q_scale.transpose(0, 1);
-    if (w.qk_k_scale.defined()) k = k * w.qk_k_scale.transpose(0, 1);
-  }
-  if (w.q_rmsnorm.defined()) q = multihead_rms_norm(q, w.q_rmsnorm);
-  if (w.k_rmsnorm.defined()) k = multihead_rms_norm(k, w.k_rmsnorm);
-  if (w.value_rmsnorm.defined()) v = multihead_rms_norm(v, w.value_rmsnorm);
-  // Transformer-XL memory rows lead the keys; the cache holds the sequence's own keys only, as x-transformers'
-  // cached_kv (memory, cached, new).
-  const c10::SymInt xl_len = !cross && xl.mem.defined() ? xl.mem.sym_size(1) : c10::SymInt(0);
-  if (cache != nullptr) {
-    auto own_k = k.narrow_symint(1, xl_len, k.sym_size(1) - xl_len);
-    auto own_v = v.narrow_symint(1, xl_len, v.sym_size(1) - xl_len);
-    if (cached_step) {
-      own_k = at::cat({cache->k, own_k}, 1);
-      own_v = at::cat({cache->v, own_v}, 1);
-    }
-    cache->k = own_k;
-    cache->v = own_v;
-    k = xl_len > 0 ? at::cat({k.narrow_symint(1, 0, xl_len), own_k}, 1) : own_k;
-    v = xl_len > 0 ? at::cat({v.narrow_symint(1, 0, xl_len), own_v}, 1) : own_v;
-  }
-  if (c.rotary_angles.defined()) {
-    // rotate_num_heads: only the last heads rotate (x-transformers' q[:, -R:]); the rest pass through.
-    const auto rotate = [&](const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale, bool inverse) {
-      const int64_t heads = xtc::detail::static_size(t, 2), rotated = c.rotary_heads < 0 ? heads : c.rotary_heads;
-      if (rotated == heads) return apply_rotary(t, angles, scale, inverse);
-      const auto rotated_part = apply_rotary(t.narrow(2, heads - rotated, rotated), angles, scale, inverse);
-      return at::cat({t.narrow(2, 0, heads - rotated), rotated_part}, 2);
-    };
-    q = rotate(q, c.rotary_angles, c.rotary_scale, false);
-    const bool own_key_angles = c.key_rotary_angles.defined();
-    k = rotate(k, own_key_angles ? c.key_rotary_angles : c.rotary_angles,
-               own_key_angles ? c.key_rotary_scale : c.rotary_scale, true);
-  }
-  // Key mask, as x-transformers: context_mask when given (self-attention's override too), else `mask` for
-  // self-attention and none for cross-attention; memory keys are kept unless their mask says otherwise.
-  std::optional<at::Tensor> key_mask = context_mask.has_value() ? context_mask
-                                       : cross                  ? std::nullopt
-                                                                : mask;
-  if (xl_len > 0 && (key_mask.has_value() || xl.mask.has_value())) {
-    const auto mem_keep =
-        xl.mask.has_value() ? *xl.mask : at::ones_symint({b, xl_len}, x.options().dtype(at::kBool));
-    // The sequence's keys: the cached ones too.
-    const auto seq_keep = key_mask.has_value()
-                              ? *key_mask
-                              : at::ones_symint({b, k.sym_size(1) - xl_len}, x.options().dtype(at::kBool));
-    key_mask = at::cat({mem_keep, seq_keep}, 1);
-  }
-  const double scale = logit_scale(c);
-  const double softcap = o.softclamp_logits() ? o.logit_softclamp_value() : 0.0;
-  int64_t window_left = o.max_attend_past().value_or(-1), window_right = -1;
-  if (o.window_size().has_value()) {
-    window_left = *o.window_size();
-    window_right = c.causal ? -1 : *o.window_size();
-  }
-  TORCH_CHECK_VALUE(!(o.linear() && attn_mask.has_value()),
+  const LayerCall l{x, context, w, c, c.options, training, attn_mask, scores, maps, extra, context.has_value(),
+                    cache != nullptr && cache->k.defined()};
+  check_extra_key_values(l, packed);
+  TORCH_CHECK_VALUE(!(l.o.linear() && attn_mask.has_value()),
                     "AttentionLayers: attn_linear has no score matrix for attn_mask to act on");
-  const auto slopes = c.alibi_slopes.defined() ? std::optional<at::Tensor>(c.alibi_slopes) : std::nullopt;
-  // Attention of a padded batch, q (b, n, h, dh) and k, v (b, m, hk, dh|dv) with their key mask: (b, n, h, dv).
-  const auto dense = [&](at::Tensor q, at::Tensor k, at::Tensor v, std::optional<at::Tensor> key_mask,
-                         const c10::SymInt& b, const c10::SymInt& n, Backend path) {
-    if (o.num_mem_kv() > 0) {
-      auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});  // (b, M, hk, dh)
-      const auto mem_v = w.mem_v.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});
-      if (o.qk_norm()) {
-        mem_k = l2norm(mem_k, o.qk_norm_groups());
-        if (w.qk_k_scale.defined()) mem_k = mem_k * w.qk_k_scale.transpose(0, 1);
-      }
-      k = at::cat({mem_k, k}, 1);
-      v = at::cat({mem_v, v}, 1);
-      if (key_mask.has_value())
-        key_mask = at::cat({at::ones_symint({b, o.num_mem_kv()}, key_mask->options()), *key_mask}, 1);
-    }
-    if (extra.k.defined()) {
-      // x-transformers' additional key/values, in front of the memory ones. With another head count than the
-      // layer's kv heads, both expand to the query heads (head i reads head i % heads of each, as its repeat).
-      auto added_k = extra.k.transpose(1, 2).to(k.scalar_type()), added_v = extra.v.transpose(1, 2).to(v.scalar_type());
-      const int64_t added_heads = xtc::detail::static_size(added_k, 2);
-      if (added_heads != c.kv_heads) {
-        const auto to_query_heads = [&](const at::Tensor& t) {
-          const int64_t t_heads = xtc::detail::static_size(t, 2);
-          return t.index_select(2, at::arange(c.heads, t.options().dtype(at::kLong)).remainder(t_heads));
-        };
-        k = to_query_heads(k), v = to_query_heads(v);
-        added_k = to_query_heads(added_k), added_v = to_query_heads(added_v);
-      }
-      const c10::SymInt keys_before = k.sym_size(1), added = added_k.sym_size(1);
-      k = at::cat({added_k, k}, 1);
-      v = at::cat({added_v, v}, 1);
-      if (key_mask.has_value() || extra.mask.has_value()) {
-        const auto keep = [&](const std::optional<at::Tensor>& m, const c10::SymInt& length) {
-          return m.has_value() ? *m : at::ones_symint({b, length}, x.options().dtype(at::kBool));
-        };
-        key_mask = at::cat({keep(extra.mask, added), keep(key_mask, keys_before)}, 1);
-      }
-    }
-    if (o.add_zero_kv()) {
-      // In front of the memory keys too, as x-transformers' Attend pads it last; always visible.
-      const int64_t heads_now = xtc::detail::static_size(k, 2);
-      k = at::cat({at::zeros_symint({b, 1, heads_now, c.dim_head}, k.options()), k}, 1);
-      v = at::cat({at::zeros_symint({b, 1, heads_now, c.value_dim_head}, v.options()), v}, 1);
-      if (key_mask.has_value()) key_mask = at::cat({at::ones_symint({b, 1}, key_mask->options()), *key_mask}, 1);
-    }
-    at::Tensor out;
-    if (o.linear()) {
-      out = linear_attention(q, k, v, key_mask, c.causal && n > 1);
-    } else if (path != Backend::Math) {
-      out = std::get<0>(
-          ops::flash_attention(q, k, v, key_mask, c.causal, scale, slopes, window_left, window_right, softcap));
-    } else {
-      // Visibility and bias over (n, M + m) keys; memory keys (the first M) are always visible and unbiased.
-      const c10::SymInt keys = k.sym_size(1);
-      // Additional key/values count as memory here: visible and unbiased (windows and biases are refused above).
-      const c10::SymInt memory = extra.k.defined() ? extra.k.sym_size(2) + memory_keys(o) : c10::SymInt(memory_keys(o));
-      const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (keys - memory - n);
-      const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
-      const auto is_memory = key_pos < 0;
-      at::Tensor keep = key_mask.has_value() ? key_mask->view_symint({b, 1, 1, keys}) : at::Tensor();
-      if (attn_mask.has_value()) {
-        // Memory keys stay visible: the pattern covers the sequence's own keys.
-        auto pattern = *attn_mask;
-        if (memory > 0) {
-          auto sizes = pattern.sym_sizes().vec();
-          sizes.back() = memory;
-          pattern = at::cat({at::ones_symint(sizes, pattern.options()), pattern}, -1);
-        }
-        keep = keep.defined() ? keep.logical_and(pattern) : pattern;
-      }
-      if (window_left >= 0 || window_right >= 0) {
-        auto in_window = is_memory.expand_symint({n, keys}).clone();
-        const auto distance = query_pos - key_pos;  // > 0: the key is in the past
-        auto inside = at::ones_symint({n, keys}, in_window.options());
-        if (window_left >= 0) inside = inside.logical_and(distance <= window_left);
-        if (window_right >= 0) inside = inside.logical_and(distance >= -window_right);
-        in_window = in_window.logical_or(inside).view_symint({1, 1, n, keys});
-        keep = keep.defined() ? keep.logical_and(in_window) : in_window;
-      }
-      at::Tensor bias;
-      if (c.alibi_slopes.defined()) {
-        const auto distance = (query_pos - key_pos).abs().to(x.scalar_type()).masked_fill(is_memory, 0);
-        bias = -distance.view_symint({1, 1, n, keys}) * c.alibi_slopes.to(x.scalar_type()).view({1, c.heads, 1, 1});
-      }
-      if (c.position_bias.defined()) {
-        // Memory keys get no bias (x-transformers pads the bias with zeros on their side).
-        const auto& pb = c.position_bias;
-        bias = memory > 0 ? at::cat({at::zeros_symint({pb.sym_size(0), c.heads, n, memory}, x.options()), pb}, -1)
-                          : pb;
-      }
-      const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
-                                       o.sparse_topk(), o.sparse_topk_straight_through(), w.head_attn_sink};
-      out = materialized_attention(q, k, v, scale, keep, bias, c.causal && n > 1, softcap, o.dropout(), training,
-                                   transforms, c.residual_scores ? scores : nullptr, maps);
-    }
-    return out;
-  };
-  // The path: the flash kernel of the device unless a rule needs the scores (Math); packed sequences in the varlen
-  // op where it can express the call, else in the padded frame (then flash or Math).
-  const auto flash_no = o.linear() ? std::vector<std::string>{"attn_linear runs its own kernel-free path"}
-                                   : flash_reasons(c, training, attn_mask.has_value(), maps != nullptr);
-  std::vector<BackendCandidate> paths = {flash_candidate(x.device(), flash_no), {Backend::Math, {}}};
-  if (packed != nullptr) {
-    const bool positional = slopes.has_value() || window_left >= 0 || window_right >= 0;
-    paths.insert(paths.begin(), {Backend::Varlen, varlen_reasons(x.device(), c, flash_no, positional, *packed)});
-  }
-  const Backend path = o.linear() ? Backend::Math
-                                  : choose_backend(cross ? "cross-attention layer" : "self-attention layer", paths);
-  at::Tensor out;
-  if (packed == nullptr) {
-    out = dense(q, k, v, key_mask, b, n, path);
-  } else if (path == Backend::Varlen) {
-    // Packed: q holds the packed queries, k and v the packed keys (or the dense context's, see PackedAttention).
-    const auto& queries = *packed->queries;
-    const auto& keys = *packed->keys;
-    const auto packed_k = packed->packed_keys ? k : pack(k, keys);
-    const auto packed_v = packed->packed_keys ? v : pack(v, keys);
-    out = std::get<0>(ops::flash_attention_varlen(q.squeeze(0), packed_k.squeeze(0), packed_v.squeeze(0),
-                                                  queries.cu_seqlens, keys.cu_seqlens, queries.max_seqlen,
-                                                  keys.max_seqlen, c.causal, scale, slopes, window_left,
-                                                  window_right, softcap))
-              .unsqueeze(0);
-  } else {
-    // What the varlen kernel cannot express runs in the padded frame, exactly as an unpacked batch.
-    const auto& queries = *packed->queries;
-    const auto& keys = *packed->keys;
-    const auto frame_k = packed->packed_keys ? unpack(k, keys) : k;
-    const auto frame_v = packed->packed_keys ? unpack(v, keys) : v;
-    out = pack(dense(unpack(q, queries), frame_k, frame_v, keys.frame_mask, queries.batch(), queries.frame_length(),
-                     path),
-               queries);
-  }
-  if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
-  out = out.reshape_symint({b, n, c.heads * c.value_dim_head});
-  if (w.to_v_gate.defined()) out = out * at::sigmoid(at::linear(x, w.to_v_gate));
-  if (w.to_out.defined()) out = at::linear(out, w.to_out);
-  if (w.to_out_glu.defined()) out = at::glu(at::linear(out, w.to_out_glu), -1);
-  if (mask.has_value() && !cached_step) out = out.masked_fill(mask->logical_not().unsqueeze(-1), 0);
-  return out;
+  QKV t = project(l, xl, value_residual);
+  const c10::SymInt xl_len = !l.cross && xl.mem.defined() ? xl.mem.sym_size(1) : c10::SymInt(0);
+  if (cache != nullptr) through_cache(t, *cache, xl_len);
+  rotate(t, c);
+  const auto key_mask = key_mask_of(l, mask, context_mask, xl, xl_len, t.k.sym_size(1));
+  const KernelRule r = kernel_rule(c);
+  const Backend path = choose_path(l, r, packed);
+  const at::Tensor out = packed == nullptr ? dense_attention(l, t, key_mask, r, x.sym_size(0), x.sym_size(1), path)
+                                           : packed_attention(l, t, *packed, r, path);
+  return output(l, out, mask);
 }
 
 at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,

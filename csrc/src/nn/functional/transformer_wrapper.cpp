@@ -13,8 +13,12 @@
 #include <ATen/ops/ones.h>
 
 #include <cmath>
+#include <functional>
 
 namespace xtc::nn::functional {
+
+// A wrapper tensor by its state_dict name (undefined where the options leave it out).
+using TensorByName = std::function<at::Tensor(const std::string&)>;
 
 TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options, AttentionLayersOptions layers)
     : options_(std::move(options)), layers_(std::move(layers)) {
@@ -154,30 +158,19 @@ at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params
   return o.squeeze_out_last_dim() && logits.sym_size(-1) == 1 ? logits.squeeze(-1) : logits;
 }
 
-at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given, at::TensorList params,
-                               const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
-                               const WrapperCache& cache, AttentionLayersHiddens* record,
-                               const ExtraEmbeddings& extra) {
-  const auto& o = plan.options();
-  const std::optional<at::Tensor>& mask_in = given.mask;
-  const int64_t dim = plan.layers().options().dim();
+namespace {
+
+// The ids against num_tokens (in the graph when traced), or the external token_emb's output against them.
+void check_tokens(const at::Tensor& tokens, const TransformerWrapperOptions& o, const ExtraEmbeddings& extra) {
   TORCH_CHECK_VALUE(tokens.dim() == 2 && !tokens.is_floating_point() && !tokens.is_complex(),
                     "TransformerWrapper: expected token ids of shape (batch, seq) and an integer dtype, got ",
                     tokens.sym_sizes(), " ", tokens.scalar_type());
-  TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
-                    plan.parameters().size(), " parameters for these options, got ", params.size());
-  const auto get = [&](const std::string& name) {
-    return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
-  };
-  // The length as a SymInt: torch.export and torch.compile keep it symbolic.
-  const c10::SymInt n = tokens.sym_size(1);
   TORCH_CHECK_VALUE(extra.token_embeds.has_value() == o.external_token_emb(),
                     o.external_token_emb() ? "TransformerWrapper: a token_emb module needs its embeddings passed in"
                                            : "TransformerWrapper: token embeddings were passed in, but the wrapper "
                                              "has its own token_emb");
-  if (o.external_token_emb()) {
-    // Whatever the caller's module made of the ids.
-  } else if (tokens.key_set().has(c10::DispatchKey::Python)) {
+  if (o.external_token_emb()) return;  // whatever the caller's module made of the ids
+  if (tokens.key_set().has(c10::DispatchKey::Python)) {
     // Traced (fake tensors under torch.export / torch.compile): no ids to read; the check runs in the graph.
     at::_assert_async(tokens.ge(0).logical_and(tokens.lt(o.num_tokens())).all(),
                       "TransformerWrapper: expected token ids in [0, " + std::to_string(o.num_tokens()) + ")");
@@ -186,61 +179,97 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
     TORCH_CHECK_VALUE(low >= 0 && high < o.num_tokens(), "TransformerWrapper: expected token ids in [0, ",
                       o.num_tokens(), "), got ids from ", low, " to ", high);
   }
-  at::Tensor x;
-  if (o.external_token_emb()) {
-    x = *extra.token_embeds;
-    TORCH_CHECK_VALUE(x.dim() == 3 && x.sym_size(0) == tokens.sym_size(0) && x.sym_size(1) == n &&
-                          x.sym_size(2) == plan.emb_dim() && x.is_floating_point() && x.device() == tokens.device(),
-                      "TransformerWrapper: expected the token_emb module's output of shape (", tokens.sym_size(0), ", ",
-                      n, ", ", plan.emb_dim(), ") and a float dtype on the tokens' device, got ", x.sym_sizes(), " ",
-                      x.scalar_type());
-  } else {
-    x = at::embedding(get("token_emb.emb.weight"), tokens.to(at::kLong));
-    if (o.l2norm_embed()) x = detail::l2norm(x);
+}
+
+// The tokens' embeddings: the wrapper's token_emb (l2-normed with l2norm_embed) or the external module's.
+at::Tensor token_embeddings(const at::Tensor& tokens, const TransformerWrapperPlan& plan, const TensorByName& get,
+                            const ExtraEmbeddings& extra) {
+  if (!plan.options().external_token_emb()) {
+    const auto x = at::embedding(get("token_emb.emb.weight"), tokens.to(at::kLong));
+    return plan.options().l2norm_embed() ? detail::l2norm(x) : x;
   }
-  if (plan.has_abs_pos_emb()) {
-    // With input_not_include_cache the tokens' positions follow the cached ones (x-transformers' seq_pos_offset).
-    const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
-    TORCH_CHECK_VALUE(n + offset <= o.max_seq_len() || o.scaled_sinu_pos_emb(), "TransformerWrapper: expected at "
-                      "most max_seq_len (", o.max_seq_len(), ") positions, got ", n + offset);
-    // x-transformers' position embeddings take the custom pos and the left padding (seq_start_pos) too.
-    const auto positions =
-        detail::wrapper_positions("TransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb(), offset);
-    x = x + (o.scaled_sinu_pos_emb()
-                 ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, plan.emb_dim(), x)
-                 : detail::absolute_positions(get("pos_emb.emb.weight"), positions, o.l2norm_embed()));
-  }
-  if (extra.sum_embeds.has_value()) {
-    // Anything that broadcasts over (b, n, emb_dim): NonAutoregressiveWrapper adds a (emb_dim,) null embedding.
-    const auto& sum = *extra.sum_embeds;
-    TORCH_CHECK_VALUE(sum.dim() >= 1 && sum.dim() <= 3 && sum.sym_size(-1) == plan.emb_dim() &&
-                          sum.scalar_type() == x.scalar_type() && sum.device() == x.device() &&
-                          (sum.dim() < 2 || sum.sym_size(-2) == n || sum.sym_size(-2) == 1) &&
-                          (sum.dim() < 3 || sum.sym_size(0) == x.sym_size(0) || sum.sym_size(0) == 1),
-                      "TransformerWrapper: expected sum_embeds broadcastable to (", x.sym_size(0), ", ", n, ", ",
-                      plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ", sum.sym_sizes(), " ",
-                      sum.scalar_type());
-    x = x + sum;
-  }
+  const auto& x = *extra.token_embeds;
+  const c10::SymInt n = tokens.sym_size(1);
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.sym_size(0) == tokens.sym_size(0) && x.sym_size(1) == n &&
+                        x.sym_size(2) == plan.emb_dim() && x.is_floating_point() && x.device() == tokens.device(),
+                    "TransformerWrapper: expected the token_emb module's output of shape (", tokens.sym_size(0), ", ",
+                    n, ", ", plan.emb_dim(), ") and a float dtype on the tokens' device, got ", x.sym_sizes(), " ",
+                    x.scalar_type());
+  return x;
+}
+
+// The absolute position embedding (learned or scaled sinusoidal), at x-transformers' positions: custom pos, left
+// padding, and after the cached ones with input_not_include_cache (its seq_pos_offset).
+at::Tensor with_positions(at::Tensor x, const TransformerWrapperPlan& plan, const TensorByName& get,
+                          const AttentionLayersInputs& given, const WrapperCache& cache) {
+  const auto& o = plan.options();
+  if (!plan.has_abs_pos_emb()) return x;
+  const c10::SymInt n = x.sym_size(1);
+  const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
+  TORCH_CHECK_VALUE(n + offset <= o.max_seq_len() || o.scaled_sinu_pos_emb(), "TransformerWrapper: expected at "
+                    "most max_seq_len (", o.max_seq_len(), ") positions, got ", n + offset);
+  const auto positions = detail::wrapper_positions("TransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb(), offset);
+  return x + (o.scaled_sinu_pos_emb()
+                  ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, plan.emb_dim(), x)
+                  : detail::absolute_positions(get("pos_emb.emb.weight"), positions, o.l2norm_embed()));
+}
+
+// sum_embeds: anything that broadcasts over (b, n, emb_dim) (NonAutoregressiveWrapper adds a (emb_dim,) null
+// embedding).
+at::Tensor with_sum_embeds(const at::Tensor& x, const TransformerWrapperPlan& plan, const ExtraEmbeddings& extra) {
+  if (!extra.sum_embeds.has_value()) return x;
+  const auto& sum = *extra.sum_embeds;
+  const c10::SymInt n = x.sym_size(1);
+  TORCH_CHECK_VALUE(sum.dim() >= 1 && sum.dim() <= 3 && sum.sym_size(-1) == plan.emb_dim() &&
+                        sum.scalar_type() == x.scalar_type() && sum.device() == x.device() &&
+                        (sum.dim() < 2 || sum.sym_size(-2) == n || sum.sym_size(-2) == 1) &&
+                        (sum.dim() < 3 || sum.sym_size(0) == x.sym_size(0) || sum.sym_size(0) == 1),
+                    "TransformerWrapper: expected sum_embeds broadcastable to (", x.sym_size(0), ", ", n, ", ",
+                    plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ", sum.sym_sizes(), " ",
+                    sum.scalar_type());
+  return x + sum;
+}
+
+// PaLI-style prefix embeddings in front; returns how many (the mask, when given, covers them too).
+c10::SymInt prepend_embeddings(at::Tensor& x, const TransformerWrapperPlan& plan, const ExtraEmbeddings& extra,
+                               const WrapperCache& cache) {
+  if (!extra.prepend_embeds.has_value()) return 0;
+  const auto& front = *extra.prepend_embeds;
+  TORCH_CHECK_VALUE(front.dim() == 3 && front.sym_size(0) == x.sym_size(0) && front.sym_size(2) == plan.emb_dim() &&
+                        front.scalar_type() == x.scalar_type() && front.device() == x.device(),
+                    "TransformerWrapper: expected prepend_embeds of shape (", x.sym_size(0), ", prefix, ",
+                    plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ", front.sym_sizes(), " ",
+                    front.scalar_type());
+  TORCH_CHECK_VALUE(cache.kv.empty() && !plan.options().average_pool_embed(), "TransformerWrapper: prepend_embeds "
+                    "cannot be combined with a cache or average_pool_embed");
+  x = at::cat({front, x}, 1);
+  return front.sym_size(1);
+}
+
+}  // namespace
+
+at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given, at::TensorList params,
+                               const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
+                               const WrapperCache& cache, AttentionLayersHiddens* record,
+                               const ExtraEmbeddings& extra) {
+  const auto& o = plan.options();
+  check_tokens(tokens, o, extra);
+  TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
+                    plan.parameters().size(), " parameters for these options, got ", params.size());
+  const TensorByName get = [&](const std::string& name) {
+    return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
+  };
+  // The length as a SymInt: torch.export and torch.compile keep it symbolic.
+  const c10::SymInt n = tokens.sym_size(1);
+  at::Tensor x = with_sum_embeds(with_positions(token_embeddings(tokens, plan, get, extra), plan, get, given, cache),
+                                 plan, extra);
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
-  c10::SymInt prepended = 0;
-  if (extra.prepend_embeds.has_value()) {
-    // PaLI-style prefix embeddings; the mask (when either is given) covers them too.
-    const auto& front = *extra.prepend_embeds;
-    TORCH_CHECK_VALUE(front.dim() == 3 && front.sym_size(0) == x.sym_size(0) && front.sym_size(2) == plan.emb_dim() &&
-                          front.scalar_type() == x.scalar_type() && front.device() == x.device(),
-                      "TransformerWrapper: expected prepend_embeds of shape (", x.sym_size(0), ", prefix, ",
-                      plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ", front.sym_sizes(), " ",
-                      front.scalar_type());
-    TORCH_CHECK_VALUE(cache.kv.empty() && !o.average_pool_embed(), "TransformerWrapper: prepend_embeds cannot be "
-                      "combined with a cache or average_pool_embed");
-    prepended = front.sym_size(1);
-    x = at::cat({front, x}, 1);
-  }
-  std::optional<at::Tensor> layer_mask = mask_with_prepend(mask_in, extra, x.sym_size(0), n, x);
+  const c10::SymInt prepended = prepend_embeddings(x, plan, extra, cache);
+  std::optional<at::Tensor> layer_mask = mask_with_prepend(given.mask, extra, x.sym_size(0), n, x);
   const std::optional<at::Tensor> pool_mask = layer_mask;  // the attention pool's: over what the wrapper returns
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
-  if (plan.emb_dim() != dim) x = at::linear(x, get("project_emb.weight"), get("project_emb.bias"));
+  if (plan.emb_dim() != plan.layers().options().dim())
+    x = at::linear(x, get("project_emb.weight"), get("project_emb.bias"));
   // [CLS] tokens, then memory tokens, in front (x-transformers' order); the mask keeps both.
   const int64_t cls = o.use_cls_token() ? o.num_cls_tokens() : 0;
   if (cls > 0) detail::prepend_memory(x, layer_mask, get("cls_token"));
@@ -252,7 +281,7 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
                                            o.average_pool_embed() || cls > 0);
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow_symint(1, memory, cls + prepended + n);
-  if (o.average_pool_embed()) x = detail::masked_mean(x, mask_in);
+  if (o.average_pool_embed()) x = detail::masked_mean(x, given.mask);
   if (cls > 0) x = cls == 1 ? x.select(1, 0) : x.narrow(1, 0, cls);
   // An encoder's output is then the pooled tokens, as x-transformers'.
   if (o.attn_pool() && !plan.layers().options().causal() && !return_embeddings)

@@ -224,122 +224,146 @@ int count_true(std::initializer_list<bool> flags) {
 
 }  // namespace
 
-void AttentionLayersOptions::validate() const {
-  TORCH_CHECK_VALUE(dim_ > 0, "AttentionLayers: expected dim > 0, got ", dim_);
-  TORCH_CHECK_VALUE(heads_ > 0, "AttentionLayers: expected heads > 0, got ", heads_);
-  TORCH_CHECK_VALUE(custom_layers_.has_value() || depth_ > 0, "AttentionLayers: expected depth > 0, got ", depth_);
-  TORCH_CHECK_VALUE(count_true({use_scalenorm_, use_rmsnorm_, use_simple_rmsnorm_, use_dynamic_tanh_,
-                                use_adaptive_layernorm_, use_adaptive_rmsnorm_}) <= 1,
+namespace {
+
+// Sizes and the norm: one kind of norm, of layerscale, and what they need.
+void validate_sizes_and_norms(const AttentionLayersOptions& o) {
+  TORCH_CHECK_VALUE(o.dim() > 0, "AttentionLayers: expected dim > 0, got ", o.dim());
+  TORCH_CHECK_VALUE(o.heads() > 0, "AttentionLayers: expected heads > 0, got ", o.heads());
+  TORCH_CHECK_VALUE(o.custom_layers().has_value() || o.depth() > 0, "AttentionLayers: expected depth > 0, got ", o.depth());
+  TORCH_CHECK_VALUE(count_true({o.use_scalenorm(), o.use_rmsnorm(), o.use_simple_rmsnorm(), o.use_dynamic_tanh(),
+                                o.use_adaptive_layernorm(), o.use_adaptive_rmsnorm()}) <= 1,
                     "AttentionLayers: use_scalenorm, use_rmsnorm, use_simple_rmsnorm, use_dynamic_tanh, "
                     "use_adaptive_layernorm and use_adaptive_rmsnorm clash; set at most one");
-  TORCH_CHECK_VALUE(!(use_layerscale_ && use_adaptive_layerscale_),
+  TORCH_CHECK_VALUE(!(o.use_layerscale() && o.use_adaptive_layerscale()),
                     "AttentionLayers: use_layerscale and use_adaptive_layerscale clash; set at most one");
-  TORCH_CHECK_VALUE(!dim_condition_.has_value() || *dim_condition_ > 0, "AttentionLayers: expected dim_condition > 0");
-  TORCH_CHECK_VALUE(adaptive_condition_mlp_expansion_ > 0,
+  TORCH_CHECK_VALUE(!o.dim_condition().has_value() || *o.dim_condition() > 0, "AttentionLayers: expected dim_condition > 0");
+  TORCH_CHECK_VALUE(o.adaptive_condition_mlp_expansion() > 0,
                     "AttentionLayers: expected adaptive_condition_mlp_expansion > 0, got ",
-                    adaptive_condition_mlp_expansion_);
-  TORCH_CHECK_VALUE(!use_dynamic_tanh_ || pre_norm_, "AttentionLayers: use_dynamic_tanh needs pre_norm (as "
+                    o.adaptive_condition_mlp_expansion());
+  TORCH_CHECK_VALUE(!o.use_dynamic_tanh() || o.pre_norm(), "AttentionLayers: use_dynamic_tanh needs pre_norm (as "
                     "x-transformers)");
-  TORCH_CHECK_VALUE(count_true({custom_layers_.has_value(), par_ratio_.has_value(), sandwich_coef_.has_value()}) <= 1,
+}
+
+// The layer layout: custom_layers, par_ratio, sandwich_coef, the execution order, shift_tokens.
+void validate_layer_layout(const AttentionLayersOptions& o) {
+  TORCH_CHECK_VALUE(count_true({o.custom_layers().has_value(), o.par_ratio().has_value(), o.sandwich_coef().has_value()}) <= 1,
                     "AttentionLayers: custom_layers, par_ratio and sandwich_coef clash; set at most one");
-  TORCH_CHECK_VALUE(!(weight_tie_layers_ && (custom_layers_ || par_ratio_ || sandwich_coef_ ||
-                                             !layers_execute_order_.empty())),
+  TORCH_CHECK_VALUE(!(o.weight_tie_layers() && (o.custom_layers() || o.par_ratio() || o.sandwich_coef() ||
+                                             !o.layers_execute_order().empty())),
                     "AttentionLayers: weight_tie_layers clashes with custom_layers, par_ratio, sandwich_coef and "
                     "layers_execute_order");
-  TORCH_CHECK_VALUE(pre_norm_ || !sandwich_norm_, "AttentionLayers: sandwich_norm needs pre_norm=True");
-  for (const int64_t s : shift_tokens_)
+  TORCH_CHECK_VALUE(o.pre_norm() || !o.sandwich_norm(), "AttentionLayers: sandwich_norm needs pre_norm=True");
+  for (const int64_t s : o.shift_tokens())
     TORCH_CHECK_VALUE(s >= 0, "AttentionLayers: expected shift_tokens >= 0, got ", s);
-  TORCH_CHECK_VALUE(shift_tokens_.size() <= 1 || shift_tokens_.size() == layer_types().size(),
-                    "AttentionLayers: expected shift_tokens as one value or one per layer (", layer_types().size(),
-                    " layers), got ", shift_tokens_.size(), " values");
-  TORCH_CHECK_VALUE(!only_cross_ || cross_attend_, "AttentionLayers: only_cross needs cross_attend=True");
-  if (custom_layers_.has_value()) {
-    TORCH_CHECK_VALUE(!custom_layers_->empty(), "AttentionLayers: expected a non-empty custom_layers");
-    for (char t : *custom_layers_)
-      TORCH_CHECK_VALUE(t == 'a' || t == 'f' || (t == 'c' && cross_attend_), "AttentionLayers: custom_layers may hold ",
-                        cross_attend_ ? "'a', 'c' and 'f'" : "'a' and 'f' ('c' needs cross_attend=True)", ", got '",
-                        *custom_layers_, "'");
+  TORCH_CHECK_VALUE(o.shift_tokens().size() <= 1 || o.shift_tokens().size() == o.layer_types().size(),
+                    "AttentionLayers: expected shift_tokens as one value or one per layer (", o.layer_types().size(),
+                    " layers), got ", o.shift_tokens().size(), " values");
+  TORCH_CHECK_VALUE(!o.only_cross() || o.cross_attend(), "AttentionLayers: only_cross needs cross_attend=True");
+  if (o.custom_layers().has_value()) {
+    TORCH_CHECK_VALUE(!o.custom_layers()->empty(), "AttentionLayers: expected a non-empty custom_layers");
+    for (char t : *o.custom_layers())
+      TORCH_CHECK_VALUE(t == 'a' || t == 'f' || (t == 'c' && o.cross_attend()), "AttentionLayers: custom_layers may hold ",
+                        o.cross_attend() ? "'a', 'c' and 'f'" : "'a' and 'f' ('c' needs cross_attend=True)", ", got '",
+                        *o.custom_layers(), "'");
   }
-  if (par_ratio_.has_value()) {
-    const int64_t par_depth = depth_ * static_cast<int64_t>(default_block(*this).size());
-    TORCH_CHECK_VALUE(*par_ratio_ > 1 && *par_ratio_ <= par_depth, "AttentionLayers: par_ratio out of range (1, ",
-                      par_depth, "], got ", *par_ratio_);
+  if (o.par_ratio().has_value()) {
+    const int64_t par_depth = o.depth() * static_cast<int64_t>(default_block(o).size());
+    TORCH_CHECK_VALUE(*o.par_ratio() > 1 && *o.par_ratio() <= par_depth, "AttentionLayers: par_ratio out of range (1, ",
+                      par_depth, "], got ", *o.par_ratio());
   }
-  if (sandwich_coef_.has_value())
-    TORCH_CHECK_VALUE(*sandwich_coef_ > 0 && *sandwich_coef_ <= depth_,
-                      "AttentionLayers: expected 0 < sandwich_coef <= depth (", depth_, "), got ", *sandwich_coef_);
-  const auto layers = static_cast<int64_t>(layer_types().size());
-  for (int64_t i : layers_execute_order_)
+  if (o.sandwich_coef().has_value())
+    TORCH_CHECK_VALUE(*o.sandwich_coef() > 0 && *o.sandwich_coef() <= o.depth(),
+                      "AttentionLayers: expected 0 < sandwich_coef <= depth (", o.depth(), "), got ", *o.sandwich_coef());
+  const auto layers = static_cast<int64_t>(o.layer_types().size());
+  for (int64_t i : o.layers_execute_order())
     TORCH_CHECK_VALUE(i >= 0 && i < layers, "AttentionLayers: layers_execute_order holds ", i, ", but there are ",
                       layers, " layers");
-  if (alibi_num_heads_.has_value())
-    TORCH_CHECK_VALUE(*alibi_num_heads_ > 0 && *alibi_num_heads_ <= heads_,
-                      "AttentionLayers: expected 0 < alibi_num_heads <= heads (", heads_, "), got ", *alibi_num_heads_);
-  TORCH_CHECK_VALUE(count_true({alibi_pos_bias_, rel_pos_bias_, dynamic_pos_bias_}) <= 1,
+}
+
+// Position encodings: one kind of bias, ALiBi heads, T5 buckets, the dynamic MLP, rotary.
+void validate_positions(const AttentionLayersOptions& o) {
+  if (o.alibi_num_heads().has_value())
+    TORCH_CHECK_VALUE(*o.alibi_num_heads() > 0 && *o.alibi_num_heads() <= o.heads(),
+                      "AttentionLayers: expected 0 < alibi_num_heads <= heads (", o.heads(), "), got ", *o.alibi_num_heads());
+  TORCH_CHECK_VALUE(count_true({o.alibi_pos_bias(), o.rel_pos_bias(), o.dynamic_pos_bias()}) <= 1,
                     "AttentionLayers: alibi_pos_bias, rel_pos_bias and dynamic_pos_bias clash; set at most one");
-  TORCH_CHECK_VALUE(rel_pos_num_buckets_ > 1 && rel_pos_num_buckets_ <= rel_pos_max_distance_,
+  TORCH_CHECK_VALUE(o.rel_pos_num_buckets() > 1 && o.rel_pos_num_buckets() <= o.rel_pos_max_distance(),
                     "AttentionLayers: expected 1 < rel_pos_num_buckets <= rel_pos_max_distance, got ",
-                    rel_pos_num_buckets_, " and ", rel_pos_max_distance_);
-  TORCH_CHECK_VALUE(!dynamic_pos_bias_ || (dynamic_pos_bias_mlp_depth_ >= 1 && dim_ / 4 > 0),
+                    o.rel_pos_num_buckets(), " and ", o.rel_pos_max_distance());
+  TORCH_CHECK_VALUE(!o.dynamic_pos_bias() || (o.dynamic_pos_bias_mlp_depth() >= 1 && o.dim() / 4 > 0),
                     "AttentionLayers: dynamic_pos_bias needs dynamic_pos_bias_mlp_depth >= 1 and dim >= 4");
-  TORCH_CHECK_VALUE(!rotary_xpos_ || causal_, "AttentionLayers: rotary_xpos is for causal stacks only (Decoder)");
-  if (rotate_num_heads_.has_value()) {
-    TORCH_CHECK_VALUE(*rotate_num_heads_ > 0 && *rotate_num_heads_ <= heads_,
-                      "AttentionLayers: expected 0 < rotate_num_heads <= heads (", heads_, "), got ", *rotate_num_heads_);
-    TORCH_CHECK_VALUE(*rotate_num_heads_ == heads_ || resolved_kv_heads(attn_) == heads_,
+  TORCH_CHECK_VALUE(!o.rotary_xpos() || o.causal(), "AttentionLayers: rotary_xpos is for causal stacks only (Decoder)");
+  if (o.rotate_num_heads().has_value()) {
+    TORCH_CHECK_VALUE(*o.rotate_num_heads() > 0 && *o.rotate_num_heads() <= o.heads(),
+                      "AttentionLayers: expected 0 < rotate_num_heads <= heads (", o.heads(), "), got ", *o.rotate_num_heads());
+    TORCH_CHECK_VALUE(*o.rotate_num_heads() == o.heads() || o.resolved_kv_heads(o.attn()) == o.heads(),
                       "AttentionLayers: rotate_num_heads below heads needs as many kv heads as heads (no GQA), got ",
-                      resolved_kv_heads(attn_), " kv heads");
+                      o.resolved_kv_heads(o.attn()), " kv heads");
   }
-  TORCH_CHECK_VALUE(rotary_xpos_scale_base_ > 0, "AttentionLayers: expected rotary_xpos_scale_base > 0, got ",
-                    rotary_xpos_scale_base_);
-  if (uses_rotary()) {
-    const int64_t r = resolved_rotary_dim();
-    TORCH_CHECK_VALUE(r >= 2 && r % 2 == 0 && r <= attn_.dim_head(), "AttentionLayers: expected an even rotary_emb_dim in [2, ",
-                      attn_.dim_head(), "] (attn_dim_head), got ", r);
-    TORCH_CHECK_VALUE(rotary_interpolation_factor_ >= 1, "AttentionLayers: expected rotary_interpolation_factor >= 1, got ",
-                      rotary_interpolation_factor_);
-    TORCH_CHECK_VALUE(r > 2 || rotary_base_rescale_factor_ == 1.0,
+  TORCH_CHECK_VALUE(o.rotary_xpos_scale_base() > 0, "AttentionLayers: expected rotary_xpos_scale_base > 0, got ",
+                    o.rotary_xpos_scale_base());
+  if (o.uses_rotary()) {
+    const int64_t r = o.resolved_rotary_dim();
+    TORCH_CHECK_VALUE(r >= 2 && r % 2 == 0 && r <= o.attn().dim_head(), "AttentionLayers: expected an even rotary_emb_dim in [2, ",
+                      o.attn().dim_head(), "] (attn_dim_head), got ", r);
+    TORCH_CHECK_VALUE(o.rotary_interpolation_factor() >= 1, "AttentionLayers: expected rotary_interpolation_factor >= 1, got ",
+                      o.rotary_interpolation_factor());
+    TORCH_CHECK_VALUE(r > 2 || o.rotary_base_rescale_factor() == 1.0,
                       "AttentionLayers: rotary_base_rescale_factor needs rotary_emb_dim > 2");
   }
-  validate_attention("attn_", attn_, *this);
-  if (cross_attend_) validate_attention("cross_attn_", cross_attn_, *this);
+}
+
+// Attention and feed-forward options, the stack's and each layer's under a schedule.
+void validate_blocks(const AttentionLayersOptions& o) {
+  validate_attention("attn_", o.attn(), o);
+  if (o.cross_attend()) validate_attention("cross_attn_", o.cross_attn(), o);
   {
     // A schedule has one entry per layer of its kind, each valid on its own.
-    const auto kinds = layer_types();
+    const auto kinds = o.layer_types();
     const auto count = [&](char kind) { return static_cast<size_t>(std::count(kinds.begin(), kinds.end(), kind)); };
     const auto check_length = [&](const char* name, size_t given, char kind) {
       TORCH_CHECK_VALUE(given == 0 || given == count(kind), "AttentionLayers: expected the ", name,
                         " schedule to give one value per layer of that kind (", count(kind), "), got ", given);
     };
-    check_length("attn_*", attn_per_layer_.size(), 'a');
-    check_length("cross_attn_*", cross_attn_per_layer_.size(), 'c');
-    check_length("ff_*", ff_per_layer_.size(), 'f');
-    for (const auto& a : attn_per_layer_) validate_attention("attn_", a, *this);
-    for (const auto& a : cross_attn_per_layer_) validate_attention("cross_attn_", a, *this);
-    for (const auto& f : ff_per_layer_)
-      TORCH_CHECK_VALUE(f.mult() > 0 && static_cast<int64_t>(dim_ * f.mult()) > 0 && f.dropout() >= 0 &&
+    check_length("attn_*", o.attn_per_layer().size(), 'a');
+    check_length("cross_attn_*", o.cross_attn_per_layer().size(), 'c');
+    check_length("ff_*", o.ff_per_layer().size(), 'f');
+    for (const auto& a : o.attn_per_layer()) validate_attention("attn_", a, o);
+    for (const auto& a : o.cross_attn_per_layer()) validate_attention("cross_attn_", a, o);
+    for (const auto& f : o.ff_per_layer())
+      TORCH_CHECK_VALUE(f.mult() > 0 && static_cast<int64_t>(o.dim() * f.mult()) > 0 && f.dropout() >= 0 &&
                             f.dropout() < 1,
                         "AttentionLayers: expected each ff_mult > 0 giving an inner width >= 1 and each ff_dropout "
                         "in [0, 1), got ", f.mult(), " and ", f.dropout());
   }
-  TORCH_CHECK_VALUE(attn_.dim_context().value_or(dim_) == dim_, "AttentionLayers: self-attention reads x, so its "
-                    "keys' input width is dim (", dim_, "), got attn_dim_context=", *attn_.dim_context(),
+  TORCH_CHECK_VALUE(o.attn().dim_context().value_or(o.dim()) == o.dim(), "AttentionLayers: self-attention reads x, so its "
+                    "keys' input width is dim (", o.dim(), "), got attn_dim_context=", *o.attn().dim_context(),
                     "; set cross_attn_dim_context for a context of another width");
-  TORCH_CHECK_VALUE(cross_attn_.dim_context().value_or(1) > 0, "AttentionLayers: expected cross_attn_dim_context > 0, "
-                    "got ", cross_attn_.dim_context().value_or(0));
-  TORCH_CHECK_VALUE(ff_.mult() > 0 && static_cast<int64_t>(dim_ * ff_.mult()) > 0,
-                    "AttentionLayers: expected ff_mult > 0 giving an inner width >= 1, got ", ff_.mult());
-  for (auto [name, p] : {std::pair<const char*, double>{"ff_dropout", ff_.dropout()}, {"layer_dropout", layer_dropout_}})
+  TORCH_CHECK_VALUE(o.cross_attn().dim_context().value_or(1) > 0, "AttentionLayers: expected cross_attn_dim_context > 0, "
+                    "got ", o.cross_attn().dim_context().value_or(0));
+  TORCH_CHECK_VALUE(o.ff().mult() > 0 && static_cast<int64_t>(o.dim() * o.ff().mult()) > 0,
+                    "AttentionLayers: expected ff_mult > 0 giving an inner width >= 1, got ", o.ff().mult());
+  for (auto [name, p] : {std::pair<const char*, double>{"ff_dropout", o.ff().dropout()}, {"layer_dropout", o.layer_dropout()}})
     TORCH_CHECK_VALUE(p >= 0 && p < 1, "AttentionLayers: expected ", name, " in [0, 1), got ", p);
-  TORCH_CHECK_VALUE(!softclamp_output_ || softclamp_output_value_ > 0,
+  TORCH_CHECK_VALUE(!o.softclamp_output() || o.softclamp_output_value() > 0,
                     "AttentionLayers: expected softclamp_output_value > 0");
   // The learned mix sits on the self-attention layers after the first; x-transformers fails at forward there when
   // kv heads are fewer than heads, so refuse at construction (a single self-attention layer has no mix).
-  const auto types = layer_types();
-  TORCH_CHECK_VALUE(!(add_value_residual_ && learned_value_residual_mix_ && resolved_kv_heads(attn_) != heads_ &&
+  const auto types = o.layer_types();
+  TORCH_CHECK_VALUE(!(o.add_value_residual() && o.learned_value_residual_mix() && o.resolved_kv_heads(o.attn()) != o.heads() &&
                       std::count(types.begin(), types.end(), 'a') > 1),
                     "AttentionLayers: add_value_residual's learned mix needs one kv head per query head (attn_kv_heads "
-                    "unset), got ", resolved_kv_heads(attn_), " kv heads for ", heads_, " heads");
+                    "unset), got ", o.resolved_kv_heads(o.attn()), " kv heads for ", o.heads(), " heads");
+}
+
+}  // namespace
+
+void AttentionLayersOptions::validate() const {
+  validate_sizes_and_norms(*this);
+  validate_layer_layout(*this);
+  validate_positions(*this);
+  validate_blocks(*this);
 }
 
 // ------------------------------------------------------------------------------------------------ serialisation
