@@ -1,5 +1,8 @@
 """The layer stack's forward inputs are one list (XTC_STACK_INPUTS in csrc/ops/stack_inputs.h): every op that runs a
 stack takes exactly that list after its first input, in that order, and the Python modules pass it in that order."""
+import pathlib
+import re
+
 import pytest
 import torch
 
@@ -10,11 +13,29 @@ OPS = ["attention_layers", "attention_layers_with_hiddens", "transformer_wrapper
        "continuous_transformer", "continuous_transformer_with_hiddens"]
 
 
+STACK_INPUTS_H = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "ops" / "stack_inputs.h"
+
+
+def the_one_list():
+    """(name, schema type) of each row of XTC_STACK_INPUTS, read from the header itself."""
+    rows = re.findall(r'^\s*X\((\w+), "([^"]+)",', STACK_INPUTS_H.read_text(), re.MULTILINE)
+    assert len(rows) > 20, "XTC_STACK_INPUTS not found in stack_inputs.h"
+    return rows
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_every_stack_op_takes_the_one_list(op):
-    names = [a.name for a in getattr(torch.ops.xtc, op).default._schema.arguments]
-    expected = [name for name, _ in _stack_input_schema()]
-    assert names[1:1 + len(expected)] == expected
+    arguments = getattr(torch.ops.xtc, op).default._schema.arguments
+    rows = the_one_list()
+    assert [a.name for a in arguments[1:1 + len(rows)]] == [name for name, _ in rows]
+    # The schema's types are the list's ("Tensor?" prints as "Optional[Tensor]", "Tensor[]" as "List[Tensor]").
+    spelled = {"Tensor?": "Optional[Tensor]", "Tensor[]": "List[Tensor]", "int[]": "List[int]", "bool?": "Optional[bool]",
+               "bool": "bool"}
+    assert [str(a.type) for a in arguments[1:1 + len(rows)]] == [spelled[t] for _, t in rows]
+
+
+def test_python_reads_the_one_list():
+    assert [name for name, _ in _stack_input_schema()] == [name for name, _ in the_one_list()]
 
 
 def test_python_passes_every_input_of_the_list():
