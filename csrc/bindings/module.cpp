@@ -133,39 +133,35 @@ PYBIND11_MODULE(_C, m) {
       py::arg("options"), py::arg("groups"),
       "x-transformers' repeat_blocks, as (first block, last block, repeats) groups, as a layers_execute_order.");
 
-  m.def(
-      "disables_abs_pos_emb",
-      [](const std::string& text) {
-        return with_torch_errors(
-            [&] { return xtc::nn::AttentionLayersOptions::parse(text).disables_abs_pos_emb(); });
-      },
-      py::arg("options"), "x-transformers' resolved disable_abs_pos_emb of these options (default: rotary or T5 bias).");
-
-  m.def(
-      "parameter_layout",
-      [](const std::string& text, bool initialize) {
-        return with_torch_errors([&] {
-          auto options = xtc::nn::AttentionLayersOptions::parse(text);
-          if (!initialize) return layout_entries(xtc::nn::functional::AttentionLayersPlan(options).parameters(), nullptr);
-          xtc::nn::AttentionLayers layers(options);
-          return layout_entries(layers->plan->parameters(), layers.get());
-        });
-      },
-      py::arg("options"), py::arg("initialize") = true,
-      "(name, shape, is_buffer, freshly initialised value) of every parameter and buffer of xtc::nn::AttentionLayers "
-      "with these options, in the order the attention_layers op reads them; the value is None without initialize "
-      "(nothing allocated, for meta-device construction).");
-
-  m.def(
-      "executed_attention_types",
-      [](const std::string& text) {
-        return with_torch_errors([&] {
-          return xtc::nn::functional::AttentionLayersPlan(xtc::nn::AttentionLayersOptions::parse(text))
-              .executed_attention_types();
-        });
-      },
-      py::arg("options"),
-      "The kind ('a' self, 'c' cross) of each attention layer in execution order: the order of the cached_kv pairs.");
+  // One parse of the options per construction: the plan holds them canonical, with everything Python reads off
+  // them (the op later parses the canonical line once more, then caches its plan).
+  using Plan = xtc::nn::functional::AttentionLayersPlan;
+  py::class_<Plan, std::shared_ptr<Plan>>(m, "AttentionLayersPlan",
+                                          "What AttentionLayers options imply: their canonical line, the parameter "
+                                          "layout and the executed attention kinds.")
+      .def(py::init([](const std::string& text) {
+             return with_torch_errors([&] { return std::make_shared<Plan>(xtc::nn::AttentionLayersOptions::parse(text)); });
+           }),
+           py::arg("options"))
+      .def_property_readonly("options", [](const Plan& plan) { return plan.options().serialize(); })
+      .def_property_readonly("executed_attention_types", &Plan::executed_attention_types,
+                             "The kind ('a' self, 'c' cross) of each attention layer in execution order: the order of "
+                             "the cached_kv pairs.")
+      .def_property_readonly("disables_abs_pos_emb",
+                             [](const Plan& plan) { return plan.options().disables_abs_pos_emb(); })
+      .def(
+          "layout",
+          [](const Plan& plan, bool initialize) {
+            return with_torch_errors([&] {
+              if (!initialize) return layout_entries(plan.parameters(), nullptr);
+              xtc::nn::AttentionLayers layers(plan.options());
+              return layout_entries(layers->plan->parameters(), layers.get());
+            });
+          },
+          py::arg("initialize") = true,
+          "(name, shape, is_buffer, freshly initialised value) of every parameter and buffer of "
+          "xtc::nn::AttentionLayers with these options, in the order the attention_layers op reads them; the value is "
+          "None without initialize (nothing allocated, for meta-device construction).");
 
   m.def("cached_plans", &xtc::ops::cached_plans,
         "Plans the layer-stack and wrapper ops hold in their caches (at most 256 of each kind).");

@@ -52,7 +52,8 @@ def _route(kwargs):
 
 
 def _options_text(kwargs):
-    """x-transformers kwargs -> the C++ options line; unknown or unsupported kwargs raise TypeError naming them."""
+    """x-transformers kwargs -> the C++ options line (not yet validated); unknown or unsupported kwargs raise
+    TypeError naming them."""
     known = set(_C.option_keys())
     routed, groups = _route(kwargs)
     unknown = [name for name in kwargs if name not in known and not name.startswith(_PREFIXES)]
@@ -62,7 +63,22 @@ def _options_text(kwargs):
         raise TypeError(
             f"unrecognized or unsupported keyword arguments: {', '.join(sorted(unknown))}. "
             "The README lists every x-transformers keyword argument and whether x_transformers_cpp supports it.")
-    return _C.normalize_options(";".join(f"{k}={_option_value(k, v)}" for k, v in routed.items()))
+    return ";".join(f"{k}={_option_value(k, v)}" for k, v in routed.items())
+
+
+def differing_options(kwargs, options, defaults, required):
+    """The keyword arguments a module was built with, as torch's modules show theirs in a repr: the `required`
+    ones, then those whose canonical value in `options` differs from `defaults` (the same module built with only
+    the required ones)."""
+    canonical = dict(entry.split("=", 1) for entry in options.split(";"))
+    default = dict(entry.split("=", 1) for entry in defaults.split(";"))
+    shown = []
+    for name, value in kwargs.items():
+        prefix = next((p for p in _PREFIXES if name.startswith(p)), None)
+        key = prefix[:-1] + "." + name[len(prefix):] if prefix else name
+        if name in required or key not in canonical or canonical[key] != default.get(key):
+            shown.append(f"{name}={value!r}")
+    return ", ".join(shown)
 
 
 def initializes_on_construction():
@@ -320,10 +336,12 @@ class AttentionLayers(nn.Module):
             depth = len(kwargs.get("layers_execute_order") or kwargs["custom_layers"])
         if depth is None:
             raise TypeError("AttentionLayers: depth is required unless custom_layers gives the layers")
-        self._options = _options_text(dict(dim=dim, depth=depth, heads=heads, causal=causal, **kwargs))
-        layout = _C.parameter_layout(self._options, initializes_on_construction())
+        self._kwargs = dict(dim=dim, depth=depth, heads=heads, causal=causal, **kwargs)  # for the repr
+        plan = _C.AttentionLayersPlan(_options_text(self._kwargs))  # the options parsed and validated, once
+        self._options = plan.options
+        layout = plan.layout(initializes_on_construction())
         self._parameter_names = [name for name, *_ in layout]
-        self._attention_types = _C.executed_attention_types(self._options)  # once: read by every return_hiddens
+        self._attention_types = plan.executed_attention_types  # once: read by every return_hiddens
         # The attributes x-transformers' wrappers read off a stack.
         self.dim, self.depth, self.causal = dim, depth, causal
         self.attn_heads, self.attn_dim_head = heads, kwargs.get("attn_dim_head", 64)
@@ -331,7 +349,7 @@ class AttentionLayers(nn.Module):
         shift = kwargs.get("shift_tokens", 0)
         self.can_cache_kv = not (any(shift) if isinstance(shift, (tuple, list)) else shift)
         self._unpad = bool(kwargs.get("unpad", False))
-        self.disable_abs_pos_emb = _C.disables_abs_pos_emb(self._options)
+        self.disable_abs_pos_emb = plan.disables_abs_pos_emb
         tree = _build_tree(layout)
         for name, child in tree.named_children():
             self.add_module(name, child)
@@ -359,15 +377,15 @@ class AttentionLayers(nn.Module):
         if layers_execute_order is None:
             return self._options, self._attention_types
         order = ",".join(str(int(i)) for i in layers_execute_order)
-        options = _C.normalize_options(f"{self._options};layers_execute_order={order}")
-        return options, _C.executed_attention_types(options)
+        plan = _C.AttentionLayersPlan(f"{self._options};layers_execute_order={order}")
+        return plan.options, plan.executed_attention_types
 
     def reset_parameters(self):
         """Initialises every parameter and buffer in place as construction does (the C++ module's init, which is
         x-transformers'), for a stack built under torch.device("meta") and materialised with to_empty(device=...).
         Draws from torch's default generator in construction's order: torch.manual_seed(s) then reset_parameters()
         gives the values that constructing after torch.manual_seed(s) gives."""
-        fill_from_layout(self, _C.parameter_layout(self._options))
+        fill_from_layout(self, _C.AttentionLayersPlan(self._options).layout())
 
     def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
                 seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False, cache=None,
@@ -460,7 +478,9 @@ class AttentionLayers(nn.Module):
                                         cache_length + out.shape[1])
 
     def extra_repr(self):
-        return self._options
+        required = ("dim", "depth", "heads")
+        line = ";".join(e for e in self._options.split(";") if e.split("=")[0] in required)
+        return differing_options(self._kwargs, self._options, _C.normalize_options(line), required)
 
 
 class Encoder(AttentionLayers):

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import _C
 from .attention_layers import (ORDER_KWARGS, STACK_KWARGS, AttentionLayers, _build_tree, _option_value,
-                               check_forward_defaults, fill_from_layout, flat_cache, initializes_on_construction,
+                               check_forward_defaults, differing_options, fill_from_layout, flat_cache, initializes_on_construction,
                                layer_intermediates, stack_arguments, unshard_fsdp_groups)
 
 
@@ -58,7 +58,8 @@ class _Wrapper(nn.Module):
         unknown = [k for k in kwargs if k not in unsupported and k not in keys]
         if rejected or unknown:
             raise TypeError(f"unrecognized or unsupported keyword arguments: {', '.join(sorted(rejected + unknown))}")
-        text = ";".join(f"{k}={_option_value(k, v)}" for k, v in kwargs.items() if k not in unsupported)
+        self._kwargs = {k: v for k, v in kwargs.items() if k not in unsupported}  # for the repr
+        text = ";".join(f"{k}={_option_value(k, v)}" for k, v in self._kwargs.items())
         self._options, layout = self._layout(text, attn_layers._options, initializes_on_construction())
         self._layer_options = attn_layers._options
         self._tensor_names = [name for name, *_ in layout]
@@ -110,7 +111,9 @@ class _Wrapper(nn.Module):
         return out, layer_intermediates(attention_types, out, hiddens, layer_hiddens, kv, maps, cache_length)
 
     def extra_repr(self):
-        return self._options
+        line = ";".join(e for e in self._options.split(";") if e.split("=")[0] in self._REQUIRED)
+        defaults = self._layout(line, self._layer_options, False)[0]
+        return differing_options(self._kwargs, self._options, defaults, self._REQUIRED)
 
 
 class TransformerWrapper(_Wrapper):
@@ -125,6 +128,7 @@ class TransformerWrapper(_Wrapper):
     """
 
     _layout = staticmethod(_C.transformer_wrapper_layout)
+    _REQUIRED = ("num_tokens", "max_seq_len")  # shown always; the rest where they differ from the defaults
     _UNSUPPORTED = dict(
         embed_num_tokens={}, memory_tokens_interspersed_every=None,
         num_output_heads=1, recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
@@ -287,6 +291,7 @@ class ContinuousTransformerWrapper(_Wrapper):
 
     # x-transformers keyword arguments that need module objects or features not implemented here.
     _layout = staticmethod(_C.continuous_layout)
+    _REQUIRED = ()
     _UNSUPPORTED = dict(project_in=None, project_out=None, max_mem_len=0)
 
     def __init__(self, *, attn_layers, **kwargs):

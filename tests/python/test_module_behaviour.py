@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from x_transformers_cpp import AttentionLayers, Decoder, Encoder
+from x_transformers_cpp import AttentionLayers, Decoder, Encoder, TransformerWrapper
 from xtc_testing import make_pair, random_mask
 
 SMALL = dict(dim=32, depth=2, heads=4, attn_dim_head=8)
@@ -321,7 +321,19 @@ def test_causal_keyword_rejected():
         Encoder(dim=32, depth=1, causal=True)
     with pytest.raises(TypeError, match="causal"):
         Decoder(dim=32, depth=1, causal=False)
-    assert "causal=1" in AttentionLayers(dim=32, depth=1, causal=True).extra_repr()
+    assert "causal=True" in AttentionLayers(dim=32, depth=1, causal=True).extra_repr()
+
+
+def test_repr_shows_the_options_that_differ_from_the_defaults():
+    # As torch's modules: the required arguments, then what differs from x-transformers' defaults, in the user's
+    # keywords (an option given at its default is not shown).
+    encoder = Encoder(dim=32, depth=2, heads=4, attn_dim_head=16, rotary_pos_emb=True, ff_mult=4, use_rmsnorm=False)
+    assert encoder.extra_repr() == "dim=32, depth=2, heads=4, attn_dim_head=16, rotary_pos_emb=True"
+    assert repr(encoder).startswith("Encoder(\n  dim=32, depth=2, heads=4, attn_dim_head=16")
+    wrapper = TransformerWrapper(num_tokens=10, max_seq_len=8, emb_dropout=0.0, num_memory_tokens=2,
+                                 attn_layers=Decoder(dim=16, depth=1))
+    assert wrapper.extra_repr() == "num_tokens=10, max_seq_len=8, num_memory_tokens=2"
+    assert "(attn_layers): Decoder(\n    dim=16, depth=1, heads=8, causal=True" in repr(wrapper)
 
 
 @pytest.mark.parametrize("cls", [Encoder, Decoder])
