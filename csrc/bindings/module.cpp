@@ -1,5 +1,7 @@
-// pybind11 bindings: construction helpers only. The math is reached from Python through torch.ops.xtc.*, never
-// through these functions, so that tracing, export and torch.compile see dispatcher ops.
+// pybind11 bindings: construction helpers only. The math is reached from Python through torch.ops.xtc.*,
+// never through these functions, so that tracing, export and torch.compile see dispatcher ops.
+#include <torch/csrc/utils/pybind.h>
+#include <torch/python.h>
 #include <xtc/backends.h>
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/modules/continuous.h>
@@ -7,14 +9,12 @@
 #include <xtc/nn/options/attention_layers.h>
 #include <xtc/ops/attention_layers.h>
 
-#include <torch/csrc/utils/pybind.h>
-#include <torch/python.h>
-
 namespace py = pybind11;
 
 namespace {
 
-// Runs f with torch's translation of c10::Error into Python exceptions (ValueError for TORCH_CHECK_VALUE, ...).
+// Runs f with torch's translation of c10::Error into Python exceptions (ValueError for TORCH_CHECK_VALUE,
+// ...).
 template <typename F>
 auto with_torch_errors(F&& f) {
   HANDLE_TH_ERRORS
@@ -25,17 +25,19 @@ auto with_torch_errors(F&& f) {
 // One layout entry for Python: (name, shape, is_buffer, initial value or None).
 using LayoutEntry = std::tuple<std::string, std::vector<int64_t>, bool, std::optional<at::Tensor>>;
 
-// The entries of `specs`, with the module's freshly initialised tensors when `module` is given (else shapes only,
-// for meta-device construction). Entries under `held_elsewhere` (a wrapper's stack) carry no value.
+// The entries of `specs`, with the module's freshly initialised tensors when `module` is given (else shapes
+// only, for meta-device construction). Entries under `held_elsewhere` (a wrapper's stack) carry no value.
 std::vector<LayoutEntry> layout_entries(const std::vector<xtc::nn::functional::ParameterSpec>& specs,
-                                        const torch::nn::Module* module, const std::string& held_elsewhere = "") {
+                                        const torch::nn::Module* module,
+                                        const std::string& held_elsewhere = "") {
   const auto elsewhere = [&](const xtc::nn::functional::ParameterSpec& spec) {
     return !held_elsewhere.empty() && spec.name.rfind(held_elsewhere, 0) == 0;
   };
   std::vector<xtc::nn::functional::ParameterSpec> own;
   for (const auto& spec : specs)
     if (!elsewhere(spec)) own.push_back(spec);
-  const auto values = module != nullptr ? xtc::nn::tensors_in_layout(*module, own) : std::vector<at::Tensor>();
+  const auto values =
+      module != nullptr ? xtc::nn::tensors_in_layout(*module, own) : std::vector<at::Tensor>();
   std::vector<LayoutEntry> entries;
   size_t next = 0;
   for (const auto& spec : specs) {
@@ -46,17 +48,18 @@ std::vector<LayoutEntry> layout_entries(const std::vector<xtc::nn::functional::P
   return entries;
 }
 
-// (canonical options, entries) of a wrapper, its own tensors initialised and the stack's (attn_layers.*) named only:
-// the Python wrapper holds the user's stack. Built around a stack without tensors, so none of its are allocated.
+// (canonical options, entries) of a wrapper, its own tensors initialised and the stack's (attn_layers.*)
+// named only: the Python wrapper holds the user's stack. Built around a stack without tensors, so none of its
+// are allocated.
 template <typename Wrapper, typename WrapperOptions>
 auto wrapper_layout(const std::string& options, const std::string& layer_options, bool initialize) {
   return with_torch_errors([&] {
     Wrapper wrapper(WrapperOptions::parse(options),
                     xtc::nn::AttentionLayers(xtc::nn::AttentionLayersImpl::without_tensors(
                         xtc::nn::AttentionLayersOptions::parse(layer_options))));
-    return std::make_pair(wrapper->options.serialize(),
-                          layout_entries(wrapper->plan->parameters(), initialize ? wrapper.get() : nullptr,
-                                         "attn_layers."));
+    return std::make_pair(
+        wrapper->options.serialize(),
+        layout_entries(wrapper->plan->parameters(), initialize ? wrapper.get() : nullptr, "attn_layers."));
   });
 }
 
@@ -93,7 +96,8 @@ void bind_backends(py::module_& m) {
   m.def("start_recording", [] { recorders().push_back(std::make_unique<xtc::BackendRecorder>()); });
   m.def("stop_recording", [] {
     TORCH_CHECK(!recorders().empty(), "backends: stop_recording without start_recording on this thread");
-    std::vector<std::tuple<std::string, std::string, std::vector<std::pair<std::string, std::vector<std::string>>>>>
+    std::vector<
+        std::tuple<std::string, std::string, std::vector<std::pair<std::string, std::vector<std::string>>>>>
         out;
     for (const auto& c : recorders().back()->choices()) {
       std::vector<std::pair<std::string, std::vector<std::string>>> rejected;
@@ -131,22 +135,26 @@ PYBIND11_MODULE(_C, m) {
         });
       },
       py::arg("options"), py::arg("groups"),
-      "x-transformers' repeat_blocks, as (first block, last block, repeats) groups, as a layers_execute_order.");
+      "x-transformers' repeat_blocks, as (first block, last block, repeats) groups, as a "
+      "layers_execute_order.");
 
-  // One parse of the options per construction: the plan holds them canonical, with everything Python reads off
-  // them (the op later parses the canonical line once more, then caches its plan).
+  // One parse of the options per construction: the plan holds them canonical, with everything Python reads
+  // off them (the op later parses the canonical line once more, then caches its plan).
   using Plan = xtc::nn::functional::AttentionLayersPlan;
-  py::class_<Plan, std::shared_ptr<Plan>>(m, "AttentionLayersPlan",
-                                          "What AttentionLayers options imply: their canonical line, the parameter "
-                                          "layout and the executed attention kinds.")
+  py::class_<Plan, std::shared_ptr<Plan>>(
+      m, "AttentionLayersPlan",
+      "What AttentionLayers options imply: their canonical line, the parameter "
+      "layout and the executed attention kinds.")
       .def(py::init([](const std::string& text) {
-             return with_torch_errors([&] { return std::make_shared<Plan>(xtc::nn::AttentionLayersOptions::parse(text)); });
+             return with_torch_errors(
+                 [&] { return std::make_shared<Plan>(xtc::nn::AttentionLayersOptions::parse(text)); });
            }),
            py::arg("options"))
       .def_property_readonly("options", [](const Plan& plan) { return plan.options().serialize(); })
-      .def_property_readonly("executed_attention_types", &Plan::executed_attention_types,
-                             "The kind ('a' self, 'c' cross) of each attention layer in execution order: the order of "
-                             "the cached_kv pairs.")
+      .def_property_readonly(
+          "executed_attention_types", &Plan::executed_attention_types,
+          "The kind ('a' self, 'c' cross) of each attention layer in execution order: the order of "
+          "the cached_kv pairs.")
       .def_property_readonly("disables_abs_pos_emb",
                              [](const Plan& plan) { return plan.options().disables_abs_pos_emb(); })
       .def(
@@ -160,7 +168,8 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("initialize") = true,
           "(name, shape, is_buffer, freshly initialised value) of every parameter and buffer of "
-          "xtc::nn::AttentionLayers with these options, in the order the attention_layers op reads them; the value is "
+          "xtc::nn::AttentionLayers with these options, in the order the attention_layers op reads them; the "
+          "value is "
           "None without initialize (nothing allocated, for meta-device construction).");
 
   m.def("cached_plans", &xtc::ops::cached_plans,
@@ -172,7 +181,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("transformer_wrapper_layout",
         &wrapper_layout<xtc::nn::TransformerWrapper, xtc::nn::TransformerWrapperOptions>, py::arg("options"),
         py::arg("layer_options"), py::arg("initialize") = true,
-        "(canonical options, [(name, shape, is_buffer, initial value or None)]) of xtc::nn::TransformerWrapper, in the "
+        "(canonical options, [(name, shape, is_buffer, initial value or None)]) of "
+        "xtc::nn::TransformerWrapper, in the "
         "order the transformer_wrapper op reads them; attn_layers.* (the stack's) have no value.");
 
   m.def("continuous_option_keys", &xtc::nn::ContinuousTransformerWrapperOptions::keys,
@@ -182,6 +192,7 @@ PYBIND11_MODULE(_C, m) {
         &wrapper_layout<xtc::nn::ContinuousTransformerWrapper, xtc::nn::ContinuousTransformerWrapperOptions>,
         py::arg("options"), py::arg("layer_options"), py::arg("initialize") = true,
         "(canonical options, [(name, shape, is_buffer, initial value or None)]) of "
-        "xtc::nn::ContinuousTransformerWrapper, in the order the continuous_transformer op reads them; attn_layers.* "
+        "xtc::nn::ContinuousTransformerWrapper, in the order the continuous_transformer op reads them; "
+        "attn_layers.* "
         "(the stack's) have no value.");
 }

@@ -1,14 +1,13 @@
-// The layer-stack op. Its kernel is CompositeImplicitAutograd: it runs xtc::nn::functional::attention_layers, whose
-// aten and xtc::flash_attention calls carry autograd, while tracers record the stack as a single node.
+// The layer-stack op. Its kernel is CompositeImplicitAutograd: it runs xtc::nn::functional::attention_layers,
+// whose aten and xtc::flash_attention calls carry autograd, while tracers record the stack as a single node.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/ops/attention_layers.h>
 
 #include "ops/layer_hiddens.h"
 #include "ops/plan_cache.h"
 #include "ops/stack_inputs.h"
-
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/library.h>
 
 namespace xtc::ops {
 namespace {
@@ -21,14 +20,14 @@ std::shared_ptr<const nn::functional::AttentionLayersPlan> layers_plan(c10::stri
 
 at::Tensor attention_layers_kernel(const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS at::TensorList params,
                                    c10::string_view options, bool training) {
-  return nn::functional::attention_layers(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), params,
+  return nn::functional::attention_layers(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}), params,
                                           *layers_plan(options), training);
 }
 
 detail::LayerHiddensResult attention_layers_with_hiddens_kernel(
-    const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS at::TensorList cache_kv, int64_t cache_length, int64_t cache_age,
-    at::TensorList params, c10::string_view options, bool training) {
-  auto inputs = detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {});
+    const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS at::TensorList cache_kv, int64_t cache_length,
+    int64_t cache_age, at::TensorList params, c10::string_view options, bool training) {
+  auto inputs = detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{});
   inputs.cache_kv = cache_kv.vec();
   inputs.cache_length = cache_length;
   inputs.cache_age = cache_age;
@@ -40,22 +39,23 @@ detail::LayerHiddensResult attention_layers_with_hiddens_kernel(
 }  // namespace
 
 at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
-                            const std::optional<at::Tensor>& context, const std::optional<at::Tensor>& context_mask,
+                            const std::optional<at::Tensor>& context,
+                            const std::optional<at::Tensor>& context_mask,
                             const std::optional<at::Tensor>& attn_mask,
                             const std::optional<at::Tensor>& self_attn_kv_mask,
                             const std::optional<at::Tensor>& seq_start_pos,
                             const std::optional<at::Tensor>& attn_bias, at::TensorList params,
                             const std::string& options, bool training) {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("xtc::attention_layers", "")
-          .typed<at::Tensor(const at::Tensor&, XTC_STACK_INPUT_TYPES at::TensorList, c10::string_view, bool)>();
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("xtc::attention_layers", "")
+                       .typed<at::Tensor(const at::Tensor&, XTC_STACK_INPUT_TYPES at::TensorList,
+                                         c10::string_view, bool)>();
   const std::optional<at::Tensor> pos;
   const at::TensorList mems, mem_masks, flash_pack_seq, flash_pack_seq_context;
   const at::IntArrayRef flash_pack_seq_max, flash_pack_seq_context_max;
   const std::optional<bool> causal;
-  const std::optional<at::Tensor> condition, in_attn_cond, context_pos, additional_kv_mask, self_attn_kv_residuals,
-      cross_attn_kv_residuals;
+  const std::optional<at::Tensor> condition, in_attn_cond, context_pos, additional_kv_mask,
+      self_attn_kv_residuals, cross_attn_kv_residuals;
   const at::TensorList self_attn_additional_kv;
   const bool route_additional_kv_to_top = true;
   return op.call(x, XTC_STACK_INPUT_ARGUMENTS params, options, training);
@@ -70,12 +70,14 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def("attention_layers(Tensor x, " XTC_STACK_INPUTS_SCHEMA
         "Tensor[] params, str options, bool training=False) -> Tensor");
   // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer),
-  // layer_hiddens (entering each layer, then before the final norm) and cached_kv (each attention layer's keys and
-  // values, flattened k0, v0, k1, v1, ...) and attention maps (qk_similarities, pre- and post-softmax per attention
-  // layer, empty where x-transformers has none), for return_hiddens; with cache_kv (the previous call's), it
-  // decodes incrementally: only the last cache_age tokens run, at positions after cache_length.
+  // layer_hiddens (entering each layer, then before the final norm) and cached_kv (each attention layer's
+  // keys and values, flattened k0, v0, k1, v1, ...) and attention maps (qk_similarities, pre- and
+  // post-softmax per attention layer, empty where x-transformers has none), for return_hiddens; with cache_kv
+  // (the previous call's), it decodes incrementally: only the last cache_age tokens run, at positions after
+  // cache_length.
   m.def("attention_layers_with_hiddens(Tensor x, " XTC_STACK_INPUTS_SCHEMA
-        "Tensor[] cache_kv, int cache_length, int cache_age, Tensor[] params, str options, bool training=False) -> "
+        "Tensor[] cache_kv, int cache_length, int cache_age, Tensor[] params, str options, bool "
+        "training=False) -> "
         "(Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
@@ -84,8 +86,8 @@ TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {
   m.impl("attention_layers_with_hiddens", &xtc::ops::attention_layers_with_hiddens_kernel);
 }
 
-// torch.func.vmap decomposes the stack into its aten ops, each with its batching rule: batched inputs and batched
-// parameters (model ensembles) alike.
+// torch.func.vmap decomposes the stack into its aten ops, each with its batching rule: batched inputs and
+// batched parameters (model ensembles) alike.
 TORCH_LIBRARY_IMPL(xtc, FuncTorchBatchedDecomposition, m) {
   m.impl("attention_layers", &xtc::ops::attention_layers_kernel);
   m.impl("attention_layers_with_hiddens", &xtc::ops::attention_layers_with_hiddens_kernel);

@@ -1,7 +1,7 @@
-// The process-wide backend setting and the choice every kernel-picking site makes through it (xtc/backends.h).
-#include <xtc/backends.h>
-
+// The process-wide backend setting and the choice every kernel-picking site makes through it
+// (xtc/backends.h).
 #include <c10/util/Exception.h>
+#include <xtc/backends.h>
 
 #include <algorithm>
 #include <array>
@@ -11,9 +11,15 @@
 namespace xtc {
 namespace {
 
-constexpr std::array<const char*, kNumBackends> kNames = {
-    "cpu_flash", "cpu_bf16_matmul", "cuda_hopper_forward", "cuda_hopper_backward", "cuda_mma_sync",
-    "cuda_simple", "varlen",        "cuda_varlen",         "math"};
+constexpr std::array<const char*, kNumBackends> kNames = {"cpu_flash",
+                                                          "cpu_bf16_matmul",
+                                                          "cuda_hopper_forward",
+                                                          "cuda_hopper_backward",
+                                                          "cuda_mma_sync",
+                                                          "cuda_simple",
+                                                          "varlen",
+                                                          "cuda_varlen",
+                                                          "math"};
 
 constexpr uint32_t bit(Backend b) { return uint32_t(1) << static_cast<uint32_t>(b); }
 constexpr uint32_t kAll = (uint32_t(1) << kNumBackends) - 1;
@@ -125,8 +131,10 @@ Backend choose_backend(const std::string& site, std::vector<BackendCandidate> ca
   }
   for (auto& c : candidates)
     if (!backend_enabled(c.backend))
-      c.reasons.insert(c.reasons.begin(), "disabled by the backend setting (attention_backend / BackendGuard)");
-  const auto taken = std::find_if(candidates.begin(), candidates.end(), [](const auto& c) { return c.reasons.empty(); });
+      c.reasons.insert(c.reasons.begin(),
+                       "disabled by the backend setting (attention_backend / BackendGuard)");
+  const auto taken =
+      std::find_if(candidates.begin(), candidates.end(), [](const auto& c) { return c.reasons.empty(); });
   TORCH_CHECK(taken != candidates.end(), describe_failure(site, candidates));
   if (active_recorder != nullptr) {
     BackendChoice choice{site, taken->backend, {}};

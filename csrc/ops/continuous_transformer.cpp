@@ -1,38 +1,37 @@
 // The ContinuousTransformerWrapper op: wrapper and layer stack as one CompositeImplicitAutograd node, like
 // xtc::attention_layers.
+#include <torch/library.h>
 #include <xtc/nn/functional/continuous.h>
 
 #include "ops/layer_hiddens.h"
 #include "ops/plan_cache.h"
 #include "ops/stack_inputs.h"
 
-#include <torch/library.h>
-
-
 namespace xtc::ops {
 namespace {
 
-at::Tensor continuous_transformer_kernel(const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS
-                                         const std::optional<at::Tensor>& lens, at::TensorList params,
-                                         c10::string_view options, c10::string_view layer_options, bool training,
+at::Tensor continuous_transformer_kernel(const at::Tensor& x,
+                                         XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& lens,
+                                         at::TensorList params, c10::string_view options,
+                                         c10::string_view layer_options, bool training,
                                          bool return_embeddings) {
   const auto plan =
-      detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
-          options, layer_options);
-  return nn::functional::continuous_transformer(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), lens, params,
-                                                *plan, training, return_embeddings);
+      detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan,
+                                  nn::ContinuousTransformerWrapperOptions>(options, layer_options);
+  return nn::functional::continuous_transformer(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}), lens,
+                                                params, *plan, training, return_embeddings);
 }
 
 detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
-    const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& lens, at::TensorList cache_kv,
-    bool input_not_include_cache, at::TensorList params, c10::string_view options, c10::string_view layer_options,
-    bool training, bool return_embeddings) {
+    const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& lens,
+    at::TensorList cache_kv, bool input_not_include_cache, at::TensorList params, c10::string_view options,
+    c10::string_view layer_options, bool training, bool return_embeddings) {
   const auto plan =
-      detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan, nn::ContinuousTransformerWrapperOptions>(
-          options, layer_options);
+      detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan,
+                                  nn::ContinuousTransformerWrapperOptions>(options, layer_options);
   nn::functional::AttentionLayersHiddens record;
-  auto out = nn::functional::continuous_transformer(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), lens,
-                                                    params, *plan, training, return_embeddings,
+  auto out = nn::functional::continuous_transformer(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}),
+                                                    lens, params, *plan, training, return_embeddings,
                                                     {cache_kv.vec(), input_not_include_cache}, &record);
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
@@ -45,7 +44,8 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
   m.def("continuous_transformer(Tensor x, " XTC_STACK_INPUTS_SCHEMA
         "Tensor? lens, Tensor[] params, str options, str layer_options, bool training=False, "
         "bool return_embeddings=False) -> Tensor");
-  // The same with the stack's intermediates and incremental decoding, as xtc::transformer_wrapper_with_hiddens.
+  // The same with the stack's intermediates and incremental decoding, as
+  // xtc::transformer_wrapper_with_hiddens.
   m.def("continuous_transformer_with_hiddens(Tensor x, " XTC_STACK_INPUTS_SCHEMA
         "Tensor? lens, Tensor[] cache_kv, bool input_not_include_cache, Tensor[] params, str options, "
         "str layer_options, bool training=False, bool return_embeddings=False) -> "

@@ -1,31 +1,32 @@
-// The CPU and CUDA kernels of xtc::flash_attention_varlen: each packed sequence runs through flash_attention's kernel
-// of its device on its own rows (views, batch 1), so the work is the sum of n_i * m_i and every rule (causal
-// right-aligned per sequence, ALiBi, window, soft-cap, GQA, dtypes) is the dense kernel's. Sequences without
-// queries are skipped; without keys, their queries get 0 and lse -inf (the dense kernel's rule).
+// The CPU and CUDA kernels of xtc::flash_attention_varlen: each packed sequence runs through
+// flash_attention's kernel of its device on its own rows (views, batch 1), so the work is the sum of n_i *
+// m_i and every rule (causal right-aligned per sequence, ALiBi, window, soft-cap, GQA, dtypes) is the dense
+// kernel's. Sequences without queries are skipped; without keys, their queries get 0 and lse -inf (the dense
+// kernel's rule).
 //
-// On CUDA this is one launch per sequence, the offsets read on the host (FlashAttention's device cu_seqlens are
-// copied once): correct by construction from the dense kernels, but not a fused varlen kernel, and not yet run on a
-// GPU, so the layer stacks use it on CUDA only with the cuda_varlen backend enabled (xtc/backends.h) (attention/packing notes in the README).
+// On CUDA this is one launch per sequence, the offsets read on the host (FlashAttention's device cu_seqlens
+// are copied once): correct by construction from the dense kernels, but not a fused varlen kernel, and not
+// yet run on a GPU, so the layer stacks use it on CUDA only with the cuda_varlen backend enabled
+// (xtc/backends.h) (attention/packing notes in the README).
 //
 // Shape legend: total_q / total_k packed rows, b sequences, h query heads, hk kv heads, d, dv head dims.
-#include <xtc/ops/flash_attention.h>
-
-#include "ops/flash_attention_varlen_checks.h"
-
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
+#include <xtc/ops/flash_attention.h>
 
 #include <limits>
 #include <vector>
 
+#include "ops/flash_attention_varlen_checks.h"
+
 namespace xtc::ops {
 namespace {
 
-// The sequences' row ranges from cu_seqlens, checked: from 0, non-decreasing, ending at the packed row count, no
-// longer than max_seqlen.
-std::vector<int64_t> sequence_starts(const at::Tensor& cu_seqlens, const char* name, int64_t rows, int64_t max_len,
-                                     const char* max_name) {
+// The sequences' row ranges from cu_seqlens, checked: from 0, non-decreasing, ending at the packed row count,
+// no longer than max_seqlen.
+std::vector<int64_t> sequence_starts(const at::Tensor& cu_seqlens, const char* name, int64_t rows,
+                                     int64_t max_len, const char* max_name) {
   const auto cu = cu_seqlens.cpu().contiguous();
   const int32_t* data = cu.data_ptr<int32_t>();
   std::vector<int64_t> starts(data, data + cu.numel());
@@ -33,8 +34,8 @@ std::vector<int64_t> sequence_starts(const at::Tensor& cu_seqlens, const char* n
               " from 0 to the packed rows (", rows, "), got ", starts.front(), " to ", starts.back());
   for (size_t i = 0; i + 1 < starts.size(); ++i) {
     const int64_t len = starts[i + 1] - starts[i];
-    TORCH_CHECK(len >= 0, "flash_attention_varlen: expected ", name, " non-decreasing, got ", starts[i], " then ",
-                starts[i + 1], " at sequence ", i);
+    TORCH_CHECK(len >= 0, "flash_attention_varlen: expected ", name, " non-decreasing, got ", starts[i],
+                " then ", starts[i + 1], " at sequence ", i);
     TORCH_CHECK(len <= max_len, "flash_attention_varlen: expected ", max_name, " (", max_len,
                 ") to bound every sequence, got one of ", len, " at sequence ", i);
   }
@@ -45,15 +46,17 @@ struct Sequences {
   std::vector<int64_t> q, k;  // b + 1 row offsets each
 };
 
-Sequences check_sequences(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_q,
-                          const at::Tensor& cu_k, int64_t max_q, int64_t max_k) {
+Sequences check_sequences(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_q, int64_t max_k) {
   detail::check_varlen_args(q, k, v, cu_q, cu_k, max_q, max_k);
   return {sequence_starts(cu_q, "cu_seqlens_q", q.size(0), max_q, "max_seqlen_q"),
           sequence_starts(cu_k, "cu_seqlens_k", k.size(0), max_k, "max_seqlen_k")};
 }
 
 // Rows [start, end) of a packed (total, heads, dim) tensor as a batch of one: (1, end - start, heads, dim).
-at::Tensor sequence(const at::Tensor& t, int64_t start, int64_t end) { return t.narrow(0, start, end - start).unsqueeze(0); }
+at::Tensor sequence(const at::Tensor& t, int64_t start, int64_t end) {
+  return t.narrow(0, start, end - start).unsqueeze(0);
+}
 
 std::tuple<at::Tensor, at::Tensor> flash_attention_varlen_forward_kernel(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
@@ -72,9 +75,9 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_varlen_forward_kernel(
   for (size_t i = 0; i + 1 < s.q.size(); ++i) {
     const int64_t q0 = s.q[i], q1 = s.q[i + 1];
     if (q1 == q0) continue;
-    auto [o, l] = flash_attention(sequence(q, q0, q1), sequence(k, s.k[i], s.k[i + 1]),
-                                  sequence(v, s.k[i], s.k[i + 1]), std::nullopt, causal, scale, alibi_slopes,
-                                  window_left, window_right, softcap);
+    auto [o, l] =
+        flash_attention(sequence(q, q0, q1), sequence(k, s.k[i], s.k[i + 1]), sequence(v, s.k[i], s.k[i + 1]),
+                        std::nullopt, causal, scale, alibi_slopes, window_left, window_right, softcap);
     out.narrow(0, q0, q1 - q0).copy_(o.squeeze(0));
     lse.narrow(1, q0, q1 - q0).copy_(l.squeeze(0));
   }
@@ -82,15 +85,16 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_varlen_forward_kernel(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_varlen_backward_kernel(
-    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
-    int64_t max_seqlen_k, bool causal, std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes,
-    int64_t window_left, int64_t window_right, double softcap) {
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& cu_seqlens_q,
+    const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, bool causal,
+    std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes, int64_t window_left,
+    int64_t window_right, double softcap) {
   const auto s = check_sequences(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
   const std::vector<int64_t> out_shape{q.size(0), q.size(1), v.size(2)}, lse_shape{q.size(1), q.size(0)};
   TORCH_CHECK(grad_out.sizes() == out_shape && out.sizes() == out_shape,
-              "flash_attention_varlen_backward: expected grad_out and out of shape ", c10::IntArrayRef(out_shape),
-              ", got ", grad_out.sizes(), " and ", out.sizes());
+              "flash_attention_varlen_backward: expected grad_out and out of shape ",
+              c10::IntArrayRef(out_shape), ", got ", grad_out.sizes(), " and ", out.sizes());
   TORCH_CHECK(lse.sizes() == lse_shape, "flash_attention_varlen_backward: expected lse of shape ",
               c10::IntArrayRef(lse_shape), ", got ", lse.sizes());
   auto dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);  // keys without queries: zero
@@ -99,8 +103,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_varlen_backward_k
     if (q1 == q0 || k1 == k0) continue;
     auto [gq, gk, gv] = flash_attention_backward(
         sequence(grad_out, q0, q1), sequence(q, q0, q1), sequence(k, k0, k1), sequence(v, k0, k1),
-        sequence(out, q0, q1), lse.narrow(1, q0, q1 - q0).unsqueeze(0), std::nullopt, causal, scale, alibi_slopes,
-        window_left, window_right, softcap);
+        sequence(out, q0, q1), lse.narrow(1, q0, q1 - q0).unsqueeze(0), std::nullopt, causal, scale,
+        alibi_slopes, window_left, window_right, softcap);
     dq.narrow(0, q0, q1 - q0).copy_(gq.squeeze(0));
     dk.narrow(0, k0, k1 - k0).copy_(gk.squeeze(0));
     dv.narrow(0, k0, k1 - k0).copy_(gv.squeeze(0));

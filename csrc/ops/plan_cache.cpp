@@ -1,10 +1,10 @@
 // The size of the ops' plan caches (ops/plan_cache.h), summed over the kinds of plan.
+#include "ops/plan_cache.h"
+
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/nn/functional/continuous.h>
 #include <xtc/nn/functional/transformer_wrapper.h>
 #include <xtc/ops/attention_layers.h>
-
-#include "ops/plan_cache.h"
 
 namespace xtc::ops {
 

@@ -1,13 +1,12 @@
-// A process-wide cache of plans (parsed options and parameter layouts) keyed by the options string, so that the
-// layer-stack ops do not re-parse their options on every call. Plans are immutable once built and shared: a call
-// holds its plan while it runs, so an eviction never frees one in use. The cache keeps the most recently used
-// kPlanCacheCapacity plans of each kind, so that many distinct models (or option strings) cannot grow it without
-// bound.
+// A process-wide cache of plans (parsed options and parameter layouts) keyed by the options string, so that
+// the layer-stack ops do not re-parse their options on every call. Plans are immutable once built and shared:
+// a call holds its plan while it runs, so an eviction never frees one in use. The cache keeps the most
+// recently used kPlanCacheCapacity plans of each kind, so that many distinct models (or option strings)
+// cannot grow it without bound.
 #pragma once
 
-#include <xtc/nn/options/attention_layers.h>
-
 #include <c10/util/string_view.h>
+#include <xtc/nn/options/attention_layers.h>
 
 #include <cstddef>
 #include <list>

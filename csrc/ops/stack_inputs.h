@@ -1,40 +1,40 @@
 // The layer stack's forward inputs as every op that runs a stack takes them (xtc::attention_layers and its
-// _with_hiddens form, the two wrapper ops and theirs): ONE list, in the style of torchgen's native_functions.yaml.
-// The schemas, the kernels' parameters and the functional AttentionLayersInputs they build follow it, and Python
-// reads the argument order back from the schema (x_transformers_cpp.attention_layers.stack_arguments), so an input
-// is added here once (and to stack_inputs() below, which names each field).
+// _with_hiddens form, the two wrapper ops and theirs): ONE list, in the style of torchgen's
+// native_functions.yaml. The schemas, the kernels' parameters and the functional AttentionLayersInputs they
+// build follow it, and Python reads the argument order back from the schema
+// (x_transformers_cpp.attention_layers.stack_arguments), so an input is added here once (and to
+// stack_inputs() below, which names each field).
 //
 //   X(name, schema type, C++ parameter type)
 #pragma once
 
-#include <xtc/nn/functional/attention_layers.h>
-
 #include <ATen/core/Tensor.h>
+#include <xtc/nn/functional/attention_layers.h>
 
 #include <optional>
 
-#define XTC_STACK_INPUTS(X)                                            \
-  X(mask, "Tensor?", const std::optional<at::Tensor>&)                 \
-  X(context, "Tensor?", const std::optional<at::Tensor>&)              \
-  X(context_mask, "Tensor?", const std::optional<at::Tensor>&)         \
-  X(attn_mask, "Tensor?", const std::optional<at::Tensor>&)            \
-  X(self_attn_kv_mask, "Tensor?", const std::optional<at::Tensor>&)    \
-  X(seq_start_pos, "Tensor?", const std::optional<at::Tensor>&)        \
-  X(attn_bias, "Tensor?", const std::optional<at::Tensor>&)            \
-  X(pos, "Tensor?", const std::optional<at::Tensor>&)                  \
-  X(mems, "Tensor[]", at::TensorList)                                  \
-  X(mem_masks, "Tensor[]", at::TensorList)                             \
-  X(flash_pack_seq, "Tensor[]", at::TensorList)                        \
-  X(flash_pack_seq_max, "int[]", at::IntArrayRef)                      \
-  X(flash_pack_seq_context, "Tensor[]", at::TensorList)                \
-  X(flash_pack_seq_context_max, "int[]", at::IntArrayRef)            \
-  X(causal, "bool?", std::optional<bool>)                              \
-  X(condition, "Tensor?", const std::optional<at::Tensor>&)            \
+#define XTC_STACK_INPUTS(X)                                              \
+  X(mask, "Tensor?", const std::optional<at::Tensor>&)                   \
+  X(context, "Tensor?", const std::optional<at::Tensor>&)                \
+  X(context_mask, "Tensor?", const std::optional<at::Tensor>&)           \
+  X(attn_mask, "Tensor?", const std::optional<at::Tensor>&)              \
+  X(self_attn_kv_mask, "Tensor?", const std::optional<at::Tensor>&)      \
+  X(seq_start_pos, "Tensor?", const std::optional<at::Tensor>&)          \
+  X(attn_bias, "Tensor?", const std::optional<at::Tensor>&)              \
+  X(pos, "Tensor?", const std::optional<at::Tensor>&)                    \
+  X(mems, "Tensor[]", at::TensorList)                                    \
+  X(mem_masks, "Tensor[]", at::TensorList)                               \
+  X(flash_pack_seq, "Tensor[]", at::TensorList)                          \
+  X(flash_pack_seq_max, "int[]", at::IntArrayRef)                        \
+  X(flash_pack_seq_context, "Tensor[]", at::TensorList)                  \
+  X(flash_pack_seq_context_max, "int[]", at::IntArrayRef)                \
+  X(causal, "bool?", std::optional<bool>)                                \
+  X(condition, "Tensor?", const std::optional<at::Tensor>&)              \
   X(in_attn_cond, "Tensor?", const std::optional<at::Tensor>&)           \
   X(context_pos, "Tensor?", const std::optional<at::Tensor>&)            \
   X(self_attn_additional_kv, "Tensor[]", at::TensorList)                 \
   X(additional_kv_mask, "Tensor?", const std::optional<at::Tensor>&)     \
-  X(route_additional_kv_to_top, "bool", bool)                           \
+  X(route_additional_kv_to_top, "bool", bool)                            \
   X(self_attn_kv_residuals, "Tensor?", const std::optional<at::Tensor>&) \
   X(cross_attn_kv_residuals, "Tensor?", const std::optional<at::Tensor>&)
 

@@ -1,32 +1,32 @@
 // The TransformerWrapper op: embedding, layer stack and logits as one CompositeImplicitAutograd node, like
 // xtc::attention_layers.
+#include <torch/library.h>
 #include <xtc/nn/functional/transformer_wrapper.h>
 
 #include "ops/layer_hiddens.h"
 #include "ops/plan_cache.h"
 #include "ops/stack_inputs.h"
 
-#include <torch/library.h>
-
 namespace xtc::ops {
 namespace {
 
 std::shared_ptr<const nn::functional::TransformerWrapperPlan> wrapper_plan(c10::string_view options,
-                                                                          c10::string_view layer_options) {
+                                                                           c10::string_view layer_options) {
   return detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapperOptions>(
       options, layer_options);
 }
 
-at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens, XTC_STACK_INPUT_PARAMETERS
-                                      const std::optional<at::Tensor>& sum_embeds,
+at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens,
+                                      XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& sum_embeds,
                                       const std::optional<at::Tensor>& prepend_embeds,
                                       const std::optional<at::Tensor>& prepend_mask,
                                       const std::optional<at::Tensor>& token_embeds, at::TensorList params,
                                       c10::string_view options, c10::string_view layer_options, bool training,
                                       bool return_embeddings) {
-  return nn::functional::transformer_wrapper(tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), params,
-                                             *wrapper_plan(options, layer_options), training, return_embeddings, {},
-                                             nullptr, {sum_embeds, prepend_embeds, prepend_mask, token_embeds});
+  return nn::functional::transformer_wrapper(tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}),
+                                             params, *wrapper_plan(options, layer_options), training,
+                                             return_embeddings, {}, nullptr,
+                                             {sum_embeds, prepend_embeds, prepend_mask, token_embeds});
 }
 
 detail::LayerHiddensResult transformer_wrapper_with_hiddens_kernel(
@@ -36,51 +36,62 @@ detail::LayerHiddensResult transformer_wrapper_with_hiddens_kernel(
     at::TensorList params, c10::string_view options, c10::string_view layer_options, bool training,
     bool return_embeddings) {
   nn::functional::AttentionLayersHiddens record;
-  auto out = nn::functional::transformer_wrapper(tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS {}), params,
-                                                 *wrapper_plan(options, layer_options), training, return_embeddings,
-                                                 {cache_kv.vec(), input_not_include_cache}, &record,
-                                                 {sum_embeds, prepend_embeds, prepend_mask, token_embeds});
+  auto out =
+      nn::functional::transformer_wrapper(tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}), params,
+                                          *wrapper_plan(options, layer_options), training, return_embeddings,
+                                          {cache_kv.vec(), input_not_include_cache}, &record,
+                                          {sum_embeds, prepend_embeds, prepend_mask, token_embeds});
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 
 at::Tensor transformer_wrapper_logits_kernel(const at::Tensor& embeddings, at::TensorList params,
                                              c10::string_view options, c10::string_view layer_options) {
-  return nn::functional::transformer_wrapper_logits(embeddings, params, *wrapper_plan(options, layer_options));
+  return nn::functional::transformer_wrapper_logits(embeddings, params,
+                                                    *wrapper_plan(options, layer_options));
 }
 
-at::Tensor transformer_wrapper_attn_pool_kernel(const at::Tensor& embeddings, const std::optional<at::Tensor>& mask,
-                                               const std::optional<at::Tensor>& prepend_embeds,
-                                               const std::optional<at::Tensor>& prepend_mask, at::TensorList params,
-                                               c10::string_view options, c10::string_view layer_options,
-                                               bool training) {
-  return nn::functional::transformer_wrapper_attn_pool(embeddings, mask, {std::nullopt, prepend_embeds, prepend_mask, std::nullopt},
-                                                       params, *wrapper_plan(options, layer_options), training);
+at::Tensor transformer_wrapper_attn_pool_kernel(const at::Tensor& embeddings,
+                                                const std::optional<at::Tensor>& mask,
+                                                const std::optional<at::Tensor>& prepend_embeds,
+                                                const std::optional<at::Tensor>& prepend_mask,
+                                                at::TensorList params, c10::string_view options,
+                                                c10::string_view layer_options, bool training) {
+  return nn::functional::transformer_wrapper_attn_pool(
+      embeddings, mask, {std::nullopt, prepend_embeds, prepend_mask, std::nullopt}, params,
+      *wrapper_plan(options, layer_options), training);
 }
 
 }  // namespace
 }  // namespace xtc::ops
 
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
-  // The stack's inputs (XTC_STACK_INPUTS, ops/stack_inputs.h) follow the tokens, as x-transformers' wrapper passes
-  // its other forward arguments on to the stack.
-  // Then the wrapper's own embeddings beside the tokens' (sum_embeds, prepend_embeds and its mask), and the tokens'
-  // own from a token_emb module (external_token_emb).
+  // The stack's inputs (XTC_STACK_INPUTS, ops/stack_inputs.h) follow the tokens, as x-transformers' wrapper
+  // passes its other forward arguments on to the stack. Then the wrapper's own embeddings beside the tokens'
+  // (sum_embeds, prepend_embeds and its mask), and the tokens' own from a token_emb module
+  // (external_token_emb).
   m.def("transformer_wrapper(Tensor tokens, " XTC_STACK_INPUTS_SCHEMA
-        "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor? token_embeds, Tensor[] params, "
+        "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor? token_embeds, Tensor[] "
+        "params, "
         "str options, str layer_options, bool training=False, bool return_embeddings=False) -> Tensor");
   // The same, also returning the stack's intermediates as xtc::attention_layers_with_hiddens does (hiddens,
-  // layer_hiddens, cached_kv, attention maps), for return_intermediates; with cache_kv (the previous call's), it
-  // decodes the last token of `tokens` incrementally (`tokens` holding only the new ones with
+  // layer_hiddens, cached_kv, attention maps), for return_intermediates; with cache_kv (the previous call's),
+  // it decodes the last token of `tokens` incrementally (`tokens` holding only the new ones with
   // input_not_include_cache).
   m.def("transformer_wrapper_with_hiddens(Tensor tokens, " XTC_STACK_INPUTS_SCHEMA
-        "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor? token_embeds, Tensor[] cache_kv, "
+        "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor? token_embeds, Tensor[] "
+        "cache_kv, "
         "bool input_not_include_cache, Tensor[] params, str options, str layer_options, bool training=False, "
         "bool return_embeddings=False) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
   // The logits head alone, for return_logits_and_embeddings (the embeddings come from the ops above).
-  m.def("transformer_wrapper_logits(Tensor embeddings, Tensor[] params, str options, str layer_options) -> Tensor");
-  // The attention pool alone (attn_pool), over the embeddings with the forward's mask and prepended positions.
-  m.def("transformer_wrapper_attn_pool(Tensor embeddings, Tensor? mask, Tensor? prepend_embeds, Tensor? prepend_mask, "
-        "Tensor[] params, str options, str layer_options, bool training=False) -> Tensor");
+  m.def(
+      "transformer_wrapper_logits(Tensor embeddings, Tensor[] params, str options, str layer_options) -> "
+      "Tensor");
+  // The attention pool alone (attn_pool), over the embeddings with the forward's mask and prepended
+  // positions.
+  m.def(
+      "transformer_wrapper_attn_pool(Tensor embeddings, Tensor? mask, Tensor? prepend_embeds, Tensor? "
+      "prepend_mask, "
+      "Tensor[] params, str options, str layer_options, bool training=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(xtc, CompositeImplicitAutograd, m) {

@@ -1,20 +1,21 @@
-// The seed's use case from C++, by the three deployment routes: (a) a native xtc::nn::Encoder over precomputed
-// embeddings, (b) the same encoder traced in Python and loaded with torch::jit::load, (c) optionally, the encoder
-// exported with a dynamic batch and length and compiled by AOTInductor, loaded with AOTIModelPackageLoader (its
-// xtc ops resolve through libxtc, which xtc::xtc links whole). Each is checked against the outputs Python saved.
+// The seed's use case from C++, by the three deployment routes: (a) a native xtc::nn::Encoder over
+// precomputed embeddings, (b) the same encoder traced in Python and loaded with torch::jit::load, (c)
+// optionally, the encoder exported with a dynamic batch and length and compiled by AOTInductor, loaded with
+// AOTIModelPackageLoader (its xtc ops resolve through libxtc, which xtc::xtc links whole). Each is checked
+// against the outputs Python saved.
 //
 // Usage: encoder_app <traced_encoder.pt> <tensors.pt> [encoder.pt2]
-#include <xtc/xtc.h>
-
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
+#include <xtc/xtc.h>
 
 #include <algorithm>
 #include <cstdio>
 
 namespace {
 
-// (c): the package at the saved shape and at a second one; returns the larger difference from Python's outputs.
+// (c): the package at the saved shape and at a second one; returns the larger difference from Python's
+// outputs.
 double run_package(const char* path, const torch::jit::Module& tensors) {
   torch::inductor::AOTIModelPackageLoader loader(path);
   double worst = 0;
@@ -49,8 +50,8 @@ int main(int argc, char** argv) {
   const auto dims = tensors.attr("dims").toTensor();  // dim, depth, heads
 
   // (a) Native module with the traced model's weights: parameter names are x-transformers' in both.
-  xtc::nn::Encoder encoder(
-      xtc::nn::AttentionLayersOptions(dims[0].item<int64_t>(), dims[1].item<int64_t>(), dims[2].item<int64_t>()));
+  xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(dims[0].item<int64_t>(), dims[1].item<int64_t>(),
+                                                           dims[2].item<int64_t>()));
   encoder->eval();
   auto native_params = encoder->named_parameters();
   int64_t copied = 0;
@@ -72,7 +73,10 @@ int main(int argc, char** argv) {
   const auto other = torch::randn({embed.size(0) + 1, embed.size(1) + 5, embed.size(2)});
   const auto other_mask = torch::rand({other.size(0), other.size(1)}) > 0.3;
   const double other_diff =
-      (traced.forward({other, other_mask}).toTensor() - encoder->forward(other, other_mask)).abs().max().item<double>();
+      (traced.forward({other, other_mask}).toTensor() - encoder->forward(other, other_mask))
+          .abs()
+          .max()
+          .item<double>();
 
   std::printf("shape %s | native vs python %.3g | traced vs python %.3g | traced vs native at %s %.3g\n",
               c10::str(native_out.sizes()).c_str(), native_diff, traced_diff, c10::str(other.sizes()).c_str(),

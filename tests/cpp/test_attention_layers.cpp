@@ -1,10 +1,9 @@
 // xtc::nn modules: x-transformers' parameter names, the functional/op paths agreeing, options round trips,
 // training from C++, and input checks.
-#include <xtc/xtc.h>
-
 #include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <xtc/xtc.h>
 
 #include <algorithm>
 #include <thread>
@@ -15,11 +14,16 @@ namespace {
 TEST(AttentionLayers, ParameterNamesAndShapesAreXTransformers) {
   xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(32, 2, 2));
   const std::vector<std::pair<std::string, std::vector<int64_t>>> expected = {
-      {"layers.0.0.0.gamma", {32}},       {"layers.0.1.to_q.weight", {128, 32}},
-      {"layers.0.1.to_k.weight", {128, 32}}, {"layers.0.1.to_v.weight", {128, 32}},
-      {"layers.0.1.to_out.weight", {32, 128}}, {"layers.1.0.0.gamma", {32}},
-      {"layers.1.1.ff.0.0.weight", {128, 32}}, {"layers.1.1.ff.0.0.bias", {128}},
-      {"layers.1.1.ff.2.weight", {32, 128}},   {"layers.1.1.ff.2.bias", {32}}};
+      {"layers.0.0.0.gamma", {32}},
+      {"layers.0.1.to_q.weight", {128, 32}},
+      {"layers.0.1.to_k.weight", {128, 32}},
+      {"layers.0.1.to_v.weight", {128, 32}},
+      {"layers.0.1.to_out.weight", {32, 128}},
+      {"layers.1.0.0.gamma", {32}},
+      {"layers.1.1.ff.0.0.weight", {128, 32}},
+      {"layers.1.1.ff.0.0.bias", {128}},
+      {"layers.1.1.ff.2.weight", {32, 128}},
+      {"layers.1.1.ff.2.bias", {32}}};
   const auto params = encoder->named_parameters();
   ASSERT_EQ(params.size(), 21u);
   for (size_t i = 0; i < expected.size(); ++i) {
@@ -45,10 +49,9 @@ TEST(AttentionLayers, ModuleAndOpAgree) {
   const auto x = torch::randn({2, 11, 48});
   const auto mask = torch::rand({2, 11}) > 0.2;
   const auto via_module = decoder->forward(x, mask);
-  const auto via_op =
-      xtc::ops::attention_layers(x, mask, std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt,
-                                 std::nullopt, decoder->tensors(),
-                                 decoder->options.serialize(), /*training=*/false);
+  const auto via_op = xtc::ops::attention_layers(x, mask, std::nullopt, std::nullopt, std::nullopt,
+                                                 std::nullopt, std::nullopt, std::nullopt, decoder->tensors(),
+                                                 decoder->options.serialize(), /*training=*/false);
   EXPECT_TRUE(torch::equal(via_module, via_op));
   EXPECT_EQ(via_module.sizes(), x.sizes());
 }
@@ -82,7 +85,7 @@ TEST(AttentionLayers, TokenByTokenDecodingWithACacheEqualsTheFullForward) {
     xtc::nn::functional::AttentionLayersHiddens record;
     outputs.push_back(decoder->forward_with(x.narrow(1, t, 1), inputs, &record));
     cache = record.cached_kv;
-    ASSERT_EQ(cache.size(), 4u);  // (k, v) of two self-attention layers
+    ASSERT_EQ(cache.size(), 4u);                                      // (k, v) of two self-attention layers
     EXPECT_EQ(cache[0].sizes(), c10::IntArrayRef({2, 2, t + 1, 8}));  // (b, kv heads, cached keys, dim_head)
   }
   EXPECT_TRUE(torch::allclose(torch::cat(outputs, 1), full, /*rtol=*/0, /*atol=*/1e-5));
@@ -134,8 +137,10 @@ TEST(AttentionLayers, UnpadGivesThePaddedStacksOutputsAtKeptPositions) {
   const auto offsets = torch::tensor({0, 5, 12}, torch::kInt);
   inputs.flash_pack_seq = xtc::nn::functional::FlashPackSeq{offsets, offsets, 7, 7};
   const auto both = packed->forward_with(x[0].unsqueeze(0), inputs);
-  EXPECT_TRUE(torch::allclose(both.narrow(1, 0, 5), padded->forward(x[0].narrow(0, 0, 5).unsqueeze(0)), 0, 1e-5));
-  EXPECT_TRUE(torch::allclose(both.narrow(1, 5, 7), padded->forward(x[0].narrow(0, 5, 7).unsqueeze(0)), 0, 1e-5));
+  EXPECT_TRUE(
+      torch::allclose(both.narrow(1, 0, 5), padded->forward(x[0].narrow(0, 0, 5).unsqueeze(0)), 0, 1e-5));
+  EXPECT_TRUE(
+      torch::allclose(both.narrow(1, 5, 7), padded->forward(x[0].narrow(0, 5, 7).unsqueeze(0)), 0, 1e-5));
 }
 
 TEST(AttentionLayers, OptionsRoundTripAndRejectUnknownKeys) {
@@ -191,7 +196,8 @@ TEST(AttentionLayers, RunsInBFloat16AsModuleAndUnderAutocast) {
   const auto keep = mask.unsqueeze(-1);
   const double f32_error = ((full.to(torch::kDouble) - exact).abs() * keep).max().item<double>();
   {
-    // Autocast as torch::autocast sets it from C++: linears and attention in bf16, the residual stream float32.
+    // Autocast as torch::autocast sets it from C++: linears and attention in bf16, the residual stream
+    // float32.
     at::autocast::set_autocast_enabled(at::kCPU, true);
     at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
     const auto out = decoder->forward(x, mask);
@@ -226,17 +232,20 @@ TEST(AttentionLayers, CrossAttentionOverAContextOfAnotherWidth) {
 
 TEST(AttentionLayers, BadInputsThrowNamingTheArgument) {
   xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(32, 1, 2));
-  const auto expect_message = [&](const torch::Tensor& x, const torch::Tensor& mask, const std::string& text) {
+  const auto expect_message = [&](const torch::Tensor& x, const torch::Tensor& mask,
+                                  const std::string& text) {
     try {
       encoder->forward(x, mask);
       ADD_FAILURE() << "expected an error containing " << text;
     } catch (const c10::Error& e) {
-      EXPECT_NE(std::string(e.what_without_backtrace()).find(text), std::string::npos) << e.what_without_backtrace();
+      EXPECT_NE(std::string(e.what_without_backtrace()).find(text), std::string::npos)
+          << e.what_without_backtrace();
     }
   };
   expect_message(torch::randn({5, 32}), {}, "expected x of shape (batch, seq, 32)");
   expect_message(torch::randn({2, 5, 16}), {}, "expected x of shape (batch, seq, 32)");
-  expect_message(torch::randn({2, 5, 32}), torch::ones({2, 4}, torch::kBool), "expected mask of shape (2, 5)");
+  expect_message(torch::randn({2, 5, 32}), torch::ones({2, 4}, torch::kBool),
+                 "expected mask of shape (2, 5)");
   expect_message(torch::randn({2, 5, 32}), torch::ones({2, 5}), "expected mask of dtype bool");
   expect_message(torch::randn({2, 5, 32}, torch::kDouble), {}, "expected x of the parameters' dtype Float");
 }
@@ -270,7 +279,8 @@ TEST(AttentionLayers, ThreadsSharingAModuleGiveTheSerialResults) {
   for (int i = 0; i < kThreads; ++i) {
     ASSERT_EQ(threaded[i].size(), serial[i].size());
     for (size_t j = 0; j < serial[i].size(); ++j)
-      EXPECT_TRUE(torch::allclose(threaded[i][j], serial[i][j], /*rtol=*/0, /*atol=*/1e-6)) << "thread " << i << " tensor " << j;
+      EXPECT_TRUE(torch::allclose(threaded[i][j], serial[i][j], /*rtol=*/0, /*atol=*/1e-6))
+          << "thread " << i << " tensor " << j;
   }
 }
 
@@ -280,7 +290,9 @@ namespace {
 
 TEST(ContinuousTransformerWrapper, ProjectsPoolsAndNamesLikeXTransformers) {
   torch::manual_seed(3);
-  auto options = xtc::nn::ContinuousTransformerWrapperOptions().dim_in(20).dim_out(6).max_seq_len(16).num_memory_tokens(2);
+  auto options =
+      xtc::nn::ContinuousTransformerWrapperOptions().dim_in(20).dim_out(6).max_seq_len(16).num_memory_tokens(
+          2);
   xtc::nn::ContinuousTransformerWrapper wrapper(options,
                                                 xtc::nn::Encoder(xtc::nn::AttentionLayersOptions(32, 1, 2)));
   const auto names = wrapper->named_parameters().keys();
@@ -329,7 +341,8 @@ TEST(TransformerWrapper, AttentionPoolOfAnEncoderReturnsThePooledTokens) {
   torch::manual_seed(7);
   for (const int64_t depth : {1, 2}) {
     xtc::nn::TransformerWrapper lm(
-        xtc::nn::TransformerWrapperOptions(50, 16).attn_pool(true).attn_pool_depth(depth).num_pooled_tokens(3),
+        xtc::nn::TransformerWrapperOptions(50, 16).attn_pool(true).attn_pool_depth(depth).num_pooled_tokens(
+            3),
         xtc::nn::Encoder(xtc::nn::AttentionLayersOptions(32, 1, 2)));
     const auto names = lm->named_parameters().keys();
     EXPECT_NE(std::find(names.begin(), names.end(), "attn_pool.queries"), names.end());
@@ -355,18 +368,21 @@ TEST(TransformerWrapper, TakesTheTokenEmbeddingsOfAModuleOfItsOwn) {
 }
 
 TEST(Wrappers, OptionsRoundTripThroughTheirFieldTables) {
-  const auto lm = xtc::nn::TransformerWrapperOptions(50, 16).emb_dim(24).use_cls_token(true).num_cls_tokens(3);
+  const auto lm =
+      xtc::nn::TransformerWrapperOptions(50, 16).emb_dim(24).use_cls_token(true).num_cls_tokens(3);
   const auto text = lm.serialize();
   EXPECT_EQ(xtc::nn::TransformerWrapperOptions::parse(text).serialize(), text);
   EXPECT_EQ(xtc::nn::TransformerWrapperOptions::parse(text).num_cls_tokens(), 3);
-  EXPECT_EQ(xtc::nn::TransformerWrapperOptions::keys().size(), std::count(text.begin(), text.end(), '=') + 0u);
+  EXPECT_EQ(xtc::nn::TransformerWrapperOptions::keys().size(),
+            std::count(text.begin(), text.end(), '=') + 0u);
   EXPECT_THROW(xtc::nn::TransformerWrapperOptions::parse(text + ";attn_pool=1"), c10::Error);
   const auto continuous = xtc::nn::ContinuousTransformerWrapperOptions().dim_in(20).probabilistic(true);
   const auto line = continuous.serialize();
   EXPECT_EQ(xtc::nn::ContinuousTransformerWrapperOptions::parse(line).serialize(), line);
   EXPECT_TRUE(xtc::nn::ContinuousTransformerWrapperOptions::parse(line).probabilistic());
   // A count reads None (Python's) as 0.
-  EXPECT_EQ(xtc::nn::ContinuousTransformerWrapperOptions::parse("num_memory_tokens=none").num_memory_tokens(), 0);
+  EXPECT_EQ(xtc::nn::ContinuousTransformerWrapperOptions::parse("num_memory_tokens=none").num_memory_tokens(),
+            0);
 }
 
 TEST(AttentionLayers, AdditionalKeyValuesAndKvResidualsFromCpp) {

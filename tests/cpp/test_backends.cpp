@@ -1,10 +1,9 @@
-// The backend setting from C++ (xtc/backends.h): the guard restores, priority orders, a forced family that cannot
-// run lists every reason, the recorder collects choices, and the attention op follows the setting.
-#include <xtc/backends.h>
-#include <xtc/ops/flash_attention.h>
-
+// The backend setting from C++ (xtc/backends.h): the guard restores, priority orders, a forced family that
+// cannot run lists every reason, the recorder collects choices, and the attention op follows the setting.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <xtc/backends.h>
+#include <xtc/ops/flash_attention.h>
 
 namespace {
 

@@ -1,9 +1,8 @@
-// xtc::ops::flash_attention from C++: forward and backward against a dense float64 reference, autograd through
-// the C++ Function, and the argument checks.
-#include <xtc/ops/flash_attention.h>
-
+// xtc::ops::flash_attention from C++: forward and backward against a dense float64 reference, autograd
+// through the C++ Function, and the argument checks.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <xtc/ops/flash_attention.h>
 
 namespace {
 
@@ -11,8 +10,10 @@ struct Reference {
   torch::Tensor out, lse;
 };
 
-// Dense float64 attention with the op's semantics (query head i reads kv head i % hk, right-aligned causality).
-Reference reference(torch::Tensor q, torch::Tensor k, torch::Tensor v, const torch::Tensor& mask, bool causal) {
+// Dense float64 attention with the op's semantics (query head i reads kv head i % hk, right-aligned
+// causality).
+Reference reference(torch::Tensor q, torch::Tensor k, torch::Tensor v, const torch::Tensor& mask,
+                    bool causal) {
   q = q.to(torch::kDouble);
   k = k.to(torch::kDouble);
   v = v.to(torch::kDouble);
@@ -53,7 +54,8 @@ TEST_P(FlashAttentionTest, MatchesFloat64ReferenceForwardAndBackward) {
     mask = torch::rand({s.b, s.m}) > 0.3;
     mask.index_put_({s.b - 1}, false);  // a batch row with every key padded
   }
-  auto [out, lse] = xtc::ops::flash_attention(q, k, v, mask.defined() ? std::optional(mask) : std::nullopt, s.causal);
+  auto [out, lse] =
+      xtc::ops::flash_attention(q, k, v, mask.defined() ? std::optional(mask) : std::nullopt, s.causal);
   const auto ref = reference(q, k, v, mask, s.causal);
   EXPECT_TRUE(torch::allclose(out.to(torch::kDouble), ref.out, 1e-4, 2e-5));
 
@@ -68,19 +70,23 @@ TEST_P(FlashAttentionTest, MatchesFloat64ReferenceForwardAndBackward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, FlashAttentionTest,
-                         ::testing::Values(Shape{1, 1, 7, 1, 1, 16, false, false}, Shape{3, 97, 130, 8, 2, 40, false, true},
-                                           Shape{3, 97, 130, 8, 2, 40, true, true}, Shape{2, 256, 200, 2, 1, 64, true, false},
+                         ::testing::Values(Shape{1, 1, 7, 1, 1, 16, false, false},
+                                           Shape{3, 97, 130, 8, 2, 40, false, true},
+                                           Shape{3, 97, 130, 8, 2, 40, true, true},
+                                           Shape{2, 256, 200, 2, 1, 64, true, false},
                                            Shape{2, 7, 7, 4, 4, 128, true, true}),
                          [](const ::testing::TestParamInfo<Shape>& info) {
                            const auto& s = info.param;
-                           return "b" + std::to_string(s.b) + "_n" + std::to_string(s.n) + "_m" + std::to_string(s.m) +
-                                  "_h" + std::to_string(s.h) + "_hk" + std::to_string(s.hk) + "_d" +
-                                  std::to_string(s.d) + (s.causal ? "_causal" : "") + (s.masked ? "_masked" : "");
+                           return "b" + std::to_string(s.b) + "_n" + std::to_string(s.n) + "_m" +
+                                  std::to_string(s.m) + "_h" + std::to_string(s.h) + "_hk" +
+                                  std::to_string(s.hk) + "_d" + std::to_string(s.d) +
+                                  (s.causal ? "_causal" : "") + (s.masked ? "_masked" : "");
                          });
 
 TEST(FlashAttention, FullyMaskedRowsAreZero) {
   torch::manual_seed(0);
-  const auto q = torch::randn({2, 5, 2, 16}), k = torch::randn({2, 9, 2, 16}), v = torch::randn({2, 9, 2, 16});
+  const auto q = torch::randn({2, 5, 2, 16}), k = torch::randn({2, 9, 2, 16}),
+             v = torch::randn({2, 9, 2, 16});
   auto mask = torch::ones({2, 9}, torch::kBool);
   mask.index_put_({1}, false);
   auto [out, lse] = xtc::ops::flash_attention(q, k, v, mask);
@@ -90,16 +96,19 @@ TEST(FlashAttention, FullyMaskedRowsAreZero) {
 }
 
 TEST(FlashAttention, BadArgumentsThrowNamingThem) {
-  const auto q = torch::randn({2, 5, 4, 16}), k = torch::randn({2, 7, 4, 16}), v = torch::randn({2, 7, 4, 16});
+  const auto q = torch::randn({2, 5, 4, 16}), k = torch::randn({2, 7, 4, 16}),
+             v = torch::randn({2, 7, 4, 16});
   try {
     xtc::ops::flash_attention(q, k, v, torch::ones({2, 6}, torch::kBool));
     FAIL() << "expected an error";
   } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what_without_backtrace()).find("key_padding_mask of shape (2, 7)"), std::string::npos)
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("key_padding_mask of shape (2, 7)"),
+              std::string::npos)
         << e.what_without_backtrace();
   }
   EXPECT_THROW(xtc::ops::flash_attention(q, k.narrow(2, 0, 3), v.narrow(2, 0, 3)), c10::Error);
-  EXPECT_THROW(xtc::ops::flash_attention(q.to(torch::kInt), k.to(torch::kInt), v.to(torch::kInt)), c10::Error);
+  EXPECT_THROW(xtc::ops::flash_attention(q.to(torch::kInt), k.to(torch::kInt), v.to(torch::kInt)),
+               c10::Error);
 }
 
 }  // namespace

@@ -1,10 +1,10 @@
-// The ops' plan cache (ops/plan_cache.h): a key is built once while it stays cached, the least recently used one is
-// evicted past kPlanCacheCapacity, and a use refreshes a key.
-#include "ops/plan_cache.h"
-
+// The ops' plan cache (ops/plan_cache.h): a key is built once while it stays cached, the least recently used
+// one is evicted past kPlanCacheCapacity, and a use refreshes a key.
 #include <gtest/gtest.h>
 
 #include <string>
+
+#include "ops/plan_cache.h"
 
 namespace {
 

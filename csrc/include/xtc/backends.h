@@ -1,12 +1,12 @@
 // Which attention kernels may run, and why a call took the one it took.
 //
 // Every place that picks a kernel family lists its candidates, each with the reasons it cannot take this call
-// (dtype, head dim, device, a rule the kernel cannot express, ...), and takes the first that is enabled and has
-// none. The setting is process-wide (atomics), as torch.nn.attention.sdpa_kernel's flags are: backward passes run
-// on autograd's threads and see the same setting. A user restricts or orders the families with BackendGuard here
-// or x_transformers_cpp.backends.attention_backend in Python; a forced family that cannot run raises an error
-// that lists every candidate's reasons; BackendRecorder (Python: record_choices) collects each choice with the
-// reasons of the families passed over.
+// (dtype, head dim, device, a rule the kernel cannot express, ...), and takes the first that is enabled and
+// has none. The setting is process-wide (atomics), as torch.nn.attention.sdpa_kernel's flags are: backward
+// passes run on autograd's threads and see the same setting. A user restricts or orders the families with
+// BackendGuard here or x_transformers_cpp.backends.attention_backend in Python; a forced family that cannot
+// run raises an error that lists every candidate's reasons; BackendRecorder (Python: record_choices) collects
+// each choice with the reasons of the families passed over.
 #pragma once
 
 #include <cstdint>
@@ -84,8 +84,8 @@ struct BackendChoice {
 };
 
 /// The first candidate (in priority order when one is set, else as given) that is enabled and has no reasons;
-/// records the choice when a BackendRecorder is active on this thread. Throws, listing every candidate's reasons,
-/// when none can run.
+/// records the choice when a BackendRecorder is active on this thread. Throws, listing every candidate's
+/// reasons, when none can run.
 Backend choose_backend(const std::string& site, std::vector<BackendCandidate> candidates);
 
 /// Collects the choices made on this thread during its lifetime (nested recorders: the innermost collects).

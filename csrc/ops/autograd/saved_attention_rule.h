@@ -1,5 +1,6 @@
-// The non-tensor arguments of the attention ops (causal, scale, window, soft-cap), saved in an autograd context by
-// the forward and read back by the backward: one place for the flash_attention and flash_attention_varlen Functions.
+// The non-tensor arguments of the attention ops (causal, scale, window, soft-cap), saved in an autograd
+// context by the forward and read back by the backward: one place for the flash_attention and
+// flash_attention_varlen Functions.
 #pragma once
 
 #include <torch/autograd.h>

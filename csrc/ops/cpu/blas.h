@@ -1,27 +1,27 @@
 // Column-major GEMM for the CPU kernels: C = alpha * op(A) op(B) + beta * C, BLAS conventions.
 //
-// ATen's typed cpublas::gemm overloads are not exported from libtorch_cpu, but the BLAS that torch links (MKL in
-// the x86 wheels) exports the Fortran sgemm_/dgemm_ symbols, which is what cpublas itself ends in. They are
-// declared weak: where a torch build exports no BLAS, a plain loop keeps the kernels correct.
+// ATen's typed cpublas::gemm overloads are not exported from libtorch_cpu, but the BLAS that torch links (MKL
+// in the x86 wheels) exports the Fortran sgemm_/dgemm_ symbols, which is what cpublas itself ends in. They
+// are declared weak: where a torch build exports no BLAS, a plain loop keeps the kernels correct.
 #pragma once
 
 #include <cstdint>
 
 extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc) __attribute__((weak));
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc) __attribute__((weak));
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc) __attribute__((weak));
 int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 }
 
 namespace xtc::ops::cpu {
 
-/// Keeps the BLAS single-threaded on this thread while alive. The kernels call it from inside at::parallel_for;
-/// with torch's mkl_set_dynamic(false) MKL would otherwise start a nested team per call and oversubscribe the cores
-/// (measured: 25x slower on 2 cores).
+/// Keeps the BLAS single-threaded on this thread while alive. The kernels call it from inside
+/// at::parallel_for; with torch's mkl_set_dynamic(false) MKL would otherwise start a nested team per call and
+/// oversubscribe the cores (measured: 25x slower on 2 cores).
 class SequentialBlasGuard {
  public:
   SequentialBlasGuard() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
@@ -53,16 +53,16 @@ void reference_gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, scalar_
   }
 }
 
-inline void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+inline void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (sgemm_ == nullptr) return reference_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   const char tra = static_cast<char>(ta), trb = static_cast<char>(tb);
   const int mi = m, ni = n, ki = k, la = lda, lb = ldb, lc = ldc;
   sgemm_(&tra, &trb, &mi, &ni, &ki, &alpha, a, &la, b, &lb, &beta, c, &lc);
 }
 
-inline void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
-                 const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+inline void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
+                 int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
   if (dgemm_ == nullptr) return reference_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   const char tra = static_cast<char>(ta), trb = static_cast<char>(tb);
   const int mi = m, ni = n, ki = k, la = lda, lb = ldb, lc = ldc;

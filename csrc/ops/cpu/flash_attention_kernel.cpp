@@ -3,26 +3,23 @@
 // Shape legend: b batch, n queries, m keys, h query heads, hk kv heads (query head i reads kv head i % hk),
 // d head dim of q and k, dv head dim of v. q (b, n, h, d), k (b, m, hk, d), v (b, m, hk, dv), read strided.
 //
-// Why this shape of kernel: the logits of one block of queries against one block of keys are made by a small GEMM
-// (the BLAS torch links, see blas.h), turned into probabilities with an online softmax, and folded into the output by a
-// second GEMM, so memory per thread is a block and never n x m. Causality and the sliding window make the visible
-// keys of a query row one contiguous range, so key blocks outside the range of a query block are never visited;
-// key blocks whose padding mask is all False are skipped as well. The backward pass recomputes the logits from the
-// saved row log-sum-exp (FlashAttention-2) and runs one task per (batch, kv head), which owns dk/dv of that head and
-// dq of the query heads reading it, so no two threads write the same row.
+// Why this shape of kernel: the logits of one block of queries against one block of keys are made by a small
+// GEMM (the BLAS torch links, see blas.h), turned into probabilities with an online softmax, and folded into
+// the output by a second GEMM, so memory per thread is a block and never n x m. Causality and the sliding
+// window make the visible keys of a query row one contiguous range, so key blocks outside the range of a
+// query block are never visited; key blocks whose padding mask is all False are skipped as well. The backward
+// pass recomputes the logits from the saved row log-sum-exp (FlashAttention-2) and runs one task per (batch,
+// kv head), which owns dk/dv of that head and dq of the query heads reading it, so no two threads write the
+// same row.
 //
-// Precision: float64 and float32 run in their own type (ALiBi slopes included). bfloat16 runs its two products per
-// block through ATen's CPU matmul (oneDNN, on the CPU's bf16 units) and everything else in float32: logits are the
-// bf16 product widened, then scaled, biased, capped and masked in float32; the online softmax, its statistics and
-// the output accumulation are float32; P (and dS in the backward) is rounded to bf16 as a product's operand only, as
-// every bf16 flash kernel does. On a CPU without AVX512-BF16 and for float16 (no fp16 units here; ATen's fp16
-// matmul measured 1-4 GFLOP/s), the inputs are widened to float32 and the float32 kernel runs; results come back in
-// the input dtype, lse in float32. Disabling the cpu_bf16_matmul backend (xtc/backends.h) forces the widening path
-// for bf16 too.
-#include "ops/cpu/blas.h"
-#include <xtc/backends.h>
-#include "ops/flash_attention_checks.h"
-
+// Precision: float64 and float32 run in their own type (ALiBi slopes included). bfloat16 runs its two
+// products per block through ATen's CPU matmul (oneDNN, on the CPU's bf16 units) and everything else in
+// float32: logits are the bf16 product widened, then scaled, biased, capped and masked in float32; the online
+// softmax, its statistics and the output accumulation are float32; P (and dS in the backward) is rounded to
+// bf16 as a product's operand only, as every bf16 flash kernel does. On a CPU without AVX512-BF16 and for
+// float16 (no fp16 units here; ATen's fp16 matmul measured 1-4 GFLOP/s), the inputs are widened to float32
+// and the float32 kernel runs; results come back in the input dtype, lse in float32. Disabling the
+// cpu_bf16_matmul backend (xtc/backends.h) forces the widening path for bf16 too.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -33,6 +30,7 @@
 #include <ATen/ops/mm_cpu_dispatch.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
+#include <xtc/backends.h>
 
 #include <algorithm>
 #include <cmath>
@@ -42,6 +40,9 @@
 #include <utility>
 #include <vector>
 
+#include "ops/cpu/blas.h"
+#include "ops/flash_attention_checks.h"
+
 namespace xtc::ops {
 namespace {
 
@@ -49,8 +50,8 @@ using cpu::gemm;
 using TransposeType = cpu::Trans;
 using Vec = at::vec::Vectorized<float>;
 
-// Large blocks keep the per-GEMM overhead small next to its work (PyTorch's CPU flash attention uses 256 x 512 too);
-// memory per thread stays a block: kQueryBlock x kKeyBlock logits.
+// Large blocks keep the per-GEMM overhead small next to its work (PyTorch's CPU flash attention uses 256 x
+// 512 too); memory per thread stays a block: kQueryBlock x kKeyBlock logits.
 constexpr int64_t kQueryBlock = 256;
 constexpr int64_t kKeyBlock = 512;
 
@@ -61,9 +62,10 @@ struct AttentionRule {
   bool causal;
   scalar_t scale, softcap;
   const scalar_t* slopes;  // (h) in scalar_t (float64 stays float64), or nullptr
-  const bool* mask;     // (b, m) contiguous or nullptr
+  const bool* mask;        // (b, m) contiguous or nullptr
 
-  // Visible key range [lo, hi) of query i from causality and the window (the padding mask is applied per key).
+  // Visible key range [lo, hi) of query i from causality and the window (the padding mask is applied per
+  // key).
   void visible_range(int64_t i, int64_t& lo, int64_t& hi) const {
     const int64_t pos = i + key_offset;
     lo = window_left >= 0 ? std::max<int64_t>(0, pos - window_left) : 0;
@@ -73,8 +75,8 @@ struct AttentionRule {
     hi = std::max(lo, last + 1);
   }
 
-  // The key blocks queries [i0, i1) visit: from the block holding the first one's first visible key up to the end
-  // of the visible keys (each row's visible keys are one contiguous range that only moves right with i).
+  // The key blocks queries [i0, i1) visit: from the block holding the first one's first visible key up to the
+  // end of the visible keys (each row's visible keys are one contiguous range that only moves right with i).
   std::pair<int64_t, int64_t> key_blocks(int64_t i0, int64_t i1) const {
     int64_t lo_first, hi_first, lo_last, hi_last;
     visible_range(i0, lo_first, hi_first);
@@ -89,16 +91,17 @@ bool block_has_key(const bool* mask_row, int64_t j0, int64_t j1) {
   return std::any_of(mask_row + j0, mask_row + j1, [](bool keep) { return keep; });
 }
 
-// The logit transform of rows [i0, i1) against keys [j0, j1) for one head, on raw scaled products s = scale q k^T
-// already in `logits`: + alibi, then the soft-cap, then invisible entries set to -inf. `tanh_out` (optional)
-// receives tanh(s / softcap) for the backward chain rule.
+// The logit transform of rows [i0, i1) against keys [j0, j1) for one head, on raw scaled products s = scale q
+// k^T already in `logits`: + alibi, then the soft-cap, then invisible entries set to -inf. `tanh_out`
+// (optional) receives tanh(s / softcap) for the backward chain rule.
 template <typename scalar_t>
 void transform_logits(const AttentionRule<scalar_t>& rule, int64_t head, const bool* mask_row, int64_t i0,
                       int64_t i1, int64_t j0, int64_t j1, scalar_t* logits, scalar_t* tanh_out) {
   const int64_t rows = i1 - i0, cols = j1 - j0;
   const scalar_t slope = rule.slopes != nullptr ? rule.slopes[head] : scalar_t(0);
   const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
-  // A block whose keys are all kept (padding sits at the end, mostly) needs no per-row scalar pass over the mask.
+  // A block whose keys are all kept (padding sits at the end, mostly) needs no per-row scalar pass over the
+  // mask.
   if (mask_row != nullptr && std::all_of(mask_row + j0, mask_row + j1, [](bool keep) { return keep; }))
     mask_row = nullptr;
   for (int64_t r = 0; r < rows; ++r) {
@@ -128,14 +131,15 @@ void transform_logits(const AttentionRule<scalar_t>& rule, int64_t head, const b
   }
 }
 
-// Logits of rows [i0, i1) against keys [j0, j1) for one head (float / double): the BLAS product, then the transform.
+// Logits of rows [i0, i1) against keys [j0, j1) for one head (float / double): the BLAS product, then the
+// transform.
 template <typename scalar_t>
 void block_logits(const AttentionRule<scalar_t>& rule, int64_t head, const bool* mask_row, const scalar_t* q,
-                  int64_t q_stride, const scalar_t* k, int64_t k_stride, int64_t head_dim, int64_t i0, int64_t i1,
-                  int64_t j0, int64_t j1, scalar_t* logits, scalar_t* tanh_out) {
+                  int64_t q_stride, const scalar_t* k, int64_t k_stride, int64_t head_dim, int64_t i0,
+                  int64_t i1, int64_t j0, int64_t j1, scalar_t* logits, scalar_t* tanh_out) {
   const int64_t rows = i1 - i0, cols = j1 - j0;
-  gemm(TransposeType::Yes, TransposeType::No, cols, rows, head_dim, rule.scale, k, k_stride, q,
-       q_stride, scalar_t(0), logits, cols);
+  gemm(TransposeType::Yes, TransposeType::No, cols, rows, head_dim, rule.scale, k, k_stride, q, q_stride,
+       scalar_t(0), logits, cols);
   transform_logits(rule, head, mask_row, i0, i1, j0, j1, logits, tanh_out);
 }
 
@@ -168,8 +172,9 @@ float exp_shift_sum<float>(float* x, int64_t n, float shift) {
   return sum;
 }
 
-// max(a, b), NaN if either is: a NaN logit (from NaN or Inf in the input) must reach the row's output, as it does
-// through x-transformers' softmax, not be dropped by the comparison (std::max keeps its first argument then).
+// max(a, b), NaN if either is: a NaN logit (from NaN or Inf in the input) must reach the row's output, as it
+// does through x-transformers' softmax, not be dropped by the comparison (std::max keeps its first argument
+// then).
 template <typename scalar_t>
 scalar_t max_keeping_nan(scalar_t a, scalar_t b) {
   return std::isnan(a) || a > b ? a : b;
@@ -188,7 +193,8 @@ float max_of<float>(const float* x, int64_t n) {
   int64_t c = 0;
   if (n >= Vec::size()) {
     Vec acc = Vec::loadu(x);
-    for (c = Vec::size(); c + Vec::size() <= n; c += Vec::size()) acc = at::vec::maximum(acc, Vec::loadu(x + c));
+    for (c = Vec::size(); c + Vec::size() <= n; c += Vec::size())
+      acc = at::vec::maximum(acc, Vec::loadu(x + c));
     result = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, acc);
   }
   for (; c < n; ++c) result = max_keeping_nan(result, x[c]);  // at::vec::maximum keeps NaN too
@@ -216,7 +222,10 @@ struct RowOperand {
   const T* data;
   int64_t batch_stride, row_stride, head_stride;
   explicit RowOperand(const at::Tensor& t)
-      : data(t.const_data_ptr<T>()), batch_stride(t.stride(0)), row_stride(t.stride(1)), head_stride(t.stride(2)) {}
+      : data(t.const_data_ptr<T>()),
+        batch_stride(t.stride(0)),
+        row_stride(t.stride(1)),
+        head_stride(t.stride(2)) {}
   const T* at(int64_t batch, int64_t row, int64_t head) const {
     return data + batch * batch_stride + row * row_stride + head * head_stride;
   }
@@ -226,9 +235,11 @@ struct RowOperand {
 at::Tensor with_unit_inner_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
 template <typename scalar_t>
-void forward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<scalar_t>& rule, const at::Tensor& q,
-                  const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse) {
-  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
+void forward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<scalar_t>& rule,
+                  const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                  at::Tensor& lse) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
+                dv = s.value_head_dim;
   const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
   const RowOperand<scalar_t> Q(q), K(k), V(v);
   scalar_t* out_data = out.data_ptr<scalar_t>();
@@ -255,8 +266,8 @@ void forward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<sc
       for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
         const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
         if (!block_has_key<scalar_t>(mask_row, j0, j1)) continue;
-        block_logits(rule, head, mask_row, q_ptr, Q.row_stride, k_head + j0 * K.row_stride, K.row_stride, d, i0, i1,
-                     j0, j1, logits.data(), logits.data());
+        block_logits(rule, head, mask_row, q_ptr, Q.row_stride, k_head + j0 * K.row_stride, K.row_stride, d,
+                     i0, i1, j0, j1, logits.data(), logits.data());
         bool any_visible = false;
         for (int64_t r = 0; r < rows; ++r) {
           scalar_t* p = logits.data() + r * cols;
@@ -276,8 +287,8 @@ void forward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<sc
           }
         }
         if (!any_visible) continue;
-        gemm(TransposeType::No, TransposeType::No, dv, rows, cols, scalar_t(1),
-             v_head + j0 * V.row_stride, V.row_stride, logits.data(), cols, scalar_t(1), acc.data(), dv);
+        gemm(TransposeType::No, TransposeType::No, dv, rows, cols, scalar_t(1), v_head + j0 * V.row_stride,
+             V.row_stride, logits.data(), cols, scalar_t(1), acc.data(), dv);
       }
       for (int64_t r = 0; r < rows; ++r) {
         scalar_t* o = out_data + ((batch * n + i0 + r) * h + head) * dv;
@@ -299,8 +310,10 @@ void forward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<sc
 template <typename scalar_t>
 void backward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<scalar_t>& rule,
                    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv_t) {
-  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
+                   const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk,
+                   at::Tensor& dv_t) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
+                dv = s.value_head_dim;
   const RowOperand<scalar_t> Q(q), K(k), V(v), O(out), dO(grad_out);
   const scalar_t* lse_data = lse.data_ptr<scalar_t>();
   scalar_t* dq_data = dq.data_ptr<scalar_t>();
@@ -332,15 +345,16 @@ void backward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<s
           // delta_i = rowsum(dO_i * O_i): the softmax Jacobian's correction term.
           for (int64_t r = 0; r < rows; ++r) {
             scalar_t acc = 0;
-            for (int64_t c = 0; c < dv; ++c) acc += g_ptr[r * dO.row_stride + c] * o_ptr[r * O.row_stride + c];
+            for (int64_t c = 0; c < dv; ++c)
+              acc += g_ptr[r * dO.row_stride + c] * o_ptr[r * O.row_stride + c];
             delta[r] = acc;
           }
           const auto [first_block, key_hi] = rule.key_blocks(i0, i1);
           for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
             const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
             if (!block_has_key<scalar_t>(mask_row, j0, j1)) continue;
-            block_logits(rule, head, mask_row, q_ptr, Q.row_stride, k_head + j0 * K.row_stride, K.row_stride, d, i0,
-                         i1, j0, j1, p.data(), tanh_buf.data());
+            block_logits(rule, head, mask_row, q_ptr, Q.row_stride, k_head + j0 * K.row_stride, K.row_stride,
+                         d, i0, i1, j0, j1, p.data(), tanh_buf.data());
             bool any_visible = false;
             for (int64_t r = 0; r < rows; ++r) {
               scalar_t* pr = p.data() + r * cols;
@@ -358,7 +372,8 @@ void backward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<s
                  p.data(), cols, scalar_t(1), dv_head + j0 * dv_sn, dv_sn);
             // dP = dO V^T
             gemm(TransposeType::Yes, TransposeType::No, cols, rows, dv, scalar_t(1),
-                 v_head + j0 * V.row_stride, V.row_stride, g_ptr, dO.row_stride, scalar_t(0), dp.data(), cols);
+                 v_head + j0 * V.row_stride, V.row_stride, g_ptr, dO.row_stride, scalar_t(0), dp.data(),
+                 cols);
             // dS = P * (dP - delta), through the softcap's tanh when on; stored in dp.
             for (int64_t r = 0; r < rows; ++r) {
               scalar_t* ds = dp.data() + r * cols;
@@ -370,8 +385,8 @@ void backward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<s
               }
             }
             // dQ += scale * dS K ; dK += scale * dS^T Q
-            gemm(TransposeType::No, TransposeType::No, d, rows, cols, rule.scale,
-                 k_head + j0 * K.row_stride, K.row_stride, dp.data(), cols, scalar_t(1), dq_ptr, dq_sn);
+            gemm(TransposeType::No, TransposeType::No, d, rows, cols, rule.scale, k_head + j0 * K.row_stride,
+                 K.row_stride, dp.data(), cols, scalar_t(1), dq_ptr, dq_sn);
             gemm(TransposeType::No, TransposeType::Yes, d, cols, rows, rule.scale, q_ptr, Q.row_stride,
                  dp.data(), cols, scalar_t(1), dk_head + j0 * dk_sn, dk_sn);
           }
@@ -381,12 +396,13 @@ void backward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<s
   });
 }
 
-// ---- bfloat16 forward on the CPU's bf16 units ----------------------------------------------------------------
-// Same blocks, visibility and online softmax as forward_impl<float>; the two products per block go through ATen's
-// CPU matmul (oneDNN's bf16 kernels: 250-320 GFLOP/s a core on this block shape where the BLAS's fp32 gives 90,
-// and MKL's bf16 GEMM and ATen's brgemm without AMX measured no faster than fp32), which writes bf16. The score
-// product is widened and scaled in float32 at once, P is rounded to bf16 only as the left operand of P V, and each
-// block's P V is added into a float32 accumulator.
+// ---- bfloat16 forward on the CPU's bf16 units
+// ---------------------------------------------------------------- Same blocks, visibility and online softmax
+// as forward_impl<float>; the two products per block go through ATen's CPU matmul (oneDNN's bf16 kernels:
+// 250-320 GFLOP/s a core on this block shape where the BLAS's fp32 gives 90, and MKL's bf16 GEMM and ATen's
+// brgemm without AMX measured no faster than fp32), which writes bf16. The score product is widened and
+// scaled in float32 at once, P is rounded to bf16 only as the left operand of P V, and each block's P V is
+// added into a float32 accumulator.
 using BVec = at::vec::Vectorized<at::BFloat16>;
 
 // dst[c] = float(src[c]) * scale over n entries.
@@ -432,21 +448,25 @@ void add_widened(const at::BFloat16* src, float* acc, int64_t n) {
   for (; c < n; ++c) acc[c] += static_cast<float>(src[c]);
 }
 
-// A (rows, cols) view with row stride `stride` over memory the kernel reads; from_blob neither copies nor owns it.
+// A (rows, cols) view with row stride `stride` over memory the kernel reads; from_blob neither copies nor
+// owns it.
 at::Tensor bf16_view(const at::BFloat16* data, int64_t rows, int64_t cols, int64_t stride) {
   return at::from_blob(const_cast<at::BFloat16*>(data), {rows, cols}, {stride, 1},
                        at::TensorOptions().dtype(at::kBFloat16));
 }
 
-// scratch[: rows * cols] = a b as a (rows, cols) bf16 block, through ATen's CPU matmul (no dispatcher round trip).
+// scratch[: rows * cols] = a b as a (rows, cols) bf16 block, through ATen's CPU matmul (no dispatcher round
+// trip).
 void bf16_product(at::Tensor& scratch, int64_t rows, int64_t cols, const at::Tensor& a, const at::Tensor& b) {
   at::Tensor result = scratch.narrow(0, 0, rows * cols).view({rows, cols});
   at::cpu::mm_out(result, a, b);
 }
 
-void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule, const at::Tensor& q,
-                       const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse) {
-  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
+void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
+                       const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                       at::Tensor& lse) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
+                dv = s.value_head_dim;
   const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
   const RowOperand<at::BFloat16> Q(q), K(k), V(v);
   auto* out_data = out.data_ptr<at::BFloat16>();
@@ -461,8 +481,9 @@ void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRu
     std::vector<float> logits(kQueryBlock * kKeyBlock), acc(kQueryBlock * dv), row_max(kQueryBlock),
         row_sum(kQueryBlock);
     const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
-    at::Tensor product = at::empty({kQueryBlock * std::max(kKeyBlock, dv)}, bf16);  // each product's bf16 result
-    at::Tensor p_low = at::empty({kQueryBlock * kKeyBlock}, bf16);                  // P in bf16
+    at::Tensor product =
+        at::empty({kQueryBlock * std::max(kKeyBlock, dv)}, bf16);   // each product's bf16 result
+    at::Tensor p_low = at::empty({kQueryBlock * kKeyBlock}, bf16);  // P in bf16
     auto* product_data = product.data_ptr<at::BFloat16>();
     auto* p_data = p_low.data_ptr<at::BFloat16>();
     for (int64_t task = begin; task < end; ++task) {
@@ -482,7 +503,8 @@ void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRu
       for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
         const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
         if (!block_has_key<float>(mask_row, j0, j1)) continue;
-        bf16_product(product, rows, cols, q_block, bf16_view(k_head + j0 * K.row_stride, cols, d, K.row_stride).t());
+        bf16_product(product, rows, cols, q_block,
+                     bf16_view(k_head + j0 * K.row_stride, cols, d, K.row_stride).t());
         widen_scaled(product_data, logits.data(), rows * cols, scale);
         transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, logits.data(), logits.data());
         bool any_visible = false;
@@ -525,11 +547,12 @@ void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRu
   });
 }
 
-// ---- bfloat16 backward on the CPU's bf16 units ---------------------------------------------------------------
-// backward_impl's blocks and tasks with its five products per block on oneDNN's bf16 matmul: S = Q K^T,
-// dV += P^T dO, dP - delta = dO V^T - delta (one product, see there), dQ += dS K, dK += dS^T Q. P and scale * dS are
-// rounded to bf16 as operands (as the GPU flash kernels do); everything between the products (the softmax recomputed
-// from lse, dS) is float32, and dq, dk, dv accumulate in float32 before one rounding to bf16 at the end.
+// ---- bfloat16 backward on the CPU's bf16 units
+// --------------------------------------------------------------- backward_impl's blocks and tasks with its
+// five products per block on oneDNN's bf16 matmul: S = Q K^T, dV += P^T dO, dP - delta = dO V^T - delta (one
+// product, see there), dQ += dS K, dK += dS^T Q. P and scale * dS are rounded to bf16 as operands (as the GPU
+// flash kernels do); everything between the products (the softmax recomputed from lse, dS) is float32, and
+// dq, dk, dv accumulate in float32 before one rounding to bf16 at the end.
 
 // x[c] = exp(x[c] - shift) in place, and its bf16 rounding into p[c], over n entries.
 void exp_shift_and_round(float* x, at::BFloat16* p, int64_t n, float shift) {
@@ -548,7 +571,8 @@ void exp_shift_and_round(float* x, at::BFloat16* p, int64_t n, float shift) {
   }
 }
 
-// ds[c] = bf16(scale * p[c] * float(dp_minus_delta[c]) (* (1 - t[c]^2) when t, the softcap's tanh, is given)).
+// ds[c] = bf16(scale * p[c] * float(dp_minus_delta[c]) (* (1 - t[c]^2) when t, the softcap's tanh, is
+// given)).
 void scaled_ds_to_bf16(const at::BFloat16* dp_minus_delta, const float* p, const float* t, float scale,
                        at::BFloat16* ds, int64_t n) {
   const Vec scale_vec(scale), one(1.f);
@@ -577,10 +601,11 @@ void add_widened_rows(const at::BFloat16* src, int64_t rows, int64_t cols, float
 }
 
 void backward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
-                        const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk,
-                        at::Tensor& dv_t) {
-  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim, dv = s.value_head_dim;
+                        const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                        const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq,
+                        at::Tensor& dk, at::Tensor& dv_t) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
+                dv = s.value_head_dim;
   const RowOperand<at::BFloat16> Q(q), K(k), V(v), O(out), dO(grad_out);
   const float* lse_data = lse.const_data_ptr<float>();
   float* dq_data = dq.data_ptr<float>();
@@ -597,7 +622,8 @@ void backward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionR
     std::vector<float> p(block), tanh_buf(softcap ? block : 0);
     const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
     const int64_t aug = dv + 3;  // dO and V with three more columns for delta
-    // [V | 1 1 1] of every key of the task's kv head, built once per task (each query block and head reads it).
+    // [V | 1 1 1] of every key of the task's kv head, built once per task (each query block and head reads
+    // it).
     at::Tensor g_aug = at::empty({kQueryBlock * aug}, bf16), v_aug = at::empty({m * aug}, bf16);
     auto* g_aug_data = g_aug.data_ptr<at::BFloat16>();
     auto* v_aug_data = v_aug.data_ptr<at::BFloat16>();
@@ -629,11 +655,12 @@ void backward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionR
           float* dq_ptr = dq_data + (batch * n + i0) * dq_sn + head * d;
           const at::Tensor q_block = bf16_view(q_ptr, rows, d, Q.row_stride);
           const at::Tensor g_block = bf16_view(g_ptr, rows, dv, dO.row_stride);
-          for (int64_t r = 0; r < rows; ++r) {  // delta_i = rowsum(dO_i * O_i), appended to dO_i as -(hi + mid + lo)
+          for (int64_t r = 0; r < rows;
+               ++r) {  // delta_i = rowsum(dO_i * O_i), appended to dO_i as -(hi + mid + lo)
             float delta = 0;
             for (int64_t c = 0; c < dv; ++c)
-              delta +=
-                  static_cast<float>(g_ptr[r * dO.row_stride + c]) * static_cast<float>(o_ptr[r * O.row_stride + c]);
+              delta += static_cast<float>(g_ptr[r * dO.row_stride + c]) *
+                       static_cast<float>(o_ptr[r * O.row_stride + c]);
             at::BFloat16* row = g_aug_data + r * aug;
             std::copy(g_ptr + r * dO.row_stride, g_ptr + r * dO.row_stride + dv, row);
             for (int64_t part = 0; part < 3; ++part) {
@@ -668,10 +695,11 @@ void backward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionR
             // dV += P^T dO
             bf16_product(product, cols, dv, p_block.t(), g_block);
             add_widened_rows(product_data, cols, dv, dv_head + j0 * dv_sn, dv_sn);
-            // dP - delta in one bf16 product: [dO | -delta in three bf16 parts] [V | 1 1 1]^T, accumulated in float32
-            // and rounded once, so the difference keeps its own relative accuracy (a bf16-rounded dP would leave it
-            // off by |dP| 2^-9; a row that sees one key must get dS = 0).
-            bf16_product(product, rows, cols, g_aug_block, bf16_view(v_aug_data + j0 * aug, cols, aug, aug).t());
+            // dP - delta in one bf16 product: [dO | -delta in three bf16 parts] [V | 1 1 1]^T, accumulated in
+            // float32 and rounded once, so the difference keeps its own relative accuracy (a bf16-rounded dP
+            // would leave it off by |dP| 2^-9; a row that sees one key must get dS = 0).
+            bf16_product(product, rows, cols, g_aug_block,
+                         bf16_view(v_aug_data + j0 * aug, cols, aug, aug).t());
             // scale * dS = scale * P * (dP - delta), through the softcap's tanh when on; rounded to bf16.
             scaled_ds_to_bf16(product_data, p.data(), softcap ? tanh_buf.data() : nullptr, scale, ds_low_data,
                               rows * cols);
@@ -688,7 +716,8 @@ void backward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionR
   });
 }
 
-// ---- entry points ------------------------------------------------------------------------------------------------
+// ---- entry points
+// ------------------------------------------------------------------------------------------------
 
 void check_cpu_inputs(const at::Tensor& q) {
   // This file is compiled for AVX2 + FMA (see CMakeLists.txt): refuse, rather than crash, on an older CPU.
@@ -696,7 +725,8 @@ void check_cpu_inputs(const at::Tensor& q) {
   TORCH_CHECK(cpu_ok, "flash_attention (CPU): this build needs a CPU with AVX2 and FMA");
   const auto dtype = q.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "flash_attention (CPU): expected q, k, v of dtype float64, float32, bfloat16 or float16, got ", dtype);
+              "flash_attention (CPU): expected q, k, v of dtype float64, float32, bfloat16 or float16, got ",
+              dtype);
 }
 
 bool is_low_precision(const at::Tensor& t) {
@@ -704,18 +734,20 @@ bool is_low_precision(const at::Tensor& t) {
 }
 
 /// How a call runs on the CPU kernel: bf16 products on the CPU's bf16 units where the dtype, the CPU and the
-/// backend setting allow, else in float32 (low precision widened to it). float32 / float64 have no choice to make
-/// (and the widened call does not make it again).
+/// backend setting allow, else in float32 (low precision widened to it). float32 / float64 have no choice to
+/// make (and the widened call does not make it again).
 bool runs_on_bf16_units(const at::Tensor& t, const char* site) {
   if (!is_low_precision(t)) {
-    if (!backend_enabled(Backend::CpuFlash)) choose_backend(site, {{Backend::CpuFlash, {}}});  // throws, saying why
+    if (!backend_enabled(Backend::CpuFlash))
+      choose_backend(site, {{Backend::CpuFlash, {}}});  // throws, saying why
     return false;
   }
   std::vector<std::string> bf16_reasons;
   if (t.scalar_type() != at::kBFloat16) bf16_reasons.emplace_back("float16 has no CPU units here");
   static const bool cpu_has_bf16 = __builtin_cpu_supports("avx512bf16");
   if (!cpu_has_bf16) bf16_reasons.emplace_back("this CPU has no AVX512-BF16 units");
-  if (!backend_enabled(Backend::CpuFlash)) bf16_reasons.emplace_back("it runs inside cpu_flash, which is disabled");
+  if (!backend_enabled(Backend::CpuFlash))
+    bf16_reasons.emplace_back("it runs inside cpu_flash, which is disabled");
   return choose_backend(site, {{Backend::CpuBf16Matmul, std::move(bf16_reasons)}, {Backend::CpuFlash, {}}}) ==
          Backend::CpuBf16Matmul;
 }
@@ -732,16 +764,17 @@ at::Tensor accumulation_slopes(const std::optional<at::Tensor>& slopes, at::Scal
 std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const std::optional<at::Tensor>& key_padding_mask, bool causal, std::optional<double> scale,
-    const std::optional<at::Tensor>& alibi_slopes, int64_t window_left, int64_t window_right, double softcap) {
-  const auto sizes = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
-                                                        window_left, window_right, softcap);
+    const std::optional<at::Tensor>& alibi_slopes, int64_t window_left, int64_t window_right,
+    double softcap) {
+  const auto sizes = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale,
+                                                        alibi_slopes, window_left, window_right, softcap);
   check_cpu_inputs(q_in);
   const bool bf16_units = runs_on_bf16_units(q_in, "flash_attention (CPU forward)");
   if (is_low_precision(q_in) && !bf16_units) {
     // Widened to float32; the float32 kernel's lse is already the low-precision call's lse (float32).
-    auto [out, lse] = flash_attention_forward_kernel(q_in.to(at::kFloat), k_in.to(at::kFloat), v_in.to(at::kFloat),
-                                                     key_padding_mask, causal, scale, alibi_slopes, window_left,
-                                                     window_right, softcap);
+    auto [out, lse] = flash_attention_forward_kernel(q_in.to(at::kFloat), k_in.to(at::kFloat),
+                                                     v_in.to(at::kFloat), key_padding_mask, causal, scale,
+                                                     alibi_slopes, window_left, window_right, softcap);
     return {out.to(q_in.scalar_type()), lse};
   }
   const at::Tensor q = with_unit_inner_stride(q_in), k = with_unit_inner_stride(k_in),
@@ -767,15 +800,16 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in, const std::optional<at::Tensor>& key_padding_mask,
-    bool causal, std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes, int64_t window_left,
-    int64_t window_right, double softcap) {
-  const auto sizes = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
-                                                        window_left, window_right, softcap);
+    bool causal, std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes,
+    int64_t window_left, int64_t window_right, double softcap) {
+  const auto sizes = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale,
+                                                        alibi_slopes, window_left, window_right, softcap);
   check_cpu_inputs(q_in);
   detail::check_flash_attention_backward_args(grad_out_in, out_in, lse_in, q_in, sizes);
   const bool bf16_units = runs_on_bf16_units(q_in, "flash_attention (CPU backward)");
   if (is_low_precision(q_in) && !bf16_units) {
-    // Widened to float32: the gradients accumulate over every query / key block in float32 before one rounding.
+    // Widened to float32: the gradients accumulate over every query / key block in float32 before one
+    // rounding.
     const auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat); };
     auto [dq, dk, dv] = flash_attention_backward_kernel(f32(grad_out_in), f32(q_in), f32(k_in), f32(v_in),
                                                         f32(out_in), lse_in, key_padding_mask, causal, scale,

@@ -6,10 +6,11 @@
 //
 // Routing: float16 / bfloat16 with d == dv in {32, 64, 128} run the tensor-core kernels (fp32 accumulation);
 // float32 / float64 run a simple kernel in their own precision (any d, dv <= 256), so a float input is never
-// rounded to 16 bits behind the caller's back. Anything else fails with a message naming the value. On a Hopper
-// GPU (compute capability 9.0) the half-precision forward and backward with d in {64, 128} run the warpgroup-MMA
-// kernels when the build has sm_90a code (XTC_CUDA_SM90A, set by the build when 90a is among the architectures),
-// except for short masked calls (choose_cuda_kernel, through the backend setting of xtc/backends.h).
+// rounded to 16 bits behind the caller's back. Anything else fails with a message naming the value. On a
+// Hopper GPU (compute capability 9.0) the half-precision forward and backward with d in {64, 128} run the
+// warpgroup-MMA kernels when the build has sm_90a code (XTC_CUDA_SM90A, set by the build when 90a is among
+// the architectures), except for short masked calls (choose_cuda_kernel, through the backend setting of
+// xtc/backends.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -17,6 +18,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // at::cuda::getCurrentCUDAStream without ATen/cuda's cuBLAS/cuSPARSE headers
 #include <torch/library.h>
+#include <xtc/backends.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -30,8 +32,6 @@
 #include "ops/cuda/flash_params.h"
 #include "ops/cuda/static_switch.h"
 #include "ops/flash_attention_checks.h"
-
-#include <xtc/backends.h>
 
 namespace xtc::ops {
 
@@ -50,15 +50,15 @@ at::Tensor with_aligned_rows(const at::Tensor& x) {
   return ok ? x : x.contiguous();
 }
 
-// Which kernel family runs a call (xtc/backends.h): float16 / bfloat16 take the Hopper (warpgroup MMA) kernels or
-// the mma.sync ones, float32 / float64 the simple kernels. Hopper needs d in {64, 128}, a compute capability 9.0
-// device and a build with sm_90a code. Among those calls, short masked ones stay on the mma.sync kernels, which
-// measured faster there on an H100 (benchmarks/NOTES.md, third session: one Hopper CTA per SM and 128-key tiles
-// leave the load prologue and the mask scan exposed when a CTA sees few tiles):
+// Which kernel family runs a call (xtc/backends.h): float16 / bfloat16 take the Hopper (warpgroup MMA)
+// kernels or the mma.sync ones, float32 / float64 the simple kernels. Hopper needs d in {64, 128}, a compute
+// capability 9.0 device and a build with sm_90a code. Among those calls, short masked ones stay on the
+// mma.sync kernels, which measured faster there on an H100 (benchmarks/NOTES.md, third session: one Hopper
+// CTA per SM and 128-key tiles leave the load prologue and the mask scan exposed when a CTA sees few tiles):
 //   forward:  Hopper when m > 1024, or d = 128 without a key padding mask;
 //   backward: Hopper when d = 128, m > 1024, or without a key padding mask.
-// That preference yields to the backend setting: with mma.sync disabled, or a priority order set, Hopper takes
-// every call it can run. Every family computes the same op.
+// That preference yields to the backend setting: with mma.sync disabled, or a priority order set, Hopper
+// takes every call it can run. Every family computes the same op.
 enum class Direction { kForward, kBackward };
 
 std::vector<std::string> hopper_reasons(Direction direction, const detail::FlashAttentionSizes<>& s,
@@ -71,10 +71,12 @@ std::vector<std::string> hopper_reasons(Direction direction, const detail::Flash
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
   if (major != 9 || minor != 0)
-    reasons.push_back("compute capability " + std::to_string(major) + "." + std::to_string(minor) + " (needs 9.0)");
+    reasons.push_back("compute capability " + std::to_string(major) + "." + std::to_string(minor) +
+                      " (needs 9.0)");
   const bool long_keys = s.keys > 1024;
-  const bool preferred = direction == Direction::kForward ? long_keys || (s.head_dim == 128 && !has_padding_mask)
-                                                          : s.head_dim == 128 || long_keys || !has_padding_mask;
+  const bool preferred = direction == Direction::kForward
+                             ? long_keys || (s.head_dim == 128 && !has_padding_mask)
+                             : s.head_dim == 128 || long_keys || !has_padding_mask;
   if (!preferred && backend_priority().empty() && backend_enabled(Backend::CudaMmaSync))
     reasons.emplace_back("a short masked call: the mma.sync kernels measured faster there");
 #else
@@ -91,7 +93,8 @@ Backend choose_cuda_kernel(Direction direction, const at::Tensor& q, const detai
                            bool has_padding_mask) {
   const bool half = is_half_type(q.scalar_type());
   const std::string dtype = c10::toString(q.scalar_type());
-  const Backend hopper = direction == Direction::kForward ? Backend::CudaHopperForward : Backend::CudaHopperBackward;
+  const Backend hopper =
+      direction == Direction::kForward ? Backend::CudaHopperForward : Backend::CudaHopperBackward;
   std::vector<std::string> hopper_no, mma_no, simple_no;
   if (half) {
     hopper_no = hopper_reasons(direction, s, has_padding_mask, q.device().index());
@@ -100,8 +103,8 @@ Backend choose_cuda_kernel(Direction direction, const at::Tensor& q, const detai
     hopper_no.push_back(dtype + " is not a tensor-core dtype here (float16 / bfloat16)");
     mma_no = hopper_no;
   }
-  const char* site = direction == Direction::kForward ? "flash_attention (CUDA forward)"
-                                                      : "flash_attention (CUDA backward)";
+  const char* site =
+      direction == Direction::kForward ? "flash_attention (CUDA forward)" : "flash_attention (CUDA backward)";
   return choose_backend(site, {{hopper, std::move(hopper_no)},
                                {Backend::CudaMmaSync, std::move(mma_no)},
                                {Backend::CudaSimple, std::move(simple_no)}});
@@ -125,8 +128,9 @@ void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes<>& 
                 "flash_attention (CUDA): head_dim ", s.head_dim, " is not supported for ", dtype,
                 "; expected 32, 64 or 128 (float32/float64 inputs take a slower kernel for head dims up to ",
                 cuda::kSimpleMaxHeadDim, ")");
-    TORCH_CHECK(s.value_head_dim == s.head_dim, "flash_attention (CUDA): expected the value head dim to equal ",
-                "the query/key head dim (", s.head_dim, ") for ", dtype, ", got ", s.value_head_dim);
+    TORCH_CHECK(s.value_head_dim == s.head_dim,
+                "flash_attention (CUDA): expected the value head dim to equal ", "the query/key head dim (",
+                s.head_dim, ") for ", dtype, ", got ", s.value_head_dim);
   } else {
     TORCH_CHECK(s.head_dim <= cuda::kSimpleMaxHeadDim && s.value_head_dim <= cuda::kSimpleMaxHeadDim,
                 "flash_attention (CUDA): expected head dims <= ", cuda::kSimpleMaxHeadDim, " for ", dtype,
@@ -141,7 +145,8 @@ void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes<>& 
               ", got ", s.queries, " + ", s.keys);
 }
 
-// Fills the fields shared by the forward and the backward. Tensors must outlive the launch (callers keep them).
+// Fills the fields shared by the forward and the backward. Tensors must outlive the launch (callers keep
+// them).
 void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSizes<>& s, const at::Tensor& q,
                         const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& mask,
                         const std::optional<at::Tensor>& slopes, bool causal, int64_t window_left,
@@ -156,7 +161,8 @@ void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSiz
   p.mask_batch_stride = mask.has_value() ? mask->stride(0) : 0;
   p.mask_key_stride = mask.has_value() ? mask->stride(1) : 0;
   p.alibi_slopes = slopes.has_value() ? slopes->data_ptr<double>() : nullptr;
-  p.batch = static_cast<int>(s.batch), p.queries = static_cast<int>(s.queries), p.keys = static_cast<int>(s.keys);
+  p.batch = static_cast<int>(s.batch), p.queries = static_cast<int>(s.queries),
+  p.keys = static_cast<int>(s.keys);
   p.heads = static_cast<int>(s.heads), p.kv_heads = static_cast<int>(s.kv_heads);
   p.head_dim = static_cast<int>(s.head_dim), p.value_head_dim = static_cast<int>(s.value_head_dim);
   p.key_offset = static_cast<int>(s.key_offset);
@@ -179,7 +185,8 @@ std::optional<at::Tensor> prepare_slopes(const std::optional<at::Tensor>& alibi_
 std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const std::optional<at::Tensor>& key_padding_mask, bool causal, std::optional<double> scale,
-    const std::optional<at::Tensor>& alibi_slopes, int64_t window_left, int64_t window_right, double softcap) {
+    const std::optional<at::Tensor>& alibi_slopes, int64_t window_left, int64_t window_right,
+    double softcap) {
   const auto s = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
                                                     window_left, window_right, softcap);
   check_cuda_route(q_in, s);
@@ -224,8 +231,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse_in, const std::optional<at::Tensor>& key_padding_mask,
-    bool causal, std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes, int64_t window_left,
-    int64_t window_right, double softcap) {
+    bool causal, std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes,
+    int64_t window_left, int64_t window_right, double softcap) {
   const auto s = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
                                                     window_left, window_right, softcap);
   check_cuda_route(q_in, s);
@@ -262,7 +269,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
   const Backend kernel = choose_cuda_kernel(Direction::kBackward, q, s, key_padding_mask.has_value());
 
   if (is_half_type(dtype)) {
-    // The kernels zero dq_accum, accumulate dS K into it without the softmax scale, and write dq = scale * dq_accum.
+    // The kernels zero dq_accum, accumulate dS K into it without the softmax scale, and write dq = scale *
+    // dq_accum.
     at::Tensor dq_accum = at::empty(dq_sizes, acc_options);
     at::Tensor dsum = at::empty({s.batch, s.heads, s.queries}, acc_options);
     at::Tensor dq = at::empty(dq_sizes, q.options());

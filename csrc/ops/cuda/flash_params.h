@@ -2,9 +2,10 @@
 //
 // Shape legend: b batch, h query heads, hk kv heads, n queries, m keys, d head dim of q/k, dv head dim of v.
 //
-// This header includes no torch header, so that the kernels (flash_fwd.cuh, flash_bwd.cuh) and their generated
-// instantiations compile standalone with nvcc, in parallel and without torch's compile cost. The host glue
-// (flash_attention_kernel.cu) fills the structs from tensors and calls the launchers declared at the end.
+// This header includes no torch header, so that the kernels (flash_fwd.cuh, flash_bwd.cuh) and their
+// generated instantiations compile standalone with nvcc, in parallel and without torch's compile cost. The
+// host glue (flash_attention_kernel.cu) fills the structs from tensors and calls the launchers declared at
+// the end.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,11 +18,11 @@ namespace xtc::cuda {
 
 /// Inputs and outputs of one forward call. Strides are in elements; the last dim of q, k, v is contiguous.
 struct FlashFwdParams {
-  const void* q;    // (b, n, h, d)
-  const void* k;    // (b, m, hk, d)
-  const void* v;    // (b, m, hk, dv)
-  void* out;        // (b, n, h, dv), written by the forward; read (as saved output) by the backward
-  void* lse;        // (b, h, n) contiguous, float (double for double inputs), natural-log units
+  const void* q;  // (b, n, h, d)
+  const void* k;  // (b, m, hk, d)
+  const void* v;  // (b, m, hk, dv)
+  void* out;      // (b, n, h, dv), written by the forward; read (as saved output) by the backward
+  void* lse;      // (b, h, n) contiguous, float (double for double inputs), natural-log units
   const bool* key_padding_mask;  // (b, m), true = keep; nullptr when every key is kept
   const double* alibi_slopes;    // (h,) contiguous; nullptr when ALiBi is off
 
@@ -42,19 +43,20 @@ struct FlashFwdParams {
   int window_left, window_right;
 };
 
-/// Extra inputs and outputs of the backward. `out` and `lse` of the base struct are the saved forward results.
+/// Extra inputs and outputs of the backward. `out` and `lse` of the base struct are the saved forward
+/// results.
 struct FlashBwdParams : FlashFwdParams {
   const void* dout;  // (b, n, h, dv)
   int64_t do_batch_stride, do_row_stride, do_head_stride;
-  // Accumulators in the accumulation type (float, double for double inputs): dq_accum (b, n, h, d) always, which
-  // the tensor-core path zero-fills itself and the host zero-fills for the simple kernels; those also accumulate
-  // dk_accum / dv_accum (b, m, hk, d / dv), zero-filled by the host.
+  // Accumulators in the accumulation type (float, double for double inputs): dq_accum (b, n, h, d) always,
+  // which the tensor-core path zero-fills itself and the host zero-fills for the simple kernels; those also
+  // accumulate dk_accum / dv_accum (b, m, hk, d / dv), zero-filled by the host.
   void* dq_accum;
   void* dk_accum;
   void* dv_accum;
   void* dsum;  // (b, h, n) scratch for D = rowsum(dO * O), accumulation type
-  // Tensor-core kernel outputs, contiguous in the input dtype (dv == d there): dq (b, n, h, d) = scale * dq_accum,
-  // dk and dv (b, m, hk, d).
+  // Tensor-core kernel outputs, contiguous in the input dtype (dv == d there): dq (b, n, h, d) = scale *
+  // dq_accum, dk and dv (b, m, hk, d).
   void* dq;
   void* dk;
   void* dv;
@@ -66,8 +68,8 @@ template <typename T, int kHeadDim>
 cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream);
 template <typename T, int kHeadDim>
 cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream);
-/// The same on Hopper warpgroup MMA, kHeadDim in {64, 128}: launch only on a compute capability 9.0 device from a
-/// build with sm_90a code (XTC_CUDA_SM90A); elsewhere their kernels trap.
+/// The same on Hopper warpgroup MMA, kHeadDim in {64, 128}: launch only on a compute capability 9.0 device
+/// from a build with sm_90a code (XTC_CUDA_SM90A); elsewhere their kernels trap.
 template <typename T, int kHeadDim>
 cudaError_t run_flash_fwd_sm90(const FlashFwdParams& params, cudaStream_t stream);
 template <typename T, int kHeadDim>

@@ -1,21 +1,24 @@
 #include "src/nn/functional/additional_kv.h"
-#include "src/symbolic_sizes.h"
 
 #include <algorithm>
+
+#include "src/symbolic_sizes.h"
 
 namespace xtc::nn::functional::detail {
 
 // self_attn_additional_kv as pairs, one per executed self-attention layer in order (undefined pairs: none),
-// x-transformers' routing: the given pairs go to the last layers (route_additional_kv_to_top, the surplus first
-// ones dropped) or to the first.
+// x-transformers' routing: the given pairs go to the last layers (route_additional_kv_to_top, the surplus
+// first ones dropped) or to the first.
 std::vector<std::pair<at::Tensor, at::Tensor>> additional_kv_per_layer(const AttentionLayersInputs& in,
                                                                        const AttentionLayersPlan& plan,
                                                                        const at::Tensor& x) {
   const auto& flat = in.self_attn_additional_kv;
   if (flat.empty()) return {};
   const auto& o = plan.options();
-  TORCH_CHECK_VALUE(flat.size() % 2 == 0, "AttentionLayers: expected self_attn_additional_kv as (k, v) pairs "
-                    "flattened [k0, v0, k1, v1, ...], got ", flat.size(), " tensors");
+  TORCH_CHECK_VALUE(flat.size() % 2 == 0,
+                    "AttentionLayers: expected self_attn_additional_kv as (k, v) pairs "
+                    "flattened [k0, v0, k1, v1, ...], got ",
+                    flat.size(), " tensors");
   const auto& types = plan.executed_attention_types();
   const int64_t layers = std::count(types.begin(), types.end(), 'a');
   const int64_t pairs = static_cast<int64_t>(flat.size() / 2);
@@ -30,8 +33,8 @@ std::vector<std::pair<at::Tensor, at::Tensor>> additional_kv_per_layer(const Att
                           v.is_floating_point() && k.device() == x.device() && v.device() == x.device(),
                       "AttentionLayers: expected self_attn_additional_kv pair ", i, " as k (", x.sym_size(0),
                       ", kv heads dividing ", o.heads(), ", length, ", dim_head, ") and v (", x.sym_size(0),
-                      ", the same heads and length, ", value_dim_head, "), float on x's device, got ", k.sym_sizes(),
-                      " and ", v.sym_sizes());
+                      ", the same heads and length, ", value_dim_head, "), float on x's device, got ",
+                      k.sym_sizes(), " and ", v.sym_sizes());
   }
   if (in.additional_kv_mask.has_value()) {
     const auto& m = *in.additional_kv_mask;
@@ -50,9 +53,14 @@ std::vector<std::pair<at::Tensor, at::Tensor>> additional_kv_per_layer(const Att
     bool same = true;
     for (const auto& [k, v] : per_layer)
       same = same && k.defined() && k.sym_size(2) == per_layer.front().first.sym_size(2);
-    TORCH_CHECK_VALUE(same, "AttentionLayers: self_attn_additional_kv with residual_attn needs a pair of one length "
-                      "for every self-attention layer (", layers, "), since each layer adds the previous one's "
-                      "scores; got ", pairs, " pairs");
+    TORCH_CHECK_VALUE(
+        same,
+        "AttentionLayers: self_attn_additional_kv with residual_attn needs a pair of one length "
+        "for every self-attention layer (",
+        layers,
+        "), since each layer adds the previous one's "
+        "scores; got ",
+        pairs, " pairs");
   }
   return per_layer;
 }

@@ -1,3 +1,24 @@
+#include <ATen/Dispatch.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/dropout.h>
+#include <ATen/ops/einsum.h>
+#include <ATen/ops/elu.h>
+#include <ATen/ops/glu.h>
+#include <ATen/ops/lerp.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/tanh.h>
+#include <ATen/ops/topk.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <xtc/backends.h>
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/norm.h>
@@ -5,39 +26,18 @@
 #include <xtc/ops/flash_attention.h>
 #include <xtc/ops/flash_attention_varlen.h>
 
-#include "src/symbolic_sizes.h"
-
-#include <ATen/Dispatch.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
-#include <ATen/ops/arange.h>
-#include <ATen/ops/cat.h>
-#include <ATen/ops/dropout.h>
-#include <ATen/ops/einsum.h>
-#include <ATen/ops/elu.h>
-#include <ATen/ops/ones_like.h>
-#include <ATen/ops/where.h>
-#include <ATen/ops/glu.h>
-#include <ATen/ops/topk.h>
-#include <ATen/ops/linalg_vector_norm.h>
-#include <ATen/ops/lerp.h>
-#include <ATen/ops/linear.h>
-#include <ATen/ops/matmul.h>
-#include <ATen/ops/ones.h>
-#include <ATen/ops/sigmoid.h>
-#include <ATen/ops/softmax.h>
-#include <ATen/ops/stack.h>
-#include <ATen/ops/tanh.h>
-#include <ATen/ops/zeros.h>
-
 #include <cmath>
 #include <cstdlib>
-#include <string>
 #include <limits>
+#include <string>
+
+#include "src/symbolic_sizes.h"
 
 namespace xtc::nn::functional {
 namespace {
 
-// x-transformers' MultiheadRMSNorm on t (b, n, heads, d): SimpleRMSNorm times (gamma + 1), gamma (heads, 1, d).
+// x-transformers' MultiheadRMSNorm on t (b, n, heads, d): SimpleRMSNorm times (gamma + 1), gamma (heads, 1,
+// d).
 at::Tensor multihead_rms_norm(const at::Tensor& t, const at::Tensor& gamma) {
   return rms_norm(t, at::Tensor()) * (gamma.transpose(0, 1) + 1);
 }
@@ -49,11 +49,12 @@ at::Tensor l2norm(const at::Tensor& t, int64_t groups) {
   return grouped.flatten(-2);
 }
 
-// Keys in front of the sequence's own that every query sees unbiased: the zero key/value, then the memory ones.
+// Keys in front of the sequence's own that every query sees unbiased: the zero key/value, then the memory
+// ones.
 int64_t memory_keys(const AttentionOptions& o) { return o.num_mem_kv() + (o.add_zero_kv() ? 1 : 0); }
 
-// The flash family of a device, as one candidate of a layer's path: the CPU kernel, or the CUDA kernels (the op
-// picks among them and records its own choice).
+// The flash family of a device, as one candidate of a layer's path: the CPU kernel, or the CUDA kernels (the
+// op picks among them and records its own choice).
 BackendCandidate flash_candidate(const at::Device& device, std::vector<std::string> reasons) {
   if (device.is_cpu()) return {Backend::CpuFlash, std::move(reasons)};
   if (!device.is_cuda()) {
@@ -65,8 +66,8 @@ BackendCandidate flash_candidate(const at::Device& device, std::vector<std::stri
   return {Backend::CudaSimple, std::move(reasons)};  // every CUDA family disabled: choose_backend says so
 }
 
-// Why packed sequences cannot attend in the varlen op (empty: they can). The varlen op's CUDA kernel (one dense
-// launch per sequence) has not run on a GPU yet: on CUDA it needs the cuda_varlen backend too.
+// Why packed sequences cannot attend in the varlen op (empty: they can). The varlen op's CUDA kernel (one
+// dense launch per sequence) has not run on a GPU yet: on CUDA it needs the cuda_varlen backend too.
 std::vector<std::string> varlen_reasons(const at::Device& device, const AttentionConfig& c,
                                         const std::vector<std::string>& flash_no, bool positional,
                                         const PackedAttention& packed) {
@@ -75,7 +76,8 @@ std::vector<std::string> varlen_reasons(const at::Device& device, const Attentio
     reasons.emplace_back("it runs the device's flash kernel per sequence, which is disabled");
   if (device.is_cuda() && !backend_enabled(Backend::CudaVarlen))
     reasons.emplace_back("on CUDA the varlen op also needs the cuda_varlen backend (no GPU has run it yet)");
-  if (memory_keys(c.options) > 0) reasons.emplace_back("memory or zero key/values lead every sequence's keys");
+  if (memory_keys(c.options) > 0)
+    reasons.emplace_back("memory or zero key/values lead every sequence's keys");
   if (positional && !(packed.queries->consecutive && packed.keys->consecutive))
     reasons.emplace_back("ALiBi or a window over sequences whose kept positions are not one span");
   return reasons;
@@ -89,7 +91,8 @@ double logit_scale(const AttentionConfig& c) {
 
 }  // namespace
 
-at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale, bool inverse_scale) {
+at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale,
+                        bool inverse_scale) {
   const int64_t r = xtc::detail::static_size(angles, -1), d = xtc::detail::static_size(t, -1);
   const c10::SymInt n = t.sym_size(1);
   // The last n positions, broadcast over heads (and over the batch for shared positions).
@@ -118,9 +121,9 @@ at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::
                             const std::optional<at::Tensor>& key_padding_mask, bool causal, int64_t chunk) {
   const int64_t heads = xtc::detail::static_size(q, 2), kv_heads = xtc::detail::static_size(k, 2);
   const auto kv_index = at::arange(heads, q.options().dtype(at::kLong)).remainder(kv_heads);
-  const auto phi_q = at::elu(q) + 1;                               // (b, n, h, d)
-  auto phi_k = (at::elu(k) + 1).index_select(2, kv_index);        // (b, m, h, d)
-  auto values = v.index_select(2, kv_index);                       // (b, m, h, dv)
+  const auto phi_q = at::elu(q) + 1;                        // (b, n, h, d)
+  auto phi_k = (at::elu(k) + 1).index_select(2, kv_index);  // (b, m, h, d)
+  auto values = v.index_select(2, kv_index);                // (b, m, h, dv)
   if (key_padding_mask.has_value()) {
     const auto keep = key_padding_mask->unsqueeze(-1).unsqueeze(-1).to(q.scalar_type());
     phi_k = phi_k * keep;
@@ -135,9 +138,10 @@ at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::
     const auto z = phi_k.sum(1);  // (b, h, d)
     return divide(at::einsum("bnhd,bhde->bnhe", {phi_q, state}), at::einsum("bnhd,bhd->bnh", {phi_q, z}));
   }
-  // Causal, right-aligned: query i sees keys j <= i + (m - n). Keys before the first query's position seed the
-  // state; each chunk of queries then sees the state plus its own positions' keys, quadratically (masked), and
-  // adds those keys to the state for the chunks after it. The chunk loop needs concrete lengths.
+  // Causal, right-aligned: query i sees keys j <= i + (m - n). Keys before the first query's position seed
+  // the state; each chunk of queries then sees the state plus its own positions' keys, quadratically
+  // (masked), and adds those keys to the state for the chunks after it. The chunk loop needs concrete
+  // lengths.
   const int64_t n = xtc::detail::static_size(q, 1), m = xtc::detail::static_size(k, 1);
   const int64_t offset = m - n;
   const int64_t seed = std::clamp<int64_t>(offset, 0, m);
@@ -148,7 +152,8 @@ at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::
     const int64_t rows = std::min(chunk, n - i0);
     const auto q_chunk = phi_q.narrow(1, i0, rows);
     // Keys at this chunk's positions: [i0 + offset, i0 + rows + offset), clipped to [0, m).
-    const int64_t k0 = std::clamp<int64_t>(i0 + offset, 0, m), k1 = std::clamp<int64_t>(i0 + rows + offset, 0, m);
+    const int64_t k0 = std::clamp<int64_t>(i0 + offset, 0, m),
+                  k1 = std::clamp<int64_t>(i0 + rows + offset, 0, m);
     auto num = at::einsum("bnhd,bhde->bnhe", {q_chunk, state});
     auto den = at::einsum("bnhd,bhd->bnh", {q_chunk, z});
     if (k1 > k0) {
@@ -167,26 +172,32 @@ at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return at::cat(outputs, 1);
 }
 
-std::vector<std::string> flash_reasons(const AttentionConfig& c, bool training, bool has_attn_mask, bool wants_maps) {
+std::vector<std::string> flash_reasons(const AttentionConfig& c, bool training, bool has_attn_mask,
+                                       bool wants_maps) {
   std::vector<std::string> reasons;
-  if (wants_maps) reasons.emplace_back("the attention maps were asked for (return_hiddens without attn_flash)");
+  if (wants_maps)
+    reasons.emplace_back("the attention maps were asked for (return_hiddens without attn_flash)");
   // functorch includes its front-mode key in the thread's dispatch keys while any transform's layer is alive.
   if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode))
-    reasons.emplace_back("a torch.func transform (vmap, grad, jacrev, ...) is active: the kernel's C++ autograd has no "
-                         "functorch rules, the aten ops do");
-  if (has_attn_mask) reasons.emplace_back("attn_mask is an arbitrary (query, key) pattern, not a padding mask");
+    reasons.emplace_back(
+        "a torch.func transform (vmap, grad, jacrev, ...) is active: the kernel's C++ autograd has no "
+        "functorch rules, the aten ops do");
+  if (has_attn_mask)
+    reasons.emplace_back("attn_mask is an arbitrary (query, key) pattern, not a padding mask");
   if (c.position_bias.defined())
     reasons.emplace_back("a learned position bias or attn_bias is a dense (head, query, key) tensor");
   const auto& o = c.options;
   if (o.pre_talking_heads() || o.post_talking_heads() || o.pre_scale_post_talking_heads())
     reasons.emplace_back("talking heads mix the scores of every head");
   if (o.sparse_topk().has_value()) reasons.emplace_back("top-k sparsity needs each row's scores at once");
-  if (o.head_learned_sink()) reasons.emplace_back("a learned sink is a per-head logit column beside the keys");
+  if (o.head_learned_sink())
+    reasons.emplace_back("a learned sink is a per-head logit column beside the keys");
   if (c.residual_scores) reasons.emplace_back("residual attention hands the scores on to the next layer");
   if (training && c.options.dropout() > 0)
     reasons.emplace_back("attention dropout in training needs the probabilities");
   if (memory_keys(c.options) > 0 && c.alibi_slopes.defined())
-    reasons.emplace_back("ALiBi gives memory key/values no bias, which is not a position the kernel can express");
+    reasons.emplace_back(
+        "ALiBi gives memory key/values no bias, which is not a position the kernel can express");
   if (memory_keys(c.options) > 0 && c.options.max_attend_past().has_value())
     reasons.emplace_back("max_attend_past keeps memory key/values visible, outside the kernel's window");
   return reasons;
@@ -234,12 +245,14 @@ KernelRule kernel_rule(const AttentionConfig& c) {
 void check_extra_key_values(const LayerCall& l, const PackedAttention* packed) {
   if (!l.extra.k.defined()) return;
   // x-transformers' biases, windows and attn_mask span the sequence's keys and its memory key/values only.
-  TORCH_CHECK_VALUE(!l.c.alibi_slopes.defined() && !l.c.position_bias.defined() && !l.attn_mask.has_value() &&
-                        !l.o.max_attend_past().has_value() && !l.o.window_size().has_value(),
-                    "AttentionLayers: self_attn_additional_kv cannot be combined with alibi_pos_bias, rel_pos_bias, "
-                    "dynamic_pos_bias, attn_bias, attn_mask, max_attend_past or window_size: those cover the "
-                    "layer's own keys, not the additional ones (x-transformers' do not either)");
-  TORCH_CHECK_VALUE(packed == nullptr, "AttentionLayers: self_attn_additional_kv cannot be used with packed sequences");
+  TORCH_CHECK_VALUE(
+      !l.c.alibi_slopes.defined() && !l.c.position_bias.defined() && !l.attn_mask.has_value() &&
+          !l.o.max_attend_past().has_value() && !l.o.window_size().has_value(),
+      "AttentionLayers: self_attn_additional_kv cannot be combined with alibi_pos_bias, rel_pos_bias, "
+      "dynamic_pos_bias, attn_bias, attn_mask, max_attend_past or window_size: those cover the "
+      "layer's own keys, not the additional ones (x-transformers' do not either)");
+  TORCH_CHECK_VALUE(packed == nullptr,
+                    "AttentionLayers: self_attn_additional_kv cannot be used with packed sequences");
 }
 
 struct QKV {
@@ -247,16 +260,18 @@ struct QKV {
 };
 
 // q from x; k and v from the context, or from x behind its Transformer-XL memory. On a cached step a
-// cross-attention layer's keys are all in the cache: x-transformers cuts the context to length 0, and the cached
-// keys already carry the input residual. Then the value residual and the query / key / value norms.
+// cross-attention layer's keys are all in the cache: x-transformers cuts the context to length 0, and the
+// cached keys already carry the input residual. Then the value residual and the query / key / value norms.
 QKV project(const LayerCall& l, const XLMemory& xl, const ValueResidual& value_residual) {
   const auto& [x, context, w, c, o] = std::tie(l.x, l.context, l.w, l.c, l.o);
   at::Tensor kv_source = l.cross ? (l.cached_step ? context->narrow(1, 0, 0) : *context) : x;
-  if (l.extra.input_residual.defined() && !(l.cross && l.cached_step)) kv_source = kv_source + l.extra.input_residual;
+  if (l.extra.input_residual.defined() && !(l.cross && l.cached_step))
+    kv_source = kv_source + l.extra.input_residual;
   const at::Tensor kv_input = !l.cross && xl.mem.defined() ? at::cat({xl.mem, kv_source}, 1) : kv_source;
-  // Batch and lengths as SymInts: torch.export and torch.compile keep them symbolic (dynamic shapes). The keys'
-  // batch is x's, except for packed queries over a dense context (unpad's cross-attention).
-  const c10::SymInt b = x.sym_size(0), n = x.sym_size(1), m = kv_input.sym_size(1), kv_b = kv_input.sym_size(0);
+  // Batch and lengths as SymInts: torch.export and torch.compile keep them symbolic (dynamic shapes). The
+  // keys' batch is x's, except for packed queries over a dense context (unpad's cross-attention).
+  const c10::SymInt b = x.sym_size(0), n = x.sym_size(1), m = kv_input.sym_size(1),
+                    kv_b = kv_input.sym_size(0);
   QKV t{at::linear(x, w.to_q).view_symint({b, n, c.heads, c.dim_head}),
         at::linear(kv_input, w.to_k).view_symint({kv_b, m, c.kv_heads, c.dim_head}),
         at::linear(kv_input, w.to_v).view_symint({kv_b, m, c.kv_heads, c.value_dim_head})};
@@ -264,7 +279,8 @@ QKV project(const LayerCall& l, const XLMemory& xl, const ValueResidual& value_r
   if (value_residual.first.defined()) {
     // v = first + mix * (v - first): a per-token, per-head learned mix, or one half.
     if (w.value_mix_weight.defined()) {
-      const auto mix = at::sigmoid(at::linear(x, w.value_mix_weight, w.value_mix_bias)).unsqueeze(-1);  // (b, n, h, 1)
+      const auto mix =
+          at::sigmoid(at::linear(x, w.value_mix_weight, w.value_mix_bias)).unsqueeze(-1);  // (b, n, h, 1)
       t.v = at::lerp(value_residual.first, t.v, mix);
     } else {
       t.v = at::lerp(value_residual.first, t.v, 0.5);
@@ -299,8 +315,8 @@ void through_cache(QKV& t, KVCache& cache, const c10::SymInt& xl_len) {
 }
 
 // rotate_num_heads: only the last heads rotate (x-transformers' q[:, -R:]); the rest pass through.
-at::Tensor rotate_heads(const at::Tensor& t, int64_t rotary_heads, const at::Tensor& angles, const at::Tensor& scale,
-                        bool inverse) {
+at::Tensor rotate_heads(const at::Tensor& t, int64_t rotary_heads, const at::Tensor& angles,
+                        const at::Tensor& scale, bool inverse) {
   const int64_t heads = xtc::detail::static_size(t, 2), rotated = rotary_heads < 0 ? heads : rotary_heads;
   if (rotated == heads) return apply_rotary(t, angles, scale, inverse);
   const auto rotated_part = apply_rotary(t.narrow(2, heads - rotated, rotated), angles, scale, inverse);
@@ -320,7 +336,9 @@ void rotate(QKV& t, const AttentionConfig& c) {
 std::optional<at::Tensor> key_mask_of(const LayerCall& l, const std::optional<at::Tensor>& mask,
                                       const std::optional<at::Tensor>& context_mask, const XLMemory& xl,
                                       const c10::SymInt& xl_len, const c10::SymInt& keys) {
-  std::optional<at::Tensor> key_mask = context_mask.has_value() ? context_mask : l.cross ? std::nullopt : mask;
+  std::optional<at::Tensor> key_mask = context_mask.has_value() ? context_mask
+                                       : l.cross                ? std::nullopt
+                                                                : mask;
   if (xl_len > 0 && (key_mask.has_value() || xl.mask.has_value())) {
     const c10::SymInt b = l.x.sym_size(0);
     const auto bools = l.x.options().dtype(at::kBool);
@@ -332,9 +350,10 @@ std::optional<at::Tensor> key_mask_of(const LayerCall& l, const std::optional<at
   return key_mask;
 }
 
-// Keys every query sees unbiased, joined in front of the sequence's in x-transformers' order: the learned memory
-// key/values, then the additional ones before them, then the zero one first of all.
-void prepend_unbiased_keys(const LayerCall& l, QKV& t, std::optional<at::Tensor>& key_mask, const c10::SymInt& b) {
+// Keys every query sees unbiased, joined in front of the sequence's in x-transformers' order: the learned
+// memory key/values, then the additional ones before them, then the zero one first of all.
+void prepend_unbiased_keys(const LayerCall& l, QKV& t, std::optional<at::Tensor>& key_mask,
+                           const c10::SymInt& b) {
   const auto& [w, o, extra] = std::tie(l.w, l.o, l.extra);
   if (o.num_mem_kv() > 0) {
     auto mem_k = w.mem_k.transpose(0, 1).unsqueeze(0).expand_symint({b, -1, -1, -1});  // (b, M, hk, dh)
@@ -351,7 +370,8 @@ void prepend_unbiased_keys(const LayerCall& l, QKV& t, std::optional<at::Tensor>
   if (extra.k.defined()) {
     // With another head count than the layer's kv heads, both expand to the query heads (head i reads head
     // i % heads of each, as its repeat).
-    auto added_k = extra.k.transpose(1, 2).to(t.k.scalar_type()), added_v = extra.v.transpose(1, 2).to(t.v.scalar_type());
+    auto added_k = extra.k.transpose(1, 2).to(t.k.scalar_type()),
+         added_v = extra.v.transpose(1, 2).to(t.v.scalar_type());
     const int64_t added_heads = xtc::detail::static_size(added_k, 2);
     if (added_heads != l.c.kv_heads) {
       const auto to_query_heads = [&](const at::Tensor& x) {
@@ -376,18 +396,21 @@ void prepend_unbiased_keys(const LayerCall& l, QKV& t, std::optional<at::Tensor>
     const int64_t heads_now = xtc::detail::static_size(t.k, 2);
     t.k = at::cat({at::zeros_symint({b, 1, heads_now, l.c.dim_head}, t.k.options()), t.k}, 1);
     t.v = at::cat({at::zeros_symint({b, 1, heads_now, l.c.value_dim_head}, t.v.options()), t.v}, 1);
-    if (key_mask.has_value()) key_mask = at::cat({at::ones_symint({b, 1}, key_mask->options()), *key_mask}, 1);
+    if (key_mask.has_value())
+      key_mask = at::cat({at::ones_symint({b, 1}, key_mask->options()), *key_mask}, 1);
   }
 }
 
-// The materialising path: visibility and bias over (n, M + m) keys, memory keys (the first M) always visible and
-// unbiased; then x-transformers' softmax attention on the scores.
+// The materialising path: visibility and bias over (n, M + m) keys, memory keys (the first M) always visible
+// and unbiased; then x-transformers' softmax attention on the scores.
 at::Tensor math_attention(const LayerCall& l, const QKV& t, const std::optional<at::Tensor>& key_mask,
                           const KernelRule& r, const c10::SymInt& b, const c10::SymInt& n) {
   const auto& [x, c, o, extra] = std::tie(l.x, l.c, l.o, l.extra);
   const c10::SymInt keys = t.k.sym_size(1);
-  // Additional key/values count as memory here: visible and unbiased (windows and biases are refused with them).
-  const c10::SymInt memory = extra.k.defined() ? extra.k.sym_size(2) + memory_keys(o) : c10::SymInt(memory_keys(o));
+  // Additional key/values count as memory here: visible and unbiased (windows and biases are refused with
+  // them).
+  const c10::SymInt memory =
+      extra.k.defined() ? extra.k.sym_size(2) + memory_keys(o) : c10::SymInt(memory_keys(o));
   const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (keys - memory - n);
   const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
   const auto is_memory = key_pos < 0;
@@ -414,16 +437,22 @@ at::Tensor math_attention(const LayerCall& l, const QKV& t, const std::optional<
   at::Tensor bias;
   if (c.alibi_slopes.defined()) {
     const auto distance = (query_pos - key_pos).abs().to(x.scalar_type()).masked_fill(is_memory, 0);
-    bias = -distance.view_symint({1, 1, n, keys}) * c.alibi_slopes.to(x.scalar_type()).view({1, c.heads, 1, 1});
+    bias =
+        -distance.view_symint({1, 1, n, keys}) * c.alibi_slopes.to(x.scalar_type()).view({1, c.heads, 1, 1});
   }
   if (c.position_bias.defined()) {
     // Memory keys get no bias (x-transformers pads the bias with zeros on their side).
     const auto& pb = c.position_bias;
-    bias = memory > 0 ? at::cat({at::zeros_symint({pb.sym_size(0), c.heads, n, memory}, x.options()), pb}, -1) : pb;
+    bias = memory > 0 ? at::cat({at::zeros_symint({pb.sym_size(0), c.heads, n, memory}, x.options()), pb}, -1)
+                      : pb;
   }
   const auto& w = l.w;
-  const ScoreTransforms transforms{w.pre_talking_heads, w.post_talking_heads, w.pre_scale_post_talking_heads,
-                                   o.sparse_topk(), o.sparse_topk_straight_through(), w.head_attn_sink};
+  const ScoreTransforms transforms{w.pre_talking_heads,
+                                   w.post_talking_heads,
+                                   w.pre_scale_post_talking_heads,
+                                   o.sparse_topk(),
+                                   o.sparse_topk_straight_through(),
+                                   w.head_attn_sink};
   return materialized_attention(t.q, t.k, t.v, r.scale, keep, bias, c.causal && n > 1, r.softcap, o.dropout(),
                                 l.training, transforms, c.residual_scores ? l.scores : nullptr, l.maps);
 }
@@ -434,38 +463,42 @@ at::Tensor dense_attention(const LayerCall& l, QKV t, std::optional<at::Tensor> 
   prepend_unbiased_keys(l, t, key_mask, b);
   if (l.o.linear()) return linear_attention(t.q, t.k, t.v, key_mask, l.c.causal && n > 1);
   if (path == Backend::Math) return math_attention(l, t, key_mask, r, b, n);
-  return std::get<0>(ops::flash_attention(t.q, t.k, t.v, key_mask, l.c.causal, r.scale, r.slopes, r.window_left,
-                                          r.window_right, r.softcap));
+  return std::get<0>(ops::flash_attention(t.q, t.k, t.v, key_mask, l.c.causal, r.scale, r.slopes,
+                                          r.window_left, r.window_right, r.softcap));
 }
 
 // Packed sequences: q holds the packed queries, k and v the packed keys (or the dense context's, see
 // PackedAttention). In the varlen op, or in the padded frame exactly as an unpacked batch.
-at::Tensor packed_attention(const LayerCall& l, const QKV& t, const PackedAttention& packed, const KernelRule& r,
-                            Backend path) {
+at::Tensor packed_attention(const LayerCall& l, const QKV& t, const PackedAttention& packed,
+                            const KernelRule& r, Backend path) {
   const auto& queries = *packed.queries;
   const auto& keys = *packed.keys;
   if (path == Backend::Varlen) {
     const auto k = packed.packed_keys ? t.k : pack(t.k, keys);
     const auto v = packed.packed_keys ? t.v : pack(t.v, keys);
-    return std::get<0>(ops::flash_attention_varlen(t.q.squeeze(0), k.squeeze(0), v.squeeze(0), queries.cu_seqlens,
-                                                   keys.cu_seqlens, queries.max_seqlen, keys.max_seqlen, l.c.causal,
-                                                   r.scale, r.slopes, r.window_left, r.window_right, r.softcap))
+    return std::get<0>(ops::flash_attention_varlen(t.q.squeeze(0), k.squeeze(0), v.squeeze(0),
+                                                   queries.cu_seqlens, keys.cu_seqlens, queries.max_seqlen,
+                                                   keys.max_seqlen, l.c.causal, r.scale, r.slopes,
+                                                   r.window_left, r.window_right, r.softcap))
         .unsqueeze(0);
   }
   const QKV frame{unpack(t.q, queries), packed.packed_keys ? unpack(t.k, keys) : t.k,
                   packed.packed_keys ? unpack(t.v, keys) : t.v};
-  return pack(dense_attention(l, frame, keys.frame_mask, r, queries.batch(), queries.frame_length(), path), queries);
+  return pack(dense_attention(l, frame, keys.frame_mask, r, queries.batch(), queries.frame_length(), path),
+              queries);
 }
 
-// The path: the flash kernel of the device unless a rule needs the scores (Math); packed sequences in the varlen op
-// where it can express the call, else in the padded frame (then flash or Math). attn_linear has its own.
+// The path: the flash kernel of the device unless a rule needs the scores (Math); packed sequences in the
+// varlen op where it can express the call, else in the padded frame (then flash or Math). attn_linear has its
+// own.
 Backend choose_path(const LayerCall& l, const KernelRule& r, const PackedAttention* packed) {
   if (l.o.linear()) return Backend::Math;
   const auto flash_no = flash_reasons(l.c, l.training, l.attn_mask.has_value(), l.maps != nullptr);
   std::vector<BackendCandidate> paths = {flash_candidate(l.x.device(), flash_no), {Backend::Math, {}}};
   if (packed != nullptr) {
     const bool positional = r.slopes.has_value() || r.window_left >= 0 || r.window_right >= 0;
-    paths.insert(paths.begin(), {Backend::Varlen, varlen_reasons(l.x.device(), l.c, flash_no, positional, *packed)});
+    paths.insert(paths.begin(),
+                 {Backend::Varlen, varlen_reasons(l.x.device(), l.c, flash_no, positional, *packed)});
   }
   return choose_backend(l.cross ? "cross-attention layer" : "self-attention layer", paths);
 }
@@ -490,8 +523,9 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      const std::optional<at::Tensor>& attn_mask, at::Tensor* scores,
                      const ValueResidual& value_residual, const XLMemory& xl, KVCache* cache,
                      AttentionMaps* maps, const PackedAttention* packed, const ExtraKeyValues& extra) {
-  const LayerCall l{x, context, w, c, c.options, training, attn_mask, scores, maps, extra, context.has_value(),
-                    cache != nullptr && cache->k.defined()};
+  const LayerCall l{
+      x,         context, w,    c,     c.options,           training,
+      attn_mask, scores,  maps, extra, context.has_value(), cache != nullptr && cache->k.defined()};
   check_extra_key_values(l, packed);
   TORCH_CHECK_VALUE(!(l.o.linear() && attn_mask.has_value()),
                     "AttentionLayers: attn_linear has no score matrix for attn_mask to act on");
@@ -502,8 +536,9 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   const auto key_mask = key_mask_of(l, mask, context_mask, xl, xl_len, t.k.sym_size(1));
   const KernelRule r = kernel_rule(c);
   const Backend path = choose_path(l, r, packed);
-  const at::Tensor out = packed == nullptr ? dense_attention(l, t, key_mask, r, x.sym_size(0), x.sym_size(1), path)
-                                           : packed_attention(l, t, *packed, r, path);
+  const at::Tensor out = packed == nullptr
+                             ? dense_attention(l, t, key_mask, r, x.sym_size(0), x.sym_size(1), path)
+                             : packed_attention(l, t, *packed, r, path);
   return output(l, out, mask);
 }
 
@@ -526,12 +561,14 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     return at::einsum("gh,bhij->bgij", {weight.flatten(1), s});
   };
   at::Tensor pre_to_post_scale;
-  if (t.pre_scale_post_talking_heads.defined()) pre_to_post_scale = mix_heads(t.pre_scale_post_talking_heads, sim);
+  if (t.pre_scale_post_talking_heads.defined())
+    pre_to_post_scale = mix_heads(t.pre_scale_post_talking_heads, sim);
   if (t.pre_talking_heads.defined()) sim = sim + mix_heads(t.pre_talking_heads, sim);
   if (bias.defined()) sim = sim + bias;
   if (softcap > 0) sim = at::tanh(sim / softcap) * softcap;
   double lowest = 0;
-  // The mask value of the scores' own dtype (x-transformers' max_neg_value): under autocast they are bf16 / fp16.
+  // The mask value of the scores' own dtype (x-transformers' max_neg_value): under autocast they are bf16 /
+  // fp16.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sim.scalar_type(), "materialized_attention", [&] {
     lowest = static_cast<double>(std::numeric_limits<scalar_t>::lowest());
   });
@@ -553,7 +590,8 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
   at::Tensor attn;
   if (t.sparse_topk.has_value()) {
     // x-transformers' sparse_topk_attn: logits below the row's k-th largest (or masked) are dropped.
-    const auto kth = std::get<0>(sim.topk_symint(sim.sym_size(-1).min(*t.sparse_topk), -1)).select(-1, -1).unsqueeze(-1);
+    const auto kth =
+        std::get<0>(sim.topk_symint(sim.sym_size(-1).min(*t.sparse_topk), -1)).select(-1, -1).unsqueeze(-1);
     const auto kept = sim.ge(kth).logical_and(sim.gt(lowest));
     attn = sim.masked_fill(kept.logical_not(), lowest).softmax(-1);
     if (t.sparse_topk_straight_through) {
@@ -562,7 +600,8 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     }
   } else {
     // Softmax in float32 as x-transformers, but float64 inputs keep their precision.
-    attn = at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).to(sim.scalar_type());
+    attn = at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)
+               .to(sim.scalar_type());
   }
   if (maps != nullptr) maps->post_softmax_attn = attn;
   if (t.sink.defined()) attn = attn.narrow_symint(-1, 1, m);  // the sink has no value

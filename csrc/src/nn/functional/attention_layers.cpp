@@ -1,8 +1,16 @@
-// The layer stack's forward, as x-transformers' AttentionLayers.forward: prepare the call once (inputs checked,
-// masks, positions, conditioning, packing), run each executed layer over a small state, finish (final norm,
-// unpacking). The pieces live beside it: the plan (attention_layers_plan.cpp), positions (positional.cpp), input
-// checks (stack_checks.cpp), the decoding cache (decoding_cache.cpp), additional key/values (additional_kv.cpp),
-// packing (stack_packing.cpp), the parameters by name (stack_parameters.cpp).
+// The layer stack's forward, as x-transformers' AttentionLayers.forward: prepare the call once (inputs
+// checked, masks, positions, conditioning, packing), run each executed layer over a small state, finish
+// (final norm, unpacking). The pieces live beside it: the plan (attention_layers_plan.cpp), positions
+// (positional.cpp), input checks (stack_checks.cpp), the decoding cache (decoding_cache.cpp), additional
+// key/values (additional_kv.cpp), packing (stack_packing.cpp), the parameters by name (stack_parameters.cpp).
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/rand.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/tanh.h>
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/nn/functional/feedforward.h>
@@ -12,24 +20,15 @@
 #include <xtc/nn/functional/residual.h>
 #include <xtc/nn/functional/shift_tokens.h>
 
+#include <algorithm>
+#include <tuple>
+
 #include "src/nn/functional/additional_kv.h"
 #include "src/nn/functional/decoding_cache.h"
 #include "src/nn/functional/stack_checks.h"
 #include "src/nn/functional/stack_packing.h"
 #include "src/nn/functional/stack_parameters.h"
 #include "src/symbolic_sizes.h"
-
-#include <ATen/ops/arange.h>
-#include <ATen/ops/cat.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/linear.h>
-#include <ATen/ops/rand.h>
-#include <ATen/ops/sigmoid.h>
-#include <ATen/ops/silu.h>
-#include <ATen/ops/tanh.h>
-
-#include <algorithm>
-#include <tuple>
 
 namespace xtc::nn::functional {
 namespace {
@@ -38,7 +37,8 @@ using detail::StackPacking;
 using detail::StackParameters;
 
 // A layer's config under a layer schedule: the stack's (positions, biases, causality) with its own options.
-AttentionConfig with_options(AttentionConfig config, const AttentionOptions& a, const AttentionLayersOptions& o) {
+AttentionConfig with_options(AttentionConfig config, const AttentionOptions& a,
+                             const AttentionLayersOptions& o) {
   config.heads = o.heads();
   config.kv_heads = o.resolved_kv_heads(a);
   config.dim_head = a.dim_head();
@@ -67,14 +67,14 @@ struct StackCall {
   const AttentionLayersOptions& o;
   const bool training;
   AttentionLayersHiddens* const record;
-  const at::Tensor x_arg;              // the input as given
-  std::optional<StackParameters> p;    // set once x is known (checked against it)
-  bool cached = false;                 // incremental decoding
-  c10::SymInt n_in;                    // the input's length
-  at::Tensor x_in;                     // the tokens this call runs: with a cache, the last cache_age
-  c10::SymInt keys;                    // self-attention's keys (cached ones included)
-  c10::SymInt mem_len;                 // Transformer-XL memory keys in front of them
-  std::optional<at::Tensor> mask;      // the padding mask of the tokens (none with a cache)
+  const at::Tensor x_arg;                // the input as given
+  std::optional<StackParameters> p;      // set once x is known (checked against it)
+  bool cached = false;                   // incremental decoding
+  c10::SymInt n_in;                      // the input's length
+  at::Tensor x_in;                       // the tokens this call runs: with a cache, the last cache_age
+  c10::SymInt keys;                      // self-attention's keys (cached ones included)
+  c10::SymInt mem_len;                   // Transformer-XL memory keys in front of them
+  std::optional<at::Tensor> mask;        // the padding mask of the tokens (none with a cache)
   std::optional<at::Tensor> layer_mask;  // what attention layers zero their outputs by (none when packed)
   std::optional<at::Tensor> self_key_mask, cross_key_mask, attn_mask;
   std::optional<StackPacking> packing;
@@ -113,9 +113,10 @@ struct StackState {
 
 // ------------------------------------------------------------------------------------------------ prepare
 
-// The tokens and masks of the call: with a cache only the last cache_age tokens run (x-transformers' slicing) and
-// `mask` covers the cached and new keys. As x-transformers: self-attention's keys follow self_attn_kv_mask when
-// given (else `mask`), and left padding (seq_start_pos) hides keys before each sequence's start.
+// The tokens and masks of the call: with a cache only the last cache_age tokens run (x-transformers' slicing)
+// and `mask` covers the cached and new keys. As x-transformers: self-attention's keys follow
+// self_attn_kv_mask when given (else `mask`), and left padding (seq_start_pos) hides keys before each
+// sequence's start.
 void prepare_tokens_and_masks(StackCall& c) {
   const auto& in = c.in;
   c.cached = !in.cache_kv.empty();
@@ -124,29 +125,32 @@ void prepare_tokens_and_masks(StackCall& c) {
   c.n_in = c.x_arg.dim() == 3 ? c.x_arg.sym_size(1) : c10::SymInt(0);
   const bool slice = c.cached && in.cache_age > 0 && c.n_in > in.cache_age;
   c.x_in = slice ? c.x_arg.narrow_symint(1, c.n_in - in.cache_age, in.cache_age) : c.x_arg;
-  const std::optional<c10::SymInt> key_length =
-      c.cached ? std::optional<c10::SymInt>(c.x_in.sym_size(1) + past) : std::nullopt;
-  detail::check_memories(in.mems, in.mem_masks, c.x_in, c.plan, in.attn_mask.has_value() || in.attn_bias.has_value());
+  // Self-attention's keys; with a cache `mask` covers the cached ones too (check_cache has checked x there).
+  if (c.cached) c.keys = c.x_in.sym_size(1) + past;
+  const c10::SymInt* key_length = c.cached ? &c.keys : nullptr;
+  detail::check_memories(in.mems, in.mem_masks, c.x_in, c.plan,
+                         in.attn_mask.has_value() || in.attn_bias.has_value());
   detail::check_inputs(c.x_in, in.mask, in.context, in.context_mask, c.o, key_length);
   detail::check_mask("self_attn_kv_mask", in.self_attn_kv_mask, c.x_in, key_length);
-  c.keys = key_length.value_or(c.x_in.sym_size(1));
+  if (!c.cached) c.keys = c.x_in.sym_size(1);
   c.mem_len = in.mems.empty() ? c10::SymInt(0) : in.mems.front().sym_size(1);
   c.self_key_mask = in.self_attn_kv_mask;
   if (c.cached && !c.self_key_mask.has_value()) c.self_key_mask = in.mask;
   c.mask = c.cached ? std::nullopt : in.mask;
   if (in.seq_start_pos.has_value()) {
     const auto& start = *in.seq_start_pos;
-    TORCH_CHECK_VALUE(start.dim() == 1 && start.sym_size(0) == c.x_in.sym_size(0) && !start.is_floating_point(),
-                      "AttentionLayers: expected seq_start_pos of shape (", c.x_in.sym_size(0),
-                      ") and an integer dtype, got ", start.sym_sizes(), " ", start.scalar_type());
+    TORCH_CHECK_VALUE(
+        start.dim() == 1 && start.sym_size(0) == c.x_in.sym_size(0) && !start.is_floating_point(),
+        "AttentionLayers: expected seq_start_pos of shape (", c.x_in.sym_size(0),
+        ") and an integer dtype, got ", start.sym_sizes(), " ", start.scalar_type());
     const auto left_pad = at::arange(c.keys, start.options()).unsqueeze(0) >= start.unsqueeze(1);
     c.self_key_mask = c.self_key_mask.has_value() ? c.self_key_mask->logical_and(left_pad) : left_pad;
   }
   c.attn_mask = detail::normalized_attn_mask(in.attn_mask, c.x_in, c.o.heads());
 }
 
-// Packed sequences: the caller's (flash_pack_seq_kwargs) or the mask's (unpad). Packed layers take their masks
-// from the layouts.
+// Packed sequences: the caller's (flash_pack_seq_kwargs) or the mask's (unpad). Packed layers take their
+// masks from the layouts.
 void prepare_packing(StackCall& c) {
   c.packing = detail::stack_packing(c.x_in, c.in, c.plan);
   if (c.packing.has_value() && c.packing->self_packed) c.packed_self = c.packing->self_attention();
@@ -166,18 +170,20 @@ std::pair<at::Tensor, at::Tensor> rotary_of_call(const StackCall& c) {
   TORCH_CHECK_VALUE(positions >= c.keys + c.mem_len, "AttentionLayers: cache_length ", c.in.cache_length,
                     " is shorter than the ", c.keys - c.x_in.sym_size(1), " cached keys");
   const auto& inv_freq = c.p->get("rotary_pos_emb.inv_freq");
-  const at::Tensor t = c.in.pos.has_value()
-                           ? *c.in.pos
-                           : at::arange(-c.mem_len, positions - c.mem_len, inv_freq.options().dtype(at::kLong));
+  const at::Tensor t = c.in.pos.has_value() ? *c.in.pos
+                                            : at::arange(-c.mem_len, positions - c.mem_len,
+                                                         inv_freq.options().dtype(at::kLong));
   at::Tensor angles = rotary_angles(inv_freq, t, c.o.rotary_interpolation_factor());
   at::Tensor scales;
-  if (c.o.rotary_xpos()) scales = xpos_scales(c.p->get("rotary_pos_emb.scale"), t, c.o.rotary_xpos_scale_base());
+  if (c.o.rotary_xpos())
+    scales = xpos_scales(c.p->get("rotary_pos_emb.scale"), t, c.o.rotary_xpos_scale_base());
   if (c.unpad()) {
     // Each kept token keeps its position's angles (and xPos scales): (total, r).
     const auto packed_rows = [&](const at::Tensor& rows) {
       const int64_t n = c.packing->tokens->frame_length();
       const auto last = rows.narrow(-2, rows.size(-2) - n, n);  // custom positions may reach further back
-      const auto per_token = last.dim() == 2 ? last.unsqueeze(0).expand({c.packing->tokens->batch(), -1, -1}) : last;
+      const auto per_token =
+          last.dim() == 2 ? last.unsqueeze(0).expand({c.packing->tokens->batch(), -1, -1}) : last;
       return pack(per_token, *c.packing->tokens).squeeze(0);
     };
     angles = packed_rows(angles);
@@ -186,8 +192,9 @@ std::pair<at::Tensor, at::Tensor> rotary_of_call(const StackCall& c) {
   return {angles, scales};
 }
 
-// Self-attention's biases: ALiBi (in the kernel, or dense over custom positions), T5 / dynamic, attn_bias. Built
-// in the padded frame, where attention runs when the varlen kernel cannot; they span the memory keys too.
+// Self-attention's biases: ALiBi (in the kernel, or dense over custom positions), T5 / dynamic, attn_bias.
+// Built in the padded frame, where attention runs when the varlen kernel cannot; they span the memory keys
+// too.
 void prepare_self_biases(StackCall& c, const at::Tensor& slopes) {
   const auto& o = c.o;
   auto& config = c.self_config;
@@ -198,7 +205,7 @@ void prepare_self_biases(StackCall& c, const at::Tensor& slopes) {
     // x-transformers' Alibi.forward_custom_pos: -|pos_j - pos_i| * slope, a dense bias (heads past
     // alibi_num_heads have slope 0, its zero padding).
     auto t = c.in.pos->dim() == 1 ? c.in.pos->unsqueeze(0) : *c.in.pos;  // (1|b, n)
-    if (c.caller_packed()) t = unpack(t, *c.packing->tokens);           // the packed positions in their frames
+    if (c.caller_packed()) t = unpack(t, *c.packing->tokens);  // the packed positions in their frames
     const auto distance = (t.unsqueeze(1) - t.unsqueeze(2)).abs().unsqueeze(1).to(c.x_in.scalar_type());
     config.position_bias = -distance * slopes.to(c.x_in.scalar_type()).view({1, o.heads(), 1, 1});
     config.alibi_slopes = at::Tensor();
@@ -209,11 +216,12 @@ void prepare_self_biases(StackCall& c, const at::Tensor& slopes) {
   if (o.dynamic_pos_bias())
     config.position_bias = dynamic_position_bias(detail::dynamic_position_bias_weights(*c.p, o), frame_length,
                                                  frame_keys, c.x_in, o);
-  if (c.in.attn_bias.has_value()) config.position_bias = detail::normalized_attn_bias(*c.in.attn_bias, c.x_in, o);
+  if (c.in.attn_bias.has_value())
+    config.position_bias = detail::normalized_attn_bias(*c.in.attn_bias, c.x_in, o);
 }
 
-// x-transformers' context_pos: cross-attention's queries rotate by the tokens' positions (all heads), its keys by
-// the context's.
+// x-transformers' context_pos: cross-attention's queries rotate by the tokens' positions (all heads), its
+// keys by the context's.
 void prepare_context_rotary(StackCall& c, const at::Tensor& angles, const at::Tensor& scales) {
   const auto& t = *c.in.context_pos;
   const auto& context = c.in.context;
@@ -230,7 +238,8 @@ void prepare_context_rotary(StackCall& c, const at::Tensor& angles, const at::Te
   auto& config = c.cross_config;
   config.rotary_angles = angles;
   config.rotary_scale = scales;
-  config.key_rotary_angles = rotary_angles(c.p->get("rotary_pos_emb.inv_freq"), t, c.o.rotary_interpolation_factor());
+  config.key_rotary_angles =
+      rotary_angles(c.p->get("rotary_pos_emb.inv_freq"), t, c.o.rotary_interpolation_factor());
   if (c.o.rotary_xpos())
     config.key_rotary_scale = xpos_scales(c.p->get("rotary_pos_emb.scale"), t, c.o.rotary_xpos_scale_base());
 }
@@ -241,7 +250,8 @@ void prepare_positions(StackCall& c) {
   const auto& o = c.o;
   const at::Tensor slopes =
       c.plan.alibi_slopes().empty() ? at::Tensor() : alibi_slopes_tensor(c.plan.alibi_slopes(), c.x_in);
-  if (c.in.pos.has_value()) check_positions(*c.in.pos, c.x_in, o, c.keys + c.mem_len, c.cached || c.mem_len > 0);
+  if (c.in.pos.has_value())
+    check_positions(*c.in.pos, c.x_in, o, c.keys + c.mem_len, c.cached || c.mem_len > 0);
   const auto [angles, scales] = rotary_of_call(c);
   c.self_config = attention_config(o.attn(), o, c.in.causal.value_or(o.causal()), slopes, angles);
   c.self_config.rotary_scale = scales;
@@ -259,14 +269,17 @@ void prepare_conditioning(StackCall& c, const at::Tensor& x) {
   const auto& o = c.o;
   const auto& in = c.in;
   TORCH_CHECK_VALUE(in.condition.has_value() == o.needs_condition(),
-                    o.needs_condition() ? "AttentionLayers: condition must be passed in with use_adaptive_layernorm, "
-                                          "use_adaptive_rmsnorm or use_adaptive_layerscale"
-                                        : "AttentionLayers: condition was passed in, but no adaptive norm or "
-                                          "layerscale reads it");
+                    o.needs_condition()
+                        ? "AttentionLayers: condition must be passed in with use_adaptive_layernorm, "
+                          "use_adaptive_rmsnorm or use_adaptive_layerscale"
+                        : "AttentionLayers: condition was passed in, but no adaptive norm or "
+                          "layerscale reads it");
   if (in.condition.has_value()) {
-    c.condition = detail::per_token_input("condition", *in.condition, c.x_in, c.n_in, o.resolved_dim_condition(),
-                                          /*per_sequence=*/true);
-    if (o.adaptive_condition_mlp()) c.condition = at::silu(at::linear(c.condition, c.p->get("adaptive_mlp.0.weight")));
+    c.condition =
+        detail::per_token_input("condition", *in.condition, c.x_in, c.n_in, o.resolved_dim_condition(),
+                                /*per_sequence=*/true);
+    if (o.adaptive_condition_mlp())
+      c.condition = at::silu(at::linear(c.condition, c.p->get("adaptive_mlp.0.weight")));
     c.condition = c.per_token_packed(c.condition);
   }
   TORCH_CHECK_VALUE(!(o.reinject_input() && in.in_attn_cond.has_value()),
@@ -274,8 +287,8 @@ void prepare_conditioning(StackCall& c, const at::Tensor& x) {
   if (o.reinject_input()) {
     c.reinjected = at::linear(x, c.p->get("reinject_input_proj.weight"));
   } else if (in.in_attn_cond.has_value()) {
-    c.reinjected = c.per_token_packed(detail::per_token_input("in_attn_cond", *in.in_attn_cond, c.x_in, c.n_in,
-                                                              o.dim(), /*per_sequence=*/true));
+    c.reinjected = c.per_token_packed(detail::per_token_input("in_attn_cond", *in.in_attn_cond, c.x_in,
+                                                              c.n_in, o.dim(), /*per_sequence=*/true));
   }
   if (c.reinjected.defined() && o.learned_reinject_input_gate())
     c.reinjected = c.reinjected * at::sigmoid(at::linear(x, c.p->get("learned_reinject_input_gate.weight")));
@@ -319,7 +332,8 @@ void record_attention(const StackCall& c, const KVCache& kv, const AttentionMaps
 }
 
 // The next self-attention layer's memory (pre-normed with its norm) and per-call key/values.
-std::pair<XLMemory, ExtraKeyValues> self_attention_extras(const StackCall& c, StackState& s, const std::string& layer) {
+std::pair<XLMemory, ExtraKeyValues> self_attention_extras(const StackCall& c, StackState& s,
+                                                          const std::string& layer) {
   XLMemory memory;
   if (s.next_memory < c.in.mems.size()) {
     memory.mem = c.in.mems[s.next_memory];
@@ -328,7 +342,8 @@ std::pair<XLMemory, ExtraKeyValues> self_attention_extras(const StackCall& c, St
     ++s.next_memory;
   }
   ExtraKeyValues extra;
-  if (s.next_self_layer < c.self_kv_residuals.size()) extra.input_residual = c.self_kv_residuals[s.next_self_layer];
+  if (s.next_self_layer < c.self_kv_residuals.size())
+    extra.input_residual = c.self_kv_residuals[s.next_self_layer];
   if (s.next_self_layer < c.additional_kv.size()) {
     std::tie(extra.k, extra.v) = c.additional_kv[s.next_self_layer];
     if (extra.k.defined()) extra.mask = c.in.additional_kv_mask;
@@ -361,13 +376,13 @@ at::Tensor attention_block(const StackCall& c, StackState& s, size_t i, char typ
   // Maps only where x-transformers' counterpart would return them.
   const bool wants_maps = c.record != nullptr && !a.flash() && !a.linear();
   const auto& packed = self ? c.packed_self : c.packed_cross;
-  const auto out =
-      attention(h, self ? std::nullopt : c.in.context, c.layer_mask, self ? c.self_key_mask : c.cross_key_mask,
-                detail::attention_weights(*c.p, c.plan.block_prefix(i)), config, c.training,
-                self ? c.attn_mask : std::nullopt, self ? &s.self_scores : &s.cross_scores,
-                ValueResidual{c.o.add_value_residual() ? first_values : at::Tensor(), &values}, memory,
-                c.record != nullptr || c.cached ? &kv : nullptr, wants_maps ? &maps : nullptr,
-                packed.has_value() ? &*packed : nullptr, extra);
+  const auto out = attention(h, self ? std::nullopt : c.in.context, c.layer_mask,
+                             self ? c.self_key_mask : c.cross_key_mask,
+                             detail::attention_weights(*c.p, c.plan.block_prefix(i)), config, c.training,
+                             self ? c.attn_mask : std::nullopt, self ? &s.self_scores : &s.cross_scores,
+                             ValueResidual{c.o.add_value_residual() ? first_values : at::Tensor(), &values},
+                             memory, c.record != nullptr || c.cached ? &kv : nullptr,
+                             wants_maps ? &maps : nullptr, packed.has_value() ? &*packed : nullptr, extra);
   record_attention(c, kv, maps);
   if (!first_values.defined()) first_values = values;
   return out;
@@ -380,20 +395,20 @@ at::Tensor scaled_output(const StackCall& c, at::Tensor out, const std::string& 
     out = out * (c.o.norm_add_unit_offset() ? gamma + 1 : gamma);
   }
   if (c.o.use_adaptive_layerscale())
-    out = out * at::sigmoid(
-                    at::linear(c.condition, c.p->get(layer + "1.to_gamma.weight"), c.p->get(layer + "1.to_gamma.bias")));
+    out = out * at::sigmoid(at::linear(c.condition, c.p->get(layer + "1.to_gamma.weight"),
+                                       c.p->get(layer + "1.to_gamma.bias")));
   return out;
 }
 
-// U-Net skips: the step's input joins the mirror step's through a (2 dim -> dim) projection (x-transformers' skip
-// hiddens, kept before layer dropout).
+// U-Net skips: the step's input joins the mirror step's through a (2 dim -> dim) projection (x-transformers'
+// skip hiddens, kept before layer dropout).
 void join_unet_skip(const StackCall& c, StackState& s, int64_t i) {
   s.skip_hiddens.push_back(s.x);
   const int64_t source = c.o.unet_skip_sources()[i];
   if (source < 0) return;
   TORCH_CHECK_VALUE(source < static_cast<int64_t>(s.skip_hiddens.size()),
-                    "AttentionLayers: unet_skips needs the execution order to reach step ", source, " before layer ",
-                    i);
+                    "AttentionLayers: unet_skips needs the execution order to reach step ", source,
+                    " before layer ", i);
   s.x = at::linear(at::cat({s.skip_hiddens[source], s.x}, -1),
                    c.p->get("skip_combines." + std::to_string(i) + ".combine.weight"));
 }
@@ -402,7 +417,8 @@ void join_unet_skip(const StackCall& c, StackState& s, int64_t i) {
 void run_layer(const StackCall& c, StackState& s, int64_t i) {
   const auto& o = c.o;
   if (o.unet_skips()) join_unet_skip(c, s, i);
-  if (c.training && o.layer_dropout() > 0 && at::rand({}, at::kDouble).item<double>() < o.layer_dropout()) return;
+  if (c.training && o.layer_dropout() > 0 && at::rand({}, at::kDouble).item<double>() < o.layer_dropout())
+    return;
   const auto index = static_cast<size_t>(i);
   const char type = c.plan.layer_types()[index];
   if (c.record != nullptr) {

@@ -1,6 +1,6 @@
-// AttentionLayersPlan: what a stack's options imply, worked out once per construction (and cached by the ops): the
-// layer kinds and their execution order, each layer's block options and state_dict prefix, the parameter layout
-// in x-transformers' names and order, and ALiBi's slopes.
+// AttentionLayersPlan: what a stack's options imply, worked out once per construction (and cached by the
+// ops): the layer kinds and their execution order, each layer's block options and state_dict prefix, the
+// parameter layout in x-transformers' names and order, and ALiBi's slopes.
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/nn/functional/positional.h>
 
@@ -13,10 +13,17 @@ using Specs = std::vector<ParameterSpec>;
 
 void add_norm(Specs& specs, const std::string& prefix, const AttentionLayersOptions& o) {
   switch (o.norm_kind()) {
-    case NormKind::LayerNorm: specs.push_back({prefix + "gamma", {o.dim()}}); break;
-    case NormKind::RMSNorm: specs.push_back({prefix + "g", {o.dim()}}); break;
-    case NormKind::ScaleNorm: specs.push_back({prefix + "g", {1}}); break;
-    case NormKind::SimpleRMSNorm: break;
+    case NormKind::LayerNorm:
+      specs.push_back({prefix + "gamma", {o.dim()}});
+      break;
+    case NormKind::RMSNorm:
+      specs.push_back({prefix + "g", {o.dim()}});
+      break;
+    case NormKind::ScaleNorm:
+      specs.push_back({prefix + "g", {1}});
+      break;
+    case NormKind::SimpleRMSNorm:
+      break;
     case NormKind::AdaptiveLayerNorm:
     case NormKind::AdaptiveRMSNorm:
       specs.push_back({prefix + "to_gamma.weight", {o.dim(), o.conditioning_width()}});
@@ -30,9 +37,10 @@ void add_norm(Specs& specs, const std::string& prefix, const AttentionLayersOpti
 }
 
 // Attention's own parameters come first (registration order), then its linear layers.
-void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a, const AttentionLayersOptions& o,
-                   bool learned_value_mix) {
-  const int64_t h = o.heads(), hk = o.resolved_kv_heads(a), dh = a.dim_head(), dv = a.value_dim_head().value_or(dh);
+void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a,
+                   const AttentionLayersOptions& o, bool learned_value_mix) {
+  const int64_t h = o.heads(), hk = o.resolved_kv_heads(a), dh = a.dim_head(),
+                dv = a.value_dim_head().value_or(dh);
   if (a.qk_norm() && a.qk_norm_dim_scale()) {
     specs.push_back({p + "qk_norm_q_scale", {h, 1, dh}});
     specs.push_back({p + "qk_norm_k_scale", {hk, 1, dh}});
@@ -50,7 +58,8 @@ void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a
   if (a.qk_rmsnorm()) specs.push_back({p + "q_rmsnorm.gamma", {h, 1, dh}});
   if (a.qk_rmsnorm() || a.k_rmsnorm()) specs.push_back({p + "k_rmsnorm.gamma", {hk, 1, dh}});
   if (a.value_rmsnorm()) specs.push_back({p + "value_rmsnorm.gamma", {h, 1, dh}});
-  if (a.head_learned_sink()) specs.push_back({p + "attend.head_attn_sink", {h}});  // Attend's own parameter first
+  if (a.head_learned_sink())
+    specs.push_back({p + "attend.head_attn_sink", {h}});  // Attend's own parameter first
   if (a.pre_talking_heads()) specs.push_back({p + "attend.pre_softmax_talking_heads.weight", {h, h, 1, 1}});
   if (a.post_talking_heads()) specs.push_back({p + "attend.post_softmax_talking_heads.weight", {h, h, 1, 1}});
   if (a.pre_scale_post_talking_heads())
@@ -59,8 +68,10 @@ void add_attention(Specs& specs, const std::string& p, const AttentionOptions& a
     specs.push_back({p + "to_value_residual_mix.0.weight", {h, o.dim()}});
     specs.push_back({p + "to_value_residual_mix.0.bias", {h}});
   }
-  if (a.on_attn()) specs.push_back({p + "to_out.0.weight", {2 * o.dim(), h * dv}});
-  else if (h > 1) specs.push_back({p + "to_out.weight", {o.dim(), h * dv}});
+  if (a.on_attn())
+    specs.push_back({p + "to_out.0.weight", {2 * o.dim(), h * dv}});
+  else if (h > 1)
+    specs.push_back({p + "to_out.weight", {o.dim(), h * dv}});
 }
 
 void add_feed_forward(Specs& specs, const std::string& p, const FeedForwardOptions& f,
@@ -91,7 +102,8 @@ void add_residual(Specs& specs, const std::string& p, const AttentionLayersOptio
   }
 }
 
-// Where the block of a layer sits: LayerScale adds `gamma` and a `.fn` level, ShiftTokens and macaron's Scale a
+// Where the block of a layer sits: LayerScale adds `gamma` and a `.fn` level, ShiftTokens and macaron's Scale
+// a
 // `.fn` level each (x-transformers wraps layer -> Scale -> ShiftTokens -> LayerScale).
 std::string layer_block_prefix(size_t index, char type, const AttentionLayersOptions& o) {
   std::string p = "layers." + std::to_string(index) + ".1.";
@@ -127,12 +139,15 @@ Specs layout(const AttentionLayersOptions& o, const std::vector<char>& types) {
     }
     add_residual(specs, layer + "2.", o);
   }
-  if (o.uses_rotary()) specs.push_back({"rotary_pos_emb.inv_freq", {o.resolved_rotary_dim() / 2}, /*buffer=*/true});
-  if (o.rotary_xpos()) specs.push_back({"rotary_pos_emb.scale", {o.resolved_rotary_dim() / 2}, /*buffer=*/true});
+  if (o.uses_rotary())
+    specs.push_back({"rotary_pos_emb.inv_freq", {o.resolved_rotary_dim() / 2}, /*buffer=*/true});
+  if (o.rotary_xpos())
+    specs.push_back({"rotary_pos_emb.scale", {o.resolved_rotary_dim() / 2}, /*buffer=*/true});
   if (o.rel_pos_bias())
     specs.push_back({"rel_pos.relative_attention_bias.weight", {o.rel_pos_num_buckets(), o.heads()}});
   if (o.dynamic_pos_bias()) {
-    // x-transformers' DynamicPositionBias MLP; its Sequentials drop the None norms, so names shift with `norm`.
+    // x-transformers' DynamicPositionBias MLP; its Sequentials drop the None norms, so names shift with
+    // `norm`.
     const int64_t d = o.dim() / 4, depth = o.dynamic_pos_bias_mlp_depth();
     specs.push_back({"rel_pos.mlp.0.0.weight", {d, 1}});
     specs.push_back({"rel_pos.mlp.0.0.bias", {d}});
@@ -175,9 +190,11 @@ AttentionLayersPlan::AttentionLayersPlan(AttentionLayersOptions options) : optio
   }
   for (const int64_t i : execution_order_)
     if (layer_types_[i] != 'f') executed_attention_types_.push_back(layer_types_[i]);
-  for (size_t i = 0; i < layer_types_.size(); ++i) block_prefixes_.push_back(layer_block_prefix(i, layer_types_[i], options_));
+  for (size_t i = 0; i < layer_types_.size(); ++i)
+    block_prefixes_.push_back(layer_block_prefix(i, layer_types_[i], options_));
   parameters_ = layout(options_, layer_types_);
-  for (size_t i = 0; i < parameters_.size(); ++i) index_.emplace(parameters_[i].name, static_cast<int64_t>(i));
+  for (size_t i = 0; i < parameters_.size(); ++i)
+    index_.emplace(parameters_[i].name, static_cast<int64_t>(i));
   if (options_.alibi_pos_bias()) {
     alibi_slopes_ = geometric_alibi_slopes(options_.alibi_num_heads().value_or(options_.heads()));
     alibi_slopes_.resize(options_.heads(), 0.0);  // heads past alibi_num_heads get no bias

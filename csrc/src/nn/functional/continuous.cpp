@@ -1,9 +1,3 @@
-#include <xtc/nn/functional/continuous.h>
-#include <xtc/nn/functional/norm.h>
-
-#include "src/nn/functional/wrapper_parts.h"
-#include "src/symbolic_sizes.h"
-
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/dropout.h>
@@ -12,8 +6,13 @@
 #include <ATen/ops/ones.h>
 #include <ATen/ops/pow.h>
 #include <ATen/ops/stack.h>
+#include <xtc/nn/functional/continuous.h>
+#include <xtc/nn/functional/norm.h>
 
 #include <cmath>
+
+#include "src/nn/functional/wrapper_parts.h"
+#include "src/symbolic_sizes.h"
 
 namespace xtc::nn::functional {
 
@@ -23,8 +22,10 @@ ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrappe
   options_.validate();
   const auto& o = options_;
   const int64_t dim = layers_.options().dim();
-  // x-transformers: absolute positions need max_seq_len, and the stack's rotary or T5 positions turn them off.
-  has_abs_pos_emb_ = o.max_seq_len().value_or(0) > 0 && o.use_abs_pos_emb() && !layers_.options().disables_abs_pos_emb();
+  // x-transformers: absolute positions need max_seq_len, and the stack's rotary or T5 positions turn them
+  // off.
+  has_abs_pos_emb_ =
+      o.max_seq_len().value_or(0) > 0 && o.use_abs_pos_emb() && !layers_.options().disables_abs_pos_emb();
   has_project_in_ = o.dim_in().has_value() && (!o.use_identity_if_same_dim() || *o.dim_in() != dim);
   // Probabilistic outputs are twice as wide (a mean and a log-variance per feature), as x-transformers.
   const int64_t dim_out = o.dim_out().value_or(0) * (o.probabilistic() ? 2 : 1);
@@ -33,8 +34,10 @@ ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrappe
                     "ContinuousTransformerWrapper: scaled_sinu_pos_emb needs an even dim, got ", dim);
   if (o.num_memory_tokens() > 0) parameters_.push_back({"memory_tokens", {o.num_memory_tokens(), dim}});
   if (has_abs_pos_emb_) {
-    if (o.scaled_sinu_pos_emb()) parameters_.push_back({"pos_emb.scale", {1}});
-    else parameters_.push_back({"pos_emb.emb.weight", {*o.max_seq_len(), dim}});
+    if (o.scaled_sinu_pos_emb())
+      parameters_.push_back({"pos_emb.scale", {1}});
+    else
+      parameters_.push_back({"pos_emb.emb.weight", {*o.max_seq_len(), dim}});
   }
   if (o.post_emb_norm()) parameters_.push_back({"post_emb_norm.gamma", {dim}});
   layers_offset_ = static_cast<int64_t>(parameters_.size());
@@ -46,8 +49,9 @@ ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrappe
 
 at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersInputs& given,
                                   const std::optional<at::Tensor>& lens, at::TensorList params,
-                                  const ContinuousTransformerPlan& plan, bool training, bool return_embeddings,
-                                  const WrapperCache& cache, AttentionLayersHiddens* record) {
+                                  const ContinuousTransformerPlan& plan, bool training,
+                                  bool return_embeddings, const WrapperCache& cache,
+                                  AttentionLayersHiddens* record) {
   const auto& o = plan.options();
   const std::optional<at::Tensor>& mask_in = given.mask;
   const int64_t dim = plan.layers().options().dim();
@@ -61,13 +65,16 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersI
                     "ContinuousTransformerWrapper: pass either mask or lens, not both");
   // Batch and length as SymInts: torch.export and torch.compile keep them symbolic.
   const c10::SymInt b = x_in.sym_size(0), n = x_in.sym_size(1);
-  std::optional<at::Tensor> mask = mask_in;
   if (lens.has_value()) {
     TORCH_CHECK_VALUE(lens->dim() == 1 && lens->sym_size(0) == b && !lens->is_floating_point(),
-                      "ContinuousTransformerWrapper: expected lens of shape (", b, ") and an integer dtype, got ",
-                      lens->sym_sizes(), " ", lens->scalar_type());
-    mask = at::arange(n, lens->options()).unsqueeze(0) < lens->unsqueeze(1);
+                      "ContinuousTransformerWrapper: expected lens of shape (", b,
+                      ") and an integer dtype, got ", lens->sym_sizes(), " ", lens->scalar_type());
   }
+  // lens as a mask: positions before each length kept.
+  const std::optional<at::Tensor> mask =
+      lens.has_value()
+          ? std::optional<at::Tensor>(at::arange(n, lens->options()).unsqueeze(0) < lens->unsqueeze(1))
+          : mask_in;
   const auto get = [&](const std::string& name) {
     return detail::find_tensor("ContinuousTransformerWrapper", plan.parameters(), params, name);
   };
@@ -75,12 +82,15 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersI
   at::Tensor x = plan.has_project_in() ? at::linear(x_in, get("project_in.weight")) : x_in;
   if (plan.has_abs_pos_emb()) {
     const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
-    TORCH_CHECK_VALUE(n + offset <= *o.max_seq_len(), "ContinuousTransformerWrapper: expected a sequence of at most "
-                      "max_seq_len (", *o.max_seq_len(), ") positions, got ", n + offset);
-    const auto positions =
-        detail::wrapper_positions("ContinuousTransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb(), offset);
-    x = x + (o.scaled_sinu_pos_emb() ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, dim, x)
-                                     : detail::absolute_positions(get("pos_emb.emb.weight"), positions, false));
+    TORCH_CHECK_VALUE(n + offset <= *o.max_seq_len(),
+                      "ContinuousTransformerWrapper: expected a sequence of at most "
+                      "max_seq_len (",
+                      *o.max_seq_len(), ") positions, got ", n + offset);
+    const auto positions = detail::wrapper_positions("ContinuousTransformerWrapper", n, given, x,
+                                                     !o.scaled_sinu_pos_emb(), offset);
+    x = x + (o.scaled_sinu_pos_emb()
+                 ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, dim, x)
+                 : detail::absolute_positions(get("pos_emb.emb.weight"), positions, false));
   }
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
   const int64_t memory = o.num_memory_tokens();

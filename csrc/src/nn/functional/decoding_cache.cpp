@@ -1,31 +1,35 @@
 #include "src/nn/functional/decoding_cache.h"
-#include "src/symbolic_sizes.h"
 
 #include <algorithm>
 #include <string>
 
+#include "src/symbolic_sizes.h"
+
 namespace xtc::nn::functional::detail {
 
-// Incremental decoding: x-transformers allows it for causal stacks without attn_mask; we also refuse what would
-// silently differ from a full forward (shift_tokens, attn_bias, layer dropout in training). Transformer-XL
-// memories stay in front of the cached keys (x-transformers' XL generation). The cache holds
-// one (k, v) pair per executed attention layer, (b, hk, N, dh) and (b, hk, N, dv); returns the cached length of
-// the self-attention keys.
-int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x, const AttentionLayersInputs& in,
-                    const AttentionLayersPlan& plan, bool training) {
+// Incremental decoding: x-transformers allows it for causal stacks without attn_mask; we also refuse what
+// would silently differ from a full forward (shift_tokens, attn_bias, layer dropout in training).
+// Transformer-XL memories stay in front of the cached keys (x-transformers' XL generation). The cache holds
+// one (k, v) pair per executed attention layer, (b, hk, N, dh) and (b, hk, N, dv); returns the cached length
+// of the self-attention keys.
+int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x,
+                    const AttentionLayersInputs& in, const AttentionLayersPlan& plan, bool training) {
   const auto& o = plan.options();
   TORCH_CHECK_VALUE(x.dim() == 3, "AttentionLayers: expected x of shape (batch, seq, ", o.dim(), "), got ",
                     x.sym_sizes());
-  TORCH_CHECK_VALUE(o.causal(), "AttentionLayers: a cache (incremental decoding) needs a causal stack (Decoder)");
+  TORCH_CHECK_VALUE(o.causal(),
+                    "AttentionLayers: a cache (incremental decoding) needs a causal stack (Decoder)");
   TORCH_CHECK_VALUE(!in.attn_mask.has_value() && !in.attn_bias.has_value(),
                     "AttentionLayers: a cache cannot be combined with attn_mask or attn_bias");
-  TORCH_CHECK_VALUE(!o.any_shift_tokens(), "AttentionLayers: a cache cannot be combined with shift_tokens "
+  TORCH_CHECK_VALUE(!o.any_shift_tokens(),
+                    "AttentionLayers: a cache cannot be combined with shift_tokens "
                     "(x-transformers would shift within the new tokens only)");
   TORCH_CHECK_VALUE(!(training && o.layer_dropout() > 0),
                     "AttentionLayers: a cache cannot be combined with layer_dropout in training");
   const std::string& types = plan.executed_attention_types();
-  TORCH_CHECK_VALUE(cache_kv.size() == 2 * types.size(), "AttentionLayers: expected a cache of ", types.size(),
-                    " (k, v) pairs, one per executed attention layer, got ", cache_kv.size(), " tensors");
+  TORCH_CHECK_VALUE(cache_kv.size() == 2 * types.size(), "AttentionLayers: expected a cache of ",
+                    types.size(), " (k, v) pairs, one per executed attention layer, got ", cache_kv.size(),
+                    " tensors");
   std::vector<size_t> attention_layers;  // the executed attention layers' indices, in order
   for (const int64_t i : plan.execution_order())
     if (plan.layer_types()[i] != 'f') attention_layers.push_back(static_cast<size_t>(i));
@@ -36,17 +40,18 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
     const auto &k = cache_kv[2 * l], &v = cache_kv[2 * l + 1];
     const int64_t len = k.dim() == 4 ? xtc::detail::static_size(k, 2) : -1;
     // Any one floating dtype: under autocast the cached keys are bf16 beside a float32 x.
-    TORCH_CHECK_VALUE(k.dim() == 4 && k.sym_size(0) == x.sym_size(0) && k.sym_size(1) == hk && k.sym_size(3) == dh &&
-                          v.dim() == 4 && v.sym_size(0) == x.sym_size(0) && v.sym_size(1) == hk && v.sym_size(2) == len &&
-                          v.sym_size(3) == dv && k.is_floating_point() && v.scalar_type() == k.scalar_type() &&
+    TORCH_CHECK_VALUE(k.dim() == 4 && k.sym_size(0) == x.sym_size(0) && k.sym_size(1) == hk &&
+                          k.sym_size(3) == dh && v.dim() == 4 && v.sym_size(0) == x.sym_size(0) &&
+                          v.sym_size(1) == hk && v.sym_size(2) == len && v.sym_size(3) == dv &&
+                          k.is_floating_point() && v.scalar_type() == k.scalar_type() &&
                           k.device() == x.device() && v.device() == x.device(),
-                      "AttentionLayers: expected cached (k, v) of attention layer ", l, " of shapes (", x.sym_size(0),
-                      ", ", hk, ", N, ", dh, ") and (", x.sym_size(0), ", ", hk, ", N, ", dv,
-                      "), of one floating dtype, on x's device, got ", k.sym_sizes(), " ", k.scalar_type(), " and ",
-                      v.sym_sizes(), " ", v.scalar_type(), " on ", k.device());
+                      "AttentionLayers: expected cached (k, v) of attention layer ", l, " of shapes (",
+                      x.sym_size(0), ", ", hk, ", N, ", dh, ") and (", x.sym_size(0), ", ", hk, ", N, ", dv,
+                      "), of one floating dtype, on x's device, got ", k.sym_sizes(), " ", k.scalar_type(),
+                      " and ", v.sym_sizes(), " ", v.scalar_type(), " on ", k.device());
     if (types[l] == 'a') {
-      TORCH_CHECK_VALUE(past < 0 || past == len, "AttentionLayers: cached keys of different lengths, ", past, " and ",
-                        len);
+      TORCH_CHECK_VALUE(past < 0 || past == len, "AttentionLayers: cached keys of different lengths, ", past,
+                        " and ", len);
       past = len;
     }
   }

@@ -1,11 +1,10 @@
-#include <xtc/nn/functional/feedforward.h>
-#include <xtc/nn/functional/norm.h>
-
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/silu.h>
+#include <xtc/nn/functional/feedforward.h>
+#include <xtc/nn/functional/norm.h>
 
 namespace xtc::nn::functional {
 namespace {

@@ -1,15 +1,16 @@
-#include <xtc/nn/functional/norm.h>
-#include "src/symbolic_sizes.h"
-
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linalg_vector_norm.h>
+#include <xtc/nn/functional/norm.h>
 
 #include <cmath>
+
+#include "src/symbolic_sizes.h"
 
 namespace xtc::nn::functional {
 
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& gamma, bool unit_offset) {
-  return at::layer_norm_symint(x, {x.sym_size(-1)}, unit_offset ? gamma + 1 : gamma, /*bias=*/{}, /*eps=*/1e-5);
+  return at::layer_norm_symint(x, {x.sym_size(-1)}, unit_offset ? gamma + 1 : gamma, /*bias=*/{},
+                               /*eps=*/1e-5);
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& g, bool unit_offset) {
@@ -26,18 +27,22 @@ at::Tensor dynamic_tanh(const at::Tensor& x, const NormWeights& w, bool unit_off
 }
 
 at::Tensor adaptive_norm(NormKind kind, const at::Tensor& x, const at::Tensor& gamma) {
-  const auto normed = kind == NormKind::AdaptiveLayerNorm
-                          ? at::layer_norm_symint(x, {x.sym_size(-1)}, /*weight=*/{}, /*bias=*/{}, /*eps=*/1e-5)
-                          : rms_norm(x, at::Tensor());
+  const auto normed =
+      kind == NormKind::AdaptiveLayerNorm
+          ? at::layer_norm_symint(x, {x.sym_size(-1)}, /*weight=*/{}, /*bias=*/{}, /*eps=*/1e-5)
+          : rms_norm(x, at::Tensor());
   return normed * (gamma + 1.0);
 }
 
 at::Tensor norm(NormKind kind, const at::Tensor& x, const NormWeights& w, bool unit_offset,
                 double dynamic_tanh_init_alpha) {
   switch (kind) {
-    case NormKind::LayerNorm: return layer_norm(x, w.gain, unit_offset);
-    case NormKind::DynamicTanh: return dynamic_tanh(x, w, unit_offset, dynamic_tanh_init_alpha);
-    default: return rms_norm(x, w.gain, unit_offset);
+    case NormKind::LayerNorm:
+      return layer_norm(x, w.gain, unit_offset);
+    case NormKind::DynamicTanh:
+      return dynamic_tanh(x, w, unit_offset, dynamic_tanh_init_alpha);
+    default:
+      return rms_norm(x, w.gain, unit_offset);
   }
 }
 

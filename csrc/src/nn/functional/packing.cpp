@@ -1,10 +1,9 @@
-#include <xtc/nn/functional/packing.h>
-
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
+#include <xtc/nn/functional/packing.h>
 
 namespace xtc::nn::functional {
 
@@ -23,8 +22,8 @@ PackedSequences pack_by_mask(const at::Tensor& mask) {
   const auto first = at::where(mask, position, n).amin(1), last = at::where(mask, position, -1).amax(1);
   const auto span = at::where(lengths > 0, last - first + 1, 0);
   // One copy to the host (beside nonzero's): the offsets, the longest length and the consecutive flag.
-  const auto summary = at::cat({at::zeros({1}, lengths.options()), at::cumsum(lengths, 0), lengths.amax(0, true),
-                                span.eq(lengths).all().to(at::kLong).unsqueeze(0)})
+  const auto summary = at::cat({at::zeros({1}, lengths.options()), at::cumsum(lengths, 0),
+                                lengths.amax(0, true), span.eq(lengths).all().to(at::kLong).unsqueeze(0)})
                            .cpu();
   const int64_t b = lengths.size(0);
   layout.cu_seqlens = summary.narrow(0, 0, b + 1).to(at::kInt);
@@ -33,19 +32,20 @@ PackedSequences pack_by_mask(const at::Tensor& mask) {
   return layout;
 }
 
-PackedSequences pack_by_offsets(const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t total, const char* name,
-                                const char* key) {
+PackedSequences pack_by_offsets(const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t total,
+                                const char* name, const char* key) {
   TORCH_CHECK_VALUE(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 && !cu_seqlens.is_floating_point() &&
                         cu_seqlens.scalar_type() != at::kBool,
-                    "AttentionLayers: expected ", name, "['", key, "'] of shape (batch + 1,) and an integer dtype, got ",
-                    cu_seqlens.sizes(), " ", cu_seqlens.scalar_type());
+                    "AttentionLayers: expected ", name, "['", key,
+                    "'] of shape (batch + 1,) and an integer dtype, got ", cu_seqlens.sizes(), " ",
+                    cu_seqlens.scalar_type());
   const auto offsets = cu_seqlens.to(at::kLong).cpu();
   const auto lengths = offsets.narrow(0, 1, offsets.size(0) - 1) - offsets.narrow(0, 0, offsets.size(0) - 1);
   TORCH_CHECK_VALUE(offsets[0].item<int64_t>() == 0 && offsets[-1].item<int64_t>() == total,
-                    "AttentionLayers: expected ", name, "['", key, "'] from 0 to the packed length ", total, ", got ",
-                    offsets[0].item<int64_t>(), " to ", offsets[-1].item<int64_t>());
-  TORCH_CHECK_VALUE(lengths.numel() == 0 || lengths.min().item<int64_t>() >= 0, "AttentionLayers: expected ", name,
-                    "['", key, "'] non-decreasing");
+                    "AttentionLayers: expected ", name, "['", key, "'] from 0 to the packed length ", total,
+                    ", got ", offsets[0].item<int64_t>(), " to ", offsets[-1].item<int64_t>());
+  TORCH_CHECK_VALUE(lengths.numel() == 0 || lengths.min().item<int64_t>() >= 0, "AttentionLayers: expected ",
+                    name, "['", key, "'] non-decreasing");
   const int64_t longest = lengths.numel() == 0 ? 0 : lengths.max().item<int64_t>();
   TORCH_CHECK_VALUE(max_seqlen >= longest, "AttentionLayers: expected ", name, "'s max_seqlen (", max_seqlen,
                     ") to bound every sequence of ", key, ", got one of ", longest);

@@ -1,7 +1,4 @@
 // Positional encodings on explicit tensors (xtc/nn/functional/positional.h).
-#include <xtc/nn/functional/norm.h>
-#include <xtc/nn/functional/positional.h>
-
 #include <ATen/ops/arange.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/floor_divide.h>
@@ -17,6 +14,8 @@
 #include <ATen/ops/stack.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
+#include <xtc/nn/functional/norm.h>
+#include <xtc/nn/functional/positional.h>
 
 #include <cmath>
 
@@ -35,19 +34,21 @@ std::vector<double> geometric_alibi_slopes(int64_t heads) {
   const int64_t closest = int64_t(1) << static_cast<int64_t>(std::floor(log2_heads));
   auto slopes = power_of_2(closest);
   const auto extra = power_of_2(2 * closest);
-  for (int64_t i = 0; i < 2 * closest && static_cast<int64_t>(slopes.size()) < heads; i += 2) slopes.push_back(extra[i]);
+  for (int64_t i = 0; i < 2 * closest && static_cast<int64_t>(slopes.size()) < heads; i += 2)
+    slopes.push_back(extra[i]);
   return slopes;
 }
 
 at::Tensor alibi_slopes_tensor(const std::vector<double>& slopes, const at::Tensor& like) {
   // Through factory ops, not by copying host data in: fake tensors (torch.export, torch.compile) have none.
   std::vector<at::Tensor> values;
-  for (const double slope : slopes) values.push_back(at::scalar_tensor(slope, like.options().dtype(at::kDouble)));
+  for (const double slope : slopes)
+    values.push_back(at::scalar_tensor(slope, like.options().dtype(at::kDouble)));
   return at::stack(values).to(at::kFloat);
 }
 
-// x-transformers' RelativePositionBias (T5): bucketed relative positions -> learned per-head bias, (1, h, i, j);
-// the i queries are the last of the j key positions.
+// x-transformers' RelativePositionBias (T5): bucketed relative positions -> learned per-head bias, (1, h, i,
+// j); the i queries are the last of the j key positions.
 at::Tensor t5_position_bias(const at::Tensor& weight, const c10::SymInt& i, const c10::SymInt& j,
                             const AttentionLayersOptions& o) {
   const auto key_pos = at::arange(j, weight.options().dtype(at::kLong));
@@ -73,10 +74,11 @@ at::Tensor t5_position_bias(const at::Tensor& weight, const c10::SymInt& i, cons
   return (at::embedding(weight, bucket).permute({2, 0, 1}) * scale).unsqueeze(0);
 }
 
-// x-transformers' DynamicPositionBias: an MLP over the 2j - 1 relative distances, gathered to (1, h, i, j) for
-// the last i of j positions.
-at::Tensor dynamic_position_bias(const DynamicPositionBiasWeights& w, const c10::SymInt& i, const c10::SymInt& j,
-                                 const at::Tensor& like, const AttentionLayersOptions& o) {
+// x-transformers' DynamicPositionBias: an MLP over the 2j - 1 relative distances, gathered to (1, h, i, j)
+// for the last i of j positions.
+at::Tensor dynamic_position_bias(const DynamicPositionBiasWeights& w, const c10::SymInt& i,
+                                 const c10::SymInt& j, const at::Tensor& like,
+                                 const AttentionLayersOptions& o) {
   auto pos = at::arange(1 - j, j, like.options()).unsqueeze(1);
   if (o.dynamic_pos_bias_log_distance()) pos = at::sign(pos) * at::log(pos.abs() + 1);
   const size_t depth = w.weights.size() - 1;  // hidden layers; the last linear maps to the heads
@@ -95,40 +97,42 @@ at::Tensor dynamic_position_bias(const DynamicPositionBiasWeights& w, const c10:
   return pos.index({indices}).permute({2, 0, 1}).unsqueeze(0);
 }
 
-// x-transformers' RotaryEmbedding.forward over integer positions t, (N) or (b, N): (N, r) or (b, N, r) angles,
-// each frequency twice in a row.
+// x-transformers' RotaryEmbedding.forward over integer positions t, (N) or (b, N): (N, r) or (b, N, r)
+// angles, each frequency twice in a row.
 at::Tensor rotary_angles(const at::Tensor& inv_freq, const at::Tensor& t, double interpolation_factor) {
   const auto freqs = t.to(inv_freq.scalar_type()).unsqueeze(-1) * inv_freq / interpolation_factor;
   return freqs.repeat_interleave(2, -1);
 }
 
-// x-transformers' xPos scales over the same positions: scale^((t - max_pos // 2) / scale_base), each twice in a
-// row, max_pos = the largest position + 1 (over the whole batch); q is multiplied by them, k divided.
+// x-transformers' xPos scales over the same positions: scale^((t - max_pos // 2) / scale_base), each twice in
+// a row, max_pos = the largest position + 1 (over the whole batch); q is multiplied by them, k divided.
 at::Tensor xpos_scales(const at::Tensor& scale, const at::Tensor& t, int64_t scale_base) {
   const auto max_pos = t.max() + 1;
-  const auto power = (t - at::floor_divide(max_pos, 2)).to(scale.scalar_type()) / static_cast<double>(scale_base);
+  const auto power =
+      (t - at::floor_divide(max_pos, 2)).to(scale.scalar_type()) / static_cast<double>(scale_base);
   return at::pow(scale, power.unsqueeze(-1)).repeat_interleave(2, -1);
 }
 
 // Custom positions: integers, (N) or (b, N) with N the self-attention keys (cached and memory keys included);
-// ALiBi takes them as a dense (n, n) bias, so there they must be exactly the sequence's and come without a cache
-// or memories, as in x-transformers.
+// ALiBi takes them as a dense (n, n) bias, so there they must be exactly the sequence's and come without a
+// cache or memories, as in x-transformers.
 void check_positions(const at::Tensor& pos, const at::Tensor& x, const AttentionLayersOptions& o,
                      const c10::SymInt& keys, bool extra_keys) {
   TORCH_CHECK_VALUE(!pos.is_floating_point() && !pos.is_complex() && pos.scalar_type() != at::kBool &&
                         (pos.dim() == 1 || (pos.dim() == 2 && pos.sym_size(0) == x.sym_size(0))) &&
                         pos.device() == x.device(),
                     "AttentionLayers: expected pos of shape (", keys, ") or (", x.sym_size(0), ", ", keys,
-                    ") and an integer dtype on x's device, got ", pos.sym_sizes(), " ", pos.scalar_type(), " on ",
-                    pos.device());
+                    ") and an integer dtype on x's device, got ", pos.sym_sizes(), " ", pos.scalar_type(),
+                    " on ", pos.device());
   TORCH_CHECK_VALUE(pos.sym_size(-1) >= keys, "AttentionLayers: expected pos to cover the ", keys,
                     " self-attention keys, got ", pos.sym_size(-1), " positions");
-  TORCH_CHECK_VALUE(!(o.rel_pos_bias() || o.dynamic_pos_bias()),
-                    "AttentionLayers: pos is not supported with rel_pos_bias or dynamic_pos_bias (x-transformers "
-                    "allows only ALiBi and rotary with custom positions)");
+  TORCH_CHECK_VALUE(
+      !(o.rel_pos_bias() || o.dynamic_pos_bias()),
+      "AttentionLayers: pos is not supported with rel_pos_bias or dynamic_pos_bias (x-transformers "
+      "allows only ALiBi and rotary with custom positions)");
   TORCH_CHECK_VALUE(!o.alibi_pos_bias() || (!extra_keys && pos.sym_size(-1) == x.sym_size(1)),
-                    "AttentionLayers: pos with alibi_pos_bias needs exactly one position per token (", x.sym_size(1),
-                    "), and no cache or mems, got ", pos.sym_size(-1));
+                    "AttentionLayers: pos with alibi_pos_bias needs exactly one position per token (",
+                    x.sym_size(1), "), and no cache or mems, got ", pos.sym_size(-1));
 }
 
 }  // namespace xtc::nn::functional

@@ -1,7 +1,7 @@
-#include <xtc/nn/functional/residual.h>
-#include "src/symbolic_sizes.h"
-
 #include <ATen/ops/gru_cell.h>
+#include <xtc/nn/functional/residual.h>
+
+#include "src/symbolic_sizes.h"
 
 namespace xtc::nn::functional {
 
@@ -11,8 +11,8 @@ at::Tensor residual(ResidualKind kind, const at::Tensor& branch, const at::Tenso
   if (w.residual_scale.defined()) residual = residual * w.residual_scale;
   if (kind == ResidualKind::GRUGating) {
     const int64_t dim = xtc::detail::static_size(branch, -1);
-    return at::gru_cell(branch.reshape({-1, dim}), residual.reshape({-1, dim}), w.weight_ih, w.weight_hh, w.bias_ih,
-                        w.bias_hh)
+    return at::gru_cell(branch.reshape({-1, dim}), residual.reshape({-1, dim}), w.weight_ih, w.weight_hh,
+                        w.bias_ih, w.bias_hh)
         .reshape_as(branch);
   }
   if (scale_constant != 1.0) residual = residual * scale_constant;

@@ -1,11 +1,10 @@
-#include <xtc/nn/functional/shift_tokens.h>
-
-#include "src/symbolic_sizes.h"
-
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
+#include <xtc/nn/functional/shift_tokens.h>
 
 #include <vector>
+
+#include "src/symbolic_sizes.h"
 
 namespace xtc::nn::functional {
 
@@ -19,8 +18,8 @@ at::Tensor shift_tokens(const at::Tensor& x, int64_t s, bool causal, const std::
   for (size_t i = 0; i < shifts.size() && i < pieces.size(); ++i) {
     if (shifts[i] == 0) continue;
     auto piece = mask.has_value() ? pieces[i].masked_fill(mask->logical_not().unsqueeze(-1), 0) : pieces[i];
-    // Position t takes t - shift, zero where that falls outside the sequence. A gather keeps every intermediate
-    // at length n (slices of n - shift would make torch.compile guard on their sizes).
+    // Position t takes t - shift, zero where that falls outside the sequence. A gather keeps every
+    // intermediate at length n (slices of n - shift would make torch.compile guard on their sizes).
     const auto source = position - shifts[i];
     const auto outside = source.lt(0).logical_or(source.ge(n));
     pieces[i] = piece.index_select(1, source.clamp(0, n - 1)).masked_fill(outside.view({1, -1, 1}), 0);

@@ -1,16 +1,19 @@
 #include "src/nn/functional/stack_packing.h"
-#include "src/symbolic_sizes.h"
 
 #include <ATen/ops/ones.h>
 
 #include <algorithm>
 
+#include "src/symbolic_sizes.h"
+
 namespace xtc::nn::functional::detail {
 
-StackPacking caller_packing(const at::Tensor& x, const AttentionLayersInputs& in, const AttentionLayersPlan& plan) {
+StackPacking caller_packing(const at::Tensor& x, const AttentionLayersInputs& in,
+                            const AttentionLayersPlan& plan) {
   const auto& o = plan.options();
   const auto& types = plan.executed_attention_types();
-  const bool has_self = types.find('a') != std::string::npos, has_cross = types.find('c') != std::string::npos;
+  const bool has_self = types.find('a') != std::string::npos,
+             has_cross = types.find('c') != std::string::npos;
   StackPacking packing;
   packing.self_packed = has_self && o.attn().flash_pack_seq();
   packing.cross_packed = has_cross && o.cross_attn().flash_pack_seq();
@@ -25,17 +28,21 @@ StackPacking caller_packing(const at::Tensor& x, const AttentionLayersInputs& in
                           "cross_attn_flash_pack_seq (attn_flash_pack_seq routes there too)"
                         : "AttentionLayers: flash_pack_seq_context_kwargs needs cross-attention layers with "
                           "cross_attn_flash_pack_seq=True (or attn_flash_pack_seq=True)");
-  TORCH_CHECK_VALUE(x.dim() == 3 && x.sym_size(0) == 1,
-                    "AttentionLayers: expected x of shape (1, total, dim) with packed sequences (batch size must be 1 "
-                    "for sequence packing), got ", x.sym_sizes());
-  TORCH_CHECK_VALUE(!in.mask.has_value() && !in.attn_mask.has_value() && !in.self_attn_kv_mask.has_value() &&
-                        !in.seq_start_pos.has_value(),
-                    "AttentionLayers: mask, attn_mask, self_attn_kv_mask and seq_start_pos cannot be used with packed "
-                    "sequences (flash_pack_seq_kwargs)");
+  TORCH_CHECK_VALUE(
+      x.dim() == 3 && x.sym_size(0) == 1,
+      "AttentionLayers: expected x of shape (1, total, dim) with packed sequences (batch size must be 1 "
+      "for sequence packing), got ",
+      x.sym_sizes());
+  TORCH_CHECK_VALUE(
+      !in.mask.has_value() && !in.attn_mask.has_value() && !in.self_attn_kv_mask.has_value() &&
+          !in.seq_start_pos.has_value(),
+      "AttentionLayers: mask, attn_mask, self_attn_kv_mask and seq_start_pos cannot be used with packed "
+      "sequences (flash_pack_seq_kwargs)");
   TORCH_CHECK_VALUE(!in.attn_bias.has_value() && in.mems.empty() && in.cache_kv.empty(),
                     "AttentionLayers: attn_bias, mems and a cache cannot be used with packed sequences "
                     "(flash_pack_seq_kwargs)");
-  TORCH_CHECK_VALUE(!o.any_shift_tokens(), "AttentionLayers: shift_tokens cannot be used with packed sequences "
+  TORCH_CHECK_VALUE(!o.any_shift_tokens(),
+                    "AttentionLayers: shift_tokens cannot be used with packed sequences "
                     "(flash_pack_seq_kwargs): it would shift tokens across the sequences' boundaries");
   TORCH_CHECK_VALUE(!(packing.cross_packed && in.context_mask.has_value()),
                     "AttentionLayers: context_mask cannot be used with flash_pack_seq_context_kwargs");
@@ -54,45 +61,51 @@ StackPacking caller_packing(const at::Tensor& x, const AttentionLayersInputs& in
   }
   if (packing.cross_packed) {
     const auto& kw = *in.flash_pack_seq_context;
-    TORCH_CHECK_VALUE(kw.cu_seqlens_q.defined() && kw.cu_seqlens_k.defined(),
-                      "AttentionLayers: expected flash_pack_seq_context_kwargs with cu_seqlens_q and cu_seqlens_k");
+    TORCH_CHECK_VALUE(
+        kw.cu_seqlens_q.defined() && kw.cu_seqlens_k.defined(),
+        "AttentionLayers: expected flash_pack_seq_context_kwargs with cu_seqlens_q and cu_seqlens_k");
     if (packing.tokens.has_value()) {
       TORCH_CHECK_VALUE(same_offsets(kw.cu_seqlens_q, packing.tokens->cu_seqlens),
                         "AttentionLayers: expected flash_pack_seq_context_kwargs' cu_seqlens_q equal to "
                         "flash_pack_seq_kwargs' (both lay out x)");
     } else {
-      packing.tokens = pack_by_offsets(kw.cu_seqlens_q, kw.max_seqlen_q, total, "flash_pack_seq_context_kwargs",
-                                       "cu_seqlens_q");
+      packing.tokens = pack_by_offsets(kw.cu_seqlens_q, kw.max_seqlen_q, total,
+                                       "flash_pack_seq_context_kwargs", "cu_seqlens_q");
     }
     TORCH_CHECK_VALUE(in.context.has_value() && in.context->dim() == 3 && in.context->sym_size(0) == 1,
                       "AttentionLayers: expected a context of shape (1, total_context, dim) with "
                       "flash_pack_seq_context_kwargs");
-    packing.context = pack_by_offsets(kw.cu_seqlens_k, kw.max_seqlen_k, xtc::detail::static_size(*in.context, 1),
-                                      "flash_pack_seq_context_kwargs", "cu_seqlens_k");
-    TORCH_CHECK_VALUE(packing.context->batch() == packing.tokens->batch(),
-                      "AttentionLayers: expected flash_pack_seq_context_kwargs' cu_seqlens_k to hold as many sequences "
-                      "(", packing.tokens->batch(), ") as its cu_seqlens_q, got ", packing.context->batch());
+    packing.context =
+        pack_by_offsets(kw.cu_seqlens_k, kw.max_seqlen_k, xtc::detail::static_size(*in.context, 1),
+                        "flash_pack_seq_context_kwargs", "cu_seqlens_k");
+    TORCH_CHECK_VALUE(
+        packing.context->batch() == packing.tokens->batch(),
+        "AttentionLayers: expected flash_pack_seq_context_kwargs' cu_seqlens_k to hold as many sequences "
+        "(",
+        packing.tokens->batch(), ") as its cu_seqlens_q, got ", packing.context->batch());
     packing.context_is_packed = true;
   }
   return packing;
 }
 
 StackPacking unpadding(const AttentionLayersInputs& in, const AttentionLayersOptions& o) {
-  TORCH_CHECK_VALUE(!o.any_shift_tokens(), "AttentionLayers: unpad cannot be combined with shift_tokens (it shifts "
+  TORCH_CHECK_VALUE(!o.any_shift_tokens(),
+                    "AttentionLayers: unpad cannot be combined with shift_tokens (it shifts "
                     "along the padded sequence)");
   TORCH_CHECK_VALUE(in.mems.empty() && in.cache_kv.empty(),
                     "AttentionLayers: unpad cannot be combined with mems or a cache (incremental decoding)");
-  TORCH_CHECK_VALUE(!in.self_attn_kv_mask.has_value() && !in.seq_start_pos.has_value(),
-                    "AttentionLayers: unpad packs the tokens `mask` keeps, so self_attn_kv_mask and seq_start_pos "
-                    "(another key mask) cannot be combined with it");
+  TORCH_CHECK_VALUE(
+      !in.self_attn_kv_mask.has_value() && !in.seq_start_pos.has_value(),
+      "AttentionLayers: unpad packs the tokens `mask` keeps, so self_attn_kv_mask and seq_start_pos "
+      "(another key mask) cannot be combined with it");
   StackPacking packing;
   packing.unpad = packing.self_packed = packing.cross_packed = true;
   packing.tokens = pack_by_mask(*in.mask);
   if (in.context.has_value()) {
     const auto& ctx = *in.context;
-    packing.context = pack_by_mask(in.context_mask.has_value()
-                                       ? *in.context_mask
-                                       : at::ones({ctx.size(0), ctx.size(1)}, ctx.options().dtype(at::kBool)));
+    packing.context = pack_by_mask(
+        in.context_mask.has_value() ? *in.context_mask
+                                    : at::ones({ctx.size(0), ctx.size(1)}, ctx.options().dtype(at::kBool)));
   }
   return packing;
 }
@@ -107,7 +120,8 @@ std::optional<StackPacking> stack_packing(const at::Tensor& x, const AttentionLa
   return std::nullopt;
 }
 
-void unpack_record(AttentionLayersHiddens& record, const AttentionLayersPlan& plan, const PackedSequences& tokens) {
+void unpack_record(AttentionLayersHiddens& record, const AttentionLayersPlan& plan,
+                   const PackedSequences& tokens) {
   for (auto* list : {&record.hiddens, &record.layer_hiddens})
     for (auto& t : *list) t = unpack(t, tokens);
   const auto& types = plan.executed_attention_types();

@@ -12,8 +12,9 @@ StackParameters::StackParameters(const AttentionLayersPlan& plan, at::TensorList
     TORCH_CHECK_VALUE(p.sizes() == c10::IntArrayRef(specs[i].shape), "AttentionLayers: expected ",
                       specs[i].buffer ? "buffer " : "parameter ", specs[i].name, " of shape ",
                       c10::IntArrayRef(specs[i].shape), ", got ", p.sizes());
-    TORCH_CHECK_VALUE(p.scalar_type() == x.scalar_type(), "AttentionLayers: expected x of the parameters' dtype ",
-                      p.scalar_type(), ", got ", x.scalar_type(), " (parameter ", specs[i].name, ")");
+    TORCH_CHECK_VALUE(p.scalar_type() == x.scalar_type(),
+                      "AttentionLayers: expected x of the parameters' dtype ", p.scalar_type(), ", got ",
+                      x.scalar_type(), " (parameter ", specs[i].name, ")");
     TORCH_CHECK_VALUE(p.device() == x.device(), "AttentionLayers: expected x on the parameters' device ",
                       p.device(), ", got ", x.device(), " (parameter ", specs[i].name, ")");
   }
@@ -49,7 +50,8 @@ AttentionWeights attention_weights(const StackParameters& p, const std::string& 
   return w;
 }
 
-FeedForwardWeights feed_forward_weights(const StackParameters& p, const std::string& prefix, const FeedForwardOptions& f) {
+FeedForwardWeights feed_forward_weights(const StackParameters& p, const std::string& prefix,
+                                        const FeedForwardOptions& f) {
   FeedForwardWeights w;
   if (f.glu()) {
     w.proj_in_weight = p.get(prefix + "ff.0.proj.weight");
@@ -72,14 +74,21 @@ ResidualWeights residual_weights(const StackParameters& p, const std::string& pr
 }
 
 NormWeights norm_weights(const StackParameters& p, const std::string& prefix, NormKind kind) {
-  if (kind == NormKind::AdaptiveLayerNorm || kind == NormKind::AdaptiveRMSNorm)
-    return {p.get(prefix + "to_gamma.weight")};
-  if (kind == NormKind::DynamicTanh)
-    return {p.get(prefix + "gamma"), p.get(prefix + "pre_tanh_scale"), p.get(prefix + "beta")};
-  return {kind == NormKind::LayerNorm ? p.get(prefix + "gamma") : p.get(prefix + "g")};
+  NormWeights w;
+  if (kind == NormKind::AdaptiveLayerNorm || kind == NormKind::AdaptiveRMSNorm) {
+    w.gain = p.get(prefix + "to_gamma.weight");
+  } else if (kind == NormKind::DynamicTanh) {
+    w.gain = p.get(prefix + "gamma");
+    w.pre_tanh_scale = p.get(prefix + "pre_tanh_scale");
+    w.beta = p.get(prefix + "beta");
+  } else {
+    w.gain = kind == NormKind::LayerNorm ? p.get(prefix + "gamma") : p.get(prefix + "g");
+  }
+  return w;
 }
 
-DynamicPositionBiasWeights dynamic_position_bias_weights(const StackParameters& p, const AttentionLayersOptions& o) {
+DynamicPositionBiasWeights dynamic_position_bias_weights(const StackParameters& p,
+                                                         const AttentionLayersOptions& o) {
   // x-transformers' Sequentials drop the None norms, so the names shift with dynamic_pos_bias_norm.
   DynamicPositionBiasWeights w;
   const int64_t depth = o.dynamic_pos_bias_mlp_depth();

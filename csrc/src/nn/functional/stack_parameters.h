@@ -32,6 +32,7 @@ FeedForwardWeights feed_forward_weights(const StackParameters& p, const std::str
 ResidualWeights residual_weights(const StackParameters& p, const std::string& prefix);
 NormWeights norm_weights(const StackParameters& p, const std::string& prefix, NormKind kind);
 /// rel_pos.mlp.* of dynamic_pos_bias.
-DynamicPositionBiasWeights dynamic_position_bias_weights(const StackParameters& p, const AttentionLayersOptions& o);
+DynamicPositionBiasWeights dynamic_position_bias_weights(const StackParameters& p,
+                                                         const AttentionLayersOptions& o);
 
 }  // namespace xtc::nn::functional::detail

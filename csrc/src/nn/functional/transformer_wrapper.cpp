@@ -1,26 +1,26 @@
-#include <xtc/nn/functional/attention.h>
-#include <xtc/nn/functional/norm.h>
-#include <xtc/nn/functional/transformer_wrapper.h>
-
-#include "src/nn/functional/wrapper_parts.h"
-
 #include <ATen/ops/_assert_async.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/ones.h>
+#include <xtc/nn/functional/attention.h>
+#include <xtc/nn/functional/norm.h>
+#include <xtc/nn/functional/transformer_wrapper.h>
 
 #include <cmath>
 #include <functional>
+
+#include "src/nn/functional/wrapper_parts.h"
 
 namespace xtc::nn::functional {
 
 // A wrapper tensor by its state_dict name (undefined where the options leave it out).
 using TensorByName = std::function<at::Tensor(const std::string&)>;
 
-TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options, AttentionLayersOptions layers)
+TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options,
+                                               AttentionLayersOptions layers)
     : options_(std::move(options)), layers_(std::move(layers)) {
   options_.validate();
   const auto& o = options_;
@@ -36,8 +36,10 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
   if (o.num_memory_tokens() > 0) parameters_.push_back({"memory_tokens", {o.num_memory_tokens(), dim}});
   if (!o.external_token_emb()) parameters_.push_back({"token_emb.emb.weight", {o.num_tokens(), emb_dim_}});
   if (has_abs_pos_emb_) {
-    if (o.scaled_sinu_pos_emb()) parameters_.push_back({"pos_emb.scale", {1}});
-    else parameters_.push_back({"pos_emb.emb.weight", {o.max_seq_len(), emb_dim_}});
+    if (o.scaled_sinu_pos_emb())
+      parameters_.push_back({"pos_emb.scale", {1}});
+    else
+      parameters_.push_back({"pos_emb.emb.weight", {o.max_seq_len(), emb_dim_}});
   }
   if (o.post_emb_norm()) parameters_.push_back({"post_emb_norm.gamma", {emb_dim_}});
   if (emb_dim_ != dim) {
@@ -54,8 +56,10 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
     parameters_.push_back({"attn_pool.queries", {o.num_pooled_tokens(), pooled}});
     pool_offset_ = static_cast<int64_t>(parameters_.size());
     if (o.attn_pool_depth() == 1) {
-      TORCH_CHECK_VALUE(heads > 1 || dim_head == pooled, "TransformerWrapper: attn_pool with one head needs "
-                        "attn_dim_head == dim_pooled_tokens (", pooled, "), got ", dim_head);
+      TORCH_CHECK_VALUE(heads > 1 || dim_head == pooled,
+                        "TransformerWrapper: attn_pool with one head needs "
+                        "attn_dim_head == dim_pooled_tokens (",
+                        pooled, "), got ", dim_head);
       parameters_.push_back({"attn_pool.pooler.to_q.weight", {heads * dim_head, pooled}});
       parameters_.push_back({"attn_pool.pooler.to_k.weight", {heads * dim_head, dim}});
       parameters_.push_back({"attn_pool.pooler.to_v.weight", {heads * dim_head, dim}});
@@ -77,33 +81,39 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
 namespace {
 
 // The key mask over [prepend_embeds, tokens] (b, p + n) when either mask is given, as x-transformers pads it.
-std::optional<at::Tensor> mask_with_prepend(const std::optional<at::Tensor>& mask, const ExtraEmbeddings& extra,
-                                            const c10::SymInt& b, const c10::SymInt& n, const at::Tensor& like) {
+std::optional<at::Tensor> mask_with_prepend(const std::optional<at::Tensor>& mask,
+                                            const ExtraEmbeddings& extra, const c10::SymInt& b,
+                                            const c10::SymInt& n, const at::Tensor& like) {
   TORCH_CHECK_VALUE(extra.prepend_embeds.has_value() || !extra.prepend_mask.has_value(),
                     "TransformerWrapper: prepend_mask was passed in without prepend_embeds");
   if (!extra.prepend_embeds.has_value() || !(mask.has_value() || extra.prepend_mask.has_value())) return mask;
   const c10::SymInt prepended = extra.prepend_embeds->sym_size(1);
-  const auto ones = [&](const c10::SymInt& len) { return at::ones_symint({b, len}, like.options().dtype(at::kBool)); };
+  const auto ones = [&](const c10::SymInt& len) {
+    return at::ones_symint({b, len}, like.options().dtype(at::kBool));
+  };
   const auto& pm = extra.prepend_mask;
-  TORCH_CHECK_VALUE(!pm.has_value() || (pm->scalar_type() == at::kBool && pm->dim() == 2 && pm->sym_size(0) == b &&
-                                        pm->sym_size(1) == prepended),
-                    "TransformerWrapper: expected prepend_mask of shape (", b, ", ", prepended, ") and dtype bool");
+  TORCH_CHECK_VALUE(!pm.has_value() || (pm->scalar_type() == at::kBool && pm->dim() == 2 &&
+                                        pm->sym_size(0) == b && pm->sym_size(1) == prepended),
+                    "TransformerWrapper: expected prepend_mask of shape (", b, ", ", prepended,
+                    ") and dtype bool");
   return at::cat({pm.has_value() ? *pm : ones(prepended), mask.has_value() ? *mask : ones(n)}, 1);
 }
 
 // The learned queries through the pooler over x (b, n, dim) with its key mask.
-at::Tensor attn_pool_tokens(const at::Tensor& x, const std::optional<at::Tensor>& key_mask, at::TensorList params,
-                            const TransformerWrapperPlan& plan, bool training) {
+at::Tensor attn_pool_tokens(const at::Tensor& x, const std::optional<at::Tensor>& key_mask,
+                            at::TensorList params, const TransformerWrapperPlan& plan, bool training) {
   const auto get = [&](const std::string& name) {
     return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
   };
   const auto queries = get("attn_pool.queries");
-  const auto q = queries.unsqueeze(0).expand_symint({x.sym_size(0), queries.sym_size(0), queries.sym_size(1)});
+  const auto q =
+      queries.unsqueeze(0).expand_symint({x.sym_size(0), queries.sym_size(0), queries.sym_size(1)});
   if (plan.pool_layers().has_value()) {
     AttentionLayersInputs inputs;
     inputs.context = x;
     inputs.context_mask = key_mask;
-    return attention_layers(q, inputs, params.slice(plan.pool_offset(), plan.pool_layers()->parameters().size()),
+    return attention_layers(q, inputs,
+                            params.slice(plan.pool_offset(), plan.pool_layers()->parameters().size()),
                             *plan.pool_layers(), training);
   }
   const auto& stack = plan.layers().options();
@@ -125,12 +135,14 @@ at::Tensor attn_pool_tokens(const at::Tensor& x, const std::optional<at::Tensor>
 at::Tensor transformer_wrapper_attn_pool(const at::Tensor& embeddings, const std::optional<at::Tensor>& mask,
                                          const ExtraEmbeddings& extra, at::TensorList params,
                                          const TransformerWrapperPlan& plan, bool training) {
-  TORCH_CHECK_VALUE(plan.options().attn_pool(), "TransformerWrapper: attn_pool is off, so there is no pooler");
+  TORCH_CHECK_VALUE(plan.options().attn_pool(),
+                    "TransformerWrapper: attn_pool is off, so there is no pooler");
   TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
                     plan.parameters().size(), " parameters for these options, got ", params.size());
   const int64_t dim = plan.layers().options().dim();
   TORCH_CHECK_VALUE(embeddings.dim() == 3 && embeddings.sym_size(-1) == dim,
-                    "TransformerWrapper: expected embeddings of shape (b, n, ", dim, "), got ", embeddings.sym_sizes());
+                    "TransformerWrapper: expected embeddings of shape (b, n, ", dim, "), got ",
+                    embeddings.sym_sizes());
   const c10::SymInt prepended = extra.prepend_embeds.has_value() ? extra.prepend_embeds->sym_size(1) : 0;
   const auto key_mask =
       mask_with_prepend(mask, extra, embeddings.sym_size(0), embeddings.sym_size(1) - prepended, embeddings);
@@ -141,14 +153,15 @@ at::Tensor transformer_wrapper_attn_pool(const at::Tensor& embeddings, const std
   return attn_pool_tokens(embeddings, key_mask, params, plan, training);
 }
 
-at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params, const TransformerWrapperPlan& plan) {
+at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params,
+                                      const TransformerWrapperPlan& plan) {
   const auto& o = plan.options();
   TORCH_CHECK_VALUE(plan.has_logits(), "TransformerWrapper: return_only_embed has no logits");
   TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
                     plan.parameters().size(), " parameters for these options, got ", params.size());
   const int64_t dim = plan.layers().options().dim();
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.sym_size(-1) == dim, "TransformerWrapper: expected embeddings of width ", dim,
-                    ", got ", x.sym_sizes());
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.sym_size(-1) == dim,
+                    "TransformerWrapper: expected embeddings of width ", dim, ", got ", x.sym_sizes());
   const auto get = [&](const std::string& name) {
     return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
   };
@@ -161,19 +174,22 @@ at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params
 namespace {
 
 // The ids against num_tokens (in the graph when traced), or the external token_emb's output against them.
-void check_tokens(const at::Tensor& tokens, const TransformerWrapperOptions& o, const ExtraEmbeddings& extra) {
+void check_tokens(const at::Tensor& tokens, const TransformerWrapperOptions& o,
+                  const ExtraEmbeddings& extra) {
   TORCH_CHECK_VALUE(tokens.dim() == 2 && !tokens.is_floating_point() && !tokens.is_complex(),
                     "TransformerWrapper: expected token ids of shape (batch, seq) and an integer dtype, got ",
                     tokens.sym_sizes(), " ", tokens.scalar_type());
   TORCH_CHECK_VALUE(extra.token_embeds.has_value() == o.external_token_emb(),
-                    o.external_token_emb() ? "TransformerWrapper: a token_emb module needs its embeddings passed in"
-                                           : "TransformerWrapper: token embeddings were passed in, but the wrapper "
-                                             "has its own token_emb");
+                    o.external_token_emb()
+                        ? "TransformerWrapper: a token_emb module needs its embeddings passed in"
+                        : "TransformerWrapper: token embeddings were passed in, but the wrapper "
+                          "has its own token_emb");
   if (o.external_token_emb()) return;  // whatever the caller's module made of the ids
   if (tokens.key_set().has(c10::DispatchKey::Python)) {
     // Traced (fake tensors under torch.export / torch.compile): no ids to read; the check runs in the graph.
-    at::_assert_async(tokens.ge(0).logical_and(tokens.lt(o.num_tokens())).all(),
-                      "TransformerWrapper: expected token ids in [0, " + std::to_string(o.num_tokens()) + ")");
+    at::_assert_async(
+        tokens.ge(0).logical_and(tokens.lt(o.num_tokens())).all(),
+        "TransformerWrapper: expected token ids in [0, " + std::to_string(o.num_tokens()) + ")");
   } else if (tokens.sym_numel() > 0) {
     const int64_t low = tokens.min().item<int64_t>(), high = tokens.max().item<int64_t>();
     TORCH_CHECK_VALUE(low >= 0 && high < o.num_tokens(), "TransformerWrapper: expected token ids in [0, ",
@@ -182,8 +198,8 @@ void check_tokens(const at::Tensor& tokens, const TransformerWrapperOptions& o, 
 }
 
 // The tokens' embeddings: the wrapper's token_emb (l2-normed with l2norm_embed) or the external module's.
-at::Tensor token_embeddings(const at::Tensor& tokens, const TransformerWrapperPlan& plan, const TensorByName& get,
-                            const ExtraEmbeddings& extra) {
+at::Tensor token_embeddings(const at::Tensor& tokens, const TransformerWrapperPlan& plan,
+                            const TensorByName& get, const ExtraEmbeddings& extra) {
   if (!plan.options().external_token_emb()) {
     const auto x = at::embedding(get("token_emb.emb.weight"), tokens.to(at::kLong));
     return plan.options().l2norm_embed() ? detail::l2norm(x) : x;
@@ -191,24 +207,28 @@ at::Tensor token_embeddings(const at::Tensor& tokens, const TransformerWrapperPl
   const auto& x = *extra.token_embeds;
   const c10::SymInt n = tokens.sym_size(1);
   TORCH_CHECK_VALUE(x.dim() == 3 && x.sym_size(0) == tokens.sym_size(0) && x.sym_size(1) == n &&
-                        x.sym_size(2) == plan.emb_dim() && x.is_floating_point() && x.device() == tokens.device(),
-                    "TransformerWrapper: expected the token_emb module's output of shape (", tokens.sym_size(0), ", ",
-                    n, ", ", plan.emb_dim(), ") and a float dtype on the tokens' device, got ", x.sym_sizes(), " ",
-                    x.scalar_type());
+                        x.sym_size(2) == plan.emb_dim() && x.is_floating_point() &&
+                        x.device() == tokens.device(),
+                    "TransformerWrapper: expected the token_emb module's output of shape (",
+                    tokens.sym_size(0), ", ", n, ", ", plan.emb_dim(),
+                    ") and a float dtype on the tokens' device, got ", x.sym_sizes(), " ", x.scalar_type());
   return x;
 }
 
-// The absolute position embedding (learned or scaled sinusoidal), at x-transformers' positions: custom pos, left
-// padding, and after the cached ones with input_not_include_cache (its seq_pos_offset).
+// The absolute position embedding (learned or scaled sinusoidal), at x-transformers' positions: custom pos,
+// left padding, and after the cached ones with input_not_include_cache (its seq_pos_offset).
 at::Tensor with_positions(at::Tensor x, const TransformerWrapperPlan& plan, const TensorByName& get,
                           const AttentionLayersInputs& given, const WrapperCache& cache) {
   const auto& o = plan.options();
   if (!plan.has_abs_pos_emb()) return x;
   const c10::SymInt n = x.sym_size(1);
   const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
-  TORCH_CHECK_VALUE(n + offset <= o.max_seq_len() || o.scaled_sinu_pos_emb(), "TransformerWrapper: expected at "
-                    "most max_seq_len (", o.max_seq_len(), ") positions, got ", n + offset);
-  const auto positions = detail::wrapper_positions("TransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb(), offset);
+  TORCH_CHECK_VALUE(n + offset <= o.max_seq_len() || o.scaled_sinu_pos_emb(),
+                    "TransformerWrapper: expected at "
+                    "most max_seq_len (",
+                    o.max_seq_len(), ") positions, got ", n + offset);
+  const auto positions =
+      detail::wrapper_positions("TransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb(), offset);
   return x + (o.scaled_sinu_pos_emb()
                   ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, plan.emb_dim(), x)
                   : detail::absolute_positions(get("pos_emb.emb.weight"), positions, o.l2norm_embed()));
@@ -216,7 +236,8 @@ at::Tensor with_positions(at::Tensor x, const TransformerWrapperPlan& plan, cons
 
 // sum_embeds: anything that broadcasts over (b, n, emb_dim) (NonAutoregressiveWrapper adds a (emb_dim,) null
 // embedding).
-at::Tensor with_sum_embeds(const at::Tensor& x, const TransformerWrapperPlan& plan, const ExtraEmbeddings& extra) {
+at::Tensor with_sum_embeds(const at::Tensor& x, const TransformerWrapperPlan& plan,
+                           const ExtraEmbeddings& extra) {
   if (!extra.sum_embeds.has_value()) return x;
   const auto& sum = *extra.sum_embeds;
   const c10::SymInt n = x.sym_size(1);
@@ -224,23 +245,24 @@ at::Tensor with_sum_embeds(const at::Tensor& x, const TransformerWrapperPlan& pl
                         sum.scalar_type() == x.scalar_type() && sum.device() == x.device() &&
                         (sum.dim() < 2 || sum.sym_size(-2) == n || sum.sym_size(-2) == 1) &&
                         (sum.dim() < 3 || sum.sym_size(0) == x.sym_size(0) || sum.sym_size(0) == 1),
-                    "TransformerWrapper: expected sum_embeds broadcastable to (", x.sym_size(0), ", ", n, ", ",
-                    plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ", sum.sym_sizes(), " ",
-                    sum.scalar_type());
+                    "TransformerWrapper: expected sum_embeds broadcastable to (", x.sym_size(0), ", ", n,
+                    ", ", plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ",
+                    sum.sym_sizes(), " ", sum.scalar_type());
   return x + sum;
 }
 
 // PaLI-style prefix embeddings in front; returns how many (the mask, when given, covers them too).
-c10::SymInt prepend_embeddings(at::Tensor& x, const TransformerWrapperPlan& plan, const ExtraEmbeddings& extra,
-                               const WrapperCache& cache) {
+c10::SymInt prepend_embeddings(at::Tensor& x, const TransformerWrapperPlan& plan,
+                               const ExtraEmbeddings& extra, const WrapperCache& cache) {
   if (!extra.prepend_embeds.has_value()) return 0;
   const auto& front = *extra.prepend_embeds;
-  TORCH_CHECK_VALUE(front.dim() == 3 && front.sym_size(0) == x.sym_size(0) && front.sym_size(2) == plan.emb_dim() &&
-                        front.scalar_type() == x.scalar_type() && front.device() == x.device(),
-                    "TransformerWrapper: expected prepend_embeds of shape (", x.sym_size(0), ", prefix, ",
-                    plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ", front.sym_sizes(), " ",
-                    front.scalar_type());
-  TORCH_CHECK_VALUE(cache.kv.empty() && !plan.options().average_pool_embed(), "TransformerWrapper: prepend_embeds "
+  TORCH_CHECK_VALUE(
+      front.dim() == 3 && front.sym_size(0) == x.sym_size(0) && front.sym_size(2) == plan.emb_dim() &&
+          front.scalar_type() == x.scalar_type() && front.device() == x.device(),
+      "TransformerWrapper: expected prepend_embeds of shape (", x.sym_size(0), ", prefix, ", plan.emb_dim(),
+      ") like the embeddings (", x.scalar_type(), "), got ", front.sym_sizes(), " ", front.scalar_type());
+  TORCH_CHECK_VALUE(cache.kv.empty() && !plan.options().average_pool_embed(),
+                    "TransformerWrapper: prepend_embeds "
                     "cannot be combined with a cache or average_pool_embed");
   x = at::cat({front, x}, 1);
   return front.sym_size(1);
@@ -248,10 +270,10 @@ c10::SymInt prepend_embeddings(at::Tensor& x, const TransformerWrapperPlan& plan
 
 }  // namespace
 
-at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given, at::TensorList params,
-                               const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
-                               const WrapperCache& cache, AttentionLayersHiddens* record,
-                               const ExtraEmbeddings& extra) {
+at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given,
+                               at::TensorList params, const TransformerWrapperPlan& plan, bool training,
+                               bool return_embeddings, const WrapperCache& cache,
+                               AttentionLayersHiddens* record, const ExtraEmbeddings& extra) {
   const auto& o = plan.options();
   check_tokens(tokens, o, extra);
   TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
@@ -261,12 +283,13 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   };
   // The length as a SymInt: torch.export and torch.compile keep it symbolic.
   const c10::SymInt n = tokens.sym_size(1);
-  at::Tensor x = with_sum_embeds(with_positions(token_embeddings(tokens, plan, get, extra), plan, get, given, cache),
-                                 plan, extra);
+  at::Tensor x = with_sum_embeds(
+      with_positions(token_embeddings(tokens, plan, get, extra), plan, get, given, cache), plan, extra);
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
   const c10::SymInt prepended = prepend_embeddings(x, plan, extra, cache);
   std::optional<at::Tensor> layer_mask = mask_with_prepend(given.mask, extra, x.sym_size(0), n, x);
-  const std::optional<at::Tensor> pool_mask = layer_mask;  // the attention pool's: over what the wrapper returns
+  const std::optional<at::Tensor> pool_mask =
+      layer_mask;  // the attention pool's: over what the wrapper returns
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
   if (plan.emb_dim() != plan.layers().options().dim())
     x = at::linear(x, get("project_emb.weight"), get("project_emb.bias"));
@@ -277,8 +300,8 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
   // As x-transformers, the stack also gets pos and seq_start_pos.
-  const auto inputs = detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, n, memory > 0 || cls > 0,
-                                           o.average_pool_embed() || cls > 0);
+  const auto inputs = detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, n,
+                                           memory > 0 || cls > 0, o.average_pool_embed() || cls > 0);
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow_symint(1, memory, cls + prepended + n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, given.mask);

@@ -1,5 +1,4 @@
 #include "src/nn/functional/wrapper_parts.h"
-#include "src/symbolic_sizes.h"
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
@@ -9,6 +8,8 @@
 #include <ATen/ops/pow.h>
 
 #include <cmath>
+
+#include "src/symbolic_sizes.h"
 
 namespace xtc::nn::functional {
 
@@ -24,8 +25,8 @@ at::Tensor find_tensor(const char* owner, const std::vector<ParameterSpec>& spec
                        const std::string& name) {
   for (size_t i = 0; i < specs.size(); ++i) {
     if (specs[i].name != name) continue;
-    TORCH_CHECK_VALUE(params[i].sizes() == c10::IntArrayRef(specs[i].shape), owner, ": expected parameter ", name,
-                      " of shape ", c10::IntArrayRef(specs[i].shape), ", got ", params[i].sizes());
+    TORCH_CHECK_VALUE(params[i].sizes() == c10::IntArrayRef(specs[i].shape), owner, ": expected parameter ",
+                      name, " of shape ", c10::IntArrayRef(specs[i].shape), ", got ", params[i].sizes());
     return params[i];
   }
   return at::Tensor();
@@ -50,8 +51,8 @@ at::Tensor wrapper_positions(const char* wrapper, const c10::SymInt& n, const At
   if (inputs.seq_start_pos.has_value()) {
     const auto& start = *inputs.seq_start_pos;
     TORCH_CHECK_VALUE(start.dim() == 1 && start.sym_size(0) == like.sym_size(0) && !start.is_floating_point(),
-                      wrapper, ": expected seq_start_pos of shape (", like.sym_size(0), ") and an integer dtype, got ",
-                      start.sym_sizes(), " ", start.scalar_type());
+                      wrapper, ": expected seq_start_pos of shape (", like.sym_size(0),
+                      ") and an integer dtype, got ", start.sym_sizes(), " ", start.scalar_type());
     positions = positions - start.to(at::kLong).unsqueeze(1);
     if (clamp) positions = positions.clamp_min(0);
   }
@@ -90,19 +91,23 @@ AttentionLayersInputs stack_inputs(const char* wrapper, const AttentionLayersInp
                                    const c10::SymInt& n, bool memory, bool pooling) {
   AttentionLayersInputs inputs = given;
   inputs.mask = mask;
-  // The stack's per-token inputs would not cover the memory tokens in front (x-transformers pads only the mask).
+  // The stack's per-token inputs would not cover the memory tokens in front (x-transformers pads only the
+  // mask).
   TORCH_CHECK_VALUE(!memory || !(given.attn_mask || given.self_attn_kv_mask || given.seq_start_pos ||
                                  given.attn_bias || given.pos || !given.mems.empty()),
-                    wrapper, ": attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, pos and mems cannot be "
+                    wrapper,
+                    ": attn_mask, self_attn_kv_mask, seq_start_pos, attn_bias, pos and mems cannot be "
                     "combined with num_memory_tokens or use_cls_token (tokens in front of the sequence)");
   if (cache.kv.empty()) return inputs;
   // x-transformers' can_cache_kv: memory tokens would sit between the cached keys and the new ones.
-  TORCH_CHECK_VALUE(!memory && !pooling, wrapper,
-                    ": a cache cannot be combined with num_memory_tokens, use_cls_token or average_pool_embed");
+  TORCH_CHECK_VALUE(
+      !memory && !pooling, wrapper,
+      ": a cache cannot be combined with num_memory_tokens, use_cls_token or average_pool_embed");
   const int64_t cached = cache.cached_length();
   inputs.cache_kv = cache.kv;
   if (cache.input_not_include_cache) {
-    // Only new tokens: their positions follow the cached ones (x-transformers' seq_pos_offset = cache_length).
+    // Only new tokens: their positions follow the cached ones (x-transformers' seq_pos_offset =
+    // cache_length).
     TORCH_CHECK_VALUE(n > 0, wrapper, ": with input_not_include_cache, pass at least one new position");
     inputs.cache_length = cached;
     return inputs;

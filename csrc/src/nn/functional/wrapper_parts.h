@@ -1,10 +1,9 @@
-// Pieces the wrappers (ContinuousTransformerWrapper, TransformerWrapper) share, as x-transformers computes them.
-// Internal to the library.
+// Pieces the wrappers (ContinuousTransformerWrapper, TransformerWrapper) share, as x-transformers computes
+// them. Internal to the library.
 #pragma once
 
-#include <xtc/nn/functional/attention_layers.h>
-
 #include <ATen/core/Tensor.h>
+#include <xtc/nn/functional/attention_layers.h>
 
 #include <optional>
 #include <string>
@@ -12,25 +11,29 @@
 
 namespace xtc::nn::functional::detail {
 
-/// The tensor called `name` in a wrapper's layout (undefined when the options leave it out), its shape checked.
+/// The tensor called `name` in a wrapper's layout (undefined when the options leave it out), its shape
+/// checked.
 at::Tensor find_tensor(const char* owner, const std::vector<ParameterSpec>& specs, at::TensorList params,
                        const std::string& name);
 
 /// The positions of a wrapper's n tokens, as x-transformers' position embeddings take them: the stack inputs'
-/// custom `pos` ((n) or (b, n) integers) or 0..n-1, minus the left padding seq_start_pos (b) per row, clamped at 0
-/// for the learned table (`clamp`); (n) or (b, n) int64. `offset` shifts the default range (not a custom pos).
+/// custom `pos` ((n) or (b, n) integers) or 0..n-1, minus the left padding seq_start_pos (b) per row, clamped
+/// at 0 for the learned table (`clamp`); (n) or (b, n) int64. `offset` shifts the default range (not a custom
+/// pos).
 at::Tensor wrapper_positions(const char* wrapper, const c10::SymInt& n, const AttentionLayersInputs& inputs,
                              const at::Tensor& like, bool clamp, int64_t offset = 0);
 
-/// AbsolutePositionalEmbedding at `positions` (int64, any shape): table rows times dim^-0.5, or l2-normalised rows.
+/// AbsolutePositionalEmbedding at `positions` (int64, any shape): table rows times dim^-0.5, or l2-normalised
+/// rows.
 at::Tensor absolute_positions(const at::Tensor& table, const at::Tensor& positions, bool l2norm);
 
-/// ScaledSinusoidalEmbedding at `positions`: [sin, cos] of positions times 10000^-(k / (dim / 2)), times the learned
-/// scale.
+/// ScaledSinusoidalEmbedding at `positions`: [sin, cos] of positions times 10000^-(k / (dim / 2)), times the
+/// learned scale.
 at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, const at::Tensor& positions, int64_t dim,
                                        const at::Tensor& like);
 
-/// Prepends learned tokens (memory or [CLS]) (M, dim) to x (b, n, dim), and True to the mask when there is one.
+/// Prepends learned tokens (memory or [CLS]) (M, dim) to x (b, n, dim), and True to the mask when there is
+/// one.
 void prepend_memory(at::Tensor& x, std::optional<at::Tensor>& mask, const at::Tensor& memory_tokens);
 
 /// torch-einops-utils' masked_mean over the sequence: sum of kept positions / max(count, 1e-5); plain mean
@@ -40,11 +43,11 @@ at::Tensor masked_mean(const at::Tensor& x, const std::optional<at::Tensor>& mas
 /// F.normalize over the last dim.
 at::Tensor l2norm(const at::Tensor& x);
 
-/// The layer stack's inputs from a wrapper: the caller's (context, attn_mask, pos, ...), the key mask after the
-/// memory tokens and, for incremental decoding, the previous call's cache. As x-transformers' wrappers, the input
-/// holds the whole sequence so far (the n positions, cached ones included; only the new ones with
-/// input_not_include_cache) and only the last one runs; memory tokens and pooling are refused with a cache, and the
-/// per-token inputs with memory tokens.
+/// The layer stack's inputs from a wrapper: the caller's (context, attn_mask, pos, ...), the key mask after
+/// the memory tokens and, for incremental decoding, the previous call's cache. As x-transformers' wrappers,
+/// the input holds the whole sequence so far (the n positions, cached ones included; only the new ones with
+/// input_not_include_cache) and only the last one runs; memory tokens and pooling are refused with a cache,
+/// and the per-token inputs with memory tokens.
 AttentionLayersInputs stack_inputs(const char* wrapper, const AttentionLayersInputs& given,
                                    const std::optional<at::Tensor>& mask, const WrapperCache& cache,
                                    const c10::SymInt& n, bool memory, bool pooling);

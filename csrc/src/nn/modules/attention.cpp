@@ -1,6 +1,3 @@
-#include <xtc/nn/functional/attention.h>
-#include <xtc/nn/modules/attention.h>
-
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/zeros.h>
@@ -8,6 +5,8 @@
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>
+#include <xtc/nn/functional/attention.h>
+#include <xtc/nn/modules/attention.h>
 
 #include <cmath>
 
@@ -42,17 +41,20 @@ void AttentionImpl::reset() {
     qk_norm_q_scale = register_parameter("qk_norm_q_scale", at::ones({heads, 1, dh}) * init);
     qk_norm_k_scale = register_parameter("qk_norm_k_scale", at::ones({kv_heads, 1, dh}) * init);
   }
-  if (options.head_scale()) head_scale_params = register_parameter("head_scale_params", at::ones({1, heads, 1, 1}));
+  if (options.head_scale())
+    head_scale_params = register_parameter("head_scale_params", at::ones({1, heads, 1, 1}));
   if (options.num_mem_kv() > 0) {
     mem_k = register_parameter("mem_k", at::randn({kv_heads, options.num_mem_kv(), dh}));
     mem_v = register_parameter("mem_v", at::randn({kv_heads, options.num_mem_kv(), dh}));
   }
   const auto no_bias = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
   to_q = register_module("to_q", torch::nn::Linear(no_bias(dim, heads * dh)));
-  const int64_t dim_kv = options.dim_context().value_or(dim);  // cross-attention over a context of another width
+  const int64_t dim_kv =
+      options.dim_context().value_or(dim);  // cross-attention over a context of another width
   to_k = register_module("to_k", torch::nn::Linear(no_bias(dim_kv, kv_heads * dh)));
   to_v = register_module("to_v", torch::nn::Linear(no_bias(dim_kv, kv_heads * dv)));
-  if (options.gate_values()) to_v_gate = register_module("to_v_gate", torch::nn::Linear(no_bias(dim, heads * dv)));
+  if (options.gate_values())
+    to_v_gate = register_module("to_v_gate", torch::nn::Linear(no_bias(dim, heads * dv)));
   // x-transformers' MultiheadRMSNorm modules: a zero-initialised per-head gain `gamma` each.
   const auto multihead_rms_norm = [&](const char* name, int64_t norm_heads) {
     auto norm = std::make_shared<torch::nn::Module>("MultiheadRMSNorm");
@@ -65,10 +67,11 @@ void AttentionImpl::reset() {
   if (options.value_rmsnorm()) value_rmsnorm = multihead_rms_norm("value_rmsnorm", heads);
   if (options.head_learned_sink() || options.pre_talking_heads() || options.post_talking_heads() ||
       options.pre_scale_post_talking_heads()) {
-    // x-transformers' Attend holds the learned sink logits and the talking-heads 1x1 convolutions, initialised to
-    // the identity (dirac).
+    // x-transformers' Attend holds the learned sink logits and the talking-heads 1x1 convolutions,
+    // initialised to the identity (dirac).
     auto attend = std::make_shared<torch::nn::Module>("Attend");
-    if (options.head_learned_sink()) head_attn_sink = attend->register_parameter("head_attn_sink", at::zeros({heads}));
+    if (options.head_learned_sink())
+      head_attn_sink = attend->register_parameter("head_attn_sink", at::zeros({heads}));
     const auto talking = [&](const char* name) {
       torch::nn::Conv2d conv(torch::nn::Conv2dOptions(heads, heads, 1).bias(false));
       torch::nn::init::dirac_(conv->weight);
@@ -77,12 +80,14 @@ void AttentionImpl::reset() {
     };
     if (options.pre_talking_heads()) pre_talking_heads = talking("pre_softmax_talking_heads");
     if (options.post_talking_heads()) post_talking_heads = talking("post_softmax_talking_heads");
-    if (options.pre_scale_post_talking_heads()) pre_scale_post_talking_heads = talking("pre_scale_post_talking_heads");
+    if (options.pre_scale_post_talking_heads())
+      pre_scale_post_talking_heads = talking("pre_scale_post_talking_heads");
     register_module("attend", attend);
   }
   if (learned_value_mix) {
     to_value_residual_mix = torch::nn::Linear(dim, heads);
-    register_module("to_value_residual_mix", torch::nn::Sequential(to_value_residual_mix, torch::nn::Sigmoid()));
+    register_module("to_value_residual_mix",
+                    torch::nn::Sequential(to_value_residual_mix, torch::nn::Sigmoid()));
   }
   if (options.on_attn()) {
     // Attention on attention: Linear to 2 x dim, then a GLU.
@@ -105,17 +110,27 @@ void AttentionImpl::pretty_print(std::ostream& stream) const {
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& context,
                                   const at::Tensor& context_mask) {
-  const functional::AttentionConfig config{heads,
-                                           kv_heads_of(options, heads),
-                                           options.dim_head(),
-                                           options.value_dim_head().value_or(options.dim_head()),
-                                           causal && !context.defined(),
-                                           options,
-                                           at::Tensor()};
-  functional::AttentionWeights w{to_q->weight, to_k->weight, to_v->weight,
-                                 to_v_gate ? to_v_gate->weight : at::Tensor(), to_out ? to_out->weight : at::Tensor(),
-                                 head_scale_params, mem_k, mem_v, qk_norm_q_scale, qk_norm_k_scale, to_out_glu,
-                                 pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads,
+  functional::AttentionConfig config{};
+  config.heads = heads;
+  config.kv_heads = kv_heads_of(options, heads);
+  config.dim_head = options.dim_head();
+  config.value_dim_head = options.value_dim_head().value_or(options.dim_head());
+  config.causal = causal && !context.defined();
+  config.options = options;
+  functional::AttentionWeights w{to_q->weight,
+                                 to_k->weight,
+                                 to_v->weight,
+                                 to_v_gate ? to_v_gate->weight : at::Tensor(),
+                                 to_out ? to_out->weight : at::Tensor(),
+                                 head_scale_params,
+                                 mem_k,
+                                 mem_v,
+                                 qk_norm_q_scale,
+                                 qk_norm_k_scale,
+                                 to_out_glu,
+                                 pre_talking_heads,
+                                 post_talking_heads,
+                                 pre_scale_post_talking_heads,
                                  to_value_residual_mix ? to_value_residual_mix->weight : at::Tensor(),
                                  to_value_residual_mix ? to_value_residual_mix->bias : at::Tensor(),
                                  q_rmsnorm,

@@ -1,15 +1,14 @@
-#include <xtc/nn/modules/attention.h>
-#include <xtc/nn/modules/attention_layers.h>
-#include <xtc/nn/modules/feedforward.h>
-#include <xtc/nn/modules/norm.h>
-#include <xtc/nn/modules/residual.h>
-
 #include <ATen/ops/arange.h>
 #include <ATen/ops/pow.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/normalization.h>
+#include <xtc/nn/modules/attention.h>
+#include <xtc/nn/modules/attention_layers.h>
+#include <xtc/nn/modules/feedforward.h>
+#include <xtc/nn/modules/norm.h>
+#include <xtc/nn/modules/residual.h>
 
 #include <cmath>
 
@@ -19,18 +18,24 @@ namespace {
 std::shared_ptr<torch::nn::Module> make_norm(const AttentionLayersOptions& o) {
   const bool offset = o.norm_add_unit_offset();
   switch (o.norm_kind()) {
-    case NormKind::LayerNorm: return LayerNorm(o.dim(), offset).ptr();
-    case NormKind::RMSNorm: return RMSNorm(o.dim(), offset).ptr();
-    case NormKind::ScaleNorm: return ScaleNorm(o.dim(), offset).ptr();
-    case NormKind::SimpleRMSNorm: return SimpleRMSNorm(o.dim()).ptr();
-    case NormKind::DynamicTanh: return DynamicTanh(o.dim(), o.dynamic_tanh_init_alpha(), offset).ptr();
+    case NormKind::LayerNorm:
+      return LayerNorm(o.dim(), offset).ptr();
+    case NormKind::RMSNorm:
+      return RMSNorm(o.dim(), offset).ptr();
+    case NormKind::ScaleNorm:
+      return ScaleNorm(o.dim(), offset).ptr();
+    case NormKind::SimpleRMSNorm:
+      return SimpleRMSNorm(o.dim()).ptr();
+    case NormKind::DynamicTanh:
+      return DynamicTanh(o.dim(), o.dynamic_tanh_init_alpha(), offset).ptr();
     case NormKind::AdaptiveLayerNorm:
     case NormKind::AdaptiveRMSNorm: {
-      // x-transformers' AdaptiveLayerNorm / AdaptiveRMSNorm: no gain of their own, a zero-initialised to_gamma.
-      auto norm = std::make_shared<torch::nn::Module>(o.norm_kind() == NormKind::AdaptiveLayerNorm
-                                                          ? "AdaptiveLayerNorm"
-                                                          : "AdaptiveRMSNorm");
-      auto to_gamma = torch::nn::Linear(torch::nn::LinearOptions(o.conditioning_width(), o.dim()).bias(false));
+      // x-transformers' AdaptiveLayerNorm / AdaptiveRMSNorm: no gain of their own, a zero-initialised
+      // to_gamma.
+      auto norm = std::make_shared<torch::nn::Module>(
+          o.norm_kind() == NormKind::AdaptiveLayerNorm ? "AdaptiveLayerNorm" : "AdaptiveRMSNorm");
+      auto to_gamma =
+          torch::nn::Linear(torch::nn::LinearOptions(o.conditioning_width(), o.dim()).bias(false));
       torch::NoGradGuard no_grad;
       to_gamma->weight.zero_();
       norm->register_module("to_gamma", to_gamma);
@@ -40,7 +45,8 @@ std::shared_ptr<torch::nn::Module> make_norm(const AttentionLayersOptions& o) {
   TORCH_INTERNAL_ASSERT(false, "unknown norm kind");
 }
 
-// x-transformers' norms ModuleList keeps None slots, so its children are named by slot: 0 pre, 1 sandwich, 2 post.
+// x-transformers' norms ModuleList keeps None slots, so its children are named by slot: 0 pre, 1 sandwich, 2
+// post.
 std::shared_ptr<torch::nn::Module> make_norm_slots(const AttentionLayersOptions& o) {
   auto slots = std::make_shared<torch::nn::Module>("NormSlots");
   if (o.pre_norm()) slots->register_module("0", make_norm(o));
@@ -66,7 +72,8 @@ std::shared_ptr<torch::nn::Module> make_block(char type, size_t index, const Att
   if (o.use_layerscale())
     block = LayerScale(block, o.dim(), o.layerscale_init_value(), o.norm_add_unit_offset()).ptr();
   if (o.use_adaptive_layerscale()) {
-    // x-transformers' AdaptiveLayerScale: the block as `fn`, then to_gamma (zero weight, bias -2: adaLN-zero).
+    // x-transformers' AdaptiveLayerScale: the block as `fn`, then to_gamma (zero weight, bias -2:
+    // adaLN-zero).
     auto scale = std::make_shared<torch::nn::Module>("AdaptiveLayerScale");
     scale->register_module("fn", block);
     auto to_gamma = torch::nn::Linear(o.conditioning_width(), o.dim());
@@ -81,9 +88,11 @@ std::shared_ptr<torch::nn::Module> make_block(char type, size_t index, const Att
 
 // T5's bucket embedding, or the dynamic bias MLP, under x-transformers' names (`rel_pos.*`).
 std::shared_ptr<torch::nn::Module> make_rel_pos(const AttentionLayersOptions& o) {
-  auto rel_pos = std::make_shared<torch::nn::Module>(o.rel_pos_bias() ? "RelativePositionBias" : "DynamicPositionBias");
+  auto rel_pos =
+      std::make_shared<torch::nn::Module>(o.rel_pos_bias() ? "RelativePositionBias" : "DynamicPositionBias");
   if (o.rel_pos_bias()) {
-    rel_pos->register_module("relative_attention_bias", torch::nn::Embedding(o.rel_pos_num_buckets(), o.heads()));
+    rel_pos->register_module("relative_attention_bias",
+                             torch::nn::Embedding(o.rel_pos_num_buckets(), o.heads()));
     return rel_pos;
   }
   const int64_t d = o.dim() / 4;
@@ -110,9 +119,12 @@ std::shared_ptr<torch::nn::Module> make_residual(const AttentionLayersOptions& o
 
 }  // namespace
 
-AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options) : options(std::move(options)) { reset(); }
+AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options) : options(std::move(options)) {
+  reset();
+}
 
-AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options, WithoutTensors) : options(std::move(options)) {
+AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options, WithoutTensors)
+    : options(std::move(options)) {
   plan = std::make_shared<const functional::AttentionLayersPlan>(this->options);
 }
 
@@ -147,13 +159,16 @@ void AttentionLayersImpl::reset() {
         "inv_freq", 1.0 / at::pow(base, at::arange(0, r, 2, at::kFloat) / static_cast<double>(r)));
     // xPos: the per-pair decay (2k + 0.4 r) / (1.4 r), a persistent buffer too.
     if (options.rotary_xpos())
-      rotary_pos_emb->register_buffer("scale", (at::arange(0, r, 2, at::kFloat) + 0.4 * static_cast<double>(r)) /
-                                                   (1.4 * static_cast<double>(r)));
+      rotary_pos_emb->register_buffer(
+          "scale",
+          (at::arange(0, r, 2, at::kFloat) + 0.4 * static_cast<double>(r)) / (1.4 * static_cast<double>(r)));
     register_module("rotary_pos_emb", rotary_pos_emb);
   }
-  if (options.rel_pos_bias() || options.dynamic_pos_bias()) rel_pos = register_module("rel_pos", make_rel_pos(options));
+  if (options.rel_pos_bias() || options.dynamic_pos_bias())
+    rel_pos = register_module("rel_pos", make_rel_pos(options));
   if (options.needs_condition() && options.adaptive_condition_mlp()) {
-    auto mlp = std::make_shared<torch::nn::Module>("AdaptiveMLP");  // x-transformers' Sequential(Linear, SiLU)
+    auto mlp =
+        std::make_shared<torch::nn::Module>("AdaptiveMLP");  // x-transformers' Sequential(Linear, SiLU)
     mlp->register_module("0", torch::nn::Linear(torch::nn::LinearOptions(options.resolved_dim_condition(),
                                                                          options.conditioning_width())
                                                     .bias(false)));
@@ -161,14 +176,16 @@ void AttentionLayersImpl::reset() {
   }
   if (options.has_final_norm()) final_norm = register_module("final_norm", make_norm(options));
   if (options.unet_skips()) {
-    // x-transformers' skip_combines: a ConcatCombine (a bias-less (2 dim -> dim) linear) at each second-half block.
+    // x-transformers' skip_combines: a ConcatCombine (a bias-less (2 dim -> dim) linear) at each second-half
+    // block.
     auto combines = std::make_shared<torch::nn::Module>("SkipCombines");
     const auto sources = options.unet_skip_sources();
     for (size_t i = 0; i < sources.size(); ++i) {
       if (sources[i] < 0) continue;
       auto combine = std::make_shared<torch::nn::Module>("ConcatCombine");
       combine->register_module(
-          "combine", torch::nn::Linear(torch::nn::LinearOptions(2 * options.dim(), options.dim()).bias(false)));
+          "combine",
+          torch::nn::Linear(torch::nn::LinearOptions(2 * options.dim(), options.dim()).bias(false)));
       combines->register_module(std::to_string(i), combine);
     }
     register_module("skip_combines", combines);
@@ -189,7 +206,8 @@ void AttentionLayersImpl::reset() {
                           spec.name, " ", c10::IntArrayRef(spec.shape), " of the layout");
     ++checked;
   }
-  TORCH_INTERNAL_ASSERT(checked == params.size() + buffers.size(), "AttentionLayers: module has tensors the layout lacks");
+  TORCH_INTERNAL_ASSERT(checked == params.size() + buffers.size(),
+                        "AttentionLayers: module has tensors the layout lacks");
 }
 
 std::vector<at::Tensor> tensors_in_layout(const torch::nn::Module& module,
@@ -206,21 +224,31 @@ std::vector<at::Tensor> tensors_in_layout(const torch::nn::Module& module,
   return out;
 }
 
-std::vector<at::Tensor> AttentionLayersImpl::tensors() const { return tensors_in_layout(*this, plan->parameters()); }
+std::vector<at::Tensor> AttentionLayersImpl::tensors() const {
+  return tensors_in_layout(*this, plan->parameters());
+}
 
 void AttentionLayersImpl::pretty_print(std::ostream& stream) const {
   stream << "xtc::nn::AttentionLayers(dim=" << options.dim() << ", depth=" << options.depth()
          << ", heads=" << options.heads() << (options.causal() ? ", causal=true" : "") << ")";
 }
 
-at::Tensor AttentionLayersImpl::forward(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& context,
-                                        const at::Tensor& context_mask, const at::Tensor& attn_mask) {
-  const auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-  return functional::attention_layers(x, {optional(mask), optional(context), optional(context_mask), optional(attn_mask)},
-                                      tensors(), *plan, is_training());
+at::Tensor AttentionLayersImpl::forward(const at::Tensor& x, const at::Tensor& mask,
+                                        const at::Tensor& context, const at::Tensor& context_mask,
+                                        const at::Tensor& attn_mask) {
+  const auto optional = [](const at::Tensor& t) {
+    return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+  };
+  functional::AttentionLayersInputs inputs;
+  inputs.mask = optional(mask);
+  inputs.context = optional(context);
+  inputs.context_mask = optional(context_mask);
+  inputs.attn_mask = optional(attn_mask);
+  return functional::attention_layers(x, inputs, tensors(), *plan, is_training());
 }
 
-at::Tensor AttentionLayersImpl::forward_with(const at::Tensor& x, const functional::AttentionLayersInputs& inputs,
+at::Tensor AttentionLayersImpl::forward_with(const at::Tensor& x,
+                                             const functional::AttentionLayersInputs& inputs,
                                              functional::AttentionLayersHiddens* record) {
   return functional::attention_layers(x, inputs, tensors(), *plan, is_training(), record);
 }

@@ -1,17 +1,16 @@
-#include <xtc/nn/modules/continuous.h>
-#include <xtc/nn/modules/norm.h>
-
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
+#include <xtc/nn/modules/continuous.h>
+#include <xtc/nn/modules/norm.h>
 
 #include <cmath>
 
 namespace xtc::nn {
 
-ContinuousTransformerWrapperImpl::ContinuousTransformerWrapperImpl(ContinuousTransformerWrapperOptions options,
-                                                                   AttentionLayers attn_layers)
+ContinuousTransformerWrapperImpl::ContinuousTransformerWrapperImpl(
+    ContinuousTransformerWrapperOptions options, AttentionLayers attn_layers)
     : options(std::move(options)), attn_layers(std::move(attn_layers)) {
   reset();
 }
@@ -34,17 +33,22 @@ void ContinuousTransformerWrapperImpl::reset() {
   if (options.post_emb_norm()) register_module("post_emb_norm", LayerNorm(dim, /*unit_offset=*/false));
   register_module("attn_layers", attn_layers);
   const auto no_bias = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
-  if (plan->has_project_in()) register_module("project_in", torch::nn::Linear(no_bias(*options.dim_in(), dim)));
+  if (plan->has_project_in())
+    register_module("project_in", torch::nn::Linear(no_bias(*options.dim_in(), dim)));
   if (plan->has_project_out())
     register_module("project_out",
                     torch::nn::Linear(no_bias(dim, *options.dim_out() * (options.probabilistic() ? 2 : 1))));
 }
 
-std::vector<at::Tensor> ContinuousTransformerWrapperImpl::tensors() const { return tensors_in_layout(*this, plan->parameters()); }
+std::vector<at::Tensor> ContinuousTransformerWrapperImpl::tensors() const {
+  return tensors_in_layout(*this, plan->parameters());
+}
 
 at::Tensor ContinuousTransformerWrapperImpl::forward(const at::Tensor& x, const at::Tensor& mask,
                                                      const at::Tensor& lens, bool return_embeddings) {
-  const auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
+  const auto optional = [](const at::Tensor& t) {
+    return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+  };
   functional::AttentionLayersInputs inputs;
   inputs.mask = optional(mask);
   return functional::continuous_transformer(x, inputs, optional(lens), tensors(), *plan, is_training(),

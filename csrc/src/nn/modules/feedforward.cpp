@@ -1,11 +1,10 @@
-#include <xtc/nn/functional/feedforward.h>
-#include <xtc/nn/modules/feedforward.h>
-#include <xtc/nn/modules/norm.h>
-
 #include <ATen/ops/ones.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/dropout.h>
+#include <xtc/nn/functional/feedforward.h>
+#include <xtc/nn/modules/feedforward.h>
+#include <xtc/nn/modules/norm.h>
 
 namespace xtc::nn {
 
@@ -23,11 +22,14 @@ void GLUImpl::pretty_print(std::ostream& stream) const {
   stream << "xtc::nn::GLU(" << dim_in << ", " << dim_out << (has_mult_bias ? ", mult_bias=true" : "") << ")";
 }
 
-FeedForwardImpl::FeedForwardImpl(int64_t dim, FeedForwardOptions options) : dim(dim), options(options) { reset(); }
+FeedForwardImpl::FeedForwardImpl(int64_t dim, FeedForwardOptions options) : dim(dim), options(options) {
+  reset();
+}
 
 void FeedForwardImpl::reset() {
   const auto inner = static_cast<int64_t>(dim * options.mult());
-  TORCH_CHECK_VALUE(inner > 0, "FeedForward: expected dim * mult >= 1, got dim ", dim, " and mult ", options.mult());
+  TORCH_CHECK_VALUE(inner > 0, "FeedForward: expected dim * mult >= 1, got dim ", dim, " and mult ",
+                    options.mult());
   ff = register_module("ff", torch::nn::ModuleList());
   // The activation modules only name the layout; forward runs functional::feed_forward.
   if (options.glu()) {
@@ -51,8 +53,8 @@ void FeedForwardImpl::reset() {
 }
 
 void FeedForwardImpl::pretty_print(std::ostream& stream) const {
-  stream << "xtc::nn::FeedForward(dim=" << dim << ", mult=" << options.mult() << (options.glu() ? ", glu=true" : "")
-         << ")";
+  stream << "xtc::nn::FeedForward(dim=" << dim << ", mult=" << options.mult()
+         << (options.glu() ? ", glu=true" : "") << ")";
 }
 
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {

@@ -1,8 +1,7 @@
-#include <xtc/nn/functional/norm.h>
-#include <xtc/nn/modules/norm.h>
-
 #include <ATen/ops/empty.h>
 #include <torch/nn/init.h>
+#include <xtc/nn/functional/norm.h>
+#include <xtc/nn/modules/norm.h>
 
 namespace xtc::nn {
 
@@ -20,7 +19,9 @@ void LayerNormImpl::pretty_print(std::ostream& stream) const {
   stream << "xtc::nn::LayerNorm(" << dim << (unit_offset ? ", unit_offset=true" : "") << ")";
 }
 
-at::Tensor LayerNormImpl::forward(const at::Tensor& x) { return functional::layer_norm(x, gamma, unit_offset); }
+at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
+  return functional::layer_norm(x, gamma, unit_offset);
+}
 
 RMSNormImpl::RMSNormImpl(int64_t dim, bool unit_offset, bool scalar_gain)
     : dim(dim), unit_offset(unit_offset), scalar_gain(scalar_gain) {
@@ -36,15 +37,17 @@ void RMSNormImpl::reset() {
 void RMSNormImpl::reset_parameters() { torch::nn::init::constant_(g, unit_offset ? 0.0 : 1.0); }
 
 void RMSNormImpl::pretty_print(std::ostream& stream) const {
-  stream << "xtc::nn::" << (scalar_gain ? "ScaleNorm(" : "RMSNorm(") << dim << (unit_offset ? ", unit_offset=true" : "")
-         << ")";
+  stream << "xtc::nn::" << (scalar_gain ? "ScaleNorm(" : "RMSNorm(") << dim
+         << (unit_offset ? ", unit_offset=true" : "") << ")";
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) { return functional::rms_norm(x, g, unit_offset); }
 
 SimpleRMSNormImpl::SimpleRMSNormImpl(int64_t dim) : dim(dim) {}
 
-void SimpleRMSNormImpl::pretty_print(std::ostream& stream) const { stream << "xtc::nn::SimpleRMSNorm(" << dim << ")"; }
+void SimpleRMSNormImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::SimpleRMSNorm(" << dim << ")";
+}
 
 at::Tensor SimpleRMSNormImpl::forward(const at::Tensor& x) { return functional::rms_norm(x, at::Tensor()); }
 
@@ -69,8 +72,8 @@ void DynamicTanhImpl::reset_parameters() {
 }
 
 void DynamicTanhImpl::pretty_print(std::ostream& stream) const {
-  stream << "xtc::nn::DynamicTanh(" << dim << ", init_alpha=" << init_alpha << (unit_offset ? ", unit_offset=true" : "")
-         << ")";
+  stream << "xtc::nn::DynamicTanh(" << dim << ", init_alpha=" << init_alpha
+         << (unit_offset ? ", unit_offset=true" : "") << ")";
 }
 
 at::Tensor DynamicTanhImpl::forward(const at::Tensor& x) {

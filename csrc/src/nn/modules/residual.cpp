@@ -1,9 +1,8 @@
-#include <xtc/nn/functional/residual.h>
-#include <xtc/nn/modules/residual.h>
-
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
 #include <torch/nn/init.h>
+#include <xtc/nn/functional/residual.h>
+#include <xtc/nn/modules/residual.h>
 
 namespace xtc::nn {
 
@@ -17,10 +16,14 @@ void ResidualImpl::reset() {
 }
 
 at::Tensor ResidualImpl::forward(const at::Tensor& branch, const at::Tensor& residual) {
-  return functional::residual(ResidualKind::Add, branch, residual, {residual_scale}, scale_residual_constant);
+  functional::ResidualWeights weights;
+  weights.residual_scale = residual_scale;
+  return functional::residual(ResidualKind::Add, branch, residual, weights, scale_residual_constant);
 }
 
-GRUGatingImpl::GRUGatingImpl(int64_t dim, bool scale_residual) : dim(dim), scale_residual(scale_residual) { reset(); }
+GRUGatingImpl::GRUGatingImpl(int64_t dim, bool scale_residual) : dim(dim), scale_residual(scale_residual) {
+  reset();
+}
 
 void GRUGatingImpl::reset() {
   gru = register_module("gru", torch::nn::GRUCell(dim, dim));
@@ -29,10 +32,12 @@ void GRUGatingImpl::reset() {
 
 at::Tensor GRUGatingImpl::forward(const at::Tensor& branch, const at::Tensor& residual) {
   return functional::residual(ResidualKind::GRUGating, branch, residual,
-                              {residual_scale, gru->weight_ih, gru->weight_hh, gru->bias_ih, gru->bias_hh}, 1.0);
+                              {residual_scale, gru->weight_ih, gru->weight_hh, gru->bias_ih, gru->bias_hh},
+                              1.0);
 }
 
-LayerScaleImpl::LayerScaleImpl(std::shared_ptr<torch::nn::Module> fn, int64_t dim, double init_value, bool unit_offset)
+LayerScaleImpl::LayerScaleImpl(std::shared_ptr<torch::nn::Module> fn, int64_t dim, double init_value,
+                               bool unit_offset)
     : fn(std::move(fn)), dim(dim), init_value(init_value), unit_offset(unit_offset) {
   reset();
 }
@@ -49,7 +54,8 @@ ScaleImpl::ScaleImpl(double value, std::shared_ptr<torch::nn::Module> fn) : valu
 
 void ScaleImpl::reset() { register_module("fn", fn); }
 
-ShiftTokensImpl::ShiftTokensImpl(int64_t shift, std::shared_ptr<torch::nn::Module> fn) : shift(shift), fn(std::move(fn)) {
+ShiftTokensImpl::ShiftTokensImpl(int64_t shift, std::shared_ptr<torch::nn::Module> fn)
+    : shift(shift), fn(std::move(fn)) {
   reset();
 }
 

@@ -1,11 +1,10 @@
-#include <xtc/nn/modules/norm.h>
-#include <xtc/nn/modules/transformer_wrapper.h>
-
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
+#include <xtc/nn/modules/norm.h>
+#include <xtc/nn/modules/transformer_wrapper.h>
 
 #include <cmath>
 
@@ -27,8 +26,10 @@ void TransformerWrapperImpl::reset() {
   if (!options.external_token_emb()) {
     auto token_emb = std::make_shared<torch::nn::Module>("TokenEmbedding");
     torch::nn::Embedding table(options.num_tokens(), emb_dim);
-    if (options.l2norm_embed()) torch::nn::init::normal_(table->weight, 0.0, 1e-5);
-    else torch::nn::init::kaiming_normal_(table->weight);
+    if (options.l2norm_embed())
+      torch::nn::init::normal_(table->weight, 0.0, 1e-5);
+    else
+      torch::nn::init::kaiming_normal_(table->weight);
     token_emb->register_module("emb", table);
     register_module("token_emb", token_emb);
   }
@@ -68,22 +69,29 @@ void TransformerWrapperImpl::reset() {
     register_module("attn_pool", attn_pool);
   }
   if (!options.return_only_embed() && !options.tie_embedding())
-    register_module("to_logits", torch::nn::Linear(torch::nn::LinearOptions(
-                                     dim, options.logits_dim().value_or(options.num_tokens())).bias(false)));
+    register_module(
+        "to_logits",
+        torch::nn::Linear(
+            torch::nn::LinearOptions(dim, options.logits_dim().value_or(options.num_tokens())).bias(false)));
 }
 
-std::vector<at::Tensor> TransformerWrapperImpl::tensors() const { return tensors_in_layout(*this, plan->parameters()); }
+std::vector<at::Tensor> TransformerWrapperImpl::tensors() const {
+  return tensors_in_layout(*this, plan->parameters());
+}
 
-at::Tensor TransformerWrapperImpl::forward(const at::Tensor& tokens, const at::Tensor& mask, bool return_embeddings) {
+at::Tensor TransformerWrapperImpl::forward(const at::Tensor& tokens, const at::Tensor& mask,
+                                           bool return_embeddings) {
   functional::AttentionLayersInputs inputs;
   if (mask.defined()) inputs.mask = mask;
   return functional::transformer_wrapper(tokens, inputs, tensors(), *plan, is_training(), return_embeddings);
 }
 
-at::Tensor TransformerWrapperImpl::forward_with(const at::Tensor& tokens, const functional::AttentionLayersInputs& inputs,
-                                               const functional::ExtraEmbeddings& extra, bool return_embeddings) {
-  return functional::transformer_wrapper(tokens, inputs, tensors(), *plan, is_training(), return_embeddings, {},
-                                         nullptr, extra);
+at::Tensor TransformerWrapperImpl::forward_with(const at::Tensor& tokens,
+                                                const functional::AttentionLayersInputs& inputs,
+                                                const functional::ExtraEmbeddings& extra,
+                                                bool return_embeddings) {
+  return functional::transformer_wrapper(tokens, inputs, tensors(), *plan, is_training(), return_embeddings,
+                                         {}, nullptr, extra);
 }
 
 }  // namespace xtc::nn

@@ -1,13 +1,12 @@
-#include <xtc/nn/options/attention_layers.h>
-
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-
-#include "src/nn/options/option_text.h"
+#include <xtc/nn/options/attention_layers.h>
 
 #include <algorithm>
 #include <functional>
+
+#include "src/nn/options/option_text.h"
 
 namespace xtc::nn {
 
@@ -48,7 +47,8 @@ std::vector<char> AttentionLayersOptions::layer_types() const {
   }
   if (sandwich_coef_.has_value()) {
     types.assign(*sandwich_coef_, 'a');
-    for (int64_t i = 0; i < depth_ - *sandwich_coef_; ++i) types.insert(types.end(), block.begin(), block.end());
+    for (int64_t i = 0; i < depth_ - *sandwich_coef_; ++i)
+      types.insert(types.end(), block.begin(), block.end());
     types.resize(types.size() + *sandwich_coef_, 'f');
     return types;
   }
@@ -61,7 +61,8 @@ std::vector<int64_t> AttentionLayersOptions::unet_skip_sources() const {
   const auto types = layer_types();
   std::vector<int64_t> sources(types.size(), -1);
   if (!unet_skips_) return sources;
-  // x-transformers' construction, verbatim: blocks count as one layer for custom layouts, the depth is 1 when tied.
+  // x-transformers' construction, verbatim: blocks count as one layer for custom layouts, the depth is 1 when
+  // tied.
   const bool custom = custom_layers_.has_value() || par_ratio_.has_value() || sandwich_coef_.has_value();
   const int64_t block = custom ? 1 : static_cast<int64_t>(default_block(*this).size());
   const int64_t depth = weight_tie_layers_ ? 1 : depth_;
@@ -72,7 +73,8 @@ std::vector<int64_t> AttentionLayersOptions::unet_skip_sources() const {
   for (size_t i = 0; i < types.size(); ++i) {
     const auto index = static_cast<int64_t>(i);
     if (index % block != 0 || static_cast<double>(index / block) < static_cast<double>(depth) / 2) continue;
-    TORCH_CHECK_VALUE(!open.empty(), "AttentionLayers: unet_skips pairs more second-half blocks than first-half "
+    TORCH_CHECK_VALUE(!open.empty(),
+                      "AttentionLayers: unet_skips pairs more second-half blocks than first-half "
                       "ones for this layout (x-transformers fails here too)");
     sources[i] = open.back();
     open.pop_back();
@@ -90,18 +92,22 @@ std::vector<int64_t> AttentionLayersOptions::execution_order() const {
   return order;
 }
 
-std::vector<int64_t> AttentionLayersOptions::repeat_blocks_order(const std::vector<RepeatBlocks>& groups) const {
+std::vector<int64_t> AttentionLayersOptions::repeat_blocks_order(
+    const std::vector<RepeatBlocks>& groups) const {
   TORCH_CHECK_VALUE(!custom_layers_.has_value() && !par_ratio_.has_value() && !sandwich_coef_.has_value(),
                     "AttentionLayers: repeat_blocks is only supported for the default block layout (not with "
                     "custom_layers, par_ratio or sandwich_coef)");
   const int64_t block = static_cast<int64_t>(default_block(*this).size());
   const int64_t blocks = static_cast<int64_t>(layer_types().size()) / block;
-  std::vector<std::pair<int64_t, int64_t>> group_at(blocks, {-1, 0});  // per first block: (last block, repeats)
+  std::vector<std::pair<int64_t, int64_t>> group_at(blocks,
+                                                    {-1, 0});  // per first block: (last block, repeats)
   for (const auto& g : groups) {
-    TORCH_CHECK_VALUE(0 <= g.first && g.first <= g.last && g.last < blocks && g.repeats >= 0,
-                      "AttentionLayers: expected repeat_blocks groups (first, last) with 0 <= first <= last < ",
-                      blocks, " (the blocks) and repeats >= 0, got (", g.first, ", ", g.last, ") x ", g.repeats);
-    group_at[g.first] = {g.last, g.repeats};  // a later group of the same first block wins, as x-transformers' dict
+    TORCH_CHECK_VALUE(
+        0 <= g.first && g.first <= g.last && g.last < blocks && g.repeats >= 0,
+        "AttentionLayers: expected repeat_blocks groups (first, last) with 0 <= first <= last < ", blocks,
+        " (the blocks) and repeats >= 0, got (", g.first, ", ", g.last, ") x ", g.repeats);
+    group_at[g.first] = {g.last,
+                         g.repeats};  // a later group of the same first block wins, as x-transformers' dict
   }
   std::vector<int64_t> order;
   for (int64_t b = 0; b < blocks;) {
@@ -118,7 +124,8 @@ namespace {
 
 // The index of `layer` among the layers of its kind.
 size_t ordinal_of_kind(const std::vector<char>& types, size_t layer) {
-  return static_cast<size_t>(std::count(types.begin(), types.begin() + static_cast<int64_t>(layer), types.at(layer)));
+  return static_cast<size_t>(
+      std::count(types.begin(), types.begin() + static_cast<int64_t>(layer), types.at(layer)));
 }
 
 }  // namespace
@@ -157,40 +164,45 @@ ResidualKind AttentionLayersOptions::residual_kind() const {
 namespace {
 
 void validate_attention(const char* prefix, const AttentionOptions& a, const AttentionLayersOptions& o) {
-  TORCH_CHECK_VALUE(a.dim_head() > 0, "AttentionLayers: expected ", prefix, "dim_head > 0, got ", a.dim_head());
-  TORCH_CHECK_VALUE(!(a.one_kv_head() && a.kv_heads().has_value()), "AttentionLayers: ", prefix, "one_kv_head and ",
-                    prefix, "kv_heads clash; set at most one of them");
+  TORCH_CHECK_VALUE(a.dim_head() > 0, "AttentionLayers: expected ", prefix, "dim_head > 0, got ",
+                    a.dim_head());
+  TORCH_CHECK_VALUE(!(a.one_kv_head() && a.kv_heads().has_value()), "AttentionLayers: ", prefix,
+                    "one_kv_head and ", prefix, "kv_heads clash; set at most one of them");
   const int64_t kv_heads = o.resolved_kv_heads(a);
   TORCH_CHECK_VALUE(kv_heads > 0 && o.heads() % kv_heads == 0, "AttentionLayers: expected ", prefix,
                     "kv_heads to divide heads (", o.heads(), "), got ", kv_heads);
-  TORCH_CHECK_VALUE(!a.value_dim_head().has_value() || *a.value_dim_head() > 0, "AttentionLayers: expected ", prefix,
-                    "value_dim_head > 0");
+  TORCH_CHECK_VALUE(!a.value_dim_head().has_value() || *a.value_dim_head() > 0, "AttentionLayers: expected ",
+                    prefix, "value_dim_head > 0");
   TORCH_CHECK_VALUE(a.dropout() >= 0 && a.dropout() < 1, "AttentionLayers: expected ", prefix,
                     "dropout in [0, 1), got ", a.dropout());
-  TORCH_CHECK_VALUE(!a.softclamp_logits() || a.logit_softclamp_value() > 0, "AttentionLayers: expected ", prefix,
-                    "logit_softclamp_value > 0, got ", a.logit_softclamp_value());
-  TORCH_CHECK_VALUE(!a.max_attend_past().has_value() || *a.max_attend_past() >= 0, "AttentionLayers: expected ",
-                    prefix, "max_attend_past >= 0");
-  TORCH_CHECK_VALUE(!a.window_size().has_value() || *a.window_size() >= 0, "AttentionLayers: expected ", prefix,
-                    "window_size >= 0");
-  TORCH_CHECK_VALUE(!(a.window_size().has_value() && a.max_attend_past().has_value()), "AttentionLayers: ", prefix,
-                    "window_size and ", prefix, "max_attend_past clash; set at most one");
-  TORCH_CHECK_VALUE(!(a.window_size().has_value() && (a.num_mem_kv() > 0 || a.add_zero_kv())), "AttentionLayers: ",
-                    prefix, "window_size clashes with ", prefix, "num_mem_kv and ", prefix,
-                    "add_zero_kv: memory keys sit outside every window");
-  TORCH_CHECK_VALUE(!a.flash_pack_seq() || a.flash(), "AttentionLayers: ", prefix, "flash_pack_seq needs ", prefix,
-                    "flash (x-transformers packs sequences only in its flash path)");
-  TORCH_CHECK_VALUE(!(a.head_learned_sink() && a.flash()), "AttentionLayers: ", prefix, "head_learned_sink is not ",
-                    "supported with ", prefix, "flash (as x-transformers)");
-  TORCH_CHECK_VALUE(!(a.head_learned_sink() && (&a == &o.attn() ? o.residual_attn() : o.cross_residual_attn())),
-                    "AttentionLayers: ", prefix, "head_learned_sink clashes with residual attention (the sink "
-                    "column would reach the next layer's scores)");
-  TORCH_CHECK_VALUE(!(a.qk_rmsnorm() && a.k_rmsnorm()), "AttentionLayers: ", prefix, "qk_rmsnorm and ", prefix,
-                    "k_rmsnorm clash; set at most one");
-  TORCH_CHECK_VALUE(!a.value_rmsnorm() || (o.resolved_kv_heads(a) == o.heads() &&
-                                            a.value_dim_head().value_or(a.dim_head()) == a.dim_head()),
-                    "AttentionLayers: ", prefix, "value_rmsnorm needs as many kv heads as heads and value_dim_head == ",
-                    "dim_head (x-transformers' per-head gains are (heads, 1, dim_head))");
+  TORCH_CHECK_VALUE(!a.softclamp_logits() || a.logit_softclamp_value() > 0, "AttentionLayers: expected ",
+                    prefix, "logit_softclamp_value > 0, got ", a.logit_softclamp_value());
+  TORCH_CHECK_VALUE(!a.max_attend_past().has_value() || *a.max_attend_past() >= 0,
+                    "AttentionLayers: expected ", prefix, "max_attend_past >= 0");
+  TORCH_CHECK_VALUE(!a.window_size().has_value() || *a.window_size() >= 0, "AttentionLayers: expected ",
+                    prefix, "window_size >= 0");
+  TORCH_CHECK_VALUE(!(a.window_size().has_value() && a.max_attend_past().has_value()),
+                    "AttentionLayers: ", prefix, "window_size and ", prefix,
+                    "max_attend_past clash; set at most one");
+  TORCH_CHECK_VALUE(!(a.window_size().has_value() && (a.num_mem_kv() > 0 || a.add_zero_kv())),
+                    "AttentionLayers: ", prefix, "window_size clashes with ", prefix, "num_mem_kv and ",
+                    prefix, "add_zero_kv: memory keys sit outside every window");
+  TORCH_CHECK_VALUE(!a.flash_pack_seq() || a.flash(), "AttentionLayers: ", prefix, "flash_pack_seq needs ",
+                    prefix, "flash (x-transformers packs sequences only in its flash path)");
+  TORCH_CHECK_VALUE(!(a.head_learned_sink() && a.flash()), "AttentionLayers: ", prefix,
+                    "head_learned_sink is not ", "supported with ", prefix, "flash (as x-transformers)");
+  TORCH_CHECK_VALUE(
+      !(a.head_learned_sink() && (&a == &o.attn() ? o.residual_attn() : o.cross_residual_attn())),
+      "AttentionLayers: ", prefix,
+      "head_learned_sink clashes with residual attention (the sink "
+      "column would reach the next layer's scores)");
+  TORCH_CHECK_VALUE(!(a.qk_rmsnorm() && a.k_rmsnorm()), "AttentionLayers: ", prefix, "qk_rmsnorm and ",
+                    prefix, "k_rmsnorm clash; set at most one");
+  TORCH_CHECK_VALUE(
+      !a.value_rmsnorm() ||
+          (o.resolved_kv_heads(a) == o.heads() && a.value_dim_head().value_or(a.dim_head()) == a.dim_head()),
+      "AttentionLayers: ", prefix, "value_rmsnorm needs as many kv heads as heads and value_dim_head == ",
+      "dim_head (x-transformers' per-head gains are (heads, 1, dim_head))");
   TORCH_CHECK_VALUE(!a.qk_norm() || (a.qk_norm_groups() > 0 && a.dim_head() % a.qk_norm_groups() == 0 &&
                                      a.dim_head() / a.qk_norm_groups() > 2),
                     "AttentionLayers: expected ", prefix, "qk_norm_groups to divide ", prefix,
@@ -199,21 +211,25 @@ void validate_attention(const char* prefix, const AttentionOptions& a, const Att
   TORCH_CHECK_VALUE(a.num_mem_kv() == 0 || a.value_dim_head().value_or(a.dim_head()) == a.dim_head(),
                     "AttentionLayers: ", prefix, "num_mem_kv needs ", prefix, "value_dim_head == ", prefix,
                     "dim_head (x-transformers' memory values are dim_head wide)");
-  TORCH_CHECK_VALUE(!a.sparse_topk().has_value() || *a.sparse_topk() > 0, "AttentionLayers: expected ", prefix,
-                    "sparse_topk > 0");
+  TORCH_CHECK_VALUE(!a.sparse_topk().has_value() || *a.sparse_topk() > 0, "AttentionLayers: expected ",
+                    prefix, "sparse_topk > 0");
   TORCH_CHECK_VALUE(!a.linear() || !(a.softclamp_logits() || a.max_attend_past() || a.window_size() ||
                                      a.pre_talking_heads() || a.post_talking_heads() ||
                                      a.pre_scale_post_talking_heads() || a.sparse_topk() || a.dropout() > 0),
-                    "AttentionLayers: ", prefix, "linear has no score matrix, so it clashes with softclamp_logits, "
+                    "AttentionLayers: ", prefix,
+                    "linear has no score matrix, so it clashes with softclamp_logits, "
                     "max_attend_past, window_size, talking heads, sparse_topk and dropout");
-  TORCH_CHECK_VALUE(!a.linear() || !(o.alibi_pos_bias() || o.rel_pos_bias() || o.dynamic_pos_bias() ||
-                                     o.residual_attn()),
-                    "AttentionLayers: ", prefix, "linear has no score matrix, so it clashes with alibi_pos_bias, "
-                    "rel_pos_bias, dynamic_pos_bias and residual_attn");
-  // x-transformers: with one head (and no on_attn) there is no output projection, so the value width must equal dim.
+  TORCH_CHECK_VALUE(
+      !a.linear() || !(o.alibi_pos_bias() || o.rel_pos_bias() || o.dynamic_pos_bias() || o.residual_attn()),
+      "AttentionLayers: ", prefix,
+      "linear has no score matrix, so it clashes with alibi_pos_bias, "
+      "rel_pos_bias, dynamic_pos_bias and residual_attn");
+  // x-transformers: with one head (and no on_attn) there is no output projection, so the value width must
+  // equal dim.
   TORCH_CHECK_VALUE(o.heads() > 1 || a.on_attn() || a.value_dim_head().value_or(a.dim_head()) == o.dim(),
                     "AttentionLayers: with heads=1 there is no output projection, so ", prefix,
-                    "dim_head must equal dim (", o.dim(), "), got ", a.value_dim_head().value_or(a.dim_head()));
+                    "dim_head must equal dim (", o.dim(), "), got ",
+                    a.value_dim_head().value_or(a.dim_head()));
 }
 
 int count_true(std::initializer_list<bool> flags) {
@@ -230,84 +246,100 @@ namespace {
 void validate_sizes_and_norms(const AttentionLayersOptions& o) {
   TORCH_CHECK_VALUE(o.dim() > 0, "AttentionLayers: expected dim > 0, got ", o.dim());
   TORCH_CHECK_VALUE(o.heads() > 0, "AttentionLayers: expected heads > 0, got ", o.heads());
-  TORCH_CHECK_VALUE(o.custom_layers().has_value() || o.depth() > 0, "AttentionLayers: expected depth > 0, got ", o.depth());
-  TORCH_CHECK_VALUE(count_true({o.use_scalenorm(), o.use_rmsnorm(), o.use_simple_rmsnorm(), o.use_dynamic_tanh(),
-                                o.use_adaptive_layernorm(), o.use_adaptive_rmsnorm()}) <= 1,
-                    "AttentionLayers: use_scalenorm, use_rmsnorm, use_simple_rmsnorm, use_dynamic_tanh, "
-                    "use_adaptive_layernorm and use_adaptive_rmsnorm clash; set at most one");
+  TORCH_CHECK_VALUE(o.custom_layers().has_value() || o.depth() > 0,
+                    "AttentionLayers: expected depth > 0, got ", o.depth());
+  TORCH_CHECK_VALUE(
+      count_true({o.use_scalenorm(), o.use_rmsnorm(), o.use_simple_rmsnorm(), o.use_dynamic_tanh(),
+                  o.use_adaptive_layernorm(), o.use_adaptive_rmsnorm()}) <= 1,
+      "AttentionLayers: use_scalenorm, use_rmsnorm, use_simple_rmsnorm, use_dynamic_tanh, "
+      "use_adaptive_layernorm and use_adaptive_rmsnorm clash; set at most one");
   TORCH_CHECK_VALUE(!(o.use_layerscale() && o.use_adaptive_layerscale()),
                     "AttentionLayers: use_layerscale and use_adaptive_layerscale clash; set at most one");
-  TORCH_CHECK_VALUE(!o.dim_condition().has_value() || *o.dim_condition() > 0, "AttentionLayers: expected dim_condition > 0");
+  TORCH_CHECK_VALUE(!o.dim_condition().has_value() || *o.dim_condition() > 0,
+                    "AttentionLayers: expected dim_condition > 0");
   TORCH_CHECK_VALUE(o.adaptive_condition_mlp_expansion() > 0,
                     "AttentionLayers: expected adaptive_condition_mlp_expansion > 0, got ",
                     o.adaptive_condition_mlp_expansion());
-  TORCH_CHECK_VALUE(!o.use_dynamic_tanh() || o.pre_norm(), "AttentionLayers: use_dynamic_tanh needs pre_norm (as "
+  TORCH_CHECK_VALUE(!o.use_dynamic_tanh() || o.pre_norm(),
+                    "AttentionLayers: use_dynamic_tanh needs pre_norm (as "
                     "x-transformers)");
 }
 
 // The layer layout: custom_layers, par_ratio, sandwich_coef, the execution order, shift_tokens.
 void validate_layer_layout(const AttentionLayersOptions& o) {
-  TORCH_CHECK_VALUE(count_true({o.custom_layers().has_value(), o.par_ratio().has_value(), o.sandwich_coef().has_value()}) <= 1,
+  TORCH_CHECK_VALUE(count_true({o.custom_layers().has_value(), o.par_ratio().has_value(),
+                                o.sandwich_coef().has_value()}) <= 1,
                     "AttentionLayers: custom_layers, par_ratio and sandwich_coef clash; set at most one");
-  TORCH_CHECK_VALUE(!(o.weight_tie_layers() && (o.custom_layers() || o.par_ratio() || o.sandwich_coef() ||
-                                             !o.layers_execute_order().empty())),
-                    "AttentionLayers: weight_tie_layers clashes with custom_layers, par_ratio, sandwich_coef and "
-                    "layers_execute_order");
+  TORCH_CHECK_VALUE(
+      !(o.weight_tie_layers() &&
+        (o.custom_layers() || o.par_ratio() || o.sandwich_coef() || !o.layers_execute_order().empty())),
+      "AttentionLayers: weight_tie_layers clashes with custom_layers, par_ratio, sandwich_coef and "
+      "layers_execute_order");
   TORCH_CHECK_VALUE(o.pre_norm() || !o.sandwich_norm(), "AttentionLayers: sandwich_norm needs pre_norm=True");
   for (const int64_t s : o.shift_tokens())
     TORCH_CHECK_VALUE(s >= 0, "AttentionLayers: expected shift_tokens >= 0, got ", s);
   TORCH_CHECK_VALUE(o.shift_tokens().size() <= 1 || o.shift_tokens().size() == o.layer_types().size(),
-                    "AttentionLayers: expected shift_tokens as one value or one per layer (", o.layer_types().size(),
-                    " layers), got ", o.shift_tokens().size(), " values");
-  TORCH_CHECK_VALUE(!o.only_cross() || o.cross_attend(), "AttentionLayers: only_cross needs cross_attend=True");
+                    "AttentionLayers: expected shift_tokens as one value or one per layer (",
+                    o.layer_types().size(), " layers), got ", o.shift_tokens().size(), " values");
+  TORCH_CHECK_VALUE(!o.only_cross() || o.cross_attend(),
+                    "AttentionLayers: only_cross needs cross_attend=True");
   if (o.custom_layers().has_value()) {
     TORCH_CHECK_VALUE(!o.custom_layers()->empty(), "AttentionLayers: expected a non-empty custom_layers");
     for (char t : *o.custom_layers())
-      TORCH_CHECK_VALUE(t == 'a' || t == 'f' || (t == 'c' && o.cross_attend()), "AttentionLayers: custom_layers may hold ",
-                        o.cross_attend() ? "'a', 'c' and 'f'" : "'a' and 'f' ('c' needs cross_attend=True)", ", got '",
-                        *o.custom_layers(), "'");
+      TORCH_CHECK_VALUE(t == 'a' || t == 'f' || (t == 'c' && o.cross_attend()),
+                        "AttentionLayers: custom_layers may hold ",
+                        o.cross_attend() ? "'a', 'c' and 'f'" : "'a' and 'f' ('c' needs cross_attend=True)",
+                        ", got '", *o.custom_layers(), "'");
   }
   if (o.par_ratio().has_value()) {
     const int64_t par_depth = o.depth() * static_cast<int64_t>(default_block(o).size());
-    TORCH_CHECK_VALUE(*o.par_ratio() > 1 && *o.par_ratio() <= par_depth, "AttentionLayers: par_ratio out of range (1, ",
-                      par_depth, "], got ", *o.par_ratio());
+    TORCH_CHECK_VALUE(*o.par_ratio() > 1 && *o.par_ratio() <= par_depth,
+                      "AttentionLayers: par_ratio out of range (1, ", par_depth, "], got ", *o.par_ratio());
   }
   if (o.sandwich_coef().has_value())
     TORCH_CHECK_VALUE(*o.sandwich_coef() > 0 && *o.sandwich_coef() <= o.depth(),
-                      "AttentionLayers: expected 0 < sandwich_coef <= depth (", o.depth(), "), got ", *o.sandwich_coef());
+                      "AttentionLayers: expected 0 < sandwich_coef <= depth (", o.depth(), "), got ",
+                      *o.sandwich_coef());
   const auto layers = static_cast<int64_t>(o.layer_types().size());
   for (int64_t i : o.layers_execute_order())
-    TORCH_CHECK_VALUE(i >= 0 && i < layers, "AttentionLayers: layers_execute_order holds ", i, ", but there are ",
-                      layers, " layers");
+    TORCH_CHECK_VALUE(i >= 0 && i < layers, "AttentionLayers: layers_execute_order holds ", i,
+                      ", but there are ", layers, " layers");
 }
 
 // Position encodings: one kind of bias, ALiBi heads, T5 buckets, the dynamic MLP, rotary.
 void validate_positions(const AttentionLayersOptions& o) {
   if (o.alibi_num_heads().has_value())
     TORCH_CHECK_VALUE(*o.alibi_num_heads() > 0 && *o.alibi_num_heads() <= o.heads(),
-                      "AttentionLayers: expected 0 < alibi_num_heads <= heads (", o.heads(), "), got ", *o.alibi_num_heads());
-  TORCH_CHECK_VALUE(count_true({o.alibi_pos_bias(), o.rel_pos_bias(), o.dynamic_pos_bias()}) <= 1,
-                    "AttentionLayers: alibi_pos_bias, rel_pos_bias and dynamic_pos_bias clash; set at most one");
+                      "AttentionLayers: expected 0 < alibi_num_heads <= heads (", o.heads(), "), got ",
+                      *o.alibi_num_heads());
+  TORCH_CHECK_VALUE(
+      count_true({o.alibi_pos_bias(), o.rel_pos_bias(), o.dynamic_pos_bias()}) <= 1,
+      "AttentionLayers: alibi_pos_bias, rel_pos_bias and dynamic_pos_bias clash; set at most one");
   TORCH_CHECK_VALUE(o.rel_pos_num_buckets() > 1 && o.rel_pos_num_buckets() <= o.rel_pos_max_distance(),
                     "AttentionLayers: expected 1 < rel_pos_num_buckets <= rel_pos_max_distance, got ",
                     o.rel_pos_num_buckets(), " and ", o.rel_pos_max_distance());
   TORCH_CHECK_VALUE(!o.dynamic_pos_bias() || (o.dynamic_pos_bias_mlp_depth() >= 1 && o.dim() / 4 > 0),
                     "AttentionLayers: dynamic_pos_bias needs dynamic_pos_bias_mlp_depth >= 1 and dim >= 4");
-  TORCH_CHECK_VALUE(!o.rotary_xpos() || o.causal(), "AttentionLayers: rotary_xpos is for causal stacks only (Decoder)");
+  TORCH_CHECK_VALUE(!o.rotary_xpos() || o.causal(),
+                    "AttentionLayers: rotary_xpos is for causal stacks only (Decoder)");
   if (o.rotate_num_heads().has_value()) {
     TORCH_CHECK_VALUE(*o.rotate_num_heads() > 0 && *o.rotate_num_heads() <= o.heads(),
-                      "AttentionLayers: expected 0 < rotate_num_heads <= heads (", o.heads(), "), got ", *o.rotate_num_heads());
-    TORCH_CHECK_VALUE(*o.rotate_num_heads() == o.heads() || o.resolved_kv_heads(o.attn()) == o.heads(),
-                      "AttentionLayers: rotate_num_heads below heads needs as many kv heads as heads (no GQA), got ",
-                      o.resolved_kv_heads(o.attn()), " kv heads");
+                      "AttentionLayers: expected 0 < rotate_num_heads <= heads (", o.heads(), "), got ",
+                      *o.rotate_num_heads());
+    TORCH_CHECK_VALUE(
+        *o.rotate_num_heads() == o.heads() || o.resolved_kv_heads(o.attn()) == o.heads(),
+        "AttentionLayers: rotate_num_heads below heads needs as many kv heads as heads (no GQA), got ",
+        o.resolved_kv_heads(o.attn()), " kv heads");
   }
-  TORCH_CHECK_VALUE(o.rotary_xpos_scale_base() > 0, "AttentionLayers: expected rotary_xpos_scale_base > 0, got ",
-                    o.rotary_xpos_scale_base());
+  TORCH_CHECK_VALUE(o.rotary_xpos_scale_base() > 0,
+                    "AttentionLayers: expected rotary_xpos_scale_base > 0, got ", o.rotary_xpos_scale_base());
   if (o.uses_rotary()) {
     const int64_t r = o.resolved_rotary_dim();
-    TORCH_CHECK_VALUE(r >= 2 && r % 2 == 0 && r <= o.attn().dim_head(), "AttentionLayers: expected an even rotary_emb_dim in [2, ",
-                      o.attn().dim_head(), "] (attn_dim_head), got ", r);
-    TORCH_CHECK_VALUE(o.rotary_interpolation_factor() >= 1, "AttentionLayers: expected rotary_interpolation_factor >= 1, got ",
+    TORCH_CHECK_VALUE(r >= 2 && r % 2 == 0 && r <= o.attn().dim_head(),
+                      "AttentionLayers: expected an even rotary_emb_dim in [2, ", o.attn().dim_head(),
+                      "] (attn_dim_head), got ", r);
+    TORCH_CHECK_VALUE(o.rotary_interpolation_factor() >= 1,
+                      "AttentionLayers: expected rotary_interpolation_factor >= 1, got ",
                       o.rotary_interpolation_factor());
     TORCH_CHECK_VALUE(r > 2 || o.rotary_base_rescale_factor() == 1.0,
                       "AttentionLayers: rotary_base_rescale_factor needs rotary_emb_dim > 2");
@@ -321,10 +353,13 @@ void validate_blocks(const AttentionLayersOptions& o) {
   {
     // A schedule has one entry per layer of its kind, each valid on its own.
     const auto kinds = o.layer_types();
-    const auto count = [&](char kind) { return static_cast<size_t>(std::count(kinds.begin(), kinds.end(), kind)); };
+    const auto count = [&](char kind) {
+      return static_cast<size_t>(std::count(kinds.begin(), kinds.end(), kind));
+    };
     const auto check_length = [&](const char* name, size_t given, char kind) {
       TORCH_CHECK_VALUE(given == 0 || given == count(kind), "AttentionLayers: expected the ", name,
-                        " schedule to give one value per layer of that kind (", count(kind), "), got ", given);
+                        " schedule to give one value per layer of that kind (", count(kind), "), got ",
+                        given);
     };
     check_length("attn_*", o.attn_per_layer().size(), 'a');
     check_length("cross_attn_*", o.cross_attn_per_layer().size(), 'c');
@@ -332,29 +367,37 @@ void validate_blocks(const AttentionLayersOptions& o) {
     for (const auto& a : o.attn_per_layer()) validate_attention("attn_", a, o);
     for (const auto& a : o.cross_attn_per_layer()) validate_attention("cross_attn_", a, o);
     for (const auto& f : o.ff_per_layer())
-      TORCH_CHECK_VALUE(f.mult() > 0 && static_cast<int64_t>(o.dim() * f.mult()) > 0 && f.dropout() >= 0 &&
-                            f.dropout() < 1,
-                        "AttentionLayers: expected each ff_mult > 0 giving an inner width >= 1 and each ff_dropout "
-                        "in [0, 1), got ", f.mult(), " and ", f.dropout());
+      TORCH_CHECK_VALUE(
+          f.mult() > 0 && static_cast<int64_t>(o.dim() * f.mult()) > 0 && f.dropout() >= 0 && f.dropout() < 1,
+          "AttentionLayers: expected each ff_mult > 0 giving an inner width >= 1 and each ff_dropout "
+          "in [0, 1), got ",
+          f.mult(), " and ", f.dropout());
   }
-  TORCH_CHECK_VALUE(o.attn().dim_context().value_or(o.dim()) == o.dim(), "AttentionLayers: self-attention reads x, so its "
-                    "keys' input width is dim (", o.dim(), "), got attn_dim_context=", *o.attn().dim_context(),
+  TORCH_CHECK_VALUE(o.attn().dim_context().value_or(o.dim()) == o.dim(),
+                    "AttentionLayers: self-attention reads x, so its "
+                    "keys' input width is dim (",
+                    o.dim(), "), got attn_dim_context=", *o.attn().dim_context(),
                     "; set cross_attn_dim_context for a context of another width");
-  TORCH_CHECK_VALUE(o.cross_attn().dim_context().value_or(1) > 0, "AttentionLayers: expected cross_attn_dim_context > 0, "
-                    "got ", o.cross_attn().dim_context().value_or(0));
+  TORCH_CHECK_VALUE(o.cross_attn().dim_context().value_or(1) > 0,
+                    "AttentionLayers: expected cross_attn_dim_context > 0, "
+                    "got ",
+                    o.cross_attn().dim_context().value_or(0));
   TORCH_CHECK_VALUE(o.ff().mult() > 0 && static_cast<int64_t>(o.dim() * o.ff().mult()) > 0,
                     "AttentionLayers: expected ff_mult > 0 giving an inner width >= 1, got ", o.ff().mult());
-  for (auto [name, p] : {std::pair<const char*, double>{"ff_dropout", o.ff().dropout()}, {"layer_dropout", o.layer_dropout()}})
+  for (auto [name, p] :
+       {std::pair<const char*, double>{"ff_dropout", o.ff().dropout()}, {"layer_dropout", o.layer_dropout()}})
     TORCH_CHECK_VALUE(p >= 0 && p < 1, "AttentionLayers: expected ", name, " in [0, 1), got ", p);
   TORCH_CHECK_VALUE(!o.softclamp_output() || o.softclamp_output_value() > 0,
                     "AttentionLayers: expected softclamp_output_value > 0");
-  // The learned mix sits on the self-attention layers after the first; x-transformers fails at forward there when
-  // kv heads are fewer than heads, so refuse at construction (a single self-attention layer has no mix).
+  // The learned mix sits on the self-attention layers after the first; x-transformers fails at forward there
+  // when kv heads are fewer than heads, so refuse at construction (a single self-attention layer has no mix).
   const auto types = o.layer_types();
-  TORCH_CHECK_VALUE(!(o.add_value_residual() && o.learned_value_residual_mix() && o.resolved_kv_heads(o.attn()) != o.heads() &&
-                      std::count(types.begin(), types.end(), 'a') > 1),
-                    "AttentionLayers: add_value_residual's learned mix needs one kv head per query head (attn_kv_heads "
-                    "unset), got ", o.resolved_kv_heads(o.attn()), " kv heads for ", o.heads(), " heads");
+  TORCH_CHECK_VALUE(
+      !(o.add_value_residual() && o.learned_value_residual_mix() &&
+        o.resolved_kv_heads(o.attn()) != o.heads() && std::count(types.begin(), types.end(), 'a') > 1),
+      "AttentionLayers: add_value_residual's learned mix needs one kv head per query head (attn_kv_heads "
+      "unset), got ",
+      o.resolved_kv_heads(o.attn()), " kv heads for ", o.heads(), " heads");
 }
 
 }  // namespace
@@ -366,7 +409,8 @@ void AttentionLayersOptions::validate() const {
   validate_blocks(*this);
 }
 
-// ------------------------------------------------------------------------------------------------ serialisation
+// ------------------------------------------------------------------------------------------------
+// serialisation
 
 namespace {
 
@@ -376,7 +420,8 @@ struct Field {
   std::function<void(AttentionLayersOptions&, const std::string&)> set;
 };
 
-// A field reached through `part` (the options themselves, or a nested options struct) and a TORCH_ARG accessor.
+// A field reached through `part` (the options themselves, or a nested options struct) and a TORCH_ARG
+// accessor.
 template <typename Part, typename Value>
 Field field(std::string key, Part& (*part)(AttentionLayersOptions&),
             const Value& (Part::*get)() const noexcept, Value& (Part::*ref)() noexcept) {
@@ -394,12 +439,12 @@ AttentionOptions& attn(AttentionLayersOptions& o) { return o.attn(); }
 AttentionOptions& cross_attn(AttentionLayersOptions& o) { return o.cross_attn(); }
 FeedForwardOptions& ff(AttentionLayersOptions& o) { return o.ff(); }
 
-
 void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
                           AttentionOptions& (*part)(AttentionLayersOptions&)) {
   using A = AttentionOptions;
-#define XTC_ATTN(NAME, TYPE)                                                                                 \
-  fields.push_back(field<A, TYPE>(prefix + #NAME, part, static_cast<const TYPE& (A::*)() const noexcept>(&A::NAME), \
+#define XTC_ATTN(NAME, TYPE)                                                                  \
+  fields.push_back(field<A, TYPE>(prefix + #NAME, part,                                       \
+                                  static_cast<const TYPE& (A::*)() const noexcept>(&A::NAME), \
                                   static_cast<TYPE& (A::*)() noexcept>(&A::NAME)))
   XTC_ATTN(dim_head, int64_t);
   XTC_ATTN(kv_heads, std::optional<int64_t>);
@@ -440,8 +485,8 @@ const std::vector<Field>& fields() {
   static const std::vector<Field> all = [] {
     std::vector<Field> f;
     using O = AttentionLayersOptions;
-#define XTC_OWN(NAME, TYPE)                                                                                   \
-  f.push_back(field<O, TYPE>(#NAME, self, static_cast<const TYPE& (O::*)() const noexcept>(&O::NAME),       \
+#define XTC_OWN(NAME, TYPE)                                                                           \
+  f.push_back(field<O, TYPE>(#NAME, self, static_cast<const TYPE& (O::*)() const noexcept>(&O::NAME), \
                              static_cast<TYPE& (O::*)() noexcept>(&O::NAME)))
     XTC_OWN(dim, int64_t);
     XTC_OWN(depth, int64_t);
@@ -510,8 +555,8 @@ const std::vector<Field>& fields() {
     add_attention_fields(f, "attn.", attn);
     add_attention_fields(f, "cross_attn.", cross_attn);
     using F = FeedForwardOptions;
-#define XTC_FF(NAME, TYPE)                                                                                     \
-  f.push_back(field<F, TYPE>("ff." #NAME, ff, static_cast<const TYPE& (F::*)() const noexcept>(&F::NAME),   \
+#define XTC_FF(NAME, TYPE)                                                                                \
+  f.push_back(field<F, TYPE>("ff." #NAME, ff, static_cast<const TYPE& (F::*)() const noexcept>(&F::NAME), \
                              static_cast<TYPE& (F::*)() noexcept>(&F::NAME)))
     XTC_FF(mult, double);
     XTC_FF(glu, bool);
@@ -533,13 +578,14 @@ const std::vector<Field>& fields() {
 namespace {
 
 // Layer schedules in the options line: a block option's values, one per layer of its kind, comma-separated
-// ("ff.mult=4,2,1"); block options hold no lists of their own. A schedule's field is read and written through a
-// copy of the options whose common block options are that layer's.
+// ("ff.mult=4,2,1"); block options hold no lists of their own. A schedule's field is read and written through
+// a copy of the options whose common block options are that layer's.
 struct Schedule {
-  const char* prefix;  // the fields' key prefix
-  size_t size;         // entries (0: no schedule)
+  const char* prefix;                                           // the fields' key prefix
+  size_t size;                                                  // entries (0: no schedule)
   std::function<void(AttentionLayersOptions&, size_t)> select;  // common options := entry i
-  std::function<void(AttentionLayersOptions&, size_t, const AttentionLayersOptions&)> store;  // entry i := common
+  std::function<void(AttentionLayersOptions&, size_t, const AttentionLayersOptions&)>
+      store;  // entry i := common
   std::function<void(AttentionLayersOptions&, size_t)> resize;
 };
 
@@ -600,7 +646,8 @@ std::string AttentionLayersOptions::serialize() const {
 
 AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
   AttentionLayersOptions options(0, 0, 0);
-  std::vector<std::pair<const Field*, std::vector<std::string>>> scheduled;  // set once the layer counts are known
+  std::vector<std::pair<const Field*, std::vector<std::string>>>
+      scheduled;                   // set once the layer counts are known
   std::vector<std::string> given;  // the keys of the line
   const auto all = schedules(options);
   detail::for_each_option("AttentionLayers", text, [&](const std::string& key, const std::string& value) {
@@ -615,13 +662,13 @@ AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
       }
       return field.set(options, value);
     }
-    TORCH_CHECK_VALUE(false, "AttentionLayers: unknown option '", key, "'; known options: ",
-                      fmt::format("{}", fmt::join(keys(), ", ")));
+    TORCH_CHECK_VALUE(false, "AttentionLayers: unknown option '", key,
+                      "'; known options: ", fmt::format("{}", fmt::join(keys(), ", ")));
   });
   if (!scheduled.empty()) {
     const auto types = options.layer_types();
-    // x-transformers: an attn_* schedule that does not match the self-attention layers goes to cross-attention
-    // (CrossAttender), unless cross_attn_* gives that option.
+    // x-transformers: an attn_* schedule that does not match the self-attention layers goes to
+    // cross-attention (CrossAttender), unless cross_attn_* gives that option.
     const auto self_layers = static_cast<size_t>(std::count(types.begin(), types.end(), 'a'));
     for (size_t e = 0, entries = scheduled.size(); e < entries; ++e) {
       const auto [field, values] = scheduled[e];
@@ -640,15 +687,16 @@ AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
                     scheduled.end());
     for (const auto& s : all) {
       const auto in_this = [&](const Field* field) { return schedule_of(all, field->key) == &s; };
-      if (std::none_of(scheduled.begin(), scheduled.end(), [&](const auto& entry) { return in_this(entry.first); }))
+      if (std::none_of(scheduled.begin(), scheduled.end(),
+                       [&](const auto& entry) { return in_this(entry.first); }))
         continue;
       const char kind = std::string(s.prefix) == "attn." ? 'a' : std::string(s.prefix) == "ff." ? 'f' : 'c';
       const auto layers = static_cast<size_t>(std::count(types.begin(), types.end(), kind));
       s.resize(options, layers);
       for (const auto& [field, values] : scheduled) {
         if (!in_this(field)) continue;
-        TORCH_CHECK_VALUE(values.size() == layers, "AttentionLayers: expected ", field->key, " per layer as ", layers,
-                          " values (one per layer of that kind), got ", values.size());
+        TORCH_CHECK_VALUE(values.size() == layers, "AttentionLayers: expected ", field->key, " per layer as ",
+                          layers, " values (one per layer of that kind), got ", values.size());
         for (size_t i = 0; i < layers; ++i) {
           AttentionLayersOptions layer = options;
           s.select(layer, i);

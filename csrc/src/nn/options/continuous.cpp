@@ -1,17 +1,20 @@
+#include <c10/util/Exception.h>
 #include <xtc/nn/options/continuous.h>
 
 #include "src/nn/options/option_text.h"
 
-#include <c10/util/Exception.h>
-
 namespace xtc::nn {
 
 void ContinuousTransformerWrapperOptions::validate() const {
-  for (auto [name, v] : {std::pair<const char*, std::optional<int64_t>>{"dim_in", dim_in_}, {"dim_out", dim_out_}})
-    TORCH_CHECK_VALUE(!v.has_value() || *v > 0, "ContinuousTransformerWrapper: expected ", name, " > 0, got ", *v);
+  for (auto [name, v] :
+       {std::pair<const char*, std::optional<int64_t>>{"dim_in", dim_in_}, {"dim_out", dim_out_}})
+    TORCH_CHECK_VALUE(!v.has_value() || *v > 0, "ContinuousTransformerWrapper: expected ", name, " > 0, got ",
+                      *v);
   TORCH_CHECK_VALUE(!max_seq_len_.has_value() || *max_seq_len_ >= 0,
-                    "ContinuousTransformerWrapper: expected max_seq_len >= 0, got ", max_seq_len_.value_or(0));
-  TORCH_CHECK_VALUE(num_memory_tokens_ >= 0, "ContinuousTransformerWrapper: expected num_memory_tokens >= 0, got ",
+                    "ContinuousTransformerWrapper: expected max_seq_len >= 0, got ",
+                    max_seq_len_.value_or(0));
+  TORCH_CHECK_VALUE(num_memory_tokens_ >= 0,
+                    "ContinuousTransformerWrapper: expected num_memory_tokens >= 0, got ",
                     num_memory_tokens_);
   TORCH_CHECK_VALUE(emb_dropout_ >= 0 && emb_dropout_ < 1,
                     "ContinuousTransformerWrapper: expected emb_dropout in [0, 1), got ", emb_dropout_);
@@ -43,7 +46,9 @@ const std::vector<detail::OptionField<ContinuousTransformerWrapperOptions>>& fie
 
 }  // namespace
 
-std::string ContinuousTransformerWrapperOptions::serialize() const { return detail::format_fields(fields(), *this); }
+std::string ContinuousTransformerWrapperOptions::serialize() const {
+  return detail::format_fields(fields(), *this);
+}
 
 ContinuousTransformerWrapperOptions ContinuousTransformerWrapperOptions::parse(const std::string& line) {
   ContinuousTransformerWrapperOptions o;

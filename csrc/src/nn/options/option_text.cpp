@@ -9,7 +9,8 @@
 namespace xtc::nn::detail {
 namespace {
 
-[[noreturn]] void bad_value(const char* owner, const std::string& key, const char* expected, const std::string& text) {
+[[noreturn]] void bad_value(const char* owner, const std::string& key, const char* expected,
+                            const std::string& text) {
   TORCH_CHECK_VALUE(false, owner, ": option ", key, " expects ", expected, ", got '", text, "'");
 }
 
@@ -18,8 +19,8 @@ bool is_none(const std::string& text) { return text == "none" || text == "None";
 }  // namespace
 
 void unknown_option(const char* owner, const std::string& key, const std::vector<std::string>& known) {
-  TORCH_CHECK_VALUE(false, owner, ": unknown option '", key, "'; known options: ",
-                    fmt::format("{}", fmt::join(known, ", ")));
+  TORCH_CHECK_VALUE(false, owner, ": unknown option '", key,
+                    "'; known options: ", fmt::format("{}", fmt::join(known, ", ")));
 }
 
 void for_each_option(const char* owner, const std::string& line,
@@ -111,10 +112,14 @@ std::vector<int64_t> parse_value<std::vector<int64_t>>(const char* owner, const 
 std::string format_value(int64_t value) { return std::to_string(value); }
 std::string format_value(double value) { return fmt::format("{:.17g}", value); }
 std::string format_value(bool value) { return value ? "1" : "0"; }
-std::string format_value(const std::optional<int64_t>& value) { return value ? format_value(*value) : "none"; }
+std::string format_value(const std::optional<int64_t>& value) {
+  return value ? format_value(*value) : "none";
+}
 std::string format_value(const std::optional<bool>& value) { return value ? format_value(*value) : "none"; }
 std::string format_value(const std::optional<double>& value) { return value ? format_value(*value) : "none"; }
 std::string format_value(const std::optional<std::string>& value) { return value ? *value : "none"; }
-std::string format_value(const std::vector<int64_t>& value) { return fmt::format("{}", fmt::join(value, ",")); }
+std::string format_value(const std::vector<int64_t>& value) {
+  return fmt::format("{}", fmt::join(value, ","));
+}
 
 }  // namespace xtc::nn::detail

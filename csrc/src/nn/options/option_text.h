@@ -1,5 +1,5 @@
-// Reading and writing option values in the "key=value;..." lines that the layer-stack ops receive. Shared by every
-// options struct; internal to the library.
+// Reading and writing option values in the "key=value;..." lines that the layer-stack ops receive. Shared by
+// every options struct; internal to the library.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +40,8 @@ struct OptionField {
 /// The field of the TORCH_ARG accessor pair (get, ref), e.g. option_field<O, bool>(owner, "post_emb_norm",
 /// &O::post_emb_norm, &O::post_emb_norm). A count (int64_t) reads "none" as 0, as x-transformers' None there.
 template <typename Options, typename Value>
-OptionField<Options> option_field(const char* owner, std::string key, const Value& (Options::*get)() const noexcept,
+OptionField<Options> option_field(const char* owner, std::string key,
+                                  const Value& (Options::*get)() const noexcept,
                                   Value& (Options::*ref)() noexcept) {
   return {key, [get](const Options& o) { return format_value((o.*get)()); },
           [owner, key, ref](Options& o, const std::string& text) {
@@ -52,10 +53,11 @@ OptionField<Options> option_field(const char* owner, std::string key, const Valu
           }};
 }
 
-/// option_field of the TORCH_ARG `NAME` (of type TYPE) of OPTIONS, its key the name: one row of an options table.
-#define XTC_OPTION_FIELD(OPTIONS, OWNER, NAME, TYPE)                                                           \
-  ::xtc::nn::detail::option_field<OPTIONS, TYPE>(                                                              \
-      OWNER, #NAME, static_cast<const TYPE& (OPTIONS::*)() const noexcept>(&OPTIONS::NAME),                   \
+/// option_field of the TORCH_ARG `NAME` (of type TYPE) of OPTIONS, its key the name: one row of an options
+/// table.
+#define XTC_OPTION_FIELD(OPTIONS, OWNER, NAME, TYPE)                                        \
+  ::xtc::nn::detail::option_field<OPTIONS, TYPE>(                                           \
+      OWNER, #NAME, static_cast<const TYPE& (OPTIONS::*)() const noexcept>(&OPTIONS::NAME), \
       static_cast<TYPE& (OPTIONS::*)() noexcept>(&OPTIONS::NAME))
 
 /// "key=value;..." of every field, in the table's order.

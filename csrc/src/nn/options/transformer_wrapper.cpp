@@ -1,9 +1,7 @@
+#include <c10/util/Exception.h>
 #include <xtc/nn/options/transformer_wrapper.h>
 
 #include "src/nn/options/option_text.h"
-
-#include <c10/util/Exception.h>
-
 
 namespace xtc::nn {
 
@@ -15,20 +13,24 @@ void TransformerWrapperOptions::validate() const {
   TORCH_CHECK_VALUE(max_seq_len_ >= 0, "TransformerWrapper: expected max_seq_len >= 0, got ", max_seq_len_);
   TORCH_CHECK_VALUE(!emb_dim_.has_value() || *emb_dim_ > 0, "TransformerWrapper: expected emb_dim > 0");
   TORCH_CHECK_VALUE(num_memory_tokens_ >= 0, "TransformerWrapper: expected num_memory_tokens >= 0");
-  TORCH_CHECK_VALUE(emb_dropout_ >= 0 && emb_dropout_ < 1, "TransformerWrapper: expected emb_dropout in [0, 1)");
-  TORCH_CHECK_VALUE(!logits_dim_.has_value() || *logits_dim_ > 0, "TransformerWrapper: expected logits_dim > 0");
-  TORCH_CHECK_VALUE(!use_cls_token_ || num_cls_tokens_ > 0, "TransformerWrapper: expected num_cls_tokens > 0, got ",
-                    num_cls_tokens_);
-  TORCH_CHECK_VALUE(!(use_cls_token_ && average_pool_embed_),
-                    "TransformerWrapper: use_cls_token and average_pool_embed clash; set at most one of them");
-  TORCH_CHECK_VALUE(!(external_token_emb_ && tie_embedding_),
-                    "TransformerWrapper: tie_embedding needs the wrapper's own token embedding, not a token_emb "
-                    "module");
+  TORCH_CHECK_VALUE(emb_dropout_ >= 0 && emb_dropout_ < 1,
+                    "TransformerWrapper: expected emb_dropout in [0, 1)");
+  TORCH_CHECK_VALUE(!logits_dim_.has_value() || *logits_dim_ > 0,
+                    "TransformerWrapper: expected logits_dim > 0");
+  TORCH_CHECK_VALUE(!use_cls_token_ || num_cls_tokens_ > 0,
+                    "TransformerWrapper: expected num_cls_tokens > 0, got ", num_cls_tokens_);
+  TORCH_CHECK_VALUE(
+      !(use_cls_token_ && average_pool_embed_),
+      "TransformerWrapper: use_cls_token and average_pool_embed clash; set at most one of them");
+  TORCH_CHECK_VALUE(
+      !(external_token_emb_ && tie_embedding_),
+      "TransformerWrapper: tie_embedding needs the wrapper's own token embedding, not a token_emb "
+      "module");
   TORCH_CHECK_VALUE(!(use_cls_token_ && attn_pool_),
                     "TransformerWrapper: use_cls_token and attn_pool clash; set at most one of them");
-  TORCH_CHECK_VALUE(!attn_pool_ || (num_pooled_tokens_ > 0 && attn_pool_depth_ > 0 &&
-                                    dim_pooled_tokens_.value_or(1) > 0),
-                    "TransformerWrapper: expected num_pooled_tokens, attn_pool_depth and dim_pooled_tokens > 0");
+  TORCH_CHECK_VALUE(
+      !attn_pool_ || (num_pooled_tokens_ > 0 && attn_pool_depth_ > 0 && dim_pooled_tokens_.value_or(1) > 0),
+      "TransformerWrapper: expected num_pooled_tokens, attn_pool_depth and dim_pooled_tokens > 0");
   TORCH_CHECK_VALUE(!(tie_embedding_ && logits_dim_.has_value() && *logits_dim_ != num_tokens_),
                     "TransformerWrapper: tie_embedding gives num_tokens logits, so logits_dim must be unset");
 }

@@ -3,10 +3,9 @@
 // Shape legend: b batch, n queries, m keys, h heads, hk kv heads, dh head dim, dv value head dim.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <xtc/nn/functional/packing.h>
 #include <xtc/nn/options/attention.h>
-
-#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <string>
@@ -16,67 +15,72 @@ namespace xtc::nn::functional {
 
 /// The attention block's tensors; undefined where the options leave one out.
 struct AttentionWeights {
-  at::Tensor to_q, to_k, to_v;    // (h dh, dim), (hk dh, dim), (hk dv, dim)
-  at::Tensor to_v_gate;           // (h dv, dim)
-  at::Tensor to_out;              // (dim, h dv); undefined with one head
-  at::Tensor head_scale;          // (1, h, 1, 1)
-  at::Tensor mem_k, mem_v;        // (hk, num_mem_kv, dh)
+  at::Tensor to_q, to_k, to_v;        // (h dh, dim), (hk dh, dim), (hk dv, dim)
+  at::Tensor to_v_gate;               // (h dv, dim)
+  at::Tensor to_out;                  // (dim, h dv); undefined with one head
+  at::Tensor head_scale;              // (1, h, 1, 1)
+  at::Tensor mem_k, mem_v;            // (hk, num_mem_kv, dh)
   at::Tensor qk_q_scale, qk_k_scale;  // (h, 1, dh), (hk, 1, dh)
-  at::Tensor to_out_glu;          // (2 dim, h dv), on_attn: GLU output projection instead of to_out
+  at::Tensor to_out_glu;              // (2 dim, h dv), on_attn: GLU output projection instead of to_out
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
   at::Tensor value_mix_weight, value_mix_bias;  // (h, dim), (h): learned value-residual mix
-  at::Tensor q_rmsnorm, k_rmsnorm, value_rmsnorm;  // (h, 1, dh), (hk, 1, dh), (h, 1, dh): per-head RMSNorm gains
-  at::Tensor head_attn_sink;                       // (h): learned per-head sink logits
+  at::Tensor q_rmsnorm, k_rmsnorm,
+      value_rmsnorm;          // (h, 1, dh), (hk, 1, dh), (h, 1, dh): per-head RMSNorm gains
+  at::Tensor head_attn_sink;  // (h): learned per-head sink logits
 };
 
-/// ResFormer's value residual: `first` (the first layer's values, (b, m, hk, dv); undefined = none) is mixed into
-/// this layer's values, by the learned per-token mix or 0.5; `values_out`, when given, receives this layer's values
-/// before the mix.
+/// ResFormer's value residual: `first` (the first layer's values, (b, m, hk, dv); undefined = none) is mixed
+/// into this layer's values, by the learned per-token mix or 0.5; `values_out`, when given, receives this
+/// layer's values before the mix.
 struct ValueResidual {
   at::Tensor first;
   at::Tensor* values_out = nullptr;
 };
 
-/// A Transformer-XL memory for one self-attention layer: (b, M, dim) prepended to its keys and values, with its
-/// (b, M) key mask.
+/// A Transformer-XL memory for one self-attention layer: (b, M, dim) prepended to its keys and values, with
+/// its (b, M) key mask.
 struct XLMemory {
   at::Tensor mem;
   std::optional<at::Tensor> mask;
 };
 
-/// Incremental decoding (x-transformers' cached_kv): the keys and values of earlier steps, (b, N, hk, dh|dv), taken
-/// after qk-norm and the value mix and before rotary. On entry, undefined = no earlier step; on return, this call's
-/// keys and values behind the earlier ones. With earlier keys, cross-attention takes them alone (the context is not
-/// projected again) and `mask` is not applied to the outputs (the queries are the new tokens only).
+/// Incremental decoding (x-transformers' cached_kv): the keys and values of earlier steps, (b, N, hk, dh|dv),
+/// taken after qk-norm and the value mix and before rotary. On entry, undefined = no earlier step; on return,
+/// this call's keys and values behind the earlier ones. With earlier keys, cross-attention takes them alone
+/// (the context is not projected again) and `mask` is not applied to the outputs (the queries are the new
+/// tokens only).
 struct KVCache {
   at::Tensor k, v;
 };
 
 /// x-transformers' attention maps of one layer (its Intermediates), each (b, h, n, keys), memory keys first:
-/// qk_similarities (q.k times the scale, plus the previous layer's scores with residual attention; before bias and
-/// masks), pre_softmax_attn (the masked logits) and post_softmax_attn (the probabilities, before dropout).
+/// qk_similarities (q.k times the scale, plus the previous layer's scores with residual attention; before
+/// bias and masks), pre_softmax_attn (the masked logits) and post_softmax_attn (the probabilities, before
+/// dropout).
 struct AttentionMaps {
   at::Tensor qk_similarities, pre_softmax_attn, post_softmax_attn;
 };
 
-/// Attention over packed sequences (xtc/nn/functional/packing.h): x holds the packed queries (1, total_q, dim),
-/// laid out by `queries`; the keys' input is packed too, laid out by `keys` (self-attention; a caller-packed
-/// context), or with packed_keys false it is the dense context (b, m, dim) and `keys` packs its kept positions
-/// (unpad's cross-attention). Masks are in the layouts: the call passes none.
+/// Attention over packed sequences (xtc/nn/functional/packing.h): x holds the packed queries (1, total_q,
+/// dim), laid out by `queries`; the keys' input is packed too, laid out by `keys` (self-attention; a
+/// caller-packed context), or with packed_keys false it is the dense context (b, m, dim) and `keys` packs its
+/// kept positions (unpad's cross-attention). Masks are in the layouts: the call passes none.
 struct PackedAttention {
   const PackedSequences* queries = nullptr;
   const PackedSequences* keys = nullptr;
   bool packed_keys = true;
 };
 
-/// Per-call additions to one attention layer's keys and values, as x-transformers' Attention.forward takes them.
+/// Per-call additions to one attention layer's keys and values, as x-transformers' Attention.forward takes
+/// them.
 struct ExtraKeyValues {
-  /// kv_input_residual: added to the keys' and values' input (x, or the context; not a Transformer-XL memory),
-  /// broadcastable to it; undefined = none. On a cached cross-attention step the cached keys already hold it.
+  /// kv_input_residual: added to the keys' and values' input (x, or the context; not a Transformer-XL
+  /// memory), broadcastable to it; undefined = none. On a cached cross-attention step the cached keys already
+  /// hold it.
   at::Tensor input_residual;
-  /// additional_key_values, (b, ha, l, dh) and (b, ha, l, dv) (x-transformers' head-first layout, e.g. another
-  /// model's cached_kv), ha dividing the heads: joined in front of the keys after the memory key/values, not
-  /// rotated, visible to every query and never biased. Undefined = none.
+  /// additional_key_values, (b, ha, l, dh) and (b, ha, l, dv) (x-transformers' head-first layout, e.g.
+  /// another model's cached_kv), ha dividing the heads: joined in front of the keys after the memory
+  /// key/values, not rotated, visible to every query and never biased. Undefined = none.
   at::Tensor k, v;
   /// (b, l) bool, True = keep, for k and v; unset = all kept.
   std::optional<at::Tensor> mask;
@@ -96,38 +100,43 @@ struct AttentionConfig {
   bool causal = false;
   AttentionOptions options;
   at::Tensor alibi_slopes;  // (h) float, 0 for heads without ALiBi; undefined = no ALiBi
-  at::Tensor rotary_angles;  // (n, r) or (b, n, r) rotary angles of the positions (q and k take the last rows)
-  at::Tensor rotary_scale;   // xPos scales of the same positions and shape (q times, k divided); undefined = none
-  /// The keys' own rotary angles and xPos scales (cross-attention with context_pos: the context's positions, the
-  /// last m rows); undefined = the keys take rotary_angles and rotary_scale as the queries do.
+  at::Tensor
+      rotary_angles;  // (n, r) or (b, n, r) rotary angles of the positions (q and k take the last rows)
+  at::Tensor
+      rotary_scale;  // xPos scales of the same positions and shape (q times, k divided); undefined = none
+  /// The keys' own rotary angles and xPos scales (cross-attention with context_pos: the context's positions,
+  /// the last m rows); undefined = the keys take rotary_angles and rotary_scale as the queries do.
   at::Tensor key_rotary_angles, key_rotary_scale;
   int64_t rotary_heads = -1;  // rotary on the last rotary_heads heads of q and k; -1 = all
-  at::Tensor position_bias;  // (1|b, h, n, n) bias (T5, dynamic, attn_bias) added to the logits; undefined = none
+  at::Tensor
+      position_bias;  // (1|b, h, n, n) bias (T5, dynamic, attn_bias) added to the logits; undefined = none
   bool residual_scores = false;  // RealFormer: take the previous layer's scores and hand on this layer's
 };
 
-/// Linear attention with the elu + 1 feature map: out_i = phi(q_i) S / (phi(q_i) z), S and z summed over the keys
-/// query i may see (key mask; causal right-aligned). Rows that see no key give 0. q (b, n, h, d), k (b, m, hk, d),
-/// v (b, m, hk, dv), query head i reads kv head i % hk; O(n) memory (causal: chunks of `chunk` queries).
+/// Linear attention with the elu + 1 feature map: out_i = phi(q_i) S / (phi(q_i) z), S and z summed over the
+/// keys query i may see (key mask; causal right-aligned). Rows that see no key give 0. q (b, n, h, d), k (b,
+/// m, hk, d), v (b, m, hk, dv), query head i reads kv head i % hk; O(n) memory (causal: chunks of `chunk`
+/// queries).
 at::Tensor linear_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const std::optional<at::Tensor>& key_padding_mask, bool causal, int64_t chunk = 64);
+                            const std::optional<at::Tensor>& key_padding_mask, bool causal,
+                            int64_t chunk = 64);
 
-/// Rotates the first r features of t (b, n, heads, dh) by the last n rows of `angles` (N, r) or (b, N, r) (per
-/// sequence positions), pairs (2k, 2k+1)
-/// together (x-transformers' apply_rotary_pos_emb); the rest pass through. `scale` (N, r), when defined, multiplies
-/// the rotated features (xPos; its reciprocal with `inverse_scale`, for the keys).
+/// Rotates the first r features of t (b, n, heads, dh) by the last n rows of `angles` (N, r) or (b, N, r)
+/// (per sequence positions), pairs (2k, 2k+1) together (x-transformers' apply_rotary_pos_emb); the rest pass
+/// through. `scale` (N, r), when defined, multiplies the rotated features (xPos; its reciprocal with
+/// `inverse_scale`, for the keys).
 at::Tensor apply_rotary(const at::Tensor& t, const at::Tensor& angles, const at::Tensor& scale = {},
                         bool inverse_scale = false);
 
-/// Attention of x (b, n, dim) over `context` (b, m, dim) or, when undefined, over x itself. `mask` (b, n) zeroes the
-/// output at padded queries and masks self-attention's keys unless `context_mask` is given; `context_mask` masks
-/// the keys (cross-attention's, or self-attention's in place of `mask`). Runs in xtc::flash_attention unless flash_reasons() names a reason to materialise the scores
-/// (or the backend setting excludes the flash kernel).
-/// `attn_mask` (b|1, h|1, n, n) bool, True = may attend, restricts self-attention further. With
-/// config.residual_scores, `scores` holds the previous layer's pre-softmax scores (b, h, n, keys) on entry (or is
-/// undefined) and this layer's on return. With `packed`, x and the keys are packed sequences: attention runs per
-/// sequence in xtc::flash_attention_varlen where it can, in the padded frame otherwise. `extra`: the call's
-/// kv_input_residual and additional key/values.
+/// Attention of x (b, n, dim) over `context` (b, m, dim) or, when undefined, over x itself. `mask` (b, n)
+/// zeroes the output at padded queries and masks self-attention's keys unless `context_mask` is given;
+/// `context_mask` masks the keys (cross-attention's, or self-attention's in place of `mask`). Runs in
+/// xtc::flash_attention unless flash_reasons() names a reason to materialise the scores (or the backend
+/// setting excludes the flash kernel). `attn_mask` (b|1, h|1, n, n) bool, True = may attend, restricts
+/// self-attention further. With config.residual_scores, `scores` holds the previous layer's pre-softmax
+/// scores (b, h, n, keys) on entry (or is undefined) and this layer's on return. With `packed`, x and the
+/// keys are packed sequences: attention runs per sequence in xtc::flash_attention_varlen where it can, in the
+/// padded frame otherwise. `extra`: the call's kv_input_residual and additional key/values.
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
                      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& context_mask,
                      const AttentionWeights& weights, const AttentionConfig& config, bool training,
@@ -136,17 +145,17 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      KVCache* cache = nullptr, AttentionMaps* maps = nullptr,
                      const PackedAttention* packed = nullptr, const ExtraKeyValues& extra = {});
 
-/// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils; each
-/// layer's call hands them to xtc::choose_backend (xtc/backends.h), which takes Math when the list is not empty.
-/// `wants_maps`: the caller asked for the attention maps (return_hiddens without attn_flash).
+/// Why this attention cannot run in the flash kernel (empty: it can). Named checks, as torch's sdp_utils;
+/// each layer's call hands them to xtc::choose_backend (xtc/backends.h), which takes Math when the list is
+/// not empty. `wants_maps`: the caller asked for the attention maps (return_hiddens without attn_flash).
 std::vector<std::string> flash_reasons(const AttentionConfig& config, bool training, bool has_attn_mask,
                                        bool wants_maps = false);
 
-/// Softmax attention that materialises the (b, h, n, m) scores, as x-transformers' own path: logits scaled, plus
-/// `bias` (broadcastable to (b, h, n, m)), soft-capped, hidden entries (`keep` False, or in the future when causal)
-/// filled with the dtype's lowest value, softmax in float32, dropout, rows whose `keep` is all False set to 0.
-/// q (b, n, h, dh), k and v (b, m, hk, dh|dv); returns (b, n, h, dv).
-/// `scores`, when given: the previous pre-softmax scores to add on entry (if defined), this call's on return.
+/// Softmax attention that materialises the (b, h, n, m) scores, as x-transformers' own path: logits scaled,
+/// plus `bias` (broadcastable to (b, h, n, m)), soft-capped, hidden entries (`keep` False, or in the future
+/// when causal) filled with the dtype's lowest value, softmax in float32, dropout, rows whose `keep` is all
+/// False set to 0. q (b, n, h, dh), k and v (b, m, hk, dh|dv); returns (b, n, h, dv). `scores`, when given:
+/// the previous pre-softmax scores to add on entry (if defined), this call's on return.
 at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                   const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
                                   double dropout, bool training, const ScoreTransforms& transforms = {},

@@ -31,14 +31,16 @@ class ContinuousTransformerPlan {
   bool has_abs_pos_emb_, has_project_in_, has_project_out_;
 };
 
-/// x (b, n, dim_in); `inputs` the layer stack's, inputs.mask (b, n) bool or lens (b) int (at most one), pos and
-/// seq_start_pos for the absolute positions only (as x-transformers); returns (b, n, dim_out), (b, dim_out) with
-/// average_pool_embed, or the stack's embeddings (before project_out) with return_embeddings. `record` and
-/// `cache`: the stack's intermediates and incremental decoding, as functional::transformer_wrapper (x then holds
-/// every position so far, or the new ones with cache.input_not_include_cache, and only the last one runs).
+/// x (b, n, dim_in); `inputs` the layer stack's, inputs.mask (b, n) bool or lens (b) int (at most one), pos
+/// and seq_start_pos for the absolute positions only (as x-transformers); returns (b, n, dim_out), (b,
+/// dim_out) with average_pool_embed, or the stack's embeddings (before project_out) with return_embeddings.
+/// `record` and `cache`: the stack's intermediates and incremental decoding, as
+/// functional::transformer_wrapper (x then holds every position so far, or the new ones with
+/// cache.input_not_include_cache, and only the last one runs).
 at::Tensor continuous_transformer(const at::Tensor& x, const AttentionLayersInputs& inputs,
                                   const std::optional<at::Tensor>& lens, at::TensorList params,
-                                  const ContinuousTransformerPlan& plan, bool training, bool return_embeddings,
-                                  const WrapperCache& cache = {}, AttentionLayersHiddens* record = nullptr);
+                                  const ContinuousTransformerPlan& plan, bool training,
+                                  bool return_embeddings, const WrapperCache& cache = {},
+                                  AttentionLayersHiddens* record = nullptr);
 
 }  // namespace xtc::nn::functional

@@ -1,9 +1,8 @@
 // The feed-forward block on explicit parameters.
 #pragma once
 
-#include <xtc/nn/options/feedforward.h>
-
 #include <ATen/core/Tensor.h>
+#include <xtc/nn/options/feedforward.h>
 
 namespace xtc::nn::functional {
 
@@ -15,7 +14,8 @@ struct FeedForwardWeights {
   at::Tensor proj_out_weight, proj_out_bias;
 };
 
-/// x (..., dim) -> proj_in -> activation (GELU, SiLU or relu^2; gated with glu) -> [LayerNorm] -> dropout -> proj_out.
+/// x (..., dim) -> proj_in -> activation (GELU, SiLU or relu^2; gated with glu) -> [LayerNorm] -> dropout ->
+/// proj_out.
 at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w, const FeedForwardOptions& options,
                         bool training);
 

@@ -1,17 +1,16 @@
 // Norms on explicit parameters.
 #pragma once
 
-#include <xtc/nn/options/attention_layers.h>
-
 #include <ATen/core/Tensor.h>
+#include <xtc/nn/options/attention_layers.h>
 
 namespace xtc::nn::functional {
 
 /// x-transformers' LayerNorm: no bias, eps 1e-5, biased variance; gain `gamma`, plus 1 when `unit_offset`.
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& gamma, bool unit_offset = true);
 
-/// x / max(||x||, 1e-12) * sqrt(dim) * (g [+ 1]); `g` of shape (dim) for RMSNorm, (1) for ScaleNorm, undefined for
-/// SimpleRMSNorm. No eps inside a square root, as x-transformers (F.normalize).
+/// x / max(||x||, 1e-12) * sqrt(dim) * (g [+ 1]); `g` of shape (dim) for RMSNorm, (1) for ScaleNorm,
+/// undefined for SimpleRMSNorm. No eps inside a square root, as x-transformers (F.normalize).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& g, bool unit_offset = true);
 
 /// A norm's tensors: its gain (gamma or g; undefined for SimpleRMSNorm) and, for DynamicTanh, the scalar

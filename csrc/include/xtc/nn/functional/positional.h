@@ -1,32 +1,33 @@
-// Positional encodings on explicit tensors, as x-transformers' positional modules compute them: ALiBi's slopes
-// (AlibiPositionalBias), T5's bucketed bias (RelativePositionBias), the dynamic position bias MLP
-// (DynamicPositionBias), rotary angles and xPos scales (RotaryEmbedding). The stack builds them once per call and
-// hands them to every attention layer (xtc/nn/functional/attention.h applies them).
+// Positional encodings on explicit tensors, as x-transformers' positional modules compute them: ALiBi's
+// slopes (AlibiPositionalBias), T5's bucketed bias (RelativePositionBias), the dynamic position bias MLP
+// (DynamicPositionBias), rotary angles and xPos scales (RotaryEmbedding). The stack builds them once per call
+// and hands them to every attention layer (xtc/nn/functional/attention.h applies them).
 //
 // Shape legend: h heads, i queries (the last i of the j key positions), j keys, N positions, r rotary dim.
 #pragma once
 
-#include <xtc/nn/options/attention_layers.h>
-
 #include <ATen/core/Tensor.h>
+#include <xtc/nn/options/attention_layers.h>
 
 #include <vector>
 
 namespace xtc::nn::functional {
 
-/// x-transformers' AlibiPositionalBias._get_slopes: a geometric series over `heads`, interleaved for non-powers of 2.
+/// x-transformers' AlibiPositionalBias._get_slopes: a geometric series over `heads`, interleaved for
+/// non-powers of 2.
 std::vector<double> geometric_alibi_slopes(int64_t heads);
 
 /// The plan's slopes (h) as a float32 tensor like `like`, built from factory ops (fake tensors hold no data).
 at::Tensor alibi_slopes_tensor(const std::vector<double>& slopes, const at::Tensor& like);
 
-/// x-transformers' RelativePositionBias (T5): bucketed relative positions -> the learned per-head bias `weight`
-/// (num_buckets, h), as (1, h, i, j).
+/// x-transformers' RelativePositionBias (T5): bucketed relative positions -> the learned per-head bias
+/// `weight` (num_buckets, h), as (1, h, i, j).
 at::Tensor t5_position_bias(const at::Tensor& weight, const c10::SymInt& i, const c10::SymInt& j,
                             const AttentionLayersOptions& options);
 
-/// The tensors of x-transformers' DynamicPositionBias MLP (its state_dict under rel_pos.mlp): a linear per layer,
-/// input first; with dynamic_pos_bias_norm, the first layer's LayerNorm gain and the later layers' nn.LayerNorm.
+/// The tensors of x-transformers' DynamicPositionBias MLP (its state_dict under rel_pos.mlp): a linear per
+/// layer, input first; with dynamic_pos_bias_norm, the first layer's LayerNorm gain and the later layers'
+/// nn.LayerNorm.
 struct DynamicPositionBiasWeights {
   std::vector<at::Tensor> weights, biases;
   at::Tensor first_norm_gamma;
@@ -34,19 +35,20 @@ struct DynamicPositionBiasWeights {
 };
 
 /// x-transformers' DynamicPositionBias: the MLP over the 2j - 1 relative distances, gathered to (1, h, i, j).
-at::Tensor dynamic_position_bias(const DynamicPositionBiasWeights& w, const c10::SymInt& i, const c10::SymInt& j,
-                                 const at::Tensor& like, const AttentionLayersOptions& options);
+at::Tensor dynamic_position_bias(const DynamicPositionBiasWeights& w, const c10::SymInt& i,
+                                 const c10::SymInt& j, const at::Tensor& like,
+                                 const AttentionLayersOptions& options);
 
-/// x-transformers' RotaryEmbedding.forward over integer positions t, (N) or (b, N): (N, r) or (b, N, r) angles,
-/// each frequency twice in a row.
+/// x-transformers' RotaryEmbedding.forward over integer positions t, (N) or (b, N): (N, r) or (b, N, r)
+/// angles, each frequency twice in a row.
 at::Tensor rotary_angles(const at::Tensor& inv_freq, const at::Tensor& t, double interpolation_factor);
 
-/// x-transformers' xPos scales over the same positions: scale^((t - max_pos // 2) / scale_base), each twice in a
-/// row, max_pos the largest position + 1 (over the whole batch); q is multiplied by them, k divided.
+/// x-transformers' xPos scales over the same positions: scale^((t - max_pos // 2) / scale_base), each twice
+/// in a row, max_pos the largest position + 1 (over the whole batch); q is multiplied by them, k divided.
 at::Tensor xpos_scales(const at::Tensor& scale, const at::Tensor& t, int64_t scale_base);
 
-/// Checks custom positions `pos` (x-transformers' forward argument): integers, (keys) or (b, keys) covering the
-/// self-attention keys; with ALiBi exactly one per token and no cache or memories (`extra_keys`).
+/// Checks custom positions `pos` (x-transformers' forward argument): integers, (keys) or (b, keys) covering
+/// the self-attention keys; with ALiBi exactly one per token and no cache or memories (`extra_keys`).
 void check_positions(const at::Tensor& pos, const at::Tensor& x, const AttentionLayersOptions& options,
                      const c10::SymInt& keys, bool extra_keys);
 

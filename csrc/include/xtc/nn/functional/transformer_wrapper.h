@@ -36,9 +36,10 @@ class TransformerWrapperPlan {
   bool has_abs_pos_emb_ = false;
 };
 
-/// x-transformers' embeddings beside the tokens' (TransformerWrapper.forward): sum_embeds (b, n, emb_dim) added to
-/// the token and position embeddings, prepend_embeds (b, p, emb_dim) in front of them after post_emb_norm (as in
-/// PaLI), with prepend_mask (b, p) bool joining the mask; the outputs then cover the prepended positions too.
+/// x-transformers' embeddings beside the tokens' (TransformerWrapper.forward): sum_embeds (b, n, emb_dim)
+/// added to the token and position embeddings, prepend_embeds (b, p, emb_dim) in front of them after
+/// post_emb_norm (as in PaLI), with prepend_mask (b, p) bool joining the mask; the outputs then cover the
+/// prepended positions too.
 struct ExtraEmbeddings {
   std::optional<at::Tensor> sum_embeds, prepend_embeds, prepend_mask;
   /// (b, n, emb_dim): the tokens' embeddings, with external_token_emb (needed exactly then).
@@ -46,29 +47,32 @@ struct ExtraEmbeddings {
 };
 
 /// tokens (b, n) integer ids; `inputs` the layer stack's (x-transformers passes the wrapper's other forward
-/// arguments on to it): inputs.mask (b, n) bool; pos and seq_start_pos also shift the absolute positions; `extra`
-/// the embeddings beside the tokens'. Returns logits (b, n, logits_dim) ((b, logits_dim) pooled), or the stack's
-/// embeddings with return_embeddings / return_only_embed, or, with attn_pool over an encoder, the pooled tokens
-/// (x-transformers' default output there). `record`, when given, receives the stack's
+/// arguments on to it): inputs.mask (b, n) bool; pos and seq_start_pos also shift the absolute positions;
+/// `extra` the embeddings beside the tokens'. Returns logits (b, n, logits_dim) ((b, logits_dim) pooled), or
+/// the stack's embeddings with return_embeddings / return_only_embed, or, with attn_pool over an encoder, the
+/// pooled tokens (x-transformers' default output there). `record`, when given, receives the stack's
 /// intermediates (x-transformers' return_intermediates), its cached_kv included.
 ///
-/// Incremental decoding, as x-transformers: `cache.kv` holds the previous call's record->cached_kv and `tokens`
-/// the whole sequence so far (cached tokens and new ones), or with cache.input_not_include_cache the new tokens
-/// only (at the positions after the cached ones). The embeddings of every token are formed, only the last one
-/// runs through the stack (its keys after the cached ones), and the logits are (b, 1, logits_dim).
-at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& inputs, at::TensorList params,
-                               const TransformerWrapperPlan& plan, bool training, bool return_embeddings,
-                               const WrapperCache& cache = {}, AttentionLayersHiddens* record = nullptr,
-                               const ExtraEmbeddings& extra = {});
+/// Incremental decoding, as x-transformers: `cache.kv` holds the previous call's record->cached_kv and
+/// `tokens` the whole sequence so far (cached tokens and new ones), or with cache.input_not_include_cache the
+/// new tokens only (at the positions after the cached ones). The embeddings of every token are formed, only
+/// the last one runs through the stack (its keys after the cached ones), and the logits are (b, 1,
+/// logits_dim).
+at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& inputs,
+                               at::TensorList params, const TransformerWrapperPlan& plan, bool training,
+                               bool return_embeddings, const WrapperCache& cache = {},
+                               AttentionLayersHiddens* record = nullptr, const ExtraEmbeddings& extra = {});
 
-/// x-transformers' AttentionPool: the learned queries cross-attend to `embeddings` (b, n, dim), as the wrapper
-/// returns them, whose key mask is `mask` and prepend_mask (b, p) for prepend_length prepended positions (the
-/// wrapper's forward arguments; either may be unset). Returns (b, num_pooled_tokens, dim_pooled_tokens).
+/// x-transformers' AttentionPool: the learned queries cross-attend to `embeddings` (b, n, dim), as the
+/// wrapper returns them, whose key mask is `mask` and prepend_mask (b, p) for prepend_length prepended
+/// positions (the wrapper's forward arguments; either may be unset). Returns (b, num_pooled_tokens,
+/// dim_pooled_tokens).
 at::Tensor transformer_wrapper_attn_pool(const at::Tensor& embeddings, const std::optional<at::Tensor>& mask,
                                          const ExtraEmbeddings& extra, at::TensorList params,
                                          const TransformerWrapperPlan& plan, bool training);
 
-/// The logits head alone: embeddings (..., dim), as transformer_wrapper returns them, to logits (tied or not).
+/// The logits head alone: embeddings (..., dim), as transformer_wrapper returns them, to logits (tied or
+/// not).
 at::Tensor transformer_wrapper_logits(const at::Tensor& embeddings, at::TensorList params,
                                       const TransformerWrapperPlan& plan);
 

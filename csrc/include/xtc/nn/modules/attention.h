@@ -1,22 +1,21 @@
 // The multi-head attention block.
 #pragma once
 
-#include <xtc/nn/options/attention.h>
-
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/common.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/options/attention.h>
 
 namespace xtc::nn {
 
-/// x-transformers' Attention: `to_q`, `to_k`, `to_v`, `to_out` without bias (no `to_out` with one head), plus the
-/// optional `qk_norm_{q,k}_scale`, `head_scale_params`, `mem_k`/`mem_v` and `to_v_gate`. The attention itself runs
-/// in xtc::flash_attention.
+/// x-transformers' Attention: `to_q`, `to_k`, `to_v`, `to_out` without bias (no `to_out` with one head), plus
+/// the optional `qk_norm_{q,k}_scale`, `head_scale_params`, `mem_k`/`mem_v` and `to_v_gate`. The attention
+/// itself runs in xtc::flash_attention.
 class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
  public:
-  /// `learned_value_mix`: a ResFormer value-residual mix (`to_value_residual_mix`), as x-transformers gives the
-  /// self-attention layers after the first under add_value_residual.
+  /// `learned_value_mix`: a ResFormer value-residual mix (`to_value_residual_mix`), as x-transformers gives
+  /// the self-attention layers after the first under add_value_residual.
   AttentionImpl(int64_t dim, int64_t heads, AttentionOptions options = {}, bool causal = false,
                 bool learned_value_mix = false);
   void reset() override;

@@ -1,38 +1,39 @@
 // Layer stacks: AttentionLayers and its Encoder / Decoder / CrossAttender faces.
 #pragma once
 
-#include <xtc/nn/functional/attention_layers.h>
-#include <xtc/nn/options/attention_layers.h>
-
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/common.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/functional/attention_layers.h>
+#include <xtc/nn/options/attention_layers.h>
 
 #include <memory>
 
 namespace xtc::nn {
 
 /// x-transformers' AttentionLayers. Parameters are named and nested as in x-transformers
-/// (`layers.{i}.{0: norms (pre, sandwich, post slots), 1: block, 2: residual}`, `final_norm`), so a state_dict
-/// moves between the two unchanged.
+/// (`layers.{i}.{0: norms (pre, sandwich, post slots), 1: block, 2: residual}`, `final_norm`), so a
+/// state_dict moves between the two unchanged.
 class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
  public:
   explicit AttentionLayersImpl(AttentionLayersOptions options);
-  /// A stack with its options and plan but no parameters or buffers: what a wrapper's own layout is built around
-  /// when the stack's tensors live elsewhere (the Python wrappers hold the user's stack), so that none are allocated.
+  /// A stack with its options and plan but no parameters or buffers: what a wrapper's own layout is built
+  /// around when the stack's tensors live elsewhere (the Python wrappers hold the user's stack), so that none
+  /// are allocated.
   static std::shared_ptr<AttentionLayersImpl> without_tensors(AttentionLayersOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   /// x (b, n, dim) float; mask (b, n) bool, True = keep; context (b, m, dim) and context_mask (b, m) when
-  /// cross-attending; attn_mask (n, n), (h, n, n) or (b|1, h|1, n, n) bool for self-attention. Undefined tensors
-  /// mean "none". Returns (b, n, dim).
+  /// cross-attending; attn_mask (n, n), (h, n, n) or (b|1, h|1, n, n) bool for self-attention. Undefined
+  /// tensors mean "none". Returns (b, n, dim).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {}, const at::Tensor& context = {},
                      const at::Tensor& context_mask = {}, const at::Tensor& attn_mask = {});
-  /// Every forward argument of x-transformers (self_attn_kv_mask, seq_start_pos, attn_bias, mems, pos, and the
-  /// cache of incremental decoding: see functional::AttentionLayersInputs). With `record` (return_hiddens) it also
-  /// returns the hiddens, each attention layer's cached_kv (pass them back as inputs.cache_kv, with cache_length
-  /// the positions decoded so far, to decode the next tokens) and the attention maps.
+  /// Every forward argument of x-transformers (self_attn_kv_mask, seq_start_pos, attn_bias, mems, pos, and
+  /// the cache of incremental decoding: see functional::AttentionLayersInputs). With `record`
+  /// (return_hiddens) it also returns the hiddens, each attention layer's cached_kv (pass them back as
+  /// inputs.cache_kv, with cache_length the positions decoded so far, to decode the next tokens) and the
+  /// attention maps.
   at::Tensor forward_with(const at::Tensor& x, const functional::AttentionLayersInputs& inputs,
                           functional::AttentionLayersHiddens* record = nullptr);
 

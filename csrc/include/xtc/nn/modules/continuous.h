@@ -1,12 +1,12 @@
-// ContinuousTransformerWrapper: a layer stack over continuous vectors with projections, positions, memory tokens.
+// ContinuousTransformerWrapper: a layer stack over continuous vectors with projections, positions, memory
+// tokens.
 #pragma once
-
-#include <xtc/nn/functional/continuous.h>
-#include <xtc/nn/modules/attention_layers.h>
-#include <xtc/nn/options/continuous.h>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/functional/continuous.h>
+#include <xtc/nn/modules/attention_layers.h>
+#include <xtc/nn/options/continuous.h>
 
 namespace xtc::nn {
 
@@ -21,7 +21,8 @@ class ContinuousTransformerWrapperImpl : public torch::nn::Cloneable<ContinuousT
   ContinuousTransformerWrapperImpl(ContinuousTransformerWrapperOptions options,
                                    const torch::nn::ModuleHolder<Stack>& stack)
       : ContinuousTransformerWrapperImpl(
-            std::move(options), AttentionLayers(std::static_pointer_cast<AttentionLayersImpl>(stack.ptr()))) {}
+            std::move(options), AttentionLayers(std::static_pointer_cast<AttentionLayersImpl>(stack.ptr()))) {
+  }
   void reset() override;
   /// x (b, n, dim_in); mask (b, n) bool or lens (b) int; returns (b, n, dim_out) ((b, dim_out) when pooled).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {}, const at::Tensor& lens = {},

@@ -1,12 +1,11 @@
 // The feed-forward block.
 #pragma once
 
-#include <xtc/nn/options/feedforward.h>
-
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/options/feedforward.h>
 
 namespace xtc::nn {
 
@@ -25,8 +24,8 @@ class GLUImpl : public torch::nn::Cloneable<GLUImpl> {
 TORCH_MODULE(GLU);
 
 /// x-transformers' FeedForward. `ff` mirrors its Sequential with the None entries dropped:
-/// [proj_in, (post-activation LayerNorm), Dropout, proj_out], proj_in being [Linear, activation] or a GLU, so the
-/// parameters are named `ff.0.0.weight` ... `ff.2.bias` (`ff.3.*` with post_act_ln) as in x-transformers.
+/// [proj_in, (post-activation LayerNorm), Dropout, proj_out], proj_in being [Linear, activation] or a GLU, so
+/// the parameters are named `ff.0.0.weight` ... `ff.2.bias` (`ff.3.*` with post_act_ln) as in x-transformers.
 class FeedForwardImpl : public torch::nn::Cloneable<FeedForwardImpl> {
  public:
   FeedForwardImpl(int64_t dim, FeedForwardOptions options = {});

@@ -6,8 +6,8 @@
 
 namespace xtc::nn {
 
-/// x-transformers' LayerNorm (Ba et al. 2016, arXiv 1607.06450): no bias; gain `gamma`, stored as (gain - 1) when
-/// `unit_offset` (then initialised to 0).
+/// x-transformers' LayerNorm (Ba et al. 2016, arXiv 1607.06450): no bias; gain `gamma`, stored as (gain - 1)
+/// when `unit_offset` (then initialised to 0).
 class LayerNormImpl : public torch::nn::Cloneable<LayerNormImpl> {
  public:
   explicit LayerNormImpl(int64_t dim, bool unit_offset = true);
@@ -22,8 +22,8 @@ class LayerNormImpl : public torch::nn::Cloneable<LayerNormImpl> {
 };
 TORCH_MODULE(LayerNorm);
 
-/// RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467) as x-transformers: l2-normalise, times sqrt(dim), times gain
-/// `g` of shape (dim); ScaleNorm (Nguyen & Salazar 2019, arXiv 1910.05895) is the same with a (1) gain.
+/// RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467) as x-transformers: l2-normalise, times sqrt(dim), times
+/// gain `g` of shape (dim); ScaleNorm (Nguyen & Salazar 2019, arXiv 1910.05895) is the same with a (1) gain.
 class RMSNormImpl : public torch::nn::Cloneable<RMSNormImpl> {
  public:
   RMSNormImpl(int64_t dim, bool unit_offset = true, bool scalar_gain = false);
@@ -53,8 +53,8 @@ class SimpleRMSNormImpl : public torch::nn::Cloneable<SimpleRMSNormImpl> {
 };
 TORCH_MODULE(SimpleRMSNorm);
 
-/// Dynamic tanh, a norm-free replacement (Zhu et al. 2025, arXiv 2503.10622): gamma * tanh(alpha * x) + beta, with
-/// a learned scalar alpha; x-transformers' DynamicTanh, its offsets included under unit_offset.
+/// Dynamic tanh, a norm-free replacement (Zhu et al. 2025, arXiv 2503.10622): gamma * tanh(alpha * x) + beta,
+/// with a learned scalar alpha; x-transformers' DynamicTanh, its offsets included under unit_offset.
 class DynamicTanhImpl : public torch::nn::Cloneable<DynamicTanhImpl> {
  public:
   DynamicTanhImpl(int64_t dim, double init_alpha = 1.0, bool unit_offset = true);

@@ -61,8 +61,8 @@ class ScaleImpl : public torch::nn::Cloneable<ScaleImpl> {
 };
 TORCH_MODULE(Scale);
 
-/// Holds a branch as `fn` whose input AttentionLayers shifts along the sequence, segment by segment (x-transformers'
-/// ShiftTokens).
+/// Holds a branch as `fn` whose input AttentionLayers shifts along the sequence, segment by segment
+/// (x-transformers' ShiftTokens).
 class ShiftTokensImpl : public torch::nn::Cloneable<ShiftTokensImpl> {
  public:
   ShiftTokensImpl(int64_t shift, std::shared_ptr<torch::nn::Module> fn);

@@ -1,12 +1,11 @@
 // TransformerWrapper: token embedding, positions, a layer stack and a logits head.
 #pragma once
 
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
 #include <xtc/nn/functional/transformer_wrapper.h>
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/options/transformer_wrapper.h>
-
-#include <torch/nn/cloneable.h>
-#include <torch/nn/pimpl.h>
 
 namespace xtc::nn {
 
@@ -24,8 +23,9 @@ class TransformerWrapperImpl : public torch::nn::Cloneable<TransformerWrapperImp
   void reset() override;
   /// tokens (b, n) integer ids; mask (b, n) bool. Returns logits (b, n, logits_dim), or embeddings.
   at::Tensor forward(const at::Tensor& tokens, const at::Tensor& mask = {}, bool return_embeddings = false);
-  /// Every other forward argument: the stack's inputs (context, pos, ...) and the embeddings beside the tokens'
-  /// (sum_embeds, prepend_embeds, and token_embeds with external_token_emb); see functional::transformer_wrapper.
+  /// Every other forward argument: the stack's inputs (context, pos, ...) and the embeddings beside the
+  /// tokens' (sum_embeds, prepend_embeds, and token_embeds with external_token_emb); see
+  /// functional::transformer_wrapper.
   at::Tensor forward_with(const at::Tensor& tokens, const functional::AttentionLayersInputs& inputs,
                           const functional::ExtraEmbeddings& extra, bool return_embeddings = false);
   /// Parameters and buffers in the plan's order.

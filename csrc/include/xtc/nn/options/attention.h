@@ -1,4 +1,5 @@
-// Options of the attention block (x-transformers' `attn_*` and `cross_attn_*` keyword arguments, prefix stripped).
+// Options of the attention block (x-transformers' `attn_*` and `cross_attn_*` keyword arguments, prefix
+// stripped).
 #pragma once
 
 #include <torch/arg.h>
@@ -12,15 +13,15 @@ namespace xtc::nn {
 struct AttentionOptions {
   /// Width of each head; x-transformers uses 64 whatever dim and heads are.
   TORCH_ARG(int64_t, dim_head) = 64;
-  /// Key/value heads for grouped-query attention (Ainslie et al. 2023, arXiv 2305.13245); unset = one per query
-  /// head. Query head i reads kv head i % kv_heads, as x-transformers' `(r kvh)` expansion.
+  /// Key/value heads for grouped-query attention (Ainslie et al. 2023, arXiv 2305.13245); unset = one per
+  /// query head. Query head i reads kv head i % kv_heads, as x-transformers' `(r kvh)` expansion.
   TORCH_ARG(std::optional<int64_t>, kv_heads) = std::nullopt;
   /// One key/value head for all query heads (multi-query attention, Shazeer 2019, arXiv 1911.02150).
   TORCH_ARG(bool, one_kv_head) = false;
   /// Width of each value head; unset = dim_head.
   TORCH_ARG(std::optional<int64_t>, value_dim_head) = std::nullopt;
-  /// Width of the keys' and values' input, for cross-attention over a context of another width (a CLIP or BERT
-  /// output beside a narrower stack); unset = dim. Self-attention reads x, so only dim there.
+  /// Width of the keys' and values' input, for cross-attention over a context of another width (a CLIP or
+  /// BERT output beside a narrower stack); unset = dim. Self-attention reads x, so only dim there.
   TORCH_ARG(std::optional<int64_t>, dim_context) = std::nullopt;
   /// Dropout on the attention probabilities (training only); takes the path that materialises them.
   TORCH_ARG(double, dropout) = 0.0;
@@ -36,11 +37,11 @@ struct AttentionOptions {
   TORCH_ARG(double, logit_softclamp_value) = 50.0;
   /// Keys more than this many positions in the past are hidden (a left window, in the kernel).
   TORCH_ARG(std::optional<int64_t>, max_attend_past) = std::nullopt;
-  /// xtc extension: local attention, each query sees keys at most this many positions away (only the past with
-  /// causal); runs as the kernel's sliding window, O(n * window) work.
+  /// xtc extension: local attention, each query sees keys at most this many positions away (only the past
+  /// with causal); runs as the kernel's sliding window, O(n * window) work.
   TORCH_ARG(std::optional<int64_t>, window_size) = std::nullopt;
-  /// xtc extension: linear attention (Katharopoulos et al. 2020, arXiv 2006.16236) with the elu(x) + 1 feature
-  /// map, O(n) in time and memory; causal through chunked prefix sums.
+  /// xtc extension: linear attention (Katharopoulos et al. 2020, arXiv 2006.16236) with the elu(x) + 1
+  /// feature map, O(n) in time and memory; causal through chunked prefix sums.
   TORCH_ARG(bool, linear) = false;
   /// Cosine-similarity attention: l2-normalised q and k (Henry et al. 2020, arXiv 2010.04245).
   TORCH_ARG(bool, qk_norm) = false;
@@ -56,7 +57,8 @@ struct AttentionOptions {
   TORCH_ARG(bool, head_scale) = false;
   /// Learned memory key/values prepended to every sequence (Burtsev et al. 2020, arXiv 2006.11527).
   TORCH_ARG(int64_t, num_mem_kv) = 0;
-  /// A zero key and value in front of every sequence, so a query can attend to nothing (torch's add_zero_attn).
+  /// A zero key and value in front of every sequence, so a query can attend to nothing (torch's
+  /// add_zero_attn).
   TORCH_ARG(bool, add_zero_kv) = false;
   /// Per-head RMSNorm (learned gain, zero-initialised, plus 1) on q and k.
   TORCH_ARG(bool, qk_rmsnorm) = false;
@@ -64,16 +66,18 @@ struct AttentionOptions {
   TORCH_ARG(bool, k_rmsnorm) = false;
   /// The same on the values (needs as many kv heads as heads, and value_dim_head == dim_head).
   TORCH_ARG(bool, value_rmsnorm) = false;
-  /// A learned per-head logit (`attend.head_attn_sink`, zero-initialised) joins each row before the softmax and
-  /// leaves after it, so the row's probabilities may sum to less than 1 (gpt-oss's attention sink).
+  /// A learned per-head logit (`attend.head_attn_sink`, zero-initialised) joins each row before the softmax
+  /// and leaves after it, so the row's probabilities may sum to less than 1 (gpt-oss's attention sink).
   TORCH_ARG(bool, head_learned_sink) = false;
   /// Talking heads before the softmax: logits += mix_heads(logits) (Shazeer et al. 2020, arXiv 2003.02436).
   TORCH_ARG(bool, pre_talking_heads) = false;
   /// Talking heads after the softmax: probabilities = mix_heads(probabilities).
   TORCH_ARG(bool, post_talking_heads) = false;
-  /// Heads mixed before the softmax, used to scale the probabilities after it (x-transformers' improvisation).
+  /// Heads mixed before the softmax, used to scale the probabilities after it (x-transformers'
+  /// improvisation).
   TORCH_ARG(bool, pre_scale_post_talking_heads) = false;
-  /// Keep only the top-k logits of each row (Zhao et al. 2019, Explicit Sparse Transformer, arXiv 1912.11637).
+  /// Keep only the top-k logits of each row (Zhao et al. 2019, Explicit Sparse Transformer, arXiv
+  /// 1912.11637).
   TORCH_ARG(std::optional<int64_t>, sparse_topk) = std::nullopt;
   /// With sparse_topk: gradients of the dense softmax (straight-through, arXiv 2505.22074).
   TORCH_ARG(bool, sparse_topk_straight_through) = false;

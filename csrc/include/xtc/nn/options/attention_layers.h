@@ -1,10 +1,10 @@
-// Options of a layer stack (x-transformers' AttentionLayers / Encoder / Decoder / CrossAttender keyword arguments).
+// Options of a layer stack (x-transformers' AttentionLayers / Encoder / Decoder / CrossAttender keyword
+// arguments).
 #pragma once
 
+#include <torch/arg.h>
 #include <xtc/nn/options/attention.h>
 #include <xtc/nn/options/feedforward.h>
-
-#include <torch/arg.h>
 
 #include <cstdint>
 #include <optional>
@@ -14,7 +14,15 @@
 namespace xtc::nn {
 
 /// Which norm every slot of the stack uses.
-enum class NormKind { LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh, AdaptiveLayerNorm, AdaptiveRMSNorm };
+enum class NormKind {
+  LayerNorm,
+  RMSNorm,
+  ScaleNorm,
+  SimpleRMSNorm,
+  DynamicTanh,
+  AdaptiveLayerNorm,
+  AdaptiveRMSNorm
+};
 /// How a branch output joins the residual stream.
 enum class ResidualKind { Add, GRUGating };
 
@@ -23,8 +31,8 @@ struct RepeatBlocks {
   int64_t first, last, repeats;
 };
 
-/// A stack of attention and feed-forward layers with x-transformers' defaults throughout: pre-norm (Xiong et al.
-/// 2020, arXiv 2002.04745) with a final norm, bias-less LayerNorm with unit-offset gains.
+/// A stack of attention and feed-forward layers with x-transformers' defaults throughout: pre-norm (Xiong et
+/// al. 2020, arXiv 2002.04745) with a final norm, bias-less LayerNorm with unit-offset gains.
 struct AttentionLayersOptions {
   AttentionLayersOptions(int64_t dim, int64_t depth, int64_t heads = 8);
 
@@ -32,12 +40,13 @@ struct AttentionLayersOptions {
   std::vector<char> layer_types() const;
   /// Indices into layer_types() in the order they run (may repeat: weight tying, layers_execute_order).
   std::vector<int64_t> execution_order() const;
-  /// x-transformers' repeat_blocks as an execution order (layer indices, for layers_execute_order): the blocks in
-  /// order, each group's run `repeats` times; the default block layout only (no custom_layers, par_ratio or
-  /// sandwich_coef).
+  /// x-transformers' repeat_blocks as an execution order (layer indices, for layers_execute_order): the
+  /// blocks in order, each group's run `repeats` times; the default block layout only (no custom_layers,
+  /// par_ratio or sandwich_coef).
   std::vector<int64_t> repeat_blocks_order(const std::vector<RepeatBlocks>& groups) const;
-  /// With unet_skips, for each layer (an index into layer_types()): the executed step whose input it joins, or -1
-  /// (x-transformers' ConcatCombine pairing: the second half's blocks with the first half's, last with first).
+  /// With unet_skips, for each layer (an index into layer_types()): the executed step whose input it joins,
+  /// or -1 (x-transformers' ConcatCombine pairing: the second half's blocks with the first half's, last with
+  /// first).
   std::vector<int64_t> unet_skip_sources() const;
   /// Key/value heads of self-attention after `kv_heads` / `one_kv_head`.
   int64_t resolved_kv_heads(const AttentionOptions& attention) const;
@@ -45,8 +54,8 @@ struct AttentionLayersOptions {
   ResidualKind residual_kind() const;
   /// Whether the wrappers' absolute positions are off because the stack has its own (rotary or T5), as
   /// x-transformers' `disable_abs_pos_emb` default.
-  /// Whether wrappers leave out their absolute position embedding: disable_abs_pos_emb, by default with rotary
-  /// or T5 relative positions (x-transformers).
+  /// Whether wrappers leave out their absolute position embedding: disable_abs_pos_emb, by default with
+  /// rotary or T5 relative positions (x-transformers).
   bool disables_abs_pos_emb() const { return disable_abs_pos_emb_.value_or(uses_rotary() || rel_pos_bias_); }
   /// Rotary embedding on: rotary_pos_emb, or rotary_xpos (which implies it, as x-transformers).
   bool uses_rotary() const { return rotary_pos_emb_ || rotary_xpos_; }
@@ -68,8 +77,11 @@ struct AttentionLayersOptions {
     return false;
   }
   /// Whether forward needs a `condition` (adaptive norms or layerscale).
-  bool needs_condition() const { return use_adaptive_layernorm_ || use_adaptive_rmsnorm_ || use_adaptive_layerscale_; }
-  /// The width of `condition` as passed in, and as the adaptive layers read it (after adaptive_condition_mlp).
+  bool needs_condition() const {
+    return use_adaptive_layernorm_ || use_adaptive_rmsnorm_ || use_adaptive_layerscale_;
+  }
+  /// The width of `condition` as passed in, and as the adaptive layers read it (after
+  /// adaptive_condition_mlp).
   int64_t resolved_dim_condition() const { return dim_condition_.value_or(dim_); }
   int64_t conditioning_width() const {
     return resolved_dim_condition() * (adaptive_condition_mlp_ ? adaptive_condition_mlp_expansion_ : 1);
@@ -121,7 +133,8 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, use_adaptive_layerscale) = false;
   /// Width of `condition`; unset = dim.
   TORCH_ARG(std::optional<int64_t>, dim_condition) = std::nullopt;
-  /// The condition through a bias-less linear to adaptive_condition_mlp_expansion times its width and a SiLU first.
+  /// The condition through a bias-less linear to adaptive_condition_mlp_expansion times its width and a SiLU
+  /// first.
   TORCH_ARG(bool, adaptive_condition_mlp) = false;
   TORCH_ARG(int64_t, adaptive_condition_mlp_expansion) = 4;
   /// Gains stored as (gain - 1), so weight decay pulls them to 1; also applies to LayerScale.
@@ -132,14 +145,14 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, sandwich_norm) = false;
   /// With pre-norm, close the stack with a norm.
   TORCH_ARG(bool, pre_norm_has_final_norm) = true;
-  /// A norm after each residual too, and no final norm (KEEL; recurrent-depth looped LMs); the norm before each
-  /// branch stays pre_norm's, as in x-transformers.
+  /// A norm after each residual too, and no final norm (KEEL; recurrent-depth looped LMs); the norm before
+  /// each branch stays pre_norm's, as in x-transformers.
   TORCH_ARG(bool, pre_and_post_norm) = false;
   /// Every layer's branch also reads a learned projection of the stack's input (DEQ, Bai et al. 2019, arXiv
   /// 1909.01377): x + W x_in before its norm, the residual stream unchanged.
   TORCH_ARG(bool, reinject_input) = false;
-  /// U-Net skips: each block of the second half starts from a projection of its input concatenated with the input
-  /// of its mirror block in the first half.
+  /// U-Net skips: each block of the second half starts from a projection of its input concatenated with the
+  /// input of its mirror block in the first half.
   TORCH_ARG(bool, unet_skips) = false;
   /// With reinject_input: the projection gated by sigmoid(w . x_in) per token.
   TORCH_ARG(bool, learned_reinject_input_gate) = false;
@@ -157,7 +170,8 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, macaron) = false;
   /// Explicit layer kinds, e.g. "aaff"; depth is then unused.
   TORCH_ARG(std::optional<std::string>, custom_layers) = std::nullopt;
-  /// Sandwich transformer: k attention layers first, k feed-forwards last (Press et al. 2019, arXiv 1911.03864).
+  /// Sandwich transformer: k attention layers first, k feed-forwards last (Press et al. 2019, arXiv
+  /// 1911.03864).
   TORCH_ARG(std::optional<int64_t>, sandwich_coef) = std::nullopt;
   /// PAR transformer layout (Mandava et al. 2020, arXiv 2009.04534).
   TORCH_ARG(std::optional<int64_t>, par_ratio) = std::nullopt;
@@ -169,7 +183,8 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, alibi_pos_bias) = false;
   /// ALiBi on the first heads only; unset = all heads.
   TORCH_ARG(std::optional<int64_t>, alibi_num_heads) = std::nullopt;
-  /// T5's learned, bucketed relative position bias (Raffel et al. 2019, arXiv 1910.10683), times sqrt(dim_head).
+  /// T5's learned, bucketed relative position bias (Raffel et al. 2019, arXiv 1910.10683), times
+  /// sqrt(dim_head).
   TORCH_ARG(bool, rel_pos_bias) = false;
   /// T5 buckets.
   TORCH_ARG(int64_t, rel_pos_num_buckets) = 32;
@@ -184,11 +199,11 @@ struct AttentionLayersOptions {
   /// LayerNorms inside that MLP.
   TORCH_ARG(bool, dynamic_pos_bias_norm) = false;
   /// Token shifting (Wang's "shift tokens" trick, as in RWKV): the block input's features are split into
-  /// 2s + 1 segments (s + 1 when causal) shifted by -s..s positions. One s for every layer, or one per layer (a
-  /// layer schedule, as x-transformers' tuple); empty or 0 = off.
+  /// 2s + 1 segments (s + 1 when causal) shifted by -s..s positions. One s for every layer, or one per layer
+  /// (a layer schedule, as x-transformers' tuple); empty or 0 = off.
   TORCH_ARG(std::vector<int64_t>, shift_tokens) = {};
-  /// Value residual learning (ResFormer, Zhou et al. 2024, arXiv 2410.17897): later attention layers mix their
-  /// values with the first layer's.
+  /// Value residual learning (ResFormer, Zhou et al. 2024, arXiv 2410.17897): later attention layers mix
+  /// their values with the first layer's.
   TORCH_ARG(bool, add_value_residual) = false;
   /// With add_value_residual: a learned per-token, per-head mix for self-attention (else 0.5).
   TORCH_ARG(bool, learned_value_residual_mix) = true;
@@ -197,8 +212,8 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, residual_attn) = false;
   /// The same for cross-attention.
   TORCH_ARG(bool, cross_residual_attn) = false;
-  /// Rotary position embedding on q and k of self-attention (Su et al. 2021, arXiv 2104.09864), interleaved pairs
-  /// as x-transformers (GPT-J style).
+  /// Rotary position embedding on q and k of self-attention (Su et al. 2021, arXiv 2104.09864), interleaved
+  /// pairs as x-transformers (GPT-J style).
   TORCH_ARG(bool, rotary_pos_emb) = false;
   /// Rotated features per head; unset = dim_head / 2 (partial rotary, as x-transformers).
   TORCH_ARG(std::optional<int64_t>, rotary_emb_dim) = std::nullopt;
@@ -211,18 +226,19 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, rotary_xpos) = false;
   /// The xPos scale base.
   TORCH_ARG(int64_t, rotary_xpos_scale_base) = 512;
-  /// Tells the wrappers whether to leave out their absolute position embedding; unset = with rotary or T5 bias.
+  /// Tells the wrappers whether to leave out their absolute position embedding; unset = with rotary or T5
+  /// bias.
   TORCH_ARG(std::optional<bool>, disable_abs_pos_emb) = std::nullopt;
-  /// Rotary (and xPos) on the last rotate_num_heads heads of self-attention only; unset = all heads. Below heads it
-  /// needs kv_heads == heads, as x-transformers.
+  /// Rotary (and xPos) on the last rotate_num_heads heads of self-attention only; unset = all heads. Below
+  /// heads it needs kv_heads == heads, as x-transformers.
   TORCH_ARG(std::optional<int64_t>, rotate_num_heads) = std::nullopt;
   /// c * tanh(x / c) on the output before the final norm (Gemma 2).
   TORCH_ARG(bool, softclamp_output) = false;
   /// The cap c of softclamp_output.
   TORCH_ARG(double, softclamp_output_value) = 30.0;
-  /// xtc extension: with a `mask`, the kept tokens (any pattern) are packed once at the stack's entry, every layer
-  /// runs on them alone (attention per sequence in the varlen kernel) and the output is scattered back, zeros at
-  /// masked positions (as torch's nested-tensor fast path). Positions keep their original index.
+  /// xtc extension: with a `mask`, the kept tokens (any pattern) are packed once at the stack's entry, every
+  /// layer runs on them alone (attention per sequence in the varlen kernel) and the output is scattered back,
+  /// zeros at masked positions (as torch's nested-tensor fast path). Positions keep their original index.
   TORCH_ARG(bool, unpad) = false;
   /// Zero-initialised output projections of every branch.
   TORCH_ARG(bool, zero_init_branch_output) = false;
@@ -232,10 +248,11 @@ struct AttentionLayersOptions {
   TORCH_ARG(AttentionOptions, cross_attn) = {};
   /// Options of every feed-forward block (`ff_*`).
   TORCH_ARG(FeedForwardOptions, ff) = {};
-  /// Layer schedules (x-transformers' tuples: an `attn_*`, `cross_attn_*` or `ff_*` value per layer of that kind):
-  /// one options struct per self-attention, cross-attention or feed-forward layer, in layer order; empty = every
-  /// layer of that kind takes attn(), cross_attn() or ff(). The stack-wide uses (rotary's dim_head, T5's scale,
-  /// the context's width, packing) read attn() / cross_attn(), which parse() sets to the first layer's values.
+  /// Layer schedules (x-transformers' tuples: an `attn_*`, `cross_attn_*` or `ff_*` value per layer of that
+  /// kind): one options struct per self-attention, cross-attention or feed-forward layer, in layer order;
+  /// empty = every layer of that kind takes attn(), cross_attn() or ff(). The stack-wide uses (rotary's
+  /// dim_head, T5's scale, the context's width, packing) read attn() / cross_attn(), which parse() sets to
+  /// the first layer's values.
   TORCH_ARG(std::vector<AttentionOptions>, attn_per_layer) = {};
   TORCH_ARG(std::vector<AttentionOptions>, cross_attn_per_layer) = {};
   TORCH_ARG(std::vector<FeedForwardOptions>, ff_per_layer) = {};

@@ -1,4 +1,5 @@
-// Options of ContinuousTransformerWrapper (x-transformers' continuous.py): a layer stack over continuous vectors.
+// Options of ContinuousTransformerWrapper (x-transformers' continuous.py): a layer stack over continuous
+// vectors.
 #pragma once
 
 #include <torch/arg.h>
@@ -41,10 +42,9 @@ struct ContinuousTransformerWrapperOptions {
   TORCH_ARG(bool, average_pool_embed) = false;
   /// No projection where dim_in / dim_out equal the stack's dim.
   TORCH_ARG(bool, use_identity_if_same_dim) = false;
-  /// x-transformers' probabilistic output: project_out gives a mean and a log-variance per feature (interleaved),
-  /// and forward returns stack((mean, variance)), (2, b, n, dim_out).
+  /// x-transformers' probabilistic output: project_out gives a mean and a log-variance per feature
+  /// (interleaved), and forward returns stack((mean, variance)), (2, b, n, dim_out).
   TORCH_ARG(bool, probabilistic) = false;
-
 };
 
 }  // namespace xtc::nn

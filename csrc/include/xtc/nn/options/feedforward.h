@@ -5,8 +5,8 @@
 
 namespace xtc::nn {
 
-/// Position-wise MLP, as x-transformers' `FeedForward`: GELU (Hendrycks & Gimpel 2016, arXiv 1606.08415) unless
-/// another activation is chosen.
+/// Position-wise MLP, as x-transformers' `FeedForward`: GELU (Hendrycks & Gimpel 2016, arXiv 1606.08415)
+/// unless another activation is chosen.
 struct FeedForwardOptions {
   /// Inner width = int(dim * mult).
   TORCH_ARG(double, mult) = 4.0;

@@ -50,19 +50,21 @@ struct TransformerWrapperOptions {
   TORCH_ARG(bool, l2norm_embed) = false;
   /// Mean over the kept positions: one vector per sequence.
   TORCH_ARG(bool, average_pool_embed) = false;
-  /// BERT's [CLS]: num_cls_tokens learned tokens (`cls_token`, normal with std 0.02) in front of the sequence; the
-  /// outputs are theirs alone, (b, dim) for one, (b, num_cls_tokens, dim) for more. Not with average_pool_embed.
+  /// BERT's [CLS]: num_cls_tokens learned tokens (`cls_token`, normal with std 0.02) in front of the
+  /// sequence; the outputs are theirs alone, (b, dim) for one, (b, num_cls_tokens, dim) for more. Not with
+  /// average_pool_embed.
   TORCH_ARG(bool, use_cls_token) = false;
   TORCH_ARG(int64_t, num_cls_tokens) = 1;
-  /// The token embeddings come with each call (ExtraEmbeddings::token_embeds, from x-transformers' `token_emb`
-  /// given as a module, which Python runs), so the wrapper has no `token_emb.emb.weight`; not with tie_embedding.
+  /// The token embeddings come with each call (ExtraEmbeddings::token_embeds, from x-transformers'
+  /// `token_emb` given as a module, which Python runs), so the wrapper has no `token_emb.emb.weight`; not
+  /// with tie_embedding.
   TORCH_ARG(bool, external_token_emb) = false;
   /// Logits of width 1 lose their last dim (a regression or score head).
   TORCH_ARG(bool, squeeze_out_last_dim) = false;
   /// x-transformers' attention pooling: num_pooled_tokens learned queries (`attn_pool.queries`, width
-  /// dim_pooled_tokens, unset = dim) cross-attend to the final embeddings, by one attention (attn_pool_depth 1) or a
-  /// CrossAttender of that depth, with the stack's heads and dim_head. An encoder's forward then returns the
-  /// pooled tokens (b, num_pooled_tokens, dim_pooled_tokens). Not with use_cls_token.
+  /// dim_pooled_tokens, unset = dim) cross-attend to the final embeddings, by one attention (attn_pool_depth
+  /// 1) or a CrossAttender of that depth, with the stack's heads and dim_head. An encoder's forward then
+  /// returns the pooled tokens (b, num_pooled_tokens, dim_pooled_tokens). Not with use_cls_token.
   TORCH_ARG(bool, attn_pool) = false;
   TORCH_ARG(int64_t, num_pooled_tokens) = 1;
   TORCH_ARG(int64_t, attn_pool_depth) = 1;
