@@ -7,7 +7,7 @@ import torch
 from x_transformers import Decoder as XDecoder
 from x_transformers import TransformerWrapper as XTokens
 
-from xtc_testing import assert_parameter_grads_close, make_pair, random_mask
+from xtc_testing import assert_parameter_grads_close, make_pair, random_mask, same_weights
 from x_transformers_cpp import Decoder, TransformerWrapper
 
 LAYERS = dict(dim=24, depth=2, heads=4, attn_dim_head=8)
@@ -174,10 +174,8 @@ def test_repeat_blocks_refused_with_custom_layers():
 
 def tokens_pair(layer_kwargs, **kwargs):
     torch.manual_seed(0)
-    theirs = XTokens(attn_layers=XDecoder(**layer_kwargs), num_tokens=40, **kwargs)
-    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
-    ours = TransformerWrapper(attn_layers=Decoder(**layer_kwargs), num_tokens=40, **kwargs)
-    ours.load_state_dict(theirs.state_dict(), strict=True)
+    ours, theirs = same_weights(lambda: TransformerWrapper(attn_layers=Decoder(**layer_kwargs), num_tokens=40, **kwargs),
+                                lambda: XTokens(attn_layers=XDecoder(**layer_kwargs), num_tokens=40, **kwargs))
     return ours.eval(), theirs.eval()
 
 

@@ -5,6 +5,7 @@ import torch
 from x_transformers import CrossAttender as XCrossAttender, Decoder as XDecoder, Encoder as XEncoder
 
 from x_transformers_cpp import CrossAttender, Decoder, Encoder
+from xtc_testing import same_weights
 
 CLASSES = {"encoder": (Encoder, XEncoder), "decoder": (Decoder, XDecoder), "cross": (CrossAttender, XCrossAttender)}
 BASE = dict(dim=32, depth=2, heads=4, attn_dim_head=16)
@@ -88,14 +89,7 @@ def option_id(kwargs):
 
 def make_pair(kind, **kwargs):
     ours_cls, theirs_cls = CLASSES[kind]
-    theirs = theirs_cls(**kwargs)
-    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
-    ours = ours_cls(**kwargs)
-    assert list(ours.state_dict().keys()) == list(theirs.state_dict().keys())
-    for (name, ours_value), their_value in zip(ours.state_dict().items(), theirs.state_dict().values()):
-        assert ours_value.shape == their_value.shape, name
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
+    return same_weights(lambda: ours_cls(**kwargs), lambda: theirs_cls(**kwargs))
 
 
 def scaled_close(actual, expected, tol, name):

@@ -13,7 +13,7 @@ from x_transformers import Decoder as XDecoder
 from x_transformers import Encoder as XEncoder
 from x_transformers import TransformerWrapper as XTokens
 
-from xtc_testing import perturbed_state_dict, random_mask
+from xtc_testing import perturbed_state_dict, random_mask, same_weights
 from x_transformers_cpp import ContinuousTransformerWrapper, CrossAttender, Decoder, Encoder, TransformerWrapper
 
 CLASSES = {"encoder": (Encoder, XEncoder), "decoder": (Decoder, XDecoder), "cross": (CrossAttender, XCrossAttender)}
@@ -24,11 +24,7 @@ PACK = dict(attn_flash=True, attn_flash_pack_seq=True)
 def pair(kind, ours_extra, **kwargs):
     """(ours, theirs) with identical perturbed weights; ours built with ours_extra on top of kwargs."""
     ours_cls, theirs_cls = CLASSES[kind]
-    theirs = theirs_cls(**BASE, **kwargs)
-    theirs.load_state_dict(perturbed_state_dict(theirs))
-    ours = ours_cls(**BASE, **kwargs, **ours_extra)
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
+    return same_weights(lambda: ours_cls(**BASE, **kwargs, **ours_extra), lambda: theirs_cls(**BASE, **kwargs))
 
 
 def offsets(lengths):

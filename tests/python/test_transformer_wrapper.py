@@ -4,7 +4,7 @@ import torch
 from x_transformers import Decoder as XDecoder, Encoder as XEncoder, TransformerWrapper as XWrapper
 
 from x_transformers_cpp import Decoder, Encoder, TransformerWrapper
-from xtc_testing import assert_parameter_grads_close
+from xtc_testing import assert_parameter_grads_close, same_weights
 
 LAYERS = dict(dim=32, depth=2, heads=4, attn_dim_head=16)
 CASES = [
@@ -27,12 +27,8 @@ CASES = [
 
 def make_pair(kwargs, classes=(Decoder, XDecoder), layer_kwargs=LAYERS):
     kwargs = {"num_tokens": 50, "max_seq_len": 16, **kwargs}
-    theirs = XWrapper(attn_layers=classes[1](**layer_kwargs), **kwargs)
-    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
-    ours = TransformerWrapper(attn_layers=classes[0](**layer_kwargs), **kwargs)
-    assert list(ours.state_dict().keys()) == list(theirs.state_dict().keys())
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
+    return same_weights(lambda: TransformerWrapper(attn_layers=classes[0](**layer_kwargs), **kwargs),
+                        lambda: XWrapper(attn_layers=classes[1](**layer_kwargs), **kwargs))
 
 
 @pytest.mark.parametrize("kwargs", CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "default")

@@ -5,6 +5,7 @@ from x_transformers import ContinuousTransformerWrapper as XWrapper
 from x_transformers import Decoder as XDecoder, Encoder as XEncoder
 
 from x_transformers_cpp import ContinuousTransformerWrapper, Decoder, Encoder
+from xtc_testing import same_weights
 
 LAYERS = dict(dim=32, depth=2, heads=4, attn_dim_head=16)
 CASES = [
@@ -18,12 +19,8 @@ CASES = [
 
 
 def make_pair(kwargs, layers_cls=(Encoder, XEncoder), layer_kwargs=LAYERS):
-    theirs = XWrapper(attn_layers=layers_cls[1](**layer_kwargs), **kwargs)
-    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
-    ours = ContinuousTransformerWrapper(attn_layers=layers_cls[0](**layer_kwargs), **kwargs)
-    assert list(ours.state_dict().keys()) == list(theirs.state_dict().keys())
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
+    return same_weights(lambda: ContinuousTransformerWrapper(attn_layers=layers_cls[0](**layer_kwargs), **kwargs),
+                        lambda: XWrapper(attn_layers=layers_cls[1](**layer_kwargs), **kwargs))
 
 
 @pytest.mark.parametrize("kwargs", CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))

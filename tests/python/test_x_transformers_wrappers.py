@@ -11,6 +11,7 @@ from x_transformers import TransformerWrapper as XTokens
 
 from test_transformer_wrapper import make_pair
 from x_transformers_cpp import Decoder, TransformerWrapper
+from xtc_testing import same_weights
 
 LAYERS = dict(dim=32, depth=2, heads=4, attn_dim_head=16)
 NETS = {
@@ -84,12 +85,8 @@ def test_unsupported_forward_arguments_are_refused_by_name():
 def their_wrapper_pair(wrapper_cls, layers_classes, layer_kwargs, **wrapper_kwargs):
     """x-transformers' own wrapper class around our stack and around x-transformers' stack, same weights."""
     torch.manual_seed(0)
-    theirs = wrapper_cls(attn_layers=layers_classes[1](**layer_kwargs), **wrapper_kwargs)
-    theirs.load_state_dict({k: v + torch.randn_like(v) * 0.1 for k, v in theirs.state_dict().items()})
-    mixed = wrapper_cls(attn_layers=layers_classes[0](**layer_kwargs), **wrapper_kwargs)
-    assert list(mixed.state_dict().keys()) == list(theirs.state_dict().keys())
-    mixed.load_state_dict(theirs.state_dict(), strict=True)
-    return mixed, theirs
+    return same_weights(lambda: wrapper_cls(attn_layers=layers_classes[0](**layer_kwargs), **wrapper_kwargs),
+                        lambda: wrapper_cls(attn_layers=layers_classes[1](**layer_kwargs), **wrapper_kwargs))
 
 
 @pytest.mark.parametrize("layers", [LAYERS, dict(LAYERS, rotary_pos_emb=True), dict(LAYERS, alibi_pos_bias=True)],

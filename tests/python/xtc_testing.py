@@ -16,14 +16,21 @@ def perturbed_state_dict(module, scale=0.1):
     return {k: v + torch.randn_like(v) * scale for k, v in module.state_dict().items()}
 
 
-def make_pair(kind, dtype=torch.float32, **kwargs):
-    """(ours, theirs) with identical, perturbed weights; ours loads x-transformers' state_dict strictly."""
-    ours_cls, theirs_cls = PAIRS[kind]
-    theirs = theirs_cls(**kwargs).to(dtype)
+def same_weights(make_ours, make_theirs):
+    """(ours, theirs): x-transformers' module with perturbed weights, and ours holding the same state_dict (the same
+    keys in the same order, loaded strictly). The one pair builder of the parity tests."""
+    theirs = make_theirs()
     theirs.load_state_dict(perturbed_state_dict(theirs))
-    ours = ours_cls(**kwargs).to(dtype)
+    ours = make_ours()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return ours, theirs
+
+
+def make_pair(kind, dtype=torch.float32, **kwargs):
+    """(ours, theirs) stacks of `kind` ("encoder", "decoder") with identical, perturbed weights."""
+    ours_cls, theirs_cls = PAIRS[kind]
+    return same_weights(lambda: ours_cls(**kwargs).to(dtype), lambda: theirs_cls(**kwargs).to(dtype))
 
 
 def random_mask(batch, seq, generator=None):
