@@ -34,6 +34,45 @@ TEST(AttentionLayers, ParameterNamesAndShapesAreXTransformers) {
   EXPECT_TRUE(torch::equal(params[0].value(), torch::zeros({32})));  // unit-offset gains start at 0
 }
 
+TEST(AttentionLayers, EverySubmoduleThatOwnsParametersIsANamedModule) {
+  // x-transformers' submodules, found by their names in the printed tree, each showing its options.
+  auto options = xtc::nn::AttentionLayersOptions(32, 2, 2)
+                     .rotary_xpos(true)
+                     .causal(true)
+                     .use_adaptive_layernorm(true)
+                     .use_adaptive_layerscale(true)
+                     .dim_condition(8)
+                     .unet_skips(true)
+                     .rel_pos_bias(false);
+  options.attn().qk_rmsnorm(true).head_learned_sink(true).pre_talking_heads(true).dim_head(16);
+  xtc::nn::AttentionLayers layers(options);
+  std::ostringstream printed;
+  printed << *layers;
+  for (const char* name :
+       {"xtc::nn::RotaryEmbedding(8, use_xpos=true)", "xtc::nn::Residual(32)",
+        "xtc::nn::AdaptiveLayerNorm(32, dim_condition=8)", "xtc::nn::AdaptiveLayerScale(32, dim_condition=8)",
+        "xtc::nn::MultiheadRMSNorm(heads=2, dim_head=16)",
+        "xtc::nn::Attend(heads=2, head_learned_sink=true, pre_talking_heads=true)",
+        "xtc::nn::ConcatCombine(32)"})
+    EXPECT_NE(printed.str().find(name), std::string::npos) << name << " not in\n" << printed.str();
+  // Whatever holds tensors of its own prints as a real module of ours or of torch, never as a bare holder.
+  for (const auto& item : layers->named_modules()) {
+    const auto& module = *item.value();
+    if (module.named_parameters(/*recurse=*/false).is_empty() &&
+        module.named_buffers(/*recurse=*/false).is_empty())
+      continue;
+    std::ostringstream own;
+    module.pretty_print(own);
+    EXPECT_TRUE(own.str().rfind("xtc::nn::", 0) == 0 || own.str().rfind("torch::nn::", 0) == 0)
+        << item.key() << " prints as " << own.str();
+  }
+  xtc::nn::AttentionLayers dynamic(xtc::nn::AttentionLayersOptions(32, 1, 4).dynamic_pos_bias(true));
+  std::ostringstream dynamic_printed;
+  dynamic_printed << *dynamic;
+  EXPECT_NE(dynamic_printed.str().find("xtc::nn::DynamicPositionBias(32, heads=4, depth=2)"),
+            std::string::npos);
+}
+
 TEST(AttentionLayers, SingleHeadHasNoOutputProjection) {
   xtc::nn::Encoder encoder(xtc::nn::AttentionLayersOptions(64, 1, 1));
   for (const auto& p : encoder->named_parameters()) EXPECT_EQ(p.key().find("to_out"), std::string::npos);

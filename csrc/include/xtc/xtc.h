@@ -1,18 +1,23 @@
 // Everything public in x_transformers_cpp: options, modules, functional math and ops.
 #pragma once
 
+#include <xtc/backends.h>
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/nn/functional/continuous.h>
 #include <xtc/nn/functional/feedforward.h>
 #include <xtc/nn/functional/norm.h>
+#include <xtc/nn/functional/packing.h>
+#include <xtc/nn/functional/positional.h>
 #include <xtc/nn/functional/residual.h>
+#include <xtc/nn/functional/shift_tokens.h>
 #include <xtc/nn/functional/transformer_wrapper.h>
 #include <xtc/nn/modules/attention.h>
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/modules/continuous.h>
 #include <xtc/nn/modules/feedforward.h>
 #include <xtc/nn/modules/norm.h>
+#include <xtc/nn/modules/positional.h>
 #include <xtc/nn/modules/residual.h>
 #include <xtc/nn/modules/transformer_wrapper.h>
 #include <xtc/nn/options/attention.h>

@@ -1,3 +1,4 @@
+#include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/zeros.h>
@@ -7,6 +8,7 @@
 #include <torch/nn/modules/conv.h>
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/modules/attention.h>
+#include <xtc/nn/modules/norm.h>
 
 #include <cmath>
 
@@ -55,34 +57,20 @@ void AttentionImpl::reset() {
   to_v = register_module("to_v", torch::nn::Linear(no_bias(dim_kv, kv_heads * dv)));
   if (options.gate_values())
     to_v_gate = register_module("to_v_gate", torch::nn::Linear(no_bias(dim, heads * dv)));
-  // x-transformers' MultiheadRMSNorm modules: a zero-initialised per-head gain `gamma` each.
   const auto multihead_rms_norm = [&](const char* name, int64_t norm_heads) {
-    auto norm = std::make_shared<torch::nn::Module>("MultiheadRMSNorm");
-    auto gamma = norm->register_parameter("gamma", at::zeros({norm_heads, 1, dh}));
-    register_module(name, norm);
-    return gamma;
+    return register_module(name, MultiheadRMSNorm(norm_heads, dh))->gamma;
   };
   if (options.qk_rmsnorm()) q_rmsnorm = multihead_rms_norm("q_rmsnorm", heads);
   if (options.qk_rmsnorm() || options.k_rmsnorm()) k_rmsnorm = multihead_rms_norm("k_rmsnorm", kv_heads);
   if (options.value_rmsnorm()) value_rmsnorm = multihead_rms_norm("value_rmsnorm", heads);
   if (options.head_learned_sink() || options.pre_talking_heads() || options.post_talking_heads() ||
       options.pre_scale_post_talking_heads()) {
-    // x-transformers' Attend holds the learned sink logits and the talking-heads 1x1 convolutions,
-    // initialised to the identity (dirac).
-    auto attend = std::make_shared<torch::nn::Module>("Attend");
-    if (options.head_learned_sink())
-      head_attn_sink = attend->register_parameter("head_attn_sink", at::zeros({heads}));
-    const auto talking = [&](const char* name) {
-      torch::nn::Conv2d conv(torch::nn::Conv2dOptions(heads, heads, 1).bias(false));
-      torch::nn::init::dirac_(conv->weight);
-      attend->register_module(name, conv);
-      return conv->weight;
-    };
-    if (options.pre_talking_heads()) pre_talking_heads = talking("pre_softmax_talking_heads");
-    if (options.post_talking_heads()) post_talking_heads = talking("post_softmax_talking_heads");
-    if (options.pre_scale_post_talking_heads())
-      pre_scale_post_talking_heads = talking("pre_scale_post_talking_heads");
-    register_module("attend", attend);
+    auto attend = register_module("attend", Attend(heads, options));
+    head_attn_sink = attend->head_attn_sink;
+    const auto weight = [](const torch::nn::Conv2d& conv) { return conv ? conv->weight : at::Tensor(); };
+    pre_talking_heads = weight(attend->pre_softmax_talking_heads);
+    post_talking_heads = weight(attend->post_softmax_talking_heads);
+    pre_scale_post_talking_heads = weight(attend->pre_scale_post_talking_heads);
   }
   if (learned_value_mix) {
     to_value_residual_mix = torch::nn::Linear(dim, heads);
@@ -139,6 +127,38 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, c
                                  head_attn_sink};
   return functional::attention(x, optional(context), optional(mask), optional(context_mask), w, config,
                                is_training());
+}
+
+AttendImpl::AttendImpl(int64_t heads, AttentionOptions options) : heads(heads), options(std::move(options)) {
+  reset();
+}
+
+void AttendImpl::reset() {
+  // Registration order is x-transformers': the sink logits, then the talking-heads convolutions.
+  if (options.head_learned_sink()) head_attn_sink = register_parameter("head_attn_sink", at::empty({heads}));
+  const auto talking = [&](const char* name) {
+    return register_module(name, torch::nn::Conv2d(torch::nn::Conv2dOptions(heads, heads, 1).bias(false)));
+  };
+  if (options.pre_talking_heads()) pre_softmax_talking_heads = talking("pre_softmax_talking_heads");
+  if (options.post_talking_heads()) post_softmax_talking_heads = talking("post_softmax_talking_heads");
+  if (options.pre_scale_post_talking_heads())
+    pre_scale_post_talking_heads = talking("pre_scale_post_talking_heads");
+  reset_parameters();
+}
+
+void AttendImpl::reset_parameters() {
+  if (head_attn_sink.defined()) torch::nn::init::zeros_(head_attn_sink);
+  // The talking heads start as the identity mix (dirac).
+  for (auto* conv : {&pre_softmax_talking_heads, &post_softmax_talking_heads, &pre_scale_post_talking_heads})
+    if (*conv) torch::nn::init::dirac_((*conv)->weight);
+}
+
+void AttendImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::Attend(heads=" << heads
+         << (options.head_learned_sink() ? ", head_learned_sink=true" : "")
+         << (options.pre_talking_heads() ? ", pre_talking_heads=true" : "")
+         << (options.post_talking_heads() ? ", post_talking_heads=true" : "")
+         << (options.pre_scale_post_talking_heads() ? ", pre_scale_post_talking_heads=true" : "") << ")";
 }
 
 }  // namespace xtc::nn

@@ -8,6 +8,7 @@
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/modules/feedforward.h>
 #include <xtc/nn/modules/norm.h>
+#include <xtc/nn/modules/positional.h>
 #include <xtc/nn/modules/residual.h>
 
 #include <cmath>
@@ -29,18 +30,8 @@ std::shared_ptr<torch::nn::Module> make_norm(const AttentionLayersOptions& o) {
     case NormKind::DynamicTanh:
       return DynamicTanh(o.dim(), o.dynamic_tanh_init_alpha(), offset).ptr();
     case NormKind::AdaptiveLayerNorm:
-    case NormKind::AdaptiveRMSNorm: {
-      // x-transformers' AdaptiveLayerNorm / AdaptiveRMSNorm: no gain of their own, a zero-initialised
-      // to_gamma.
-      auto norm = std::make_shared<torch::nn::Module>(
-          o.norm_kind() == NormKind::AdaptiveLayerNorm ? "AdaptiveLayerNorm" : "AdaptiveRMSNorm");
-      auto to_gamma =
-          torch::nn::Linear(torch::nn::LinearOptions(o.conditioning_width(), o.dim()).bias(false));
-      torch::NoGradGuard no_grad;
-      to_gamma->weight.zero_();
-      norm->register_module("to_gamma", to_gamma);
-      return norm;
-    }
+    case NormKind::AdaptiveRMSNorm:
+      return AdaptiveNorm(o.norm_kind(), o.dim(), o.conditioning_width()).ptr();
   }
   TORCH_INTERNAL_ASSERT(false, "unknown norm kind");
 }
@@ -71,45 +62,15 @@ std::shared_ptr<torch::nn::Module> make_block(char type, size_t index, const Att
   if (shift > 0) block = ShiftTokens(shift, block).ptr();
   if (o.use_layerscale())
     block = LayerScale(block, o.dim(), o.layerscale_init_value(), o.norm_add_unit_offset()).ptr();
-  if (o.use_adaptive_layerscale()) {
-    // x-transformers' AdaptiveLayerScale: the block as `fn`, then to_gamma (zero weight, bias -2:
-    // adaLN-zero).
-    auto scale = std::make_shared<torch::nn::Module>("AdaptiveLayerScale");
-    scale->register_module("fn", block);
-    auto to_gamma = torch::nn::Linear(o.conditioning_width(), o.dim());
-    torch::NoGradGuard no_grad;
-    to_gamma->weight.zero_();
-    to_gamma->bias.fill_(-2.0);
-    scale->register_module("to_gamma", to_gamma);
-    block = scale;
-  }
+  if (o.use_adaptive_layerscale()) block = AdaptiveLayerScale(block, o.dim(), o.conditioning_width()).ptr();
   return block;
 }
 
 // T5's bucket embedding, or the dynamic bias MLP, under x-transformers' names (`rel_pos.*`).
 std::shared_ptr<torch::nn::Module> make_rel_pos(const AttentionLayersOptions& o) {
-  auto rel_pos =
-      std::make_shared<torch::nn::Module>(o.rel_pos_bias() ? "RelativePositionBias" : "DynamicPositionBias");
-  if (o.rel_pos_bias()) {
-    rel_pos->register_module("relative_attention_bias",
-                             torch::nn::Embedding(o.rel_pos_num_buckets(), o.heads()));
-    return rel_pos;
-  }
-  const int64_t d = o.dim() / 4;
-  torch::nn::ModuleList mlp;
-  torch::nn::Sequential first(torch::nn::Linear(1, d));
-  if (o.dynamic_pos_bias_norm()) first->push_back(LayerNorm(d, /*unit_offset=*/false));
-  first->push_back(torch::nn::SiLU());
-  mlp->push_back(first);
-  for (int64_t l = 1; l < o.dynamic_pos_bias_mlp_depth(); ++l) {
-    torch::nn::Sequential hidden(torch::nn::Linear(d, d));
-    if (o.dynamic_pos_bias_norm()) hidden->push_back(torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
-    hidden->push_back(torch::nn::SiLU());
-    mlp->push_back(hidden);
-  }
-  mlp->push_back(torch::nn::Linear(d, o.heads()));
-  rel_pos->register_module("mlp", mlp);
-  return rel_pos;
+  if (o.rel_pos_bias()) return RelativePositionBias(o.heads(), o.rel_pos_num_buckets()).ptr();
+  return DynamicPositionBias(o.dim(), o.heads(), o.dynamic_pos_bias_mlp_depth(), o.dynamic_pos_bias_norm())
+      .ptr();
 }
 
 std::shared_ptr<torch::nn::Module> make_residual(const AttentionLayersOptions& o) {
@@ -149,45 +110,26 @@ void AttentionLayersImpl::reset() {
     layer->push_back(make_residual(options));
     layers->push_back(layer);
   }
-  if (options.uses_rotary()) {
-    // x-transformers' RotaryEmbedding: a persistent inv_freq buffer, base 10000 (NTK-rescaled when asked).
-    const int64_t r = options.resolved_rotary_dim();
-    const double base = 10000.0 * std::pow(options.rotary_base_rescale_factor(),
-                                           static_cast<double>(r) / static_cast<double>(r - 2));
-    rotary_pos_emb = std::make_shared<torch::nn::Module>("RotaryEmbedding");
-    rotary_pos_emb->register_buffer(
-        "inv_freq", 1.0 / at::pow(base, at::arange(0, r, 2, at::kFloat) / static_cast<double>(r)));
-    // xPos: the per-pair decay (2k + 0.4 r) / (1.4 r), a persistent buffer too.
-    if (options.rotary_xpos())
-      rotary_pos_emb->register_buffer(
-          "scale",
-          (at::arange(0, r, 2, at::kFloat) + 0.4 * static_cast<double>(r)) / (1.4 * static_cast<double>(r)));
-    register_module("rotary_pos_emb", rotary_pos_emb);
-  }
+  if (options.uses_rotary())
+    rotary_pos_emb = register_module("rotary_pos_emb",
+                                     RotaryEmbedding(options.resolved_rotary_dim(), options.rotary_xpos(),
+                                                     options.rotary_base_rescale_factor()));
   if (options.rel_pos_bias() || options.dynamic_pos_bias())
     rel_pos = register_module("rel_pos", make_rel_pos(options));
   if (options.needs_condition() && options.adaptive_condition_mlp()) {
-    auto mlp =
-        std::make_shared<torch::nn::Module>("AdaptiveMLP");  // x-transformers' Sequential(Linear, SiLU)
-    mlp->register_module("0", torch::nn::Linear(torch::nn::LinearOptions(options.resolved_dim_condition(),
-                                                                         options.conditioning_width())
-                                                    .bias(false)));
-    register_module("adaptive_mlp", mlp);
+    // x-transformers' Sequential(Linear, SiLU) over the condition.
+    torch::nn::Linear project(
+        torch::nn::LinearOptions(options.resolved_dim_condition(), options.conditioning_width()).bias(false));
+    register_module("adaptive_mlp", torch::nn::Sequential(project, torch::nn::SiLU()));
   }
   if (options.has_final_norm()) final_norm = register_module("final_norm", make_norm(options));
   if (options.unet_skips()) {
     // x-transformers' skip_combines: a ConcatCombine (a bias-less (2 dim -> dim) linear) at each second-half
     // block.
-    auto combines = std::make_shared<torch::nn::Module>("SkipCombines");
+    auto combines = std::make_shared<torch::nn::Module>("SkipCombines");  // x-transformers' ModuleDict
     const auto sources = options.unet_skip_sources();
-    for (size_t i = 0; i < sources.size(); ++i) {
-      if (sources[i] < 0) continue;
-      auto combine = std::make_shared<torch::nn::Module>("ConcatCombine");
-      combine->register_module(
-          "combine",
-          torch::nn::Linear(torch::nn::LinearOptions(2 * options.dim(), options.dim()).bias(false)));
-      combines->register_module(std::to_string(i), combine);
-    }
+    for (size_t i = 0; i < sources.size(); ++i)
+      if (sources[i] >= 0) combines->register_module(std::to_string(i), ConcatCombine(options.dim()));
     register_module("skip_combines", combines);
   }
   if (options.reinject_input())

@@ -80,4 +80,43 @@ at::Tensor DynamicTanhImpl::forward(const at::Tensor& x) {
   return functional::dynamic_tanh(x, {gamma, pre_tanh_scale, beta}, unit_offset, init_alpha);
 }
 
+AdaptiveNormImpl::AdaptiveNormImpl(NormKind kind, int64_t dim, int64_t dim_condition)
+    : kind(kind), dim(dim), dim_condition(dim_condition) {
+  TORCH_INTERNAL_ASSERT(kind == NormKind::AdaptiveLayerNorm || kind == NormKind::AdaptiveRMSNorm);
+  reset();
+}
+
+void AdaptiveNormImpl::reset() {
+  to_gamma = register_module("to_gamma",
+                             torch::nn::Linear(torch::nn::LinearOptions(dim_condition, dim).bias(false)));
+  reset_parameters();
+}
+
+void AdaptiveNormImpl::reset_parameters() { torch::nn::init::zeros_(to_gamma->weight); }
+
+void AdaptiveNormImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::" << (kind == NormKind::AdaptiveLayerNorm ? "AdaptiveLayerNorm" : "AdaptiveRMSNorm")
+         << "(" << dim << ", dim_condition=" << dim_condition << ")";
+}
+
+at::Tensor AdaptiveNormImpl::forward(const at::Tensor& x, const at::Tensor& condition) {
+  return functional::adaptive_norm(kind, x, to_gamma(condition));
+}
+
+MultiheadRMSNormImpl::MultiheadRMSNormImpl(int64_t heads, int64_t dim_head)
+    : heads(heads), dim_head(dim_head) {
+  reset();
+}
+
+void MultiheadRMSNormImpl::reset() {
+  gamma = register_parameter("gamma", at::empty({heads, 1, dim_head}));
+  reset_parameters();
+}
+
+void MultiheadRMSNormImpl::reset_parameters() { torch::nn::init::zeros_(gamma); }
+
+void MultiheadRMSNormImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::MultiheadRMSNorm(heads=" << heads << ", dim_head=" << dim_head << ")";
+}
+
 }  // namespace xtc::nn

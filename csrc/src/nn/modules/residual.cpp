@@ -1,3 +1,4 @@
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
 #include <torch/nn/init.h>
@@ -60,5 +61,61 @@ ShiftTokensImpl::ShiftTokensImpl(int64_t shift, std::shared_ptr<torch::nn::Modul
 }
 
 void ShiftTokensImpl::reset() { register_module("fn", fn); }
+
+AdaptiveLayerScaleImpl::AdaptiveLayerScaleImpl(std::shared_ptr<torch::nn::Module> fn, int64_t dim,
+                                               int64_t dim_condition)
+    : fn(std::move(fn)), dim(dim), dim_condition(dim_condition) {
+  reset();
+}
+
+void AdaptiveLayerScaleImpl::reset() {
+  // x-transformers registers the wrapped block first, then to_gamma.
+  register_module("fn", fn);
+  to_gamma = register_module("to_gamma", torch::nn::Linear(dim_condition, dim));
+  reset_parameters();
+}
+
+void AdaptiveLayerScaleImpl::reset_parameters() {
+  torch::nn::init::zeros_(to_gamma->weight);
+  torch::nn::init::constant_(to_gamma->bias, -2.0);
+}
+
+void AdaptiveLayerScaleImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::AdaptiveLayerScale(" << dim << ", dim_condition=" << dim_condition << ")";
+}
+
+ConcatCombineImpl::ConcatCombineImpl(int64_t dim) : dim(dim) { reset(); }
+
+void ConcatCombineImpl::reset() {
+  combine = register_module("combine", torch::nn::Linear(torch::nn::LinearOptions(2 * dim, dim).bias(false)));
+}
+
+void ConcatCombineImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::ConcatCombine(" << dim << ")";
+}
+
+at::Tensor ConcatCombineImpl::forward(const at::Tensor& x, const at::Tensor& skip) {
+  return combine(at::cat({skip, x}, -1));
+}
+
+void ResidualImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::Residual(" << dim << (scale_residual ? ", scale_residual=true" : "");
+  if (scale_residual_constant != 1.0) stream << ", scale_residual_constant=" << scale_residual_constant;
+  stream << ")";
+}
+
+void GRUGatingImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::GRUGating(" << dim << (scale_residual ? ", scale_residual=true" : "") << ")";
+}
+
+void LayerScaleImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::LayerScale(" << dim << ", init_value=" << init_value << ")";
+}
+
+void ScaleImpl::pretty_print(std::ostream& stream) const { stream << "xtc::nn::Scale(" << value << ")"; }
+
+void ShiftTokensImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::ShiftTokens(" << shift << ")";
+}
 
 }  // namespace xtc::nn

@@ -3,11 +3,30 @@
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/common.h>
+#include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 #include <xtc/nn/options/attention.h>
 
 namespace xtc::nn {
+
+/// x-transformers' Attend: what the softmax itself learns, the per-head sink logits `head_attn_sink` (zeros)
+/// and the talking-heads 1x1 convolutions (Shazeer et al. 2020, arXiv 2003.02436), initialised to the
+/// identity mix.
+class AttendImpl : public torch::nn::Cloneable<AttendImpl> {
+ public:
+  AttendImpl(int64_t heads, AttentionOptions options);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  int64_t heads;
+  AttentionOptions options;
+  at::Tensor head_attn_sink;
+  torch::nn::Conv2d pre_softmax_talking_heads{nullptr}, post_softmax_talking_heads{nullptr},
+      pre_scale_post_talking_heads{nullptr};
+};
+TORCH_MODULE(Attend);
 
 /// x-transformers' Attention: `to_q`, `to_k`, `to_v`, `to_out` without bias (no `to_out` with one head), plus
 /// the optional `qk_norm_{q,k}_scale`, `head_scale_params`, `mem_k`/`mem_v` and `to_v_gate`. The attention

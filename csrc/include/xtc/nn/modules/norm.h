@@ -1,8 +1,11 @@
-// Norm modules: LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, as x-transformers.
+// Norm modules: LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh, the adaptive norms and
+// MultiheadRMSNorm, as x-transformers.
 #pragma once
 
 #include <torch/nn/cloneable.h>
+#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/options/attention_layers.h>
 
 namespace xtc::nn {
 
@@ -69,5 +72,43 @@ class DynamicTanhImpl : public torch::nn::Cloneable<DynamicTanhImpl> {
   at::Tensor pre_tanh_scale, gamma, beta;
 };
 TORCH_MODULE(DynamicTanh);
+
+/// x-transformers' AdaptiveLayerNorm / AdaptiveRMSNorm (DiT's adaLN, Peebles & Xie 2022, arXiv 2212.09748):
+/// the norm without a gain of its own, times (1 + to_gamma(condition)); to_gamma is zero-initialised, so a
+/// fresh layer is the plain norm.
+class AdaptiveNormImpl : public torch::nn::Cloneable<AdaptiveNormImpl> {
+ public:
+  AdaptiveNormImpl(NormKind kind, int64_t dim, int64_t dim_condition);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& condition);
+
+  NormKind kind;  // AdaptiveLayerNorm or AdaptiveRMSNorm
+  int64_t dim, dim_condition;
+  torch::nn::Linear to_gamma{nullptr};
+};
+TORCH_MODULE(AdaptiveNorm);
+
+inline AdaptiveNorm AdaptiveLayerNorm(int64_t dim, int64_t dim_condition) {
+  return AdaptiveNorm(NormKind::AdaptiveLayerNorm, dim, dim_condition);
+}
+inline AdaptiveNorm AdaptiveRMSNorm(int64_t dim, int64_t dim_condition) {
+  return AdaptiveNorm(NormKind::AdaptiveRMSNorm, dim, dim_condition);
+}
+
+/// x-transformers' MultiheadRMSNorm (qk_rmsnorm, value_rmsnorm): SimpleRMSNorm of each head times (gamma +
+/// 1), gamma (heads, 1, dim_head) zero-initialised.
+class MultiheadRMSNormImpl : public torch::nn::Cloneable<MultiheadRMSNormImpl> {
+ public:
+  MultiheadRMSNormImpl(int64_t heads, int64_t dim_head);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  int64_t heads, dim_head;
+  at::Tensor gamma;
+};
+TORCH_MODULE(MultiheadRMSNorm);
 
 }  // namespace xtc::nn

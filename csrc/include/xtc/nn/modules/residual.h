@@ -1,7 +1,9 @@
-// Residual variants and branch wrappers: Residual, GRUGating, LayerScale, Scale, as x-transformers.
+// Residual variants and branch wrappers: Residual, GRUGating, LayerScale, AdaptiveLayerScale, Scale,
+// ShiftTokens, and the U-Net skips' ConcatCombine, as x-transformers.
 #pragma once
 
 #include <torch/nn/cloneable.h>
+#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/rnn.h>
 #include <torch/nn/pimpl.h>
 
@@ -12,6 +14,7 @@ class ResidualImpl : public torch::nn::Cloneable<ResidualImpl> {
  public:
   ResidualImpl(int64_t dim, bool scale_residual = false, double scale_residual_constant = 1.0);
   void reset() override;
+  void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& branch, const at::Tensor& residual);
 
   int64_t dim;
@@ -26,6 +29,7 @@ class GRUGatingImpl : public torch::nn::Cloneable<GRUGatingImpl> {
  public:
   GRUGatingImpl(int64_t dim, bool scale_residual = false);
   void reset() override;
+  void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& branch, const at::Tensor& residual);
 
   int64_t dim;
@@ -41,6 +45,7 @@ class LayerScaleImpl : public torch::nn::Cloneable<LayerScaleImpl> {
  public:
   LayerScaleImpl(std::shared_ptr<torch::nn::Module> fn, int64_t dim, double init_value, bool unit_offset);
   void reset() override;
+  void pretty_print(std::ostream& stream) const override;
 
   std::shared_ptr<torch::nn::Module> fn;
   int64_t dim;
@@ -50,11 +55,41 @@ class LayerScaleImpl : public torch::nn::Cloneable<LayerScaleImpl> {
 };
 TORCH_MODULE(LayerScale);
 
+/// x-transformers' AdaptiveLayerScale (adaLN-zero, DiT): holds a branch as `fn`, whose output AttentionLayers
+/// multiplies by sigmoid(to_gamma(condition)); to_gamma starts at weight 0 and bias -2.
+class AdaptiveLayerScaleImpl : public torch::nn::Cloneable<AdaptiveLayerScaleImpl> {
+ public:
+  AdaptiveLayerScaleImpl(std::shared_ptr<torch::nn::Module> fn, int64_t dim, int64_t dim_condition);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  std::shared_ptr<torch::nn::Module> fn;
+  int64_t dim, dim_condition;
+  torch::nn::Linear to_gamma{nullptr};
+};
+TORCH_MODULE(AdaptiveLayerScale);
+
+/// x-transformers' ConcatCombine (unet_skips): a second-half block's input joined with its mirror block's by
+/// a bias-less (2 dim -> dim) linear `combine`.
+class ConcatCombineImpl : public torch::nn::Cloneable<ConcatCombineImpl> {
+ public:
+  explicit ConcatCombineImpl(int64_t dim);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& skip);
+
+  int64_t dim;
+  torch::nn::Linear combine{nullptr};
+};
+TORCH_MODULE(ConcatCombine);
+
 /// Holds a branch as `fn` whose output AttentionLayers multiplies by a constant (macaron's 0.5).
 class ScaleImpl : public torch::nn::Cloneable<ScaleImpl> {
  public:
   ScaleImpl(double value, std::shared_ptr<torch::nn::Module> fn);
   void reset() override;
+  void pretty_print(std::ostream& stream) const override;
 
   double value;
   std::shared_ptr<torch::nn::Module> fn;
@@ -67,6 +102,7 @@ class ShiftTokensImpl : public torch::nn::Cloneable<ShiftTokensImpl> {
  public:
   ShiftTokensImpl(int64_t shift, std::shared_ptr<torch::nn::Module> fn);
   void reset() override;
+  void pretty_print(std::ostream& stream) const override;
 
   int64_t shift;
   std::shared_ptr<torch::nn::Module> fn;
