@@ -38,6 +38,18 @@ detail::LayerHiddensResult attention_layers_with_hiddens_kernel(
 
 }  // namespace
 
+at::Tensor attention_layers(const at::Tensor& x, const nn::functional::AttentionLayersInputs& inputs,
+                            at::TensorList params, const std::string& options, bool training) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("xtc::attention_layers", "")
+                       .typed<at::Tensor(const at::Tensor&, XTC_STACK_INPUT_TYPES at::TensorList,
+                                         c10::string_view, bool)>();
+  const detail::StackArguments arguments(inputs);
+#define XTC_STACK_ARGUMENT_OF(name, schema, cpp, field, kind) arguments.name,
+  return op.call(x, XTC_STACK_INPUTS(XTC_STACK_ARGUMENT_OF) params, options, training);
+#undef XTC_STACK_ARGUMENT_OF
+}
+
 at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
                             const std::optional<at::Tensor>& context,
                             const std::optional<at::Tensor>& context_mask,
@@ -46,19 +58,15 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
                             const std::optional<at::Tensor>& seq_start_pos,
                             const std::optional<at::Tensor>& attn_bias, at::TensorList params,
                             const std::string& options, bool training) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("xtc::attention_layers", "")
-                       .typed<at::Tensor(const at::Tensor&, XTC_STACK_INPUT_TYPES at::TensorList,
-                                         c10::string_view, bool)>();
-  const std::optional<at::Tensor> pos;
-  const at::TensorList mems, mem_masks, flash_pack_seq, flash_pack_seq_context;
-  const at::IntArrayRef flash_pack_seq_max, flash_pack_seq_context_max;
-  const std::optional<bool> causal;
-  const std::optional<at::Tensor> condition, in_attn_cond, context_pos, additional_kv_mask,
-      self_attn_kv_residuals, cross_attn_kv_residuals;
-  const at::TensorList self_attn_additional_kv;
-  const bool route_additional_kv_to_top = true;
-  return op.call(x, XTC_STACK_INPUT_ARGUMENTS params, options, training);
+  nn::functional::AttentionLayersInputs inputs;
+  inputs.mask = mask;
+  inputs.context = context;
+  inputs.context_mask = context_mask;
+  inputs.attn_mask = attn_mask;
+  inputs.self_attn_kv_mask = self_attn_kv_mask;
+  inputs.seq_start_pos = seq_start_pos;
+  inputs.attn_bias = attn_bias;
+  return attention_layers(x, inputs, params, options, training);
 }
 
 }  // namespace xtc::ops

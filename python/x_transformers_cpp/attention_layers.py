@@ -216,14 +216,13 @@ def _stack_input_schema():
             for a in arguments[1:names.index("params")]]
 
 
-_STACK_INPUTS = None
+_STACK_INPUTS = _stack_input_schema()
 
-# x-transformers' names of the stack's forward inputs (AttentionLayers.forward, and what its wrappers pass on).
-STACK_KWARGS = ("context", "context_mask", "attn_mask", "self_attn_kv_mask", "seq_start_pos", "attn_bias", "pos",
-                "mems", "mem_masks", "flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "causal", "condition",
-                "in_attn_cond", "context_pos", "self_attn_additional_kv", "additional_kv_mask",
-                "detach_additional_kv", "route_additional_kv_to_top", "self_attn_kv_residuals",
-                "cross_attn_kv_residuals")
+# x-transformers' names of the stack's forward inputs (AttentionLayers.forward, and what its wrappers pass on): the
+# ops' (csrc/ops/stack_inputs.h, read off the schema), except the packed-sequence lists, which x-transformers passes
+# as flash_pack_seq_kwargs dicts, and with detach_additional_kv; `mask` is a parameter of every forward.
+STACK_KWARGS = tuple(name for name, _ in _STACK_INPUTS if name != "mask" and not name.startswith("flash_pack_seq"))
+STACK_KWARGS += ("flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "detach_additional_kv")
 
 # x-transformers' forward arguments that choose this call's layer order (they change the options, not the inputs).
 ORDER_KWARGS = ("layers_execute_order", "repeat_blocks")
@@ -245,34 +244,24 @@ def _additional_kv_list(additional_kv, detach):
     return flat
 
 
-def stack_arguments(mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
-                    seq_start_pos=None, attn_bias=None, pos=None, mems=None, mem_masks=None,
-                    flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None, condition=None,
-                    in_attn_cond=None, context_pos=None, self_attn_additional_kv=None, additional_kv_mask=None,
-                    detach_additional_kv=False, route_additional_kv_to_top=True, self_attn_kv_residuals=None,
-                    cross_attn_kv_residuals=None):
-    """x-transformers' stack inputs as the ops take them, in the ops' order (absent ones at their defaults)."""
-    global _STACK_INPUTS
-    if _STACK_INPUTS is None:
-        _STACK_INPUTS = _stack_input_schema()
-    mems = list(mems or [])
+def stack_arguments(**given):
+    """x-transformers' stack inputs (AttentionLayers.forward's keyword arguments) as the ops take them, in the ops'
+    order, absent ones at their defaults. Each passes under its schema name, except the few x-transformers gives in
+    another form: mems with None masks, the flash_pack_seq kwargs dicts, (k, v) pairs of additional key/values."""
+    mems = list(given.pop("mems", None) or [])
+    mem_masks = given.pop("mem_masks", None)
     # The ops take one mask per memory or none: a missing one keeps every memory key.
-    mem_masks = [torch.ones(m.shape[:2], dtype=torch.bool, device=m.device) if k is None else k
-                 for m, k in zip(mems, mem_masks)] if mem_masks else []
-    pack_seq, pack_seq_max = flash_pack_seq_args(flash_pack_seq_kwargs, "flash_pack_seq_kwargs")
-    pack_context, pack_context_max = flash_pack_seq_args(flash_pack_seq_context_kwargs,
-                                                         "flash_pack_seq_context_kwargs")
-    given = dict(mask=mask, context=context, context_mask=context_mask, attn_mask=attn_mask,
-                 self_attn_kv_mask=self_attn_kv_mask, seq_start_pos=seq_start_pos, attn_bias=attn_bias, pos=pos,
-                 mems=mems, mem_masks=mem_masks, flash_pack_seq=pack_seq, flash_pack_seq_max=pack_seq_max,
-                 flash_pack_seq_context=pack_context, flash_pack_seq_context_max=pack_context_max, causal=causal,
-                 condition=condition, in_attn_cond=in_attn_cond, context_pos=context_pos,
-                 self_attn_additional_kv=_additional_kv_list(self_attn_additional_kv, detach_additional_kv),
-                 additional_kv_mask=additional_kv_mask, route_additional_kv_to_top=bool(route_additional_kv_to_top),
-                 self_attn_kv_residuals=self_attn_kv_residuals, cross_attn_kv_residuals=cross_attn_kv_residuals)
+    given["mem_masks"] = [torch.ones(m.shape[:2], dtype=torch.bool, device=m.device) if k is None else k
+                          for m, k in zip(mems, mem_masks)] if mem_masks else []
+    given["mems"] = mems
+    for name in ("flash_pack_seq", "flash_pack_seq_context"):
+        given[name], given[name + "_max"] = flash_pack_seq_args(given.pop(name + "_kwargs", None), name + "_kwargs")
+    given["self_attn_additional_kv"] = _additional_kv_list(given.pop("self_attn_additional_kv", None),
+                                                           given.pop("detach_additional_kv", False))
+    given["route_additional_kv_to_top"] = bool(given.pop("route_additional_kv_to_top", True))
     arguments = [given.pop(name, default) for name, default in _STACK_INPUTS]
-    if given:  # a name here that the ops' schema lacks: the two lists have fallen out of step
-        raise RuntimeError(f"stack inputs not in the ops' schema: {', '.join(given)}")
+    if given:
+        raise TypeError(f"AttentionLayers: unexpected stack inputs {', '.join(sorted(given))}")
     return arguments
 
 

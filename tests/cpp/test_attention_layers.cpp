@@ -95,6 +95,45 @@ TEST(AttentionLayers, ModuleAndOpAgree) {
   EXPECT_EQ(via_module.sizes(), x.sizes());
 }
 
+// The op's C++ API with every input of the one list (stack_inputs.h) gives the functional stack's result:
+// each kind of row (tensors, lists, lists of optional masks, packed-sequence pairs) survives the trip through
+// the op's arguments.
+TEST(AttentionLayers, EveryStackInputReachesTheStackThroughTheOp) {
+  torch::manual_seed(0);
+  auto options = xtc::nn::AttentionLayersOptions(16, 2, 2).rotary_pos_emb(true).cross_attend(true);
+  options.attn().dim_head(8);
+  xtc::nn::AttentionLayers layers(options);
+  layers->eval();
+  const auto x = torch::randn({3, 5, 16});
+  xtc::nn::functional::AttentionLayersInputs in;
+  in.mask = torch::rand({3, 5}) > 0.3;
+  in.context = torch::randn({3, 4, 16});
+  in.context_mask = torch::tensor({true, true, false, true}).expand({3, 4});
+  in.mems = {torch::randn({3, 2, 16}), torch::randn({3, 2, 16})};
+  in.mem_masks = {torch::tensor({true, false}).expand({3, 2}), std::nullopt};
+  in.in_attn_cond = torch::randn({3, 16});
+  in.context_pos = torch::arange(4) * 2;
+  in.causal = true;
+  const auto direct = xtc::nn::functional::attention_layers(x, in, layers->tensors(), *layers->plan, false);
+  const auto via_op =
+      xtc::ops::attention_layers(x, in, layers->tensors(), layers->options.serialize(), false);
+  EXPECT_TRUE(torch::equal(direct, via_op));
+  in.causal = false;  // each input matters: the same call without the override differs
+  EXPECT_FALSE(torch::allclose(
+      via_op, xtc::ops::attention_layers(x, in, layers->tensors(), layers->options.serialize(), false)));
+
+  auto packed_options = xtc::nn::AttentionLayersOptions(16, 1, 2);
+  packed_options.attn().dim_head(8).flash(true).flash_pack_seq(true);
+  xtc::nn::AttentionLayers packed(packed_options);
+  xtc::nn::functional::AttentionLayersInputs packed_in;
+  const auto offsets = torch::tensor({0, 2, 7}, torch::kInt32);
+  packed_in.flash_pack_seq = xtc::nn::functional::FlashPackSeq{offsets, offsets, 5, 5};
+  const auto tokens = torch::randn({1, 7, 16});
+  EXPECT_TRUE(torch::equal(
+      xtc::nn::functional::attention_layers(tokens, packed_in, packed->tensors(), *packed->plan, false),
+      xtc::ops::attention_layers(tokens, packed_in, packed->tensors(), packed->options.serialize(), false)));
+}
+
 TEST(AttentionLayers, CausalOutputsIgnoreTheFuture) {
   torch::manual_seed(1);
   xtc::nn::Decoder decoder(xtc::nn::AttentionLayersOptions(32, 2, 2));

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <xtc/nn/functional/attention_layers.h>
 
 #include <cstddef>
 #include <optional>
@@ -25,6 +26,11 @@ at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>
                             const std::optional<at::Tensor>& seq_start_pos,
                             const std::optional<at::Tensor>& attn_bias, at::TensorList params,
                             const std::string& options, bool training);
+
+/// The same op with every forward input of x-transformers' AttentionLayers.forward (the decoding cache
+/// excepted: AttentionLayers::forward_with runs it).
+at::Tensor attention_layers(const at::Tensor& x, const nn::functional::AttentionLayersInputs& inputs,
+                            at::TensorList params, const std::string& options, bool training);
 
 /// The plans (parsed options) the layer-stack and wrapper ops hold in their caches, which keep the most
 /// recently used 256 of each kind: for tests and diagnostics.
