@@ -43,7 +43,8 @@ RelativePositionBiasImpl::RelativePositionBiasImpl(int64_t heads, int64_t num_bu
 }
 
 void RelativePositionBiasImpl::reset() {
-  relative_attention_bias = register_module("relative_attention_bias", torch::nn::Embedding(num_buckets, heads));
+  relative_attention_bias =
+      register_module("relative_attention_bias", torch::nn::Embedding(num_buckets, heads));
 }
 
 void RelativePositionBiasImpl::pretty_print(std::ostream& stream) const {

@@ -9,8 +9,9 @@
 
 namespace xtc::nn {
 
-/// x-transformers' RotaryEmbedding (RoFormer, Su et al. 2021, arXiv 2104.09864): persistent buffers `inv_freq`
-/// (base 10000, NTK-rescaled by base_rescale_factor) and, with xPos (Sun et al. 2022, arXiv 2212.10554), `scale`.
+/// x-transformers' RotaryEmbedding (RoFormer, Su et al. 2021, arXiv 2104.09864): persistent buffers
+/// `inv_freq` (base 10000, NTK-rescaled by base_rescale_factor) and, with xPos (Sun et al. 2022, arXiv
+/// 2212.10554), `scale`.
 class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
  public:
   RotaryEmbeddingImpl(int64_t dim, bool use_xpos = false, double base_rescale_factor = 1.0);
@@ -25,8 +26,8 @@ class RotaryEmbeddingImpl : public torch::nn::Cloneable<RotaryEmbeddingImpl> {
 };
 TORCH_MODULE(RotaryEmbedding);
 
-/// x-transformers' RelativePositionBias (T5, Raffel et al. 2019, arXiv 1910.10683): a learned per-head bias of
-/// bucketed relative positions, `relative_attention_bias` (num_buckets, heads).
+/// x-transformers' RelativePositionBias (T5, Raffel et al. 2019, arXiv 1910.10683): a learned per-head bias
+/// of bucketed relative positions, `relative_attention_bias` (num_buckets, heads).
 class RelativePositionBiasImpl : public torch::nn::Cloneable<RelativePositionBiasImpl> {
  public:
   RelativePositionBiasImpl(int64_t heads, int64_t num_buckets);
