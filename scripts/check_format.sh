@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # clang-format (Debian's, with the checked-in .clang-format) over the C++ sources git tracks or would add: fails,
-# naming the files, when one is not formatted; with --fix, formats them in place. The CUDA kernels (csrc/ops/cuda/*.cuh, wgmma.h and
-# the generated instantiations) keep their layout: no GPU here can check that a rewrite compiles to the same
-# kernels, so they change only by pure moves. .ci/run and the pre-commit hook call this.
+# naming the files, when one is not formatted; with --fix, formats them in place. The CUDA kernels
+# (csrc/ops/cuda/*.cuh, wgmma.h and the generated instantiations) keep their layout: no GPU here can check that a
+# rewrite compiles to the same kernels, so they change only by pure moves. .ci/run and the pre-commit hook call this.
 #
 # Usage: scripts/check_format.sh [--fix]
 set -euo pipefail
