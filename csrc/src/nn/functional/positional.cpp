@@ -1,4 +1,4 @@
-// Positional encodings on explicit tensors (xtc/nn/functional/positional.h).
+// Positional encodings on explicit tensors; each function is documented in xtc/nn/functional/positional.h.
 #include <ATen/ops/arange.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/floor_divide.h>
@@ -21,7 +21,6 @@
 
 namespace xtc::nn::functional {
 
-// x-transformers' AlibiPositionalBias._get_slopes: a geometric series, interleaved for non-powers of 2.
 std::vector<double> geometric_alibi_slopes(int64_t heads) {
   const auto power_of_2 = [](int64_t n) {
     const double start = std::pow(2.0, -std::pow(2.0, -(std::log2(static_cast<double>(n)) - 3)));
@@ -47,8 +46,6 @@ at::Tensor alibi_slopes_tensor(const std::vector<double>& slopes, const at::Tens
   return at::stack(values).to(at::kFloat);
 }
 
-// x-transformers' RelativePositionBias (T5): bucketed relative positions -> learned per-head bias, (1, h, i,
-// j); the i queries are the last of the j key positions.
 at::Tensor t5_position_bias(const at::Tensor& weight, const c10::SymInt& i, const c10::SymInt& j,
                             const AttentionLayersOptions& o) {
   const auto key_pos = at::arange(j, weight.options().dtype(at::kLong));
@@ -74,8 +71,6 @@ at::Tensor t5_position_bias(const at::Tensor& weight, const c10::SymInt& i, cons
   return (at::embedding(weight, bucket).permute({2, 0, 1}) * scale).unsqueeze(0);
 }
 
-// x-transformers' DynamicPositionBias: an MLP over the 2j - 1 relative distances, gathered to (1, h, i, j)
-// for the last i of j positions.
 at::Tensor dynamic_position_bias(const DynamicPositionBiasWeights& w, const c10::SymInt& i,
                                  const c10::SymInt& j, const at::Tensor& like,
                                  const AttentionLayersOptions& o) {
@@ -97,15 +92,11 @@ at::Tensor dynamic_position_bias(const DynamicPositionBiasWeights& w, const c10:
   return pos.index({indices}).permute({2, 0, 1}).unsqueeze(0);
 }
 
-// x-transformers' RotaryEmbedding.forward over integer positions t, (N) or (b, N): (N, r) or (b, N, r)
-// angles, each frequency twice in a row.
 at::Tensor rotary_angles(const at::Tensor& inv_freq, const at::Tensor& t, double interpolation_factor) {
   const auto freqs = t.to(inv_freq.scalar_type()).unsqueeze(-1) * inv_freq / interpolation_factor;
   return freqs.repeat_interleave(2, -1);
 }
 
-// x-transformers' xPos scales over the same positions: scale^((t - max_pos // 2) / scale_base), each twice in
-// a row, max_pos = the largest position + 1 (over the whole batch); q is multiplied by them, k divided.
 at::Tensor xpos_scales(const at::Tensor& scale, const at::Tensor& t, int64_t scale_base) {
   const auto max_pos = t.max() + 1;
   const auto power =
@@ -113,9 +104,6 @@ at::Tensor xpos_scales(const at::Tensor& scale, const at::Tensor& t, int64_t sca
   return at::pow(scale, power.unsqueeze(-1)).repeat_interleave(2, -1);
 }
 
-// Custom positions: integers, (N) or (b, N) with N the self-attention keys (cached and memory keys included);
-// ALiBi takes them as a dense (n, n) bias, so there they must be exactly the sequence's and come without a
-// cache or memories, as in x-transformers.
 void check_positions(const at::Tensor& pos, const at::Tensor& x, const AttentionLayersOptions& o,
                      const c10::SymInt& keys, bool extra_keys) {
   TORCH_CHECK_VALUE(!pos.is_floating_point() && !pos.is_complex() && pos.scalar_type() != at::kBool &&

@@ -1,17 +1,11 @@
-#include <ATen/ops/arange.h>
-#include <ATen/ops/pow.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
-#include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/normalization.h>
 #include <xtc/nn/modules/attention.h>
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/modules/feedforward.h>
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/positional.h>
 #include <xtc/nn/modules/residual.h>
-
-#include <cmath>
 
 namespace xtc::nn {
 namespace {
