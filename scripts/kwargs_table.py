@@ -4,7 +4,8 @@ Rows come from the signatures of the installed x-transformers (AttentionLayers, 
 FeedForward as ff_*); "supported" comes from the native option keys, so the table cannot claim what the code does
 not do. tests/python/test_readme_table.py checks that README.md holds exactly this table.
 
-    python scripts/kwargs_table.py
+    python scripts/kwargs_table.py            # the keyword arguments
+    python scripts/kwargs_table.py --forward  # the forward arguments (the stack inputs' one list)
 """
 import inspect
 
@@ -202,5 +203,15 @@ def markdown():
     return "\n".join(lines)
 
 
+def forward_markdown():
+    """The README's table of the stack's forward inputs: the one list's docs (XTC_STACK_INPUTS), as Python takes
+    them."""
+    from x_transformers_cpp.attention_layers import stack_input_docs
+    lines = ["| forward argument | shape and meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {doc.replace('|', chr(92) + '|')} |" for name, doc in stack_input_docs()]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(markdown())
+    import sys
+    print(forward_markdown() if "--forward" in sys.argv else markdown())

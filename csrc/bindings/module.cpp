@@ -4,6 +4,7 @@
 #include <torch/python.h>
 #include <xtc/backends.h>
 #include <xtc/nn/modules/attention_layers.h>
+#include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/continuous.h>
 #include <xtc/nn/modules/transformer_wrapper.h>
 #include <xtc/nn/options/attention_layers.h>
@@ -49,14 +50,18 @@ std::vector<LayoutEntry> layout_entries(const std::vector<xtc::nn::functional::P
 }
 
 // (canonical options, entries) of a wrapper, its own tensors initialised and the stack's (attn_layers.*)
-// named only: the Python wrapper holds the user's stack. Built around a stack without tensors, so none of its
-// are allocated.
+// named only: the Python wrapper holds the user's stack. The stack is built on meta, so none of its tensors
+// are allocated; without `initialize`, the wrapper's own neither.
 template <typename Wrapper, typename WrapperOptions>
 auto wrapper_layout(const std::string& options, const std::string& layer_options, bool initialize) {
   return with_torch_errors([&] {
-    Wrapper wrapper(WrapperOptions::parse(options),
-                    xtc::nn::AttentionLayers(xtc::nn::AttentionLayersImpl::without_tensors(
-                        xtc::nn::AttentionLayersOptions::parse(layer_options))));
+    auto stack = [&] {
+      xtc::nn::MetaConstruction meta;
+      return xtc::nn::AttentionLayers(xtc::nn::AttentionLayersOptions::parse(layer_options));
+    }();
+    std::optional<xtc::nn::MetaConstruction> meta;
+    if (!initialize) meta.emplace();
+    Wrapper wrapper(WrapperOptions::parse(options), stack);
     return std::make_pair(
         wrapper->options.serialize(),
         layout_entries(wrapper->plan->parameters(), initialize ? wrapper.get() : nullptr, "attn_layers."));
@@ -146,8 +151,11 @@ PYBIND11_MODULE(_C, m) {
       "What AttentionLayers options imply: their canonical line, the parameter "
       "layout and the executed attention kinds.")
       .def(py::init([](const std::string& text) {
-             return with_torch_errors(
-                 [&] { return std::make_shared<Plan>(xtc::nn::AttentionLayersOptions::parse(text)); });
+             return with_torch_errors([&] {
+               xtc::nn::MetaConstruction meta;  // the layout is the module tree's; nothing is allocated
+               return std::make_shared<Plan>(
+                   *xtc::nn::AttentionLayers(xtc::nn::AttentionLayersOptions::parse(text))->plan);
+             });
            }),
            py::arg("options"))
       .def_property_readonly("options", [](const Plan& plan) { return plan.options().serialize(); })
@@ -171,6 +179,18 @@ PYBIND11_MODULE(_C, m) {
           "xtc::nn::AttentionLayers with these options, in the order the attention_layers op reads them; the "
           "value is "
           "None without initialize (nothing allocated, for meta-device construction).");
+
+  m.def(
+      "stack_inputs",
+      [] {
+        std::vector<std::tuple<std::string, std::string, std::string>> rows;
+#define XTC_STACK_INPUT_ROW(name, schema, cpp, field, kind, default_value, doc) \
+  rows.emplace_back(#name, schema, doc);
+        XTC_STACK_INPUTS(XTC_STACK_INPUT_ROW)
+#undef XTC_STACK_INPUT_ROW
+        return rows;
+      },
+      "The layer stack's forward inputs, the one list XTC_STACK_INPUTS: (name, schema type, doc) per row.");
 
   m.def("cached_plans", &xtc::ops::cached_plans,
         "Plans the layer-stack and wrapper ops hold in their caches (at most 256 of each kind).");

@@ -12,16 +12,10 @@
 namespace xtc::ops {
 namespace {
 
-std::shared_ptr<const nn::functional::AttentionLayersPlan> layers_plan(c10::string_view options) {
-  const std::string text(options);
-  return detail::cached_plan<nn::functional::AttentionLayersPlan>(
-      text, [&] { return nn::functional::AttentionLayersPlan(nn::AttentionLayersOptions::parse(text)); });
-}
-
 at::Tensor attention_layers_kernel(const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS at::TensorList params,
                                    c10::string_view options, bool training) {
   return nn::functional::attention_layers(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}), params,
-                                          *layers_plan(options), training);
+                                          *detail::cached_layers_plan(options), training);
 }
 
 detail::LayerHiddensResult attention_layers_with_hiddens_kernel(
@@ -32,7 +26,8 @@ detail::LayerHiddensResult attention_layers_with_hiddens_kernel(
   inputs.cache_length = cache_length;
   inputs.cache_age = cache_age;
   nn::functional::AttentionLayersHiddens record;
-  auto out = nn::functional::attention_layers(x, inputs, params, *layers_plan(options), training, &record);
+  auto out = nn::functional::attention_layers(x, inputs, params, *detail::cached_layers_plan(options),
+                                              training, &record);
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 
@@ -45,7 +40,7 @@ at::Tensor attention_layers(const at::Tensor& x, const nn::functional::Attention
                        .typed<at::Tensor(const at::Tensor&, XTC_STACK_INPUT_TYPES at::TensorList,
                                          c10::string_view, bool)>();
   const detail::StackArguments arguments(inputs);
-#define XTC_STACK_ARGUMENT_OF(name, schema, cpp, field, kind) arguments.name,
+#define XTC_STACK_ARGUMENT_OF(name, schema, cpp, field, kind, default_value, doc) arguments.name,
   return op.call(x, XTC_STACK_INPUTS(XTC_STACK_ARGUMENT_OF) params, options, training);
 #undef XTC_STACK_ARGUMENT_OF
 }

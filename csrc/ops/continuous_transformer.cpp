@@ -2,6 +2,7 @@
 // xtc::attention_layers.
 #include <torch/library.h>
 #include <xtc/nn/functional/continuous.h>
+#include <xtc/nn/modules/continuous.h>
 
 #include "ops/layer_hiddens.h"
 #include "ops/plan_cache.h"
@@ -10,14 +11,19 @@
 namespace xtc::ops {
 namespace {
 
+std::shared_ptr<const nn::functional::ContinuousTransformerPlan> continuous_plan(
+    c10::string_view options, c10::string_view layer_options) {
+  return detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan,
+                                     nn::ContinuousTransformerWrapper,
+                                     nn::ContinuousTransformerWrapperOptions>(options, layer_options);
+}
+
 at::Tensor continuous_transformer_kernel(const at::Tensor& x,
                                          XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& lens,
                                          at::TensorList params, c10::string_view options,
                                          c10::string_view layer_options, bool training,
                                          bool return_embeddings) {
-  const auto plan =
-      detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan,
-                                  nn::ContinuousTransformerWrapperOptions>(options, layer_options);
+  const auto plan = continuous_plan(options, layer_options);
   return nn::functional::continuous_transformer(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}), lens,
                                                 params, *plan, training, return_embeddings);
 }
@@ -26,9 +32,7 @@ detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
     const at::Tensor& x, XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& lens,
     at::TensorList cache_kv, bool input_not_include_cache, at::TensorList params, c10::string_view options,
     c10::string_view layer_options, bool training, bool return_embeddings) {
-  const auto plan =
-      detail::cached_wrapper_plan<nn::functional::ContinuousTransformerPlan,
-                                  nn::ContinuousTransformerWrapperOptions>(options, layer_options);
+  const auto plan = continuous_plan(options, layer_options);
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::continuous_transformer(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}),
                                                     lens, params, *plan, training, return_embeddings,

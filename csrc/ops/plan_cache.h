@@ -6,6 +6,8 @@
 #pragma once
 
 #include <c10/util/string_view.h>
+#include <xtc/nn/modules/attention_layers.h>
+#include <xtc/nn/modules/construction.h>
 #include <xtc/nn/options/attention_layers.h>
 
 #include <cstddef>
@@ -62,12 +64,27 @@ std::shared_ptr<const Plan> cached_plan(const std::string& key, Make&& make) {
   return PlanCache<Plan>::instance().get(key, std::forward<Make>(make));
 }
 
-/// The plan of a wrapper op: its own options and its stack's, parsed once per pair of option lines.
-template <typename Plan, typename WrapperOptions>
+/// The plan of the layer-stack ops: the options parsed once per line, the layout that of the module tree
+/// (built on meta: nothing allocated).
+inline std::shared_ptr<const nn::functional::AttentionLayersPlan> cached_layers_plan(
+    c10::string_view options) {
+  const std::string text(options);
+  return cached_plan<nn::functional::AttentionLayersPlan>(text, [&] {
+    nn::MetaConstruction meta;
+    return *nn::AttentionLayers(nn::AttentionLayersOptions::parse(text))->plan;
+  });
+}
+
+/// The plan of a wrapper op: its own options and its stack's, parsed once per pair of option lines, the
+/// layout that of the Wrapper module's tree (built on meta).
+template <typename Plan, typename Wrapper, typename WrapperOptions>
 std::shared_ptr<const Plan> cached_wrapper_plan(c10::string_view options, c10::string_view layer_options) {
   const std::string wrapper(options), layers(layer_options);
   return cached_plan<Plan>(wrapper + "|" + layers, [&] {
-    return Plan(WrapperOptions::parse(wrapper), nn::AttentionLayersOptions::parse(layers));
+    nn::MetaConstruction meta;
+    return *Wrapper(WrapperOptions::parse(wrapper),
+                    nn::AttentionLayers(nn::AttentionLayersOptions::parse(layers)))
+                ->plan;
   });
 }
 

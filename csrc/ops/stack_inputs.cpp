@@ -45,7 +45,7 @@ std::vector<int64_t> PackLengths::to_argument(const std::optional<nn::functional
 
 nn::functional::AttentionLayersInputs stack_inputs(XTC_STACK_INPUT_PARAMETERS EndOfStackInputs) {
   nn::functional::AttentionLayersInputs inputs;
-#define XTC_STACK_INPUT_TO_FIELD(name, schema, cpp, field, kind) \
+#define XTC_STACK_INPUT_TO_FIELD(name, schema, cpp, field, kind, default_value, doc) \
   kind::to_field(inputs.field, field, name, #field);
   XTC_STACK_INPUTS(XTC_STACK_INPUT_TO_FIELD)
 #undef XTC_STACK_INPUT_TO_FIELD
@@ -53,7 +53,8 @@ nn::functional::AttentionLayersInputs stack_inputs(XTC_STACK_INPUT_PARAMETERS En
 }
 
 StackArguments::StackArguments(const nn::functional::AttentionLayersInputs& inputs) {
-#define XTC_STACK_INPUT_TO_ARGUMENT(name, schema, cpp, field, kind) name = kind::to_argument(inputs.field);
+#define XTC_STACK_INPUT_TO_ARGUMENT(name, schema, cpp, field, kind, default_value, doc) \
+  name = kind::to_argument(inputs.field);
   XTC_STACK_INPUTS(XTC_STACK_INPUT_TO_ARGUMENT)
 #undef XTC_STACK_INPUT_TO_ARGUMENT
 }

@@ -2,6 +2,7 @@
 // xtc::attention_layers.
 #include <torch/library.h>
 #include <xtc/nn/functional/transformer_wrapper.h>
+#include <xtc/nn/modules/transformer_wrapper.h>
 
 #include "ops/layer_hiddens.h"
 #include "ops/plan_cache.h"
@@ -12,8 +13,8 @@ namespace {
 
 std::shared_ptr<const nn::functional::TransformerWrapperPlan> wrapper_plan(c10::string_view options,
                                                                            c10::string_view layer_options) {
-  return detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapperOptions>(
-      options, layer_options);
+  return detail::cached_wrapper_plan<nn::functional::TransformerWrapperPlan, nn::TransformerWrapper,
+                                     nn::TransformerWrapperOptions>(options, layer_options);
 }
 
 at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens,

@@ -7,6 +7,8 @@ from the C++ module xtc::nn::AttentionLayers. No math happens here.
 from dataclasses import dataclass
 from functools import reduce
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -227,6 +229,44 @@ STACK_KWARGS += ("flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "deta
 # x-transformers' forward arguments that choose this call's layer order (they change the options, not the inputs).
 ORDER_KWARGS = ("layers_execute_order", "repeat_blocks")
 
+# Where Python takes a stack input in another form than the op (stack_arguments converts them): the name
+# x-transformers uses, and what precedes the list's doc.
+_PYTHON_FORMS = {
+    "mem_masks": ("mem_masks", "a list (None entries keep every key): "),
+    "flash_pack_seq": ("flash_pack_seq_kwargs", "dict(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k): "),
+    "flash_pack_seq_context": ("flash_pack_seq_context_kwargs", "the same dict for cross-attention: "),
+    "self_attn_additional_kv": ("self_attn_additional_kv", "(k, v) pairs, or another stack's LayerIntermediates "
+                                "(its cached_kv), detached with detach_additional_kv=True: "),
+}
+
+
+def stack_input_docs():
+    """[(name, doc)] of the stack's forward inputs as Python takes them, from the one list (XTC_STACK_INPUTS): what
+    the forward docstrings and the README's table of forward arguments show."""
+    docs = []
+    for name, _, doc in _C.stack_inputs():
+        if name.startswith("flash_pack_seq") and name.endswith("_max"):
+            continue  # part of the flash_pack_seq*_kwargs dict
+        python_name, prefix = _PYTHON_FORMS.get(name, (name, ""))
+        docs.append((python_name, prefix + doc))
+    return docs
+
+
+def with_stack_inputs(forward):
+    """Documents `forward`, which takes the stack inputs through **kwargs, with each of them (stack_input_docs) and
+    shows them in its signature, keyword-only, at their defaults (inspect.signature, help())."""
+    signature = inspect.signature(forward)
+    kept = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    taken = {p.name for p in kept}
+    defaults = dict(route_additional_kv_to_top=True, detach_additional_kv=False)  # x-transformers' (else None)
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(name))
+             for name in STACK_KWARGS if name not in taken]
+    var = [p for p in signature.parameters.values() if p.kind == p.VAR_KEYWORD]
+    forward.__signature__ = signature.replace(parameters=kept + added + var)
+    lines = "\n".join(f"        {name}: {doc}" for name, doc in stack_input_docs())
+    forward.__doc__ = (forward.__doc__ or "") + f"\n        Stack inputs (x-transformers' names):\n{lines}\n"
+    return forward
+
 
 def _additional_kv_list(additional_kv, detach):
     """self_attn_additional_kv as the ops take it: [k0, v0, k1, v1, ...]. As x-transformers, a LayerIntermediates
@@ -376,20 +416,12 @@ class AttentionLayers(nn.Module):
         gives the values that constructing after torch.manual_seed(s) gives."""
         fill_from_layout(self, _C.AttentionLayersPlan(self._options).layout())
 
-    def forward(self, x, mask=None, context=None, context_mask=None, attn_mask=None, self_attn_kv_mask=None,
-                seq_start_pos=None, attn_bias=None, mems=None, mem_masks=None, return_hiddens=False, cache=None,
-                cache_age=1, pos=None, flash_pack_seq_kwargs=None, flash_pack_seq_context_kwargs=None, causal=None,
-                condition=None, in_attn_cond=None, layers_execute_order=None, repeat_blocks=None, **kwargs):
-        """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim).
-
-        With cross_attend: context (batch, context_seq, dim) and its key mask context_mask (batch, context_seq).
-        attn_mask (seq, seq), (heads, seq, seq) or (batch or 1, heads or 1, seq, seq) bool, True = may attend,
-        restricts self-attention (it takes the path that materialises the scores). self_attn_kv_mask (batch, seq)
-        bool replaces `mask` for self-attention's keys; seq_start_pos (batch,) int marks left padding, hiding the
-        keys before each sequence's start (as x-transformers, it then stands in for `mask` on the keys). attn_bias
-        (heads, seq, seq) or (batch or 1, heads, seq, seq) float is added to self-attention's logits. mems: a list
-        of Transformer-XL memories (batch, mem_len, dim), one per self-attention layer (fewer: the rest get none),
-        with optional mem_masks (batch, mem_len) bool.
+    @with_stack_inputs
+    def forward(self, x, mask=None, *, return_hiddens=False, cache=None, cache_age=1, layers_execute_order=None,
+                repeat_blocks=None, **kwargs):
+        """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim). The other
+        inputs, listed below, by name (x-transformers advises so too; positionally, the second argument is the mask
+        here, so that `torch.jit.trace(encoder, (embed, mask))` works).
 
         With return_hiddens, returns (out, LayerIntermediates) with x-transformers' `hiddens`, `layer_hiddens`,
         `last_hidden`, `cache_length` and, per attention layer, `attn_intermediates[i]` with `cached_kv` and, as
@@ -401,38 +433,12 @@ class AttentionLayers(nn.Module):
         `cache.cache_length`, attending to the cached keys and values; `mask` then covers the cached and new keys
         (batch, cached + new). Decoding token by token gives the full forward's outputs.
 
-        causal (bool): overrides the stack's causality of self-attention for this call, as x-transformers.
-        condition (batch, dim_condition) or (batch, seq, dim_condition): read by the adaptive norms and layerscale
-        (use_adaptive_layernorm, use_adaptive_rmsnorm, use_adaptive_layerscale), and needed exactly with them.
-        in_attn_cond (batch, dim) or (batch, seq, dim): added to every branch's input, as x-transformers.
         layers_execute_order: this call's order of the layers (indices), as x-transformers (depth extrapolation);
         or repeat_blocks: ((first, last), repeats) groups of blocks run again (a block index for first == last).
 
-        context_pos (context_seq,) or (batch, context_seq) int: with rotary, cross-attention rotates its queries by
-        the tokens' positions and its keys by these, as x-transformers.
-        self_attn_additional_kv: (k, v) pairs, k (batch, kv_heads', len, dim_head) and v (batch, kv_heads', len,
-        value_dim_head), or another stack's LayerIntermediates (its cached_kv), joined in front of the keys of the
-        last self-attention layers (the first with route_additional_kv_to_top=False), with additional_kv_mask
-        (batch, len) bool; detach_additional_kv detaches them. self_attn_kv_residuals / cross_attn_kv_residuals
-        (batch, seq, dim) for the first layer, or (layers, batch, seq, dim) for the first layers: added to the
-        keys' and values' input, as x-transformers.
-
-        pos (keys,) or (batch, keys) int: custom positions, as x-transformers: rotary (and xPos) rotate by them
-        instead of 0, 1, ..., and ALiBi becomes -|pos_j - pos_i| * slope (one position per token then).
-
-        Pass them by name, as x-transformers advises; positionally, the second argument is the mask here (so that
-        `torch.jit.trace(encoder, (embed, mask))` works), where x-transformers would take it as the context.
-
         Padded positions are not attended to, and their attention outputs are zeroed; as in x-transformers, the
-        feed-forward layers still run there, so the output at padded positions is defined but not zero.
-
-        Packed sequences, as x-transformers with attn_flash_pack_seq=True (and attn_flash=True): x (1, total, dim)
-        holds sequences end to end and flash_pack_seq_kwargs = dict(cu_seqlens_q=..., cu_seqlens_k=...,
-        max_seqlen_q=..., max_seqlen_k=...) (FlashAttention's varlen arguments; int32 offsets) lays them out; each
-        attends within itself. flash_pack_seq_context_kwargs does the same for cross-attention, its cu_seqlens_k
-        laying out a packed context (1, total_context, dim). Any device, without the flash-attn package.
-
-        With unpad=True (an xtc extension) and a mask, the kept tokens are packed at the entry, every layer runs on
+        feed-forward layers still run there, so the output at padded positions is defined but not zero. With
+        unpad=True (an xtc extension) and a mask, the kept tokens are packed at the entry, every layer runs on
         them alone, and the output is scattered back: kept positions as without unpad, masked positions exactly 0.
 
         x-transformers' other forward arguments (rotary_pos_emb, deep_embeds_and_ids, ...) are accepted at their
@@ -449,12 +455,7 @@ class AttentionLayers(nn.Module):
                              "export the stack without unpad (the same numbers at kept positions)")
         unshard_fsdp_groups(self)
         params = [reduce(getattr, name.split("."), self) for name in self._parameter_names]
-        inputs = (x, *stack_arguments(
-            mask=mask, context=context, context_mask=context_mask, attn_mask=attn_mask,
-            self_attn_kv_mask=self_attn_kv_mask, seq_start_pos=seq_start_pos, attn_bias=attn_bias, pos=pos,
-            mems=mems, mem_masks=mem_masks, flash_pack_seq_kwargs=flash_pack_seq_kwargs,
-            flash_pack_seq_context_kwargs=flash_pack_seq_context_kwargs, causal=causal, condition=condition,
-            in_attn_cond=in_attn_cond, **stack_extra))
+        inputs = (x, *stack_arguments(mask=mask, **stack_extra))
         options, attention_types = self.call_options(layers_execute_order, repeat_blocks)
         if not return_hiddens and cache is None:
             return torch.ops.xtc.attention_layers(*inputs, params, options, self.training)

@@ -221,6 +221,41 @@ TEST(AttentionLayers, UnpadGivesThePaddedStacksOutputsAtKeptPositions) {
       torch::allclose(both.narrow(1, 5, 7), padded->forward(x[0].narrow(0, 5, 7).unsqueeze(0)), 0, 1e-5));
 }
 
+// The layout the functional math reads is the module tree's own; on meta the same tree allocates nothing and
+// draws nothing.
+TEST(AttentionLayers, BuildsOnMetaWithTheLayoutOfTheCpuModule) {
+  const auto options = xtc::nn::AttentionLayersOptions::parse(
+      "dim=24;depth=2;heads=4;rotary_pos_emb=1;rotary_xpos=1;causal=1;dynamic_pos_bias=1;dynamic_pos_bias_"
+      "norm=1;"
+      "attn.num_mem_kv=2;attn.pre_talking_heads=1;attn.gate_values=1;ff.glu=1;use_layerscale=1;gate_residual="
+      "1;"
+      "macaron=1;add_value_residual=1;learned_value_residual_mix=1");
+  torch::manual_seed(3);
+  const auto expected_draw = torch::randn({4});
+  torch::manual_seed(3);
+  auto meta = [&] {
+    xtc::nn::MetaConstruction on_meta;
+    return xtc::nn::AttentionLayers(options);
+  }();
+  EXPECT_TRUE(torch::equal(torch::randn({4}), expected_draw));  // meta construction drew nothing
+  xtc::nn::AttentionLayers cpu(options);
+  const auto layout = xtc::nn::layout_of(*cpu);
+  ASSERT_GT(layout.size(), 30u);
+  const auto meta_layout = xtc::nn::layout_of(*meta);
+  ASSERT_EQ(meta_layout.size(), layout.size());
+  for (size_t i = 0; i < layout.size(); ++i) {
+    EXPECT_EQ(meta_layout[i].name, layout[i].name);
+    EXPECT_EQ(meta_layout[i].shape, layout[i].shape);
+    EXPECT_EQ(meta_layout[i].buffer, layout[i].buffer);
+    EXPECT_EQ(cpu->plan->parameters()[i].name, layout[i].name);
+  }
+  for (const auto& t : meta->parameters()) EXPECT_TRUE(t.is_meta());
+  for (const auto& t : meta->buffers()) EXPECT_TRUE(t.is_meta());
+  EXPECT_TRUE(std::any_of(layout.begin(), layout.end(), [](const auto& spec) {
+    return spec.name == "rotary_pos_emb.inv_freq" && spec.buffer;
+  }));
+}
+
 TEST(AttentionLayers, OptionsRoundTripAndRejectUnknownKeys) {
   auto options = xtc::nn::AttentionLayersOptions(64, 3, 4);
   options.attn().dim_head(32).kv_heads(2).dropout(0.125);

@@ -1,4 +1,4 @@
-"""The layer stack's forward inputs are one list (XTC_STACK_INPUTS in csrc/ops/stack_inputs.h): every op that runs a
+"""The layer stack's forward inputs are one list (XTC_STACK_INPUTS in csrc/include/xtc/nn/functional/stack_inputs.h): every op that runs a
 stack takes exactly that list after its first input, in that order, and the Python modules pass it in that order."""
 import pathlib
 import re
@@ -13,7 +13,8 @@ OPS = ["attention_layers", "attention_layers_with_hiddens", "transformer_wrapper
        "continuous_transformer", "continuous_transformer_with_hiddens"]
 
 
-STACK_INPUTS_H = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "ops" / "stack_inputs.h"
+STACK_INPUTS_H = (pathlib.Path(__file__).resolve().parents[2] / "csrc" / "include" / "xtc" / "nn" / "functional"
+                  / "stack_inputs.h")
 
 
 def the_one_list():

@@ -14,11 +14,13 @@
 #include <xtc/nn/functional/transformer_wrapper.h>
 #include <xtc/nn/modules/attention.h>
 #include <xtc/nn/modules/attention_layers.h>
+#include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/continuous.h>
 #include <xtc/nn/modules/feedforward.h>
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/positional.h>
 #include <xtc/nn/modules/residual.h>
+#include <xtc/nn/modules/torch_layers.h>
 #include <xtc/nn/modules/transformer_wrapper.h>
 #include <xtc/nn/options/attention.h>
 #include <xtc/nn/options/attention_layers.h>

@@ -404,7 +404,7 @@ at::Tensor scaled_output(const StackCall& c, at::Tensor out, const std::string& 
 // skip hiddens, kept before layer dropout).
 void join_unet_skip(const StackCall& c, StackState& s, int64_t i) {
   s.skip_hiddens.push_back(s.x);
-  const int64_t source = c.o.unet_skip_sources()[i];
+  const int64_t source = c.plan.unet_skip_sources()[i];
   if (source < 0) return;
   TORCH_CHECK_VALUE(source < static_cast<int64_t>(s.skip_hiddens.size()),
                     "AttentionLayers: unet_skips needs the execution order to reach step ", source,

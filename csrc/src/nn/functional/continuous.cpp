@@ -17,7 +17,7 @@
 namespace xtc::nn::functional {
 
 ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrapperOptions options,
-                                                     AttentionLayersOptions layers)
+                                                     AttentionLayersPlan layers)
     : options_(std::move(options)), layers_(std::move(layers)) {
   options_.validate();
   const auto& o = options_;
@@ -32,19 +32,12 @@ ContinuousTransformerPlan::ContinuousTransformerPlan(ContinuousTransformerWrappe
   has_project_out_ = o.dim_out().has_value() && (!o.use_identity_if_same_dim() || dim_out != dim);
   TORCH_CHECK_VALUE(!o.scaled_sinu_pos_emb() || dim % 2 == 0,
                     "ContinuousTransformerWrapper: scaled_sinu_pos_emb needs an even dim, got ", dim);
-  if (o.num_memory_tokens() > 0) parameters_.push_back({"memory_tokens", {o.num_memory_tokens(), dim}});
-  if (has_abs_pos_emb_) {
-    if (o.scaled_sinu_pos_emb())
-      parameters_.push_back({"pos_emb.scale", {1}});
-    else
-      parameters_.push_back({"pos_emb.emb.weight", {*o.max_seq_len(), dim}});
-  }
-  if (o.post_emb_norm()) parameters_.push_back({"post_emb_norm.gamma", {dim}});
-  layers_offset_ = static_cast<int64_t>(parameters_.size());
-  for (const auto& spec : layers_.parameters())
-    parameters_.push_back({"attn_layers." + spec.name, spec.shape, spec.buffer});
-  if (has_project_in_) parameters_.push_back({"project_in.weight", {dim, *o.dim_in()}});
-  if (has_project_out_) parameters_.push_back({"project_out.weight", {dim_out, dim}});
+}
+
+void ContinuousTransformerPlan::set_layout(std::vector<ParameterSpec> layout) {
+  TORCH_INTERNAL_ASSERT(parameters_.empty(), "ContinuousTransformerPlan: layout set twice");
+  parameters_ = std::move(layout);
+  layers_offset_ = detail::layout_offset("ContinuousTransformerWrapper", parameters_, "attn_layers.");
 }
 
 at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersInputs& given,

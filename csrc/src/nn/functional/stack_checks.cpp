@@ -145,7 +145,7 @@ void check_memories(const std::vector<at::Tensor>& mems,
   }
 }
 
-// A per-call tensor read at every token (condition, in_attn_cond, a kv residual): (b, width) where a
+// A per-call tensor read at every token (a conditioning input, a kv residual): (b, width) where a
 // per-sequence one is allowed, else (b, 1 | n, width) with n the tokens of x; like x in dtype and device.
 // Returns (b, 1 | n', width), n' the tokens this call runs (with a cache, the last of them).
 at::Tensor per_token_input(const char* name, const at::Tensor& t, const at::Tensor& x_in,

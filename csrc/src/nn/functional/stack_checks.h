@@ -27,7 +27,7 @@ at::Tensor normalized_attn_bias(const at::Tensor& bias, const at::Tensor& x, con
 void check_memories(const std::vector<at::Tensor>& mems,
                     const std::vector<std::optional<at::Tensor>>& mem_masks, const at::Tensor& x,
                     const AttentionLayersPlan& plan, bool dense_pattern);
-/// A per-call tensor read at every token (condition, in_attn_cond, a kv residual) as (b, 1 | n', width), n'
+/// A per-call tensor read at every token (a conditioning input, a kv residual) as (b, 1 | n', width), n'
 /// the tokens this call runs; (b, width) accepted where `per_sequence`.
 at::Tensor per_token_input(const char* name, const at::Tensor& t, const at::Tensor& x_in,
                            const c10::SymInt& n_in, int64_t width, bool per_sequence);

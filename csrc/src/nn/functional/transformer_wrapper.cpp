@@ -19,8 +19,7 @@ namespace xtc::nn::functional {
 // A wrapper tensor by its state_dict name (undefined where the options leave it out).
 using TensorByName = std::function<at::Tensor(const std::string&)>;
 
-TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options,
-                                               AttentionLayersOptions layers)
+TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options, AttentionLayersPlan layers)
     : options_(std::move(options)), layers_(std::move(layers)) {
   options_.validate();
   const auto& o = options_;
@@ -31,51 +30,33 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
                     "TransformerWrapper: scaled_sinu_pos_emb needs an even emb_dim, got ", emb_dim_);
   TORCH_CHECK_VALUE(!o.tie_embedding() || emb_dim_ == dim,
                     "TransformerWrapper: tie_embedding needs emb_dim == dim (", dim, "), got ", emb_dim_);
-  // x-transformers registers these two directly on the wrapper, so they lead its state_dict.
-  if (o.use_cls_token()) parameters_.push_back({"cls_token", {o.num_cls_tokens(), dim}});
-  if (o.num_memory_tokens() > 0) parameters_.push_back({"memory_tokens", {o.num_memory_tokens(), dim}});
-  if (!o.external_token_emb()) parameters_.push_back({"token_emb.emb.weight", {o.num_tokens(), emb_dim_}});
-  if (has_abs_pos_emb_) {
-    if (o.scaled_sinu_pos_emb())
-      parameters_.push_back({"pos_emb.scale", {1}});
-    else
-      parameters_.push_back({"pos_emb.emb.weight", {o.max_seq_len(), emb_dim_}});
+  if (!o.attn_pool()) return;
+  // x-transformers' AttentionPool(dim_pooled, dim_context=dim, heads, dim_head) of the stack's heads: one
+  // attention, or a CrossAttender when deeper.
+  const auto& stack = layers_.options();
+  const int64_t heads = stack.heads(), dim_head = stack.attn().dim_head();
+  if (o.attn_pool_depth() == 1) {
+    TORCH_CHECK_VALUE(
+        heads > 1 || dim_head == dim_pooled(),
+        "TransformerWrapper: attn_pool with one head needs attn_dim_head == dim_pooled_tokens (",
+        dim_pooled(), "), got ", dim_head);
+    return;
   }
-  if (o.post_emb_norm()) parameters_.push_back({"post_emb_norm.gamma", {emb_dim_}});
-  if (emb_dim_ != dim) {
-    parameters_.push_back({"project_emb.weight", {dim, emb_dim_}});
-    parameters_.push_back({"project_emb.bias", {dim}});
-  }
-  layers_offset_ = static_cast<int64_t>(parameters_.size());
-  for (const auto& spec : layers_.parameters())
-    parameters_.push_back({"attn_layers." + spec.name, spec.shape, spec.buffer});
-  if (o.attn_pool()) {
-    // x-transformers' AttentionPool(dim_pooled, dim_context=dim, heads, dim_head) of the stack's heads.
-    const auto& stack = layers_.options();
-    const int64_t pooled = dim_pooled(), heads = stack.heads(), dim_head = stack.attn().dim_head();
-    parameters_.push_back({"attn_pool.queries", {o.num_pooled_tokens(), pooled}});
-    pool_offset_ = static_cast<int64_t>(parameters_.size());
-    if (o.attn_pool_depth() == 1) {
-      TORCH_CHECK_VALUE(heads > 1 || dim_head == pooled,
-                        "TransformerWrapper: attn_pool with one head needs "
-                        "attn_dim_head == dim_pooled_tokens (",
-                        pooled, "), got ", dim_head);
-      parameters_.push_back({"attn_pool.pooler.to_q.weight", {heads * dim_head, pooled}});
-      parameters_.push_back({"attn_pool.pooler.to_k.weight", {heads * dim_head, dim}});
-      parameters_.push_back({"attn_pool.pooler.to_v.weight", {heads * dim_head, dim}});
-      if (heads > 1) parameters_.push_back({"attn_pool.pooler.to_out.weight", {pooled, heads * dim_head}});
-    } else {
-      AttentionLayersOptions pooler(pooled, o.attn_pool_depth(), heads);
-      pooler.cross_attend(true).only_cross(true);
-      pooler.attn().dim_head(dim_head);
-      pooler.cross_attn().dim_head(dim_head).dim_context(dim);
-      pool_layers_.emplace(pooler);
-      for (const auto& spec : pool_layers_->parameters())
-        parameters_.push_back({"attn_pool.pooler." + spec.name, spec.shape, spec.buffer});
-    }
-  }
-  if (!o.return_only_embed() && !o.tie_embedding())
-    parameters_.push_back({"to_logits.weight", {o.logits_dim().value_or(o.num_tokens()), dim}});
+  AttentionLayersOptions pooler(dim_pooled(), o.attn_pool_depth(), heads);
+  pooler.cross_attend(true).only_cross(true);
+  pooler.attn().dim_head(dim_head);
+  pooler.cross_attn().dim_head(dim_head).dim_context(dim);
+  pool_layers_options_ = pooler;
+}
+
+void TransformerWrapperPlan::set_layout(std::vector<ParameterSpec> layout) {
+  TORCH_INTERNAL_ASSERT(parameters_.empty(), "TransformerWrapperPlan: layout set twice");
+  parameters_ = std::move(layout);
+  layers_offset_ = detail::layout_offset("TransformerWrapper", parameters_, "attn_layers.");
+  if (!options_.attn_pool()) return;
+  pool_offset_ = detail::layout_offset("TransformerWrapper", parameters_, "attn_pool.pooler.");
+  if (pool_layers_options_.has_value())
+    pool_layers_.emplace(*pool_layers_options_, detail::sublayout(parameters_, "attn_pool.pooler."));
 }
 
 namespace {

@@ -32,6 +32,20 @@ at::Tensor find_tensor(const char* owner, const std::vector<ParameterSpec>& spec
   return at::Tensor();
 }
 
+int64_t layout_offset(const char* owner, const std::vector<ParameterSpec>& specs, const std::string& prefix) {
+  for (size_t i = 0; i < specs.size(); ++i)
+    if (specs[i].name.rfind(prefix, 0) == 0) return static_cast<int64_t>(i);
+  TORCH_INTERNAL_ASSERT(false, owner, ": its layout has nothing under ", prefix);
+}
+
+std::vector<ParameterSpec> sublayout(const std::vector<ParameterSpec>& layout, const std::string& prefix) {
+  std::vector<ParameterSpec> out;
+  for (const auto& spec : layout)
+    if (spec.name.rfind(prefix, 0) == 0)
+      out.push_back({spec.name.substr(prefix.size()), spec.shape, spec.buffer});
+  return out;
+}
+
 at::Tensor l2norm(const at::Tensor& x) {
   return x / at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
 }

@@ -16,6 +16,12 @@ namespace xtc::nn::functional::detail {
 at::Tensor find_tensor(const char* owner, const std::vector<ParameterSpec>& specs, at::TensorList params,
                        const std::string& name);
 
+/// Where the entries under `prefix` (a submodule's, as "attn_layers.") start in a wrapper's layout.
+int64_t layout_offset(const char* owner, const std::vector<ParameterSpec>& specs, const std::string& prefix);
+
+/// The entries of `layout` under `prefix`, the prefix removed: a submodule's own layout.
+std::vector<ParameterSpec> sublayout(const std::vector<ParameterSpec>& layout, const std::string& prefix);
+
 /// The positions of a wrapper's n tokens, as x-transformers' position embeddings take them: the stack inputs'
 /// custom `pos` ((n) or (b, n) integers) or 0..n-1, minus the left padding seq_start_pos (b) per row, clamped
 /// at 0 for the learned table (`clamp`); (n) or (b, n) int64. `offset` shifts the default range (not a custom

@@ -1,14 +1,11 @@
-#include <ATen/ops/empty.h>
-#include <ATen/ops/ones.h>
-#include <ATen/ops/randn.h>
-#include <ATen/ops/zeros.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
-#include <torch/nn/modules/conv.h>
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/modules/attention.h>
+#include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/norm.h>
+#include <xtc/nn/modules/torch_layers.h>
 
 #include <cmath>
 
@@ -40,23 +37,22 @@ void AttentionImpl::reset() {
   // Own parameters in x-transformers' registration order; they precede the linear layers in the state_dict.
   if (options.qk_norm() && options.qk_norm_dim_scale()) {
     const double init = std::pow(static_cast<double>(dh), 0.25);
-    qk_norm_q_scale = register_parameter("qk_norm_q_scale", at::ones({heads, 1, dh}) * init);
-    qk_norm_k_scale = register_parameter("qk_norm_k_scale", at::ones({kv_heads, 1, dh}) * init);
+    qk_norm_q_scale = register_parameter("qk_norm_q_scale", module_tensor({heads, 1, dh}).fill_(init));
+    qk_norm_k_scale = register_parameter("qk_norm_k_scale", module_tensor({kv_heads, 1, dh}).fill_(init));
   }
   if (options.head_scale())
-    head_scale_params = register_parameter("head_scale_params", at::ones({1, heads, 1, 1}));
+    head_scale_params = register_parameter("head_scale_params", module_tensor({1, heads, 1, 1}).fill_(1));
   if (options.num_mem_kv() > 0) {
-    mem_k = register_parameter("mem_k", at::randn({kv_heads, options.num_mem_kv(), dh}));
-    mem_v = register_parameter("mem_v", at::randn({kv_heads, options.num_mem_kv(), dh}));
+    mem_k = register_parameter("mem_k", module_tensor({kv_heads, options.num_mem_kv(), dh}).normal_());
+    mem_v = register_parameter("mem_v", module_tensor({kv_heads, options.num_mem_kv(), dh}).normal_());
   }
   const auto no_bias = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
-  to_q = register_module("to_q", torch::nn::Linear(no_bias(dim, heads * dh)));
+  to_q = register_module("to_q", Linear(no_bias(dim, heads * dh)));
   const int64_t dim_kv =
       options.dim_context().value_or(dim);  // cross-attention over a context of another width
-  to_k = register_module("to_k", torch::nn::Linear(no_bias(dim_kv, kv_heads * dh)));
-  to_v = register_module("to_v", torch::nn::Linear(no_bias(dim_kv, kv_heads * dv)));
-  if (options.gate_values())
-    to_v_gate = register_module("to_v_gate", torch::nn::Linear(no_bias(dim, heads * dv)));
+  to_k = register_module("to_k", Linear(no_bias(dim_kv, kv_heads * dh)));
+  to_v = register_module("to_v", Linear(no_bias(dim_kv, kv_heads * dv)));
+  if (options.gate_values()) to_v_gate = register_module("to_v_gate", Linear(no_bias(dim, heads * dv)));
   const auto multihead_rms_norm = [&](const char* name, int64_t norm_heads) {
     return register_module(name, MultiheadRMSNorm(norm_heads, dh))->gamma;
   };
@@ -67,25 +63,25 @@ void AttentionImpl::reset() {
       options.pre_scale_post_talking_heads()) {
     auto attend = register_module("attend", Attend(heads, options));
     head_attn_sink = attend->head_attn_sink;
-    const auto weight = [](const torch::nn::Conv2d& conv) { return conv ? conv->weight : at::Tensor(); };
+    const auto weight = [](const Conv2d& conv) { return conv ? conv->weight : at::Tensor(); };
     pre_talking_heads = weight(attend->pre_softmax_talking_heads);
     post_talking_heads = weight(attend->post_softmax_talking_heads);
     pre_scale_post_talking_heads = weight(attend->pre_scale_post_talking_heads);
   }
   if (learned_value_mix) {
-    to_value_residual_mix = torch::nn::Linear(dim, heads);
+    to_value_residual_mix = Linear(dim, heads);
     register_module("to_value_residual_mix",
                     torch::nn::Sequential(to_value_residual_mix, torch::nn::Sigmoid()));
   }
   if (options.on_attn()) {
     // Attention on attention: Linear to 2 x dim, then a GLU.
-    torch::nn::Linear glu_projection(no_bias(heads * dv, 2 * dim));
+    Linear glu_projection(no_bias(heads * dv, 2 * dim));
     if (options.zero_init_output()) torch::nn::init::zeros_(glu_projection->weight);
     to_out_glu = glu_projection->weight;
     register_module("to_out", torch::nn::Sequential(glu_projection, torch::nn::GLU()));
   } else if (heads > 1) {
     // x-transformers has no output projection with a single head.
-    to_out = register_module("to_out", torch::nn::Linear(no_bias(heads * dv, dim)));
+    to_out = register_module("to_out", Linear(no_bias(heads * dv, dim)));
     if (options.zero_init_output()) torch::nn::init::zeros_(to_out->weight);
   }
 }
@@ -135,9 +131,10 @@ AttendImpl::AttendImpl(int64_t heads, AttentionOptions options) : heads(heads), 
 
 void AttendImpl::reset() {
   // Registration order is x-transformers': the sink logits, then the talking-heads convolutions.
-  if (options.head_learned_sink()) head_attn_sink = register_parameter("head_attn_sink", at::empty({heads}));
+  if (options.head_learned_sink())
+    head_attn_sink = register_parameter("head_attn_sink", module_tensor({heads}));
   const auto talking = [&](const char* name) {
-    return register_module(name, torch::nn::Conv2d(torch::nn::Conv2dOptions(heads, heads, 1).bias(false)));
+    return register_module(name, Conv2d(heads, heads, 1, /*bias=*/false));
   };
   if (options.pre_talking_heads()) pre_softmax_talking_heads = talking("pre_softmax_talking_heads");
   if (options.post_talking_heads()) post_softmax_talking_heads = talking("post_softmax_talking_heads");

@@ -2,6 +2,7 @@
 #include <torch/nn/modules/container/sequential.h>
 #include <xtc/nn/modules/attention.h>
 #include <xtc/nn/modules/attention_layers.h>
+#include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/feedforward.h>
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/positional.h>
@@ -78,20 +79,11 @@ AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options) : optio
   reset();
 }
 
-AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options, WithoutTensors)
-    : options(std::move(options)) {
-  plan = std::make_shared<const functional::AttentionLayersPlan>(this->options);
-}
-
-std::shared_ptr<AttentionLayersImpl> AttentionLayersImpl::without_tensors(AttentionLayersOptions options) {
-  return std::shared_ptr<AttentionLayersImpl>(new AttentionLayersImpl(std::move(options), WithoutTensors{}));
-}
-
 void AttentionLayersImpl::reset() {
-  plan = std::make_shared<const functional::AttentionLayersPlan>(options);
+  options.validate();
   layers = register_module("layers", torch::nn::ModuleList());
   bool first_self_attention = true;
-  const auto& types = plan->layer_types();
+  const auto types = options.layer_types();
   for (size_t i = 0; i < types.size(); ++i) {
     const char type = types[i];
     // Self-attention layers after the first learn their value-residual mix (ResFormer).
@@ -112,7 +104,7 @@ void AttentionLayersImpl::reset() {
     rel_pos = register_module("rel_pos", make_rel_pos(options));
   if (options.needs_condition() && options.adaptive_condition_mlp()) {
     // x-transformers' Sequential(Linear, SiLU) over the condition.
-    torch::nn::Linear project(
+    Linear project(
         torch::nn::LinearOptions(options.resolved_dim_condition(), options.conditioning_width()).bias(false));
     register_module("adaptive_mlp", torch::nn::Sequential(project, torch::nn::SiLU()));
   }
@@ -128,22 +120,12 @@ void AttentionLayersImpl::reset() {
   }
   if (options.reinject_input())
     register_module("reinject_input_proj",
-                    torch::nn::Linear(torch::nn::LinearOptions(options.dim(), options.dim()).bias(false)));
+                    Linear(torch::nn::LinearOptions(options.dim(), options.dim()).bias(false)));
   if (options.learned_reinject_input_gate())
     register_module("learned_reinject_input_gate",
-                    torch::nn::Linear(torch::nn::LinearOptions(options.dim(), 1).bias(false)));
-  // The functional math reads tensors by the plan's layout: the module must produce exactly that layout.
-  const auto params = named_parameters();
-  const auto buffers = named_buffers();
-  size_t checked = 0;
-  for (const auto& spec : plan->parameters()) {
-    const auto* found = spec.buffer ? buffers.find(spec.name) : params.find(spec.name);
-    TORCH_INTERNAL_ASSERT(found != nullptr && found->sizes() == spec.shape, "AttentionLayers: module lacks ",
-                          spec.name, " ", c10::IntArrayRef(spec.shape), " of the layout");
-    ++checked;
-  }
-  TORCH_INTERNAL_ASSERT(checked == params.size() + buffers.size(),
-                        "AttentionLayers: module has tensors the layout lacks");
+                    Linear(torch::nn::LinearOptions(options.dim(), 1).bias(false)));
+  // The layout the functional math reads is this tree's: declared once, by the modules above.
+  plan = std::make_shared<const functional::AttentionLayersPlan>(options, layout_of(*this));
 }
 
 std::vector<at::Tensor> tensors_in_layout(const torch::nn::Module& module,

@@ -1,8 +1,8 @@
-#include <ATen/ops/ones.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/dropout.h>
 #include <xtc/nn/functional/feedforward.h>
+#include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/feedforward.h>
 #include <xtc/nn/modules/norm.h>
 
@@ -14,8 +14,8 @@ GLUImpl::GLUImpl(int64_t dim_in, int64_t dim_out, bool mult_bias)
 }
 
 void GLUImpl::reset() {
-  proj = register_module("proj", torch::nn::Linear(dim_in, dim_out * 2));
-  if (has_mult_bias) mult_bias = register_parameter("mult_bias", at::ones({dim_out}));
+  proj = register_module("proj", Linear(dim_in, dim_out * 2));
+  if (has_mult_bias) mult_bias = register_parameter("mult_bias", module_tensor({dim_out}).fill_(1));
 }
 
 void GLUImpl::pretty_print(std::ostream& stream) const {
@@ -36,7 +36,7 @@ void FeedForwardImpl::reset() {
     glu = GLU(dim, inner, options.glu_mult_bias());
     ff->push_back(glu);
   } else {
-    proj_in = torch::nn::Linear(torch::nn::LinearOptions(dim, inner).bias(!options.no_bias()));
+    proj_in = Linear(torch::nn::LinearOptions(dim, inner).bias(!options.no_bias()));
     ff->push_back(torch::nn::ModuleList(proj_in, torch::nn::GELU()));
   }
   if (options.post_act_ln()) {
@@ -44,7 +44,7 @@ void FeedForwardImpl::reset() {
     ff->push_back(post_act_norm);
   }
   ff->push_back(torch::nn::Dropout(options.dropout()));
-  proj_out = torch::nn::Linear(torch::nn::LinearOptions(inner, dim).bias(!options.no_bias()));
+  proj_out = Linear(torch::nn::LinearOptions(inner, dim).bias(!options.no_bias()));
   ff->push_back(proj_out);
   if (options.zero_init_output()) {
     torch::nn::init::zeros_(proj_out->weight);

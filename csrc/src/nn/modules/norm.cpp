@@ -1,6 +1,6 @@
-#include <ATen/ops/empty.h>
 #include <torch/nn/init.h>
 #include <xtc/nn/functional/norm.h>
+#include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/norm.h>
 
 namespace xtc::nn {
@@ -9,7 +9,7 @@ LayerNormImpl::LayerNormImpl(int64_t dim, bool unit_offset) : dim(dim), unit_off
 
 void LayerNormImpl::reset() {
   TORCH_CHECK_VALUE(dim > 0, "LayerNorm: expected dim > 0, got ", dim);
-  gamma = register_parameter("gamma", at::empty({dim}));
+  gamma = register_parameter("gamma", module_tensor({dim}));
   reset_parameters();
 }
 
@@ -30,7 +30,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, bool unit_offset, bool scalar_gain)
 
 void RMSNormImpl::reset() {
   TORCH_CHECK_VALUE(dim > 0, "RMSNorm: expected dim > 0, got ", dim);
-  g = register_parameter("g", at::empty({scalar_gain ? 1 : dim}));
+  g = register_parameter("g", module_tensor({scalar_gain ? 1 : dim}));
   reset_parameters();
 }
 
@@ -59,9 +59,9 @@ DynamicTanhImpl::DynamicTanhImpl(int64_t dim, double init_alpha, bool unit_offse
 void DynamicTanhImpl::reset() {
   TORCH_CHECK_VALUE(dim > 0, "DynamicTanh: expected dim > 0, got ", dim);
   // x-transformers' registration order: pre_tanh_scale, gamma, beta.
-  pre_tanh_scale = register_parameter("pre_tanh_scale", at::empty({}));
-  gamma = register_parameter("gamma", at::empty({dim}));
-  beta = register_parameter("beta", at::empty({dim}));
+  pre_tanh_scale = register_parameter("pre_tanh_scale", module_tensor({}));
+  gamma = register_parameter("gamma", module_tensor({dim}));
+  beta = register_parameter("beta", module_tensor({dim}));
   reset_parameters();
 }
 
@@ -87,8 +87,7 @@ AdaptiveNormImpl::AdaptiveNormImpl(NormKind kind, int64_t dim, int64_t dim_condi
 }
 
 void AdaptiveNormImpl::reset() {
-  to_gamma = register_module("to_gamma",
-                             torch::nn::Linear(torch::nn::LinearOptions(dim_condition, dim).bias(false)));
+  to_gamma = register_module("to_gamma", Linear(torch::nn::LinearOptions(dim_condition, dim).bias(false)));
   reset_parameters();
 }
 
@@ -109,7 +108,7 @@ MultiheadRMSNormImpl::MultiheadRMSNormImpl(int64_t heads, int64_t dim_head)
 }
 
 void MultiheadRMSNormImpl::reset() {
-  gamma = register_parameter("gamma", at::empty({heads, 1, dim_head}));
+  gamma = register_parameter("gamma", module_tensor({heads, 1, dim_head}));
   reset_parameters();
 }
 

@@ -2,10 +2,10 @@
 #include <ATen/ops/pow.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
-#include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/normalization.h>
+#include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/positional.h>
+#include <xtc/nn/modules/torch_layers.h>
 
 #include <cmath>
 
@@ -17,14 +17,14 @@ RotaryEmbeddingImpl::RotaryEmbeddingImpl(int64_t dim, bool use_xpos, double base
 }
 
 void RotaryEmbeddingImpl::reset() {
-  inv_freq = register_buffer("inv_freq", at::empty({dim / 2}));
-  if (use_xpos) scale = register_buffer("scale", at::empty({dim / 2}));
+  inv_freq = register_buffer("inv_freq", module_tensor({dim / 2}));
+  if (use_xpos) scale = register_buffer("scale", module_tensor({dim / 2}));
   reset_parameters();
 }
 
 void RotaryEmbeddingImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
-  const auto pairs = at::arange(0, dim, 2, at::kFloat);
+  const auto pairs = at::arange(0, dim, 2, inv_freq.options());  // on meta too, as the buffers
   const double r = static_cast<double>(dim);
   // NTK-aware rescaling of the base (x-transformers' base_rescale_factor).
   const double base = 10000.0 * std::pow(base_rescale_factor, r / (r - 2));
@@ -43,8 +43,7 @@ RelativePositionBiasImpl::RelativePositionBiasImpl(int64_t heads, int64_t num_bu
 }
 
 void RelativePositionBiasImpl::reset() {
-  relative_attention_bias =
-      register_module("relative_attention_bias", torch::nn::Embedding(num_buckets, heads));
+  relative_attention_bias = register_module("relative_attention_bias", Embedding(num_buckets, heads));
 }
 
 void RelativePositionBiasImpl::pretty_print(std::ostream& stream) const {
@@ -60,17 +59,17 @@ void DynamicPositionBiasImpl::reset() {
   // x-transformers' Sequentials drop the None norms, so the names shift with `norm`.
   const int64_t d = dim / 4;
   mlp = register_module("mlp", torch::nn::ModuleList());
-  torch::nn::Sequential first(torch::nn::Linear(1, d));
+  torch::nn::Sequential first(Linear(1, d));
   if (norm) first->push_back(LayerNorm(d, /*unit_offset=*/false));
   first->push_back(torch::nn::SiLU());
   mlp->push_back(first);
   for (int64_t l = 1; l < depth; ++l) {
-    torch::nn::Sequential hidden(torch::nn::Linear(d, d));
-    if (norm) hidden->push_back(torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+    torch::nn::Sequential hidden(Linear(d, d));
+    if (norm) hidden->push_back(TorchLayerNorm(d));
     hidden->push_back(torch::nn::SiLU());
     mlp->push_back(hidden);
   }
-  mlp->push_back(torch::nn::Linear(d, heads));
+  mlp->push_back(Linear(d, heads));
 }
 
 void DynamicPositionBiasImpl::pretty_print(std::ostream& stream) const {

@@ -1,8 +1,7 @@
 #include <ATen/ops/cat.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/ones.h>
 #include <torch/nn/init.h>
 #include <xtc/nn/functional/residual.h>
+#include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/residual.h>
 
 namespace xtc::nn {
@@ -13,7 +12,7 @@ ResidualImpl::ResidualImpl(int64_t dim, bool scale_residual, double scale_residu
 }
 
 void ResidualImpl::reset() {
-  if (scale_residual) residual_scale = register_parameter("residual_scale", at::ones({dim}));
+  if (scale_residual) residual_scale = register_parameter("residual_scale", module_tensor({dim}).fill_(1));
 }
 
 at::Tensor ResidualImpl::forward(const at::Tensor& branch, const at::Tensor& residual) {
@@ -27,8 +26,8 @@ GRUGatingImpl::GRUGatingImpl(int64_t dim, bool scale_residual) : dim(dim), scale
 }
 
 void GRUGatingImpl::reset() {
-  gru = register_module("gru", torch::nn::GRUCell(dim, dim));
-  if (scale_residual) residual_scale = register_parameter("residual_scale", at::ones({dim}));
+  gru = register_module("gru", GRUCell(dim, dim));
+  if (scale_residual) residual_scale = register_parameter("residual_scale", module_tensor({dim}).fill_(1));
 }
 
 at::Tensor GRUGatingImpl::forward(const at::Tensor& branch, const at::Tensor& residual) {
@@ -44,7 +43,7 @@ LayerScaleImpl::LayerScaleImpl(std::shared_ptr<torch::nn::Module> fn, int64_t di
 }
 
 void LayerScaleImpl::reset() {
-  gamma = register_parameter("gamma", at::empty({dim}));
+  gamma = register_parameter("gamma", module_tensor({dim}));
   torch::nn::init::constant_(gamma, init_value - (unit_offset ? 1.0 : 0.0));
   register_module("fn", fn);
 }
@@ -71,7 +70,7 @@ AdaptiveLayerScaleImpl::AdaptiveLayerScaleImpl(std::shared_ptr<torch::nn::Module
 void AdaptiveLayerScaleImpl::reset() {
   // x-transformers registers the wrapped block first, then to_gamma.
   register_module("fn", fn);
-  to_gamma = register_module("to_gamma", torch::nn::Linear(dim_condition, dim));
+  to_gamma = register_module("to_gamma", Linear(dim_condition, dim));
   reset_parameters();
 }
 
@@ -87,7 +86,7 @@ void AdaptiveLayerScaleImpl::pretty_print(std::ostream& stream) const {
 ConcatCombineImpl::ConcatCombineImpl(int64_t dim) : dim(dim) { reset(); }
 
 void ConcatCombineImpl::reset() {
-  combine = register_module("combine", torch::nn::Linear(torch::nn::LinearOptions(2 * dim, dim).bias(false)));
+  combine = register_module("combine", Linear(torch::nn::LinearOptions(2 * dim, dim).bias(false)));
 }
 
 void ConcatCombineImpl::pretty_print(std::ostream& stream) const {

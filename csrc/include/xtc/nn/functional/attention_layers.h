@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <xtc/nn/functional/stack_inputs.h>
 #include <xtc/nn/options/attention_layers.h>
 
 #include <optional>
@@ -20,11 +21,12 @@ struct ParameterSpec {
   bool buffer = false;
 };
 
-/// What options imply, worked out once: layer kinds, execution order, the parameter layout (x-transformers'
-/// names and order, which the C++ module reproduces and checks) and ALiBi slopes.
+/// What options imply, worked out once: layer kinds, execution order and ALiBi slopes, beside the parameter
+/// layout (x-transformers' names and order). xtc::nn::AttentionLayers builds it, from its validated options
+/// and its own module tree's layout (xtc::nn::layout_of): the layout is declared once, by the modules.
 class AttentionLayersPlan {
  public:
-  explicit AttentionLayersPlan(AttentionLayersOptions options);
+  AttentionLayersPlan(AttentionLayersOptions options, std::vector<ParameterSpec> layout);
 
   const AttentionLayersOptions& options() const { return options_; }
   const std::vector<ParameterSpec>& parameters() const { return parameters_; }
@@ -33,6 +35,9 @@ class AttentionLayersPlan {
   /// The kind ('a' self, 'c' cross) of each attention layer in execution order: the order of the cached_kv
   /// pairs and attention maps.
   const std::string& executed_attention_types() const { return executed_attention_types_; }
+  /// With unet_skips, for each layer the executed step whose input joins it (-1: none;
+  /// options().unet_skip_sources()).
+  const std::vector<int64_t>& unet_skip_sources() const { return unet_skip_sources_; }
   /// Per-head ALiBi slopes (x-transformers' geometric series, zero past alibi_num_heads); empty without
   /// ALiBi.
   const std::vector<double>& alibi_slopes() const { return alibi_slopes_; }
@@ -49,6 +54,7 @@ class AttentionLayersPlan {
   AttentionLayersOptions options_;
   std::vector<char> layer_types_;
   std::vector<int64_t> execution_order_;
+  std::vector<int64_t> unet_skip_sources_;
   std::string executed_attention_types_;
   std::vector<ParameterSpec> parameters_;
   std::unordered_map<std::string, int64_t> index_;
@@ -67,20 +73,10 @@ struct FlashPackSeq {
   int64_t max_seqlen_q = 0, max_seqlen_k = 0;
 };
 
-/// The optional forward inputs of a layer stack, as x-transformers' AttentionLayers.forward names them.
+/// The forward inputs of a layer stack, as x-transformers' AttentionLayers.forward names them: one field per
+/// row of XTC_STACK_INPUTS (stack_inputs.h, where each is documented), then the decoding cache.
 struct AttentionLayersInputs {
-  std::optional<at::Tensor> mask;     // (b, n) bool, True = keep: self-attention keys, zeroed query outputs
-  std::optional<at::Tensor> context;  // (b, m, dim), with cross_attend
-  std::optional<at::Tensor> context_mask;  // (b, m) bool, cross-attention keys
-  std::optional<at::Tensor> attn_mask;     // (n, n), (h, n, n) or (b|1, h|1, n, n) bool, True = may attend
-  std::optional<at::Tensor> self_attn_kv_mask;  // (b, n) bool: self-attention's key mask instead of `mask`
-  std::optional<at::Tensor> seq_start_pos;      // (b) int: left padding, keys before it are hidden
-  std::optional<at::Tensor> attn_bias;  // (h, n, n) or (b|1, h, n, n) float added to self-attention's logits
-  /// Transformer-XL memories: one (b, M, dim) per executed self-attention layer, in order (fewer: the rest
-  /// get none), pre-normed with that layer's norm and prepended to its keys and values; mem_masks (b, M) bool
-  /// each.
-  std::vector<at::Tensor> mems;
-  std::vector<std::optional<at::Tensor>> mem_masks;
+  XTC_STACK_INPUTS(XTC_STACK_INPUT_FIELD)
   /// Incremental decoding (causal stacks): x-transformers' cached_kv of the previous call, one (k, v) pair
   /// per executed attention layer, flattened [k0, v0, k1, v1, ...], k (b, hk, N, dh) and v (b, hk, N, dv);
   /// empty = no cache. With one, only the last `cache_age` tokens of x run (all when cache_age <= 0), `mask`
@@ -89,40 +85,6 @@ struct AttentionLayersInputs {
   std::vector<at::Tensor> cache_kv;
   int64_t cache_length = 0;
   int64_t cache_age = 1;
-  /// Custom integer positions of the self-attention keys, (N) or (b, N) (x-transformers' `pos`): rotary (and
-  /// xPos) take them instead of 0, 1, ... (q the last n), ALiBi becomes -|pos_j - pos_i| * slope (N = n
-  /// then); not with rel_pos_bias or dynamic_pos_bias (x-transformers refuses those too).
-  std::optional<at::Tensor> pos;
-  /// Packed sequences (layers with attn_flash_pack_seq / cross_attn_flash_pack_seq): x (1, total, dim) laid
-  /// out by flash_pack_seq (self-attention, whose cu_seqlens_q and _k are then one layout) or by
-  /// flash_pack_seq_context's queries, the context (1, total_context, dim) by flash_pack_seq_context's keys.
-  /// Not with masks, attn_mask, attn_bias, mems or a cache (x-transformers' rules).
-  std::optional<FlashPackSeq> flash_pack_seq, flash_pack_seq_context;
-  /// x-transformers' per-call causal override of self-attention (unset = the stack's); a cache still needs a
-  /// causal stack, and token shifts and T5 buckets keep the stack's causality, as x-transformers builds them.
-  std::optional<bool> causal;
-  /// (b, dim_condition) or (b, n, dim_condition): what the adaptive norms and layerscale read (needed exactly
-  /// when the options have one).
-  std::optional<at::Tensor> condition;
-  /// (b, dim) or (b, n, dim) added to every branch's input (x-transformers' in-attention conditioning; gated
-  /// by learned_reinject_input_gate when set); not with reinject_input.
-  std::optional<at::Tensor> in_attn_cond;
-  /// Integer positions of the context, (m) or (b, m) (x-transformers' context_pos): with rotary,
-  /// cross-attention then rotates its queries by the tokens' positions and its keys by these; needs rotary
-  /// and cross_attend.
-  std::optional<at::Tensor> context_pos;
-  /// x-transformers' self_attn_additional_kv (say another model's cached_kv): (k, v) pairs flattened [k0, v0,
-  /// k1, v1, ...], k (b, ha, l, dh) and v (b, ha, l, dv), ha dividing heads, for the executed self-attention
-  /// layers: the last ones with route_additional_kv_to_top (as many as there are pairs), else the first. Each
-  /// joins its layer's keys in front (ExtraKeyValues), with additional_kv_mask (b, l) bool over every pair's
-  /// keys.
-  std::vector<at::Tensor> self_attn_additional_kv;
-  std::optional<at::Tensor> additional_kv_mask;
-  bool route_additional_kv_to_top = true;
-  /// x-transformers' self_attn_kv_residuals / cross_attn_kv_residuals: added to the keys' and values' input
-  /// of the self- (cross-) attention layers, (b, n | m, dim | dim_context) for the first executed one only,
-  /// or (L, b, n | m, dim | dim_context) for the first L; a length of 1 broadcasts.
-  std::optional<at::Tensor> self_attn_kv_residuals, cross_attn_kv_residuals;
 };
 
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed

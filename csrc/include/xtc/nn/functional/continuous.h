@@ -8,11 +8,14 @@
 
 namespace xtc::nn::functional {
 
-/// What the wrapper's options and its stack's options imply: the layout of every tensor (x-transformers'
-/// state_dict order: memory_tokens, pos_emb, post_emb_norm, attn_layers.*, project_in, project_out).
+/// What the wrapper's options and its stack's plan imply, and the layout of every tensor (x-transformers'
+/// state_dict order: memory_tokens, pos_emb, post_emb_norm, attn_layers.*, project_in, project_out), which
+/// xtc::nn::ContinuousTransformerWrapper sets once from its module tree.
 class ContinuousTransformerPlan {
  public:
-  ContinuousTransformerPlan(ContinuousTransformerWrapperOptions options, AttentionLayersOptions layers);
+  ContinuousTransformerPlan(ContinuousTransformerWrapperOptions options, AttentionLayersPlan layers);
+  /// The module tree's layout (xtc::nn::layout_of), set once by the module that built the tree.
+  void set_layout(std::vector<ParameterSpec> layout);
 
   const ContinuousTransformerWrapperOptions& options() const { return options_; }
   const AttentionLayersPlan& layers() const { return layers_; }

@@ -8,11 +8,14 @@
 
 namespace xtc::nn::functional {
 
-/// Layout of every tensor, x-transformers' state_dict order: cls_token, memory_tokens, token_emb, pos_emb,
-/// post_emb_norm, project_emb, attn_layers.*, attn_pool.*, to_logits.
+/// What the wrapper's options and its stack's plan imply, and the layout of every tensor (x-transformers'
+/// state_dict order: cls_token, memory_tokens, token_emb, pos_emb, post_emb_norm, project_emb, attn_layers.*,
+/// attn_pool.*, to_logits), which xtc::nn::TransformerWrapper sets once from its module tree.
 class TransformerWrapperPlan {
  public:
-  TransformerWrapperPlan(TransformerWrapperOptions options, AttentionLayersOptions layers);
+  TransformerWrapperPlan(TransformerWrapperOptions options, AttentionLayersPlan layers);
+  /// The module tree's layout (xtc::nn::layout_of), set once by the module that built the tree.
+  void set_layout(std::vector<ParameterSpec> layout);
 
   const TransformerWrapperOptions& options() const { return options_; }
   const AttentionLayersPlan& layers() const { return layers_; }
@@ -21,7 +24,9 @@ class TransformerWrapperPlan {
   int64_t emb_dim() const { return emb_dim_; }
   bool has_abs_pos_emb() const { return has_abs_pos_emb_; }
   bool has_logits() const { return !options_.return_only_embed(); }
-  /// With attn_pool deeper than 1: the CrossAttender that pools (its tensors at pool_offset()).
+  /// With attn_pool deeper than 1: the options of the CrossAttender that pools, and its plan once the layout
+  /// is set (its tensors at pool_offset()).
+  const std::optional<AttentionLayersOptions>& pool_layers_options() const { return pool_layers_options_; }
   const std::optional<AttentionLayersPlan>& pool_layers() const { return pool_layers_; }
   int64_t pool_offset() const { return pool_offset_; }
   /// The pooled tokens' width (dim_pooled_tokens, unset = dim).
@@ -31,6 +36,7 @@ class TransformerWrapperPlan {
   TransformerWrapperOptions options_;
   AttentionLayersPlan layers_;
   std::vector<ParameterSpec> parameters_;
+  std::optional<AttentionLayersOptions> pool_layers_options_;
   std::optional<AttentionLayersPlan> pool_layers_;
   int64_t layers_offset_ = 0, emb_dim_ = 0, pool_offset_ = 0;
   bool has_abs_pos_emb_ = false;

@@ -3,9 +3,8 @@
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/common.h>
-#include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/modules/torch_layers.h>
 #include <xtc/nn/options/attention.h>
 
 namespace xtc::nn {
@@ -23,7 +22,7 @@ class AttendImpl : public torch::nn::Cloneable<AttendImpl> {
   int64_t heads;
   AttentionOptions options;
   at::Tensor head_attn_sink;
-  torch::nn::Conv2d pre_softmax_talking_heads{nullptr}, post_softmax_talking_heads{nullptr},
+  Conv2d pre_softmax_talking_heads{nullptr}, post_softmax_talking_heads{nullptr},
       pre_scale_post_talking_heads{nullptr};
 };
 TORCH_MODULE(Attend);
@@ -47,12 +46,12 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
   int64_t dim, heads;
   AttentionOptions options;
   bool causal, learned_value_mix;
-  torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_v_gate{nullptr}, to_out{nullptr};
+  Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_v_gate{nullptr}, to_out{nullptr};
   at::Tensor qk_norm_q_scale, qk_norm_k_scale, head_scale_params, mem_k, mem_v;
   at::Tensor to_out_glu, pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;
   at::Tensor q_rmsnorm, k_rmsnorm, value_rmsnorm;  // per-head RMSNorm gains (heads or kv heads, 1, dim_head)
   at::Tensor head_attn_sink;                       // (heads) learned sink logits
-  torch::nn::Linear to_value_residual_mix{nullptr};
+  Linear to_value_residual_mix{nullptr};
 
  protected:
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},

@@ -18,10 +18,6 @@ namespace xtc::nn {
 class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
  public:
   explicit AttentionLayersImpl(AttentionLayersOptions options);
-  /// A stack with its options and plan but no parameters or buffers: what a wrapper's own layout is built
-  /// around when the stack's tensors live elsewhere (the Python wrappers hold the user's stack), so that none
-  /// are allocated.
-  static std::shared_ptr<AttentionLayersImpl> without_tensors(AttentionLayersOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   /// x (b, n, dim) float; mask (b, n) bool, True = keep; context (b, m, dim) and context_mask (b, m) when
@@ -38,6 +34,7 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
                           functional::AttentionLayersHiddens* record = nullptr);
 
   AttentionLayersOptions options;
+  /// What the options imply, with this module tree's layout (built with the tree, once).
   std::shared_ptr<const functional::AttentionLayersPlan> plan;
   torch::nn::ModuleList layers{nullptr};
   std::shared_ptr<torch::nn::Module> rotary_pos_emb, rel_pos, final_norm;
@@ -47,10 +44,6 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
  protected:
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},
                            {3, torch::nn::AnyValue(at::Tensor())}, {4, torch::nn::AnyValue(at::Tensor())})
-
- private:
-  struct WithoutTensors {};
-  AttentionLayersImpl(AttentionLayersOptions options, WithoutTensors);
 };
 TORCH_MODULE(AttentionLayers);
 

@@ -3,8 +3,8 @@
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/modules/torch_layers.h>
 #include <xtc/nn/options/feedforward.h>
 
 namespace xtc::nn {
@@ -19,7 +19,7 @@ class GLUImpl : public torch::nn::Cloneable<GLUImpl> {
   int64_t dim_in, dim_out;
   bool has_mult_bias;
   at::Tensor mult_bias;
-  torch::nn::Linear proj{nullptr};
+  Linear proj{nullptr};
 };
 TORCH_MODULE(GLU);
 
@@ -36,7 +36,7 @@ class FeedForwardImpl : public torch::nn::Cloneable<FeedForwardImpl> {
   int64_t dim;
   FeedForwardOptions options;
   torch::nn::ModuleList ff{nullptr};
-  torch::nn::Linear proj_in{nullptr}, proj_out{nullptr};
+  Linear proj_in{nullptr}, proj_out{nullptr};
   GLU glu{nullptr};
   std::shared_ptr<torch::nn::Module> post_act_norm;
 };

@@ -3,8 +3,8 @@
 #pragma once
 
 #include <torch/nn/cloneable.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/modules/torch_layers.h>
 #include <xtc/nn/options/attention_layers.h>
 
 namespace xtc::nn {
@@ -86,7 +86,7 @@ class AdaptiveNormImpl : public torch::nn::Cloneable<AdaptiveNormImpl> {
 
   NormKind kind;  // AdaptiveLayerNorm or AdaptiveRMSNorm
   int64_t dim, dim_condition;
-  torch::nn::Linear to_gamma{nullptr};
+  Linear to_gamma{nullptr};
 };
 TORCH_MODULE(AdaptiveNorm);
 

@@ -4,8 +4,8 @@
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/embedding.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/modules/torch_layers.h>
 
 namespace xtc::nn {
 
@@ -35,7 +35,7 @@ class RelativePositionBiasImpl : public torch::nn::Cloneable<RelativePositionBia
   void pretty_print(std::ostream& stream) const override;
 
   int64_t heads, num_buckets;
-  torch::nn::Embedding relative_attention_bias{nullptr};
+  Embedding relative_attention_bias{nullptr};
 };
 TORCH_MODULE(RelativePositionBias);
 

@@ -3,9 +3,8 @@
 #pragma once
 
 #include <torch/nn/cloneable.h>
-#include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/rnn.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/modules/torch_layers.h>
 
 namespace xtc::nn {
 
@@ -35,7 +34,7 @@ class GRUGatingImpl : public torch::nn::Cloneable<GRUGatingImpl> {
   int64_t dim;
   bool scale_residual;
   at::Tensor residual_scale;
-  torch::nn::GRUCell gru{nullptr};
+  GRUCell gru{nullptr};
 };
 TORCH_MODULE(GRUGating);
 
@@ -66,7 +65,7 @@ class AdaptiveLayerScaleImpl : public torch::nn::Cloneable<AdaptiveLayerScaleImp
 
   std::shared_ptr<torch::nn::Module> fn;
   int64_t dim, dim_condition;
-  torch::nn::Linear to_gamma{nullptr};
+  Linear to_gamma{nullptr};
 };
 TORCH_MODULE(AdaptiveLayerScale);
 
@@ -80,7 +79,7 @@ class ConcatCombineImpl : public torch::nn::Cloneable<ConcatCombineImpl> {
   at::Tensor forward(const at::Tensor& x, const at::Tensor& skip);
 
   int64_t dim;
-  torch::nn::Linear combine{nullptr};
+  Linear combine{nullptr};
 };
 TORCH_MODULE(ConcatCombine);
 
