@@ -414,38 +414,17 @@ void AttentionLayersOptions::validate() const {
 
 namespace {
 
-struct Field {
-  std::string key;
-  std::function<std::string(const AttentionLayersOptions&)> get;
-  std::function<void(AttentionLayersOptions&, const std::string&)> set;
-};
+using Field = detail::OptionField<AttentionLayersOptions>;
 
-// A field reached through `part` (the options themselves, or a nested options struct) and a TORCH_ARG
-// accessor.
-template <typename Part, typename Value>
-Field field(std::string key, Part& (*part)(AttentionLayersOptions&),
-            const Value& (Part::*get)() const noexcept, Value& (Part::*ref)() noexcept) {
-  return Field{key,
-               [part, get](const AttentionLayersOptions& o) {
-                 return detail::format_value((part(const_cast<AttentionLayersOptions&>(o)).*get)());
-               },
-               [key, part, ref](AttentionLayersOptions& o, const std::string& text) {
-                 (part(o).*ref)() = detail::parse_value<Value>("AttentionLayers", key, text);
-               }};
-}
-
-AttentionLayersOptions& self(AttentionLayersOptions& o) { return o; }
 AttentionOptions& attn(AttentionLayersOptions& o) { return o.attn(); }
 AttentionOptions& cross_attn(AttentionLayersOptions& o) { return o.cross_attn(); }
 FeedForwardOptions& ff(AttentionLayersOptions& o) { return o.ff(); }
 
 void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
                           AttentionOptions& (*part)(AttentionLayersOptions&)) {
-  using A = AttentionOptions;
-#define XTC_ATTN(NAME, TYPE)                                                                  \
-  fields.push_back(field<A, TYPE>(prefix + #NAME, part,                                       \
-                                  static_cast<const TYPE& (A::*)() const noexcept>(&A::NAME), \
-                                  static_cast<TYPE& (A::*)() noexcept>(&A::NAME)))
+#define XTC_ATTN(NAME, TYPE)                                                                              \
+  fields.push_back(XTC_OPTION_FIELD_OF(AttentionLayersOptions, AttentionOptions, part, "AttentionLayers", \
+                                       prefix + #NAME, NAME, TYPE))
   XTC_ATTN(dim_head, int64_t);
   XTC_ATTN(kv_heads, std::optional<int64_t>);
   XTC_ATTN(one_kv_head, bool);
@@ -485,9 +464,7 @@ const std::vector<Field>& fields() {
   static const std::vector<Field> all = [] {
     std::vector<Field> f;
     using O = AttentionLayersOptions;
-#define XTC_OWN(NAME, TYPE)                                                                           \
-  f.push_back(field<O, TYPE>(#NAME, self, static_cast<const TYPE& (O::*)() const noexcept>(&O::NAME), \
-                             static_cast<TYPE& (O::*)() noexcept>(&O::NAME)))
+#define XTC_OWN(NAME, TYPE) f.push_back(XTC_OPTION_FIELD(O, "AttentionLayers", NAME, TYPE))
     XTC_OWN(dim, int64_t);
     XTC_OWN(depth, int64_t);
     XTC_OWN(heads, int64_t);
@@ -554,10 +531,8 @@ const std::vector<Field>& fields() {
 #undef XTC_OWN
     add_attention_fields(f, "attn.", attn);
     add_attention_fields(f, "cross_attn.", cross_attn);
-    using F = FeedForwardOptions;
-#define XTC_FF(NAME, TYPE)                                                                                \
-  f.push_back(field<F, TYPE>("ff." #NAME, ff, static_cast<const TYPE& (F::*)() const noexcept>(&F::NAME), \
-                             static_cast<TYPE& (F::*)() noexcept>(&F::NAME)))
+#define XTC_FF(NAME, TYPE) \
+  f.push_back(XTC_OPTION_FIELD_OF(O, FeedForwardOptions, ff, "AttentionLayers", "ff." #NAME, NAME, TYPE))
     XTC_FF(mult, double);
     XTC_FF(glu, bool);
     XTC_FF(glu_mult_bias, bool);
@@ -627,14 +602,14 @@ std::string AttentionLayersOptions::serialize() const {
   std::string text;
   for (const auto& field : fields()) {
     if (!text.empty()) text += ';';
-    std::string value = field.get(*this);
+    std::string value = field.format(*this);
     if (const Schedule* s = schedule_of(all, field.key); s != nullptr && s->size > 0) {
       // Per layer when the layers differ in this field.
       std::vector<std::string> values;
       for (size_t i = 0; i < s->size; ++i) {
         AttentionLayersOptions layer = *this;
         s->select(layer, i);
-        values.push_back(field.get(layer));
+        values.push_back(field.format(layer));
       }
       if (std::adjacent_find(values.begin(), values.end(), std::not_equal_to<>()) != values.end())
         value = fmt::format("{}", fmt::join(values, ","));
@@ -656,14 +631,13 @@ AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
       if (key != field.key) continue;
       if (schedule_of(all, key) != nullptr && value.find(',') != std::string::npos) {
         auto values = split_commas(value);
-        field.set(options, values.front());  // the common value: the first layer's
+        field.parse(options, values.front());  // the common value: the first layer's
         scheduled.emplace_back(&field, std::move(values));
         return;
       }
-      return field.set(options, value);
+      return field.parse(options, value);
     }
-    TORCH_CHECK_VALUE(false, "AttentionLayers: unknown option '", key,
-                      "'; known options: ", fmt::format("{}", fmt::join(keys(), ", ")));
+    detail::unknown_option("AttentionLayers", key, keys());
   });
   if (!scheduled.empty()) {
     const auto types = options.layer_types();
@@ -678,7 +652,7 @@ AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
       if (std::find(given.begin(), given.end(), cross_key) != given.end()) continue;
       for (const auto& f : fields())
         if (f.key == cross_key) {
-          f.set(options, values.front());
+          f.parse(options, values.front());
           scheduled.emplace_back(&f, values);
         }
     }
@@ -700,7 +674,7 @@ AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
         for (size_t i = 0; i < layers; ++i) {
           AttentionLayersOptions layer = options;
           s.select(layer, i);
-          field->set(layer, values[i]);
+          field->parse(layer, values[i]);
           s.store(options, i, layer);
         }
       }
@@ -710,10 +684,6 @@ AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
   return options;
 }
 
-std::vector<std::string> AttentionLayersOptions::keys() {
-  std::vector<std::string> names;
-  for (const auto& field : fields()) names.push_back(field.key);
-  return names;
-}
+std::vector<std::string> AttentionLayersOptions::keys() { return detail::field_keys(fields()); }
 
 }  // namespace xtc::nn

@@ -37,28 +37,40 @@ struct OptionField {
   std::function<void(Options&, const std::string&)> parse;
 };
 
-/// The field of the TORCH_ARG accessor pair (get, ref), e.g. option_field<O, bool>(owner, "post_emb_norm",
+/// The options themselves, as the part of them a field is reached through (see option_field).
+template <typename Options>
+Options& whole(Options& o) {
+  return o;
+}
+
+/// The field of the TORCH_ARG accessor pair (get, ref) of `part` (the options themselves, or options nested
+/// in them, as AttentionLayersOptions' attn()), e.g. option_field<O, bool>(owner, "post_emb_norm",
 /// &O::post_emb_norm, &O::post_emb_norm). A count (int64_t) reads "none" as 0, as x-transformers' None there.
-template <typename Options, typename Value>
+template <typename Options, typename Value, typename Part = Options>
 OptionField<Options> option_field(const char* owner, std::string key,
-                                  const Value& (Options::*get)() const noexcept,
-                                  Value& (Options::*ref)() noexcept) {
-  return {key, [get](const Options& o) { return format_value((o.*get)()); },
-          [owner, key, ref](Options& o, const std::string& text) {
+                                  const Value& (Part::*get)() const noexcept, Value& (Part::*ref)() noexcept,
+                                  Part& (*part)(Options&) = &whole<Options>) {
+  return {key,
+          // The getter is const; the part accessor is shared with the setter, hence the cast.
+          [get, part](const Options& o) { return format_value((part(const_cast<Options&>(o)).*get)()); },
+          [owner, key, ref, part](Options& o, const std::string& text) {
             if constexpr (std::is_same_v<Value, int64_t>) {
-              (o.*ref)() = parse_value<std::optional<int64_t>>(owner, key, text).value_or(0);
+              (part(o).*ref)() = parse_value<std::optional<int64_t>>(owner, key, text).value_or(0);
             } else {
-              (o.*ref)() = parse_value<Value>(owner, key, text);
+              (part(o).*ref)() = parse_value<Value>(owner, key, text);
             }
           }};
 }
 
 /// option_field of the TORCH_ARG `NAME` (of type TYPE) of OPTIONS, its key the name: one row of an options
 /// table.
-#define XTC_OPTION_FIELD(OPTIONS, OWNER, NAME, TYPE)                                        \
-  ::xtc::nn::detail::option_field<OPTIONS, TYPE>(                                           \
-      OWNER, #NAME, static_cast<const TYPE& (OPTIONS::*)() const noexcept>(&OPTIONS::NAME), \
-      static_cast<TYPE& (OPTIONS::*)() noexcept>(&OPTIONS::NAME))
+#define XTC_OPTION_FIELD(OPTIONS, OWNER, NAME, TYPE) \
+  XTC_OPTION_FIELD_OF(OPTIONS, OPTIONS, ::xtc::nn::detail::whole<OPTIONS>, OWNER, #NAME, NAME, TYPE)
+/// The same for the TORCH_ARG `NAME` of the options PART nested in OPTIONS (reached by PART_OF), under KEY.
+#define XTC_OPTION_FIELD_OF(OPTIONS, PART, PART_OF, OWNER, KEY, NAME, TYPE)         \
+  ::xtc::nn::detail::option_field<OPTIONS, TYPE, PART>(                             \
+      OWNER, KEY, static_cast<const TYPE& (PART::*)() const noexcept>(&PART::NAME), \
+      static_cast<TYPE& (PART::*)() noexcept>(&PART::NAME), PART_OF)
 
 /// "key=value;..." of every field, in the table's order.
 template <typename Options>
