@@ -1,6 +1,7 @@
 """Helpers shared by the Python tests: building matching pairs of x-transformers and x_transformers_cpp modules."""
 import contextlib
 
+import pytest
 import torch
 from x_transformers import Decoder as XDecoder
 from x_transformers import Encoder as XEncoder
@@ -60,3 +61,21 @@ def without_backend(backend):
     if backend is None:
         return contextlib.nullcontext()
     return attention_backend([b for b in enabled_backends() if b != backend])
+
+
+def raises_clearly(fn, *needles, types=(RuntimeError, ValueError)):
+    """Calls fn, which must raise one of types; every needle (plain text) must appear in the message, which must be
+    one readable line (no C++ backtrace). Returns the message."""
+    with pytest.raises(types) as info:
+        fn()
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in message {message!r}"
+    assert "Exception raised from" not in message and "frame #" not in message, f"C++ backtrace in {message!r}"
+    assert len(message.splitlines()) <= 2, f"multi-line message {message!r}"
+    return message
+
+
+def shape_text(shape):
+    """A shape as the error messages print it."""
+    return str(list(shape))
