@@ -14,7 +14,6 @@ exceed the memory budget). SDPA gets the masks it can take: a (b, 1, 1, m) bool 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import x_transformers_cpp  # noqa: F401  (registers torch.ops.xtc.*)
-from x_transformers_cpp.backends import attention_backend
+from x_transformers_cpp.backends import add_backend_arguments, backend_setting
 
 CASES = ["none", "padding", "causal+padding", "alibi", "window256"]
 SDPA_BACKENDS = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -132,12 +131,9 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", help="override the sequence lengths of the grid")
     parser.add_argument("--cases", nargs="+", choices=CASES, help="override the mask cases")
     parser.add_argument("--ours-only", action="store_true", help="skip the SDPA peers (A/B runs of our kernels)")
-    parser.add_argument("--backends", help="x_transformers_cpp.backends families that may run, comma-separated "
-                        "(default: the library's own setting)")
-    parser.add_argument("--backend-priority", action="store_true", help="the order of --backends ranks every choice")
+    add_backend_arguments(parser)
     args = parser.parse_args()
-    setting = attention_backend(args.backends, args.backend_priority) if args.backends else contextlib.nullcontext()
-    with setting:
+    with backend_setting(args):
         run(args)
 
 

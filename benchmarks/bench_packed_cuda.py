@@ -8,14 +8,13 @@ packed layers on CUDA attend in the padded frame).
         cuda_hopper_forward,cuda_hopper_backward,cuda_mma_sync,cuda_simple,varlen,cuda_varlen,math --out results/packed_cuda.json
 """
 import argparse
-import contextlib
 import json
 import os
 import statistics
 
 import torch
 
-from x_transformers_cpp.backends import attention_backend, enabled_backends
+from x_transformers_cpp.backends import add_backend_arguments, backend_setting, enabled_backends
 
 
 def cuda_median_ms(fns, repeats):
@@ -78,12 +77,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "packed_cuda.json"))
-    parser.add_argument("--backends", help="x_transformers_cpp.backends families that may run, comma-separated "
-                        "(default: the library's own setting)")
-    parser.add_argument("--backend-priority", action="store_true", help="the order of --backends ranks every choice")
+    add_backend_arguments(parser)
     args = parser.parse_args()
-    setting = attention_backend(args.backends, args.backend_priority) if args.backends else contextlib.nullcontext()
-    with setting:
+    with backend_setting(args):
         run(args)
 
 

@@ -105,3 +105,18 @@ def record_choices() -> Iterator[List[BackendChoice]]:
 
 __all__ = ["Backend", "BackendChoice", "attention_backend", "backend_priority", "enabled_backends",
            "record_choices"]
+
+
+def add_backend_arguments(parser) -> None:
+    """--backends and --backend-priority for a script's argparse parser (the benchmarks' A/B runs);
+    backend_setting(args) applies what was parsed."""
+    parser.add_argument("--backends", help="x_transformers_cpp.backends families that may run, comma-separated "
+                        "(default: the library's own setting)")
+    parser.add_argument("--backend-priority", action="store_true", help="the order of --backends ranks every choice")
+
+
+def backend_setting(args):
+    """The attention_backend setting parsed --backends asks for (add_backend_arguments), or a no-op without it."""
+    if not args.backends:
+        return contextlib.nullcontext()
+    return attention_backend(args.backends, args.backend_priority)
