@@ -45,31 +45,12 @@ at::Tensor attention_layers(const at::Tensor& x, const nn::functional::Attention
 #undef XTC_STACK_ARGUMENT_OF
 }
 
-at::Tensor attention_layers(const at::Tensor& x, const std::optional<at::Tensor>& mask,
-                            const std::optional<at::Tensor>& context,
-                            const std::optional<at::Tensor>& context_mask,
-                            const std::optional<at::Tensor>& attn_mask,
-                            const std::optional<at::Tensor>& self_attn_kv_mask,
-                            const std::optional<at::Tensor>& seq_start_pos,
-                            const std::optional<at::Tensor>& attn_bias, at::TensorList params,
-                            const std::string& options, bool training) {
-  nn::functional::AttentionLayersInputs inputs;
-  inputs.mask = mask;
-  inputs.context = context;
-  inputs.context_mask = context_mask;
-  inputs.attn_mask = attn_mask;
-  inputs.self_attn_kv_mask = self_attn_kv_mask;
-  inputs.seq_start_pos = seq_start_pos;
-  inputs.attn_bias = attn_bias;
-  return attention_layers(x, inputs, params, options, training);
-}
-
 }  // namespace xtc::ops
 
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
-  // The stack's inputs are XTC_STACK_INPUTS (ops/stack_inputs.h), x-transformers' AttentionLayers.forward
-  // arguments; flash_pack_seq* carry flash_pack_seq_kwargs ([cu_seqlens_q, cu_seqlens_k], [max_seqlen_q,
-  // max_seqlen_k]) and its context counterpart, empty when not given.
+  // The stack's inputs are XTC_STACK_INPUTS (<xtc/nn/functional/stack_inputs.h>), x-transformers'
+  // AttentionLayers.forward arguments; flash_pack_seq* carry flash_pack_seq_kwargs ([cu_seqlens_q,
+  // cu_seqlens_k], [max_seqlen_q, max_seqlen_k]) and its context counterpart, empty when not given.
   m.def("attention_layers(Tensor x, " XTC_STACK_INPUTS_SCHEMA
         "Tensor[] params, str options, bool training=False) -> Tensor");
   // The same stack, also returning x-transformers' hiddens (stream entering each self-attention layer),

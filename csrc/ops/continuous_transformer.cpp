@@ -44,7 +44,8 @@ detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
 }  // namespace xtc::ops
 
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
-  // The stack's inputs (XTC_STACK_INPUTS, ops/stack_inputs.h) follow x, then the wrapper's own lens.
+  // The stack's inputs (XTC_STACK_INPUTS, <xtc/nn/functional/stack_inputs.h>) follow x, then the wrapper's
+  // own lens.
   m.def("continuous_transformer(Tensor x, " XTC_STACK_INPUTS_SCHEMA
         "Tensor? lens, Tensor[] params, str options, str layer_options, bool training=False, "
         "bool return_embeddings=False) -> Tensor");

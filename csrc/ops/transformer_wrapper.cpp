@@ -66,10 +66,10 @@ at::Tensor transformer_wrapper_attn_pool_kernel(const at::Tensor& embeddings,
 }  // namespace xtc::ops
 
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
-  // The stack's inputs (XTC_STACK_INPUTS, ops/stack_inputs.h) follow the tokens, as x-transformers' wrapper
-  // passes its other forward arguments on to the stack. Then the wrapper's own embeddings beside the tokens'
-  // (sum_embeds, prepend_embeds and its mask), and the tokens' own from a token_emb module
-  // (external_token_emb).
+  // The stack's inputs (XTC_STACK_INPUTS, <xtc/nn/functional/stack_inputs.h>) follow the tokens, as
+  // x-transformers' wrapper passes its other forward arguments on to the stack. Then the wrapper's own
+  // embeddings beside the tokens' (sum_embeds, prepend_embeds and its mask), and the tokens' own from a
+  // token_emb module (external_token_emb).
   m.def("transformer_wrapper(Tensor tokens, " XTC_STACK_INPUTS_SCHEMA
         "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor? token_embeds, Tensor[] "
         "params, "

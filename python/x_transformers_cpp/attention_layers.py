@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import reduce
 
 import inspect
+import textwrap
 
 import torch
 from torch import nn
@@ -210,7 +211,7 @@ def layer_intermediates(types, out, hiddens, layer_hiddens, kv, maps, cache_leng
 
 
 def _stack_input_schema():
-    """The layer stack's forward inputs as the ops take them (XTC_STACK_INPUTS in csrc/ops/stack_inputs.h, the one
+    """The layer stack's forward inputs as the ops take them (XTC_STACK_INPUTS, the one
     list), read off the op's schema: (name, default) pairs between x and params."""
     arguments = torch.ops.xtc.attention_layers.default._schema.arguments
     names = [a.name for a in arguments]
@@ -221,7 +222,7 @@ def _stack_input_schema():
 _STACK_INPUTS = _stack_input_schema()
 
 # x-transformers' names of the stack's forward inputs (AttentionLayers.forward, and what its wrappers pass on): the
-# ops' (csrc/ops/stack_inputs.h, read off the schema), except the packed-sequence lists, which x-transformers passes
+# ops' (XTC_STACK_INPUTS, read off the schema), except the packed-sequence lists, which x-transformers passes
 # as flash_pack_seq_kwargs dicts, and with detach_additional_kv; `mask` is a parameter of every forward.
 STACK_KWARGS = tuple(name for name, _ in _STACK_INPUTS if name != "mask" and not name.startswith("flash_pack_seq"))
 STACK_KWARGS += ("flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "detach_additional_kv")
@@ -235,8 +236,8 @@ _PYTHON_FORMS = {
     "mem_masks": ("mem_masks", "a list (None entries keep every key): "),
     "flash_pack_seq": ("flash_pack_seq_kwargs", "dict(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k): "),
     "flash_pack_seq_context": ("flash_pack_seq_context_kwargs", "the same dict for cross-attention: "),
-    "self_attn_additional_kv": ("self_attn_additional_kv", "(k, v) pairs, or another stack's LayerIntermediates "
-                                "(its cached_kv), detached with detach_additional_kv=True: "),
+    "self_attn_additional_kv": ("self_attn_additional_kv", "a list of (k, v), or another stack's "
+                                "LayerIntermediates (its cached_kv), detached with detach_additional_kv=True: "),
 }
 
 
@@ -263,7 +264,8 @@ def with_stack_inputs(forward):
              for name in STACK_KWARGS if name not in taken]
     var = [p for p in signature.parameters.values() if p.kind == p.VAR_KEYWORD]
     forward.__signature__ = signature.replace(parameters=kept + added + var)
-    lines = "\n".join(f"        {name}: {doc}" for name, doc in stack_input_docs())
+    lines = "\n".join(textwrap.fill(f"{name}: {doc}", 116, initial_indent=" " * 8, subsequent_indent=" " * 12)
+                      for name, doc in stack_input_docs())
     forward.__doc__ = (forward.__doc__ or "") + f"\n        Stack inputs (x-transformers' names):\n{lines}\n"
     return forward
 

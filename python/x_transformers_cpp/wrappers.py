@@ -12,7 +12,7 @@ from torch import nn
 from . import _C
 from .attention_layers import (ORDER_KWARGS, STACK_KWARGS, AttentionLayers, _build_tree, _option_value,
                                check_forward_defaults, differing_options, fill_from_layout, flat_cache, initializes_on_construction,
-                               layer_intermediates, stack_arguments, unshard_fsdp_groups)
+                               layer_intermediates, stack_arguments, unshard_fsdp_groups, with_stack_inputs)
 
 
 def _attention_maps(intermediates):
@@ -194,6 +194,7 @@ class TransformerWrapper(_Wrapper):
         transform_token_embeds=None, transform_block_inputs=None, return_attn_z_loss=False, attn_z_loss_weight=1e-4,
         token_emb_kwargs={}, to_logits_kwargs={})
 
+    @with_stack_inputs
     def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None,
                 looped_pred_all_logits=None, return_logits_and_embeddings=False,
                 return_embeddings_and_intermediates=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,
@@ -218,9 +219,8 @@ class TransformerWrapper(_Wrapper):
         return_mems also returns the new memories, each layer's hiddens behind its old memory, the last max_mem_len
         positions, detached unless detach_mems=False (in LayerIntermediates.mems with return_intermediates).
 
-        As x-transformers, the stack's forward arguments pass on to it: context and context_mask (cross-attention),
-        attn_mask, self_attn_kv_mask, attn_bias, mems / mem_masks, and pos and seq_start_pos (left padding), which
-        also set the absolute positions (seq_start_pos shifts each row's to start at 0 there).
+        As x-transformers, the stack inputs (below) pass on to the stack; pos and seq_start_pos (left padding) also
+        set the absolute positions (seq_start_pos shifts each row's to start at 0 there).
 
         x-transformers' other forward arguments are accepted at their defaults (so its AutoregressiveWrapper runs
         over this class) and refused by name otherwise.
@@ -303,6 +303,7 @@ class ContinuousTransformerWrapper(_Wrapper):
     # x-transformers' other forward arguments, at the values that make them do nothing.
     _FORWARD_DEFAULTS = dict(return_mems=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None)
 
+    @with_stack_inputs
     def forward(self, x, return_embeddings=False, mask=None, lens=None, return_intermediates=False, cache=None,
                 return_attn=False, input_not_include_cache=False, **kwargs):
         """x (batch, seq, dim_in) float; mask (batch, seq) bool (True = keep) or lens (batch,) int.
@@ -312,8 +313,8 @@ class ContinuousTransformerWrapper(_Wrapper):
         `cache` (the previous intermediates) and every position so far in x, only the last position runs, as
         x-transformers; with input_not_include_cache, x holds only the new positions.
 
-        As x-transformers, pos and seq_start_pos set the absolute positions only, and the stack's other forward
-        arguments (context, context_mask, attn_mask, mems, ...) pass on to it.
+        As x-transformers, pos and seq_start_pos set the absolute positions only, and the other stack inputs (below)
+        pass on to the stack.
         """
         stack, order = _stack_kwargs(kwargs)
         check_forward_defaults("ContinuousTransformerWrapper", kwargs, self._FORWARD_DEFAULTS)

@@ -88,9 +88,10 @@ TEST(AttentionLayers, ModuleAndOpAgree) {
   const auto x = torch::randn({2, 11, 48});
   const auto mask = torch::rand({2, 11}) > 0.2;
   const auto via_module = decoder->forward(x, mask);
-  const auto via_op = xtc::ops::attention_layers(x, mask, std::nullopt, std::nullopt, std::nullopt,
-                                                 std::nullopt, std::nullopt, std::nullopt, decoder->tensors(),
-                                                 decoder->options.serialize(), /*training=*/false);
+  xtc::nn::functional::AttentionLayersInputs inputs;
+  inputs.mask = mask;
+  const auto via_op = xtc::ops::attention_layers(x, inputs, decoder->tensors(), decoder->options.serialize(),
+                                                 /*training=*/false);
   EXPECT_TRUE(torch::equal(via_module, via_op));
   EXPECT_EQ(via_module.sizes(), x.sizes());
 }

@@ -73,10 +73,9 @@
     "(m,) or (b, m) int: with rotary, cross-attention rotates its queries by the tokens' positions and its " \
     "keys by these")                                                                                         \
   X(self_attn_additional_kv, "Tensor[]", at::TensorList, self_attn_additional_kv, List, {},                  \
-    "(k, v) pairs flattened [k0, v0, ...], k (b, kv_heads', len, dim_head), v (b, kv_heads', len, "          \
-    "value_dim_head), kv_heads' dividing heads: joined in front of the keys of the last executed "           \
-    "self-attention layers (the first "                                                                      \
-    "without route_additional_kv_to_top)")                                                                   \
+    "one (k, v) per layer (the ops take them flattened, [k0, v0, k1, v1, ...]), k (b, kv_heads', len, "      \
+    "dim_head), v (b, kv_heads', len, value_dim_head), kv_heads' dividing heads: joined in front of the "    \
+    "keys of the last executed self-attention layers (the first without route_additional_kv_to_top)")        \
   X(additional_kv_mask, "Tensor?", const std::optional<at::Tensor>&, additional_kv_mask, Copy, {},           \
     "(b, len) bool over the additional keys of every pair")                                                  \
   X(route_additional_kv_to_top, "bool", bool, route_additional_kv_to_top, Copy, true,                        \
