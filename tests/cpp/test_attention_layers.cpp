@@ -426,6 +426,36 @@ TEST(ContinuousTransformerWrapper, ProjectsPoolsAndNamesLikeXTransformers) {
 
 namespace {
 
+// The feed-forward's activation variants from C++: SoLU inside a GLU (its norm registered before the
+// projection, as x-transformers), and the situ-GLU clamps, each against the formula in float64.
+TEST(FeedForward, SoluAndSoftClampedGluFromCpp) {
+  torch::manual_seed(5);
+  const auto x = torch::randn({2, 5, 16}, torch::kFloat64);
+  xtc::nn::FeedForward solu(16, xtc::nn::FeedForwardOptions().glu(true).solu(true).mult(2));
+  solu->to(torch::kFloat64);
+  const auto names = solu->named_parameters().keys();
+  ASSERT_EQ(names.front(), "ff.0.act.norm.gamma");
+  EXPECT_EQ(names[1], "ff.0.proj.weight");
+  torch::NoGradGuard no_grad;
+  solu->glu->act->norm->named_parameters()["gamma"].uniform_(0.5, 1.5);
+  auto halves = torch::nn::functional::linear(x, solu->glu->proj->weight, solu->glu->proj->bias).chunk(2, -1);
+  const auto activated = torch::softmax(halves[1], -1) * halves[1];
+  const auto normed = torch::layer_norm(activated, {32}) * solu->glu->act->norm->named_parameters()["gamma"];
+  const auto want =
+      torch::nn::functional::linear(halves[0] * normed, solu->proj_out->weight, solu->proj_out->bias);
+  EXPECT_TRUE(torch::allclose(solu->forward(x), want, 0, 1e-12));
+
+  xtc::nn::FeedForward situ(
+      16, xtc::nn::FeedForwardOptions().glu(true).glu_softclamp(true).glu_up_softclamp_value(0.5).mult(2));
+  situ->to(torch::kFloat64);
+  halves = torch::nn::functional::linear(x, situ->glu->proj->weight, situ->glu->proj->bias).chunk(2, -1);
+  const auto up = torch::tanh(halves[0] / 0.5) * 0.5;
+  const auto gate = torch::tanh(halves[1] / 4.0) * 4.0 * torch::special::ndtr(halves[1]);
+  EXPECT_TRUE(torch::allclose(
+      situ->forward(x),
+      torch::nn::functional::linear(up * gate, situ->proj_out->weight, situ->proj_out->bias), 0, 1e-12));
+}
+
 TEST(TransformerWrapper, LogitsFromTokensWithXTransformersNames) {
   torch::manual_seed(4);
   xtc::nn::TransformerWrapper lm(xtc::nn::TransformerWrapperOptions(50, 16).emb_dim(24).num_memory_tokens(2),

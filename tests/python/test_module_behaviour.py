@@ -78,8 +78,8 @@ def test_float64_matches_x_transformers(kind, convert):
 
 
 @pytest.mark.parametrize(
-    "option", [dict(ff_dropout=0.5), dict(attn_dropout=0.5), dict(layer_dropout=0.5)],
-    ids=["ff_dropout", "attn_dropout", "layer_dropout"])
+    "option", [dict(ff_dropout=0.5), dict(ff_sublayer_dropout=0.5), dict(attn_dropout=0.5), dict(layer_dropout=0.5)],
+    ids=["ff_dropout", "ff_sublayer_dropout", "attn_dropout", "layer_dropout"])
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
 def test_train_eval_dropout(kind, option):
     torch.manual_seed(2)

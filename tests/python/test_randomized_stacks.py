@@ -52,8 +52,16 @@ OPTION_VALUES = {
     "ff_relu_squared": [False, True],
     "ff_post_act_ln": [False, True],
     "ff_no_bias": [False, True],
+    "ff_variant": [None, "solu", "softclamp", "glu_softclamp"],  # the activation variants (their rules below)
 }
 FLAGS = {"norm", "position"}  # their value is the name of a boolean keyword argument
+# A feed-forward activation variant overrides what it excludes (SoLU and relu^2; a clamped non-GLU projection and
+# GLU; the situ-GLU clamp needs GLU with GELU or swish); drawn after the ff_* flags.
+FF_VARIANTS = {
+    "solu": dict(ff_solu=True, ff_relu_squared=False),
+    "softclamp": dict(ff_softclamp_value=0.6, ff_glu=False),
+    "glu_softclamp": dict(ff_glu=True, ff_glu_softclamp=True, ff_relu_squared=False, ff_glu_gate_softclamp_value=0.7),
+}
 
 
 @st.composite
@@ -70,6 +78,8 @@ def stack_cases(draw):
         if name in FLAGS:
             if value is not None:
                 kwargs[value] = True
+        elif name == "ff_variant":
+            kwargs.update(FF_VARIANTS.get(value, {}))
         elif name == "attn_talking_heads":
             if value:
                 kwargs["attn_pre_talking_heads"] = kwargs["attn_post_talking_heads"] = True

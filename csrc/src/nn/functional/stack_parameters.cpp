@@ -57,9 +57,13 @@ FeedForwardWeights feed_forward_weights(const StackParameters& p, const std::str
     w.proj_in_weight = p.get(prefix + "ff.0.proj.weight");
     w.proj_in_bias = p.get(prefix + "ff.0.proj.bias");
     w.glu_mult_bias = p.get(prefix + "ff.0.mult_bias");
+    w.solu_gamma = p.get(prefix + "ff.0.act.norm.gamma");
   } else {
     w.proj_in_weight = p.get(prefix + "ff.0.0.weight");
     w.proj_in_bias = p.get(prefix + "ff.0.0.bias");
+    // [Linear, softclamp, activation] with softclamp_value, else [Linear, activation].
+    w.solu_gamma =
+        p.get(prefix + (f.softclamp_value().has_value() ? "ff.0.2.norm.gamma" : "ff.0.1.norm.gamma"));
   }
   w.post_act_gamma = p.get(prefix + "ff.1.gamma");
   const std::string out = prefix + (f.post_act_ln() ? "ff.3." : "ff.2.");

@@ -347,7 +347,32 @@ void validate_positions(const AttentionLayersOptions& o) {
 }
 
 // Attention and feed-forward options, the stack's and each layer's under a schedule.
+// The feed-forward's activation variants (each layer's, with a schedule), as x-transformers asserts them; and
+// softclamp_value beside glu, which x-transformers would ignore, refused rather than dropped.
+void validate_feed_forward(const FeedForwardOptions& f) {
+  TORCH_CHECK_VALUE(!(f.solu() && f.relu_squared()),
+                    "AttentionLayers: ff_solu and ff_relu_squared exclude each "
+                    "other, got both");
+  TORCH_CHECK_VALUE(f.sublayer_dropout() >= 0 && f.sublayer_dropout() < 1,
+                    "AttentionLayers: expected ff_sublayer_dropout in [0, 1), got ", f.sublayer_dropout());
+  TORCH_CHECK_VALUE(f.softclamp_value().value_or(1) > 0,
+                    "AttentionLayers: expected ff_softclamp_value > 0, got ",
+                    f.softclamp_value().value_or(0));
+  TORCH_CHECK_VALUE(!(f.glu() && f.softclamp_value().has_value()),
+                    "AttentionLayers: ff_softclamp_value clamps the non-GLU projection; with ff_glu, use "
+                    "ff_glu_softclamp (x-transformers would ignore it)");
+  if (!f.glu_softclamp()) return;
+  TORCH_CHECK_VALUE(f.glu() && !f.relu_squared() && !f.solu(),
+                    "AttentionLayers: ff_glu_softclamp needs ff_glu with the GELU or swish activation");
+  TORCH_CHECK_VALUE(
+      f.glu_gate_softclamp_value() > 0 && f.glu_up_softclamp_value() > 0,
+      "AttentionLayers: expected ff_glu_gate_softclamp_value and ff_glu_up_softclamp_value > 0, got ",
+      f.glu_gate_softclamp_value(), " and ", f.glu_up_softclamp_value());
+}
+
 void validate_blocks(const AttentionLayersOptions& o) {
+  validate_feed_forward(o.ff());
+  for (const auto& f : o.ff_per_layer()) validate_feed_forward(f);
   validate_attention("attn_", o.attn(), o);
   if (o.cross_attend()) validate_attention("cross_attn_", o.cross_attn(), o);
   {
@@ -538,9 +563,15 @@ const std::vector<Field>& fields() {
     XTC_FF(glu_mult_bias, bool);
     XTC_FF(swish, bool);
     XTC_FF(relu_squared, bool);
+    XTC_FF(solu, bool);
+    XTC_FF(softclamp_value, std::optional<double>);
+    XTC_FF(glu_softclamp, bool);
+    XTC_FF(glu_gate_softclamp_value, double);
+    XTC_FF(glu_up_softclamp_value, double);
     XTC_FF(post_act_ln, bool);
     XTC_FF(no_bias, bool);
     XTC_FF(dropout, double);
+    XTC_FF(sublayer_dropout, double);
     XTC_FF(zero_init_output, bool);
 #undef XTC_FF
     return f;

@@ -3,6 +3,8 @@
 
 #include <torch/arg.h>
 
+#include <optional>
+
 namespace xtc::nn {
 
 /// Position-wise MLP, as x-transformers' `FeedForward`: GELU (Hendrycks & Gimpel 2016, arXiv 1606.08415)
@@ -18,12 +20,25 @@ struct FeedForwardOptions {
   TORCH_ARG(bool, swish) = false;
   /// relu(x)^2 (So et al. 2021, Primer, arXiv 2109.08668).
   TORCH_ARG(bool, relu_squared) = false;
+  /// SoLU: LayerNorm(softmax(x) * x) (Elhage et al. 2022, Anthropic's softmax linear units); its LayerNorm
+  /// learns a gain (`norm.gamma`). Not with relu_squared.
+  TORCH_ARG(bool, solu) = false;
+  /// Soft-clamps the (non-GLU) input projection before the activation: value * tanh(x / value).
+  TORCH_ARG(std::optional<double>, softclamp_value) = std::nullopt;
+  /// GLU with a soft-clamped linear factor (situ-GLU): up := softclamp(up, glu_up_softclamp_value) and the
+  /// gate's activation act(g) = g * phi(g) becomes softclamp(g, glu_gate_softclamp_value) * phi(g), phi the
+  /// normal CDF (GELU) or the sigmoid (swish); needs glu and one of those two activations.
+  TORCH_ARG(bool, glu_softclamp) = false;
+  TORCH_ARG(double, glu_gate_softclamp_value) = 4.0;
+  TORCH_ARG(double, glu_up_softclamp_value) = 25.0;
   /// LayerNorm after the activation (NormFormer, arXiv 2110.09456).
   TORCH_ARG(bool, post_act_ln) = false;
   /// No biases on the input (non-GLU) and output projections.
   TORCH_ARG(bool, no_bias) = false;
   /// Dropout after the activation (training only).
   TORCH_ARG(double, dropout) = 0.0;
+  /// Dropout on the block's output, after the output projection (training only).
+  TORCH_ARG(double, sublayer_dropout) = 0.0;
   /// Output projection initialised to zero (set by AttentionLayers' zero_init_branch_output).
   TORCH_ARG(bool, zero_init_output) = false;
 };
