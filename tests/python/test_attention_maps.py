@@ -15,6 +15,8 @@ MAP_OPTIONS = [
     ("encoder", dict(attn_pre_talking_heads=True, attn_softclamp_logits=True, attn_logit_softclamp_value=3.0)),
     ("decoder", dict(cross_attend=True)), ("decoder", dict(attn_add_zero_kv=True, attn_num_mem_kv=1)),
     ("encoder", dict(attn_head_learned_sink=True)),
+    ("decoder", dict(attn_sigmoid=True)), ("encoder", dict(attn_hard=True)),
+    ("encoder", dict(attn_cog_signed=True, attn_head_learned_sink=True)),
 ]
 
 

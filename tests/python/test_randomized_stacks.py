@@ -47,6 +47,8 @@ OPTION_VALUES = {
     "attn_softclamp_logits": [False, True],
     "attn_max_attend_past": [None, 2, 5],
     "attn_talking_heads": [False, True],
+    # (attn_hard is left out: its argmax would split on near-ties that float error can reorder)
+    "attn_weighting": [None, "attn_sigmoid", "attn_cog_signed"],
     "ff_glu": [False, True],
     "ff_swish": [False, True],
     "ff_relu_squared": [False, True],
@@ -54,7 +56,7 @@ OPTION_VALUES = {
     "ff_no_bias": [False, True],
     "ff_variant": [None, "solu", "softclamp", "glu_softclamp"],  # the activation variants (their rules below)
 }
-FLAGS = {"norm", "position"}  # their value is the name of a boolean keyword argument
+FLAGS = {"norm", "position", "attn_weighting"}  # their value is the name of a boolean keyword argument
 # A feed-forward activation variant overrides what it excludes (SoLU and relu^2; a clamped non-GLU projection and
 # GLU; the situ-GLU clamp needs GLU with GELU or swish); drawn after the ff_* flags.
 FF_VARIANTS = {

@@ -18,6 +18,7 @@
 #include <ATen/ops/topk.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <xtc/backends.h>
 #include <xtc/nn/functional/attention.h>
@@ -190,6 +191,11 @@ std::vector<std::string> flash_reasons(const AttentionConfig& c, bool training, 
   if (o.pre_talking_heads() || o.post_talking_heads() || o.pre_scale_post_talking_heads())
     reasons.emplace_back("talking heads mix the scores of every head");
   if (o.sparse_topk().has_value()) reasons.emplace_back("top-k sparsity needs each row's scores at once");
+  if (o.sigmoid())
+    reasons.emplace_back("sigmoid attention is not implemented in the kernels, which normalise each row");
+  if (o.hard())
+    reasons.emplace_back("hard attention takes each row's top score, with the softmax's gradients");
+  if (o.cog_signed()) reasons.emplace_back("cog attention puts the scores' signs back on the weights");
   if (o.head_learned_sink())
     reasons.emplace_back("a learned sink is a per-head logit column beside the keys");
   if (c.residual_scores) reasons.emplace_back("residual attention hands the scores on to the next layer");
@@ -452,7 +458,10 @@ at::Tensor math_attention(const LayerCall& l, const QKV& t, const std::optional<
                                    w.pre_scale_post_talking_heads,
                                    o.sparse_topk(),
                                    o.sparse_topk_straight_through(),
-                                   w.head_attn_sink};
+                                   w.head_attn_sink,
+                                   o.sigmoid(),
+                                   o.hard(),
+                                   o.cog_signed()};
   return materialized_attention(t.q, t.k, t.v, r.scale, keep, bias, c.causal && n > 1, r.softcap, o.dropout(),
                                 l.training, transforms, c.residual_scores ? l.scores : nullptr, l.maps);
 }
@@ -542,6 +551,34 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   return output(l, out, mask);
 }
 
+namespace {
+
+// The weights of the scores (b, h, n, m): x-transformers' attn_fn. `lowest` marks the masked scores.
+at::Tensor attention_weights(const at::Tensor& sim, const ScoreTransforms& t, double lowest) {
+  if (t.sigmoid) return at::sigmoid(sim);  // masked scores (lowest) weigh 0
+  if (t.hard) {
+    // A one-hot of each row's top score, with the softmax's gradients (straight-through).
+    const auto soft = sim.softmax(-1);
+    const auto one_hot = at::zeros_like(sim).scatter_(-1, sim.argmax(-1, /*keepdim=*/true), 1.0);
+    return one_hot + soft - soft.detach();
+  }
+  if (t.sparse_topk.has_value()) {
+    // x-transformers' sparse_topk_attn: logits below the row's k-th largest (or masked) are dropped.
+    const auto kth =
+        std::get<0>(sim.topk_symint(sim.sym_size(-1).min(*t.sparse_topk), -1)).select(-1, -1).unsqueeze(-1);
+    const auto kept = sim.ge(kth).logical_and(sim.gt(lowest));
+    auto attn = sim.masked_fill(kept.logical_not(), lowest).softmax(-1);
+    if (!t.sparse_topk_straight_through) return attn;
+    const auto soft = sim.softmax(-1);
+    return attn.detach() + soft - soft.detach();
+  }
+  // Softmax in float32 as x-transformers, but float64 inputs keep their precision.
+  return at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)
+      .to(sim.scalar_type());
+}
+
+}  // namespace
+
 at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                   const at::Tensor& keep, const at::Tensor& bias, bool causal, double softcap,
                                   double dropout, bool training, const ScoreTransforms& t, at::Tensor* scores,
@@ -566,6 +603,11 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
   if (t.pre_talking_heads.defined()) sim = sim + mix_heads(t.pre_talking_heads, sim);
   if (bias.defined()) sim = sim + bias;
   if (softcap > 0) sim = at::tanh(sim / softcap) * softcap;
+  at::Tensor sign;  // cog attention: the softmax sees the magnitudes, the weights take the signs back
+  if (t.cog_signed) {
+    sign = sim.sign();
+    sim = sim.abs();
+  }
   double lowest = 0;
   // The mask value of the scores' own dtype (x-transformers' max_neg_value): under autocast they are bf16 /
   // fp16.
@@ -584,25 +626,13 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     // x-transformers' head_learned_sink: the sink logit in front of each row (the maps keep that column).
     auto sizes = sim.sym_sizes().vec();
     sizes.back() = 1;
-    sim = at::cat({t.sink.to(sim.scalar_type()).view({1, heads, 1, 1}).expand_symint(sizes), sim}, -1);
+    const auto sink = t.sink.to(sim.scalar_type()).view({1, heads, 1, 1}).expand_symint(sizes);
+    sim = at::cat({t.cog_signed ? sink.abs() : sink, sim}, -1);
+    if (t.cog_signed) sign = at::cat({sink.sign(), sign}, -1);
   }
   if (maps != nullptr) maps->pre_softmax_attn = sim;
-  at::Tensor attn;
-  if (t.sparse_topk.has_value()) {
-    // x-transformers' sparse_topk_attn: logits below the row's k-th largest (or masked) are dropped.
-    const auto kth =
-        std::get<0>(sim.topk_symint(sim.sym_size(-1).min(*t.sparse_topk), -1)).select(-1, -1).unsqueeze(-1);
-    const auto kept = sim.ge(kth).logical_and(sim.gt(lowest));
-    attn = sim.masked_fill(kept.logical_not(), lowest).softmax(-1);
-    if (t.sparse_topk_straight_through) {
-      const auto soft = sim.softmax(-1);
-      attn = attn.detach() + soft - soft.detach();
-    }
-  } else {
-    // Softmax in float32 as x-transformers, but float64 inputs keep their precision.
-    attn = at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)
-               .to(sim.scalar_type());
-  }
+  at::Tensor attn = attention_weights(sim, t, lowest);
+  if (t.cog_signed) attn = attn * sign;
   if (maps != nullptr) maps->post_softmax_attn = attn;
   if (t.sink.defined()) attn = attn.narrow_symint(-1, 1, m);  // the sink has no value
   if (training && dropout > 0) attn = at::dropout(attn, dropout, training);

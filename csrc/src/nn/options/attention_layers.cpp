@@ -163,7 +163,23 @@ ResidualKind AttentionLayersOptions::residual_kind() const {
 
 namespace {
 
+// How the scores become weights, as x-transformers' Attend asserts it: one of softmax (with or without
+// top-k), sigmoid and hard; none of the three variants in its flash path; none for linear attention, which
+// has no scores.
+void validate_attention_weighting(const char* prefix, const AttentionOptions& a) {
+  const int variants = int(a.sigmoid()) + int(a.hard()) + int(a.sparse_topk().has_value());
+  TORCH_CHECK_VALUE(variants <= 1, "AttentionLayers: ", prefix, "sigmoid, ", prefix, "hard and ", prefix,
+                    "sparse_topk exclude each other; set at most one");
+  const bool any = a.sigmoid() || a.hard() || a.cog_signed();
+  TORCH_CHECK_VALUE(!(any && a.flash()), "AttentionLayers: ", prefix, "sigmoid, ", prefix, "hard and ",
+                    prefix, "cog_signed are not available with ", prefix, "flash (as x-transformers)");
+  TORCH_CHECK_VALUE(!(any && a.linear()), "AttentionLayers: ", prefix,
+                    "linear has no score matrix, so it clashes with ", prefix, "sigmoid, ", prefix,
+                    "hard and ", prefix, "cog_signed");
+}
+
 void validate_attention(const char* prefix, const AttentionOptions& a, const AttentionLayersOptions& o) {
+  validate_attention_weighting(prefix, a);
   TORCH_CHECK_VALUE(a.dim_head() > 0, "AttentionLayers: expected ", prefix, "dim_head > 0, got ",
                     a.dim_head());
   TORCH_CHECK_VALUE(!(a.one_kv_head() && a.kv_heads().has_value()), "AttentionLayers: ", prefix,
@@ -467,6 +483,9 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(pre_scale_post_talking_heads, bool);
   XTC_ATTN(sparse_topk, std::optional<int64_t>);
   XTC_ATTN(sparse_topk_straight_through, bool);
+  XTC_ATTN(sigmoid, bool);
+  XTC_ATTN(hard, bool);
+  XTC_ATTN(cog_signed, bool);
   XTC_ATTN(on_attn, bool);
   XTC_ATTN(qk_norm, bool);
   XTC_ATTN(qk_norm_groups, int64_t);

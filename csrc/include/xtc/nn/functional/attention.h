@@ -92,6 +92,7 @@ struct ScoreTransforms {
   std::optional<int64_t> sparse_topk;
   bool sparse_topk_straight_through = false;
   at::Tensor sink;  // (h): a logit column joined before the softmax and dropped after it; undefined = none
+  bool sigmoid = false, hard = false, cog_signed = false;  // AttentionOptions' weighting variants
 };
 
 /// What the attention block needs besides its weights.

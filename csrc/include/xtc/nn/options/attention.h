@@ -81,6 +81,15 @@ struct AttentionOptions {
   TORCH_ARG(std::optional<int64_t>, sparse_topk) = std::nullopt;
   /// With sparse_topk: gradients of the dense softmax (straight-through, arXiv 2505.22074).
   TORCH_ARG(bool, sparse_topk_straight_through) = false;
+  /// Sigmoid instead of softmax: each score weighs its value on its own (Ramapuram et al. 2024, arXiv
+  /// 2409.04431). On the materialising path.
+  TORCH_ARG(bool, sigmoid) = false;
+  /// Hard attention: each query takes its top-scoring key's value, with the softmax's gradients
+  /// (straight-through one-hot). On the materialising path.
+  TORCH_ARG(bool, hard) = false;
+  /// Cog attention: the softmax weighs the scores' magnitudes and the weights take their signs back, so a
+  /// query can subtract a value (Lv et al. 2024, openreview ezRrwwbxd0). On the materialising path.
+  TORCH_ARG(bool, cog_signed) = false;
   /// Attention on attention: a GLU output projection (Huang et al. 2019, arXiv 1908.06954).
   TORCH_ARG(bool, on_attn) = false;
   /// Output projection initialised to zero (set by AttentionLayers' zero_init_branch_output).
