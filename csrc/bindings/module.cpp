@@ -152,9 +152,8 @@ PYBIND11_MODULE(_C, m) {
       "layout and the executed attention kinds.")
       .def(py::init([](const std::string& text) {
              return with_torch_errors([&] {
-               xtc::nn::MetaConstruction meta;  // the layout is the module tree's; nothing is allocated
                return std::make_shared<Plan>(
-                   *xtc::nn::AttentionLayers(xtc::nn::AttentionLayersOptions::parse(text))->plan);
+                   *xtc::nn::meta_plan(xtc::nn::AttentionLayersOptions::parse(text)));
              });
            }),
            py::arg("options"))

@@ -69,10 +69,8 @@ std::shared_ptr<const Plan> cached_plan(const std::string& key, Make&& make) {
 inline std::shared_ptr<const nn::functional::AttentionLayersPlan> cached_layers_plan(
     c10::string_view options) {
   const std::string text(options);
-  return cached_plan<nn::functional::AttentionLayersPlan>(text, [&] {
-    nn::MetaConstruction meta;
-    return *nn::AttentionLayers(nn::AttentionLayersOptions::parse(text))->plan;
-  });
+  return cached_plan<nn::functional::AttentionLayersPlan>(
+      text, [&] { return *nn::meta_plan(nn::AttentionLayersOptions::parse(text)); });
 }
 
 /// The plan of a wrapper op: its own options and its stack's, parsed once per pair of option lines, the

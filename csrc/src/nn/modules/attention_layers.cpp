@@ -128,6 +128,11 @@ void AttentionLayersImpl::reset() {
   plan = std::make_shared<const functional::AttentionLayersPlan>(options, layout_of(*this));
 }
 
+std::shared_ptr<const functional::AttentionLayersPlan> meta_plan(const AttentionLayersOptions& options) {
+  MetaConstruction meta;
+  return AttentionLayers(options)->plan;
+}
+
 std::vector<at::Tensor> tensors_in_layout(const torch::nn::Module& module,
                                           const std::vector<functional::ParameterSpec>& specs) {
   const auto params = module.named_parameters();

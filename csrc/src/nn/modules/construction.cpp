@@ -32,8 +32,6 @@ MetaConstruction::MetaConstruction() : previous_(on_meta), below_transforms_(abo
 
 MetaConstruction::~MetaConstruction() { on_meta = previous_; }
 
-bool constructing_on_meta() { return on_meta; }
-
 at::Tensor module_tensor(at::IntArrayRef shape) {
   return on_meta ? at::empty(shape, at::TensorOptions().device(at::kMeta)) : at::empty(shape);
 }

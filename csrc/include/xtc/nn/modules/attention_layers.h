@@ -47,6 +47,10 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
 };
 TORCH_MODULE(AttentionLayers);
 
+/// The plan of a stack with these options, its layout that of a module tree built on meta (nothing
+/// allocated): what the ops cache and Python construction reads.
+std::shared_ptr<const functional::AttentionLayersPlan> meta_plan(const AttentionLayersOptions& options);
+
 /// The module's parameters and buffers in the order of `specs` (a plan's layout); throws if one is missing.
 std::vector<at::Tensor> tensors_in_layout(const torch::nn::Module& module,
                                           const std::vector<functional::ParameterSpec>& specs);

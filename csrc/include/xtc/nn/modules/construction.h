@@ -32,9 +32,6 @@ class MetaConstruction {
   c10::impl::ExcludeDispatchKeyGuard below_transforms_;
 };
 
-/// Whether a MetaConstruction is alive on this thread.
-bool constructing_on_meta();
-
 /// A module's new float tensor of `shape`, uninitialised: on the CPU, or on meta under MetaConstruction.
 /// Initialise it in place (fill_, normal_, torch::nn::init::*): those run on meta tensors too, drawing
 /// nothing.
