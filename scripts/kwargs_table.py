@@ -37,6 +37,30 @@ PROBES = {
     "rotary_xpos_scale_base": dict(rotary_xpos=True, causal=True), "rotate_num_heads": dict(rotary_pos_emb=True),
     "attn_flash_pack_seq": None, "cross_attn_flash_pack_seq": None,  # need packed inputs: see NOTES
 }
+# Options that need another beside them, probed with it, for self- and cross-attention alike.
+_NEEDS = {
+    "gate_values_rank": dict(gate_values=True, gate_values_rank=4),
+    "gate_values_headwise": dict(gate_values=True, gate_values_headwise=True),
+    "output_gate_rank": dict(output_gate=True, output_gate_rank=4),
+    "output_gate_headwise": dict(output_gate=True, output_gate_headwise=True),
+    "low_rank_silu_gates": dict(gate_values=True, gate_values_rank=4, low_rank_silu_gates=False),
+    "swiglu_values": dict(gate_values=True, swiglu_values=True),
+    "laser_softclamp_value": dict(laser=True, laser_softclamp_value=5.0),
+    "sublayer_dropout": dict(sublayer_dropout=0.1),
+    "gumbel_softmax_temp": dict(gumbel_softmax=True, gumbel_softmax_temp=2.0),
+    "gumbel_softmax_hard": dict(gumbel_softmax=True, gumbel_softmax_hard=False),
+}
+PROBES.update({prefix + name: {prefix + k: v for k, v in kwargs.items()}
+               for name, kwargs in _NEEDS.items() for prefix in ("attn_", "cross_attn_")})
+# The projection aligns each query with its own position's values, so the probe's context (shorter than x, and
+# reached by attn_* too, as x-transformers routes them) cannot carry it: described in NOTES.
+for _name in ("attn_orthog_projected_values", "attn_orthog_projected_values_per_head",
+              "cross_attn_orthog_projected_values", "cross_attn_orthog_projected_values_per_head"):
+    PROBES[_name] = None
+# Selective attention is causal self-attention's alone (attn_* reaches cross-attention too, so it is turned off
+# there); cross-attention is never causal, so cross_attn_selective is accepted only as False.
+PROBES["attn_selective"] = dict(attn_selective=True, cross_attn_selective=False, causal=True)
+PROBES["cross_attn_selective"] = None
 # Stack options that change how attention runs, probed like the attn_* ones.
 STACK_PROBED = {"alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias", "residual_attn", "cross_residual_attn",
                 "rotary_pos_emb", "rotary_xpos", "rotary_xpos_scale_base", "rotate_num_heads"}
@@ -56,6 +80,19 @@ NOTES = {
     "attn_flash_pack_seq": "packed sequences (forward's flash_pack_seq_kwargs) attend per sequence in the varlen "
                            "op (backend varlen), on any device, rotary or not; needs attn_flash, as x-transformers",
     "cross_attn_flash_pack_seq": "as attn_flash_pack_seq, with flash_pack_seq_context_kwargs",
+    "attn_orthog_projected_values": "flash kernel; materialised scores when causal (the projection reads the "
+                                    "padded queries, where x-transformers' softmax averages every value); needs as "
+                                    "many keys as queries (reached by attn_*, cross-attention too)",
+    "attn_orthog_projected_values_per_head": "as attn_orthog_projected_values",
+    "cross_attn_orthog_projected_values": "as attn_orthog_projected_values, for a context as long as x (each "
+                                          "query's own position's values)",
+    "cross_attn_orthog_projected_values_per_head": "as cross_attn_orthog_projected_values",
+    "cross_attn_selective": "accepted as False only: cross-attention is never causal, and x-transformers refuses "
+                            "selective attention that is not",
+    "attn_l2_distance": "q and k take two more features whose dot product is -|q - k|^2",
+    "cross_attn_l2_distance": "q and k take two more features whose dot product is -|q - k|^2",
+    "attn_laser": "exp of the soft-clamped values in, log of the output out: any kernel",
+    "cross_attn_laser": "exp of the soft-clamped values in, log of the output out: any kernel",
 }
 # Options whose row is a description rather than a kernel path.
 DESCRIBED = {
@@ -72,6 +109,9 @@ DESCRIBED = {
     "reinject_input": "each branch reads x + W x_in",
     "pre_and_post_norm": "a norm after each residual too, no final norm",
     "attn_linear": "xtc extension: linear attention (elu + 1 feature map), O(n) time and memory, causal in chunks",
+    "scale_residual": "a learned per-feature residual scale; as a number, also every branch output times it",
+    "depth_scale_residual": "True: output projections initialised N(0, 1 / (2 fan_in depth)); a number: every "
+                            "branch output times it",
     "unpad": "xtc extension: with a mask, every layer runs on the kept tokens alone (packed at the entry, scattered "
              "back, zeros at masked positions)",
 }
@@ -134,7 +174,7 @@ WHY_REJECTED = [
     (("custom_attn_fn", "hybrid_module", "custom_activation"), _CALLABLE),
     (("hybrid_mask_kwarg", "hybrid_fold_axial_dim", "hybrid_learned_mix"),
      "an option of hybrid_module, a Python module, which the C++ stack cannot run"),
-    (("rel_pos_kwargs", "residual_fn_kwargs", "data_dependent_alibi_kwargs", "aggregated_residual_kwargs",
+    (("rel_pos_kwargs", "data_dependent_alibi_kwargs", "aggregated_residual_kwargs",
       "attend_sdp_kwargs"), "a dict of keyword arguments for a module not implemented here"),
     (("verbose",), "logging only; nothing here to log"),
     (("onnxable",), "an ONNX-export variant of x-transformers' Python attention; ours exports through torch.export"),
@@ -154,7 +194,9 @@ def why_rejected(kwarg):
 
 
 # Handled by the constructors themselves rather than as options.
-IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8"}
+IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8",
+           "residual_fn_kwargs": "the residual update's options: learned, init_alpha, init_beta (mv_split_residual); "
+                                 "other keys raise a TypeError naming them"}
 # Not keyword arguments users pass to AttentionLayers.
 INTERNAL = {"self", "kwargs", "heads", "causal", "dim_out", "dim", "output_proj_depth",
             "qkv_receive_diff_residuals", "learned_value_residual_mix", "rotate_num_heads", "inverted_attention"}

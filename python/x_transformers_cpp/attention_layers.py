@@ -54,9 +54,43 @@ def _route(kwargs):
     return routed, groups
 
 
+# residual_fn_kwargs' keys, by the residual update that reads them: our option for each.
+_RESIDUAL_FN_KWARGS = {"learned": "mv_split_residual_learned", "init_alpha": "mv_split_residual_init_alpha",
+                       "init_beta": "mv_split_residual_init_beta"}
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _residual_forms(kwargs):
+    """x-transformers' residual arguments whose type picks their meaning, as our options: scale_residual or
+    depth_scale_residual as a number scales every branch output (x-transformers' Scale wrapper; a numeric
+    scale_residual also keeps its truthiness for the learned residual scale), and residual_fn_kwargs holds the
+    residual update's own options."""
+    kwargs = dict(kwargs)
+    depth, scale = kwargs.get("depth_scale_residual"), kwargs.get("scale_residual")
+    if _is_number(depth):
+        kwargs["branch_output_scale"], kwargs["depth_scale_residual"] = float(depth), False
+    elif _is_number(scale):
+        kwargs["branch_output_scale"] = float(scale)
+    if _is_number(scale):
+        kwargs["scale_residual"] = bool(scale)
+    fn_kwargs = kwargs.pop("residual_fn_kwargs", None) or {}
+    if not isinstance(fn_kwargs, dict):
+        raise TypeError(f"residual_fn_kwargs: expected a dict, got {type(fn_kwargs).__name__}")
+    unknown = sorted(set(fn_kwargs) - set(_RESIDUAL_FN_KWARGS))
+    if unknown:
+        raise TypeError(f"residual_fn_kwargs: unsupported keys {', '.join(map(repr, unknown))}; supported: "
+                        f"{', '.join(map(repr, _RESIDUAL_FN_KWARGS))} (mv_split_residual's)")
+    kwargs.update({_RESIDUAL_FN_KWARGS[k]: v for k, v in fn_kwargs.items()})
+    return kwargs
+
+
 def _options_text(kwargs):
     """x-transformers kwargs -> the C++ options line (not yet validated); unknown or unsupported kwargs raise
     TypeError naming them."""
+    kwargs = _residual_forms(kwargs)
     known = set(_C.option_keys())
     routed, groups = _route(kwargs)
     unknown = [name for name in kwargs if name not in known and not name.startswith(_PREFIXES)]
@@ -376,9 +410,12 @@ class AttentionLayers(nn.Module):
         # The attributes x-transformers' wrappers read off a stack.
         self.dim, self.depth, self.causal = dim, depth, causal
         self.attn_heads, self.attn_dim_head = heads, kwargs.get("attn_dim_head", 64)
-        # Our cache refuses shift_tokens (x-transformers would shift within the new tokens only): no caching then.
-        shift = kwargs.get("shift_tokens", 0)
-        self.can_cache_kv = not (any(shift) if isinstance(shift, (tuple, list)) else shift)
+        # Our cache refuses shift_tokens and the residual updates over whole sequences (x-transformers would
+        # shift or reduce within the new tokens only), and selective attention (x-transformers' can_cache_kv):
+        # no caching then.
+        given = lambda name: any(v) if isinstance(v := kwargs.get(name, False), (tuple, list)) else bool(v)
+        self.can_cache_kv = not any(map(given, ("shift_tokens", "attn_selective", "orthog_residual",
+                                                "mv_split_residual")))
         self._unpad = bool(kwargs.get("unpad", False))
         self.disable_abs_pos_emb = plan.disables_abs_pos_emb
         tree = _build_tree(layout)

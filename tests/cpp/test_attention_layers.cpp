@@ -553,3 +553,59 @@ TEST(AttentionLayers, AdditionalKeyValuesAndKvResidualsFromCpp) {
 }
 
 }  // namespace
+
+TEST(Attention, GatesLaserAndOrthogonalProjectionFromCpp) {
+  // The HyGA gates (a low-rank value gate and a headwise output gate, through SiLU), LASER and the orthogonal
+  // projection against their formulas in float64: x-transformers' Attention, one sequence, no mask.
+  torch::manual_seed(6);
+  const int64_t dim = 12, heads = 3, dh = 4;
+  xtc::nn::Attention attn(dim, heads,
+                          xtc::nn::AttentionOptions()
+                              .dim_head(dh)
+                              .gate_values(true)
+                              .gate_values_rank(5)
+                              .output_gate(true)
+                              .output_gate_headwise(true)
+                              .swiglu_values(true)
+                              .laser(true)
+                              .laser_softclamp_value(2.0)
+                              .orthog_projected_values(true));
+  attn->to(torch::kFloat64);
+  auto params = attn->named_parameters();
+  ASSERT_TRUE(params.contains("to_v_gate.down.weight") && params.contains("to_output_gate.weight"));
+  EXPECT_EQ(params["to_out.weight"].size(1), heads * dh);
+  torch::NoGradGuard no_grad;
+  for (auto& p : params) p.value().normal_(0, 0.3);  // the gates start at zero: give them values
+  const auto x = torch::randn({1, 7, dim}, torch::kFloat64);
+  const auto linear = [](const at::Tensor& t, const at::Tensor& w) {
+    return torch::nn::functional::linear(t, w);
+  };
+  const auto split = [&](const at::Tensor& t) { return t.view({1, 7, heads, dh}).transpose(1, 2); };
+  const auto q = split(linear(x, params["to_q.weight"])), k = split(linear(x, params["to_k.weight"]));
+  const auto v = linear(x, params["to_v.weight"]);
+  const auto laser_v = torch::exp(torch::tanh(split(v) / 2.0) * 2.0);
+  const auto probs = torch::softmax(torch::matmul(q, k.transpose(-1, -2)) / 2.0, -1);
+  auto out = torch::log(torch::matmul(probs, laser_v)).transpose(1, 2).reshape({1, 7, heads * dh});
+  const auto value_gate =
+      linear(torch::silu(linear(x, params["to_v_gate.down.weight"])), params["to_v_gate.up.weight"]);
+  const auto output_gate = linear(out, params["to_output_gate.weight"]).unsqueeze(-1);  // (1, 7, heads, 1)
+  out = (out.view({1, 7, heads, dh}) * torch::silu(value_gate.view({1, 7, heads, dh}) + output_gate))
+            .reshape({1, 7, heads * dh});
+  const auto unit = v.flatten(1) / v.flatten(1).norm(2, -1, true);
+  const auto flat = out.flatten(1);
+  out = (flat - (flat * unit).sum(-1, true) * unit).view_as(out);
+  EXPECT_TRUE(torch::allclose(attn->forward(x), linear(out, params["to_out.weight"]), 0, 1e-12));
+}
+
+TEST(Norm, DerfFromCpp) {
+  torch::manual_seed(7);
+  xtc::nn::Derf derf(6, /*unit_offset=*/true);
+  derf->to(torch::kFloat64);
+  EXPECT_EQ(derf->named_parameters().keys(), (std::vector<std::string>{"alpha", "s", "gamma", "beta"}));
+  EXPECT_DOUBLE_EQ(derf->alpha.item<double>(), -0.5);  // 0.5, stored less the unit offset
+  torch::NoGradGuard no_grad;
+  for (auto& p : derf->parameters()) p.normal_();
+  const auto x = torch::randn({2, 3, 6}, torch::kFloat64);
+  const auto want = torch::erf(x * (derf->alpha + 1) + derf->s) * (derf->gamma + 1) + derf->beta;
+  EXPECT_TRUE(torch::allclose(derf->forward(x), want, 0, 1e-12));
+}

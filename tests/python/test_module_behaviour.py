@@ -310,10 +310,10 @@ def test_unknown_kwargs_raise_type_error_naming_them():
         Encoder(dim=32, depth=1, attn_bogus=3, not_an_option=True)
     assert "not_an_option" in str(info.value)
     # real x-transformers options that this package does not support are rejected too, not ignored
-    with pytest.raises(TypeError, match="use_derf"):
-        Decoder(dim=32, depth=1, use_derf=True)
-    with pytest.raises(TypeError, match="attn_laser"):
-        Encoder(dim=32, depth=1, attn_laser=True)
+    with pytest.raises(TypeError, match="attn_custom_attn_fn"):
+        Decoder(dim=32, depth=1, attn_custom_attn_fn=lambda sim: sim.softmax(-1))
+    with pytest.raises(TypeError, match="attn_onnxable"):
+        Encoder(dim=32, depth=1, attn_onnxable=True)
 
 
 def test_causal_keyword_rejected():

@@ -20,6 +20,8 @@ OPTIONS = [
     dict(norm_add_unit_offset=False), dict(use_rmsnorm=True, norm_add_unit_offset=False),
     dict(use_dynamic_tanh=True), dict(use_dynamic_tanh=True, dynamic_tanh_init_alpha=0.5, norm_add_unit_offset=False),
     dict(use_dynamic_tanh=True, sandwich_norm=True, dynamic_tanh_init_alpha=2.0),
+    dict(use_derf=True), dict(use_derf=True, norm_add_unit_offset=False), dict(use_derf=True, pre_norm=False),
+    dict(use_derf=True, sandwich_norm=True),
     dict(pre_norm=False), dict(sandwich_norm=True), dict(pre_norm_has_final_norm=False),
     dict(pre_and_post_norm=True), dict(pre_and_post_norm=True, pre_norm=False, use_rmsnorm=True),
     dict(pre_and_post_norm=True, sandwich_norm=True),
@@ -37,6 +39,9 @@ OPTIONS = [
     dict(sandwich_coef=1, depth=3), dict(par_ratio=2, depth=4), dict(layers_execute_order=(0, 1, 0, 1, 2, 3)),
     dict(weight_tie_layers=True, depth=3), dict(softclamp_output=True, softclamp_output_value=2.0),
     dict(zero_init_branch_output=True),
+    dict(only_attn=True), dict(only_attn=True, macaron=True), dict(only_attn=True, weight_tie_layers=True, depth=3),
+    dict(only_attn=True, sandwich_coef=1, depth=3), dict(only_attn=True, par_ratio=2, depth=4),
+    dict(only_attn=True, custom_layers=("a", "a")),
     # positions
     dict(alibi_pos_bias=True), dict(alibi_pos_bias=True, alibi_num_heads=2), dict(alibi_pos_bias=True, heads=6),
     dict(rotary_pos_emb=True), dict(rotary_pos_emb=True, rotary_emb_dim=16), dict(rotary_pos_emb=True, rotary_emb_dim=4),
@@ -368,6 +373,12 @@ def test_rmsnorm_and_zero_kv_option_errors():
         Encoder(**BASE, attn_head_learned_sink=True, attn_flash=True)
     with pytest.raises(ValueError, match="head_learned_sink clashes with residual attention"):
         Encoder(**BASE, attn_head_learned_sink=True, residual_attn=True)
+    with pytest.raises(ValueError, match="use_dynamic_tanh, use_derf"):
+        Encoder(**BASE, use_derf=True, use_rmsnorm=True)
+    with pytest.raises(ValueError, match="only_attn clashes with layers_execute_order and unet_skips"):
+        Encoder(**BASE, only_attn=True, unet_skips=True)
+    with pytest.raises(ValueError, match="only_attn clashes with feed-forward layers"):
+        Encoder(**BASE, only_attn=True, custom_layers=("a", "f"))
     with pytest.raises(ValueError, match="use_dynamic_tanh needs pre_norm"):
         Encoder(**BASE, use_dynamic_tanh=True, pre_norm=False)
 

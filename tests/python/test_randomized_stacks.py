@@ -27,14 +27,16 @@ PROFILE = "stacks-long" if os.environ.get("XTC_HYPOTHESIS_PROFILE") == "long" el
 # Each entry: a keyword argument and the values drawn for it (the first is x-transformers' default, so leaving an
 # option out is as likely as any value).
 OPTION_VALUES = {
-    "norm": [None, "use_rmsnorm", "use_scalenorm", "use_simple_rmsnorm"],
+    "norm": [None, "use_rmsnorm", "use_scalenorm", "use_simple_rmsnorm", "use_derf"],
     "position": [None, "rotary_pos_emb", "alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias"],
     "pre_norm": [True, False],
     "sandwich_norm": [False, True],
     "residual_attn": [False, True],
     "gate_residual": [False, True],
+    "residual_update": [None, "orthog_residual", "mv_split_residual"],  # (x-transformers refuses them beside gating)
     "scale_residual": [False, True],
     "macaron": [False, True],
+    "only_attn": [False, True],
     "use_layerscale": [False, True],
     "add_value_residual": [False, True],
     "shift_tokens": [0, 1],
@@ -48,7 +50,12 @@ OPTION_VALUES = {
     "attn_max_attend_past": [None, 2, 5],
     "attn_talking_heads": [False, True],
     # (attn_hard is left out: its argmax would split on near-ties that float error can reorder)
-    "attn_weighting": [None, "attn_sigmoid", "attn_cog_signed"],
+    "attn_weighting": [None, "attn_sigmoid", "attn_cog_signed", "attn_l2_distance"],
+    # (attn_gumbel_softmax is left out: its noise needs one seed per model, see test_attention_score_options.py)
+    "attn_gate_variant": [None, "rank", "headwise_with_output_gate", "swiglu_output_gate"],
+    "attn_gate_value_heads": [False, True],
+    "attn_laser": [False, True],
+    "attn_orthog_projected_values": [False, True],
     "ff_glu": [False, True],
     "ff_swish": [False, True],
     "ff_relu_squared": [False, True],
@@ -56,13 +63,20 @@ OPTION_VALUES = {
     "ff_no_bias": [False, True],
     "ff_variant": [None, "solu", "softclamp", "glu_softclamp"],  # the activation variants (their rules below)
 }
-FLAGS = {"norm", "position", "attn_weighting"}  # their value is the name of a boolean keyword argument
+FLAGS = {"norm", "position", "attn_weighting", "residual_update"}  # their value is the name of a boolean keyword argument
 # A feed-forward activation variant overrides what it excludes (SoLU and relu^2; a clamped non-GLU projection and
 # GLU; the situ-GLU clamp needs GLU with GELU or swish); drawn after the ff_* flags.
 FF_VARIANTS = {
     "solu": dict(ff_solu=True, ff_relu_squared=False),
     "softclamp": dict(ff_softclamp_value=0.6, ff_glu=False),
     "glu_softclamp": dict(ff_glu=True, ff_glu_softclamp=True, ff_relu_squared=False, ff_glu_gate_softclamp_value=0.7),
+}
+
+# The value / output gate variants (hybrid gated attention), each with the gates it needs.
+GATE_VARIANTS = {
+    "rank": dict(attn_gate_values=True, attn_gate_values_rank=3),
+    "headwise_with_output_gate": dict(attn_gate_values=True, attn_gate_values_headwise=True, attn_output_gate=True),
+    "swiglu_output_gate": dict(attn_output_gate=True, attn_output_gate_rank=4, attn_swiglu_values=True),
 }
 
 
@@ -82,6 +96,8 @@ def stack_cases(draw):
                 kwargs[value] = True
         elif name == "ff_variant":
             kwargs.update(FF_VARIANTS.get(value, {}))
+        elif name == "attn_gate_variant":
+            kwargs.update(GATE_VARIANTS.get(value, {}))
         elif name == "attn_talking_heads":
             if value:
                 kwargs["attn_pre_talking_heads"] = kwargs["attn_post_talking_heads"] = True

@@ -17,6 +17,7 @@
 #include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/continuous.h>
 #include <xtc/nn/modules/feedforward.h>
+#include <xtc/nn/modules/lora_linear.h>
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/positional.h>
 #include <xtc/nn/modules/residual.h>

@@ -4,6 +4,8 @@
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/einsum.h>
 #include <ATen/ops/elu.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/exp.h>
 #include <ATen/ops/glu.h>
 #include <ATen/ops/lerp.h>
 #include <ATen/ops/linalg_vector_norm.h>
@@ -11,7 +13,9 @@
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/ones_like.h>
+#include <ATen/ops/relu.h>
 #include <ATen/ops/sigmoid.h>
+#include <ATen/ops/silu.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/tanh.h>
@@ -196,8 +200,15 @@ std::vector<std::string> flash_reasons(const AttentionConfig& c, bool training, 
   if (o.hard())
     reasons.emplace_back("hard attention takes each row's top score, with the softmax's gradients");
   if (o.cog_signed()) reasons.emplace_back("cog attention puts the scores' signs back on the weights");
+  if (o.gumbel_softmax()) reasons.emplace_back("gumbel-softmax adds noise to each score before the weights");
+  if (o.selective())
+    reasons.emplace_back("selective attention subtracts the first head's scores, summed down the queries");
   if (o.head_learned_sink())
     reasons.emplace_back("a learned sink is a per-head logit column beside the keys");
+  if (c.causal && (o.orthog_projected_values() || o.orthog_projected_values_per_head()))
+    reasons.emplace_back(
+        "orthog_projected_values reads the outputs at padded queries too, where the softmax over keys all "
+        "hidden averages every value (the kernel gives 0)");
   if (c.residual_scores) reasons.emplace_back("residual attention hands the scores on to the next layer");
   if (training && c.options.dropout() > 0)
     reasons.emplace_back("attention dropout in training needs the probabilities");
@@ -263,7 +274,14 @@ void check_extra_key_values(const LayerCall& l, const PackedAttention* packed) {
 
 struct QKV {
   at::Tensor q, k, v;
+  at::Tensor own_v;  // this call's values as projected, before any mix or norm (orthog_projected_values)
 };
+
+// LASER's values: soft-clamped, then exponentiated (the output takes the log back).
+at::Tensor laser_values(const AttentionOptions& o, const at::Tensor& v) {
+  if (!o.laser()) return v;
+  return at::exp(at::tanh(v / o.laser_softclamp_value()) * o.laser_softclamp_value());
+}
 
 // q from x; k and v from the context, or from x behind its Transformer-XL memory. On a cached step a
 // cross-attention layer's keys are all in the cache: x-transformers cuts the context to length 0, and the
@@ -281,6 +299,7 @@ QKV project(const LayerCall& l, const XLMemory& xl, const ValueResidual& value_r
   QKV t{at::linear(x, w.to_q).view_symint({b, n, c.heads, c.dim_head}),
         at::linear(kv_input, w.to_k).view_symint({kv_b, m, c.kv_heads, c.dim_head}),
         at::linear(kv_input, w.to_v).view_symint({kv_b, m, c.kv_heads, c.value_dim_head})};
+  t.own_v = t.v;
   if (value_residual.values_out != nullptr) *value_residual.values_out = t.v;
   if (value_residual.first.defined()) {
     // v = first + mix * (v - first): a per-token, per-head learned mix, or one half.
@@ -397,6 +416,9 @@ void prepend_unbiased_keys(const LayerCall& l, QKV& t, std::optional<at::Tensor>
       key_mask = at::cat({keep(extra.mask, added), keep(key_mask, keys_before)}, 1);
     }
   }
+  // LASER exponentiates every value the queries read, but the zero one, which x-transformers' Attend joins
+  // after it.
+  t.v = laser_values(o, t.v);
   if (o.add_zero_kv()) {
     // In front of the memory keys too, as x-transformers' Attend pads it last; always visible.
     const int64_t heads_now = xtc::detail::static_size(t.k, 2);
@@ -405,6 +427,15 @@ void prepend_unbiased_keys(const LayerCall& l, QKV& t, std::optional<at::Tensor>
     if (key_mask.has_value())
       key_mask = at::cat({at::ones_symint({b, 1}, key_mask->options()), *key_mask}, 1);
   }
+}
+
+// l2_distance: q -> [2q, |q|^2, -1] and k -> [k, -1, |k|^2], whose dot product is -|q - k|^2, so that any
+// kernel scores by the distance (x-transformers' flash form; its own path takes torch.cdist).
+void l2_distance_features(QKV& t) {
+  const auto squared_norm = [](const at::Tensor& x) { return x.pow(2).sum(-1, true); };
+  const auto minus_one = [](const at::Tensor& x) { return -at::ones_like(x.narrow(-1, 0, 1)); };
+  t.q = at::cat({2 * t.q, squared_norm(t.q), minus_one(t.q)}, -1);
+  t.k = at::cat({t.k, minus_one(t.k), squared_norm(t.k)}, -1);
 }
 
 // The materialising path: visibility and bias over (n, M + m) keys, memory keys (the first M) always visible
@@ -461,7 +492,11 @@ at::Tensor math_attention(const LayerCall& l, const QKV& t, const std::optional<
                                    w.head_attn_sink,
                                    o.sigmoid(),
                                    o.hard(),
-                                   o.cog_signed()};
+                                   o.cog_signed(),
+                                   o.gumbel_softmax(),
+                                   o.gumbel_softmax_hard(),
+                                   o.gumbel_softmax_temp(),
+                                   o.selective()};
   return materialized_attention(t.q, t.k, t.v, r.scale, keep, bias, c.causal && n > 1, r.softcap, o.dropout(),
                                 l.training, transforms, c.residual_scores ? l.scores : nullptr, l.maps);
 }
@@ -470,6 +505,7 @@ at::Tensor math_attention(const LayerCall& l, const QKV& t, const std::optional<
 at::Tensor dense_attention(const LayerCall& l, QKV t, std::optional<at::Tensor> key_mask, const KernelRule& r,
                            const c10::SymInt& b, const c10::SymInt& n, Backend path) {
   prepend_unbiased_keys(l, t, key_mask, b);
+  if (l.o.l2_distance()) l2_distance_features(t);  // the zero key too: x-transformers scores it by |q|^2
   if (l.o.linear()) return linear_attention(t.q, t.k, t.v, key_mask, l.c.causal && n > 1);
   if (path == Backend::Math) return math_attention(l, t, key_mask, r, b, n);
   return std::get<0>(ops::flash_attention(t.q, t.k, t.v, key_mask, l.c.causal, r.scale, r.slopes,
@@ -483,9 +519,11 @@ at::Tensor packed_attention(const LayerCall& l, const QKV& t, const PackedAttent
   const auto& queries = *packed.queries;
   const auto& keys = *packed.keys;
   if (path == Backend::Varlen) {
-    const auto k = packed.packed_keys ? t.k : pack(t.k, keys);
-    const auto v = packed.packed_keys ? t.v : pack(t.v, keys);
-    return std::get<0>(ops::flash_attention_varlen(t.q.squeeze(0), k.squeeze(0), v.squeeze(0),
+    QKV varlen = t;
+    if (l.o.l2_distance()) l2_distance_features(varlen);
+    const auto k = packed.packed_keys ? varlen.k : pack(varlen.k, keys);
+    const auto v = laser_values(l.o, packed.packed_keys ? t.v : pack(t.v, keys));
+    return std::get<0>(ops::flash_attention_varlen(varlen.q.squeeze(0), k.squeeze(0), v.squeeze(0),
                                                    queries.cu_seqlens, keys.cu_seqlens, queries.max_seqlen,
                                                    keys.max_seqlen, l.c.causal, r.scale, r.slopes,
                                                    r.window_left, r.window_right, r.softcap))
@@ -512,14 +550,67 @@ Backend choose_path(const LayerCall& l, const KernelRule& r, const PackedAttenti
   return choose_backend(l.cross ? "cross-attention layer" : "self-attention layer", paths);
 }
 
-// Head scale, the heads merged, the value gate, the output projection, padded queries zeroed.
-at::Tensor output(const LayerCall& l, at::Tensor out, const std::optional<at::Tensor>& mask) {
-  const auto& [x, w, c] = std::tie(l.x, l.w, l.c);
+// x-transformers' LoRALinear: up(act(down(x))), or one bias-less projection.
+at::Tensor low_rank_linear(const at::Tensor& x, const LowRankLinearWeights& w, bool silu) {
+  if (w.weight.defined()) return at::linear(x, w.weight);
+  const auto hidden = at::linear(x, w.down);
+  return at::linear(silu ? at::silu(hidden) : hidden, w.up);
+}
+
+// The value and output gates (HyGA): their logits added, per feature or per head (then broadcast over the
+// head's features), through the sigmoid or, with swiglu_values, SiLU. out (b, n, h, dv).
+at::Tensor gate(const LayerCall& l, const at::Tensor& out) {
+  const auto& [x, w, o] = std::tie(l.x, l.w, l.o);
+  if (!w.to_v_gate.defined() && !w.to_output_gate.defined()) return out;
+  const auto head_space = [&](const at::Tensor& logits, bool headwise) {
+    return headwise ? logits.unsqueeze(-1) : logits.view_as(out);
+  };
+  const bool silu = o.low_rank_silu_gates();
+  at::Tensor logits;
+  if (w.to_v_gate.defined())
+    logits = head_space(low_rank_linear(x, w.to_v_gate, silu), o.gate_values_headwise());
+  if (w.to_output_gate.defined()) {
+    const auto output_logits =
+        head_space(low_rank_linear(out.flatten(-2), w.to_output_gate, silu), o.output_gate_headwise());
+    logits = logits.defined() ? logits + output_logits : output_logits;
+  }
+  return out * (o.swiglu_values() ? at::silu(logits) : at::sigmoid(logits));
+}
+
+// x-transformers' orthog_project: out (b, n, h dv) less its component along the query positions' own values
+// (b, n, hk, dv), each sequence's whole block one vector, in float64.
+at::Tensor orthogonal_to_values(const LayerCall& l, const at::Tensor& out, const at::Tensor& values) {
+  TORCH_CHECK_VALUE(values.sym_size(1) == out.sym_size(1), "AttentionLayers: orthog_projected_values needs ",
+                    "one value per query (self-attention without a memory), got ", values.sym_size(1),
+                    " values for ", out.sym_size(1), " queries");
+  const auto kv_index = at::arange(l.c.heads, out.options().dtype(at::kLong)).remainder(l.c.kv_heads);
+  const auto x = out.flatten(1).to(at::kDouble);
+  const auto y = values.index_select(2, kv_index).flatten(1).to(at::kDouble);
+  const auto unit = y / at::linalg_vector_norm(y, 2, {-1}, true).clamp_min(1e-12);
+  return (x - (x * unit).sum(-1, true) * unit).to(out.scalar_type()).view_as(out);
+}
+
+// LASER's log, the head scale and gates, the heads merged, the orthogonal projections, the output
+// projection and its dropout, padded queries zeroed. out (b, n, h, dv); own_values as QKV's.
+at::Tensor output(const LayerCall& l, at::Tensor out, const at::Tensor& own_values,
+                  const std::optional<at::Tensor>& mask) {
+  const auto& [x, w, c, o] = std::tie(l.x, l.w, l.c, l.o);
+  if (o.laser()) out = out.clamp_min(1e-20).log();
   if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
-  out = out.reshape_symint({x.sym_size(0), x.sym_size(1), c.heads * c.value_dim_head});
-  if (w.to_v_gate.defined()) out = out * at::sigmoid(at::linear(x, w.to_v_gate));
+  if (w.v_head_gate_weight.defined())
+    out = out * at::sigmoid(at::linear(x, w.v_head_gate_weight, w.v_head_gate_bias)).unsqueeze(-1);
+  out = gate(l, out).reshape_symint({x.sym_size(0), x.sym_size(1), c.heads * c.value_dim_head});
+  if (o.orthog_projected_values() || o.orthog_projected_values_per_head()) {
+    // The per-head flag projects over the same block (x-transformers packs 'b *' either way): the same
+    // output, joined once per flag.
+    const auto projected = orthogonal_to_values(l, out, own_values);
+    out = o.orthog_projected_values() && o.orthog_projected_values_per_head()
+              ? at::cat({projected, projected}, -1)
+              : projected;
+  }
   if (w.to_out.defined()) out = at::linear(out, w.to_out);
   if (w.to_out_glu.defined()) out = at::glu(at::linear(out, w.to_out_glu), -1);
+  if (l.training && o.sublayer_dropout() > 0) out = at::dropout(out, o.sublayer_dropout(), true);
   if (mask.has_value() && !l.cached_step) out = out.masked_fill(mask->logical_not().unsqueeze(-1), 0);
   return out;
 }
@@ -548,7 +639,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   const at::Tensor out = packed == nullptr
                              ? dense_attention(l, t, key_mask, r, x.sym_size(0), x.sym_size(1), path)
                              : packed_attention(l, t, *packed, r, path);
-  return output(l, out, mask);
+  return output(l, out, t.own_v, mask);
 }
 
 namespace {
@@ -556,6 +647,16 @@ namespace {
 // The weights of the scores (b, h, n, m): x-transformers' attn_fn. `lowest` marks the masked scores.
 at::Tensor attention_weights(const at::Tensor& sim, const ScoreTransforms& t, double lowest) {
   if (t.sigmoid) return at::sigmoid(sim);  // masked scores (lowest) weigh 0
+  if (t.gumbel_softmax) {
+    // torch's F.gumbel_softmax, draw for draw: -log(Exp(1)) noise, then the softmax at the temperature.
+    const auto noise = -at::empty_symint(sim.sym_sizes(), sim.options()).exponential_().log();  // contiguous
+    // Below a temperature of 1 the masked scores would overflow to -inf, and a row masked entirely would give
+    // NaN gradients (x-transformers' do): clamped to the lowest value, the row stays finite.
+    const auto soft = ((sim + noise) / t.gumbel_softmax_temp).clamp_min(lowest).softmax(-1);
+    if (!t.gumbel_softmax_hard) return soft;
+    const auto one_hot = at::zeros_like(sim).scatter_(-1, std::get<1>(soft.max(-1, true)), 1.0);
+    return one_hot - soft.detach() + soft;
+  }
   if (t.hard) {
     // A one-hot of each row's top score, with the softmax's gradients (straight-through).
     const auto soft = sim.softmax(-1);
@@ -575,6 +676,25 @@ at::Tensor attention_weights(const at::Tensor& sim, const ScoreTransforms& t, do
   // Softmax in float32 as x-transformers, but float64 inputs keep their precision.
   return at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)
       .to(sim.scalar_type());
+}
+
+// Selective attention (x-transformers' selective_attn): the first head's positive scores gate the keys for
+// the queries after them; a token does not gate itself, nor anything the first key (the start) of the first
+// query's. sim (b, h, i, j), j >= i, right-aligned.
+at::Tensor selective_gate(const at::Tensor& sim) {
+  const int64_t i = xtc::detail::static_size(sim, -2), j = xtc::detail::static_size(sim, -1);
+  auto gate = at::relu(sim.select(1, 0));  // (b, i, j); masked scores give 0
+  const auto longs = sim.options().dtype(at::kLong);
+  const auto query_pos = at::arange(i, longs).unsqueeze(1) + (j - i), key_pos = at::arange(j, longs);
+  // Neither the key at the query's own position nor the keys before the queries' (a cache or memory) gate,
+  // and the first query's own key never does.
+  const auto ungated = (key_pos.unsqueeze(0) == query_pos)
+                           .logical_or(key_pos.unsqueeze(0) < (j - i))
+                           .logical_or(key_pos.unsqueeze(0) == (j - i));
+  gate = gate.masked_fill(ungated, 0);
+  // Only the future: row r takes the gates of the rows before it.
+  gate = at::cat({at::zeros_like(gate.narrow(1, 0, 1)), gate.narrow(1, 0, i - 1)}, 1).cumsum(1);
+  return sim - gate.unsqueeze(1);
 }
 
 }  // namespace
@@ -621,6 +741,7 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     const auto future = at::arange(m, q.options().dtype(at::kLong)).unsqueeze(0) > query_pos;
     sim = sim.masked_fill(future, lowest);
   }
+  if (t.selective) sim = selective_gate(sim);
   if (scores != nullptr) *scores = sim;  // x-transformers' pre_softmax_attn: masked, before the softmax
   if (t.sink.defined()) {
     // x-transformers' head_learned_sink: the sink logit in front of each row (the maps keep that column).

@@ -390,13 +390,16 @@ at::Tensor attention_block(const StackCall& c, StackState& s, size_t i, char typ
 
 // The block's output scaled as x-transformers' LayerScale / AdaptiveLayerScale wrap it.
 at::Tensor scaled_output(const StackCall& c, at::Tensor out, const std::string& layer) {
+  // The layer scales sit inside branch_output_scale's Scale wrapper.
+  const std::string scale = layer + (c.o.scales_branch_output() ? "1.fn." : "1.");
   if (c.o.use_layerscale()) {
-    const auto gamma = c.p->get(layer + "1.gamma");
+    const auto gamma = c.p->get(scale + "gamma");
     out = out * (c.o.norm_add_unit_offset() ? gamma + 1 : gamma);
   }
   if (c.o.use_adaptive_layerscale())
-    out = out * at::sigmoid(at::linear(c.condition, c.p->get(layer + "1.to_gamma.weight"),
-                                       c.p->get(layer + "1.to_gamma.bias")));
+    out = out * at::sigmoid(at::linear(c.condition, c.p->get(scale + "to_gamma.weight"),
+                                       c.p->get(scale + "to_gamma.bias")));
+  if (c.o.scales_branch_output()) out = out * *c.o.branch_output_scale();
   return out;
 }
 
@@ -442,7 +445,7 @@ void run_layer(const StackCall& c, StackState& s, int64_t i) {
   out = scaled_output(c, out, layer);
   if (o.sandwich_norm()) out = c.norm(out, layer + "0.1.");
   s.x = residual(o.residual_kind(), out, inner_residual, detail::residual_weights(*c.p, layer + "2."),
-                 o.scale_residual_constant());
+                 o.scale_residual_constant(), c.mask);
   if (o.applies_post_norm()) s.x = c.norm(s.x, layer + "0.2.");
 }
 

@@ -13,6 +13,7 @@ namespace {
 // a `.fn` level each (x-transformers wraps layer -> Scale -> ShiftTokens -> LayerScale).
 std::string layer_block_prefix(size_t index, char type, const AttentionLayersOptions& o) {
   std::string p = "layers." + std::to_string(index) + ".1.";
+  if (o.scales_branch_output()) p += "fn.";
   if (o.use_layerscale() || o.use_adaptive_layerscale()) p += "fn.";
   if (o.layer_shift_tokens(index) > 0) p += "fn.";
   if (o.macaron() && type == 'f') p += "fn.";

@@ -8,7 +8,8 @@
 namespace xtc::nn::functional::detail {
 
 // Incremental decoding: x-transformers allows it for causal stacks without attn_mask; we also refuse what
-// would silently differ from a full forward (shift_tokens, attn_bias, layer dropout in training).
+// would silently differ from a full forward (shift_tokens, attn_bias, layer dropout in training, selective
+// attention, residual updates over the whole sequence).
 // Transformer-XL memories stay in front of the cached keys (x-transformers' XL generation). The cache holds
 // one (k, v) pair per executed attention layer, (b, hk, N, dh) and (b, hk, N, dv); returns the cached length
 // of the self-attention keys.
@@ -24,6 +25,10 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
   TORCH_CHECK_VALUE(!o.any_shift_tokens(),
                     "AttentionLayers: a cache cannot be combined with shift_tokens "
                     "(x-transformers would shift within the new tokens only)");
+  TORCH_CHECK_VALUE(
+      !(o.orthog_residual() || o.mv_split_residual()),
+      "AttentionLayers: a cache cannot be combined with orthog_residual or mv_split_residual "
+      "(they reduce over the whole sequence; x-transformers would reduce over the new tokens only)");
   TORCH_CHECK_VALUE(!(training && o.layer_dropout() > 0),
                     "AttentionLayers: a cache cannot be combined with layer_dropout in training");
   const std::string& types = plan.executed_attention_types();
@@ -36,6 +41,8 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
   int64_t past = -1;
   for (size_t l = 0; l < types.size(); ++l) {
     const auto& a = plan.layer_attention(attention_layers[l]);
+    TORCH_CHECK_VALUE(!a.selective(), "AttentionLayers: a cache cannot be combined with attn_selective ",
+                      "(each token's gate reaches every later query; x-transformers' can_cache_kv is False)");
     const int64_t hk = o.resolved_kv_heads(a), dh = a.dim_head(), dv = a.value_dim_head().value_or(dh);
     const auto &k = cache_kv[2 * l], &v = cache_kv[2 * l + 1];
     const int64_t len = k.dim() == 4 ? xtc::detail::static_size(k, 2) : -1;

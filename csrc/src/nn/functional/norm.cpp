@@ -1,3 +1,4 @@
+#include <ATen/ops/erf.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <xtc/nn/functional/norm.h>
@@ -26,6 +27,11 @@ at::Tensor dynamic_tanh(const at::Tensor& x, const NormWeights& w, bool unit_off
   return (x * alpha).tanh() * gamma + w.beta;
 }
 
+at::Tensor derf(const at::Tensor& x, const NormWeights& w, bool unit_offset) {
+  const double offset = unit_offset ? 1.0 : 0.0;
+  return at::erf(x * (w.pre_tanh_scale + offset) + w.shift) * (w.gain + offset) + w.beta;
+}
+
 at::Tensor adaptive_norm(NormKind kind, const at::Tensor& x, const at::Tensor& gamma) {
   const auto normed =
       kind == NormKind::AdaptiveLayerNorm
@@ -41,6 +47,8 @@ at::Tensor norm(NormKind kind, const at::Tensor& x, const NormWeights& w, bool u
       return layer_norm(x, w.gain, unit_offset);
     case NormKind::DynamicTanh:
       return dynamic_tanh(x, w, unit_offset, dynamic_tanh_init_alpha);
+    case NormKind::Derf:
+      return derf(x, w, unit_offset);
     default:
       return rms_norm(x, w.gain, unit_offset);
   }

@@ -30,7 +30,14 @@ AttentionWeights attention_weights(const StackParameters& p, const std::string& 
   w.to_q = p.get(prefix + "to_q.weight");
   w.to_k = p.get(prefix + "to_k.weight");
   w.to_v = p.get(prefix + "to_v.weight");
-  w.to_v_gate = p.get(prefix + "to_v_gate.weight");
+  const auto low_rank = [&](const std::string& name) {
+    return LowRankLinearWeights{p.get(prefix + name + ".weight"), p.get(prefix + name + ".down.weight"),
+                                p.get(prefix + name + ".up.weight")};
+  };
+  w.to_v_gate = low_rank("to_v_gate");
+  w.to_output_gate = low_rank("to_output_gate");
+  w.v_head_gate_weight = p.get(prefix + "to_v_head_gate.weight");
+  w.v_head_gate_bias = p.get(prefix + "to_v_head_gate.bias");
   w.to_out = p.get(prefix + "to_out.weight");
   w.to_out_glu = p.get(prefix + "to_out.0.weight");
   w.pre_talking_heads = p.get(prefix + "attend.pre_softmax_talking_heads.weight");
@@ -73,14 +80,30 @@ FeedForwardWeights feed_forward_weights(const StackParameters& p, const std::str
 }
 
 ResidualWeights residual_weights(const StackParameters& p, const std::string& prefix) {
-  return {p.get(prefix + "residual_scale"), p.get(prefix + "gru.weight_ih"), p.get(prefix + "gru.weight_hh"),
-          p.get(prefix + "gru.bias_ih"), p.get(prefix + "gru.bias_hh")};
+  ResidualWeights w{p.get(prefix + "residual_scale"), p.get(prefix + "gru.weight_ih"),
+                    p.get(prefix + "gru.weight_hh"), p.get(prefix + "gru.bias_ih"),
+                    p.get(prefix + "gru.bias_hh")};
+  // mv_split_residual: learned vectors, or the to_alpha / to_beta linears.
+  w.alpha = p.get(prefix + "alpha");
+  w.beta = p.get(prefix + "beta");
+  if (!w.alpha.defined()) {
+    w.alpha = p.get(prefix + "to_alpha.weight");
+    w.alpha_bias = p.get(prefix + "to_alpha.bias");
+    w.beta = p.get(prefix + "to_beta.weight");
+    w.beta_bias = p.get(prefix + "to_beta.bias");
+  }
+  return w;
 }
 
 NormWeights norm_weights(const StackParameters& p, const std::string& prefix, NormKind kind) {
   NormWeights w;
   if (kind == NormKind::AdaptiveLayerNorm || kind == NormKind::AdaptiveRMSNorm) {
     w.gain = p.get(prefix + "to_gamma.weight");
+  } else if (kind == NormKind::Derf) {
+    w.pre_tanh_scale = p.get(prefix + "alpha");
+    w.shift = p.get(prefix + "s");
+    w.gain = p.get(prefix + "gamma");
+    w.beta = p.get(prefix + "beta");
   } else if (kind == NormKind::DynamicTanh) {
     w.gain = p.get(prefix + "gamma");
     w.pre_tanh_scale = p.get(prefix + "pre_tanh_scale");

@@ -4,6 +4,7 @@
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/modules/attention.h>
 #include <xtc/nn/modules/construction.h>
+#include <xtc/nn/modules/lora_linear.h>
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/torch_layers.h>
 
@@ -52,7 +53,21 @@ void AttentionImpl::reset() {
       options.dim_context().value_or(dim);  // cross-attention over a context of another width
   to_k = register_module("to_k", Linear(no_bias(dim_kv, kv_heads * dh)));
   to_v = register_module("to_v", Linear(no_bias(dim_kv, kv_heads * dv)));
-  if (options.gate_values()) to_v_gate = register_module("to_v_gate", Linear(no_bias(dim, heads * dv)));
+  // The gates' projections start at zero (x-transformers' LoRALinear); gate_value_heads' starts open.
+  const bool silu = options.low_rank_silu_gates();
+  if (options.gate_values())
+    to_v_gate =
+        register_lora_linear(*this, "to_v_gate", dim, options.gate_values_headwise() ? heads : heads * dv,
+                             options.gate_values_rank(), silu);
+  if (options.output_gate())
+    to_output_gate = register_lora_linear(*this, "to_output_gate", heads * dv,
+                                          options.output_gate_headwise() ? heads : heads * dv,
+                                          options.output_gate_rank(), silu);
+  if (options.gate_value_heads()) {
+    to_v_head_gate = register_module("to_v_head_gate", Linear(dim, heads));
+    torch::nn::init::zeros_(to_v_head_gate->weight);
+    torch::nn::init::constant_(to_v_head_gate->bias, 10.0);
+  }
   const auto multihead_rms_norm = [&](const char* name, int64_t norm_heads) {
     return register_module(name, MultiheadRMSNorm(norm_heads, dh))->gamma;
   };
@@ -73,16 +88,21 @@ void AttentionImpl::reset() {
     register_module("to_value_residual_mix",
                     torch::nn::Sequential(to_value_residual_mix, torch::nn::Sigmoid()));
   }
-  if (options.on_attn()) {
+  const int64_t merged = merged_width(options, heads);
+  if (!projects_out(options, heads)) {
+    // x-transformers' nn.Identity: the merged heads are the output.
+  } else if (options.on_attn()) {
     // Attention on attention: Linear to 2 x dim, then a GLU.
-    Linear glu_projection(no_bias(heads * dv, 2 * dim));
+    Linear glu_projection(no_bias(merged, 2 * dim));
     if (options.zero_init_output()) torch::nn::init::zeros_(glu_projection->weight);
     to_out_glu = glu_projection->weight;
     register_module("to_out", torch::nn::Sequential(glu_projection, torch::nn::GLU()));
-  } else if (heads > 1) {
-    // x-transformers has no output projection with a single head.
-    to_out = register_module("to_out", Linear(no_bias(heads * dv, dim)));
-    if (options.zero_init_output()) torch::nn::init::zeros_(to_out->weight);
+  } else {
+    to_out = register_module("to_out", Linear(no_bias(merged, dim)));
+    if (options.zero_init_output())
+      torch::nn::init::zeros_(to_out->weight);
+    else if (options.output_proj_depth().has_value())
+      torch::nn::init::normal_(to_out->weight, 0.0, depth_scaled_std(merged, *options.output_proj_depth()));
   }
 }
 
@@ -104,7 +124,10 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, c
   functional::AttentionWeights w{to_q->weight,
                                  to_k->weight,
                                  to_v->weight,
-                                 to_v_gate ? to_v_gate->weight : at::Tensor(),
+                                 to_v_gate,
+                                 to_output_gate,
+                                 to_v_head_gate ? to_v_head_gate->weight : at::Tensor(),
+                                 to_v_head_gate ? to_v_head_gate->bias : at::Tensor(),
                                  to_out ? to_out->weight : at::Tensor(),
                                  head_scale_params,
                                  mem_k,

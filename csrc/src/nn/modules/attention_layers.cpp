@@ -24,6 +24,8 @@ std::shared_ptr<torch::nn::Module> make_norm(const AttentionLayersOptions& o) {
       return SimpleRMSNorm(o.dim()).ptr();
     case NormKind::DynamicTanh:
       return DynamicTanh(o.dim(), o.dynamic_tanh_init_alpha(), offset).ptr();
+    case NormKind::Derf:
+      return Derf(o.dim(), offset).ptr();
     case NormKind::AdaptiveLayerNorm:
     case NormKind::AdaptiveRMSNorm:
       return AdaptiveNorm(o.norm_kind(), o.dim(), o.conditioning_width()).ptr();
@@ -41,23 +43,32 @@ std::shared_ptr<torch::nn::Module> make_norm_slots(const AttentionLayersOptions&
   return slots;
 }
 
+// depth_scale_residual: a block's output projection is initialised by its block's depth, from 1.
+std::optional<int64_t> output_proj_depth(const AttentionLayersOptions& o, size_t index) {
+  if (!o.depth_scale_residual()) return std::nullopt;
+  return static_cast<int64_t>(index) / o.block_length() + 1;
+}
+
 std::shared_ptr<torch::nn::Module> make_block(char type, size_t index, const AttentionLayersOptions& o,
                                               bool learned_value_mix, int64_t shift) {
   std::shared_ptr<torch::nn::Module> block;
   if (type == 'f') {
     auto ff = o.layer_feed_forward(index);
     ff.zero_init_output(ff.zero_init_output() || o.zero_init_branch_output());
+    ff.output_proj_depth(output_proj_depth(o, index));
     block = FeedForward(o.dim(), ff).ptr();
     if (o.macaron()) block = Scale(0.5, block).ptr();
   } else {
     auto attn = o.layer_attention(index);
     attn.zero_init_output(attn.zero_init_output() || o.zero_init_branch_output());
+    attn.output_proj_depth(output_proj_depth(o, index));
     block = Attention(o.dim(), o.heads(), attn, type == 'a' && o.causal(), learned_value_mix).ptr();
   }
   if (shift > 0) block = ShiftTokens(shift, block).ptr();
   if (o.use_layerscale())
     block = LayerScale(block, o.dim(), o.layerscale_init_value(), o.norm_add_unit_offset()).ptr();
   if (o.use_adaptive_layerscale()) block = AdaptiveLayerScale(block, o.dim(), o.conditioning_width()).ptr();
+  if (o.scales_branch_output()) block = Scale(*o.branch_output_scale(), block).ptr();
   return block;
 }
 
@@ -70,6 +81,12 @@ std::shared_ptr<torch::nn::Module> make_rel_pos(const AttentionLayersOptions& o)
 
 std::shared_ptr<torch::nn::Module> make_residual(const AttentionLayersOptions& o) {
   if (o.residual_kind() == ResidualKind::GRUGating) return GRUGating(o.dim(), o.scale_residual()).ptr();
+  if (o.residual_kind() == ResidualKind::Orthogonal)
+    return OrthogonalResidualUpdate(o.dim(), o.scale_residual()).ptr();
+  if (o.residual_kind() == ResidualKind::MVSplit)
+    return MVSplitResidualUpdate(o.dim(), o.mv_split_residual_init_alpha(), o.mv_split_residual_init_beta(),
+                                 o.mv_split_residual_learned())
+        .ptr();
   return Residual(o.dim(), o.scale_residual(), o.scale_residual_constant()).ptr();
 }
 

@@ -80,6 +80,8 @@ void FeedForwardImpl::reset() {
   if (options.zero_init_output()) {
     torch::nn::init::zeros_(proj_out->weight);
     if (proj_out->bias.defined()) torch::nn::init::zeros_(proj_out->bias);
+  } else if (options.output_proj_depth().has_value()) {
+    torch::nn::init::normal_(proj_out->weight, 0.0, depth_scaled_std(inner, *options.output_proj_depth()));
   }
 }
 

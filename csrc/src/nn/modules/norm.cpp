@@ -80,6 +80,39 @@ at::Tensor DynamicTanhImpl::forward(const at::Tensor& x) {
   return functional::dynamic_tanh(x, {gamma, pre_tanh_scale, beta}, unit_offset, init_alpha);
 }
 
+DerfImpl::DerfImpl(int64_t dim, bool unit_offset) : dim(dim), unit_offset(unit_offset) { reset(); }
+
+void DerfImpl::reset() {
+  TORCH_CHECK_VALUE(dim > 0, "Derf: expected dim > 0, got ", dim);
+  // x-transformers' registration order: alpha, s, gamma, beta.
+  alpha = register_parameter("alpha", module_tensor({}));
+  s = register_parameter("s", module_tensor({}));
+  gamma = register_parameter("gamma", module_tensor({dim}));
+  beta = register_parameter("beta", module_tensor({dim}));
+  reset_parameters();
+}
+
+void DerfImpl::reset_parameters() {
+  const double offset = unit_offset ? 1.0 : 0.0;
+  torch::nn::init::constant_(alpha, 0.5 - offset);
+  torch::nn::init::zeros_(s);
+  torch::nn::init::constant_(gamma, 1.0 - offset);
+  torch::nn::init::zeros_(beta);
+}
+
+void DerfImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::Derf(" << dim << (unit_offset ? ", unit_offset=true" : "") << ")";
+}
+
+at::Tensor DerfImpl::forward(const at::Tensor& x) {
+  functional::NormWeights w;
+  w.gain = gamma;
+  w.pre_tanh_scale = alpha;
+  w.beta = beta;
+  w.shift = s;
+  return functional::derf(x, w, unit_offset);
+}
+
 AdaptiveNormImpl::AdaptiveNormImpl(NormKind kind, int64_t dim, int64_t dim_condition)
     : kind(kind), dim(dim), dim_condition(dim_condition) {
   TORCH_INTERNAL_ASSERT(kind == NormKind::AdaptiveLayerNorm || kind == NormKind::AdaptiveRMSNorm);

@@ -36,6 +36,53 @@ at::Tensor GRUGatingImpl::forward(const at::Tensor& branch, const at::Tensor& re
                               1.0);
 }
 
+OrthogonalResidualUpdateImpl::OrthogonalResidualUpdateImpl(int64_t dim, bool scale_residual)
+    : dim(dim), scale_residual(scale_residual) {
+  reset();
+}
+
+void OrthogonalResidualUpdateImpl::reset() {
+  if (scale_residual) residual_scale = register_parameter("residual_scale", module_tensor({dim}).fill_(1));
+}
+
+at::Tensor OrthogonalResidualUpdateImpl::forward(const at::Tensor& branch, const at::Tensor& residual) {
+  functional::ResidualWeights weights;
+  weights.residual_scale = residual_scale;
+  return functional::residual(ResidualKind::Orthogonal, branch, residual, weights, 1.0);
+}
+
+MVSplitResidualUpdateImpl::MVSplitResidualUpdateImpl(int64_t dim, double init_alpha, double init_beta,
+                                                     bool learned)
+    : dim(dim), init_alpha(init_alpha), init_beta(init_beta), learned(learned) {
+  reset();
+}
+
+void MVSplitResidualUpdateImpl::reset() {
+  if (!learned) {
+    alpha = register_parameter("alpha", module_tensor({dim}).fill_(init_alpha));
+    beta = register_parameter("beta", module_tensor({dim}).fill_(init_beta));
+    return;
+  }
+  const auto start_at = [&](const char* name, double bias) {
+    auto linear = register_module(name, Linear(dim, dim));
+    torch::nn::init::zeros_(linear->weight);
+    torch::nn::init::constant_(linear->bias, bias);
+    return linear;
+  };
+  to_alpha = start_at("to_alpha", init_alpha);
+  to_beta = start_at("to_beta", init_beta);
+}
+
+at::Tensor MVSplitResidualUpdateImpl::forward(const at::Tensor& branch, const at::Tensor& residual,
+                                              const at::Tensor& mask) {
+  functional::ResidualWeights w;
+  w.alpha = learned ? to_alpha->weight : alpha;
+  w.beta = learned ? to_beta->weight : beta;
+  if (learned) w.alpha_bias = to_alpha->bias, w.beta_bias = to_beta->bias;
+  return functional::residual(ResidualKind::MVSplit, branch, residual, w, 1.0,
+                              mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt);
+}
+
 LayerScaleImpl::LayerScaleImpl(std::shared_ptr<torch::nn::Module> fn, int64_t dim, double init_value,
                                bool unit_offset)
     : fn(std::move(fn)), dim(dim), init_value(init_value), unit_offset(unit_offset) {
@@ -105,6 +152,16 @@ void ResidualImpl::pretty_print(std::ostream& stream) const {
 
 void GRUGatingImpl::pretty_print(std::ostream& stream) const {
   stream << "xtc::nn::GRUGating(" << dim << (scale_residual ? ", scale_residual=true" : "") << ")";
+}
+
+void OrthogonalResidualUpdateImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::OrthogonalResidualUpdate(" << dim << (scale_residual ? ", scale_residual=true" : "")
+         << ")";
+}
+
+void MVSplitResidualUpdateImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::MVSplitResidualUpdate(" << dim << ", init_alpha=" << init_alpha
+         << ", init_beta=" << init_beta << (learned ? ", learned=true" : "") << ")";
 }
 
 void LayerScaleImpl::pretty_print(std::ostream& stream) const {

@@ -20,23 +20,35 @@ std::vector<char> default_block(const AttentionLayersOptions& o) {
   if (o.macaron()) block.push_back('f');
   if (!(o.cross_attend() && o.only_cross())) block.push_back('a');
   if (o.cross_attend()) block.push_back('c');
-  block.push_back('f');
+  if (!o.only_attn()) block.push_back('f');
   return block;
 }
+
+// The layout before only_attn takes the feed-forwards out of it.
+std::vector<char> scheduled_layer_types(const AttentionLayersOptions& o);
 
 }  // namespace
 
 std::vector<char> AttentionLayersOptions::layer_types() const {
-  auto block = default_block(*this);
+  auto types = scheduled_layer_types(*this);
+  if (only_attn_) types.erase(std::remove(types.begin(), types.end(), 'f'), types.end());
+  return types;
+}
+
+namespace {
+
+std::vector<char> scheduled_layer_types(const AttentionLayersOptions& o) {
+  const auto block = default_block(o);
   std::vector<char> types;
-  if (custom_layers_.has_value()) return {custom_layers_->begin(), custom_layers_->end()};
-  if (par_ratio_.has_value()) {
+  if (o.custom_layers().has_value()) return {o.custom_layers()->begin(), o.custom_layers()->end()};
+  const int64_t depth = o.depth();
+  if (o.par_ratio().has_value()) {
     // PAR: attention-heavy head of blocks, then feed-forwards (x-transformers' construction, verbatim).
-    const int64_t par_depth = depth_ * static_cast<int64_t>(block.size());
+    const int64_t par_depth = depth * static_cast<int64_t>(block.size());
     std::vector<char> attn_block;
     for (char t : block)
       if (t != 'f') attn_block.push_back(t);
-    const int64_t par_attn = par_depth / *par_ratio_;
+    const int64_t par_attn = par_depth / *o.par_ratio();
     const int64_t depth_cut = par_depth * 2 / 3;
     const int64_t par_width = (depth_cut + depth_cut / par_attn) / par_attn;
     std::vector<char> par_block = attn_block;
@@ -45,16 +57,23 @@ std::vector<char> AttentionLayersOptions::layer_types() const {
     types.resize(par_depth, 'f');
     return types;
   }
-  if (sandwich_coef_.has_value()) {
-    types.assign(*sandwich_coef_, 'a');
-    for (int64_t i = 0; i < depth_ - *sandwich_coef_; ++i)
+  if (o.sandwich_coef().has_value()) {
+    types.assign(*o.sandwich_coef(), 'a');
+    for (int64_t i = 0; i < depth - *o.sandwich_coef(); ++i)
       types.insert(types.end(), block.begin(), block.end());
-    types.resize(types.size() + *sandwich_coef_, 'f');
+    types.resize(types.size() + *o.sandwich_coef(), 'f');
     return types;
   }
-  const int64_t blocks = weight_tie_layers_ ? 1 : depth_;
+  const int64_t blocks = o.weight_tie_layers() ? 1 : depth;
   for (int64_t i = 0; i < blocks; ++i) types.insert(types.end(), block.begin(), block.end());
   return types;
+}
+
+}  // namespace
+
+int64_t AttentionLayersOptions::block_length() const {
+  const bool custom = custom_layers_.has_value() || par_ratio_.has_value() || sandwich_coef_.has_value();
+  return custom ? 1 : static_cast<int64_t>(default_block(*this).size());
 }
 
 std::vector<int64_t> AttentionLayersOptions::unet_skip_sources() const {
@@ -63,8 +82,7 @@ std::vector<int64_t> AttentionLayersOptions::unet_skip_sources() const {
   if (!unet_skips_) return sources;
   // x-transformers' construction, verbatim: blocks count as one layer for custom layouts, the depth is 1 when
   // tied.
-  const bool custom = custom_layers_.has_value() || par_ratio_.has_value() || sandwich_coef_.has_value();
-  const int64_t block = custom ? 1 : static_cast<int64_t>(default_block(*this).size());
+  const int64_t block = block_length();
   const int64_t depth = weight_tie_layers_ ? 1 : depth_;
   const int64_t skips = depth / block;
   TORCH_CHECK_VALUE(skips > 0, "AttentionLayers: unet_skips needs a depth of at least 2 blocks, got ", depth);
@@ -154,11 +172,15 @@ NormKind AttentionLayersOptions::norm_kind() const {
   if (use_scalenorm_) return NormKind::ScaleNorm;
   if (use_simple_rmsnorm_) return NormKind::SimpleRMSNorm;
   if (use_dynamic_tanh_) return NormKind::DynamicTanh;
+  if (use_derf_) return NormKind::Derf;
   return NormKind::LayerNorm;
 }
 
 ResidualKind AttentionLayersOptions::residual_kind() const {
-  return gate_residual_ ? ResidualKind::GRUGating : ResidualKind::Add;
+  if (gate_residual_) return ResidualKind::GRUGating;
+  if (orthog_residual_) return ResidualKind::Orthogonal;
+  if (mv_split_residual_) return ResidualKind::MVSplit;
+  return ResidualKind::Add;
 }
 
 namespace {
@@ -166,20 +188,73 @@ namespace {
 // How the scores become weights, as x-transformers' Attend asserts it: one of softmax (with or without
 // top-k), sigmoid and hard; none of the three variants in its flash path; none for linear attention, which
 // has no scores.
-void validate_attention_weighting(const char* prefix, const AttentionOptions& a) {
-  const int variants = int(a.sigmoid()) + int(a.hard()) + int(a.sparse_topk().has_value());
-  TORCH_CHECK_VALUE(variants <= 1, "AttentionLayers: ", prefix, "sigmoid, ", prefix, "hard and ", prefix,
-                    "sparse_topk exclude each other; set at most one");
-  const bool any = a.sigmoid() || a.hard() || a.cog_signed();
-  TORCH_CHECK_VALUE(!(any && a.flash()), "AttentionLayers: ", prefix, "sigmoid, ", prefix, "hard and ",
-                    prefix, "cog_signed are not available with ", prefix, "flash (as x-transformers)");
-  TORCH_CHECK_VALUE(!(any && a.linear()), "AttentionLayers: ", prefix,
-                    "linear has no score matrix, so it clashes with ", prefix, "sigmoid, ", prefix,
-                    "hard and ", prefix, "cog_signed");
+void validate_attention_weighting(const char* prefix, const AttentionOptions& a,
+                                  const AttentionLayersOptions& o) {
+  const int variants = int(a.sigmoid()) + int(a.hard()) + int(a.sparse_topk().has_value()) +
+                       int(a.l2_distance()) + int(a.gumbel_softmax());
+  TORCH_CHECK_VALUE(variants <= 1, "AttentionLayers: ", prefix, "sigmoid, ", prefix, "hard, ", prefix,
+                    "sparse_topk, ", prefix, "l2_distance and ", prefix,
+                    "gumbel_softmax exclude each other; set at most one");
+  const bool any = a.sigmoid() || a.hard() || a.cog_signed() || a.gumbel_softmax() || a.selective();
+  TORCH_CHECK_VALUE(!(any && a.flash()), "AttentionLayers: ", prefix, "sigmoid, ", prefix, "hard, ", prefix,
+                    "cog_signed, ", prefix, "gumbel_softmax and ", prefix,
+                    "selective are not available with ", prefix, "flash (as x-transformers)");
+  TORCH_CHECK_VALUE(!((any || a.l2_distance()) && a.linear()), "AttentionLayers: ", prefix,
+                    "linear has no score matrix, so it clashes with ", prefix, "sigmoid, ", prefix, "hard, ",
+                    prefix, "cog_signed, ", prefix, "l2_distance, ", prefix, "gumbel_softmax and ", prefix,
+                    "selective");
+  TORCH_CHECK_VALUE(!a.gumbel_softmax() || a.gumbel_softmax_temp() > 0, "AttentionLayers: expected ", prefix,
+                    "gumbel_softmax_temp > 0, got ", a.gumbel_softmax_temp());
+  // Cross-attention is never causal: x-transformers asserts there too (attn_* reaches it as well).
+  TORCH_CHECK_VALUE(
+      !a.selective() || (o.causal() && std::string(prefix) == "attn_"), "AttentionLayers: ", prefix,
+      "selective is designed for causal self-attention (a Decoder), and x-transformers refuses it ",
+      "elsewhere, cross-attention included (attn_* options reach cross-attention too; set ",
+      "cross_attn_selective=False)");
+}
+
+// The value and output gates (x-transformers' LoRALinear gates, HyGA), LASER and the output's extras.
+void validate_attention_gates(const char* prefix, const AttentionOptions& a,
+                              const AttentionLayersOptions& o) {
+  const auto needs = [&](bool given, bool what, const char* option, const char* needed) {
+    TORCH_CHECK_VALUE(!given || what, "AttentionLayers: ", prefix, option, " needs ", prefix, needed);
+  };
+  needs(a.gate_values_rank().has_value() || a.gate_values_headwise(), a.gate_values(),
+        "gate_values_rank / gate_values_headwise", "gate_values");
+  needs(a.output_gate_rank().has_value() || a.output_gate_headwise(), a.output_gate(),
+        "output_gate_rank / output_gate_headwise", "output_gate");
+  needs(a.swiglu_values(), a.gate_values() || a.output_gate(), "swiglu_values",
+        "gate_values or output_gate (it is their activation)");
+  TORCH_CHECK_VALUE(!(a.gate_values_headwise() && a.gate_values_rank().has_value()),
+                    "AttentionLayers: ", prefix, "gate_values_rank cannot be set with ", prefix,
+                    "gate_values_headwise (the headwise gate projects to the heads directly)");
+  TORCH_CHECK_VALUE(!(a.output_gate_headwise() && a.output_gate_rank().has_value()),
+                    "AttentionLayers: ", prefix, "output_gate_rank cannot be set with ", prefix,
+                    "output_gate_headwise (the headwise gate projects to the heads directly)");
+  const int64_t width = o.heads() * a.value_dim_head().value_or(a.dim_head());
+  const auto check_rank = [&](const char* option, const std::optional<int64_t>& rank, int64_t in,
+                              int64_t out) {
+    TORCH_CHECK_VALUE(!rank.has_value() || (*rank > 0 && (*rank < in || *rank < out)),
+                      "AttentionLayers: expected ", prefix, option,
+                      " > 0 and below the gate's input or output width (", std::max(in, out), "), got ",
+                      rank.value_or(0));
+  };
+  check_rank("gate_values_rank", a.gate_values_rank(), o.dim(), width);
+  check_rank("output_gate_rank", a.output_gate_rank(), width, width);
+  TORCH_CHECK_VALUE(!a.laser() || a.laser_softclamp_value() > 0, "AttentionLayers: expected ", prefix,
+                    "laser_softclamp_value > 0, got ", a.laser_softclamp_value());
+  TORCH_CHECK_VALUE(a.sublayer_dropout() >= 0 && a.sublayer_dropout() < 1, "AttentionLayers: expected ",
+                    prefix, "sublayer_dropout in [0, 1), got ", a.sublayer_dropout());
+  // The projection spans a whole padded sequence, which packed sequences do not have.
+  TORCH_CHECK_VALUE(!((a.orthog_projected_values() || a.orthog_projected_values_per_head()) &&
+                      (o.unpad() || a.flash_pack_seq())),
+                    "AttentionLayers: ", prefix,
+                    "orthog_projected_values spans each padded sequence, so it clashes with ", "unpad and ",
+                    prefix, "flash_pack_seq");
 }
 
 void validate_attention(const char* prefix, const AttentionOptions& a, const AttentionLayersOptions& o) {
-  validate_attention_weighting(prefix, a);
+  validate_attention_weighting(prefix, a, o);
   TORCH_CHECK_VALUE(a.dim_head() > 0, "AttentionLayers: expected ", prefix, "dim_head > 0, got ",
                     a.dim_head());
   TORCH_CHECK_VALUE(!(a.one_kv_head() && a.kv_heads().has_value()), "AttentionLayers: ", prefix,
@@ -240,12 +315,15 @@ void validate_attention(const char* prefix, const AttentionOptions& a, const Att
       "AttentionLayers: ", prefix,
       "linear has no score matrix, so it clashes with alibi_pos_bias, "
       "rel_pos_bias, dynamic_pos_bias and residual_attn");
-  // x-transformers: with one head (and no on_attn) there is no output projection, so the value width must
-  // equal dim.
-  TORCH_CHECK_VALUE(o.heads() > 1 || a.on_attn() || a.value_dim_head().value_or(a.dim_head()) == o.dim(),
-                    "AttentionLayers: with heads=1 there is no output projection, so ", prefix,
-                    "dim_head must equal dim (", o.dim(), "), got ",
-                    a.value_dim_head().value_or(a.dim_head()));
+  // Without an output projection the merged heads are the block's output.
+  TORCH_CHECK_VALUE(projects_out(a, o.heads()) || merged_width(a, o.heads()) == o.dim(),
+                    "AttentionLayers: without an output projection (heads=1 or ", prefix,
+                    "project_out=False) the merged heads are the output, so heads * ", prefix,
+                    "dim_head (or ", prefix, "value_dim_head) must equal dim (", o.dim(), "), got ",
+                    merged_width(a, o.heads()));
+  TORCH_CHECK_VALUE(!(a.on_attn() && !projects_out(a, o.heads())), "AttentionLayers: ", prefix,
+                    "on_attn is an output projection, so it clashes with ", prefix, "project_out=False");
+  validate_attention_gates(prefix, a, o);
 }
 
 int count_true(std::initializer_list<bool> flags) {
@@ -258,6 +336,37 @@ int count_true(std::initializer_list<bool> flags) {
 
 namespace {
 
+// How branches join the residual stream: one kind of update, and what each needs.
+void validate_residual(const AttentionLayersOptions& o) {
+  TORCH_CHECK_VALUE(
+      count_true({o.gate_residual(), o.orthog_residual(), o.mv_split_residual()}) <= 1,
+      "AttentionLayers: gate_residual, orthog_residual and mv_split_residual exclude each other; set "
+      "at most one");
+  TORCH_CHECK_VALUE(
+      !(o.mv_split_residual() && (o.scale_residual() || o.scale_residual_constant() != 1.0)),
+      "AttentionLayers: mv_split_residual has no residual scale, so it clashes with scale_residual "
+      "and scale_residual_constant (x-transformers would ignore them)");
+  TORCH_CHECK_VALUE(
+      !(o.mv_split_residual_learned() || o.mv_split_residual_init_alpha() != 0.0 ||
+        o.mv_split_residual_init_beta() != 0.03) ||
+          o.mv_split_residual(),
+      "AttentionLayers: residual_fn_kwargs learned / init_alpha / init_beta are mv_split_residual's; set "
+      "mv_split_residual=True");
+  // x-transformers' depth-scaled init reaches for the output projection's weight, which these leave out.
+  const auto no_plain_projection = [&](const AttentionOptions& a) {
+    return a.on_attn() || !projects_out(a, o.heads());
+  };
+  TORCH_CHECK_VALUE(
+      !(o.depth_scale_residual() &&
+        (no_plain_projection(o.attn()) || (o.cross_attend() && no_plain_projection(o.cross_attn())))),
+      "AttentionLayers: depth_scale_residual scales the output projections' init, which attn_on_attn, "
+      "heads=1 and attn_project_out=False leave without a single weight");
+  // Both reduce over each sequence's whole length, which packed sequences do not have.
+  TORCH_CHECK_VALUE(!((o.orthog_residual() || o.mv_split_residual()) && o.unpad()),
+                    "AttentionLayers: ", o.orthog_residual() ? "orthog_residual" : "mv_split_residual",
+                    " reduces over each whole sequence, so it clashes with unpad");
+}
+
 // Sizes and the norm: one kind of norm, of layerscale, and what they need.
 void validate_sizes_and_norms(const AttentionLayersOptions& o) {
   TORCH_CHECK_VALUE(o.dim() > 0, "AttentionLayers: expected dim > 0, got ", o.dim());
@@ -266,8 +375,8 @@ void validate_sizes_and_norms(const AttentionLayersOptions& o) {
                     "AttentionLayers: expected depth > 0, got ", o.depth());
   TORCH_CHECK_VALUE(
       count_true({o.use_scalenorm(), o.use_rmsnorm(), o.use_simple_rmsnorm(), o.use_dynamic_tanh(),
-                  o.use_adaptive_layernorm(), o.use_adaptive_rmsnorm()}) <= 1,
-      "AttentionLayers: use_scalenorm, use_rmsnorm, use_simple_rmsnorm, use_dynamic_tanh, "
+                  o.use_derf(), o.use_adaptive_layernorm(), o.use_adaptive_rmsnorm()}) <= 1,
+      "AttentionLayers: use_scalenorm, use_rmsnorm, use_simple_rmsnorm, use_dynamic_tanh, use_derf, "
       "use_adaptive_layernorm and use_adaptive_rmsnorm clash; set at most one");
   TORCH_CHECK_VALUE(!(o.use_layerscale() && o.use_adaptive_layerscale()),
                     "AttentionLayers: use_layerscale and use_adaptive_layerscale clash; set at most one");
@@ -292,6 +401,14 @@ void validate_layer_layout(const AttentionLayersOptions& o) {
       "AttentionLayers: weight_tie_layers clashes with custom_layers, par_ratio, sandwich_coef and "
       "layers_execute_order");
   TORCH_CHECK_VALUE(o.pre_norm() || !o.sandwich_norm(), "AttentionLayers: sandwich_norm needs pre_norm=True");
+  validate_residual(o);
+  TORCH_CHECK_VALUE(!(o.only_attn() && (!o.layers_execute_order().empty() || o.unet_skips())),
+                    "AttentionLayers: only_attn clashes with layers_execute_order and unet_skips (as "
+                    "x-transformers: their indices count the feed-forwards)");
+  TORCH_CHECK_VALUE(
+      !(o.only_attn() && o.custom_layers().has_value() && o.custom_layers()->find('f') != std::string::npos),
+      "AttentionLayers: only_attn clashes with feed-forward layers ('f') in custom_layers, got ",
+      o.custom_layers().value_or(""));
   for (const int64_t s : o.shift_tokens())
     TORCH_CHECK_VALUE(s >= 0, "AttentionLayers: expected shift_tokens >= 0, got ", s);
   TORCH_CHECK_VALUE(o.shift_tokens().size() <= 1 || o.shift_tokens().size() == o.layer_types().size(),
@@ -486,12 +603,31 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(sigmoid, bool);
   XTC_ATTN(hard, bool);
   XTC_ATTN(cog_signed, bool);
+  XTC_ATTN(l2_distance, bool);
+  XTC_ATTN(gumbel_softmax, bool);
+  XTC_ATTN(gumbel_softmax_temp, double);
+  XTC_ATTN(gumbel_softmax_hard, bool);
+  XTC_ATTN(selective, bool);
   XTC_ATTN(on_attn, bool);
   XTC_ATTN(qk_norm, bool);
   XTC_ATTN(qk_norm_groups, int64_t);
   XTC_ATTN(qk_norm_scale, double);
   XTC_ATTN(qk_norm_dim_scale, bool);
   XTC_ATTN(gate_values, bool);
+  XTC_ATTN(gate_values_rank, std::optional<int64_t>);
+  XTC_ATTN(gate_values_headwise, bool);
+  XTC_ATTN(output_gate, bool);
+  XTC_ATTN(output_gate_rank, std::optional<int64_t>);
+  XTC_ATTN(output_gate_headwise, bool);
+  XTC_ATTN(low_rank_silu_gates, bool);
+  XTC_ATTN(swiglu_values, bool);
+  XTC_ATTN(gate_value_heads, bool);
+  XTC_ATTN(laser, bool);
+  XTC_ATTN(laser_softclamp_value, double);
+  XTC_ATTN(orthog_projected_values, bool);
+  XTC_ATTN(orthog_projected_values_per_head, bool);
+  XTC_ATTN(project_out, std::optional<bool>);
+  XTC_ATTN(sublayer_dropout, double);
   XTC_ATTN(head_scale, bool);
   XTC_ATTN(num_mem_kv, int64_t);
   XTC_ATTN(add_zero_kv, bool);
@@ -521,6 +657,7 @@ const std::vector<Field>& fields() {
     XTC_OWN(use_simple_rmsnorm, bool);
     XTC_OWN(use_dynamic_tanh, bool);
     XTC_OWN(dynamic_tanh_init_alpha, double);
+    XTC_OWN(use_derf, bool);
     XTC_OWN(norm_add_unit_offset, bool);
     XTC_OWN(pre_norm, bool);
     XTC_OWN(sandwich_norm, bool);
@@ -538,9 +675,17 @@ const std::vector<Field>& fields() {
     XTC_OWN(scale_residual, bool);
     XTC_OWN(scale_residual_constant, double);
     XTC_OWN(gate_residual, bool);
+    XTC_OWN(orthog_residual, bool);
+    XTC_OWN(mv_split_residual, bool);
+    XTC_OWN(mv_split_residual_learned, bool);
+    XTC_OWN(mv_split_residual_init_alpha, double);
+    XTC_OWN(mv_split_residual_init_beta, double);
+    XTC_OWN(branch_output_scale, std::optional<double>);
+    XTC_OWN(depth_scale_residual, bool);
     XTC_OWN(use_layerscale, bool);
     XTC_OWN(layerscale_init_value, double);
     XTC_OWN(macaron, bool);
+    XTC_OWN(only_attn, bool);
     XTC_OWN(custom_layers, std::optional<std::string>);
     XTC_OWN(sandwich_coef, std::optional<int64_t>);
     XTC_OWN(par_ratio, std::optional<int64_t>);

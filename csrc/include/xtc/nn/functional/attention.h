@@ -13,15 +13,24 @@
 
 namespace xtc::nn::functional {
 
+/// x-transformers' LoRALinear: up(act(down(x))) through a low-rank bottleneck, or one bias-less weight.
+struct LowRankLinearWeights {
+  at::Tensor weight;    // (out, in); undefined with a bottleneck
+  at::Tensor down, up;  // (rank, in), (out, rank)
+  bool defined() const { return weight.defined() || down.defined(); }
+};
+
 /// The attention block's tensors; undefined where the options leave one out.
 struct AttentionWeights {
-  at::Tensor to_q, to_k, to_v;        // (h dh, dim), (hk dh, dim), (hk dv, dim)
-  at::Tensor to_v_gate;               // (h dv, dim)
-  at::Tensor to_out;                  // (dim, h dv); undefined with one head
-  at::Tensor head_scale;              // (1, h, 1, 1)
-  at::Tensor mem_k, mem_v;            // (hk, num_mem_kv, dh)
-  at::Tensor qk_q_scale, qk_k_scale;  // (h, 1, dh), (hk, 1, dh)
-  at::Tensor to_out_glu;              // (2 dim, h dv), on_attn: GLU output projection instead of to_out
+  at::Tensor to_q, to_k, to_v;                      // (h dh, dim), (hk dh, dim), (hk dv, dim)
+  LowRankLinearWeights to_v_gate;                   // dim -> h dv (or h, headwise)
+  LowRankLinearWeights to_output_gate;              // h dv -> h dv (or h, headwise)
+  at::Tensor v_head_gate_weight, v_head_gate_bias;  // (h, dim), (h): gate_value_heads
+  at::Tensor to_out;                                // (dim, h dv); undefined with one head
+  at::Tensor head_scale;                            // (1, h, 1, 1)
+  at::Tensor mem_k, mem_v;                          // (hk, num_mem_kv, dh)
+  at::Tensor qk_q_scale, qk_k_scale;                // (h, 1, dh), (hk, 1, dh)
+  at::Tensor to_out_glu;  // (2 dim, h dv), on_attn: GLU output projection instead of to_out
   at::Tensor pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;  // (h, h, 1, 1)
   at::Tensor value_mix_weight, value_mix_bias;  // (h, dim), (h): learned value-residual mix
   at::Tensor q_rmsnorm, k_rmsnorm,
@@ -93,6 +102,9 @@ struct ScoreTransforms {
   bool sparse_topk_straight_through = false;
   at::Tensor sink;  // (h): a logit column joined before the softmax and dropped after it; undefined = none
   bool sigmoid = false, hard = false, cog_signed = false;  // AttentionOptions' weighting variants
+  bool gumbel_softmax = false, gumbel_softmax_hard = true;
+  double gumbel_softmax_temp = 1.0;
+  bool selective = false;  // selective attention's gate subtracted after the masks
 };
 
 /// What the attention block needs besides its weights.

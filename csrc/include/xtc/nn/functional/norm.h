@@ -14,14 +14,17 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& gamma, bool unit_of
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& g, bool unit_offset = true);
 
 /// A norm's tensors: its gain (gamma or g; undefined for SimpleRMSNorm) and, for DynamicTanh, the scalar
-/// pre_tanh_scale and the bias beta.
+/// pre_tanh_scale and the bias beta; Derf's scalar alpha sits in pre_tanh_scale, its scalar s in shift.
 struct NormWeights {
-  at::Tensor gain, pre_tanh_scale, beta;
+  at::Tensor gain, pre_tanh_scale, beta, shift;
 };
 
 /// x-transformers' DynamicTanh: tanh(x * (alpha [+ init_alpha])) * (gamma [+ 1]) + beta; the offsets with
 /// unit_offset.
 at::Tensor dynamic_tanh(const at::Tensor& x, const NormWeights& w, bool unit_offset, double init_alpha);
+
+/// x-transformers' Derf: erf(x * (alpha [+ 1]) + s) * (gamma [+ 1]) + beta; the offsets with unit_offset.
+at::Tensor derf(const at::Tensor& x, const NormWeights& w, bool unit_offset);
 
 /// x-transformers' AdaptiveLayerNorm / AdaptiveRMSNorm: the norm without a gain (LayerNorm eps 1e-5, or
 /// F.normalize times sqrt(dim)), times (gamma + 1), gamma = to_gamma(condition) broadcast over the tokens.

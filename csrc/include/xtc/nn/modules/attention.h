@@ -4,6 +4,7 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/common.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/functional/attention.h>
 #include <xtc/nn/modules/torch_layers.h>
 #include <xtc/nn/options/attention.h>
 
@@ -28,7 +29,7 @@ class AttendImpl : public torch::nn::Cloneable<AttendImpl> {
 TORCH_MODULE(Attend);
 
 /// x-transformers' Attention: `to_q`, `to_k`, `to_v`, `to_out` without bias (no `to_out` with one head), plus
-/// the optional `qk_norm_{q,k}_scale`, `head_scale_params`, `mem_k`/`mem_v` and `to_v_gate`. The attention
+/// the optional `qk_norm_{q,k}_scale`, `head_scale_params`, `mem_k`/`mem_v` and the gates. The attention
 /// itself runs in xtc::flash_attention.
 class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
  public:
@@ -46,7 +47,9 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
   int64_t dim, heads;
   AttentionOptions options;
   bool causal, learned_value_mix;
-  Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_v_gate{nullptr}, to_out{nullptr};
+  Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
+  functional::LowRankLinearWeights to_v_gate, to_output_gate;  // gate_values, output_gate
+  Linear to_v_head_gate{nullptr};                              // gate_value_heads
   at::Tensor qk_norm_q_scale, qk_norm_k_scale, head_scale_params, mem_k, mem_v;
   at::Tensor to_out_glu, pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;
   at::Tensor q_rmsnorm, k_rmsnorm, value_rmsnorm;  // per-head RMSNorm gains (heads or kv heads, 1, dim_head)

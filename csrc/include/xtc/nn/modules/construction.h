@@ -11,6 +11,7 @@
 #include <torch/nn/module.h>
 #include <xtc/nn/functional/attention_layers.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -40,5 +41,11 @@ at::Tensor module_tensor(at::IntArrayRef shape);
 /// Every parameter and buffer of `module` in torch's state_dict order (a module's own parameters, its own
 /// buffers, then its children's, recursively), under their dotted names.
 std::vector<functional::ParameterSpec> layout_of(const torch::nn::Module& module);
+
+/// x-transformers' init_depth_scaled_: the standard deviation 1 / sqrt(2 fan_in depth) of a residual branch's
+/// output projection at `depth` (OLMo's "mitchell" init).
+inline double depth_scaled_std(int64_t fan_in, int64_t depth) {
+  return 1.0 / std::sqrt(2.0 * static_cast<double>(fan_in) * static_cast<double>(depth));
+}
 
 }  // namespace xtc::nn

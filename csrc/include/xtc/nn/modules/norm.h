@@ -1,4 +1,4 @@
-// Norm modules: LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh, the adaptive norms and
+// Norm modules: LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh, Derf, the adaptive norms and
 // MultiheadRMSNorm, as x-transformers.
 #pragma once
 
@@ -72,6 +72,22 @@ class DynamicTanhImpl : public torch::nn::Cloneable<DynamicTanhImpl> {
   at::Tensor pre_tanh_scale, gamma, beta;
 };
 TORCH_MODULE(DynamicTanh);
+
+/// Derf, a norm-free replacement (arXiv 2512.10938): gamma * erf(alpha * x + s) + beta, learned scalars alpha
+/// (0.5) and s (0); x-transformers' Derf, its offsets (1) stored out of alpha and gamma under unit_offset.
+class DerfImpl : public torch::nn::Cloneable<DerfImpl> {
+ public:
+  explicit DerfImpl(int64_t dim, bool unit_offset = true);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x);
+
+  int64_t dim;
+  bool unit_offset;
+  at::Tensor alpha, s, gamma, beta;
+};
+TORCH_MODULE(Derf);
 
 /// x-transformers' AdaptiveLayerNorm / AdaptiveRMSNorm (DiT's adaLN, Peebles & Xie 2022, arXiv 2212.09748):
 /// the norm without a gain of its own, times (1 + to_gamma(condition)); to_gamma is zero-initialised, so a

@@ -1,8 +1,10 @@
-// Residual variants and branch wrappers: Residual, GRUGating, LayerScale, AdaptiveLayerScale, Scale,
-// ShiftTokens, and the U-Net skips' ConcatCombine, as x-transformers.
+// Residual variants and branch wrappers: Residual, GRUGating, OrthogonalResidualUpdate,
+// MVSplitResidualUpdate, LayerScale, AdaptiveLayerScale, Scale, ShiftTokens, and the U-Net skips'
+// ConcatCombine, as x-transformers.
 #pragma once
 
 #include <torch/nn/cloneable.h>
+#include <torch/nn/modules/common.h>
 #include <torch/nn/pimpl.h>
 #include <xtc/nn/modules/torch_layers.h>
 
@@ -37,6 +39,44 @@ class GRUGatingImpl : public torch::nn::Cloneable<GRUGatingImpl> {
   GRUCell gru{nullptr};
 };
 TORCH_MODULE(GRUGating);
+
+/// residual + the branch's part orthogonal to the residual, each sequence one vector (Oh et al. 2025, arXiv
+/// 2505.11881); the residual optionally scaled by `residual_scale` first.
+class OrthogonalResidualUpdateImpl : public torch::nn::Cloneable<OrthogonalResidualUpdateImpl> {
+ public:
+  OrthogonalResidualUpdateImpl(int64_t dim, bool scale_residual = false);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& branch, const at::Tensor& residual);
+
+  int64_t dim;
+  bool scale_residual;
+  at::Tensor residual_scale;
+};
+TORCH_MODULE(OrthogonalResidualUpdate);
+
+/// The mean-variance split update (arXiv 2605.06169): residual + (x - mean x) * beta + (mean x - mean
+/// residual) * alpha, the means over the kept tokens; alpha and beta learned vectors, or with `learned`
+/// zero-initialised linears `to_alpha` / `to_beta` of mean x (biases at the initial values).
+class MVSplitResidualUpdateImpl : public torch::nn::Cloneable<MVSplitResidualUpdateImpl> {
+ public:
+  MVSplitResidualUpdateImpl(int64_t dim, double init_alpha = 0.0, double init_beta = 0.03,
+                            bool learned = false);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  /// mask (b, n) bool, True = keep; undefined = every token.
+  at::Tensor forward(const at::Tensor& branch, const at::Tensor& residual, const at::Tensor& mask = {});
+
+  int64_t dim;
+  double init_alpha, init_beta;
+  bool learned;
+  at::Tensor alpha, beta;
+  Linear to_alpha{nullptr}, to_beta{nullptr};
+
+ protected:
+  FORWARD_HAS_DEFAULT_ARGS({2, torch::nn::AnyValue(at::Tensor())})
+};
+TORCH_MODULE(MVSplitResidualUpdate);
 
 /// Holds a branch as `fn` with a learned per-feature output scale `gamma` (CaiT's LayerScale); with
 /// `unit_offset` gamma is stored as (scale - 1). AttentionLayers applies it.

@@ -4,6 +4,7 @@
 
 #include <torch/arg.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 
@@ -51,8 +52,44 @@ struct AttentionOptions {
   TORCH_ARG(double, qk_norm_scale) = 10.0;
   /// Learned per-dim scales of q and k under qk_norm (Dehghani et al. 2023, arXiv 2302.05442).
   TORCH_ARG(bool, qk_norm_dim_scale) = false;
-  /// Sigmoid gate on the attention output from the block input (AlphaFold 2's gated attention).
+  /// Sigmoid gate on the attention output from the block input (AlphaFold 2's gated attention); its
+  /// projection starts at zero, as x-transformers'.
   TORCH_ARG(bool, gate_values) = false;
+  /// gate_values through a low-rank bottleneck of this width (x-transformers' LoRALinear, `to_v_gate.down`
+  /// and `.up`); unset = one bias-less projection.
+  TORCH_ARG(std::optional<int64_t>, gate_values_rank) = std::nullopt;
+  /// gate_values with one gate per head instead of per feature.
+  TORCH_ARG(bool, gate_values_headwise) = false;
+  /// A gate computed from the merged heads' output, added to gate_values' logits (hybrid gated attention,
+  /// HyGA, arXiv 2608.11805).
+  TORCH_ARG(bool, output_gate) = false;
+  /// output_gate through a low-rank bottleneck of this width; unset = one bias-less projection.
+  TORCH_ARG(std::optional<int64_t>, output_gate_rank) = std::nullopt;
+  /// output_gate with one gate per head instead of per feature.
+  TORCH_ARG(bool, output_gate_headwise) = false;
+  /// SiLU between the two halves of the low-rank gates, as HyGA.
+  TORCH_ARG(bool, low_rank_silu_gates) = true;
+  /// The gates weigh by SiLU instead of the sigmoid.
+  TORCH_ARG(bool, swiglu_values) = false;
+  /// A sigmoid gate per head from the block input, `to_v_head_gate` (weight 0, bias 10: open at the start;
+  /// "attend to nothing", arXiv 2306.12929).
+  TORCH_ARG(bool, gate_value_heads) = false;
+  /// LASER attention (arXiv 2411.03493): the values soft-clamped and exponentiated before the attention,
+  /// the log of its output after; gradients reach the values through the exp.
+  TORCH_ARG(bool, laser) = false;
+  /// The soft-clamp of laser's values before the exp.
+  TORCH_ARG(double, laser_softclamp_value) = 15.0;
+  /// "Belief attention" (openreview Ard2QzPAUK): the output made orthogonal to the query positions' own
+  /// values (x-transformers' orthog_project, over each sequence's whole (n, h dv) block, in float64).
+  TORCH_ARG(bool, orthog_projected_values) = false;
+  /// The same per head, as x-transformers' flag; its projection spans the same block, so it equals the
+  /// other, and with both the two outputs are joined (the output projection is twice as wide).
+  TORCH_ARG(bool, orthog_projected_values_per_head) = false;
+  /// Whether the heads are projected back to dim (`to_out`); unset = with more than one head or on_attn,
+  /// as x-transformers. False needs heads * value_dim_head == dim.
+  TORCH_ARG(std::optional<bool>, project_out) = std::nullopt;
+  /// Dropout on the block's output (training only).
+  TORCH_ARG(double, sublayer_dropout) = 0.0;
   /// Learned per-head output scale (Shleifer et al. 2021, NormFormer, arXiv 2110.09456).
   TORCH_ARG(bool, head_scale) = false;
   /// Learned memory key/values prepended to every sequence (Burtsev et al. 2020, arXiv 2006.11527).
@@ -90,10 +127,42 @@ struct AttentionOptions {
   /// Cog attention: the softmax weighs the scores' magnitudes and the weights take their signs back, so a
   /// query can subtract a value (Lv et al. 2024, openreview ezRrwwbxd0). On the materialising path.
   TORCH_ARG(bool, cog_signed) = false;
+  /// Scores from the negative squared distance of query and key, -|q - k|^2 times the scale, instead of their
+  /// dot product (x-transformers' l2_distance). In the flash kernels: q and k each take two more features,
+  /// whose dot product is that distance.
+  TORCH_ARG(bool, l2_distance) = false;
+  /// Gumbel-softmax weights (Jang et al. 2016, arXiv 1611.01144): Gumbel noise added to the scores on every
+  /// call, train or eval, as x-transformers; the same draws as its F.gumbel_softmax under one seed. On the
+  /// materialising path.
+  TORCH_ARG(bool, gumbel_softmax) = false;
+  /// The temperature of gumbel_softmax.
+  TORCH_ARG(double, gumbel_softmax_temp) = 1.0;
+  /// gumbel_softmax's one-hot of each row's top, with the soft weights' gradients (straight-through).
+  TORCH_ARG(bool, gumbel_softmax_hard) = true;
+  /// Selective attention (Leviathan et al. 2024, arXiv 2410.02703): each token can hide an earlier one from
+  /// the tokens after it, by the first head's positive scores summed down the queries. Causal
+  /// self-attention only, on the materialising path, and no decoding cache (x-transformers' can_cache_kv).
+  TORCH_ARG(bool, selective) = false;
   /// Attention on attention: a GLU output projection (Huang et al. 2019, arXiv 1908.06954).
   TORCH_ARG(bool, on_attn) = false;
   /// Output projection initialised to zero (set by AttentionLayers' zero_init_branch_output).
   TORCH_ARG(bool, zero_init_output) = false;
+  /// Otherwise, the output projection's weight drawn from N(0, 1 / (2 fan_in depth)) (set per block by
+  /// AttentionLayers' depth_scale_residual; not an option of the stack's own).
+  TORCH_ARG(std::optional<int64_t>, output_proj_depth) = std::nullopt;
 };
+
+/// Whether the block projects its heads back to dim (`to_out`): project_out, else with more than one head or
+/// on_attn, as x-transformers.
+inline bool projects_out(const AttentionOptions& o, int64_t heads) {
+  return o.project_out().value_or(heads > 1 || o.on_attn());
+}
+
+/// The width to_out reads: the merged heads, once per orthogonal projection joined.
+inline int64_t merged_width(const AttentionOptions& o, int64_t heads) {
+  const int64_t copies = std::max<int64_t>(
+      1, int64_t(o.orthog_projected_values()) + int64_t(o.orthog_projected_values_per_head()));
+  return heads * o.value_dim_head().value_or(o.dim_head()) * copies;
+}
 
 }  // namespace xtc::nn

@@ -20,11 +20,12 @@ enum class NormKind {
   ScaleNorm,
   SimpleRMSNorm,
   DynamicTanh,
+  Derf,
   AdaptiveLayerNorm,
   AdaptiveRMSNorm
 };
 /// How a branch output joins the residual stream.
-enum class ResidualKind { Add, GRUGating };
+enum class ResidualKind { Add, GRUGating, Orthogonal, MVSplit };
 
 /// One group of x-transformers' repeat_blocks: blocks first..last (inclusive) run `repeats` times in a row.
 struct RepeatBlocks {
@@ -52,6 +53,13 @@ struct AttentionLayersOptions {
   int64_t resolved_kv_heads(const AttentionOptions& attention) const;
   NormKind norm_kind() const;
   ResidualKind residual_kind() const;
+  /// x-transformers' len_default_block: the layers of one default block, 1 for custom_layers, par_ratio and
+  /// sandwich_coef (a block's index is a layer's index over it).
+  int64_t block_length() const;
+  /// Whether branch_output_scale wraps every block in a Scale (x-transformers leaves out a scale of 1).
+  bool scales_branch_output() const {
+    return branch_output_scale_.has_value() && *branch_output_scale_ != 1.0;
+  }
   /// Whether the wrappers' absolute positions are off because the stack has its own (rotary or T5), as
   /// x-transformers' `disable_abs_pos_emb` default.
   /// Whether wrappers leave out their absolute position embedding: disable_abs_pos_emb, by default with
@@ -124,6 +132,9 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, use_dynamic_tanh) = false;
   /// The initial alpha of use_dynamic_tanh.
   TORCH_ARG(double, dynamic_tanh_init_alpha) = 1.0;
+  /// Derf in place of every norm, gamma * erf(alpha * x + s) + beta, learned scalars alpha (0.5) and s (0)
+  /// (arXiv 2512.10938); x-transformers' Derf.
+  TORCH_ARG(bool, use_derf) = false;
   /// Adaptive LayerNorm (DiT, Peebles & Xie 2022, arXiv 2212.09748): LayerNorm without a gain, times
   /// (1 + W condition) per norm; forward then takes `condition`.
   TORCH_ARG(bool, use_adaptive_layernorm) = false;
@@ -162,12 +173,33 @@ struct AttentionLayersOptions {
   TORCH_ARG(double, scale_residual_constant) = 1.0;
   /// GRU gating instead of addition (Parisotto et al. 2019, arXiv 1910.06764).
   TORCH_ARG(bool, gate_residual) = false;
+  /// The branch output joins the residual only by its part orthogonal to it (Oh et al. 2025, arXiv
+  /// 2505.11881), each sequence's whole (n, dim) block one vector, as x-transformers' orthog_project.
+  TORCH_ARG(bool, orthog_residual) = false;
+  /// The mean-variance split update (arXiv 2605.06169): residual + (x - mean x) * beta + (mean x - mean
+  /// residual) * alpha, the means over each sequence's kept tokens.
+  TORCH_ARG(bool, mv_split_residual) = false;
+  /// mv_split_residual's alpha and beta from the branch's mean (zero-initialised linears, biases at the
+  /// initial values) instead of learned vectors (x-transformers' residual_fn_kwargs `learned`).
+  TORCH_ARG(bool, mv_split_residual_learned) = false;
+  /// mv_split_residual's initial alpha (residual_fn_kwargs `init_alpha`).
+  TORCH_ARG(double, mv_split_residual_init_alpha) = 0.0;
+  /// mv_split_residual's initial beta (residual_fn_kwargs `init_beta`).
+  TORCH_ARG(double, mv_split_residual_init_beta) = 0.03;
+  /// Every branch output times this constant (x-transformers' scale_residual or depth_scale_residual given
+  /// as a number: its Scale wrapper, `fn.` in the parameter names unless 1); unset = none.
+  TORCH_ARG(std::optional<double>, branch_output_scale) = std::nullopt;
+  /// Output projections initialised from N(0, 1 / (2 fan_in depth)), depth the block's index from 1 (OLMo's
+  /// "mitchell" init; x-transformers' depth_scale_residual=True).
+  TORCH_ARG(bool, depth_scale_residual) = false;
   /// Learned per-feature scale of each branch output (Touvron et al. 2021, CaiT, arXiv 2103.17239).
   TORCH_ARG(bool, use_layerscale) = false;
   /// Initial LayerScale value.
   TORCH_ARG(double, layerscale_init_value) = 0.0;
   /// Feed-forward before and after attention, each at half weight (Lu et al. 2019, arXiv 1906.02762).
   TORCH_ARG(bool, macaron) = false;
+  /// Attention layers only, the feed-forwards left out (Ndubuaku et al., arXiv 2607.18363).
+  TORCH_ARG(bool, only_attn) = false;
   /// Explicit layer kinds, e.g. "aaff"; depth is then unused.
   TORCH_ARG(std::optional<std::string>, custom_layers) = std::nullopt;
   /// Sandwich transformer: k attention layers first, k feed-forwards last (Press et al. 2019, arXiv

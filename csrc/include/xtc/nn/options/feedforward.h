@@ -41,6 +41,9 @@ struct FeedForwardOptions {
   TORCH_ARG(double, sublayer_dropout) = 0.0;
   /// Output projection initialised to zero (set by AttentionLayers' zero_init_branch_output).
   TORCH_ARG(bool, zero_init_output) = false;
+  /// Otherwise, the output projection's weight drawn from N(0, 1 / (2 fan_in depth)) (set per block by
+  /// AttentionLayers' depth_scale_residual; not an option of the stack's own).
+  TORCH_ARG(std::optional<int64_t>, output_proj_depth) = std::nullopt;
 };
 
 }  // namespace xtc::nn
