@@ -61,8 +61,20 @@ for _name in ("attn_orthog_projected_values", "attn_orthog_projected_values_per_
 # there); cross-attention is never causal, so cross_attn_selective is accepted only as False.
 PROBES["attn_selective"] = dict(attn_selective=True, cross_attn_selective=False, causal=True)
 PROBES["cross_attn_selective"] = None
+# Data-dependent ALiBi likewise gates the queries' own positions: self-attention only.
+_DDA = dict(attn_data_dependent_alibi=True, cross_attn_data_dependent_alibi=False)
+PROBES.update({
+    "attn_data_dependent_alibi": _DDA,
+    "attn_data_dependent_alibi_per_row": dict(_DDA, attn_data_dependent_alibi_per_row=True, causal=True),
+    "attn_data_dependent_alibi_per_row_dim_head": dict(_DDA, attn_data_dependent_alibi_per_row=True, causal=True),
+    "cross_attn_data_dependent_alibi": None, "cross_attn_data_dependent_alibi_per_row": None,
+    "cross_attn_data_dependent_alibi_per_row_dim_head": None,
+})
+for _prefix in ("attn_", "cross_attn_"):
+    for _name in ("rel_proj_num_distance_basis", "rel_proj_max_dist"):
+        PROBES[_prefix + _name] = {_prefix + "use_rel_proj_pos_bias": True}
 # Stack options that change how attention runs, probed like the attn_* ones.
-STACK_PROBED = {"alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias", "residual_attn", "cross_residual_attn",
+STACK_PROBED = {"polar_pos_emb", "alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias", "residual_attn", "cross_residual_attn",
                 "rotary_pos_emb", "rotary_xpos", "rotary_xpos_scale_base", "rotate_num_heads"}
 # What the kernel column alone does not say.
 NOTES = {
@@ -72,6 +84,7 @@ NOTES = {
     "attn_num_mem_kv": "materialised scores together with alibi_pos_bias or attn_max_attend_past",
     "attn_add_zero_kv": "materialised scores together with alibi_pos_bias or attn_max_attend_past",
     "cross_attn_add_zero_kv": "a zero key and value in front",
+    "polar_pos_emb": "q and k as magnitudes at their positions' angles, 2 dim_head features (self-attention only)",
     "rotary_pos_emb": "q and k rotated before it (self-attention only, as x-transformers)",
     "rotary_xpos": "q and k rotated and xPos-scaled before it (Decoder only, as x-transformers)",
     "rotary_xpos_scale_base": "as rotary_xpos",
@@ -87,6 +100,13 @@ NOTES = {
     "cross_attn_orthog_projected_values": "as attn_orthog_projected_values, for a context as long as x (each "
                                           "query's own position's values)",
     "cross_attn_orthog_projected_values_per_head": "as cross_attn_orthog_projected_values",
+    "cross_attn_data_dependent_alibi": "accepted as False only: the gates bias keys at the queries' own positions, "
+                                       "which a context does not have",
+    "cross_attn_data_dependent_alibi_per_row": "as cross_attn_data_dependent_alibi",
+    "cross_attn_data_dependent_alibi_per_row_dim_head": "as cross_attn_data_dependent_alibi",
+    "attn_data_dependent_alibi": "the forget gates' bias replaces the stack's position biases (refused beside them); "
+                                 "a per-token decay the kernels could add, but they take ALiBi slopes only, so it "
+                                 "materialises",
     "cross_attn_selective": "accepted as False only: cross-attention is never causal, and x-transformers refuses "
                             "selective attention that is not",
     "attn_l2_distance": "q and k take two more features whose dot product is -|q - k|^2",
@@ -96,6 +116,8 @@ NOTES = {
 }
 # Options whose row is a description rather than a kernel path.
 DESCRIBED = {
+    "polar_bias_uniform_init": "the keys' angle shift drawn uniform in [-2 pi, 0] (x-transformers 2.31.10 builds "
+                               "this only under torch.no_grad)",
     "attn_flash": "accepted and ignored: our kernels always run",
     "cross_attn_flash": "accepted and ignored: our kernels always run",
     "causal": "set by Decoder; Encoder rejects it",
@@ -174,7 +196,7 @@ WHY_REJECTED = [
     (("custom_attn_fn", "hybrid_module", "custom_activation"), _CALLABLE),
     (("hybrid_mask_kwarg", "hybrid_fold_axial_dim", "hybrid_learned_mix"),
      "an option of hybrid_module, a Python module, which the C++ stack cannot run"),
-    (("rel_pos_kwargs", "data_dependent_alibi_kwargs", "aggregated_residual_kwargs",
+    (("rel_pos_kwargs", "aggregated_residual_kwargs",
       "attend_sdp_kwargs"), "a dict of keyword arguments for a module not implemented here"),
     (("verbose",), "logging only; nothing here to log"),
     (("onnxable",), "an ONNX-export variant of x-transformers' Python attention; ours exports through torch.export"),
@@ -195,6 +217,8 @@ def why_rejected(kwarg):
 
 # Handled by the constructors themselves rather than as options.
 IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8",
+           "attn_data_dependent_alibi_kwargs": "bias_init and post_log_scale; other keys raise a TypeError naming them",
+           "cross_attn_data_dependent_alibi_kwargs": "as attn_data_dependent_alibi_kwargs",
            "residual_fn_kwargs": "the residual update's options: learned, init_alpha, init_beta (mv_split_residual); "
                                  "other keys raise a TypeError naming them"}
 # Not keyword arguments users pass to AttentionLayers.

@@ -54,20 +54,36 @@ def _route(kwargs):
     return routed, groups
 
 
-# residual_fn_kwargs' keys, by the residual update that reads them: our option for each.
+# x-transformers' dict arguments (the keyword arguments of a module it builds): our option for each key.
 _RESIDUAL_FN_KWARGS = {"learned": "mv_split_residual_learned", "init_alpha": "mv_split_residual_init_alpha",
                        "init_beta": "mv_split_residual_init_beta"}
+_DATA_DEPENDENT_ALIBI_KWARGS = {"bias_init": "data_dependent_alibi_bias_init",
+                                "post_log_scale": "data_dependent_alibi_post_log_scale"}
+
+
+def _expand_dict_argument(kwargs, name, keys, owner, prefix=""):
+    """kwargs with the dict argument `name` replaced by our options for its keys (prefixed); other keys raise a
+    TypeError naming them."""
+    given = kwargs.pop(name, None) or {}
+    if not isinstance(given, dict):
+        raise TypeError(f"{name}: expected a dict, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(keys))
+    if unknown:
+        raise TypeError(f"{name}: unsupported keys {', '.join(map(repr, unknown))}; supported: "
+                        f"{', '.join(map(repr, keys))} ({owner}'s)")
+    kwargs.update({prefix + keys[k]: v for k, v in given.items()})
+    return kwargs
 
 
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _residual_forms(kwargs):
-    """x-transformers' residual arguments whose type picks their meaning, as our options: scale_residual or
+def _argument_forms(kwargs):
+    """x-transformers' arguments whose type picks their meaning, as our options: scale_residual or
     depth_scale_residual as a number scales every branch output (x-transformers' Scale wrapper; a numeric
-    scale_residual also keeps its truthiness for the learned residual scale), and residual_fn_kwargs holds the
-    residual update's own options."""
+    scale_residual also keeps its truthiness for the learned residual scale); residual_fn_kwargs and
+    *_data_dependent_alibi_kwargs hold the options of the module they configure."""
     kwargs = dict(kwargs)
     depth, scale = kwargs.get("depth_scale_residual"), kwargs.get("scale_residual")
     if _is_number(depth):
@@ -76,21 +92,19 @@ def _residual_forms(kwargs):
         kwargs["branch_output_scale"] = float(scale)
     if _is_number(scale):
         kwargs["scale_residual"] = bool(scale)
-    fn_kwargs = kwargs.pop("residual_fn_kwargs", None) or {}
-    if not isinstance(fn_kwargs, dict):
-        raise TypeError(f"residual_fn_kwargs: expected a dict, got {type(fn_kwargs).__name__}")
-    unknown = sorted(set(fn_kwargs) - set(_RESIDUAL_FN_KWARGS))
-    if unknown:
-        raise TypeError(f"residual_fn_kwargs: unsupported keys {', '.join(map(repr, unknown))}; supported: "
-                        f"{', '.join(map(repr, _RESIDUAL_FN_KWARGS))} (mv_split_residual's)")
-    kwargs.update({_RESIDUAL_FN_KWARGS[k]: v for k, v in fn_kwargs.items()})
+    kwargs = _expand_dict_argument(kwargs, "residual_fn_kwargs", _RESIDUAL_FN_KWARGS, "mv_split_residual")
+    for prefix in ("attn_", "cross_attn_"):
+        name = prefix + "data_dependent_alibi_kwargs"
+        if kwargs.get(prefix + "data_dependent_alibi_per_row") and "bias_init" in (kwargs.get(name) or {}):
+            raise TypeError(f"{name}: 'bias_init' is not an option of the per-row form (PerRowDataDependentAlibi)")
+        kwargs = _expand_dict_argument(kwargs, name, _DATA_DEPENDENT_ALIBI_KWARGS, "data_dependent_alibi", prefix)
     return kwargs
 
 
 def _options_text(kwargs):
     """x-transformers kwargs -> the C++ options line (not yet validated); unknown or unsupported kwargs raise
     TypeError naming them."""
-    kwargs = _residual_forms(kwargs)
+    kwargs = _argument_forms(kwargs)
     known = set(_C.option_keys())
     routed, groups = _route(kwargs)
     unknown = [name for name in kwargs if name not in known and not name.startswith(_PREFIXES)]

@@ -28,7 +28,7 @@ PROFILE = "stacks-long" if os.environ.get("XTC_HYPOTHESIS_PROFILE") == "long" el
 # option out is as likely as any value).
 OPTION_VALUES = {
     "norm": [None, "use_rmsnorm", "use_scalenorm", "use_simple_rmsnorm", "use_derf"],
-    "position": [None, "rotary_pos_emb", "alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias"],
+    "position": [None, "rotary_pos_emb", "alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias", "polar_pos_emb"],
     "pre_norm": [True, False],
     "sandwich_norm": [False, True],
     "residual_attn": [False, True],
@@ -55,6 +55,7 @@ OPTION_VALUES = {
     "attn_gate_variant": [None, "rank", "headwise_with_output_gate", "swiglu_output_gate"],
     "attn_gate_value_heads": [False, True],
     "attn_laser": [False, True],
+    "attn_use_rel_proj_pos_bias": [False, True],
     "attn_orthog_projected_values": [False, True],
     "ff_glu": [False, True],
     "ff_swish": [False, True],
@@ -129,7 +130,12 @@ def test_random_option_combinations_match_x_transformers(case):
         theirs(torch.randn(1, 2, case["kwargs"]["dim"]))
     except Exception:  # a combination x-transformers itself refuses (at construction or forward): draw another
         reject()
-    ours = ours_cls(**case["kwargs"])  # whatever x-transformers runs, we accept
+    try:
+        ours = ours_cls(**case["kwargs"])  # whatever x-transformers runs, we accept...
+    except ValueError as error:  # ...but for an option it would silently ignore, which we refuse by name
+        if "x-transformers would ignore" not in str(error):
+            raise
+        reject()
     theirs.load_state_dict(perturbed_state_dict(theirs))
     ours.load_state_dict(theirs.state_dict(), strict=True)
     g = torch.Generator().manual_seed(case["seed"])

@@ -28,6 +28,7 @@
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/packing.h>
+#include <xtc/nn/functional/positional.h>
 #include <xtc/ops/flash_attention.h>
 #include <xtc/ops/flash_attention_varlen.h>
 
@@ -264,9 +265,10 @@ void check_extra_key_values(const LayerCall& l, const PackedAttention* packed) {
   // x-transformers' biases, windows and attn_mask span the sequence's keys and its memory key/values only.
   TORCH_CHECK_VALUE(
       !l.c.alibi_slopes.defined() && !l.c.position_bias.defined() && !l.attn_mask.has_value() &&
-          !l.o.max_attend_past().has_value() && !l.o.window_size().has_value(),
+          !l.c.polar_angles.defined() && !l.o.max_attend_past().has_value() && !l.o.window_size().has_value(),
       "AttentionLayers: self_attn_additional_kv cannot be combined with alibi_pos_bias, rel_pos_bias, "
-      "dynamic_pos_bias, attn_bias, attn_mask, max_attend_past or window_size: those cover the "
+      "dynamic_pos_bias, polar_pos_emb, attn_bias, attn_mask, max_attend_past or window_size: those cover "
+      "the "
       "layer's own keys, not the additional ones (x-transformers' do not either)");
   TORCH_CHECK_VALUE(packed == nullptr,
                     "AttentionLayers: self_attn_additional_kv cannot be used with packed sequences");
@@ -348,7 +350,17 @@ at::Tensor rotate_heads(const at::Tensor& t, int64_t rotary_heads, const at::Ten
   return at::cat({t.narrow(2, 0, heads - rotated), rotated_part}, 2);
 }
 
+// PoPE: q and k as magnitudes at their positions' angles, 2 dh features; a single kv head becomes one per
+// head (the keys' shift is per head), so the values follow.
+void polar(QKV& t, const AttentionConfig& c) {
+  t.q = apply_polar(t.q, c.polar_angles);
+  t.k = apply_polar(t.k, c.polar_angles, c.polar_bias);
+  if (xtc::detail::static_size(t.v, 2) != xtc::detail::static_size(t.k, 2))
+    t.v = t.v.expand_symint({t.v.sym_size(0), t.v.sym_size(1), t.k.sym_size(2), t.v.sym_size(3)});
+}
+
 void rotate(QKV& t, const AttentionConfig& c) {
+  if (c.polar_angles.defined()) polar(t, c);
   if (!c.rotary_angles.defined()) return;
   t.q = rotate_heads(t.q, c.rotary_heads, c.rotary_angles, c.rotary_scale, false);
   const bool own_key_angles = c.key_rotary_angles.defined();
@@ -421,8 +433,8 @@ void prepend_unbiased_keys(const LayerCall& l, QKV& t, std::optional<at::Tensor>
   t.v = laser_values(o, t.v);
   if (o.add_zero_kv()) {
     // In front of the memory keys too, as x-transformers' Attend pads it last; always visible.
-    const int64_t heads_now = xtc::detail::static_size(t.k, 2);
-    t.k = at::cat({at::zeros_symint({b, 1, heads_now, l.c.dim_head}, t.k.options()), t.k}, 1);
+    const int64_t heads_now = xtc::detail::static_size(t.k, 2);  // q and k may be wider than dim_head (PoPE)
+    t.k = at::cat({at::zeros_symint({b, 1, heads_now, t.k.sym_size(3)}, t.k.options()), t.k}, 1);
     t.v = at::cat({at::zeros_symint({b, 1, heads_now, l.c.value_dim_head}, t.v.options()), t.v}, 1);
     if (key_mask.has_value())
       key_mask = at::cat({at::ones_symint({b, 1}, key_mask->options()), *key_mask}, 1);
@@ -615,6 +627,41 @@ at::Tensor output(const LayerCall& l, at::Tensor out, const at::Tensor& own_valu
   return out;
 }
 
+// The block's own learned biases (data-dependent ALiBi, the relative projection bias) over its keys: the
+// context's, or the sequence's behind its memory and cache. Returns `c`, or `biased` holding c with them.
+const AttentionConfig& with_learned_biases(const at::Tensor& x, const std::optional<at::Tensor>& context,
+                                           const AttentionWeights& w, const AttentionConfig& c,
+                                           const XLMemory& xl, const KVCache* cache,
+                                           AttentionConfig& biased) {
+  const auto& o = c.options;
+  if (!o.data_dependent_alibi() && !o.use_rel_proj_pos_bias()) return c;
+  const bool cached = cache != nullptr && cache->k.defined();
+  c10::SymInt keys = context.has_value() ? (cached ? cache->k.sym_size(1) : context->sym_size(1))
+                                         : x.sym_size(1) + (cached ? cache->k.sym_size(1) : 0);
+  if (!context.has_value() && xl.mem.defined()) keys = keys + xl.mem.sym_size(1);
+  biased = c;
+  if (o.data_dependent_alibi()) {
+    TORCH_CHECK_VALUE(
+        keys == x.sym_size(1) && !c.position_bias.defined(),
+        "AttentionLayers: data_dependent_alibi biases the layer's own tokens alone: it cannot be ",
+        "combined with a memory (mems), a cache or attn_bias (x-transformers fails or drops them)");
+    biased.position_bias =
+        w.forget_gate_bias.defined()
+            ? data_dependent_alibi(x, w.forget_gate_weight, w.forget_gate_bias, c.heads,
+                                   xtc::detail::static_size(w.forget_gate_weight, 0) == c.heads,
+                                   o.data_dependent_alibi_post_log_scale())
+            : per_row_data_dependent_alibi(x, w.forget_gate_weight, c.heads,
+                                           o.data_dependent_alibi_per_row_dim_head(),
+                                           o.data_dependent_alibi_post_log_scale());
+  }
+  if (o.use_rel_proj_pos_bias()) {
+    const auto bias =
+        relative_projection_bias(x, w.distance_weight, w.distance_bias, w.distance_bank, c.heads, keys);
+    biased.position_bias = biased.position_bias.defined() ? biased.position_bias + bias : bias;
+  }
+  return biased;
+}
+
 }  // namespace
 
 at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& context,
@@ -623,18 +670,20 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
                      const std::optional<at::Tensor>& attn_mask, at::Tensor* scores,
                      const ValueResidual& value_residual, const XLMemory& xl, KVCache* cache,
                      AttentionMaps* maps, const PackedAttention* packed, const ExtraKeyValues& extra) {
+  AttentionConfig biased;
+  const AttentionConfig& config = with_learned_biases(x, context, w, c, xl, cache, biased);
   const LayerCall l{
-      x,         context, w,    c,     c.options,           training,
-      attn_mask, scores,  maps, extra, context.has_value(), cache != nullptr && cache->k.defined()};
+      x,         context, w,    config, config.options,      training,
+      attn_mask, scores,  maps, extra,  context.has_value(), cache != nullptr && cache->k.defined()};
   check_extra_key_values(l, packed);
   TORCH_CHECK_VALUE(!(l.o.linear() && attn_mask.has_value()),
                     "AttentionLayers: attn_linear has no score matrix for attn_mask to act on");
   QKV t = project(l, xl, value_residual);
   const c10::SymInt xl_len = !l.cross && xl.mem.defined() ? xl.mem.sym_size(1) : c10::SymInt(0);
   if (cache != nullptr) through_cache(t, *cache, xl_len);
-  rotate(t, c);
+  rotate(t, config);
   const auto key_mask = key_mask_of(l, mask, context_mask, xl, xl_len, t.k.sym_size(1));
-  const KernelRule r = kernel_rule(c);
+  const KernelRule r = kernel_rule(config);
   const Backend path = choose_path(l, r, packed);
   const at::Tensor out = packed == nullptr
                              ? dense_attention(l, t, key_mask, r, x.sym_size(0), x.sym_size(1), path)

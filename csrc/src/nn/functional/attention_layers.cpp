@@ -21,6 +21,7 @@
 #include <xtc/nn/functional/shift_tokens.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 
 #include "src/nn/functional/additional_kv.h"
@@ -192,6 +193,21 @@ std::pair<at::Tensor, at::Tensor> rotary_of_call(const StackCall& c) {
   return {angles, scales};
 }
 
+// PoPE's angles of the self-attention keys' positions (x-transformers' seq_pos_offset with a cache), or of
+// the custom positions, and the keys' per-head shift clamped to [-2 pi, 0].
+void prepare_polar(StackCall& c) {
+  if (!c.o.polar_pos_emb()) return;
+  TORCH_CHECK_VALUE(c.mem_len == 0,
+                    "AttentionLayers: polar_pos_emb cannot be combined with mems (x-transformers' ",
+                    "polar positions do not cover a memory)");
+  const auto& inv_freq = c.p->get("polar_pos_emb.inv_freq");
+  const c10::SymInt positions = c.cached ? c.n_in + c.in.cache_length : c.x_in.sym_size(1);
+  const at::Tensor t =
+      c.in.pos.has_value() ? *c.in.pos : at::arange(positions, inv_freq.options().dtype(at::kLong));
+  c.self_config.polar_angles = polar_angles(inv_freq, t);
+  c.self_config.polar_bias = c.p->get("polar_pos_emb.learned_bias").clamp(-2 * M_PI, 0);
+}
+
 // Self-attention's biases: ALiBi (in the kernel, or dense over custom positions), T5 / dynamic, attn_bias.
 // Built in the padded frame, where attention runs when the varlen kernel cannot; they span the memory keys
 // too.
@@ -257,6 +273,7 @@ void prepare_positions(StackCall& c) {
   c.self_config.rotary_scale = scales;
   c.self_config.rotary_heads = o.rotate_num_heads().value_or(-1);
   prepare_self_biases(c, slopes);
+  prepare_polar(c);
   c.cross_config = attention_config(o.cross_attn(), o, /*causal=*/false, at::Tensor(), at::Tensor());
   if (c.in.context_pos.has_value()) prepare_context_rotary(c, angles, scales);
   c.self_config.residual_scores = o.residual_attn();

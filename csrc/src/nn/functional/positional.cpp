@@ -1,16 +1,20 @@
 // Positional encodings on explicit tensors; each function is documented in xtc/nn/functional/positional.h.
 #include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/floor_divide.h>
 #include <ATen/ops/full_like.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/log.h>
+#include <ATen/ops/log_sigmoid.h>
+#include <ATen/ops/matmul.h>
 #include <ATen/ops/minimum.h>
 #include <ATen/ops/pow.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/sign.h>
 #include <ATen/ops/silu.h>
+#include <ATen/ops/softplus.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
@@ -121,6 +125,58 @@ void check_positions(const at::Tensor& pos, const at::Tensor& x, const Attention
   TORCH_CHECK_VALUE(!o.alibi_pos_bias() || (!extra_keys && pos.sym_size(-1) == x.sym_size(1)),
                     "AttentionLayers: pos with alibi_pos_bias needs exactly one position per token (",
                     x.sym_size(1), "), and no cache or mems, got ", pos.sym_size(-1));
+}
+
+at::Tensor data_dependent_alibi(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                int64_t heads, bool causal, double post_log_scale) {
+  // (b, n, h') -> (b, h', n): cumulative log forget gates along the tokens.
+  const auto gates =
+      (at::log_sigmoid(at::linear(x, weight, bias)) * post_log_scale).transpose(1, 2).cumsum(-1);
+  const auto forward = gates.narrow(1, 0, heads);
+  const auto bias_ij = forward.unsqueeze(-1) - forward.unsqueeze(-2);  // F_i - F_j
+  if (causal) return bias_ij;
+  const auto backward = gates.narrow(1, heads, heads);
+  return bias_ij.tril() + (backward.unsqueeze(-2) - backward.unsqueeze(-1)).triu();  // F'_j - F'_i ahead
+}
+
+at::Tensor per_row_data_dependent_alibi(const at::Tensor& x, const at::Tensor& weight, int64_t heads,
+                                        int64_t dim_head, double post_log_scale) {
+  const c10::SymInt b = x.sym_size(0), n = x.sym_size(1);
+  // 'b n (qk h d) -> qk b h n d'
+  const auto qk = at::linear(x, weight).view_symint({b, n, 2, heads, dim_head}).permute({2, 0, 3, 1, 4});
+  auto gates = at::matmul(qk[0], qk[1].transpose(-1, -2)) / std::sqrt(static_cast<double>(dim_head));
+  gates = at::log_sigmoid(gates) * post_log_scale;
+  const auto rows = at::arange(n, x.options().dtype(at::kLong));
+  gates = gates.masked_fill(rows.unsqueeze(0) >= rows.unsqueeze(1), 0);  // the diagonal and the future
+  return gates.flip(-1).cumsum(-1).flip(-1);
+}
+
+at::Tensor relative_projection_bias(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                    const at::Tensor& distance_bank, int64_t heads, const c10::SymInt& keys) {
+  const c10::SymInt b = x.sym_size(0), n = x.sym_size(1);
+  const int64_t max_dist = distance_bank.size(1);
+  const auto mix = at::linear(x, weight, bias).view_symint({b, n, heads, distance_bank.sym_size(0)});
+  const auto curves = at::matmul(mix, distance_bank).transpose(1, 2);  // (b, h, n, max_dist)
+  const auto longs = x.options().dtype(at::kLong);
+  const auto distance =
+      (at::arange(n, longs) + (keys - n)).unsqueeze(1) - at::arange(keys, longs).unsqueeze(0);  // (n, keys)
+  const auto inside = (distance >= 0).logical_and(distance < max_dist);
+  const auto index = distance.clamp(0, max_dist - 1).expand_symint({b, heads, n, keys});
+  return curves.gather(-1, index).masked_fill(inside.logical_not(), 0);
+}
+
+at::Tensor polar_angles(const at::Tensor& inv_freq, const at::Tensor& t) {
+  return t.to(inv_freq.scalar_type()).unsqueeze(-1) * inv_freq;
+}
+
+at::Tensor apply_polar(const at::Tensor& t, const at::Tensor& angles, const at::Tensor& bias) {
+  const c10::SymInt n = t.sym_size(1);
+  const int64_t dim = angles.dim() - 2;
+  const auto last = angles.narrow_symint(dim, angles.sym_size(dim) - n, n).to(at::kFloat);
+  auto theta = last.dim() == 2 ? last.unsqueeze(0).unsqueeze(2) : last.unsqueeze(2);     // (1|b, n, 1, dh)
+  if (bias.defined()) theta = theta + bias.to(at::kFloat).transpose(0, 1).unsqueeze(0);  // (.., n, h, dh)
+  const auto magnitude = at::softplus(t.to(at::kFloat));
+  return at::cat({magnitude * theta.cos(), magnitude * theta.sin()}, -1).to(t.scalar_type());
 }
 
 }  // namespace xtc::nn::functional

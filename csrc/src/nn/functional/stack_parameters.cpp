@@ -54,6 +54,11 @@ AttentionWeights attention_weights(const StackParameters& p, const std::string& 
   w.q_rmsnorm = p.get(prefix + "q_rmsnorm.gamma");
   w.k_rmsnorm = p.get(prefix + "k_rmsnorm.gamma");
   w.value_rmsnorm = p.get(prefix + "value_rmsnorm.gamma");
+  w.forget_gate_weight = p.get(prefix + "data_dependent_alibi.to_forget_gates.0.weight");
+  w.forget_gate_bias = p.get(prefix + "data_dependent_alibi.to_forget_gates.0.bias");
+  w.distance_weight = p.get(prefix + "rel_proj_pos_bias.to_distance_weights.0.weight");
+  w.distance_bias = p.get(prefix + "rel_proj_pos_bias.to_distance_weights.0.bias");
+  w.distance_bank = p.get(prefix + "rel_proj_pos_bias.distance_bank");
   return w;
 }
 

@@ -6,6 +6,7 @@
 #include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/lora_linear.h>
 #include <xtc/nn/modules/norm.h>
+#include <xtc/nn/modules/positional.h>
 #include <xtc/nn/modules/torch_layers.h>
 
 #include <cmath>
@@ -74,6 +75,7 @@ void AttentionImpl::reset() {
   if (options.qk_rmsnorm()) q_rmsnorm = multihead_rms_norm("q_rmsnorm", heads);
   if (options.qk_rmsnorm() || options.k_rmsnorm()) k_rmsnorm = multihead_rms_norm("k_rmsnorm", kv_heads);
   if (options.value_rmsnorm()) value_rmsnorm = multihead_rms_norm("value_rmsnorm", heads);
+  register_learned_biases();
   if (options.head_learned_sink() || options.pre_talking_heads() || options.post_talking_heads() ||
       options.pre_scale_post_talking_heads()) {
     auto attend = register_module("attend", Attend(heads, options));
@@ -106,6 +108,26 @@ void AttentionImpl::reset() {
   }
 }
 
+void AttentionImpl::register_learned_biases() {
+  const auto& o = options;
+  if (o.data_dependent_alibi() && o.data_dependent_alibi_per_row()) {
+    auto dda = register_module("data_dependent_alibi",
+                               PerRowDataDependentAlibi(dim, heads, o.data_dependent_alibi_per_row_dim_head(),
+                                                        o.data_dependent_alibi_post_log_scale()));
+    forget_gate_weight = dda->to_forget_gates->weight;
+  } else if (o.data_dependent_alibi()) {
+    auto dda = register_module("data_dependent_alibi",
+                               DataDependentAlibi(dim, heads, causal, o.data_dependent_alibi_bias_init(),
+                                                  o.data_dependent_alibi_post_log_scale()));
+    forget_gate_weight = dda->to_forget_gates->weight;
+    forget_gate_bias = dda->to_forget_gates->bias;
+  }
+  if (o.use_rel_proj_pos_bias())
+    rel_proj_pos_bias = register_module(
+        "rel_proj_pos_bias",
+        RelativeProjPositionalBias(dim, heads, o.rel_proj_num_distance_basis(), o.rel_proj_max_dist()));
+}
+
 void AttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "xtc::nn::Attention(dim=" << dim << ", heads=" << heads << ", dim_head=" << options.dim_head();
   if (causal) stream << ", causal=true";
@@ -121,29 +143,35 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, c
   config.value_dim_head = options.value_dim_head().value_or(options.dim_head());
   config.causal = causal && !context.defined();
   config.options = options;
-  functional::AttentionWeights w{to_q->weight,
-                                 to_k->weight,
-                                 to_v->weight,
-                                 to_v_gate,
-                                 to_output_gate,
-                                 to_v_head_gate ? to_v_head_gate->weight : at::Tensor(),
-                                 to_v_head_gate ? to_v_head_gate->bias : at::Tensor(),
-                                 to_out ? to_out->weight : at::Tensor(),
-                                 head_scale_params,
-                                 mem_k,
-                                 mem_v,
-                                 qk_norm_q_scale,
-                                 qk_norm_k_scale,
-                                 to_out_glu,
-                                 pre_talking_heads,
-                                 post_talking_heads,
-                                 pre_scale_post_talking_heads,
-                                 to_value_residual_mix ? to_value_residual_mix->weight : at::Tensor(),
-                                 to_value_residual_mix ? to_value_residual_mix->bias : at::Tensor(),
-                                 q_rmsnorm,
-                                 k_rmsnorm,
-                                 value_rmsnorm,
-                                 head_attn_sink};
+  functional::AttentionWeights w{
+      to_q->weight,
+      to_k->weight,
+      to_v->weight,
+      to_v_gate,
+      to_output_gate,
+      to_v_head_gate ? to_v_head_gate->weight : at::Tensor(),
+      to_v_head_gate ? to_v_head_gate->bias : at::Tensor(),
+      to_out ? to_out->weight : at::Tensor(),
+      head_scale_params,
+      mem_k,
+      mem_v,
+      qk_norm_q_scale,
+      qk_norm_k_scale,
+      to_out_glu,
+      pre_talking_heads,
+      post_talking_heads,
+      pre_scale_post_talking_heads,
+      to_value_residual_mix ? to_value_residual_mix->weight : at::Tensor(),
+      to_value_residual_mix ? to_value_residual_mix->bias : at::Tensor(),
+      q_rmsnorm,
+      k_rmsnorm,
+      value_rmsnorm,
+      head_attn_sink,
+      forget_gate_weight,
+      forget_gate_bias,
+      rel_proj_pos_bias ? rel_proj_pos_bias->to_distance_weights->weight : at::Tensor(),
+      rel_proj_pos_bias ? rel_proj_pos_bias->to_distance_weights->bias : at::Tensor(),
+      rel_proj_pos_bias ? rel_proj_pos_bias->distance_bank : at::Tensor()};
   return functional::attention(x, optional(context), optional(mask), optional(context_mask), w, config,
                                is_training());
 }

@@ -99,6 +99,11 @@ AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options) : optio
 void AttentionLayersImpl::reset() {
   options.validate();
   layers = register_module("layers", torch::nn::ModuleList());
+  // x-transformers builds (and draws) its polar embedding before the layers, and registers it after them.
+  const PolarEmbedding polar =
+      options.polar_pos_emb()
+          ? PolarEmbedding(options.attn().dim_head(), options.heads(), options.polar_bias_uniform_init())
+          : nullptr;
   bool first_self_attention = true;
   const auto types = options.layer_types();
   for (size_t i = 0; i < types.size(); ++i) {
@@ -117,6 +122,7 @@ void AttentionLayersImpl::reset() {
     rotary_pos_emb = register_module("rotary_pos_emb",
                                      RotaryEmbedding(options.resolved_rotary_dim(), options.rotary_xpos(),
                                                      options.rotary_base_rescale_factor()));
+  if (polar) register_module("polar_pos_emb", polar);
   if (options.rel_pos_bias() || options.dynamic_pos_bias())
     rel_pos = register_module("rel_pos", make_rel_pos(options));
   if (options.needs_condition() && options.adaptive_condition_mlp()) {

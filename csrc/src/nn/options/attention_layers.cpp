@@ -253,7 +253,43 @@ void validate_attention_gates(const char* prefix, const AttentionOptions& a,
                     prefix, "flash_pack_seq");
 }
 
+// The learned biases of the block's own (data-dependent ALiBi, the relative projection bias).
+void validate_attention_biases(const char* prefix, const AttentionOptions& a,
+                               const AttentionLayersOptions& o) {
+  const bool self = std::string(prefix) == "attn_";
+  TORCH_CHECK_VALUE(
+      !a.data_dependent_alibi() || self, "AttentionLayers: ", prefix,
+      "data_dependent_alibi gates the keys at the queries' own positions, which a context does not "
+      "have (attn_* options reach cross-attention too; set cross_attn_data_dependent_alibi=False)");
+  // (attn_* reach cross-attention too, where the per-row flag goes with data_dependent_alibi turned off.)
+  TORCH_CHECK_VALUE(!a.data_dependent_alibi_per_row() ||
+                        (self ? a.data_dependent_alibi() && o.causal() : !a.data_dependent_alibi()),
+                    "AttentionLayers: ", prefix, "data_dependent_alibi_per_row needs ", prefix,
+                    "data_dependent_alibi in a causal stack (x-transformers has no bidirectional form)");
+  TORCH_CHECK_VALUE(
+      !a.data_dependent_alibi() || !(o.alibi_pos_bias() || o.rel_pos_bias() || o.dynamic_pos_bias()),
+      "AttentionLayers: ", prefix,
+      "data_dependent_alibi takes the place of alibi_pos_bias, rel_pos_bias and dynamic_pos_bias "
+      "(x-transformers drops them in its layers); set at most one");
+  TORCH_CHECK_VALUE(a.data_dependent_alibi_per_row_dim_head() > 0 && a.rel_proj_num_distance_basis() > 0 &&
+                        a.rel_proj_max_dist() > 0,
+                    "AttentionLayers: expected ", prefix, "data_dependent_alibi_per_row_dim_head, ", prefix,
+                    "rel_proj_num_distance_basis and ", prefix, "rel_proj_max_dist > 0");
+  TORCH_CHECK_VALUE(!(a.linear() && (a.data_dependent_alibi() || a.use_rel_proj_pos_bias())),
+                    "AttentionLayers: ", prefix, "linear has no score matrix, so it clashes with ", prefix,
+                    "data_dependent_alibi and ", prefix, "use_rel_proj_pos_bias");
+  TORCH_CHECK_VALUE(!a.use_rel_proj_pos_bias() || a.num_mem_kv() == 0, "AttentionLayers: ", prefix,
+                    "use_rel_proj_pos_bias clashes with ", prefix,
+                    "num_mem_kv (x-transformers pads its bias for the memory keys twice)");
+  TORCH_CHECK_VALUE(
+      !((a.data_dependent_alibi() || a.use_rel_proj_pos_bias()) && (o.unpad() || a.flash_pack_seq())),
+      "AttentionLayers: ", prefix, "data_dependent_alibi and ", prefix,
+      "use_rel_proj_pos_bias read each padded sequence, so they clash with unpad and ", prefix,
+      "flash_pack_seq");
+}
+
 void validate_attention(const char* prefix, const AttentionOptions& a, const AttentionLayersOptions& o) {
+  validate_attention_biases(prefix, a, o);
   validate_attention_weighting(prefix, a, o);
   TORCH_CHECK_VALUE(a.dim_head() > 0, "AttentionLayers: expected ", prefix, "dim_head > 0, got ",
                     a.dim_head());
@@ -335,6 +371,29 @@ int count_true(std::initializer_list<bool> flags) {
 }  // namespace
 
 namespace {
+
+// PoPE: what its doubled q and k can meet.
+void validate_polar(const AttentionLayersOptions& o) {
+  if (!o.polar_pos_emb()) {
+    TORCH_CHECK_VALUE(!o.polar_bias_uniform_init(),
+                      "AttentionLayers: polar_bias_uniform_init needs polar_pos_emb");
+    return;
+  }
+  TORCH_CHECK_VALUE(!o.uses_rotary(),
+                    "AttentionLayers: rotary_pos_emb and polar_pos_emb exclude each other (as "
+                    "x-transformers); set at most one");
+  const auto& a = o.attn();
+  const int64_t kv_heads = o.resolved_kv_heads(a);
+  TORCH_CHECK_VALUE(
+      kv_heads == o.heads() || kv_heads == 1,
+      "AttentionLayers: polar_pos_emb biases each head's keys, so it needs one kv head per head (or "
+      "one for all), got ",
+      kv_heads, " kv heads for ", o.heads(), " heads");
+  TORCH_CHECK_VALUE(
+      a.num_mem_kv() == 0 && !a.linear() && !o.unpad() && !a.flash_pack_seq(),
+      "AttentionLayers: polar_pos_emb clashes with attn_num_mem_kv (its keys stay dim_head wide, as "
+      "x-transformers fails), attn_linear, unpad and attn_flash_pack_seq");
+}
 
 // How branches join the residual stream: one kind of update, and what each needs.
 void validate_residual(const AttentionLayersOptions& o) {
@@ -464,6 +523,7 @@ void validate_positions(const AttentionLayersOptions& o) {
         "AttentionLayers: rotate_num_heads below heads needs as many kv heads as heads (no GQA), got ",
         o.resolved_kv_heads(o.attn()), " kv heads");
   }
+  validate_polar(o);
   TORCH_CHECK_VALUE(o.rotary_xpos_scale_base() > 0,
                     "AttentionLayers: expected rotary_xpos_scale_base > 0, got ", o.rotary_xpos_scale_base());
   if (o.uses_rotary()) {
@@ -603,6 +663,14 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(sigmoid, bool);
   XTC_ATTN(hard, bool);
   XTC_ATTN(cog_signed, bool);
+  XTC_ATTN(data_dependent_alibi, bool);
+  XTC_ATTN(data_dependent_alibi_per_row, bool);
+  XTC_ATTN(data_dependent_alibi_per_row_dim_head, int64_t);
+  XTC_ATTN(data_dependent_alibi_bias_init, double);
+  XTC_ATTN(data_dependent_alibi_post_log_scale, double);
+  XTC_ATTN(use_rel_proj_pos_bias, bool);
+  XTC_ATTN(rel_proj_num_distance_basis, int64_t);
+  XTC_ATTN(rel_proj_max_dist, int64_t);
   XTC_ATTN(l2_distance, bool);
   XTC_ATTN(gumbel_softmax, bool);
   XTC_ATTN(gumbel_softmax_temp, double);
@@ -712,6 +780,8 @@ const std::vector<Field>& fields() {
     XTC_OWN(rotary_xpos, bool);
     XTC_OWN(rotary_xpos_scale_base, int64_t);
     XTC_OWN(rotate_num_heads, std::optional<int64_t>);
+    XTC_OWN(polar_pos_emb, bool);
+    XTC_OWN(polar_bias_uniform_init, bool);
     XTC_OWN(disable_abs_pos_emb, std::optional<bool>);
     XTC_OWN(softclamp_output, bool);
     XTC_OWN(softclamp_output_value, double);

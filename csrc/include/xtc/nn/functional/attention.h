@@ -36,6 +36,10 @@ struct AttentionWeights {
   at::Tensor q_rmsnorm, k_rmsnorm,
       value_rmsnorm;          // (h, 1, dh), (hk, 1, dh), (h, 1, dh): per-head RMSNorm gains
   at::Tensor head_attn_sink;  // (h): learned per-head sink logits
+  // data_dependent_alibi: (h or 2h, dim) and (h or 2h); per row (2 h d, dim), no bias
+  at::Tensor forget_gate_weight, forget_gate_bias;
+  // use_rel_proj_pos_bias: (h basis, dim), (h basis), (basis, max_dist)
+  at::Tensor distance_weight, distance_bias, distance_bank;
 };
 
 /// ResFormer's value residual: `first` (the first layer's values, (b, m, hk, dv); undefined = none) is mixed
@@ -121,6 +125,9 @@ struct AttentionConfig {
   /// the last m rows); undefined = the keys take rotary_angles and rotary_scale as the queries do.
   at::Tensor key_rotary_angles, key_rotary_scale;
   int64_t rotary_heads = -1;  // rotary on the last rotary_heads heads of q and k; -1 = all
+  /// PoPE: the angles of the keys' positions, (N, dh) or (b, N, dh) (q and k take the last rows), and the
+  /// keys' per-head shift (h, 1, dh); undefined = no polar embedding.
+  at::Tensor polar_angles, polar_bias;
   at::Tensor
       position_bias;  // (1|b, h, n, n) bias (T5, dynamic, attn_bias) added to the logits; undefined = none
   bool residual_scores = false;  // RealFormer: take the previous layer's scores and hand on this layer's

@@ -47,6 +47,34 @@ at::Tensor rotary_angles(const at::Tensor& inv_freq, const at::Tensor& t, double
 /// in a row, max_pos the largest position + 1 (over the whole batch); q is multiplied by them, k divided.
 at::Tensor xpos_scales(const at::Tensor& scale, const at::Tensor& t, int64_t scale_base);
 
+/// The forgetting transformer's data-dependent ALiBi (x-transformers' DataDependentAlibi) of x (b, n, dim):
+/// F = cumsum(log sigmoid(x W^T + b) * post_log_scale) over the tokens, bias[i, j] = F_i - F_j; without
+/// causality W holds 2h rows, the second h giving F' for the keys ahead, bias = tril(F_i - F_j) + triu(F'_j -
+/// F'_i). Returns (b, h, n, n).
+at::Tensor data_dependent_alibi(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                int64_t heads, bool causal, double post_log_scale);
+
+/// Its per-row form (PerRowDataDependentAlibi): small queries and keys q, k = x W^T (h heads of `dim_head`
+/// each), g = log sigmoid(q . k / sqrt(dim_head)) * post_log_scale with the diagonal and the future zeroed,
+/// bias[i, j] = sum over j' >= j of g[i, j']. Causal; returns (b, h, n, n).
+at::Tensor per_row_data_dependent_alibi(const at::Tensor& x, const at::Tensor& weight, int64_t heads,
+                                        int64_t dim_head, double post_log_scale);
+
+/// Inkling's relative projection bias (x-transformers' RelativeProjPositionalBias) of the queries x (b, n,
+/// dim) over `keys` keys (the queries the last n): curves = (x W^T + b) . distance_bank per head, bias[i, j]
+/// = curve_i(i - j) for 0 <= i - j < max_dist, else 0. Returns (b, h, n, keys).
+at::Tensor relative_projection_bias(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                    const at::Tensor& distance_bank, int64_t heads, const c10::SymInt& keys);
+
+/// x-transformers' PolarEmbedding.forward over integer positions t, (N) or (b, N): the angles t * inv_freq,
+/// (N, dh) or (b, N, dh).
+at::Tensor polar_angles(const at::Tensor& inv_freq, const at::Tensor& t);
+
+/// x-transformers' apply_polar_pos_emb on t (b, n, heads, dh): softplus(t) at the last n rows of `angles`,
+/// plus `bias` (h, 1, dh) per head when defined (then a single head of t serves every head), as
+/// cat(cos, sin) features: (b, n, heads | h, 2 dh), computed in float32 and returned in t's dtype.
+at::Tensor apply_polar(const at::Tensor& t, const at::Tensor& angles, const at::Tensor& bias = {});
+
 /// Checks custom positions `pos` (x-transformers' forward argument): integers, (keys) or (b, keys) covering
 /// the self-attention keys; with ALiBi exactly one per token and no cache or memories (`extra_keys`).
 void check_positions(const at::Tensor& pos, const at::Tensor& x, const AttentionLayersOptions& options,

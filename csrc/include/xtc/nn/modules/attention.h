@@ -5,6 +5,7 @@
 #include <torch/nn/modules/common.h>
 #include <torch/nn/pimpl.h>
 #include <xtc/nn/functional/attention.h>
+#include <xtc/nn/modules/positional.h>
 #include <xtc/nn/modules/torch_layers.h>
 #include <xtc/nn/options/attention.h>
 
@@ -39,6 +40,8 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
                 bool learned_value_mix = false);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
+  /// data_dependent_alibi and use_rel_proj_pos_bias, registered where x-transformers does.
+  void register_learned_biases();
   /// x (b, n, dim); mask (b, n) bool, True = keep; context (b, m, dim) for cross-attention with context_mask
   /// (b, m). Undefined tensors mean "none".
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {}, const at::Tensor& context = {},
@@ -55,6 +58,8 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
   at::Tensor q_rmsnorm, k_rmsnorm, value_rmsnorm;  // per-head RMSNorm gains (heads or kv heads, 1, dim_head)
   at::Tensor head_attn_sink;                       // (heads) learned sink logits
   Linear to_value_residual_mix{nullptr};
+  at::Tensor forget_gate_weight, forget_gate_bias;  // data_dependent_alibi's gate projection
+  std::shared_ptr<RelativeProjPositionalBiasImpl> rel_proj_pos_bias;
 
  protected:
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},

@@ -143,6 +143,30 @@ struct AttentionOptions {
   /// the tokens after it, by the first head's positive scores summed down the queries. Causal
   /// self-attention only, on the materialising path, and no decoding cache (x-transformers' can_cache_kv).
   TORCH_ARG(bool, selective) = false;
+  /// The forgetting transformer's data-dependent ALiBi (Lin et al. 2025, openreview q2Lnyegkr8): per-head
+  /// log-sigmoid forget gates of the block input, summed between key and query, bias the scores
+  /// (`data_dependent_alibi.to_forget_gates`); without causality a second set of gates covers the keys
+  /// ahead. Self-attention, on the materialising path; it takes the place of the stack's position biases, as
+  /// in x-transformers, so those are refused beside it.
+  TORCH_ARG(bool, data_dependent_alibi) = false;
+  /// The forget gates from small per-head queries and keys of the input, per (query, key) row (causal
+  /// only).
+  TORCH_ARG(bool, data_dependent_alibi_per_row) = false;
+  /// The width of data_dependent_alibi_per_row's queries and keys.
+  TORCH_ARG(int64_t, data_dependent_alibi_per_row_dim_head) = 8;
+  /// The initial bias of data_dependent_alibi's gate projection (x-transformers' data_dependent_alibi_kwargs
+  /// `bias_init`): gates start near open.
+  TORCH_ARG(double, data_dependent_alibi_bias_init) = 5.0;
+  /// A multiplier on the log forget gates (data_dependent_alibi_kwargs `post_log_scale`).
+  TORCH_ARG(double, data_dependent_alibi_post_log_scale) = 1.0;
+  /// Inkling's relative projection bias: per query, a learned mix (`rel_proj_pos_bias.to_distance_weights`)
+  /// of learned curves over distance (`distance_bank`), zero outside [0, max_dist). Added to the other
+  /// biases, on the materialising path.
+  TORCH_ARG(bool, use_rel_proj_pos_bias) = false;
+  /// The curves of use_rel_proj_pos_bias.
+  TORCH_ARG(int64_t, rel_proj_num_distance_basis) = 16;
+  /// The distances use_rel_proj_pos_bias covers.
+  TORCH_ARG(int64_t, rel_proj_max_dist) = 1024;
   /// Attention on attention: a GLU output projection (Huang et al. 2019, arXiv 1908.06954).
   TORCH_ARG(bool, on_attn) = false;
   /// Output projection initialised to zero (set by AttentionLayers' zero_init_branch_output).

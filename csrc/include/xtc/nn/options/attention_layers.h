@@ -64,7 +64,9 @@ struct AttentionLayersOptions {
   /// x-transformers' `disable_abs_pos_emb` default.
   /// Whether wrappers leave out their absolute position embedding: disable_abs_pos_emb, by default with
   /// rotary or T5 relative positions (x-transformers).
-  bool disables_abs_pos_emb() const { return disable_abs_pos_emb_.value_or(uses_rotary() || rel_pos_bias_); }
+  bool disables_abs_pos_emb() const {
+    return disable_abs_pos_emb_.value_or(uses_rotary() || rel_pos_bias_ || polar_pos_emb_);
+  }
   /// Rotary embedding on: rotary_pos_emb, or rotary_xpos (which implies it, as x-transformers).
   bool uses_rotary() const { return rotary_pos_emb_ || rotary_xpos_; }
   /// Rotated features per head when rotary_pos_emb is on.
@@ -264,6 +266,13 @@ struct AttentionLayersOptions {
   /// Rotary (and xPos) on the last rotate_num_heads heads of self-attention only; unset = all heads. Below
   /// heads it needs kv_heads == heads, as x-transformers.
   TORCH_ARG(std::optional<int64_t>, rotate_num_heads) = std::nullopt;
+  /// Polar positional embedding, PoPE (arXiv 2509.10534): self-attention's q and k become magnitudes
+  /// softplus(q) at angles of their positions (the keys' shifted by a learned per-head bias in [-2 pi, 0],
+  /// `polar_pos_emb.learned_bias`), 2 dim_head features whose dot product the flash kernels take.
+  TORCH_ARG(bool, polar_pos_emb) = false;
+  /// polar_pos_emb's bias drawn uniform in [-2 pi, 0] instead of zeros. (x-transformers 2.31.10 fails to
+  /// build this outside torch.no_grad(): an in-place draw on a parameter; here it draws the same values.)
+  TORCH_ARG(bool, polar_bias_uniform_init) = false;
   /// c * tanh(x / c) on the output before the final norm (Gemma 2).
   TORCH_ARG(bool, softclamp_output) = false;
   /// The cap c of softclamp_output.
