@@ -47,6 +47,10 @@ _NEEDS = {
     "swiglu_values": dict(gate_values=True, swiglu_values=True),
     "laser_softclamp_value": dict(laser=True, laser_softclamp_value=5.0),
     "sublayer_dropout": dict(sublayer_dropout=0.1),
+    "use_latent_q": dict(use_latent_q=True, dim_latent_q=8), "dim_latent_q": dict(use_latent_q=True, dim_latent_q=8),
+    "use_latent_kv": dict(use_latent_kv=True, dim_latent_kv=8),
+    "dim_latent_kv": dict(use_latent_kv=True, dim_latent_kv=8),
+    "latent_rope_subheads": dict(use_latent_kv=True, dim_latent_kv=8, latent_rope_subheads=1),
     "gumbel_softmax_temp": dict(gumbel_softmax=True, gumbel_softmax_temp=2.0),
     "gumbel_softmax_hard": dict(gumbel_softmax=True, gumbel_softmax_hard=False),
 }
@@ -70,6 +74,13 @@ PROBES.update({
     "cross_attn_data_dependent_alibi": None, "cross_attn_data_dependent_alibi_per_row": None,
     "cross_attn_data_dependent_alibi_per_row_dim_head": None,
 })
+# CoPE is causal self-attention's alone, like selective attention.
+_COPE = dict(attn_use_cope=True, cross_attn_use_cope=False, causal=True)
+PROBES.update({"attn_use_cope": _COPE, "attn_cope_max_pos": dict(_COPE, attn_cope_max_pos=4),
+               "attn_cope_soft_onehot_pos": dict(_COPE, attn_cope_soft_onehot_pos=True),
+               "attn_cope_talking_heads": dict(_COPE, attn_cope_talking_heads=True)})
+PROBES.update({"cross_attn_" + name: None for name in ("use_cope", "cope_max_pos", "cope_soft_onehot_pos",
+                                                        "cope_talking_heads")})
 for _prefix in ("attn_", "cross_attn_"):
     for _name in ("rel_proj_num_distance_basis", "rel_proj_max_dist"):
         PROBES[_prefix + _name] = {_prefix + "use_rel_proj_pos_bias": True}
@@ -107,8 +118,17 @@ NOTES = {
     "attn_data_dependent_alibi": "the forget gates' bias replaces the stack's position biases (refused beside them); "
                                  "a per-token decay the kernels could add, but they take ALiBi slopes only, so it "
                                  "materialises",
+    "cross_attn_use_cope": "accepted as False only: cross-attention is never causal, and x-transformers refuses CoPE "
+                           "that is not",
+    "cross_attn_cope_max_pos": "as cross_attn_use_cope", "cross_attn_cope_soft_onehot_pos": "as cross_attn_use_cope",
+    "cross_attn_cope_talking_heads": "as cross_attn_use_cope",
+    "attn_cope_soft_onehot_pos": "x-transformers 2.31.10 fails here (an einx rank error); ours follows its formula",
     "cross_attn_selective": "accepted as False only: cross-attention is never causal, and x-transformers refuses "
                             "selective attention that is not",
+    "attn_use_latent_kv": "the decoding cache holds the latent, (b, 1, N, dim_latent_kv) per layer",
+    "cross_attn_use_latent_kv": "the decoding cache holds the latent, (b, 1, N, dim_latent_kv) per layer",
+    "attn_latent_rope_subheads": "these key heads come from the input, not the latent; only they (and the queries' "
+                                 "last as many) rotate; the cache holds them beside the latent",
     "attn_l2_distance": "q and k take two more features whose dot product is -|q - k|^2",
     "cross_attn_l2_distance": "q and k take two more features whose dot product is -|q - k|^2",
     "attn_laser": "exp of the soft-clamped values in, log of the output out: any kernel",

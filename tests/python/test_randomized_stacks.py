@@ -54,8 +54,10 @@ OPTION_VALUES = {
     # (attn_gumbel_softmax is left out: its noise needs one seed per model, see test_attention_score_options.py)
     "attn_gate_variant": [None, "rank", "headwise_with_output_gate", "swiglu_output_gate"],
     "attn_gate_value_heads": [False, True],
+    "attn_latent": [None, "q", "kv"],  # multi-latent attention
     "attn_laser": [False, True],
     "attn_use_rel_proj_pos_bias": [False, True],
+    "attn_use_cope": [False, True],  # (decoders only, as x-transformers)
     "attn_orthog_projected_values": [False, True],
     "ff_glu": [False, True],
     "ff_swish": [False, True],
@@ -99,6 +101,8 @@ def stack_cases(draw):
             kwargs.update(FF_VARIANTS.get(value, {}))
         elif name == "attn_gate_variant":
             kwargs.update(GATE_VARIANTS.get(value, {}))
+        elif name == "attn_latent" and value is not None:
+            kwargs.update({f"attn_use_latent_{value}": True, f"attn_dim_latent_{value}": 10})
         elif name == "attn_talking_heads":
             if value:
                 kwargs["attn_pre_talking_heads"] = kwargs["attn_post_talking_heads"] = True

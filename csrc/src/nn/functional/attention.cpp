@@ -204,6 +204,9 @@ std::vector<std::string> flash_reasons(const AttentionConfig& c, bool training, 
   if (o.gumbel_softmax()) reasons.emplace_back("gumbel-softmax adds noise to each score before the weights");
   if (o.selective())
     reasons.emplace_back("selective attention subtracts the first head's scores, summed down the queries");
+  if (o.use_cope())
+    reasons.emplace_back(
+        "CoPE counts each row's gated keys from its scores, a position no kernel knows ahead");
   if (o.head_learned_sink())
     reasons.emplace_back("a learned sink is a per-head logit column beside the keys");
   if (c.causal && (o.orthog_projected_values() || o.orthog_projected_values_per_head()))
@@ -268,8 +271,7 @@ void check_extra_key_values(const LayerCall& l, const PackedAttention* packed) {
           !l.c.polar_angles.defined() && !l.o.max_attend_past().has_value() && !l.o.window_size().has_value(),
       "AttentionLayers: self_attn_additional_kv cannot be combined with alibi_pos_bias, rel_pos_bias, "
       "dynamic_pos_bias, polar_pos_emb, attn_bias, attn_mask, max_attend_past or window_size: those cover "
-      "the "
-      "layer's own keys, not the additional ones (x-transformers' do not either)");
+      "the layer's own keys, not the additional ones (x-transformers' do not either)");
   TORCH_CHECK_VALUE(packed == nullptr,
                     "AttentionLayers: self_attn_additional_kv cannot be used with packed sequences");
 }
@@ -285,10 +287,35 @@ at::Tensor laser_values(const AttentionOptions& o, const at::Tensor& v) {
   return at::exp(at::tanh(v / o.laser_softclamp_value()) * o.laser_softclamp_value());
 }
 
-// q from x; k and v from the context, or from x behind its Transformer-XL memory. On a cached step a
-// cross-attention layer's keys are all in the cache: x-transformers cuts the context to length 0, and the
-// cached keys already carry the input residual. Then the value residual and the query / key / value norms.
-QKV project(const LayerCall& l, const XLMemory& xl, const ValueResidual& value_residual) {
+// Multi-latent attention's keys and values: one latent of the keys' input, which the cache holds (with the
+// decoupled rope heads) in their place, projected by to_k and to_v at every cached position.
+void latent_keys(const LayerCall& l, const at::Tensor& kv_input, KVCache* cache, QKV& t) {
+  const auto& [w, c, o] = std::tie(l.w, l.c, l.o);
+  const c10::SymInt kv_b = kv_input.sym_size(0), m = kv_input.sym_size(1);
+  auto latent = at::linear(kv_input, w.to_latent_kv).unsqueeze(2);  // (b, m, 1, L): the cache's layout
+  const int64_t rope = o.latent_rope_subheads().value_or(0);
+  auto rope_keys = rope > 0 ? at::linear(kv_input, w.to_rotateable_k).view_symint({kv_b, m, rope, c.dim_head})
+                            : at::zeros_symint({kv_b, m, 0, c.dim_head}, kv_input.options());
+  if (cache != nullptr) {
+    if (cache->k.defined()) {
+      latent = at::cat({cache->k, latent}, 1);
+      rope_keys = at::cat({cache->v, rope_keys}, 1);
+    }
+    cache->k = latent;
+    cache->v = rope_keys;
+  }
+  const c10::SymInt keys = latent.sym_size(1);
+  const auto flat = latent.squeeze(2);
+  t.k = at::cat(
+      {at::linear(flat, w.to_k).view_symint({kv_b, keys, c.kv_heads - rope, c.dim_head}), rope_keys}, 2);
+  t.v = at::linear(flat, w.to_v).view_symint({kv_b, keys, c.kv_heads, c.value_dim_head});
+}
+
+// q from x (through its latent under MLA); k and v from the context, or from x behind its Transformer-XL
+// memory. On a cached step a cross-attention layer's keys are all in the cache: x-transformers cuts the
+// context to length 0, and the cached keys already carry the input residual. Then the value residual and the
+// query / key / value norms. Under MLA the cache is read and written here.
+QKV project(const LayerCall& l, const XLMemory& xl, const ValueResidual& value_residual, KVCache* cache) {
   const auto& [x, context, w, c, o] = std::tie(l.x, l.context, l.w, l.c, l.o);
   at::Tensor kv_source = l.cross ? (l.cached_step ? context->narrow(1, 0, 0) : *context) : x;
   if (l.extra.input_residual.defined() && !(l.cross && l.cached_step))
@@ -298,16 +325,26 @@ QKV project(const LayerCall& l, const XLMemory& xl, const ValueResidual& value_r
   // keys' batch is x's, except for packed queries over a dense context (unpad's cross-attention).
   const c10::SymInt b = x.sym_size(0), n = x.sym_size(1), m = kv_input.sym_size(1),
                     kv_b = kv_input.sym_size(0);
-  QKV t{at::linear(x, w.to_q).view_symint({b, n, c.heads, c.dim_head}),
-        at::linear(kv_input, w.to_k).view_symint({kv_b, m, c.kv_heads, c.dim_head}),
-        at::linear(kv_input, w.to_v).view_symint({kv_b, m, c.kv_heads, c.value_dim_head})};
+  const at::Tensor q_input = w.to_latent_q.defined() ? at::linear(x, w.to_latent_q) : x;
+  QKV t;
+  t.q = at::linear(q_input, w.to_q).view_symint({b, n, c.heads, c.dim_head});
+  if (w.to_latent_kv.defined()) {
+    TORCH_CHECK_VALUE(
+        l.cross || !xl.mem.defined(),
+        "AttentionLayers: use_latent_kv cannot be combined with mems (the latent cache would sit "
+        "behind the memory)");
+    latent_keys(l, kv_input, cache, t);
+  } else {
+    t.k = at::linear(kv_input, w.to_k).view_symint({kv_b, m, c.kv_heads, c.dim_head});
+    t.v = at::linear(kv_input, w.to_v).view_symint({kv_b, m, c.kv_heads, c.value_dim_head});
+  }
   t.own_v = t.v;
   if (value_residual.values_out != nullptr) *value_residual.values_out = t.v;
   if (value_residual.first.defined()) {
     // v = first + mix * (v - first): a per-token, per-head learned mix, or one half.
     if (w.value_mix_weight.defined()) {
-      const auto mix =
-          at::sigmoid(at::linear(x, w.value_mix_weight, w.value_mix_bias)).unsqueeze(-1);  // (b, n, h, 1)
+      const auto mix = at::sigmoid(at::linear(q_input, w.value_mix_weight, w.value_mix_bias))
+                           .unsqueeze(-1);  // (b, n, h, 1)
       t.v = at::lerp(value_residual.first, t.v, mix);
     } else {
       t.v = at::lerp(value_residual.first, t.v, 0.5);
@@ -362,9 +399,11 @@ void polar(QKV& t, const AttentionConfig& c) {
 void rotate(QKV& t, const AttentionConfig& c) {
   if (c.polar_angles.defined()) polar(t, c);
   if (!c.rotary_angles.defined()) return;
-  t.q = rotate_heads(t.q, c.rotary_heads, c.rotary_angles, c.rotary_scale, false);
+  // MLA's decoupled rope: the last latent_rope_subheads heads rotate.
+  const int64_t heads = c.options.latent_rope_subheads().value_or(c.rotary_heads);
+  t.q = rotate_heads(t.q, heads, c.rotary_angles, c.rotary_scale, false);
   const bool own_key_angles = c.key_rotary_angles.defined();
-  t.k = rotate_heads(t.k, c.rotary_heads, own_key_angles ? c.key_rotary_angles : c.rotary_angles,
+  t.k = rotate_heads(t.k, heads, own_key_angles ? c.key_rotary_angles : c.rotary_angles,
                      own_key_angles ? c.key_rotary_scale : c.rotary_scale, true);
 }
 
@@ -508,7 +547,10 @@ at::Tensor math_attention(const LayerCall& l, const QKV& t, const std::optional<
                                    o.gumbel_softmax(),
                                    o.gumbel_softmax_hard(),
                                    o.gumbel_softmax_temp(),
-                                   o.selective()};
+                                   o.selective(),
+                                   w.cope_pos_emb,
+                                   w.cope_talking_heads,
+                                   o.cope_soft_onehot_pos()};
   return materialized_attention(t.q, t.k, t.v, r.scale, keep, bias, c.causal && n > 1, r.softcap, o.dropout(),
                                 l.training, transforms, c.residual_scores ? l.scores : nullptr, l.maps);
 }
@@ -678,9 +720,9 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   check_extra_key_values(l, packed);
   TORCH_CHECK_VALUE(!(l.o.linear() && attn_mask.has_value()),
                     "AttentionLayers: attn_linear has no score matrix for attn_mask to act on");
-  QKV t = project(l, xl, value_residual);
+  QKV t = project(l, xl, value_residual, cache);
   const c10::SymInt xl_len = !l.cross && xl.mem.defined() ? xl.mem.sym_size(1) : c10::SymInt(0);
-  if (cache != nullptr) through_cache(t, *cache, xl_len);
+  if (cache != nullptr && !w.to_latent_kv.defined()) through_cache(t, *cache, xl_len);
   rotate(t, config);
   const auto key_mask = key_mask_of(l, mask, context_mask, xl, xl_len, t.k.sym_size(1));
   const KernelRule r = kernel_rule(config);
@@ -725,6 +767,32 @@ at::Tensor attention_weights(const at::Tensor& sim, const ScoreTransforms& t, do
   // Softmax in float32 as x-transformers, but float64 inputs keep their precision.
   return at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)
       .to(sim.scalar_type());
+}
+
+// CoPE (x-transformers' CoPE.forward): a key's position for a query is the count of sigmoid gates of the
+// (masked) scores from it to the query, clamped to max_pos - 1; the query's scores against the position
+// embeddings, interpolated there (or softly one-hot over them), join its score. q (b, h, i, dh), sim (b, h,
+// i, j).
+at::Tensor cope_position_scores(const at::Tensor& q, at::Tensor logits, const ScoreTransforms& t,
+                                double lowest) {
+  const int64_t max_pos = xtc::detail::static_size(t.cope_pos_emb, 0);
+  if (t.cope_talking_heads.defined()) {
+    // The heads mixed, then the future hidden again.
+    const int64_t i = xtc::detail::static_size(logits, -2), j = xtc::detail::static_size(logits, -1);
+    logits = at::einsum("gh,bhij->bgij", {t.cope_talking_heads.flatten(1), logits});
+    const auto future = at::ones({i, j}, logits.options().dtype(at::kBool)).triu(j - i + 1);
+    logits = logits.masked_fill(future, lowest);
+  }
+  const auto pos = at::sigmoid(logits).flip(-1).cumsum(-1).flip(-1).clamp_max(max_pos - 1);
+  const auto position_logits = at::matmul(q, t.cope_pos_emb.t());  // (b, h, i, max_pos)
+  if (t.cope_soft_onehot) {
+    const auto positions = at::arange(max_pos, pos.options());
+    const auto soft = at::softmax(-(pos.unsqueeze(-1) - positions).abs() / 5e-2, -1);  // (b, h, i, j, p)
+    return at::einsum("bhijp,bhip->bhij", {soft, position_logits});
+  }
+  const auto ceil = pos.ceil().to(at::kLong), floor = pos.floor().to(at::kLong);
+  const auto w = pos - floor.to(pos.scalar_type());
+  return position_logits.gather(-1, ceil) * w + position_logits.gather(-1, floor) * (1 - w);
 }
 
 // Selective attention (x-transformers' selective_attn): the first head's positive scores gate the keys for
@@ -790,6 +858,7 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     const auto future = at::arange(m, q.options().dtype(at::kLong)).unsqueeze(0) > query_pos;
     sim = sim.masked_fill(future, lowest);
   }
+  if (t.cope_pos_emb.defined()) sim = sim + cope_position_scores(qh, sim, t, lowest);
   if (t.selective) sim = selective_gate(sim);
   if (scores != nullptr) *scores = sim;  // x-transformers' pre_softmax_attn: masked, before the softmax
   if (t.sink.defined()) {

@@ -43,19 +43,24 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
     const auto& a = plan.layer_attention(attention_layers[l]);
     TORCH_CHECK_VALUE(!a.selective(), "AttentionLayers: a cache cannot be combined with attn_selective ",
                       "(each token's gate reaches every later query; x-transformers' can_cache_kv is False)");
-    const int64_t hk = o.resolved_kv_heads(a), dh = a.dim_head(), dv = a.value_dim_head().value_or(dh);
+    // Multi-latent attention caches its latent, (b, 1, N, dim_latent_kv), and the decoupled rope heads.
+    const bool latent = a.use_latent_kv();
+    const int64_t hk = latent ? 1 : o.resolved_kv_heads(a),
+                  dh = latent ? a.dim_latent_kv().value_or(0) : a.dim_head();
+    const int64_t value_heads = latent ? a.latent_rope_subheads().value_or(0) : hk;
+    const int64_t dv = latent ? a.dim_head() : a.value_dim_head().value_or(dh);
     const auto &k = cache_kv[2 * l], &v = cache_kv[2 * l + 1];
     const int64_t len = k.dim() == 4 ? xtc::detail::static_size(k, 2) : -1;
     // Any one floating dtype: under autocast the cached keys are bf16 beside a float32 x.
     TORCH_CHECK_VALUE(k.dim() == 4 && k.sym_size(0) == x.sym_size(0) && k.sym_size(1) == hk &&
                           k.sym_size(3) == dh && v.dim() == 4 && v.sym_size(0) == x.sym_size(0) &&
-                          v.sym_size(1) == hk && v.sym_size(2) == len && v.sym_size(3) == dv &&
+                          v.sym_size(1) == value_heads && v.sym_size(2) == len && v.sym_size(3) == dv &&
                           k.is_floating_point() && v.scalar_type() == k.scalar_type() &&
                           k.device() == x.device() && v.device() == x.device(),
                       "AttentionLayers: expected cached (k, v) of attention layer ", l, " of shapes (",
-                      x.sym_size(0), ", ", hk, ", N, ", dh, ") and (", x.sym_size(0), ", ", hk, ", N, ", dv,
-                      "), of one floating dtype, on x's device, got ", k.sym_sizes(), " ", k.scalar_type(),
-                      " and ", v.sym_sizes(), " ", v.scalar_type(), " on ", k.device());
+                      x.sym_size(0), ", ", hk, ", N, ", dh, ") and (", x.sym_size(0), ", ", value_heads,
+                      ", N, ", dv, "), of one floating dtype, on x's device, got ", k.sym_sizes(), " ",
+                      k.scalar_type(), " and ", v.sym_sizes(), " ", v.scalar_type(), " on ", k.device());
     if (types[l] == 'a') {
       TORCH_CHECK_VALUE(past < 0 || past == len, "AttentionLayers: cached keys of different lengths, ", past,
                         " and ", len);

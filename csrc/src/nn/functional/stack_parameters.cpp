@@ -12,7 +12,8 @@ StackParameters::StackParameters(const AttentionLayersPlan& plan, at::TensorList
     TORCH_CHECK_VALUE(p.sizes() == c10::IntArrayRef(specs[i].shape), "AttentionLayers: expected ",
                       specs[i].buffer ? "buffer " : "parameter ", specs[i].name, " of shape ",
                       c10::IntArrayRef(specs[i].shape), ", got ", p.sizes());
-    TORCH_CHECK_VALUE(p.scalar_type() == x.scalar_type(),
+    // Integral buffers (CoPE's positions) keep their dtype, as torch's Module.to leaves them.
+    TORCH_CHECK_VALUE(p.scalar_type() == x.scalar_type() || (specs[i].buffer && !p.is_floating_point()),
                       "AttentionLayers: expected x of the parameters' dtype ", p.scalar_type(), ", got ",
                       x.scalar_type(), " (parameter ", specs[i].name, ")");
     TORCH_CHECK_VALUE(p.device() == x.device(), "AttentionLayers: expected x on the parameters' device ",
@@ -27,6 +28,9 @@ at::Tensor StackParameters::get(const std::string& name) const {
 
 AttentionWeights attention_weights(const StackParameters& p, const std::string& prefix) {
   AttentionWeights w;
+  w.to_latent_q = p.get(prefix + "to_latent_q.weight");
+  w.to_latent_kv = p.get(prefix + "to_latent_kv.weight");
+  w.to_rotateable_k = p.get(prefix + "to_rotateable_k.weight");
   w.to_q = p.get(prefix + "to_q.weight");
   w.to_k = p.get(prefix + "to_k.weight");
   w.to_v = p.get(prefix + "to_v.weight");
@@ -51,6 +55,8 @@ AttentionWeights attention_weights(const StackParameters& p, const std::string& 
   w.qk_q_scale = p.get(prefix + "qk_norm_q_scale");
   w.qk_k_scale = p.get(prefix + "qk_norm_k_scale");
   w.head_attn_sink = p.get(prefix + "attend.head_attn_sink");
+  w.cope_pos_emb = p.get(prefix + "attend.cope.pos_emb");
+  w.cope_talking_heads = p.get(prefix + "attend.cope.talking_heads.weight");
   w.q_rmsnorm = p.get(prefix + "q_rmsnorm.gamma");
   w.k_rmsnorm = p.get(prefix + "k_rmsnorm.gamma");
   w.value_rmsnorm = p.get(prefix + "value_rmsnorm.gamma");

@@ -1,3 +1,4 @@
+#include <ATen/ops/arange.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
@@ -49,10 +50,21 @@ void AttentionImpl::reset() {
     mem_v = register_parameter("mem_v", module_tensor({kv_heads, options.num_mem_kv(), dh}).normal_());
   }
   const auto no_bias = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
-  to_q = register_module("to_q", Linear(no_bias(dim, heads * dh)));
+  // Multi-latent attention: q, and k and v, from latents; the decoupled rope heads of k from the input.
+  const auto latent = [&](const char* name, bool used, const std::optional<int64_t>& width) {
+    return used ? register_module(name, Linear(no_bias(dim, *width))) : Linear(nullptr);
+  };
+  to_latent_q = latent("to_latent_q", options.use_latent_q(), options.dim_latent_q());
+  to_latent_kv = latent("to_latent_kv", options.use_latent_kv(), options.dim_latent_kv());
+  const int64_t rope_heads = options.latent_rope_subheads().value_or(0);
+  if (rope_heads > 0)
+    to_rotateable_k = register_module("to_rotateable_k", Linear(no_bias(dim, dh * rope_heads)));
+  to_q = register_module("to_q",
+                         Linear(no_bias(options.use_latent_q() ? *options.dim_latent_q() : dim, heads * dh)));
+  // Cross-attention over a context of another width; the latent's width under MLA.
   const int64_t dim_kv =
-      options.dim_context().value_or(dim);  // cross-attention over a context of another width
-  to_k = register_module("to_k", Linear(no_bias(dim_kv, kv_heads * dh)));
+      options.use_latent_kv() ? *options.dim_latent_kv() : options.dim_context().value_or(dim);
+  to_k = register_module("to_k", Linear(no_bias(dim_kv, (kv_heads - rope_heads) * dh)));
   to_v = register_module("to_v", Linear(no_bias(dim_kv, kv_heads * dv)));
   // The gates' projections start at zero (x-transformers' LoRALinear); gate_value_heads' starts open.
   const bool silu = options.low_rank_silu_gates();
@@ -75,10 +87,17 @@ void AttentionImpl::reset() {
   if (options.qk_rmsnorm()) q_rmsnorm = multihead_rms_norm("q_rmsnorm", heads);
   if (options.qk_rmsnorm() || options.k_rmsnorm()) k_rmsnorm = multihead_rms_norm("k_rmsnorm", kv_heads);
   if (options.value_rmsnorm()) value_rmsnorm = multihead_rms_norm("value_rmsnorm", heads);
+  const CoPE cope = options.use_cope() ? CoPE(dh, heads, options.cope_max_pos(),
+                                              options.cope_soft_onehot_pos(), options.cope_talking_heads())
+                                       : nullptr;
   register_learned_biases();
   if (options.head_learned_sink() || options.pre_talking_heads() || options.post_talking_heads() ||
-      options.pre_scale_post_talking_heads()) {
-    auto attend = register_module("attend", Attend(heads, options));
+      options.pre_scale_post_talking_heads() || cope) {
+    auto attend = register_module("attend", Attend(heads, options, cope));
+    if (cope) {
+      cope_pos_emb = cope->pos_emb;
+      cope_talking_heads = cope->talking_heads ? cope->talking_heads->weight : at::Tensor();
+    }
     head_attn_sink = attend->head_attn_sink;
     const auto weight = [](const Conv2d& conv) { return conv ? conv->weight : at::Tensor(); };
     pre_talking_heads = weight(attend->pre_softmax_talking_heads);
@@ -144,6 +163,9 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, c
   config.causal = causal && !context.defined();
   config.options = options;
   functional::AttentionWeights w{
+      to_latent_q ? to_latent_q->weight : at::Tensor(),
+      to_latent_kv ? to_latent_kv->weight : at::Tensor(),
+      to_rotateable_k ? to_rotateable_k->weight : at::Tensor(),
       to_q->weight,
       to_k->weight,
       to_v->weight,
@@ -171,13 +193,36 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, c
       forget_gate_bias,
       rel_proj_pos_bias ? rel_proj_pos_bias->to_distance_weights->weight : at::Tensor(),
       rel_proj_pos_bias ? rel_proj_pos_bias->to_distance_weights->bias : at::Tensor(),
-      rel_proj_pos_bias ? rel_proj_pos_bias->distance_bank : at::Tensor()};
+      rel_proj_pos_bias ? rel_proj_pos_bias->distance_bank : at::Tensor(),
+      cope_pos_emb,
+      cope_talking_heads};
   return functional::attention(x, optional(context), optional(mask), optional(context_mask), w, config,
                                is_training());
 }
 
-AttendImpl::AttendImpl(int64_t heads, AttentionOptions options) : heads(heads), options(std::move(options)) {
+AttendImpl::AttendImpl(int64_t heads, AttentionOptions options, CoPE cope)
+    : heads(heads), options(std::move(options)), cope(std::move(cope)) {
   reset();
+}
+
+CoPEImpl::CoPEImpl(int64_t dim, int64_t heads, int64_t max_pos, bool soft_onehot, bool talking_heads)
+    : dim(dim), heads(heads), max_pos(max_pos), soft_onehot(soft_onehot), use_talking_heads(talking_heads) {
+  reset();
+}
+
+void CoPEImpl::reset() {
+  pos_emb = register_parameter("pos_emb", module_tensor({max_pos, dim}).zero_());
+  if (use_talking_heads)
+    talking_heads = register_module("talking_heads", Conv2d(heads, heads, 1, /*bias=*/false));
+  if (soft_onehot)
+    positions =
+        register_buffer("positions", at::arange(max_pos, module_tensor({0}).options().dtype(at::kLong)));
+}
+
+void CoPEImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::CoPE(dim=" << dim << ", heads=" << heads << ", max_pos=" << max_pos
+         << (soft_onehot ? ", soft_onehot=true" : "") << (use_talking_heads ? ", talking_heads=true" : "")
+         << ")";
 }
 
 void AttendImpl::reset() {
@@ -191,6 +236,7 @@ void AttendImpl::reset() {
   if (options.post_talking_heads()) post_softmax_talking_heads = talking("post_softmax_talking_heads");
   if (options.pre_scale_post_talking_heads())
     pre_scale_post_talking_heads = talking("pre_scale_post_talking_heads");
+  if (cope) register_module("cope", cope);
   reset_parameters();
 }
 

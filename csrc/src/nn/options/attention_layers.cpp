@@ -195,16 +195,24 @@ void validate_attention_weighting(const char* prefix, const AttentionOptions& a,
   TORCH_CHECK_VALUE(variants <= 1, "AttentionLayers: ", prefix, "sigmoid, ", prefix, "hard, ", prefix,
                     "sparse_topk, ", prefix, "l2_distance and ", prefix,
                     "gumbel_softmax exclude each other; set at most one");
-  const bool any = a.sigmoid() || a.hard() || a.cog_signed() || a.gumbel_softmax() || a.selective();
+  const bool any =
+      a.sigmoid() || a.hard() || a.cog_signed() || a.gumbel_softmax() || a.selective() || a.use_cope();
   TORCH_CHECK_VALUE(!(any && a.flash()), "AttentionLayers: ", prefix, "sigmoid, ", prefix, "hard, ", prefix,
-                    "cog_signed, ", prefix, "gumbel_softmax and ", prefix,
-                    "selective are not available with ", prefix, "flash (as x-transformers)");
+                    "cog_signed, ", prefix, "gumbel_softmax, ", prefix, "selective and ", prefix,
+                    "use_cope are not available with ", prefix, "flash (as x-transformers)");
   TORCH_CHECK_VALUE(!((any || a.l2_distance()) && a.linear()), "AttentionLayers: ", prefix,
                     "linear has no score matrix, so it clashes with ", prefix, "sigmoid, ", prefix, "hard, ",
-                    prefix, "cog_signed, ", prefix, "l2_distance, ", prefix, "gumbel_softmax and ", prefix,
-                    "selective");
+                    prefix, "cog_signed, ", prefix, "l2_distance, ", prefix, "gumbel_softmax, ", prefix,
+                    "selective and ", prefix, "use_cope");
   TORCH_CHECK_VALUE(!a.gumbel_softmax() || a.gumbel_softmax_temp() > 0, "AttentionLayers: expected ", prefix,
                     "gumbel_softmax_temp > 0, got ", a.gumbel_softmax_temp());
+  TORCH_CHECK_VALUE(
+      !a.use_cope() || (o.causal() && std::string(prefix) == "attn_"), "AttentionLayers: ", prefix,
+      "use_cope was designed for causal self-attention (a Decoder), and x-transformers refuses it "
+      "elsewhere, cross-attention included (attn_* options reach cross-attention too; set "
+      "cross_attn_use_cope=False)");
+  TORCH_CHECK_VALUE(a.cope_max_pos() > 0, "AttentionLayers: expected ", prefix, "cope_max_pos > 0, got ",
+                    a.cope_max_pos());
   // Cross-attention is never causal: x-transformers asserts there too (attn_* reaches it as well).
   TORCH_CHECK_VALUE(
       !a.selective() || (o.causal() && std::string(prefix) == "attn_"), "AttentionLayers: ", prefix,
@@ -288,7 +296,52 @@ void validate_attention_biases(const char* prefix, const AttentionOptions& a,
       "flash_pack_seq");
 }
 
+// Multi-latent attention: each latent with its width, the decoupled rope heads within the key heads.
+void validate_latent_attention(const char* prefix, const AttentionOptions& a,
+                               const AttentionLayersOptions& o) {
+  const bool self = std::string(prefix) == "attn_";
+  // (attn_* reach cross-attention too, where a width may go with the latent turned off.)
+  const auto width = [&](bool used, const std::optional<int64_t>& dim, const char* flag, const char* option) {
+    TORCH_CHECK_VALUE((used ? dim.has_value() : !self || !dim.has_value()) && dim.value_or(1) > 0,
+                      "AttentionLayers: ", prefix, flag, " and ", prefix, option, " go together (", option,
+                      " > 0 is the latent's width)");
+  };
+  width(a.use_latent_q(), a.dim_latent_q(), "use_latent_q", "dim_latent_q");
+  width(a.use_latent_kv(), a.dim_latent_kv(), "use_latent_kv", "dim_latent_kv");
+  const int64_t kv_heads = o.resolved_kv_heads(a);
+  if (a.latent_rope_subheads().has_value()) {
+    const int64_t sub = *a.latent_rope_subheads();
+    TORCH_CHECK_VALUE(a.use_latent_kv() && sub > 0 && sub <= kv_heads, "AttentionLayers: ", prefix,
+                      "latent_rope_subheads needs ", prefix, "use_latent_kv and 1 to ", kv_heads,
+                      " (the kv heads) sub-heads, got ", sub);
+    TORCH_CHECK_VALUE(
+        sub == o.heads() || kv_heads == o.heads(), "AttentionLayers: ", prefix,
+        "latent_rope_subheads rotates part of the heads, which needs as many kv heads as heads");
+    TORCH_CHECK_VALUE(!self || !o.rotate_num_heads().has_value(),
+                      "AttentionLayers: rotate_num_heads cannot be ", "set with ", prefix,
+                      "latent_rope_subheads (they rotate the heads)");
+  }
+  if (!a.use_latent_q() && !a.use_latent_kv()) return;
+  TORCH_CHECK_VALUE(!a.use_latent_kv() || a.dim_context().value_or(o.dim()) == o.dim(),
+                    "AttentionLayers: ", prefix, "use_latent_kv projects inputs of width dim, so ", prefix,
+                    "dim_context must be unset");
+  // x-transformers feeds the query's latent to these, built for dim.
+  // (The learned value mix sits on the self-attention layers after the first.)
+  const auto types = o.layer_types();
+  const bool learned_mix = self && o.add_value_residual() && o.learned_value_residual_mix() &&
+                           std::count(types.begin(), types.end(), 'a') > 1;
+  TORCH_CHECK_VALUE(
+      !a.use_latent_q() || !(a.use_rel_proj_pos_bias() || (learned_mix && a.dim_latent_q() != o.dim())),
+      "AttentionLayers: ", prefix, "use_latent_q clashes with ", prefix,
+      "use_rel_proj_pos_bias, and with learned_value_residual_mix unless dim_latent_q == dim (they "
+      "read the query's latent)");
+  TORCH_CHECK_VALUE(!a.linear() && !o.unpad() && !a.flash_pack_seq(), "AttentionLayers: ", prefix,
+                    "use_latent_q / use_latent_kv clash with ", prefix, "linear, unpad and ", prefix,
+                    "flash_pack_seq");
+}
+
 void validate_attention(const char* prefix, const AttentionOptions& a, const AttentionLayersOptions& o) {
+  validate_latent_attention(prefix, a, o);
   validate_attention_biases(prefix, a, o);
   validate_attention_weighting(prefix, a, o);
   TORCH_CHECK_VALUE(a.dim_head() > 0, "AttentionLayers: expected ", prefix, "dim_head > 0, got ",
@@ -671,6 +724,15 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(use_rel_proj_pos_bias, bool);
   XTC_ATTN(rel_proj_num_distance_basis, int64_t);
   XTC_ATTN(rel_proj_max_dist, int64_t);
+  XTC_ATTN(use_latent_q, bool);
+  XTC_ATTN(dim_latent_q, std::optional<int64_t>);
+  XTC_ATTN(use_latent_kv, bool);
+  XTC_ATTN(dim_latent_kv, std::optional<int64_t>);
+  XTC_ATTN(latent_rope_subheads, std::optional<int64_t>);
+  XTC_ATTN(use_cope, bool);
+  XTC_ATTN(cope_max_pos, int64_t);
+  XTC_ATTN(cope_soft_onehot_pos, bool);
+  XTC_ATTN(cope_talking_heads, bool);
   XTC_ATTN(l2_distance, bool);
   XTC_ATTN(gumbel_softmax, bool);
   XTC_ATTN(gumbel_softmax_temp, double);

@@ -22,6 +22,9 @@ struct LowRankLinearWeights {
 
 /// The attention block's tensors; undefined where the options leave one out.
 struct AttentionWeights {
+  // Multi-latent attention: (Lq, dim), (Lkv, dim), (sub dh, dim); to_q then reads Lq, to_k and to_v Lkv, and
+  // to_k gives hk - sub heads
+  at::Tensor to_latent_q, to_latent_kv, to_rotateable_k;
   at::Tensor to_q, to_k, to_v;                      // (h dh, dim), (hk dh, dim), (hk dv, dim)
   LowRankLinearWeights to_v_gate;                   // dim -> h dv (or h, headwise)
   LowRankLinearWeights to_output_gate;              // h dv -> h dv (or h, headwise)
@@ -40,6 +43,7 @@ struct AttentionWeights {
   at::Tensor forget_gate_weight, forget_gate_bias;
   // use_rel_proj_pos_bias: (h basis, dim), (h basis), (basis, max_dist)
   at::Tensor distance_weight, distance_bias, distance_bank;
+  at::Tensor cope_pos_emb, cope_talking_heads;  // CoPE: (max_pos, dh), (h, h, 1, 1)
 };
 
 /// ResFormer's value residual: `first` (the first layer's values, (b, m, hk, dv); undefined = none) is mixed
@@ -109,6 +113,9 @@ struct ScoreTransforms {
   bool gumbel_softmax = false, gumbel_softmax_hard = true;
   double gumbel_softmax_temp = 1.0;
   bool selective = false;  // selective attention's gate subtracted after the masks
+  // CoPE: the position embedding (max_pos, dh) (undefined = none), its heads' mix, soft one-hot positions
+  at::Tensor cope_pos_emb, cope_talking_heads;
+  bool cope_soft_onehot = false;
 };
 
 /// What the attention block needs besides its weights.

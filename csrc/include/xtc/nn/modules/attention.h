@@ -11,12 +11,28 @@
 
 namespace xtc::nn {
 
+/// x-transformers' CoPE: `pos_emb` (max_pos, dim_head) zeros, with talking_heads a 1x1 convolution of the
+/// heads (`talking_heads`), with soft_onehot the persistent long buffer `positions` (0 .. max_pos - 1).
+class CoPEImpl : public torch::nn::Cloneable<CoPEImpl> {
+ public:
+  CoPEImpl(int64_t dim, int64_t heads, int64_t max_pos, bool soft_onehot = false, bool talking_heads = false);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  int64_t dim, heads, max_pos;
+  bool soft_onehot, use_talking_heads;
+  at::Tensor pos_emb, positions;
+  Conv2d talking_heads{nullptr};
+};
+TORCH_MODULE(CoPE);
+
 /// x-transformers' Attend: what the softmax itself learns, the per-head sink logits `head_attn_sink` (zeros)
 /// and the talking-heads 1x1 convolutions (Shazeer et al. 2020, arXiv 2003.02436), initialised to the
 /// identity mix.
 class AttendImpl : public torch::nn::Cloneable<AttendImpl> {
  public:
-  AttendImpl(int64_t heads, AttentionOptions options);
+  /// `cope`: built by the attention block first (x-transformers draws it before the rest), held here.
+  AttendImpl(int64_t heads, AttentionOptions options, CoPE cope = nullptr);
   void reset() override;
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
@@ -26,6 +42,7 @@ class AttendImpl : public torch::nn::Cloneable<AttendImpl> {
   at::Tensor head_attn_sink;
   Conv2d pre_softmax_talking_heads{nullptr}, post_softmax_talking_heads{nullptr},
       pre_scale_post_talking_heads{nullptr};
+  CoPE cope{nullptr};
 };
 TORCH_MODULE(Attend);
 
@@ -50,6 +67,7 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
   int64_t dim, heads;
   AttentionOptions options;
   bool causal, learned_value_mix;
+  Linear to_latent_q{nullptr}, to_latent_kv{nullptr}, to_rotateable_k{nullptr};  // multi-latent attention
   Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
   functional::LowRankLinearWeights to_v_gate, to_output_gate;  // gate_values, output_gate
   Linear to_v_head_gate{nullptr};                              // gate_value_heads
@@ -57,6 +75,7 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
   at::Tensor to_out_glu, pre_talking_heads, post_talking_heads, pre_scale_post_talking_heads;
   at::Tensor q_rmsnorm, k_rmsnorm, value_rmsnorm;  // per-head RMSNorm gains (heads or kv heads, 1, dim_head)
   at::Tensor head_attn_sink;                       // (heads) learned sink logits
+  at::Tensor cope_pos_emb, cope_talking_heads;     // CoPE's (max_pos, dim_head) and (heads, heads, 1, 1)
   Linear to_value_residual_mix{nullptr};
   at::Tensor forget_gate_weight, forget_gate_bias;  // data_dependent_alibi's gate projection
   std::shared_ptr<RelativeProjPositionalBiasImpl> rel_proj_pos_bias;

@@ -167,6 +167,31 @@ struct AttentionOptions {
   TORCH_ARG(int64_t, rel_proj_num_distance_basis) = 16;
   /// The distances use_rel_proj_pos_bias covers.
   TORCH_ARG(int64_t, rel_proj_max_dist) = 1024;
+  /// Multi-latent attention (DeepSeek-V2, arXiv 2405.04434): the queries projected from a latent of this
+  /// width (`to_latent_q`), set by dim_latent_q.
+  TORCH_ARG(bool, use_latent_q) = false;
+  /// The width of use_latent_q's latent.
+  TORCH_ARG(std::optional<int64_t>, dim_latent_q) = std::nullopt;
+  /// Multi-latent attention's keys and values projected from one latent of the input (`to_latent_kv`), which
+  /// the decoding cache holds in their place: (b, 1, N, dim_latent_kv) per layer.
+  TORCH_ARG(bool, use_latent_kv) = false;
+  /// The width of use_latent_kv's latent.
+  TORCH_ARG(std::optional<int64_t>, dim_latent_kv) = std::nullopt;
+  /// MLA's decoupled rope: this many of the key heads come from the input itself (`to_rotateable_k`), not
+  /// the latent, and only they (and the queries' last as many heads) rotate; the cache holds them beside the
+  /// latent, (b, subheads, N, dim_head).
+  TORCH_ARG(std::optional<int64_t>, latent_rope_subheads) = std::nullopt;
+  /// Contextual position encoding, CoPE (Golovneva et al. 2024, arXiv 2405.18719): a query's position of a
+  /// key counts the sigmoid-gated keys from it to the query, and a learned embedding of that (fractional)
+  /// position (`attend.cope.pos_emb`, interpolated) joins the score. Causal self-attention, on the
+  /// materialising path.
+  TORCH_ARG(bool, use_cope) = false;
+  /// The positions CoPE tells apart (counts clamp to max_pos - 1).
+  TORCH_ARG(int64_t, cope_max_pos) = 16;
+  /// A soft one-hot of each count over the positions (temperature 0.05) instead of interpolation.
+  TORCH_ARG(bool, cope_soft_onehot_pos) = false;
+  /// The gates from the scores mixed across heads (a 1x1 convolution, `attend.cope.talking_heads`).
+  TORCH_ARG(bool, cope_talking_heads) = false;
   /// Attention on attention: a GLU output projection (Huang et al. 2019, arXiv 1908.06954).
   TORCH_ARG(bool, on_attn) = false;
   /// Output projection initialised to zero (set by AttentionLayers' zero_init_branch_output).
