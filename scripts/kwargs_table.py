@@ -138,6 +138,9 @@ NOTES = {
 DESCRIBED = {
     "polar_bias_uniform_init": "the keys' angle shift drawn uniform in [-2 pi, 0] (x-transformers 2.31.10 builds "
                                "this only under torch.no_grad)",
+    "ff_custom_activation": "a torch.nn activation with a libtorch twin (ReLU, GELU with its approximation, SiLU, "
+                            "Sigmoid, Tanh, Mish, ELU, LeakyReLU, Softplus, Hardtanh, ...; x-transformers' "
+                            "ReluSquared), mapped by name; any other module or callable raises a TypeError naming it",
     "attn_flash": "accepted and ignored: our kernels always run",
     "cross_attn_flash": "accepted and ignored: our kernels always run",
     "causal": "set by Decoder; Encoder rejects it",
@@ -213,11 +216,14 @@ def attention_path(kwarg):
 # / ff_ prefix), else a research option not implemented yet. Each rejection raises a TypeError naming it.
 _CALLABLE = "takes a Python callable or module, which the C++ stack cannot run"
 WHY_REJECTED = [
-    (("custom_attn_fn", "hybrid_module", "custom_activation"), _CALLABLE),
+    (("custom_attn_fn",), _CALLABLE + " (the weightings here: sigmoid, hard, cog_signed, gumbel_softmax, sparse_topk)"),
+    (("hybrid_module",), "a Python module: its nn.GRU / nn.LSTM twins (torch::nn::GRU / LSTM in the stack) are not "
+                         "implemented yet"),
     (("hybrid_mask_kwarg", "hybrid_fold_axial_dim", "hybrid_learned_mix"),
-     "an option of hybrid_module, a Python module, which the C++ stack cannot run"),
-    (("rel_pos_kwargs", "aggregated_residual_kwargs",
-      "attend_sdp_kwargs"), "a dict of keyword arguments for a module not implemented here"),
+     "an option of hybrid_module (not implemented yet)"),
+    (("aggregated_residual_kwargs",), "attn_aggregated_residuals' options (not implemented yet)"),
+    (("attend_sdp_kwargs",), "torch SDPA's backend switches of x-transformers' flash path; ours are chosen with "
+                             "x_transformers_cpp.backends"),
     (("verbose",), "logging only; nothing here to log"),
     (("onnxable",), "an ONNX-export variant of x-transformers' Python attention; ours exports through torch.export"),
     (("num_residual_streams", "hyper_conn_sinkhorn_iters", "qkv_receive_diff_residuals", "integrate_layers",
@@ -239,6 +245,8 @@ def why_rejected(kwarg):
 IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads": "default 8",
            "attn_data_dependent_alibi_kwargs": "bias_init and post_log_scale; other keys raise a TypeError naming them",
            "cross_attn_data_dependent_alibi_kwargs": "as attn_data_dependent_alibi_kwargs",
+           "rel_pos_kwargs": "slopes: custom ALiBi slopes, one per ALiBi head (alibi_slopes); other keys raise a "
+                             "TypeError naming them",
            "residual_fn_kwargs": "the residual update's options: learned, init_alpha, init_beta (mv_split_residual); "
                                  "other keys raise a TypeError naming them"}
 # Not keyword arguments users pass to AttentionLayers.

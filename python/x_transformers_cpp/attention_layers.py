@@ -25,8 +25,12 @@ def _option_value(name, value):
         return "none"
     if isinstance(value, (int, float)):
         return repr(value)
+    if name == "ff.custom_activation" and isinstance(value, str):
+        return value
     if name == "custom_layers" and isinstance(value, (tuple, list, str)):
         return "".join(value)
+    if name == "alibi_slopes" and isinstance(value, (tuple, list)):
+        return ",".join(repr(float(v)) for v in value)
     if name in ("layers_execute_order", "shift_tokens") and isinstance(value, (tuple, list)):
         return ",".join(str(int(i)) for i in value)
     if name.startswith(("attn.", "cross_attn.", "ff.")) and isinstance(value, tuple):
@@ -57,6 +61,7 @@ def _route(kwargs):
 # x-transformers' dict arguments (the keyword arguments of a module it builds): our option for each key.
 _RESIDUAL_FN_KWARGS = {"learned": "mv_split_residual_learned", "init_alpha": "mv_split_residual_init_alpha",
                        "init_beta": "mv_split_residual_init_beta"}
+_REL_POS_KWARGS = {"slopes": "alibi_slopes"}  # AlibiPositionalBias' (T5's and the dynamic bias take none)
 _DATA_DEPENDENT_ALIBI_KWARGS = {"bias_init": "data_dependent_alibi_bias_init",
                                 "post_log_scale": "data_dependent_alibi_post_log_scale"}
 
@@ -79,6 +84,32 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _activation_spec(module):
+    """ff_custom_activation as our option: the name (and arguments) of a torch.nn activation with a libtorch twin;
+    any other module or callable raises a TypeError naming it."""
+    if isinstance(module, str):
+        return module
+    n = nn
+    specs = {
+        n.ReLU: lambda m: "relu", n.ReLU6: lambda m: "relu6", n.SiLU: lambda m: "silu", n.Sigmoid: lambda m: "sigmoid",
+        n.Tanh: lambda m: "tanh", n.Mish: lambda m: "mish", n.Softsign: lambda m: "softsign", n.SELU: lambda m: "selu",
+        n.Hardswish: lambda m: "hardswish", n.Hardsigmoid: lambda m: "hardsigmoid", n.Tanhshrink: lambda m: "tanhshrink",
+        n.LogSigmoid: lambda m: "logsigmoid", n.Identity: lambda m: "identity",
+        n.GELU: lambda m: "gelu" if m.approximate == "none" else "gelu_tanh",
+        n.ELU: lambda m: f"elu:{m.alpha!r}", n.CELU: lambda m: f"celu:{m.alpha!r}",
+        n.LeakyReLU: lambda m: f"leaky_relu:{m.negative_slope!r}",
+        n.Hardtanh: lambda m: f"hardtanh:{m.min_val!r}:{m.max_val!r}",
+        n.Softplus: lambda m: f"softplus:{m.beta!r}:{m.threshold!r}",
+    }
+    spec = specs.get(type(module))  # exact types: a subclass may compute something else
+    if spec is None and type(module).__name__ == "ReluSquared" and type(module).__module__.startswith("x_transformers"):
+        return "relu_squared"
+    if spec is None:
+        raise TypeError(f"ff_custom_activation: {module!r} has no libtorch twin here; pass one of torch.nn's "
+                        f"{', '.join(sorted(t.__name__ for t in specs))} (or x-transformers' ReluSquared)")
+    return spec(module)
+
+
 def _argument_forms(kwargs):
     """x-transformers' arguments whose type picks their meaning, as our options: scale_residual or
     depth_scale_residual as a number scales every branch output (x-transformers' Scale wrapper; a numeric
@@ -93,6 +124,9 @@ def _argument_forms(kwargs):
     if _is_number(scale):
         kwargs["scale_residual"] = bool(scale)
     kwargs = _expand_dict_argument(kwargs, "residual_fn_kwargs", _RESIDUAL_FN_KWARGS, "mv_split_residual")
+    kwargs = _expand_dict_argument(kwargs, "rel_pos_kwargs", _REL_POS_KWARGS, "alibi_pos_bias")
+    if kwargs.get("ff_custom_activation") is not None:
+        kwargs["ff_custom_activation"] = _activation_spec(kwargs["ff_custom_activation"])
     for prefix in ("attn_", "cross_attn_"):
         name = prefix + "data_dependent_alibi_kwargs"
         if kwargs.get(prefix + "data_dependent_alibi_per_row") and "bias_init" in (kwargs.get(name) or {}):

@@ -5,6 +5,8 @@ ff_sublayer_dropout. Same weights, a padding mask with a fully masked row, odd l
 every gradient within 1e-4, in eval and, for the dropout, in training under one seed."""
 import pytest
 import torch
+from torch import nn
+from x_transformers.x_transformers import ReluSquared
 
 from x_transformers_cpp import Encoder
 from xtc_testing import assert_parameter_grads_close, make_pair, random_mask
@@ -23,6 +25,20 @@ CASES = {
     "glu_softclamp_swish": dict(ff_glu=True, ff_swish=True, ff_glu_softclamp=True, ff_glu_mult_bias=True),
     "glu_softclamp_defaults": dict(ff_glu=True, ff_glu_softclamp=True),
     "sublayer_dropout": dict(ff_sublayer_dropout=0.3),
+    # ff_custom_activation given torch.nn activations with a libtorch twin
+    "custom_relu": dict(ff_custom_activation=nn.ReLU()),
+    "custom_gelu_tanh_glu": dict(ff_custom_activation=nn.GELU(approximate="tanh"), ff_glu=True),
+    "custom_sigmoid_post_act_ln": dict(ff_custom_activation=nn.Sigmoid(), ff_post_act_ln=True),
+    "custom_leaky_relu": dict(ff_custom_activation=nn.LeakyReLU(0.2)),
+    "custom_softplus_glu_mult_bias": dict(ff_custom_activation=nn.Softplus(beta=2.0, threshold=5.0), ff_glu=True,
+                                          ff_glu_mult_bias=True),
+    "custom_elu_softclamp": dict(ff_custom_activation=nn.ELU(alpha=0.5), ff_softclamp_value=1.5),
+    "custom_mish": dict(ff_custom_activation=nn.Mish()),
+    "custom_hardtanh": dict(ff_custom_activation=nn.Hardtanh(-0.5, 0.7)),
+    "custom_relu_squared": dict(ff_custom_activation=ReluSquared()),
+    "custom_silu_glu_softclamp": dict(ff_custom_activation=nn.SiLU(), ff_glu=True, ff_glu_softclamp=True),
+    "custom_gelu_tanh_glu_softclamp": dict(ff_custom_activation=nn.GELU(approximate="tanh"), ff_glu=True,
+                                           ff_glu_softclamp=True),
 }
 
 
@@ -68,8 +84,18 @@ def test_options_show_in_the_module_tree_and_repr():
     (dict(ff_softclamp_value=0.0), "expected ff_softclamp_value > 0"),
     (dict(ff_glu=True, ff_glu_softclamp=True, ff_glu_up_softclamp_value=-1.0), "softclamp_value > 0"),
     (dict(ff_sublayer_dropout=1.0), r"expected ff_sublayer_dropout in \[0, 1\)"),
+    (dict(ff_custom_activation=nn.SiLU(), ff_swish=True), "takes the place of ff_swish"),
+    (dict(ff_custom_activation="softplus:1.0"), "to name a torch.nn activation"),
+    (dict(ff_custom_activation=nn.Sigmoid(), ff_glu=True, ff_glu_softclamp=True), "ff_glu_softclamp needs ff_glu"),
 ], ids=["solu_relu_squared", "softclamp_without_glu", "softclamp_relu_squared", "softclamp_value_with_glu",
-        "softclamp_zero", "up_value_negative", "sublayer_dropout_one"])
+        "softclamp_zero", "up_value_negative", "sublayer_dropout_one", "custom_with_swish", "custom_bad_spec",
+        "custom_sigmoid_glu_softclamp"])
 def test_bad_feed_forward_options_name_the_option(options, message):
     with pytest.raises(ValueError, match=message):
         Encoder(**SMALL, **options)
+
+
+@pytest.mark.parametrize("activation", [nn.PReLU(), lambda x: x * 2, nn.Softmax(dim=-1)], ids=["prelu", "lambda", "softmax"])
+def test_custom_activation_without_a_twin_is_refused_by_name(activation):
+    with pytest.raises(TypeError, match="ff_custom_activation: .* has no libtorch twin"):
+        Encoder(**SMALL, ff_custom_activation=activation)

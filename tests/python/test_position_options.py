@@ -1,16 +1,16 @@
 """x-transformers' research position options against the pinned x-transformers: the forgetting transformer's
 data-dependent ALiBi (attn_data_dependent_alibi, causal and bidirectional, per row, with
 attn_data_dependent_alibi_kwargs), Inkling's relative projection bias (attn_use_rel_proj_pos_bias, with its distance
-basis and max distance) and the polar positional embedding (polar_pos_emb, polar_bias_uniform_init). Same weights, a
+basis and max distance), the polar positional embedding (polar_pos_emb, polar_bias_uniform_init) and custom ALiBi
+slopes (rel_pos_kwargs). Same weights, a
 padding mask with a fully masked row, odd lengths: outputs within 1e-5, every gradient within 1e-4; seeded
 construction equal to x-transformers' state_dict; decoding with a cache equal to the full forward."""
 import pytest
 import torch
-from x_transformers import Decoder as XDecoder
-
 from x_transformers_cpp import Decoder, Encoder
-from x_transformers_cpp.backends import Backend, record_choices
-from xtc_testing import assert_parameter_grads_close, make_pair, random_mask
+from x_transformers_cpp.backends import Backend
+from xtc_testing import (assert_constructs_as_x_transformers, assert_stack_matches_x_transformers,
+                         chosen_attention_paths, make_pair, random_mask, rejection_reasons)
 
 SMALL = dict(dim=24, depth=2, heads=3, attn_dim_head=8)
 CASES = {
@@ -27,6 +27,9 @@ CASES = {
     "rel_proj_and_dda": ("decoder", dict(attn_use_rel_proj_pos_bias=True, attn_data_dependent_alibi=True,
                                          attn_rel_proj_max_dist=6)),
     "cross_rel_proj": ("decoder", dict(cross_attend=True, cross_attn_use_rel_proj_pos_bias=True)),
+    "custom_alibi_slopes": ("decoder", dict(alibi_pos_bias=True, rel_pos_kwargs=dict(slopes=[0.5, 0.3, 0.05]))),
+    "custom_alibi_slopes_some_heads": ("encoder", dict(alibi_pos_bias=True, alibi_num_heads=2,
+                                                       rel_pos_kwargs=dict(slopes=[1.5, 0.2]))),
     "polar": ("decoder", dict(polar_pos_emb=True)),
     "polar_encoder_one_kv_head_zero_kv": ("encoder", dict(polar_pos_emb=True, attn_kv_heads=1, attn_add_zero_kv=True)),
     "polar_l2_softclamp_cross": ("decoder", dict(polar_pos_emb=True, attn_l2_distance=True, attn_softclamp_logits=True,
@@ -37,17 +40,8 @@ CASES = {
 
 @pytest.mark.parametrize("kind,options", CASES.values(), ids=CASES.keys())
 def test_position_option_matches_x_transformers(kind, options):
-    torch.manual_seed(0)
-    ours, theirs = make_pair(kind, **SMALL, **options)
-    if options.get("polar_pos_emb"):
-        _perturb_polar_bias(ours, theirs)
-    x = torch.randn(3, 11, SMALL["dim"])
-    kwargs = dict(mask=random_mask(3, 11))
-    if options.get("cross_attend"):
-        kwargs.update(context=torch.randn(3, 7, SMALL["dim"]), context_mask=random_mask(3, 7))
-    out, expected = ours(x, **kwargs), theirs(x, **kwargs)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-    assert_parameter_grads_close(ours, theirs, out, expected)
+    prepare = _perturb_polar_bias if options.get("polar_pos_emb") else None
+    assert_stack_matches_x_transformers(kind, {**SMALL, **options}, prepare)
 
 
 def _perturb_polar_bias(ours, theirs):
@@ -79,42 +73,27 @@ def test_decoding_with_a_cache_matches_x_transformers_and_the_full_forward(optio
                                      dict(attn_use_rel_proj_pos_bias=True, attn_rel_proj_max_dist=40)],
                          ids=["dda", "dda_per_row", "rel_proj"])
 def test_construction_draws_as_x_transformers(options):
-    torch.manual_seed(3)
-    ours = Decoder(**SMALL, **options)
-    torch.manual_seed(3)
-    theirs = XDecoder(**SMALL, **options)
-    assert list(ours.state_dict()) == list(theirs.state_dict())
-    for name, value in theirs.state_dict().items():
-        torch.testing.assert_close(ours.state_dict()[name], value, atol=0, rtol=0, msg=name)
+    assert_constructs_as_x_transformers("decoder", {**SMALL, **options}, seed=3)
 
 
 def test_polar_bias_uniform_init_draws_as_x_transformers_under_no_grad():
     # x-transformers 2.31.10 draws the bias in place on the parameter, which only works under no_grad
-    torch.manual_seed(4)
-    ours = Decoder(**SMALL, polar_pos_emb=True, polar_bias_uniform_init=True)
-    torch.manual_seed(4)
-    with torch.no_grad():
-        theirs = XDecoder(**SMALL, polar_pos_emb=True, polar_bias_uniform_init=True)
-    assert list(ours.state_dict()) == list(theirs.state_dict())
-    for name, value in theirs.state_dict().items():
-        torch.testing.assert_close(ours.state_dict()[name], value, atol=0, rtol=0, msg=name)
+    ours = assert_constructs_as_x_transformers("decoder", dict(SMALL, polar_pos_emb=True, polar_bias_uniform_init=True),
+                                               seed=4, theirs_context=torch.no_grad)
     bias = ours.polar_pos_emb.learned_bias
     assert bias.min() >= -2 * torch.pi and bias.max() <= 0 and bias.std() > 0.5
 
 
 def test_polar_keeps_the_flash_kernel():
-    with record_choices() as choices:
-        Decoder(**SMALL, polar_pos_emb=True)(torch.randn(2, 5, SMALL["dim"]), mask=random_mask(2, 5))
-    layers = [c for c in choices if c.site.endswith("layer")]
+    layers = chosen_attention_paths(Decoder(**SMALL, polar_pos_emb=True), torch.randn(2, 5, SMALL["dim"]),
+                                    mask=random_mask(2, 5))
     assert layers and all(c.chosen == Backend.CPU_FLASH for c in layers)
 
 
 def test_learned_biases_materialise_and_say_why():
-    with record_choices() as choices:
-        Decoder(**SMALL, attn_data_dependent_alibi=True)(torch.randn(2, 5, SMALL["dim"]))
-    layers = [c for c in choices if c.site.endswith("layer")]
+    layers = chosen_attention_paths(Decoder(**SMALL, attn_data_dependent_alibi=True), torch.randn(2, 5, SMALL["dim"]))
     assert layers and all(c.chosen == Backend.MATH for c in layers)
-    assert any("position bias" in r for c in layers for why in c.rejected.values() for r in why)
+    assert any("position bias" in r for r in rejection_reasons(layers))
 
 
 def test_data_dependent_alibi_refuses_what_it_cannot_bias():
@@ -144,8 +123,12 @@ def test_data_dependent_alibi_refuses_what_it_cannot_bias():
     (Decoder, dict(polar_pos_emb=True, heads=6, attn_kv_heads=3), ValueError, "needs one kv head per head"),
     (Decoder, dict(polar_pos_emb=True, attn_num_mem_kv=2), ValueError, "polar_pos_emb clashes with attn_num_mem_kv"),
     (Decoder, dict(polar_bias_uniform_init=True), ValueError, "polar_bias_uniform_init needs polar_pos_emb"),
+    (Decoder, dict(alibi_pos_bias=True, rel_pos_kwargs=dict(slopes=[0.5])), ValueError, "one slope per ALiBi head"),
+    (Decoder, dict(rel_pos_kwargs=dict(slopes=[0.5, 0.2, 0.1])), ValueError, "needs alibi_pos_bias"),
+    (Decoder, dict(alibi_pos_bias=True, rel_pos_kwargs=dict(scale=2.0)), TypeError, "unsupported keys 'scale'"),
 ], ids=["dda_alibi", "per_row_encoder", "dda_cross", "rel_proj_mem_kv", "rel_proj_unpad", "dda_kwargs_unknown",
-        "per_row_bias_init", "polar_rotary", "polar_gqa", "polar_mem_kv", "polar_init_alone"])
+        "per_row_bias_init", "polar_rotary", "polar_gqa", "polar_mem_kv", "polar_init_alone", "slopes_count",
+        "slopes_without_alibi", "rel_pos_kwargs_unknown"])
 def test_bad_learned_bias_options_name_them(cls, options, error, message):
     with pytest.raises(error, match=message):
         cls(**{**SMALL, **options})

@@ -39,7 +39,9 @@ AttentionLayersPlan::AttentionLayersPlan(AttentionLayersOptions options, std::ve
   for (size_t i = 0; i < parameters_.size(); ++i)
     index_.emplace(parameters_[i].name, static_cast<int64_t>(i));
   if (options_.alibi_pos_bias()) {
-    alibi_slopes_ = geometric_alibi_slopes(options_.alibi_num_heads().value_or(options_.heads()));
+    alibi_slopes_ = options_.alibi_slopes().empty()
+                        ? geometric_alibi_slopes(options_.alibi_num_heads().value_or(options_.heads()))
+                        : options_.alibi_slopes();
     alibi_slopes_.resize(options_.heads(), 0.0);  // heads past alibi_num_heads get no bias
   }
 }

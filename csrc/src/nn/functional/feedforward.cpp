@@ -7,14 +7,17 @@
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/special_ndtr.h>
 #include <ATen/ops/tanh.h>
+#include <xtc/nn/functional/activation.h>
 #include <xtc/nn/functional/feedforward.h>
 #include <xtc/nn/functional/norm.h>
 
 namespace xtc::nn::functional {
 namespace {
 
-// x-transformers' precedence when several are set: relu_squared, then SoLU, then swish, then GELU.
+// x-transformers' precedence when several are set: a custom activation, relu_squared, then SoLU, then
+// swish, then GELU.
 at::Tensor activation(const at::Tensor& x, const FeedForwardWeights& w, const FeedForwardOptions& o) {
+  if (o.custom_activation().has_value()) return named_activation(*o.custom_activation(), x);
   if (o.relu_squared()) return at::relu(x).square();
   if (o.solu()) return layer_norm(at::softmax(x, -1) * x, w.solu_gamma, /*unit_offset=*/false);
   if (o.swish()) return at::silu(x);
@@ -29,7 +32,10 @@ at::Tensor gated(at::Tensor up, const at::Tensor& gate, const FeedForwardWeights
                  const FeedForwardOptions& o) {
   if (!o.glu_softclamp()) return up * activation(gate, w, o);
   up = softclamp(up, o.glu_up_softclamp_value());
-  const auto phi = o.swish() ? at::sigmoid(gate) : at::special_ndtr(gate);
+  // x-transformers picks the clamped form by the activation's class: SiLU's sigmoid, GELU's normal CDF
+  // (exact, whatever its approximation).
+  const bool silu = o.swish() || o.custom_activation() == "silu";
+  const auto phi = silu ? at::sigmoid(gate) : at::special_ndtr(gate);
   return up * (softclamp(gate, o.glu_gate_softclamp_value()) * phi);
 }
 

@@ -1,6 +1,7 @@
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <xtc/nn/functional/activation.h>
 #include <xtc/nn/options/attention_layers.h>
 
 #include <algorithm>
@@ -340,6 +341,34 @@ void validate_latent_attention(const char* prefix, const AttentionOptions& a,
                     "flash_pack_seq");
 }
 
+// attn_linear has no score matrix for the options that act on one.
+void validate_linear_attention(const char* prefix, const AttentionOptions& a,
+                               const AttentionLayersOptions& o) {
+  TORCH_CHECK_VALUE(!a.linear() || !(a.softclamp_logits() || a.max_attend_past() || a.window_size() ||
+                                     a.pre_talking_heads() || a.post_talking_heads() ||
+                                     a.pre_scale_post_talking_heads() || a.sparse_topk() || a.dropout() > 0),
+                    "AttentionLayers: ", prefix,
+                    "linear has no score matrix, so it clashes with softclamp_logits, "
+                    "max_attend_past, window_size, talking heads, sparse_topk and dropout");
+  TORCH_CHECK_VALUE(
+      !a.linear() || !(o.alibi_pos_bias() || o.rel_pos_bias() || o.dynamic_pos_bias() || o.residual_attn()),
+      "AttentionLayers: ", prefix,
+      "linear has no score matrix, so it clashes with alibi_pos_bias, "
+      "rel_pos_bias, dynamic_pos_bias and residual_attn");
+}
+
+void validate_output_projection(const char* prefix, const AttentionOptions& a,
+                                const AttentionLayersOptions& o) {
+  // Without an output projection the merged heads are the block's output.
+  TORCH_CHECK_VALUE(projects_out(a, o.heads()) || merged_width(a, o.heads()) == o.dim(),
+                    "AttentionLayers: without an output projection (heads=1 or ", prefix,
+                    "project_out=False) the merged heads are the output, so heads * ", prefix,
+                    "dim_head (or ", prefix, "value_dim_head) must equal dim (", o.dim(), "), got ",
+                    merged_width(a, o.heads()));
+  TORCH_CHECK_VALUE(!(a.on_attn() && !projects_out(a, o.heads())), "AttentionLayers: ", prefix,
+                    "on_attn is an output projection, so it clashes with ", prefix, "project_out=False");
+}
+
 void validate_attention(const char* prefix, const AttentionOptions& a, const AttentionLayersOptions& o) {
   validate_latent_attention(prefix, a, o);
   validate_attention_biases(prefix, a, o);
@@ -393,25 +422,8 @@ void validate_attention(const char* prefix, const AttentionOptions& a, const Att
                     "dim_head (x-transformers' memory values are dim_head wide)");
   TORCH_CHECK_VALUE(!a.sparse_topk().has_value() || *a.sparse_topk() > 0, "AttentionLayers: expected ",
                     prefix, "sparse_topk > 0");
-  TORCH_CHECK_VALUE(!a.linear() || !(a.softclamp_logits() || a.max_attend_past() || a.window_size() ||
-                                     a.pre_talking_heads() || a.post_talking_heads() ||
-                                     a.pre_scale_post_talking_heads() || a.sparse_topk() || a.dropout() > 0),
-                    "AttentionLayers: ", prefix,
-                    "linear has no score matrix, so it clashes with softclamp_logits, "
-                    "max_attend_past, window_size, talking heads, sparse_topk and dropout");
-  TORCH_CHECK_VALUE(
-      !a.linear() || !(o.alibi_pos_bias() || o.rel_pos_bias() || o.dynamic_pos_bias() || o.residual_attn()),
-      "AttentionLayers: ", prefix,
-      "linear has no score matrix, so it clashes with alibi_pos_bias, "
-      "rel_pos_bias, dynamic_pos_bias and residual_attn");
-  // Without an output projection the merged heads are the block's output.
-  TORCH_CHECK_VALUE(projects_out(a, o.heads()) || merged_width(a, o.heads()) == o.dim(),
-                    "AttentionLayers: without an output projection (heads=1 or ", prefix,
-                    "project_out=False) the merged heads are the output, so heads * ", prefix,
-                    "dim_head (or ", prefix, "value_dim_head) must equal dim (", o.dim(), "), got ",
-                    merged_width(a, o.heads()));
-  TORCH_CHECK_VALUE(!(a.on_attn() && !projects_out(a, o.heads())), "AttentionLayers: ", prefix,
-                    "on_attn is an output projection, so it clashes with ", prefix, "project_out=False");
+  validate_linear_attention(prefix, a, o);
+  validate_output_projection(prefix, a, o);
   validate_attention_gates(prefix, a, o);
 }
 
@@ -577,6 +589,12 @@ void validate_positions(const AttentionLayersOptions& o) {
         o.resolved_kv_heads(o.attn()), " kv heads");
   }
   validate_polar(o);
+  TORCH_CHECK_VALUE(
+      o.alibi_slopes().empty() || (o.alibi_pos_bias() && static_cast<int64_t>(o.alibi_slopes().size()) ==
+                                                             o.alibi_num_heads().value_or(o.heads())),
+      "AttentionLayers: rel_pos_kwargs slopes (alibi_slopes) needs alibi_pos_bias and one slope per "
+      "ALiBi head (",
+      o.alibi_num_heads().value_or(o.heads()), "), got ", o.alibi_slopes().size());
   TORCH_CHECK_VALUE(o.rotary_xpos_scale_base() > 0,
                     "AttentionLayers: expected rotary_xpos_scale_base > 0, got ", o.rotary_xpos_scale_base());
   if (o.uses_rotary()) {
@@ -596,6 +614,13 @@ void validate_positions(const AttentionLayersOptions& o) {
 // The feed-forward's activation variants (each layer's, with a schedule), as x-transformers asserts them; and
 // softclamp_value beside glu, which x-transformers would ignore, refused rather than dropped.
 void validate_feed_forward(const FeedForwardOptions& f) {
+  if (f.custom_activation().has_value()) {
+    functional::check_activation_spec("ff_custom_activation", *f.custom_activation());
+    TORCH_CHECK_VALUE(
+        !(f.swish() || f.relu_squared() || f.solu()),
+        "AttentionLayers: ff_custom_activation takes the place of ff_swish, ff_relu_squared and ",
+        "ff_solu (x-transformers would ignore them); set at most one");
+  }
   TORCH_CHECK_VALUE(!(f.solu() && f.relu_squared()),
                     "AttentionLayers: ff_solu and ff_relu_squared exclude each "
                     "other, got both");
@@ -608,7 +633,9 @@ void validate_feed_forward(const FeedForwardOptions& f) {
                     "AttentionLayers: ff_softclamp_value clamps the non-GLU projection; with ff_glu, use "
                     "ff_glu_softclamp (x-transformers would ignore it)");
   if (!f.glu_softclamp()) return;
-  TORCH_CHECK_VALUE(f.glu() && !f.relu_squared() && !f.solu(),
+  const auto custom = f.custom_activation().value_or("gelu");
+  TORCH_CHECK_VALUE(f.glu() && !f.relu_squared() && !f.solu() &&
+                        (custom == "gelu" || custom == "gelu_tanh" || custom == "silu"),
                     "AttentionLayers: ff_glu_softclamp needs ff_glu with the GELU or swish activation");
   TORCH_CHECK_VALUE(
       f.glu_gate_softclamp_value() > 0 && f.glu_up_softclamp_value() > 0,
@@ -823,6 +850,7 @@ const std::vector<Field>& fields() {
     XTC_OWN(weight_tie_layers, bool);
     XTC_OWN(alibi_pos_bias, bool);
     XTC_OWN(alibi_num_heads, std::optional<int64_t>);
+    XTC_OWN(alibi_slopes, std::vector<double>);
     XTC_OWN(shift_tokens, std::vector<int64_t>);
     XTC_OWN(add_value_residual, bool);
     XTC_OWN(learned_value_residual_mix, bool);
@@ -857,6 +885,7 @@ const std::vector<Field>& fields() {
     XTC_FF(mult, double);
     XTC_FF(glu, bool);
     XTC_FF(glu_mult_bias, bool);
+    XTC_FF(custom_activation, std::optional<std::string>);
     XTC_FF(swish, bool);
     XTC_FF(relu_squared, bool);
     XTC_FF(solu, bool);

@@ -109,6 +109,17 @@ std::vector<int64_t> parse_value<std::vector<int64_t>>(const char* owner, const 
   return values;
 }
 
+template <>
+std::vector<double> parse_value<std::vector<double>>(const char* owner, const std::string& key,
+                                                     const std::string& text) {
+  std::vector<double> values;
+  std::istringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ','))
+    if (!item.empty()) values.push_back(parse_value<double>(owner, key, item));
+  return values;
+}
+
 std::string format_value(int64_t value) { return std::to_string(value); }
 std::string format_value(double value) { return fmt::format("{:.17g}", value); }
 std::string format_value(bool value) { return value ? "1" : "0"; }
@@ -120,6 +131,11 @@ std::string format_value(const std::optional<double>& value) { return value ? fo
 std::string format_value(const std::optional<std::string>& value) { return value ? *value : "none"; }
 std::string format_value(const std::vector<int64_t>& value) {
   return fmt::format("{}", fmt::join(value, ","));
+}
+std::string format_value(const std::vector<double>& value) {
+  std::vector<std::string> items;
+  for (const double v : value) items.push_back(format_value(v));
+  return fmt::format("{}", fmt::join(items, ","));
 }
 
 }  // namespace xtc::nn::detail

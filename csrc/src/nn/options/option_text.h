@@ -28,6 +28,7 @@ std::string format_value(const std::optional<bool>& value);
 std::string format_value(const std::optional<double>& value);
 std::string format_value(const std::optional<std::string>& value);
 std::string format_value(const std::vector<int64_t>& value);
+std::string format_value(const std::vector<double>& value);
 
 /// One option of an options struct with TORCH_ARG accessors: its key, and how it is written and read back.
 template <typename Options>

@@ -266,6 +266,9 @@ struct AttentionLayersOptions {
   /// Rotary (and xPos) on the last rotate_num_heads heads of self-attention only; unset = all heads. Below
   /// heads it needs kv_heads == heads, as x-transformers.
   TORCH_ARG(std::optional<int64_t>, rotate_num_heads) = std::nullopt;
+  /// Custom ALiBi slopes, one per ALiBi head (x-transformers' rel_pos_kwargs `slopes`); empty = the geometric
+  /// series.
+  TORCH_ARG(std::vector<double>, alibi_slopes) = {};
   /// Polar positional embedding, PoPE (arXiv 2509.10534): self-attention's q and k become magnitudes
   /// softplus(q) at angles of their positions (the keys' shifted by a learned per-head bias in [-2 pi, 0],
   /// `polar_pos_emb.learned_bias`), 2 dim_head features whose dot product the flash kernels take.

@@ -4,6 +4,7 @@
 #include <torch/arg.h>
 
 #include <optional>
+#include <string>
 
 namespace xtc::nn {
 
@@ -16,6 +17,10 @@ struct FeedForwardOptions {
   TORCH_ARG(bool, glu) = false;
   /// A learned per-feature multiplier on the GLU output.
   TORCH_ARG(bool, glu_mult_bias) = false;
+  /// Another torch.nn activation, by name (xtc/nn/functional/activation.h: "relu", "gelu_tanh",
+  /// "leaky_relu:0.1", ...): x-transformers' custom_activation given a module with a libtorch twin. It takes
+  /// the place of swish, relu_squared and solu, so those are refused beside it.
+  TORCH_ARG(std::optional<std::string>, custom_activation) = std::nullopt;
   /// SiLU instead of GELU (Ramachandran et al. 2017, arXiv 1710.05941).
   TORCH_ARG(bool, swish) = false;
   /// relu(x)^2 (So et al. 2021, Primer, arXiv 2109.08668).
