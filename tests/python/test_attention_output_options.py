@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from x_transformers_cpp import Decoder, Encoder
-from x_transformers_cpp.backends import Backend, record_choices
-from xtc_testing import assert_parameter_grads_close, make_pair, random_mask
+from x_transformers_cpp.backends import Backend
+from xtc_testing import (assert_stack_matches_x_transformers, chosen_attention_paths, make_pair, random_mask,
+                         rejection_reasons)
 
 SMALL = dict(dim=24, depth=2, heads=3, attn_dim_head=8)
 CASES = {
@@ -43,13 +44,7 @@ CASES = {
 @pytest.mark.parametrize("options", CASES.values(), ids=CASES.keys())
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
 def test_output_option_matches_x_transformers(kind, options):
-    torch.manual_seed(0)
-    ours, theirs = make_pair(kind, **{**SMALL, **options})
-    x = torch.randn(3, 11, SMALL["dim"])
-    mask = random_mask(3, 11)
-    out, expected = ours(x, mask=mask), theirs(x, mask=mask)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-    assert_parameter_grads_close(ours, theirs, out, expected)
+    assert_stack_matches_x_transformers(kind, {**SMALL, **options})
 
 
 CROSS = {
@@ -62,13 +57,7 @@ CROSS = {
 
 @pytest.mark.parametrize("options", CROSS.values(), ids=CROSS.keys())
 def test_cross_attention_output_option_matches_x_transformers(options):
-    torch.manual_seed(1)
-    ours, theirs = make_pair("decoder", **SMALL, cross_attend=True, **options)
-    x, context = torch.randn(3, 9, SMALL["dim"]), torch.randn(3, 7, SMALL["dim"])
-    kwargs = dict(mask=random_mask(3, 9), context=context, context_mask=random_mask(3, 7))
-    out, expected = ours(x, **kwargs), theirs(x, **kwargs)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-    assert_parameter_grads_close(ours, theirs, out, expected)
+    assert_stack_matches_x_transformers("decoder", dict(SMALL, cross_attend=True, **options), seed=1)
 
 
 def test_sublayer_dropout_draws_as_x_transformers_in_training():
@@ -102,15 +91,11 @@ def test_gates_start_as_x_transformers_and_name_their_parameters():
 def test_the_output_options_keep_the_flash_kernel_where_x_transformers_can():
     encoder = Encoder(**SMALL, attn_gate_values=True, attn_output_gate=True, attn_laser=True,
                       attn_gate_value_heads=True, attn_orthog_projected_values=True)
-    with record_choices() as choices:
-        encoder(torch.randn(2, 5, SMALL["dim"]), mask=random_mask(2, 5))
-    layers = [c for c in choices if c.site.endswith("layer")]
+    layers = chosen_attention_paths(encoder, torch.randn(2, 5, SMALL["dim"]), mask=random_mask(2, 5))
     assert layers and all(c.chosen == Backend.CPU_FLASH for c in layers)
     # A decoder's padded queries see no key; the projection reads them, as x-transformers' softmax leaves them.
     decoder = Decoder(**SMALL, attn_orthog_projected_values=True)
-    with record_choices() as choices:
-        decoder(torch.randn(2, 5, SMALL["dim"]))
-    reasons = [r for c in choices if c.site.endswith("layer") for why in c.rejected.values() for r in why]
+    reasons = rejection_reasons(chosen_attention_paths(decoder, torch.randn(2, 5, SMALL["dim"])))
     assert any("orthog_projected_values" in r for r in reasons), reasons
 
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from x_transformers_cpp import Decoder, Encoder
-from x_transformers_cpp.backends import Backend, record_choices
-from xtc_testing import assert_parameter_grads_close, make_pair, random_mask
+from x_transformers_cpp.backends import Backend
+from xtc_testing import (assert_parameter_grads_close, assert_stack_matches_x_transformers, chosen_attention_paths,
+                         make_pair, random_mask, rejection_reasons)
 
 SMALL = dict(dim=24, depth=2, heads=3, attn_dim_head=8)
 CASES = {
@@ -35,18 +36,7 @@ CASES = {
 
 @pytest.mark.parametrize("kind,options", CASES.values(), ids=CASES.keys())
 def test_scores_match_x_transformers(kind, options):
-    torch.manual_seed(0)
-    ours, theirs = make_pair(kind, **SMALL, **options)
-    x = torch.randn(3, 11, SMALL["dim"])
-    kwargs = dict(mask=random_mask(3, 11))
-    if options.get("cross_attend"):
-        kwargs.update(context=torch.randn(3, 7, SMALL["dim"]), context_mask=random_mask(3, 7))
-    torch.manual_seed(5)  # the Gumbel noise: the same draws in the same order
-    out = ours(x, **kwargs)
-    torch.manual_seed(5)
-    expected = theirs(x, **kwargs)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-    assert_parameter_grads_close(ours, theirs, out, expected)
+    assert_stack_matches_x_transformers(kind, {**SMALL, **options})  # Gumbel noise: one seed per forward
 
 
 def test_gumbel_softmax_below_temperature_one_keeps_masked_rows_finite():
@@ -75,16 +65,13 @@ def test_gumbel_softmax_below_temperature_one_keeps_masked_rows_finite():
 
 
 def test_l2_distance_keeps_the_flash_kernel_and_the_others_say_why_not():
-    with record_choices() as choices:
-        Encoder(**SMALL, attn_l2_distance=True)(torch.randn(2, 5, SMALL["dim"]), mask=random_mask(2, 5))
-    layers = [c for c in choices if c.site.endswith("layer")]
+    layers = chosen_attention_paths(Encoder(**SMALL, attn_l2_distance=True), torch.randn(2, 5, SMALL["dim"]),
+                                    mask=random_mask(2, 5))
     assert layers and all(c.chosen == Backend.CPU_FLASH for c in layers)
     for options, needle in ((dict(attn_gumbel_softmax=True), "gumbel"), (dict(attn_selective=True), "selective")):
-        with record_choices() as choices:
-            Decoder(**SMALL, **options)(torch.randn(2, 5, SMALL["dim"]))
-        layers = [c for c in choices if c.site.endswith("layer")]
+        layers = chosen_attention_paths(Decoder(**SMALL, **options), torch.randn(2, 5, SMALL["dim"]))
         assert layers and all(c.chosen == Backend.MATH for c in layers)
-        assert any(needle in r for c in layers for why in c.rejected.values() for r in why)
+        assert any(needle in r for r in rejection_reasons(layers))
 
 
 def test_gumbel_noise_is_drawn_on_every_call():

@@ -5,11 +5,10 @@ one-hot positions (attn_cope_soft_onehot_pos) fail inside x-transformers 2.31.10
 checked against the formula in float64."""
 import pytest
 import torch
-from x_transformers import Decoder as XDecoder
-
 from x_transformers_cpp import Decoder, Encoder
-from x_transformers_cpp.backends import Backend, record_choices
-from xtc_testing import assert_parameter_grads_close, make_pair, random_mask
+from x_transformers_cpp.backends import Backend
+from xtc_testing import (assert_constructs_as_x_transformers, assert_stack_matches_x_transformers,
+                         chosen_attention_paths, rejection_reasons)
 
 SMALL = dict(dim=24, depth=2, heads=3, attn_dim_head=8)
 CASES = {
@@ -24,24 +23,12 @@ CASES = {
 
 @pytest.mark.parametrize("options", CASES.values(), ids=CASES.keys())
 def test_cope_matches_x_transformers(options):
-    torch.manual_seed(0)
-    ours, theirs = make_pair("decoder", **SMALL, **options)
-    x = torch.randn(3, 11, SMALL["dim"])
-    mask = random_mask(3, 11)
-    out, expected = ours(x, mask=mask), theirs(x, mask=mask)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-    assert_parameter_grads_close(ours, theirs, out, expected)
+    assert_stack_matches_x_transformers("decoder", {**SMALL, **options})
 
 
 def test_construction_draws_as_x_transformers():
     options = dict(SMALL, attn_use_cope=True, attn_cope_talking_heads=True, attn_pre_talking_heads=True)
-    torch.manual_seed(6)
-    ours = Decoder(**options)
-    torch.manual_seed(6)
-    theirs = XDecoder(**options)
-    assert list(ours.state_dict()) == list(theirs.state_dict())
-    for name, value in theirs.state_dict().items():
-        torch.testing.assert_close(ours.state_dict()[name], value, atol=0, rtol=0, msg=name)
+    assert_constructs_as_x_transformers("decoder", options, seed=6)
 
 
 def _soft_onehot_reference(x, model):
@@ -76,11 +63,9 @@ def test_soft_onehot_positions_follow_the_formula():
 
 
 def test_cope_materialises_and_says_why():
-    with record_choices() as choices:
-        Decoder(**SMALL, attn_use_cope=True)(torch.randn(2, 5, SMALL["dim"]))
-    layers = [c for c in choices if c.site.endswith("layer")]
+    layers = chosen_attention_paths(Decoder(**SMALL, attn_use_cope=True), torch.randn(2, 5, SMALL["dim"]))
     assert layers and all(c.chosen == Backend.MATH for c in layers)
-    assert any("CoPE" in r for c in layers for why in c.rejected.values() for r in why)
+    assert any("CoPE" in r for r in rejection_reasons(layers))
 
 
 @pytest.mark.parametrize("cls,options,message", [

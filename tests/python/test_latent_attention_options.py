@@ -6,10 +6,8 @@ seeded construction equal to x-transformers' state_dict; cached decoding equal t
 forward."""
 import pytest
 import torch
-from x_transformers import Decoder as XDecoder
-
-from x_transformers_cpp import Decoder, Encoder
-from xtc_testing import assert_parameter_grads_close, make_pair, random_mask
+from x_transformers_cpp import Encoder
+from xtc_testing import assert_constructs_as_x_transformers, assert_stack_matches_x_transformers, make_pair
 
 SMALL = dict(dim=24, depth=2, heads=3, attn_dim_head=8)
 MLA = dict(attn_use_latent_q=True, attn_dim_latent_q=10, attn_use_latent_kv=True, attn_dim_latent_kv=12)
@@ -29,15 +27,7 @@ CASES = {
 
 @pytest.mark.parametrize("kind,options", CASES.values(), ids=CASES.keys())
 def test_latent_attention_matches_x_transformers(kind, options):
-    torch.manual_seed(0)
-    ours, theirs = make_pair(kind, **{**SMALL, **options})
-    x = torch.randn(3, 11, SMALL["dim"])
-    kwargs = dict(mask=random_mask(3, 11))
-    if options.get("cross_attend"):
-        kwargs.update(context=torch.randn(3, 7, SMALL["dim"]), context_mask=random_mask(3, 7))
-    out, expected = ours(x, **kwargs), theirs(x, **kwargs)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-    assert_parameter_grads_close(ours, theirs, out, expected)
+    assert_stack_matches_x_transformers(kind, {**SMALL, **options})
 
 
 @pytest.mark.parametrize("options", [dict(MLA, attn_latent_rope_subheads=1, rotary_pos_emb=True),
@@ -62,14 +52,8 @@ def test_cached_decoding_holds_the_latent_and_matches(options):
 
 
 def test_construction_draws_as_x_transformers():
-    options = dict(SMALL, **MLA, attn_latent_rope_subheads=1, rotary_pos_emb=True)
-    torch.manual_seed(5)
-    ours = Decoder(**options)
-    torch.manual_seed(5)
-    theirs = XDecoder(**options)
-    assert list(ours.state_dict()) == list(theirs.state_dict())
-    for name, value in theirs.state_dict().items():
-        torch.testing.assert_close(ours.state_dict()[name], value, atol=0, rtol=0, msg=name)
+    assert_constructs_as_x_transformers("decoder", dict(SMALL, **MLA, attn_latent_rope_subheads=1, rotary_pos_emb=True),
+                                        seed=5)
 
 
 @pytest.mark.parametrize("options,message", [

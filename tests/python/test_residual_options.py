@@ -5,10 +5,9 @@ output) and depth_scale_residual=True (the depth-scaled init of the output proje
 weights, a padding mask with a fully masked row, odd lengths: outputs within 1e-5, every gradient within 1e-4."""
 import pytest
 import torch
-from x_transformers import Decoder as XDecoder, Encoder as XEncoder
 
 from x_transformers_cpp import Decoder, Encoder
-from xtc_testing import assert_parameter_grads_close, make_pair, random_mask
+from xtc_testing import assert_constructs_as_x_transformers, assert_stack_matches_x_transformers
 
 SMALL = dict(dim=24, depth=2, heads=3, attn_dim_head=8)
 CASES = {
@@ -33,15 +32,7 @@ CASES = {
 @pytest.mark.parametrize("options", CASES.values(), ids=CASES.keys())
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
 def test_residual_option_matches_x_transformers(kind, options):
-    torch.manual_seed(0)
-    ours, theirs = make_pair(kind, **{**SMALL, **options})
-    x = torch.randn(3, 11, SMALL["dim"])
-    kwargs = dict(mask=random_mask(3, 11))
-    if options.get("cross_attend"):
-        kwargs.update(context=torch.randn(3, 7, SMALL["dim"]))
-    out, expected = ours(x, **kwargs), theirs(x, **kwargs)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-    assert_parameter_grads_close(ours, theirs, out, expected)
+    assert_stack_matches_x_transformers(kind, {**SMALL, **options})
 
 
 @pytest.mark.parametrize("options", [dict(depth_scale_residual=True), dict(depth_scale_residual=True, macaron=True),
@@ -52,14 +43,7 @@ def test_residual_option_matches_x_transformers(kind, options):
                               "scale_number_layerscale"])
 def test_construction_draws_as_x_transformers(options):
     # Same seed, same state_dict: names, order and the values of every draw (the depth-scaled init included).
-    kwargs = {**SMALL, **options}
-    torch.manual_seed(11)
-    ours = Decoder(**kwargs)
-    torch.manual_seed(11)
-    theirs = XDecoder(**kwargs)
-    assert list(ours.state_dict()) == list(theirs.state_dict())
-    for name, value in theirs.state_dict().items():
-        torch.testing.assert_close(ours.state_dict()[name], value, atol=0, rtol=0, msg=name)
+    assert_constructs_as_x_transformers("decoder", {**SMALL, **options}, seed=11)
 
 
 def test_depth_scaled_init_shrinks_with_depth():

@@ -34,6 +34,57 @@ def make_pair(kind, dtype=torch.float32, **kwargs):
     return same_weights(lambda: ours_cls(**kwargs).to(dtype), lambda: theirs_cls(**kwargs).to(dtype))
 
 
+def assert_stack_matches_x_transformers(kind, options, prepare=None, seed=0):
+    """One option set of the parity tests: a stack of `kind` and x-transformers' with the same perturbed weights
+    (`prepare(ours, theirs)` may adjust both), x of odd length with a padding mask holding a fully masked row, and,
+    when cross-attending, a context with its own; outputs within 1e-5 and every gradient within 1e-4. Each forward
+    starts from one seed, so options that draw (Gumbel noise) draw alike."""
+    torch.manual_seed(seed)
+    ours, theirs = make_pair(kind, **options)
+    if prepare is not None:
+        prepare(ours, theirs)
+    dim = options["dim"]
+    x = torch.randn(3, 11, dim)
+    kwargs = dict(mask=random_mask(3, 11))
+    if options.get("cross_attend"):
+        kwargs.update(context=torch.randn(3, 7, dim), context_mask=random_mask(3, 7))
+    torch.manual_seed(seed + 1)
+    out = ours(x, **kwargs)
+    torch.manual_seed(seed + 1)
+    expected = theirs(x, **kwargs)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert_parameter_grads_close(ours, theirs, out, expected)
+
+
+def assert_constructs_as_x_transformers(kind, options, seed=0, theirs_context=contextlib.nullcontext):
+    """Seeded construction of ours and x-transformers' stack gives the same state_dict: names, order and the value
+    of every draw. `theirs_context`: what x-transformers' construction needs around it (torch.no_grad)."""
+    ours_cls, theirs_cls = PAIRS[kind]
+    torch.manual_seed(seed)
+    ours = ours_cls(**options)
+    torch.manual_seed(seed)
+    with theirs_context():
+        theirs = theirs_cls(**options)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for name, value in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], value, atol=0, rtol=0, msg=name)
+    return ours
+
+
+def chosen_attention_paths(module, *args, **kwargs):
+    """The attention layers' backend choices (x_transformers_cpp.backends.record_choices) of one forward."""
+    from x_transformers_cpp.backends import record_choices
+
+    with record_choices() as choices:
+        module(*args, **kwargs)
+    return [c for c in choices if c.site.endswith("layer")]
+
+
+def rejection_reasons(choices):
+    """Every reason the recorded choices give for the kernels they passed over."""
+    return [r for c in choices for why in c.rejected.values() for r in why]
+
+
 def random_mask(batch, seq, generator=None):
     """A (batch, seq) bool mask, True = keep: row 0 full, row 1 fully masked (when batch > 1), the rest random."""
     mask = torch.rand(batch, seq, generator=generator) > 0.3

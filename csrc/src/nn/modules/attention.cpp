@@ -26,6 +26,10 @@ int64_t kv_heads_of(const AttentionOptions& o, int64_t heads) {
   return o.one_kv_head() ? 1 : o.kv_heads().value_or(heads);
 }
 
+torch::nn::LinearOptions no_bias(int64_t in, int64_t out) {
+  return torch::nn::LinearOptions(in, out).bias(false);
+}
+
 std::optional<at::Tensor> optional(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
@@ -33,11 +37,30 @@ std::optional<at::Tensor> optional(const at::Tensor& t) {
 }  // namespace
 
 void AttentionImpl::reset() {
-  const int64_t kv_heads = kv_heads_of(options, heads), dh = options.dim_head();
-  const int64_t dv = options.value_dim_head().value_or(dh);
+  const int64_t kv_heads = kv_heads_of(options, heads);
   TORCH_CHECK_VALUE(heads > 0 && kv_heads > 0 && heads % kv_heads == 0,
                     "Attention: expected kv_heads to divide heads (", heads, "), got ", kv_heads);
-  // Own parameters in x-transformers' registration order; they precede the linear layers in the state_dict.
+  // x-transformers' registration (and draw) order; own parameters precede the modules in the state_dict.
+  register_own_parameters();
+  register_projections();
+  register_gates();
+  register_head_norms();
+  // CoPE draws before the learned biases, and Attend holds it.
+  const CoPE cope = options.use_cope() ? CoPE(options.dim_head(), heads, options.cope_max_pos(),
+                                              options.cope_soft_onehot_pos(), options.cope_talking_heads())
+                                       : nullptr;
+  register_learned_biases();
+  register_attend(cope);
+  if (learned_value_mix) {
+    to_value_residual_mix = Linear(dim, heads);
+    register_module("to_value_residual_mix",
+                    torch::nn::Sequential(to_value_residual_mix, torch::nn::Sigmoid()));
+  }
+  register_output_projection();
+}
+
+void AttentionImpl::register_own_parameters() {
+  const int64_t kv_heads = kv_heads_of(options, heads), dh = options.dim_head();
   if (options.qk_norm() && options.qk_norm_dim_scale()) {
     const double init = std::pow(static_cast<double>(dh), 0.25);
     qk_norm_q_scale = register_parameter("qk_norm_q_scale", module_tensor({heads, 1, dh}).fill_(init));
@@ -49,7 +72,11 @@ void AttentionImpl::reset() {
     mem_k = register_parameter("mem_k", module_tensor({kv_heads, options.num_mem_kv(), dh}).normal_());
     mem_v = register_parameter("mem_v", module_tensor({kv_heads, options.num_mem_kv(), dh}).normal_());
   }
-  const auto no_bias = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
+}
+
+void AttentionImpl::register_projections() {
+  const int64_t kv_heads = kv_heads_of(options, heads), dh = options.dim_head();
+  const int64_t dv = options.value_dim_head().value_or(dh);
   // Multi-latent attention: q, and k and v, from latents; the decoupled rope heads of k from the input.
   const auto latent = [&](const char* name, bool used, const std::optional<int64_t>& width) {
     return used ? register_module(name, Linear(no_bias(dim, *width))) : Linear(nullptr);
@@ -66,65 +93,68 @@ void AttentionImpl::reset() {
       options.use_latent_kv() ? *options.dim_latent_kv() : options.dim_context().value_or(dim);
   to_k = register_module("to_k", Linear(no_bias(dim_kv, (kv_heads - rope_heads) * dh)));
   to_v = register_module("to_v", Linear(no_bias(dim_kv, kv_heads * dv)));
+}
+
+void AttentionImpl::register_gates() {
+  const int64_t width = heads * options.value_dim_head().value_or(options.dim_head());
   // The gates' projections start at zero (x-transformers' LoRALinear); gate_value_heads' starts open.
   const bool silu = options.low_rank_silu_gates();
   if (options.gate_values())
-    to_v_gate =
-        register_lora_linear(*this, "to_v_gate", dim, options.gate_values_headwise() ? heads : heads * dv,
-                             options.gate_values_rank(), silu);
+    to_v_gate = register_lora_linear(*this, "to_v_gate", dim, options.gate_values_headwise() ? heads : width,
+                                     options.gate_values_rank(), silu);
   if (options.output_gate())
-    to_output_gate = register_lora_linear(*this, "to_output_gate", heads * dv,
-                                          options.output_gate_headwise() ? heads : heads * dv,
-                                          options.output_gate_rank(), silu);
+    to_output_gate =
+        register_lora_linear(*this, "to_output_gate", width, options.output_gate_headwise() ? heads : width,
+                             options.output_gate_rank(), silu);
   if (options.gate_value_heads()) {
     to_v_head_gate = register_module("to_v_head_gate", Linear(dim, heads));
     torch::nn::init::zeros_(to_v_head_gate->weight);
     torch::nn::init::constant_(to_v_head_gate->bias, 10.0);
   }
+}
+
+void AttentionImpl::register_head_norms() {
   const auto multihead_rms_norm = [&](const char* name, int64_t norm_heads) {
-    return register_module(name, MultiheadRMSNorm(norm_heads, dh))->gamma;
+    return register_module(name, MultiheadRMSNorm(norm_heads, options.dim_head()))->gamma;
   };
   if (options.qk_rmsnorm()) q_rmsnorm = multihead_rms_norm("q_rmsnorm", heads);
-  if (options.qk_rmsnorm() || options.k_rmsnorm()) k_rmsnorm = multihead_rms_norm("k_rmsnorm", kv_heads);
+  if (options.qk_rmsnorm() || options.k_rmsnorm())
+    k_rmsnorm = multihead_rms_norm("k_rmsnorm", kv_heads_of(options, heads));
   if (options.value_rmsnorm()) value_rmsnorm = multihead_rms_norm("value_rmsnorm", heads);
-  const CoPE cope = options.use_cope() ? CoPE(dh, heads, options.cope_max_pos(),
-                                              options.cope_soft_onehot_pos(), options.cope_talking_heads())
-                                       : nullptr;
-  register_learned_biases();
-  if (options.head_learned_sink() || options.pre_talking_heads() || options.post_talking_heads() ||
-      options.pre_scale_post_talking_heads() || cope) {
-    auto attend = register_module("attend", Attend(heads, options, cope));
-    if (cope) {
-      cope_pos_emb = cope->pos_emb;
-      cope_talking_heads = cope->talking_heads ? cope->talking_heads->weight : at::Tensor();
-    }
-    head_attn_sink = attend->head_attn_sink;
-    const auto weight = [](const Conv2d& conv) { return conv ? conv->weight : at::Tensor(); };
-    pre_talking_heads = weight(attend->pre_softmax_talking_heads);
-    post_talking_heads = weight(attend->post_softmax_talking_heads);
-    pre_scale_post_talking_heads = weight(attend->pre_scale_post_talking_heads);
+}
+
+void AttentionImpl::register_attend(const CoPE& cope) {
+  if (!(options.head_learned_sink() || options.pre_talking_heads() || options.post_talking_heads() ||
+        options.pre_scale_post_talking_heads() || cope))
+    return;
+  auto attend = register_module("attend", Attend(heads, options, cope));
+  if (cope) {
+    cope_pos_emb = cope->pos_emb;
+    cope_talking_heads = cope->talking_heads ? cope->talking_heads->weight : at::Tensor();
   }
-  if (learned_value_mix) {
-    to_value_residual_mix = Linear(dim, heads);
-    register_module("to_value_residual_mix",
-                    torch::nn::Sequential(to_value_residual_mix, torch::nn::Sigmoid()));
-  }
+  head_attn_sink = attend->head_attn_sink;
+  const auto weight = [](const Conv2d& conv) { return conv ? conv->weight : at::Tensor(); };
+  pre_talking_heads = weight(attend->pre_softmax_talking_heads);
+  post_talking_heads = weight(attend->post_softmax_talking_heads);
+  pre_scale_post_talking_heads = weight(attend->pre_scale_post_talking_heads);
+}
+
+void AttentionImpl::register_output_projection() {
   const int64_t merged = merged_width(options, heads);
-  if (!projects_out(options, heads)) {
-    // x-transformers' nn.Identity: the merged heads are the output.
-  } else if (options.on_attn()) {
+  if (!projects_out(options, heads)) return;  // x-transformers' nn.Identity: the merged heads are the output
+  if (options.on_attn()) {
     // Attention on attention: Linear to 2 x dim, then a GLU.
     Linear glu_projection(no_bias(merged, 2 * dim));
     if (options.zero_init_output()) torch::nn::init::zeros_(glu_projection->weight);
     to_out_glu = glu_projection->weight;
     register_module("to_out", torch::nn::Sequential(glu_projection, torch::nn::GLU()));
-  } else {
-    to_out = register_module("to_out", Linear(no_bias(merged, dim)));
-    if (options.zero_init_output())
-      torch::nn::init::zeros_(to_out->weight);
-    else if (options.output_proj_depth().has_value())
-      torch::nn::init::normal_(to_out->weight, 0.0, depth_scaled_std(merged, *options.output_proj_depth()));
+    return;
   }
+  to_out = register_module("to_out", Linear(no_bias(merged, dim)));
+  if (options.zero_init_output())
+    torch::nn::init::zeros_(to_out->weight);
+  else if (options.output_proj_depth().has_value())
+    torch::nn::init::normal_(to_out->weight, 0.0, depth_scaled_std(merged, *options.output_proj_depth()));
 }
 
 void AttentionImpl::register_learned_biases() {

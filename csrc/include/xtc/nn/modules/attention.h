@@ -57,8 +57,16 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
                 bool learned_value_mix = false);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  /// data_dependent_alibi and use_rel_proj_pos_bias, registered where x-transformers does.
+  /// reset()'s steps, in x-transformers' registration order: qk-norm scales, head scale and memory
+  /// key/values; the latents and q, k, v; the value and output gates; the per-head RMSNorms;
+  /// data_dependent_alibi and use_rel_proj_pos_bias; Attend (sink, talking heads, CoPE); to_out.
+  void register_own_parameters();
+  void register_projections();
+  void register_gates();
+  void register_head_norms();
   void register_learned_biases();
+  void register_attend(const CoPE& cope);
+  void register_output_projection();
   /// x (b, n, dim); mask (b, n) bool, True = keep; context (b, m, dim) for cross-attention with context_mask
   /// (b, m). Undefined tensors mean "none".
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask = {}, const at::Tensor& context = {},
