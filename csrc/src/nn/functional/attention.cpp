@@ -29,6 +29,7 @@
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/packing.h>
 #include <xtc/nn/functional/positional.h>
+#include <xtc/nn/functional/residual.h>
 #include <xtc/ops/flash_attention.h>
 #include <xtc/ops/flash_attention_varlen.h>
 
@@ -638,10 +639,7 @@ at::Tensor orthogonal_to_values(const LayerCall& l, const at::Tensor& out, const
                     "one value per query (self-attention without a memory), got ", values.sym_size(1),
                     " values for ", out.sym_size(1), " queries");
   const auto kv_index = at::arange(l.c.heads, out.options().dtype(at::kLong)).remainder(l.c.kv_heads);
-  const auto x = out.flatten(1).to(at::kDouble);
-  const auto y = values.index_select(2, kv_index).flatten(1).to(at::kDouble);
-  const auto unit = y / at::linalg_vector_norm(y, 2, {-1}, true).clamp_min(1e-12);
-  return (x - (x * unit).sum(-1, true) * unit).to(out.scalar_type()).view_as(out);
+  return orthogonal_projection(out, values.index_select(2, kv_index));
 }
 
 // LASER's log, the head scale and gates, the heads merged, the orthogonal projections, the output

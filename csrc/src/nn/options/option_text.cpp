@@ -98,26 +98,31 @@ std::optional<std::string> parse_value<std::optional<std::string>>(const char* o
   return text;
 }
 
-template <>
-std::vector<int64_t> parse_value<std::vector<int64_t>>(const char* owner, const std::string& key,
-                                                       const std::string& text) {
-  std::vector<int64_t> values;
+namespace {
+
+// A comma-separated list, each item read as one T.
+template <typename T>
+std::vector<T> parse_list(const char* owner, const std::string& key, const std::string& text) {
+  std::vector<T> values;
   std::istringstream stream(text);
   std::string item;
   while (std::getline(stream, item, ','))
-    if (!item.empty()) values.push_back(parse_value<int64_t>(owner, key, item));
+    if (!item.empty()) values.push_back(parse_value<T>(owner, key, item));
   return values;
+}
+
+}  // namespace
+
+template <>
+std::vector<int64_t> parse_value<std::vector<int64_t>>(const char* owner, const std::string& key,
+                                                       const std::string& text) {
+  return parse_list<int64_t>(owner, key, text);
 }
 
 template <>
 std::vector<double> parse_value<std::vector<double>>(const char* owner, const std::string& key,
                                                      const std::string& text) {
-  std::vector<double> values;
-  std::istringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ','))
-    if (!item.empty()) values.push_back(parse_value<double>(owner, key, item));
-  return values;
+  return parse_list<double>(owner, key, text);
 }
 
 std::string format_value(int64_t value) { return std::to_string(value); }
