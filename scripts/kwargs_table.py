@@ -221,14 +221,10 @@ WHY_REJECTED = [
                          "implemented yet"),
     (("hybrid_mask_kwarg", "hybrid_fold_axial_dim", "hybrid_learned_mix"),
      "an option of hybrid_module (not implemented yet)"),
-    (("aggregated_residual_kwargs",), "attn_aggregated_residuals' options (not implemented yet)"),
     (("attend_sdp_kwargs",), "torch SDPA's backend switches of x-transformers' flash path; ours are chosen with "
                              "x_transformers_cpp.backends"),
     (("verbose",), "logging only; nothing here to log"),
     (("onnxable",), "an ONNX-export variant of x-transformers' Python attention; ours exports through torch.export"),
-    (("num_residual_streams", "hyper_conn_sinkhorn_iters", "qkv_receive_diff_residuals", "integrate_layers",
-      "layer_integrate_use_softmax"), "hyper-connections / layer integration (several residual streams): not yet"),
-    (("cross_attn_tokens_dropout",), "a training-time regulariser of XTransformer's, not of the stack: not yet"),
 ]
 RESEARCH = "a research option not implemented yet"
 
@@ -247,8 +243,10 @@ IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads
            "cross_attn_data_dependent_alibi_kwargs": "as attn_data_dependent_alibi_kwargs",
            "rel_pos_kwargs": "slopes: custom ALiBi slopes, one per ALiBi head (alibi_slopes); other keys raise a "
                              "TypeError naming them",
-           "residual_fn_kwargs": "the residual update's options: learned, init_alpha, init_beta (mv_split_residual); "
-                                 "other keys raise a TypeError naming them"}
+           "residual_fn_kwargs": "the residual update's options: learned, init_alpha, init_beta (mv_split_residual), "
+                                 "read_gate_rank (gated_multi_residual); other keys raise a TypeError naming them",
+           "attn_aggregated_residual_kwargs": "lora_rank, and lora_activation as a torch.nn activation with a "
+                                              "libtorch twin; other keys raise a TypeError naming them"}
 # Not keyword arguments users pass to AttentionLayers.
 INTERNAL = {"self", "kwargs", "heads", "causal", "dim_out", "dim", "output_proj_depth",
             "qkv_receive_diff_residuals", "learned_value_residual_mix", "rotate_num_heads", "inverted_attention"}

@@ -25,7 +25,7 @@ def _option_value(name, value):
         return "none"
     if isinstance(value, (int, float)):
         return repr(value)
-    if name == "ff.custom_activation" and isinstance(value, str):
+    if name in ("ff.custom_activation", "aggregated_residual_lora_activation") and isinstance(value, str):
         return value
     if name == "custom_layers" and isinstance(value, (tuple, list, str)):
         return "".join(value)
@@ -44,7 +44,9 @@ def _route(kwargs):
     cross-attention (overriding attn_*); returns {option key: value}."""
     own, groups = {}, {prefix: {} for prefix in _PREFIXES}
     for name, value in kwargs.items():
-        prefix = next((p for p in ("cross_attn_", "ff_", "attn_") if name.startswith(p)), None)
+        # The stack's own options that carry a block's prefix (attn_aggregated_residuals, cross_attn_tokens_dropout).
+        prefix = None if name in _STACK_OPTIONS_WITH_PREFIX else next(
+            (p for p in ("cross_attn_", "ff_", "attn_") if name.startswith(p)), None)
         if prefix is None:
             own[name] = value
         else:
@@ -58,9 +60,14 @@ def _route(kwargs):
     return routed, groups
 
 
+_STACK_OPTIONS_WITH_PREFIX = frozenset({"attn_aggregated_residuals", "cross_attn_tokens_dropout"})
+
 # x-transformers' dict arguments (the keyword arguments of a module it builds): our option for each key.
 _RESIDUAL_FN_KWARGS = {"learned": "mv_split_residual_learned", "init_alpha": "mv_split_residual_init_alpha",
-                       "init_beta": "mv_split_residual_init_beta"}
+                       "init_beta": "mv_split_residual_init_beta",
+                       "read_gate_rank": "gated_multi_residual_read_gate_rank"}
+_AGGREGATED_RESIDUAL_KWARGS = {"lora_rank": "aggregated_residual_lora_rank",
+                               "lora_activation": "aggregated_residual_lora_activation"}
 _REL_POS_KWARGS = {"slopes": "alibi_slopes"}  # AlibiPositionalBias' (T5's and the dynamic bias take none)
 _DATA_DEPENDENT_ALIBI_KWARGS = {"bias_init": "data_dependent_alibi_bias_init",
                                 "post_log_scale": "data_dependent_alibi_post_log_scale"}
@@ -84,9 +91,9 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _activation_spec(module):
-    """ff_custom_activation as our option: the name (and arguments) of a torch.nn activation with a libtorch twin;
-    any other module or callable raises a TypeError naming it."""
+def _activation_spec(module, argument="ff_custom_activation"):
+    """An activation module argument as our option: the name (and arguments) of a torch.nn activation with a
+    libtorch twin; any other module or callable raises a TypeError naming the argument."""
     if isinstance(module, str):
         return module
     n = nn
@@ -105,7 +112,7 @@ def _activation_spec(module):
     if spec is None and type(module).__name__ == "ReluSquared" and type(module).__module__.startswith("x_transformers"):
         return "relu_squared"
     if spec is None:
-        raise TypeError(f"ff_custom_activation: {module!r} has no libtorch twin here; pass one of torch.nn's "
+        raise TypeError(f"{argument}: {module!r} has no libtorch twin here; pass one of torch.nn's "
                         f"{', '.join(sorted(t.__name__ for t in specs))} (or x-transformers' ReluSquared)")
     return spec(module)
 
@@ -123,7 +130,13 @@ def _argument_forms(kwargs):
         kwargs["branch_output_scale"] = float(scale)
     if _is_number(scale):
         kwargs["scale_residual"] = bool(scale)
-    kwargs = _expand_dict_argument(kwargs, "residual_fn_kwargs", _RESIDUAL_FN_KWARGS, "mv_split_residual")
+    kwargs = _expand_dict_argument(kwargs, "residual_fn_kwargs", _RESIDUAL_FN_KWARGS,
+                                   "mv_split_residual or gated_multi_residual")
+    kwargs = _expand_dict_argument(kwargs, "attn_aggregated_residual_kwargs", _AGGREGATED_RESIDUAL_KWARGS,
+                                   "attn_aggregated_residuals")
+    if kwargs.get("aggregated_residual_lora_activation") is not None:
+        kwargs["aggregated_residual_lora_activation"] = _activation_spec(
+            kwargs["aggregated_residual_lora_activation"], "attn_aggregated_residual_kwargs lora_activation")
     kwargs = _expand_dict_argument(kwargs, "rel_pos_kwargs", _REL_POS_KWARGS, "alibi_pos_bias")
     if kwargs.get("ff_custom_activation") is not None:
         kwargs["ff_custom_activation"] = _activation_spec(kwargs["ff_custom_activation"])
@@ -467,6 +480,8 @@ class AttentionLayers(nn.Module):
         self._unpad = bool(kwargs.get("unpad", False))
         self.disable_abs_pos_emb = plan.disables_abs_pos_emb
         tree = _build_tree(layout)
+        for name, param in tree.named_parameters(recurse=False):  # stream_emb
+            self.register_parameter(name, param)
         for name, child in tree.named_children():
             self.add_module(name, child)
 

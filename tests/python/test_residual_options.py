@@ -69,7 +69,7 @@ def test_whole_sequence_updates_refuse_a_cache():
     (dict(gate_residual=True, orthog_residual=True), ValueError, "exclude each other"),
     (dict(mv_split_residual=True, scale_residual=True), ValueError, "mv_split_residual has no residual scale"),
     (dict(residual_fn_kwargs=dict(learned=True)), ValueError, "set mv_split_residual=True"),
-    (dict(mv_split_residual=True, residual_fn_kwargs=dict(read_gate_rank=4)), TypeError, "unsupported keys 'read_gate_rank'"),
+    (dict(mv_split_residual=True, residual_fn_kwargs=dict(read_rank=4)), TypeError, "unsupported keys 'read_rank'"),
     (dict(orthog_residual=True, unpad=True), ValueError, "clashes with unpad"),
     (dict(depth_scale_residual=True, attn_on_attn=True), ValueError, "depth_scale_residual scales the output"),
 ], ids=["orthog_mv", "gru_orthog", "mv_scale", "fn_kwargs_alone", "fn_kwargs_unknown", "orthog_unpad",

@@ -316,12 +316,20 @@ void latent_keys(const LayerCall& l, const at::Tensor& kv_input, KVCache* cache,
 // memory. On a cached step a cross-attention layer's keys are all in the cache: x-transformers cuts the
 // context to length 0, and the cached keys already carry the input residual. Then the value residual and the
 // query / key / value norms. Under MLA the cache is read and written here.
-QKV project(const LayerCall& l, const XLMemory& xl, const ValueResidual& value_residual, KVCache* cache) {
-  const auto& [x, context, w, c, o] = std::tie(l.x, l.context, l.w, l.c, l.o);
-  at::Tensor kv_source = l.cross ? (l.cached_step ? context->narrow(1, 0, 0) : *context) : x;
+// The keys' input (`own` the layer's: x, its own view of it, or the context): plus the input residual, behind
+// the Transformer-XL memory.
+at::Tensor key_value_input(const LayerCall& l, const XLMemory& xl, const at::Tensor& own) {
+  at::Tensor source = l.cross ? (l.cached_step ? l.context->narrow(1, 0, 0) : *l.context) : own;
   if (l.extra.input_residual.defined() && !(l.cross && l.cached_step))
-    kv_source = kv_source + l.extra.input_residual;
-  const at::Tensor kv_input = !l.cross && xl.mem.defined() ? at::cat({xl.mem, kv_source}, 1) : kv_source;
+    source = source + l.extra.input_residual;
+  return !l.cross && xl.mem.defined() ? at::cat({xl.mem, source}, 1) : source;
+}
+
+QKV project(const LayerCall& l, const XLMemory& xl, const ValueResidual& value_residual, KVCache* cache) {
+  const auto& [x, w, c, o] = std::tie(l.x, l.w, l.c, l.o);
+  const auto& [own_keys, own_values] = std::tie(l.extra.key_input, l.extra.value_input);
+  const at::Tensor kv_input = key_value_input(l, xl, own_keys.defined() ? own_keys : x);
+  const at::Tensor value_input = own_values.defined() ? key_value_input(l, xl, own_values) : kv_input;
   // Batch and lengths as SymInts: torch.export and torch.compile keep them symbolic (dynamic shapes). The
   // keys' batch is x's, except for packed queries over a dense context (unpad's cross-attention).
   const c10::SymInt b = x.sym_size(0), n = x.sym_size(1), m = kv_input.sym_size(1),
@@ -337,7 +345,7 @@ QKV project(const LayerCall& l, const XLMemory& xl, const ValueResidual& value_r
     latent_keys(l, kv_input, cache, t);
   } else {
     t.k = at::linear(kv_input, w.to_k).view_symint({kv_b, m, c.kv_heads, c.dim_head});
-    t.v = at::linear(kv_input, w.to_v).view_symint({kv_b, m, c.kv_heads, c.value_dim_head});
+    t.v = at::linear(value_input, w.to_v).view_symint({kv_b, m, c.kv_heads, c.value_dim_head});
   }
   t.own_v = t.v;
   if (value_residual.values_out != nullptr) *value_residual.values_out = t.v;

@@ -5,15 +5,18 @@
 // key/values (additional_kv.cpp), packing (stack_packing.cpp), the parameters by name (stack_parameters.cpp).
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/ceil.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/rand.h>
+#include <ATen/ops/randn.h>
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/tanh.h>
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/nn/functional/feedforward.h>
+#include <xtc/nn/functional/layer_integrators.h>
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/packing.h>
 #include <xtc/nn/functional/positional.h>
@@ -22,6 +25,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <tuple>
 
 #include "src/nn/functional/additional_kv.h"
@@ -110,6 +114,15 @@ struct StackState {
   size_t next_memory = 0, next_cache = 0;            // the next Transformer-XL memory and cache pair
   size_t next_self_layer = 0, next_cross_layer = 0;  // executed attention layers that ran so far
   std::vector<at::Tensor> skip_hiddens;              // U-Net skips: the input of every executed step
+  std::vector<at::Tensor> layer_inputs;  // layer integrators: every executed layer's input (after its read)
+  std::optional<at::Tensor> context, context_mask;  // cross-attention's, after cross_attn_tokens_dropout
+};
+
+// What a layer reads from the residual before its branch: the branch's input, (b, n, d) or (views, b, n, d);
+// and the single stream's residual, or the streams' read.
+struct ResidualRead {
+  at::Tensor branch_input, residual;
+  StreamRead streams;
 };
 
 // ------------------------------------------------------------------------------------------------ prepare
@@ -354,7 +367,7 @@ std::pair<XLMemory, ExtraKeyValues> self_attention_extras(const StackCall& c, St
   XLMemory memory;
   if (s.next_memory < c.in.mems.size()) {
     memory.mem = c.in.mems[s.next_memory];
-    if (c.o.pre_norm()) memory.mem = c.norm(memory.mem, layer + "0.0.");
+    if (c.o.norms_branch_input()) memory.mem = c.norm(memory.mem, layer + "0.0.");
     if (s.next_memory < c.in.mem_masks.size()) memory.mask = c.in.mem_masks[s.next_memory];
     ++s.next_memory;
   }
@@ -369,16 +382,51 @@ std::pair<XLMemory, ExtraKeyValues> self_attention_extras(const StackCall& c, St
   return {memory, extra};
 }
 
+// x-transformers' dropout_seq: in training each cross-attention layer keeps a random share of the context's
+// tokens (of those the previous one kept), drawn as it draws them: the top of standard normal logits, masked
+// tokens last, and a mask keeping each sequence's own share of its tokens.
+void drop_context_tokens(const StackCall& c, StackState& s) {
+  const double dropout = c.o.cross_attn_tokens_dropout();
+  if (!c.training || dropout == 0 || c.cached) return;
+  TORCH_CHECK_VALUE(
+      !c.packed_cross.has_value() && c.cross_kv_residuals.empty() && !c.in.context_pos.has_value(),
+      "AttentionLayers: cross_attn_tokens_dropout drops context tokens, which packed sequences "
+      "(unpad), cross_attn_kv_residuals and context_pos cover whole");
+  const auto& context = *s.context;
+  const int64_t b = xtc::detail::static_size(context, 0), m = xtc::detail::static_size(context, 1);
+  auto logits = at::randn({b, m}, context.options().dtype(at::kFloat));
+  if (s.context_mask.has_value())
+    logits = logits.masked_fill(s.context_mask->logical_not(), std::numeric_limits<float>::lowest());
+  const double keep = 1.0 - dropout;
+  const auto kept = std::get<1>(logits.topk(std::max<int64_t>(1, static_cast<int64_t>(keep * m)), 1));
+  s.context = context.gather(1, kept.unsqueeze(-1).expand({-1, -1, context.size(-1)}));
+  if (!s.context_mask.has_value()) return;
+  const auto counts = at::ceil(s.context_mask->sum(-1) * keep).to(at::kInt);
+  const auto within = at::arange(kept.size(1), kept.options()).unsqueeze(0) < counts.unsqueeze(1);
+  s.context_mask = s.context_mask->gather(1, kept).logical_and(within);
+}
+
+// Self-attention's input: one view, or three (q, k and v each read their own; qkv_receive_diff_residuals).
+std::pair<at::Tensor, ExtraKeyValues> self_attention_views(const at::Tensor& h, ExtraKeyValues extra) {
+  if (h.dim() == 3) return {h, extra};
+  extra.key_input = h[1];
+  extra.value_input = h[2];
+  return {h[0], extra};
+}
+
 // Self- ('a') or cross- ('c') attention of layer i on its normed input h.
-at::Tensor attention_block(const StackCall& c, StackState& s, size_t i, char type, const at::Tensor& h) {
+at::Tensor attention_block(const StackCall& c, StackState& s, size_t i, char type, const at::Tensor& normed) {
   const bool self = type == 'a';
   const auto& a = c.plan.layer_attention(i);
   const std::string layer = "layers." + std::to_string(i) + ".";
   XLMemory memory;
   ExtraKeyValues extra;
+  at::Tensor h = normed;
   if (self) {
     std::tie(memory, extra) = self_attention_extras(c, s, layer);
+    std::tie(h, extra) = self_attention_views(normed, extra);
   } else {
+    drop_context_tokens(c, s);
     if (s.next_cross_layer < c.cross_kv_residuals.size())
       extra.input_residual = c.cross_kv_residuals[s.next_cross_layer];
     ++s.next_cross_layer;
@@ -393,13 +441,13 @@ at::Tensor attention_block(const StackCall& c, StackState& s, size_t i, char typ
   // Maps only where x-transformers' counterpart would return them.
   const bool wants_maps = c.record != nullptr && !a.flash() && !a.linear();
   const auto& packed = self ? c.packed_self : c.packed_cross;
-  const auto out = attention(h, self ? std::nullopt : c.in.context, c.layer_mask,
-                             self ? c.self_key_mask : c.cross_key_mask,
-                             detail::attention_weights(*c.p, c.plan.block_prefix(i)), config, c.training,
-                             self ? c.attn_mask : std::nullopt, self ? &s.self_scores : &s.cross_scores,
-                             ValueResidual{c.o.add_value_residual() ? first_values : at::Tensor(), &values},
-                             memory, c.record != nullptr || c.cached ? &kv : nullptr,
-                             wants_maps ? &maps : nullptr, packed.has_value() ? &*packed : nullptr, extra);
+  const auto out =
+      attention(h, self ? std::nullopt : s.context, c.layer_mask, self ? c.self_key_mask : s.context_mask,
+                detail::attention_weights(*c.p, c.plan.block_prefix(i)), config, c.training,
+                self ? c.attn_mask : std::nullopt, self ? &s.self_scores : &s.cross_scores,
+                ValueResidual{c.o.add_value_residual() ? first_values : at::Tensor(), &values}, memory,
+                c.record != nullptr || c.cached ? &kv : nullptr, wants_maps ? &maps : nullptr,
+                packed.has_value() ? &*packed : nullptr, extra);
   record_attention(c, kv, maps);
   if (!first_values.defined()) first_values = values;
   return out;
@@ -433,7 +481,57 @@ void join_unet_skip(const StackCall& c, StackState& s, int64_t i) {
                    c.p->get("skip_combines." + std::to_string(i) + ".combine.weight"));
 }
 
-// One executed layer: norm, token shift, block, layerscale, sandwich norm, residual, post norm.
+// The layer's read of the residual stream (x-transformers' residual_fn.prepare): the streams' mixes under
+// hyper-connections or the gated multi residual, else the stream itself.
+ResidualRead read_residual(const StackCall& c, const StackState& s, size_t i) {
+  const std::string prefix = "layers." + std::to_string(i) + ".2.";
+  const int64_t streams = c.o.num_residual_streams(), views = c.o.layer_input_views(i);
+  if (c.o.gated_multi_residual()) {
+    auto read =
+        gated_multi_residual_read(s.x, detail::gated_multi_residual_weights(*c.p, prefix), streams, views);
+    return {read.branch_input, {}, read};
+  }
+  if (c.o.hyper_connections()) {
+    auto read = hyper_connection_read(s.x, detail::hyper_connection_weights(*c.p, prefix), streams,
+                                      c.o.integrate_layers() ? 1 : views, c.o.hyper_conn_sinkhorn_iters());
+    return {read.branch_input, {}, read};
+  }
+  return {s.x, s.x, {}};
+}
+
+// The branch output joins the residual (x-transformers' residual_fn).
+at::Tensor write_residual(const StackCall& c, const ResidualRead& read, const at::Tensor& out, size_t i) {
+  if (read.streams.beta.defined()) return stream_write(out, read.streams);
+  const std::string prefix = "layers." + std::to_string(i) + ".2.";
+  return residual(c.o.residual_kind(), out, read.residual, detail::residual_weights(*c.p, prefix),
+                  c.o.scale_residual_constant(), c.mask);
+}
+
+// x-transformers' layer integrators: the layer's input from every executed layer's input so far, its own
+// last (DynamicLIMe, AttentionResidual).
+at::Tensor integrate_layer_inputs(const StackCall& c, StackState& s, size_t i, const at::Tensor& input) {
+  if (!c.o.integrates_layers()) return input;
+  s.layer_inputs.push_back(input);
+  const std::string prefix = "layer_integrators." + std::to_string(i) + ".";
+  const int64_t views = c.o.layer_input_views(i);
+  if (c.o.integrate_layers())
+    return dynamic_lime(input, s.layer_inputs, detail::dynamic_lime_weights(*c.p, prefix), views,
+                        c.o.layer_integrate_use_softmax());
+  return attention_residual(s.layer_inputs, detail::attention_residual_weights(*c.p, prefix), views,
+                            c.o.aggregated_residual_lora_activation());
+}
+
+// The layer's branch on its normed input: the feed-forward or the attention.
+at::Tensor run_branch(const StackCall& c, StackState& s, size_t i, char type, const at::Tensor& h) {
+  if (type != 'f') return attention_block(c, s, i, type, h);
+  const auto& f = c.plan.layer_feed_forward(i);
+  const auto out =
+      feed_forward(h, detail::feed_forward_weights(*c.p, c.plan.block_prefix(i), f), f, c.training);
+  return c.o.macaron() ? out * 0.5 : out;
+}
+
+// One executed layer: residual read, layer integration, norm, token shift, branch, layerscale, sandwich norm,
+// residual write, post norm.
 void run_layer(const StackCall& c, StackState& s, int64_t i) {
   const auto& o = c.o;
   if (o.unet_skips()) join_unet_skip(c, s, i);
@@ -441,28 +539,18 @@ void run_layer(const StackCall& c, StackState& s, int64_t i) {
     return;
   const auto index = static_cast<size_t>(i);
   const char type = c.plan.layer_types()[index];
-  if (c.record != nullptr) {
-    if (type == 'a') c.record->hiddens.push_back(s.x);
-    c.record->layer_hiddens.push_back(s.x);
-  }
+  if (c.record != nullptr && type == 'a') c.record->hiddens.push_back(s.x);
   const std::string layer = "layers." + std::to_string(i) + ".";
-  const at::Tensor inner_residual = s.x;
-  const at::Tensor branch_input = c.reinjected.defined() ? s.x + c.reinjected : s.x;
-  at::Tensor h = o.pre_norm() ? c.norm(branch_input, layer + "0.0.") : branch_input;
+  const ResidualRead read = read_residual(c, s, index);
+  if (c.record != nullptr) c.record->layer_hiddens.push_back(read.branch_input);
+  at::Tensor h = integrate_layer_inputs(c, s, index, read.branch_input);
+  if (c.reinjected.defined()) h = h + c.reinjected;
+  if (o.norms_branch_input()) h = c.norm(h, layer + "0.0.");
   if (const int64_t shift = o.layer_shift_tokens(index); shift > 0)
     h = shift_tokens(h, shift, o.causal(), type == 'f' ? std::optional<at::Tensor>() : c.mask);
-  at::Tensor out;
-  if (type == 'f') {
-    const auto& f = c.plan.layer_feed_forward(index);
-    out = feed_forward(h, detail::feed_forward_weights(*c.p, c.plan.block_prefix(index), f), f, c.training);
-    if (o.macaron()) out = out * 0.5;
-  } else {
-    out = attention_block(c, s, index, type, h);
-  }
-  out = scaled_output(c, out, layer);
+  at::Tensor out = scaled_output(c, run_branch(c, s, index, type, h), layer);
   if (o.sandwich_norm()) out = c.norm(out, layer + "0.1.");
-  s.x = residual(o.residual_kind(), out, inner_residual, detail::residual_weights(*c.p, layer + "2."),
-                 o.scale_residual_constant(), c.mask);
+  s.x = write_residual(c, read, out, index);
   if (o.applies_post_norm()) s.x = c.norm(s.x, layer + "0.2.");
 }
 
@@ -471,6 +559,7 @@ void run_layer(const StackCall& c, StackState& s, int64_t i) {
 at::Tensor finish(const StackCall& c, at::Tensor x) {
   if (c.record != nullptr) c.record->layer_hiddens.push_back(x);
   if (c.o.softclamp_output()) x = at::tanh(x / c.o.softclamp_output_value()) * c.o.softclamp_output_value();
+  if (c.o.multi_stream()) x = merge_streams(x, c.o.num_residual_streams());
   if (c.o.has_final_norm()) x = c.norm(x, "final_norm.");
   if (c.unpad()) {
     // Back to the padded batch: zeros where the mask drops a token.
@@ -493,6 +582,9 @@ at::Tensor attention_layers(const at::Tensor& x, const AttentionLayersInputs& in
   state.x = call.unpad() ? pack(call.x_in, *call.packing->tokens) : call.x_in;
   prepare_conditioning(call, state.x);
   prepare_extra_key_values(call);
+  if (plan.options().multi_stream()) state.x = expand_streams(state.x, call.p->get("stream_emb"));
+  state.context = call.in.context;
+  state.context_mask = call.cross_key_mask;
   for (const int64_t i : plan.execution_order()) run_layer(call, state, i);
   return finish(call, state.x);
 }

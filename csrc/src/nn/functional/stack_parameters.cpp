@@ -106,6 +106,34 @@ ResidualWeights residual_weights(const StackParameters& p, const std::string& pr
   return w;
 }
 
+HyperConnectionWeights hyper_connection_weights(const StackParameters& p, const std::string& prefix) {
+  return {p.get(prefix + "static_alpha"),     p.get(prefix + "static_beta"),
+          p.get(prefix + "dynamic_alpha_fn"), p.get(prefix + "dynamic_alpha_scale"),
+          p.get(prefix + "dynamic_beta_fn"),  p.get(prefix + "dynamic_beta_scale"),
+          p.get(prefix + "norm.weight")};
+}
+
+GatedMultiResidualWeights gated_multi_residual_weights(const StackParameters& p, const std::string& prefix) {
+  return {p.get(prefix + "read_gain"),
+          p.get(prefix + "static_read_logit"),
+          p.get(prefix + "static_write_logit"),
+          p.get(prefix + "dynamic_gate_scale"),
+          p.get(prefix + "to_bottleneck.weight"),
+          p.get(prefix + "to_read_gate.weight"),
+          p.get(prefix + "to_write_gate.weight")};
+}
+
+DynamicLIMeWeights dynamic_lime_weights(const StackParameters& p, const std::string& prefix) {
+  return {p.get(prefix + "to_weights.0.g"), p.get(prefix + "to_weights.1.weight"),
+          p.get(prefix + "to_weights.1.bias")};
+}
+
+AttentionResidualWeights attention_residual_weights(const StackParameters& p, const std::string& prefix) {
+  return {p.get(prefix + "to_keys.weight"), p.get(prefix + "to_query.0.weight"),
+          p.get(prefix + "norm.weight"), p.get(prefix + "to_query.1.down.weight"),
+          p.get(prefix + "to_query.1.up.weight")};
+}
+
 NormWeights norm_weights(const StackParameters& p, const std::string& prefix, NormKind kind) {
   NormWeights w;
   if (kind == NormKind::AdaptiveLayerNorm || kind == NormKind::AdaptiveRMSNorm) {

@@ -5,6 +5,7 @@
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/attention_layers.h>
 #include <xtc/nn/functional/feedforward.h>
+#include <xtc/nn/functional/layer_integrators.h>
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/positional.h>
 #include <xtc/nn/functional/residual.h>
@@ -30,6 +31,10 @@ AttentionWeights attention_weights(const StackParameters& p, const std::string& 
 FeedForwardWeights feed_forward_weights(const StackParameters& p, const std::string& prefix,
                                         const FeedForwardOptions& f);
 ResidualWeights residual_weights(const StackParameters& p, const std::string& prefix);
+HyperConnectionWeights hyper_connection_weights(const StackParameters& p, const std::string& prefix);
+GatedMultiResidualWeights gated_multi_residual_weights(const StackParameters& p, const std::string& prefix);
+DynamicLIMeWeights dynamic_lime_weights(const StackParameters& p, const std::string& prefix);
+AttentionResidualWeights attention_residual_weights(const StackParameters& p, const std::string& prefix);
 NormWeights norm_weights(const StackParameters& p, const std::string& prefix, NormKind kind);
 /// rel_pos.mlp.* of dynamic_pos_bias.
 DynamicPositionBiasWeights dynamic_position_bias_weights(const StackParameters& p,

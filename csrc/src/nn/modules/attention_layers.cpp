@@ -4,6 +4,7 @@
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/feedforward.h>
+#include <xtc/nn/modules/layer_integrators.h>
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/positional.h>
 #include <xtc/nn/modules/residual.h>
@@ -37,7 +38,7 @@ std::shared_ptr<torch::nn::Module> make_norm(const AttentionLayersOptions& o) {
 // post.
 std::shared_ptr<torch::nn::Module> make_norm_slots(const AttentionLayersOptions& o) {
   auto slots = std::make_shared<torch::nn::Module>("NormSlots");
-  if (o.pre_norm()) slots->register_module("0", make_norm(o));
+  if (o.norms_branch_input()) slots->register_module("0", make_norm(o));
   if (o.sandwich_norm()) slots->register_module("1", make_norm(o));
   if (o.applies_post_norm()) slots->register_module("2", make_norm(o));
   return slots;
@@ -79,7 +80,18 @@ std::shared_ptr<torch::nn::Module> make_rel_pos(const AttentionLayersOptions& o)
       .ptr();
 }
 
-std::shared_ptr<torch::nn::Module> make_residual(const AttentionLayersOptions& o) {
+std::shared_ptr<torch::nn::Module> make_residual(const AttentionLayersOptions& o, size_t index) {
+  const auto layer = static_cast<int64_t>(index);
+  if (o.gated_multi_residual())
+    return GatedMultiResidual(o.dim(), layer, o.num_residual_streams(),
+                              *o.gated_multi_residual_read_gate_rank(), o.layer_input_views(index))
+        .ptr();
+  if (o.hyper_connections()) {
+    // With integrate_layers the views come from the integrator, not from the streams.
+    const int64_t views = o.integrate_layers() ? 1 : o.layer_input_views(index);
+    return HyperConnection(o.dim(), layer, o.num_residual_streams(), views, o.hyper_conn_sinkhorn_iters())
+        .ptr();
+  }
   if (o.residual_kind() == ResidualKind::GRUGating) return GRUGating(o.dim(), o.scale_residual()).ptr();
   if (o.residual_kind() == ResidualKind::Orthogonal)
     return OrthogonalResidualUpdate(o.dim(), o.scale_residual()).ptr();
@@ -88,6 +100,18 @@ std::shared_ptr<torch::nn::Module> make_residual(const AttentionLayersOptions& o
                                  o.mv_split_residual_learned())
         .ptr();
   return Residual(o.dim(), o.scale_residual(), o.scale_residual_constant()).ptr();
+}
+
+// x-transformers' layer integrator of layer `index`: DynamicLIMe over the layers up to it, or
+// AttentionResidual.
+std::shared_ptr<torch::nn::Module> make_layer_integrator(const AttentionLayersOptions& o, size_t index) {
+  const int64_t views = o.layer_input_views(index);
+  if (o.integrate_layers())
+    return DynamicLIMe(o.dim(), static_cast<int64_t>(index) + 1, views, o.layer_integrate_use_softmax())
+        .ptr();
+  return AttentionResidual(o.dim(), views, o.aggregated_residual_lora_rank(),
+                           o.aggregated_residual_lora_activation())
+      .ptr();
 }
 
 }  // namespace
@@ -106,6 +130,11 @@ void AttentionLayersImpl::reset() {
           : nullptr;
   bool first_self_attention = true;
   const auto types = options.layer_types();
+  if (options.multi_stream())
+    register_parameter("stream_emb", module_tensor({options.num_residual_streams(), options.dim()}).zero_());
+  torch::nn::ModuleList integrators;
+  auto combines = std::make_shared<torch::nn::Module>("SkipCombines");  // x-transformers' ModuleDict
+  const auto skip_sources = options.unet_skips() ? options.unet_skip_sources() : std::vector<int64_t>();
   for (size_t i = 0; i < types.size(); ++i) {
     const char type = types[i];
     // Self-attention layers after the first learn their value-residual mix (ResFormer).
@@ -115,9 +144,15 @@ void AttentionLayersImpl::reset() {
     torch::nn::ModuleList layer;
     layer->push_back(make_norm_slots(options));
     layer->push_back(make_block(type, i, options, learned_value_mix, options.layer_shift_tokens(i)));
-    layer->push_back(make_residual(options));
+    if (options.integrates_layers()) integrators->push_back(make_layer_integrator(options, i));
+    layer->push_back(make_residual(options, i));
     layers->push_back(layer);
+    // x-transformers' skip_combines: a ConcatCombine (a bias-less (2 dim -> dim) linear) at each second-half
+    // block, drawn after its layer.
+    if (options.unet_skips() && skip_sources[i] >= 0)
+      combines->register_module(std::to_string(i), ConcatCombine(options.dim()));
   }
+  if (options.integrates_layers()) register_module("layer_integrators", integrators);
   if (options.uses_rotary())
     rotary_pos_emb = register_module("rotary_pos_emb",
                                      RotaryEmbedding(options.resolved_rotary_dim(), options.rotary_xpos(),
@@ -132,15 +167,7 @@ void AttentionLayersImpl::reset() {
     register_module("adaptive_mlp", torch::nn::Sequential(project, torch::nn::SiLU()));
   }
   if (options.has_final_norm()) final_norm = register_module("final_norm", make_norm(options));
-  if (options.unet_skips()) {
-    // x-transformers' skip_combines: a ConcatCombine (a bias-less (2 dim -> dim) linear) at each second-half
-    // block.
-    auto combines = std::make_shared<torch::nn::Module>("SkipCombines");  // x-transformers' ModuleDict
-    const auto sources = options.unet_skip_sources();
-    for (size_t i = 0; i < sources.size(); ++i)
-      if (sources[i] >= 0) combines->register_module(std::to_string(i), ConcatCombine(options.dim()));
-    register_module("skip_combines", combines);
-  }
+  if (options.unet_skips()) register_module("skip_combines", combines);
   if (options.reinject_input())
     register_module("reinject_input_proj",
                     Linear(torch::nn::LinearOptions(options.dim(), options.dim()).bias(false)));

@@ -83,6 +83,113 @@ at::Tensor MVSplitResidualUpdateImpl::forward(const at::Tensor& branch, const at
                               mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt);
 }
 
+HyperConnectionImpl::HyperConnectionImpl(int64_t dim, int64_t layer_index, int64_t num_streams, int64_t views,
+                                         int64_t sinkhorn_iters)
+    : dim(dim),
+      layer_index(layer_index),
+      num_streams(num_streams),
+      views(views),
+      sinkhorn_iters(sinkhorn_iters) {
+  reset();
+}
+
+void HyperConnectionImpl::reset() {
+  norm = register_module("norm", TorchLayerNorm(dim, 1e-5, /*bias=*/false));
+  static_beta = register_parameter("static_beta", module_tensor({num_streams}));
+  static_alpha = register_parameter("static_alpha", module_tensor({num_streams, views + num_streams}));
+  dynamic_alpha_fn = register_parameter("dynamic_alpha_fn", module_tensor({dim, num_streams + views}));
+  dynamic_alpha_scale = register_parameter("dynamic_alpha_scale", module_tensor({}));
+  dynamic_beta_fn = register_parameter("dynamic_beta_fn", module_tensor({dim}));
+  dynamic_beta_scale = register_parameter("dynamic_beta_scale", module_tensor({}));
+  reset_parameters();
+}
+
+void HyperConnectionImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  static_beta.fill_(1);
+  // The input mix reads the layer's own stream; the residual mix starts at the identity.
+  static_alpha.zero_();
+  static_alpha.select(0, layer_index % num_streams).narrow(0, 0, views).fill_(1);
+  static_alpha.narrow(1, views, num_streams).diagonal().fill_(1);
+  dynamic_alpha_fn.zero_();
+  dynamic_alpha_scale.fill_(1e-2);
+  dynamic_beta_fn.zero_();
+  dynamic_beta_scale.fill_(1e-2);
+}
+
+void HyperConnectionImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::HyperConnection(dim=" << dim << ", layer_index=" << layer_index
+         << ", num_streams=" << num_streams << ", views=" << views << ", sinkhorn_iters=" << sinkhorn_iters
+         << ")";
+}
+
+functional::HyperConnectionWeights HyperConnectionImpl::weights() const {
+  return {static_alpha,    static_beta,        dynamic_alpha_fn, dynamic_alpha_scale,
+          dynamic_beta_fn, dynamic_beta_scale, norm->weight};
+}
+
+functional::StreamRead HyperConnectionImpl::prepare(const at::Tensor& streams) {
+  return functional::hyper_connection_read(streams, weights(), num_streams, views, sinkhorn_iters);
+}
+
+at::Tensor HyperConnectionImpl::forward(const at::Tensor& branch, const functional::StreamRead& read) {
+  return functional::stream_write(branch, read);
+}
+
+GatedMultiResidualImpl::GatedMultiResidualImpl(int64_t dim, int64_t layer_index, int64_t num_streams,
+                                               int64_t read_gate_rank, int64_t views)
+    : dim(dim),
+      layer_index(layer_index),
+      num_streams(num_streams),
+      read_gate_rank(read_gate_rank),
+      views(views) {
+  reset();
+}
+
+void GatedMultiResidualImpl::reset() {
+  TORCH_CHECK_VALUE(read_gate_rank > 0, "GatedMultiResidual: expected read_gate_rank > 0, got ",
+                    read_gate_rank);
+  read_gain = register_parameter("read_gain", module_tensor({num_streams, dim}).fill_(1));
+  static_read_logit =
+      register_parameter("static_read_logit", module_tensor({views, num_streams, dim}).zero_());
+  {
+    torch::NoGradGuard no_grad;
+    static_read_logit.select(1, layer_index % num_streams).fill_(1);
+  }
+  static_write_logit = register_parameter("static_write_logit", module_tensor({num_streams}).zero_());
+  const auto no_bias = [](int64_t in, int64_t out) { return torch::nn::LinearOptions(in, out).bias(false); };
+  to_bottleneck = register_module("to_bottleneck", Linear(no_bias(dim * num_streams, read_gate_rank)));
+  to_read_gate = register_module("to_read_gate", Linear(no_bias(read_gate_rank, dim * num_streams * views)));
+  to_write_gate = register_module("to_write_gate", Linear(no_bias(read_gate_rank, num_streams)));
+  torch::nn::init::zeros_(to_read_gate->weight);
+  torch::nn::init::zeros_(to_write_gate->weight);
+  dynamic_gate_scale = register_parameter("dynamic_gate_scale", module_tensor({}).fill_(1e-2));
+}
+
+void GatedMultiResidualImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::GatedMultiResidual(dim=" << dim << ", layer_index=" << layer_index
+         << ", num_streams=" << num_streams << ", read_gate_rank=" << read_gate_rank << ", views=" << views
+         << ")";
+}
+
+functional::GatedMultiResidualWeights GatedMultiResidualImpl::weights() const {
+  return {read_gain,
+          static_read_logit,
+          static_write_logit,
+          dynamic_gate_scale,
+          to_bottleneck->weight,
+          to_read_gate->weight,
+          to_write_gate->weight};
+}
+
+functional::StreamRead GatedMultiResidualImpl::prepare(const at::Tensor& streams) {
+  return functional::gated_multi_residual_read(streams, weights(), num_streams, views);
+}
+
+at::Tensor GatedMultiResidualImpl::forward(const at::Tensor& branch, const functional::StreamRead& read) {
+  return functional::stream_write(branch, read);
+}
+
 LayerScaleImpl::LayerScaleImpl(std::shared_ptr<torch::nn::Module> fn, int64_t dim, double init_value,
                                bool unit_offset)
     : fn(std::move(fn)), dim(dim), init_value(init_value), unit_offset(unit_offset) {

@@ -3,6 +3,7 @@
 #include <ATen/ops/gru_cell.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/rms_norm.h>
 #include <torch/nn/init.h>
 #include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/torch_layers.h>
@@ -106,25 +107,43 @@ void Conv2dImpl::pretty_print(std::ostream& stream) const {
 
 at::Tensor Conv2dImpl::forward(const at::Tensor& input) { return at::conv2d(input, weight, bias); }
 
-TorchLayerNormImpl::TorchLayerNormImpl(int64_t dim, double eps) : dim(dim), eps(eps) { reset(); }
+TorchLayerNormImpl::TorchLayerNormImpl(int64_t dim, double eps, bool bias)
+    : dim(dim), eps(eps), has_bias(bias) {
+  reset();
+}
 
 void TorchLayerNormImpl::reset() {
   weight = register_parameter("weight", module_tensor({dim}));
-  bias = register_parameter("bias", module_tensor({dim}));
+  if (has_bias) bias = register_parameter("bias", module_tensor({dim}));
   reset_parameters();
 }
 
 void TorchLayerNormImpl::reset_parameters() {
   torch::nn::init::ones_(weight);
-  torch::nn::init::zeros_(bias);
+  if (has_bias) torch::nn::init::zeros_(bias);
 }
 
 void TorchLayerNormImpl::pretty_print(std::ostream& stream) const {
-  stream << "xtc::nn::TorchLayerNorm(" << dim << ")";
+  stream << "xtc::nn::TorchLayerNorm(" << dim << (has_bias ? "" : ", bias=false") << ")";
 }
 
 at::Tensor TorchLayerNormImpl::forward(const at::Tensor& input) {
   return at::layer_norm(input, {dim}, weight, bias, eps);
 }
+
+TorchRMSNormImpl::TorchRMSNormImpl(int64_t dim) : dim(dim) { reset(); }
+
+void TorchRMSNormImpl::reset() {
+  weight = register_parameter("weight", module_tensor({dim}));
+  reset_parameters();
+}
+
+void TorchRMSNormImpl::reset_parameters() { torch::nn::init::ones_(weight); }
+
+void TorchRMSNormImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::TorchRMSNorm(" << dim << ")";
+}
+
+at::Tensor TorchRMSNormImpl::forward(const at::Tensor& input) { return at::rms_norm(input, {dim}, weight); }
 
 }  // namespace xtc::nn

@@ -177,6 +177,15 @@ NormKind AttentionLayersOptions::norm_kind() const {
   return NormKind::LayerNorm;
 }
 
+int64_t AttentionLayersOptions::layer_input_views(size_t layer) const {
+  const auto types = layer_types();
+  if (types.at(layer) != 'a' || !(qkv_receive_diff_residuals_ || integrate_layers_)) return 1;
+  // integrate_layers' first self-attention layer has no earlier layers to mix its views from.
+  const bool first_self_attention =
+      std::find(types.begin(), types.end(), 'a') - types.begin() == static_cast<std::ptrdiff_t>(layer);
+  return integrate_layers_ && first_self_attention ? 1 : 3;
+}
+
 ResidualKind AttentionLayersOptions::residual_kind() const {
   if (gate_residual_) return ResidualKind::GRUGating;
   if (orthog_residual_) return ResidualKind::Orthogonal;
@@ -491,6 +500,87 @@ void validate_residual(const AttentionLayersOptions& o) {
                     " reduces over each whole sequence, so it clashes with unpad");
 }
 
+// Self-attention layers reading three views take them as q, k and v inputs; x-transformers' options that read
+// the layer's input besides those projections fail on the stacked views there.
+void validate_input_views(const AttentionLayersOptions& o) {
+  TORCH_CHECK_VALUE(!o.qkv_receive_diff_residuals() || o.multi_stream() || o.integrates_layers(),
+                    "AttentionLayers: qkv_receive_diff_residuals needs views to read: num_residual_streams > "
+                    "1, integrate_layers or attn_aggregated_residuals");
+  TORCH_CHECK_VALUE(!(o.qkv_receive_diff_residuals() && o.multi_stream() && o.attn_aggregated_residuals()),
+                    "AttentionLayers: qkv_receive_diff_residuals with several residual streams and "
+                    "attn_aggregated_residuals would pool stacked views (x-transformers fails there)");
+  const auto types = o.layer_types();
+  for (size_t i = 0; i < types.size(); ++i) {
+    if (o.layer_input_views(i) == 1) continue;
+    const auto& a = o.layer_attention(i);
+    TORCH_CHECK_VALUE(!(a.gate_values() || a.gate_value_heads() || a.swiglu_values() ||
+                        a.data_dependent_alibi() || a.use_latent_kv()) &&
+                          o.layer_shift_tokens(i) == 0,
+                      "AttentionLayers: qkv_receive_diff_residuals gives self-attention three inputs, which "
+                      "attn_gate_values, attn_gate_value_heads, attn_swiglu_values, "
+                      "attn_data_dependent_alibi, attn_use_latent_kv and shift_tokens cannot read (as "
+                      "x-transformers)");
+  }
+}
+
+// Residual streams (hyper-connections, gated multi residual) and layer integration: what each needs and
+// excludes, as x-transformers asserts; their options are refused where x-transformers would ignore them.
+void validate_residual_streams(const AttentionLayersOptions& o) {
+  TORCH_CHECK_VALUE(o.num_residual_streams() >= 1 && o.hyper_conn_sinkhorn_iters() >= 0,
+                    "AttentionLayers: expected num_residual_streams >= 1 and hyper_conn_sinkhorn_iters >= 0, "
+                    "got ",
+                    o.num_residual_streams(), " and ", o.hyper_conn_sinkhorn_iters());
+  TORCH_CHECK_VALUE(
+      !(o.hyper_connections() && (o.gate_residual() || o.orthog_residual() || o.mv_split_residual())),
+      "AttentionLayers: hyper-connections (num_residual_streams > 1) clash with gate_residual, "
+      "orthog_residual and mv_split_residual");
+  TORCH_CHECK_VALUE(
+      !(o.multi_stream() && o.reinject_input()),
+      "AttentionLayers: reinject_input projects the stack's input once, not per residual stream "
+      "(x-transformers fails there); it clashes with num_residual_streams > 1");
+  TORCH_CHECK_VALUE(
+      o.hyper_connections() || o.hyper_conn_sinkhorn_iters() == 5,
+      "AttentionLayers: hyper_conn_sinkhorn_iters is hyper-connections' (num_residual_streams > 1 "
+      "without gated_multi_residual); x-transformers would ignore it");
+  TORCH_CHECK_VALUE(
+      !o.gated_multi_residual() ||
+          (count_true({o.gate_residual(), o.orthog_residual(), o.mv_split_residual(),
+                       o.attn_aggregated_residuals()}) == 0 &&
+           !o.sandwich_norm() && o.gated_multi_residual_read_gate_rank().value_or(0) > 0),
+      "AttentionLayers: gated_multi_residual needs residual_fn_kwargs read_gate_rank > 0 and clashes with "
+      "gate_residual, orthog_residual, mv_split_residual, attn_aggregated_residuals and sandwich_norm");
+  TORCH_CHECK_VALUE(o.gated_multi_residual() || !o.gated_multi_residual_read_gate_rank().has_value(),
+                    "AttentionLayers: residual_fn_kwargs read_gate_rank is gated_multi_residual's; "
+                    "x-transformers would ignore it");
+  TORCH_CHECK_VALUE(
+      !(o.integrate_layers() && o.attn_aggregated_residuals()),
+      "AttentionLayers: integrate_layers and attn_aggregated_residuals both integrate the layers; "
+      "x-transformers would ignore attn_aggregated_residuals, so set at most one");
+  TORCH_CHECK_VALUE(o.integrate_layers() || o.layer_integrate_use_softmax(),
+                    "AttentionLayers: layer_integrate_use_softmax is integrate_layers'; x-transformers would "
+                    "ignore it");
+  TORCH_CHECK_VALUE(
+      !o.attn_aggregated_residuals() || !(o.gate_residual() || o.orthog_residual() || o.mv_split_residual()),
+      "AttentionLayers: attn_aggregated_residuals clashes with gate_residual, orthog_residual and "
+      "mv_split_residual");
+  if (o.attn_aggregated_residuals()) {
+    TORCH_CHECK_VALUE(o.aggregated_residual_lora_rank() > 0 && o.aggregated_residual_lora_rank() < o.dim(),
+                      "AttentionLayers: expected attn_aggregated_residual_kwargs lora_rank in (0, dim=",
+                      o.dim(), "), got ", o.aggregated_residual_lora_rank());
+    if (o.aggregated_residual_lora_activation().has_value())
+      functional::check_activation_spec("attn_aggregated_residual_kwargs lora_activation",
+                                        *o.aggregated_residual_lora_activation());
+  } else {
+    TORCH_CHECK_VALUE(o.aggregated_residual_lora_rank() == 64 && !o.aggregated_residual_lora_activation(),
+                      "AttentionLayers: attn_aggregated_residual_kwargs are attn_aggregated_residuals'; "
+                      "x-transformers would ignore them");
+  }
+  TORCH_CHECK_VALUE(o.cross_attn_tokens_dropout() >= 0 && o.cross_attn_tokens_dropout() < 1,
+                    "AttentionLayers: expected cross_attn_tokens_dropout in [0, 1), got ",
+                    o.cross_attn_tokens_dropout());
+  validate_input_views(o);
+}
+
 // Sizes and the norm: one kind of norm, of layerscale, and what they need.
 void validate_sizes_and_norms(const AttentionLayersOptions& o) {
   TORCH_CHECK_VALUE(o.dim() > 0, "AttentionLayers: expected dim > 0, got ", o.dim());
@@ -705,6 +795,7 @@ void AttentionLayersOptions::validate() const {
   validate_layer_layout(*this);
   validate_positions(*this);
   validate_blocks(*this);
+  validate_residual_streams(*this);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -809,6 +900,7 @@ const std::vector<Field>& fields() {
     XTC_OWN(cross_attend, bool);
     XTC_OWN(only_cross, bool);
     XTC_OWN(layer_dropout, double);
+    XTC_OWN(cross_attn_tokens_dropout, double);
     XTC_OWN(use_scalenorm, bool);
     XTC_OWN(use_rmsnorm, bool);
     XTC_OWN(use_simple_rmsnorm, bool);
@@ -837,6 +929,16 @@ const std::vector<Field>& fields() {
     XTC_OWN(mv_split_residual_learned, bool);
     XTC_OWN(mv_split_residual_init_alpha, double);
     XTC_OWN(mv_split_residual_init_beta, double);
+    XTC_OWN(num_residual_streams, int64_t);
+    XTC_OWN(hyper_conn_sinkhorn_iters, int64_t);
+    XTC_OWN(qkv_receive_diff_residuals, bool);
+    XTC_OWN(integrate_layers, bool);
+    XTC_OWN(layer_integrate_use_softmax, bool);
+    XTC_OWN(gated_multi_residual, bool);
+    XTC_OWN(gated_multi_residual_read_gate_rank, std::optional<int64_t>);
+    XTC_OWN(attn_aggregated_residuals, bool);
+    XTC_OWN(aggregated_residual_lora_rank, int64_t);
+    XTC_OWN(aggregated_residual_lora_activation, std::optional<std::string>);
     XTC_OWN(branch_output_scale, std::optional<double>);
     XTC_OWN(depth_scale_residual, bool);
     XTC_OWN(use_layerscale, bool);

@@ -95,6 +95,9 @@ struct ExtraKeyValues {
   /// memory), broadcastable to it; undefined = none. On a cached cross-attention step the cached keys already
   /// hold it.
   at::Tensor input_residual;
+  /// Self-attention's keys' and values' own inputs, (b, n, dim) like x (qkv_receive_diff_residuals: each
+  /// projection reads its own view of the residual streams); undefined = x.
+  at::Tensor key_input, value_input;
   /// additional_key_values, (b, ha, l, dh) and (b, ha, l, dv) (x-transformers' head-first layout, e.g.
   /// another model's cached_kv), ha dividing the heads: joined in front of the keys after the memory
   /// key/values, not rotated, visible to every query and never biased. Undefined = none.

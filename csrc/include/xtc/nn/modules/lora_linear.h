@@ -12,16 +12,17 @@
 namespace xtc::nn {
 
 /// up(act(down(x))): `down` (rank, in) with torch's init, `up` (out, rank) zero, so the projection starts at
-/// zero; act SiLU or the identity.
+/// zero; act an activation spec of functional/activation.h (SiLU for the HyGA gates), unset = the identity.
 class LoRALinearImpl : public torch::nn::Cloneable<LoRALinearImpl> {
  public:
-  LoRALinearImpl(int64_t in_features, int64_t out_features, int64_t rank, bool silu);
+  LoRALinearImpl(int64_t in_features, int64_t out_features, int64_t rank,
+                 std::optional<std::string> activation = std::nullopt);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   at::Tensor forward(const at::Tensor& x);
 
   int64_t in_features, out_features, rank;
-  bool silu;
+  std::optional<std::string> activation;
   Linear down{nullptr}, up{nullptr};
 };
 TORCH_MODULE(LoRALinear);

@@ -1,11 +1,12 @@
 // Residual variants and branch wrappers: Residual, GRUGating, OrthogonalResidualUpdate,
-// MVSplitResidualUpdate, LayerScale, AdaptiveLayerScale, Scale, ShiftTokens, and the U-Net skips'
-// ConcatCombine, as x-transformers.
+// MVSplitResidualUpdate, HyperConnection, GatedMultiResidual, LayerScale, AdaptiveLayerScale, Scale,
+// ShiftTokens, and the U-Net skips' ConcatCombine, as x-transformers.
 #pragma once
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/common.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/functional/residual.h>
 #include <xtc/nn/modules/torch_layers.h>
 
 namespace xtc::nn {
@@ -77,6 +78,48 @@ class MVSplitResidualUpdateImpl : public torch::nn::Cloneable<MVSplitResidualUpd
   FORWARD_HAS_DEFAULT_ARGS({2, torch::nn::AnyValue(at::Tensor())})
 };
 TORCH_MODULE(MVSplitResidualUpdate);
+
+/// Hyper-connections' residual update of layer `layer_index` (x-transformers' HyperConnection): reads the
+/// branch input(s) from the streams and writes its output back to them (functional::hyper_connection_read).
+/// Statics start at the identity mix with the layer's own stream as input; the dynamic weights at zero.
+class HyperConnectionImpl : public torch::nn::Cloneable<HyperConnectionImpl> {
+ public:
+  HyperConnectionImpl(int64_t dim, int64_t layer_index, int64_t num_streams, int64_t views = 1,
+                      int64_t sinkhorn_iters = 5);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+  functional::HyperConnectionWeights weights() const;
+  /// streams (b s, n, d) -> the branch input, the residuals and the write shares.
+  functional::StreamRead prepare(const at::Tensor& streams);
+  /// The branch output written back: (b s, n, d).
+  at::Tensor forward(const at::Tensor& branch, const functional::StreamRead& read);
+
+  int64_t dim, layer_index, num_streams, views, sinkhorn_iters;
+  at::Tensor static_beta, static_alpha, dynamic_alpha_fn, dynamic_alpha_scale, dynamic_beta_fn,
+      dynamic_beta_scale;
+  TorchLayerNorm norm{nullptr};
+};
+TORCH_MODULE(HyperConnection);
+
+/// The gated multi residual of layer `layer_index` (x-transformers' GatedMultiResidual): elementwise read
+/// gates, anchored on the layer's own stream, and a write gate per stream, both from a low-rank bottleneck
+/// of the normed streams that starts at zero.
+class GatedMultiResidualImpl : public torch::nn::Cloneable<GatedMultiResidualImpl> {
+ public:
+  GatedMultiResidualImpl(int64_t dim, int64_t layer_index, int64_t num_streams, int64_t read_gate_rank,
+                         int64_t views = 1);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  functional::GatedMultiResidualWeights weights() const;
+  functional::StreamRead prepare(const at::Tensor& streams);
+  at::Tensor forward(const at::Tensor& branch, const functional::StreamRead& read);
+
+  int64_t dim, layer_index, num_streams, read_gate_rank, views;
+  at::Tensor read_gain, static_read_logit, static_write_logit, dynamic_gate_scale;
+  Linear to_bottleneck{nullptr}, to_read_gate{nullptr}, to_write_gate{nullptr};
+};
+TORCH_MODULE(GatedMultiResidual);
 
 /// Holds a branch as `fn` with a learned per-feature output scale `gamma` (CaiT's LayerScale); with
 /// `unit_offset` gamma is stored as (scale - 1). AttentionLayers applies it.

@@ -1,7 +1,7 @@
 // The torch.nn layers x-transformers builds on (nn.Linear, nn.Embedding, nn.GRUCell, nn.Conv2d,
-// nn.LayerNorm), with torch's parameter names, shapes and initialisation, draw for draw. LibTorch's own
-// allocate on the CPU in their constructors; these allocate through module_tensor(), so that a whole model
-// also builds on meta (construction.h).
+// nn.LayerNorm, nn.RMSNorm), with torch's parameter names, shapes and initialisation, draw for draw.
+// LibTorch's own allocate on the CPU in their constructors; these allocate through module_tensor(), so that a
+// whole model also builds on meta (construction.h).
 #pragma once
 
 #include <torch/nn/cloneable.h>
@@ -71,10 +71,11 @@ class Conv2dImpl : public torch::nn::Cloneable<Conv2dImpl> {
 };
 TORCH_MODULE(Conv2d);
 
-/// torch.nn.LayerNorm(dim): weight 1 and bias 0 (x-transformers' own LayerNorm, norm.h, has `gamma` only).
+/// torch.nn.LayerNorm(dim, bias=...): weight 1 and bias 0 (x-transformers' own LayerNorm, norm.h, has `gamma`
+/// only).
 class TorchLayerNormImpl : public torch::nn::Cloneable<TorchLayerNormImpl> {
  public:
-  explicit TorchLayerNormImpl(int64_t dim, double eps = 1e-5);
+  explicit TorchLayerNormImpl(int64_t dim, double eps = 1e-5, bool bias = true);
   void reset() override;
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
@@ -82,8 +83,23 @@ class TorchLayerNormImpl : public torch::nn::Cloneable<TorchLayerNormImpl> {
 
   int64_t dim;
   double eps;
+  bool has_bias;
   at::Tensor weight, bias;
 };
 TORCH_MODULE(TorchLayerNorm);
+
+/// torch.nn.RMSNorm(dim): weight 1, eps the input dtype's machine epsilon (torch's eps=None).
+class TorchRMSNormImpl : public torch::nn::Cloneable<TorchRMSNormImpl> {
+ public:
+  explicit TorchRMSNormImpl(int64_t dim);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& input);
+
+  int64_t dim;
+  at::Tensor weight;
+};
+TORCH_MODULE(TorchRMSNorm);
 
 }  // namespace xtc::nn

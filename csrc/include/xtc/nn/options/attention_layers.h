@@ -96,10 +96,25 @@ struct AttentionLayersOptions {
   int64_t conditioning_width() const {
     return resolved_dim_condition() * (adaptive_condition_mlp_ ? adaptive_condition_mlp_expansion_ : 1);
   }
-  /// Whether a final norm closes the stack.
-  bool has_final_norm() const { return pre_norm_ && pre_norm_has_final_norm_ && !pre_and_post_norm_; }
-  /// A norm after each residual: post-norm, or pre_and_post_norm.
-  bool applies_post_norm() const { return !pre_norm_ || pre_and_post_norm_; }
+  /// Whether a final norm closes the stack (always with gated_multi_residual, as x-transformers).
+  bool has_final_norm() const {
+    return (pre_norm_ && pre_norm_has_final_norm_ && !pre_and_post_norm_) || gated_multi_residual_;
+  }
+  /// A norm before each branch: pre_norm, except under gated_multi_residual (its read gate normalises).
+  bool norms_branch_input() const { return pre_norm_ && !gated_multi_residual_; }
+  /// A norm after each residual: post-norm, pre_and_post_norm, or gated_multi_residual.
+  bool applies_post_norm() const { return !norms_branch_input() || pre_and_post_norm_; }
+  /// Several residual streams: hyper-connections, or gated_multi_residual's streams.
+  bool multi_stream() const { return num_residual_streams_ > 1; }
+  /// Hyper-connections join each branch to the streams (several streams without gated_multi_residual).
+  bool hyper_connections() const { return multi_stream() && !gated_multi_residual_; }
+  /// The inputs layer `layer` (an index into layer_types()) reads: 3 when self-attention's queries, keys and
+  /// values read different views (qkv_receive_diff_residuals; with integrate_layers every self-attention
+  /// layer after the first), else 1.
+  int64_t layer_input_views(size_t layer) const;
+  /// Whether each layer's input is integrated from the earlier layers' (integrate_layers or
+  /// attn_aggregated_residuals: x-transformers' layer_integrators).
+  bool integrates_layers() const { return integrate_layers_ || attn_aggregated_residuals_; }
   /// Checks values and clashing flags; throws c10::Error (ValueError in Python) naming the options.
   void validate() const;
 
@@ -123,6 +138,9 @@ struct AttentionLayersOptions {
   TORCH_ARG(bool, only_cross) = false;
   /// Drop whole layers at random during training (Fan et al. 2019, arXiv 1909.11556).
   TORCH_ARG(double, layer_dropout) = 0.0;
+  /// In training, each cross-attention layer sees a random share of the context's tokens, the rest dropped
+  /// (x-transformers' dropout_seq; Perceiver AR): the fraction dropped.
+  TORCH_ARG(double, cross_attn_tokens_dropout) = 0.0;
   /// ScaleNorm (Nguyen & Salazar 2019, arXiv 1910.05895).
   TORCH_ARG(bool, use_scalenorm) = false;
   /// RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467), gain `g`.
@@ -188,6 +206,33 @@ struct AttentionLayersOptions {
   TORCH_ARG(double, mv_split_residual_init_alpha) = 0.0;
   /// mv_split_residual's initial beta (residual_fn_kwargs `init_beta`).
   TORCH_ARG(double, mv_split_residual_init_beta) = 0.03;
+  /// Hyper-connections (Zhu et al. 2024, arXiv 2409.19606, dynamic form; Sinkhorn-constrained mixes, arXiv
+  /// 2512.24880): the residual is this many streams, which each layer reads and writes through learned,
+  /// per-token mixes; the stack's output is their sum. 1 = one plain stream.
+  TORCH_ARG(int64_t, num_residual_streams) = 1;
+  /// Sinkhorn iterations of hyper-connections' residual mix.
+  TORCH_ARG(int64_t, hyper_conn_sinkhorn_iters) = 5;
+  /// Self-attention's queries, keys and values each read their own view of the streams (hyper-connections,
+  /// gated_multi_residual) or of the earlier layers (integrate_layers, attn_aggregated_residuals).
+  TORCH_ARG(bool, qkv_receive_diff_residuals) = false;
+  /// LIMe (Gerasimov et al. 2025, arXiv 2502.09245): each layer's input is a learned per-token mix of every
+  /// earlier layer's input (x-transformers' DynamicLIMe); self-attention's q, k and v mix their own.
+  TORCH_ARG(bool, integrate_layers) = false;
+  /// integrate_layers' mix weights through a softmax over the layers (else a ReLU).
+  TORCH_ARG(bool, layer_integrate_use_softmax) = true;
+  /// Gated multi residual (Qwen3.8-Flash-Next): num_residual_streams streams, read through elementwise
+  /// low-rank gates, written through a scalar gate per stream; no norm before the branches, one after each
+  /// residual, and a final norm.
+  TORCH_ARG(bool, gated_multi_residual) = false;
+  /// gated_multi_residual's read gate rank (x-transformers' residual_fn_kwargs `read_gate_rank`); required.
+  TORCH_ARG(std::optional<int64_t>, gated_multi_residual_read_gate_rank) = std::nullopt;
+  /// Attention residuals (arXiv 2601.21582, 2603.15031): each layer's input is an attention-weighted pool of
+  /// every earlier layer's input, the query conditioned on the latest (x-transformers' AttentionResidual).
+  TORCH_ARG(bool, attn_aggregated_residuals) = false;
+  /// attn_aggregated_residuals' query LoRA rank (attn_aggregated_residual_kwargs `lora_rank`); below dim.
+  TORCH_ARG(int64_t, aggregated_residual_lora_rank) = 64;
+  /// The activation inside that LoRA (`lora_activation`), a spec of functional/activation.h; unset = none.
+  TORCH_ARG(std::optional<std::string>, aggregated_residual_lora_activation) = std::nullopt;
   /// Every branch output times this constant (x-transformers' scale_residual or depth_scale_residual given
   /// as a number: its Scale wrapper, `fn.` in the parameter names unless 1); unset = none.
   TORCH_ARG(std::optional<double>, branch_output_scale) = std::nullopt;
