@@ -35,6 +35,7 @@ OPTION_VALUES = {
     "gate_residual": [False, True],
     "residual_update": [None, "orthog_residual", "mv_split_residual"],  # (x-transformers refuses them beside gating)
     "scale_residual": [False, True],
+    "residual_streams": [None, "hyper", "hyper_qkv", "gated", "lime", "aggregated"],  # (their rules below)
     "macaron": [False, True],
     "only_attn": [False, True],
     "use_layerscale": [False, True],
@@ -75,6 +76,15 @@ FF_VARIANTS = {
     "glu_softclamp": dict(ff_glu=True, ff_glu_softclamp=True, ff_relu_squared=False, ff_glu_gate_softclamp_value=0.7),
 }
 
+# Several residual streams and the layer integrators, each with what it needs.
+STREAM_VARIANTS = {
+    "hyper": dict(num_residual_streams=3, hyper_conn_sinkhorn_iters=3),
+    "hyper_qkv": dict(num_residual_streams=2, qkv_receive_diff_residuals=True),
+    "gated": dict(gated_multi_residual=True, num_residual_streams=2, residual_fn_kwargs=dict(read_gate_rank=4)),
+    "lime": dict(integrate_layers=True),
+    "aggregated": dict(attn_aggregated_residuals=True, attn_aggregated_residual_kwargs=dict(lora_rank=4)),
+}
+
 # The value / output gate variants (hybrid gated attention), each with the gates it needs.
 GATE_VARIANTS = {
     "rank": dict(attn_gate_values=True, attn_gate_values_rank=3),
@@ -101,6 +111,8 @@ def stack_cases(draw):
             kwargs.update(FF_VARIANTS.get(value, {}))
         elif name == "attn_gate_variant":
             kwargs.update(GATE_VARIANTS.get(value, {}))
+        elif name == "residual_streams":
+            kwargs.update(STREAM_VARIANTS.get(value, {}))
         elif name == "attn_latent" and value is not None:
             kwargs.update({f"attn_use_latent_{value}": True, f"attn_dim_latent_{value}": 10})
         elif name == "attn_talking_heads":

@@ -523,8 +523,8 @@ void validate_input_views(const AttentionLayersOptions& o) {
   }
 }
 
-// Residual streams (hyper-connections, gated multi residual) and layer integration: what each needs and
-// excludes, as x-transformers asserts; their options are refused where x-transformers would ignore them.
+// Residual streams (hyper-connections, gated multi residual): what each needs and excludes, as x-transformers
+// asserts; their options are refused where x-transformers would ignore them.
 void validate_residual_streams(const AttentionLayersOptions& o) {
   TORCH_CHECK_VALUE(o.num_residual_streams() >= 1 && o.hyper_conn_sinkhorn_iters() >= 0,
                     "AttentionLayers: expected num_residual_streams >= 1 and hyper_conn_sinkhorn_iters >= 0, "
@@ -552,6 +552,10 @@ void validate_residual_streams(const AttentionLayersOptions& o) {
   TORCH_CHECK_VALUE(o.gated_multi_residual() || !o.gated_multi_residual_read_gate_rank().has_value(),
                     "AttentionLayers: residual_fn_kwargs read_gate_rank is gated_multi_residual's; "
                     "x-transformers would ignore it");
+}
+
+// Layer integration (integrate_layers, attn_aggregated_residuals) and what each needs and excludes.
+void validate_layer_integration(const AttentionLayersOptions& o) {
   TORCH_CHECK_VALUE(
       !(o.integrate_layers() && o.attn_aggregated_residuals()),
       "AttentionLayers: integrate_layers and attn_aggregated_residuals both integrate the layers; "
@@ -575,10 +579,6 @@ void validate_residual_streams(const AttentionLayersOptions& o) {
                       "AttentionLayers: attn_aggregated_residual_kwargs are attn_aggregated_residuals'; "
                       "x-transformers would ignore them");
   }
-  TORCH_CHECK_VALUE(o.cross_attn_tokens_dropout() >= 0 && o.cross_attn_tokens_dropout() < 1,
-                    "AttentionLayers: expected cross_attn_tokens_dropout in [0, 1), got ",
-                    o.cross_attn_tokens_dropout());
-  validate_input_views(o);
 }
 
 // Sizes and the norm: one kind of norm, of layerscale, and what they need.
@@ -772,8 +772,9 @@ void validate_blocks(const AttentionLayersOptions& o) {
                     o.cross_attn().dim_context().value_or(0));
   TORCH_CHECK_VALUE(o.ff().mult() > 0 && static_cast<int64_t>(o.dim() * o.ff().mult()) > 0,
                     "AttentionLayers: expected ff_mult > 0 giving an inner width >= 1, got ", o.ff().mult());
-  for (auto [name, p] :
-       {std::pair<const char*, double>{"ff_dropout", o.ff().dropout()}, {"layer_dropout", o.layer_dropout()}})
+  for (auto [name, p] : {std::pair<const char*, double>{"ff_dropout", o.ff().dropout()},
+                         {"layer_dropout", o.layer_dropout()},
+                         {"cross_attn_tokens_dropout", o.cross_attn_tokens_dropout()}})
     TORCH_CHECK_VALUE(p >= 0 && p < 1, "AttentionLayers: expected ", name, " in [0, 1), got ", p);
   TORCH_CHECK_VALUE(!o.softclamp_output() || o.softclamp_output_value() > 0,
                     "AttentionLayers: expected softclamp_output_value > 0");
@@ -796,6 +797,8 @@ void AttentionLayersOptions::validate() const {
   validate_positions(*this);
   validate_blocks(*this);
   validate_residual_streams(*this);
+  validate_layer_integration(*this);
+  validate_input_views(*this);
 }
 
 // ------------------------------------------------------------------------------------------------
