@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import reduce
 
 import inspect
+import re
 import textwrap
 
 import torch
@@ -510,6 +511,42 @@ class AttentionLayers(nn.Module):
         order = ",".join(str(int(i)) for i in layers_execute_order)
         plan = _C.AttentionLayersPlan(f"{self._options};layers_execute_order={order}")
         return plan.options, plan.executed_attention_types
+
+    # Each attention's to_v and to_out parameters and each feed-forward's linear weights (x-transformers' picks).
+    _MUON_PARAMETER = re.compile(r"\.(to_v|to_out(\.0)?)\.(weight|bias)$|\.ff\..*\.weight$")
+
+    def muon_parameters(self):
+        """The parameters x-transformers hands to the Muon optimiser, in its order: each attention layer's to_v and
+        to_out parameters and each feed-forward's linear weights (the rest go to AdamW)."""
+        return [p for name, p in self.named_parameters() if self._MUON_PARAMETER.search(name)]
+
+    def _attention_projections(self):
+        """(to_q, to_k) weights of each attention layer, self and cross, in layer order (not execution order)."""
+        weights = dict(self.named_parameters())
+        layers = sorted({int(name.split(".")[1]) for name in weights if name.endswith(".to_q.weight")})
+        find = lambda i, leaf: next(w for n, w in weights.items() if n.startswith(f"layers.{i}.1.") and n.endswith(leaf))
+        return [(find(i, ".to_q.weight"), find(i, ".to_k.weight")) for i in layers]
+
+    @torch.no_grad()
+    def attn_qk_clip_(self, intermediates, tau=100.0):
+        """Kimi's qk-clip after an optimiser step (x-transformers' attn_qk_clip_): per attention layer, from the
+        pre-softmax logits of a forward with return_hiddens (attn_flash off), each head's scale
+        sqrt(min(1, tau / its largest logit)) multiplies to_q's and to_k's weights, repeated over the head's
+        features and broadcast over the weights' last axis as x-transformers does (so dim must equal heads x
+        dim_head, and kv heads the heads)."""
+        layers, inters = self._attention_projections(), intermediates.attn_intermediates
+        if len(layers) != len(inters):
+            raise ValueError(f"attn_qk_clip_: expected the intermediates of {len(layers)} attention layers (a forward "
+                             f"in layer order), got {len(inters)}")
+        for (q_weight, k_weight), inter in zip(layers, inters):
+            logits = inter if torch.is_tensor(inter) else inter.pre_softmax_attn
+            if logits is None:
+                raise ValueError("attn_qk_clip_: the intermediates hold no pre_softmax_attn; run the forward with "
+                                 "return_hiddens=True and attn_flash=False")
+            scale = (tau / logits.amax(dim=(0, 2, 3))).clamp(max=1.0).sqrt()
+            scale = scale.repeat_interleave(q_weight.shape[0] // scale.numel())
+            q_weight.mul_(scale)
+            k_weight.mul_(scale)
 
     def reset_parameters(self):
         """Initialises every parameter and buffer in place as construction does (the C++ module's init, which is

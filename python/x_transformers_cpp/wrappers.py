@@ -89,6 +89,14 @@ class _Wrapper(nn.Module):
         under torch.device("meta")."""
         fill_from_layout(self, self._layout(self._options, self._layer_options, True)[1])
 
+    def muon_parameters(self):
+        """The stack's Muon parameters (x-transformers' wrappers hand on attn_layers')."""
+        return self.attn_layers.muon_parameters()
+
+    def attn_qk_clip_(self, intermediates, tau=100.0):
+        """The stack's qk-clip from a forward's return_intermediates (x-transformers' wrappers hand it on)."""
+        self.attn_layers.attn_qk_clip_(intermediates, tau=tau)
+
     def _tensors(self):
         unshard_fsdp_groups(self)
         return [reduce(getattr, name.split("."), self) for name in self._tensor_names]
