@@ -30,6 +30,7 @@ CASES = {
     "gated_qkv": dict(GATED, num_residual_streams=3, qkv_receive_diff_residuals=True),
     "lime": dict(integrate_layers=True),
     "lime_hyper": dict(integrate_layers=True, num_residual_streams=3),
+    "lime_gated_qkv": dict(GATED, integrate_layers=True, num_residual_streams=2, qkv_receive_diff_residuals=True),
     "lime_cross_layerscale": dict(integrate_layers=True, cross_attend=True, use_layerscale=True),
     "aggregated": AGGREGATED,
     "aggregated_qkv_silu": dict(attn_aggregated_residuals=True, qkv_receive_diff_residuals=True,

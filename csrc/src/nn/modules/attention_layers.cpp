@@ -84,14 +84,12 @@ std::shared_ptr<torch::nn::Module> make_residual(const AttentionLayersOptions& o
   const auto layer = static_cast<int64_t>(index);
   if (o.gated_multi_residual())
     return GatedMultiResidual(o.dim(), layer, o.num_residual_streams(),
-                              *o.gated_multi_residual_read_gate_rank(), o.layer_input_views(index))
+                              *o.gated_multi_residual_read_gate_rank(), o.stream_read_views(index))
         .ptr();
-  if (o.hyper_connections()) {
-    // With integrate_layers the views come from the integrator, not from the streams.
-    const int64_t views = o.integrate_layers() ? 1 : o.layer_input_views(index);
-    return HyperConnection(o.dim(), layer, o.num_residual_streams(), views, o.hyper_conn_sinkhorn_iters())
+  if (o.hyper_connections())
+    return HyperConnection(o.dim(), layer, o.num_residual_streams(), o.stream_read_views(index),
+                           o.hyper_conn_sinkhorn_iters())
         .ptr();
-  }
   if (o.residual_kind() == ResidualKind::GRUGating) return GRUGating(o.dim(), o.scale_residual()).ptr();
   if (o.residual_kind() == ResidualKind::Orthogonal)
     return OrthogonalResidualUpdate(o.dim(), o.scale_residual()).ptr();

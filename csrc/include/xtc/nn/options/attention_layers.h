@@ -112,6 +112,9 @@ struct AttentionLayersOptions {
   /// values read different views (qkv_receive_diff_residuals; with integrate_layers every self-attention
   /// layer after the first), else 1.
   int64_t layer_input_views(size_t layer) const;
+  /// The views several residual streams give layer `layer`: its input views, unless integrate_layers mixes
+  /// them from the earlier layers instead (then 1).
+  int64_t stream_read_views(size_t layer) const { return integrate_layers_ ? 1 : layer_input_views(layer); }
   /// Whether each layer's input is integrated from the earlier layers' (integrate_layers or
   /// attn_aggregated_residuals: x-transformers' layer_integrators).
   bool integrates_layers() const { return integrate_layers_ || attn_aggregated_residuals_; }
