@@ -53,6 +53,10 @@ _NEEDS = {
     "latent_rope_subheads": dict(use_latent_kv=True, dim_latent_kv=8, latent_rope_subheads=1),
     "gumbel_softmax_temp": dict(gumbel_softmax=True, gumbel_softmax_temp=2.0),
     "gumbel_softmax_hard": dict(gumbel_softmax=True, gumbel_softmax_hard=False),
+    # A GRU over the probe's width (16) giving its 2 heads x 8 features, as the spec the Python modules map to.
+    "hybrid_fold_axial_dim": dict(hybrid_module="gru:16:16:1:1:1:0.0:0:0:torch", hybrid_fold_axial_dim=2),
+    "hybrid_learned_mix": dict(hybrid_module="gru:16:16:1:1:1:0.0:0:0:torch", hybrid_fold_axial_dim=1,
+                               hybrid_learned_mix=True),
 }
 PROBES.update({prefix + name: {prefix + k: v for k, v in kwargs.items()}
                for name, kwargs in _NEEDS.items() for prefix in ("attn_", "cross_attn_")})
@@ -141,6 +145,10 @@ DESCRIBED = {
     "ff_custom_activation": "a torch.nn activation with a libtorch twin (ReLU, GELU with its approximation, SiLU, "
                             "Sigmoid, Tanh, Mish, ELU, LeakyReLU, Softplus, Hardtanh, ...; x-transformers' "
                             "ReluSquared), mapped by name; any other module or callable raises a TypeError naming it",
+    "attn_hybrid_module": "a torch.nn.GRU or LSTM (any layers, bidirectional, batch_first, proj_size), copied into "
+                          "every layer and run by the stack's own GRU / LSTM beside attention (the GRU's state in "
+                          "the decoding cache); any other module raises a TypeError naming it",
+    "cross_attn_hybrid_module": "as attn_hybrid_module, for cross-attention",
     "attn_flash": "accepted and ignored: our kernels always run",
     "cross_attn_flash": "accepted and ignored: our kernels always run",
     "causal": "set by Decoder; Encoder rejects it",
@@ -217,10 +225,6 @@ def attention_path(kwarg):
 _CALLABLE = "takes a Python callable or module, which the C++ stack cannot run"
 WHY_REJECTED = [
     (("custom_attn_fn",), _CALLABLE + " (the weightings here: sigmoid, hard, cog_signed, gumbel_softmax, sparse_topk)"),
-    (("hybrid_module",), "a Python module: its nn.GRU / nn.LSTM twins (torch::nn::GRU / LSTM in the stack) are not "
-                         "implemented yet"),
-    (("hybrid_mask_kwarg", "hybrid_fold_axial_dim", "hybrid_learned_mix"),
-     "an option of hybrid_module (not implemented yet)"),
     (("attend_sdp_kwargs",), "torch SDPA's backend switches of x-transformers' flash path; ours are chosen with "
                              "x_transformers_cpp.backends"),
     (("verbose",), "logging only; nothing here to log"),
@@ -245,6 +249,9 @@ IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads
                              "TypeError naming them",
            "residual_fn_kwargs": "the residual update's options: learned, init_alpha, init_beta (mv_split_residual), "
                                  "read_gate_rank (gated_multi_residual); other keys raise a TypeError naming them",
+           "attn_hybrid_mask_kwarg": "None only: nn.GRU and nn.LSTM take no mask keyword (x-transformers would "
+                                     "pass one and fail); a name raises a TypeError saying so",
+           "cross_attn_hybrid_mask_kwarg": "as attn_hybrid_mask_kwarg",
            "attn_aggregated_residual_kwargs": "lora_rank, and lora_activation as a torch.nn activation with a "
                                               "libtorch twin; other keys raise a TypeError naming them"}
 # Not keyword arguments users pass to AttentionLayers.

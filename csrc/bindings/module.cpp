@@ -162,6 +162,16 @@ PYBIND11_MODULE(_C, m) {
           "executed_attention_types", &Plan::executed_attention_types,
           "The kind ('a' self, 'c' cross) of each attention layer in execution order: the order of "
           "the cached_kv pairs.")
+      .def_property_readonly("executed_hybrid_states", &Plan::executed_hybrid_states,
+                             "Whether each executed attention layer keeps a hybrid GRU state in the cache "
+                             "(after the (k, v) pairs).")
+      .def_property_readonly(
+          "layer_types",
+          [](const Plan& plan) {
+            const auto types = plan.options().layer_types();
+            return std::string(types.begin(), types.end());
+          },
+          "The kind of each layer in construction order ('a', 'c', 'f'), as x-transformers' layer_types.")
       .def_property_readonly("disables_abs_pos_emb",
                              [](const Plan& plan) { return plan.options().disables_abs_pos_emb(); })
       .def(

@@ -26,7 +26,8 @@ def _option_value(name, value):
         return "none"
     if isinstance(value, (int, float)):
         return repr(value)
-    if name in ("ff.custom_activation", "aggregated_residual_lora_activation") and isinstance(value, str):
+    if (name in ("ff.custom_activation", "aggregated_residual_lora_activation", "attn.hybrid_module",
+                 "cross_attn.hybrid_module") and isinstance(value, str)):
         return value
     if name == "custom_layers" and isinstance(value, (tuple, list, str)):
         return "".join(value)
@@ -118,6 +119,27 @@ def _activation_spec(module, argument="ff_custom_activation"):
     return spec(module)
 
 
+def _recurrent_spec(module, argument):
+    """attn_hybrid_module as our option: a torch.nn.GRU or LSTM's configuration (functional::RecurrentSpec), its
+    weights given (copied in after construction, as x-transformers deep-copies the module into every layer); any
+    other module raises a TypeError naming the argument."""
+    if isinstance(module, str):
+        return module
+    if type(module) not in (nn.GRU, nn.LSTM):
+        raise TypeError(f"{argument}: {type(module).__name__} has no libtorch twin here; pass a torch.nn.GRU or "
+                        f"torch.nn.LSTM (any layers, bidirectional, batch_first, proj_size)")
+    m = module
+    fields = ["lstm" if isinstance(m, nn.LSTM) else "gru", m.input_size, m.hidden_size, m.num_layers, int(m.bias),
+              int(m.batch_first), repr(float(m.dropout)), int(m.bidirectional), m.proj_size, "given"]
+    return ":".join(str(f) for f in fields)
+
+
+def _hybrid_weights(kwargs):
+    """The hybrid modules' weights by option prefix ('attn_', 'cross_attn_'), copied now (x-transformers' deepcopy)."""
+    return {prefix: {k: v.detach().clone() for k, v in kwargs[prefix + "hybrid_module"].state_dict().items()}
+            for prefix in ("attn_", "cross_attn_") if isinstance(kwargs.get(prefix + "hybrid_module"), nn.Module)}
+
+
 def _argument_forms(kwargs):
     """x-transformers' arguments whose type picks their meaning, as our options: scale_residual or
     depth_scale_residual as a number scales every branch output (x-transformers' Scale wrapper; a numeric
@@ -142,6 +164,12 @@ def _argument_forms(kwargs):
     if kwargs.get("ff_custom_activation") is not None:
         kwargs["ff_custom_activation"] = _activation_spec(kwargs["ff_custom_activation"])
     for prefix in ("attn_", "cross_attn_"):
+        if kwargs.get(prefix + "hybrid_mask_kwarg") is not None:
+            raise TypeError(f"{prefix}hybrid_mask_kwarg: nn.GRU and nn.LSTM take no mask keyword (x-transformers "
+                            f"would pass one to the module and fail, or ignore it when causal); leave it None")
+        kwargs.pop(prefix + "hybrid_mask_kwarg", None)
+        if kwargs.get(prefix + "hybrid_module") is not None:
+            kwargs[prefix + "hybrid_module"] = _recurrent_spec(kwargs[prefix + "hybrid_module"], prefix + "hybrid_module")
         name = prefix + "data_dependent_alibi_kwargs"
         if kwargs.get(prefix + "data_dependent_alibi_per_row") and "bias_init" in (kwargs.get(name) or {}):
             raise TypeError(f"{name}: 'bias_init' is not an option of the per-row form (PerRowDataDependentAlibi)")
@@ -272,6 +300,7 @@ class Intermediates:
     qk_similarities: torch.Tensor | None = None
     pre_softmax_attn: torch.Tensor | None = None
     post_softmax_attn: torch.Tensor | None = None
+    hybrid_hidden: torch.Tensor | None = None  # the hybrid GRU's state (attn_hybrid_module), as x-transformers
 
 
 @dataclass
@@ -289,19 +318,32 @@ class LayerIntermediates:
     logits: torch.Tensor | None = None  # TransformerWrapper's logits beside the pooled tokens (encoders)
 
 
+def _attention_types(plan):
+    """Each executed attention layer's (kind, keeps a hybrid GRU state), what layer_intermediates reads."""
+    return list(zip(plan.executed_attention_types, plan.executed_hybrid_states))
+
+
 def flat_cache(cache):
-    """The ops' cache_kv from a LayerIntermediates: k0, v0, k1, v1, ... (empty without a cache)."""
-    return [t for inter in cache.attn_intermediates for t in inter.cached_kv] if cache is not None else []
+    """The ops' cache_kv from a LayerIntermediates: k0, v0, k1, v1, ..., then the hybrid GRU states (empty without a
+    cache)."""
+    if cache is None:
+        return []
+    inters = cache.attn_intermediates
+    return ([t for inter in inters for t in inter.cached_kv] +
+            [inter.hybrid_hidden for inter in inters if inter.hybrid_hidden is not None])
 
 
 def layer_intermediates(types, out, hiddens, layer_hiddens, kv, maps, cache_length):
     """LayerIntermediates from what the *_with_hiddens ops return: kv and maps flattened per attention layer in
-    `types` order ('a' / 'c', AttentionLayers._attention_types), maps empty where the layer has none."""
+    `types` order ((kind 'a' / 'c', keeps a hybrid GRU state) pairs, AttentionLayers._attention_types), the hybrid
+    states after the (k, v) pairs, maps empty where the layer has none."""
     maps = [m if m.dim() == 4 else None for m in maps]
+    states = iter(kv[2 * len(types):])
     attn_intermediates = [Intermediates(cached_kv=(kv[2 * i], kv[2 * i + 1]), layer_type=t,
                                         qk_similarities=maps[3 * i], pre_softmax_attn=maps[3 * i + 1],
-                                        post_softmax_attn=maps[3 * i + 2])
-                          for i, t in enumerate(types)]
+                                        post_softmax_attn=maps[3 * i + 2],
+                                        hybrid_hidden=next(states) if has_state else None)
+                          for i, (t, has_state) in enumerate(types)]
     return LayerIntermediates(hiddens=list(hiddens), last_hidden=out, layer_hiddens=list(layer_hiddens),
                               attn_intermediates=attn_intermediates, cache_length=cache_length)
 
@@ -468,7 +510,7 @@ class AttentionLayers(nn.Module):
         self._options = plan.options
         layout = plan.layout(initializes_on_construction())
         self._parameter_names = [name for name, *_ in layout]
-        self._attention_types = plan.executed_attention_types  # once: read by every return_hiddens
+        self._attention_types = _attention_types(plan)  # once: read by every return_hiddens
         # The attributes x-transformers' wrappers read off a stack.
         self.dim, self.depth, self.causal = dim, depth, causal
         self.attn_heads, self.attn_dim_head = heads, kwargs.get("attn_dim_head", 64)
@@ -478,13 +520,32 @@ class AttentionLayers(nn.Module):
         given = lambda name: any(v) if isinstance(v := kwargs.get(name, False), (tuple, list)) else bool(v)
         self.can_cache_kv = not any(map(given, ("shift_tokens", "attn_selective", "orthog_residual",
                                                 "mv_split_residual")))
+        # An LSTM hybrid keeps two states, x-transformers' cache one (it fails there): no caching then.
+        self.can_cache_kv &= not any(isinstance(kwargs.get(p + "hybrid_module"), nn.LSTM) for p in ("attn_", "cross_attn_"))
         self._unpad = bool(kwargs.get("unpad", False))
         self.disable_abs_pos_emb = plan.disables_abs_pos_emb
+        self.layer_types = tuple(plan.layer_types)
         tree = _build_tree(layout)
         for name, param in tree.named_parameters(recurse=False):  # stream_emb
             self.register_parameter(name, param)
         for name, child in tree.named_children():
             self.add_module(name, child)
+        self._hybrid_weights = _hybrid_weights(kwargs)
+        self._copy_hybrid_weights()
+
+    @torch.no_grad()
+    def _copy_hybrid_weights(self):
+        """Every attention layer's hybrid network starts as the module given (x-transformers deep-copies it):
+        self-attention's attn_hybrid_module, cross-attention's cross_attn_hybrid_module or else attn_'s."""
+        for i, kind in enumerate(self.layer_types):
+            prefixes = {"a": ("attn_",), "c": ("cross_attn_", "attn_")}.get(kind, ())
+            source = next((self._hybrid_weights[p] for p in prefixes if p in self._hybrid_weights), None)
+            if source is None:
+                continue
+            weights = {n: t for n, t in self.named_parameters() if n.startswith(f"layers.{i}.")}
+            for name, value in source.items():
+                target = next(t for n, t in weights.items() if n.endswith(f".hybrid_module.fn.{name}"))
+                target.copy_(value)
 
     # x-transformers' other forward arguments, at the values that make them do nothing (its own wrappers pass them
     # so); anything else is refused by name.
@@ -510,7 +571,7 @@ class AttentionLayers(nn.Module):
             return self._options, self._attention_types
         order = ",".join(str(int(i)) for i in layers_execute_order)
         plan = _C.AttentionLayersPlan(f"{self._options};layers_execute_order={order}")
-        return plan.options, plan.executed_attention_types
+        return plan.options, _attention_types(plan)
 
     # Each attention's to_v and to_out parameters and each feed-forward's linear weights (x-transformers' picks).
     _MUON_PARAMETER = re.compile(r"\.(to_v|to_out(\.0)?)\.(weight|bias)$|\.ff\..*\.weight$")
@@ -554,6 +615,7 @@ class AttentionLayers(nn.Module):
         Draws from torch's default generator in construction's order: torch.manual_seed(s) then reset_parameters()
         gives the values that constructing after torch.manual_seed(s) gives."""
         fill_from_layout(self, _C.AttentionLayersPlan(self._options).layout())
+        self._copy_hybrid_weights()
 
     @with_stack_inputs
     def forward(self, x, mask=None, *, return_hiddens=False, cache=None, cache_age=1, layers_execute_order=None,

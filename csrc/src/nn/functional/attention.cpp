@@ -652,13 +652,26 @@ at::Tensor orthogonal_to_values(const LayerCall& l, const at::Tensor& out, const
 
 // LASER's log, the head scale and gates, the heads merged, the orthogonal projections, the output
 // projection and its dropout, padded queries zeroed. out (b, n, h, dv); own_values as QKV's.
+// x-transformers' hybrid module beside attention: its network over x, mixed into the heads; the GRU's state
+// through the cache.
+at::Tensor with_hybrid(const LayerCall& l, const at::Tensor& heads, KVCache* cache) {
+  const auto spec = parse_recurrent_spec("hybrid_module", *l.o.hybrid_module());
+  TORCH_CHECK_VALUE(
+      !(spec.lstm && l.cached_step),
+      "AttentionLayers: an nn.LSTM hybrid_module cannot decode with a cache (x-transformers keeps "
+      "only its h state and fails too); use nn.GRU");
+  return hybrid_heads(heads, l.x, l.w.hybrid, spec, l.o.hybrid_fold_axial_dim().value_or(1), l.training,
+                      cache != nullptr ? &cache->hybrid_hidden : nullptr);
+}
+
 at::Tensor output(const LayerCall& l, at::Tensor out, const at::Tensor& own_values,
-                  const std::optional<at::Tensor>& mask) {
+                  const std::optional<at::Tensor>& mask, KVCache* cache) {
   const auto& [x, w, c, o] = std::tie(l.x, l.w, l.c, l.o);
   if (o.laser()) out = out.clamp_min(1e-20).log();
   if (w.head_scale.defined()) out = out * w.head_scale.view({1, 1, c.heads, 1});
   if (w.v_head_gate_weight.defined())
     out = out * at::sigmoid(at::linear(x, w.v_head_gate_weight, w.v_head_gate_bias)).unsqueeze(-1);
+  if (o.hybrid_module().has_value()) out = with_hybrid(l, out, cache);
   out = gate(l, out).reshape_symint({x.sym_size(0), x.sym_size(1), c.heads * c.value_dim_head});
   if (o.orthog_projected_values() || o.orthog_projected_values_per_head()) {
     // The per-head flag projects over the same block (x-transformers packs 'b *' either way): the same
@@ -736,7 +749,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   const at::Tensor out = packed == nullptr
                              ? dense_attention(l, t, key_mask, r, x.sym_size(0), x.sym_size(1), path)
                              : packed_attention(l, t, *packed, r, path);
-  return output(l, out, t.own_v, mask);
+  return output(l, out, t.own_v, mask, cache);
 }
 
 namespace {

@@ -112,6 +112,7 @@ struct StackState {
   at::Tensor self_scores, cross_scores;              // RealFormer: the previous layer's pre-softmax scores
   at::Tensor first_self_values, first_cross_values;  // ResFormer: the first attention layers' values
   size_t next_memory = 0, next_cache = 0;            // the next Transformer-XL memory and cache pair
+  std::vector<at::Tensor> hybrid_states;  // the hybrid GRU states of the attention layers run so far
   size_t next_self_layer = 0, next_cross_layer = 0;  // executed attention layers that ran so far
   std::vector<at::Tensor> skip_hiddens;              // U-Net skips: the input of every executed step
   std::vector<at::Tensor> layer_inputs;  // layer integrators: every executed layer's input (after its read)
@@ -341,19 +342,24 @@ void prepare_extra_key_values(StackCall& c) {
 
 // ------------------------------------------------------------------------------------------------ layers
 
-// The cache entry of the next attention layer, as our (b, N, hk, d) layout.
+// The cache entry of the next attention layer, as our (b, N, hk, d) layout, with its hybrid GRU state (the
+// cache holds those after every (k, v) pair).
 KVCache next_cache_entry(const StackCall& c, StackState& s) {
   KVCache kv;
   if (c.cached) {
     kv.k = c.in.cache_kv[2 * s.next_cache].transpose(1, 2);
     kv.v = c.in.cache_kv[2 * s.next_cache + 1].transpose(1, 2);
+    if (c.plan.executed_hybrid_states()[s.next_cache])
+      kv.hybrid_hidden = c.in.cache_kv[2 * c.plan.executed_attention_types().size() + s.hybrid_states.size()];
   }
   ++s.next_cache;
   return kv;
 }
 
-// An attention layer's keys, values and maps go to the record, when recording.
-void record_attention(const StackCall& c, const KVCache& kv, const AttentionMaps& maps) {
+// An attention layer's keys, values and maps go to the record, when recording; its hybrid GRU state is kept
+// for the record's end.
+void record_attention(const StackCall& c, StackState& s, const KVCache& kv, const AttentionMaps& maps) {
+  if (kv.hybrid_hidden.defined()) s.hybrid_states.push_back(kv.hybrid_hidden);
   if (c.record == nullptr) return;
   c.record->cached_kv.push_back(kv.k.transpose(1, 2));
   c.record->cached_kv.push_back(kv.v.transpose(1, 2));
@@ -448,7 +454,7 @@ at::Tensor attention_block(const StackCall& c, StackState& s, size_t i, char typ
                 ValueResidual{c.o.add_value_residual() ? first_values : at::Tensor(), &values}, memory,
                 c.record != nullptr || c.cached ? &kv : nullptr, wants_maps ? &maps : nullptr,
                 packed.has_value() ? &*packed : nullptr, extra);
-  record_attention(c, kv, maps);
+  record_attention(c, s, kv, maps);
   if (!first_values.defined()) first_values = values;
   return out;
 }
@@ -556,8 +562,11 @@ void run_layer(const StackCall& c, StackState& s, int64_t i) {
 
 // ------------------------------------------------------------------------------------------------ finish
 
-at::Tensor finish(const StackCall& c, at::Tensor x) {
-  if (c.record != nullptr) c.record->layer_hiddens.push_back(x);
+at::Tensor finish(const StackCall& c, const StackState& s, at::Tensor x) {
+  if (c.record != nullptr) {
+    c.record->layer_hiddens.push_back(x);
+    c.record->cached_kv.insert(c.record->cached_kv.end(), s.hybrid_states.begin(), s.hybrid_states.end());
+  }
   if (c.o.softclamp_output()) x = at::tanh(x / c.o.softclamp_output_value()) * c.o.softclamp_output_value();
   if (c.o.multi_stream()) x = merge_streams(x, c.o.num_residual_streams());
   if (c.o.has_final_norm()) x = c.norm(x, "final_norm.");
@@ -586,7 +595,7 @@ at::Tensor attention_layers(const at::Tensor& x, const AttentionLayersInputs& in
   state.context = call.in.context;
   state.context_mask = call.cross_key_mask;
   for (const int64_t i : plan.execution_order()) run_layer(call, state, i);
-  return finish(call, state.x);
+  return finish(call, state, state.x);
 }
 
 }  // namespace xtc::nn::functional

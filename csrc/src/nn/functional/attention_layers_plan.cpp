@@ -2,6 +2,7 @@
 // ops): the layer kinds and their execution order, each layer's block options and state_dict prefix, and
 // ALiBi's slopes; beside them the parameter layout, which the module tree gives (xtc::nn::layout_of).
 #include <xtc/nn/functional/attention_layers.h>
+#include <xtc/nn/functional/hybrid.h>
 #include <xtc/nn/functional/positional.h>
 
 #include <string>
@@ -32,8 +33,13 @@ AttentionLayersPlan::AttentionLayersPlan(AttentionLayersOptions options, std::ve
     layer_attention_.push_back(feed_forward ? options_.attn() : options_.layer_attention(i));
     layer_feed_forward_.push_back(feed_forward ? options_.layer_feed_forward(i) : options_.ff());
   }
-  for (const int64_t i : execution_order_)
-    if (layer_types_[i] != 'f') executed_attention_types_.push_back(layer_types_[i]);
+  for (const int64_t i : execution_order_) {
+    if (layer_types_[i] == 'f') continue;
+    executed_attention_types_.push_back(layer_types_[i]);
+    const auto& hybrid = layer_attention_[i].hybrid_module();
+    executed_hybrid_states_.push_back(hybrid.has_value() &&
+                                      !parse_recurrent_spec("hybrid_module", *hybrid).lstm);
+  }
   for (size_t i = 0; i < layer_types_.size(); ++i)
     block_prefixes_.push_back(layer_block_prefix(i, layer_types_[i], options_));
   for (size_t i = 0; i < parameters_.size(); ++i)

@@ -32,9 +32,18 @@ int64_t check_cache(const std::vector<at::Tensor>& cache_kv, const at::Tensor& x
   TORCH_CHECK_VALUE(!(training && o.layer_dropout() > 0),
                     "AttentionLayers: a cache cannot be combined with layer_dropout in training");
   const std::string& types = plan.executed_attention_types();
-  TORCH_CHECK_VALUE(cache_kv.size() == 2 * types.size(), "AttentionLayers: expected a cache of ",
-                    types.size(), " (k, v) pairs, one per executed attention layer, got ", cache_kv.size(),
-                    " tensors");
+  const auto& states = plan.executed_hybrid_states();
+  const auto hybrid_states = static_cast<size_t>(std::count(states.begin(), states.end(), true));
+  TORCH_CHECK_VALUE(cache_kv.size() == 2 * types.size() + hybrid_states,
+                    "AttentionLayers: expected a cache of ", types.size(),
+                    " (k, v) pairs, one per executed attention layer, and ", hybrid_states,
+                    " hybrid GRU states, got ", cache_kv.size(), " tensors");
+  for (size_t h = 2 * types.size(); h < cache_kv.size(); ++h)
+    TORCH_CHECK_VALUE(
+        cache_kv[h].dim() == 3 && cache_kv[h].is_floating_point() && cache_kv[h].device() == x.device(),
+        "AttentionLayers: expected each cached hybrid GRU state of shape (layers x directions, "
+        "batch, hidden), floating, on x's device, got ",
+        cache_kv[h].sym_sizes(), " ", cache_kv[h].scalar_type(), " on ", cache_kv[h].device());
   std::vector<size_t> attention_layers;  // the executed attention layers' indices, in order
   for (const int64_t i : plan.execution_order())
     if (plan.layer_types()[i] != 'f') attention_layers.push_back(static_cast<size_t>(i));

@@ -56,7 +56,26 @@ void AttentionImpl::reset() {
     register_module("to_value_residual_mix",
                     torch::nn::Sequential(to_value_residual_mix, torch::nn::Sigmoid()));
   }
+  register_hybrid();
   register_output_projection();
+}
+
+void AttentionImpl::register_hybrid() {
+  if (!options.hybrid_module().has_value()) return;
+  // x-transformers wraps the network in FoldAxially (`fn`) and norms both outputs' heads.
+  auto fold = std::make_shared<torch::nn::Module>("FoldAxially");
+  const auto network = fold->register_module(
+      "fn", TorchRecurrent(functional::parse_recurrent_spec("hybrid_module", *options.hybrid_module())));
+  register_module("hybrid_module", fold);
+  torch::nn::ModuleList norms;
+  const MultiheadRMSNorm out_norm(heads, options.dim_head()), hybrid_norm(heads, options.dim_head());
+  norms->push_back(out_norm);
+  norms->push_back(hybrid_norm);
+  register_module("hybrid_norms", norms);
+  hybrid = {network->flat_weights(), out_norm->gamma, hybrid_norm->gamma, {}};
+  if (options.hybrid_learned_mix())
+    hybrid.mix =
+        register_module("hybrid_mix", Linear(torch::nn::LinearOptions(dim, heads).bias(false)))->weight;
 }
 
 void AttentionImpl::register_own_parameters() {
@@ -225,7 +244,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask, c
       rel_proj_pos_bias ? rel_proj_pos_bias->to_distance_weights->bias : at::Tensor(),
       rel_proj_pos_bias ? rel_proj_pos_bias->distance_bank : at::Tensor(),
       cope_pos_emb,
-      cope_talking_heads};
+      cope_talking_heads,
+      hybrid};
   return functional::attention(x, optional(context), optional(mask), optional(context_mask), w, config,
                                is_training());
 }

@@ -146,4 +146,24 @@ void TorchRMSNormImpl::pretty_print(std::ostream& stream) const {
 
 at::Tensor TorchRMSNormImpl::forward(const at::Tensor& input) { return at::rms_norm(input, {dim}, weight); }
 
+TorchRecurrentImpl::TorchRecurrentImpl(functional::RecurrentSpec spec) : spec(std::move(spec)) { reset(); }
+
+void TorchRecurrentImpl::reset() {
+  for (const auto& [name, shape] : spec.weights()) register_parameter(name, module_tensor(shape));
+  reset_parameters();
+}
+
+void TorchRecurrentImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(spec.hidden_size));
+  for (auto& p : parameters()) spec.given_weights ? p.zero_() : p.uniform_(-bound, bound);
+}
+
+void TorchRecurrentImpl::pretty_print(std::ostream& stream) const {
+  stream << "xtc::nn::TorchRecurrent(" << (spec.lstm ? "LSTM" : "GRU") << ", " << spec.input_size << ", "
+         << spec.hidden_size << ", num_layers=" << spec.num_layers << ")";
+}
+
+std::vector<at::Tensor> TorchRecurrentImpl::flat_weights() const { return parameters(); }
+
 }  // namespace xtc::nn

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <xtc/nn/functional/activation.h>
+#include <xtc/nn/functional/hybrid.h>
 #include <xtc/nn/options/attention_layers.h>
 
 #include <algorithm>
@@ -378,7 +379,33 @@ void validate_output_projection(const char* prefix, const AttentionOptions& a,
                     "on_attn is an output projection, so it clashes with ", prefix, "project_out=False");
 }
 
+// The hybrid module: its network reads x and gives one dim_head per head, the norms exist only with a fold.
+void validate_hybrid(const char* prefix, const AttentionOptions& a, const AttentionLayersOptions& o) {
+  if (!a.hybrid_module().has_value()) {
+    TORCH_CHECK_VALUE(!a.hybrid_fold_axial_dim().has_value() && !a.hybrid_learned_mix(),
+                      "AttentionLayers: ", prefix, "hybrid_fold_axial_dim and ", prefix,
+                      "hybrid_learned_mix need ", prefix, "hybrid_module");
+    return;
+  }
+  const auto spec =
+      functional::parse_recurrent_spec(std::string(prefix) + "hybrid_module", *a.hybrid_module());
+  TORCH_CHECK_VALUE(a.hybrid_fold_axial_dim().value_or(0) >= 1, "AttentionLayers: ", prefix,
+                    "hybrid_module needs ", prefix,
+                    "hybrid_fold_axial_dim >= 1 (x-transformers builds the "
+                    "hybrid's norms only with it, and fails without); 1 folds nothing");
+  TORCH_CHECK_VALUE(spec.input_size == o.dim() && spec.output_size() == o.heads() * a.dim_head() &&
+                        a.value_dim_head().value_or(a.dim_head()) == a.dim_head(),
+                    "AttentionLayers: ", prefix, "hybrid_module reads x (input_size ", o.dim(),
+                    ") and gives heads x dim_head features (", o.heads() * a.dim_head(),
+                    ", value_dim_head unset), got input_size ", spec.input_size, " and ", spec.output_size(),
+                    " output features");
+  TORCH_CHECK_VALUE(!o.unpad() && !a.flash_pack_seq(), "AttentionLayers: ", prefix,
+                    "hybrid_module runs over whole padded sequences, so it clashes with unpad and ", prefix,
+                    "flash_pack_seq");
+}
+
 void validate_attention(const char* prefix, const AttentionOptions& a, const AttentionLayersOptions& o) {
+  validate_hybrid(prefix, a, o);
   validate_latent_attention(prefix, a, o);
   validate_attention_biases(prefix, a, o);
   validate_attention_weighting(prefix, a, o);
@@ -888,6 +915,9 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(head_learned_sink, bool);
   XTC_ATTN(dim_context, std::optional<int64_t>);
   XTC_ATTN(zero_init_output, bool);
+  XTC_ATTN(hybrid_module, std::optional<std::string>);
+  XTC_ATTN(hybrid_fold_axial_dim, std::optional<int64_t>);
+  XTC_ATTN(hybrid_learned_mix, bool);
 #undef XTC_ATTN
 }
 

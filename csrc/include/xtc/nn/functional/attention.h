@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <xtc/nn/functional/hybrid.h>
 #include <xtc/nn/functional/packing.h>
 #include <xtc/nn/options/attention.h>
 
@@ -44,6 +45,7 @@ struct AttentionWeights {
   // use_rel_proj_pos_bias: (h basis, dim), (h basis), (basis, max_dist)
   at::Tensor distance_weight, distance_bias, distance_bank;
   at::Tensor cope_pos_emb, cope_talking_heads;  // CoPE: (max_pos, dh), (h, h, 1, 1)
+  HybridWeights hybrid;                         // hybrid_module: its network, norms and mix
 };
 
 /// ResFormer's value residual: `first` (the first layer's values, (b, m, hk, dv); undefined = none) is mixed
@@ -68,6 +70,9 @@ struct XLMemory {
 /// tokens only).
 struct KVCache {
   at::Tensor k, v;
+  /// hybrid_module's GRU state (x-transformers' hybrid_hidden): the previous step's on entry (undefined =
+  /// none), this call's on return.
+  at::Tensor hybrid_hidden;
 };
 
 /// x-transformers' attention maps of one layer (its Intermediates), each (b, h, n, keys), memory keys first:

@@ -35,6 +35,9 @@ class AttentionLayersPlan {
   /// The kind ('a' self, 'c' cross) of each attention layer in execution order: the order of the cached_kv
   /// pairs and attention maps.
   const std::string& executed_attention_types() const { return executed_attention_types_; }
+  /// Whether each executed attention layer keeps a hybrid GRU state in the cache: the cached_kv list holds
+  /// those states after every (k, v) pair, in this order.
+  const std::vector<bool>& executed_hybrid_states() const { return executed_hybrid_states_; }
   /// With unet_skips, for each layer the executed step whose input joins it (-1: none;
   /// options().unet_skip_sources()).
   const std::vector<int64_t>& unet_skip_sources() const { return unet_skip_sources_; }
@@ -56,6 +59,7 @@ class AttentionLayersPlan {
   std::vector<int64_t> execution_order_;
   std::vector<int64_t> unet_skip_sources_;
   std::string executed_attention_types_;
+  std::vector<bool> executed_hybrid_states_;
   std::vector<ParameterSpec> parameters_;
   std::unordered_map<std::string, int64_t> index_;
   std::vector<double> alibi_slopes_;
@@ -78,7 +82,8 @@ struct FlashPackSeq {
 struct AttentionLayersInputs {
   XTC_STACK_INPUTS(XTC_STACK_INPUT_FIELD)
   /// Incremental decoding (causal stacks): x-transformers' cached_kv of the previous call, one (k, v) pair
-  /// per executed attention layer, flattened [k0, v0, k1, v1, ...], k (b, hk, N, dh) and v (b, hk, N, dv);
+  /// per executed attention layer, flattened [k0, v0, k1, v1, ...], k (b, hk, N, dh) and v (b, hk, N, dv),
+  /// then each hybrid GRU's state (layers x directions, b, hidden; plan.executed_hybrid_states());
   /// empty = no cache. With one, only the last `cache_age` tokens of x run (all when cache_age <= 0), `mask`
   /// and self_attn_kv_mask cover the cached and new keys (b, N + new), and positions continue from
   /// cache_length.
@@ -90,10 +95,10 @@ struct AttentionLayersInputs {
 /// The intermediates x-transformers returns with return_hiddens: the residual stream entering each executed
 /// self-attention layer (`hiddens`) and each executed layer, then before the final norm (`layer_hiddens`).
 /// cached_kv: each executed attention layer's keys and values, cached ones included, flattened as
-/// AttentionLayersInputs::cache_kv (the cache for the next step). attn_maps: each executed attention layer's
-/// qk_similarities, pre_softmax_attn and post_softmax_attn (AttentionMaps), flattened; as x-transformers,
-/// only layers without attn_flash (or cross_attn_flash) and without attn_linear have them, the others give
-/// empty tensors. Asking for the maps makes those layers materialise their scores.
+/// AttentionLayersInputs::cache_kv (the cache for the next step), then the hybrid GRU states. attn_maps: each
+/// executed attention layer's qk_similarities, pre_softmax_attn and post_softmax_attn (AttentionMaps),
+/// flattened; as x-transformers, only layers without attn_flash (or cross_attn_flash) and without attn_linear
+/// have them, the others give empty tensors. Asking for the maps makes those layers materialise their scores.
 struct AttentionLayersHiddens {
   std::vector<at::Tensor> hiddens, layer_hiddens, cached_kv, attn_maps;
 };

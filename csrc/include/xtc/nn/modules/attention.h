@@ -59,13 +59,15 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
   void pretty_print(std::ostream& stream) const override;
   /// reset()'s steps, in x-transformers' registration order: qk-norm scales, head scale and memory
   /// key/values; the latents and q, k, v; the value and output gates; the per-head RMSNorms;
-  /// data_dependent_alibi and use_rel_proj_pos_bias; Attend (sink, talking heads, CoPE); to_out.
+  /// data_dependent_alibi and use_rel_proj_pos_bias; Attend (sink, talking heads, CoPE); the hybrid module;
+  /// to_out.
   void register_own_parameters();
   void register_projections();
   void register_gates();
   void register_head_norms();
   void register_learned_biases();
   void register_attend(const CoPE& cope);
+  void register_hybrid();
   void register_output_projection();
   /// x (b, n, dim); mask (b, n) bool, True = keep; context (b, m, dim) for cross-attention with context_mask
   /// (b, m). Undefined tensors mean "none".
@@ -87,6 +89,8 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
   Linear to_value_residual_mix{nullptr};
   at::Tensor forget_gate_weight, forget_gate_bias;  // data_dependent_alibi's gate projection
   std::shared_ptr<RelativeProjPositionalBiasImpl> rel_proj_pos_bias;
+  functional::HybridWeights
+      hybrid;  // hybrid_module: `hybrid_module.fn` (FoldAxially's), `hybrid_norms`, `hybrid_mix`
 
  protected:
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(at::Tensor())},

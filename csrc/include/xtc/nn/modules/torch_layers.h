@@ -1,12 +1,13 @@
 // The torch.nn layers x-transformers builds on (nn.Linear, nn.Embedding, nn.GRUCell, nn.Conv2d,
-// nn.LayerNorm, nn.RMSNorm), with torch's parameter names, shapes and initialisation, draw for draw.
-// LibTorch's own allocate on the CPU in their constructors; these allocate through module_tensor(), so that a
-// whole model also builds on meta (construction.h).
+// nn.LayerNorm, nn.RMSNorm, nn.GRU, nn.LSTM), with torch's parameter names, shapes and initialisation, draw
+// for draw. LibTorch's own allocate on the CPU in their constructors; these allocate through module_tensor(),
+// so that a whole model also builds on meta (construction.h).
 #pragma once
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/options/linear.h>
 #include <torch/nn/pimpl.h>
+#include <xtc/nn/functional/hybrid.h>
 
 namespace xtc::nn {
 
@@ -101,5 +102,21 @@ class TorchRMSNormImpl : public torch::nn::Cloneable<TorchRMSNormImpl> {
   at::Tensor weight;
 };
 TORCH_MODULE(TorchRMSNorm);
+
+/// torch.nn.GRU / torch.nn.LSTM's parameters (weight_ih_l0, weight_hh_l0, bias_ih_l0, ...; torch's names,
+/// shapes and order), drawn uniform in +-1/sqrt(hidden) as torch draws them, or zero when the spec's weights
+/// are given (the caller fills them). functional::hybrid_heads runs them.
+class TorchRecurrentImpl : public torch::nn::Cloneable<TorchRecurrentImpl> {
+ public:
+  explicit TorchRecurrentImpl(functional::RecurrentSpec spec);
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+  /// The parameters in the spec's order, what functional::hybrid_heads takes.
+  std::vector<at::Tensor> flat_weights() const;
+
+  functional::RecurrentSpec spec;
+};
+TORCH_MODULE(TorchRecurrent);
 
 }  // namespace xtc::nn

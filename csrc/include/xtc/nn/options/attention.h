@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <string>
 
 namespace xtc::nn {
 
@@ -52,6 +53,15 @@ struct AttentionOptions {
   TORCH_ARG(double, qk_norm_scale) = 10.0;
   /// Learned per-dim scales of q and k under qk_norm (Dehghani et al. 2023, arXiv 2302.05442).
   TORCH_ARG(bool, qk_norm_dim_scale) = false;
+  /// A recurrent network run over the block's input beside attention and mixed into its heads (Hymba, arXiv
+  /// 2411.13676; x-transformers' hybrid_module given a torch.nn.GRU or LSTM): a spec of
+  /// functional::RecurrentSpec, its output heads x dim_head wide; unset = none.
+  TORCH_ARG(std::optional<std::string>, hybrid_module) = std::nullopt;
+  /// The hybrid network reads the sequence folded into this many interleaved subsequences (1 = unfolded);
+  /// required with hybrid_module, whose norms x-transformers builds only then.
+  TORCH_ARG(std::optional<int64_t>, hybrid_fold_axial_dim) = std::nullopt;
+  /// A learned per-token, per-head mix of attention and the hybrid (`hybrid_mix`), else their mean.
+  TORCH_ARG(bool, hybrid_learned_mix) = false;
   /// Sigmoid gate on the attention output from the block input (AlphaFold 2's gated attention); its
   /// projection starts at zero, as x-transformers'.
   TORCH_ARG(bool, gate_values) = false;
