@@ -124,6 +124,21 @@ class _Wrapper(nn.Module):
         return differing_options(self._kwargs, self._options, defaults, self._REQUIRED)
 
 
+def _token_ids(x, prepend_embeds):
+    """Token ids as x-transformers takes them: any integer dtype, or floats holding integers (its embedding reads
+    x.long()); None with prepend_embeds for a sequence of the prefix alone (as its BeliefStateWrapper generates)."""
+    if x is None:
+        if prepend_embeds is None:
+            raise ValueError("TransformerWrapper: x may be None only with prepend_embeds (the prefix alone)")
+        return prepend_embeds.new_empty((prepend_embeds.shape[0], 0), dtype=torch.long)
+    if torch.is_tensor(x) and x.is_floating_point():
+        if not torch.equal(x, x.trunc()):
+            raise ValueError("TransformerWrapper: expected token ids, got a floating tensor with non-integral "
+                             "values (x-transformers would truncate them)")
+        return x.long()
+    return x
+
+
 class TransformerWrapper(_Wrapper):
     """x-transformers' TransformerWrapper(num_tokens=..., max_seq_len=..., attn_layers=Decoder(...), ...).
 
@@ -233,6 +248,7 @@ class TransformerWrapper(_Wrapper):
         x-transformers' other forward arguments are accepted at their defaults (so its AutoregressiveWrapper runs
         over this class) and refused by name otherwise.
         """
+        x = _token_ids(x, prepend_embeds)
         stack, order = _stack_kwargs(kwargs)
         token_emb_kwargs = kwargs.pop("token_emb_kwargs", {}) if self._token_emb_module else {}
         to_logits_kwargs = kwargs.pop("to_logits_kwargs", {}) if self._to_logits_module else {}

@@ -242,9 +242,12 @@ c10::SymInt prepend_embeddings(at::Tensor& x, const TransformerWrapperPlan& plan
           front.scalar_type() == x.scalar_type() && front.device() == x.device(),
       "TransformerWrapper: expected prepend_embeds of shape (", x.sym_size(0), ", prefix, ", plan.emb_dim(),
       ") like the embeddings (", x.scalar_type(), "), got ", front.sym_sizes(), " ", front.scalar_type());
-  TORCH_CHECK_VALUE(cache.kv.empty() && !plan.options().average_pool_embed(),
-                    "TransformerWrapper: prepend_embeds "
-                    "cannot be combined with a cache or average_pool_embed");
+  TORCH_CHECK_VALUE(!plan.options().average_pool_embed(),
+                    "TransformerWrapper: prepend_embeds cannot be combined with average_pool_embed");
+  // With a cache the prefix goes in front of the whole sequence so far, as x-transformers' (its keys cached).
+  TORCH_CHECK_VALUE(cache.kv.empty() || !cache.input_not_include_cache,
+                    "TransformerWrapper: prepend_embeds with a cache needs the whole sequence so far "
+                    "(input_not_include_cache off): the prefix leads it");
   x = at::cat({front, x}, 1);
   return front.sym_size(1);
 }
@@ -281,7 +284,7 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
   // As x-transformers, the stack also gets pos and seq_start_pos.
-  const auto inputs = detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, n,
+  const auto inputs = detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, prepended + n,
                                            memory > 0 || cls > 0, o.average_pool_embed() || cls > 0);
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow_symint(1, memory, cls + prepended + n);
