@@ -316,6 +316,8 @@ class LayerIntermediates:
     mems: list | None = None  # Transformer-XL: the next call's memories (TransformerWrapper's return_mems)
     attn_pooled_tokens: torch.Tensor | None = None  # TransformerWrapper's attn_pool
     logits: torch.Tensor | None = None  # TransformerWrapper's logits beside the pooled tokens (encoders)
+    logit_entropies: torch.Tensor | None = None  # TransformerWrapper's return_logit_entropies: (batch, seq)
+    attn_z_loss: torch.Tensor | None = None  # TransformerWrapper's return_attn_z_loss: the weighted scalar
 
 
 def _attention_types(plan):

@@ -124,6 +124,27 @@ class _Wrapper(nn.Module):
         return differing_options(self._kwargs, self._options, defaults, self._REQUIRED)
 
 
+def _auxiliary_results(intermediates, out, entropies, z_loss, z_loss_weight, logits_out):
+    """x-transformers' return_logit_entropies (the entropy of each position's softmax over the logits) and
+    return_attn_z_loss (the squared log-sum-exp of every attention layer's pre-softmax logits, summed over the
+    layers inside and the heads, averaged over the positions, times the weight), into the intermediates."""
+    if entropies:
+        logits = intermediates.logits if intermediates.logits is not None else out
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        if not logits_out:
+            raise ValueError("TransformerWrapper: return_logit_entropies needs the logits; it cannot be combined "
+                             "with return_embeddings or return_only_embed")
+        prob = logits.softmax(dim=-1)
+        intermediates.logit_entropies = -(prob * prob.clamp(min=1e-20).log()).sum(dim=-1)
+    if z_loss:
+        logits = [inter.pre_softmax_attn for inter in intermediates.attn_intermediates]
+        if any(t is None for t in logits):
+            raise ValueError("TransformerWrapper: return_attn_z_loss reads each attention layer's pre-softmax "
+                             "logits, which attn_flash=True does not keep; construct the stack with attn_flash=False")
+        lse = sum(t.logsumexp(dim=-1) for t in logits)
+        intermediates.attn_z_loss = lse.square().sum(dim=1).mean() * z_loss_weight
+
+
 def _token_ids(x, prepend_embeds):
     """Token ids as x-transformers takes them: any integer dtype, or floats holding integers (its embedding reads
     x.long()); None with prepend_embeds for a sequence of the prefix alone (as its BeliefStateWrapper generates)."""
@@ -155,8 +176,8 @@ class TransformerWrapper(_Wrapper):
     _UNSUPPORTED = dict(
         embed_num_tokens={}, memory_tokens_interspersed_every=None,
         num_output_heads=1, recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
-        emb_frac_gradient=1.0, attn_z_loss_weight=1e-4,
-        mixture_of_softmax=False, mixture_of_softmax_k=4, sigsoftmax_logits=False, ff_deep_embed=False,
+        emb_frac_gradient=1.0, attn_z_loss_weight=1e-4,  # (x-transformers' constructor never reads this one)
+        mixture_of_softmax=False, mixture_of_softmax_k=4, ff_deep_embed=False,
         add_continuous_pred_head=False)
 
     def __init__(self, *, num_tokens, max_seq_len, attn_layers, max_mem_len=0, shift_mem_down=0,
@@ -169,6 +190,7 @@ class TransformerWrapper(_Wrapper):
                 raise TypeError(f"{name}: expected a torch.nn.Module, got {type(module).__name__}")
         if token_emb is not None:
             kwargs["external_token_emb"] = True
+        self._has_logits = to_logits is not None or not kwargs.get("return_only_embed", False)
         if to_logits is not None:
             if kwargs.get("return_only_embed") or kwargs.get("tie_embedding"):
                 raise ValueError("to_logits: a logits module cannot be combined with return_only_embed or "
@@ -177,6 +199,7 @@ class TransformerWrapper(_Wrapper):
         self._token_emb_module, self._to_logits_module = token_emb is not None, to_logits is not None
         self._tied_logits = bool(kwargs.get("tie_embedding", False))
         self._squeeze_out_last_dim = bool(kwargs.get("squeeze_out_last_dim", False))
+        self._sigsoftmax = bool(kwargs.get("sigsoftmax_logits", False))
         # With a cache, whether forward's input holds only the new tokens by default (x-transformers' option).
         self.input_not_include_cache = input_not_include_cache
         # Transformer-XL: how many positions of the hiddens return_mems keeps, and how far the list of memories
@@ -207,22 +230,24 @@ class TransformerWrapper(_Wrapper):
         if not self._to_logits_module:
             return self._own_logits(embeddings)
         logits = self.to_logits(embeddings, **to_logits_kwargs)
+        if self._sigsoftmax:
+            logits = logits + logits.sigmoid().log()
         return logits.squeeze(-1) if self._squeeze_out_last_dim and logits.shape[-1] == 1 else logits
 
     # x-transformers' other forward arguments, at the values that make them do nothing. looped_pred_all_logits only
     # matters for looped networks (refused at construction), so any value does nothing here.
     _FORWARD_DEFAULTS = dict(
-        return_logit_entropies=False, return_next_embed_pred=False, recycle_steps=None, looped_steps=None,
+        return_next_embed_pred=False, recycle_steps=None, looped_steps=None,
         max_looped_steps=None, looped_inference=False, looped_exit_prob_threshold=0.9, embed_ids={},
-        transform_token_embeds=None, transform_block_inputs=None, return_attn_z_loss=False, attn_z_loss_weight=1e-4,
-        token_emb_kwargs={}, to_logits_kwargs={})
+        transform_token_embeds=None, transform_block_inputs=None, token_emb_kwargs={}, to_logits_kwargs={})
 
     @with_stack_inputs
     def forward(self, x, return_embeddings=False, mask=None, return_intermediates=False, cache=None,
                 looped_pred_all_logits=None, return_logits_and_embeddings=False,
                 return_embeddings_and_intermediates=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,
                 excise_prepend_embeds=False, return_mems=False, detach_mems=True, return_attn=False,
-                input_not_include_cache=None, **kwargs):
+                input_not_include_cache=None, return_logit_entropies=False, return_attn_z_loss=False,
+                attn_z_loss_weight=1e-4, **kwargs):
         """x (batch, seq) token ids; mask (batch, seq) bool, True = keep.
 
         Returns logits (batch, seq, logits_dim) ((batch, logits_dim) with average_pool_embed), or the stack's
@@ -258,7 +283,7 @@ class TransformerWrapper(_Wrapper):
             mems = [*mems[self.shift_mem_down:], *mems[:self.shift_mem_down]]
             stack["mems"] = mems
         with_intermediates = (return_intermediates or return_embeddings_and_intermediates or return_mems
-                              or return_attn)
+                              or return_attn or return_logit_entropies or return_attn_z_loss)
         embeddings = return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates
         token_embeds = self.token_emb(x, **token_emb_kwargs) if self._token_emb_module else None
         inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask, token_embeds)
@@ -290,6 +315,11 @@ class TransformerWrapper(_Wrapper):
             out = (self._logits(out, to_logits_kwargs), out)
         elif return_embeddings_and_intermediates:
             out = (out, intermediates)
+        if return_logit_entropies or return_attn_z_loss:
+            # As x-transformers: the auxiliary results go in the intermediates, which are then returned.
+            _auxiliary_results(intermediates, out, return_logit_entropies, return_attn_z_loss, attn_z_loss_weight,
+                               logits_out=self._has_logits and not (embeddings and not return_logits_and_embeddings))
+            return_intermediates = True
         if return_mems:
             hiddens = intermediates.hiddens
             new_mems = [torch.cat(pair, dim=-2) for pair in zip(mems, hiddens)] if mems else hiddens

@@ -75,9 +75,9 @@ def test_wrapper_attributes_are_x_transformers():
 def test_unsupported_forward_arguments_are_refused_by_name():
     net = TransformerWrapper(num_tokens=50, max_seq_len=16, attn_layers=Decoder(**LAYERS))
     tokens = torch.randint(0, 50, (2, 7))
-    net(tokens, return_attn_z_loss=False, prepend_embeds=None, seq_start_pos=None, looped_pred_all_logits=True)
-    with pytest.raises(TypeError, match="return_attn_z_loss"):
-        net(tokens, return_attn_z_loss=True)
+    net(tokens, recycle_steps=None, prepend_embeds=None, seq_start_pos=None, looped_pred_all_logits=True)
+    with pytest.raises(TypeError, match="recycle_steps"):
+        net(tokens, recycle_steps=2)
     with pytest.raises(TypeError, match="not_an_argument"):
         net(tokens, not_an_argument=1)
 

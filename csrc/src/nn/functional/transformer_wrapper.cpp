@@ -5,6 +5,7 @@
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/sigmoid.h>
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/transformer_wrapper.h>
@@ -147,8 +148,9 @@ at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params
     return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
   };
   const double tied_scale = o.tie_embedding_scale().value_or(1.0 / std::sqrt(static_cast<double>(dim)));
-  const auto logits = o.tie_embedding() ? at::matmul(x, get("token_emb.emb.weight").t()) * tied_scale
-                                        : at::linear(x, get("to_logits.weight"));
+  auto logits = o.tie_embedding() ? at::matmul(x, get("token_emb.emb.weight").t()) * tied_scale
+                                  : at::linear(x, get("to_logits.weight"));
+  if (o.sigsoftmax_logits()) logits = logits + at::sigmoid(logits).log();
   return o.squeeze_out_last_dim() && logits.sym_size(-1) == 1 ? logits.squeeze(-1) : logits;
 }
 

@@ -61,6 +61,7 @@ const std::vector<detail::OptionField<TransformerWrapperOptions>>& fields() {
       XTC_FIELD(num_cls_tokens, int64_t),
       XTC_FIELD(external_token_emb, bool),
       XTC_FIELD(squeeze_out_last_dim, bool),
+      XTC_FIELD(sigsoftmax_logits, bool),
       XTC_FIELD(attn_pool, bool),
       XTC_FIELD(num_pooled_tokens, int64_t),
       XTC_FIELD(attn_pool_depth, int64_t),

@@ -61,6 +61,9 @@ struct TransformerWrapperOptions {
   TORCH_ARG(bool, external_token_emb) = false;
   /// Logits of width 1 lose their last dim (a regression or score head).
   TORCH_ARG(bool, squeeze_out_last_dim) = false;
+  /// Sigsoftmax logits (Kanai et al. 2018, arXiv 1805.10829): logits + log(sigmoid(logits)), so a softmax
+  /// over them is the sigsoftmax.
+  TORCH_ARG(bool, sigsoftmax_logits) = false;
   /// x-transformers' attention pooling: num_pooled_tokens learned queries (`attn_pool.queries`, width
   /// dim_pooled_tokens, unset = dim) cross-attend to the final embeddings, by one attention (attn_pool_depth
   /// 1) or a CrossAttender of that depth, with the stack's heads and dim_head. An encoder's forward then
