@@ -175,9 +175,9 @@ class TransformerWrapper(_Wrapper):
     _REQUIRED = ("num_tokens", "max_seq_len")  # shown always; the rest where they differ from the defaults
     _UNSUPPORTED = dict(
         embed_num_tokens={}, memory_tokens_interspersed_every=None,
-        num_output_heads=1, recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
-        emb_frac_gradient=1.0, attn_z_loss_weight=1e-4,  # (x-transformers' constructor never reads this one)
-        mixture_of_softmax=False, mixture_of_softmax_k=4, ff_deep_embed=False,
+        recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
+        attn_z_loss_weight=1e-4,  # (x-transformers' constructor never reads this one)
+        ff_deep_embed=False,
         add_continuous_pred_head=False)
 
     def __init__(self, *, num_tokens, max_seq_len, attn_layers, max_mem_len=0, shift_mem_down=0,
@@ -191,10 +191,12 @@ class TransformerWrapper(_Wrapper):
         if token_emb is not None:
             kwargs["external_token_emb"] = True
         self._has_logits = to_logits is not None or not kwargs.get("return_only_embed", False)
+        self._heads, self._mixture = kwargs.get("num_output_heads", 1), bool(kwargs.get("mixture_of_softmax", False))
         if to_logits is not None:
-            if kwargs.get("return_only_embed") or kwargs.get("tie_embedding"):
-                raise ValueError("to_logits: a logits module cannot be combined with return_only_embed or "
-                                 "tie_embedding")
+            if kwargs.get("return_only_embed") or kwargs.get("tie_embedding") or self._heads > 1 or self._mixture:
+                raise ValueError("to_logits: a logits module cannot be combined with return_only_embed, "
+                                 "tie_embedding, num_output_heads > 1 or mixture_of_softmax (x-transformers "
+                                 "would leave it out or feed it the mixture)")
             kwargs["return_only_embed"] = True  # the op's head is off: the module is the head
         self._token_emb_module, self._to_logits_module = token_emb is not None, to_logits is not None
         self._tied_logits = bool(kwargs.get("tie_embedding", False))
@@ -208,6 +210,8 @@ class TransformerWrapper(_Wrapper):
         self._setup(attn_layers, dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs), self._UNSUPPORTED,
                     _C.transformer_wrapper_option_keys())
         self._set_attributes(dict(max_seq_len=max_seq_len, **kwargs))
+        self.output_is_log_prob = self._mixture  # the mixture's logits are log-probabilities
+        self.has_multiple_heads = self._heads > 1
         self.num_tokens, self.emb_dim = num_tokens, kwargs.get("emb_dim") or attn_layers.dim
         self.num_cls_tokens = kwargs.get("num_cls_tokens", 1)
         self._attn_pool = bool(kwargs.get("attn_pool", False))
@@ -221,9 +225,13 @@ class TransformerWrapper(_Wrapper):
             self.add_module("to_logits", to_logits)
 
     def _own_logits(self, embeddings):
-        """The op's logits head (tied or not) over embeddings."""
-        return torch.ops.xtc.transformer_wrapper_logits(embeddings, self._tensors(), self._options,
-                                                        self._layer_options)
+        """The op's logits head (tied or not) over embeddings; a tuple of them with num_output_heads > 1."""
+        return self._split_heads(torch.ops.xtc.transformer_wrapper_logits(embeddings, self._tensors(), self._options,
+                                                                          self._layer_options))
+
+    def _split_heads(self, logits):
+        """The op stacks several heads' logits on a leading axis; x-transformers returns them as a tuple."""
+        return tuple(logits.unbind(0)) if self._heads > 1 else logits
 
     def _logits(self, embeddings, to_logits_kwargs):
         """The logits head over the op's embeddings: the op's own, or the given to_logits module."""
@@ -274,6 +282,12 @@ class TransformerWrapper(_Wrapper):
         over this class) and refused by name otherwise.
         """
         x = _token_ids(x, prepend_embeds)
+        if self._mixture and (return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates):
+            raise ValueError("TransformerWrapper: with mixture_of_softmax x-transformers returns the embeddings "
+                             "expanded to the mixture; ours has no such embeddings to return")
+        if self._heads > 1 and return_logit_entropies:
+            raise ValueError("TransformerWrapper: return_logit_entropies takes one head's logits (x-transformers "
+                             "fails with num_output_heads > 1)")
         stack, order = _stack_kwargs(kwargs)
         token_emb_kwargs = kwargs.pop("token_emb_kwargs", {}) if self._token_emb_module else {}
         to_logits_kwargs = kwargs.pop("to_logits_kwargs", {}) if self._to_logits_module else {}
@@ -295,6 +309,8 @@ class TransformerWrapper(_Wrapper):
                            embeddings or heads_after, with_intermediates, cache, order,
                            self.input_not_include_cache if input_not_include_cache is None else input_not_include_cache)
         out, intermediates = result if with_intermediates else (result, None)
+        if not (embeddings or heads_after):
+            out = self._split_heads(out)
         if heads_after and not embeddings:
             pooled = None
             if self._attn_pool and (with_intermediates or encoder_pools):

@@ -6,6 +6,8 @@
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/sigmoid.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/stack.h>
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/norm.h>
 #include <xtc/nn/functional/transformer_wrapper.h>
@@ -148,9 +150,26 @@ at::Tensor transformer_wrapper_logits(const at::Tensor& x, at::TensorList params
     return detail::find_tensor("TransformerWrapper", plan.parameters(), params, name);
   };
   const double tied_scale = o.tie_embedding_scale().value_or(1.0 / std::sqrt(static_cast<double>(dim)));
-  auto logits = o.tie_embedding() ? at::matmul(x, get("token_emb.emb.weight").t()) * tied_scale
-                                  : at::linear(x, get("to_logits.weight"));
+  // Mixture of softmaxes: the embedding expanded to k, and the mixture weights from it.
+  at::Tensor h = x, mixture;
+  if (o.mixture_of_softmax()) {
+    mixture = at::softmax(at::linear(x, get("combine_mixture.weight")), -1);
+    h = at::linear(x, get("to_mixture.0.weight")).unflatten(-1, {o.mixture_of_softmax_k(), dim});
+  }
+  at::Tensor logits;
+  if (o.tie_embedding()) {
+    logits = at::matmul(h, get("token_emb.emb.weight").t()) * tied_scale;
+  } else if (o.num_output_heads() == 1) {
+    logits = at::linear(h, get("to_logits.weight"));
+  } else {
+    std::vector<at::Tensor> heads;
+    for (int64_t i = 0; i < o.num_output_heads(); ++i)
+      heads.push_back(at::linear(h, get("to_logits." + std::to_string(i) + ".weight")));
+    logits = at::stack(heads);
+  }
   if (o.sigsoftmax_logits()) logits = logits + at::sigmoid(logits).log();
+  // The mixture's log-probabilities: its weighted softmaxes, log clamped at 1e-20 as x-transformers'.
+  if (mixture.defined()) logits = (logits.softmax(-1) * mixture.unsqueeze(-1)).sum(-2).clamp_min(1e-20).log();
   return o.squeeze_out_last_dim() && logits.sym_size(-1) == 1 ? logits.squeeze(-1) : logits;
 }
 
@@ -274,6 +293,7 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
   const c10::SymInt prepended = prepend_embeddings(x, plan, extra, cache);
   std::optional<at::Tensor> layer_mask = mask_with_prepend(given.mask, extra, x.sym_size(0), n, x);
+  if (o.emb_frac_gradient() < 1) x = x * o.emb_frac_gradient() + x.detach() * (1 - o.emb_frac_gradient());
   const std::optional<at::Tensor> pool_mask =
       layer_mask;  // the attention pool's: over what the wrapper returns
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);

@@ -1,4 +1,5 @@
 #include <torch/nn/init.h>
+#include <torch/nn/modules/container/modulelist.h>
 #include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/torch_layers.h>
@@ -68,13 +69,31 @@ void TransformerWrapperImpl::reset() {
     }
     register_module("attn_pool", attn_pool);
   }
-  if (!options.return_only_embed() && !options.tie_embedding())
-    register_module(
-        "to_logits",
-        Linear(
-            torch::nn::LinearOptions(dim, options.logits_dim().value_or(options.num_tokens())).bias(false)));
+  register_logits_heads(dim);
   built->set_layout(layout_of(*this));
   plan = std::move(built);
+}
+
+// Mixture of softmaxes' expansion and weights, then the logits head(s), in x-transformers' order (and draws).
+void TransformerWrapperImpl::register_logits_heads(int64_t dim) {
+  const auto linear = [](int64_t in, int64_t out) {
+    return Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  if (options.mixture_of_softmax()) {
+    auto to_mixture = std::make_shared<torch::nn::Module>("Sequential");  // (Linear, Rearrange)
+    to_mixture->register_module("0", linear(dim, dim * options.mixture_of_softmax_k()));
+    register_module("to_mixture", to_mixture);
+    register_module("combine_mixture", linear(dim, options.mixture_of_softmax_k()));
+  }
+  if (options.return_only_embed() || options.tie_embedding()) return;
+  const int64_t logits_dim = options.logits_dim().value_or(options.num_tokens());
+  if (options.num_output_heads() == 1) {
+    register_module("to_logits", linear(dim, logits_dim));
+    return;
+  }
+  torch::nn::ModuleList heads;
+  for (int64_t i = 0; i < options.num_output_heads(); ++i) heads->push_back(linear(dim, logits_dim));
+  register_module("to_logits", heads);
 }
 
 std::vector<at::Tensor> TransformerWrapperImpl::tensors() const {

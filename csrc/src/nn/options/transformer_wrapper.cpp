@@ -33,6 +33,22 @@ void TransformerWrapperOptions::validate() const {
       "TransformerWrapper: expected num_pooled_tokens, attn_pool_depth and dim_pooled_tokens > 0");
   TORCH_CHECK_VALUE(!(tie_embedding_ && logits_dim_.has_value() && *logits_dim_ != num_tokens_),
                     "TransformerWrapper: tie_embedding gives num_tokens logits, so logits_dim must be unset");
+  TORCH_CHECK_VALUE(emb_frac_gradient_ > 0 && emb_frac_gradient_ <= 1,
+                    "TransformerWrapper: expected emb_frac_gradient in (0, 1], got ", emb_frac_gradient_);
+  TORCH_CHECK_VALUE(num_output_heads_ >= 1 && mixture_of_softmax_k_ >= 1,
+                    "TransformerWrapper: expected num_output_heads and mixture_of_softmax_k >= 1, got ",
+                    num_output_heads_, " and ", mixture_of_softmax_k_);
+  // x-transformers' tied head and return_only_embed come before its several heads, which it then leaves out.
+  TORCH_CHECK_VALUE(
+      num_output_heads_ == 1 || !(tie_embedding_ || return_only_embed_ || mixture_of_softmax_),
+      "TransformerWrapper: num_output_heads > 1 clashes with tie_embedding, return_only_embed and "
+      "mixture_of_softmax");
+  TORCH_CHECK_VALUE(!mixture_of_softmax_ || !return_only_embed_,
+                    "TransformerWrapper: mixture_of_softmax mixes the logits' softmaxes, so it needs logits "
+                    "(return_only_embed off)");
+  TORCH_CHECK_VALUE(
+      mixture_of_softmax_ || mixture_of_softmax_k_ == 4,
+      "TransformerWrapper: mixture_of_softmax_k is mixture_of_softmax's; x-transformers would ignore it");
 }
 
 namespace {
@@ -62,6 +78,10 @@ const std::vector<detail::OptionField<TransformerWrapperOptions>>& fields() {
       XTC_FIELD(external_token_emb, bool),
       XTC_FIELD(squeeze_out_last_dim, bool),
       XTC_FIELD(sigsoftmax_logits, bool),
+      XTC_FIELD(emb_frac_gradient, double),
+      XTC_FIELD(num_output_heads, int64_t),
+      XTC_FIELD(mixture_of_softmax, bool),
+      XTC_FIELD(mixture_of_softmax_k, int64_t),
       XTC_FIELD(attn_pool, bool),
       XTC_FIELD(num_pooled_tokens, int64_t),
       XTC_FIELD(attn_pool_depth, int64_t),

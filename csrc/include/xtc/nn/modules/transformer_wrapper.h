@@ -21,6 +21,8 @@ class TransformerWrapperImpl : public torch::nn::Cloneable<TransformerWrapperImp
       : TransformerWrapperImpl(std::move(options),
                                AttentionLayers(std::static_pointer_cast<AttentionLayersImpl>(stack.ptr()))) {}
   void reset() override;
+  /// reset()'s last step: mixture of softmaxes' projections and the logits head(s).
+  void register_logits_heads(int64_t dim);
   /// tokens (b, n) integer ids; mask (b, n) bool. Returns logits (b, n, logits_dim), or embeddings.
   at::Tensor forward(const at::Tensor& tokens, const at::Tensor& mask = {}, bool return_embeddings = false);
   /// Every other forward argument: the stack's inputs (context, pos, ...) and the embeddings beside the

@@ -61,6 +61,17 @@ struct TransformerWrapperOptions {
   TORCH_ARG(bool, external_token_emb) = false;
   /// Logits of width 1 lose their last dim (a regression or score head).
   TORCH_ARG(bool, squeeze_out_last_dim) = false;
+  /// The embeddings' gradient scaled by this (CogView, arXiv 2105.13290; GLM-130B): x f + x.detach() (1 - f),
+  /// the values unchanged; 1 = unscaled.
+  TORCH_ARG(double, emb_frac_gradient) = 1.0;
+  /// Independent logits heads (`to_logits.<i>`): their logits stacked on a new leading axis (Python: a
+  /// tuple).
+  TORCH_ARG(int64_t, num_output_heads) = 1;
+  /// Mixture of softmaxes (Yang et al. 2017, arXiv 1711.03953): the embedding expanded to k (`to_mixture.0`),
+  /// each through the head, their softmaxes mixed by a softmax of `combine_mixture`; the logits returned are
+  /// the mixture's log-probabilities.
+  TORCH_ARG(bool, mixture_of_softmax) = false;
+  TORCH_ARG(int64_t, mixture_of_softmax_k) = 4;
   /// Sigsoftmax logits (Kanai et al. 2018, arXiv 1805.10829): logits + log(sigmoid(logits)), so a softmax
   /// over them is the sigsoftmax.
   TORCH_ARG(bool, sigsoftmax_logits) = false;
