@@ -21,27 +21,27 @@ at::Tensor transformer_wrapper_kernel(const at::Tensor& tokens,
                                       XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& sum_embeds,
                                       const std::optional<at::Tensor>& prepend_embeds,
                                       const std::optional<at::Tensor>& prepend_mask,
-                                      const std::optional<at::Tensor>& token_embeds, at::TensorList params,
-                                      c10::string_view options, c10::string_view layer_options, bool training,
-                                      bool return_embeddings) {
-  return nn::functional::transformer_wrapper(tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}),
-                                             params, *wrapper_plan(options, layer_options), training,
-                                             return_embeddings, {}, nullptr,
-                                             {sum_embeds, prepend_embeds, prepend_mask, token_embeds});
+                                      const std::optional<at::Tensor>& token_embeds, at::TensorList embed_ids,
+                                      at::TensorList params, c10::string_view options,
+                                      c10::string_view layer_options, bool training, bool return_embeddings) {
+  return nn::functional::transformer_wrapper(
+      tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}), params,
+      *wrapper_plan(options, layer_options), training, return_embeddings, {}, nullptr,
+      {sum_embeds, prepend_embeds, prepend_mask, token_embeds, embed_ids.vec()});
 }
 
 detail::LayerHiddensResult transformer_wrapper_with_hiddens_kernel(
     const at::Tensor& tokens, XTC_STACK_INPUT_PARAMETERS const std::optional<at::Tensor>& sum_embeds,
     const std::optional<at::Tensor>& prepend_embeds, const std::optional<at::Tensor>& prepend_mask,
-    const std::optional<at::Tensor>& token_embeds, at::TensorList cache_kv, bool input_not_include_cache,
-    at::TensorList params, c10::string_view options, c10::string_view layer_options, bool training,
-    bool return_embeddings) {
+    const std::optional<at::Tensor>& token_embeds, at::TensorList embed_ids, at::TensorList cache_kv,
+    bool input_not_include_cache, at::TensorList params, c10::string_view options,
+    c10::string_view layer_options, bool training, bool return_embeddings) {
   nn::functional::AttentionLayersHiddens record;
-  auto out =
-      nn::functional::transformer_wrapper(tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}), params,
-                                          *wrapper_plan(options, layer_options), training, return_embeddings,
-                                          {cache_kv.vec(), input_not_include_cache}, &record,
-                                          {sum_embeds, prepend_embeds, prepend_mask, token_embeds});
+  auto out = nn::functional::transformer_wrapper(
+      tokens, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}), params,
+      *wrapper_plan(options, layer_options), training, return_embeddings,
+      {cache_kv.vec(), input_not_include_cache}, &record,
+      {sum_embeds, prepend_embeds, prepend_mask, token_embeds, embed_ids.vec()});
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 
@@ -68,11 +68,11 @@ at::Tensor transformer_wrapper_attn_pool_kernel(const at::Tensor& embeddings,
 TORCH_LIBRARY_FRAGMENT(xtc, m) {
   // The stack's inputs (XTC_STACK_INPUTS, <xtc/nn/functional/stack_inputs.h>) follow the tokens, as
   // x-transformers' wrapper passes its other forward arguments on to the stack. Then the wrapper's own
-  // embeddings beside the tokens' (sum_embeds, prepend_embeds and its mask), and the tokens' own from a
-  // token_emb module (external_token_emb).
+  // embeddings beside the tokens' (sum_embeds, prepend_embeds and its mask), the tokens' own from a
+  // token_emb module (external_token_emb), and embed_num_tokens' ids (embed_ids, in the option's order).
   m.def("transformer_wrapper(Tensor tokens, " XTC_STACK_INPUTS_SCHEMA
         "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor? token_embeds, Tensor[] "
-        "params, "
+        "embed_ids, Tensor[] params, "
         "str options, str layer_options, bool training=False, bool return_embeddings=False) -> Tensor");
   // The same, also returning the stack's intermediates as xtc::attention_layers_with_hiddens does (hiddens,
   // layer_hiddens, cached_kv, attention maps), for return_intermediates; with cache_kv (the previous call's),
@@ -80,7 +80,7 @@ TORCH_LIBRARY_FRAGMENT(xtc, m) {
   // input_not_include_cache).
   m.def("transformer_wrapper_with_hiddens(Tensor tokens, " XTC_STACK_INPUTS_SCHEMA
         "Tensor? sum_embeds, Tensor? prepend_embeds, Tensor? prepend_mask, Tensor? token_embeds, Tensor[] "
-        "cache_kv, "
+        "embed_ids, Tensor[] cache_kv, "
         "bool input_not_include_cache, Tensor[] params, str options, str layer_options, bool training=False, "
         "bool return_embeddings=False) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
   // The logits head alone, for return_logits_and_embeddings (the embeddings come from the ops above).

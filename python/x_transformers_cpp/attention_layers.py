@@ -27,7 +27,7 @@ def _option_value(name, value):
     if isinstance(value, (int, float)):
         return repr(value)
     if (name in ("ff.custom_activation", "aggregated_residual_lora_activation", "attn.hybrid_module",
-                 "cross_attn.hybrid_module") and isinstance(value, str)):
+                 "cross_attn.hybrid_module", "embed_num_tokens") and isinstance(value, str)):
         return value
     if name == "custom_layers" and isinstance(value, (tuple, list, str)):
         return "".join(value)

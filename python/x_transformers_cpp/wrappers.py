@@ -174,7 +174,7 @@ class TransformerWrapper(_Wrapper):
     _layout = staticmethod(_C.transformer_wrapper_layout)
     _REQUIRED = ("num_tokens", "max_seq_len")  # shown always; the rest where they differ from the defaults
     _UNSUPPORTED = dict(
-        embed_num_tokens={}, memory_tokens_interspersed_every=None,
+        memory_tokens_interspersed_every=None,
         recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
         attn_z_loss_weight=1e-4,  # (x-transformers' constructor never reads this one)
         ff_deep_embed=False,
@@ -192,6 +192,13 @@ class TransformerWrapper(_Wrapper):
             kwargs["external_token_emb"] = True
         self._has_logits = to_logits is not None or not kwargs.get("return_only_embed", False)
         self._heads, self._mixture = kwargs.get("num_output_heads", 1), bool(kwargs.get("mixture_of_softmax", False))
+        # embed_num_tokens {name: num_tokens}: the option line keeps the dict's order.
+        embed_num_tokens = kwargs.pop("embed_num_tokens", None) or {}
+        if not isinstance(embed_num_tokens, dict):
+            raise TypeError(f"embed_num_tokens: expected a dict of name -> num_tokens, got {type(embed_num_tokens).__name__}")
+        self._embed_names = list(embed_num_tokens)
+        if embed_num_tokens:
+            kwargs["embed_num_tokens"] = "|".join(f"{name}:{int(n)}" for name, n in embed_num_tokens.items())
         if to_logits is not None:
             if kwargs.get("return_only_embed") or kwargs.get("tie_embedding") or self._heads > 1 or self._mixture:
                 raise ValueError("to_logits: a logits module cannot be combined with return_only_embed, "
@@ -224,6 +231,14 @@ class TransformerWrapper(_Wrapper):
         if to_logits is not None:
             self.add_module("to_logits", to_logits)
 
+    def _embed_ids(self, embed_ids):
+        """x-transformers' embed_ids {name: (b, n) ids} as the op takes them: in embed_num_tokens' order."""
+        embed_ids = embed_ids or {}
+        if set(embed_ids) != set(self._embed_names):
+            raise ValueError(f"TransformerWrapper: expected embed_ids for exactly the embed_num_tokens names "
+                             f"{self._embed_names}, got {sorted(embed_ids)}")
+        return [embed_ids[name] for name in self._embed_names]
+
     def _own_logits(self, embeddings):
         """The op's logits head (tied or not) over embeddings; a tuple of them with num_output_heads > 1."""
         return self._split_heads(torch.ops.xtc.transformer_wrapper_logits(embeddings, self._tensors(), self._options,
@@ -246,7 +261,7 @@ class TransformerWrapper(_Wrapper):
     # matters for looped networks (refused at construction), so any value does nothing here.
     _FORWARD_DEFAULTS = dict(
         return_next_embed_pred=False, recycle_steps=None, looped_steps=None,
-        max_looped_steps=None, looped_inference=False, looped_exit_prob_threshold=0.9, embed_ids={},
+        max_looped_steps=None, looped_inference=False, looped_exit_prob_threshold=0.9,
         transform_token_embeds=None, transform_block_inputs=None, token_emb_kwargs={}, to_logits_kwargs={})
 
     @with_stack_inputs
@@ -255,7 +270,7 @@ class TransformerWrapper(_Wrapper):
                 return_embeddings_and_intermediates=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,
                 excise_prepend_embeds=False, return_mems=False, detach_mems=True, return_attn=False,
                 input_not_include_cache=None, return_logit_entropies=False, return_attn_z_loss=False,
-                attn_z_loss_weight=1e-4, **kwargs):
+                attn_z_loss_weight=1e-4, embed_ids=None, **kwargs):
         """x (batch, seq) token ids; mask (batch, seq) bool, True = keep.
 
         Returns logits (batch, seq, logits_dim) ((batch, logits_dim) with average_pool_embed), or the stack's
@@ -300,7 +315,8 @@ class TransformerWrapper(_Wrapper):
                               or return_attn or return_logit_entropies or return_attn_z_loss)
         embeddings = return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates
         token_embeds = self.token_emb(x, **token_emb_kwargs) if self._token_emb_module else None
-        inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask, token_embeds)
+        inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask, token_embeds,
+                  self._embed_ids(embed_ids))
         # With a to_logits module, or the attention pool and intermediates (x-transformers gives the pooled tokens
         # and the logits both), the op returns the embeddings and each head runs after it.
         encoder_pools = self._attn_pool and not self.attn_layers.causal

@@ -81,3 +81,28 @@ def test_mixture_has_no_embeddings_to_return():
     ours, _ = _pair(mixture_of_softmax=True)
     with pytest.raises(ValueError, match="expanded to the mixture"):
         ours(torch.randint(0, 20, (1, 4)), return_embeddings=True)
+
+
+@pytest.mark.parametrize("sum_embeds", [False, True], ids=["alone", "with_sum_embeds"])
+def test_embed_num_tokens_matches_x_transformers(sum_embeds):
+    ours, theirs = _pair(embed_num_tokens=dict(type=3, segment=5), post_emb_norm=True)
+    assert [k for k in ours.state_dict() if k.startswith("embeds.")] == ["embeds.type_embed.weight",
+                                                                         "embeds.segment_embed.weight"]
+    tokens, mask = torch.randint(0, 20, (3, 9)), random_mask(3, 9)
+    ids = dict(segment=torch.randint(0, 5, (3, 9)), type=torch.randint(0, 3, (3, 9)))
+    extra = dict(sum_embeds=torch.randn(3, 9, 16)) if sum_embeds else {}
+    out = ours(tokens, mask=mask, embed_ids=ids, **extra)
+    expected = theirs(tokens, mask=mask, embed_ids=ids, **extra)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert_parameter_grads_close(ours, theirs, out, expected)
+
+
+def test_embed_ids_must_match_the_tables():
+    ours, _ = _pair(embed_num_tokens=dict(type=3))
+    tokens = torch.randint(0, 20, (1, 4))
+    with pytest.raises(ValueError, match="exactly the embed_num_tokens names"):
+        ours(tokens)
+    with pytest.raises(ValueError, match=r"embed_ids 'type' in \[0, 3\)"):
+        ours(tokens, embed_ids=dict(type=torch.full((1, 4), 3)))
+    with pytest.raises(ValueError, match="of the tokens' shape"):
+        ours(tokens, embed_ids=dict(type=torch.zeros(1, 3, dtype=torch.long)))

@@ -236,6 +236,27 @@ at::Tensor with_positions(at::Tensor x, const TransformerWrapperPlan& plan, cons
                   : detail::absolute_positions(get("pos_emb.emb.weight"), positions, o.l2norm_embed()));
 }
 
+// embed_num_tokens' embeddings of their ids, added in the option's order.
+at::Tensor with_extra_embeddings(at::Tensor x, const TransformerWrapperPlan& plan, const TensorByName& get,
+                                 const ExtraEmbeddings& extra, const at::Tensor& tokens) {
+  const auto names = plan.options().extra_embeddings();
+  TORCH_CHECK_VALUE(extra.embed_ids.size() == names.size(), "TransformerWrapper: expected embed_ids for the ",
+                    names.size(), " embed_num_tokens tables, got ", extra.embed_ids.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    const auto& ids = extra.embed_ids[i];
+    const auto& [name, count] = names[i];
+    TORCH_CHECK_VALUE(ids.sym_sizes() == tokens.sym_sizes() && !ids.is_floating_point() && !ids.is_complex(),
+                      "TransformerWrapper: expected embed_ids '", name, "' of the tokens' shape ",
+                      tokens.sym_sizes(), " and an integer dtype, got ", ids.sym_sizes(), " ",
+                      ids.scalar_type());
+    if (!ids.key_set().has(c10::DispatchKey::Python) && ids.sym_numel() > 0)
+      TORCH_CHECK_VALUE(ids.min().item<int64_t>() >= 0 && ids.max().item<int64_t>() < count,
+                        "TransformerWrapper: expected embed_ids '", name, "' in [0, ", count, ")");
+    x = x + at::embedding(get("embeds." + name + "_embed.weight"), ids.to(at::kLong));
+  }
+  return x;
+}
+
 // sum_embeds: anything that broadcasts over (b, n, emb_dim) (NonAutoregressiveWrapper adds a (emb_dim,) null
 // embedding).
 at::Tensor with_sum_embeds(const at::Tensor& x, const TransformerWrapperPlan& plan,
@@ -288,8 +309,8 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   };
   // The length as a SymInt: torch.export and torch.compile keep it symbolic.
   const c10::SymInt n = tokens.sym_size(1);
-  at::Tensor x = with_sum_embeds(
-      with_positions(token_embeddings(tokens, plan, get, extra), plan, get, given, cache), plan, extra);
+  at::Tensor x = with_positions(token_embeddings(tokens, plan, get, extra), plan, get, given, cache);
+  x = with_sum_embeds(with_extra_embeddings(x, plan, get, extra, tokens), plan, extra);
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
   const c10::SymInt prepended = prepend_embeddings(x, plan, extra, cache);
   std::optional<at::Tensor> layer_mask = mask_with_prepend(given.mask, extra, x.sym_size(0), n, x);

@@ -44,6 +44,12 @@ void TransformerWrapperImpl::reset() {
     }
     register_module("pos_emb", pos_emb);
   }
+  if (const auto extra = options.extra_embeddings(); !extra.empty()) {
+    auto embeds = std::make_shared<torch::nn::Module>("ModuleDict");
+    for (const auto& [name, count] : extra)
+      embeds->register_module(name + "_embed", Embedding(count, emb_dim));
+    register_module("embeds", embeds);
+  }
   if (options.post_emb_norm()) register_module("post_emb_norm", LayerNorm(emb_dim, /*unit_offset=*/false));
   if (emb_dim != dim) register_module("project_emb", Linear(emb_dim, dim));
   register_module("attn_layers", attn_layers);

@@ -50,6 +50,9 @@ struct ExtraEmbeddings {
   std::optional<at::Tensor> sum_embeds, prepend_embeds, prepend_mask;
   /// (b, n, emb_dim): the tokens' embeddings, with external_token_emb (needed exactly then).
   std::optional<at::Tensor> token_embeds;
+  /// embed_num_tokens' ids, one (b, n) integer tensor per name in the option's order (x-transformers'
+  /// embed_ids); empty without them.
+  std::vector<at::Tensor> embed_ids;
 };
 
 /// tokens (b, n) integer ids; `inputs` the layer stack's (x-transformers passes the wrapper's other forward

@@ -15,6 +15,8 @@ struct TransformerWrapperOptions {
   TransformerWrapperOptions(int64_t num_tokens, int64_t max_seq_len);
 
   /// Checks values; throws c10::Error (ValueError in Python) naming the option.
+  /// embed_num_tokens as (name, num_tokens) pairs; checked.
+  std::vector<std::pair<std::string, int64_t>> extra_embeddings() const;
   void validate() const;
   /// One line "key=value;..." read back by parse(): what the transformer_wrapper op receives.
   std::string serialize() const;
@@ -61,6 +63,9 @@ struct TransformerWrapperOptions {
   TORCH_ARG(bool, external_token_emb) = false;
   /// Logits of width 1 lose their last dim (a regression or score head).
   TORCH_ARG(bool, squeeze_out_last_dim) = false;
+  /// Further token embeddings summed into the tokens' (BERT's token types): "name:num_tokens|..." in order,
+  /// each table `embeds.<name>_embed`; forward takes one id tensor per name (x-transformers' embed_ids).
+  TORCH_ARG(std::optional<std::string>, embed_num_tokens) = std::nullopt;
   /// The embeddings' gradient scaled by this (CogView, arXiv 2105.13290; GLM-130B): x f + x.detach() (1 - f),
   /// the values unchanged; 1 = unscaled.
   TORCH_ARG(double, emb_frac_gradient) = 1.0;
