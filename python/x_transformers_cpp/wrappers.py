@@ -174,7 +174,6 @@ class TransformerWrapper(_Wrapper):
     _layout = staticmethod(_C.transformer_wrapper_layout)
     _REQUIRED = ("num_tokens", "max_seq_len")  # shown always; the rest where they differ from the defaults
     _UNSUPPORTED = dict(
-        memory_tokens_interspersed_every=None,
         recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
         attn_z_loss_weight=1e-4,  # (x-transformers' constructor never reads this one)
         ff_deep_embed=False,

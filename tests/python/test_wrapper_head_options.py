@@ -1,7 +1,8 @@
-"""TransformerWrapper's embedding and head research options against the pinned x-transformers: emb_frac_gradient
-(the embeddings' gradient scaled, the values not), num_output_heads (a tuple of logits) and mixture_of_softmax (with
-its k, and sigsoftmax); same weights, a padding mask, outputs within 1e-5 and every gradient within 1e-4, and
-x-transformers' AutoregressiveWrapper training over them."""
+"""TransformerWrapper's embedding, memory and head research options against the pinned x-transformers:
+emb_frac_gradient (the embeddings' gradient scaled, the values not), embed_num_tokens with embed_ids, interspersed
+memory tokens, num_output_heads (a tuple of logits) and mixture_of_softmax (with its k, and sigsoftmax); same weights,
+a padding mask where x-transformers takes one, outputs within 1e-5 and every gradient within 1e-4, and x-transformers'
+AutoregressiveWrapper training over them."""
 import pytest
 import torch
 from x_transformers import AutoregressiveWrapper
@@ -106,3 +107,19 @@ def test_embed_ids_must_match_the_tables():
         ours(tokens, embed_ids=dict(type=torch.full((1, 4), 3)))
     with pytest.raises(ValueError, match="of the tokens' shape"):
         ours(tokens, embed_ids=dict(type=torch.zeros(1, 3, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("every,length", [(3, 9), (4, 10), (5, 3)], ids=["divides", "pads", "one_chunk"])
+def test_interspersed_memory_tokens_match_x_transformers(every, length):
+    ours, theirs = _pair(num_memory_tokens=2, memory_tokens_interspersed_every=every)
+    tokens = torch.randint(0, 20, (2, length))
+    out, expected = ours(tokens), theirs(tokens)
+    assert out.shape == (2, length, 20)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert_parameter_grads_close(ours, theirs, out, expected)
+
+
+def test_interspersed_memory_tokens_refuse_a_mask():
+    ours, _ = _pair(num_memory_tokens=2, memory_tokens_interspersed_every=3)
+    with pytest.raises(ValueError, match="no mask or prepend_embeds"):
+        ours(torch.randint(0, 20, (1, 4)), mask=torch.ones(1, 4, dtype=torch.bool))

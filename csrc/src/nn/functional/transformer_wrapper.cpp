@@ -1,5 +1,6 @@
 #include <ATen/ops/_assert_async.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/linear.h>
@@ -16,6 +17,7 @@
 #include <functional>
 
 #include "src/nn/functional/wrapper_parts.h"
+#include "src/symbolic_sizes.h"
 
 namespace xtc::nn::functional {
 
@@ -294,6 +296,24 @@ c10::SymInt prepend_embeddings(at::Tensor& x, const TransformerWrapperPlan& plan
   return front.sym_size(1);
 }
 
+// x-transformers' interspersed memory tokens: x (b, n, d) zero-padded to chunks of `every`, the memory tokens
+// in front of each chunk; and back, the first n tokens.
+at::Tensor intersperse_memory(const at::Tensor& x, const at::Tensor& memory_tokens, int64_t every) {
+  const int64_t b = xtc::detail::static_size(x, 0), n = xtc::detail::static_size(x, 1);
+  const int64_t chunks = (n + every - 1) / every, memory = memory_tokens.size(0);
+  const auto chunked =
+      at::constant_pad_nd(x, {0, 0, 0, chunks * every - n}).view({b * chunks, every, x.size(2)});
+  const auto with_memory =
+      at::cat({memory_tokens.unsqueeze(0).expand({b * chunks, memory, x.size(2)}), chunked}, 1);
+  return with_memory.view({b, chunks * (memory + every), x.size(2)});
+}
+
+at::Tensor without_interspersed_memory(const at::Tensor& x, int64_t memory, int64_t every, int64_t n) {
+  const int64_t b = xtc::detail::static_size(x, 0), d = xtc::detail::static_size(x, 2);
+  const auto chunks = x.view({-1, memory + every, d}).narrow(1, memory, every);
+  return chunks.reshape({b, -1, d}).narrow(1, 0, n);
+}
+
 }  // namespace
 
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given,
@@ -324,13 +344,26 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   const int64_t cls = o.use_cls_token() ? o.num_cls_tokens() : 0;
   if (cls > 0) detail::prepend_memory(x, layer_mask, get("cls_token"));
   const int64_t memory = o.num_memory_tokens();
-  if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
+  const auto every = o.memory_tokens_interspersed_every();
+  const int64_t before_memory = xtc::detail::static_size(x, 1);
+  if (every.has_value()) {
+    // x-transformers pads neither a mask nor a prefix into the chunks (it fails there): refused.
+    TORCH_CHECK_VALUE(plan.layers().options().causal() && !layer_mask.has_value() && prepended == 0,
+                      "TransformerWrapper: memory_tokens_interspersed_every needs a Decoder, and no mask or "
+                      "prepend_embeds");
+    x = intersperse_memory(x, get("memory_tokens"), *every);
+  } else if (memory > 0) {
+    detail::prepend_memory(x, layer_mask, get("memory_tokens"));
+  }
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
   // As x-transformers, the stack also gets pos and seq_start_pos.
   const auto inputs = detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, prepended + n,
                                            memory > 0 || cls > 0, o.average_pool_embed() || cls > 0);
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
-  if (memory > 0) x = x.narrow_symint(1, memory, cls + prepended + n);
+  if (every.has_value())
+    x = without_interspersed_memory(x, memory, *every, before_memory);
+  else if (memory > 0)
+    x = x.narrow_symint(1, memory, cls + prepended + n);
   if (o.average_pool_embed()) x = detail::masked_mean(x, given.mask);
   if (cls > 0) x = cls == 1 ? x.select(1, 0) : x.narrow(1, 0, cls);
   // An encoder's output is then the pooled tokens, as x-transformers'.

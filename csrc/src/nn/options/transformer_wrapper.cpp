@@ -57,6 +57,12 @@ void TransformerWrapperOptions::validate() const {
       "TransformerWrapper: expected num_pooled_tokens, attn_pool_depth and dim_pooled_tokens > 0");
   TORCH_CHECK_VALUE(!(tie_embedding_ && logits_dim_.has_value() && *logits_dim_ != num_tokens_),
                     "TransformerWrapper: tie_embedding gives num_tokens logits, so logits_dim must be unset");
+  TORCH_CHECK_VALUE(
+      !memory_tokens_interspersed_every_.has_value() ||
+          (*memory_tokens_interspersed_every_ > 0 && num_memory_tokens_ > 0 && !use_cls_token_ &&
+           !average_pool_embed_ && !attn_pool_),
+      "TransformerWrapper: memory_tokens_interspersed_every needs num_memory_tokens > 0, a value > 0, "
+      "and clashes with use_cls_token, average_pool_embed and attn_pool");
   TORCH_CHECK_VALUE(emb_frac_gradient_ > 0 && emb_frac_gradient_ <= 1,
                     "TransformerWrapper: expected emb_frac_gradient in (0, 1], got ", emb_frac_gradient_);
   TORCH_CHECK_VALUE(num_output_heads_ >= 1 && mixture_of_softmax_k_ >= 1,
@@ -89,6 +95,7 @@ const std::vector<detail::OptionField<TransformerWrapperOptions>>& fields() {
       XTC_FIELD(post_emb_norm, bool),
       XTC_FIELD(emb_dropout, double),
       XTC_FIELD(num_memory_tokens, int64_t),
+      XTC_FIELD(memory_tokens_interspersed_every, std::optional<int64_t>),
       XTC_FIELD(tie_embedding, bool),
       XTC_FIELD(tie_embedding_scale, std::optional<double>),
       XTC_FIELD(logits_dim, std::optional<int64_t>),

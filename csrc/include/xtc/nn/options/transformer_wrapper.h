@@ -36,6 +36,9 @@ struct TransformerWrapperOptions {
   TORCH_ARG(double, emb_dropout) = 0.0;
   /// Learned tokens prepended to every sequence (Memory Transformer, arXiv 2006.11527).
   TORCH_ARG(int64_t, num_memory_tokens) = 0;
+  /// The memory tokens in front of every chunk of this many tokens instead of the sequence's (a Decoder's,
+  /// without a mask; x-transformers' memory_tokens_interspersed_every); unset = once in front.
+  TORCH_ARG(std::optional<int64_t>, memory_tokens_interspersed_every) = std::nullopt;
   /// Logits from the token embedding's transpose (Press & Wolf 2016, arXiv 1608.05859).
   TORCH_ARG(bool, tie_embedding) = false;
   /// Scale of the tied logits; unset = dim^-0.5.
