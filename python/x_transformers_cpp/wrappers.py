@@ -377,20 +377,21 @@ class ContinuousTransformerWrapper(_Wrapper):
     # x-transformers keyword arguments that need module objects or features not implemented here.
     _layout = staticmethod(_C.continuous_layout)
     _REQUIRED = ()
-    _UNSUPPORTED = dict(project_in=None, project_out=None, max_mem_len=0)
+    _UNSUPPORTED = dict(project_in=None, project_out=None)
 
-    def __init__(self, *, attn_layers, **kwargs):
+    def __init__(self, *, attn_layers, max_mem_len=0, **kwargs):
         super().__init__()
+        self.max_mem_len = max_mem_len  # the positions return_mems keeps (no parameters of its own)
         self._setup(attn_layers, kwargs, self._UNSUPPORTED, _C.continuous_option_keys())
         self._set_attributes(kwargs)
         self.probabilistic = bool(kwargs.get("probabilistic", False))  # x-transformers' continuous wrappers read it
 
-    # x-transformers' other forward arguments, at the values that make them do nothing.
-    _FORWARD_DEFAULTS = dict(return_mems=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None)
+    _FORWARD_DEFAULTS = {}  # every x-transformers forward argument is taken
 
     @with_stack_inputs
     def forward(self, x, return_embeddings=False, mask=None, lens=None, return_intermediates=False, cache=None,
-                return_attn=False, input_not_include_cache=False, **kwargs):
+                return_attn=False, input_not_include_cache=False, return_mems=False, sum_embeds=None,
+                prepend_embeds=None, prepend_mask=None, **kwargs):
         """x (batch, seq, dim_in) float; mask (batch, seq) bool (True = keep) or lens (batch,) int.
 
         Returns (batch, seq, dim_out), or (batch, dim_out) with average_pool_embed; the stack's embeddings before
@@ -399,14 +400,24 @@ class ContinuousTransformerWrapper(_Wrapper):
         x-transformers; with input_not_include_cache, x holds only the new positions.
 
         As x-transformers, pos and seq_start_pos set the absolute positions only, and the other stack inputs (below)
-        pass on to the stack.
+        pass on to the stack. sum_embeds adds to x after its positions; prepend_embeds (batch, prefix, dim) goes in
+        front (the output keeps those positions), with prepend_mask joining the mask; return_mems also returns
+        each self-attention layer's input hiddens, their last max_mem_len positions, detached.
         """
         stack, order = _stack_kwargs(kwargs)
         check_forward_defaults("ContinuousTransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
+        inputs = (x, *stack_arguments(mask=mask, **stack), lens, sum_embeds, prepend_embeds, prepend_mask)
         result = self._run(torch.ops.xtc.continuous_transformer, torch.ops.xtc.continuous_transformer_with_hiddens,
-                           (x, *stack_arguments(mask=mask, **stack), lens), return_embeddings,
-                           return_intermediates or return_attn, cache, order, input_not_include_cache)
-        if return_attn and not return_intermediates:
+                           inputs, return_embeddings, return_intermediates or return_attn or return_mems, cache,
+                           order, input_not_include_cache)
+        if return_intermediates:
+            return result
+        if return_mems:  # as x-transformers' continuous wrapper: no earlier memories joined
+            out, intermediates = result
+            keep = self.max_mem_len
+            return out, tuple((t[..., t.shape[-2] - keep:, :] if keep > 0 else t[..., :0, :]).detach()
+                              for t in intermediates.hiddens)
+        if return_attn:
             out, intermediates = result
             return out, _attention_maps(intermediates)
         return result

@@ -126,3 +126,45 @@ def test_cached_decoding_matches_x_transformers():
             assert cache.cache_length == their_cache.cache_length == t
     with pytest.raises(ValueError, match="whole sequence so far"):
         ours(x[:, -1:], cache=cache)
+
+
+@pytest.mark.parametrize("extra", ["sum_embeds", "prepend", "prepend_masked", "sum_and_prepend"])
+def test_sum_and_prepend_embeds_match_x_transformers(extra):
+    torch.manual_seed(5)
+    ours, theirs = make_pair(dict(dim_in=20, dim_out=6, max_seq_len=16, post_emb_norm=True), (Decoder, XDecoder))
+    x, mask = torch.randn(3, 7, 20), torch.rand(3, 7) > 0.3
+    kwargs = dict(mask=mask)
+    if "sum" in extra:
+        kwargs["sum_embeds"] = torch.randn(3, 7, 32)
+    if "prepend" in extra:
+        kwargs["prepend_embeds"] = torch.randn(3, 2, 32)
+    if extra == "prepend_masked":
+        kwargs["prepend_mask"] = torch.tensor([[True, False], [True, True], [False, False]])
+    out, expected = ours(x, **kwargs), theirs(x, **kwargs)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, list(ours.parameters()), grad)
+    want = torch.autograd.grad(expected, list(theirs.parameters()), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+
+
+@pytest.mark.parametrize("max_mem_len", [0, 3, 20])
+def test_return_mems_matches_x_transformers(max_mem_len):
+    torch.manual_seed(6)
+    ours, theirs = make_pair(dict(dim_in=20, dim_out=6, max_seq_len=16, max_mem_len=max_mem_len),
+                             (Decoder, XDecoder))
+    x = torch.randn(2, 6, 20)
+    (out, mems), (expected, their_mems) = ours(x, return_mems=True), theirs(x, return_mems=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert len(mems) == len(their_mems) == LAYERS["depth"]
+    for mine, their in zip(mems, their_mems):
+        assert not mine.requires_grad
+        torch.testing.assert_close(mine, their, atol=1e-5, rtol=1e-5)
+
+
+def test_prepend_embeds_refuse_memory_tokens():
+    ours = ContinuousTransformerWrapper(attn_layers=Encoder(**LAYERS), dim_in=20, num_memory_tokens=2)
+    with pytest.raises(ValueError, match="prepend_embeds clashes with num_memory_tokens"):
+        ours(torch.randn(1, 4, 20), prepend_embeds=torch.randn(1, 2, 32))

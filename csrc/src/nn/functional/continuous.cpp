@@ -40,11 +40,38 @@ void ContinuousTransformerPlan::set_layout(std::vector<ParameterSpec> layout) {
   layers_offset_ = detail::layout_offset("ContinuousTransformerWrapper", parameters_, "attn_layers.");
 }
 
+namespace {
+
+// x-transformers' continuous prepend_embeds: in front of everything (memory tokens included, which it then
+// cannot unpack: refused), the mask padded for them; returns how many.
+c10::SymInt prepend_embeddings(at::Tensor& x, std::optional<at::Tensor>& mask, const c10::SymInt& b,
+                               const ContinuousTransformerPlan& plan, const ExtraEmbeddings& extra,
+                               const WrapperCache& cache) {
+  TORCH_CHECK_VALUE(!extra.token_embeds.has_value() && extra.embed_ids.empty(),
+                    "ContinuousTransformerWrapper: token embeddings and embed_ids are TransformerWrapper's");
+  const auto n = x.sym_size(1);
+  mask = detail::mask_with_prepend("ContinuousTransformerWrapper", mask, extra.prepend_embeds,
+                                   extra.prepend_mask, b, n, x);
+  if (!extra.prepend_embeds.has_value()) return 0;
+  detail::check_prepend_embeds("ContinuousTransformerWrapper", *extra.prepend_embeds, x);
+  TORCH_CHECK_VALUE(plan.options().num_memory_tokens() == 0 && !plan.options().average_pool_embed(),
+                    "ContinuousTransformerWrapper: prepend_embeds clashes with num_memory_tokens and "
+                    "average_pool_embed (x-transformers fails there)");
+  TORCH_CHECK_VALUE(
+      cache.kv.empty() || !cache.input_not_include_cache,
+      "ContinuousTransformerWrapper: prepend_embeds with a cache needs the whole sequence so far "
+      "(input_not_include_cache off): the prefix leads it");
+  x = at::cat({*extra.prepend_embeds, x}, 1);
+  return extra.prepend_embeds->sym_size(1);
+}
+
+}  // namespace
+
 at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersInputs& given,
                                   const std::optional<at::Tensor>& lens, at::TensorList params,
                                   const ContinuousTransformerPlan& plan, bool training,
                                   bool return_embeddings, const WrapperCache& cache,
-                                  AttentionLayersHiddens* record) {
+                                  AttentionLayersHiddens* record, const ExtraEmbeddings& extra) {
   const auto& o = plan.options();
   const std::optional<at::Tensor>& mask_in = given.mask;
   const int64_t dim = plan.layers().options().dim();
@@ -85,10 +112,12 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersI
                  ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, dim, x)
                  : detail::absolute_positions(get("pos_emb.emb.weight"), positions, false));
   }
+  x = detail::add_sum_embeds("ContinuousTransformerWrapper", x, extra.sum_embeds);
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
   const int64_t memory = o.num_memory_tokens();
   std::optional<at::Tensor> layer_mask = mask;
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));
+  const c10::SymInt prepended = prepend_embeddings(x, layer_mask, b, plan, extra, cache);
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
   // Unlike TransformerWrapper, x-transformers' continuous wrapper keeps pos and seq_start_pos to its position
@@ -96,8 +125,8 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersI
   AttentionLayersInputs for_stack = given;
   for_stack.pos.reset();
   for_stack.seq_start_pos.reset();
-  const auto inputs = detail::stack_inputs("ContinuousTransformerWrapper", for_stack, layer_mask, cache, n,
-                                           memory > 0, o.average_pool_embed());
+  const auto inputs = detail::stack_inputs("ContinuousTransformerWrapper", for_stack, layer_mask, cache,
+                                           prepended + n, memory > 0, o.average_pool_embed());
   x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
   if (memory > 0) x = x.narrow_symint(1, memory, n);
   // x-transformers pools with the mask as passed: with `lens` instead, it averages over every position.

@@ -66,25 +66,6 @@ void TransformerWrapperPlan::set_layout(std::vector<ParameterSpec> layout) {
 
 namespace {
 
-// The key mask over [prepend_embeds, tokens] (b, p + n) when either mask is given, as x-transformers pads it.
-std::optional<at::Tensor> mask_with_prepend(const std::optional<at::Tensor>& mask,
-                                            const ExtraEmbeddings& extra, const c10::SymInt& b,
-                                            const c10::SymInt& n, const at::Tensor& like) {
-  TORCH_CHECK_VALUE(extra.prepend_embeds.has_value() || !extra.prepend_mask.has_value(),
-                    "TransformerWrapper: prepend_mask was passed in without prepend_embeds");
-  if (!extra.prepend_embeds.has_value() || !(mask.has_value() || extra.prepend_mask.has_value())) return mask;
-  const c10::SymInt prepended = extra.prepend_embeds->sym_size(1);
-  const auto ones = [&](const c10::SymInt& len) {
-    return at::ones_symint({b, len}, like.options().dtype(at::kBool));
-  };
-  const auto& pm = extra.prepend_mask;
-  TORCH_CHECK_VALUE(!pm.has_value() || (pm->scalar_type() == at::kBool && pm->dim() == 2 &&
-                                        pm->sym_size(0) == b && pm->sym_size(1) == prepended),
-                    "TransformerWrapper: expected prepend_mask of shape (", b, ", ", prepended,
-                    ") and dtype bool");
-  return at::cat({pm.has_value() ? *pm : ones(prepended), mask.has_value() ? *mask : ones(n)}, 1);
-}
-
 // The learned queries through the pooler over x (b, n, dim) with its key mask.
 at::Tensor attn_pool_tokens(const at::Tensor& x, const std::optional<at::Tensor>& key_mask,
                             at::TensorList params, const TransformerWrapperPlan& plan, bool training) {
@@ -131,7 +112,8 @@ at::Tensor transformer_wrapper_attn_pool(const at::Tensor& embeddings, const std
                     embeddings.sym_sizes());
   const c10::SymInt prepended = extra.prepend_embeds.has_value() ? extra.prepend_embeds->sym_size(1) : 0;
   const auto key_mask =
-      mask_with_prepend(mask, extra, embeddings.sym_size(0), embeddings.sym_size(1) - prepended, embeddings);
+      detail::mask_with_prepend("TransformerWrapper", mask, extra.prepend_embeds, extra.prepend_mask,
+                                embeddings.sym_size(0), embeddings.sym_size(1) - prepended, embeddings);
   if (key_mask.has_value())
     TORCH_CHECK_VALUE(key_mask->dim() == 2 && key_mask->sym_size(1) == embeddings.sym_size(1),
                       "TransformerWrapper: expected the mask to cover the ", embeddings.sym_size(1),
@@ -259,33 +241,12 @@ at::Tensor with_extra_embeddings(at::Tensor x, const TransformerWrapperPlan& pla
   return x;
 }
 
-// sum_embeds: anything that broadcasts over (b, n, emb_dim) (NonAutoregressiveWrapper adds a (emb_dim,) null
-// embedding).
-at::Tensor with_sum_embeds(const at::Tensor& x, const TransformerWrapperPlan& plan,
-                           const ExtraEmbeddings& extra) {
-  if (!extra.sum_embeds.has_value()) return x;
-  const auto& sum = *extra.sum_embeds;
-  const c10::SymInt n = x.sym_size(1);
-  TORCH_CHECK_VALUE(sum.dim() >= 1 && sum.dim() <= 3 && sum.sym_size(-1) == plan.emb_dim() &&
-                        sum.scalar_type() == x.scalar_type() && sum.device() == x.device() &&
-                        (sum.dim() < 2 || sum.sym_size(-2) == n || sum.sym_size(-2) == 1) &&
-                        (sum.dim() < 3 || sum.sym_size(0) == x.sym_size(0) || sum.sym_size(0) == 1),
-                    "TransformerWrapper: expected sum_embeds broadcastable to (", x.sym_size(0), ", ", n,
-                    ", ", plan.emb_dim(), ") like the embeddings (", x.scalar_type(), "), got ",
-                    sum.sym_sizes(), " ", sum.scalar_type());
-  return x + sum;
-}
-
 // PaLI-style prefix embeddings in front; returns how many (the mask, when given, covers them too).
 c10::SymInt prepend_embeddings(at::Tensor& x, const TransformerWrapperPlan& plan,
                                const ExtraEmbeddings& extra, const WrapperCache& cache) {
   if (!extra.prepend_embeds.has_value()) return 0;
   const auto& front = *extra.prepend_embeds;
-  TORCH_CHECK_VALUE(
-      front.dim() == 3 && front.sym_size(0) == x.sym_size(0) && front.sym_size(2) == plan.emb_dim() &&
-          front.scalar_type() == x.scalar_type() && front.device() == x.device(),
-      "TransformerWrapper: expected prepend_embeds of shape (", x.sym_size(0), ", prefix, ", plan.emb_dim(),
-      ") like the embeddings (", x.scalar_type(), "), got ", front.sym_sizes(), " ", front.scalar_type());
+  detail::check_prepend_embeds("TransformerWrapper", front, x);
   TORCH_CHECK_VALUE(!plan.options().average_pool_embed(),
                     "TransformerWrapper: prepend_embeds cannot be combined with average_pool_embed");
   // With a cache the prefix goes in front of the whole sequence so far, as x-transformers' (its keys cached).
@@ -330,10 +291,12 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   // The length as a SymInt: torch.export and torch.compile keep it symbolic.
   const c10::SymInt n = tokens.sym_size(1);
   at::Tensor x = with_positions(token_embeddings(tokens, plan, get, extra), plan, get, given, cache);
-  x = with_sum_embeds(with_extra_embeddings(x, plan, get, extra, tokens), plan, extra);
+  x = detail::add_sum_embeds("TransformerWrapper", with_extra_embeddings(x, plan, get, extra, tokens),
+                             extra.sum_embeds);
   if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
   const c10::SymInt prepended = prepend_embeddings(x, plan, extra, cache);
-  std::optional<at::Tensor> layer_mask = mask_with_prepend(given.mask, extra, x.sym_size(0), n, x);
+  std::optional<at::Tensor> layer_mask = detail::mask_with_prepend(
+      "TransformerWrapper", given.mask, extra.prepend_embeds, extra.prepend_mask, x.sym_size(0), n, x);
   if (o.emb_frac_gradient() < 1) x = x * o.emb_frac_gradient() + x.detach() * (1 - o.emb_frac_gradient());
   const std::optional<at::Tensor> pool_mask =
       layer_mask;  // the attention pool's: over what the wrapper returns
@@ -345,7 +308,8 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   if (cls > 0) detail::prepend_memory(x, layer_mask, get("cls_token"));
   const int64_t memory = o.num_memory_tokens();
   const auto every = o.memory_tokens_interspersed_every();
-  const int64_t before_memory = xtc::detail::static_size(x, 1);
+  // Interspersing pads to whole chunks, a static length (x-transformers' rearranges need one too).
+  const int64_t before_memory = every.has_value() ? xtc::detail::static_size(x, 1) : 0;
   if (every.has_value()) {
     // x-transformers pads neither a mask nor a prefix into the chunks (it fails there): refused.
     TORCH_CHECK_VALUE(plan.layers().options().causal() && !layer_mask.has_value() && prepended == 0,

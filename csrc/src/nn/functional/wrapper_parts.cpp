@@ -94,6 +94,47 @@ void prepend_memory(at::Tensor& x, std::optional<at::Tensor>& mask, const at::Te
   if (mask.has_value()) mask = at::cat({at::ones_symint({b, memory}, mask->options()), *mask}, 1);
 }
 
+at::Tensor add_sum_embeds(const char* wrapper, const at::Tensor& x,
+                          const std::optional<at::Tensor>& sum_embeds) {
+  if (!sum_embeds.has_value()) return x;
+  const auto& sum = *sum_embeds;
+  const c10::SymInt n = x.sym_size(1), width = x.sym_size(2);
+  TORCH_CHECK_VALUE(
+      sum.dim() >= 1 && sum.dim() <= 3 && sum.sym_size(-1) == width && sum.scalar_type() == x.scalar_type() &&
+          sum.device() == x.device() && (sum.dim() < 2 || sum.sym_size(-2) == n || sum.sym_size(-2) == 1) &&
+          (sum.dim() < 3 || sum.sym_size(0) == x.sym_size(0) || sum.sym_size(0) == 1),
+      wrapper, ": expected sum_embeds broadcastable to (", x.sym_size(0), ", ", n, ", ", width,
+      ") like the embeddings (", x.scalar_type(), "), got ", sum.sym_sizes(), " ", sum.scalar_type());
+  return x + sum;
+}
+
+void check_prepend_embeds(const char* wrapper, const at::Tensor& front, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(
+      front.dim() == 3 && front.sym_size(0) == x.sym_size(0) && front.sym_size(2) == x.sym_size(2) &&
+          front.scalar_type() == x.scalar_type() && front.device() == x.device(),
+      wrapper, ": expected prepend_embeds of shape (", x.sym_size(0), ", prefix, ", x.sym_size(2),
+      ") like the embeddings (", x.scalar_type(), "), got ", front.sym_sizes(), " ", front.scalar_type());
+}
+
+std::optional<at::Tensor> mask_with_prepend(const char* wrapper, const std::optional<at::Tensor>& mask,
+                                            const std::optional<at::Tensor>& prepend_embeds,
+                                            const std::optional<at::Tensor>& prepend_mask,
+                                            const c10::SymInt& b, const c10::SymInt& n,
+                                            const at::Tensor& like) {
+  TORCH_CHECK_VALUE(prepend_embeds.has_value() || !prepend_mask.has_value(), wrapper,
+                    ": prepend_mask was passed in without prepend_embeds");
+  if (!prepend_embeds.has_value() || !(mask.has_value() || prepend_mask.has_value())) return mask;
+  const c10::SymInt prepended = prepend_embeds->sym_size(1);
+  const auto ones = [&](const c10::SymInt& len) {
+    return at::ones_symint({b, len}, like.options().dtype(at::kBool));
+  };
+  const auto& pm = prepend_mask;
+  TORCH_CHECK_VALUE(!pm.has_value() || (pm->scalar_type() == at::kBool && pm->dim() == 2 &&
+                                        pm->sym_size(0) == b && pm->sym_size(1) == prepended),
+                    wrapper, ": expected prepend_mask of shape (", b, ", ", prepended, ") and dtype bool");
+  return at::cat({pm.has_value() ? *pm : ones(prepended), mask.has_value() ? *mask : ones(n)}, 1);
+}
+
 at::Tensor masked_mean(const at::Tensor& x, const std::optional<at::Tensor>& mask) {
   if (!mask.has_value()) return x.mean(1);
   const auto keep = mask->unsqueeze(-1).to(x.scalar_type()).expand_as(x);

@@ -42,6 +42,22 @@ at::Tensor scaled_sinusoidal_positions(const at::Tensor& scale, const at::Tensor
 /// one.
 void prepend_memory(at::Tensor& x, std::optional<at::Tensor>& mask, const at::Tensor& memory_tokens);
 
+/// x (b, n, width) plus sum_embeds when given: anything of x's dtype broadcasting over it
+/// (NonAutoregressiveWrapper adds a (width,) null embedding).
+at::Tensor add_sum_embeds(const char* wrapper, const at::Tensor& x,
+                          const std::optional<at::Tensor>& sum_embeds);
+
+/// Checks prepend_embeds (b, prefix, width) against x (b, n, width): x's batch, width, dtype and device.
+void check_prepend_embeds(const char* wrapper, const at::Tensor& prepend_embeds, const at::Tensor& x);
+
+/// The key mask over [prepend_embeds, the n positions] (b, prefix + n) when either mask is given, as
+/// x-transformers pads them (ones where one is missing); `mask` as given otherwise.
+std::optional<at::Tensor> mask_with_prepend(const char* wrapper, const std::optional<at::Tensor>& mask,
+                                            const std::optional<at::Tensor>& prepend_embeds,
+                                            const std::optional<at::Tensor>& prepend_mask,
+                                            const c10::SymInt& b, const c10::SymInt& n,
+                                            const at::Tensor& like);
+
 /// torch-einops-utils' masked_mean over the sequence: sum of kept positions / max(count, 1e-5); plain mean
 /// without a mask.
 at::Tensor masked_mean(const at::Tensor& x, const std::optional<at::Tensor>& mask);

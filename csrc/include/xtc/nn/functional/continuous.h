@@ -4,6 +4,7 @@
 #pragma once
 
 #include <xtc/nn/functional/attention_layers.h>
+#include <xtc/nn/functional/transformer_wrapper.h>
 #include <xtc/nn/options/continuous.h>
 
 namespace xtc::nn::functional {
@@ -37,6 +38,9 @@ class ContinuousTransformerPlan {
 /// x (b, n, dim_in); `inputs` the layer stack's, inputs.mask (b, n) bool or lens (b) int (at most one), pos
 /// and seq_start_pos for the absolute positions only (as x-transformers); returns (b, n, dim_out), (b,
 /// dim_out) with average_pool_embed, or the stack's embeddings (before project_out) with return_embeddings.
+/// `extra`: sum_embeds added after the positions, prepend_embeds (b, p, dim) in front (the output keeps them:
+/// (b, p + n, dim_out)) with prepend_mask, as x-transformers; token_embeds and embed_ids are the token
+/// wrapper's, empty here.
 /// `record` and `cache`: the stack's intermediates and incremental decoding, as
 /// functional::transformer_wrapper (x then holds every position so far, or the new ones with
 /// cache.input_not_include_cache, and only the last one runs).
@@ -44,6 +48,7 @@ at::Tensor continuous_transformer(const at::Tensor& x, const AttentionLayersInpu
                                   const std::optional<at::Tensor>& lens, at::TensorList params,
                                   const ContinuousTransformerPlan& plan, bool training,
                                   bool return_embeddings, const WrapperCache& cache = {},
-                                  AttentionLayersHiddens* record = nullptr);
+                                  AttentionLayersHiddens* record = nullptr,
+                                  const ExtraEmbeddings& extra = {});
 
 }  // namespace xtc::nn::functional
