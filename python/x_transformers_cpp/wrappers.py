@@ -370,23 +370,43 @@ class ContinuousTransformerWrapper(_Wrapper):
     """x-transformers' ContinuousTransformerWrapper(max_seq_len=..., attn_layers=Encoder(...), dim_in=..., ...).
 
     Keyword arguments only: attn_layers (an x_transformers_cpp AttentionLayers), dim_in, dim_out, max_seq_len,
-    num_memory_tokens, post_emb_norm, emb_dropout, use_abs_pos_emb, scaled_sinu_pos_emb, average_pool_embed,
-    use_identity_if_same_dim.
+    max_mem_len, num_memory_tokens, post_emb_norm, emb_dropout, use_abs_pos_emb, scaled_sinu_pos_emb,
+    average_pool_embed, probabilistic, use_identity_if_same_dim, and project_in / project_out as modules.
     """
 
-    # x-transformers keyword arguments that need module objects or features not implemented here.
     _layout = staticmethod(_C.continuous_layout)
     _REQUIRED = ()
-    _UNSUPPORTED = dict(project_in=None, project_out=None)
+    _UNSUPPORTED = {}
 
-    def __init__(self, *, attn_layers, max_mem_len=0, **kwargs):
+    def __init__(self, *, attn_layers, max_mem_len=0, project_in=None, project_out=None, **kwargs):
         super().__init__()
         self.max_mem_len = max_mem_len  # the positions return_mems keeps (no parameters of its own)
+        # x-transformers takes the projections as modules too: Python runs those around the op (which then takes x
+        # at the stack's width, and returns the embeddings for project_out).
+        for name, module in (("project_in", project_in), ("project_out", project_out)):
+            if module is not None and not isinstance(module, nn.Module):
+                raise TypeError(f"{name}: expected a torch.nn.Module, got {type(module).__name__}")
+            if module is not None and kwargs.get("dim" + name[len("project"):]) is not None:
+                raise ValueError(f"either `dim{name[len('project'):]}` or `{name}` can be passed in, but not both")
         self._setup(attn_layers, kwargs, self._UNSUPPORTED, _C.continuous_option_keys())
+        if project_in is not None or project_out is not None:
+            # After attn_layers, project_in before project_out, as x-transformers registers them.
+            modules = dict(self._modules, project_in=project_in, project_out=project_out)
+            order = [k for k in self._modules if k not in ("project_in", "project_out")] + ["project_in", "project_out"]
+            self._modules = type(self._modules)((k, modules[k]) for k in order if modules.get(k) is not None)
+        self._project_in_module, self._project_out_module = project_in is not None, project_out is not None
         self._set_attributes(kwargs)
         self.probabilistic = bool(kwargs.get("probabilistic", False))  # x-transformers' continuous wrappers read it
 
     _FORWARD_DEFAULTS = {}  # every x-transformers forward argument is taken
+
+    def _probabilistic_output(self, out):
+        """A project_out module's output as x-transformers' probabilistic head reads it: interleaved (mean,
+        log-variance) pairs as stack((mean, variance))."""
+        if not self.probabilistic:
+            return out
+        pairs = out.unflatten(-1, (out.shape[-1] // 2, 2))
+        return torch.stack((pairs[..., 0], pairs[..., 1].exp()))
 
     @with_stack_inputs
     def forward(self, x, return_embeddings=False, mask=None, lens=None, return_intermediates=False, cache=None,
@@ -406,10 +426,17 @@ class ContinuousTransformerWrapper(_Wrapper):
         """
         stack, order = _stack_kwargs(kwargs)
         check_forward_defaults("ContinuousTransformerWrapper", kwargs, self._FORWARD_DEFAULTS)
+        if self._project_in_module:
+            x = self.project_in(x)
         inputs = (x, *stack_arguments(mask=mask, **stack), lens, sum_embeds, prepend_embeds, prepend_mask)
+        with_intermediates = return_intermediates or return_attn or return_mems
         result = self._run(torch.ops.xtc.continuous_transformer, torch.ops.xtc.continuous_transformer_with_hiddens,
-                           inputs, return_embeddings, return_intermediates or return_attn or return_mems, cache,
-                           order, input_not_include_cache)
+                           inputs, return_embeddings or self._project_out_module, with_intermediates, cache, order,
+                           input_not_include_cache)
+        if self._project_out_module and not return_embeddings:
+            out, intermediates = result if with_intermediates else (result, None)
+            out = self._probabilistic_output(self.project_out(out))
+            result = (out, intermediates) if with_intermediates else out
         if return_intermediates:
             return result
         if return_mems:  # as x-transformers' continuous wrapper: no earlier memories joined

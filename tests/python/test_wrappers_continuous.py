@@ -61,8 +61,8 @@ def test_bad_input_and_unsupported_options():
         ours(torch.randn(2, 9, 20))
     with pytest.raises(ValueError, match="either mask or lens"):
         ours(torch.randn(2, 5, 20), mask=torch.ones(2, 5, dtype=torch.bool), lens=torch.tensor([5, 5]))
-    with pytest.raises(TypeError, match="project_in"):
-        ContinuousTransformerWrapper(attn_layers=Encoder(**LAYERS), project_in=torch.nn.Identity())
+    with pytest.raises(ValueError, match="either `dim_in` or `project_in`"):
+        ContinuousTransformerWrapper(attn_layers=Encoder(**LAYERS), dim_in=20, project_in=torch.nn.Identity())
     with pytest.raises(TypeError, match="attn_layers"):
         ContinuousTransformerWrapper(attn_layers=XEncoder(**LAYERS))
 
@@ -168,3 +168,25 @@ def test_prepend_embeds_refuse_memory_tokens():
     ours = ContinuousTransformerWrapper(attn_layers=Encoder(**LAYERS), dim_in=20, num_memory_tokens=2)
     with pytest.raises(ValueError, match="prepend_embeds clashes with num_memory_tokens"):
         ours(torch.randn(1, 4, 20), prepend_embeds=torch.randn(1, 2, 32))
+
+
+@pytest.mark.parametrize("probabilistic", [False, True], ids=["plain", "probabilistic"])
+def test_projection_modules_match_x_transformers(probabilistic):
+    torch.manual_seed(7)
+    project_in = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.GELU())
+    project_out = torch.nn.Linear(32, 12)
+    ours, theirs = make_pair(dict(max_seq_len=16, dim_out=None, project_in=project_in, project_out=project_out,
+                                  probabilistic=probabilistic), (Decoder, XDecoder))
+    assert list(ours.state_dict())[-4:] == ["project_in.0.weight", "project_in.0.bias", "project_out.weight",
+                                            "project_out.bias"]
+    x, mask = torch.randn(3, 7, 20), torch.rand(3, 7) > 0.3
+    out, expected = ours(x, mask=mask), theirs(x, mask=mask)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, list(ours.parameters()), grad),
+                    torch.autograd.grad(expected, list(theirs.parameters()), grad)):
+        torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
+    (out, mine), (expected, their) = ours(x, return_intermediates=True), theirs(x, return_intermediates=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours(x, return_embeddings=True), theirs(x, return_embeddings=True), atol=1e-5,
+                               rtol=1e-5)
