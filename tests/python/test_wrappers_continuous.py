@@ -188,5 +188,6 @@ def test_projection_modules_match_x_transformers(probabilistic):
         torch.testing.assert_close(g, w, atol=1e-4 * max(1.0, w.abs().max().item()), rtol=0)
     (out, mine), (expected, their) = ours(x, return_intermediates=True), theirs(x, return_intermediates=True)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mine.last_hidden, their.last_hidden, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours(x, return_embeddings=True), theirs(x, return_embeddings=True), atol=1e-5,
                                rtol=1e-5)
