@@ -65,6 +65,45 @@ c10::SymInt prepend_embeddings(at::Tensor& x, std::optional<at::Tensor>& mask, c
   return extra.prepend_embeds->sym_size(1);
 }
 
+// The key mask: `mask`, or `lens` (b) as one, the positions before each length kept (at most one given).
+std::optional<at::Tensor> key_mask(const std::optional<at::Tensor>& mask,
+                                   const std::optional<at::Tensor>& lens, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(!(mask.has_value() && lens.has_value()),
+                    "ContinuousTransformerWrapper: pass either mask or lens, not both");
+  if (!lens.has_value()) return mask;
+  const c10::SymInt b = x.sym_size(0), n = x.sym_size(1);
+  TORCH_CHECK_VALUE(lens->dim() == 1 && lens->sym_size(0) == b && !lens->is_floating_point(),
+                    "ContinuousTransformerWrapper: expected lens of shape (", b,
+                    ") and an integer dtype, got ", lens->sym_sizes(), " ", lens->scalar_type());
+  return at::arange(n, lens->options()).unsqueeze(0) < lens->unsqueeze(1);
+}
+
+// x's embeddings: projected in, at their positions (x-transformers' offset after the cache with
+// input_not_include_cache), plus sum_embeds, then post_emb_norm.
+template <typename Get>
+at::Tensor input_embeddings(const at::Tensor& x_in, const AttentionLayersInputs& given,
+                            const ContinuousTransformerPlan& plan, const Get& get,
+                            const ExtraEmbeddings& extra, const WrapperCache& cache) {
+  const auto& o = plan.options();
+  const c10::SymInt n = x_in.sym_size(1);
+  at::Tensor x = plan.has_project_in() ? at::linear(x_in, get("project_in.weight")) : x_in;
+  if (plan.has_abs_pos_emb()) {
+    const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
+    TORCH_CHECK_VALUE(n + offset <= *o.max_seq_len(),
+                      "ContinuousTransformerWrapper: expected a sequence of at most max_seq_len (",
+                      *o.max_seq_len(), ") positions, got ", n + offset);
+    const auto positions = detail::wrapper_positions("ContinuousTransformerWrapper", n, given, x,
+                                                     !o.scaled_sinu_pos_emb(), offset);
+    const int64_t dim = plan.layers().options().dim();
+    x = x + (o.scaled_sinu_pos_emb()
+                 ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, dim, x)
+                 : detail::absolute_positions(get("pos_emb.emb.weight"), positions, false));
+  }
+  x = detail::add_sum_embeds("ContinuousTransformerWrapper", x, extra.sum_embeds);
+  if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
+  return x;
+}
+
 }  // namespace
 
 at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersInputs& given,
@@ -81,39 +120,13 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersI
                     x_in.sym_sizes());
   TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "ContinuousTransformerWrapper: expected ",
                     plan.parameters().size(), " parameters for these options, got ", params.size());
-  TORCH_CHECK_VALUE(!(mask_in.has_value() && lens.has_value()),
-                    "ContinuousTransformerWrapper: pass either mask or lens, not both");
   // Batch and length as SymInts: torch.export and torch.compile keep them symbolic.
   const c10::SymInt b = x_in.sym_size(0), n = x_in.sym_size(1);
-  if (lens.has_value()) {
-    TORCH_CHECK_VALUE(lens->dim() == 1 && lens->sym_size(0) == b && !lens->is_floating_point(),
-                      "ContinuousTransformerWrapper: expected lens of shape (", b,
-                      ") and an integer dtype, got ", lens->sym_sizes(), " ", lens->scalar_type());
-  }
-  // lens as a mask: positions before each length kept.
-  const std::optional<at::Tensor> mask =
-      lens.has_value()
-          ? std::optional<at::Tensor>(at::arange(n, lens->options()).unsqueeze(0) < lens->unsqueeze(1))
-          : mask_in;
+  const std::optional<at::Tensor> mask = key_mask(mask_in, lens, x_in);
   const auto get = [&](const std::string& name) {
     return detail::find_tensor("ContinuousTransformerWrapper", plan.parameters(), params, name);
   };
-
-  at::Tensor x = plan.has_project_in() ? at::linear(x_in, get("project_in.weight")) : x_in;
-  if (plan.has_abs_pos_emb()) {
-    const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
-    TORCH_CHECK_VALUE(n + offset <= *o.max_seq_len(),
-                      "ContinuousTransformerWrapper: expected a sequence of at most "
-                      "max_seq_len (",
-                      *o.max_seq_len(), ") positions, got ", n + offset);
-    const auto positions = detail::wrapper_positions("ContinuousTransformerWrapper", n, given, x,
-                                                     !o.scaled_sinu_pos_emb(), offset);
-    x = x + (o.scaled_sinu_pos_emb()
-                 ? detail::scaled_sinusoidal_positions(get("pos_emb.scale"), positions, dim, x)
-                 : detail::absolute_positions(get("pos_emb.emb.weight"), positions, false));
-  }
-  x = detail::add_sum_embeds("ContinuousTransformerWrapper", x, extra.sum_embeds);
-  if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
+  at::Tensor x = input_embeddings(x_in, given, plan, get, extra, cache);
   const int64_t memory = o.num_memory_tokens();
   std::optional<at::Tensor> layer_mask = mask;
   if (memory > 0) detail::prepend_memory(x, layer_mask, get("memory_tokens"));

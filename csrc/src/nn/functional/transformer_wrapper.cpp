@@ -275,6 +275,41 @@ at::Tensor without_interspersed_memory(const at::Tensor& x, int64_t memory, int6
   return chunks.reshape({b, -1, d}).narrow(1, 0, n);
 }
 
+// The embeddings before the prefix: the tokens' at their positions, embed_num_tokens' and sum_embeds added,
+// then post_emb_norm.
+at::Tensor input_embeddings(const at::Tensor& tokens, const AttentionLayersInputs& given,
+                            const TransformerWrapperPlan& plan, const TensorByName& get,
+                            const ExtraEmbeddings& extra, const WrapperCache& cache) {
+  at::Tensor x = with_positions(token_embeddings(tokens, plan, get, extra), plan, get, given, cache);
+  x = detail::add_sum_embeds("TransformerWrapper", with_extra_embeddings(x, plan, get, extra, tokens),
+                             extra.sum_embeds);
+  if (plan.options().post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
+  return x;
+}
+
+// The memory tokens in front of x (the mask keeps them), or of each chunk (interspersed); returns what takes
+// them off the stack's output (the first `kept` positions after them).
+std::function<at::Tensor(const at::Tensor&)> add_memory_tokens(at::Tensor& x, std::optional<at::Tensor>& mask,
+                                                               const TransformerWrapperPlan& plan,
+                                                               const TensorByName& get,
+                                                               const c10::SymInt& kept, bool prepended) {
+  const int64_t memory = plan.options().num_memory_tokens();
+  const auto every = plan.options().memory_tokens_interspersed_every();
+  if (every.has_value()) {
+    // x-transformers pads neither a mask nor a prefix into the chunks (it fails there): refused.
+    TORCH_CHECK_VALUE(plan.layers().options().causal() && !mask.has_value() && !prepended,
+                      "TransformerWrapper: memory_tokens_interspersed_every needs a Decoder, and no mask or "
+                      "prepend_embeds");
+    // Interspersing pads to whole chunks, a static length (x-transformers' rearranges need one too).
+    const int64_t n = xtc::detail::static_size(x, 1);
+    x = intersperse_memory(x, get("memory_tokens"), *every);
+    return [=](const at::Tensor& y) { return without_interspersed_memory(y, memory, *every, n); };
+  }
+  if (memory == 0) return [](const at::Tensor& y) { return y; };
+  detail::prepend_memory(x, mask, get("memory_tokens"));
+  return [=](const at::Tensor& y) { return y.narrow_symint(1, memory, kept); };
+}
+
 }  // namespace
 
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given,
@@ -290,10 +325,7 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   };
   // The length as a SymInt: torch.export and torch.compile keep it symbolic.
   const c10::SymInt n = tokens.sym_size(1);
-  at::Tensor x = with_positions(token_embeddings(tokens, plan, get, extra), plan, get, given, cache);
-  x = detail::add_sum_embeds("TransformerWrapper", with_extra_embeddings(x, plan, get, extra, tokens),
-                             extra.sum_embeds);
-  if (o.post_emb_norm()) x = layer_norm(x, get("post_emb_norm.gamma"), /*unit_offset=*/false);
+  at::Tensor x = input_embeddings(tokens, given, plan, get, extra, cache);
   const c10::SymInt prepended = prepend_embeddings(x, plan, extra, cache);
   std::optional<at::Tensor> layer_mask = detail::mask_with_prepend(
       "TransformerWrapper", given.mask, extra.prepend_embeds, extra.prepend_mask, x.sym_size(0), n, x);
@@ -307,27 +339,13 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   const int64_t cls = o.use_cls_token() ? o.num_cls_tokens() : 0;
   if (cls > 0) detail::prepend_memory(x, layer_mask, get("cls_token"));
   const int64_t memory = o.num_memory_tokens();
-  const auto every = o.memory_tokens_interspersed_every();
-  // Interspersing pads to whole chunks, a static length (x-transformers' rearranges need one too).
-  const int64_t before_memory = every.has_value() ? xtc::detail::static_size(x, 1) : 0;
-  if (every.has_value()) {
-    // x-transformers pads neither a mask nor a prefix into the chunks (it fails there): refused.
-    TORCH_CHECK_VALUE(plan.layers().options().causal() && !layer_mask.has_value() && prepended == 0,
-                      "TransformerWrapper: memory_tokens_interspersed_every needs a Decoder, and no mask or "
-                      "prepend_embeds");
-    x = intersperse_memory(x, get("memory_tokens"), *every);
-  } else if (memory > 0) {
-    detail::prepend_memory(x, layer_mask, get("memory_tokens"));
-  }
+  const auto without_memory =
+      add_memory_tokens(x, layer_mask, plan, get, cls + prepended + n, extra.prepend_embeds.has_value());
   const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
   // As x-transformers, the stack also gets pos and seq_start_pos.
   const auto inputs = detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, prepended + n,
                                            memory > 0 || cls > 0, o.average_pool_embed() || cls > 0);
-  x = attention_layers(x, inputs, layer_params, plan.layers(), training, record);
-  if (every.has_value())
-    x = without_interspersed_memory(x, memory, *every, before_memory);
-  else if (memory > 0)
-    x = x.narrow_symint(1, memory, cls + prepended + n);
+  x = without_memory(attention_layers(x, inputs, layer_params, plan.layers(), training, record));
   if (o.average_pool_embed()) x = detail::masked_mean(x, given.mask);
   if (cls > 0) x = cls == 1 ? x.select(1, 0) : x.narrow(1, 0, cls);
   // An encoder's output is then the pooled tokens, as x-transformers'.

@@ -118,20 +118,12 @@ AttentionLayersImpl::AttentionLayersImpl(AttentionLayersOptions options) : optio
   reset();
 }
 
-void AttentionLayersImpl::reset() {
-  options.validate();
-  layers = register_module("layers", torch::nn::ModuleList());
-  // x-transformers builds (and draws) its polar embedding before the layers, and registers it after them.
-  const PolarEmbedding polar =
-      options.polar_pos_emb()
-          ? PolarEmbedding(options.attn().dim_head(), options.heads(), options.polar_bias_uniform_init())
-          : nullptr;
+// Each layer (norms, block, residual) with its layer integrator and U-Net combine, in x-transformers'
+// construction (and draw) order.
+void AttentionLayersImpl::register_layers(torch::nn::Module& combines) {
   bool first_self_attention = true;
   const auto types = options.layer_types();
-  if (options.multi_stream())
-    register_parameter("stream_emb", module_tensor({options.num_residual_streams(), options.dim()}).zero_());
   torch::nn::ModuleList integrators;
-  auto combines = std::make_shared<torch::nn::Module>("SkipCombines");  // x-transformers' ModuleDict
   const auto skip_sources = options.unet_skips() ? options.unet_skip_sources() : std::vector<int64_t>();
   for (size_t i = 0; i < types.size(); ++i) {
     const char type = types[i];
@@ -148,9 +140,23 @@ void AttentionLayersImpl::reset() {
     // x-transformers' skip_combines: a ConcatCombine (a bias-less (2 dim -> dim) linear) at each second-half
     // block, drawn after its layer.
     if (options.unet_skips() && skip_sources[i] >= 0)
-      combines->register_module(std::to_string(i), ConcatCombine(options.dim()));
+      combines.register_module(std::to_string(i), ConcatCombine(options.dim()));
   }
   if (options.integrates_layers()) register_module("layer_integrators", integrators);
+}
+
+void AttentionLayersImpl::reset() {
+  options.validate();
+  layers = register_module("layers", torch::nn::ModuleList());
+  // x-transformers builds (and draws) its polar embedding before the layers, and registers it after them.
+  const PolarEmbedding polar =
+      options.polar_pos_emb()
+          ? PolarEmbedding(options.attn().dim_head(), options.heads(), options.polar_bias_uniform_init())
+          : nullptr;
+  if (options.multi_stream())
+    register_parameter("stream_emb", module_tensor({options.num_residual_streams(), options.dim()}).zero_());
+  auto combines = std::make_shared<torch::nn::Module>("SkipCombines");  // x-transformers' ModuleDict
+  register_layers(*combines);
   if (options.uses_rotary())
     rotary_pos_emb = register_module("rotary_pos_emb",
                                      RotaryEmbedding(options.resolved_rotary_dim(), options.rotary_xpos(),

@@ -19,6 +19,8 @@ class AttentionLayersImpl : public torch::nn::Cloneable<AttentionLayersImpl> {
  public:
   explicit AttentionLayersImpl(AttentionLayersOptions options);
   void reset() override;
+  /// reset()'s layers, their integrators (layer_integrators) and U-Net combines (into `combines`).
+  void register_layers(torch::nn::Module& combines);
   void pretty_print(std::ostream& stream) const override;
   /// x (b, n, dim) float; mask (b, n) bool, True = keep; context (b, m, dim) and context_mask (b, m) when
   /// cross-attending; attn_mask (n, n), (h, n, n) or (b|1, h|1, n, n) bool for self-attention. Undefined
