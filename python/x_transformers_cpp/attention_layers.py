@@ -169,7 +169,8 @@ def _argument_forms(kwargs):
                             f"would pass one to the module and fail, or ignore it when causal); leave it None")
         kwargs.pop(prefix + "hybrid_mask_kwarg", None)
         if kwargs.get(prefix + "hybrid_module") is not None:
-            kwargs[prefix + "hybrid_module"] = _recurrent_spec(kwargs[prefix + "hybrid_module"], prefix + "hybrid_module")
+            name = prefix + "hybrid_module"
+            kwargs[name] = _recurrent_spec(kwargs[name], name)
         name = prefix + "data_dependent_alibi_kwargs"
         if kwargs.get(prefix + "data_dependent_alibi_per_row") and "bias_init" in (kwargs.get(name) or {}):
             raise TypeError(f"{name}: 'bias_init' is not an option of the per-row form (PerRowDataDependentAlibi)")
@@ -523,7 +524,8 @@ class AttentionLayers(nn.Module):
         self.can_cache_kv = not any(map(given, ("shift_tokens", "attn_selective", "orthog_residual",
                                                 "mv_split_residual")))
         # An LSTM hybrid keeps two states, x-transformers' cache one (it fails there): no caching then.
-        self.can_cache_kv &= not any(isinstance(kwargs.get(p + "hybrid_module"), nn.LSTM) for p in ("attn_", "cross_attn_"))
+        self.can_cache_kv &= not any(isinstance(kwargs.get(p + "hybrid_module"), nn.LSTM)
+                                     for p in ("attn_", "cross_attn_"))
         self._unpad = bool(kwargs.get("unpad", False))
         self.disable_abs_pos_emb = plan.disables_abs_pos_emb
         self.layer_types = tuple(plan.layer_types)
@@ -587,7 +589,8 @@ class AttentionLayers(nn.Module):
         """(to_q, to_k) weights of each attention layer, self and cross, in layer order (not execution order)."""
         weights = dict(self.named_parameters())
         layers = sorted({int(name.split(".")[1]) for name in weights if name.endswith(".to_q.weight")})
-        find = lambda i, leaf: next(w for n, w in weights.items() if n.startswith(f"layers.{i}.1.") and n.endswith(leaf))
+        def find(i, leaf):
+            return next(w for n, w in weights.items() if n.startswith(f"layers.{i}.1.") and n.endswith(leaf))
         return [(find(i, ".to_q.weight"), find(i, ".to_k.weight")) for i in layers]
 
     @torch.no_grad()
@@ -606,6 +609,10 @@ class AttentionLayers(nn.Module):
             if logits is None:
                 raise ValueError("attn_qk_clip_: the intermediates hold no pre_softmax_attn; run the forward with "
                                  "return_hiddens=True and attn_flash=False")
+            if q_weight.shape[0] != q_weight.shape[1] or k_weight.shape[0] != q_weight.shape[0]:
+                raise ValueError(f"attn_qk_clip_: x-transformers broadcasts the heads' scales over the weights' input "
+                                 f"features, so to_q and to_k must be square ({tuple(q_weight.shape)} and "
+                                 f"{tuple(k_weight.shape)}): heads x dim_head == dim, one kv head per head")
             scale = (tau / logits.amax(dim=(0, 2, 3))).clamp(max=1.0).sqrt()
             scale = scale.repeat_interleave(q_weight.shape[0] // scale.numel())
             q_weight.mul_(scale)

@@ -194,7 +194,8 @@ class TransformerWrapper(_Wrapper):
         # embed_num_tokens {name: num_tokens}: the option line keeps the dict's order.
         embed_num_tokens = kwargs.pop("embed_num_tokens", None) or {}
         if not isinstance(embed_num_tokens, dict):
-            raise TypeError(f"embed_num_tokens: expected a dict of name -> num_tokens, got {type(embed_num_tokens).__name__}")
+            raise TypeError(f"embed_num_tokens: expected a dict of name -> num_tokens, got "
+                            f"{type(embed_num_tokens).__name__}")
         self._embed_names = list(embed_num_tokens)
         if embed_num_tokens:
             kwargs["embed_num_tokens"] = "|".join(f"{name}:{int(n)}" for name, n in embed_num_tokens.items())

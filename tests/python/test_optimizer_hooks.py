@@ -63,3 +63,11 @@ def test_qk_clip_needs_the_logits():
     _, mine = ours(torch.randn(1, 5, SMALL["dim"]), return_hiddens=True)
     with pytest.raises(ValueError, match="no pre_softmax_attn"):
         ours.attn_qk_clip_(mine)
+
+
+def test_qk_clip_needs_square_projections():
+    # x-transformers broadcasts the scales over the weights' input features: with heads x dim_head != dim it fails.
+    ours, _ = make_pair("encoder", dim=24, depth=1, heads=2, attn_dim_head=8)
+    _, mine = ours(torch.randn(1, 5, 24), return_hiddens=True)
+    with pytest.raises(ValueError, match="must be square"):
+        ours.attn_qk_clip_(mine)
