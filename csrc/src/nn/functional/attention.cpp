@@ -43,12 +43,6 @@
 namespace xtc::nn::functional {
 namespace {
 
-// x-transformers' MultiheadRMSNorm on t (b, n, heads, d): SimpleRMSNorm times (gamma + 1), gamma (heads, 1,
-// d).
-at::Tensor multihead_rms_norm(const at::Tensor& t, const at::Tensor& gamma) {
-  return rms_norm(t, at::Tensor()) * (gamma.transpose(0, 1) + 1);
-}
-
 // x-transformers' l2norm: normalise each of `groups` slices of the head dim.
 at::Tensor l2norm(const at::Tensor& t, int64_t groups) {
   auto grouped = t.unflatten(-1, {groups, xtc::detail::static_size(t, -1) / groups});

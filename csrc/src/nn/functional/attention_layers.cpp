@@ -449,7 +449,7 @@ at::Tensor attention_block(const StackCall& c, StackState& s, size_t i, char typ
   const auto& packed = self ? c.packed_self : c.packed_cross;
   const auto out =
       attention(h, self ? std::nullopt : s.context, c.layer_mask, self ? c.self_key_mask : s.context_mask,
-                detail::attention_weights(*c.p, c.plan.block_prefix(i)), config, c.training,
+                detail::attention_weights(*c.p, c.plan.block_prefix(i), a), config, c.training,
                 self ? c.attn_mask : std::nullopt, self ? &s.self_scores : &s.cross_scores,
                 ValueResidual{c.o.add_value_residual() ? first_values : at::Tensor(), &values}, memory,
                 c.record != nullptr || c.cached ? &kv : nullptr, wants_maps ? &maps : nullptr,

@@ -104,11 +104,6 @@ at::Tensor recurrent(const at::Tensor& x, const std::vector<at::Tensor>& weights
   return out;
 }
 
-// x-transformers' MultiheadRMSNorm on our (b, n, h, dh) layout: F.normalize times sqrt(dh) times (gamma + 1).
-at::Tensor multihead_norm(const at::Tensor& t, const at::Tensor& gamma) {
-  return rms_norm(t, at::Tensor()) * (gamma.transpose(0, 1) + 1);
-}
-
 }  // namespace
 
 at::Tensor hybrid_heads(const at::Tensor& heads, const at::Tensor& x, const HybridWeights& w,
@@ -117,8 +112,8 @@ at::Tensor hybrid_heads(const at::Tensor& heads, const at::Tensor& x, const Hybr
   const auto input = fold > 1 ? fold_axially(x, fold) : x;
   auto hybrid = recurrent(input, w.recurrent, spec, training, hidden);
   if (fold > 1) hybrid = unfold_axially(hybrid, fold, n);
-  const auto hybrid_heads = multihead_norm(hybrid.unflatten(-1, {heads.size(2), -1}), w.hybrid_norm);
-  const auto attention_heads = multihead_norm(heads, w.out_norm);
+  const auto hybrid_heads = multihead_rms_norm(hybrid.unflatten(-1, {heads.size(2), -1}), w.hybrid_norm);
+  const auto attention_heads = multihead_rms_norm(heads, w.out_norm);
   if (!w.mix.defined()) return 0.5 * (attention_heads + hybrid_heads);
   return at::lerp(attention_heads, hybrid_heads, at::sigmoid(at::linear(x, w.mix)).unsqueeze(-1));
 }

@@ -21,6 +21,10 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& g, bool unit_offset) 
   return normed * (unit_offset ? (g + 1) * scale : g * scale);
 }
 
+at::Tensor multihead_rms_norm(const at::Tensor& t, const at::Tensor& gamma) {
+  return rms_norm(t, at::Tensor()) * (gamma.transpose(0, 1) + 1);
+}
+
 at::Tensor dynamic_tanh(const at::Tensor& x, const NormWeights& w, bool unit_offset, double init_alpha) {
   const auto alpha = unit_offset ? w.pre_tanh_scale + init_alpha : w.pre_tanh_scale;
   const auto gamma = unit_offset ? w.gain + 1.0 : w.gain;

@@ -26,24 +26,20 @@ at::Tensor StackParameters::get(const std::string& name) const {
   return i < 0 ? at::Tensor() : params_[i];
 }
 
-// hybrid_module's: the network's weights in torch's order (layer, direction; found by name), the norms, the
-// mix.
-HybridWeights hybrid_weights(const StackParameters& p, const std::string& prefix) {
+// hybrid_module's: the network's weights in torch's order (RecurrentSpec::weights()), the norms, the mix.
+HybridWeights hybrid_weights(const StackParameters& p, const std::string& prefix, const AttentionOptions& a) {
   HybridWeights w;
+  if (!a.hybrid_module().has_value()) return w;
   w.out_norm = p.get(prefix + "hybrid_norms.0.gamma");
-  if (!w.out_norm.defined()) return w;
   w.hybrid_norm = p.get(prefix + "hybrid_norms.1.gamma");
   w.mix = p.get(prefix + "hybrid_mix.weight");
-  const std::string network = prefix + "hybrid_module.fn.";
-  for (int64_t layer = 0; p.get(network + "weight_ih_l" + std::to_string(layer)).defined(); ++layer)
-    for (const std::string direction : {"", "_reverse"})
-      for (const std::string name : {"weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"})
-        if (auto t = p.get(network + name + "_l" + std::to_string(layer) + direction); t.defined())
-          w.recurrent.push_back(t);
+  for (const auto& [name, shape] : parse_recurrent_spec("hybrid_module", *a.hybrid_module()).weights())
+    w.recurrent.push_back(p.get(prefix + "hybrid_module.fn." + name));
   return w;
 }
 
-AttentionWeights attention_weights(const StackParameters& p, const std::string& prefix) {
+AttentionWeights attention_weights(const StackParameters& p, const std::string& prefix,
+                                   const AttentionOptions& a) {
   AttentionWeights w;
   w.to_latent_q = p.get(prefix + "to_latent_q.weight");
   w.to_latent_kv = p.get(prefix + "to_latent_kv.weight");
@@ -82,7 +78,7 @@ AttentionWeights attention_weights(const StackParameters& p, const std::string& 
   w.distance_weight = p.get(prefix + "rel_proj_pos_bias.to_distance_weights.0.weight");
   w.distance_bias = p.get(prefix + "rel_proj_pos_bias.to_distance_weights.0.bias");
   w.distance_bank = p.get(prefix + "rel_proj_pos_bias.distance_bank");
-  w.hybrid = hybrid_weights(p, prefix);
+  w.hybrid = hybrid_weights(p, prefix, a);
   return w;
 }
 

@@ -27,7 +27,9 @@ class StackParameters {
 };
 
 /// The tensors of the attention block, feed-forward block, residual and norm under `prefix`.
-AttentionWeights attention_weights(const StackParameters& p, const std::string& prefix);
+/// `a`: the block's options, for the hybrid module's weight names.
+AttentionWeights attention_weights(const StackParameters& p, const std::string& prefix,
+                                   const AttentionOptions& a);
 FeedForwardWeights feed_forward_weights(const StackParameters& p, const std::string& prefix,
                                         const FeedForwardOptions& f);
 ResidualWeights residual_weights(const StackParameters& p, const std::string& prefix);

@@ -13,6 +13,10 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& gamma, bool unit_of
 /// undefined for SimpleRMSNorm. No eps inside a square root, as x-transformers (F.normalize).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& g, bool unit_offset = true);
 
+/// x-transformers' MultiheadRMSNorm on t (b, n, heads, d): SimpleRMSNorm times (gamma + 1), gamma (heads, 1,
+/// d).
+at::Tensor multihead_rms_norm(const at::Tensor& t, const at::Tensor& gamma);
+
 /// A norm's tensors: its gain (gamma or g; undefined for SimpleRMSNorm) and, for DynamicTanh, the scalar
 /// pre_tanh_scale and the bias beta; Derf's scalar alpha sits in pre_tanh_scale, its scalar s in shift.
 struct NormWeights {
