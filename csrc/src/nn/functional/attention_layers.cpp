@@ -490,6 +490,7 @@ void join_unet_skip(const StackCall& c, StackState& s, int64_t i) {
 // The layer's read of the residual stream (x-transformers' residual_fn.prepare): the streams' mixes under
 // hyper-connections or the gated multi residual, else the stream itself.
 ResidualRead read_residual(const StackCall& c, const StackState& s, size_t i) {
+  if (!c.o.gated_multi_residual() && !c.o.hyper_connections()) return {s.x, s.x, {}};
   const std::string prefix = "layers." + std::to_string(i) + ".2.";
   const int64_t streams = c.o.num_residual_streams(), views = c.o.stream_read_views(i);
   if (c.o.gated_multi_residual()) {
@@ -497,12 +498,9 @@ ResidualRead read_residual(const StackCall& c, const StackState& s, size_t i) {
         gated_multi_residual_read(s.x, detail::gated_multi_residual_weights(*c.p, prefix), streams, views);
     return {read.branch_input, {}, read};
   }
-  if (c.o.hyper_connections()) {
-    auto read = hyper_connection_read(s.x, detail::hyper_connection_weights(*c.p, prefix), streams, views,
-                                      c.o.hyper_conn_sinkhorn_iters());
-    return {read.branch_input, {}, read};
-  }
-  return {s.x, s.x, {}};
+  auto read = hyper_connection_read(s.x, detail::hyper_connection_weights(*c.p, prefix), streams, views,
+                                    c.o.hyper_conn_sinkhorn_iters());
+  return {read.branch_input, {}, read};
 }
 
 // The branch output joins the residual (x-transformers' residual_fn).

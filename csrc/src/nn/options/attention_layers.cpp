@@ -179,8 +179,9 @@ NormKind AttentionLayersOptions::norm_kind() const {
 }
 
 int64_t AttentionLayersOptions::layer_input_views(size_t layer) const {
+  if (!(qkv_receive_diff_residuals_ || integrate_layers_)) return 1;
   const auto types = layer_types();
-  if (types.at(layer) != 'a' || !(qkv_receive_diff_residuals_ || integrate_layers_)) return 1;
+  if (types.at(layer) != 'a') return 1;
   // integrate_layers' first self-attention layer has no earlier layers to mix its views from.
   const bool first_self_attention =
       std::find(types.begin(), types.end(), 'a') - types.begin() == static_cast<std::ptrdiff_t>(layer);
