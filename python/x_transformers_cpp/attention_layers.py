@@ -302,6 +302,7 @@ class Intermediates:
     pre_softmax_attn: torch.Tensor | None = None
     post_softmax_attn: torch.Tensor | None = None
     hybrid_hidden: torch.Tensor | None = None  # the hybrid GRU's state (attn_hybrid_module), as x-transformers
+    log_probs: torch.Tensor | None = None  # return_gumbel_log_probs: (b, h, n) log-probability of the argmax key
 
 
 @dataclass
@@ -319,6 +320,24 @@ class LayerIntermediates:
     logits: torch.Tensor | None = None  # TransformerWrapper's logits beside the pooled tokens (encoders)
     logit_entropies: torch.Tensor | None = None  # TransformerWrapper's return_logit_entropies: (batch, seq)
     attn_z_loss: torch.Tensor | None = None  # TransformerWrapper's return_attn_z_loss: the weighted scalar
+    initial_embeds: torch.Tensor | None = None  # TransformerWrapper's embeddings before emb_dropout
+    # TransformerWrapper(looped=True): each step's exit_gate logits and (looped_pred_all_logits) logits, the
+    # last step's index per decoded call, and looped inference's per-step prompt keys and values.
+    exit_logits: list | None = None
+    all_pred_logits: list | None = None
+    exit_indices: torch.Tensor | None = None
+    looped_prompt_kv_cache: tuple | None = None
+
+
+def _add_hard_attention_log_probs(intermediates):
+    """x-transformers' return_gumbel_log_probs: each attention layer's log-softmax of its logits at the key its
+    (hard) map picks, (b, h, n)."""
+    for inter in intermediates.attn_intermediates:
+        if inter.pre_softmax_attn is None:
+            raise ValueError("return_gumbel_log_probs reads each attention layer's logits and map, which "
+                             "attn_flash=True does not keep; construct the stack with attn_flash=False")
+        picked = inter.post_softmax_attn.argmax(dim=-1, keepdim=True)
+        inter.log_probs = inter.pre_softmax_attn.log_softmax(dim=-1).gather(-1, picked).squeeze(-1)
 
 
 def _attention_types(plan):
@@ -365,8 +384,10 @@ _STACK_INPUTS = _stack_input_schema()
 # x-transformers' names of the stack's forward inputs (AttentionLayers.forward, and what its wrappers pass on): the
 # ops' (XTC_STACK_INPUTS, read off the schema), except the packed-sequence lists, which x-transformers passes
 # as flash_pack_seq_kwargs dicts, and with detach_additional_kv; `mask` is a parameter of every forward.
-STACK_KWARGS = tuple(name for name, _ in _STACK_INPUTS if name != "mask" and not name.startswith("flash_pack_seq"))
-STACK_KWARGS += ("flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "detach_additional_kv")
+STACK_KWARGS = tuple(name for name, _ in _STACK_INPUTS
+                     if name not in ("mask", "ff_output_scales") and not name.startswith("flash_pack_seq"))
+STACK_KWARGS += ("flash_pack_seq_kwargs", "flash_pack_seq_context_kwargs", "detach_additional_kv",
+                 "deep_embeds_and_ids")
 
 # x-transformers' forward arguments that choose this call's layer order (they change the options, not the inputs).
 ORDER_KWARGS = ("layers_execute_order", "repeat_blocks")
@@ -379,6 +400,8 @@ _PYTHON_FORMS = {
     "flash_pack_seq_context": ("flash_pack_seq_context_kwargs", "the same dict for cross-attention: "),
     "self_attn_additional_kv": ("self_attn_additional_kv", "a list of (k, v), or another stack's "
                                 "LayerIntermediates (its cached_kv), detached with detach_additional_kv=True: "),
+    "ff_output_scales": ("deep_embeds_and_ids", "(table (num_tokens, depth, dim), ids (b, n)), the scales being "
+                         "the ids' rows of the table, layer by layer: "),
 }
 
 
@@ -427,6 +450,19 @@ def _additional_kv_list(additional_kv, detach):
     return flat
 
 
+def _deep_embed_scales(deep_embeds_and_ids):
+    """x-transformers' deep_embeds_and_ids (table (num_tokens, depth, dim), token ids (b, n)) as the ops take
+    them: each feed-forward's (b, n, dim) rows, in turn."""
+    if deep_embeds_and_ids is None:
+        return []
+    table, ids = deep_embeds_and_ids
+    if not (torch.is_tensor(table) and table.dim() == 3 and torch.is_tensor(ids) and ids.dim() == 2
+            and not ids.is_floating_point()):
+        raise TypeError("deep_embeds_and_ids: expected (a (num_tokens, depth, dim) table, (batch, seq) integer "
+                        "ids)")
+    return list(table[ids].unbind(2))
+
+
 def stack_arguments(**given):
     """x-transformers' stack inputs (AttentionLayers.forward's keyword arguments) as the ops take them, in the ops'
     order, absent ones at their defaults. Each passes under its schema name, except the few x-transformers gives in
@@ -442,6 +478,7 @@ def stack_arguments(**given):
     given["self_attn_additional_kv"] = _additional_kv_list(given.pop("self_attn_additional_kv", None),
                                                            given.pop("detach_additional_kv", False))
     given["route_additional_kv_to_top"] = bool(given.pop("route_additional_kv_to_top", True))
+    given["ff_output_scales"] = _deep_embed_scales(given.pop("deep_embeds_and_ids", None))
     arguments = [given.pop(name, default) for name, default in _STACK_INPUTS]
     if given:
         raise TypeError(f"AttentionLayers: unexpected stack inputs {', '.join(sorted(given))}")
@@ -554,8 +591,8 @@ class AttentionLayers(nn.Module):
     # x-transformers' other forward arguments, at the values that make them do nothing (its own wrappers pass them
     # so); anything else is refused by name.
     _FORWARD_DEFAULTS = dict(
-        seq_pos_offset=0, input_not_include_cache=False, return_gumbel_log_probs=False, rotary_pos_emb=None,
-        polar_pos_emb=None, deep_embeds_and_ids=None, transform_block_inputs=None)
+        seq_pos_offset=0, input_not_include_cache=False, rotary_pos_emb=None, polar_pos_emb=None,
+        transform_block_inputs=None)
 
     def call_options(self, layers_execute_order=None, repeat_blocks=None):
         """This call's options and executed attention kinds: the stack's, or the same layers (so the same
@@ -628,7 +665,7 @@ class AttentionLayers(nn.Module):
 
     @with_stack_inputs
     def forward(self, x, mask=None, *, return_hiddens=False, cache=None, cache_age=1, layers_execute_order=None,
-                repeat_blocks=None, **kwargs):
+                repeat_blocks=None, return_gumbel_log_probs=False, **kwargs):
         """x (batch, seq, dim) float; mask (batch, seq) bool, True = keep. Returns (batch, seq, dim). The other
         inputs, listed below, by name (x-transformers advises so too; positionally, the second argument is the mask
         here, so that `torch.jit.trace(encoder, (embed, mask))` works).
@@ -651,13 +688,18 @@ class AttentionLayers(nn.Module):
         unpad=True (an xtc extension) and a mask, the kept tokens are packed at the entry, every layer runs on
         them alone, and the output is scattered back: kept positions as without unpad, masked positions exactly 0.
 
-        x-transformers' other forward arguments (rotary_pos_emb, deep_embeds_and_ids, ...) are accepted at their
-        defaults, as its own wrappers pass them, and refused by name otherwise.
+        return_gumbel_log_probs (gumbel-softmax attention's policy gradients): return_hiddens, each attention
+        intermediate also holding log_probs, the log-softmax of its logits at the key its map picks (needs the maps:
+        not with attn_flash).
+
+        x-transformers' other forward arguments (rotary_pos_emb, ...) are accepted at their defaults, as its own
+        wrappers pass them, and refused by name otherwise.
         """
         # x-transformers' TransformerWrapper passes the cached length as seq_pos_offset; the cache says it here.
         if cache is not None and kwargs.get("seq_pos_offset") == cache.cache_length:
             kwargs.pop("seq_pos_offset")
         stack_extra = {name: kwargs.pop(name) for name in STACK_KWARGS if name in kwargs}
+        return_hiddens = return_hiddens or return_gumbel_log_probs
         check_forward_defaults(type(self).__name__, kwargs, self._FORWARD_DEFAULTS)
         if self._unpad and mask is not None and torch.compiler.is_exporting():
             # (torch.compile runs the packing eagerly, breaking its graph there; export has no such way out.)
@@ -674,8 +716,11 @@ class AttentionLayers(nn.Module):
             *inputs, flat_cache(cache), cache_length, cache_age, params, options, self.training)
         if not return_hiddens:
             return out
-        return out, layer_intermediates(attention_types, out, hiddens, layer_hiddens, kv, maps,
-                                        cache_length + out.shape[1])
+        intermediates = layer_intermediates(attention_types, out, hiddens, layer_hiddens, kv, maps,
+                                            cache_length + out.shape[1])
+        if return_gumbel_log_probs:
+            _add_hard_attention_log_probs(intermediates)
+        return out, intermediates
 
     def extra_repr(self):
         required = ("dim", "depth", "heads")

@@ -4,6 +4,7 @@ torch.ops.xtc.transformer_wrapper and torch.ops.xtc.continuous_transformer.
 As x-transformers' wrappers: the modules own the wrapper's parameters under x-transformers' names, hold the given
 AttentionLayers as `attn_layers`, and hand every tensor to the op in the layout the C++ module defines.
 """
+import random
 from functools import reduce
 
 import torch
@@ -111,12 +112,14 @@ class _Wrapper(nn.Module):
         if not return_intermediates and cache is None:
             return op(*inputs, *tail)
         not_included = bool(input_not_include_cache) and cache is not None
-        out, hiddens, layer_hiddens, kv, maps = op_with_hiddens(*inputs, flat_cache(cache), not_included, *tail)
+        out, hiddens, layer_hiddens, kv, maps, *wrapper_record = op_with_hiddens(*inputs, flat_cache(cache),
+                                                                                 not_included, *tail)
         if not return_intermediates:
             return out
         # Positions the stack ran (memory tokens included, as x-transformers counts them), after the cached ones.
         cache_length = (cache.cache_length if cache is not None else 0) + layer_hiddens[-1].shape[1]
-        return out, layer_intermediates(attention_types, out, hiddens, layer_hiddens, kv, maps, cache_length)
+        intermediates = layer_intermediates(attention_types, out, hiddens, layer_hiddens, kv, maps, cache_length)
+        return (out, intermediates, *wrapper_record)
 
     def extra_repr(self):
         line = ";".join(e for e in self._options.split(";") if e.split("=")[0] in self._REQUIRED)
@@ -173,11 +176,7 @@ class TransformerWrapper(_Wrapper):
 
     _layout = staticmethod(_C.transformer_wrapper_layout)
     _REQUIRED = ("num_tokens", "max_seq_len")  # shown always; the rest where they differ from the defaults
-    _UNSUPPORTED = dict(
-        recycling=False, train_max_recycle_steps=4, looped=False, max_looped_steps=4,
-        attn_z_loss_weight=1e-4,  # (x-transformers' constructor never reads this one)
-        ff_deep_embed=False,
-        add_continuous_pred_head=False)
+    _UNSUPPORTED = dict(attn_z_loss_weight=1e-4)  # (x-transformers' constructor never reads this one)
 
     def __init__(self, *, num_tokens, max_seq_len, attn_layers, max_mem_len=0, shift_mem_down=0,
                  input_not_include_cache=False, token_emb=None, to_logits=None, **kwargs):
@@ -218,6 +217,15 @@ class TransformerWrapper(_Wrapper):
                     _C.transformer_wrapper_option_keys())
         self._set_attributes(dict(max_seq_len=max_seq_len, **kwargs))
         self.output_is_log_prob = self._mixture  # the mixture's logits are log-probabilities
+        # Recurrent depth and the continuous head, as x-transformers' attributes (its wrappers read them).
+        self.recycling, self.looped = bool(kwargs.get("recycling")), bool(kwargs.get("looped"))
+        self.train_max_recycle_steps = kwargs.get("train_max_recycle_steps", 4)
+        self.train_max_looped_steps = kwargs.get("max_looped_steps", 4)
+        self.add_continuous_pred_head = bool(kwargs.get("add_continuous_pred_head"))
+        self.can_cache_kv = self.can_cache_kv and not self.recycling
+        if self.looped and self._heads > 1:
+            raise ValueError("TransformerWrapper: looped predicts each step's logits with one head "
+                             "(x-transformers fails with num_output_heads > 1)")
         self.has_multiple_heads = self._heads > 1
         self.num_tokens, self.emb_dim = num_tokens, kwargs.get("emb_dim") or attn_layers.dim
         self.num_cls_tokens = kwargs.get("num_cls_tokens", 1)
@@ -257,11 +265,62 @@ class TransformerWrapper(_Wrapper):
             logits = logits + logits.sigmoid().log()
         return logits.squeeze(-1) if self._squeeze_out_last_dim and logits.shape[-1] == 1 else logits
 
-    # x-transformers' other forward arguments, at the values that make them do nothing. looped_pred_all_logits only
-    # matters for looped networks (refused at construction), so any value does nothing here.
+    def _raw_logits(self, x):
+        """x-transformers' to_logits alone (no sigsoftmax, mixture or squeeze), as looped steps' logits take it."""
+        if self._to_logits_module:
+            return self.to_logits(x)
+        if self._tied_logits:
+            scale = self._kwargs.get("tie_embedding_scale") or self.attn_layers.dim ** -0.5
+            return x @ self.token_emb.emb.weight.t() * scale
+        return torch.nn.functional.linear(x, self.to_logits.weight)
+
+    def _recurrence(self, recycle_steps, looped_steps, max_looped_steps, looped_inference, threshold, cache):
+        """The op's recurrence arguments (steps, looped_inference, exit threshold, prompt keys and values) from
+        x-transformers' forward arguments."""
+        if self.recycling:
+            # As x-transformers, a training call draws the steps even when given (its default() argument).
+            drawn = random.randrange(self.train_max_recycle_steps) + 1 if self.training else None
+            steps = recycle_steps if recycle_steps is not None else drawn
+            if steps is None:
+                raise ValueError("TransformerWrapper: `recycle_steps` must be provided on forward if recycling is "
+                                 "turned on and not training")
+            return int(steps), False, None, []
+        if not self.looped:
+            given = dict(recycle_steps=recycle_steps, looped_steps=looped_steps, max_looped_steps=max_looped_steps,
+                         looped_inference=looped_inference or None)
+            named = [k for k, v in given.items() if v is not None]
+            if named:
+                raise ValueError(f"TransformerWrapper: {', '.join(named)} need a wrapper built with recycling or "
+                                 f"looped")
+            return 0, False, None, []
+        steps = next(v for v in (looped_steps, max_looped_steps, self.train_max_looped_steps) if v is not None)
+        early_exit = threshold if looped_inference and looped_steps is None else None
+        prompt = cache.looped_prompt_kv_cache if cache is not None else None
+        prompt_kv = [t for step in prompt or () for pair in step for t in pair]
+        return int(steps), bool(looped_inference), early_exit, prompt_kv
+
+    def _record_wrapper(self, intermediates, initial_embeds, step_outputs, exit_logits, prompt_kv, cache,
+                        pred_all_logits):
+        """x-transformers' wrapper fields of the intermediates: initial_embeds, and a looped network's exit logits,
+        per-step logits, exit index and prompt keys and values."""
+        intermediates.initial_embeds = initial_embeds
+        if not self.looped:
+            return
+        intermediates.exit_logits = list(exit_logits)
+        intermediates.all_pred_logits = [self._raw_logits(t) for t in step_outputs] if pred_all_logits else []
+        index = torch.tensor([[len(step_outputs) - 1]], device=initial_embeds.device)
+        previous = cache.exit_indices if cache is not None else None
+        intermediates.exit_indices = index if previous is None else torch.cat((previous, index), dim=-1)
+        if prompt_kv:
+            per_step = len(prompt_kv) // len(step_outputs)
+            intermediates.looped_prompt_kv_cache = tuple(
+                [(prompt_kv[i], prompt_kv[i + 1]) for i in range(start, start + per_step, 2)]
+                for start in range(0, len(prompt_kv), per_step))
+        elif cache is not None:
+            intermediates.looped_prompt_kv_cache = cache.looped_prompt_kv_cache
+
+    # x-transformers' other forward arguments, at the values that make them do nothing.
     _FORWARD_DEFAULTS = dict(
-        return_next_embed_pred=False, recycle_steps=None, looped_steps=None,
-        max_looped_steps=None, looped_inference=False, looped_exit_prob_threshold=0.9,
         transform_token_embeds=None, transform_block_inputs=None, token_emb_kwargs={}, to_logits_kwargs={})
 
     @with_stack_inputs
@@ -270,7 +329,9 @@ class TransformerWrapper(_Wrapper):
                 return_embeddings_and_intermediates=False, sum_embeds=None, prepend_embeds=None, prepend_mask=None,
                 excise_prepend_embeds=False, return_mems=False, detach_mems=True, return_attn=False,
                 input_not_include_cache=None, return_logit_entropies=False, return_attn_z_loss=False,
-                attn_z_loss_weight=1e-4, embed_ids=None, **kwargs):
+                attn_z_loss_weight=1e-4, embed_ids=None, return_next_embed_pred=False, recycle_steps=None,
+                looped_steps=None, max_looped_steps=None, looped_inference=False, looped_exit_prob_threshold=0.9,
+                **kwargs):
         """x (batch, seq) token ids; mask (batch, seq) bool, True = keep.
 
         Returns logits (batch, seq, logits_dim) ((batch, logits_dim) with average_pool_embed), or the stack's
@@ -293,6 +354,14 @@ class TransformerWrapper(_Wrapper):
         As x-transformers, the stack inputs (below) pass on to the stack; pos and seq_start_pos (left padding) also
         set the absolute positions (seq_start_pos shifts each row's to start at 0 there).
 
+        Recurrent depth, as x-transformers: with recycling, recycle_steps runs (drawn in training when not given);
+        with looped, looped_steps (else max_looped_steps, else the constructor's) runs, the intermediates holding
+        exit_logits, all_pred_logits (with looped_pred_all_logits, by default in training) and exit_indices; with
+        looped_inference (batch 1, as its AutoregressiveWrapper generates), a prompt keeps every step's keys and
+        values and a decoded token exits once the cumulative exit probability reaches looped_exit_prob_threshold.
+        return_next_embed_pred (add_continuous_pred_head) returns (out, (next embedding predictions, the initial
+        embeddings)).
+
         x-transformers' other forward arguments are accepted at their defaults (so its AutoregressiveWrapper runs
         over this class) and refused by name otherwise.
         """
@@ -300,6 +369,8 @@ class TransformerWrapper(_Wrapper):
         if self._mixture and (return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates):
             raise ValueError("TransformerWrapper: with mixture_of_softmax x-transformers returns the embeddings "
                              "expanded to the mixture; ours has no such embeddings to return")
+        if return_next_embed_pred and not self.add_continuous_pred_head:
+            raise ValueError("TransformerWrapper: return_next_embed_pred needs add_continuous_pred_head=True")
         if self._heads > 1 and return_logit_entropies:
             raise ValueError("TransformerWrapper: return_logit_entropies takes one head's logits (x-transformers "
                              "fails with num_output_heads > 1)")
@@ -311,12 +382,15 @@ class TransformerWrapper(_Wrapper):
         if self.shift_mem_down and mems:
             mems = [*mems[self.shift_mem_down:], *mems[:self.shift_mem_down]]
             stack["mems"] = mems
+        recurrence = self._recurrence(recycle_steps, looped_steps, max_looped_steps, looped_inference,
+                                      looped_exit_prob_threshold, cache)
         with_intermediates = (return_intermediates or return_embeddings_and_intermediates or return_mems
-                              or return_attn or return_logit_entropies or return_attn_z_loss)
+                              or return_attn or return_logit_entropies or return_attn_z_loss
+                              or return_next_embed_pred or looped_inference)
         embeddings = return_embeddings or return_logits_and_embeddings or return_embeddings_and_intermediates
         token_embeds = self.token_emb(x, **token_emb_kwargs) if self._token_emb_module else None
         inputs = (x, *stack_arguments(mask=mask, **stack), sum_embeds, prepend_embeds, prepend_mask, token_embeds,
-                  self._embed_ids(embed_ids))
+                  self._embed_ids(embed_ids), *recurrence)
         # With a to_logits module, or the attention pool and intermediates (x-transformers gives the pooled tokens
         # and the logits both), the op returns the embeddings and each head runs after it.
         encoder_pools = self._attn_pool and not self.attn_layers.causal
@@ -324,7 +398,11 @@ class TransformerWrapper(_Wrapper):
         result = self._run(torch.ops.xtc.transformer_wrapper, torch.ops.xtc.transformer_wrapper_with_hiddens, inputs,
                            embeddings or heads_after, with_intermediates, cache, order,
                            self.input_not_include_cache if input_not_include_cache is None else input_not_include_cache)
-        out, intermediates = result if with_intermediates else (result, None)
+        out, intermediates, next_embed_pred = result, None, None
+        if with_intermediates:
+            out, intermediates, initial_embeds, next_embed_pred, *looped = result
+            pred_all = self.training if looped_pred_all_logits is None else looped_pred_all_logits
+            self._record_wrapper(intermediates, initial_embeds, *looped, cache, pred_all)
         if not (embeddings or heads_after):
             out = self._split_heads(out)
         if heads_after and not embeddings:
@@ -343,6 +421,7 @@ class TransformerWrapper(_Wrapper):
         returns_pooled = encoder_pools and not embeddings  # pooled tokens have no positions to cut
         if excise_prepend_embeds and prepend_embeds is not None and cache is None and not returns_pooled:
             out = out[:, prepend_embeds.shape[1]:]
+            next_embed_pred = [t[:, prepend_embeds.shape[1]:] for t in next_embed_pred or ()]
         if return_logits_and_embeddings:
             out = (self._logits(out, to_logits_kwargs), out)
         elif return_embeddings_and_intermediates:
@@ -352,6 +431,8 @@ class TransformerWrapper(_Wrapper):
             _auxiliary_results(intermediates, out, return_logit_entropies, return_attn_z_loss, attn_z_loss_weight,
                                logits_out=self._has_logits and not (embeddings and not return_logits_and_embeddings))
             return_intermediates = True
+        if return_next_embed_pred:
+            out = (out, (next_embed_pred[0], intermediates.initial_embeds))
         if return_mems:
             hiddens = intermediates.hiddens
             new_mems = [torch.cat(pair, dim=-2) for pair in zip(mems, hiddens)] if mems else hiddens
@@ -434,6 +515,7 @@ class ContinuousTransformerWrapper(_Wrapper):
         result = self._run(torch.ops.xtc.continuous_transformer, torch.ops.xtc.continuous_transformer_with_hiddens,
                            inputs, return_embeddings or self._project_out_module, with_intermediates, cache, order,
                            input_not_include_cache)
+        result = result[:2] if with_intermediates else result
         if self._project_out_module and not return_embeddings:
             out, intermediates = result if with_intermediates else (result, None)
             out = self._probabilistic_output(self.project_out(out))

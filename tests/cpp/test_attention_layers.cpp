@@ -511,6 +511,46 @@ TEST(TransformerWrapper, TakesTheTokenEmbeddingsOfAModuleOfItsOwn) {
   EXPECT_THROW(lm->forward(tokens), c10::Error);  // its embeddings are needed
 }
 
+TEST(TransformerWrapper, LoopedStepsRunTheStackOnItsOwnOutput) {
+  torch::manual_seed(9);
+  xtc::nn::AttentionLayersOptions layers(32, 2, 2);
+  layers.pre_and_post_norm(true);
+  xtc::nn::Decoder stack(layers);
+  xtc::nn::TransformerWrapper looped(xtc::nn::TransformerWrapperOptions(50, 16).looped(true), stack);
+  xtc::nn::TransformerWrapper plain(xtc::nn::TransformerWrapperOptions(50, 16), stack);  // the same stack
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& item : plain->named_parameters()) item.value().copy_(looped->named_parameters()[item.key()]);
+  }
+  const auto names = looped->named_parameters().keys();
+  EXPECT_NE(std::find(names.begin(), names.end(), "exit_gate.weight"), names.end());
+  looped->eval();
+  stack->eval();
+  const auto tokens = torch::randint(0, 50, {2, 7});
+  xtc::nn::functional::WrapperRecurrence three;
+  three.steps = 3;
+  auto expected = plain->forward(tokens, {}, /*return_embeddings=*/true);
+  for (int step = 1; step < 3; ++step) expected = stack->forward(expected);
+  EXPECT_TRUE(torch::allclose(looped->forward_with(tokens, {}, {}, /*return_embeddings=*/true, three),
+                              expected, 1e-5, 1e-5));
+  // Without steps, max_looped_steps (4) run.
+  EXPECT_FALSE(torch::allclose(looped->forward(tokens, {}, true), expected, 1e-3, 1e-3));
+}
+
+TEST(TransformerWrapper, RecyclingNeedsItsStepsOutsideTraining) {
+  torch::manual_seed(10);
+  xtc::nn::TransformerWrapper lm(xtc::nn::TransformerWrapperOptions(50, 16).recycling(true),
+                                 xtc::nn::Decoder(xtc::nn::AttentionLayersOptions(32, 1, 2)));
+  const auto tokens = torch::randint(0, 50, {2, 7});
+  lm->eval();
+  EXPECT_THROW(lm->forward(tokens), c10::Error);
+  xtc::nn::functional::WrapperRecurrence two;
+  two.steps = 2;
+  EXPECT_EQ(lm->forward_with(tokens, {}, {}, false, two).sizes(), c10::IntArrayRef({2, 7, 50}));
+  lm->train();
+  EXPECT_EQ(lm->forward(tokens).sizes(), c10::IntArrayRef({2, 7, 50}));  // steps drawn
+}
+
 TEST(Wrappers, OptionsRoundTripThroughTheirFieldTables) {
   const auto lm =
       xtc::nn::TransformerWrapperOptions(50, 16).emb_dim(24).use_cls_token(true).num_cls_tokens(3);

@@ -1,7 +1,8 @@
 """x-transformers' AttentionLayers.forward arguments beyond the masks, against x-transformers with the same weights:
 context_pos (cross-attention's rotary positions), self_attn_additional_kv / additional_kv_mask (another model's
-keys and values), self_attn_kv_residuals / cross_attn_kv_residuals, repeat_blocks per call, and the wrappers'
-input_not_include_cache. Outputs within 1e-5, gradients within 1e-4."""
+keys and values), self_attn_kv_residuals / cross_attn_kv_residuals, deep_embeds_and_ids (per-token scales of each
+feed-forward's output), return_gumbel_log_probs, repeat_blocks per call, and the wrappers' input_not_include_cache.
+Outputs within 1e-5, gradients within 1e-4."""
 import pytest
 import torch
 from x_transformers import Decoder as XDecoder
@@ -152,6 +153,45 @@ def test_kv_residuals(kind, per_layer):
     want = torch.autograd.grad(expected, (x, self_res, cross_res), grad)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("depth", [2, 3], ids=["every_ff", "past_the_table"])
+def test_deep_embeds_and_ids(kind, depth):
+    # A table of depth rows per token: with depth 3 over a 2-block stack the third row goes unread.
+    torch.manual_seed(0)
+    ours, theirs = make_pair(kind, **LAYERS)
+    x, mask = torch.randn(2, 7, 24), random_mask(2, 7)
+    table = (1 + 0.5 * torch.randn(11, depth, 24)).requires_grad_()
+    ids = torch.randint(0, 11, (2, 7))
+    out = ours(x, mask=mask, deep_embeds_and_ids=(table, ids))
+    expected = theirs(x, mask=mask, deep_embeds_and_ids=(table, ids))
+    assert_close(out, expected)
+    assert_parameter_grads_close(ours, theirs, out, expected)
+    out, expected = [m(x, mask=mask, deep_embeds_and_ids=(table, ids)) for m in (ours, theirs)]
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, table, grad)[0],
+                               torch.autograd.grad(expected, table, grad)[0], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="ff_output_scales of shape"):
+        ours(x, deep_embeds_and_ids=(table, ids[:, :5]))
+
+
+@pytest.mark.parametrize("options", [dict(attn_gumbel_softmax=True), dict()], ids=["gumbel", "softmax"])
+def test_return_gumbel_log_probs(options):
+    torch.manual_seed(1)
+    ours, theirs = make_pair("decoder", **LAYERS, **options)
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 6, 24)
+    torch.manual_seed(2)  # the same Gumbel noise
+    _, inter = ours(x, return_gumbel_log_probs=True)
+    torch.manual_seed(2)
+    _, their_inter = theirs(x, return_gumbel_log_probs=True)
+    for mine, reference in zip(inter.attn_intermediates, their_inter.attn_intermediates):
+        assert mine.log_probs.shape == (2, 4, 6)
+        assert_close(mine.log_probs, reference.log_probs)
+    flash, _ = make_pair("decoder", **LAYERS, attn_flash=True)
+    with pytest.raises(ValueError, match="attn_flash=True does not keep"):
+        flash(x, return_gumbel_log_probs=True)
 
 
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])

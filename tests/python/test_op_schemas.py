@@ -44,7 +44,8 @@ def test_python_passes_every_input_of_the_list():
     # the additional key/values' list from their pairs.
     names = [name for name, _ in _stack_input_schema()]
     marker = torch.zeros(1)
-    converted = ("mems", "mem_masks", "self_attn_additional_kv", "detach_additional_kv", "route_additional_kv_to_top")
+    converted = ("mems", "mem_masks", "self_attn_additional_kv", "detach_additional_kv", "route_additional_kv_to_top",
+                 "deep_embeds_and_ids")
     for kwarg in STACK_KWARGS:
         if kwarg.startswith("flash_pack_seq") or kwarg in converted:
             continue
@@ -61,6 +62,9 @@ def test_python_passes_every_input_of_the_list():
     flat = arguments[names.index("self_attn_additional_kv")]
     assert flat[0] is k and torch.equal(flat[1], v) and not flat[1].requires_grad
     assert arguments[names.index("route_additional_kv_to_top")] is False
+    table, ids = torch.randn(5, 3, 4), torch.tensor([[0, 4], [2, 2]])
+    scales = stack_arguments(deep_embeds_and_ids=(table, ids))[names.index("ff_output_scales")]
+    assert len(scales) == 3 and all(torch.equal(s, table[ids][:, :, i]) for i, s in enumerate(scales))
 
 
 def _parameters(fn):

@@ -67,8 +67,8 @@ def test_bad_tokens_and_options():
         model(torch.rand(1, 4) + 0.5)
     with pytest.raises(ValueError, match="at most max_seq_len"):
         model(torch.zeros(1, 9, dtype=torch.long))
-    with pytest.raises(TypeError, match="recycling"):
-        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), recycling=True)
+    with pytest.raises(TypeError, match="attn_z_loss_weight"):  # x-transformers' constructor never reads it
+        TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), attn_z_loss_weight=0.5)
     with pytest.raises(ValueError, match="use_cls_token and attn_pool clash"):
         TransformerWrapper(num_tokens=50, max_seq_len=8, attn_layers=Decoder(**LAYERS), use_cls_token=True,
                            attn_pool=True)

@@ -89,6 +89,7 @@ struct StackCall {
   AttentionConfig self_config{}, cross_config{};
   std::vector<at::Tensor> self_kv_residuals, cross_kv_residuals;
   std::vector<std::pair<at::Tensor, at::Tensor>> additional_kv;
+  std::vector<at::Tensor> ff_output_scales;  // inputs.ff_output_scales in the running layout
 
   bool unpad() const { return packing.has_value() && packing->unpad; }
   bool caller_packed() const { return packing.has_value() && !packing->unpad; }
@@ -114,6 +115,7 @@ struct StackState {
   size_t next_memory = 0, next_cache = 0;            // the next Transformer-XL memory and cache pair
   std::vector<at::Tensor> hybrid_states;  // the hybrid GRU states of the attention layers run so far
   size_t next_self_layer = 0, next_cross_layer = 0;  // executed attention layers that ran so far
+  size_t next_feed_forward = 0;                      // executed feed-forwards that ran so far
   std::vector<at::Tensor> skip_hiddens;              // U-Net skips: the input of every executed step
   std::vector<at::Tensor> layer_inputs;  // layer integrators: every executed layer's input (after its read)
   std::optional<at::Tensor> context, context_mask;  // cross-attention's, after cross_attn_tokens_dropout
@@ -325,8 +327,8 @@ void prepare_conditioning(StackCall& c, const at::Tensor& x) {
     c.reinjected = c.reinjected * at::sigmoid(at::linear(x, c.p->get("learned_reinject_input_gate.weight")));
 }
 
-// kv residuals (self-attention's over x's tokens, packed with them; cross-attention's over the context's) and
-// additional key/values.
+// kv residuals (self-attention's over x's tokens, packed with them; cross-attention's over the context's),
+// additional key/values, and the feed-forwards' output scales (per token, as the kv residuals).
 void prepare_extra_key_values(StackCall& c) {
   const auto& in = c.in;
   c.self_kv_residuals = detail::kv_residual_list("self_attn_kv_residuals", in.self_attn_kv_residuals);
@@ -335,6 +337,9 @@ void prepare_extra_key_values(StackCall& c) {
                                                    /*per_sequence=*/false));
   c.cross_kv_residuals = detail::kv_residual_list("cross_attn_kv_residuals", in.cross_attn_kv_residuals);
   detail::check_cross_kv_residuals(c.cross_kv_residuals, in.context, c.o);
+  for (const auto& scale : in.ff_output_scales)
+    c.ff_output_scales.push_back(c.per_token_packed(detail::per_token_input(
+        "ff_output_scales", scale, c.x_in, c.n_in, c.o.dim(), /*per_sequence=*/false)));
   c.additional_kv = detail::additional_kv_per_layer(in, c.plan, c.x_in);
   TORCH_CHECK_VALUE(c.additional_kv.empty() || !c.packing.has_value(),
                     "AttentionLayers: self_attn_additional_kv cannot be used with packed sequences or unpad");
@@ -529,8 +534,9 @@ at::Tensor integrate_layer_inputs(const StackCall& c, StackState& s, size_t i, c
 at::Tensor run_branch(const StackCall& c, StackState& s, size_t i, char type, const at::Tensor& h) {
   if (type != 'f') return attention_block(c, s, i, type, h);
   const auto& f = c.plan.layer_feed_forward(i);
-  const auto out =
-      feed_forward(h, detail::feed_forward_weights(*c.p, c.plan.block_prefix(i), f), f, c.training);
+  auto out = feed_forward(h, detail::feed_forward_weights(*c.p, c.plan.block_prefix(i), f), f, c.training);
+  if (const size_t k = s.next_feed_forward++; k < c.ff_output_scales.size())
+    out = out * c.ff_output_scales[k];
   return c.o.macaron() ? out * 0.5 : out;
 }
 

@@ -7,6 +7,7 @@
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/sigmoid.h>
+#include <ATen/ops/silu.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/stack.h>
 #include <xtc/nn/functional/attention.h>
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <functional>
 
+#include "src/nn/functional/recurrent_depth.h"
 #include "src/nn/functional/wrapper_parts.h"
 #include "src/symbolic_sizes.h"
 
@@ -33,6 +35,10 @@ TransformerWrapperPlan::TransformerWrapperPlan(TransformerWrapperOptions options
   has_abs_pos_emb_ = o.max_seq_len() > 0 && o.use_abs_pos_emb() && !layers_.options().disables_abs_pos_emb();
   TORCH_CHECK_VALUE(!(o.scaled_sinu_pos_emb() && has_abs_pos_emb_) || emb_dim_ % 2 == 0,
                     "TransformerWrapper: scaled_sinu_pos_emb needs an even emb_dim, got ", emb_dim_);
+  TORCH_CHECK_VALUE(
+      !o.looped() || layers_.options().pre_and_post_norm(),
+      "TransformerWrapper: looped needs a stack with pre_and_post_norm=True (as x-transformers' "
+      "looped LM)");
   TORCH_CHECK_VALUE(!o.tie_embedding() || emb_dim_ == dim,
                     "TransformerWrapper: tie_embedding needs emb_dim == dim (", dim, "), got ", emb_dim_);
   if (!o.attn_pool()) return;
@@ -310,12 +316,55 @@ std::function<at::Tensor(const at::Tensor&)> add_memory_tokens(at::Tensor& x, st
   return [=](const at::Tensor& y) { return y.narrow_symint(1, memory, kept); };
 }
 
+// RWKV-8's deep embeddings: each token's (depth, dim) row of ff_deep_embed, one (b, n, dim) scale per
+// feed-forward in turn.
+void add_deep_embeds(AttentionLayersInputs& inputs, const at::Tensor& tokens,
+                     const TransformerWrapperPlan& plan, const TensorByName& get,
+                     const ExtraEmbeddings& extra, const at::Tensor& x) {
+  if (!plan.options().ff_deep_embed()) return;
+  TORCH_CHECK_VALUE(!extra.prepend_embeds.has_value(),
+                    "TransformerWrapper: ff_deep_embed scales the tokens' positions, so it clashes with "
+                    "prepend_embeds");
+  TORCH_CHECK_VALUE(inputs.ff_output_scales.empty(),
+                    "TransformerWrapper: ff_deep_embed gives the stack its deep embeddings, so pass none "
+                    "(deep_embeds_and_ids / ff_output_scales)");
+  const auto table = get("ff_deep_embed");  // (num_tokens, depth, dim)
+  const auto rows = at::embedding(table.flatten(1), tokens.to(at::kLong));
+  inputs.ff_output_scales = rows.unflatten(-1, {table.size(1), table.size(2)}).to(x.scalar_type()).unbind(2);
+}
+
+// The stack (with recycling or looped runs), on the embeddings and memory tokens x.
+at::Tensor run_layers(const at::Tensor& x, const AttentionLayersInputs& inputs, at::TensorList params,
+                      const TransformerWrapperPlan& plan, const TensorByName& get, bool training,
+                      const WrapperRecurrence& recurrence, bool prompt, AttentionLayersHiddens* record,
+                      TransformerWrapperRecord* wrapper_record) {
+  const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
+  const detail::RunStack run = [&](const at::Tensor& input, const AttentionLayersInputs& step_inputs,
+                                   AttentionLayersHiddens* step_record) {
+    return attention_layers(input, step_inputs, layer_params, plan.layers(), training, step_record);
+  };
+  const auto& o = plan.options();
+  const at::Tensor weight = o.recycling() ? get("recycled_proj.weight")
+                            : o.looped()  ? get("exit_gate.weight")
+                                          : at::Tensor();
+  return detail::recurrent_depth(x, run, inputs, plan, weight, training, recurrence, prompt, record,
+                                 wrapper_record);
+}
+
+// x-transformers' continuous prediction head: linear, SiLU, linear.
+at::Tensor next_embed_prediction(const at::Tensor& x, const TensorByName& get) {
+  return at::linear(at::silu(at::linear(x, get("to_next_embed_pred.0.weight"))),
+                    get("to_next_embed_pred.2.weight"));
+}
+
 }  // namespace
 
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& given,
                                at::TensorList params, const TransformerWrapperPlan& plan, bool training,
                                bool return_embeddings, const WrapperCache& cache,
-                               AttentionLayersHiddens* record, const ExtraEmbeddings& extra) {
+                               AttentionLayersHiddens* record, const ExtraEmbeddings& extra,
+                               const WrapperRecurrence& recurrence,
+                               TransformerWrapperRecord* wrapper_record) {
   const auto& o = plan.options();
   check_tokens(tokens, o, extra);
   TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
@@ -330,6 +379,7 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   std::optional<at::Tensor> layer_mask = detail::mask_with_prepend(
       "TransformerWrapper", given.mask, extra.prepend_embeds, extra.prepend_mask, x.sym_size(0), n, x);
   if (o.emb_frac_gradient() < 1) x = x * o.emb_frac_gradient() + x.detach() * (1 - o.emb_frac_gradient());
+  if (wrapper_record != nullptr) wrapper_record->initial_embeds = x;
   const std::optional<at::Tensor> pool_mask =
       layer_mask;  // the attention pool's: over what the wrapper returns
   if (training && o.emb_dropout() > 0) x = at::dropout(x, o.emb_dropout(), training);
@@ -341,13 +391,18 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
   const int64_t memory = o.num_memory_tokens();
   const auto without_memory =
       add_memory_tokens(x, layer_mask, plan, get, cls + prepended + n, extra.prepend_embeds.has_value());
-  const auto layer_params = params.slice(plan.layers_offset(), plan.layers().parameters().size());
   // As x-transformers, the stack also gets pos and seq_start_pos.
-  const auto inputs = detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, prepended + n,
-                                           memory > 0 || cls > 0, o.average_pool_embed() || cls > 0);
-  x = without_memory(attention_layers(x, inputs, layer_params, plan.layers(), training, record));
+  auto inputs = detail::stack_inputs("TransformerWrapper", given, layer_mask, cache, prepended + n,
+                                     memory > 0 || cls > 0, o.average_pool_embed() || cls > 0);
+  add_deep_embeds(inputs, tokens, plan, get, extra, x);
+  // Looped inference of a prompt: several tokens and no cache (x-transformers keeps each step's keys then).
+  const bool prompt = recurrence.looped_inference && cache.kv.empty() && n.guard_int(__FILE__, __LINE__) > 1;
+  x = without_memory(
+      run_layers(x, inputs, params, plan, get, training, recurrence, prompt, record, wrapper_record));
   if (o.average_pool_embed()) x = detail::masked_mean(x, given.mask);
   if (cls > 0) x = cls == 1 ? x.select(1, 0) : x.narrow(1, 0, cls);
+  if (wrapper_record != nullptr && o.add_continuous_pred_head())
+    wrapper_record->next_embed_pred = next_embed_prediction(x, get);
   // An encoder's output is then the pooled tokens, as x-transformers'.
   if (o.attn_pool() && !plan.layers().options().causal() && !return_embeddings)
     return attn_pool_tokens(x, pool_mask, params, plan, training);

@@ -79,6 +79,17 @@ void TransformerWrapperOptions::validate() const {
   TORCH_CHECK_VALUE(
       mixture_of_softmax_ || mixture_of_softmax_k_ == 4,
       "TransformerWrapper: mixture_of_softmax_k is mixture_of_softmax's; x-transformers would ignore it");
+  TORCH_CHECK_VALUE(!(recycling_ && looped_),
+                    "TransformerWrapper: recycling and looped clash; set at most one");
+  TORCH_CHECK_VALUE(train_max_recycle_steps_ >= 1 && max_looped_steps_ >= 1,
+                    "TransformerWrapper: expected train_max_recycle_steps and max_looped_steps >= 1, got ",
+                    train_max_recycle_steps_, " and ", max_looped_steps_);
+  TORCH_CHECK_VALUE(!(ff_deep_embed_ && (num_memory_tokens_ > 0 || use_cls_token_)),
+                    "TransformerWrapper: ff_deep_embed scales the tokens' own positions, so it clashes with "
+                    "num_memory_tokens and use_cls_token");
+  TORCH_CHECK_VALUE(!(add_continuous_pred_head_ && mixture_of_softmax_),
+                    "TransformerWrapper: add_continuous_pred_head predicts from the embeddings, which "
+                    "mixture_of_softmax expands (x-transformers would predict k of them); set at most one");
 }
 
 namespace {
@@ -118,6 +129,12 @@ const std::vector<detail::OptionField<TransformerWrapperOptions>>& fields() {
       XTC_FIELD(num_pooled_tokens, int64_t),
       XTC_FIELD(attn_pool_depth, int64_t),
       XTC_FIELD(dim_pooled_tokens, std::optional<int64_t>),
+      XTC_FIELD(ff_deep_embed, bool),
+      XTC_FIELD(recycling, bool),
+      XTC_FIELD(train_max_recycle_steps, int64_t),
+      XTC_FIELD(looped, bool),
+      XTC_FIELD(max_looped_steps, int64_t),
+      XTC_FIELD(add_continuous_pred_head, bool),
   };
 #undef XTC_FIELD
   return table;

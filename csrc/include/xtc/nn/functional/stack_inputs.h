@@ -84,7 +84,10 @@
     "(b, n, dim) for the first self-attention layer, or (L, b, n, dim) for the first L (a length of 1 "      \
     "broadcasts): added to the keys' and values' input")                                                     \
   X(cross_attn_kv_residuals, "Tensor?", const std::optional<at::Tensor>&, cross_attn_kv_residuals, Copy, {}, \
-    "(b, m, dim_context) or (L, b, m, dim_context), as self_attn_kv_residuals for cross-attention")
+    "(b, m, dim_context) or (L, b, m, dim_context), as self_attn_kv_residuals for cross-attention")          \
+  X(ff_output_scales, "Tensor[]", at::TensorList, ff_output_scales, List, {},                                \
+    "one (b, n, dim) per executed feed-forward in turn, multiplying its output (RWKV-8's deep embeddings); " \
+    "the feed-forwards past the list run plain")
 
 // The field each kind of row declares in AttentionLayersInputs (kind-named, so the list selects them).
 #define XTC_STACK_INPUT_FIELD(name, schema, cpp, field, kind, default_value, doc) \

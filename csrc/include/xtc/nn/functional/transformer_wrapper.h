@@ -55,6 +55,30 @@ struct ExtraEmbeddings {
   std::vector<at::Tensor> embed_ids;
 };
 
+/// x-transformers' forward arguments of a recycling or looped wrapper (TransformerWrapperOptions).
+struct WrapperRecurrence {
+  /// recycle_steps or looped_steps; 0 = the default: max_looped_steps when looped, and with recycling a draw
+  /// from 1..train_max_recycle_steps in training (refused in eval, as x-transformers).
+  int64_t steps = 0;
+  /// x-transformers' looped_inference (batch 1): a prompt (several tokens, no cache) runs every step and
+  /// keeps each step's keys and values (TransformerWrapperRecord::looped_prompt_kv); a decoded token (one,
+  /// with a cache) runs step i against step i's prompt keys (`prompt_kv`, as that record returned them) and
+  /// stops once the cumulative exit probability reaches exit_threshold (unset: no early exit, as with
+  /// looped_steps given).
+  bool looped_inference = false;
+  std::optional<double> exit_threshold;
+  std::vector<at::Tensor> prompt_kv;
+};
+
+/// What the wrapper adds to the stack's intermediates (x-transformers' LayerIntermediates fields).
+struct TransformerWrapperRecord {
+  at::Tensor initial_embeds;             // the embeddings before emb_dropout (prepended ones included)
+  at::Tensor next_embed_pred;            // add_continuous_pred_head: the next positions' predicted embeddings
+  std::vector<at::Tensor> step_outputs;  // looped: each step's stack output (all_pred_logits' input)
+  std::vector<at::Tensor> exit_logits;   // looped: each step's exit_gate logits (b, n, 1) where computed
+  std::vector<at::Tensor> looped_prompt_kv;  // looped inference of a prompt: each step's (k, v) pairs in turn
+};
+
 /// tokens (b, n) integer ids; `inputs` the layer stack's (x-transformers passes the wrapper's other forward
 /// arguments on to it): inputs.mask (b, n) bool; pos and seq_start_pos also shift the absolute positions;
 /// `extra` the embeddings beside the tokens'. Returns logits (b, n, logits_dim) ((b, logits_dim) pooled), or
@@ -67,10 +91,15 @@ struct ExtraEmbeddings {
 /// new tokens only (at the positions after the cached ones). The embeddings of every token are formed, only
 /// the last one runs through the stack (its keys after the cached ones), and the logits are (b, 1,
 /// logits_dim).
+///
+/// `recurrence`: recycling's and looped's forward arguments; `wrapper_record`, when given, receives what the
+/// wrapper adds to the intermediates.
 at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersInputs& inputs,
                                at::TensorList params, const TransformerWrapperPlan& plan, bool training,
                                bool return_embeddings, const WrapperCache& cache = {},
-                               AttentionLayersHiddens* record = nullptr, const ExtraEmbeddings& extra = {});
+                               AttentionLayersHiddens* record = nullptr, const ExtraEmbeddings& extra = {},
+                               const WrapperRecurrence& recurrence = {},
+                               TransformerWrapperRecord* wrapper_record = nullptr);
 
 /// x-transformers' AttentionPool: the learned queries cross-attend to `embeddings` (b, n, dim), as the
 /// wrapper returns them, whose key mask is `mask` and prepend_mask (b, p) for prepend_length prepended

@@ -26,10 +26,11 @@ class TransformerWrapperImpl : public torch::nn::Cloneable<TransformerWrapperImp
   /// tokens (b, n) integer ids; mask (b, n) bool. Returns logits (b, n, logits_dim), or embeddings.
   at::Tensor forward(const at::Tensor& tokens, const at::Tensor& mask = {}, bool return_embeddings = false);
   /// Every other forward argument: the stack's inputs (context, pos, ...) and the embeddings beside the
-  /// tokens' (sum_embeds, prepend_embeds, and token_embeds with external_token_emb); see
-  /// functional::transformer_wrapper.
+  /// tokens' (sum_embeds, prepend_embeds, and token_embeds with external_token_emb), and recycling's or
+  /// looped's steps; see functional::transformer_wrapper.
   at::Tensor forward_with(const at::Tensor& tokens, const functional::AttentionLayersInputs& inputs,
-                          const functional::ExtraEmbeddings& extra, bool return_embeddings = false);
+                          const functional::ExtraEmbeddings& extra, bool return_embeddings = false,
+                          const functional::WrapperRecurrence& recurrence = {});
   /// Parameters and buffers in the plan's order.
   std::vector<at::Tensor> tensors() const;
 

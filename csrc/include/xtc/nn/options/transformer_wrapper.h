@@ -91,6 +91,24 @@ struct TransformerWrapperOptions {
   TORCH_ARG(int64_t, num_pooled_tokens) = 1;
   TORCH_ARG(int64_t, attn_pool_depth) = 1;
   TORCH_ARG(std::optional<int64_t>, dim_pooled_tokens) = std::nullopt;
+  /// RWKV-8's deep embeddings (x-transformers' ff_deep_embed): a learned (num_tokens, depth, dim) table
+  /// (`ff_deep_embed`, ones) whose row for each token scales the output of the stack's i-th feed-forward at
+  /// that token. Not with memory or [CLS] tokens or prepend_embeds (the stack then runs other positions).
+  TORCH_ARG(bool, ff_deep_embed) = false;
+  /// AlphaFold2's recycling (Jumper et al. 2021): the stack runs recycle_steps times, each later run on the
+  /// embeddings plus `recycled_proj` of the previous output (detached; only the last run records gradients).
+  /// A forward without recycle_steps draws them uniformly from 1..train_max_recycle_steps in training and
+  /// is refused in eval. No decoding cache.
+  TORCH_ARG(bool, recycling) = false;
+  TORCH_ARG(int64_t, train_max_recycle_steps) = 4;
+  /// The looped LM (Zhu et al. 2025, arXiv 2510.25741): the stack (with pre_and_post_norm) runs on its own
+  /// output max_looped_steps times (forward's looped_steps overrides), an `exit_gate` logit per step and
+  /// position; looped inference exits early once the cumulative exit probability reaches a threshold.
+  TORCH_ARG(bool, looped) = false;
+  TORCH_ARG(int64_t, max_looped_steps) = 4;
+  /// A head predicting the next position's input embedding (`to_next_embed_pred`: linear, SiLU, linear),
+  /// for x-transformers' return_next_embed_pred. Not with mixture_of_softmax.
+  TORCH_ARG(bool, add_continuous_pred_head) = false;
 };
 
 }  // namespace xtc::nn
