@@ -88,6 +88,8 @@ PROBES.update({"cross_attn_" + name: None for name in ("use_cope", "cope_max_pos
 for _prefix in ("attn_", "cross_attn_"):
     for _name in ("rel_proj_num_distance_basis", "rel_proj_max_dist"):
         PROBES[_prefix + _name] = {_prefix + "use_rel_proj_pos_bias": True}
+# Inverted attention is cross-attention's alone: x-transformers drops it from attn_kwargs.
+PROBES["attn_inverted_attention"] = None
 # Stack options that change how attention runs, probed like the attn_* ones.
 STACK_PROBED = {"polar_pos_emb", "alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias", "residual_attn", "cross_residual_attn",
                 "rotary_pos_emb", "rotary_xpos", "rotary_xpos_scale_base", "rotate_num_heads"}
@@ -133,6 +135,10 @@ NOTES = {
     "cross_attn_use_latent_kv": "the decoding cache holds the latent, (b, 1, N, dim_latent_kv) per layer",
     "attn_latent_rope_subheads": "these key heads come from the input, not the latent; only they (and the queries' "
                                  "last as many) rotate; the cache holds them beside the latent",
+    "attn_inverted_attention": "accepted as False only: inverted attention is cross-attention's "
+                               "(cross_attn_inverted_attention); x-transformers drops it from attn_kwargs",
+    "cross_attn_inverted_attention": "each key's weights a softmax over the queries, then each query's L1-normalised "
+                                     "over the kept keys",
     "attn_l2_distance": "q and k take two more features whose dot product is -|q - k|^2",
     "cross_attn_l2_distance": "q and k take two more features whose dot product is -|q - k|^2",
     "attn_laser": "exp of the soft-clamped values in, log of the output out: any kernel",
@@ -256,7 +262,7 @@ IMPLIED = {"dim": "required", "depth": "required (unless custom_layers)", "heads
                                               "libtorch twin; other keys raise a TypeError naming them"}
 # Not keyword arguments users pass to AttentionLayers.
 INTERNAL = {"self", "kwargs", "heads", "causal", "dim_out", "dim", "output_proj_depth",
-            "qkv_receive_diff_residuals", "learned_value_residual_mix", "rotate_num_heads", "inverted_attention"}
+            "qkv_receive_diff_residuals", "learned_value_residual_mix", "rotate_num_heads"}
 
 
 # Our own options, beyond x-transformers' signatures.

@@ -1,6 +1,7 @@
 """How attention scores and weighs, x-transformers' remaining research variants against the pinned x-transformers:
 attn_l2_distance (scores -|q - k|^2, in the flash kernel through two more features of q and k), attn_gumbel_softmax
-(+ _temp, _hard: the same noise under one seed) and attn_selective (causal self-attention; no decoding cache), for
+(+ _temp, _hard: the same noise under one seed), attn_selective (causal self-attention; no decoding cache) and
+cross_attn_inverted_attention (each key's weights over the queries), for
 self- and cross-attention, beside rotary, ALiBi, memory and zero keys, a sink and soft-clamped logits. Same weights,
 a padding mask with a fully masked row, odd lengths: outputs within 1e-5, every gradient within 1e-4."""
 import pytest
@@ -31,6 +32,13 @@ CASES = {
     "cross_l2": ("encoder", dict(cross_attend=True, cross_attn_l2_distance=True)),
     "cross_gumbel": ("decoder", dict(cross_attend=True, cross_attn_gumbel_softmax=True,
                                      cross_attn_gumbel_softmax_temp=2.0)),
+    "inverted_cross": ("encoder", dict(cross_attend=True, cross_attn_inverted_attention=True)),
+    "inverted_cross_causal_sigmoid": ("decoder", dict(cross_attend=True, cross_attn_inverted_attention=True,
+                                                      cross_attn_sigmoid=True)),
+    "inverted_cross_hard_gqa": ("encoder", dict(cross_attend=True, cross_attn_inverted_attention=True,
+                                                cross_attn_hard=True, cross_attn_kv_heads=1)),
+    "inverted_cross_topk_memory": ("encoder", dict(cross_attend=True, cross_attn_inverted_attention=True,
+                                                   cross_attn_sparse_topk=3, cross_attn_num_mem_kv=2)),
 }
 
 
@@ -79,6 +87,19 @@ def test_gumbel_noise_is_drawn_on_every_call():
     encoder = Encoder(**SMALL, attn_gumbel_softmax=True, attn_gumbel_softmax_hard=False).eval()
     x = torch.randn(2, 9, SMALL["dim"])
     assert not torch.allclose(encoder(x), encoder(x))
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(cross_attend=True, attn_inverted_attention=True), "attn_inverted_attention is cross-attention's"),
+    (dict(cross_attend=True, cross_attn_inverted_attention=True, cross_attn_gumbel_softmax=True), "clashes with"),
+    (dict(cross_attend=True, cross_attn_inverted_attention=True, cross_attn_flash=True), "clashes with"),
+], ids=["self", "gumbel", "flash"])
+def test_inverted_attention_is_cross_attentions_and_says_so(options, message):
+    with pytest.raises(ValueError, match=message):
+        Encoder(**SMALL, **options)
+    unpadded = Encoder(**SMALL, cross_attend=True, cross_attn_inverted_attention=True, unpad=True)
+    with pytest.raises(ValueError, match="cannot run packed"):
+        unpadded(torch.randn(2, 5, SMALL["dim"]), mask=random_mask(2, 5), context=torch.randn(2, 3, SMALL["dim"]))
 
 
 def test_selective_attention_refuses_a_cache_and_says_so():

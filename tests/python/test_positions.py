@@ -1,5 +1,5 @@
 """Custom positions (`pos`) and rotate_num_heads against the pinned x-transformers: outputs within 1e-5, gradients
-within 1e-4, on random positions (gaps, repeats) shared by the batch or per sequence."""
+within 1e-4, on random positions (gaps, repeats) shared by the batch, per sequence, or per ALiBi head."""
 import pytest
 import torch
 
@@ -32,6 +32,22 @@ def test_custom_positions_match_x_transformers(kind, options, per_sequence):
     pos = random_positions(b, n) if per_sequence else random_positions(n)
     check(ours, theirs, x, pos=pos)
     check(ours, theirs, x, mask, pos=pos)
+
+
+@pytest.mark.parametrize("kind,alibi_heads", [("encoder", 4), ("decoder", 2)])
+def test_alibi_positions_per_head_match_x_transformers(kind, alibi_heads):
+    # x-transformers' forward_custom_pos takes (b, alibi heads, n) positions: each head its own distances.
+    torch.manual_seed(2)
+    ours, theirs = make_pair(kind, **{**BASE, "alibi_pos_bias": True, "alibi_num_heads": alibi_heads})
+    b, n = 3, 9
+    x = torch.randn(b, n, BASE["dim"])
+    mask = torch.rand(b, n) > 0.3
+    mask[:, 0] = True
+    pos = random_positions(b, alibi_heads, n)
+    check(ours, theirs, x, pos=pos)
+    check(ours, theirs, x, mask, pos=pos)
+    with pytest.raises(ValueError, match=f"with ALiBi alone also \\(3, {alibi_heads}, 9\\)"):
+        ours(x, pos=random_positions(b, alibi_heads + 1, n))
 
 
 @pytest.mark.parametrize("kind,options", [

@@ -199,6 +199,8 @@ std::vector<std::string> flash_reasons(const AttentionConfig& c, bool training, 
   if (o.gumbel_softmax()) reasons.emplace_back("gumbel-softmax adds noise to each score before the weights");
   if (o.selective())
     reasons.emplace_back("selective attention subtracts the first head's scores, summed down the queries");
+  if (o.inverted_attention())
+    reasons.emplace_back("inverted attention weighs each key's scores over the queries");
   if (o.use_cope())
     reasons.emplace_back(
         "CoPE counts each row's gated keys from its scores, a position no kernel knows ahead");
@@ -234,7 +236,8 @@ struct LayerCall {
   AttentionMaps* maps;
   const ExtraKeyValues& extra;
   bool cross;
-  bool cached_step;  // a cache with earlier keys
+  bool cached_step;                             // a cache with earlier keys
+  const std::optional<at::Tensor>& query_mask;  // (b, n) bool: the layer's own tokens, when masked
 };
 
 // The kernel's rules for the layer: scale, soft-cap, window, ALiBi slopes.
@@ -494,6 +497,12 @@ void l2_distance_features(QKV& t) {
 
 // The materialising path: visibility and bias over (n, M + m) keys, memory keys (the first M) always visible
 // and unbiased; then x-transformers' softmax attention on the scores.
+// Inverted attention's query mask, (b, 1, n, 1); undefined without one.
+at::Tensor inverted_query_keep(const LayerCall& l) {
+  if (!l.o.inverted_attention() || !l.query_mask.has_value()) return {};
+  return l.query_mask->unsqueeze(1).unsqueeze(-1);
+}
+
 at::Tensor math_attention(const LayerCall& l, const QKV& t, const std::optional<at::Tensor>& key_mask,
                           const KernelRule& r, const c10::SymInt& b, const c10::SymInt& n) {
   const auto& [x, c, o, extra] = std::tie(l.x, l.c, l.o, l.extra);
@@ -553,7 +562,9 @@ at::Tensor math_attention(const LayerCall& l, const QKV& t, const std::optional<
                                    o.selective(),
                                    w.cope_pos_emb,
                                    w.cope_talking_heads,
-                                   o.cope_soft_onehot_pos()};
+                                   o.cope_soft_onehot_pos(),
+                                   o.inverted_attention(),
+                                   inverted_query_keep(l)};
   return materialized_attention(t.q, t.k, t.v, r.scale, keep, bias, c.causal && n > 1, r.softcap, o.dropout(),
                                 l.training, transforms, c.residual_scores ? l.scores : nullptr, l.maps);
 }
@@ -729,8 +740,13 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   const AttentionConfig& config = with_learned_biases(x, context, w, c, xl, cache, biased);
   const LayerCall l{
       x,         context, w,    config, config.options,      training,
-      attn_mask, scores,  maps, extra,  context.has_value(), cache != nullptr && cache->k.defined()};
+      attn_mask, scores,  maps, extra,  context.has_value(), cache != nullptr && cache->k.defined(),
+      mask};
   check_extra_key_values(l, packed);
+  TORCH_CHECK_VALUE(
+      !(l.o.inverted_attention() && packed != nullptr),
+      "AttentionLayers: cross_attn_inverted_attention weighs each key over its sequence's queries, "
+      "so it cannot run packed (unpad or flash_pack_seq)");
   TORCH_CHECK_VALUE(!(l.o.linear() && attn_mask.has_value()),
                     "AttentionLayers: attn_linear has no score matrix for attn_mask to act on");
   QKV t = project(l, xl, value_residual, cache);
@@ -780,6 +796,15 @@ at::Tensor attention_weights(const at::Tensor& sim, const ScoreTransforms& t, do
   // Softmax in float32 as x-transformers, but float64 inputs keep their precision.
   return at::softmax(sim, -1, sim.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)
       .to(sim.scalar_type());
+}
+
+// Inverted attention's weights: each key's over the queries, the masked keys' zeroed, then each query's
+// L1-normalised over the keys (eps 1e-8, as F.normalize).
+at::Tensor inverted_weights(const at::Tensor& sim, const at::Tensor& keep, const ScoreTransforms& t,
+                            double lowest) {
+  auto attn = attention_weights(sim.transpose(-1, -2), t, lowest).transpose(-1, -2);
+  if (keep.defined()) attn = attn.masked_fill(keep.logical_not(), 0);
+  return attn / attn.abs().sum(-1, /*keepdim=*/true).clamp_min(1e-8);
 }
 
 // CoPE (x-transformers' CoPE.forward): a key's position for a query is the count of sigmoid gates of the
@@ -864,7 +889,9 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sim.scalar_type(), "materialized_attention", [&] {
     lowest = static_cast<double>(std::numeric_limits<scalar_t>::lowest());
   });
-  if (keep.defined()) sim = sim.masked_fill(keep.logical_not(), lowest);
+  // Inverted attention masks the queries before its softmax over them, the keys after.
+  const at::Tensor& pre_keep = t.inverted ? t.query_keep : keep;
+  if (pre_keep.defined()) sim = sim.masked_fill(pre_keep.logical_not(), lowest);
   if (causal) {
     // Right-aligned: key j is in query i's future when j > i + (m - n) (x-transformers' triu(m - n + 1)).
     const auto query_pos = at::arange(n, q.options().dtype(at::kLong)).unsqueeze(1) + (m - n);
@@ -883,7 +910,7 @@ at::Tensor materialized_attention(const at::Tensor& q, const at::Tensor& k, cons
     if (t.cog_signed) sign = at::cat({sink.sign(), sign}, -1);
   }
   if (maps != nullptr) maps->pre_softmax_attn = sim;
-  at::Tensor attn = attention_weights(sim, t, lowest);
+  at::Tensor attn = t.inverted ? inverted_weights(sim, keep, t, lowest) : attention_weights(sim, t, lowest);
   if (t.cog_signed) attn = attn * sign;
   if (maps != nullptr) maps->post_softmax_attn = attn;
   if (t.sink.defined()) attn = attn.narrow_symint(-1, 1, m);  // the sink has no value

@@ -6,6 +6,7 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/ceil.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/rand.h>
@@ -236,9 +237,16 @@ void prepare_self_biases(StackCall& c, const at::Tensor& slopes) {
   if (c.in.pos.has_value() && slopes.defined()) {
     // x-transformers' Alibi.forward_custom_pos: -|pos_j - pos_i| * slope, a dense bias (heads past
     // alibi_num_heads have slope 0, its zero padding).
-    auto t = c.in.pos->dim() == 1 ? c.in.pos->unsqueeze(0) : *c.in.pos;  // (1|b, n)
+    auto t = c.in.pos->dim() == 1 ? c.in.pos->unsqueeze(0) : *c.in.pos;  // (1|b, n) or (b, alibi heads, n)
+    TORCH_CHECK_VALUE(t.dim() == 2 || !c.caller_packed(),
+                      "AttentionLayers: pos per ALiBi head cannot be combined with packed sequences");
     if (c.caller_packed()) t = unpack(t, *c.packing->tokens);  // the packed positions in their frames
-    const auto distance = (t.unsqueeze(1) - t.unsqueeze(2)).abs().unsqueeze(1).to(c.x_in.scalar_type());
+    if (t.dim() == 2) t = t.unsqueeze(1);
+    auto distance = (t.unsqueeze(-2) - t.unsqueeze(-1)).abs().to(c.x_in.scalar_type());  // (., h', n, n)
+    // The heads past alibi_num_heads take no bias (their slopes are 0; x-transformers pads them with zeros).
+    const int64_t rows = distance.size(1);
+    if (rows > 1 && rows < o.heads())
+      distance = at::constant_pad_nd(distance, {0, 0, 0, 0, 0, o.heads() - rows});
     config.position_bias = -distance * slopes.to(c.x_in.scalar_type()).view({1, o.heads(), 1, 1});
     config.alibi_slopes = at::Tensor();
   }

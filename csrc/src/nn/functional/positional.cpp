@@ -110,12 +110,18 @@ at::Tensor xpos_scales(const at::Tensor& scale, const at::Tensor& t, int64_t sca
 
 void check_positions(const at::Tensor& pos, const at::Tensor& x, const AttentionLayersOptions& o,
                      const c10::SymInt& keys, bool extra_keys) {
-  TORCH_CHECK_VALUE(!pos.is_floating_point() && !pos.is_complex() && pos.scalar_type() != at::kBool &&
-                        (pos.dim() == 1 || (pos.dim() == 2 && pos.sym_size(0) == x.sym_size(0))) &&
-                        pos.device() == x.device(),
-                    "AttentionLayers: expected pos of shape (", keys, ") or (", x.sym_size(0), ", ", keys,
-                    ") and an integer dtype on x's device, got ", pos.sym_sizes(), " ", pos.scalar_type(),
-                    " on ", pos.device());
+  // ALiBi alone also takes one row of positions per ALiBi head (x-transformers' forward_custom_pos).
+  const int64_t alibi_heads = o.alibi_num_heads().value_or(o.heads());
+  const bool per_head = pos.dim() == 3 && o.alibi_pos_bias() && !o.uses_rotary() && !o.polar_pos_emb() &&
+                        pos.sym_size(1) == alibi_heads;
+  TORCH_CHECK_VALUE(
+      !pos.is_floating_point() && !pos.is_complex() && pos.scalar_type() != at::kBool &&
+          (pos.dim() == 1 || ((pos.dim() == 2 || per_head) && pos.sym_size(0) == x.sym_size(0))) &&
+          pos.device() == x.device(),
+      "AttentionLayers: expected pos of shape (", keys, ") or (", x.sym_size(0), ", ", keys,
+      ") (with ALiBi alone also (", x.sym_size(0), ", ", alibi_heads, ", ", keys,
+      ")) and an integer dtype on x's device, got ", pos.sym_sizes(), " ", pos.scalar_type(), " on ",
+      pos.device());
   TORCH_CHECK_VALUE(pos.sym_size(-1) >= keys, "AttentionLayers: expected pos to cover the ", keys,
                     " self-attention keys, got ", pos.sym_size(-1), " positions");
   TORCH_CHECK_VALUE(

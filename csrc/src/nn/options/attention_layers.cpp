@@ -231,6 +231,13 @@ void validate_attention_weighting(const char* prefix, const AttentionOptions& a,
       "selective is designed for causal self-attention (a Decoder), and x-transformers refuses it ",
       "elsewhere, cross-attention included (attn_* options reach cross-attention too; set ",
       "cross_attn_selective=False)");
+  // x-transformers takes inverted attention for cross-attention alone (it drops attn_inverted_attention).
+  TORCH_CHECK_VALUE(
+      !a.inverted_attention() || (std::string(prefix) == "cross_attn_" && !a.flash() && !a.linear() &&
+                                  !a.gumbel_softmax() && !a.head_learned_sink()),
+      "AttentionLayers: ", prefix,
+      "inverted_attention is cross-attention's (cross_attn_inverted_attention), and clashes with ", prefix,
+      "flash, ", prefix, "linear, ", prefix, "gumbel_softmax and ", prefix, "head_learned_sink");
 }
 
 // The value and output gates (x-transformers' LoRALinear gates, HyGA), LASER and the output's extras.
@@ -887,6 +894,7 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
   XTC_ATTN(gumbel_softmax_temp, double);
   XTC_ATTN(gumbel_softmax_hard, bool);
   XTC_ATTN(selective, bool);
+  XTC_ATTN(inverted_attention, bool);
   XTC_ATTN(on_attn, bool);
   XTC_ATTN(qk_norm, bool);
   XTC_ATTN(qk_norm_groups, int64_t);

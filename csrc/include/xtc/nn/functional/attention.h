@@ -124,6 +124,9 @@ struct ScoreTransforms {
   // CoPE: the position embedding (max_pos, dh) (undefined = none), its heads' mix, soft one-hot positions
   at::Tensor cope_pos_emb, cope_talking_heads;
   bool cope_soft_onehot = false;
+  // Inverted attention: the softmax over the queries, masked by query_keep (b, 1, n, 1; undefined = all)
+  bool inverted = false;
+  at::Tensor query_keep;
 };
 
 /// What the attention block needs besides its weights.

@@ -153,6 +153,11 @@ struct AttentionOptions {
   /// the tokens after it, by the first head's positive scores summed down the queries. Causal
   /// self-attention only, on the materialising path, and no decoding cache (x-transformers' can_cache_kv).
   TORCH_ARG(bool, selective) = false;
+  /// Inverted attention (x-transformers' cross_attn_inverted_attention, slot-attention style): each key's
+  /// weights are a softmax over the queries (masked queries out), then each query's weights over the kept
+  /// keys are normalised to sum 1. Cross-attention only, on the materialising path; not with gumbel_softmax,
+  /// a learned sink or packed sequences.
+  TORCH_ARG(bool, inverted_attention) = false;
   /// The forgetting transformer's data-dependent ALiBi (Lin et al. 2025, openreview q2Lnyegkr8): per-head
   /// log-sigmoid forget gates of the block input, summed between key and query, bias the scores
   /// (`data_dependent_alibi.to_forget_gates`); without causality a second set of gates covers the keys
