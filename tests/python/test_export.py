@@ -70,6 +70,60 @@ def test_exported_stack_runs_at_other_shapes(kind, options, with_mask, auto):
             torch.testing.assert_close(out, theirs(x, **kwargs), atol=1e-5, rtol=0)
 
 
+# Research options (x-transformers' newer ideas), each where x-transformers runs it.
+RESEARCH = {
+    "lime": ("encoder", dict(integrate_layers=True)),
+    "aggregated_residuals": ("decoder", dict(attn_aggregated_residuals=True,
+                                             attn_aggregated_residual_kwargs=dict(lora_rank=8))),
+    "derf_orthog_residual": ("encoder", dict(use_derf=True, orthog_residual=True)),
+    "cope": ("decoder", dict(attn_use_cope=True)),
+    "polar": ("encoder", dict(polar_pos_emb=True)),
+    "data_dependent_alibi": ("decoder", dict(attn_data_dependent_alibi=True)),
+    "rel_proj_pos_bias": ("encoder", dict(attn_use_rel_proj_pos_bias=True)),
+    "latent_kv_rope": ("decoder", dict(attn_use_latent_kv=True, attn_dim_latent_kv=16, rotary_pos_emb=True,
+                                       attn_latent_rope_subheads=1)),
+    "gates_laser": ("encoder", dict(attn_gate_values=True, attn_output_gate=True, attn_laser=True)),
+    "l2_distance": ("encoder", dict(attn_l2_distance=True)),
+    "selective": ("decoder", dict(attn_selective=True)),
+    "sigmoid_cog": ("decoder", dict(attn_sigmoid=True, attn_cog_signed=True)),
+    "ff_softclamp": ("encoder", dict(ff_glu=True, ff_glu_softclamp=True, ff_glu_gate_softclamp_value=5.0)),
+}
+
+
+@pytest.mark.parametrize("kind,options", RESEARCH.values(), ids=RESEARCH.keys())
+def test_exported_research_options_run_at_other_shapes(kind, options):
+    torch.manual_seed(0)
+    ours, theirs = make_pair(kind, **KW, **options)
+    ours.eval(), theirs.eval()
+    program = _export(ours, torch.randn(3, 11, DIM), random_mask(3, 11), auto=False)
+    exported = program.module()
+    with torch.no_grad():
+        for batch, seq in SHAPES[1:4]:
+            x, mask = torch.randn(batch, seq, DIM), random_mask(batch, seq)
+            out = exported(x, mask=mask)
+            torch.testing.assert_close(out, ours(x, mask=mask), atol=1e-6, rtol=0)
+            torch.testing.assert_close(out, theirs(x, mask=mask), atol=1e-5, rtol=0)
+
+
+# Several residual streams export at the example's shape only: their stream mixing pins the symbolic sizes.
+STATIC_RESEARCH = {
+    "hyper_connections": ("decoder", dict(num_residual_streams=2)),
+    "gated_multi_residual": ("encoder", dict(gated_multi_residual=True, residual_fn_kwargs=dict(read_gate_rank=4))),
+}
+
+
+@pytest.mark.parametrize("kind,options", STATIC_RESEARCH.values(), ids=STATIC_RESEARCH.keys())
+def test_exported_residual_streams_run_at_the_example_shape(kind, options):
+    torch.manual_seed(0)
+    ours, theirs = make_pair(kind, **KW, **options)
+    ours.eval(), theirs.eval()
+    x, mask = torch.randn(3, 11, DIM), random_mask(3, 11)
+    program = torch.export.export(ours, (x,), dict(mask=mask))
+    x, mask = torch.randn(3, 11, DIM), random_mask(3, 11, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x, mask=mask), theirs(x, mask=mask), atol=1e-5, rtol=0)
+
+
 def test_exported_program_saves_and_loads(tmp_path):
     torch.manual_seed(0)
     encoder = Encoder(**KW, rotary_pos_emb=True).eval()

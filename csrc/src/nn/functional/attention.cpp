@@ -837,8 +837,8 @@ at::Tensor cope_position_scores(const at::Tensor& q, at::Tensor logits, const Sc
 // the queries after them; a token does not gate itself, nor anything the first key (the start) of the first
 // query's. sim (b, h, i, j), j >= i, right-aligned.
 at::Tensor selective_gate(const at::Tensor& sim) {
-  const int64_t i = xtc::detail::static_size(sim, -2), j = xtc::detail::static_size(sim, -1);
-  auto gate = at::relu(sim.select(1, 0));  // (b, i, j); masked scores give 0
+  const c10::SymInt i = sim.sym_size(-2), j = sim.sym_size(-1);  // symbolic under torch.export
+  auto gate = at::relu(sim.select(1, 0));                        // (b, i, j); masked scores give 0
   const auto longs = sim.options().dtype(at::kLong);
   const auto query_pos = at::arange(i, longs).unsqueeze(1) + (j - i), key_pos = at::arange(j, longs);
   // Neither the key at the query's own position nor the keys before the queries' (a cache or memory) gate,
@@ -848,7 +848,7 @@ at::Tensor selective_gate(const at::Tensor& sim) {
                            .logical_or(key_pos.unsqueeze(0) == (j - i));
   gate = gate.masked_fill(ungated, 0);
   // Only the future: row r takes the gates of the rows before it.
-  gate = at::cat({at::zeros_like(gate.narrow(1, 0, 1)), gate.narrow(1, 0, i - 1)}, 1).cumsum(1);
+  gate = at::cat({at::zeros_like(gate.narrow(1, 0, 1)), gate.narrow_symint(1, 0, i - 1)}, 1).cumsum(1);
   return sim - gate.unsqueeze(1);
 }
 
