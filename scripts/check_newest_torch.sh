@@ -17,7 +17,8 @@ BUILD="$PWD/build-torch-newest"
 PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check \
-  "torch==$TORCH_VERSION" x-transformers==2.31.10 pytest==9.0.3 hypothesis==6.140.0 numpy==2.4.6 setuptools wheel
+  "torch==$TORCH_VERSION" x-transformers==2.31.10 pytest==9.0.3 hypothesis==6.140.0 numpy==2.4.6 safetensors==0.8.0 \
+  setuptools wheel
 site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 
 # A CUDA build of torch makes its CMake config look for CUDA, nvrtc included, even for a CPU-only build of ours:

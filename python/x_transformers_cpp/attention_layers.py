@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import _C
+from .pretrained import PretrainedMixin
 
 _PREFIXES = ("ff_", "attn_", "cross_attn_")
 
@@ -524,7 +525,7 @@ def check_forward_defaults(owner, given, defaults):
                         f"{', '.join(sorted(refused))}")
 
 
-class AttentionLayers(nn.Module):
+class AttentionLayers(PretrainedMixin, nn.Module):
     """A stack of attention and feed-forward layers, as x-transformers' AttentionLayers.
 
     Args (keyword names are x-transformers'):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from . import _C
+from .pretrained import PretrainedMixin
 from .attention_layers import (ORDER_KWARGS, STACK_KWARGS, AttentionLayers, _build_tree, _option_value,
                                check_forward_defaults, differing_options, fill_from_layout, flat_cache, initializes_on_construction,
                                layer_intermediates, stack_arguments, unshard_fsdp_groups, with_stack_inputs)
@@ -48,7 +49,7 @@ def _stack_kwargs(kwargs):
     return stack, order
 
 
-class _Wrapper(nn.Module):
+class _Wrapper(PretrainedMixin, nn.Module):
     """Builds the wrapper's own parameters from the C++ layout, in x-transformers' order, around `attn_layers`."""
 
     def _setup(self, attn_layers, kwargs, unsupported, keys):

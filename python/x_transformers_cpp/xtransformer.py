@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .attention_layers import Decoder, Encoder
+from .pretrained import PretrainedMixin
 from .wrappers import TransformerWrapper
 
 
@@ -17,7 +18,7 @@ def _group(prefix, kwargs):
     return picked, {k: v for k, v in kwargs.items() if not k.startswith(prefix)}
 
 
-class XTransformer(nn.Module):
+class XTransformer(PretrainedMixin, nn.Module):
     """x-transformers' XTransformer(dim=..., enc_num_tokens=..., enc_depth=..., dec_num_tokens=..., ...)."""
 
     def __init__(self, *, dim, tie_token_emb=False, ignore_index=-100, pad_value=0, cross_attn_tokens_dropout=0.0,
