@@ -277,7 +277,16 @@ class TransformerWrapper(_Wrapper):
 
     def _recurrence(self, recycle_steps, looped_steps, max_looped_steps, looped_inference, threshold, cache):
         """The op's recurrence arguments (steps, looped_inference, exit threshold, prompt keys and values) from
-        x-transformers' forward arguments."""
+        x-transformers' forward arguments; those of the other kind of recurrence are refused by name."""
+        looped_args = dict(looped_steps=looped_steps, max_looped_steps=max_looped_steps,
+                           looped_inference=looped_inference or None)
+        foreign = {**(dict(recycle_steps=recycle_steps) if not self.recycling else {}),
+                   **(looped_args if not self.looped else {})}
+        named = [k for k, v in foreign.items() if v is not None]
+        if named:
+            raise ValueError(f"TransformerWrapper: {', '.join(named)} need a wrapper built with "
+                             f"{'recycling' if 'recycle_steps' in named else 'looped'} (this one is "
+                             f"{'recycling' if self.recycling else 'looped' if self.looped else 'neither'})")
         if self.recycling:
             # As x-transformers, a training call draws the steps even when given (its default() argument).
             drawn = random.randrange(self.train_max_recycle_steps) + 1 if self.training else None
@@ -287,12 +296,6 @@ class TransformerWrapper(_Wrapper):
                                  "turned on and not training")
             return int(steps), False, None, []
         if not self.looped:
-            given = dict(recycle_steps=recycle_steps, looped_steps=looped_steps, max_looped_steps=max_looped_steps,
-                         looped_inference=looped_inference or None)
-            named = [k for k, v in given.items() if v is not None]
-            if named:
-                raise ValueError(f"TransformerWrapper: {', '.join(named)} need a wrapper built with recycling or "
-                                 f"looped")
             return 0, False, None, []
         steps = next(v for v in (looped_steps, max_looped_steps, self.train_max_looped_steps) if v is not None)
         early_exit = threshold if looped_inference and looped_steps is None else None
@@ -319,6 +322,32 @@ class TransformerWrapper(_Wrapper):
                 for start in range(0, len(prompt_kv), per_step))
         elif cache is not None:
             intermediates.looped_prompt_kv_cache = cache.looped_prompt_kv_cache
+
+    def _heads_after(self, embeddings, intermediates, mask, prepend_embeds, prepend_mask, to_logits_kwargs):
+        """The heads over the op's embeddings: the attention pool (into the intermediates, and the output of an
+        encoder, as x-transformers) and the logits (beside the pooled tokens in the intermediates)."""
+        encoder_pools = self._attn_pool and not self.attn_layers.causal
+        pooled = None
+        if self._attn_pool and (intermediates is not None or encoder_pools):
+            pooled = torch.ops.xtc.transformer_wrapper_attn_pool(
+                embeddings, mask, prepend_embeds, prepend_mask, self._tensors(), self._options, self._layer_options,
+                self.training)
+            if intermediates is not None:
+                intermediates.attn_pooled_tokens = pooled
+        logits = self._logits(embeddings, to_logits_kwargs)
+        if not encoder_pools:
+            return logits
+        if intermediates is not None:
+            intermediates.logits = logits
+        return pooled
+
+    def _new_mems(self, mems, hiddens, detach):
+        """Transformer-XL's next memories: each layer's hiddens behind its old memory, the last max_mem_len
+        positions."""
+        new_mems = [torch.cat(pair, dim=-2) for pair in zip(mems, hiddens)] if mems else hiddens
+        new_mems = [t[..., -self.max_mem_len:, :] if self.max_mem_len > 0 else t[..., t.shape[-2]:, :]
+                    for t in new_mems]
+        return [t.detach() for t in new_mems] if detach else new_mems
 
     # x-transformers' other forward arguments, at the values that make them do nothing.
     _FORWARD_DEFAULTS = dict(
@@ -407,18 +436,7 @@ class TransformerWrapper(_Wrapper):
         if not (embeddings or heads_after):
             out = self._split_heads(out)
         if heads_after and not embeddings:
-            pooled = None
-            if self._attn_pool and (with_intermediates or encoder_pools):
-                pooled = torch.ops.xtc.transformer_wrapper_attn_pool(
-                    out, mask, prepend_embeds, prepend_mask, self._tensors(), self._options, self._layer_options,
-                    self.training)
-                if intermediates is not None:
-                    intermediates.attn_pooled_tokens = pooled
-            out = self._logits(out, to_logits_kwargs)
-            if encoder_pools:  # an encoder returns the pooled tokens, as x-transformers
-                if intermediates is not None:
-                    intermediates.logits = out
-                out = pooled
+            out = self._heads_after(out, intermediates, mask, prepend_embeds, prepend_mask, to_logits_kwargs)
         returns_pooled = encoder_pools and not embeddings  # pooled tokens have no positions to cut
         if excise_prepend_embeds and prepend_embeds is not None and cache is None and not returns_pooled:
             out = out[:, prepend_embeds.shape[1]:]
@@ -435,12 +453,7 @@ class TransformerWrapper(_Wrapper):
         if return_next_embed_pred:
             out = (out, (next_embed_pred[0], intermediates.initial_embeds))
         if return_mems:
-            hiddens = intermediates.hiddens
-            new_mems = [torch.cat(pair, dim=-2) for pair in zip(mems, hiddens)] if mems else hiddens
-            new_mems = [t[..., -self.max_mem_len:, :] if self.max_mem_len > 0 else t[..., t.shape[-2]:, :]
-                        for t in new_mems]
-            if detach_mems:
-                new_mems = [t.detach() for t in new_mems]
+            new_mems = self._new_mems(mems, intermediates.hiddens, detach_mems)
             if not return_intermediates:
                 return out, new_mems
             intermediates.mems = new_mems

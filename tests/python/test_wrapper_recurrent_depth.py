@@ -208,11 +208,12 @@ def test_exported_looped_and_recycling_wrappers():
     (dict(ff_deep_embed=True, num_memory_tokens=2), LAYERS, {}, "clashes with num_memory_tokens"),
     (dict(add_continuous_pred_head=True, mixture_of_softmax=True), LAYERS, {}, "set at most one"),
     (dict(ff_deep_embed=True), LAYERS, dict(prepend_embeds=torch.randn(3, 2, 16)), "clashes with prepend_embeds"),
-    (dict(), LAYERS, dict(looped_steps=2), "need a wrapper built with recycling or looped"),
+    (dict(), LAYERS, dict(looped_steps=2), "looped_steps need a wrapper built with looped"),
+    (dict(recycling=True), LAYERS, dict(recycle_steps=2, max_looped_steps=3), "built with looped .this one is recy"),
     (dict(), LAYERS, dict(return_next_embed_pred=True), "needs add_continuous_pred_head"),
     (dict(looped=True), LOOPED, dict(looped_inference=True), "one sequence at a time"),
-], ids=["looped_post_norm", "both", "deep_memory", "pred_mixture", "deep_prepend", "steps_alone", "pred_alone",
-        "looped_batch"])
+], ids=["looped_post_norm", "both", "deep_memory", "pred_mixture", "deep_prepend", "steps_alone", "looped_on_recycling",
+        "pred_alone", "looped_batch"])
 def test_bad_depth_options_name_them(kwargs, layers, forward, message):
     with pytest.raises(ValueError, match=message):
         model = TransformerWrapper(num_tokens=20, max_seq_len=24, attn_layers=Decoder(**layers), **kwargs).eval()

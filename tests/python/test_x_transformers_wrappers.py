@@ -76,7 +76,7 @@ def test_unsupported_forward_arguments_are_refused_by_name():
     net = TransformerWrapper(num_tokens=50, max_seq_len=16, attn_layers=Decoder(**LAYERS))
     tokens = torch.randint(0, 50, (2, 7))
     net(tokens, recycle_steps=None, prepend_embeds=None, seq_start_pos=None, looped_pred_all_logits=True)
-    with pytest.raises(ValueError, match="recycle_steps need a wrapper built with recycling or looped"):
+    with pytest.raises(ValueError, match="recycle_steps need a wrapper built with recycling"):
         net(tokens, recycle_steps=2)
     with pytest.raises(TypeError, match="transform_token_embeds"):
         net(tokens, transform_token_embeds=lambda t: t)
