@@ -18,6 +18,7 @@ PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check \
   "torch==$TORCH_VERSION" x-transformers==2.31.10 pytest==9.0.3 hypothesis==6.140.0 numpy==2.4.6 safetensors==0.8.0 \
+  onnx==1.23.2 onnx-ir==1.1.0 onnxscript==0.7.2 onnxruntime==1.32.0 \
   setuptools wheel
 site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 

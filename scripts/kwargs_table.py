@@ -234,7 +234,8 @@ WHY_REJECTED = [
     (("attend_sdp_kwargs",), "torch SDPA's backend switches of x-transformers' flash path; ours are chosen with "
                              "x_transformers_cpp.backends"),
     (("verbose",), "logging only; nothing here to log"),
-    (("onnxable",), "an ONNX-export variant of x-transformers' Python attention; ours exports through torch.export"),
+    (("onnxable",), "an ONNX-export variant of x-transformers' Python attention; ours exports to ONNX as it is "
+                    "(torch.onnx.export with x_transformers_cpp.onnx.translation_table())"),
 ]
 RESEARCH = "a research option not implemented yet"
 

@@ -19,7 +19,7 @@ PYTHON=${PYTHON:-python3}
 # torch pinned to the CPU build; x-transformers pinned as the parity oracle.
 .venv/bin/pip install -q --disable-pip-version-check \
   torch==2.13.0 x-transformers==2.31.10 pytest==9.0.3 hypothesis==6.140.0 numpy==2.4.6 matplotlib==3.10.8 \
-  safetensors==0.8.0 setuptools wheel
+  safetensors==0.8.0 onnx==1.23.2 onnx-ir==1.1.0 onnxscript==0.7.2 onnxruntime==1.32.0 setuptools wheel
 XTC_BUILD_TESTS=1 MAX_JOBS=${MAX_JOBS:-2} .venv/bin/pip install -q --disable-pip-version-check \
   --no-build-isolation --no-deps .
 echo "setup done: $(.venv/bin/python -c 'import torch, x_transformers_cpp; print("torch", torch.__version__, "| x_transformers_cpp", x_transformers_cpp.__version__)')"
