@@ -127,3 +127,49 @@ def test_traced_module_backward():
     (gx,) = torch.autograd.grad(traced(x2, m2), x2, g)
     (ref,) = torch.autograd.grad(module(x2, mask=m2), x2, g)
     torch.testing.assert_close(gx, ref, atol=1e-4, rtol=0)
+
+
+# Research options, each where x-transformers runs it: the trace keeps one stack op and runs at other shapes.
+RESEARCH = {
+    "hyper_connections": ("decoder", dict(num_residual_streams=2)),
+    "lime": ("encoder", dict(integrate_layers=True)),
+    "cope": ("decoder", dict(attn_use_cope=True)),
+    "polar": ("encoder", dict(polar_pos_emb=True)),
+    "data_dependent_alibi": ("decoder", dict(attn_data_dependent_alibi=True)),
+    "latent_kv": ("decoder", dict(attn_use_latent_kv=True, attn_dim_latent_kv=16)),
+    "selective": ("decoder", dict(attn_selective=True)),
+    "inverted_cross": ("encoder", dict(cross_attend=True, cross_attn_inverted_attention=True)),
+}
+
+
+@pytest.mark.parametrize("kind,options", RESEARCH.values(), ids=RESEARCH.keys())
+def test_trace_of_research_options_runs_at_other_shapes(kind, options):
+    torch.manual_seed(0)
+    ours, theirs = make_pair(kind, **KW, **options)
+    ours.eval(), theirs.eval()
+    context = options.get("cross_attend")
+
+    def inputs(b, n):
+        x, mask = torch.randn(b, n, KW["dim"]), random_mask(b, n)
+        return (x, mask, torch.randn(b, 5, KW["dim"])) if context else (x, mask)
+
+    if context:
+        ours = _ContextCall(ours)
+    traced = _trace(ours, *inputs(3, 11))
+    assert str(traced.inlined_graph).count("xtc::attention_layers") == 1
+    with torch.no_grad():
+        for b, n in [(2, 7), (4, 13)]:
+            args = inputs(b, n)
+            expected = theirs(args[0], mask=args[1], context=args[2] if context else None)
+            torch.testing.assert_close(traced(*args), expected, atol=1e-5, rtol=0)
+
+
+class _ContextCall(nn.Module):
+    """Positional (x, mask, context) for the trace."""
+
+    def __init__(self, stack):
+        super().__init__()
+        self.stack = stack
+
+    def forward(self, x, mask, context):
+        return self.stack(x, mask=mask, context=context)
