@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake ninja-build g++ ccache libgtest-dev libfmt-dev python3-venv clang-format)
+packages=(cmake ninja-build g++ ccache libgtest-dev libfmt-dev nlohmann-json3-dev python3-venv clang-format)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -8,6 +8,7 @@
 #include <xtc/nn/modules/continuous.h>
 #include <xtc/nn/modules/transformer_wrapper.h>
 #include <xtc/nn/options/attention_layers.h>
+#include <xtc/nn/options/keyword_arguments.h>
 #include <xtc/ops/attention_layers.h>
 
 namespace py = pybind11;
@@ -122,6 +123,20 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("option_keys", &xtc::nn::AttentionLayersOptions::keys,
         "Keys of the serialised AttentionLayers options, e.g. 'heads', 'attn.dim_head'.");
+  m.def(
+      "attention_layers_options_line",
+      [](const std::string& keyword_arguments_json) {
+        return with_torch_errors(
+            [&] { return xtc::nn::attention_layers_options_line(keyword_arguments_json); });
+      },
+      "x-transformers' AttentionLayers keyword arguments (a JSON object) as the options line: routed, dict "
+      "arguments expanded; unknown keys raise TypeError naming them.");
+  m.def(
+      "wrapper_options_line",
+      [](const std::string& keyword_arguments_json) {
+        return with_torch_errors([&] { return xtc::nn::wrapper_options_line(keyword_arguments_json); });
+      },
+      "A wrapper's keyword arguments (a JSON object, without attn_layers) as its options line.");
 
   m.def(
       "normalize_options",

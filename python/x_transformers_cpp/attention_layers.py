@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from functools import reduce
 
 import inspect
+import json
+import math
 import re
 import textwrap
 
@@ -18,80 +20,6 @@ from . import _C
 from .pretrained import PretrainedMixin
 
 _PREFIXES = ("ff_", "attn_", "cross_attn_")
-
-
-def _option_value(name, value):
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if value is None:
-        return "none"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if (name in ("ff.custom_activation", "aggregated_residual_lora_activation", "attn.hybrid_module",
-                 "cross_attn.hybrid_module", "embed_num_tokens") and isinstance(value, str)):
-        return value
-    if name == "custom_layers" and isinstance(value, (tuple, list, str)):
-        return "".join(value)
-    if name == "alibi_slopes" and isinstance(value, (tuple, list)):
-        return ",".join(repr(float(v)) for v in value)
-    if name in ("layers_execute_order", "shift_tokens") and isinstance(value, (tuple, list)):
-        return ",".join(str(int(i)) for i in value)
-    if name.startswith(("attn.", "cross_attn.", "ff.")) and isinstance(value, tuple):
-        # A layer schedule, as x-transformers' tuples: one value per layer of that kind.
-        return ",".join(_option_value(name, v) for v in value)
-    raise TypeError(f"{name}: expected a bool, int, float or None, got {type(value).__name__}: {value!r}")
-
-
-def _route(kwargs):
-    """x-transformers' routing: ff_* to the feed-forwards, attn_* to self- and cross-attention, cross_attn_* to
-    cross-attention (overriding attn_*); returns {option key: value}."""
-    own, groups = {}, {prefix: {} for prefix in _PREFIXES}
-    for name, value in kwargs.items():
-        # The stack's own options that carry a block's prefix (attn_aggregated_residuals, cross_attn_tokens_dropout).
-        prefix = None if name in _STACK_OPTIONS_WITH_PREFIX else next(
-            (p for p in ("cross_attn_", "ff_", "attn_") if name.startswith(p)), None)
-        if prefix is None:
-            own[name] = value
-        else:
-            groups[prefix][name[len(prefix):]] = value
-    routed = dict(own)
-    routed.update({f"ff.{k}": v for k, v in groups["ff_"].items()})
-    routed.update({f"attn.{k}": v for k, v in groups["attn_"].items()})
-    # As x-transformers, an attn_* schedule (a tuple, one value per self-attention layer) stays with self-attention.
-    cross = {**{k: v for k, v in groups["attn_"].items() if not isinstance(v, tuple)}, **groups["cross_attn_"]}
-    routed.update({f"cross_attn.{k}": v for k, v in cross.items()})
-    return routed, groups
-
-
-_STACK_OPTIONS_WITH_PREFIX = frozenset({"attn_aggregated_residuals", "cross_attn_tokens_dropout"})
-
-# x-transformers' dict arguments (the keyword arguments of a module it builds): our option for each key.
-_RESIDUAL_FN_KWARGS = {"learned": "mv_split_residual_learned", "init_alpha": "mv_split_residual_init_alpha",
-                       "init_beta": "mv_split_residual_init_beta",
-                       "read_gate_rank": "gated_multi_residual_read_gate_rank"}
-_AGGREGATED_RESIDUAL_KWARGS = {"lora_rank": "aggregated_residual_lora_rank",
-                               "lora_activation": "aggregated_residual_lora_activation"}
-_REL_POS_KWARGS = {"slopes": "alibi_slopes"}  # AlibiPositionalBias' (T5's and the dynamic bias take none)
-_DATA_DEPENDENT_ALIBI_KWARGS = {"bias_init": "data_dependent_alibi_bias_init",
-                                "post_log_scale": "data_dependent_alibi_post_log_scale"}
-
-
-def _expand_dict_argument(kwargs, name, keys, owner, prefix=""):
-    """kwargs with the dict argument `name` replaced by our options for its keys (prefixed); other keys raise a
-    TypeError naming them."""
-    given = kwargs.pop(name, None) or {}
-    if not isinstance(given, dict):
-        raise TypeError(f"{name}: expected a dict, got {type(given).__name__}")
-    unknown = sorted(set(given) - set(keys))
-    if unknown:
-        raise TypeError(f"{name}: unsupported keys {', '.join(map(repr, unknown))}; supported: "
-                        f"{', '.join(map(repr, keys))} ({owner}'s)")
-    kwargs.update({prefix + keys[k]: v for k, v in given.items()})
-    return kwargs
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _activation_spec(module, argument="ff_custom_activation"):
@@ -141,58 +69,40 @@ def _hybrid_weights(kwargs):
             for prefix in ("attn_", "cross_attn_") if isinstance(kwargs.get(prefix + "hybrid_module"), nn.Module)}
 
 
-def _argument_forms(kwargs):
-    """x-transformers' arguments whose type picks their meaning, as our options: scale_residual or
-    depth_scale_residual as a number scales every branch output (x-transformers' Scale wrapper; a numeric
-    scale_residual also keeps its truthiness for the learned residual scale); residual_fn_kwargs and
-    *_data_dependent_alibi_kwargs hold the options of the module they configure."""
+def _json_ready(name, value):
+    """A keyword argument as the C++ translation reads it (JSON): tuples as lists, non-finite floats by name; a value
+    JSON cannot hold raises naming the argument."""
+    if isinstance(value, (tuple, list)):
+        return [_json_ready(name, v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_ready(name, v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # 'inf', '-inf', 'nan'
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{name}: expected a bool, int, float or None, got {type(value).__name__}: {value!r}")
+
+
+def _python_forms(kwargs):
+    """The module arguments as their spec strings (the libtorch twin's name and arguments): ff_custom_activation,
+    attn_aggregated_residual_kwargs' lora_activation, and the hybrid modules."""
     kwargs = dict(kwargs)
-    depth, scale = kwargs.get("depth_scale_residual"), kwargs.get("scale_residual")
-    if _is_number(depth):
-        kwargs["branch_output_scale"], kwargs["depth_scale_residual"] = float(depth), False
-    elif _is_number(scale):
-        kwargs["branch_output_scale"] = float(scale)
-    if _is_number(scale):
-        kwargs["scale_residual"] = bool(scale)
-    kwargs = _expand_dict_argument(kwargs, "residual_fn_kwargs", _RESIDUAL_FN_KWARGS,
-                                   "mv_split_residual or gated_multi_residual")
-    kwargs = _expand_dict_argument(kwargs, "attn_aggregated_residual_kwargs", _AGGREGATED_RESIDUAL_KWARGS,
-                                   "attn_aggregated_residuals")
-    if kwargs.get("aggregated_residual_lora_activation") is not None:
-        kwargs["aggregated_residual_lora_activation"] = _activation_spec(
-            kwargs["aggregated_residual_lora_activation"], "attn_aggregated_residual_kwargs lora_activation")
-    kwargs = _expand_dict_argument(kwargs, "rel_pos_kwargs", _REL_POS_KWARGS, "alibi_pos_bias")
     if kwargs.get("ff_custom_activation") is not None:
         kwargs["ff_custom_activation"] = _activation_spec(kwargs["ff_custom_activation"])
-    for prefix in ("attn_", "cross_attn_"):
-        if kwargs.get(prefix + "hybrid_mask_kwarg") is not None:
-            raise TypeError(f"{prefix}hybrid_mask_kwarg: nn.GRU and nn.LSTM take no mask keyword (x-transformers "
-                            f"would pass one to the module and fail, or ignore it when causal); leave it None")
-        kwargs.pop(prefix + "hybrid_mask_kwarg", None)
-        if kwargs.get(prefix + "hybrid_module") is not None:
-            name = prefix + "hybrid_module"
+    aggregated = kwargs.get("attn_aggregated_residual_kwargs")
+    if isinstance(aggregated, dict) and aggregated.get("lora_activation") is not None:
+        kwargs["attn_aggregated_residual_kwargs"] = dict(aggregated, lora_activation=_activation_spec(
+            aggregated["lora_activation"], "attn_aggregated_residual_kwargs lora_activation"))
+    for name in ("attn_hybrid_module", "cross_attn_hybrid_module"):
+        if kwargs.get(name) is not None:
             kwargs[name] = _recurrent_spec(kwargs[name], name)
-        name = prefix + "data_dependent_alibi_kwargs"
-        if kwargs.get(prefix + "data_dependent_alibi_per_row") and "bias_init" in (kwargs.get(name) or {}):
-            raise TypeError(f"{name}: 'bias_init' is not an option of the per-row form (PerRowDataDependentAlibi)")
-        kwargs = _expand_dict_argument(kwargs, name, _DATA_DEPENDENT_ALIBI_KWARGS, "data_dependent_alibi", prefix)
-    return kwargs
+    return {name: _json_ready(name, value) for name, value in kwargs.items()}
 
 
 def _options_text(kwargs):
-    """x-transformers kwargs -> the C++ options line (not yet validated); unknown or unsupported kwargs raise
-    TypeError naming them."""
-    kwargs = _argument_forms(kwargs)
-    known = set(_C.option_keys())
-    routed, groups = _route(kwargs)
-    unknown = [name for name in kwargs if name not in known and not name.startswith(_PREFIXES)]
-    for prefix, nested in (("ff_", "ff."), ("attn_", "attn."), ("cross_attn_", "cross_attn.")):
-        unknown += [prefix + k for k in groups[prefix] if nested + k not in known]
-    if unknown:
-        raise TypeError(
-            f"unrecognized or unsupported keyword arguments: {', '.join(sorted(unknown))}. "
-            "The README lists every x-transformers keyword argument and whether x_transformers_cpp supports it.")
-    return ";".join(f"{k}={_option_value(k, v)}" for k, v in routed.items())
+    """x-transformers kwargs -> the C++ options line (not yet validated), by the C++ translation of the keyword
+    arguments (xtc::nn::attention_layers_options_line); unknown or unsupported kwargs raise TypeError naming them."""
+    return _C.attention_layers_options_line(json.dumps(_python_forms(kwargs)))
 
 
 def differing_options(kwargs, options, defaults, required):

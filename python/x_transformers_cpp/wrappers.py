@@ -4,6 +4,7 @@ torch.ops.xtc.transformer_wrapper and torch.ops.xtc.continuous_transformer.
 As x-transformers' wrappers: the modules own the wrapper's parameters under x-transformers' names, hold the given
 AttentionLayers as `attn_layers`, and hand every tensor to the op in the layout the C++ module defines.
 """
+import json
 import random
 from functools import reduce
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from . import _C
 from .pretrained import PretrainedMixin
-from .attention_layers import (ORDER_KWARGS, STACK_KWARGS, AttentionLayers, _build_tree, _option_value,
+from .attention_layers import (ORDER_KWARGS, STACK_KWARGS, AttentionLayers, _build_tree, _json_ready,
                                check_forward_defaults, differing_options, fill_from_layout, flat_cache, initializes_on_construction,
                                layer_intermediates, stack_arguments, unshard_fsdp_groups, with_stack_inputs)
 
@@ -61,7 +62,7 @@ class _Wrapper(PretrainedMixin, nn.Module):
         if rejected or unknown:
             raise TypeError(f"unrecognized or unsupported keyword arguments: {', '.join(sorted(rejected + unknown))}")
         self._kwargs = {k: v for k, v in kwargs.items() if k not in unsupported}  # for the repr
-        text = ";".join(f"{k}={_option_value(k, v)}" for k, v in self._kwargs.items())
+        text = _C.wrapper_options_line(json.dumps({k: _json_ready(k, v) for k, v in self._kwargs.items()}))
         self._options, layout = self._layout(text, attn_layers._options, initializes_on_construction())
         self._layer_options = attn_layers._options
         self._tensor_names = [name for name, *_ in layout]
