@@ -13,7 +13,8 @@ rebuilds the same model in x-transformers itself. A wrapper's holds its own keyw
     lm = x_transformers.TransformerWrapper(**config, attn_layers=stack)
 
 JSON has no tuples: lists read back as tuples (x-transformers' layer schedules, custom_layers, ...). A directory
-written the same way from an x-transformers model loads here too.
+written the same way from an x-transformers model loads here too, and C++ loads these directories without Python
+(xtc/nn/modules/pretrained.h), through the same translation of keyword arguments the Python modules use.
 """
 import functools
 import inspect
@@ -35,16 +36,16 @@ def _safetensors():
 
 
 def _json_value(name, value):
-    """A keyword argument as config.json holds it: tuples as lists, a stack as its own config; a module or other
+    """A keyword argument as config.json holds it: tuples as lists, non-finite floats by name; a module or other
     object that JSON cannot hold raises naming the argument."""
-    if isinstance(value, (tuple, list)):
-        return [_json_value(name, v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_value(f"{name}.{k}", v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"save_pretrained: the keyword argument {name} is a {type(value).__name__}, which config.json "
-                    f"cannot hold; build the model with a value JSON can (a string, number, list or dict)")
+    from .attention_layers import _json_ready  # (that module imports this one)
+
+    try:
+        return _json_ready(name, value)
+    except TypeError:
+        raise TypeError(f"save_pretrained: the keyword argument {name} is a {type(value).__name__}, which "
+                        f"config.json cannot hold; build the model with a value JSON can (a string, number, list "
+                        f"or dict)") from None
 
 
 def _python_value(value):

@@ -20,6 +20,7 @@
 #include <xtc/nn/modules/lora_linear.h>
 #include <xtc/nn/modules/norm.h>
 #include <xtc/nn/modules/positional.h>
+#include <xtc/nn/modules/pretrained.h>
 #include <xtc/nn/modules/residual.h>
 #include <xtc/nn/modules/torch_layers.h>
 #include <xtc/nn/modules/transformer_wrapper.h>
@@ -27,6 +28,7 @@
 #include <xtc/nn/options/attention_layers.h>
 #include <xtc/nn/options/continuous.h>
 #include <xtc/nn/options/feedforward.h>
+#include <xtc/nn/options/keyword_arguments.h>
 #include <xtc/nn/options/transformer_wrapper.h>
 #include <xtc/ops/attention_layers.h>
 #include <xtc/ops/flash_attention.h>
