@@ -172,8 +172,10 @@ class TransformerWrapper(_Wrapper):
     num_memory_tokens, tie_embedding, tie_embedding_scale, logits_dim, return_only_embed, use_abs_pos_emb,
     scaled_sinu_pos_emb, l2norm_embed, average_pool_embed, use_cls_token / num_cls_tokens, squeeze_out_last_dim,
     attn_pool / num_pooled_tokens / attn_pool_depth / dim_pooled_tokens, max_mem_len, shift_mem_down,
-    input_not_include_cache, and token_emb / to_logits as modules. x-transformers' other arguments are accepted
-    only at their defaults.
+    input_not_include_cache, token_emb / to_logits as modules, and the research options (embed_num_tokens,
+    emb_frac_gradient, num_output_heads, mixture_of_softmax, sigsoftmax_logits, memory_tokens_interspersed_every,
+    ff_deep_embed, recycling / train_max_recycle_steps, looped / max_looped_steps, add_continuous_pred_head): every
+    argument of x-transformers' constructor but attn_z_loss_weight (which it never reads), taken at its default only.
     """
 
     _layout = staticmethod(_C.transformer_wrapper_layout)

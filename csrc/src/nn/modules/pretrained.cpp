@@ -148,10 +148,27 @@ AttentionLayers nested_stack(const Json& config, const std::string& path) {
   return AttentionLayers(options);
 }
 
-std::string wrapper_line(Json config, const std::string& path) {
+std::string wrapper_line(Json config) {
   config.erase("attn_layers");
   config.erase("attn_layers_class");
   return wrapper_options_line(config.dump());
+}
+
+// A wrapper of its options around its stack, its weights loaded.
+template <class Wrapper, class Options>
+Wrapper wrapper_from_pretrained(const std::string& directory) {
+  const std::string path = directory + "/config.json";
+  const auto config = read_config(directory);
+  auto stack = nested_stack(config, path);
+  std::optional<Options> options;
+  try {
+    options = Options::parse(wrapper_line(config));
+  } catch (const c10::Error& e) {
+    TORCH_CHECK_VALUE(false, path, ": ", e.what_without_backtrace());
+  }
+  Wrapper wrapper(*options, stack);
+  load_weights(directory, wrapper);
+  return wrapper;
 }
 
 }  // namespace
@@ -194,33 +211,12 @@ template CrossAttender stack_from_pretrained<CrossAttender>(const std::string&);
 template AttentionLayers stack_from_pretrained<AttentionLayers>(const std::string&);
 
 TransformerWrapper transformer_wrapper_from_pretrained(const std::string& directory) {
-  const std::string path = directory + "/config.json";
-  const auto config = read_config(directory);
-  auto stack = nested_stack(config, path);
-  std::optional<TransformerWrapperOptions> options;
-  try {
-    options = TransformerWrapperOptions::parse(wrapper_line(config, path));
-  } catch (const c10::Error& e) {
-    TORCH_CHECK_VALUE(false, path, ": ", e.what_without_backtrace());
-  }
-  TransformerWrapper wrapper(*options, stack);
-  load_weights(directory, wrapper);
-  return wrapper;
+  return wrapper_from_pretrained<TransformerWrapper, TransformerWrapperOptions>(directory);
 }
 
 ContinuousTransformerWrapper continuous_wrapper_from_pretrained(const std::string& directory) {
-  const std::string path = directory + "/config.json";
-  const auto config = read_config(directory);
-  auto stack = nested_stack(config, path);
-  std::optional<ContinuousTransformerWrapperOptions> options;
-  try {
-    options = ContinuousTransformerWrapperOptions::parse(wrapper_line(config, path));
-  } catch (const c10::Error& e) {
-    TORCH_CHECK_VALUE(false, path, ": ", e.what_without_backtrace());
-  }
-  ContinuousTransformerWrapper wrapper(*options, stack);
-  load_weights(directory, wrapper);
-  return wrapper;
+  return wrapper_from_pretrained<ContinuousTransformerWrapper, ContinuousTransformerWrapperOptions>(
+      directory);
 }
 
 }  // namespace xtc::nn
