@@ -23,7 +23,7 @@ cmake --build "$BUILD" -j "${MAX_JOBS:-2}"
 # LeakSanitizer reports what the C++ tests leave allocated at exit.
 export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:strict_string_checks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-ctest --test-dir "$BUILD" --output-on-failure -j2 -E '^example_'
+ctest --test-dir "$BUILD" --output-on-failure -j2 -E '^(example_|pretrained_run$)'
 
 # The Python smoke: our instrumented library inside an uninstrumented interpreter, so the runtimes are preloaded;
 # leaks are not checked there (CPython and torch keep interned objects alive at exit by design).
