@@ -274,7 +274,8 @@ class TransformerWrapper(_Wrapper):
         if self._to_logits_module:
             return self.to_logits(x)
         if self._tied_logits:
-            scale = self._kwargs.get("tie_embedding_scale") or self.attn_layers.dim ** -0.5
+            scale = self._kwargs.get("tie_embedding_scale")  # unset (None) = dim^-0.5, as x-transformers' default()
+            scale = self.attn_layers.dim ** -0.5 if scale is None else scale
             return x @ self.token_emb.emb.weight.t() * scale
         return torch.nn.functional.linear(x, self.to_logits.weight)
 
