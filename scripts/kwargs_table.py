@@ -275,24 +275,22 @@ def rows():
     own = [p for p in inspect.signature(AttentionLayers.__init__).parameters if p not in ("self", "kwargs")]
     attn = [p for p in inspect.signature(Attention.__init__).parameters if p not in INTERNAL]
     ff = [p for p in inspect.signature(FeedForward.__init__).parameters if p not in INTERNAL]
-    table = []
-    for name in own:
-        key = name
-        table.append((name, key))
-    table += [("attn_" + p, "attn." + p) for p in attn]
-    table += [("cross_attn_" + p, "cross_attn." + p) for p in attn]
-    table += [("ff_" + p, "ff." + p) for p in ff]
-    table += [(k, k.replace("attn_", "attn.", 1)) for k in EXTENSIONS]
+    # (kwarg, whether it reaches an attention): the option keys are x-transformers' kwarg names.
+    table = [(name, False) for name in own]
+    table += [("attn_" + p, True) for p in attn]
+    table += [("cross_attn_" + p, True) for p in attn]
+    table += [("ff_" + p, False) for p in ff]
+    table += [(k, k.startswith("attn_")) for k in EXTENSIONS]
     out = []
-    for kwarg, key in table:
+    for kwarg, attention in table:
         if kwarg in IMPLIED:
             status = "supported"
             path = IMPLIED[kwarg]
-        elif key in known:
+        elif kwarg in known:
             status = "supported"
             if kwarg in DESCRIBED:
                 path = DESCRIBED[kwarg]
-            elif key.startswith(("attn.", "cross_attn.")) or kwarg in STACK_PROBED:
+            elif attention or kwarg in STACK_PROBED:
                 path = attention_path(kwarg)
             else:
                 path = "native"

@@ -8,7 +8,6 @@
 #include <xtc/nn/modules/continuous.h>
 #include <xtc/nn/modules/transformer_wrapper.h>
 #include <xtc/nn/options/attention_layers.h>
-#include <xtc/nn/options/keyword_arguments.h>
 #include <xtc/ops/attention_layers.h>
 
 namespace py = pybind11;
@@ -122,28 +121,15 @@ PYBIND11_MODULE(_C, m) {
   bind_backends(m);
 
   m.def("option_keys", &xtc::nn::AttentionLayersOptions::keys,
-        "Keys of the serialised AttentionLayers options, e.g. 'heads', 'attn.dim_head'.");
-  m.def(
-      "attention_layers_options_line",
-      [](const std::string& keyword_arguments_json) {
-        return with_torch_errors(
-            [&] { return xtc::nn::attention_layers_options_line(keyword_arguments_json); });
-      },
-      "x-transformers' AttentionLayers keyword arguments (a JSON object) as the options line: routed, dict "
-      "arguments expanded; unknown keys raise TypeError naming them.");
-  m.def(
-      "wrapper_options_line",
-      [](const std::string& keyword_arguments_json) {
-        return with_torch_errors([&] { return xtc::nn::wrapper_options_line(keyword_arguments_json); });
-      },
-      "A wrapper's keyword arguments (a JSON object, without attn_layers) as its options line.");
-
+        "Keys of the serialised AttentionLayers options, e.g. 'heads', 'attn_dim_head'.");
   m.def(
       "normalize_options",
       [](const std::string& text) {
         return with_torch_errors([&] { return xtc::nn::AttentionLayersOptions::parse(text).serialize(); });
       },
-      py::arg("options"), "Validates 'key=value;...' options and returns them complete, in canonical form.");
+      py::arg("options"),
+      "Validates AttentionLayers keyword arguments (a JSON object) and returns every option, canonical, as "
+      "JSON.");
 
   m.def(
       "repeat_blocks_order",
@@ -159,11 +145,11 @@ PYBIND11_MODULE(_C, m) {
       "layers_execute_order.");
 
   // One parse of the options per construction: the plan holds them canonical, with everything Python reads
-  // off them (the op later parses the canonical line once more, then caches its plan).
+  // off them (the op later parses the canonical JSON once more, then caches its plan).
   using Plan = xtc::nn::functional::AttentionLayersPlan;
   py::class_<Plan, std::shared_ptr<Plan>>(
       m, "AttentionLayersPlan",
-      "What AttentionLayers options imply: their canonical line, the parameter "
+      "What AttentionLayers options imply: their canonical JSON, the parameter "
       "layout and the executed attention kinds.")
       .def(py::init([](const std::string& text) {
              return with_torch_errors([&] {

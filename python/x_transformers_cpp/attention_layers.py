@@ -19,7 +19,6 @@ from torch import nn
 from . import _C
 from .pretrained import PretrainedMixin
 
-_PREFIXES = ("ff_", "attn_", "cross_attn_")
 
 
 def _activation_spec(module, argument="ff_custom_activation"):
@@ -99,23 +98,20 @@ def _python_forms(kwargs):
     return {name: _json_ready(name, value) for name, value in kwargs.items()}
 
 
-def _options_text(kwargs):
-    """x-transformers kwargs -> the C++ options line (not yet validated), by the C++ translation of the keyword
-    arguments (xtc::nn::attention_layers_options_line); unknown or unsupported kwargs raise TypeError naming them."""
-    return _C.attention_layers_options_line(json.dumps(_python_forms(kwargs)))
+def _options_json(kwargs):
+    """x-transformers kwargs as the JSON object the C++ options read (AttentionLayersOptions::parse, which
+    routes them and raises TypeError naming unknown or unsupported ones): config.json's form."""
+    return json.dumps(_python_forms(kwargs))
 
 
 def differing_options(kwargs, options, defaults, required):
     """The keyword arguments a module was built with, as torch's modules show theirs in a repr: the `required`
     ones, then those whose canonical value in `options` differs from `defaults` (the same module built with only
     the required ones)."""
-    canonical = dict(entry.split("=", 1) for entry in options.split(";"))
-    default = dict(entry.split("=", 1) for entry in defaults.split(";"))
+    canonical, default = json.loads(options), json.loads(defaults)
     shown = []
     for name, value in kwargs.items():
-        prefix = next((p for p in _PREFIXES if name.startswith(p)), None)
-        key = prefix[:-1] + "." + name[len(prefix):] if prefix else name
-        if name in required or key not in canonical or canonical[key] != default.get(key):
+        if name in required or name not in canonical or canonical[name] != default.get(name):
             shown.append(f"{name}={value!r}")
     return ", ".join(shown)
 
@@ -457,7 +453,7 @@ class AttentionLayers(PretrainedMixin, nn.Module):
         if depth is None:
             raise TypeError("AttentionLayers: depth is required unless custom_layers gives the layers")
         self._kwargs = dict(dim=dim, depth=depth, heads=heads, causal=causal, **kwargs)  # for the repr
-        plan = _C.AttentionLayersPlan(_options_text(self._kwargs))  # the options parsed and validated, once
+        plan = _C.AttentionLayersPlan(_options_json(self._kwargs))  # the options parsed and validated, once
         self._options = plan.options
         layout = plan.layout(initializes_on_construction())
         self._parameter_names = [name for name, *_ in layout]
@@ -521,8 +517,8 @@ class AttentionLayers(PretrainedMixin, nn.Module):
             layers_execute_order = _C.repeat_blocks_order(self._options, triples)
         if layers_execute_order is None:
             return self._options, self._attention_types
-        order = ",".join(str(int(i)) for i in layers_execute_order)
-        plan = _C.AttentionLayersPlan(f"{self._options};layers_execute_order={order}")
+        options = dict(json.loads(self._options), layers_execute_order=[int(i) for i in layers_execute_order])
+        plan = _C.AttentionLayersPlan(json.dumps(options))
         return plan.options, _attention_types(plan)
 
     # Each attention's to_v and to_out parameters and each feed-forward's linear weights (x-transformers' picks).
@@ -635,8 +631,8 @@ class AttentionLayers(PretrainedMixin, nn.Module):
 
     def extra_repr(self):
         required = ("dim", "depth", "heads")
-        line = ";".join(e for e in self._options.split(";") if e.split("=")[0] in required)
-        return differing_options(self._kwargs, self._options, _C.normalize_options(line), required)
+        given = {k: v for k, v in json.loads(self._options).items() if k in required}
+        return differing_options(self._kwargs, self._options, _C.normalize_options(json.dumps(given)), required)
 
 
 class Encoder(AttentionLayers):

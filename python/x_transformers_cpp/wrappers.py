@@ -62,7 +62,7 @@ class _Wrapper(PretrainedMixin, nn.Module):
         if rejected or unknown:
             raise TypeError(f"unrecognized or unsupported keyword arguments: {', '.join(sorted(rejected + unknown))}")
         self._kwargs = {k: v for k, v in kwargs.items() if k not in unsupported}  # for the repr
-        text = _C.wrapper_options_line(json.dumps({k: _json_ready(k, v) for k, v in self._kwargs.items()}))
+        text = json.dumps({k: _json_ready(k, v) for k, v in self._kwargs.items()})
         self._options, layout = self._layout(text, attn_layers._options, initializes_on_construction())
         self._layer_options = attn_layers._options
         self._tensor_names = [name for name, *_ in layout]
@@ -124,8 +124,8 @@ class _Wrapper(PretrainedMixin, nn.Module):
         return (out, intermediates, *wrapper_record)
 
     def extra_repr(self):
-        line = ";".join(e for e in self._options.split(";") if e.split("=")[0] in self._REQUIRED)
-        defaults = self._layout(line, self._layer_options, False)[0]
+        given = {k: v for k, v in json.loads(self._options).items() if k in self._REQUIRED}
+        defaults = self._layout(json.dumps(given), self._layer_options, False)[0]
         return differing_options(self._kwargs, self._options, defaults, self._REQUIRED)
 
 
@@ -194,14 +194,12 @@ class TransformerWrapper(_Wrapper):
             kwargs["external_token_emb"] = True
         self._has_logits = to_logits is not None or not kwargs.get("return_only_embed", False)
         self._heads, self._mixture = kwargs.get("num_output_heads", 1), bool(kwargs.get("mixture_of_softmax", False))
-        # embed_num_tokens {name: num_tokens}: the option line keeps the dict's order.
-        embed_num_tokens = kwargs.pop("embed_num_tokens", None) or {}
+        # embed_num_tokens {name: num_tokens}: the options keep the dict's order.
+        embed_num_tokens = kwargs.get("embed_num_tokens") or {}
         if not isinstance(embed_num_tokens, dict):
             raise TypeError(f"embed_num_tokens: expected a dict of name -> num_tokens, got "
                             f"{type(embed_num_tokens).__name__}")
         self._embed_names = list(embed_num_tokens)
-        if embed_num_tokens:
-            kwargs["embed_num_tokens"] = "|".join(f"{name}:{int(n)}" for name, n in embed_num_tokens.items())
         if to_logits is not None:
             if kwargs.get("return_only_embed") or kwargs.get("tie_embedding") or self._heads > 1 or self._mixture:
                 raise ValueError("to_logits: a logits module cannot be combined with return_only_embed, "

@@ -6,6 +6,7 @@
 #include <xtc/xtc.h>
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
 
@@ -225,12 +226,11 @@ TEST(AttentionLayers, UnpadGivesThePaddedStacksOutputsAtKeptPositions) {
 // The layout the functional math reads is the module tree's own; on meta the same tree allocates nothing and
 // draws nothing.
 TEST(AttentionLayers, BuildsOnMetaWithTheLayoutOfTheCpuModule) {
-  const auto options = xtc::nn::AttentionLayersOptions::parse(
-      "dim=24;depth=2;heads=4;rotary_pos_emb=1;rotary_xpos=1;causal=1;dynamic_pos_bias=1;dynamic_pos_bias_"
-      "norm=1;"
-      "attn.num_mem_kv=2;attn.pre_talking_heads=1;attn.gate_values=1;ff.glu=1;use_layerscale=1;gate_residual="
-      "1;"
-      "macaron=1;add_value_residual=1;learned_value_residual_mix=1");
+  const auto options = xtc::nn::AttentionLayersOptions::parse(R"({
+      "dim": 24, "depth": 2, "heads": 4, "rotary_pos_emb": true, "rotary_xpos": true, "causal": true,
+      "dynamic_pos_bias": true, "dynamic_pos_bias_norm": true, "attn_num_mem_kv": 2,
+      "attn_pre_talking_heads": true, "attn_gate_values": true, "ff_glu": true, "use_layerscale": true,
+      "gate_residual": true, "macaron": true, "add_value_residual": true, "learned_value_residual_mix": true})");
   torch::manual_seed(3);
   const auto expected_draw = torch::randn({4});
   torch::manual_seed(3);
@@ -257,23 +257,39 @@ TEST(AttentionLayers, BuildsOnMetaWithTheLayoutOfTheCpuModule) {
   }));
 }
 
+// The options travel as x-transformers' keyword arguments in JSON (config.json's form).
 TEST(AttentionLayers, OptionsRoundTripAndRejectUnknownKeys) {
+  using Json = nlohmann::ordered_json;
   auto options = xtc::nn::AttentionLayersOptions(64, 3, 4);
   options.attn().dim_head(32).kv_heads(2).dropout(0.125);
   options.ff().mult(2.5);
   const auto text = options.serialize();
   EXPECT_EQ(xtc::nn::AttentionLayersOptions::parse(text).serialize(), text);
-  EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse(text + ";attn.talking_heads=1"), c10::Error);
-  EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse("dim=64;depth=2;heads=3;attn.kv_heads=2"), c10::Error);
+  const auto with = [&](const Json& more) {
+    Json kwargs = Json::parse(text);
+    kwargs.update(more);
+    return kwargs.dump();
+  };
+  EXPECT_EQ(Json::parse(text)["attn_kv_heads"], 2);
+  EXPECT_EQ(Json::parse(text)["ff_mult"], 2.5);
+  EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse(with({{"attn_talking_heads", true}})), c10::TypeError);
+  EXPECT_THROW(
+      xtc::nn::AttentionLayersOptions::parse(R"({"dim": 64, "depth": 2, "heads": 3, "attn_kv_heads": 2})"),
+      c10::ValueError);
+  EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse(with({{"depth", 2.0}})),
+               c10::ValueError);                                                            // not an int
+  EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse("dim=64;depth=2"), c10::ValueError);  // not JSON
   // A layer schedule: one feed-forward width per layer, as x-transformers' ff_mult=(4, 2, 1).
-  auto scheduled = xtc::nn::AttentionLayersOptions::parse(text + ";ff.mult=4,2,1;attn.kv_heads=4,2,1");
+  auto scheduled =
+      xtc::nn::AttentionLayersOptions::parse(with({{"ff_mult", {4, 2, 1}}, {"attn_kv_heads", {4, 2, 1}}}));
   ASSERT_EQ(scheduled.ff_per_layer().size(), 3u);
   EXPECT_EQ(scheduled.layer_feed_forward(3).mult(), 2.0);  // layer 3 is the second feed-forward
   EXPECT_EQ(scheduled.layer_attention(4).kv_heads(), 1);
+  EXPECT_EQ(Json::parse(scheduled.serialize())["ff_mult"], Json({4.0, 2.0, 1.0}));
   EXPECT_EQ(xtc::nn::AttentionLayersOptions::parse(scheduled.serialize()).serialize(), scheduled.serialize());
   xtc::nn::Encoder stack(scheduled);
   EXPECT_EQ(stack->named_parameters()["layers.5.1.ff.2.weight"].sizes(), c10::IntArrayRef({64, 64}));
-  EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse(text + ";ff.mult=4,2"), c10::Error);
+  EXPECT_THROW(xtc::nn::AttentionLayersOptions::parse(with({{"ff_mult", {4, 2}}})), c10::ValueError);
 }
 
 TEST(AttentionLayers, TrainsFromCpp) {
@@ -552,20 +568,30 @@ TEST(TransformerWrapper, RecyclingNeedsItsStepsOutsideTraining) {
 }
 
 TEST(Wrappers, OptionsRoundTripThroughTheirFieldTables) {
-  const auto lm =
-      xtc::nn::TransformerWrapperOptions(50, 16).emb_dim(24).use_cls_token(true).num_cls_tokens(3);
+  using Json = nlohmann::ordered_json;
+  const auto lm = xtc::nn::TransformerWrapperOptions(50, 16)
+                      .emb_dim(24)
+                      .use_cls_token(true)
+                      .num_cls_tokens(3)
+                      .embed_num_tokens({{"type", 2}, {"segment", 5}});
   const auto text = lm.serialize();
   EXPECT_EQ(xtc::nn::TransformerWrapperOptions::parse(text).serialize(), text);
   EXPECT_EQ(xtc::nn::TransformerWrapperOptions::parse(text).num_cls_tokens(), 3);
-  EXPECT_EQ(xtc::nn::TransformerWrapperOptions::keys().size(),
-            std::count(text.begin(), text.end(), '=') + 0u);
-  EXPECT_THROW(xtc::nn::TransformerWrapperOptions::parse(text + ";attn_pool=1"), c10::Error);
+  EXPECT_EQ(Json::parse(text)["embed_num_tokens"].dump(), R"({"type":2,"segment":5})");  // the dict's order
+  EXPECT_EQ(xtc::nn::TransformerWrapperOptions::keys().size(), Json::parse(text).size());
+  EXPECT_THROW(
+      xtc::nn::TransformerWrapperOptions::parse(R"({"num_tokens": 50, "max_seq_len": 16, "attn_pol": 1})"),
+      c10::TypeError);
+  EXPECT_THROW(
+      xtc::nn::TransformerWrapperOptions::parse(R"({"num_tokens": 50, "embed_num_tokens": {"type": 0}})"),
+      c10::ValueError);
   const auto continuous = xtc::nn::ContinuousTransformerWrapperOptions().dim_in(20).probabilistic(true);
   const auto line = continuous.serialize();
   EXPECT_EQ(xtc::nn::ContinuousTransformerWrapperOptions::parse(line).serialize(), line);
   EXPECT_TRUE(xtc::nn::ContinuousTransformerWrapperOptions::parse(line).probabilistic());
   // A count reads None (Python's) as 0.
-  EXPECT_EQ(xtc::nn::ContinuousTransformerWrapperOptions::parse("num_memory_tokens=none").num_memory_tokens(),
+  EXPECT_EQ(xtc::nn::ContinuousTransformerWrapperOptions::parse(R"({"num_memory_tokens": null})")
+                .num_memory_tokens(),
             0);
 }
 

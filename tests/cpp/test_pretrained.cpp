@@ -61,8 +61,7 @@ TEST(Pretrained, StackRoundTripsAndBadDirectoriesNameTheFileAndKey) {
   const std::string config = R"({"dim": 16, "depth": 2, "heads": 2, "ff_mult": [4, 2], "attn_kv_heads": 1})";
   write_text(dir / "config.json", config);
   // A model of those keyword arguments, its weights written as save_pretrained writes them.
-  xtc::nn::Decoder original(
-      xtc::nn::AttentionLayersOptions::parse(xtc::nn::attention_layers_options_line(config)));
+  xtc::nn::Decoder original(xtc::nn::AttentionLayersOptions::parse(config));
   {
     torch::NoGradGuard no_grad;
     for (auto& p : original->parameters()) p.add_(torch::randn_like(p) * 0.1);

@@ -46,6 +46,12 @@ def test_stack_round_trips_through_ours_and_x_transformers(tmp_path, model_class
         theirs.load_state_dict(safetensors.torch.load_file(tmp_path / "model.safetensors"), strict=True)
         torch.testing.assert_close(theirs(**inputs), expected, atol=1e-5, rtol=0)
     assert loaded._init_arguments == {k: v for k, v in kwargs.items()}
+    # One format: the ops receive keyword arguments as JSON too, every option under its keyword name (a layer
+    # schedule a list); only custom_layers' tuple (a string there) and depth None (counted) take another form.
+    options = json.loads(model._options)
+    for key, value in config.items():
+        if key not in ("custom_layers", "depth"):
+            assert options[key] == value, key
 
 
 def test_wrappers_and_xtransformer_round_trip(tmp_path):

@@ -28,7 +28,6 @@
 #include <xtc/nn/options/attention_layers.h>
 #include <xtc/nn/options/continuous.h>
 #include <xtc/nn/options/feedforward.h>
-#include <xtc/nn/options/keyword_arguments.h>
 #include <xtc/nn/options/transformer_wrapper.h>
 #include <xtc/ops/attention_layers.h>
 #include <xtc/ops/flash_attention.h>

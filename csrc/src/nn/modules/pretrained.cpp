@@ -6,7 +6,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xtc/nn/modules/pretrained.h>
-#include <xtc/nn/options/keyword_arguments.h>
 
 #include <cstring>
 #include <fstream>
@@ -118,7 +117,7 @@ AttentionLayersOptions stack_options(Json kwargs, const std::string& path) {
     kwargs["depth"] = layers.is_string() ? layers.get<std::string>().size() : layers.size();
   }
   try {
-    return AttentionLayersOptions::parse(attention_layers_options_line(kwargs.dump()));
+    return AttentionLayersOptions::parse(kwargs.dump());
   } catch (const c10::Error& e) {
     TORCH_CHECK_VALUE(false, path, ": ", e.what_without_backtrace());
   }
@@ -148,10 +147,13 @@ AttentionLayers nested_stack(const Json& config, const std::string& path) {
   return AttentionLayers(options);
 }
 
+// The wrapper's own keyword arguments. max_mem_len, shift_mem_down and input_not_include_cache only set
+// defaults of Python's forward arguments, which the C++ forward takes as arguments.
 std::string wrapper_line(Json config) {
-  config.erase("attn_layers");
-  config.erase("attn_layers_class");
-  return wrapper_options_line(config.dump());
+  for (const char* key :
+       {"attn_layers", "attn_layers_class", "max_mem_len", "shift_mem_down", "input_not_include_cache"})
+    config.erase(key);
+  return config.dump();
 }
 
 // A wrapper of its options around its stack, its weights loaded.

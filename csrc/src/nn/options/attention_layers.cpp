@@ -1,6 +1,4 @@
 #include <c10/util/Exception.h>
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 #include <xtc/nn/functional/activation.h>
 #include <xtc/nn/functional/hybrid.h>
 #include <xtc/nn/options/attention_layers.h>
@@ -8,7 +6,8 @@
 #include <algorithm>
 #include <functional>
 
-#include "src/nn/options/option_text.h"
+#include "src/nn/options/keyword_arguments.h"
+#include "src/nn/options/option_json.h"
 
 namespace xtc::nn {
 
@@ -851,7 +850,7 @@ void add_attention_fields(std::vector<Field>& fields, const std::string& prefix,
                           AttentionOptions& (*part)(AttentionLayersOptions&)) {
 #define XTC_ATTN(NAME, TYPE)                                                                              \
   fields.push_back(XTC_OPTION_FIELD_OF(AttentionLayersOptions, AttentionOptions, part, "AttentionLayers", \
-                                       prefix + #NAME, NAME, TYPE))
+                                       prefix, #NAME, NAME, TYPE))
   XTC_ATTN(dim_head, int64_t);
   XTC_ATTN(kv_heads, std::optional<int64_t>);
   XTC_ATTN(one_kv_head, bool);
@@ -1022,10 +1021,10 @@ const std::vector<Field>& fields() {
     XTC_OWN(zero_init_branch_output, bool);
     XTC_OWN(unpad, bool);
 #undef XTC_OWN
-    add_attention_fields(f, "attn.", attn);
-    add_attention_fields(f, "cross_attn.", cross_attn);
+    add_attention_fields(f, "attn_", attn);
+    add_attention_fields(f, "cross_attn_", cross_attn);
 #define XTC_FF(NAME, TYPE) \
-  f.push_back(XTC_OPTION_FIELD_OF(O, FeedForwardOptions, ff, "AttentionLayers", "ff." #NAME, NAME, TYPE))
+  f.push_back(XTC_OPTION_FIELD_OF(O, FeedForwardOptions, ff, "AttentionLayers", "ff_", #NAME, NAME, TYPE))
     XTC_FF(mult, double);
     XTC_FF(glu, bool);
     XTC_FF(glu_mult_bias, bool);
@@ -1043,6 +1042,8 @@ const std::vector<Field>& fields() {
     XTC_FF(sublayer_dropout, double);
     XTC_FF(zero_init_output, bool);
 #undef XTC_FF
+    for (size_t i = 0; i < f.size(); ++i)  // a prefixed name of the stack's own must not shadow a block's
+      TORCH_INTERNAL_ASSERT(detail::find_field(f, f[i].key) == &f[i], "option key twice: ", f[i].key);
     return f;
   }();
   return all;
@@ -1052,11 +1053,12 @@ const std::vector<Field>& fields() {
 
 namespace {
 
-// Layer schedules in the options line: a block option's values, one per layer of its kind, comma-separated
-// ("ff.mult=4,2,1"); block options hold no lists of their own. A schedule's field is read and written through
-// a copy of the options whose common block options are that layer's.
+// Layer schedules: a block option's values, one per layer of its kind, as a list ("ff_mult": [4, 2, 1]);
+// block options hold no lists of their own. A schedule's field is read and written through a copy of the
+// options whose common block options are that layer's.
 struct Schedule {
-  const char* prefix;                                           // the fields' key prefix
+  std::string part;                                             // the fields' part: "attn_", "ff_", ...
+  char kind;                                                    // its layers' letter
   size_t size;                                                  // entries (0: no schedule)
   std::function<void(AttentionLayersOptions&, size_t)> select;  // common options := entry i
   std::function<void(AttentionLayersOptions&, size_t, const AttentionLayersOptions&)>
@@ -1067,119 +1069,132 @@ struct Schedule {
 std::vector<Schedule> schedules(const AttentionLayersOptions& o) {
   using O = AttentionLayersOptions;
   return {
-      {"attn.", o.attn_per_layer().size(), [](O& t, size_t i) { t.attn(t.attn_per_layer().at(i)); },
+      {"attn_", 'a', o.attn_per_layer().size(), [](O& t, size_t i) { t.attn(t.attn_per_layer().at(i)); },
        [](O& t, size_t i, const O& from) { t.attn_per_layer().at(i) = from.attn(); },
        [](O& t, size_t n) { t.attn_per_layer().assign(n, t.attn()); }},
-      {"cross_attn.", o.cross_attn_per_layer().size(),
+      {"cross_attn_", 'c', o.cross_attn_per_layer().size(),
        [](O& t, size_t i) { t.cross_attn(t.cross_attn_per_layer().at(i)); },
        [](O& t, size_t i, const O& from) { t.cross_attn_per_layer().at(i) = from.cross_attn(); },
        [](O& t, size_t n) { t.cross_attn_per_layer().assign(n, t.cross_attn()); }},
-      {"ff.", o.ff_per_layer().size(), [](O& t, size_t i) { t.ff(t.ff_per_layer().at(i)); },
+      {"ff_", 'f', o.ff_per_layer().size(), [](O& t, size_t i) { t.ff(t.ff_per_layer().at(i)); },
        [](O& t, size_t i, const O& from) { t.ff_per_layer().at(i) = from.ff(); },
        [](O& t, size_t n) { t.ff_per_layer().assign(n, t.ff()); }},
   };
 }
 
-const Schedule* schedule_of(const std::vector<Schedule>& all, const std::string& key) {
+const Schedule* schedule_of(const std::vector<Schedule>& all, const Field& field) {
   for (const auto& s : all)
-    if (key.rfind(s.prefix, 0) == 0) return &s;
+    if (field.part == s.part) return &s;
   return nullptr;
 }
 
-std::vector<std::string> split_commas(const std::string& text) {
-  std::vector<std::string> parts;
-  size_t start = 0;
-  for (size_t comma; (comma = text.find(',', start)) != std::string::npos; start = comma + 1)
-    parts.push_back(text.substr(start, comma - start));
-  parts.push_back(text.substr(start));
-  return parts;
+using Scheduled = std::vector<std::pair<const Field*, detail::Json>>;  // fields given a list, and the list
+
+// x-transformers: an attn_* schedule that does not match the self-attention layers goes to cross-attention
+// (CrossAttender), unless cross_attn_* gives that option.
+void move_schedules_to_cross_attention(AttentionLayersOptions& options, Scheduled& scheduled,
+                                       const detail::Json& given) {
+  const auto types = options.layer_types();
+  const auto self_layers = static_cast<size_t>(std::count(types.begin(), types.end(), 'a'));
+  if (self_layers > 0) return;
+  for (size_t e = 0, entries = scheduled.size(); e < entries; ++e) {
+    const auto [field, values] = scheduled[e];
+    if (field->part != "attn_" || values.size() == self_layers) continue;
+    const std::string cross_key = "cross_" + field->key;
+    scheduled[e].first = nullptr;
+    if (given.contains(cross_key)) continue;
+    const Field* cross = detail::find_field(fields(), cross_key);
+    cross->read(options, values.front());
+    scheduled.emplace_back(cross, values);
+  }
+  scheduled.erase(std::remove_if(scheduled.begin(), scheduled.end(),
+                                 [](const auto& entry) { return entry.first == nullptr; }),
+                  scheduled.end());
+}
+
+// Each scheduled field's values into its kind's per-layer options.
+void apply_schedules(AttentionLayersOptions& options, const Scheduled& scheduled) {
+  const auto types = options.layer_types();
+  for (const auto& s : schedules(options)) {
+    const auto in_this = [&](const Field* field) { return field->part == s.part; };
+    if (std::none_of(scheduled.begin(), scheduled.end(),
+                     [&](const auto& entry) { return in_this(entry.first); }))
+      continue;
+    const auto layers = static_cast<size_t>(std::count(types.begin(), types.end(), s.kind));
+    s.resize(options, layers);
+    for (const auto& [field, values] : scheduled) {
+      if (!in_this(field)) continue;
+      TORCH_CHECK_VALUE(values.size() == layers, "AttentionLayers: expected ", field->key, " per layer as ",
+                        layers, " values (one per layer of that kind), got ", values.size());
+      for (size_t i = 0; i < layers; ++i) {
+        AttentionLayersOptions layer = options;
+        s.select(layer, i);
+        field->read(layer, values[i]);
+        s.store(options, i, layer);
+      }
+    }
+  }
+}
+
+// x-transformers routes attn_* to cross-attention too, unless cross_attn_* gives it; a schedule (one value
+// per layer) stays with self-attention.
+void add_cross_attention_defaults(detail::Json& given) {
+  detail::Json defaults = detail::Json::object();
+  for (const auto& [key, value] : given.items()) {
+    const std::string cross_key = "cross_" + key;
+    if (key.rfind("attn_", 0) == 0 && !value.is_array() && !given.contains(cross_key) &&
+        detail::find_field(fields(), cross_key) != nullptr)
+      defaults[cross_key] = value;
+  }
+  given.update(defaults);
 }
 
 }  // namespace
 
 std::string AttentionLayersOptions::serialize() const {
   const auto all = schedules(*this);
-  std::string text;
+  detail::Json object = detail::Json::object();
   for (const auto& field : fields()) {
-    if (!text.empty()) text += ';';
-    std::string value = field.format(*this);
-    if (const Schedule* s = schedule_of(all, field.key); s != nullptr && s->size > 0) {
-      // Per layer when the layers differ in this field.
-      std::vector<std::string> values;
+    detail::Json value = field.write(*this);
+    if (const Schedule* s = schedule_of(all, field); s != nullptr && s->size > 0) {
+      detail::Json values = detail::Json::array();  // per layer when the layers differ in this field
       for (size_t i = 0; i < s->size; ++i) {
         AttentionLayersOptions layer = *this;
         s->select(layer, i);
-        values.push_back(field.format(layer));
+        values.push_back(field.write(layer));
       }
       if (std::adjacent_find(values.begin(), values.end(), std::not_equal_to<>()) != values.end())
-        value = fmt::format("{}", fmt::join(values, ","));
+        value = values;
     }
-    text += field.key + "=" + value;
+    object[field.key] = value;
   }
-  return text;
+  return object.dump();
 }
 
-AttentionLayersOptions AttentionLayersOptions::parse(const std::string& text) {
+AttentionLayersOptions AttentionLayersOptions::parse(const std::string& json) {
+  constexpr const char* owner = "AttentionLayers";
+  detail::Json given = detail::parse_object(owner, json);
+  expand_keyword_forms(given);
+  std::vector<std::string> unknown;
+  for (const auto& [key, value] : given.items())
+    if (detail::find_field(fields(), key) == nullptr) unknown.push_back(key);
+  std::sort(unknown.begin(), unknown.end());
+  detail::refuse_unknown(owner, unknown);
+  add_cross_attention_defaults(given);
   AttentionLayersOptions options(0, 0, 0);
-  std::vector<std::pair<const Field*, std::vector<std::string>>>
-      scheduled;                   // set once the layer counts are known
-  std::vector<std::string> given;  // the keys of the line
-  const auto all = schedules(options);
-  detail::for_each_option("AttentionLayers", text, [&](const std::string& key, const std::string& value) {
-    given.push_back(key);
-    for (const auto& field : fields()) {
-      if (key != field.key) continue;
-      if (schedule_of(all, key) != nullptr && value.find(',') != std::string::npos) {
-        auto values = split_commas(value);
-        field.parse(options, values.front());  // the common value: the first layer's
-        scheduled.emplace_back(&field, std::move(values));
-        return;
-      }
-      return field.parse(options, value);
+  Scheduled scheduled;  // applied once the layer counts are known
+  for (const auto& [key, value] : given.items()) {
+    const Field* field = detail::find_field(fields(), key);
+    if (field->part.empty() || !value.is_array()) {
+      field->read(options, value);
+      continue;
     }
-    detail::unknown_option("AttentionLayers", key, keys());
-  });
-  if (!scheduled.empty()) {
-    const auto types = options.layer_types();
-    // x-transformers: an attn_* schedule that does not match the self-attention layers goes to
-    // cross-attention (CrossAttender), unless cross_attn_* gives that option.
-    const auto self_layers = static_cast<size_t>(std::count(types.begin(), types.end(), 'a'));
-    for (size_t e = 0, entries = scheduled.size(); e < entries; ++e) {
-      const auto [field, values] = scheduled[e];
-      if (field->key.rfind("attn.", 0) != 0 || values.size() == self_layers || self_layers > 0) continue;
-      const std::string cross_key = "cross_" + field->key;
-      scheduled[e].first = nullptr;
-      if (std::find(given.begin(), given.end(), cross_key) != given.end()) continue;
-      for (const auto& f : fields())
-        if (f.key == cross_key) {
-          f.parse(options, values.front());
-          scheduled.emplace_back(&f, values);
-        }
-    }
-    scheduled.erase(std::remove_if(scheduled.begin(), scheduled.end(),
-                                   [](const auto& entry) { return entry.first == nullptr; }),
-                    scheduled.end());
-    for (const auto& s : all) {
-      const auto in_this = [&](const Field* field) { return schedule_of(all, field->key) == &s; };
-      if (std::none_of(scheduled.begin(), scheduled.end(),
-                       [&](const auto& entry) { return in_this(entry.first); }))
-        continue;
-      const char kind = std::string(s.prefix) == "attn." ? 'a' : std::string(s.prefix) == "ff." ? 'f' : 'c';
-      const auto layers = static_cast<size_t>(std::count(types.begin(), types.end(), kind));
-      s.resize(options, layers);
-      for (const auto& [field, values] : scheduled) {
-        if (!in_this(field)) continue;
-        TORCH_CHECK_VALUE(values.size() == layers, "AttentionLayers: expected ", field->key, " per layer as ",
-                          layers, " values (one per layer of that kind), got ", values.size());
-        for (size_t i = 0; i < layers; ++i) {
-          AttentionLayersOptions layer = options;
-          s.select(layer, i);
-          field->parse(layer, values[i]);
-          s.store(options, i, layer);
-        }
-      }
-    }
+    TORCH_CHECK_VALUE(!value.empty(), owner, ": expected ", key, " as one value or one per layer, got []");
+    field->read(options, value.front());  // the common value: the first layer's
+    scheduled.emplace_back(field, value);
   }
+  move_schedules_to_cross_attention(options, scheduled, given);
+  apply_schedules(options, scheduled);
   options.validate();
   return options;
 }

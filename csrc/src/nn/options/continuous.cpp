@@ -1,7 +1,7 @@
 #include <c10/util/Exception.h>
 #include <xtc/nn/options/continuous.h>
 
-#include "src/nn/options/option_text.h"
+#include "src/nn/options/option_json.h"
 
 namespace xtc::nn {
 
@@ -47,12 +47,13 @@ const std::vector<detail::OptionField<ContinuousTransformerWrapperOptions>>& fie
 }  // namespace
 
 std::string ContinuousTransformerWrapperOptions::serialize() const {
-  return detail::format_fields(fields(), *this);
+  return detail::write_fields(fields(), *this).dump();
 }
 
-ContinuousTransformerWrapperOptions ContinuousTransformerWrapperOptions::parse(const std::string& line) {
+ContinuousTransformerWrapperOptions ContinuousTransformerWrapperOptions::parse(const std::string& json) {
+  constexpr const char* owner = "ContinuousTransformerWrapper";
   ContinuousTransformerWrapperOptions o;
-  detail::parse_fields("ContinuousTransformerWrapper", fields(), line, o);
+  detail::read_fields(owner, fields(), detail::parse_object(owner, json), o);
   o.validate();
   return o;
 }

@@ -1,38 +1,18 @@
 #include <c10/util/Exception.h>
 #include <xtc/nn/options/transformer_wrapper.h>
 
-#include <sstream>
-
-#include "src/nn/options/option_text.h"
+#include "src/nn/options/option_json.h"
 
 namespace xtc::nn {
 
 TransformerWrapperOptions::TransformerWrapperOptions(int64_t num_tokens, int64_t max_seq_len)
     : num_tokens_(num_tokens), max_seq_len_(max_seq_len) {}
 
-std::vector<std::pair<std::string, int64_t>> TransformerWrapperOptions::extra_embeddings() const {
-  std::vector<std::pair<std::string, int64_t>> out;
-  if (!embed_num_tokens_.has_value()) return out;
-  std::stringstream entries(*embed_num_tokens_);
-  for (std::string entry; std::getline(entries, entry, '|');) {
-    const auto colon = entry.rfind(':');
-    int64_t count = 0;
-    try {
-      count = colon == std::string::npos ? 0 : std::stoll(entry.substr(colon + 1));
-    } catch (const std::exception&) {
-    }
-    TORCH_CHECK_VALUE(
-        colon != std::string::npos && colon > 0 && count > 0,
-        "TransformerWrapper: expected embed_num_tokens as \"name:num_tokens|...\" with counts > 0, "
-        "got \"",
-        *embed_num_tokens_, "\"");
-    out.emplace_back(entry.substr(0, colon), count);
-  }
-  return out;
-}
-
 void TransformerWrapperOptions::validate() const {
-  extra_embeddings();
+  for (const auto& [name, count] : embed_num_tokens_)
+    TORCH_CHECK_VALUE(!name.empty() && count > 0,
+                      "TransformerWrapper: expected embed_num_tokens as names with counts > 0, got '", name,
+                      "': ", count);
   TORCH_CHECK_VALUE(num_tokens_ > 0, "TransformerWrapper: expected num_tokens > 0, got ", num_tokens_);
   TORCH_CHECK_VALUE(max_seq_len_ >= 0, "TransformerWrapper: expected max_seq_len >= 0, got ", max_seq_len_);
   TORCH_CHECK_VALUE(!emb_dim_.has_value() || *emb_dim_ > 0, "TransformerWrapper: expected emb_dim > 0");
@@ -120,7 +100,7 @@ const std::vector<detail::OptionField<TransformerWrapperOptions>>& fields() {
       XTC_FIELD(external_token_emb, bool),
       XTC_FIELD(squeeze_out_last_dim, bool),
       XTC_FIELD(sigsoftmax_logits, bool),
-      XTC_FIELD(embed_num_tokens, std::optional<std::string>),
+      XTC_FIELD(embed_num_tokens, detail::NamedCounts),
       XTC_FIELD(emb_frac_gradient, double),
       XTC_FIELD(num_output_heads, int64_t),
       XTC_FIELD(mixture_of_softmax, bool),
@@ -142,11 +122,14 @@ const std::vector<detail::OptionField<TransformerWrapperOptions>>& fields() {
 
 }  // namespace
 
-std::string TransformerWrapperOptions::serialize() const { return detail::format_fields(fields(), *this); }
+std::string TransformerWrapperOptions::serialize() const {
+  return detail::write_fields(fields(), *this).dump();
+}
 
-TransformerWrapperOptions TransformerWrapperOptions::parse(const std::string& line) {
+TransformerWrapperOptions TransformerWrapperOptions::parse(const std::string& json) {
+  constexpr const char* owner = "TransformerWrapper";
   TransformerWrapperOptions o(0, 0);
-  detail::parse_fields("TransformerWrapper", fields(), line, o);
+  detail::read_fields(owner, fields(), detail::parse_object(owner, json), o);
   o.validate();
   return o;
 }

@@ -121,10 +121,13 @@ struct AttentionLayersOptions {
   /// Checks values and clashing flags; throws c10::Error (ValueError in Python) naming the options.
   void validate() const;
 
-  /// One line "key=value;..." with every option, read back by parse(); what the layer-stack op receives.
+  /// Every option as a JSON object of keyword arguments under x-transformers' names (a layer schedule as a
+  /// list), read back by parse(): what the layer-stack ops receive, in config.json's format.
   std::string serialize() const;
-  static AttentionLayersOptions parse(const std::string& text);
-  /// The option keys parse() accepts ("dim", "attn.dim_head", ...), in declaration order.
+  /// Options from x-transformers' keyword arguments as a JSON object (config.json's form; the rest at their
+  /// defaults), routed and validated as keyword_options() describes; throws c10::Error naming the argument.
+  static AttentionLayersOptions parse(const std::string& json);
+  /// The option keys parse() accepts ("dim", "attn_dim_head", ...), in declaration order.
   static std::vector<std::string> keys();
 
   /// Model width.

@@ -16,9 +16,11 @@ namespace xtc::nn {
 struct ContinuousTransformerWrapperOptions {
   /// Checks values; throws c10::Error (ValueError in Python) naming the option.
   void validate() const;
-  /// One line "key=value;..." read back by parse(): what the continuous_transformer op receives.
+  /// Every option as a JSON object of keyword arguments under x-transformers' names, read back by parse():
+  /// what the continuous_transformer op receives. parse() takes any of them (the rest at their defaults) and
+  /// throws naming unknown keys and bad values.
   std::string serialize() const;
-  static ContinuousTransformerWrapperOptions parse(const std::string& text);
+  static ContinuousTransformerWrapperOptions parse(const std::string& json);
   /// The option keys parse() accepts.
   static std::vector<std::string> keys();
 

@@ -6,21 +6,25 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace xtc::nn {
 
 /// Token embedding, positions and a logits head around a layer stack, as x-transformers' TransformerWrapper.
 struct TransformerWrapperOptions {
+  using NamedCounts = std::vector<std::pair<std::string, int64_t>>;
   TransformerWrapperOptions(int64_t num_tokens, int64_t max_seq_len);
 
+  /// embed_num_tokens' (name, num_tokens) pairs.
+  const NamedCounts& extra_embeddings() const { return embed_num_tokens_; }
   /// Checks values; throws c10::Error (ValueError in Python) naming the option.
-  /// embed_num_tokens as (name, num_tokens) pairs; checked.
-  std::vector<std::pair<std::string, int64_t>> extra_embeddings() const;
   void validate() const;
-  /// One line "key=value;..." read back by parse(): what the transformer_wrapper op receives.
+  /// Every option as a JSON object of keyword arguments under x-transformers' names, read back by parse():
+  /// what the transformer_wrapper op receives. parse() takes any of them (the rest at their defaults) and
+  /// throws naming unknown keys and bad values.
   std::string serialize() const;
-  static TransformerWrapperOptions parse(const std::string& text);
+  static TransformerWrapperOptions parse(const std::string& json);
   /// The option keys parse() accepts.
   static std::vector<std::string> keys();
 
@@ -66,9 +70,10 @@ struct TransformerWrapperOptions {
   TORCH_ARG(bool, external_token_emb) = false;
   /// Logits of width 1 lose their last dim (a regression or score head).
   TORCH_ARG(bool, squeeze_out_last_dim) = false;
-  /// Further token embeddings summed into the tokens' (BERT's token types): "name:num_tokens|..." in order,
-  /// each table `embeds.<name>_embed`; forward takes one id tensor per name (x-transformers' embed_ids).
-  TORCH_ARG(std::optional<std::string>, embed_num_tokens) = std::nullopt;
+  /// Further token embeddings summed into the tokens' (BERT's token types): (name, num_tokens) in order (a
+  /// dict in x-transformers), each table `embeds.<name>_embed`; forward takes one id tensor per name
+  /// (x-transformers' embed_ids).
+  TORCH_ARG(NamedCounts, embed_num_tokens) = {};
   /// The embeddings' gradient scaled by this (CogView, arXiv 2105.13290; GLM-130B): x f + x.detach() (1 - f),
   /// the values unchanged; 1 = unscaled.
   TORCH_ARG(double, emb_frac_gradient) = 1.0;
