@@ -40,6 +40,7 @@
 #include <utility>
 #include <vector>
 
+#include "ops/cpu/bf16_blocks.h"
 #include "ops/cpu/blas.h"
 #include "ops/flash_attention_checks.h"
 
@@ -49,6 +50,7 @@ namespace {
 using cpu::gemm;
 using TransposeType = cpu::Trans;
 using Vec = at::vec::Vectorized<float>;
+namespace bf16_blocks = cpu::bf16_blocks;
 
 // Large blocks keep the per-GEMM overhead small next to its work (PyTorch's CPU flash attention uses 256 x
 // 512 too); memory per thread stays a block: kQueryBlock x kKeyBlock logits.
@@ -92,12 +94,14 @@ bool block_has_key(const bool* mask_row, int64_t j0, int64_t j1) {
 }
 
 // The logit transform of rows [i0, i1) against keys [j0, j1) for one head, on raw scaled products s = scale q
-// k^T already in `logits`: + alibi, then the soft-cap, then invisible entries set to -inf. `tanh_out`
-// (optional) receives tanh(s / softcap) for the backward chain rule.
+// k^T already in `logits` (rows `ld` apart; 0: cols): + alibi, then the soft-cap, then invisible entries set
+// to -inf. `tanh_out` (optional, the same layout) receives tanh(s / softcap) for the backward chain rule.
 template <typename scalar_t>
 void transform_logits(const AttentionRule<scalar_t>& rule, int64_t head, const bool* mask_row, int64_t i0,
-                      int64_t i1, int64_t j0, int64_t j1, scalar_t* logits, scalar_t* tanh_out) {
+                      int64_t i1, int64_t j0, int64_t j1, scalar_t* logits, scalar_t* tanh_out,
+                      int64_t ld = 0) {
   const int64_t rows = i1 - i0, cols = j1 - j0;
+  if (ld == 0) ld = cols;
   const scalar_t slope = rule.slopes != nullptr ? rule.slopes[head] : scalar_t(0);
   const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
   // A block whose keys are all kept (padding sits at the end, mostly) needs no per-row scalar pass over the
@@ -105,14 +109,14 @@ void transform_logits(const AttentionRule<scalar_t>& rule, int64_t head, const b
   if (mask_row != nullptr && std::all_of(mask_row + j0, mask_row + j1, [](bool keep) { return keep; }))
     mask_row = nullptr;
   for (int64_t r = 0; r < rows; ++r) {
-    scalar_t* s = logits + r * cols;
+    scalar_t* s = logits + r * ld;
     const int64_t i = i0 + r;
     if (slope != 0) {
       const int64_t pos = i + rule.key_offset;
       for (int64_t c = 0; c < cols; ++c) s[c] -= slope * static_cast<scalar_t>(std::abs(pos - (j0 + c)));
     }
     if (rule.softcap > 0) {
-      scalar_t* t = tanh_out + r * cols;
+      scalar_t* t = tanh_out + r * ld;
       const scalar_t inv = scalar_t(1) / rule.softcap;
       for (int64_t c = 0; c < cols; ++c) {
         t[c] = std::tanh(s[c] * inv);
@@ -462,9 +466,9 @@ void bf16_product(at::Tensor& scratch, int64_t rows, int64_t cols, const at::Ten
   at::cpu::mm_out(result, a, b);
 }
 
-void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
-                       const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
-                       at::Tensor& lse) {
+void forward_bf16_onednn(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
+                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                         at::Tensor& lse) {
   const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
                 dv = s.value_head_dim;
   const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
@@ -545,6 +549,163 @@ void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRu
       }
     }
   });
+}
+
+// ---- bfloat16 forward in our own microkernels (bf16_blocks.h)
+// ------------------------------------------------------------------------------------------- The same blocks
+// as forward_bf16_onednn, with K and V packed once per call into the order vdpbf16ps reads, and both products
+// as register-tiled microkernels: no library call per block, and the scores come out in float32 (not rounded
+// to bf16 as a bf16 matmul writes them). A block that every row sees whole, with no ALiBi or soft-cap, takes
+// the scale into its exp2 (FlashAttention-3's folding): one max pass and one exp2 pass over the raw products.
+
+const uint16_t* bits(const at::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
+uint16_t* bits(at::BFloat16* p) { return reinterpret_cast<uint16_t*>(p); }
+
+// Every (batch, kv head)'s keys and values in the microkernels' packed layouts, one after the other.
+std::pair<at::Tensor, at::Tensor> pack_keys_and_values(const detail::FlashAttentionSizes<>& s,
+                                                       const at::Tensor& k, const at::Tensor& v) {
+  const int64_t key_size = bf16_blocks::packed_keys_size(s.keys, s.head_dim),
+                value_size = bf16_blocks::packed_values_size(s.keys, s.value_head_dim);
+  const auto options = k.options().dtype(at::kBFloat16);
+  at::Tensor keys = at::empty({s.batch * s.kv_heads * key_size}, options),
+             values = at::empty({s.batch * s.kv_heads * value_size}, options);
+  const RowOperand<at::BFloat16> K(k), V(v);
+  at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t batch = task / s.kv_heads, kv_head = task % s.kv_heads;
+      bf16_blocks::pack_keys(bits(K.at(batch, 0, kv_head)), K.row_stride, s.keys, s.head_dim,
+                             bits(keys.data_ptr<at::BFloat16>()) + task * key_size);
+      bf16_blocks::pack_values(bits(V.at(batch, 0, kv_head)), V.row_stride, s.keys, s.value_head_dim,
+                               bits(values.data_ptr<at::BFloat16>()) + task * value_size);
+    }
+  });
+  return {keys, values};
+}
+
+// Whether every row of [i0, i1) sees every key of [j0, j1) and the logits are the scaled products alone.
+bool plain_block(const AttentionRule<float>& rule, const bool* mask_row, int64_t i0, int64_t i1, int64_t j0,
+                 int64_t j1) {
+  if (rule.slopes != nullptr || rule.softcap > 0 || !(rule.scale > 0)) return false;
+  if (mask_row != nullptr && !std::all_of(mask_row + j0, mask_row + j1, [](bool keep) { return keep; }))
+    return false;
+  int64_t lo_first, hi_first, lo_last, hi_last;  // each row's range moves right with i
+  rule.visible_range(i0, lo_first, hi_first);
+  rule.visible_range(i1 - 1, lo_last, hi_last);
+  return lo_last <= j0 && hi_first >= j1;
+}
+
+/// One query block's running softmax state and float32 output accumulator.
+struct OnlineSoftmax {
+  std::vector<float> acc, row_max, row_sum;
+  OnlineSoftmax(int64_t rows, int64_t dv) : acc(rows * dv), row_max(rows), row_sum(rows) {}
+  void reset(int64_t rows, int64_t dv) {
+    std::fill(acc.begin(), acc.begin() + rows * dv, 0.f);
+    std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<float>::infinity());
+    std::fill(row_sum.begin(), row_sum.end(), 0.f);
+  }
+};
+
+// P (bf16, rows `ld` apart) of one block's logits x, the row statistics and the accumulator rescaled. The
+// logits are `scale` times x (plain blocks) or x itself. Returns whether any row saw a key.
+bool block_probabilities(float* x, at::BFloat16* p, int64_t rows, int64_t cols, int64_t ld, float scale,
+                         int64_t dv, OnlineSoftmax& state) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  bool any_visible = false;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ld;
+    uint16_t* pr = bits(p + r * ld);
+    const float new_max = max_keeping_nan(state.row_max[r], bf16_blocks::row_max(xr, cols) * scale);
+    if (cols % 2 == 1) pr[cols] = 0;  // the pad of the last key pair
+    if (new_max == neg_inf) {         // nothing visible yet in this row
+      std::fill(pr, pr + cols, uint16_t(0));
+      continue;
+    }
+    any_visible = true;
+    const float rescale = std::exp(state.row_max[r] - new_max);
+    state.row_sum[r] = state.row_sum[r] * rescale +
+                       bf16_blocks::exp2_to_bf16(xr, pr, cols, scale * kLog2e, new_max * kLog2e);
+    state.row_max[r] = new_max;
+    if (rescale != 1.f) {
+      float* o = state.acc.data() + r * dv;
+      for (int64_t c = 0; c < dv; ++c) o[c] *= rescale;
+    }
+  }
+  return any_visible;
+}
+
+// out = acc / sum and lse = max + log(sum) of one query block's rows; rows that saw no key give 0 and -inf.
+void finish_rows(const OnlineSoftmax& state, int64_t rows, int64_t dv, at::BFloat16* out, int64_t out_stride,
+                 float* lse) {
+  for (int64_t r = 0; r < rows; ++r) {
+    at::BFloat16* o = out + r * out_stride;
+    const float* a = state.acc.data() + r * dv;
+    if (state.row_sum[r] != 0) {  // NaN (a NaN logit) goes on into the output and lse
+      const float inv = 1.f / state.row_sum[r];
+      for (int64_t c = 0; c < dv; ++c) o[c] = static_cast<at::BFloat16>(a[c] * inv);
+      lse[r] = state.row_max[r] + std::log(state.row_sum[r]);
+    } else {
+      std::fill(o, o + dv, at::BFloat16(0.f));
+      lse[r] = -std::numeric_limits<float>::infinity();
+    }
+  }
+}
+
+void forward_bf16_tiled(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
+                        const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                        at::Tensor& lse) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
+                dv = s.value_head_dim;
+  const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
+  const RowOperand<at::BFloat16> Q(q);
+  const auto [packed_keys, packed_values] = pack_keys_and_values(s, k, v);
+  const int64_t key_size = bf16_blocks::packed_keys_size(m, d),
+                value_size = bf16_blocks::packed_values_size(m, dv);
+  AttentionRule<float> unscaled = rule;  // the transform runs on scaled logits
+  unscaled.scale = 1.f;
+
+  at::parallel_for(0, s.batch * h * q_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> logits(kQueryBlock * kKeyBlock);
+    std::vector<at::BFloat16> p(kQueryBlock * kKeyBlock);
+    OnlineSoftmax state(kQueryBlock, dv);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qb = task % q_blocks, head = (task / q_blocks) % h, batch = task / (q_blocks * h);
+      const int64_t i0 = qb * kQueryBlock, i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
+      const int64_t kv = batch * hk + head % hk;
+      const uint16_t* keys = bits(packed_keys.const_data_ptr<at::BFloat16>()) + kv * key_size;
+      const uint16_t* values = bits(packed_values.const_data_ptr<at::BFloat16>()) + kv * value_size;
+      const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
+      state.reset(rows, dv);
+      const auto [first_block, key_hi] = rule.key_blocks(i0, i1);
+      for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
+        const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0, ld = (cols + 15) / 16 * 16;
+        if (!block_has_key<float>(mask_row, j0, j1)) continue;
+        bf16_blocks::scores(bits(Q.at(batch, i0, head)), Q.row_stride, rows, d, keys + j0 * d, cols,
+                            logits.data(), ld);
+        float logit_scale = rule.scale;
+        if (!plain_block(rule, mask_row, i0, i1, j0, j1)) {
+          for (int64_t r = 0; r < rows; ++r)
+            bf16_blocks::scale_in_place(logits.data() + r * ld, cols, rule.scale);
+          transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, logits.data(), logits.data(), ld);
+          logit_scale = 1.f;
+        }
+        if (!block_probabilities(logits.data(), p.data(), rows, cols, ld, logit_scale, dv, state)) continue;
+        bf16_blocks::accumulate_pv(bits(p.data()), ld, rows, cols, values + j0 * dv, dv, state.acc.data(),
+                                   dv);
+      }
+      finish_rows(state, rows, dv, out.data_ptr<at::BFloat16>() + ((batch * n + i0) * h + head) * dv, h * dv,
+                  lse.data_ptr<float>() + (batch * h + head) * n + i0);
+    }
+  });
+}
+
+void forward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
+                       const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                       at::Tensor& lse) {
+  if (bf16_blocks::fits(s.head_dim, s.value_head_dim))
+    forward_bf16_tiled(s, rule, q, k, v, out, lse);
+  else
+    forward_bf16_onednn(s, rule, q, k, v, out, lse);
 }
 
 // ---- bfloat16 backward on the CPU's bf16 units
