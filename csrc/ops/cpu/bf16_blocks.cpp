@@ -121,27 +121,36 @@ inline __mmask16 first(int64_t count) { return static_cast<__mmask16>((1u << cou
 }  // namespace
 
 void pack_keys(const uint16_t* k, int64_t k_stride, int64_t keys, int64_t d, uint16_t* packed) {
-  const int64_t groups = (keys + 15) / 16;
-  for (int64_t group = 0; group < groups; ++group)
-    for (int64_t i = 0; i < 16; ++i) {
-      const int64_t key = group * 16 + i;
-      uint16_t* out = packed + group * 16 * d + 2 * i;
-      for (int64_t t = 0; t < d / 2; ++t) {
-        out[t * 32] = key < keys ? k[key * k_stride + 2 * t] : uint16_t(0);
-        out[t * 32 + 1] = key < keys ? k[key * k_stride + 2 * t + 1] : uint16_t(0);
-      }
-    }
+  // One gather per group and pair of dims: the 16 keys' pairs, k_stride / 2 pairs apart (k_stride is even:
+  // rows hold whole pairs).
+  const __m512i rows =
+      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                         _mm512_set1_epi32(static_cast<int32_t>(k_stride / 2)));
+  for (int64_t group = 0; group * 16 < keys; ++group) {
+    const int64_t present = keys - group * 16;
+    const __mmask16 keep = present >= 16 ? __mmask16(0xffff) : first(present);
+    const uint16_t* base = k + group * 16 * k_stride;
+    uint16_t* out = packed + group * 16 * d;
+    for (int64_t t = 0; t < d / 2; ++t)
+      _mm512_storeu_si512(out + t * 32,
+                          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keep, rows, base + 2 * t, 4));
+  }
 }
 
 void pack_values(const uint16_t* v, int64_t v_stride, int64_t keys, int64_t dv, uint16_t* packed) {
+  // Per pair of keys and group of 16 dims: the even key's values in the low halves of 32-bit lanes, the odd
+  // key's in the high halves.
   for (int64_t u = 0; u < (keys + 1) / 2; ++u) {
     const uint16_t* even = v + 2 * u * v_stride;
     const bool has_odd = 2 * u + 1 < keys;
     uint16_t* out = packed + u * 2 * dv;
-    for (int64_t c = 0; c < dv; ++c) {
-      uint16_t* pair = out + (c / 16) * 32 + 2 * (c % 16);
-      pair[0] = even[c];
-      pair[1] = has_odd ? even[v_stride + c] : uint16_t(0);
+    for (int64_t g = 0; g < dv / 16; ++g) {
+      const __m512i lo =
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(even + g * 16)));
+      const __m512i hi = has_odd ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                       reinterpret_cast<const __m256i*>(even + v_stride + g * 16)))
+                                 : _mm512_setzero_si512();
+      _mm512_storeu_si512(out + g * 32, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
     }
   }
 }
