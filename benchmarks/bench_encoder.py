@@ -6,8 +6,8 @@ run; on the padded batches also a post-norm one with nested tensors on, torch's 
 for pre-norm); ours also with unpad=True on the padded batches (the variable-length targets); at op level torch's
 scaled_dot_product_attention against xtc::flash_attention with the same mask, in fp32 and in bf16. Every encoder
 case runs in fp32 and under torch.autocast("cpu", dtype=torch.bfloat16), each peer in the same precision. The
-machine's fp32 and bf16 GEMM rates are measured in the same run and each case is reported as a fraction of the FLOP
-roofline of its precision.
+machine's fp32 and bf16 GEMM rates are measured in the same run and each case (the attention op included) is
+reported as a fraction of the FLOP roofline of its precision; the bf16 summary sets them against the bf16 targets.
 
 Each case runs every implementation interleaved (A B C A B C ...) after a warm-up, and reports medians and ratios
 (peer time / our time, so > 1 means we are faster). Long-sequence cases run each implementation in a fresh
@@ -16,6 +16,7 @@ subprocess for a clean peak-memory figure (ru_maxrss). Results go to JSON (and a
     python benchmarks/bench_encoder.py                  # seed shape + padded batch + op level
     python benchmarks/bench_encoder.py --long           # also n in {2k, 8k, 32k}, depth 2, dim 256, heads 4
     python benchmarks/bench_encoder.py --only-long      # just those
+    python benchmarks/bench_encoder.py --quick --op --precisions bf16   # the CPU bf16 roofline cases alone
 """
 import argparse
 import json
@@ -192,8 +193,9 @@ def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops,
     return rows
 
 
-def attention_op_case(seq, heads, dim_head, repeats, padded, dtype=torch.float32):
-    """xtc::flash_attention vs torch SDPA on (1, seq, heads, dim_head) with a key padding mask, in `dtype`."""
+def attention_op_case(seq, heads, dim_head, repeats, padded, rate, dtype=torch.float32):
+    """xtc::flash_attention vs torch SDPA on (1, seq, heads, dim_head) with a key padding mask, in `dtype`; the
+    roofline fraction against `rate`, the GEMM rate (GFLOP/s) in that dtype measured in the same run."""
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, seq, heads, dim_head, dtype=dtype) for _ in range(3))
     mask = torch.ones(1, seq, dtype=torch.bool)
@@ -213,7 +215,8 @@ def attention_op_case(seq, heads, dim_head, repeats, padded, dtype=torch.float32
     visible = mask.float().mean().item()
     tflops = 4 * heads * seq * seq * dim_head * visible / 1e9
     return [{"case": label, "impl": name, "precision": precision, "median_ms": s * 1e3,
-             "ratio_vs_xtc": s / medians["xtc"], "gflops": tflops / s} for name, s in medians.items()]
+             "ratio_vs_xtc": s / medians["xtc"], "gflops": tflops / s, "roofline_fraction": tflops / s / rate}
+            for name, s in medians.items()]
 
 
 # ---------------------------------------------------------------------------------------------------- long sequences
@@ -269,8 +272,6 @@ def print_table(rows):
         ratio = f"{r['ratio_vs_xtc']:.2f}" if "ratio_vs_xtc" in r else "-"
         roof = f"{r['roofline_fraction']:.0%}" if "roofline_fraction" in r else "-"
         peak = f"{r['peak_mib']:.0f}" if "peak_mib" in r else (r.get("failed", "-")[:9])
-        if "gflops" in r:
-            roof = f"{r['gflops']:.0f}GF/s"
         print(f"{r['case'][:54]:54} {r['impl'][:26]:26} {ms:>10} {ratio:>9} {roof:>9} {peak:>9}")
 
 
@@ -305,6 +306,10 @@ def print_varlen_summary(rows):
         print("\nvariable-length summary:\n  " + "\n  ".join(lines))
 
 
+# bf16 on this CPU: fractions of the bf16 GEMM rate (1024^3 matmul) measured in the same run.
+BF16_ROOFLINE_TARGETS = {"forward": 0.80, "train": 0.70, "op": 0.70}
+
+
 def print_bf16_summary(rows):
     """bf16 autocast against our own fp32 and against the faster x-transformers mode in bf16: the CPU targets."""
     def ms(case, impl):
@@ -322,6 +327,11 @@ def print_bf16_summary(rows):
             parts.append(f"vs faster x-transformers mode in bf16 {min(peers) / ours_bf16:.2f}x")
         if sdpa:
             parts.append(f"vs SDPA in bf16 {sdpa / ours_bf16:.2f}x")
+        roof = next((r["roofline_fraction"] for r in rows if r["case"] == f"{case} bf16" and r["impl"] == "xtc"
+                     and "roofline_fraction" in r), None)
+        if roof is not None:
+            target = BF16_ROOFLINE_TARGETS["forward" if "forward" in case else "train" if "train" in case else "op"]
+            parts.append(f"{roof:.0%} of the bf16 GEMM roofline (target {target:.0%})")
         lines.append(f"{case}: " + ", ".join(parts))
     if lines:
         print("\nbf16 autocast summary:\n  " + "\n  ".join(lines))
@@ -358,6 +368,7 @@ def main():
     parser.add_argument("--long-lengths", default="2048,8192,32768")
     parser.add_argument("--long-timeout", type=int, default=600)
     parser.add_argument("--quick", action="store_true", help="seed shape only")
+    parser.add_argument("--op", action="store_true", help="with --quick: the attention op cases too")
     parser.add_argument("--varlen-long", action="store_true",
                         help="also the long variable-length batch (4, 8192, 256), lengths in [2048, 8192]")
     parser.add_argument("--only-long", action="store_true", help="only the long-sequence memory cases")
@@ -400,8 +411,9 @@ def main():
                 rows += encoder_case(f"padded even (8,512,512) d6 h8 {'train step' if train else 'forward'}", 8,
                                      512, 512, 6, 8, even, args.repeats, rate, train=train, precision=precision,
                                      varlen=True)
+        if not args.quick or args.op:
             for padded in (False, True):
-                rows += attention_op_case(4096, 8, 64, args.repeats, padded,
+                rows += attention_op_case(4096, 8, 64, args.repeats, padded, rate,
                                           torch.bfloat16 if precision == "bf16" else torch.float32)
     if args.varlen_long:
         # Lengths uniform in [2048, 8192]. Peers that materialise (4, 4, 8192, 8192) scores (x-transformers without
