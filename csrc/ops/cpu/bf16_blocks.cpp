@@ -7,8 +7,8 @@
 namespace xtc::ops::cpu::bf16_blocks {
 namespace {
 
-// Register tiles: kRows query rows x kGroups groups of 16 columns, 16 float32 accumulators of the 32
-// registers.
+// Register tiles: kRows output rows x kGroups groups of 16 columns, 16 float32 accumulators of the 32
+// registers (6 x 4 measured no faster).
 constexpr int kRows = 4;
 constexpr int kGroups = 4;
 
@@ -21,82 +21,64 @@ inline __m512bh broadcast_pair(const uint16_t* pair) {
 
 inline __m512bh load_pairs(const uint16_t* src) { return (__m512bh)_mm512_loadu_si512(src); }
 
-// s (R rows x G * 16 columns) = q . keys, over d / 2 pairs of dims; `keys` points at the first group's pairs.
+/// c (rows x groups * 16, float32, rows ldc apart) (+)= a . b over `inner` pairs: the left operand's pair
+/// (row i, pair t) at a + i * a_row + t * a_inner, the right operand's 16 pairs of (group g, pair t) at
+/// b + g * b_group + t * b_inner. Every product of the kernel is one of these.
+struct Product {
+  const uint16_t* a;
+  int64_t a_row, a_inner;
+  const uint16_t* b;
+  int64_t b_group, b_inner, inner;
+  float* c;
+  int64_t ldc;
+  bool accumulate;
+};
+
 template <int R, int G>
-void score_tile(const uint16_t* q, int64_t q_stride, int64_t d, const uint16_t* keys, float* s,
-                int64_t ld_s) {
+void product_tile(const Product& x, int64_t row, int64_t group) {
+  const uint16_t* a = x.a + row * x.a_row;
+  const uint16_t* b = x.b + group * x.b_group;
+  float* c = x.c + row * x.ldc + group * 16;
   __m512 acc[R][G];
   for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
-  const int64_t group_size = 16 * d;
-  for (int64_t t = 0; t < d / 2; ++t) {
-    __m512bh b[G];
-    for (int g = 0; g < G; ++g) b[g] = load_pairs(keys + g * group_size + t * 32);
+    for (int g = 0; g < G; ++g)
+      acc[r][g] = x.accumulate ? _mm512_loadu_ps(c + r * x.ldc + g * 16) : _mm512_setzero_ps();
+  for (int64_t t = 0; t < x.inner; ++t) {
+    __m512bh right[G];
+    for (int g = 0; g < G; ++g) right[g] = load_pairs(b + g * x.b_group + t * x.b_inner);
     for (int r = 0; r < R; ++r) {
-      const __m512bh a = broadcast_pair(q + r * q_stride + 2 * t);
-      for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbf16_ps(acc[r][g], a, b[g]);
+      const __m512bh left = broadcast_pair(a + r * x.a_row + t * x.a_inner);
+      for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbf16_ps(acc[r][g], left, right[g]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) _mm512_storeu_ps(s + r * ld_s + g * 16, acc[r][g]);
+    for (int g = 0; g < G; ++g) _mm512_storeu_ps(c + r * x.ldc + g * 16, acc[r][g]);
 }
 
+// The tiles of R rows from `row`: whole kGroups tiles, then one of the remaining groups.
+template <int R, int G = kGroups>
+void product_rows(const Product& x, int64_t row, int64_t groups, int64_t group = 0) {
+  if constexpr (G == kGroups)
+    for (; group + kGroups <= groups; group += kGroups) product_tile<R, kGroups>(x, row, group);
+  if constexpr (G > 0) {
+    if (groups - group == G) return product_tile<R, G>(x, row, group);
+    product_rows<R, G - 1>(x, row, groups, group);
+  }
+}
+
+// The last `rows` (< kRows) rows, as tiles of that many.
 template <int R>
-void score_rows(const uint16_t* q, int64_t q_stride, int64_t d, const uint16_t* keys, int64_t groups,
-                float* s, int64_t ld_s) {
-  int64_t g = 0;
-  for (; g + kGroups <= groups; g += kGroups)
-    score_tile<R, kGroups>(q, q_stride, d, keys + g * 16 * d, s + g * 16, ld_s);
-  const uint16_t* rest = keys + g * 16 * d;
-  switch (groups - g) {
-    case 3:
-      return score_tile<R, 3>(q, q_stride, d, rest, s + g * 16, ld_s);
-    case 2:
-      return score_tile<R, 2>(q, q_stride, d, rest, s + g * 16, ld_s);
-    case 1:
-      return score_tile<R, 1>(q, q_stride, d, rest, s + g * 16, ld_s);
-    default:
-      return;
+void product_row_tail(const Product& x, int64_t row, int64_t rows, int64_t groups) {
+  if constexpr (R > 0) {
+    if (rows == R) return product_rows<R>(x, row, groups);
+    product_row_tail<R - 1>(x, row, rows, groups);
   }
 }
 
-// acc (R rows x G * 16 value dims) += p . values over `pairs` key pairs; `values` points at the first group.
-template <int R, int G>
-void pv_tile(const uint16_t* p, int64_t ld_p, int64_t pairs, const uint16_t* values, int64_t dv, float* acc,
-             int64_t ld_acc) {
-  __m512 c[R][G];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) c[r][g] = _mm512_loadu_ps(acc + r * ld_acc + g * 16);
-  const int64_t pair_size = 2 * dv;
-  for (int64_t u = 0; u < pairs; ++u) {
-    __m512bh b[G];
-    for (int g = 0; g < G; ++g) b[g] = load_pairs(values + u * pair_size + g * 32);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh a = broadcast_pair(p + r * ld_p + 2 * u);
-      for (int g = 0; g < G; ++g) c[r][g] = _mm512_dpbf16_ps(c[r][g], a, b[g]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) _mm512_storeu_ps(acc + r * ld_acc + g * 16, c[r][g]);
-}
-
-template <int R>
-void pv_rows(const uint16_t* p, int64_t ld_p, int64_t pairs, const uint16_t* values, int64_t dv, float* acc,
-             int64_t ld_acc) {
-  const int64_t groups = dv / 16;
-  int64_t g = 0;
-  for (; g + kGroups <= groups; g += kGroups)
-    pv_tile<R, kGroups>(p, ld_p, pairs, values + g * 32, dv, acc + g * 16, ld_acc);
-  switch (groups - g) {
-    case 3:
-      return pv_tile<R, 3>(p, ld_p, pairs, values + g * 32, dv, acc + g * 16, ld_acc);
-    case 2:
-      return pv_tile<R, 2>(p, ld_p, pairs, values + g * 32, dv, acc + g * 16, ld_acc);
-    case 1:
-      return pv_tile<R, 1>(p, ld_p, pairs, values + g * 32, dv, acc + g * 16, ld_acc);
-    default:
-      return;
-  }
+void run(const Product& x, int64_t rows, int64_t groups) {
+  int64_t row = 0;
+  for (; row + kRows <= rows; row += kRows) product_rows<kRows>(x, row, groups);
+  product_row_tail<kRows - 1>(x, row, rows - row, groups);
 }
 
 // 2^x for x <= 0: 2^round(x) (vscalefps) times a degree-6 polynomial of the rest in [-1/2, 1/2] (Taylor's
@@ -157,42 +139,18 @@ void pack_values(const uint16_t* v, int64_t v_stride, int64_t keys, int64_t dv, 
 
 void scores(const uint16_t* q, int64_t q_stride, int64_t rows, int64_t d, const uint16_t* packed_k,
             int64_t cols, float* s, int64_t ld_s) {
-  const int64_t groups = (cols + 15) / 16;
-  int64_t r = 0;
-  for (; r + kRows <= rows; r += kRows)
-    score_rows<kRows>(q + r * q_stride, q_stride, d, packed_k, groups, s + r * ld_s, ld_s);
-  const uint16_t* q_rest = q + r * q_stride;
-  float* s_rest = s + r * ld_s;
-  switch (rows - r) {
-    case 3:
-      return score_rows<3>(q_rest, q_stride, d, packed_k, groups, s_rest, ld_s);
-    case 2:
-      return score_rows<2>(q_rest, q_stride, d, packed_k, groups, s_rest, ld_s);
-    case 1:
-      return score_rows<1>(q_rest, q_stride, d, packed_k, groups, s_rest, ld_s);
-    default:
-      return;
-  }
+  run({q, q_stride, 2, packed_k, 16 * d, 32, d / 2, s, ld_s, false}, rows, (cols + 15) / 16);
 }
 
 void accumulate_pv(const uint16_t* p, int64_t ld_p, int64_t rows, int64_t cols, const uint16_t* packed_v,
                    int64_t dv, float* acc, int64_t ld_acc) {
-  const int64_t pairs = (cols + 1) / 2;
-  int64_t r = 0;
-  for (; r + kRows <= rows; r += kRows)
-    pv_rows<kRows>(p + r * ld_p, ld_p, pairs, packed_v, dv, acc + r * ld_acc, ld_acc);
-  const uint16_t* p_rest = p + r * ld_p;
-  float* acc_rest = acc + r * ld_acc;
-  switch (rows - r) {
-    case 3:
-      return pv_rows<3>(p_rest, ld_p, pairs, packed_v, dv, acc_rest, ld_acc);
-    case 2:
-      return pv_rows<2>(p_rest, ld_p, pairs, packed_v, dv, acc_rest, ld_acc);
-    case 1:
-      return pv_rows<1>(p_rest, ld_p, pairs, packed_v, dv, acc_rest, ld_acc);
-    default:
-      return;
-  }
+  run({p, ld_p, 2, packed_v, 32, 2 * dv, (cols + 1) / 2, acc, ld_acc, true}, rows, dv / 16);
+}
+
+void accumulate_transposed(const uint16_t* packed_rows, int64_t dims, int64_t rows, const uint16_t* pairs,
+                           int64_t ld_pairs, int64_t cols, float* acc, int64_t ld_acc) {
+  run({packed_rows, 2, 2 * dims, pairs, 32, 2 * ld_pairs, (rows + 1) / 2, acc, ld_acc, true}, dims,
+      (cols + 15) / 16);
 }
 
 float row_max(const float* x, int64_t n) {
@@ -229,6 +187,47 @@ float exp2_to_bf16(const float* x, uint16_t* p, int64_t n, float mul, float shif
     _mm256_mask_storeu_epi16(p + c, keep, (__m256i)_mm512_cvtneps_pbh(e));
   }
   return _mm512_reduce_add_ps(sum);
+}
+
+void exp2_in_place(float* x, int64_t n, float mul, float shift) {
+  const __m512 by = _mm512_set1_ps(mul), minus = _mm512_set1_ps(shift);
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 keep = c + 16 <= n ? __mmask16(0xffff) : first(n - c);
+    const __m512 e = exp2_nonpositive(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(keep, x + c), by, minus));
+    _mm512_mask_storeu_ps(x + c, keep, e);
+  }
+}
+
+void softmax_grad(const float* p, float* dp, int64_t n, float delta, float scale, const float* t) {
+  const __m512 minus = _mm512_set1_ps(delta), by = _mm512_set1_ps(scale), one = _mm512_set1_ps(1.f);
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 keep = c + 16 <= n ? __mmask16(0xffff) : first(n - c);
+    __m512 ds = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(keep, p + c), by),
+                              _mm512_sub_ps(_mm512_maskz_loadu_ps(keep, dp + c), minus));
+    if (t != nullptr) {
+      const __m512 tc = _mm512_maskz_loadu_ps(keep, t + c);
+      ds = _mm512_mul_ps(ds, _mm512_fnmadd_ps(tc, tc, one));
+    }
+    _mm512_mask_storeu_ps(dp + c, keep, ds);
+  }
+}
+
+void to_bf16(const float* x, int64_t n, uint16_t* out) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 keep = c + 16 <= n ? __mmask16(0xffff) : first(n - c);
+    _mm256_mask_storeu_epi16(out + c, keep, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, x + c)));
+  }
+}
+
+void to_bf16_pairs(const float* row0, const float* row1, int64_t n, uint16_t* out) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 keep = c + 16 <= n ? __mmask16(0xffff) : first(n - c);
+    const __m256i lo = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, row0 + c));
+    const __m256i hi = row1 != nullptr ? (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, row1 + c))
+                                       : _mm256_setzero_si256();
+    _mm512_storeu_si512(out + 2 * c, _mm512_or_si512(_mm512_cvtepu16_epi32(lo),
+                                                     _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
+  }
 }
 
 }  // namespace xtc::ops::cpu::bf16_blocks

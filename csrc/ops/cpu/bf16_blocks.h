@@ -19,8 +19,10 @@
 
 namespace xtc::ops::cpu::bf16_blocks {
 
-/// Whether the microkernels take these head dims (an even d, dv a multiple of 16).
+/// Whether the microkernels take these head dims: the forward an even d and dv a multiple of 16; the
+/// backward, whose products also write rows of d, both multiples of 16.
 inline bool fits(int64_t d, int64_t dv) { return d % 2 == 0 && dv % 16 == 0 && d > 0 && dv > 0; }
+inline bool fits_backward(int64_t d, int64_t dv) { return d % 16 == 0 && fits(d, dv); }
 inline int64_t packed_keys_size(int64_t keys, int64_t d) { return (keys + 15) / 16 * 16 * d; }
 inline int64_t packed_values_size(int64_t keys, int64_t dv) { return (keys + 1) / 2 * 2 * dv; }
 
@@ -39,6 +41,12 @@ void scores(const uint16_t* q, int64_t q_stride, int64_t rows, int64_t d, const 
 void accumulate_pv(const uint16_t* p, int64_t ld_p, int64_t rows, int64_t cols, const uint16_t* packed_v,
                    int64_t dv, float* acc, int64_t ld_acc);
 
+/// acc[i * ld_acc + j] += sum_r x[r][i] y[r][j] for dims x round_up(cols, 16) (the backward's dV and dK,
+/// transposed): x (rows, dims) in the packed value layout (pairs of rows), y as to_bf16_pairs writes it,
+/// pairs of rows ld_pairs columns wide (a multiple of 16).
+void accumulate_transposed(const uint16_t* packed_rows, int64_t dims, int64_t rows, const uint16_t* pairs,
+                           int64_t ld_pairs, int64_t cols, float* acc, int64_t ld_acc);
+
 /// max of x[0..n) (a NaN may or may not be kept: it reaches the row through exp2_to_bf16's sum).
 float row_max(const float* x, int64_t n);
 /// x[c] *= scale over n entries.
@@ -46,5 +54,16 @@ void scale_in_place(float* x, int64_t n, float scale);
 /// p[c] = bf16(2^(x[c] * mul - shift)) over n entries (0 where the exponent is below -126, -inf included);
 /// returns the float32 sum of the unrounded powers. A polynomial 2^x, relative error below 2e-7.
 float exp2_to_bf16(const float* x, uint16_t* p, int64_t n, float mul, float shift);
+
+/// x[c] = 2^(x[c] * mul - shift) in place (exp2_to_bf16's power, in float32).
+void exp2_in_place(float* x, int64_t n, float mul, float shift);
+/// dp[c] = scale * p[c] * (dp[c] - delta), times 1 - t[c]^2 where t (the soft-cap's tanh) is given: the
+/// softmax's gradient, scaled for the products that follow.
+void softmax_grad(const float* p, float* dp, int64_t n, float delta, float scale, const float* t);
+/// out[c] = bf16(x[c]) over n entries.
+void to_bf16(const float* x, int64_t n, uint16_t* out);
+/// Two rows (row1 may be null: zeros) as bf16 pairs, per group of 16 columns the 16 (row0[c], row1[c]):
+/// round_up(n, 16) * 2 values, zeros past n (the packed value layout's order, for a pair of query rows).
+void to_bf16_pairs(const float* row0, const float* row1, int64_t n, uint16_t* out);
 
 }  // namespace xtc::ops::cpu::bf16_blocks
