@@ -561,25 +561,26 @@ void forward_bf16_onednn(const detail::FlashAttentionSizes<>& s, const Attention
 const uint16_t* bits(const at::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
 uint16_t* bits(at::BFloat16* p) { return reinterpret_cast<uint16_t*>(p); }
 
-// Every (batch, kv head)'s keys and values in the microkernels' packed layouts, one after the other.
-std::pair<at::Tensor, at::Tensor> pack_keys_and_values(const detail::FlashAttentionSizes<>& s,
-                                                       const at::Tensor& k, const at::Tensor& v) {
-  const int64_t key_size = bf16_blocks::packed_keys_size(s.keys, s.head_dim),
-                value_size = bf16_blocks::packed_values_size(s.keys, s.value_head_dim);
-  const auto options = k.options().dtype(at::kBFloat16);
-  at::Tensor keys = at::empty({s.batch * s.kv_heads * key_size}, options),
-             values = at::empty({s.batch * s.kv_heads * value_size}, options);
-  const RowOperand<at::BFloat16> K(k), V(v);
+enum class Packing { Keys, Values };  // bf16_blocks.h's two layouts
+
+// Every (batch, kv head)'s rows of t (b, keys, hk, dim) in a packed layout, one after the other.
+at::Tensor pack_per_kv_head(const detail::FlashAttentionSizes<>& s, const at::Tensor& t, int64_t dim,
+                            Packing packing) {
+  const int64_t size = packing == Packing::Keys ? bf16_blocks::packed_keys_size(s.keys, dim)
+                                                : bf16_blocks::packed_values_size(s.keys, dim);
+  at::Tensor packed = at::empty({s.batch * s.kv_heads * size}, t.options().dtype(at::kBFloat16));
+  const RowOperand<at::BFloat16> T(t);
+  uint16_t* out = bits(packed.data_ptr<at::BFloat16>());
   at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t batch = task / s.kv_heads, kv_head = task % s.kv_heads;
-      bf16_blocks::pack_keys(bits(K.at(batch, 0, kv_head)), K.row_stride, s.keys, s.head_dim,
-                             bits(keys.data_ptr<at::BFloat16>()) + task * key_size);
-      bf16_blocks::pack_values(bits(V.at(batch, 0, kv_head)), V.row_stride, s.keys, s.value_head_dim,
-                               bits(values.data_ptr<at::BFloat16>()) + task * value_size);
+      const uint16_t* rows = bits(T.at(task / s.kv_heads, 0, task % s.kv_heads));
+      if (packing == Packing::Keys)
+        bf16_blocks::pack_keys(rows, T.row_stride, s.keys, dim, out + task * size);
+      else
+        bf16_blocks::pack_values(rows, T.row_stride, s.keys, dim, out + task * size);
     }
   });
-  return {keys, values};
+  return packed;
 }
 
 // Whether every row of [i0, i1) sees every key of [j0, j1) and the logits are the scaled products alone.
@@ -658,7 +659,8 @@ void forward_bf16_tiled(const detail::FlashAttentionSizes<>& s, const AttentionR
                 dv = s.value_head_dim;
   const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
   const RowOperand<at::BFloat16> Q(q);
-  const auto [packed_keys, packed_values] = pack_keys_and_values(s, k, v);
+  const at::Tensor packed_keys = pack_per_kv_head(s, k, d, Packing::Keys),
+                   packed_values = pack_per_kv_head(s, v, dv, Packing::Values);
   const int64_t key_size = bf16_blocks::packed_keys_size(m, d),
                 value_size = bf16_blocks::packed_values_size(m, dv);
   AttentionRule<float> unscaled = rule;  // the transform runs on scaled logits
@@ -761,10 +763,10 @@ void add_widened_rows(const at::BFloat16* src, int64_t rows, int64_t cols, float
   for (int64_t r = 0; r < rows; ++r) add_widened(src + r * cols, dst + r * dst_stride, cols);
 }
 
-void backward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
-                        const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-                        const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq,
-                        at::Tensor& dk, at::Tensor& dv_t) {
+void backward_bf16_onednn(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
+                          const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                          const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq,
+                          at::Tensor& dk, at::Tensor& dv_t) {
   const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
                 dv = s.value_head_dim;
   const RowOperand<at::BFloat16> Q(q), K(k), V(v), O(out), dO(grad_out);
@@ -875,6 +877,154 @@ void backward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionR
       }
     }
   });
+}
+
+// ---- bfloat16 backward in our own microkernels
+// ---------------------------------------------------------------------------------------------------------
+// backward_bf16_onednn's tasks (one per batch and kv head) and blocks, each product a bf16_blocks microkernel
+// with float32 results: S and dP come out in float32, so dP - delta needs no augmented product; dQ += dS K
+// reads K packed as values. dV and dK accumulate transposed (dims x keys, the layout whose product reads P
+// and dS by pairs of query rows, written as they are made) in float32 per task, added into dv / dk at its
+// end.
+
+/// One query block's operands of the backward, packed by pairs of rows (the value layout): Q and dO.
+struct QueryBlockPairs {
+  std::vector<uint16_t> q, grad_out;
+  QueryBlockPairs(int64_t d, int64_t dv)
+      : q(bf16_blocks::packed_values_size(kQueryBlock, d)),
+        grad_out(bf16_blocks::packed_values_size(kQueryBlock, dv)) {}
+};
+
+// rows of x (ld apart) by pairs of rows, as to_bf16_pairs writes them, into `pairs`.
+void rows_to_pairs(const float* x, int64_t rows, int64_t cols, int64_t ld, uint16_t* pairs) {
+  for (int64_t u = 0; 2 * u < rows; ++u)
+    bf16_blocks::to_bf16_pairs(x + 2 * u * ld, 2 * u + 1 < rows ? x + (2 * u + 1) * ld : nullptr, cols,
+                               pairs + u * 2 * ld);
+}
+
+// P of one block in place over its logits (rows ld apart) from the saved lse: 0 in rows that saw no key.
+// Returns whether any row saw one.
+bool recompute_probabilities(float* x, int64_t rows, int64_t cols, int64_t ld, const float* lse,
+                             float scale) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  bool any_visible = false;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (lse[r] == -std::numeric_limits<float>::infinity()) {
+      std::fill(x + r * ld, x + r * ld + cols, 0.f);
+      continue;
+    }
+    any_visible = true;
+    bf16_blocks::exp2_in_place(x + r * ld, cols, scale * kLog2e, lse[r] * kLog2e);
+  }
+  return any_visible;
+}
+
+// acc (b, keys, heads, dims) rows of one kv head += its transposed (dims, keys_pad) per-task accumulator.
+void add_transposed(const std::vector<float>& transposed, int64_t dims, int64_t keys, int64_t keys_pad,
+                    float* acc, int64_t acc_stride) {
+  for (int64_t j = 0; j < keys; ++j)
+    for (int64_t c = 0; c < dims; ++c) acc[j * acc_stride + c] += transposed[c * keys_pad + j];
+}
+
+void backward_bf16_tiled(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
+                         const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                         const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq,
+                         at::Tensor& dk, at::Tensor& dv_t) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
+                dv = s.value_head_dim, keys_pad = (m + 15) / 16 * 16;
+  const RowOperand<at::BFloat16> Q(q), O(out), dO(grad_out);
+  const at::Tensor keys_packed = pack_per_kv_head(s, k, d, Packing::Keys),
+                   keys_as_values = pack_per_kv_head(s, k, d, Packing::Values),
+                   values_as_keys = pack_per_kv_head(s, v, dv, Packing::Keys);
+  const int64_t key_size = bf16_blocks::packed_keys_size(m, d),
+                key_value_size = bf16_blocks::packed_values_size(m, d),
+                value_key_size = bf16_blocks::packed_keys_size(m, dv);
+  const float* lse_data = lse.const_data_ptr<float>();
+  const int64_t dq_sn = h * d, dk_sn = hk * d, dv_sn = hk * dv;  // float32 accumulators, contiguous
+  const bool softcap = rule.softcap > 0;
+  AttentionRule<float> unscaled = rule;
+  unscaled.scale = 1.f;
+
+  at::parallel_for(0, s.batch * hk, 1, [&](int64_t begin, int64_t end) {
+    const int64_t block = kQueryBlock * kKeyBlock;
+    std::vector<float> p(block), dp(block), tanh_buf(softcap ? block : 0), delta(kQueryBlock);
+    std::vector<float> dk_t(d * keys_pad), dv_t_acc(dv * keys_pad);
+    std::vector<uint16_t> p_pairs(block), ds(block), ds_pairs(block);
+    QueryBlockPairs pairs(d, dv);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t kv_head = task % hk, batch = task / hk;
+      const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
+      const uint16_t* keys = bits(keys_packed.const_data_ptr<at::BFloat16>()) + task * key_size;
+      const uint16_t* keys_v = bits(keys_as_values.const_data_ptr<at::BFloat16>()) + task * key_value_size;
+      const uint16_t* values_k = bits(values_as_keys.const_data_ptr<at::BFloat16>()) + task * value_key_size;
+      std::fill(dk_t.begin(), dk_t.end(), 0.f);
+      std::fill(dv_t_acc.begin(), dv_t_acc.end(), 0.f);
+      for (int64_t head = kv_head; head < h; head += hk) {
+        const float* lse_row = lse_data + (batch * h + head) * n;
+        for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
+          const int64_t i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
+          const at::BFloat16* q_ptr = Q.at(batch, i0, head);
+          const at::BFloat16* g_ptr = dO.at(batch, i0, head);
+          const at::BFloat16* o_ptr = O.at(batch, i0, head);
+          for (int64_t r = 0; r < rows; ++r) {  // delta_i = rowsum(dO_i * O_i)
+            float acc = 0;
+            for (int64_t c = 0; c < dv; ++c)
+              acc += static_cast<float>(g_ptr[r * dO.row_stride + c]) *
+                     static_cast<float>(o_ptr[r * O.row_stride + c]);
+            delta[r] = acc;
+          }
+          bf16_blocks::pack_values(bits(q_ptr), Q.row_stride, rows, d, pairs.q.data());
+          bf16_blocks::pack_values(bits(g_ptr), dO.row_stride, rows, dv, pairs.grad_out.data());
+          const auto [first_block, key_hi] = rule.key_blocks(i0, i1);
+          for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
+            const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0, ld = (cols + 15) / 16 * 16;
+            if (!block_has_key<float>(mask_row, j0, j1)) continue;
+            bf16_blocks::scores(bits(q_ptr), Q.row_stride, rows, d, keys + j0 * d, cols, p.data(), ld);
+            float logit_scale = rule.scale;
+            if (!plain_block(rule, mask_row, i0, i1, j0, j1)) {
+              for (int64_t r = 0; r < rows; ++r)
+                bf16_blocks::scale_in_place(p.data() + r * ld, cols, rule.scale);
+              transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, p.data(), tanh_buf.data(), ld);
+              logit_scale = 1.f;
+            }
+            if (!recompute_probabilities(p.data(), rows, cols, ld, lse_row + i0, logit_scale)) continue;
+            // dV^T += dO^T P
+            rows_to_pairs(p.data(), rows, cols, ld, p_pairs.data());
+            bf16_blocks::accumulate_transposed(pairs.grad_out.data(), dv, rows, p_pairs.data(), ld, cols,
+                                               dv_t_acc.data() + j0, keys_pad);
+            // scale * dS = scale * P * (dO V^T - delta), through the soft-cap's tanh when on
+            bf16_blocks::scores(bits(g_ptr), dO.row_stride, rows, dv, values_k + j0 * dv, cols, dp.data(),
+                                ld);
+            for (int64_t r = 0; r < rows; ++r) {
+              bf16_blocks::softmax_grad(p.data() + r * ld, dp.data() + r * ld, cols, delta[r], rule.scale,
+                                        softcap ? tanh_buf.data() + r * ld : nullptr);
+              bf16_blocks::to_bf16(dp.data() + r * ld, cols, ds.data() + r * ld);
+              if (cols % 2 == 1) ds[r * ld + cols] = 0;  // the pad of the last key pair
+            }
+            // dQ += dS K ; dK^T += Q^T dS
+            bf16_blocks::accumulate_pv(ds.data(), ld, rows, cols, keys_v + j0 * d, d,
+                                       dq.data_ptr<float>() + (batch * n + i0) * dq_sn + head * d, dq_sn);
+            rows_to_pairs(dp.data(), rows, cols, ld, ds_pairs.data());
+            bf16_blocks::accumulate_transposed(pairs.q.data(), d, rows, ds_pairs.data(), ld, cols,
+                                               dk_t.data() + j0, keys_pad);
+          }
+        }
+      }
+      add_transposed(dk_t, d, m, keys_pad, dk.data_ptr<float>() + batch * m * dk_sn + kv_head * d, dk_sn);
+      add_transposed(dv_t_acc, dv, m, keys_pad, dv_t.data_ptr<float>() + batch * m * dv_sn + kv_head * dv,
+                     dv_sn);
+    }
+  });
+}
+
+void backward_bf16_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
+                        const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                        const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq,
+                        at::Tensor& dk, at::Tensor& dv_t) {
+  if (bf16_blocks::fits_backward(s.head_dim, s.value_head_dim))
+    backward_bf16_tiled(s, rule, grad_out, q, k, v, out, lse, dq, dk, dv_t);
+  else
+    backward_bf16_onednn(s, rule, grad_out, q, k, v, out, lse, dq, dk, dv_t);
 }
 
 // ---- entry points
