@@ -248,3 +248,21 @@ def test_training_step_under_autocast_updates_float32_parameters():
     optimizer.step()
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("precision", ["autocast-bf16", "module-bf16"])
+@pytest.mark.parametrize("options", [dict(), dict(ff_no_bias=True, rotary_pos_emb=True)], ids=option_id)
+def test_inference_in_bf16_within_twice_x_transformers_error(precision, options):
+    """Without gradients the feed-forward's first linear and its GELU run as one oneDNN op on the CPU in bf16 (GELU
+    on the float32 product, one rounding): the output stays within twice x-transformers' error against float64."""
+    torch.manual_seed(1)
+    ours, theirs = make_pair("encoder", **{**BASE, **options})
+    x = torch.randn(3, 45, BASE["dim"])
+    with torch.no_grad():
+        expected = copy.deepcopy(theirs).double()(x.double())
+        outs = {"theirs": run(theirs, precision, [x], {})}
+        with torch.profiler.profile() as profile:
+            outs["ours"] = run(ours, precision, [x], {})
+    assert any(e.name == "mkldnn::_linear_pointwise" for e in profile.events())  # the fused path ran
+    assert outs["ours"].dtype == outs["theirs"].dtype
+    assert_within_twice("output", outs["ours"], outs["theirs"], expected)

@@ -1,3 +1,6 @@
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/linear.h>
@@ -26,6 +29,47 @@ at::Tensor activation(const at::Tensor& x, const FeedForwardWeights& w, const Fe
 
 at::Tensor softclamp(const at::Tensor& x, double value) { return at::tanh(x / value) * value; }
 
+// oneDNN's fused linear + pointwise op, which torch.compile's CPU backend calls; absent from a torch built
+// without it.
+std::optional<c10::OperatorHandle> linear_pointwise_op() {
+  static const auto op = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  return op;
+}
+
+bool is_gelu(const FeedForwardOptions& o) {
+  return !o.custom_activation().has_value() && !o.relu_squared() && !o.solu() && !o.swish();
+}
+
+// GELU(x W^T + b) in one oneDNN call on the CPU in bf16 (a bf16 module, or under CPU bf16 autocast, whose
+// casts it makes as linear would) when no gradient is wanted: the output written once, GELU applied to the
+// float32 product before its one rounding to bf16. Undefined where it does not apply.
+at::Tensor fused_linear_gelu(const at::Tensor& x, const FeedForwardWeights& w) {
+  const bool cpu_autocast = at::autocast::is_autocast_enabled(c10::DeviceType::CPU) &&
+                            at::autocast::get_autocast_dtype(c10::DeviceType::CPU) == at::kBFloat16;
+  const bool bf16 =
+      cpu_autocast || (x.scalar_type() == at::kBFloat16 && w.proj_in_weight.scalar_type() == at::kBFloat16);
+  const bool wants_grad =
+      at::GradMode::is_enabled() && (x.requires_grad() || w.proj_in_weight.requires_grad() ||
+                                     (w.proj_in_bias.defined() && w.proj_in_bias.requires_grad()));
+  // Real CPU tensors only: under torch.export / ONNX export (fake or functional tensors) the decomposition
+  // keeps to aten's ops.
+  const bool traced =
+      x.key_set().has(c10::DispatchKey::Python) || x.key_set().has(c10::DispatchKey::Functionalize);
+  if (!x.device().is_cpu() || traced || !bf16 || wants_grad || !linear_pointwise_op().has_value()) return {};
+  const auto cast = [&](const at::Tensor& t) {
+    return cpu_autocast ? at::autocast::cached_cast(at::kBFloat16, t, c10::DeviceType::CPU) : t;
+  };
+  // The op runs below autocast: its inputs are cast here, as autocast casts linear's.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  return linear_pointwise_op()
+      ->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                         c10::string_view, c10::List<std::optional<at::Scalar>>,
+                         std::optional<c10::string_view>)>()
+      .call(cast(x), cast(w.proj_in_weight),
+            w.proj_in_bias.defined() ? std::optional<at::Tensor>(cast(w.proj_in_bias)) : std::nullopt, "gelu",
+            c10::List<std::optional<at::Scalar>>(), c10::string_view("none"));
+}
+
 // up * act(gate); with glu_softclamp (situ-GLU) the linear factors are clamped: act(g) = g * phi(g) becomes
 // softclamp(g) * phi(g).
 at::Tensor gated(at::Tensor up, const at::Tensor& gate, const FeedForwardWeights& w,
@@ -48,6 +92,7 @@ at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w, const 
     const auto projected = at::linear(x, w.proj_in_weight, w.proj_in_bias).chunk(2, -1);
     hidden = gated(projected[0], projected[1], w, o);
     if (w.glu_mult_bias.defined()) hidden = hidden * w.glu_mult_bias;
+  } else if (is_gelu(o) && !o.softclamp_value().has_value() && (hidden = fused_linear_gelu(x, w)).defined()) {
   } else {
     hidden = at::linear(x, w.proj_in_weight, w.proj_in_bias);
     if (o.softclamp_value().has_value()) hidden = softclamp(hidden, *o.softclamp_value());
