@@ -926,94 +926,154 @@ void add_transposed(const std::vector<float>& transposed, int64_t dims, int64_t 
     for (int64_t c = 0; c < dims; ++c) acc[j * acc_stride + c] += transposed[c * keys_pad + j];
 }
 
+/// The backward's inputs for every task: the operands, K and V packed, the rule.
+struct BackwardInputs {
+  const detail::FlashAttentionSizes<>& s;
+  const AttentionRule<float>& rule;
+  AttentionRule<float> unscaled;  // the transform runs on scaled logits
+  RowOperand<at::BFloat16> Q, O, dO;
+  at::Tensor keys, keys_as_values, values_as_keys;  // packed per (batch, kv head)
+  const float* lse;
+  float *dq, *dk, *dv;  // float32 accumulators, contiguous
+
+  BackwardInputs(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
+                 const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv)
+      : s(s),
+        rule(rule),
+        unscaled(rule),
+        Q(q),
+        O(out),
+        dO(grad_out),
+        keys(pack_per_kv_head(s, k, s.head_dim, Packing::Keys)),
+        keys_as_values(pack_per_kv_head(s, k, s.head_dim, Packing::Values)),
+        values_as_keys(pack_per_kv_head(s, v, s.value_head_dim, Packing::Keys)),
+        lse(lse.const_data_ptr<float>()),
+        dq(dq.data_ptr<float>()),
+        dk(dk.data_ptr<float>()),
+        dv(dv.data_ptr<float>()) {
+    unscaled.scale = 1.f;
+  }
+  const uint16_t* packed(const at::Tensor& t, int64_t task) const {
+    return bits(t.const_data_ptr<at::BFloat16>()) + task * (t.numel() / (s.batch * s.kv_heads));
+  }
+};
+
+/// One thread's work of backward_bf16_tiled: its buffers, and the steps of a task (one batch and kv head).
+class BackwardWorker {
+ public:
+  explicit BackwardWorker(const BackwardInputs& in)
+      : in_(in),
+        d_(in.s.head_dim),
+        dv_(in.s.value_head_dim),
+        keys_pad_((in.s.keys + 15) / 16 * 16),
+        p_(kBlock),
+        dp_(kBlock),
+        tanh_(in.rule.softcap > 0 ? kBlock : 0),
+        delta_(kQueryBlock),
+        dk_t_(d_ * keys_pad_),
+        dv_t_(dv_ * keys_pad_),
+        p_pairs_(kBlock),
+        ds_(kBlock),
+        ds_pairs_(kBlock),
+        pairs_(d_, dv_) {}
+
+  void run(int64_t task) {
+    batch_ = task / in_.s.kv_heads;
+    kv_head_ = task % in_.s.kv_heads;
+    mask_row_ = in_.rule.mask != nullptr ? in_.rule.mask + batch_ * in_.s.keys : nullptr;
+    keys_ = in_.packed(in_.keys, task);
+    keys_v_ = in_.packed(in_.keys_as_values, task);
+    values_k_ = in_.packed(in_.values_as_keys, task);
+    std::fill(dk_t_.begin(), dk_t_.end(), 0.f);
+    std::fill(dv_t_.begin(), dv_t_.end(), 0.f);
+    for (int64_t head = kv_head_; head < in_.s.heads; head += in_.s.kv_heads)
+      for (int64_t i0 = 0; i0 < in_.s.queries; i0 += kQueryBlock) query_block(head, i0);
+    const int64_t m = in_.s.keys, hk = in_.s.kv_heads;
+    add_transposed(dk_t_, d_, m, keys_pad_, in_.dk + (batch_ * m * hk + kv_head_) * d_, hk * d_);
+    add_transposed(dv_t_, dv_, m, keys_pad_, in_.dv + (batch_ * m * hk + kv_head_) * dv_, hk * dv_);
+  }
+
+ private:
+  static constexpr int64_t kBlock = kQueryBlock * kKeyBlock;
+
+  // delta_i = rowsum(dO_i * O_i), Q and dO by pairs of rows, then every key block the rows see.
+  void query_block(int64_t head, int64_t i0) {
+    head_ = head;
+    i0_ = i0;
+    i1_ = std::min(in_.s.queries, i0 + kQueryBlock);
+    rows_ = i1_ - i0_;
+    q_ = in_.Q.at(batch_, i0, head);
+    g_ = in_.dO.at(batch_, i0, head);
+    const at::BFloat16* o = in_.O.at(batch_, i0, head);
+    for (int64_t r = 0; r < rows_; ++r) {
+      float acc = 0;
+      for (int64_t c = 0; c < dv_; ++c)
+        acc += static_cast<float>(g_[r * in_.dO.row_stride + c]) *
+               static_cast<float>(o[r * in_.O.row_stride + c]);
+      delta_[r] = acc;
+    }
+    bf16_blocks::pack_values(bits(q_), in_.Q.row_stride, rows_, d_, pairs_.q.data());
+    bf16_blocks::pack_values(bits(g_), in_.dO.row_stride, rows_, dv_, pairs_.grad_out.data());
+    const auto [first_block, key_hi] = in_.rule.key_blocks(i0_, i1_);
+    for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock)
+      key_block(j0, std::min(in_.s.keys, j0 + kKeyBlock));
+  }
+
+  // P recomputed from lse; dV^T += dO^T P; scale * dS = scale * P * (dO V^T - delta) (through the soft-cap's
+  // tanh when on); dQ += dS K; dK^T += Q^T dS.
+  void key_block(int64_t j0, int64_t j1) {
+    if (!block_has_key<float>(mask_row_, j0, j1)) return;
+    const int64_t cols = j1 - j0, ld = (cols + 15) / 16 * 16;
+    const float scale = in_.rule.scale;
+    bf16_blocks::scores(bits(q_), in_.Q.row_stride, rows_, d_, keys_ + j0 * d_, cols, p_.data(), ld);
+    float logit_scale = scale;
+    if (!plain_block(in_.rule, mask_row_, i0_, i1_, j0, j1)) {
+      for (int64_t r = 0; r < rows_; ++r) bf16_blocks::scale_in_place(p_.data() + r * ld, cols, scale);
+      transform_logits(in_.unscaled, head_, mask_row_, i0_, i1_, j0, j1, p_.data(), tanh_.data(), ld);
+      logit_scale = 1.f;
+    }
+    const float* lse = in_.lse + (batch_ * in_.s.heads + head_) * in_.s.queries + i0_;
+    if (!recompute_probabilities(p_.data(), rows_, cols, ld, lse, logit_scale)) return;
+    rows_to_pairs(p_.data(), rows_, cols, ld, p_pairs_.data());
+    bf16_blocks::accumulate_transposed(pairs_.grad_out.data(), dv_, rows_, p_pairs_.data(), ld, cols,
+                                       dv_t_.data() + j0, keys_pad_);
+    bf16_blocks::scores(bits(g_), in_.dO.row_stride, rows_, dv_, values_k_ + j0 * dv_, cols, dp_.data(), ld);
+    for (int64_t r = 0; r < rows_; ++r) {
+      bf16_blocks::softmax_grad(p_.data() + r * ld, dp_.data() + r * ld, cols, delta_[r], scale,
+                                tanh_.empty() ? nullptr : tanh_.data() + r * ld);
+      bf16_blocks::to_bf16(dp_.data() + r * ld, cols, ds_.data() + r * ld);
+      if (cols % 2 == 1) ds_[r * ld + cols] = 0;  // the pad of the last key pair
+    }
+    const int64_t dq_stride = in_.s.heads * d_;
+    bf16_blocks::accumulate_pv(ds_.data(), ld, rows_, cols, keys_v_ + j0 * d_, d_,
+                               in_.dq + (batch_ * in_.s.queries + i0_) * dq_stride + head_ * d_, dq_stride);
+    rows_to_pairs(dp_.data(), rows_, cols, ld, ds_pairs_.data());
+    bf16_blocks::accumulate_transposed(pairs_.q.data(), d_, rows_, ds_pairs_.data(), ld, cols,
+                                       dk_t_.data() + j0, keys_pad_);
+  }
+
+  const BackwardInputs& in_;
+  const int64_t d_, dv_, keys_pad_;
+  std::vector<float> p_, dp_, tanh_, delta_;
+  std::vector<float> dk_t_, dv_t_;  // dK^T and dV^T of the task's kv head: (dims, keys_pad)
+  std::vector<uint16_t> p_pairs_, ds_, ds_pairs_;
+  QueryBlockPairs pairs_;
+  // The task and the query block being run.
+  int64_t batch_ = 0, kv_head_ = 0, head_ = 0, i0_ = 0, i1_ = 0, rows_ = 0;
+  const bool* mask_row_ = nullptr;
+  const uint16_t *keys_ = nullptr, *keys_v_ = nullptr, *values_k_ = nullptr;
+  const at::BFloat16 *q_ = nullptr, *g_ = nullptr;
+};
+
 void backward_bf16_tiled(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
                          const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                          const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, at::Tensor& dq,
-                         at::Tensor& dk, at::Tensor& dv_t) {
-  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
-                dv = s.value_head_dim, keys_pad = (m + 15) / 16 * 16;
-  const RowOperand<at::BFloat16> Q(q), O(out), dO(grad_out);
-  const at::Tensor keys_packed = pack_per_kv_head(s, k, d, Packing::Keys),
-                   keys_as_values = pack_per_kv_head(s, k, d, Packing::Values),
-                   values_as_keys = pack_per_kv_head(s, v, dv, Packing::Keys);
-  const int64_t key_size = bf16_blocks::packed_keys_size(m, d),
-                key_value_size = bf16_blocks::packed_values_size(m, d),
-                value_key_size = bf16_blocks::packed_keys_size(m, dv);
-  const float* lse_data = lse.const_data_ptr<float>();
-  const int64_t dq_sn = h * d, dk_sn = hk * d, dv_sn = hk * dv;  // float32 accumulators, contiguous
-  const bool softcap = rule.softcap > 0;
-  AttentionRule<float> unscaled = rule;
-  unscaled.scale = 1.f;
-
-  at::parallel_for(0, s.batch * hk, 1, [&](int64_t begin, int64_t end) {
-    const int64_t block = kQueryBlock * kKeyBlock;
-    std::vector<float> p(block), dp(block), tanh_buf(softcap ? block : 0), delta(kQueryBlock);
-    std::vector<float> dk_t(d * keys_pad), dv_t_acc(dv * keys_pad);
-    std::vector<uint16_t> p_pairs(block), ds(block), ds_pairs(block);
-    QueryBlockPairs pairs(d, dv);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t kv_head = task % hk, batch = task / hk;
-      const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
-      const uint16_t* keys = bits(keys_packed.const_data_ptr<at::BFloat16>()) + task * key_size;
-      const uint16_t* keys_v = bits(keys_as_values.const_data_ptr<at::BFloat16>()) + task * key_value_size;
-      const uint16_t* values_k = bits(values_as_keys.const_data_ptr<at::BFloat16>()) + task * value_key_size;
-      std::fill(dk_t.begin(), dk_t.end(), 0.f);
-      std::fill(dv_t_acc.begin(), dv_t_acc.end(), 0.f);
-      for (int64_t head = kv_head; head < h; head += hk) {
-        const float* lse_row = lse_data + (batch * h + head) * n;
-        for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
-          const int64_t i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
-          const at::BFloat16* q_ptr = Q.at(batch, i0, head);
-          const at::BFloat16* g_ptr = dO.at(batch, i0, head);
-          const at::BFloat16* o_ptr = O.at(batch, i0, head);
-          for (int64_t r = 0; r < rows; ++r) {  // delta_i = rowsum(dO_i * O_i)
-            float acc = 0;
-            for (int64_t c = 0; c < dv; ++c)
-              acc += static_cast<float>(g_ptr[r * dO.row_stride + c]) *
-                     static_cast<float>(o_ptr[r * O.row_stride + c]);
-            delta[r] = acc;
-          }
-          bf16_blocks::pack_values(bits(q_ptr), Q.row_stride, rows, d, pairs.q.data());
-          bf16_blocks::pack_values(bits(g_ptr), dO.row_stride, rows, dv, pairs.grad_out.data());
-          const auto [first_block, key_hi] = rule.key_blocks(i0, i1);
-          for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
-            const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0, ld = (cols + 15) / 16 * 16;
-            if (!block_has_key<float>(mask_row, j0, j1)) continue;
-            bf16_blocks::scores(bits(q_ptr), Q.row_stride, rows, d, keys + j0 * d, cols, p.data(), ld);
-            float logit_scale = rule.scale;
-            if (!plain_block(rule, mask_row, i0, i1, j0, j1)) {
-              for (int64_t r = 0; r < rows; ++r)
-                bf16_blocks::scale_in_place(p.data() + r * ld, cols, rule.scale);
-              transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, p.data(), tanh_buf.data(), ld);
-              logit_scale = 1.f;
-            }
-            if (!recompute_probabilities(p.data(), rows, cols, ld, lse_row + i0, logit_scale)) continue;
-            // dV^T += dO^T P
-            rows_to_pairs(p.data(), rows, cols, ld, p_pairs.data());
-            bf16_blocks::accumulate_transposed(pairs.grad_out.data(), dv, rows, p_pairs.data(), ld, cols,
-                                               dv_t_acc.data() + j0, keys_pad);
-            // scale * dS = scale * P * (dO V^T - delta), through the soft-cap's tanh when on
-            bf16_blocks::scores(bits(g_ptr), dO.row_stride, rows, dv, values_k + j0 * dv, cols, dp.data(),
-                                ld);
-            for (int64_t r = 0; r < rows; ++r) {
-              bf16_blocks::softmax_grad(p.data() + r * ld, dp.data() + r * ld, cols, delta[r], rule.scale,
-                                        softcap ? tanh_buf.data() + r * ld : nullptr);
-              bf16_blocks::to_bf16(dp.data() + r * ld, cols, ds.data() + r * ld);
-              if (cols % 2 == 1) ds[r * ld + cols] = 0;  // the pad of the last key pair
-            }
-            // dQ += dS K ; dK^T += Q^T dS
-            bf16_blocks::accumulate_pv(ds.data(), ld, rows, cols, keys_v + j0 * d, d,
-                                       dq.data_ptr<float>() + (batch * n + i0) * dq_sn + head * d, dq_sn);
-            rows_to_pairs(dp.data(), rows, cols, ld, ds_pairs.data());
-            bf16_blocks::accumulate_transposed(pairs.q.data(), d, rows, ds_pairs.data(), ld, cols,
-                                               dk_t.data() + j0, keys_pad);
-          }
-        }
-      }
-      add_transposed(dk_t, d, m, keys_pad, dk.data_ptr<float>() + batch * m * dk_sn + kv_head * d, dk_sn);
-      add_transposed(dv_t_acc, dv, m, keys_pad, dv_t.data_ptr<float>() + batch * m * dv_sn + kv_head * dv,
-                     dv_sn);
-    }
+                         at::Tensor& dk, at::Tensor& dv) {
+  const BackwardInputs inputs(s, rule, grad_out, q, k, v, out, lse, dq, dk, dv);
+  at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    BackwardWorker worker(inputs);
+    for (int64_t task = begin; task < end; ++task) worker.run(task);
   });
 }
 

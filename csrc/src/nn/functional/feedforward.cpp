@@ -40,24 +40,36 @@ bool is_gelu(const FeedForwardOptions& o) {
   return !o.custom_activation().has_value() && !o.relu_squared() && !o.solu() && !o.swish();
 }
 
+bool cpu_bf16_autocast() {
+  return at::autocast::is_autocast_enabled(c10::DeviceType::CPU) &&
+         at::autocast::get_autocast_dtype(c10::DeviceType::CPU) == at::kBFloat16;
+}
+
+// Whether the fused op may run: real CPU tensors (not the fake or functional ones of torch.export / ONNX
+// export, whose decomposition keeps to aten's ops) that are bf16 or become bf16 under autocast (float32), and
+// no gradient wanted (the op has no derivative).
+bool fused_linear_gelu_applies(const at::Tensor& x, const FeedForwardWeights& w, bool autocast) {
+  const auto becomes_bf16 = [&](const at::Tensor& t) {
+    return t.scalar_type() == at::kBFloat16 || (autocast && t.scalar_type() == at::kFloat);
+  };
+  const bool bf16 = becomes_bf16(x) && becomes_bf16(w.proj_in_weight) &&
+                    (!w.proj_in_bias.defined() || becomes_bf16(w.proj_in_bias));
+  const bool wants_grad =
+      at::GradMode::is_enabled() && (x.requires_grad() || w.proj_in_weight.requires_grad() ||
+                                     (w.proj_in_bias.defined() && w.proj_in_bias.requires_grad()));
+  const bool traced =
+      x.key_set().has(c10::DispatchKey::Python) || x.key_set().has(c10::DispatchKey::Functionalize);
+  return x.device().is_cpu() && !traced && bf16 && !wants_grad && linear_pointwise_op().has_value();
+}
+
 // GELU(x W^T + b) in one oneDNN call on the CPU in bf16 (a bf16 module, or under CPU bf16 autocast, whose
 // casts it makes as linear would) when no gradient is wanted: the output written once, GELU applied to the
 // float32 product before its one rounding to bf16. Undefined where it does not apply.
 at::Tensor fused_linear_gelu(const at::Tensor& x, const FeedForwardWeights& w) {
-  const bool cpu_autocast = at::autocast::is_autocast_enabled(c10::DeviceType::CPU) &&
-                            at::autocast::get_autocast_dtype(c10::DeviceType::CPU) == at::kBFloat16;
-  const bool bf16 =
-      cpu_autocast || (x.scalar_type() == at::kBFloat16 && w.proj_in_weight.scalar_type() == at::kBFloat16);
-  const bool wants_grad =
-      at::GradMode::is_enabled() && (x.requires_grad() || w.proj_in_weight.requires_grad() ||
-                                     (w.proj_in_bias.defined() && w.proj_in_bias.requires_grad()));
-  // Real CPU tensors only: under torch.export / ONNX export (fake or functional tensors) the decomposition
-  // keeps to aten's ops.
-  const bool traced =
-      x.key_set().has(c10::DispatchKey::Python) || x.key_set().has(c10::DispatchKey::Functionalize);
-  if (!x.device().is_cpu() || traced || !bf16 || wants_grad || !linear_pointwise_op().has_value()) return {};
+  const bool autocast = cpu_bf16_autocast();
+  if (!fused_linear_gelu_applies(x, w, autocast)) return {};
   const auto cast = [&](const at::Tensor& t) {
-    return cpu_autocast ? at::autocast::cached_cast(at::kBFloat16, t, c10::DeviceType::CPU) : t;
+    return autocast ? at::autocast::cached_cast(at::kBFloat16, t, c10::DeviceType::CPU) : t;
   };
   // The op runs below autocast: its inputs are cast here, as autocast casts linear's.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
