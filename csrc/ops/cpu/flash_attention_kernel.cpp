@@ -404,9 +404,10 @@ void backward_impl(const detail::FlashAttentionSizes<>& s, const AttentionRule<s
 // ---------------------------------------------------------------- Same blocks, visibility and online softmax
 // as forward_impl<float>; the two products per block go through ATen's CPU matmul (oneDNN's bf16 kernels:
 // 250-320 GFLOP/s a core on this block shape where the BLAS's fp32 gives 90, and MKL's bf16 GEMM and ATen's
-// brgemm without AMX measured no faster than fp32), which writes bf16. The score product is widened and
-// scaled in float32 at once, P is rounded to bf16 only as the left operand of P V, and each block's P V is
-// added into a float32 accumulator.
+// brgemm without AMX measured no faster than fp32), which writes bf16: the path of head dims the microkernels
+// below do not take. The score product is widened and scaled in float32 at once, the softmax runs in
+// bf16_blocks' passes (this path too runs only on AVX512-BF16 CPUs), P is rounded to bf16 only as the left
+// operand of P V, and each block's P V is added into a float32 accumulator.
 using BVec = at::vec::Vectorized<at::BFloat16>;
 
 // dst[c] = float(src[c]) * scale over n entries.
@@ -419,26 +420,6 @@ void widen_scaled(const at::BFloat16* src, float* dst, int64_t n, float scale) {
     (hi * scale_vec).store(dst + c + Vec::size());
   }
   for (; c < n; ++c) dst[c] = static_cast<float>(src[c]) * scale;
-}
-
-// p[c] = bf16(exp(x[c] - shift)) over n entries; returns the float32 sum of the unrounded exponentials.
-float exp_shift_sum_to_bf16(const float* x, at::BFloat16* p, int64_t n, float shift) {
-  const Vec shift_vec(shift);
-  Vec acc(0.f);
-  int64_t c = 0;
-  for (; c + BVec::size() <= n; c += BVec::size()) {
-    const Vec lo = (Vec::loadu(x + c) - shift_vec).exp_u20();
-    const Vec hi = (Vec::loadu(x + c + Vec::size()) - shift_vec).exp_u20();
-    acc = acc + lo + hi;
-    at::vec::convert_float_bfloat16(lo, hi).store(p + c);
-  }
-  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, acc);
-  for (; c < n; ++c) {
-    const float e = std::exp(x[c] - shift);
-    sum += e;
-    p[c] = static_cast<at::BFloat16>(e);
-  }
-  return sum;
 }
 
 // acc[c] += float(src[c]) over n entries.
@@ -466,134 +447,8 @@ void bf16_product(at::Tensor& scratch, int64_t rows, int64_t cols, const at::Ten
   at::cpu::mm_out(result, a, b);
 }
 
-void forward_bf16_onednn(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
-                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
-                         at::Tensor& lse) {
-  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
-                dv = s.value_head_dim;
-  const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
-  const RowOperand<at::BFloat16> Q(q), K(k), V(v);
-  auto* out_data = out.data_ptr<at::BFloat16>();
-  float* lse_data = lse.data_ptr<float>();
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  const float scale = rule.scale;
-  // The transform below is the float one on already scaled logits: scale 1 there.
-  AttentionRule<float> unscaled = rule;
-  unscaled.scale = 1.f;
-
-  at::parallel_for(0, s.batch * h * q_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> logits(kQueryBlock * kKeyBlock), acc(kQueryBlock * dv), row_max(kQueryBlock),
-        row_sum(kQueryBlock);
-    const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
-    at::Tensor product =
-        at::empty({kQueryBlock * std::max(kKeyBlock, dv)}, bf16);   // each product's bf16 result
-    at::Tensor p_low = at::empty({kQueryBlock * kKeyBlock}, bf16);  // P in bf16
-    auto* product_data = product.data_ptr<at::BFloat16>();
-    auto* p_data = p_low.data_ptr<at::BFloat16>();
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t qb = task % q_blocks, head = (task / q_blocks) % h, batch = task / (q_blocks * h);
-      const int64_t kv_head = head % hk;
-      const int64_t i0 = qb * kQueryBlock, i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
-      const at::BFloat16* q_ptr = Q.at(batch, i0, head);
-      const at::BFloat16* k_head = K.at(batch, 0, kv_head);
-      const at::BFloat16* v_head = V.at(batch, 0, kv_head);
-      const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
-      const at::Tensor q_block = bf16_view(q_ptr, rows, d, Q.row_stride);
-      std::fill(acc.begin(), acc.begin() + rows * dv, 0.f);
-      std::fill(row_max.begin(), row_max.end(), neg_inf);
-      std::fill(row_sum.begin(), row_sum.end(), 0.f);
-
-      const auto [first_block, key_hi] = rule.key_blocks(i0, i1);
-      for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
-        const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0;
-        if (!block_has_key<float>(mask_row, j0, j1)) continue;
-        bf16_product(product, rows, cols, q_block,
-                     bf16_view(k_head + j0 * K.row_stride, cols, d, K.row_stride).t());
-        widen_scaled(product_data, logits.data(), rows * cols, scale);
-        transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, logits.data(), logits.data());
-        bool any_visible = false;
-        for (int64_t r = 0; r < rows; ++r) {
-          const float* x = logits.data() + r * cols;
-          at::BFloat16* p = p_data + r * cols;
-          const float new_max = max_keeping_nan(row_max[r], max_of(x, cols));
-          if (new_max == neg_inf) {  // nothing visible yet in this row
-            std::fill(p, p + cols, at::BFloat16(0.f));
-            continue;
-          }
-          any_visible = true;
-          const float rescale = std::exp(row_max[r] - new_max);
-          row_sum[r] = row_sum[r] * rescale + exp_shift_sum_to_bf16(x, p, cols, new_max);
-          row_max[r] = new_max;
-          if (rescale != 1.f) {
-            float* o = acc.data() + r * dv;
-            for (int64_t c = 0; c < dv; ++c) o[c] *= rescale;
-          }
-        }
-        if (!any_visible) continue;
-        bf16_product(product, rows, dv, bf16_view(p_data, rows, cols, cols),
-                     bf16_view(v_head + j0 * V.row_stride, cols, dv, V.row_stride));
-        add_widened(product_data, acc.data(), rows * dv);
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        at::BFloat16* o = out_data + ((batch * n + i0 + r) * h + head) * dv;
-        const float* a = acc.data() + r * dv;
-        float* l = lse_data + (batch * h + head) * n + i0 + r;
-        if (row_sum[r] != 0) {  // NaN (a NaN logit) goes on into the output and lse
-          const float inv = 1.f / row_sum[r];
-          for (int64_t c = 0; c < dv; ++c) o[c] = static_cast<at::BFloat16>(a[c] * inv);
-          *l = row_max[r] + std::log(row_sum[r]);
-        } else {
-          std::fill(o, o + dv, at::BFloat16(0.f));
-          *l = neg_inf;
-        }
-      }
-    }
-  });
-}
-
-// ---- bfloat16 forward in our own microkernels (bf16_blocks.h)
-// ------------------------------------------------------------------------------------------- The same blocks
-// as forward_bf16_onednn, with K and V packed once per call into the order vdpbf16ps reads, and both products
-// as register-tiled microkernels: no library call per block, and the scores come out in float32 (not rounded
-// to bf16 as a bf16 matmul writes them). A block that every row sees whole, with no ALiBi or soft-cap, takes
-// the scale into its exp2 (FlashAttention-3's folding): one max pass and one exp2 pass over the raw products.
-
 const uint16_t* bits(const at::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
 uint16_t* bits(at::BFloat16* p) { return reinterpret_cast<uint16_t*>(p); }
-
-enum class Packing { Keys, Values };  // bf16_blocks.h's two layouts
-
-// Every (batch, kv head)'s rows of t (b, keys, hk, dim) in a packed layout, one after the other.
-at::Tensor pack_per_kv_head(const detail::FlashAttentionSizes<>& s, const at::Tensor& t, int64_t dim,
-                            Packing packing) {
-  const int64_t size = packing == Packing::Keys ? bf16_blocks::packed_keys_size(s.keys, dim)
-                                                : bf16_blocks::packed_values_size(s.keys, dim);
-  at::Tensor packed = at::empty({s.batch * s.kv_heads * size}, t.options().dtype(at::kBFloat16));
-  const RowOperand<at::BFloat16> T(t);
-  uint16_t* out = bits(packed.data_ptr<at::BFloat16>());
-  at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const uint16_t* rows = bits(T.at(task / s.kv_heads, 0, task % s.kv_heads));
-      if (packing == Packing::Keys)
-        bf16_blocks::pack_keys(rows, T.row_stride, s.keys, dim, out + task * size);
-      else
-        bf16_blocks::pack_values(rows, T.row_stride, s.keys, dim, out + task * size);
-    }
-  });
-  return packed;
-}
-
-// Whether every row of [i0, i1) sees every key of [j0, j1) and the logits are the scaled products alone.
-bool plain_block(const AttentionRule<float>& rule, const bool* mask_row, int64_t i0, int64_t i1, int64_t j0,
-                 int64_t j1) {
-  if (rule.slopes != nullptr || rule.softcap > 0 || !(rule.scale > 0)) return false;
-  if (mask_row != nullptr && !std::all_of(mask_row + j0, mask_row + j1, [](bool keep) { return keep; }))
-    return false;
-  int64_t lo_first, hi_first, lo_last, hi_last;  // each row's range moves right with i
-  rule.visible_range(i0, lo_first, hi_first);
-  rule.visible_range(i1 - 1, lo_last, hi_last);
-  return lo_last <= j0 && hi_first >= j1;
-}
 
 /// One query block's running softmax state and float32 output accumulator.
 struct OnlineSoftmax {
@@ -650,6 +505,95 @@ void finish_rows(const OnlineSoftmax& state, int64_t rows, int64_t dv, at::BFloa
       lse[r] = -std::numeric_limits<float>::infinity();
     }
   }
+}
+
+void forward_bf16_onednn(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
+                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                         at::Tensor& lse) {
+  const int64_t n = s.queries, m = s.keys, h = s.heads, hk = s.kv_heads, d = s.head_dim,
+                dv = s.value_head_dim;
+  const int64_t q_blocks = (n + kQueryBlock - 1) / kQueryBlock;
+  const RowOperand<at::BFloat16> Q(q), K(k), V(v);
+  AttentionRule<float> unscaled = rule;  // the transform runs on scaled logits
+  unscaled.scale = 1.f;
+
+  at::parallel_for(0, s.batch * h * q_blocks, 1, [&](int64_t begin, int64_t end) {
+    // Rows of an even width, so that block_probabilities' pad of an odd last key stays in its row.
+    const int64_t width = kKeyBlock + kKeyBlock % 2;
+    std::vector<float> logits(kQueryBlock * width);
+    const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+    at::Tensor product = at::empty({kQueryBlock * std::max(kKeyBlock, dv)}, bf16);  // each product's result
+    at::Tensor p_low = at::empty({kQueryBlock * width}, bf16);                      // P in bf16
+    auto* product_data = product.data_ptr<at::BFloat16>();
+    auto* p_data = p_low.data_ptr<at::BFloat16>();
+    OnlineSoftmax state(kQueryBlock, dv);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qb = task % q_blocks, head = (task / q_blocks) % h, batch = task / (q_blocks * h);
+      const int64_t i0 = qb * kQueryBlock, i1 = std::min(n, i0 + kQueryBlock), rows = i1 - i0;
+      const at::BFloat16* k_head = K.at(batch, 0, head % hk);
+      const at::BFloat16* v_head = V.at(batch, 0, head % hk);
+      const bool* mask_row = rule.mask != nullptr ? rule.mask + batch * m : nullptr;
+      const at::Tensor q_block = bf16_view(Q.at(batch, i0, head), rows, d, Q.row_stride);
+      state.reset(rows, dv);
+      const auto [first_block, key_hi] = rule.key_blocks(i0, i1);
+      for (int64_t j0 = first_block; j0 < key_hi; j0 += kKeyBlock) {
+        const int64_t j1 = std::min(m, j0 + kKeyBlock), cols = j1 - j0, ld = cols + cols % 2;
+        if (!block_has_key<float>(mask_row, j0, j1)) continue;
+        bf16_product(product, rows, cols, q_block,
+                     bf16_view(k_head + j0 * K.row_stride, cols, d, K.row_stride).t());
+        for (int64_t r = 0; r < rows; ++r)
+          widen_scaled(product_data + r * cols, logits.data() + r * ld, cols, rule.scale);
+        transform_logits(unscaled, head, mask_row, i0, i1, j0, j1, logits.data(), logits.data(), ld);
+        if (!block_probabilities(logits.data(), p_data, rows, cols, ld, 1.f, dv, state)) continue;
+        bf16_product(product, rows, dv, bf16_view(p_data, rows, cols, ld),
+                     bf16_view(v_head + j0 * V.row_stride, cols, dv, V.row_stride));
+        add_widened(product_data, state.acc.data(), rows * dv);
+      }
+      finish_rows(state, rows, dv, out.data_ptr<at::BFloat16>() + ((batch * n + i0) * h + head) * dv, h * dv,
+                  lse.data_ptr<float>() + (batch * h + head) * n + i0);
+    }
+  });
+}
+
+// ---- bfloat16 forward in our own microkernels (bf16_blocks.h)
+// ------------------------------------------------------------------------------------------- The same blocks
+// as forward_bf16_onednn, with K and V packed once per call into the order vdpbf16ps reads, and both products
+// as register-tiled microkernels: no library call per block, and the scores come out in float32 (not rounded
+// to bf16 as a bf16 matmul writes them). A block that every row sees whole, with no ALiBi or soft-cap, takes
+// the scale into its exp2 (FlashAttention-3's folding): one max pass and one exp2 pass over the raw products.
+
+enum class Packing { Keys, Values };  // bf16_blocks.h's two layouts
+
+// Every (batch, kv head)'s rows of t (b, keys, hk, dim) in a packed layout, one after the other.
+at::Tensor pack_per_kv_head(const detail::FlashAttentionSizes<>& s, const at::Tensor& t, int64_t dim,
+                            Packing packing) {
+  const int64_t size = packing == Packing::Keys ? bf16_blocks::packed_keys_size(s.keys, dim)
+                                                : bf16_blocks::packed_values_size(s.keys, dim);
+  at::Tensor packed = at::empty({s.batch * s.kv_heads * size}, t.options().dtype(at::kBFloat16));
+  const RowOperand<at::BFloat16> T(t);
+  uint16_t* out = bits(packed.data_ptr<at::BFloat16>());
+  at::parallel_for(0, s.batch * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const uint16_t* rows = bits(T.at(task / s.kv_heads, 0, task % s.kv_heads));
+      if (packing == Packing::Keys)
+        bf16_blocks::pack_keys(rows, T.row_stride, s.keys, dim, out + task * size);
+      else
+        bf16_blocks::pack_values(rows, T.row_stride, s.keys, dim, out + task * size);
+    }
+  });
+  return packed;
+}
+
+// Whether every row of [i0, i1) sees every key of [j0, j1) and the logits are the scaled products alone.
+bool plain_block(const AttentionRule<float>& rule, const bool* mask_row, int64_t i0, int64_t i1, int64_t j0,
+                 int64_t j1) {
+  if (rule.slopes != nullptr || rule.softcap > 0 || !(rule.scale > 0)) return false;
+  if (mask_row != nullptr && !std::all_of(mask_row + j0, mask_row + j1, [](bool keep) { return keep; }))
+    return false;
+  int64_t lo_first, hi_first, lo_last, hi_last;  // each row's range moves right with i
+  rule.visible_range(i0, lo_first, hi_first);
+  rule.visible_range(i1 - 1, lo_last, hi_last);
+  return lo_last <= j0 && hi_first >= j1;
 }
 
 void forward_bf16_tiled(const detail::FlashAttentionSizes<>& s, const AttentionRule<float>& rule,
