@@ -64,7 +64,7 @@ std::shared_ptr<const Plan> cached_plan(const std::string& key, Make&& make) {
   return PlanCache<Plan>::instance().get(key, std::forward<Make>(make));
 }
 
-/// The plan of the layer-stack ops: the options parsed once per line, the layout that of the module tree
+/// The plan of the layer-stack ops: the options parsed once per JSON text, the layout that of the module tree
 /// (built on meta: nothing allocated).
 inline std::shared_ptr<const nn::functional::AttentionLayersPlan> cached_layers_plan(
     c10::string_view options) {
@@ -73,7 +73,7 @@ inline std::shared_ptr<const nn::functional::AttentionLayersPlan> cached_layers_
       text, [&] { return *nn::meta_plan(nn::AttentionLayersOptions::parse(text)); });
 }
 
-/// The plan of a wrapper op: its own options and its stack's, parsed once per pair of option lines, the
+/// The plan of a wrapper op: its own options and its stack's, parsed once per pair of options texts, the
 /// layout that of the Wrapper module's tree (built on meta).
 template <typename Plan, typename Wrapper, typename WrapperOptions>
 std::shared_ptr<const Plan> cached_wrapper_plan(c10::string_view options, c10::string_view layer_options) {

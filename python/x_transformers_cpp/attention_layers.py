@@ -20,7 +20,6 @@ from . import _C
 from .pretrained import PretrainedMixin
 
 
-
 def _activation_spec(module, argument="ff_custom_activation"):
     """An activation module argument as our option: the name (and arguments) of a torch.nn activation with a
     libtorch twin; any other module or callable raises a TypeError naming the argument."""
