@@ -28,7 +28,7 @@ at::Tensor continuous_transformer_kernel(const at::Tensor& x,
   const auto plan = continuous_plan(options, layer_options);
   return nn::functional::continuous_transformer(x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}), lens,
                                                 params, *plan, training, return_embeddings, {}, nullptr,
-                                                {sum_embeds, prepend_embeds, prepend_mask});
+                                                {sum_embeds, prepend_embeds, prepend_mask, std::nullopt, {}});
 }
 
 detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
@@ -41,7 +41,8 @@ detail::LayerHiddensResult continuous_transformer_with_hiddens_kernel(
   nn::functional::AttentionLayersHiddens record;
   auto out = nn::functional::continuous_transformer(
       x, detail::stack_inputs(XTC_STACK_INPUT_ARGUMENTS{}), lens, params, *plan, training, return_embeddings,
-      {cache_kv.vec(), input_not_include_cache}, &record, {sum_embeds, prepend_embeds, prepend_mask});
+      {cache_kv.vec(), input_not_include_cache}, &record,
+      {sum_embeds, prepend_embeds, prepend_mask, std::nullopt, {}});
   return detail::layer_hiddens_result(std::move(out), std::move(record));
 }
 

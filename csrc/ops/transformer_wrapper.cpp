@@ -85,7 +85,7 @@ at::Tensor transformer_wrapper_attn_pool_kernel(const at::Tensor& embeddings,
                                                 at::TensorList params, c10::string_view options,
                                                 c10::string_view layer_options, bool training) {
   return nn::functional::transformer_wrapper_attn_pool(
-      embeddings, mask, {std::nullopt, prepend_embeds, prepend_mask, std::nullopt}, params,
+      embeddings, mask, {std::nullopt, prepend_embeds, prepend_mask, std::nullopt, {}}, params,
       *wrapper_plan(options, layer_options), training);
 }
 

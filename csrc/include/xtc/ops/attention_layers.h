@@ -14,8 +14,8 @@ namespace xtc::ops {
 
 /// x (b, n, dim) through the stack; `inputs` x-transformers' AttentionLayers.forward arguments (the rows of
 /// XTC_STACK_INPUTS, <xtc/nn/functional/stack_inputs.h>; the decoding cache excepted: AttentionLayers::
-/// forward_with runs it); params as AttentionLayers::tensors(); options the keyword arguments as a JSON object,
-/// as config.json holds them or AttentionLayersOptions::serialize() writes them.
+/// forward_with runs it); params as AttentionLayers::tensors(); options the keyword arguments as a JSON
+/// object, as config.json holds them or AttentionLayersOptions::serialize() writes them.
 at::Tensor attention_layers(const at::Tensor& x, const nn::functional::AttentionLayersInputs& inputs,
                             at::TensorList params, const std::string& options, bool training);
 
