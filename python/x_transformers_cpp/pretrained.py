@@ -145,34 +145,32 @@ def _constructor_arguments(config):
 
 
 def _load_weights(model, path):
-    """model.safetensors into model: every key of the model's state_dict, of its shape and dtype, and no other."""
+    """model.safetensors into model: every key of the model's state_dict, of its shape and dtype, and no other;
+    the file read once, the model untouched unless all of it fits."""
     if not path.is_file():
         raise FileNotFoundError(f"from_pretrained: no {WEIGHTS_NAME} at {path}")
     safetensors = _safetensors()
     try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
-            stored = {key: f.get_slice(key) for key in f.keys()}
-            shapes = {key: (tuple(s.get_shape()), s.get_dtype()) for key, s in stored.items()}
+        stored = safetensors.torch.load_file(str(path))
     except Exception as e:  # the header or the data do not parse (truncated, corrupt)
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     expected = model.state_dict()
     shared = _shared_names(expected)
+    name = lambda dtype: _SAFETENSORS_DTYPES.get(dtype, str(dtype))  # noqa: E731
     for key, tensor in expected.items():
-        if key not in shapes:
-            if any(other in shapes for other in shared.get(key, ())):
-                continue  # a tied tensor, stored once under another name
-            raise KeyError(f"{path}: missing the tensor {key!r}")
-        shape, dtype = shapes[key]
-        if shape != tuple(tensor.shape) or dtype != _SAFETENSORS_DTYPES.get(tensor.dtype):
-            raise ValueError(f"{path}: {key!r} expected shape {tuple(tensor.shape)} and dtype "
-                             f"{_SAFETENSORS_DTYPES.get(tensor.dtype)}, got {shape} and {dtype}")
-    unexpected = sorted(set(shapes) - set(expected))
+        if key not in stored:
+            other = next((o for o in shared.get(key, ()) if o in stored), None)
+            if other is None:
+                raise KeyError(f"{path}: missing the tensor {key!r}")
+            stored[key] = stored[other]  # a tied tensor, stored once under another name
+        value = stored[key]
+        if value.shape != tensor.shape or value.dtype != tensor.dtype:
+            raise ValueError(f"{path}: {key!r} expected shape {tuple(tensor.shape)} and dtype {name(tensor.dtype)}, "
+                             f"got {tuple(value.shape)} and {name(value.dtype)}")
+    unexpected = sorted(set(stored) - set(expected))
     if unexpected:
         raise KeyError(f"{path}: tensors the model does not have: {', '.join(unexpected)}")
-    try:
-        safetensors.torch.load_model(model, str(path), strict=True)
-    except Exception as e:
-        raise ValueError(f"{path}: {e}") from e
+    model.load_state_dict(stored, strict=True)
 
 
 def _shared_names(state):
