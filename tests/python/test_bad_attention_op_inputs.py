@@ -67,12 +67,15 @@ def check_nan_logits_reach_the_output(dtype):
     assert not out.isnan().any() and not lse.isnan().any()
 
 
-def test_op_non_contiguous_and_expanded_inputs_give_the_contiguous_results():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_op_non_contiguous_and_expanded_inputs_give_the_contiguous_results(dtype):
     torch.manual_seed(0)
-    q = torch.randn(2, 4, 9, 8).transpose(1, 2)  # (2, 9, 4, 8), strided
-    k = torch.randn(1, 11, 2, 8).expand(2, 11, 2, 8)  # stride 0 over the batch
-    v = torch.randn(2, 11, 2, 16)[..., ::2]  # a step in the last dim
-    got = op(q, k, v, None, True)
-    want = op(q.contiguous(), k.contiguous(), v.contiguous(), None, True)
-    torch.testing.assert_close(got[0], want[0], atol=0, rtol=0)
-    torch.testing.assert_close(got[1], want[1], atol=0, rtol=0)
+    q = torch.randn(2, 4, 9, 16, dtype=dtype).transpose(1, 2)  # (2, 9, 4, 16), strided
+    k = torch.randn(1, 11, 2, 16, dtype=dtype).expand(2, 11, 2, 16)  # stride 0 over the batch
+    v = torch.randn(2, 11, 2, 32, dtype=dtype)[..., ::2]  # a step in the last dim
+    k_odd_rows = torch.randn(2, 11, 3, 17, dtype=dtype)[:, :, :2, 1:]  # rows 51 apart: odd
+    for keys in (k, k_odd_rows):
+        got = op(q, keys, v, None, True)
+        want = op(q.contiguous(), keys.contiguous(), v.contiguous(), None, True)
+        torch.testing.assert_close(got[0], want[0], atol=0, rtol=0)
+        torch.testing.assert_close(got[1], want[1], atol=0, rtol=0)

@@ -103,11 +103,11 @@ inline __mmask16 first(int64_t count) { return static_cast<__mmask16>((1u << cou
 }  // namespace
 
 void pack_keys(const uint16_t* k, int64_t k_stride, int64_t keys, int64_t d, uint16_t* packed) {
-  // One gather per group and pair of dims: the 16 keys' pairs, k_stride / 2 pairs apart (k_stride is even:
-  // rows hold whole pairs).
+  // One gather per group and pair of dims: the 16 keys' pairs, k_stride values apart (indices in 2-byte
+  // units, so that any row stride, odd ones included, reads whole pairs).
   const __m512i rows =
       _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                         _mm512_set1_epi32(static_cast<int32_t>(k_stride / 2)));
+                         _mm512_set1_epi32(static_cast<int32_t>(k_stride)));
   for (int64_t group = 0; group * 16 < keys; ++group) {
     const int64_t present = keys - group * 16;
     const __mmask16 keep = present >= 16 ? __mmask16(0xffff) : first(present);
@@ -115,7 +115,7 @@ void pack_keys(const uint16_t* k, int64_t k_stride, int64_t keys, int64_t d, uin
     uint16_t* out = packed + group * 16 * d;
     for (int64_t t = 0; t < d / 2; ++t)
       _mm512_storeu_si512(out + t * 32,
-                          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keep, rows, base + 2 * t, 4));
+                          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), keep, rows, base + 2 * t, 2));
   }
 }
 
