@@ -597,8 +597,9 @@ at::Tensor packed_attention(const LayerCall& l, const QKV& t, const PackedAttent
                                                    r.window_left, r.window_right, r.softcap))
         .unsqueeze(0);
   }
+  // No own values: orthog_projected_values, their one reader, is refused with unpad.
   const QKV frame{unpack(t.q, queries), packed.packed_keys ? unpack(t.k, keys) : t.k,
-                  packed.packed_keys ? unpack(t.v, keys) : t.v};
+                  packed.packed_keys ? unpack(t.v, keys) : t.v, at::Tensor()};
   return pack(dense_attention(l, frame, keys.frame_mask, r, queries.batch(), queries.frame_length(), path),
               queries);
 }

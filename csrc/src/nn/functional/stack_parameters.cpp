@@ -105,12 +105,16 @@ FeedForwardWeights feed_forward_weights(const StackParameters& p, const std::str
 }
 
 ResidualWeights residual_weights(const StackParameters& p, const std::string& prefix) {
-  ResidualWeights w{p.get(prefix + "residual_scale"), p.get(prefix + "gru.weight_ih"),
-                    p.get(prefix + "gru.weight_hh"), p.get(prefix + "gru.bias_ih"),
-                    p.get(prefix + "gru.bias_hh")};
-  // mv_split_residual: learned vectors, or the to_alpha / to_beta linears.
-  w.alpha = p.get(prefix + "alpha");
-  w.beta = p.get(prefix + "beta");
+  // mv_split_residual: learned vectors, or the to_alpha / to_beta linears (below).
+  ResidualWeights w{p.get(prefix + "residual_scale"),
+                    p.get(prefix + "gru.weight_ih"),
+                    p.get(prefix + "gru.weight_hh"),
+                    p.get(prefix + "gru.bias_ih"),
+                    p.get(prefix + "gru.bias_hh"),
+                    p.get(prefix + "alpha"),
+                    p.get(prefix + "beta"),
+                    at::Tensor(),
+                    at::Tensor()};
   if (!w.alpha.defined()) {
     w.alpha = p.get(prefix + "to_alpha.weight");
     w.alpha_bias = p.get(prefix + "to_alpha.bias");

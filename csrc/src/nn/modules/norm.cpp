@@ -77,7 +77,7 @@ void DynamicTanhImpl::pretty_print(std::ostream& stream) const {
 }
 
 at::Tensor DynamicTanhImpl::forward(const at::Tensor& x) {
-  return functional::dynamic_tanh(x, {gamma, pre_tanh_scale, beta}, unit_offset, init_alpha);
+  return functional::dynamic_tanh(x, {gamma, pre_tanh_scale, beta, at::Tensor()}, unit_offset, init_alpha);
 }
 
 DerfImpl::DerfImpl(int64_t dim, bool unit_offset) : dim(dim), unit_offset(unit_offset) { reset(); }

@@ -32,7 +32,8 @@ void GRUGatingImpl::reset() {
 
 at::Tensor GRUGatingImpl::forward(const at::Tensor& branch, const at::Tensor& residual) {
   return functional::residual(ResidualKind::GRUGating, branch, residual,
-                              {residual_scale, gru->weight_ih, gru->weight_hh, gru->bias_ih, gru->bias_hh},
+                              {residual_scale, gru->weight_ih, gru->weight_hh, gru->bias_ih, gru->bias_hh,
+                               at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()},
                               1.0);
 }
 
