@@ -6,8 +6,9 @@ run; on the padded batches also a post-norm one with nested tensors on, torch's 
 for pre-norm); ours also with unpad=True on the padded batches (the variable-length targets); at op level torch's
 scaled_dot_product_attention against xtc::flash_attention with the same mask, in fp32 and in bf16. Every encoder
 case runs in fp32 and under torch.autocast("cpu", dtype=torch.bfloat16), each peer in the same precision. The
-machine's fp32 and bf16 GEMM rates are measured in the same run and each case (the attention op included) is
-reported as a fraction of the FLOP roofline of its precision; the bf16 summary sets them against the bf16 targets.
+machine's fp32 and bf16 GEMM rates are measured in the same run, a 1024^3 matmul timed interleaved with each case's
+implementations, and each case (the attention op included) is reported as a fraction of the FLOP roofline of its
+precision at that case's rate (JSON: gemm_gflops); the bf16 summary sets them against the bf16 targets.
 
 Each case runs every implementation interleaved (A B C A B C ...) after a warm-up, and reports medians and ratios
 (peer time / our time, so > 1 means we are faster). Long-sequence cases run each implementation in a fresh
@@ -111,6 +112,22 @@ def fast_path_ran(model, x, mask, precision):
     return any("_transformer_encoder_layer_fwd" in e.name for e in prof.events())
 
 
+GEMM = "GEMM 1024^3"  # the roofline's yardstick, timed among each case's implementations
+
+
+def gemm_fn(precision):
+    """One 1024^3 matmul in the precision's dtype; timed interleaved with a case's implementations, so that the
+    case's roofline uses the rate the machine gave in the same rounds (this VM's speed drifts by 20 % and more)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    return lambda: torch.mm(a, b)
+
+
+def gemm_rate(medians):
+    """GFLOP/s of the interleaved GEMM, taken out of a case's medians."""
+    return 2 * 1024 ** 3 / medians.pop(GEMM) / 1e9
+
+
 def time_interleaved(fns, repeats, warmup=1):
     for fn in fns.values():
         for _ in range(warmup):
@@ -135,7 +152,7 @@ def in_precision(fn, precision):
     return run
 
 
-def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops, train, precision="fp32",
+def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, train, precision="fp32",
                  varlen=False, peers=("xt", "xt_flash", "torch")):
     """One case; varlen adds ours with unpad=True and (forward) torch's nested-tensor encoder. The roofline counts
     the padded batch's FLOPs, attention on visible keys."""
@@ -159,7 +176,8 @@ def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops,
 
         for model in models.values():
             model.train()
-        medians = time_interleaved({n: in_precision(step(n, m), precision) for n, m in models.items()}, repeats)
+        medians = time_interleaved({**{n: in_precision(step(n, m), precision) for n, m in models.items()},
+                                    GEMM: gemm_fn(precision)}, repeats)
     else:
         for model in models.values():
             model.eval()
@@ -178,8 +196,9 @@ def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops,
             except RuntimeError as e:  # e.g. torch's nested fast path under CPU bf16 autocast
                 failed[name] = str(e).splitlines()[0][:120]
                 del fns[name]
-        medians = time_interleaved(fns, repeats)
+        medians = time_interleaved({**fns, GEMM: gemm_fn(precision)}, repeats)
         rows += [{"case": label, "impl": name, "precision": precision, "failed": why} for name, why in failed.items()]
+    gflops = gemm_rate(medians)
     flops = encoder_flops(batch, seq, dim, depth, heads, visible_fraction=visible, backward=train)
     extra = {}
     if "torch TransformerEncoder" in medians:
@@ -187,15 +206,15 @@ def encoder_case(label, batch, seq, dim, depth, heads, lengths, repeats, gflops,
     for name, seconds in medians.items():
         rows.append({"case": label, "impl": name, "precision": precision, "median_ms": seconds * 1e3,
                      "ratio_vs_xtc": seconds / medians["xtc"], "kept_fraction": mask.float().mean().item(),
-                     "roofline_fraction": flops / seconds / 1e9 / gflops, **extra})
+                     "roofline_fraction": flops / seconds / 1e9 / gflops, "gemm_gflops": gflops, **extra})
     for r in rows:  # as it goes, so that a long run killed later still reports
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
     return rows
 
 
-def attention_op_case(seq, heads, dim_head, repeats, padded, rate, dtype=torch.float32):
+def attention_op_case(seq, heads, dim_head, repeats, padded, dtype=torch.float32):
     """xtc::flash_attention vs torch SDPA on (1, seq, heads, dim_head) with a key padding mask, in `dtype`; the
-    roofline fraction against `rate`, the GEMM rate (GFLOP/s) in that dtype measured in the same run."""
+    roofline fraction against the GEMM rate in that dtype, timed interleaved with them."""
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, seq, heads, dim_head, dtype=dtype) for _ in range(3))
     mask = torch.ones(1, seq, dtype=torch.bool)
@@ -208,14 +227,16 @@ def attention_op_case(seq, heads, dim_head, repeats, padded, rate, dtype=torch.f
         "torch sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(
             qt, kt, vt, attn_mask=sdpa_mask if padded else None),
     }
-    with torch.no_grad():
-        medians = time_interleaved(fns, repeats)
     precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+    with torch.no_grad():
+        medians = time_interleaved({**fns, GEMM: gemm_fn(precision)}, repeats)
+    rate = gemm_rate(medians)
     label = f"attention op n={seq} {'25% padded' if padded else 'no mask'} {precision}"
     visible = mask.float().mean().item()
     tflops = 4 * heads * seq * seq * dim_head * visible / 1e9
     return [{"case": label, "impl": name, "precision": precision, "median_ms": s * 1e3,
-             "ratio_vs_xtc": s / medians["xtc"], "gflops": tflops / s, "roofline_fraction": tflops / s / rate}
+             "ratio_vs_xtc": s / medians["xtc"], "gflops": tflops / s, "roofline_fraction": tflops / s / rate,
+             "gemm_gflops": rate}
             for name, s in medians.items()]
 
 
@@ -306,7 +327,7 @@ def print_varlen_summary(rows):
         print("\nvariable-length summary:\n  " + "\n  ".join(lines))
 
 
-# bf16 on this CPU: fractions of the bf16 GEMM rate (1024^3 matmul) measured in the same run.
+# bf16 on this CPU: fractions of the bf16 GEMM rate (1024^3 matmul) timed interleaved with the case.
 BF16_ROOFLINE_TARGETS = {"forward": 0.80, "train": 0.70, "op": 0.70}
 
 
@@ -385,7 +406,6 @@ def main():
     info["gemm_gflops"] = gemm_gflops()
     info["bf16_gemm_gflops"] = gemm_gflops(dtype=torch.bfloat16)
     info["cpu_has_avx512_bf16"] = "avx512_bf16" in open("/proc/cpuinfo").read()
-    rates = {"fp32": info["gemm_gflops"], "bf16": info["bf16_gemm_gflops"]}
     print(f"machine: {info}", flush=True)
     rows = []
     if args.only_long:
@@ -393,27 +413,26 @@ def main():
     seed_lengths = torch.tensor([1024])
     precisions = args.precisions.split(",")
     for precision in precisions if not args.only_long else ():
-        rate = rates[precision]
         rows += encoder_case("seed (1,1024,512) d6 h8 forward", 1, 1024, 512, 6, 8, seed_lengths, args.repeats,
-                             rate, train=False, precision=precision)
+                             train=False, precision=precision)
         rows += encoder_case("seed (1,1024,512) d6 h8 train step", 1, 1024, 512, 6, 8, seed_lengths, args.repeats,
-                             rate, train=True, precision=precision)
+                             train=True, precision=precision)
         if not args.quick:
             lengths = torch.randint(128, 513, (8,), generator=torch.Generator().manual_seed(4))
             rows += encoder_case("padded (8,512,512) d6 h8 forward", 8, 512, 512, 6, 8, lengths, args.repeats,
-                                 rate, train=False, precision=precision, varlen=True)
+                                 train=False, precision=precision, varlen=True)
             rows += encoder_case("padded (8,512,512) d6 h8 train step", 8, 512, 512, 6, 8, lengths, args.repeats,
-                                 rate, train=True, precision=precision, varlen=True)
+                                 train=True, precision=precision, varlen=True)
             # The same batch at the distribution's mean kept fraction (lengths evenly spaced over [128, 512], 62.5 %
             # kept), where the FLOP count bounds unpad's forward gain at about 1.6x.
             even = torch.linspace(128, 512, 8).round().long()
             for train in (False, True):
                 rows += encoder_case(f"padded even (8,512,512) d6 h8 {'train step' if train else 'forward'}", 8,
-                                     512, 512, 6, 8, even, args.repeats, rate, train=train, precision=precision,
+                                     512, 512, 6, 8, even, args.repeats, train=train, precision=precision,
                                      varlen=True)
         if not args.quick or args.op:
             for padded in (False, True):
-                rows += attention_op_case(4096, 8, 64, args.repeats, padded, rate,
+                rows += attention_op_case(4096, 8, 64, args.repeats, padded,
                                           torch.bfloat16 if precision == "bf16" else torch.float32)
     if args.varlen_long:
         # Lengths uniform in [2048, 8192]. Peers that materialise (4, 4, 8192, 8192) scores (x-transformers without
@@ -423,7 +442,7 @@ def main():
         for precision in precisions:
             for train in (False, True):
                 rows += encoder_case(f"long (4,8192,256) d2 h4 {'train step' if train else 'forward'}", 4, 8192,
-                                     256, 2, 4, lengths, max(3, args.repeats // 2), rates[precision], train=train,
+                                     256, 2, 4, lengths, max(3, args.repeats // 2), train=train,
                                      precision=precision, varlen=True, peers=("xt_flash",))
     if args.long:
         rows += long_cases([int(s) for s in args.long_lengths.split(",")], args.long_timeout)
