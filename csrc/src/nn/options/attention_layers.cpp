@@ -1175,11 +1175,7 @@ AttentionLayersOptions AttentionLayersOptions::parse(const std::string& json) {
   constexpr const char* owner = "AttentionLayers";
   detail::Json given = detail::parse_object(owner, json);
   expand_keyword_forms(given);
-  std::vector<std::string> unknown;
-  for (const auto& [key, value] : given.items())
-    if (detail::find_field(fields(), key) == nullptr) unknown.push_back(key);
-  std::sort(unknown.begin(), unknown.end());
-  detail::refuse_unknown(owner, unknown);
+  detail::check_known_keys(owner, fields(), given);
   add_cross_attention_defaults(given);
   AttentionLayersOptions options(0, 0, 0);
   Scheduled scheduled;  // applied once the layer counts are known

@@ -2,6 +2,7 @@
 // receive and what serialize() writes. Shared by every options struct; internal to the library.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -117,14 +118,22 @@ const OptionField<Options>* find_field(const std::vector<OptionField<Options>>& 
   return nullptr;
 }
 
+/// Throws naming every key of `object` that no field has, in sorted order.
+template <typename Options>
+void check_known_keys(const char* owner, const std::vector<OptionField<Options>>& fields,
+                      const Json& object) {
+  std::vector<std::string> unknown;
+  for (const auto& [key, value] : object.items())
+    if (find_field(fields, key) == nullptr) unknown.push_back(key);
+  std::sort(unknown.begin(), unknown.end());
+  refuse_unknown(owner, unknown);
+}
+
 /// Sets each key of `object` on `o`; unknown keys throw, naming them all.
 template <typename Options>
 void read_fields(const char* owner, const std::vector<OptionField<Options>>& fields, const Json& object,
                  Options& o) {
-  std::vector<std::string> unknown;
-  for (const auto& [key, value] : object.items())
-    if (find_field(fields, key) == nullptr) unknown.push_back(key);
-  refuse_unknown(owner, unknown);
+  check_known_keys(owner, fields, object);
   for (const auto& [key, value] : object.items()) find_field(fields, key)->read(o, value);
 }
 
