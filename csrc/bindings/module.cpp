@@ -3,6 +3,7 @@
 #include <torch/csrc/utils/pybind.h>
 #include <torch/python.h>
 #include <xtc/backends.h>
+#include <xtc/nn/functional/context_parallel.h>
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/continuous.h>
@@ -68,6 +69,37 @@ auto wrapper_layout(const std::string& options, const std::string& layer_options
   });
 }
 
+// Context parallelism (x_transformers_cpp.distributed): guards in a per-thread stack, entered and left by the
+// Python context manager.
+std::vector<std::unique_ptr<xtc::nn::functional::ContextParallelGuard>>& context_parallel_guards() {
+  thread_local std::vector<std::unique_ptr<xtc::nn::functional::ContextParallelGuard>> stack;
+  return stack;
+}
+
+void bind_context_parallel(py::module_& m) {
+  m.def(
+      "enter_context_parallel",
+      [](const std::string& group_name, int64_t rank, int64_t world_size, const std::string& layout,
+         const std::vector<int64_t>& shard_lengths) {
+        with_torch_errors([&] {
+          using xtc::nn::functional::ShardLayout;
+          TORCH_CHECK_VALUE(layout == "contiguous" || layout == "zigzag",
+                            "context_parallel: expected layout 'contiguous' or 'zigzag', got '", layout, "'");
+          xtc::nn::functional::ContextParallel setting{
+              group_name, rank, world_size,
+              layout == "zigzag" ? ShardLayout::Zigzag : ShardLayout::Contiguous, shard_lengths};
+          context_parallel_guards().push_back(
+              std::make_unique<xtc::nn::functional::ContextParallelGuard>(std::move(setting)));
+        });
+      },
+      py::arg("group_name"), py::arg("rank"), py::arg("world_size"), py::arg("layout"),
+      py::arg("shard_lengths"));
+  m.def("exit_context_parallel", [] {
+    TORCH_CHECK(!context_parallel_guards().empty(), "context_parallel: exit without enter on this thread");
+    context_parallel_guards().pop_back();
+  });
+}
+
 std::vector<std::string> backend_names(const std::vector<xtc::Backend>& backends) {
   std::vector<std::string> names;
   for (const auto b : backends) names.emplace_back(xtc::backend_name(b));
@@ -119,6 +151,7 @@ void bind_backends(py::module_& m) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "x_transformers_cpp native bindings; the ops themselves live in torch.ops.xtc";
   bind_backends(m);
+  bind_context_parallel(m);
 
   m.def("option_keys", &xtc::nn::AttentionLayersOptions::keys,
         "Keys of the serialised AttentionLayers options, e.g. 'heads', 'attn_dim_head'.");

@@ -26,9 +26,9 @@ def train_step(model, x, mask, target, lr):
     return loss.detach()
 
 
-def spawn(worker, args, time_limit_s, what):
-    """Runs worker(rank, *args) on WORLD_SIZE spawned processes; fails the test past time_limit_s."""
-    context = mp.start_processes(worker, args=args, nprocs=WORLD_SIZE, join=False, start_method="spawn")
+def spawn(worker, args, time_limit_s, what, nprocs=WORLD_SIZE):
+    """Runs worker(rank, *args) on nprocs spawned processes; fails the test past time_limit_s."""
+    context = mp.start_processes(worker, args=args, nprocs=nprocs, join=False, start_method="spawn")
     deadline = time.monotonic() + time_limit_s
     try:
         while not context.join(timeout=1):

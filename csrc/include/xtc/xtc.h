@@ -4,6 +4,7 @@
 #include <xtc/backends.h>
 #include <xtc/nn/functional/attention.h>
 #include <xtc/nn/functional/attention_layers.h>
+#include <xtc/nn/functional/context_parallel.h>
 #include <xtc/nn/functional/continuous.h>
 #include <xtc/nn/functional/feedforward.h>
 #include <xtc/nn/functional/norm.h>

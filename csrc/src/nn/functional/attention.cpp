@@ -211,6 +211,11 @@ std::vector<std::string> flash_reasons(const AttentionConfig& c, bool training, 
         "orthog_projected_values reads the outputs at padded queries too, where the softmax over keys all "
         "hidden averages every value (the kernel gives 0)");
   if (c.residual_scores) reasons.emplace_back("residual attention hands the scores on to the next layer");
+  if (c.shards != nullptr && !c.causal &&
+      (c.alibi_slopes.defined() || o.max_attend_past().has_value() || o.window_size().has_value()))
+    reasons.emplace_back(
+        "context parallelism: ALiBi or a window on bidirectional attention needs the queries' global "
+        "positions, which the kernel's right alignment of the queries cannot express");
   if (training && c.options.dropout() > 0)
     reasons.emplace_back("attention dropout in training needs the probabilities");
   if (memory_keys(c.options) > 0 && c.alibi_slopes.defined())
@@ -238,6 +243,8 @@ struct LayerCall {
   bool cross;
   bool cached_step;                             // a cache with earlier keys
   const std::optional<at::Tensor>& query_mask;  // (b, n) bool: the layer's own tokens, when masked
+  // The sequence position of the first query (sharded sequences); unset: the queries end with the keys.
+  std::optional<int64_t> query_start = std::nullopt;
 };
 
 // The kernel's rules for the layer: scale, soft-cap, window, ALiBi slopes.
@@ -511,7 +518,8 @@ at::Tensor math_attention(const LayerCall& l, const QKV& t, const std::optional<
   // them).
   const c10::SymInt memory =
       extra.k.defined() ? extra.k.sym_size(2) + memory_keys(o) : c10::SymInt(memory_keys(o));
-  const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + (keys - memory - n);
+  const c10::SymInt query_start = l.query_start.has_value() ? c10::SymInt(*l.query_start) : keys - memory - n;
+  const auto query_pos = at::arange(n, x.options().dtype(at::kLong)).unsqueeze(1) + query_start;
   const auto key_pos = at::arange(keys, x.options().dtype(at::kLong)).unsqueeze(0) - memory;
   const auto is_memory = key_pos < 0;
   at::Tensor keep = key_mask.has_value() ? key_mask->view_symint({b, 1, 1, keys}) : at::Tensor();
@@ -578,6 +586,32 @@ at::Tensor dense_attention(const LayerCall& l, QKV t, std::optional<at::Tensor> 
   if (path == Backend::Math) return math_attention(l, t, key_mask, r, b, n);
   return std::get<0>(ops::flash_attention(t.q, t.k, t.v, key_mask, l.c.causal, r.scale, r.slopes,
                                           r.window_left, r.window_right, r.softcap));
+}
+
+// Context parallelism: this rank's queries against every rank's keys and values, gathered (only the kv heads
+// travel). Each run of the shard's queries attends at its global positions: causal, to the keys up to its
+// end, which right-aligns it as the kernel does; otherwise to all of them (positional rules then take the
+// Math path, flash_reasons).
+at::Tensor sharded_attention(const LayerCall& l, QKV t, const std::optional<at::Tensor>& key_mask,
+                             const KernelRule& r, Backend path) {
+  const SequenceShards& shards = *l.c.shards;
+  TORCH_CHECK_VALUE(
+      l.maps == nullptr || shards.chunks.size() == 1,
+      "context_parallel: the attention maps of a zigzag shard are not joined; ask for them with ",
+      "the contiguous layout");
+  const at::Tensor k = shards.gather(t.k), v = shards.gather(t.v);
+  std::vector<at::Tensor> outputs;
+  for (const auto& chunk : shards.chunks) {
+    const int64_t keys = l.c.causal ? chunk.global_start + chunk.length : shards.total;
+    const QKV run{t.q.narrow(1, chunk.local_start, chunk.length), k.narrow(1, 0, keys), v.narrow(1, 0, keys),
+                  at::Tensor()};
+    const std::optional<at::Tensor> run_mask =
+        key_mask.has_value() ? std::optional<at::Tensor>(key_mask->narrow(1, 0, keys)) : std::nullopt;
+    LayerCall at_run = l;
+    at_run.query_start = chunk.global_start;
+    outputs.push_back(dense_attention(at_run, run, run_mask, r, l.x.sym_size(0), chunk.length, path));
+  }
+  return outputs.size() == 1 ? outputs.front() : at::cat(outputs, 1);
 }
 
 // Packed sequences: q holds the packed queries, k and v the packed keys (or the dense context's, see
@@ -757,9 +791,13 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   const auto key_mask = key_mask_of(l, mask, context_mask, xl, xl_len, t.k.sym_size(1));
   const KernelRule r = kernel_rule(config);
   const Backend path = choose_path(l, r, packed);
-  const at::Tensor out = packed == nullptr
-                             ? dense_attention(l, t, key_mask, r, x.sym_size(0), x.sym_size(1), path)
-                             : packed_attention(l, t, *packed, r, path);
+  at::Tensor out;
+  if (packed != nullptr)
+    out = packed_attention(l, t, *packed, r, path);
+  else if (config.shards != nullptr && !l.cross)
+    out = sharded_attention(l, t, key_mask, r, path);
+  else
+    out = dense_attention(l, t, key_mask, r, x.sym_size(0), x.sym_size(1), path);
   return output(l, out, t.own_v, mask, cache);
 }
 

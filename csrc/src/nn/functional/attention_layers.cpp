@@ -34,6 +34,7 @@
 #include "src/nn/functional/stack_checks.h"
 #include "src/nn/functional/stack_packing.h"
 #include "src/nn/functional/stack_parameters.h"
+#include "src/nn/functional/stack_sharding.h"
 #include "src/symbolic_sizes.h"
 
 namespace xtc::nn::functional {
@@ -84,6 +85,7 @@ struct StackCall {
   std::optional<at::Tensor> layer_mask;  // what attention layers zero their outputs by (none when packed)
   std::optional<at::Tensor> self_key_mask, cross_key_mask, attn_mask;
   std::optional<StackPacking> packing;
+  std::optional<detail::StackShards> sharding;  // context parallelism: x is this rank's shard
   std::optional<PackedAttention> packed_self, packed_cross;
   at::Tensor condition;   // the adaptive layers' condition, per token in the running layout
   at::Tensor reinjected;  // reinject_input / in_attn_cond, added to every branch's input
@@ -188,9 +190,10 @@ std::pair<at::Tensor, at::Tensor> rotary_of_call(const StackCall& c) {
   TORCH_CHECK_VALUE(positions >= c.keys + c.mem_len, "AttentionLayers: cache_length ", c.in.cache_length,
                     " is shorter than the ", c.keys - c.x_in.sym_size(1), " cached keys");
   const auto& inv_freq = c.p->get("rotary_pos_emb.inv_freq");
-  const at::Tensor t = c.in.pos.has_value() ? *c.in.pos
-                                            : at::arange(-c.mem_len, positions - c.mem_len,
-                                                         inv_freq.options().dtype(at::kLong));
+  const auto longs = inv_freq.options().dtype(at::kLong);
+  const at::Tensor t = c.in.pos.has_value()     ? *c.in.pos
+                       : c.sharding.has_value() ? c.sharding->shards->positions(longs)
+                                                : at::arange(-c.mem_len, positions - c.mem_len, longs);
   at::Tensor angles = rotary_angles(inv_freq, t, c.o.rotary_interpolation_factor());
   at::Tensor scales;
   if (c.o.rotary_xpos())
@@ -302,6 +305,11 @@ void prepare_positions(StackCall& c) {
   if (c.in.context_pos.has_value()) prepare_context_rotary(c, angles, scales);
   c.self_config.residual_scores = o.residual_attn();
   c.cross_config.residual_scores = o.cross_residual_attn();
+  if (c.sharding.has_value()) {
+    // Self-attention attends to every rank's keys: the whole sequence's key mask.
+    c.self_key_mask = c.sharding->shards->gather_mask(c.mask, c.sharding->any_mask, c.x_in);
+    c.self_config.shards = c.sharding->shards;
+  }
 }
 
 // The adaptive layers' condition, (b, 1 | n, width) after adaptive_condition_mlp, and what every branch reads
@@ -595,6 +603,8 @@ at::Tensor finish(const StackCall& c, const StackState& s, at::Tensor x) {
 at::Tensor attention_layers(const at::Tensor& x, const AttentionLayersInputs& inputs, at::TensorList params,
                             const AttentionLayersPlan& plan, bool training, AttentionLayersHiddens* record) {
   StackCall call(x, inputs, params, plan, training, record);
+  // First, so that every rank checks the shards alike before anything can fail on one rank alone.
+  call.sharding = detail::stack_shards(x, inputs, plan, training);
   prepare_tokens_and_masks(call);
   call.p.emplace(plan, params, call.x_in);
   prepare_packing(call);

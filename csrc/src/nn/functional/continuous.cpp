@@ -89,9 +89,10 @@ at::Tensor input_embeddings(const at::Tensor& x_in, const AttentionLayersInputs&
   at::Tensor x = plan.has_project_in() ? at::linear(x_in, get("project_in.weight")) : x_in;
   if (plan.has_abs_pos_emb()) {
     const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
-    TORCH_CHECK_VALUE(n + offset <= *o.max_seq_len(),
+    const c10::SymInt end = detail::positions_end(n, offset);
+    TORCH_CHECK_VALUE(end <= *o.max_seq_len(),
                       "ContinuousTransformerWrapper: expected a sequence of at most max_seq_len (",
-                      *o.max_seq_len(), ") positions, got ", n + offset);
+                      *o.max_seq_len(), ") positions, got ", end);
     const auto positions = detail::wrapper_positions("ContinuousTransformerWrapper", n, given, x,
                                                      !o.scaled_sinu_pos_emb(), offset);
     const int64_t dim = plan.layers().options().dim();
@@ -112,6 +113,11 @@ at::Tensor continuous_transformer(const at::Tensor& x_in, const AttentionLayersI
                                   bool return_embeddings, const WrapperCache& cache,
                                   AttentionLayersHiddens* record, const ExtraEmbeddings& extra) {
   const auto& o = plan.options();
+  detail::refuse_when_sharded("ContinuousTransformerWrapper",
+                              {{"num_memory_tokens", o.num_memory_tokens() > 0},
+                               {"average_pool_embed", o.average_pool_embed()},
+                               {"prepend_embeds", extra.prepend_embeds.has_value()},
+                               {"lens", lens.has_value()}});
   const std::optional<at::Tensor>& mask_in = given.mask;
   const int64_t dim = plan.layers().options().dim();
   const int64_t dim_in = plan.has_project_in() ? *o.dim_in() : dim;

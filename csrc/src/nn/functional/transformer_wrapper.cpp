@@ -215,10 +215,10 @@ at::Tensor with_positions(at::Tensor x, const TransformerWrapperPlan& plan, cons
   if (!plan.has_abs_pos_emb()) return x;
   const c10::SymInt n = x.sym_size(1);
   const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
-  TORCH_CHECK_VALUE(n + offset <= o.max_seq_len() || o.scaled_sinu_pos_emb(),
-                    "TransformerWrapper: expected at "
-                    "most max_seq_len (",
-                    o.max_seq_len(), ") positions, got ", n + offset);
+  const c10::SymInt end = detail::positions_end(n, offset);
+  TORCH_CHECK_VALUE(end <= o.max_seq_len() || o.scaled_sinu_pos_emb(),
+                    "TransformerWrapper: expected at most max_seq_len (", o.max_seq_len(),
+                    ") positions, got ", end);
   const auto positions =
       detail::wrapper_positions("TransformerWrapper", n, given, x, !o.scaled_sinu_pos_emb(), offset);
   return x + (o.scaled_sinu_pos_emb()
@@ -367,6 +367,11 @@ at::Tensor transformer_wrapper(const at::Tensor& tokens, const AttentionLayersIn
                                TransformerWrapperRecord* wrapper_record) {
   const auto& o = plan.options();
   check_tokens(tokens, o, extra);
+  detail::refuse_when_sharded("TransformerWrapper", {{"num_memory_tokens", o.num_memory_tokens() > 0},
+                                                     {"use_cls_token", o.use_cls_token()},
+                                                     {"average_pool_embed", o.average_pool_embed()},
+                                                     {"attn_pool", o.attn_pool()},
+                                                     {"prepend_embeds", extra.prepend_embeds.has_value()}});
   TORCH_CHECK_VALUE(params.size() == plan.parameters().size(), "TransformerWrapper: expected ",
                     plan.parameters().size(), " parameters for these options, got ", params.size());
   const TensorByName get = [&](const std::string& name) {

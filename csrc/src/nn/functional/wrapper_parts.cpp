@@ -6,7 +6,9 @@
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/pow.h>
+#include <xtc/nn/functional/context_parallel.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "src/symbolic_sizes.h"
@@ -50,10 +52,33 @@ at::Tensor l2norm(const at::Tensor& x) {
   return x / at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
 }
 
+c10::SymInt positions_end(const c10::SymInt& n, int64_t offset) {
+  const ContextParallel* sharded = current_context_parallel();
+  if (sharded == nullptr) return n + offset;
+  int64_t end = 0;
+  for (const auto& c : shard_chunks(*sharded, n.guard_int(__FILE__, __LINE__)))
+    end = std::max(end, c.global_start + c.length);
+  return end;
+}
+
+void refuse_when_sharded(const char* wrapper, std::initializer_list<std::pair<const char*, bool>> used) {
+  if (current_context_parallel() == nullptr) return;
+  for (const auto& [name, is_used] : used)
+    TORCH_CHECK_VALUE(!is_used, "context_parallel: ", wrapper, "'s ", name,
+                      " needs the whole sequence in one place, so it cannot run sharded");
+}
+
 at::Tensor wrapper_positions(const char* wrapper, const c10::SymInt& n, const AttentionLayersInputs& inputs,
                              const at::Tensor& like, bool clamp, int64_t offset) {
   const auto options = like.options().dtype(at::kLong);
+  const ContextParallel* sharded = current_context_parallel();
   at::Tensor positions = at::arange(n, options) + offset;
+  if (sharded != nullptr) {
+    std::vector<at::Tensor> runs;
+    for (const auto& c : shard_chunks(*sharded, n.guard_int(__FILE__, __LINE__)))
+      runs.push_back(at::arange(c.global_start, c.global_start + c.length, options));
+    positions = at::cat(runs);
+  }
   if (inputs.pos.has_value()) {
     const auto& pos = *inputs.pos;
     TORCH_CHECK_VALUE(!pos.is_floating_point() && pos.scalar_type() != at::kBool && pos.sym_size(-1) == n &&

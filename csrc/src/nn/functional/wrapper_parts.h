@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <xtc/nn/functional/attention_layers.h>
 
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,9 +26,17 @@ std::vector<ParameterSpec> sublayout(const std::vector<ParameterSpec>& layout, c
 /// The positions of a wrapper's n tokens, as x-transformers' position embeddings take them: the stack inputs'
 /// custom `pos` ((n) or (b, n) integers) or 0..n-1, minus the left padding seq_start_pos (b) per row, clamped
 /// at 0 for the learned table (`clamp`); (n) or (b, n) int64. `offset` shifts the default range (not a custom
-/// pos).
+/// pos); under context parallelism the default is the shard's positions in the whole sequence.
 at::Tensor wrapper_positions(const char* wrapper, const c10::SymInt& n, const AttentionLayersInputs& inputs,
                              const at::Tensor& like, bool clamp, int64_t offset = 0);
+
+/// One past the last position of a wrapper's n tokens after `offset` (a cache's): under context parallelism
+/// (xtc/nn/functional/context_parallel.h) the end of this rank's shard in the whole sequence.
+c10::SymInt positions_end(const c10::SymInt& n, int64_t offset);
+
+/// Under context parallelism, refuses the wrapper's options and inputs in `used` (name, whether used): those
+/// that need the whole sequence in one place. Nothing otherwise.
+void refuse_when_sharded(const char* wrapper, std::initializer_list<std::pair<const char*, bool>> used);
 
 /// AbsolutePositionalEmbedding at `positions` (int64, any shape): table rows times dim^-0.5, or l2-normalised
 /// rows.

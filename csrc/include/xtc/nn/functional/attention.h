@@ -4,10 +4,12 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <xtc/nn/functional/context_parallel.h>
 #include <xtc/nn/functional/hybrid.h>
 #include <xtc/nn/functional/packing.h>
 #include <xtc/nn/options/attention.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -149,6 +151,9 @@ struct AttentionConfig {
   at::Tensor
       position_bias;  // (1|b, h, n, n) bias (T5, dynamic, attn_bias) added to the logits; undefined = none
   bool residual_scores = false;  // RealFormer: take the previous layer's scores and hand on this layer's
+  /// Context parallelism (self-attention): x holds this rank's shard; the keys and values are gathered from
+  /// every rank and each query attends at its global position. Null: the whole sequence is here.
+  std::shared_ptr<const SequenceShards> shards;
 };
 
 /// Linear attention with the elu + 1 feature map: out_i = phi(q_i) S / (phi(q_i) z), S and z summed over the

@@ -1,0 +1,222 @@
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/tensor.h>
+#include <c10/util/Exception.h>
+#include <torch/autograd.h>
+#include <xtc/nn/functional/context_parallel.h>
+
+#include <numeric>
+#include <sstream>
+
+namespace xtc::nn::functional {
+namespace {
+
+thread_local const ContextParallel* current = nullptr;
+
+// torch's functional collectives, through the dispatcher (boxed: their C++ signatures are not ours to fix).
+at::Tensor call_collective(const char* name, std::vector<c10::IValue> arguments) {
+  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+  torch::jit::Stack stack(std::make_move_iterator(arguments.begin()),
+                          std::make_move_iterator(arguments.end()));
+  op.callBoxed(&stack);
+  const auto handle = c10::Dispatcher::singleton().findSchemaOrThrow("_c10d_functional::wait_tensor", "");
+  torch::jit::Stack waited{stack.front()};
+  handle.callBoxed(&waited);
+  return waited.front().toTensor();
+}
+
+// Every rank's t (rows, ...) stacked along dim 0 in rank order, (W rows, ...).
+at::Tensor all_gather_rows(const at::Tensor& t, const ContextParallel& s) {
+  return call_collective("_c10d_functional::all_gather_into_tensor",
+                         {t.contiguous(), s.world_size, s.group_name});
+}
+
+// The sum over ranks of t (W rows, ...), this rank's block of rows.
+at::Tensor reduce_scatter_rows(const at::Tensor& t, const ContextParallel& s) {
+  return call_collective("_c10d_functional::reduce_scatter_tensor",
+                         {t.contiguous(), std::string("sum"), s.world_size, s.group_name});
+}
+
+// All-gather along the sequence (dim 1) with its gradient: the sum over ranks of the gradient of each rank's
+// copy, reduce-scattered back.
+class GatherSequence : public torch::autograd::Function<GatherSequence> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& t,
+                            const ContextParallel& setting) {
+    ctx->saved_data["group"] = setting.group_name;
+    ctx->saved_data["world"] = setting.world_size;
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return all_gather_rows(t.transpose(0, 1), setting).transpose(0, 1);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    ContextParallel setting;
+    setting.group_name = ctx->saved_data["group"].toStringRef();
+    setting.world_size = ctx->saved_data["world"].toInt();
+    return {reduce_scatter_rows(grads[0].transpose(0, 1), setting).transpose(0, 1), at::Tensor()};
+  }
+};
+
+std::string join(const std::vector<int64_t>& values) {
+  std::ostringstream out;
+  out << "[";
+  for (size_t i = 0; i < values.size(); ++i) out << (i ? ", " : "") << values[i];
+  out << "]";
+  return out.str();
+}
+
+// Each rank's row of the exchange: x's rank and sizes, the mask's, and which refused inputs it passed.
+enum Slot : int64_t { XDim, Batch, Length, Width, MaskDim, MaskBatch, MaskLength, MaskBool, Slots };
+
+std::vector<int64_t> local_row(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                               const std::vector<std::string>& unsupported) {
+  std::vector<int64_t> row(Slots, -1);
+  row[XDim] = x.dim();
+  if (x.dim() == 3) row[Batch] = x.size(0), row[Length] = x.size(1), row[Width] = x.size(2);
+  if (mask.has_value()) {
+    row[MaskDim] = mask->dim();
+    if (mask->dim() == 2) row[MaskBatch] = mask->size(0), row[MaskLength] = mask->size(1);
+    row[MaskBool] = mask->scalar_type() == at::kBool;
+  }
+  row.push_back(static_cast<int64_t>(unsupported.size()));
+  return row;
+}
+
+// The same checks on every rank, over every rank's row, so that all raise alike.
+void check_rows(const ContextParallel& s, const std::vector<std::vector<int64_t>>& rows,
+                const std::vector<std::string>& unsupported) {
+  std::vector<int64_t> batches, lengths, refusing;
+  for (const auto& row : rows) {
+    batches.push_back(row[Batch]);
+    lengths.push_back(row[Length]);
+    if (row[Slots] > 0) refusing.push_back(&row - rows.data());
+  }
+  std::ostringstream names;
+  for (size_t i = 0; i < unsupported.size(); ++i) names << (i ? ", " : "") << unsupported[i];
+  TORCH_CHECK_VALUE(refusing.empty(), "context_parallel: ranks ", join(refusing), " passed inputs that ",
+                    "cannot be sharded", unsupported.empty() ? "" : " (here: ", names.str(),
+                    unsupported.empty() ? "" : ")");
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const auto& row = rows[r];
+    TORCH_CHECK_VALUE(row[XDim] == 3 && row[Batch] == rows[0][Batch] && row[Width] == rows[0][Width],
+                      "context_parallel: expected every rank's x as (batch, shard, dim) with the same batch ",
+                      "and dim, got rank ", r, " with ", row[XDim], " dims, batches ", join(batches));
+    TORCH_CHECK_VALUE(row[MaskDim] < 0 || (row[MaskDim] == 2 && row[MaskBatch] == row[Batch] &&
+                                           row[MaskLength] == row[Length] && row[MaskBool] == 1),
+                      "context_parallel: expected rank ", r, "'s mask as bool (", row[Batch], ", ",
+                      row[Length], "), its shard of the sequence, got ", row[MaskDim], " dims of sizes (",
+                      row[MaskBatch], ", ", row[MaskLength], ")", row[MaskBool] == 1 ? "" : ", not bool");
+  }
+  if (!s.shard_lengths.empty()) {
+    TORCH_CHECK_VALUE(s.layout == ShardLayout::Contiguous && lengths == s.shard_lengths,
+                      "context_parallel: expected the ranks' shards as shard_lengths ", join(s.shard_lengths),
+                      " (contiguous layout), got lengths ", join(lengths));
+    return;
+  }
+  const bool equal = std::all_of(lengths.begin(), lengths.end(), [&](int64_t n) { return n == lengths[0]; });
+  TORCH_CHECK_VALUE(equal, "context_parallel: uneven shards, lengths ", join(lengths),
+                    ", need their lengths: pass shard_lengths (each rank's, in rank order)");
+  TORCH_CHECK_VALUE(
+      s.layout != ShardLayout::Zigzag || lengths[0] % 2 == 0,
+      "context_parallel: the zigzag layout holds two equal chunks a rank, so an even shard, got ",
+      lengths[0]);
+}
+
+}  // namespace
+
+const ContextParallel* current_context_parallel() { return current; }
+
+ContextParallelGuard::ContextParallelGuard(ContextParallel setting)
+    : setting_(std::make_unique<ContextParallel>(std::move(setting))), previous_(current) {
+  TORCH_CHECK_VALUE(setting_->world_size >= 1 && setting_->rank >= 0 && setting_->rank < setting_->world_size,
+                    "context_parallel: expected 0 <= rank < world_size, got rank ", setting_->rank,
+                    ", world_size ", setting_->world_size);
+  TORCH_CHECK_VALUE(setting_->shard_lengths.empty() ||
+                        static_cast<int64_t>(setting_->shard_lengths.size()) == setting_->world_size,
+                    "context_parallel: expected shard_lengths to hold one length a rank (",
+                    setting_->world_size, "), got ", setting_->shard_lengths.size());
+  current = setting_.get();
+}
+
+ContextParallelGuard::~ContextParallelGuard() { current = previous_; }
+
+std::vector<ShardChunk> shard_chunks(const ContextParallel& s, int64_t length) {
+  if (s.layout == ShardLayout::Zigzag) {
+    TORCH_CHECK_VALUE(length % 2 == 0, "context_parallel: the zigzag layout holds two equal chunks a rank, ",
+                      "so an even shard, got ", length);
+    const int64_t half = length / 2;
+    return {{0, s.rank * half, half}, {half, (2 * s.world_size - 1 - s.rank) * half, half}};
+  }
+  if (s.shard_lengths.empty()) return {{0, s.rank * length, length}};
+  TORCH_CHECK_VALUE(s.shard_lengths[s.rank] == length, "context_parallel: expected rank ", s.rank,
+                    "'s shard of shard_lengths[", s.rank, "] = ", s.shard_lengths[s.rank], " tokens, got ",
+                    length);
+  const auto begin = s.shard_lengths.begin();
+  return {{0, std::accumulate(begin, begin + s.rank, int64_t(0)), length}};
+}
+
+at::Tensor SequenceShards::positions(const at::TensorOptions& options) const {
+  std::vector<at::Tensor> runs;
+  for (const auto& c : chunks) runs.push_back(at::arange(c.global_start, c.global_start + c.length, options));
+  return runs.size() == 1 ? runs.front() : at::cat(runs);
+}
+
+at::Tensor SequenceShards::gather(const at::Tensor& t) const {
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  const int64_t own = t.size(1);
+  // all_gather_into_tensor takes one size: shorter shards are padded at their end, the padding dropped after.
+  at::Tensor padded = t;
+  if (own < longest) {
+    std::vector<int64_t> pad(2 * (t.dim() - 1), 0);
+    pad.back() = longest - own;
+    padded = at::constant_pad_nd(t, pad);
+  }
+  const at::Tensor all = GatherSequence::apply(padded, setting);  // (b, W longest, ...), rank order
+  std::vector<at::Tensor> runs;
+  const int64_t world = setting.world_size;
+  if (setting.layout == ShardLayout::Zigzag) {
+    const int64_t half = longest / 2;
+    for (int64_t r = 0; r < world; ++r) runs.push_back(all.narrow(1, r * longest, half));
+    for (int64_t r = world - 1; r >= 0; --r) runs.push_back(all.narrow(1, r * longest + half, half));
+  } else {
+    if (std::all_of(lengths.begin(), lengths.end(), [&](int64_t n) { return n == longest; })) return all;
+    for (int64_t r = 0; r < world; ++r) runs.push_back(all.narrow(1, r * longest, lengths[r]));
+  }
+  return at::cat(runs, 1);
+}
+
+std::optional<at::Tensor> SequenceShards::gather_mask(const std::optional<at::Tensor>& mask, bool any_mask,
+                                                      const at::Tensor& like) const {
+  if (!any_mask) return std::nullopt;
+  const auto bools = like.options().dtype(at::kBool);
+  const at::Tensor own = mask.has_value() ? *mask : at::ones({like.size(0), like.size(1)}, bools);
+  // Collectives move bytes: the mask travels as uint8.
+  return gather(own.to(at::kByte)).to(at::kBool);
+}
+
+std::pair<SequenceShards, bool> exchange_shards(const ContextParallel& setting, const at::Tensor& x,
+                                                const std::optional<at::Tensor>& mask,
+                                                const std::vector<std::string>& unsupported) {
+  const auto row = local_row(x, mask, unsupported);
+  const auto table = all_gather_rows(at::tensor(row, at::kLong).to(x.device()).unsqueeze(0), setting).cpu();
+  std::vector<std::vector<int64_t>> rows;
+  bool any_mask = false;
+  for (int64_t r = 0; r < setting.world_size; ++r) {
+    const auto* values = table[r].data_ptr<int64_t>();
+    rows.emplace_back(values, values + table.size(1));
+    any_mask = any_mask || rows.back()[MaskDim] >= 0;
+  }
+  check_rows(setting, rows, unsupported);
+  SequenceShards shards;
+  shards.setting = setting;
+  for (const auto& r : rows) shards.lengths.push_back(r[Length]);
+  shards.chunks = shard_chunks(setting, x.size(1));
+  shards.total = std::accumulate(shards.lengths.begin(), shards.lengths.end(), int64_t(0));
+  return {std::move(shards), any_mask};
+}
+
+}  // namespace xtc::nn::functional

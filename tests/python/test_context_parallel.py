@@ -1,0 +1,195 @@
+"""Context parallelism (x_transformers_cpp.distributed) with gloo on 2 and 4 CPU processes: each rank runs its shard
+of the sequence, and its outputs, input gradients and summed parameter gradients equal one process on the whole
+sequence (float64); a training step under DDP and under FSDP2 over the context-parallel group equals the single
+process's; bad shards raise the same error on every rank, never a hang."""
+import datetime
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from distributed_testing import free_port, spawn
+from x_transformers_cpp import ContinuousTransformerWrapper, Decoder, Encoder
+from x_transformers_cpp.distributed import context_parallel, shard_sequence, unshard_sequence
+
+TIME_LIMIT_S = 240
+DIM = 24
+KW = dict(dim=DIM, depth=2, heads=4, attn_dim_head=8)
+
+# name: (build, layout, chunk): the sequence is chunk * world tokens (contiguous) or 2 * chunk * world (zigzag).
+CASES = {
+    "encoder_rotary": (lambda: Encoder(**KW, rotary_pos_emb=True), "contiguous", 5),
+    "encoder_alibi": (lambda: Encoder(**KW, alibi_pos_bias=True), "contiguous", 5),
+    "encoder_window": (lambda: Encoder(**KW, attn_window_size=4, rotary_xpos=False), "contiguous", 5),
+    "decoder_rotary_gqa": (lambda: Decoder(**KW, rotary_pos_emb=True, attn_kv_heads=2), "zigzag", 3),
+    "decoder_alibi": (lambda: Decoder(**KW, alibi_pos_bias=True), "contiguous", 5),
+    "decoder_window_zigzag": (lambda: Decoder(**KW, attn_window_size=5, rotary_pos_emb=True), "zigzag", 3),
+    "decoder_gqa_contiguous": (lambda: Decoder(**KW, attn_kv_heads=1, attn_qk_norm=True), "contiguous", 5),
+    "wrapper_abs_pos": (lambda: ContinuousTransformerWrapper(dim_in=DIM, dim_out=7, max_seq_len=64,
+                                                             attn_layers=Decoder(**KW)), "zigzag", 3),
+}
+
+
+def _mask(batch, n):
+    """Random padding, a fully masked row, and a row whose first quarter (the first rank's shard, or part of it)
+    is all padding."""
+    mask = torch.rand(batch, n) > 0.3
+    mask[1] = False
+    mask[2, : n // 4] = False
+    return mask
+
+
+def _parity(rank, world, name):
+    build, layout, chunk = CASES[name]
+    torch.manual_seed(7)
+    model = build().double()
+    n = chunk * world * (2 if layout == "zigzag" else 1)
+    x = torch.randn(3, n, DIM, dtype=torch.double, requires_grad=True)
+    mask = _mask(3, n)
+    ref = model(x, mask=mask)
+    grad = torch.randn_like(ref)
+    (ref * grad).sum().backward()
+    ref_dx, ref_dp = x.grad, {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+
+    shard = shard_sequence(x.detach(), layout=layout).requires_grad_()
+    with context_parallel(layout=layout):
+        out = model(shard, mask=shard_sequence(mask, layout=layout))
+    (out * shard_sequence(grad, layout=layout)).sum().backward()
+    for p in model.parameters():
+        dist.all_reduce(p.grad)
+    gathered = [torch.empty_like(out) for _ in range(world)]
+    dist.all_gather(gathered, out.detach().contiguous())
+    return {"out": (out - shard_sequence(ref, layout=layout)).abs().max().item(),
+            "whole": (unshard_sequence(gathered, layout=layout) - ref).abs().max().item(),
+            "dx": (shard.grad - shard_sequence(ref_dx, layout=layout)).abs().max().item(),
+            "dparams": max((p.grad - ref_dp[k]).abs().max().item() for k, p in model.named_parameters())}
+
+
+def _uneven(rank, world):
+    """Contiguous shards of different lengths, given by shard_lengths."""
+    torch.manual_seed(8)
+    model = Decoder(**KW, rotary_pos_emb=True).double()
+    lengths = [3 + 2 * r for r in range(world)]
+    x = torch.randn(3, sum(lengths), DIM, dtype=torch.double)
+    mask = _mask(3, sum(lengths))
+    ref = model(x, mask=mask)
+    start = sum(lengths[:rank])
+    with context_parallel(shard_lengths=lengths):
+        out = model(x[:, start:start + lengths[rank]], mask=mask[:, start:start + lengths[rank]])
+    return {"out": (out - ref[:, start:start + lengths[rank]]).abs().max().item()}
+
+
+def _training_step(rank, world, kind):
+    """One SGD step of a Decoder under DDP or FSDP2 over the group. Each rank's loss is world times its share of
+    the whole sequence's mean, so that the averaged gradients are the whole sequence's."""
+    torch.manual_seed(9)
+    model = Decoder(**KW, rotary_pos_emb=True)
+    x, target = torch.randn(3, 8 * world, DIM), torch.randn(3, 8 * world, DIM)
+    mask = _mask(3, 8 * world)
+    reference = Decoder(**KW, rotary_pos_emb=True)
+    reference.load_state_dict(model.state_dict())
+    torch.optim.SGD(reference.parameters(), lr=0.5).zero_grad()
+    ((reference(x, mask=mask) - target) ** 2).mean().backward()
+    torch.optim.SGD(reference.parameters(), lr=0.5).step()
+
+    if kind == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+        wrapped = DistributedDataParallel(model)
+    else:
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.layers:
+            fully_shard(layer[1])
+        wrapped = fully_shard(model)
+    optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.5)
+    layout = "zigzag"
+    with context_parallel(layout=layout):
+        out = wrapped(shard_sequence(x, layout=layout), mask=shard_sequence(mask, layout=layout))
+    loss = ((out - shard_sequence(target, layout=layout)) ** 2).sum() / target.numel() * world
+    loss.backward()
+    optimizer.step()
+    state = model.state_dict()
+    full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in state.items()}
+    return {"params": max((full[k] - v).abs().max().item() for k, v in reference.state_dict().items())}
+
+
+def _error_of(fn):
+    try:
+        fn()
+    except (ValueError, TypeError, RuntimeError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _bad_inputs(rank, world):
+    """Each a mistake on one rank (or a refused option): the message every rank raised."""
+    torch.manual_seed(10)
+    model = Encoder(**KW)
+    x = torch.randn(2, 6, DIM)
+    errors = {}
+    with context_parallel():
+        errors["uneven"] = _error_of(lambda: model(x if rank else torch.randn(2, 7, DIM)))
+        errors["mask_length"] = _error_of(
+            lambda: model(x, mask=torch.ones(2, 6 if rank != world - 1 else 5, dtype=torch.bool)))
+        errors["attn_mask"] = _error_of(
+            lambda: model(x, attn_mask=torch.ones(6, 6, dtype=torch.bool) if rank == 1 else None))
+        errors["option"] = _error_of(lambda: Encoder(**KW, shift_tokens=1)(x))
+        errors["after"] = _error_of(lambda: model(x))  # the group still works after the errors
+    with context_parallel(layout="zigzag"):
+        errors["odd_zigzag"] = _error_of(lambda: model(torch.randn(2, 5, DIM)))
+    return errors
+
+
+def _worker(rank, world, port, out_dir):
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        results = {name: _parity(rank, world, name) for name in CASES}
+        results["uneven"] = _uneven(rank, world)
+        results["ddp"] = _training_step(rank, world, "ddp")
+        results["fsdp2"] = _training_step(rank, world, "fsdp2")
+        results["errors"] = _bad_inputs(rank, world)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # as test_ddp: gloo's teardown at interpreter exit aborts now and then
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"world{w}")
+def results(request, tmp_path_factory):
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs torch.distributed gloo")
+    world = request.param
+    out_dir = tmp_path_factory.mktemp(f"cp{world}")
+    spawn(_worker, (world, free_port(), str(out_dir)), TIME_LIMIT_S, "context-parallel", nprocs=world)
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+@pytest.mark.parametrize("name", [*CASES, "uneven"])
+def test_sharded_forward_and_backward_match_whole_sequence(results, name):
+    for rank, result in enumerate(results):
+        for what, error in result[name].items():
+            assert error < 1e-10, f"rank {rank}: {name} {what} differs by {error}"
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_training_step_over_the_group_matches_single_process(results, kind):
+    for rank, result in enumerate(results):
+        assert result[kind]["params"] < 1e-5, f"rank {rank}: {kind} parameters differ by {result[kind]['params']}"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("uneven", "uneven shards"),
+    ("mask_length", "mask as bool"),
+    ("attn_mask", "cannot be sharded"),
+    ("option", "shift_tokens"),
+    ("odd_zigzag", "even shard"),
+])
+def test_bad_shards_raise_on_every_rank(results, case, expected):
+    messages = [result["errors"][case] for result in results]
+    for rank, message in enumerate(messages):
+        assert message is not None and expected in message, f"rank {rank}: {message}"
+    assert all(result["errors"]["after"] is None for result in results)
