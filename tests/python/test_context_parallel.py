@@ -21,7 +21,10 @@ KW = dict(dim=DIM, depth=2, heads=4, attn_dim_head=8)
 CASES = {
     "encoder_rotary": (lambda: Encoder(**KW, rotary_pos_emb=True), "contiguous", 5),
     "encoder_alibi": (lambda: Encoder(**KW, alibi_pos_bias=True), "contiguous", 5),
-    "encoder_window": (lambda: Encoder(**KW, attn_window_size=4, rotary_xpos=False), "contiguous", 5),
+    "encoder_window": (lambda: Encoder(**KW, attn_window_size=4), "contiguous", 5),
+    "encoder_t5": (lambda: Encoder(**KW, rel_pos_bias=True), "contiguous", 5),
+    "decoder_dynamic_zigzag": (lambda: Decoder(**KW, dynamic_pos_bias=True), "zigzag", 3),
+    "decoder_xpos": (lambda: Decoder(**KW, rotary_xpos=True), "contiguous", 5),
     "decoder_rotary_gqa": (lambda: Decoder(**KW, rotary_pos_emb=True, attn_kv_heads=2), "zigzag", 3),
     "decoder_alibi": (lambda: Decoder(**KW, alibi_pos_bias=True), "contiguous", 5),
     "decoder_window_zigzag": (lambda: Decoder(**KW, attn_window_size=5, rotary_pos_emb=True), "zigzag", 3),

@@ -591,7 +591,7 @@ at::Tensor dense_attention(const LayerCall& l, QKV t, std::optional<at::Tensor> 
 // Context parallelism: this rank's queries against every rank's keys and values, gathered (only the kv heads
 // travel). Each run of the shard's queries attends at its global positions: causal, to the keys up to its
 // end, which right-aligns it as the kernel does; otherwise to all of them (positional rules then take the
-// Math path, flash_reasons).
+// Math path, flash_reasons). x-transformers' T5 and dynamic biases are dense, so Math too.
 at::Tensor sharded_attention(const LayerCall& l, QKV t, const std::optional<at::Tensor>& key_mask,
                              const KernelRule& r, Backend path) {
   const SequenceShards& shards = *l.c.shards;
@@ -607,8 +607,14 @@ at::Tensor sharded_attention(const LayerCall& l, QKV t, const std::optional<at::
                   at::Tensor()};
     const std::optional<at::Tensor> run_mask =
         key_mask.has_value() ? std::optional<at::Tensor>(key_mask->narrow(1, 0, keys)) : std::nullopt;
-    LayerCall at_run = l;
-    at_run.query_start = chunk.global_start;
+    // A dense position bias (T5, dynamic) covers the shard's queries and every key: the run's block of it.
+    AttentionConfig run_config = l.c;
+    if (l.c.position_bias.defined())
+      run_config.position_bias =
+          l.c.position_bias.narrow(-2, chunk.local_start, chunk.length).narrow(-1, 0, keys);
+    const LayerCall at_run{
+        l.x,      l.context, l.w,     run_config, run_config.options, l.training,   l.attn_mask,
+        l.scores, l.maps,    l.extra, l.cross,    l.cached_step,      l.query_mask, chunk.global_start};
     outputs.push_back(dense_attention(at_run, run, run_mask, r, l.x.sym_size(0), chunk.length, path));
   }
   return outputs.size() == 1 ? outputs.front() : at::cat(outputs, 1);

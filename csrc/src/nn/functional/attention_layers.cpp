@@ -196,8 +196,14 @@ std::pair<at::Tensor, at::Tensor> rotary_of_call(const StackCall& c) {
                                                 : at::arange(-c.mem_len, positions - c.mem_len, longs);
   at::Tensor angles = rotary_angles(inv_freq, t, c.o.rotary_interpolation_factor());
   at::Tensor scales;
-  if (c.o.rotary_xpos())
+  if (c.o.rotary_xpos() && c.sharding.has_value()) {
+    // xPos centres its scales on the whole sequence: the shard's rows of the whole sequence's scales.
+    const auto whole = at::arange(c.sharding->shards->total, longs);
+    scales =
+        xpos_scales(c.p->get("rotary_pos_emb.scale"), whole, c.o.rotary_xpos_scale_base()).index_select(0, t);
+  } else if (c.o.rotary_xpos()) {
     scales = xpos_scales(c.p->get("rotary_pos_emb.scale"), t, c.o.rotary_xpos_scale_base());
+  }
   if (c.unpad()) {
     // Each kept token keeps its position's angles (and xPos scales): (total, r).
     const auto packed_rows = [&](const at::Tensor& rows) {
@@ -236,7 +242,13 @@ void prepare_self_biases(StackCall& c, const at::Tensor& slopes) {
   auto& config = c.self_config;
   const c10::SymInt frame_length =
       c.caller_packed() ? c10::SymInt(c.packing->tokens->frame_length()) : c.x_in.sym_size(1);
-  const c10::SymInt frame_keys = c.caller_packed() ? frame_length : c.keys + c.mem_len;
+  c10::SymInt frame_keys = c.caller_packed() ? frame_length : c.keys + c.mem_len;
+  // Sharded: this rank's queries at their global positions over the whole sequence's keys.
+  at::Tensor query_positions;
+  if (c.sharding.has_value()) {
+    frame_keys = c.sharding->shards->total;
+    query_positions = c.sharding->shards->positions(c.x_in.options().dtype(at::kLong));
+  }
   if (c.in.pos.has_value() && slopes.defined()) {
     // x-transformers' Alibi.forward_custom_pos: -|pos_j - pos_i| * slope, a dense bias (heads past
     // alibi_num_heads have slope 0, its zero padding).
@@ -254,11 +266,11 @@ void prepare_self_biases(StackCall& c, const at::Tensor& slopes) {
     config.alibi_slopes = at::Tensor();
   }
   if (o.rel_pos_bias())
-    config.position_bias =
-        t5_position_bias(c.p->get("rel_pos.relative_attention_bias.weight"), frame_length, frame_keys, o);
+    config.position_bias = t5_position_bias(c.p->get("rel_pos.relative_attention_bias.weight"), frame_length,
+                                            frame_keys, o, query_positions);
   if (o.dynamic_pos_bias())
     config.position_bias = dynamic_position_bias(detail::dynamic_position_bias_weights(*c.p, o), frame_length,
-                                                 frame_keys, c.x_in, o);
+                                                 frame_keys, c.x_in, o, query_positions);
   if (c.in.attn_bias.has_value())
     config.position_bias = detail::normalized_attn_bias(*c.in.attn_bias, c.x_in, o);
 }

@@ -51,9 +51,10 @@ at::Tensor alibi_slopes_tensor(const std::vector<double>& slopes, const at::Tens
 }
 
 at::Tensor t5_position_bias(const at::Tensor& weight, const c10::SymInt& i, const c10::SymInt& j,
-                            const AttentionLayersOptions& o) {
+                            const AttentionLayersOptions& o, const at::Tensor& query_positions) {
   const auto key_pos = at::arange(j, weight.options().dtype(at::kLong));
-  auto distance = key_pos.narrow_symint(0, j - i, i).unsqueeze(1) - key_pos.unsqueeze(0);  // query - key
+  const auto query_pos = query_positions.defined() ? query_positions : key_pos.narrow_symint(0, j - i, i);
+  auto distance = query_pos.unsqueeze(1) - key_pos.unsqueeze(0);  // query - key
   int64_t buckets = o.rel_pos_num_buckets();
   at::Tensor bucket = at::zeros_like(distance);
   if (!o.causal()) {
@@ -77,7 +78,7 @@ at::Tensor t5_position_bias(const at::Tensor& weight, const c10::SymInt& i, cons
 
 at::Tensor dynamic_position_bias(const DynamicPositionBiasWeights& w, const c10::SymInt& i,
                                  const c10::SymInt& j, const at::Tensor& like,
-                                 const AttentionLayersOptions& o) {
+                                 const AttentionLayersOptions& o, const at::Tensor& query_positions) {
   auto pos = at::arange(1 - j, j, like.options()).unsqueeze(1);
   if (o.dynamic_pos_bias_log_distance()) pos = at::sign(pos) * at::log(pos.abs() + 1);
   const size_t depth = w.weights.size() - 1;  // hidden layers; the last linear maps to the heads
@@ -92,7 +93,8 @@ at::Tensor dynamic_position_bias(const DynamicPositionBiasWeights& w, const c10:
   }
   pos = at::linear(pos, w.weights[depth], w.biases[depth]);  // (2n - 1, h)
   const auto index = at::arange(j, like.options().dtype(at::kLong));
-  const auto indices = index.narrow_symint(0, j - i, i).unsqueeze(1) - index.unsqueeze(0) + (j - 1);
+  const auto query_pos = query_positions.defined() ? query_positions : index.narrow_symint(0, j - i, i);
+  const auto indices = query_pos.unsqueeze(1) - index.unsqueeze(0) + (j - 1);
   return pos.index({indices}).permute({2, 0, 1}).unsqueeze(0);
 }
 

@@ -44,8 +44,6 @@ const char* unshardable(const AttentionOptions& a) {
 
 const char* unshardable(const AttentionLayersOptions& o, bool training) {
   if (o.any_shift_tokens()) return "shift_tokens reads the neighbouring tokens, across the shards' edges";
-  if (o.rel_pos_bias()) return "rel_pos_bias (T5) is not sharded yet";
-  if (o.dynamic_pos_bias()) return "dynamic_pos_bias is not sharded yet";
   if (o.polar_pos_emb()) return "polar_pos_emb is not sharded yet";
   if (o.unpad()) return "unpad is not sharded yet";
   if (o.residual_attn()) return "residual_attn hands each layer's whole score matrix on";

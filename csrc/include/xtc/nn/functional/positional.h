@@ -21,9 +21,10 @@ std::vector<double> geometric_alibi_slopes(int64_t heads);
 at::Tensor alibi_slopes_tensor(const std::vector<double>& slopes, const at::Tensor& like);
 
 /// x-transformers' RelativePositionBias (T5): bucketed relative positions -> the learned per-head bias
-/// `weight` (num_buckets, h), as (1, h, i, j).
+/// `weight` (num_buckets, h), as (1, h, i, j): the queries the last i of the j keys, or at
+/// `query_positions` (i) int64 when defined (a shard of a longer sequence).
 at::Tensor t5_position_bias(const at::Tensor& weight, const c10::SymInt& i, const c10::SymInt& j,
-                            const AttentionLayersOptions& options);
+                            const AttentionLayersOptions& options, const at::Tensor& query_positions = {});
 
 /// The tensors of x-transformers' DynamicPositionBias MLP (its state_dict under rel_pos.mlp): a linear per
 /// layer, input first; with dynamic_pos_bias_norm, the first layer's LayerNorm gain and the later layers'
@@ -34,10 +35,12 @@ struct DynamicPositionBiasWeights {
   std::vector<at::Tensor> norm_weights, norm_biases;  // one per hidden layer after the first
 };
 
-/// x-transformers' DynamicPositionBias: the MLP over the 2j - 1 relative distances, gathered to (1, h, i, j).
+/// x-transformers' DynamicPositionBias: the MLP over the 2j - 1 relative distances, gathered to (1, h, i, j);
+/// the queries as t5_position_bias's.
 at::Tensor dynamic_position_bias(const DynamicPositionBiasWeights& w, const c10::SymInt& i,
                                  const c10::SymInt& j, const at::Tensor& like,
-                                 const AttentionLayersOptions& options);
+                                 const AttentionLayersOptions& options,
+                                 const at::Tensor& query_positions = {});
 
 /// x-transformers' RotaryEmbedding.forward over integer positions t, (N) or (b, N): (N, r) or (b, N, r)
 /// angles, each frequency twice in a row.
