@@ -24,6 +24,8 @@ CASES = {
     "encoder_window": (lambda: Encoder(**KW, attn_window_size=4), "contiguous", 5),
     "encoder_t5": (lambda: Encoder(**KW, rel_pos_bias=True), "contiguous", 5),
     "decoder_dynamic_zigzag": (lambda: Decoder(**KW, dynamic_pos_bias=True), "zigzag", 3),
+    "encoder_unpad": (lambda: Encoder(**KW, rotary_pos_emb=True, unpad=True), "contiguous", 5),
+    "decoder_unpad_zigzag": (lambda: Decoder(**KW, alibi_pos_bias=True, unpad=True), "zigzag", 3),
     "decoder_xpos": (lambda: Decoder(**KW, rotary_xpos=True), "contiguous", 5),
     "decoder_rotary_gqa": (lambda: Decoder(**KW, rotary_pos_emb=True, attn_kv_heads=2), "zigzag", 3),
     "decoder_alibi": (lambda: Decoder(**KW, alibi_pos_bias=True), "contiguous", 5),

@@ -796,13 +796,19 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   rotate(t, config);
   const auto key_mask = key_mask_of(l, mask, context_mask, xl, xl_len, t.k.sym_size(1));
   const KernelRule r = kernel_rule(config);
-  const Backend path = choose_path(l, r, packed);
+  const bool sharded = config.shards != nullptr && !l.cross;
+  const Backend path = choose_path(l, r, sharded ? nullptr : packed);
   at::Tensor out;
-  if (packed != nullptr)
-    out = packed_attention(l, t, *packed, r, path);
-  else if (config.shards != nullptr && !l.cross)
+  if (sharded && packed != nullptr) {
+    // unpad inside the shard: attention in the shard's padded frame, the mask the whole sequence's.
+    const QKV frame{unpack(t.q, *packed->queries), unpack(t.k, *packed->keys), unpack(t.v, *packed->keys),
+                    at::Tensor()};
+    out = pack(sharded_attention(l, frame, key_mask, r, path), *packed->queries);
+  } else if (sharded) {
     out = sharded_attention(l, t, key_mask, r, path);
-  else
+  } else if (packed != nullptr) {
+    out = packed_attention(l, t, *packed, r, path);
+  } else
     out = dense_attention(l, t, key_mask, r, x.sym_size(0), x.sym_size(1), path);
   return output(l, out, t.own_v, mask, cache);
 }
