@@ -96,12 +96,20 @@ def run(world, seq, budget_mib, tmp):
 
 
 def received_bytes_per_layer(world, seq):
-    """What one rank receives per self-attention layer: every other rank's keys and values in the forward
-    (all-gather) and as many gradient bytes in the backward (reduce-scatter), float32."""
-    kv_heads, dim_head = KW["heads"], KW["attn_dim_head"]
-    shard = seq // world
-    forward = (world - 1) * shard * kv_heads * dim_head * 2 * 4
-    return forward, forward
+    """The most any rank receives per self-attention layer, float32, causal zigzag: in the forward the keys and
+    values of other ranks' tokens before the end of its last run (the keys its queries reach), in the backward
+    their gradients from every rank whose queries reach its own tokens."""
+    from x_transformers_cpp.distributed import shard_chunks
+    runs = [shard_chunks(seq, r, world, "zigzag") for r in range(world)]
+    reach_end = [max(stop for _, stop in rank_runs) for rank_runs in runs]
+    row_bytes = KW["heads"] * KW["attn_dim_head"] * 2 * 4  # a token's key and value, all kv heads
+
+    def rows_before(rank_runs, end):
+        return sum(max(0, min(stop, end) - start) for start, stop in rank_runs)
+
+    forward = max(sum(rows_before(runs[s], reach_end[r]) for s in range(world) if s != r) for r in range(world))
+    backward = max(sum(rows_before(runs[r], reach_end[q]) for q in range(world) if q != r) for r in range(world))
+    return forward * row_bytes, backward * row_bytes
 
 
 def main():

@@ -243,7 +243,7 @@ struct LayerCall {
   bool cross;
   bool cached_step;                             // a cache with earlier keys
   const std::optional<at::Tensor>& query_mask;  // (b, n) bool: the layer's own tokens, when masked
-  // The sequence position of the first query (sharded sequences); unset: the queries end with the keys.
+  // The first query's position among the keys (sharded sequences); unset: the queries end with the keys.
   std::optional<int64_t> query_start = std::nullopt;
 };
 
@@ -588,10 +588,11 @@ at::Tensor dense_attention(const LayerCall& l, QKV t, std::optional<at::Tensor> 
                                           r.window_left, r.window_right, r.softcap));
 }
 
-// Context parallelism: this rank's queries against every rank's keys and values, gathered (only the kv heads
-// travel). Each run of the shard's queries attends at its global positions: causal, to the keys up to its
-// end, which right-aligns it as the kernel does; otherwise to all of them (positional rules then take the
-// Math path, flash_reasons). x-transformers' T5 and dynamic biases are dense, so Math too.
+// Context parallelism: this rank's queries against the keys and values they reach, from whichever ranks hold
+// them (only the kv heads travel). Each run of the shard's queries attends at its global positions to the
+// keys it reaches: causal, those up to its end, which right-aligns it as the kernel does; bidirectional
+// rules with positions (ALiBi, windows) take the Math path (flash_reasons), its queries placed by
+// query_start. x-transformers' T5 and dynamic biases are dense, so Math too.
 at::Tensor sharded_attention(const LayerCall& l, QKV t, const std::optional<at::Tensor>& key_mask,
                              const KernelRule& r, Backend path) {
   const SequenceShards& shards = *l.c.shards;
@@ -599,22 +600,38 @@ at::Tensor sharded_attention(const LayerCall& l, QKV t, const std::optional<at::
       l.maps == nullptr || shards.chunks.size() == 1,
       "context_parallel: the attention maps of a zigzag shard are not joined; ask for them with ",
       "the contiguous layout");
-  const at::Tensor k = shards.gather(t.k), v = shards.gather(t.v);
+  // Only the keys this rank's queries reach travel to it (causal: none after them; windows: those inside).
+  const KeyReach reach{l.c.causal, r.window_left, r.window_right};
+  const KeySpan span = shards.span_of(shards.setting.rank, reach);
+  const at::Tensor k = shards.gather_span(t.k, reach), v = shards.gather_span(t.v, reach);
   std::vector<at::Tensor> outputs;
   for (const auto& chunk : shards.chunks) {
-    const int64_t keys = l.c.causal ? chunk.global_start + chunk.length : shards.total;
-    const QKV run{t.q.narrow(1, chunk.local_start, chunk.length), k.narrow(1, 0, keys), v.narrow(1, 0, keys),
-                  at::Tensor()};
+    const KeySpan keys = shards.reach_of(chunk, reach);
+    const int64_t count = keys.end - keys.begin;
+    const QKV run{t.q.narrow(1, chunk.local_start, chunk.length), k.narrow(1, keys.begin - span.begin, count),
+                  v.narrow(1, keys.begin - span.begin, count), at::Tensor()};
     const std::optional<at::Tensor> run_mask =
-        key_mask.has_value() ? std::optional<at::Tensor>(key_mask->narrow(1, 0, keys)) : std::nullopt;
+        key_mask.has_value() ? std::optional<at::Tensor>(key_mask->narrow(1, keys.begin, count))
+                             : std::nullopt;
     // A dense position bias (T5, dynamic) covers the shard's queries and every key: the run's block of it.
     AttentionConfig run_config = l.c;
     if (l.c.position_bias.defined())
       run_config.position_bias =
-          l.c.position_bias.narrow(-2, chunk.local_start, chunk.length).narrow(-1, 0, keys);
-    const LayerCall at_run{
-        l.x,      l.context, l.w,     run_config, run_config.options, l.training,   l.attn_mask,
-        l.scores, l.maps,    l.extra, l.cross,    l.cached_step,      l.query_mask, chunk.global_start};
+          l.c.position_bias.narrow(-2, chunk.local_start, chunk.length).narrow(-1, keys.begin, count);
+    const LayerCall at_run{l.x,
+                           l.context,
+                           l.w,
+                           run_config,
+                           run_config.options,
+                           l.training,
+                           l.attn_mask,
+                           l.scores,
+                           l.maps,
+                           l.extra,
+                           l.cross,
+                           l.cached_step,
+                           l.query_mask,
+                           chunk.global_start - keys.begin};
     outputs.push_back(dense_attention(at_run, run, run_mask, r, l.x.sym_size(0), chunk.length, path));
   }
   return outputs.size() == 1 ? outputs.front() : at::cat(outputs, 1);

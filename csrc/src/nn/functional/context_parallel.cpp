@@ -8,6 +8,7 @@
 #include <torch/autograd.h>
 #include <xtc/nn/functional/context_parallel.h>
 
+#include <algorithm>
 #include <numeric>
 #include <sstream>
 
@@ -60,6 +61,43 @@ class GatherSequence : public torch::autograd::Function<GatherSequence> {
     return {reduce_scatter_rows(grads[0].transpose(0, 1), setting).transpose(0, 1), at::Tensor()};
   }
 };
+
+// The rows of dim 0 that each rank sends (input_splits, counts in rank order) to each, exchanged: what every
+// rank sent this one, in rank order (output_splits).
+at::Tensor all_to_all_rows(const at::Tensor& t, const std::vector<int64_t>& output_splits,
+                           const std::vector<int64_t>& input_splits, const ContextParallel& s) {
+  return call_collective("_c10d_functional::all_to_all_single",
+                         {t.contiguous(), output_splits, input_splits, s.group_name});
+}
+
+// All-to-all along the sequence (dim 1) with its gradient: the same exchange reversed.
+class ExchangeSequence : public torch::autograd::Function<ExchangeSequence> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& t,
+                            const ContextParallel& setting, const std::vector<int64_t>& sent,
+                            const std::vector<int64_t>& received) {
+    ctx->saved_data["group"] = setting.group_name;
+    ctx->saved_data["sent"] = sent;
+    ctx->saved_data["received"] = received;
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return all_to_all_rows(t.transpose(0, 1), received, sent, setting).transpose(0, 1);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    ContextParallel setting;
+    setting.group_name = ctx->saved_data["group"].toStringRef();
+    const auto sent = ctx->saved_data["sent"].toIntVector();
+    const auto received = ctx->saved_data["received"].toIntVector();
+    return {all_to_all_rows(grads[0].transpose(0, 1), sent, received, setting).transpose(0, 1), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+// The part of a run of tokens inside a span of positions: its global start and length (0: none).
+KeySpan overlap(const ShardChunk& run, const KeySpan& span) {
+  return {std::max(run.global_start, span.begin), std::min(run.global_start + run.length, span.end)};
+}
 
 std::string join(const std::vector<int64_t>& values) {
   std::ostringstream out;
@@ -187,6 +225,71 @@ at::Tensor SequenceShards::gather(const at::Tensor& t) const {
     for (int64_t r = 0; r < world; ++r) runs.push_back(all.narrow(1, r * longest, lengths[r]));
   }
   return at::cat(runs, 1);
+}
+
+KeySpan SequenceShards::reach_of(const ShardChunk& run, const KeyReach& reach) const {
+  KeySpan span{0, total};
+  if (reach.causal) span.end = run.global_start + run.length;
+  if (reach.window_left >= 0) span.begin = std::max(int64_t(0), run.global_start - reach.window_left);
+  if (!reach.causal && reach.window_right >= 0)
+    span.end = std::min(total, run.global_start + run.length + reach.window_right);
+  return span;
+}
+
+KeySpan SequenceShards::span_of(int64_t rank, const KeyReach& reach) const {
+  ContextParallel other = setting;
+  other.rank = rank;
+  KeySpan span{total, 0};
+  for (const auto& run : shard_chunks(other, lengths[rank])) {
+    const KeySpan s = reach_of(run, reach);
+    span = {std::min(span.begin, s.begin), std::max(span.end, s.end)};
+  }
+  return span;
+}
+
+at::Tensor SequenceShards::gather_span(const at::Tensor& t, const KeyReach& reach) const {
+  const int64_t world = setting.world_size;
+  std::vector<KeySpan> spans;
+  bool everything = true;
+  for (int64_t r = 0; r < world; ++r) {
+    spans.push_back(span_of(r, reach));
+    everything = everything && spans.back().begin == 0 && spans.back().end == total;
+  }
+  if (everything) return gather(t);
+  // Sent: this rank's rows inside each rank's span, rank by rank, in sequence order.
+  std::vector<at::Tensor> sent;
+  std::vector<int64_t> sent_counts(world, 0), received_counts(world, 0);
+  for (int64_t q = 0; q < world; ++q)
+    for (const auto& run : chunks)
+      if (const KeySpan part = overlap(run, spans[q]); part.end > part.begin) {
+        sent.push_back(t.narrow(1, run.local_start + part.begin - run.global_start, part.end - part.begin));
+        sent_counts[q] += part.end - part.begin;
+      }
+  // Received: every rank's rows inside this rank's span, in the order they arrive.
+  std::vector<KeySpan> pieces;
+  for (int64_t r = 0; r < world; ++r) {
+    ContextParallel other = setting;
+    other.rank = r;
+    for (const auto& run : shard_chunks(other, lengths[r]))
+      if (const KeySpan part = overlap(run, spans[setting.rank]); part.end > part.begin) {
+        pieces.push_back(part);
+        received_counts[r] += part.end - part.begin;
+      }
+  }
+  const at::Tensor out = sent.empty() ? t.narrow(1, 0, 0) : at::cat(sent, 1);
+  const at::Tensor arrived = ExchangeSequence::apply(out, setting, sent_counts, received_counts);
+  // Into sequence order: the pieces tile the span.
+  std::vector<std::pair<KeySpan, int64_t>> placed;  // (piece, its offset in `arrived`)
+  int64_t offset = 0;
+  for (const auto& piece : pieces) {
+    placed.emplace_back(piece, offset);
+    offset += piece.end - piece.begin;
+  }
+  std::sort(placed.begin(), placed.end(),
+            [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });
+  std::vector<at::Tensor> runs;
+  for (const auto& [piece, at] : placed) runs.push_back(arrived.narrow(1, at, piece.end - piece.begin));
+  return runs.size() == 1 ? runs.front() : at::cat(runs, 1);
 }
 
 std::optional<at::Tensor> SequenceShards::gather_mask(const std::optional<at::Tensor>& mask, bool any_mask,

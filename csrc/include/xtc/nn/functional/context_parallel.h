@@ -56,6 +56,18 @@ struct ShardChunk {
   int64_t local_start, global_start, length;
 };
 
+/// Which keys a layer's queries reach: causal (no key after the query), and how far back and ahead a window
+/// reaches (-1: no limit), as the attention kernel's window_left / window_right.
+struct KeyReach {
+  bool causal = false;
+  int64_t window_left = -1, window_right = -1;
+};
+
+/// A run [begin, end) of the whole sequence's positions.
+struct KeySpan {
+  int64_t begin = 0, end = 0;
+};
+
 /// What one forward call knows of the sharded sequence, agreed by every rank (exchange_shards).
 struct SequenceShards {
   ContextParallel setting;
@@ -68,6 +80,14 @@ struct SequenceShards {
   /// Every rank's `t` (b, n_rank, ...) joined in sequence order, (b, total, ...); differentiable (the
   /// gradient returns by reduce-scatter).
   at::Tensor gather(const at::Tensor& t) const;
+  /// The keys a run of queries reaches under `reach`.
+  KeySpan reach_of(const ShardChunk& run, const KeyReach& reach) const;
+  /// The span of keys this rank's queries reach: every run's, and what lies between.
+  KeySpan span_of(int64_t rank, const KeyReach& reach) const;
+  /// The whole sequence's rows span_of(this rank) of every rank's `t` (b, n_rank, ...), (b, span, ...):
+  /// each rank sends each other rank only the rows that rank's queries reach (one all-to-all; an
+  /// all-gather when every rank reaches every key). Differentiable: the gradients return the same way.
+  at::Tensor gather_span(const at::Tensor& t, const KeyReach& reach) const;
   /// The whole sequence's key mask (b, total) from this rank's (b, n) bool, or none when no rank has one
   /// (`any_mask`: whether some rank has one; ranks without one count as all kept).
   std::optional<at::Tensor> gather_mask(const std::optional<at::Tensor>& mask, bool any_mask,
