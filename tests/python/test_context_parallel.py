@@ -31,6 +31,7 @@ CASES = {
     "decoder_alibi": (lambda: Decoder(**KW, alibi_pos_bias=True), "contiguous", 5),
     "decoder_window_zigzag": (lambda: Decoder(**KW, attn_window_size=5, rotary_pos_emb=True), "zigzag", 3),
     "decoder_gqa_contiguous": (lambda: Decoder(**KW, attn_kv_heads=1, attn_qk_norm=True), "contiguous", 5),
+    "encoder_cross_attend": (lambda: Encoder(**KW, cross_attend=True, rotary_pos_emb=True), "contiguous", 5),
     "wrapper_abs_pos": (lambda: ContinuousTransformerWrapper(dim_in=DIM, dim_out=7, max_seq_len=64,
                                                              attn_layers=Decoder(**KW)), "zigzag", 3),
 }
@@ -52,7 +53,9 @@ def _parity(rank, world, name):
     n = chunk * world * (2 if layout == "zigzag" else 1)
     x = torch.randn(3, n, DIM, dtype=torch.double, requires_grad=True)
     mask = _mask(3, n)
-    ref = model(x, mask=mask)
+    # Cross-attention's context is not sharded: every rank passes all of it.
+    extra = dict(context=torch.randn(3, 6, DIM, dtype=torch.double)) if "cross" in name else {}
+    ref = model(x, mask=mask, **extra)
     grad = torch.randn_like(ref)
     (ref * grad).sum().backward()
     ref_dx, ref_dp = x.grad, {k: p.grad.clone() for k, p in model.named_parameters()}
@@ -60,7 +63,7 @@ def _parity(rank, world, name):
 
     shard = shard_sequence(x.detach(), layout=layout).requires_grad_()
     with context_parallel(layout=layout):
-        out = model(shard, mask=shard_sequence(mask, layout=layout))
+        out = model(shard, mask=shard_sequence(mask, layout=layout), **extra)
     (out * shard_sequence(grad, layout=layout)).sum().backward()
     for p in model.parameters():
         dist.all_reduce(p.grad)
@@ -140,6 +143,7 @@ def _bad_inputs(rank, world):
         errors["attn_mask"] = _error_of(
             lambda: model(x, attn_mask=torch.ones(6, 6, dtype=torch.bool) if rank == 1 else None))
         errors["option"] = _error_of(lambda: Encoder(**KW, shift_tokens=1)(x))
+        errors["maps"] = _error_of(lambda: model(x, return_hiddens=True))
         errors["after"] = _error_of(lambda: model(x))  # the group still works after the errors
     with context_parallel(layout="zigzag"):
         errors["odd_zigzag"] = _error_of(lambda: model(torch.randn(2, 5, DIM)))
@@ -192,6 +196,7 @@ def test_training_step_over_the_group_matches_single_process(results, kind):
     ("attn_mask", "cannot be sharded"),
     ("option", "shift_tokens"),
     ("odd_zigzag", "even shard"),
+    ("maps", "attention maps"),
 ])
 def test_bad_shards_raise_on_every_rank(results, case, expected):
     messages = [result["errors"][case] for result in results]

@@ -597,9 +597,9 @@ at::Tensor sharded_attention(const LayerCall& l, QKV t, const std::optional<at::
                              const KernelRule& r, Backend path) {
   const SequenceShards& shards = *l.c.shards;
   TORCH_CHECK_VALUE(
-      l.maps == nullptr || shards.chunks.size() == 1,
-      "context_parallel: the attention maps of a zigzag shard are not joined; ask for them with ",
-      "the contiguous layout");
+      l.maps == nullptr,
+      "context_parallel: the attention maps (return_hiddens without attn_flash) span the keys a ",
+      "shard reaches, not the sequence's, so they are not returned sharded; set attn_flash=True");
   // Only the keys this rank's queries reach travel to it (causal: none after them; windows: those inside).
   const KeyReach reach{l.c.causal, r.window_left, r.window_right};
   const KeySpan span = shards.span_of(shards.setting.rank, reach);
