@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from distributed_testing import free_port, spawn
-from x_transformers_cpp import ContinuousTransformerWrapper, Decoder, Encoder
+from x_transformers_cpp import ContinuousTransformerWrapper, Decoder, Encoder, TransformerWrapper
 from x_transformers_cpp.distributed import context_parallel, shard_sequence, unshard_sequence
 
 TIME_LIMIT_S = 240
@@ -89,6 +89,27 @@ def _uneven(rank, world):
     return {"out": (out - ref[:, start:start + lengths[rank]]).abs().max().item()}
 
 
+def _token_wrapper(rank, world):
+    """TransformerWrapper on token ids: learned absolute positions at the global positions, logits and the
+    summed parameter gradients."""
+    torch.manual_seed(11)
+    model = TransformerWrapper(num_tokens=50, max_seq_len=64, attn_layers=Decoder(**KW)).double()
+    tokens = torch.randint(0, 50, (3, 6 * world))
+    mask = _mask(3, 6 * world)
+    ref = model(tokens, mask=mask)
+    grad = torch.randn_like(ref)
+    (ref * grad).sum().backward()
+    ref_dp = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    with context_parallel(layout="zigzag"):
+        out = model(shard_sequence(tokens, layout="zigzag"), mask=shard_sequence(mask, layout="zigzag"))
+    (out * shard_sequence(grad, layout="zigzag")).sum().backward()
+    for p in model.parameters():
+        dist.all_reduce(p.grad)
+    return {"out": (out - shard_sequence(ref, layout="zigzag")).abs().max().item(),
+            "dparams": max((p.grad - ref_dp[k]).abs().max().item() for k, p in model.named_parameters())}
+
+
 def _training_step(rank, world, kind):
     """One SGD step of a Decoder under DDP or FSDP2 over the group. Each rank's loss is world times its share of
     the whole sequence's mean, so that the averaged gradients are the whole sequence's."""
@@ -158,6 +179,7 @@ def _worker(rank, world, port, out_dir):
     try:
         results = {name: _parity(rank, world, name) for name in CASES}
         results["uneven"] = _uneven(rank, world)
+        results["token_wrapper"] = _token_wrapper(rank, world)
         results["ddp"] = _training_step(rank, world, "ddp")
         results["fsdp2"] = _training_step(rank, world, "fsdp2")
         results["errors"] = _bad_inputs(rank, world)
@@ -177,7 +199,7 @@ def results(request, tmp_path_factory):
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
-@pytest.mark.parametrize("name", [*CASES, "uneven"])
+@pytest.mark.parametrize("name", [*CASES, "uneven", "token_wrapper"])
 def test_sharded_forward_and_backward_match_whole_sequence(results, name):
     for rank, result in enumerate(results):
         for what, error in result[name].items():

@@ -99,6 +99,22 @@ KeySpan overlap(const ShardChunk& run, const KeySpan& span) {
   return {std::max(run.global_start, span.begin), std::min(run.global_start + run.length, span.end)};
 }
 
+// `arrived` (b, rows, ...) holds `pieces` of the sequence end to end, in any order; they tile a span. The
+// span in sequence order.
+at::Tensor in_sequence_order(const at::Tensor& arrived, const std::vector<KeySpan>& pieces) {
+  std::vector<std::pair<KeySpan, int64_t>> placed;  // (piece, its offset in `arrived`)
+  int64_t offset = 0;
+  for (const auto& piece : pieces) {
+    placed.emplace_back(piece, offset);
+    offset += piece.end - piece.begin;
+  }
+  std::sort(placed.begin(), placed.end(),
+            [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });
+  std::vector<at::Tensor> runs;
+  for (const auto& [piece, at] : placed) runs.push_back(arrived.narrow(1, at, piece.end - piece.begin));
+  return runs.size() == 1 ? runs.front() : at::cat(runs, 1);
+}
+
 std::string join(const std::vector<int64_t>& values) {
   std::ostringstream out;
   out << "[";
@@ -124,31 +140,43 @@ std::vector<int64_t> local_row(const at::Tensor& x, const std::optional<at::Tens
   return row;
 }
 
-// The same checks on every rank, over every rank's row, so that all raise alike.
-void check_rows(const ContextParallel& s, const std::vector<std::vector<int64_t>>& rows,
-                const std::vector<std::string>& unsupported) {
-  std::vector<int64_t> batches, lengths, refusing;
-  for (const auto& row : rows) {
-    batches.push_back(row[Batch]);
-    lengths.push_back(row[Length]);
-    if (row[Slots] > 0) refusing.push_back(&row - rows.data());
-  }
+// The checks below run on every rank over every rank's row, so that all raise alike.
+using Rows = std::vector<std::vector<int64_t>>;
+
+std::vector<int64_t> column(const Rows& rows, int64_t slot) {
+  std::vector<int64_t> values;
+  for (const auto& row : rows) values.push_back(row[slot]);
+  return values;
+}
+
+void check_refusals(const Rows& rows, const std::vector<std::string>& unsupported) {
+  std::vector<int64_t> refusing;
+  for (size_t r = 0; r < rows.size(); ++r)
+    if (rows[r][Slots] > 0) refusing.push_back(static_cast<int64_t>(r));
   std::ostringstream names;
   for (size_t i = 0; i < unsupported.size(); ++i) names << (i ? ", " : "") << unsupported[i];
   TORCH_CHECK_VALUE(refusing.empty(), "context_parallel: ranks ", join(refusing), " passed inputs that ",
                     "cannot be sharded", unsupported.empty() ? "" : " (here: ", names.str(),
                     unsupported.empty() ? "" : ")");
+}
+
+void check_shapes(const Rows& rows) {
   for (size_t r = 0; r < rows.size(); ++r) {
     const auto& row = rows[r];
     TORCH_CHECK_VALUE(row[XDim] == 3 && row[Batch] == rows[0][Batch] && row[Width] == rows[0][Width],
                       "context_parallel: expected every rank's x as (batch, shard, dim) with the same batch ",
-                      "and dim, got rank ", r, " with ", row[XDim], " dims, batches ", join(batches));
-    TORCH_CHECK_VALUE(row[MaskDim] < 0 || (row[MaskDim] == 2 && row[MaskBatch] == row[Batch] &&
-                                           row[MaskLength] == row[Length] && row[MaskBool] == 1),
+                      "and dim, got rank ", r, " with ", row[XDim], " dims, batches ",
+                      join(column(rows, Batch)));
+    const bool mask_fits =
+        row[MaskDim] == 2 && row[MaskBatch] == row[Batch] && row[MaskLength] == row[Length];
+    TORCH_CHECK_VALUE(row[MaskDim] < 0 || (mask_fits && row[MaskBool] == 1),
                       "context_parallel: expected rank ", r, "'s mask as bool (", row[Batch], ", ",
                       row[Length], "), its shard of the sequence, got ", row[MaskDim], " dims of sizes (",
                       row[MaskBatch], ", ", row[MaskLength], ")", row[MaskBool] == 1 ? "" : ", not bool");
   }
+}
+
+void check_lengths(const ContextParallel& s, const std::vector<int64_t>& lengths) {
   if (!s.shard_lengths.empty()) {
     TORCH_CHECK_VALUE(s.layout == ShardLayout::Contiguous && lengths == s.shard_lengths,
                       "context_parallel: expected the ranks' shards as shard_lengths ", join(s.shard_lengths),
@@ -236,11 +264,15 @@ KeySpan SequenceShards::reach_of(const ShardChunk& run, const KeyReach& reach) c
   return span;
 }
 
-KeySpan SequenceShards::span_of(int64_t rank, const KeyReach& reach) const {
+std::vector<ShardChunk> SequenceShards::runs_of(int64_t rank) const {
   ContextParallel other = setting;
   other.rank = rank;
+  return shard_chunks(other, lengths[rank]);
+}
+
+KeySpan SequenceShards::span_of(int64_t rank, const KeyReach& reach) const {
   KeySpan span{total, 0};
-  for (const auto& run : shard_chunks(other, lengths[rank])) {
+  for (const auto& run : runs_of(rank)) {
     const KeySpan s = reach_of(run, reach);
     span = {std::min(span.begin, s.begin), std::max(span.end, s.end)};
   }
@@ -250,12 +282,9 @@ KeySpan SequenceShards::span_of(int64_t rank, const KeyReach& reach) const {
 at::Tensor SequenceShards::gather_span(const at::Tensor& t, const KeyReach& reach) const {
   const int64_t world = setting.world_size;
   std::vector<KeySpan> spans;
-  bool everything = true;
-  for (int64_t r = 0; r < world; ++r) {
-    spans.push_back(span_of(r, reach));
-    everything = everything && spans.back().begin == 0 && spans.back().end == total;
-  }
-  if (everything) return gather(t);
+  for (int64_t r = 0; r < world; ++r) spans.push_back(span_of(r, reach));
+  const auto whole = [&](const KeySpan& s) { return s.begin == 0 && s.end == total; };
+  if (std::all_of(spans.begin(), spans.end(), whole)) return gather(t);
   // Sent: this rank's rows inside each rank's span, rank by rank, in sequence order.
   std::vector<at::Tensor> sent;
   std::vector<int64_t> sent_counts(world, 0), received_counts(world, 0);
@@ -267,29 +296,14 @@ at::Tensor SequenceShards::gather_span(const at::Tensor& t, const KeyReach& reac
       }
   // Received: every rank's rows inside this rank's span, in the order they arrive.
   std::vector<KeySpan> pieces;
-  for (int64_t r = 0; r < world; ++r) {
-    ContextParallel other = setting;
-    other.rank = r;
-    for (const auto& run : shard_chunks(other, lengths[r]))
+  for (int64_t r = 0; r < world; ++r)
+    for (const auto& run : runs_of(r))
       if (const KeySpan part = overlap(run, spans[setting.rank]); part.end > part.begin) {
         pieces.push_back(part);
         received_counts[r] += part.end - part.begin;
       }
-  }
   const at::Tensor out = sent.empty() ? t.narrow(1, 0, 0) : at::cat(sent, 1);
-  const at::Tensor arrived = ExchangeSequence::apply(out, setting, sent_counts, received_counts);
-  // Into sequence order: the pieces tile the span.
-  std::vector<std::pair<KeySpan, int64_t>> placed;  // (piece, its offset in `arrived`)
-  int64_t offset = 0;
-  for (const auto& piece : pieces) {
-    placed.emplace_back(piece, offset);
-    offset += piece.end - piece.begin;
-  }
-  std::sort(placed.begin(), placed.end(),
-            [](const auto& a, const auto& b) { return a.first.begin < b.first.begin; });
-  std::vector<at::Tensor> runs;
-  for (const auto& [piece, at] : placed) runs.push_back(arrived.narrow(1, at, piece.end - piece.begin));
-  return runs.size() == 1 ? runs.front() : at::cat(runs, 1);
+  return in_sequence_order(ExchangeSequence::apply(out, setting, sent_counts, received_counts), pieces);
 }
 
 std::optional<at::Tensor> SequenceShards::gather_mask(const std::optional<at::Tensor>& mask, bool any_mask,
@@ -313,7 +327,9 @@ std::pair<SequenceShards, bool> exchange_shards(const ContextParallel& setting, 
     rows.emplace_back(values, values + table.size(1));
     any_mask = any_mask || rows.back()[MaskDim] >= 0;
   }
-  check_rows(setting, rows, unsupported);
+  check_refusals(rows, unsupported);
+  check_shapes(rows);
+  check_lengths(setting, column(rows, Length));
   SequenceShards shards;
   shards.setting = setting;
   for (const auto& r : rows) shards.lengths.push_back(r[Length]);

@@ -80,6 +80,8 @@ struct SequenceShards {
   /// Every rank's `t` (b, n_rank, ...) joined in sequence order, (b, total, ...); differentiable (the
   /// gradient returns by reduce-scatter).
   at::Tensor gather(const at::Tensor& t) const;
+  /// The runs of tokens `rank` holds (any rank's, as every rank can work out).
+  std::vector<ShardChunk> runs_of(int64_t rank) const;
   /// The keys a run of queries reaches under `reach`.
   KeySpan reach_of(const ShardChunk& run, const KeyReach& reach) const;
   /// The span of keys this rank's queries reach: every run's, and what lies between.
