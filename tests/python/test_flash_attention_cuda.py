@@ -226,3 +226,23 @@ def test_forward_is_deterministic_and_finite_on_large_logits():
     assert torch.isfinite(out1).all() and torch.isfinite(lse1).all()
     ref, _ = reference(q.double(), k.double(), v.double())
     assert max_err(out1, ref) < 2e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_backward_under_deterministic_algorithms_raises_or_warns(dtype):
+    # dQ accumulates with atomics: torch.use_deterministic_algorithms(True) refuses the backward as torch's own
+    # non-deterministic CUDA ops do; warn_only=True warns and runs.
+    q, k, v = (torch.randn(1, 37, 2, 64, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
+    previous, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        out, _ = torch.ops.xtc.flash_attention(q, k, v)
+        with pytest.raises(RuntimeError, match="flash_attention_backward"):
+            out.sum().backward()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        out, _ = torch.ops.xtc.flash_attention(q, k, v)
+        with pytest.warns(UserWarning, match="flash_attention_backward"):
+            out.sum().backward()
+        assert torch.isfinite(q.grad).all()
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=warn_only)

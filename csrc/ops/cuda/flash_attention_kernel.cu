@@ -11,6 +11,7 @@
 // warpgroup-MMA kernels when the build has sm_90a code (XTC_CUDA_SM90A, set by the build when 90a is among
 // the architectures), except for short masked calls (choose_cuda_kernel, through the backend setting of
 // xtc/backends.h).
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -247,6 +248,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
             at::zeros(v_in.sizes(), v_in.options())};
   }
 
+  // dQ accumulates across key tiles with atomics (dK and dV too in the warp-per-row kernels): the order of
+  // the additions, so the last bits, vary from run to run. Under torch.use_deterministic_algorithms(True)
+  // this raises (warns with warn_only), as torch's own non-deterministic CUDA ops do.
+  at::globalContext().alertNotDeterministic(
+      "xtc::flash_attention_backward on CUDA (dQ accumulates with atomics)");
   // autograd may hand a gradient of another dtype (e.g. float for a bf16 output); the kernels read q's dtype.
   const at::Tensor grad_out = prepare_input(grad_out_in.to(dtype));
   const at::Tensor q = prepare_input(q_in), k = prepare_input(k_in), v = prepare_input(v_in);
