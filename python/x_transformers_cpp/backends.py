@@ -44,6 +44,9 @@ class Backend(enum.Enum):
     """Packed sequences (attn_flash_pack_seq, unpad) attend in the varlen op, else in the padded frame."""
     CUDA_VARLEN = "cuda_varlen"
     """The varlen op for packed layers on CUDA: no GPU has run it yet, so it is off by default."""
+    CUDA_SDPA_FP32 = "cuda_sdpa_fp32"
+    """fp32 calls on CUDA that need none of our rules, in torch's SDPA kernels by the matmul precision
+    (memory-efficient at 'highest', cuBLAS TF32 at 'high' / 'medium'): no GPU has run it yet, so it is off."""
     MATH = "math"
     """The scores materialised by aten ops: any rule, any device, torch.func transforms."""
 
@@ -61,7 +64,7 @@ class BackendChoice:
 
 
 def enabled_backends() -> List[Backend]:
-    """The families that may run now (default: all but CUDA_VARLEN)."""
+    """The families that may run now (default: all but CUDA_VARLEN and CUDA_SDPA_FP32)."""
     return [Backend(name) for name in _C.enabled_backends()]
 
 

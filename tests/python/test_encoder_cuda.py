@@ -58,3 +58,30 @@ def test_half_precision_tracks_float32(dtype):
     ours_error = (low - expected).abs().max()
     torch_error = (reference_low - expected).abs().max()
     assert ours_error <= 2 * torch_error + 1e-2, (ours_error, torch_error)
+
+
+@pytest.mark.parametrize("precision, tolerance", [("highest", 1e-4), ("high", 2e-2)])
+@pytest.mark.parametrize("cls,xcls", [(Encoder, XEncoder), (Decoder, XDecoder)])
+def test_float32_sdpa_route_matches_x_transformers(cls, xcls, precision, tolerance):
+    # The cuda_sdpa_fp32 route (off by default): fp32 layers that need no rule of ours run in torch's SDPA, the
+    # memory-efficient kernel at 'highest', cuBLAS TF32 at 'high'; their outputs and gradients track
+    # x-transformers in float32 at 'highest'.
+    from x_transformers_cpp.backends import Backend, attention_backend, enabled_backends, record_choices
+    ours, reference = pair(cls, xcls, torch.float32, dim=128, depth=2, heads=4, rotary_pos_emb=True)
+    x = torch.randn(2, 257, 128, device="cuda", requires_grad=True)
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        expected = reference(x)
+        grad = torch.randn_like(expected)
+        want = torch.autograd.grad(expected, [x, *reference.parameters()], grad)
+        torch.set_float32_matmul_precision(precision)
+        with attention_backend([*enabled_backends(), Backend.CUDA_SDPA_FP32]), record_choices() as choices:
+            out = ours(x)
+            got = torch.autograd.grad(out, [x, *ours.parameters()], grad)
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    assert {c.chosen for c in choices if "layer" in c.site} == {Backend.CUDA_SDPA_FP32}
+    torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=tolerance * 10, rtol=tolerance)

@@ -34,10 +34,13 @@ enum class Backend : uint8_t {
   Varlen,
   /// The varlen op for packed layers on CUDA: no GPU has run it yet, so it is off by default.
   CudaVarlen,
+  /// fp32 calls on CUDA that need none of our rules, in torch's SDPA kernels by the matmul precision
+  /// (memory-efficient at 'highest', cuBLAS TF32 at 'high' / 'medium'): no GPU has run it, off by default.
+  CudaSdpaFp32,
   /// The scores materialised by aten ops: any rule, any device, torch.func transforms.
   Math,
 };
-constexpr int kNumBackends = 9;
+constexpr int kNumBackends = 10;
 
 /// "cpu_flash", "cuda_hopper_forward", ... (the Python enum's values).
 const char* backend_name(Backend backend);
@@ -46,7 +49,7 @@ Backend backend_from_name(const std::string& name);
 /// Every family, in declaration order.
 std::vector<Backend> all_backends();
 
-/// The families enabled now (default: all but CudaVarlen).
+/// The families enabled now (default: all but CudaVarlen and CudaSdpaFp32).
 std::vector<Backend> enabled_backends();
 bool backend_enabled(Backend backend);
 /// The order set with set_priority, empty when the built-in preferences apply.

@@ -38,6 +38,7 @@
 #include <limits>
 #include <string>
 
+#include "src/nn/functional/sdpa_route.h"
 #include "src/symbolic_sizes.h"
 
 namespace xtc::nn::functional {
@@ -584,6 +585,9 @@ at::Tensor dense_attention(const LayerCall& l, QKV t, std::optional<at::Tensor> 
   if (l.o.l2_distance()) l2_distance_features(t);  // the zero key too: x-transformers scores it by |q|^2
   if (l.o.linear()) return linear_attention(t.q, t.k, t.v, key_mask, l.c.causal && n > 1);
   if (path == Backend::Math) return math_attention(l, t, key_mask, r, b, n);
+  if (path == Backend::CudaSdpaFp32)
+    return detail::sdpa_fp32(t.q, t.k, t.v, l.c.causal && n > 1, r.scale,
+                             detail::cuda_fp32_matmul_precision());
   return std::get<0>(ops::flash_attention(t.q, t.k, t.v, key_mask, l.c.causal, r.scale, r.slopes,
                                           r.window_left, r.window_right, r.softcap));
 }
@@ -664,10 +668,34 @@ at::Tensor packed_attention(const LayerCall& l, const QKV& t, const PackedAttent
 // The path: the flash kernel of the device unless a rule needs the scores (Math); packed sequences in the
 // varlen op where it can express the call, else in the padded frame (then flash or Math). attn_linear has its
 // own.
-Backend choose_path(const LayerCall& l, const KernelRule& r, const PackedAttention* packed) {
+// fp32 on CUDA: torch's SDPA first, where the call needs none of our rules (off by default, sdpa_route.h).
+BackendCandidate sdpa_candidate(const LayerCall& l, const QKV& t, const KernelRule& r, bool key_mask,
+                                std::vector<std::string> reasons) {
+  const int64_t n = l.x.size(1), extra_keys = l.extra.k.defined() ? l.extra.k.size(2) : 0;
+  detail::SdpaCall call;
+  call.device = l.x.device();
+  call.dtype = t.q.scalar_type();
+  call.queries = n;
+  call.keys = t.k.size(1) + memory_keys(l.o) + extra_keys;
+  call.heads = t.q.size(2), call.kv_heads = t.k.size(2);
+  call.dim_head = t.q.size(3), call.value_dim_head = t.v.size(3);
+  call.causal = l.c.causal && n > 1;
+  call.key_mask = key_mask || extra_keys > 0;
+  call.alibi = r.slopes.has_value(), call.softcap = r.softcap > 0;
+  call.window = r.window_left >= 0 || r.window_right >= 0;
+  call.sharded = l.c.shards != nullptr && !l.cross;
+  for (auto& reason : detail::sdpa_fp32_reasons(call)) reasons.push_back(std::move(reason));
+  return {Backend::CudaSdpaFp32, std::move(reasons)};
+}
+
+Backend choose_path(const LayerCall& l, const QKV& t, const KernelRule& r, bool key_mask,
+                    const PackedAttention* packed) {
   if (l.o.linear()) return Backend::Math;
   const auto flash_no = flash_reasons(l.c, l.training, l.attn_mask.has_value(), l.maps != nullptr);
   std::vector<BackendCandidate> paths = {flash_candidate(l.x.device(), flash_no), {Backend::Math, {}}};
+  // Listed only when enabled: it reads static sizes, which dynamic-shape tracing has not.
+  if (l.x.is_cuda() && packed == nullptr && backend_enabled(Backend::CudaSdpaFp32))
+    paths.insert(paths.begin(), sdpa_candidate(l, t, r, key_mask, flash_no));
   if (packed != nullptr) {
     const bool positional = r.slopes.has_value() || r.window_left >= 0 || r.window_right >= 0;
     paths.insert(paths.begin(),
@@ -814,7 +842,7 @@ at::Tensor attention(const at::Tensor& x, const std::optional<at::Tensor>& conte
   const auto key_mask = key_mask_of(l, mask, context_mask, xl, xl_len, t.k.sym_size(1));
   const KernelRule r = kernel_rule(config);
   const bool sharded = config.shards != nullptr && !l.cross;
-  const Backend path = choose_path(l, r, sharded ? nullptr : packed);
+  const Backend path = choose_path(l, t, r, key_mask.has_value(), sharded ? nullptr : packed);
   at::Tensor out;
   if (sharded && packed != nullptr) {
     // unpad inside the shard: attention in the shard's padded frame, the mask the whole sequence's.

@@ -1,0 +1,81 @@
+// The fp32 SDPA route's logic on the CPU (src/nn/functional/sdpa_route.h): torch's matmul precision read back
+// from its own switches, and the named reasons that keep a call in our kernels. The route's numbers need a
+// GPU (tests/python/test_flash_attention_cuda.py, benchmarks/gpu_check.sh).
+#include <ATen/Context.h>
+#include <gtest/gtest.h>
+
+#include "src/nn/functional/sdpa_route.h"
+
+namespace {
+
+using xtc::nn::functional::detail::cuda_fp32_matmul_precision;
+using xtc::nn::functional::detail::MatmulPrecision;
+using xtc::nn::functional::detail::sdpa_fp32_reasons;
+using xtc::nn::functional::detail::SdpaCall;
+
+TEST(SdpaRoute, ReadsTorchsMatmulPrecision) {
+  auto& context = at::globalContext();
+  context.setFloat32MatmulPrecision("high");
+  EXPECT_EQ(cuda_fp32_matmul_precision(), MatmulPrecision::High);
+  context.setFloat32MatmulPrecision("medium");
+  EXPECT_EQ(cuda_fp32_matmul_precision(), MatmulPrecision::Medium);
+  context.setFloat32MatmulPrecision("highest");
+  EXPECT_EQ(cuda_fp32_matmul_precision(), MatmulPrecision::Highest);
+  // The 2.9+ setting for CUDA matmuls alone, which leaves the two APIs mixed: read without an error.
+  context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::TF32);
+  EXPECT_EQ(cuda_fp32_matmul_precision(), MatmulPrecision::High);
+  context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::IEEE);
+  EXPECT_EQ(cuda_fp32_matmul_precision(), MatmulPrecision::Highest);
+  context.setFloat32MatmulPrecision("highest");
+}
+
+SdpaCall plain_cuda_call() {
+  SdpaCall call;
+  call.device = c10::Device(c10::kCUDA, 0);
+  call.queries = call.keys = 129;
+  call.heads = call.kv_heads = 8;
+  call.dim_head = call.value_dim_head = 64;
+  return call;
+}
+
+TEST(SdpaRoute, TakesFp32CudaCallsThatNeedNoRuleOfOurs) {
+  EXPECT_TRUE(sdpa_fp32_reasons(plain_cuda_call()).empty());
+  auto causal = plain_cuda_call();
+  causal.causal = true;
+  EXPECT_TRUE(sdpa_fp32_reasons(causal).empty());
+}
+
+TEST(SdpaRoute, NamesWhatKeepsACallInOurKernels) {
+  const auto one_reason = [](SdpaCall call, const char* expected) {
+    const auto reasons = sdpa_fp32_reasons(call);
+    ASSERT_EQ(reasons.size(), 1u) << expected;
+    EXPECT_NE(reasons[0].find(expected), std::string::npos) << reasons[0];
+  };
+  auto call = plain_cuda_call();
+  call.device = c10::Device(c10::kCPU);
+  one_reason(call, "CUDA");
+  call = plain_cuda_call();
+  call.dtype = at::kBFloat16;
+  one_reason(call, "float32");
+  call = plain_cuda_call();
+  call.key_mask = true;
+  one_reason(call, "key padding mask");
+  call = plain_cuda_call();
+  call.alibi = true;
+  one_reason(call, "ALiBi");
+  call = plain_cuda_call();
+  call.causal = true;
+  call.keys = 200;
+  one_reason(call, "top left");
+  call = plain_cuda_call();
+  call.kv_heads = 2;
+  one_reason(call, "kv heads");
+  call = plain_cuda_call();
+  call.value_dim_head = 32;
+  one_reason(call, "value head dim");
+  call = plain_cuda_call();
+  call.sharded = true;
+  one_reason(call, "context parallelism");
+}
+
+}  // namespace
