@@ -38,6 +38,7 @@
 #include <limits>
 #include <string>
 
+#include "src/nn/functional/offset_attention.h"
 #include "src/nn/functional/sdpa_route.h"
 #include "src/symbolic_sizes.h"
 
@@ -212,11 +213,11 @@ std::vector<std::string> flash_reasons(const AttentionConfig& c, bool training, 
         "orthog_projected_values reads the outputs at padded queries too, where the softmax over keys all "
         "hidden averages every value (the kernel gives 0)");
   if (c.residual_scores) reasons.emplace_back("residual attention hands the scores on to the next layer");
-  if (c.shards != nullptr && !c.causal &&
-      (c.alibi_slopes.defined() || o.max_attend_past().has_value() || o.window_size().has_value()))
+  if (c.shards != nullptr && !c.causal && memory_keys(o) > 0 &&
+      (o.max_attend_past().has_value() || o.window_size().has_value()))
     reasons.emplace_back(
-        "context parallelism: ALiBi or a window on bidirectional attention needs the queries' global "
-        "positions, which the kernel's right alignment of the queries cannot express");
+        "context parallelism: memory key/values in front of a bidirectional window, which the sharded "
+        "kernel calls place by position");
   if (training && c.options.dropout() > 0)
     reasons.emplace_back("attention dropout in training needs the probabilities");
   if (memory_keys(c.options) > 0 && c.alibi_slopes.defined())
@@ -585,6 +586,11 @@ at::Tensor dense_attention(const LayerCall& l, QKV t, std::optional<at::Tensor> 
   if (l.o.l2_distance()) l2_distance_features(t);  // the zero key too: x-transformers scores it by |q|^2
   if (l.o.linear()) return linear_attention(t.q, t.k, t.v, key_mask, l.c.causal && n > 1);
   if (path == Backend::Math) return math_attention(l, t, key_mask, r, b, n);
+  if (l.query_start.has_value() && !l.c.causal && (r.slopes || r.window_left >= 0 || r.window_right >= 0)) {
+    // A sharded run's queries sit inside the keys; ALiBi and windows need their positions.
+    const detail::BidirectionalRule rule{r.scale, r.softcap, r.window_left, r.window_right, r.slopes};
+    return detail::attention_at_offset(t.q, t.k, t.v, key_mask, *l.query_start, rule);
+  }
   if (path == Backend::CudaSdpaFp32)
     return detail::sdpa_fp32(t.q, t.k, t.v, l.c.causal && n > 1, r.scale,
                              detail::cuda_fp32_matmul_precision());
@@ -595,8 +601,8 @@ at::Tensor dense_attention(const LayerCall& l, QKV t, std::optional<at::Tensor> 
 // Context parallelism: this rank's queries against the keys and values they reach, from whichever ranks hold
 // them (only the kv heads travel). Each run of the shard's queries attends at its global positions to the
 // keys it reaches: causal, those up to its end, which right-aligns it as the kernel does; bidirectional
-// rules with positions (ALiBi, windows) take the Math path (flash_reasons), its queries placed by
-// query_start. x-transformers' T5 and dynamic biases are dense, so Math too.
+// ALiBi and windows in two kernel calls (offset_attention.h) or the Math path, its queries placed by
+// query_start. x-transformers' T5 and dynamic biases are dense, so Math.
 at::Tensor sharded_attention(const LayerCall& l, QKV t, const std::optional<at::Tensor>& key_mask,
                              const KernelRule& r, Backend path) {
   const SequenceShards& shards = *l.c.shards;
