@@ -85,6 +85,13 @@ if [[ ${STATUS[build]} == ok ]]; then
       --out "$LOGS/packed_cuda.json" > "$LOGS/bench_packed.log" 2>&1
     STATUS[bench_packed]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
   fi
+  # The encoder end to end against x-transformers (attn_flash off / on) and torch, every precision, forward and
+  # training step; XTC_GPU_CHECK_ENCODER=0 skips it.
+  if [[ "${XTC_GPU_CHECK_ENCODER:-1}" != 0 ]] && python3 -c 'import x_transformers' 2>/dev/null; then
+    PYTHONUNBUFFERED=1 timeout 180 python3 benchmarks/bench_encoder_cuda.py --repeats 5 \
+      --out "$LOGS/encoder_cuda.json" > "$LOGS/bench_encoder.log" 2>&1
+    STATUS[bench_encoder]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
+  fi
   # The full grid of issue 3 (d 64 / 128, n 512 .. 16k, five cases, every SDPA backend); XTC_GPU_CHECK_GRID=0
   # skips it (a check of the tests and the A/B only).
   if [[ "${XTC_GPU_CHECK_GRID:-1}" != 0 ]]; then
@@ -110,13 +117,14 @@ if [[ ${STATUS[build]} == ok ]]; then
   done
   [[ -f "$LOGS/bench.log" ]] && sed -n '/^Summary/,/^wrote/p' "$LOGS/bench.log"
   [[ -f "$LOGS/bench_packed.log" ]] && grep -E '^(device|target)' "$LOGS/bench_packed.log"
+  [[ -f "$LOGS/bench_encoder.log" ]] && sed -n '/^Summary/,/^wrote/p' "$LOGS/bench_encoder.log" | grep -v '^wrote'
 fi
 
 echo
 echo "gpu_check summary ($(head -1 "$LOGS/gpu.txt"), $(elapsed)s)"
 printf '  %-17s %s\n' step status
 for step in build test_cuda test_cuda_hopper test_cuda_mma test_parity test_packed test_packed_varlen bench_packed \
-    bench; do
+    bench_encoder bench; do
   [[ -n "${STATUS[$step]:-}" ]] && printf '  %-17s %s\n' "$step" "${STATUS[$step]}"
 done
 for s in "${STATUS[@]}"; do [[ $s == ok ]] || exit 1; done
