@@ -66,20 +66,40 @@ def call(model, x, mask, name):
     return model(x, mask=mask)
 
 
+def elapsed_ms(fn, device):
+    """One call's time: CUDA events on the GPU, the host clock on the CPU (dry run)."""
+    if device != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def first_call(fn, device):
+    """Runs fn once (warm-up); its peak memory in MiB above the allocation before it (None off CUDA)."""
+    if device != "cuda":
+        fn()
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
 def timed(fns, repeats, device):
-    """Median ms of each fn, interleaved; its peak memory (MiB above the allocation before it; CUDA only); and
-    the error of each fn that failed its first call (out of memory, say), left out of the timing."""
+    """Median ms of each fn, interleaved; its peak memory; and the error of each fn that failed its first call
+    (out of memory, say), left out of the timing."""
     peaks, failed = {}, {}
     for name, fn in list(fns.items()):
         try:
-            if device == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                before = torch.cuda.memory_allocated()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-                peaks[name] = (torch.cuda.max_memory_allocated() - before) / 2**20
+            peaks[name] = first_call(fn, device)
         except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
             failed[name] = str(e).splitlines()[0][:120]
             del fns[name]
@@ -88,17 +108,7 @@ def timed(fns, repeats, device):
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            if device == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times[name].append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
+            times[name].append(elapsed_ms(fn, device))
     return {name: statistics.median(t) for name, t in times.items()}, peaks, failed
 
 
@@ -149,6 +159,23 @@ def run_case(case, shape, mode, precision, repeats, device):
     return rows
 
 
+def print_table(device_name, rows):
+    print(f"device: {device_name}")
+    print(f"{'case':7} {'mode':8} {'precision':14} {'impl':24} {'median ms':>10} {'peak MiB':>9} {'vs best xt':>10}")
+    for r in rows:
+        head = f"{r['case']:7} {r['mode']:8} {r['precision']:14} {r['impl']:24}"
+        if "error" in r:
+            print(f"{head} failed: {r['error'][:60]}")
+        elif r["impl"] != "target":
+            peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+            print(f"{head} {r['median_ms']:>10.2f} {peak:>9} {r['speedup_vs_best_xt']:>9.2f}x")
+    print("Summary: ours (the faster of default / unpad / sdpa-fp32) against the faster x-transformers mode")
+    for r in rows:
+        if r["impl"] == "target":
+            print(f"  {r['case']:7} {r['mode']:8} {r['precision']:14} {r['speedup_vs_best_xt']:6.2f}x "
+                  f"(target {r['target']}x: {'met' if r['met'] else 'NOT MET'})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
@@ -166,23 +193,7 @@ def main():
             for precision in args.precisions.split(","):
                 rows += run_case(case, shapes[case], mode, precision, 2 if args.dry_run else args.repeats, device)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run: plumbing only, not a measurement)"
-    print(f"device: {name}")
-    print(f"{'case':7} {'mode':8} {'precision':14} {'impl':24} {'median ms':>10} {'peak MiB':>9} {'vs best xt':>10}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['case']:7} {r['mode']:8} {r['precision']:14} {r['impl']:24} failed: {r['error'][:60]}")
-        elif r["impl"] == "target":
-            print(f"{'':7} {'':8} {'':14} {'target >= ' + str(r['target']) + 'x':24} {'':>10} {'':>9} "
-                  f"{r['speedup_vs_best_xt']:>9.2f}x {'met' if r['met'] else 'NOT MET'}")
-        else:
-            peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-            print(f"{r['case']:7} {r['mode']:8} {r['precision']:14} {r['impl']:24} {r['median_ms']:>10.2f} "
-                  f"{peak:>9} {r['speedup_vs_best_xt']:>9.2f}x")
-    print("Summary: ours (the faster of default / unpad / sdpa-fp32) against the faster x-transformers mode")
-    for r in rows:
-        if r["impl"] == "target":
-            print(f"  {r['case']:7} {r['mode']:8} {r['precision']:14} {r['speedup_vs_best_xt']:6.2f}x "
-                  f"(target {r['target']}x: {'met' if r['met'] else 'NOT MET'})")
+    print_table(name, rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"device": name, "torch": torch.__version__, "rows": rows}, f, indent=1)

@@ -225,10 +225,14 @@ std::vector<ShardChunk> shard_chunks(const ContextParallel& s, int64_t length) {
   return {{0, std::accumulate(begin, begin + s.rank, int64_t(0)), length}};
 }
 
+at::Tensor positions_of(const std::vector<ShardChunk>& runs, const at::TensorOptions& options) {
+  std::vector<at::Tensor> ranges;
+  for (const auto& c : runs) ranges.push_back(at::arange(c.global_start, c.global_start + c.length, options));
+  return ranges.size() == 1 ? ranges.front() : at::cat(ranges);
+}
+
 at::Tensor SequenceShards::positions(const at::TensorOptions& options) const {
-  std::vector<at::Tensor> runs;
-  for (const auto& c : chunks) runs.push_back(at::arange(c.global_start, c.global_start + c.length, options));
-  return runs.size() == 1 ? runs.front() : at::cat(runs);
+  return positions_of(chunks, options);
 }
 
 at::Tensor SequenceShards::gather(const at::Tensor& t) const {

@@ -72,13 +72,9 @@ at::Tensor wrapper_positions(const char* wrapper, const c10::SymInt& n, const At
                              const at::Tensor& like, bool clamp, int64_t offset) {
   const auto options = like.options().dtype(at::kLong);
   const ContextParallel* sharded = current_context_parallel();
-  at::Tensor positions = at::arange(n, options) + offset;
-  if (sharded != nullptr) {
-    std::vector<at::Tensor> runs;
-    for (const auto& c : shard_chunks(*sharded, n.guard_int(__FILE__, __LINE__)))
-      runs.push_back(at::arange(c.global_start, c.global_start + c.length, options));
-    positions = at::cat(runs);
-  }
+  at::Tensor positions = sharded != nullptr
+                             ? positions_of(shard_chunks(*sharded, n.guard_int(__FILE__, __LINE__)), options)
+                             : at::arange(n, options) + offset;
   if (inputs.pos.has_value()) {
     const auto& pos = *inputs.pos;
     TORCH_CHECK_VALUE(!pos.is_floating_point() && pos.scalar_type() != at::kBool && pos.sym_size(-1) == n &&

@@ -100,6 +100,9 @@ struct SequenceShards {
 /// (wrappers' absolute positions). Throws when the layout cannot hold such a shard.
 std::vector<ShardChunk> shard_chunks(const ContextParallel& setting, int64_t length);
 
+/// The positions of `runs`, one after another, (total length) int64.
+at::Tensor positions_of(const std::vector<ShardChunk>& runs, const at::TensorOptions& options);
+
 /// The first step of a sharded forward, taken by every rank: one small all-gather of each rank's input
 /// shapes and of which per-call inputs it passed, checked alike on every rank so that a bad input raises the
 /// same error everywhere (never one rank waiting in a collective for another that failed). `unsupported`:
