@@ -171,6 +171,8 @@ def _bad_inputs(rank, world):
             lambda: model(x, attn_mask=torch.ones(6, 6, dtype=torch.bool) if rank == 1 else None))
         errors["option"] = _error_of(lambda: Encoder(**KW, shift_tokens=1)(x))
         errors["maps"] = _error_of(lambda: model(x, return_hiddens=True))
+        inverted = Encoder(**KW, cross_attend=True, cross_attn_inverted_attention=True)
+        errors["cross_option"] = _error_of(lambda: inverted(x, context=torch.randn(2, 4, DIM)))
         errors["after"] = _error_of(lambda: model(x))  # the group still works after the errors
     with context_parallel(layout="zigzag"):
         errors["odd_zigzag"] = _error_of(lambda: model(torch.randn(2, 5, DIM)))
@@ -232,6 +234,7 @@ def test_training_step_over_the_group_matches_single_process(results, kind):
     ("option", "shift_tokens"),
     ("odd_zigzag", "even shard"),
     ("maps", "attention maps"),
+    ("cross_option", "inverted_attention"),
 ])
 def test_bad_shards_raise_on_every_rank(results, case, expected):
     messages = [result["errors"][case] for result in results]

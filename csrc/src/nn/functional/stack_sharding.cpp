@@ -48,13 +48,16 @@ const char* unshardable(const AttentionLayersOptions& o, bool training) {
   if (o.residual_attn()) return "residual_attn hands each layer's whole score matrix on";
   if (training && o.layer_dropout() > 0)
     return "layer_dropout draws per rank, so the ranks would drop different layers";
+  if (training && o.cross_attn_tokens_dropout() > 0)
+    return "cross_attn_tokens_dropout draws per rank, so the ranks would drop different context tokens";
   return nullptr;
 }
 
 void refuse_unshardable_options(const AttentionLayersPlan& plan, bool training) {
   const char* reason = unshardable(plan.options(), training);
   for (const int64_t i : plan.execution_order())
-    if (reason == nullptr && plan.layer_types()[static_cast<size_t>(i)] == 'a')
+    // Cross-attention layers too: their queries are the shard's.
+    if (reason == nullptr && plan.layer_types()[static_cast<size_t>(i)] != 'f')
       reason = unshardable(plan.layer_attention(static_cast<size_t>(i)));
   TORCH_CHECK_VALUE(reason == nullptr,
                     "context_parallel: this stack cannot run sharded: ", reason == nullptr ? "" : reason);
