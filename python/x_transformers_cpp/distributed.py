@@ -12,20 +12,22 @@
     out_shard.pow(2).mean().backward()                  # gradients as the whole sequence gives them, per rank
 
 Inside the context, every stack (and wrapper) forward on this thread takes its input as this rank's shard of the
-sequence. Projections, feed-forwards and norms run on the shard alone; each self-attention layer all-gathers the
-keys and values of every rank (only the kv heads travel: (b, n, kv_heads, dim_head) twice a layer) and attends its
-own queries to them at their global positions, with the key padding mask gathered alike. The backward returns the
-keys' and values' gradients to their ranks by reduce-scatter. Parameter gradients are this rank's share: summed
-over the ranks (all-reduce, DDP or FSDP2 over the group) they are the whole sequence's.
+sequence. Projections, feed-forwards and norms run on the shard alone. Each self-attention layer receives the keys
+and values its queries reach from the ranks that hold them (only the kv heads travel; causal: those before the end
+of its queries; windows: those inside) and attends its own queries to them at their global positions, with the key
+padding mask gathered once a forward. The backward returns the keys' and values' gradients to their ranks the
+same way. Parameter gradients are this rank's share: summed over the ranks (all-reduce, DDP or FSDP2 over the
+group) they are the whole sequence's.
 
 Layouts: "contiguous" (rank r holds one run of tokens, in rank order; uneven runs need `shard_lengths`, each
 rank's length) and "zigzag" (the sequence cut into 2 * world chunks, rank r holding chunks r and 2 * world - 1 - r:
-causal attention's work balanced across ranks). Rotary, ALiBi, windows, GQA, key padding masks (a whole shard may
-be padding) and absolute position embeddings take the global positions. Inputs and options that need the whole
-sequence in one place (attn_mask, mems, a decoding cache, shift_tokens, T5 or dynamic position bias, unpad, ...)
-are refused on every rank with the reason. Every rank first exchanges its input shapes, so that a bad shard (an
-uneven one without shard_lengths, a mask of the wrong length) raises the same error on every rank rather than
-leaving the others waiting in a collective.
+causal attention's work balanced across ranks). Rotary and xPos, ALiBi, windows, T5 and dynamic position biases,
+and the wrappers' absolute position embeddings take the global positions; GQA, key padding masks (a whole shard may
+be padding) and unpad work as without sharding. Inputs and options that need the whole sequence in one place
+(attn_mask, mems, a decoding cache, shift_tokens, hybrid_module, memory tokens, ...) are refused on every rank with
+the reason. Every rank first exchanges its input shapes, so that a bad shard (an uneven one without shard_lengths,
+a mask of the wrong length) raises the same error on every rank rather than leaving the others waiting in a
+collective.
 
 Eager mode only: torch.compile and torch.export do not see the setting.
 """
