@@ -228,8 +228,10 @@ void prepare_polar(StackCall& c) {
                     "polar positions do not cover a memory)");
   const auto& inv_freq = c.p->get("polar_pos_emb.inv_freq");
   const c10::SymInt positions = c.cached ? c.n_in + c.in.cache_length : c.x_in.sym_size(1);
-  const at::Tensor t =
-      c.in.pos.has_value() ? *c.in.pos : at::arange(positions, inv_freq.options().dtype(at::kLong));
+  const auto longs = inv_freq.options().dtype(at::kLong);
+  const at::Tensor t = c.in.pos.has_value()     ? *c.in.pos
+                       : c.sharding.has_value() ? c.sharding->shards->positions(longs)
+                                                : at::arange(positions, longs);
   c.self_config.polar_angles = polar_angles(inv_freq, t);
   c.self_config.polar_bias = c.p->get("polar_pos_emb.learned_bias").clamp(-2 * M_PI, 0);
 }

@@ -44,7 +44,6 @@ const char* unshardable(const AttentionOptions& a) {
 
 const char* unshardable(const AttentionLayersOptions& o, bool training) {
   if (o.any_shift_tokens()) return "shift_tokens reads the neighbouring tokens, across the shards' edges";
-  if (o.polar_pos_emb()) return "polar_pos_emb is not sharded yet";
   if (o.residual_attn()) return "residual_attn hands each layer's whole score matrix on";
   if (training && o.layer_dropout() > 0)
     return "layer_dropout draws per rank, so the ranks would drop different layers";
