@@ -94,6 +94,7 @@ void bind_context_parallel(py::module_& m) {
       },
       py::arg("group_name"), py::arg("rank"), py::arg("world_size"), py::arg("layout"),
       py::arg("shard_lengths"));
+  m.def("context_parallel_active", [] { return xtc::nn::functional::current_context_parallel() != nullptr; });
   m.def("exit_context_parallel", [] {
     TORCH_CHECK(!context_parallel_guards().empty(), "context_parallel: exit without enter on this thread");
     context_parallel_guards().pop_back();

@@ -63,6 +63,11 @@ def context_parallel(group: Optional[dist.ProcessGroup] = None, *, layout: str =
         _C.exit_context_parallel()
 
 
+def is_active() -> bool:
+    """Whether this thread runs inside context_parallel (or a C++ ContextParallelGuard)."""
+    return _C.context_parallel_active()
+
+
 def shard_chunks(length: int, rank: int, world_size: int, layout: str = "contiguous"):
     """The (start, stop) runs of a sequence of `length` tokens that `rank` holds, in shard order."""
     if layout not in LAYOUTS:

@@ -7,6 +7,7 @@ must be installed (a user swapping the import has it).
 import torch
 from torch import nn
 
+from . import distributed
 from .attention_layers import Decoder, Encoder
 from .pretrained import PretrainedMixin
 from .wrappers import TransformerWrapper
@@ -61,6 +62,9 @@ class XTransformer(PretrainedMixin, nn.Module):
         return self.decoder.generate(seq_out_start, seq_len, context=encodings, context_mask=mask, **kwargs)
 
     def forward(self, src, tgt, mask=None, attn_mask=None, src_prepend_embeds=None):
+        if distributed.is_active():
+            raise ValueError("context_parallel: XTransformer's decoder would cross-attend to this rank's shard of "
+                             "the encoding alone; run the encoder sharded, gather its output, then the decoder")
         enc = self.encoder(src, mask=mask, attn_mask=attn_mask, prepend_embeds=src_prepend_embeds,
                            return_embeddings=True)
         if src_prepend_embeds is not None and mask is not None:

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from distributed_testing import free_port, spawn
-from x_transformers_cpp import ContinuousTransformerWrapper, Decoder, Encoder, TransformerWrapper
+from x_transformers_cpp import ContinuousTransformerWrapper, Decoder, Encoder, TransformerWrapper, XTransformer
 from x_transformers_cpp.backends import record_choices
 from x_transformers_cpp.distributed import context_parallel, shard_sequence, unshard_sequence
 
@@ -183,6 +183,10 @@ def _bad_inputs(rank, world):
             lambda: model(x, attn_mask=torch.ones(6, 6, dtype=torch.bool) if rank == 1 else None))
         errors["option"] = _error_of(lambda: Encoder(**KW, shift_tokens=1)(x))
         errors["maps"] = _error_of(lambda: model(x, return_hiddens=True))
+        xtransformer = XTransformer(dim=DIM, enc_num_tokens=10, enc_depth=1, enc_heads=2, enc_max_seq_len=32,
+                                    dec_num_tokens=10, dec_depth=1, dec_heads=2, dec_max_seq_len=32)
+        tokens = torch.randint(0, 10, (2, 6))
+        errors["xtransformer"] = _error_of(lambda: xtransformer(tokens, tokens))
         inverted = Encoder(**KW, cross_attend=True, cross_attn_inverted_attention=True)
         errors["cross_option"] = _error_of(lambda: inverted(x, context=torch.randn(2, 4, DIM)))
         errors["after"] = _error_of(lambda: model(x))  # the group still works after the errors
@@ -247,6 +251,7 @@ def test_training_step_over_the_group_matches_single_process(results, kind):
     ("odd_zigzag", "even shard"),
     ("maps", "attention maps"),
     ("cross_option", "inverted_attention"),
+    ("xtransformer", "cross-attend to this rank's shard"),
 ])
 def test_bad_shards_raise_on_every_rank(results, case, expected):
     messages = [result["errors"][case] for result in results]
