@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace xtc::nn::functional {
@@ -96,8 +97,9 @@ struct SequenceShards {
                                         const at::Tensor& like) const;
 };
 
-/// The global positions of a shard of `length` tokens under `setting`, without asking the other ranks
-/// (wrappers' absolute positions). Throws when the layout cannot hold such a shard.
+/// This rank's runs of tokens (their places in its shard and in the whole sequence) for a shard of `length`
+/// tokens under `setting`, without asking the other ranks (wrappers' absolute positions). Throws when the
+/// layout cannot hold such a shard.
 std::vector<ShardChunk> shard_chunks(const ContextParallel& setting, int64_t length);
 
 /// The positions of `runs`, one after another, (total length) int64.
