@@ -82,6 +82,17 @@ at::Tensor fused_linear_gelu(const at::Tensor& x, const FeedForwardWeights& w) {
             c10::List<std::optional<at::Scalar>>(), c10::string_view("none"));
 }
 
+// act(x W_in^T + b) without a gate: in oneDNN's fused op where it applies (plain GELU), else linear, the
+// soft-clamp, the activation.
+at::Tensor activated_projection(const at::Tensor& x, const FeedForwardWeights& w,
+                                const FeedForwardOptions& o) {
+  if (is_gelu(o) && !o.softclamp_value().has_value())
+    if (at::Tensor fused = fused_linear_gelu(x, w); fused.defined()) return fused;
+  at::Tensor hidden = at::linear(x, w.proj_in_weight, w.proj_in_bias);
+  if (o.softclamp_value().has_value()) hidden = softclamp(hidden, *o.softclamp_value());
+  return activation(hidden, w, o);
+}
+
 // up * act(gate); with glu_softclamp (situ-GLU) the linear factors are clamped: act(g) = g * phi(g) becomes
 // softclamp(g) * phi(g).
 at::Tensor gated(at::Tensor up, const at::Tensor& gate, const FeedForwardWeights& w,
@@ -104,11 +115,8 @@ at::Tensor feed_forward(const at::Tensor& x, const FeedForwardWeights& w, const 
     const auto projected = at::linear(x, w.proj_in_weight, w.proj_in_bias).chunk(2, -1);
     hidden = gated(projected[0], projected[1], w, o);
     if (w.glu_mult_bias.defined()) hidden = hidden * w.glu_mult_bias;
-  } else if (is_gelu(o) && !o.softclamp_value().has_value() && (hidden = fused_linear_gelu(x, w)).defined()) {
   } else {
-    hidden = at::linear(x, w.proj_in_weight, w.proj_in_bias);
-    if (o.softclamp_value().has_value()) hidden = softclamp(hidden, *o.softclamp_value());
-    hidden = activation(hidden, w, o);
+    hidden = activated_projection(x, w, o);
   }
   if (w.post_act_gamma.defined()) hidden = layer_norm(hidden, w.post_act_gamma, /*unit_offset=*/false);
   if (training && o.dropout() > 0) hidden = at::dropout(hidden, o.dropout(), training);
