@@ -613,7 +613,10 @@ at::Tensor sharded_attention(const LayerCall& l, QKV t, const std::optional<at::
   // Only the keys this rank's queries reach travel to it (causal: none after them; windows: those inside).
   const KeyReach reach{l.c.causal, r.window_left, r.window_right};
   const KeySpan span = shards.span_of(shards.setting.rank, reach);
-  const at::Tensor k = shards.gather_span(t.k, reach), v = shards.gather_span(t.v, reach);
+  // Keys and values (the same heads, as the kernel takes them) travel in one exchange.
+  const int64_t dim_head = t.k.size(-1);
+  const at::Tensor kv = shards.gather_span(at::cat({t.k, t.v}, -1), reach);
+  const at::Tensor k = kv.narrow(-1, 0, dim_head), v = kv.narrow(-1, dim_head, kv.size(-1) - dim_head);
   std::vector<at::Tensor> outputs;
   for (const auto& chunk : shards.chunks) {
     const KeySpan keys = shards.reach_of(chunk, reach);
