@@ -192,7 +192,7 @@ std::pair<at::Tensor, at::Tensor> rotary_of_call(const StackCall& c) {
   const auto& inv_freq = c.p->get("rotary_pos_emb.inv_freq");
   const auto longs = inv_freq.options().dtype(at::kLong);
   const at::Tensor t = c.in.pos.has_value()     ? *c.in.pos
-                       : c.sharding.has_value() ? c.sharding->shards->positions(longs)
+                       : c.sharding.has_value() ? c.sharding->positions
                                                 : at::arange(-c.mem_len, positions - c.mem_len, longs);
   at::Tensor angles = rotary_angles(inv_freq, t, c.o.rotary_interpolation_factor());
   at::Tensor scales;
@@ -230,7 +230,7 @@ void prepare_polar(StackCall& c) {
   const c10::SymInt positions = c.cached ? c.n_in + c.in.cache_length : c.x_in.sym_size(1);
   const auto longs = inv_freq.options().dtype(at::kLong);
   const at::Tensor t = c.in.pos.has_value()     ? *c.in.pos
-                       : c.sharding.has_value() ? c.sharding->shards->positions(longs)
+                       : c.sharding.has_value() ? c.sharding->positions
                                                 : at::arange(positions, longs);
   c.self_config.polar_angles = polar_angles(inv_freq, t);
   c.self_config.polar_bias = c.p->get("polar_pos_emb.learned_bias").clamp(-2 * M_PI, 0);
@@ -249,7 +249,7 @@ void prepare_self_biases(StackCall& c, const at::Tensor& slopes) {
   at::Tensor query_positions;
   if (c.sharding.has_value()) {
     frame_keys = c.sharding->shards->total;
-    query_positions = c.sharding->shards->positions(c.x_in.options().dtype(at::kLong));
+    query_positions = c.sharding->positions;
   }
   if (c.in.pos.has_value() && slopes.defined()) {
     // x-transformers' Alibi.forward_custom_pos: -|pos_j - pos_i| * slope, a dense bias (heads past

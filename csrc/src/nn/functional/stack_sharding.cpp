@@ -71,7 +71,8 @@ std::optional<StackShards> stack_shards(const at::Tensor& x, const AttentionLaye
   // The options are every rank's alike: refused before any collective, on every rank.
   refuse_unshardable_options(plan, training);
   auto [shards, any_mask] = exchange_shards(*setting, x, inputs.mask, unshardable_inputs(inputs));
-  return StackShards{std::make_shared<const SequenceShards>(std::move(shards)), any_mask};
+  const auto positions = shards.positions(x.options().dtype(at::kLong));
+  return StackShards{std::make_shared<const SequenceShards>(std::move(shards)), any_mask, positions};
 }
 
 }  // namespace xtc::nn::functional::detail

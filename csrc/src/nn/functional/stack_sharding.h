@@ -11,10 +11,12 @@
 
 namespace xtc::nn::functional::detail {
 
-/// A sharded call's layout and whether some rank passed a mask.
+/// A sharded call's layout, whether some rank passed a mask, and the shard's global positions ((n) int64 on
+/// x's device: rotary, PoPE and the dense biases read them).
 struct StackShards {
   std::shared_ptr<const SequenceShards> shards;
   bool any_mask = false;
+  at::Tensor positions;
 };
 
 /// With the thread's context-parallel setting: the shards of x, exchanged and checked with every rank (the
