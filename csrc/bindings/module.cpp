@@ -76,24 +76,41 @@ std::vector<std::unique_ptr<xtc::nn::functional::ContextParallelGuard>>& context
   return stack;
 }
 
+xtc::nn::functional::ShardLayout shard_layout(const std::string& layout) {
+  using xtc::nn::functional::ShardLayout;
+  TORCH_CHECK_VALUE(layout == "contiguous" || layout == "zigzag",
+                    "context_parallel: expected layout 'contiguous' or 'zigzag', got '", layout, "'");
+  return layout == "zigzag" ? ShardLayout::Zigzag : ShardLayout::Contiguous;
+}
+
 void bind_context_parallel(py::module_& m) {
   m.def(
       "enter_context_parallel",
       [](const std::string& group_name, int64_t rank, int64_t world_size, const std::string& layout,
          const std::vector<int64_t>& shard_lengths) {
         with_torch_errors([&] {
-          using xtc::nn::functional::ShardLayout;
-          TORCH_CHECK_VALUE(layout == "contiguous" || layout == "zigzag",
-                            "context_parallel: expected layout 'contiguous' or 'zigzag', got '", layout, "'");
-          xtc::nn::functional::ContextParallel setting{
-              group_name, rank, world_size,
-              layout == "zigzag" ? ShardLayout::Zigzag : ShardLayout::Contiguous, shard_lengths};
+          xtc::nn::functional::ContextParallel setting{group_name, rank, world_size, shard_layout(layout),
+                                                       shard_lengths};
           context_parallel_guards().push_back(
               std::make_unique<xtc::nn::functional::ContextParallelGuard>(std::move(setting)));
         });
       },
       py::arg("group_name"), py::arg("rank"), py::arg("world_size"), py::arg("layout"),
       py::arg("shard_lengths"));
+  // The (global start, length) runs a rank holds of equal shards of `shard_length` tokens: the stack's own
+  // arithmetic, for shard_sequence.
+  m.def(
+      "shard_runs",
+      [](int64_t rank, int64_t world_size, const std::string& layout, int64_t shard_length) {
+        return with_torch_errors([&] {
+          std::vector<std::pair<int64_t, int64_t>> runs;
+          for (const auto& c : xtc::nn::functional::shard_chunks(
+                   {"", rank, world_size, shard_layout(layout), {}}, shard_length))
+            runs.emplace_back(c.global_start, c.length);
+          return runs;
+        });
+      },
+      py::arg("rank"), py::arg("world_size"), py::arg("layout"), py::arg("shard_length"));
   m.def("context_parallel_active", [] { return xtc::nn::functional::current_context_parallel() != nullptr; });
   m.def("exit_context_parallel", [] {
     TORCH_CHECK(!context_parallel_guards().empty(), "context_parallel: exit without enter on this thread");

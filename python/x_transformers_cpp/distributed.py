@@ -69,16 +69,15 @@ def is_active() -> bool:
 
 
 def shard_chunks(length: int, rank: int, world_size: int, layout: str = "contiguous"):
-    """The (start, stop) runs of a sequence of `length` tokens that `rank` holds, in shard order."""
+    """The (start, stop) runs of a sequence of `length` tokens that `rank` holds, in shard order (the layout
+    the stacks read, computed by the same code)."""
     if layout not in LAYOUTS:
         raise ValueError(f"shard_chunks: expected layout in {LAYOUTS}, got {layout!r}")
     parts = world_size if layout == "contiguous" else 2 * world_size
     if length % parts != 0:
         raise ValueError(f"shard_chunks: a {layout} layout over {world_size} ranks cuts the sequence into {parts} "
                          f"equal chunks, so its length must be a multiple of {parts}, got {length}")
-    size = length // parts
-    chunks = [rank] if layout == "contiguous" else [rank, 2 * world_size - 1 - rank]
-    return [(c * size, (c + 1) * size) for c in chunks]
+    return [(start, start + size) for start, size in _C.shard_runs(rank, world_size, layout, length // world_size)]
 
 
 def shard_sequence(t: torch.Tensor, group: Optional[dist.ProcessGroup] = None, *, layout: str = "contiguous",
