@@ -521,8 +521,10 @@ __global__ void __launch_bounds__(32 * kNWarps)
       float sum = row_sum[mi][r];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      // A row with no visible key has sum 0: out = 0 and lse = -inf, as the op promises.
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      // A row with no visible key has sum 0: out = 0 and lse = -inf, as the op promises. A NaN logit makes the
+      // sum NaN, and `!= 0` (not `> 0`) lets it reach out and lse as the CPU kernel does; for any other row
+      // the sum is > 0 or 0, so the two tests agree.
+      const float inv = sum != 0.f ? 1.f / sum : 0.f;
       const int row = rows[mi][r];
       if (row < p.queries) {
         T* out_row = out + row * p.o_row_stride;
@@ -530,7 +532,7 @@ __global__ void __launch_bounds__(32 * kNWarps)
         for (int dn = 0; dn < kD / 8; ++dn)
           *reinterpret_cast<uint32_t*>(out_row + dn * 8 + 2 * t) =
               pack2<T>(acc_o[mi][dn][2 * r] * inv, acc_o[mi][dn][2 * r + 1] * inv);
-        if (t == 0) lse[row] = sum > 0.f ? (row_max[mi][r] * score_factor + __log2f(sum)) * kLn2 : -INFINITY;
+        if (t == 0) lse[row] = sum != 0.f ? (row_max[mi][r] * score_factor + __log2f(sum)) * kLn2 : -INFINITY;
       }
     }
   }
@@ -609,7 +611,7 @@ __global__ void __launch_bounds__(32 * kSimpleWarps) flash_fwd_simple_kernel(con
     }
     row_max = new_max;
   }
-  const T inv = row_sum > 0 ? T(1) / row_sum : T(0);
+  const T inv = row_sum != 0 ? T(1) / row_sum : T(0);  // NaN (a NaN logit) reaches out and lse
   T* out = static_cast<T*>(p.out) + batch * p.o_batch_stride + i * p.o_row_stride + head * p.o_head_stride;
 #pragma unroll
   for (int c = 0; c < kSimplePerLane; ++c) {
@@ -618,7 +620,7 @@ __global__ void __launch_bounds__(32 * kSimpleWarps) flash_fwd_simple_kernel(con
   }
   if (lane == 0)
     static_cast<T*>(p.lse)[(static_cast<int64_t>(batch) * p.heads + head) * p.queries + i] =
-        row_sum > 0 ? row_max + log(row_sum) : -INFINITY;
+        row_sum != 0 ? row_max + log(row_sum) : -INFINITY;
 }
 
 }  // namespace detail

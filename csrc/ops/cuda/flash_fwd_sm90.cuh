@@ -316,8 +316,9 @@ __global__ void __launch_bounds__(FwdSm90Config<kHeadDim>::kThreads, 1) flash_fw
     float sum = row_sum[r];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    // A row with no visible key has sum 0: out = 0 and lse = -inf, as the op promises.
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    // A row with no visible key has sum 0: out = 0 and lse = -inf, as the op promises; a NaN sum (a NaN
+    // logit) reaches out and lse, as in flash_fwd.cuh.
+    const float inv = sum != 0.f ? 1.f / sum : 0.f;
     const int row = rows[r];
     if (row < p.queries) {
       T* out_row = out + row * p.o_row_stride;
@@ -325,7 +326,7 @@ __global__ void __launch_bounds__(FwdSm90Config<kHeadDim>::kThreads, 1) flash_fw
       for (int dn = 0; dn < kD / 8; ++dn)
         *reinterpret_cast<uint32_t*>(out_row + dn * 8 + 2 * t) =
             pack2<T>(acc_o[4 * dn + 2 * r] * inv, acc_o[4 * dn + 2 * r + 1] * inv);
-      if (t == 0) lse[row] = sum > 0.f ? (row_max[r] * score_factor + __log2f(sum)) * kLn2 : -INFINITY;
+      if (t == 0) lse[row] = sum != 0.f ? (row_max[r] * score_factor + __log2f(sum)) * kLn2 : -INFINITY;
     }
   }
 #else
