@@ -1,5 +1,6 @@
 """Packed sequences on a CUDA GPU, in one run: the varlen op against our unmasked dense kernel at the same total
-tokens (TFLOP/s credited on visible keys), and the padded encoder batch end to end with and without unpad (fp32
+tokens (TFLOP/s credited on visible keys), per sequence (the default) and in one launch (the
+cuda_varlen_one_launch backend), and the padded encoder batch end to end with and without unpad (fp32
 with TF32, and bf16 autocast), beside x-transformers with attn_flash. Medians of interleaved runs, CUDA events;
 prints a table and writes JSON. benchmarks/gpu_check.sh runs it with the cuda_varlen backend enabled (without it,
 packed layers on CUDA attend in the padded frame).
@@ -14,7 +15,8 @@ import statistics
 
 import torch
 
-from x_transformers_cpp.backends import add_backend_arguments, backend_setting, enabled_backends
+from x_transformers_cpp.backends import (Backend, add_backend_arguments, attention_backend, backend_setting,
+                                         enabled_backends)
 
 
 def cuda_median_ms(fns, repeats):
@@ -37,12 +39,21 @@ def op_case(lengths, heads, dim_head, repeats, dtype=torch.bfloat16):
     q, k, v = (torch.randn(total, heads, dim_head, device="cuda", dtype=dtype) for _ in range(3))
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
     dense = [t.unsqueeze(0) for t in (q, k, v)]  # one sequence of `total` tokens, unmasked
+    others = [b for b in enabled_backends() if b != Backend.CUDA_VARLEN_ONE_LAUNCH]
+
+    def varlen(one_launch):
+        def fn():
+            with attention_backend(others + [Backend.CUDA_VARLEN_ONE_LAUNCH] * one_launch):
+                torch.ops.xtc.flash_attention_varlen(q, k, v, cu, cu, max(lengths), max(lengths))
+        return fn
     fns = {
-        "varlen": lambda: torch.ops.xtc.flash_attention_varlen(q, k, v, cu, cu, max(lengths), max(lengths)),
+        "varlen": varlen(False),
+        "varlen one launch": varlen(True),
         "dense unmasked": lambda: torch.ops.xtc.flash_attention(*dense, None),
     }
     ms = cuda_median_ms(fns, repeats)
-    flops = {"varlen": sum(4 * heads * n * n * dim_head for n in lengths),
+    varlen_flops = sum(4 * heads * n * n * dim_head for n in lengths)
+    flops = {"varlen": varlen_flops, "varlen one launch": varlen_flops,
              "dense unmasked": 4 * heads * total * total * dim_head}
     return [{"case": f"op {len(lengths)} seqs, {total} tokens, h{heads} d{dim_head}", "impl": name,
              "median_ms": t, "tflops": flops[name] / t / 1e9} for name, t in ms.items()]
@@ -102,7 +113,8 @@ def run(args):
         print(f"{r['case'][:48]:48} {r['impl']:22} {r['median_ms']:>10.3f} {tf:>8} {ratio:>9}")
     for case in sorted({r["case"] for r in rows if r["case"].startswith("op")}):
         t = {r["impl"]: r["tflops"] for r in rows if r["case"] == case}
-        print(f"target varlen >= 0.9x dense TFLOP/s: {case}: {t['varlen'] / t['dense unmasked']:.2f}x")
+        for impl in ("varlen", "varlen one launch"):
+            print(f"target {impl} >= 0.9x dense TFLOP/s: {case}: {t[impl] / t['dense unmasked']:.2f}x")
     for case in sorted({r["case"] for r in rows if r["case"].startswith("padded")}):
         t = {r["impl"]: r["median_ms"] for r in rows if r["case"] == case}
         print(f"target unpad >= 1.3x padded: {case}: {t['xtc'] / t['xtc unpad']:.2f}x")

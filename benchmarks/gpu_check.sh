@@ -76,10 +76,13 @@ if [[ ${STATUS[build]} == ok ]]; then
     echo "x-transformers not importable: encoder parity on CUDA skipped"
   fi
   # Packed sequences: the varlen op against the dense op per sequence, unpad against x-transformers, in the padded
-  # frame (default) and in the varlen kernel (cuda_varlen enabled); then their benchmark with the varlen kernel.
+  # frame (default), in the varlen op (cuda_varlen enabled) and in its one-launch kernels (cuda_varlen_one_launch
+  # too); then their benchmark with the varlen op, per sequence and in one launch.
   packed_tests() { local log="$1"; shift; gpu_tests test_packed_sequences_cuda.py "$log" 90 "$@"; }
   packed_tests test_packed XTC_GPU_CHECK_DEFAULT=1 && STATUS[test_packed]=ok || STATUS[test_packed]=FAILED
   packed_tests test_packed_varlen XTC_TEST_BACKENDS=$DEFAULT,cuda_varlen && STATUS[test_packed_varlen]=ok || STATUS[test_packed_varlen]=FAILED
+  packed_tests test_packed_one_launch XTC_TEST_BACKENDS=$DEFAULT,cuda_varlen,cuda_varlen_one_launch \
+    && STATUS[test_packed_one_launch]=ok || STATUS[test_packed_one_launch]=FAILED
   if python3 -c 'import x_transformers' 2>/dev/null; then
     PYTHONUNBUFFERED=1 timeout 120 python3 benchmarks/bench_packed_cuda.py --backends "$DEFAULT,cuda_varlen" \
       --out "$LOGS/packed_cuda.json" > "$LOGS/bench_packed.log" 2>&1
@@ -123,8 +126,8 @@ fi
 echo
 echo "gpu_check summary ($(head -1 "$LOGS/gpu.txt"), $(elapsed)s)"
 printf '  %-17s %s\n' step status
-for step in build test_cuda test_cuda_hopper test_cuda_mma test_parity test_packed test_packed_varlen bench_packed \
-    bench_encoder bench; do
+for step in build test_cuda test_cuda_hopper test_cuda_mma test_parity test_packed test_packed_varlen \
+    test_packed_one_launch bench_packed bench_encoder bench; do
   [[ -n "${STATUS[$step]:-}" ]] && printf '  %-17s %s\n' "$step" "${STATUS[$step]}"
 done
 for s in "${STATUS[@]}"; do [[ $s == ok ]] || exit 1; done

@@ -2,7 +2,7 @@
 # Compiles every CUDA flash attention kernel instantiation standalone with nvcc, for each target architecture,
 # with `-Xptxas -v` so the log shows registers, spills and shared memory per kernel; fails on any compile error.
 # Needs no GPU. When TORCH_PYTHON (default: python) imports a CUDA build of torch, also compiles the host glue
-# (flash_attention_kernel.cu) against that torch's headers with -c; CI points it at the venv of
+# files (csrc/ops/cuda/*.cu) against that torch's headers with -c; CI points it at the venv of
 # scripts/check_newest_torch.sh (torch 2.14.1, CUDA 13), so a glue compile error cannot land unseen.
 #
 # Usage: scripts/check_cuda_compile.sh [log_dir]   (env: NVCC, XTC_CUDA_ARCHS="80 90a", JOBS=1, TORCH_PYTHON,
@@ -69,14 +69,18 @@ PY
   first_arch="${ARCHS%% *}"
   glue_defs=()
   [[ " $ARCHS " == *" 90a "* ]] && glue_defs=(-DXTC_CUDA_SM90A=1)  # as the build sets it: the Hopper dispatch too
-  if "$NVCC" -std=c++20 -O3 -t1 -gencode "arch=compute_${first_arch},code=sm_${first_arch}" "${torch_flags[@]}" "${glue_defs[@]}" \
-      -I"$ROOT/csrc/include" -I"$ROOT/csrc" --expt-relaxed-constexpr -Xcompiler -fPIC -Xcompiler -Wall \
-      -Xcompiler -Wextra -c "$CUDA_DIR/flash_attention_kernel.cu" -o "$OBJ_DIR/glue.o" >"$LOG_DIR/glue.log" 2>&1; then
-    glue_status="ok (torch $("$TORCH_PYTHON" -W ignore -c 'import torch; print(torch.__version__)' 2>/dev/null))"
-  else
-    glue_status="FAILED (see $LOG_DIR/glue.log)"
-    failures=$((failures + 1))
-  fi
+  glue_status="ok (torch $("$TORCH_PYTHON" -W ignore -c 'import torch; print(torch.__version__)' 2>/dev/null))"
+  : >"$LOG_DIR/glue.log"
+  for glue in "$CUDA_DIR"/*.cu; do  # every host glue file (flash_attention_kernel.cu, ..._varlen_kernel.cu)
+    echo "== $(basename "$glue")" >>"$LOG_DIR/glue.log"
+    if ! "$NVCC" -std=c++20 -O3 -t1 -gencode "arch=compute_${first_arch},code=sm_${first_arch}" "${torch_flags[@]}" \
+        "${glue_defs[@]}" -I"$ROOT/csrc/include" -I"$ROOT/csrc" --expt-relaxed-constexpr -Xcompiler -fPIC \
+        -Xcompiler -Wall -Xcompiler -Wextra -c "$glue" -o "$OBJ_DIR/glue_$(basename "$glue" .cu).o" \
+        >>"$LOG_DIR/glue.log" 2>&1; then
+      glue_status="FAILED: $(basename "$glue") (see $LOG_DIR/glue.log)"
+      failures=$((failures + 1))
+    fi
+  done
   grep -iE "warning" "$LOG_DIR/glue.log" | grep -v "torch/include" | head -20
 fi
 

@@ -1,15 +1,13 @@
-// The CPU and CUDA kernels of xtc::flash_attention_varlen: each packed sequence runs through
-// flash_attention's kernel of its device on its own rows (views, batch 1), so the work is the sum of n_i *
-// m_i and every rule (causal right-aligned per sequence, ALiBi, window, soft-cap, GQA, dtypes) is the dense
-// kernel's. Sequences without queries are skipped; without keys, their queries get 0 and lse -inf (the dense
-// kernel's rule).
-//
-// On CUDA this is one launch per sequence, the offsets read on the host (FlashAttention's device cu_seqlens
-// are copied once): correct by construction from the dense kernels, but not a fused varlen kernel, and not
-// yet run on a GPU, so the layer stacks use it on CUDA only with the cuda_varlen backend enabled
-// (xtc/backends.h) (attention/packing notes in the README).
+// The CPU kernels of xtc::flash_attention_varlen, and its CUDA path unless the cuda_varlen_one_launch backend
+// takes it (ops/cuda/flash_attention_varlen_kernel.cu): each packed sequence runs through flash_attention's
+// kernel of its device on its own rows (views, batch 1), so the work is the sum of n_i * m_i and every rule
+// (causal right-aligned per sequence, ALiBi, window, soft-cap, GQA, dtypes) is the dense kernel's. Sequences
+// without queries are skipped; without keys, their queries get 0 and lse -inf (the dense kernel's rule). The
+// offsets are read and checked on the host.
 //
 // Shape legend: total_q / total_k packed rows, b sequences, h query heads, hk kv heads, d, dv head dims.
+#include "ops/flash_attention_varlen_per_sequence.h"
+
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -58,7 +56,11 @@ at::Tensor sequence(const at::Tensor& t, int64_t start, int64_t end) {
   return t.narrow(0, start, end - start).unsqueeze(0);
 }
 
-std::tuple<at::Tensor, at::Tensor> flash_attention_varlen_forward_kernel(
+}  // namespace
+
+namespace detail {
+
+std::tuple<at::Tensor, at::Tensor> flash_attention_varlen_per_sequence(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
     const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, bool causal,
     std::optional<double> scale, const std::optional<at::Tensor>& alibi_slopes, int64_t window_left,
@@ -84,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_varlen_forward_kernel(
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_varlen_backward_kernel(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_varlen_backward_per_sequence(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, const at::Tensor& cu_seqlens_q,
     const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, bool causal,
@@ -112,16 +114,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_varlen_backward_k
   return {dq, dk, dv};
 }
 
-}  // namespace
+}  // namespace detail
 
 TORCH_LIBRARY_IMPL(xtc, CPU, m) {
-  m.impl("flash_attention_varlen", &flash_attention_varlen_forward_kernel);
-  m.impl("flash_attention_varlen_backward", &flash_attention_varlen_backward_kernel);
-}
-
-TORCH_LIBRARY_IMPL(xtc, CUDA, m) {
-  m.impl("flash_attention_varlen", &flash_attention_varlen_forward_kernel);
-  m.impl("flash_attention_varlen_backward", &flash_attention_varlen_backward_kernel);
+  m.impl("flash_attention_varlen", &detail::flash_attention_varlen_per_sequence);
+  m.impl("flash_attention_varlen_backward", &detail::flash_attention_varlen_backward_per_sequence);
 }
 
 }  // namespace xtc::ops

@@ -47,6 +47,10 @@ class Backend(enum.Enum):
     CUDA_SDPA_FP32 = "cuda_sdpa_fp32"
     """fp32 calls on CUDA that need none of our rules, in torch's SDPA kernels by the matmul precision
     (memory-efficient at 'highest', cuBLAS TF32 at 'high' / 'medium'): no GPU has run it yet, so it is off."""
+    CUDA_VARLEN_ONE_LAUNCH = "cuda_varlen_one_launch"
+    """The CUDA varlen op in one launch over (query tiles of the longest sequence, heads, sequences), the offsets
+    read on the device (no host sync, CUDA-graph capturable); else one launch per sequence. No GPU has run it yet,
+    so it is off."""
     MATH = "math"
     """The scores materialised by aten ops: any rule, any device, torch.func transforms."""
 
@@ -64,7 +68,8 @@ class BackendChoice:
 
 
 def enabled_backends() -> List[Backend]:
-    """The families that may run now (default: all but CUDA_VARLEN and CUDA_SDPA_FP32)."""
+    """The families that may run now (default: all but CUDA_VARLEN, CUDA_SDPA_FP32 and
+    CUDA_VARLEN_ONE_LAUNCH)."""
     return [Backend(name) for name in _C.enabled_backends()]
 
 

@@ -37,10 +37,15 @@ enum class Backend : uint8_t {
   /// fp32 calls on CUDA that need none of our rules, in torch's SDPA kernels by the matmul precision
   /// (memory-efficient at 'highest', cuBLAS TF32 at 'high' / 'medium'): no GPU has run it, off by default.
   CudaSdpaFp32,
+  /// The CUDA varlen op in one launch over (query tiles of the longest sequence, heads, sequences), offsets
+  /// read
+  /// on the device (no host sync: CUDA-graph capturable); else one launch per sequence. No GPU has run it:
+  /// off.
+  CudaVarlenOneLaunch,
   /// The scores materialised by aten ops: any rule, any device, torch.func transforms.
   Math,
 };
-constexpr int kNumBackends = 10;
+constexpr int kNumBackends = 11;
 
 /// "cpu_flash", "cuda_hopper_forward", ... (the Python enum's values).
 const char* backend_name(Backend backend);
@@ -49,7 +54,7 @@ Backend backend_from_name(const std::string& name);
 /// Every family, in declaration order.
 std::vector<Backend> all_backends();
 
-/// The families enabled now (default: all but CudaVarlen and CudaSdpaFp32).
+/// The families enabled now (default: all but CudaVarlen, CudaSdpaFp32 and CudaVarlenOneLaunch).
 std::vector<Backend> enabled_backends();
 bool backend_enabled(Backend backend);
 /// The order set with set_priority, empty when the built-in preferences apply.

@@ -30,15 +30,18 @@
 #include <tuple>
 #include <vector>
 
-#include "ops/cuda/flash_params.h"
+#include "ops/cuda/flash_glue.h"
+#include "ops/cuda/flash_launch.h"
 #include "ops/cuda/static_switch.h"
 #include "ops/flash_attention_checks.h"
 
 namespace xtc::ops {
 
-namespace {
+namespace cuda_glue {
 
 bool is_half_type(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+namespace {
 
 // The tensor-core kernels copy rows with 16-byte cp.async: the base pointer and every stride must be 16-byte
 // multiples. Anything else (a slice at an odd offset, a non-contiguous last dim) is copied once here.
@@ -50,6 +53,83 @@ at::Tensor with_aligned_rows(const at::Tensor& x) {
   }
   return ok ? x : x.contiguous();
 }
+
+// The simple kernels only need a contiguous last dim.
+at::Tensor with_unit_last_stride(const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
+
+}  // namespace
+
+at::Tensor prepare_input(const at::Tensor& x) {
+  return is_half_type(x.scalar_type()) ? with_aligned_rows(x) : with_unit_last_stride(x);
+}
+
+void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes<>& s, const char* op) {
+  TORCH_CHECK(q.is_cuda(), op, " (CUDA): expected q on a CUDA device, got ", q.device());
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(is_half_type(dtype) || dtype == at::kFloat || dtype == at::kDouble, op,
+              " (CUDA): expected q, k, v of dtype float16, bfloat16, float32 or float64, got ", dtype);
+  if (is_half_type(dtype)) {
+    TORCH_CHECK(s.head_dim == 32 || s.head_dim == 64 || s.head_dim == 128, op, " (CUDA): head_dim ",
+                s.head_dim, " is not supported for ", dtype,
+                "; expected 32, 64 or 128 (float32/float64 inputs take a slower kernel for head dims up to ",
+                cuda::kSimpleMaxHeadDim, ")");
+    TORCH_CHECK(s.value_head_dim == s.head_dim, op, " (CUDA): expected the value head dim to equal ",
+                "the query/key head dim (", s.head_dim, ") for ", dtype, ", got ", s.value_head_dim);
+  } else {
+    TORCH_CHECK(s.head_dim <= cuda::kSimpleMaxHeadDim && s.value_head_dim <= cuda::kSimpleMaxHeadDim, op,
+                " (CUDA): expected head dims <= ", cuda::kSimpleMaxHeadDim, " for ", dtype, ", got q/k ",
+                s.head_dim, " and v ", s.value_head_dim);
+  }
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  TORCH_CHECK(s.batch <= 65535 && s.heads <= 65535, op,
+              " (CUDA): expected batch and heads <= 65535 (grid limits), got batch ", s.batch, " and heads ",
+              s.heads);
+  // Row and key indices (and i + m - n +- window) are 32-bit ints in the kernels.
+  TORCH_CHECK(s.queries + s.keys < kIntMax, op, " (CUDA): expected queries + keys < ", kIntMax, ", got ",
+              s.queries, " + ", s.keys);
+}
+
+void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSizes<>& s, const at::Tensor& q,
+                        const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& mask,
+                        const std::optional<at::Tensor>& slopes, bool causal, int64_t window_left,
+                        int64_t window_right, double softcap) {
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.q_batch_stride = q.stride(0), p.q_row_stride = q.stride(1), p.q_head_stride = q.stride(2);
+  p.k_batch_stride = k.stride(0), p.k_row_stride = k.stride(1), p.k_head_stride = k.stride(2);
+  p.v_batch_stride = v.stride(0), p.v_row_stride = v.stride(1), p.v_head_stride = v.stride(2);
+  p.key_padding_mask = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+  p.mask_batch_stride = mask.has_value() ? mask->stride(0) : 0;
+  p.mask_key_stride = mask.has_value() ? mask->stride(1) : 0;
+  p.alibi_slopes = slopes.has_value() ? slopes->data_ptr<double>() : nullptr;
+  p.batch = static_cast<int>(s.batch), p.queries = static_cast<int>(s.queries),
+  p.keys = static_cast<int>(s.keys);
+  p.heads = static_cast<int>(s.heads), p.kv_heads = static_cast<int>(s.kv_heads);
+  p.head_dim = static_cast<int>(s.head_dim), p.value_head_dim = static_cast<int>(s.value_head_dim);
+  p.key_offset = static_cast<int>(s.key_offset);
+  p.lse_head_stride = s.queries;
+  p.scale = s.scale;
+  p.softcap = softcap;
+  // Fold causal into the right edge of the band: visible iff j <= i + off + min(right, 0).
+  p.has_left = window_left >= 0;
+  p.window_left = static_cast<int>(p.has_left ? std::min<int64_t>(window_left, s.keys + s.queries) : 0);
+  p.has_right = causal || window_right >= 0;
+  int64_t right = causal ? (window_right >= 0 ? std::min<int64_t>(window_right, 0) : 0) : window_right;
+  p.window_right = static_cast<int>(p.has_right ? std::min<int64_t>(right, s.keys + s.queries) : 0);
+}
+
+std::optional<at::Tensor> prepare_slopes(const std::optional<at::Tensor>& alibi_slopes) {
+  if (!alibi_slopes.has_value()) return std::nullopt;
+  // The kernels read the slopes as double, whatever dtype the caller keeps them in.
+  return alibi_slopes->to(at::kDouble).contiguous();
+}
+
+}  // namespace cuda_glue
+
+namespace {
+
+using namespace cuda_glue;
 
 // Which kernel family runs a call (xtc/backends.h): float16 / bfloat16 take the Hopper (warpgroup MMA)
 // kernels or the mma.sync ones, float32 / float64 the simple kernels. Hopper needs d in {64, 128}, a compute
@@ -111,78 +191,6 @@ Backend choose_cuda_kernel(Direction direction, const at::Tensor& q, const detai
                                {Backend::CudaSimple, std::move(simple_no)}});
 }
 
-// The simple kernels only need a contiguous last dim.
-at::Tensor with_unit_last_stride(const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
-
-at::Tensor prepare_input(const at::Tensor& x) {
-  return is_half_type(x.scalar_type()) ? with_aligned_rows(x) : with_unit_last_stride(x);
-}
-
-void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes<>& s) {
-  TORCH_CHECK(q.is_cuda(), "flash_attention (CUDA): expected q on a CUDA device, got ", q.device());
-  const auto dtype = q.scalar_type();
-  TORCH_CHECK(is_half_type(dtype) || dtype == at::kFloat || dtype == at::kDouble,
-              "flash_attention (CUDA): expected q, k, v of dtype float16, bfloat16, float32 or float64, got ",
-              dtype);
-  if (is_half_type(dtype)) {
-    TORCH_CHECK(s.head_dim == 32 || s.head_dim == 64 || s.head_dim == 128,
-                "flash_attention (CUDA): head_dim ", s.head_dim, " is not supported for ", dtype,
-                "; expected 32, 64 or 128 (float32/float64 inputs take a slower kernel for head dims up to ",
-                cuda::kSimpleMaxHeadDim, ")");
-    TORCH_CHECK(s.value_head_dim == s.head_dim,
-                "flash_attention (CUDA): expected the value head dim to equal ", "the query/key head dim (",
-                s.head_dim, ") for ", dtype, ", got ", s.value_head_dim);
-  } else {
-    TORCH_CHECK(s.head_dim <= cuda::kSimpleMaxHeadDim && s.value_head_dim <= cuda::kSimpleMaxHeadDim,
-                "flash_attention (CUDA): expected head dims <= ", cuda::kSimpleMaxHeadDim, " for ", dtype,
-                ", got q/k ", s.head_dim, " and v ", s.value_head_dim);
-  }
-  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
-  TORCH_CHECK(s.batch <= 65535 && s.heads <= 65535,
-              "flash_attention (CUDA): expected batch and heads <= 65535 (grid limits), got batch ", s.batch,
-              " and heads ", s.heads);
-  // Row and key indices (and i + m - n +- window) are 32-bit ints in the kernels.
-  TORCH_CHECK(s.queries + s.keys < kIntMax, "flash_attention (CUDA): expected queries + keys < ", kIntMax,
-              ", got ", s.queries, " + ", s.keys);
-}
-
-// Fills the fields shared by the forward and the backward. Tensors must outlive the launch (callers keep
-// them).
-void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSizes<>& s, const at::Tensor& q,
-                        const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& mask,
-                        const std::optional<at::Tensor>& slopes, bool causal, int64_t window_left,
-                        int64_t window_right, double softcap) {
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.q_batch_stride = q.stride(0), p.q_row_stride = q.stride(1), p.q_head_stride = q.stride(2);
-  p.k_batch_stride = k.stride(0), p.k_row_stride = k.stride(1), p.k_head_stride = k.stride(2);
-  p.v_batch_stride = v.stride(0), p.v_row_stride = v.stride(1), p.v_head_stride = v.stride(2);
-  p.key_padding_mask = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
-  p.mask_batch_stride = mask.has_value() ? mask->stride(0) : 0;
-  p.mask_key_stride = mask.has_value() ? mask->stride(1) : 0;
-  p.alibi_slopes = slopes.has_value() ? slopes->data_ptr<double>() : nullptr;
-  p.batch = static_cast<int>(s.batch), p.queries = static_cast<int>(s.queries),
-  p.keys = static_cast<int>(s.keys);
-  p.heads = static_cast<int>(s.heads), p.kv_heads = static_cast<int>(s.kv_heads);
-  p.head_dim = static_cast<int>(s.head_dim), p.value_head_dim = static_cast<int>(s.value_head_dim);
-  p.key_offset = static_cast<int>(s.key_offset);
-  p.scale = s.scale;
-  p.softcap = softcap;
-  // Fold causal into the right edge of the band: visible iff j <= i + off + min(right, 0).
-  p.has_left = window_left >= 0;
-  p.window_left = static_cast<int>(p.has_left ? std::min<int64_t>(window_left, s.keys + s.queries) : 0);
-  p.has_right = causal || window_right >= 0;
-  int64_t right = causal ? (window_right >= 0 ? std::min<int64_t>(window_right, 0) : 0) : window_right;
-  p.window_right = static_cast<int>(p.has_right ? std::min<int64_t>(right, s.keys + s.queries) : 0);
-}
-
-std::optional<at::Tensor> prepare_slopes(const std::optional<at::Tensor>& alibi_slopes) {
-  if (!alibi_slopes.has_value()) return std::nullopt;
-  // The kernels read the slopes as double, whatever dtype the caller keeps them in.
-  return alibi_slopes->to(at::kDouble).contiguous();
-}
-
 std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const std::optional<at::Tensor>& key_padding_mask, bool causal, std::optional<double> scale,
@@ -190,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
     double softcap) {
   const auto s = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
                                                     window_left, window_right, softcap);
-  check_cuda_route(q_in, s);
+  check_cuda_route(q_in, s, "flash_attention");
   const c10::cuda::CUDAGuard guard(q_in.device());
 
   const auto dtype = q_in.scalar_type();
@@ -236,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
     int64_t window_left, int64_t window_right, double softcap) {
   const auto s = detail::check_flash_attention_args(q_in, k_in, v_in, key_padding_mask, scale, alibi_slopes,
                                                     window_left, window_right, softcap);
-  check_cuda_route(q_in, s);
+  check_cuda_route(q_in, s, "flash_attention");
   const auto dtype = q_in.scalar_type();
   detail::check_flash_attention_backward_args(grad_out_in, out_in, lse_in, q_in, s);
   const c10::cuda::CUDAGuard guard(q_in.device());

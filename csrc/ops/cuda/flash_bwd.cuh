@@ -167,8 +167,9 @@ struct BwdConfig {
                 "the dQ product splits evenly over the warps");
 };
 
-template <typename T, int kHeadDim, int kBlockM, int kBlockN>
-__global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdParams p) {
+// One CTA's key tile of (kv head, batch). kVarlen: p is narrowed to one packed sequence (batch 0).
+template <typename T, int kHeadDim, int kBlockM, int kBlockN, bool kVarlen>
+__device__ __forceinline__ void flash_bwd_tile(const FlashBwdParams& p, int n_block, int kv_head, int batch) {
   using Cfg = BwdConfig<T, kHeadDim, kBlockM, kBlockN>;
   constexpr int kD = kHeadDim, kThreads = Cfg::kThreads;
   constexpr int kStride = Cfg::kStride, kDsStride = Cfg::kDsStride;
@@ -183,7 +184,6 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
   float* sD = sLse + 2 * kBlockM;                                       // [2][kBlockM]
   bool* sKeep = reinterpret_cast<bool*>(sD + 2 * kBlockM);
 
-  const int n_block = blockIdx.x, kv_head = blockIdx.y, batch = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane >> 2, t = lane & 3;
   const int key0 = n_block * kBlockN;
@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
     // lse and D through cp.async as well: a plain load would stall the loading warp for the global latency
     // before the barrier every iteration. Rows past n are zero-filled; their q and dO rows are zeros too, so
     // they add nothing to dK and dV.
-    const int64_t stats = (static_cast<int64_t>(batch) * p.heads + head) * p.queries + q0;
+    const int64_t stats = stats_offset<kVarlen>(p, batch, head) + q0;
     for (int r = tid; r < kBlockM; r += kThreads) {
       const bool valid = q0 + r < p.queries;
       cp_async_4(smem_addr(sLse + buf * kBlockM + r), lse + stats + r, valid);
@@ -381,6 +381,19 @@ __global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdPa
   store_dk_dv<T, kD>(p, acc_dk, acc_dv, batch, kv_head, key0 + kw0, g, t);
 }
 
+template <typename T, int kHeadDim, int kBlockM, int kBlockN, bool kVarlen>
+__global__ void __launch_bounds__(2 * kBlockN) flash_bwd_kernel(const FlashBwdParams params) {
+  if constexpr (kVarlen) {
+    FlashBwdParams p = params;
+    narrow_to_sequence<T, float>(p, blockIdx.z);
+    // The grid covers the longest sequence: tiles past this one's keys have nothing to do.
+    if (static_cast<int>(blockIdx.x) * kBlockN >= p.keys) return;
+    flash_bwd_tile<T, kHeadDim, kBlockM, kBlockN, true>(p, blockIdx.x, blockIdx.y, 0);
+  } else {
+    flash_bwd_tile<T, kHeadDim, kBlockM, kBlockN, false>(params, blockIdx.x, blockIdx.y, blockIdx.z);
+  }
+}
+
 // One warp per 16 keys. d = 128 takes 128 keys (8 warps) per CTA and 64-query tiles, FlashAttention-2's shape:
 // the wider query tile halves the CTA's K / V fragment reloads and dQ atomics per query, and the dQ product's
 // 32 x 32 warp blocks read less shared memory than 16-wide ones (benchmarks/NOTES.md has the A/B). Its 64 S^T / dP^T
@@ -393,17 +406,13 @@ struct BwdLaunch {
   static constexpr int kBlockN = kHeadDim >= 128 ? 128 : 64;
 };
 
-template <typename T>
-__global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_simple_kernel(const FlashBwdParams p) {
-  const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
-  if (row_id >= static_cast<int64_t>(p.batch) * p.heads * p.queries) return;
+// Query row i of (head, batch), one warp. kVarlen: p is narrowed to one packed sequence.
+template <typename T, bool kVarlen>
+__device__ __forceinline__ void flash_bwd_simple_row(const FlashBwdParams& p, int batch, int head, int i) {
   const int lane = threadIdx.x % 32;
-  const int i = static_cast<int>(row_id % p.queries);
-  const int head = static_cast<int>((row_id / p.queries) % p.heads);
-  const int batch = static_cast<int>(row_id / (static_cast<int64_t>(p.queries) * p.heads));
   const int kv_head = head % p.kv_heads;
 
-  const T lse = static_cast<const T*>(p.lse)[(static_cast<int64_t>(batch) * p.heads + head) * p.queries + i];
+  const T lse = static_cast<const T*>(p.lse)[stats_offset<kVarlen>(p, batch, head) + i];
   if (lse == -INFINITY) return;  // the row saw no key: no gradient flows through it
 
   const T* q = static_cast<const T*>(p.q) + batch * p.q_batch_stride + i * p.q_row_stride + head * p.q_head_stride;
@@ -476,17 +485,35 @@ __global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_simple_kernel(con
   }
 }
 
+template <typename T, bool kVarlen>
+__global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_simple_kernel(const FlashBwdParams params) {
+  const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
+  if (row_id >= static_cast<int64_t>(params.batch) * params.heads * params.queries) return;
+  const int i = static_cast<int>(row_id % params.queries);
+  const int head = static_cast<int>((row_id / params.queries) % params.heads);
+  const int batch = static_cast<int>(row_id / (static_cast<int64_t>(params.queries) * params.heads));
+  if constexpr (kVarlen) {
+    FlashBwdParams p = params;
+    const int local = i - narrow_to_sequence<T, T>(p, sequence_of_row(p.cu_seqlens_q, p.sequences, i));
+    if (local >= p.queries) return;  // a row the clamped offsets leave out
+    flash_bwd_simple_row<T, true>(p, 0, head, local);
+  } else {
+    flash_bwd_simple_row<T, false>(params, batch, head, i);
+  }
+}
+
 }  // namespace detail
 
 namespace detail {
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kVarlen>
 cudaError_t launch_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
   using Launch = BwdLaunch<kHeadDim>;
   using Cfg = BwdConfig<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>;
-  auto kernel = flash_bwd_kernel<T, kHeadDim, Launch::kBlockM, Launch::kBlockN>;
+  auto kernel = flash_bwd_kernel<T, kHeadDim, Launch::kBlockM, Launch::kBlockN, kVarlen>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
-  const dim3 grid(ceil_div(params.keys, Launch::kBlockN), params.kv_heads, params.batch);
+  const dim3 grid = kVarlen ? dim3(ceil_div(params.max_keys, Launch::kBlockN), params.kv_heads, params.sequences)
+                            : dim3(ceil_div(params.keys, Launch::kBlockN), params.kv_heads, params.batch);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
   return cudaGetLastError();
 }
@@ -512,20 +539,22 @@ cudaError_t launch_flash_bwd_epilogue(const FlashBwdParams& params, cudaStream_t
 }  // namespace detail
 
 // Three launches: the prologue (D and zeroed dq_accum), the main kernel (dK, dV, dq_accum), the dQ epilogue.
-template <typename T, int kHeadDim>
+// Packed, the prologue and the epilogue are row-wise over the frame as they are over a dense batch.
+template <typename T, int kHeadDim, bool kVarlen>
 cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream) {
   cudaError_t err = detail::launch_flash_bwd_prologue<T, kHeadDim>(params, stream);
   if (err != cudaSuccess) return err;
-  err = detail::launch_flash_bwd<T, kHeadDim>(params, stream);
+  err = detail::launch_flash_bwd<T, kHeadDim, kVarlen>(params, stream);
   if (err != cudaSuccess) return err;
   return detail::launch_flash_bwd_epilogue<T, kHeadDim>(params, stream);
 }
 
-template <typename T>
+template <typename T, bool kVarlen>
 cudaError_t run_flash_bwd_simple(const FlashBwdParams& params, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(params.batch) * params.heads * params.queries;
   const int64_t blocks = (rows + detail::kSimpleWarps - 1) / detail::kSimpleWarps;
-  detail::flash_bwd_simple_kernel<T><<<static_cast<unsigned>(blocks), 32 * detail::kSimpleWarps, 0, stream>>>(params);
+  detail::flash_bwd_simple_kernel<T, kVarlen>
+      <<<static_cast<unsigned>(blocks), 32 * detail::kSimpleWarps, 0, stream>>>(params);
   return cudaGetLastError();
 }
 

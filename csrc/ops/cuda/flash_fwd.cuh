@@ -24,7 +24,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "flash_params.h"
+#include "flash_launch.h"
+#include "flash_varlen.h"
 
 namespace xtc::cuda {
 namespace detail {
@@ -255,10 +256,10 @@ struct FwdConfig {
   static_assert(kThreads >= kBlockN, "one thread per key scans the padding mask of a tile");
 };
 
-// kBias: the call may use ALiBi or a softcap, or has a scale <= 0 (false only when none of these holds).
-template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM, bool kBias>
-__global__ void __launch_bounds__(32 * kNWarps)
-    flash_fwd_kernel(const FlashFwdParams p) {
+// One CTA's query tile of (head, batch). kBias: the call may use ALiBi or a softcap, or has a scale <= 0 (false
+// only when none of these holds). kVarlen: p is narrowed to one packed sequence (batch 0; see flash_varlen.h).
+template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM, bool kBias, bool kVarlen>
+__device__ __forceinline__ void flash_fwd_tile(const FlashFwdParams& p, int m_block, int head, int batch) {
   using Cfg = FwdConfig<T, kHeadDim, kNWarps, kBlockN, kWarpM>;
   constexpr int kBlockM = Cfg::kBlockM, kThreads = Cfg::kThreads, kStride = Cfg::kStride, kMi = Cfg::kMi;
   constexpr int kD = kHeadDim;
@@ -269,7 +270,6 @@ __global__ void __launch_bounds__(32 * kNWarps)
   T* sV = sK + kBlockN * kStride;
   bool* sKeep = reinterpret_cast<bool*>(sV + kBlockN * kStride);
 
-  const int m_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
   const int kv_head = head % p.kv_heads;  // x-transformers' (r kvh) head expansion
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane >> 2, t = lane & 3;  // mma fragment coordinates: row group, thread in group
@@ -513,7 +513,7 @@ __global__ void __launch_bounds__(32 * kNWarps)
   cp_async_wait<0>();  // no copy may outlive the CTA (the Q copy is pending when no tile was live)
 
   T* out = static_cast<T*>(p.out) + batch * p.o_batch_stride + head * p.o_head_stride;
-  float* lse = static_cast<float*>(p.lse) + (static_cast<int64_t>(batch) * p.heads + head) * p.queries;
+  float* lse = static_cast<float*>(p.lse) + stats_offset<kVarlen>(p, batch, head);
 #pragma unroll
   for (int mi = 0; mi < kMi; ++mi) {
 #pragma unroll
@@ -538,6 +538,19 @@ __global__ void __launch_bounds__(32 * kNWarps)
   }
 }
 
+template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM, bool kBias, bool kVarlen>
+__global__ void __launch_bounds__(32 * kNWarps) flash_fwd_kernel(const FlashFwdParams params) {
+  if constexpr (kVarlen) {
+    FlashFwdParams p = params;
+    narrow_to_sequence<T, float>(p, blockIdx.z);
+    // The grid covers the longest sequence: tiles past this one's queries have nothing to do.
+    if (static_cast<int>(blockIdx.x) * FwdConfig<T, kHeadDim, kNWarps, kBlockN, kWarpM>::kBlockM >= p.queries) return;
+    flash_fwd_tile<T, kHeadDim, kNWarps, kBlockN, kWarpM, kBias, true>(p, blockIdx.x, blockIdx.y, 0);
+  } else {
+    flash_fwd_tile<T, kHeadDim, kNWarps, kBlockN, kWarpM, kBias, false>(params, blockIdx.x, blockIdx.y, blockIdx.z);
+  }
+}
+
 // Launch shape per head dim. d >= 64: 4 warps x 32 query rows (128 rows per CTA, FlashAttention-2's layout),
 // so each K / V fragment feeds two m16 tiles and two CTAs can share an SM; d = 32 keeps 4 warps x 16 rows so
 // short sequences still spread over the SMs.
@@ -559,14 +572,10 @@ __device__ __forceinline__ Acc warp_sum(Acc x) {
 constexpr int kSimpleWarps = 4;
 constexpr int kSimplePerLane = kSimpleMaxHeadDim / 32;
 
-template <typename T>
-__global__ void __launch_bounds__(32 * kSimpleWarps) flash_fwd_simple_kernel(const FlashFwdParams p) {
-  const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
-  if (row_id >= static_cast<int64_t>(p.batch) * p.heads * p.queries) return;
+// Query row i of (head, batch), computed by one warp. kVarlen: p is narrowed to one packed sequence.
+template <typename T, bool kVarlen>
+__device__ __forceinline__ void flash_fwd_simple_row(const FlashFwdParams& p, int batch, int head, int i) {
   const int lane = threadIdx.x % 32;
-  const int i = static_cast<int>(row_id % p.queries);
-  const int head = static_cast<int>((row_id / p.queries) % p.heads);
-  const int batch = static_cast<int>(row_id / (static_cast<int64_t>(p.queries) * p.heads));
   const int kv_head = head % p.kv_heads;
 
   const T* q = static_cast<const T*>(p.q) + batch * p.q_batch_stride + i * p.q_row_stride + head * p.q_head_stride;
@@ -619,47 +628,68 @@ __global__ void __launch_bounds__(32 * kSimpleWarps) flash_fwd_simple_kernel(con
     if (idx < p.value_head_dim) out[idx] = acc[c] * inv;
   }
   if (lane == 0)
-    static_cast<T*>(p.lse)[(static_cast<int64_t>(batch) * p.heads + head) * p.queries + i] =
+    static_cast<T*>(p.lse)[stats_offset<kVarlen>(p, batch, head) + i] =
         row_sum != 0 ? row_max + log(row_sum) : -INFINITY;
+}
+
+// Packed: the rows of the frame's (1, total_q, h) map to their sequences by a binary search over the offsets.
+template <typename T, bool kVarlen>
+__global__ void __launch_bounds__(32 * kSimpleWarps) flash_fwd_simple_kernel(const FlashFwdParams params) {
+  const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
+  if (row_id >= static_cast<int64_t>(params.batch) * params.heads * params.queries) return;
+  const int i = static_cast<int>(row_id % params.queries);
+  const int head = static_cast<int>((row_id / params.queries) % params.heads);
+  const int batch = static_cast<int>(row_id / (static_cast<int64_t>(params.queries) * params.heads));
+  if constexpr (kVarlen) {
+    FlashFwdParams p = params;
+    const int local = i - narrow_to_sequence<T, T>(p, sequence_of_row(p.cu_seqlens_q, p.sequences, i));
+    if (local >= p.queries) return;  // a row the clamped offsets leave out
+    flash_fwd_simple_row<T, true>(p, 0, head, local);
+  } else {
+    flash_fwd_simple_row<T, false>(params, batch, head, i);
+  }
 }
 
 }  // namespace detail
 
 namespace detail {
-template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM, bool kBias>
+template <typename T, int kHeadDim, int kNWarps, int kBlockN, int kWarpM, bool kBias, bool kVarlen>
 cudaError_t launch_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) {
   using Cfg = FwdConfig<T, kHeadDim, kNWarps, kBlockN, kWarpM>;
-  auto kernel = flash_fwd_kernel<T, kHeadDim, kNWarps, kBlockN, kWarpM, kBias>;
+  auto kernel = flash_fwd_kernel<T, kHeadDim, kNWarps, kBlockN, kWarpM, kBias, kVarlen>;
   // Above 48 KiB of dynamic shared memory a kernel must opt in.
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
-  const dim3 grid(ceil_div(params.queries, Cfg::kBlockM), params.heads, params.batch);
+  const dim3 grid = kVarlen ? dim3(ceil_div(params.max_queries, Cfg::kBlockM), params.heads, params.sequences)
+                            : dim3(ceil_div(params.queries, Cfg::kBlockM), params.heads, params.batch);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
   return cudaGetLastError();
 }
 
-template <typename T, int kHeadDim, int kBlockN>
+template <typename T, int kHeadDim, int kBlockN, bool kVarlen>
 cudaError_t launch_flash_fwd_tile(const FlashFwdParams& params, cudaStream_t stream) {
   using Launch = FwdLaunch<kHeadDim>;
   // kBias == false keeps raw scores until the exponent, which needs a positive scale to keep the row maxima.
   if (params.alibi_slopes != nullptr || params.softcap > 0 || !(params.scale > 0))
-    return launch_flash_fwd<T, kHeadDim, Launch::kNWarps, kBlockN, Launch::kWarpM, true>(params, stream);
-  return launch_flash_fwd<T, kHeadDim, Launch::kNWarps, kBlockN, Launch::kWarpM, false>(params, stream);
+    return launch_flash_fwd<T, kHeadDim, Launch::kNWarps, kBlockN, Launch::kWarpM, true, kVarlen>(params, stream);
+  return launch_flash_fwd<T, kHeadDim, Launch::kNWarps, kBlockN, Launch::kWarpM, false, kVarlen>(params, stream);
 }
 }  // namespace detail
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kVarlen>
 cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream) {
   using Launch = detail::FwdLaunch<kHeadDim>;
-  return detail::launch_flash_fwd_tile<T, kHeadDim, Launch::kBlockN>(params, stream);
+  return detail::launch_flash_fwd_tile<T, kHeadDim, Launch::kBlockN, kVarlen>(params, stream);
 }
 
-template <typename T>
+// Packed or not, one warp per row of the (batch, n, h) frame.
+template <typename T, bool kVarlen>
 cudaError_t run_flash_fwd_simple(const FlashFwdParams& params, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(params.batch) * params.heads * params.queries;
   const int64_t blocks = (rows + detail::kSimpleWarps - 1) / detail::kSimpleWarps;
-  detail::flash_fwd_simple_kernel<T><<<static_cast<unsigned>(blocks), 32 * detail::kSimpleWarps, 0, stream>>>(params);
+  detail::flash_fwd_simple_kernel<T, kVarlen>
+      <<<static_cast<unsigned>(blocks), 32 * detail::kSimpleWarps, 0, stream>>>(params);
   return cudaGetLastError();
 }
 

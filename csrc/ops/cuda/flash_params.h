@@ -1,16 +1,12 @@
-// Plain parameters of the CUDA flash attention kernels and the launchers the host glue calls.
+// Plain parameters of the CUDA flash attention kernels.
 //
 // Shape legend: b batch, h query heads, hk kv heads, n queries, m keys, d head dim of q/k, dv head dim of v.
 //
-// This header includes no torch header, so that the kernels (flash_fwd.cuh, flash_bwd.cuh) and their
-// generated instantiations compile standalone with nvcc, in parallel and without torch's compile cost. The
-// host glue (flash_attention_kernel.cu) fills the structs from tensors and calls the launchers declared at
-// the end.
+// This header includes no torch and no CUDA header: the kernels (flash_fwd.cuh, flash_bwd.cuh) and their
+// generated instantiations compile standalone with nvcc, and host-only code (the GoogleTests of
+// flash_varlen.h) reads the same structs. The launchers are declared in flash_launch.h; the host glue
+// (flash_attention_kernel.cu, flash_attention_varlen_kernel.cu) fills the structs from tensors.
 #pragma once
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -41,6 +37,17 @@ struct FlashFwdParams {
   // (!has_left || j >= i + key_offset - window_left) && (!has_right || j <= i + key_offset + window_right).
   bool has_left, has_right;
   int window_left, window_right;
+
+  // Packed sequences (varlen) in one launch; nullptr cu_seqlens for a dense batch. The host then passes a
+  // frame of batch 1 holding every sequence's rows (q and out (1, total_q, h, .), k and v (1, total_k, hk,
+  // .), lse (h, total_q)), with queries = total_q and keys = total_k; cu_seqlens_q / _k (sequences + 1,
+  // int32, on the device) give each sequence's rows, and each CTA narrows the frame to its own
+  // (flash_varlen.h).
+  const int* cu_seqlens_q;
+  const int* cu_seqlens_k;
+  int sequences;              // grid.z of the launch
+  int max_queries, max_keys;  // grid.x: the longest sequence's queries (forward) or keys (backward)
+  int64_t lse_head_stride;    // total_q: lse's and D's head stride, which narrowing leaves as it is
 };
 
 /// Extra inputs and outputs of the backward. `out` and `lse` of the base struct are the saved forward
@@ -61,25 +68,5 @@ struct FlashBwdParams : FlashFwdParams {
   void* dk;
   void* dv;
 };
-
-/// Tensor-core kernels: T is __half or __nv_bfloat16, kHeadDim in {32, 64, 128}, d == dv.
-/// Each returns the first CUDA error of its attribute calls and launches (cudaSuccess when all went well).
-template <typename T, int kHeadDim>
-cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream);
-template <typename T, int kHeadDim>
-cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream);
-/// The same on Hopper warpgroup MMA, kHeadDim in {64, 128}: launch only on a compute capability 9.0 device
-/// from a build with sm_90a code (XTC_CUDA_SM90A); elsewhere their kernels trap.
-template <typename T, int kHeadDim>
-cudaError_t run_flash_fwd_sm90(const FlashFwdParams& params, cudaStream_t stream);
-template <typename T, int kHeadDim>
-cudaError_t run_flash_bwd_sm90(const FlashBwdParams& params, cudaStream_t stream);
-
-/// Simple kernels without tensor cores for float and double inputs, any d, dv <= kSimpleMaxHeadDim.
-constexpr int kSimpleMaxHeadDim = 256;
-template <typename T>
-cudaError_t run_flash_fwd_simple(const FlashFwdParams& params, cudaStream_t stream);
-template <typename T>
-cudaError_t run_flash_bwd_simple(const FlashBwdParams& params, cudaStream_t stream);
 
 }  // namespace xtc::cuda

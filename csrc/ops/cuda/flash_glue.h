@@ -1,0 +1,36 @@
+// Host glue shared by the CUDA kernels of xtc::flash_attention and xtc::flash_attention_varlen (defined in
+// flash_attention_kernel.cu): the dtype and size checks of the CUDA kernels, the input layouts they read, and
+// the kernel parameters filled from tensors.
+//
+// Shape legend: b batch, h query heads, hk kv heads, n queries, m keys, d head dim of q/k, dv head dim of v.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+#include "ops/cuda/flash_params.h"
+#include "ops/flash_attention_checks.h"
+
+namespace xtc::ops::cuda_glue {
+
+bool is_half_type(at::ScalarType t);
+
+/// x as the kernels read it: 16-byte aligned rows for float16 / bfloat16 (cp.async), a unit last stride for
+/// float32 / float64; copied once when it is not.
+at::Tensor prepare_input(const at::Tensor& x);
+
+/// The slopes as the kernels read them: contiguous float64.
+std::optional<at::Tensor> prepare_slopes(const std::optional<at::Tensor>& alibi_slopes);
+
+/// The CUDA kernels' limits on dtypes, head dims and sizes, with `op` named in the message.
+void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes<>& s, const char* op);
+
+/// The fields the forward and the backward share, from (b, n, h, d) q and (b, m, hk, d / dv) k, v; causal
+/// folded into the band. The tensors must outlive the launch.
+void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSizes<>& s, const at::Tensor& q,
+                        const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& mask,
+                        const std::optional<at::Tensor>& slopes, bool causal, int64_t window_left,
+                        int64_t window_right, double softcap);
+
+}  // namespace xtc::ops::cuda_glue
