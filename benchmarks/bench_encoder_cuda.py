@@ -3,7 +3,8 @@
 autocast, and as a bf16 module. Cases: the seed shape (1, 1024, 512) depth 6 heads 8; the padded batch
 (8, 512, 512) with lengths U[128, 512]; a long batch (2, 16384, 512) depth 2 with 25 % padding. Forward (eval,
 no_grad) and a training step (forward, mean square, backward). Ours by default, with unpad on padded batches,
-and with the cuda_sdpa_fp32 route in fp32. Medians of interleaved calls (CUDA events), peak memory per call,
+with the cuda_sdpa_fp32 route in fp32, and (--precisions fp32-medium) with the cuda_fp32_as_bf16 route at
+'medium'. Medians of interleaved calls (CUDA events), peak memory per call,
 ratios against the faster x-transformers mode, the targets (>= 1.0x; >= 1.3x on padded batches, unpad allowed)
 checked, JSON naming the GPU. benchmarks/gpu_check.sh runs it.
 
@@ -20,6 +21,10 @@ from contextlib import nullcontext
 import torch
 
 PRECISIONS = ("fp32-highest", "fp32-high", "bf16-autocast", "bf16-module")
+# Also timed on request (--precisions): fp32 at matmul precision 'medium', where ours may take the bf16 kernels.
+EXTRA_PRECISIONS = ("fp32-medium",)
+# The opt-in routes, each timed as its own row of ours.
+ROUTES = {"xtc sdpa-fp32": "CUDA_SDPA_FP32", "xtc fp32-as-bf16": "CUDA_FP32_AS_BF16"}
 PADDED = ("padded", "long")
 
 
@@ -114,12 +119,12 @@ def timed(fns, repeats, device):
 
 def step_fn(model, name, x, mask, mode, precision, device):
     from x_transformers_cpp.backends import Backend, attention_backend, enabled_backends
-    sdpa = name == "xtc sdpa-fp32"
+    route = getattr(Backend, ROUTES[name]) if name in ROUTES else None
     dtype = torch.bfloat16 if precision == "bf16-module" else torch.float32
     inputs = x.to(dtype)
 
     def fn():
-        setting = attention_backend([*enabled_backends(), Backend.CUDA_SDPA_FP32]) if sdpa else nullcontext()
+        setting = attention_backend([*enabled_backends(), route]) if route else nullcontext()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-autocast"), setting:
             if mode == "forward":
                 with torch.no_grad():
@@ -133,11 +138,13 @@ def run_case(case, shape, mode, precision, repeats, device):
     batch, seq, dim, depth, heads, lengths = shape
     x = torch.randn(batch, seq, dim, device=device)
     mask = None if lengths is None else torch.arange(seq, device=device)[None] < lengths.to(device)[:, None]
-    torch.backends.cuda.matmul.allow_tf32 = precision == "fp32-high"
-    torch.set_float32_matmul_precision("high" if precision == "fp32-high" else "highest")
+    matmul_precision = precision[len("fp32-"):] if precision.startswith("fp32") else "highest"
+    torch.set_float32_matmul_precision(matmul_precision)
     built = models(dim, depth, heads, case in PADDED)
     if precision.startswith("fp32"):
         built["xtc sdpa-fp32"] = built["xtc"]
+    if precision == "fp32-medium":
+        built["xtc fp32-as-bf16"] = built["xtc"]
     fns = {}
     for name, model in built.items():
         model = model.to(device).to(torch.bfloat16 if precision == "bf16-module" else torch.float32)
@@ -169,7 +176,7 @@ def print_table(device_name, rows):
         elif r["impl"] != "target":
             peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             print(f"{head} {r['median_ms']:>10.2f} {peak:>9} {r['speedup_vs_best_xt']:>9.2f}x")
-    print("Summary: ours (the faster of default / unpad / sdpa-fp32) against the faster x-transformers mode")
+    print("Summary: ours (the fastest of default / unpad / the opt-in routes) against the faster x-transformers mode")
     for r in rows:
         if r["impl"] == "target":
             print(f"  {r['case']:7} {r['mode']:8} {r['precision']:14} {r['speedup_vs_best_xt']:6.2f}x "
@@ -181,7 +188,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--cases", default="seed,padded,long")
     parser.add_argument("--modes", default="forward,train")
-    parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--precisions", default=",".join(PRECISIONS),
+                        help=f"comma list of {', '.join(PRECISIONS + EXTRA_PRECISIONS)}")
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU: checks the plumbing only")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "encoder_cuda.json"))
     args = parser.parse_args()

@@ -94,6 +94,10 @@ if [[ ${STATUS[build]} == ok ]]; then
     PYTHONUNBUFFERED=1 timeout 180 python3 benchmarks/bench_encoder_cuda.py --repeats 5 \
       --out "$LOGS/encoder_cuda.json" > "$LOGS/bench_encoder.log" 2>&1
     STATUS[bench_encoder]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
+    # fp32 at matmul precision 'medium', where the cuda_fp32_as_bf16 route may take the bf16 kernels.
+    PYTHONUNBUFFERED=1 timeout 60 python3 benchmarks/bench_encoder_cuda.py --repeats 5 --cases seed,padded \
+      --precisions fp32-medium --out "$LOGS/encoder_cuda_medium.json" > "$LOGS/bench_encoder_medium.log" 2>&1
+    STATUS[bench_encoder_medium]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
   fi
   # The full grid of issue 3 (d 64 / 128, n 512 .. 16k, five cases, every SDPA backend); XTC_GPU_CHECK_GRID=0
   # skips it (a check of the tests and the A/B only).
@@ -121,13 +125,15 @@ if [[ ${STATUS[build]} == ok ]]; then
   [[ -f "$LOGS/bench.log" ]] && sed -n '/^Summary/,/^wrote/p' "$LOGS/bench.log"
   [[ -f "$LOGS/bench_packed.log" ]] && grep -E '^(device|target)' "$LOGS/bench_packed.log"
   [[ -f "$LOGS/bench_encoder.log" ]] && sed -n '/^Summary/,/^wrote/p' "$LOGS/bench_encoder.log" | grep -v '^wrote'
+  [[ -f "$LOGS/bench_encoder_medium.log" ]] && sed -n '/^Summary/,/^wrote/p' "$LOGS/bench_encoder_medium.log" \
+    | grep -v '^wrote'
 fi
 
 echo
 echo "gpu_check summary ($(head -1 "$LOGS/gpu.txt"), $(elapsed)s)"
 printf '  %-17s %s\n' step status
 for step in build test_cuda test_cuda_hopper test_cuda_mma test_parity test_packed test_packed_varlen \
-    test_packed_one_launch bench_packed bench_encoder bench; do
+    test_packed_one_launch bench_packed bench_encoder bench_encoder_medium bench; do
   [[ -n "${STATUS[$step]:-}" ]] && printf '  %-17s %s\n' "$step" "${STATUS[$step]}"
 done
 for s in "${STATUS[@]}"; do [[ $s == ok ]] || exit 1; done

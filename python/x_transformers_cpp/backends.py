@@ -51,6 +51,9 @@ class Backend(enum.Enum):
     """The CUDA varlen op in one launch over (query tiles of the longest sequence, heads, sequences), the offsets
     read on the device (no host sync, CUDA-graph capturable); else one launch per sequence. No GPU has run it yet,
     so it is off."""
+    CUDA_FP32_AS_BF16 = "cuda_fp32_as_bf16"
+    """float32 CUDA calls at torch's matmul precision 'medium' (which allows bfloat16 products) in the bfloat16
+    tensor-core kernels, inputs cast in and the output back, any rule. No GPU has run it yet, so it is off."""
     MATH = "math"
     """The scores materialised by aten ops: any rule, any device, torch.func transforms."""
 
@@ -68,8 +71,8 @@ class BackendChoice:
 
 
 def enabled_backends() -> List[Backend]:
-    """The families that may run now (default: all but CUDA_VARLEN, CUDA_SDPA_FP32 and
-    CUDA_VARLEN_ONE_LAUNCH)."""
+    """The families that may run now (default: all but the four that no GPU has run yet: CUDA_VARLEN,
+    CUDA_SDPA_FP32, CUDA_VARLEN_ONE_LAUNCH, CUDA_FP32_AS_BF16)."""
     return [Backend(name) for name in _C.enabled_backends()]
 
 

@@ -1,6 +1,6 @@
-// The fp32 SDPA route's logic on the CPU (src/nn/functional/sdpa_route.h): torch's matmul precision read back
-// from its own switches, and the named reasons that keep a call in our kernels. The route's numbers need a
-// GPU (tests/python/test_flash_attention_cuda.py, benchmarks/gpu_check.sh).
+// The fp32 SDPA route's logic on the CPU (src/nn/functional/sdpa_route.h): the named reasons that keep a call
+// in our kernels (the precision read: test_matmul_precision.cpp). The route's numbers need a GPU
+// (tests/python/test_flash_attention_cuda.py, benchmarks/gpu_check.sh).
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 
@@ -8,26 +8,8 @@
 
 namespace {
 
-using xtc::nn::functional::detail::cuda_fp32_matmul_precision;
-using xtc::nn::functional::detail::MatmulPrecision;
 using xtc::nn::functional::detail::sdpa_fp32_reasons;
 using xtc::nn::functional::detail::SdpaCall;
-
-TEST(SdpaRoute, ReadsTorchsMatmulPrecision) {
-  auto& context = at::globalContext();
-  context.setFloat32MatmulPrecision("high");
-  EXPECT_EQ(cuda_fp32_matmul_precision(), MatmulPrecision::High);
-  context.setFloat32MatmulPrecision("medium");
-  EXPECT_EQ(cuda_fp32_matmul_precision(), MatmulPrecision::Medium);
-  context.setFloat32MatmulPrecision("highest");
-  EXPECT_EQ(cuda_fp32_matmul_precision(), MatmulPrecision::Highest);
-  // The 2.9+ setting for CUDA matmuls alone, which leaves the two APIs mixed: read without an error.
-  context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::TF32);
-  EXPECT_EQ(cuda_fp32_matmul_precision(), MatmulPrecision::High);
-  context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::IEEE);
-  EXPECT_EQ(cuda_fp32_matmul_precision(), MatmulPrecision::Highest);
-  context.setFloat32MatmulPrecision("highest");
-}
 
 SdpaCall plain_cuda_call() {
   SdpaCall call;

@@ -12,7 +12,8 @@ from x_transformers_cpp.backends import (Backend, attention_backend, backend_pri
 from xtc_testing import random_mask
 
 HAS_BF16_UNITS = "avx512_bf16" in open("/proc/cpuinfo").read()
-OFF_BY_DEFAULT = (Backend.CUDA_VARLEN, Backend.CUDA_SDPA_FP32, Backend.CUDA_VARLEN_ONE_LAUNCH)
+OFF_BY_DEFAULT = (Backend.CUDA_VARLEN, Backend.CUDA_SDPA_FP32, Backend.CUDA_VARLEN_ONE_LAUNCH,
+                  Backend.CUDA_FP32_AS_BF16)
 DEFAULT = [b for b in Backend if b not in OFF_BY_DEFAULT]
 
 

@@ -272,3 +272,36 @@ def nan_logits_reach_the_output(device, dtype, head_dim):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_nan_logits_reach_the_output_as_on_the_cpu(dtype, head_dim):
     nan_logits_reach_the_output(DEVICE, dtype, head_dim)
+
+
+@pytest.mark.parametrize("precision,expected", [("medium", "cuda_fp32_as_bf16"), ("high", "cuda_simple")])
+def test_fp32_takes_the_bf16_kernels_only_at_medium(precision, expected):
+    """With the cuda_fp32_as_bf16 backend enabled (off by default), float32 calls at torch's matmul precision
+    'medium' run in the bfloat16 kernels, every rule kept: the bfloat16 op's numbers, cast back; at 'high' they
+    stay exact."""
+    from x_transformers_cpp.backends import Backend, attention_backend, enabled_backends, record_choices
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 97, 4, 64, generator=g).to(DEVICE).requires_grad_() for _ in range(3))
+    mask = torch.rand(2, 97, generator=g).to(DEVICE) > 0.3
+    rules = (True, None, torch.rand(4, device=DEVICE), 16, -1, 20.0)  # causal, ALiBi, window, soft-cap
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        with attention_backend([*enabled_backends(), Backend.CUDA_FP32_AS_BF16]), record_choices() as choices:
+            out, lse = torch.ops.xtc.flash_attention(q, k, v, mask, *rules)
+            out.sum().backward()
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert {c.chosen.value for c in choices} >= {expected}
+    assert out.dtype == torch.float32 and q.grad.dtype == torch.float32
+    q16, k16, v16 = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+    want, want_lse = torch.ops.xtc.flash_attention(q16, k16, v16, mask, *rules)
+    if expected == "cuda_fp32_as_bf16":
+        torch.testing.assert_close(out, want.float(), atol=0, rtol=0)
+        torch.testing.assert_close(lse, want_lse, atol=0, rtol=0)
+        want.float().sum().backward()
+        torch.testing.assert_close(q.grad, q16.grad.float(), atol=2e-2, rtol=0)
+    else:
+        ref, _ = reference(q.detach().double(), k.detach().double(), v.detach().double(), mask, True, None,
+                           rules[2].double(), (16, -1), 20.0)
+        assert max_err(out, ref) < 1e-5

@@ -42,10 +42,13 @@ enum class Backend : uint8_t {
   /// on the device (no host sync: CUDA-graph capturable); else one launch per sequence. No GPU has run it:
   /// off.
   CudaVarlenOneLaunch,
+  /// float32 CUDA calls at torch's matmul precision 'medium' (which allows bfloat16 products) in the bfloat16
+  /// tensor-core kernels, inputs cast in and the output back: any rule of ours. No GPU has run it: off.
+  CudaFp32AsBf16,
   /// The scores materialised by aten ops: any rule, any device, torch.func transforms.
   Math,
 };
-constexpr int kNumBackends = 11;
+constexpr int kNumBackends = 12;
 
 /// "cpu_flash", "cuda_hopper_forward", ... (the Python enum's values).
 const char* backend_name(Backend backend);
@@ -54,7 +57,8 @@ Backend backend_from_name(const std::string& name);
 /// Every family, in declaration order.
 std::vector<Backend> all_backends();
 
-/// The families enabled now (default: all but CudaVarlen, CudaSdpaFp32 and CudaVarlenOneLaunch).
+/// The families enabled now (default: all but the four that no GPU has run: CudaVarlen, CudaSdpaFp32,
+/// CudaVarlenOneLaunch, CudaFp32AsBf16).
 std::vector<Backend> enabled_backends();
 bool backend_enabled(Backend backend);
 /// The order set with set_priority, empty when the built-in preferences apply.

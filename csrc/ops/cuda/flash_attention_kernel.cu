@@ -6,11 +6,13 @@
 //
 // Routing: float16 / bfloat16 with d == dv in {32, 64, 128} run the tensor-core kernels (fp32 accumulation);
 // float32 / float64 run a simple kernel in their own precision (any d, dv <= 256), so a float input is never
-// rounded to 16 bits behind the caller's back. Anything else fails with a message naming the value. On a
-// Hopper GPU (compute capability 9.0) the half-precision forward and backward with d in {64, 128} run the
-// warpgroup-MMA kernels when the build has sm_90a code (XTC_CUDA_SM90A, set by the build when 90a is among
-// the architectures), except for short masked calls (choose_cuda_kernel, through the backend setting of
-// xtc/backends.h).
+// rounded to 16 bits behind the caller's back: only where torch's float32 matmul precision is 'medium', which
+// lets torch's own matmuls use bfloat16 products, and the cuda_fp32_as_bf16 backend is enabled (off until a
+// GPU has run it), do float32 calls take the bfloat16 kernels (ops/matmul_precision.h). Anything else fails
+// with a message naming the value. On a Hopper GPU (compute capability 9.0) the half-precision forward and
+// backward with d in {64, 128} run the warpgroup-MMA kernels when the build has sm_90a code (XTC_CUDA_SM90A,
+// set by the build when 90a is among the architectures), except for short masked calls (choose_cuda_kernel,
+// through the backend setting of xtc/backends.h).
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -34,6 +36,7 @@
 #include "ops/cuda/flash_launch.h"
 #include "ops/cuda/static_switch.h"
 #include "ops/flash_attention_checks.h"
+#include "ops/matmul_precision.h"
 
 namespace xtc::ops {
 
@@ -186,10 +189,18 @@ Backend choose_cuda_kernel(Direction direction, const at::Tensor& q, const detai
   }
   const char* site =
       direction == Direction::kForward ? "flash_attention (CUDA forward)" : "flash_attention (CUDA backward)";
-  return choose_backend(site, {{hopper, std::move(hopper_no)},
-                               {Backend::CudaMmaSync, std::move(mma_no)},
-                               {Backend::CudaSimple, std::move(simple_no)}});
+  std::vector<BackendCandidate> candidates = {{hopper, std::move(hopper_no)},
+                                              {Backend::CudaMmaSync, std::move(mma_no)},
+                                              {Backend::CudaSimple, std::move(simple_no)}};
+  // float32 at matmul precision 'medium' may take the bfloat16 kernels, as torch's own matmuls may.
+  if (q.scalar_type() == at::kFloat)
+    candidates.insert(candidates.begin(),
+                      {Backend::CudaFp32AsBf16, fp32_as_bf16_reasons(at::kFloat, s.head_dim, s.value_head_dim,
+                                                                     cuda_fp32_matmul_precision())});
+  return choose_backend(site, std::move(candidates));
 }
+
+at::Tensor as_bf16(const at::Tensor& x) { return x.to(at::kBFloat16); }
 
 std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
@@ -206,6 +217,13 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
   at::Tensor lse = at::empty({s.batch, s.heads, s.queries}, q_in.options().dtype(detail::lse_dtype(dtype)));
   if (out.numel() == 0) return {out, lse};
 
+  const Backend kernel = choose_cuda_kernel(Direction::kForward, q_in, s, key_padding_mask.has_value());
+  if (kernel == Backend::CudaFp32AsBf16) {
+    auto [out_bf16, lse_float] =
+        flash_attention_forward_kernel(as_bf16(q_in), as_bf16(k_in), as_bf16(v_in), key_padding_mask, causal,
+                                       scale, alibi_slopes, window_left, window_right, softcap);
+    return {out_bf16.to(at::kFloat), lse_float};
+  }
   const at::Tensor q = prepare_input(q_in), k = prepare_input(k_in), v = prepare_input(v_in);
   const auto slopes = prepare_slopes(alibi_slopes);
   cuda::FlashFwdParams p{};
@@ -215,7 +233,6 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
   p.o_batch_stride = out.stride(0), p.o_row_stride = out.stride(1), p.o_head_stride = out.stride(2);
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const Backend kernel = choose_cuda_kernel(Direction::kForward, q, s, key_padding_mask.has_value());
   if (is_half_type(dtype)) {
     const bool hopper = kernel == Backend::CudaHopperForward;
     XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
@@ -256,6 +273,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
             at::zeros(v_in.sizes(), v_in.options())};
   }
 
+  const Backend kernel = choose_cuda_kernel(Direction::kBackward, q_in, s, key_padding_mask.has_value());
+  if (kernel == Backend::CudaFp32AsBf16) {
+    auto [dq, dk, dv] = flash_attention_backward_kernel(
+        as_bf16(grad_out_in), as_bf16(q_in), as_bf16(k_in), as_bf16(v_in), as_bf16(out_in), lse_in,
+        key_padding_mask, causal, scale, alibi_slopes, window_left, window_right, softcap);
+    return {dq.to(at::kFloat), dk.to(at::kFloat), dv.to(at::kFloat)};
+  }
   // dQ accumulates across key tiles with atomics (dK and dV too in the warp-per-row kernels): the order of
   // the additions, so the last bits, vary from run to run. Under torch.use_deterministic_algorithms(True)
   // this raises (warns with warn_only), as torch's own non-deterministic CUDA ops do.
@@ -280,7 +304,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
   const auto acc_options = q.options().dtype(acc_dtype);
   const std::vector<int64_t> dq_sizes{s.batch, s.queries, s.heads, s.head_dim};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const Backend kernel = choose_cuda_kernel(Direction::kBackward, q, s, key_padding_mask.has_value());
 
   if (is_half_type(dtype)) {
     // The kernels zero dq_accum, accumulate dS K into it without the softmax scale, and write dq = scale *

@@ -592,8 +592,7 @@ at::Tensor dense_attention(const LayerCall& l, QKV t, std::optional<at::Tensor> 
     return detail::attention_at_offset(t.q, t.k, t.v, key_mask, *l.query_start, rule);
   }
   if (path == Backend::CudaSdpaFp32)
-    return detail::sdpa_fp32(t.q, t.k, t.v, l.c.causal && n > 1, r.scale,
-                             detail::cuda_fp32_matmul_precision());
+    return detail::sdpa_fp32(t.q, t.k, t.v, l.c.causal && n > 1, r.scale, ops::cuda_fp32_matmul_precision());
   return std::get<0>(ops::flash_attention(t.q, t.k, t.v, key_mask, l.c.causal, r.scale, r.slopes,
                                           r.window_left, r.window_right, r.softcap));
 }

@@ -8,53 +8,6 @@
 
 namespace xtc::nn::functional::detail {
 
-namespace {
-
-// The legacy setting, or `fallback` where torch refuses to answer it (after the two APIs were mixed).
-at::Float32MatmulPrecision legacy_precision(at::Float32MatmulPrecision fallback) {
-  try {
-    return at::globalContext().float32MatmulPrecision();
-  } catch (const c10::Error&) {
-    return fallback;
-  }
-}
-
-}  // namespace
-
-MatmulPrecision cuda_fp32_matmul_precision() {
-  using Legacy = at::Float32MatmulPrecision;
-  switch (at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL)) {
-    case at::Float32Precision::IEEE:
-      return MatmulPrecision::Highest;
-    case at::Float32Precision::TF32:
-      return legacy_precision(Legacy::HIGH) == Legacy::MEDIUM ? MatmulPrecision::Medium
-                                                              : MatmulPrecision::High;
-    case at::Float32Precision::BF16:
-      return MatmulPrecision::Medium;
-    default:
-      break;
-  }
-  switch (legacy_precision(Legacy::HIGHEST)) {
-    case Legacy::MEDIUM:
-      return MatmulPrecision::Medium;
-    case Legacy::HIGH:
-      return MatmulPrecision::High;
-    default:
-      return MatmulPrecision::Highest;
-  }
-}
-
-const char* precision_name(MatmulPrecision precision) {
-  switch (precision) {
-    case MatmulPrecision::Highest:
-      return "highest";
-    case MatmulPrecision::High:
-      return "high";
-    default:
-      return "medium";
-  }
-}
-
 std::vector<std::string> sdpa_fp32_reasons(const SdpaCall& c) {
   std::vector<std::string> reasons;
   if (!c.device.is_cuda()) reasons.emplace_back("torch's fp32 SDPA route is for CUDA calls");

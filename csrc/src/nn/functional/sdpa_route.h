@@ -10,14 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "ops/matmul_precision.h"
+
 namespace xtc::nn::functional::detail {
 
-/// torch's precision for fp32 matmuls on CUDA: torch.backends.cuda.matmul.fp32_precision (the 2.9+ setting),
-/// with the legacy torch.set_float32_matmul_precision telling 'medium' from 'high' (both TF32 in the new
-/// one).
-enum class MatmulPrecision { Highest, High, Medium };
-MatmulPrecision cuda_fp32_matmul_precision();
-const char* precision_name(MatmulPrecision precision);
+using ops::MatmulPrecision;  // read per call by ops::cuda_fp32_matmul_precision()
 
 /// What the route needs to know of one attention call.
 struct SdpaCall {
