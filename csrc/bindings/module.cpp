@@ -7,6 +7,7 @@
 #include <xtc/nn/modules/attention_layers.h>
 #include <xtc/nn/modules/construction.h>
 #include <xtc/nn/modules/continuous.h>
+#include <xtc/nn/modules/pretrained.h>
 #include <xtc/nn/modules/transformer_wrapper.h>
 #include <xtc/nn/options/attention_layers.h>
 #include <xtc/ops/attention_layers.h>
@@ -131,6 +132,10 @@ std::vector<std::unique_ptr<xtc::BackendRecorder>>& recorders() {
 
 // The backend setting and its recorder (x_transformers_cpp.backends): names in, names out.
 void bind_backends(py::module_& m) {
+  m.def(
+      "safetensors_dtype_name",
+      [](const at::Tensor& t) { return xtc::nn::safetensors_dtype_name(t.scalar_type()); },
+      "safetensors' name of the tensor's dtype (F32, BF16, ...), as the C++ loader words it");
   m.def("backend_names", [] { return backend_names(xtc::all_backends()); });
   m.def("enabled_backends", [] { return backend_names(xtc::enabled_backends()); });
   m.def("backend_priority", [] { return backend_names(xtc::backend_priority()); });

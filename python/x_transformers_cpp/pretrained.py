@@ -21,7 +21,7 @@ import inspect
 import json
 from pathlib import Path
 
-import torch
+from . import _C
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
@@ -156,7 +156,6 @@ def _load_weights(model, path):
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     expected = model.state_dict()
     shared = _shared_names(expected)
-    name = lambda dtype: _SAFETENSORS_DTYPES.get(dtype, str(dtype))  # noqa: E731
     for key, tensor in expected.items():
         if key not in stored:
             other = next((o for o in shared.get(key, ()) if o in stored), None)
@@ -165,8 +164,9 @@ def _load_weights(model, path):
             stored[key] = stored[other]  # a tied tensor, stored once under another name
         value = stored[key]
         if value.shape != tensor.shape or value.dtype != tensor.dtype:
-            raise ValueError(f"{path}: {key!r} expected shape {tuple(tensor.shape)} and dtype {name(tensor.dtype)}, "
-                             f"got {tuple(value.shape)} and {name(value.dtype)}")
+            raise ValueError(f"{path}: {key!r} expected shape {tuple(tensor.shape)} and dtype "
+                             f"{_C.safetensors_dtype_name(tensor)}, got {tuple(value.shape)} and "
+                             f"{_C.safetensors_dtype_name(value)}")
     unexpected = sorted(set(stored) - set(expected))
     if unexpected:
         raise KeyError(f"{path}: tensors the model does not have: {', '.join(unexpected)}")
@@ -180,7 +180,3 @@ def _shared_names(state):
         by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.device), []).append(key)
     return {key: [k for k in keys if k != key] for keys in by_storage.values() for key in keys}
 
-
-_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-                       torch.bool: "BOOL"}

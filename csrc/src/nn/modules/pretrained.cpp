@@ -29,6 +29,15 @@ const std::map<at::ScalarType, std::string>& dtype_names() {
   return names;
 }
 
+}  // namespace
+
+std::string safetensors_dtype_name(at::ScalarType dtype) {
+  const auto found = dtype_names().find(dtype);
+  return found != dtype_names().end() ? found->second : std::string(c10::toString(dtype));
+}
+
+namespace {
+
 // A read-only map of a whole file, unmapped when done.
 struct MappedFile {
   explicit MappedFile(const std::string& path) {

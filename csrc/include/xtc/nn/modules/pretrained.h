@@ -21,6 +21,10 @@ namespace xtc::nn {
 void load_safetensors(const std::string& path, const std::vector<functional::ParameterSpec>& specs,
                       const std::vector<at::Tensor>& tensors);
 
+/// safetensors' name of a dtype ("F32", "BF16", ...); torch's for a dtype a state_dict does not hold.
+/// Python's loader names dtypes by it too, so both loaders word a mismatch alike.
+std::string safetensors_dtype_name(at::ScalarType dtype);
+
 /// The stack in `directory` as the class it was saved from (config.json holds a stack's keyword arguments
 /// alone): Encoder, Decoder, CrossAttender or AttentionLayers.
 template <class Stack>
