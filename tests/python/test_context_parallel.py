@@ -189,6 +189,11 @@ def _bad_inputs(rank, world):
         errors["xtransformer"] = _error_of(lambda: xtransformer(tokens, tokens))
         inverted = Encoder(**KW, cross_attend=True, cross_attn_inverted_attention=True)
         errors["cross_option"] = _error_of(lambda: inverted(x, context=torch.randn(2, 4, DIM)))
+        # A wrapper's max_seq_len holds for the whole sequence: over it (contiguous: only the last rank's
+        # positions pass it), or an uneven shard, raises on every rank before the stack's exchange.
+        wrapper = TransformerWrapper(num_tokens=10, max_seq_len=6 * world - 1, attn_layers=Encoder(**KW))
+        errors["too_long"] = _error_of(lambda: wrapper(torch.randint(0, 10, (2, 6))))
+        errors["wrapper_uneven"] = _error_of(lambda: wrapper(torch.randint(0, 10, (2, 5 if rank else 4))))
         errors["after"] = _error_of(lambda: model(x))  # the group still works after the errors
     with context_parallel(layout="zigzag"):
         errors["odd_zigzag"] = _error_of(lambda: model(torch.randn(2, 5, DIM)))
@@ -252,6 +257,8 @@ def test_training_step_over_the_group_matches_single_process(results, kind):
     ("maps", "attention maps"),
     ("cross_option", "inverted_attention"),
     ("xtransformer", "cross-attend to this rank's shard"),
+    ("too_long", "max_seq_len"),
+    ("wrapper_uneven", "uneven shards"),
 ])
 def test_bad_shards_raise_on_every_rank(results, case, expected):
     messages = [result["errors"][case] for result in results]

@@ -319,6 +319,14 @@ std::optional<at::Tensor> SequenceShards::gather_mask(const std::optional<at::Te
   return gather(own.to(at::kByte)).to(at::kBool);
 }
 
+int64_t agreed_sequence_length(const ContextParallel& setting, int64_t shard_length, c10::Device device) {
+  const auto own = at::tensor({shard_length}, at::kLong).to(device).unsqueeze(0);
+  const auto table = all_gather_rows(own, setting).cpu().flatten();
+  const std::vector<int64_t> lengths(table.data_ptr<int64_t>(), table.data_ptr<int64_t>() + table.numel());
+  check_lengths(setting, lengths);
+  return std::accumulate(lengths.begin(), lengths.end(), int64_t(0));
+}
+
 std::pair<SequenceShards, bool> exchange_shards(const ContextParallel& setting, const at::Tensor& x,
                                                 const std::optional<at::Tensor>& mask,
                                                 const std::vector<std::string>& unsupported) {

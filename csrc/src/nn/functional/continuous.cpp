@@ -89,7 +89,7 @@ at::Tensor input_embeddings(const at::Tensor& x_in, const AttentionLayersInputs&
   at::Tensor x = plan.has_project_in() ? at::linear(x_in, get("project_in.weight")) : x_in;
   if (plan.has_abs_pos_emb()) {
     const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
-    const c10::SymInt end = detail::positions_end(n, offset);
+    const c10::SymInt end = detail::positions_end(n, offset, x.device());
     TORCH_CHECK_VALUE(end <= *o.max_seq_len(),
                       "ContinuousTransformerWrapper: expected a sequence of at most max_seq_len (",
                       *o.max_seq_len(), ") positions, got ", end);

@@ -215,7 +215,7 @@ at::Tensor with_positions(at::Tensor x, const TransformerWrapperPlan& plan, cons
   if (!plan.has_abs_pos_emb()) return x;
   const c10::SymInt n = x.sym_size(1);
   const int64_t offset = cache.input_not_include_cache ? cache.cached_length() : 0;
-  const c10::SymInt end = detail::positions_end(n, offset);
+  const c10::SymInt end = detail::positions_end(n, offset, x.device());
   TORCH_CHECK_VALUE(end <= o.max_seq_len() || o.scaled_sinu_pos_emb(),
                     "TransformerWrapper: expected at most max_seq_len (", o.max_seq_len(),
                     ") positions, got ", end);

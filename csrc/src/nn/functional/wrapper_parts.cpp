@@ -52,13 +52,11 @@ at::Tensor l2norm(const at::Tensor& x) {
   return x / at::linalg_vector_norm(x, 2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
 }
 
-c10::SymInt positions_end(const c10::SymInt& n, int64_t offset) {
+c10::SymInt positions_end(const c10::SymInt& n, int64_t offset, c10::Device device) {
   const ContextParallel* sharded = current_context_parallel();
   if (sharded == nullptr) return n + offset;
-  int64_t end = 0;
-  for (const auto& c : shard_chunks(*sharded, n.guard_int(__FILE__, __LINE__)))
-    end = std::max(end, c.global_start + c.length);
-  return end;
+  // Sharded, the whole sequence's end, agreed by every rank (no cache, so no offset): all raise alike.
+  return agreed_sequence_length(*sharded, n.guard_int(__FILE__, __LINE__), device);
 }
 
 void refuse_when_sharded(const char* wrapper, std::initializer_list<std::pair<const char*, bool>> used) {

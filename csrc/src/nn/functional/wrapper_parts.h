@@ -31,8 +31,8 @@ at::Tensor wrapper_positions(const char* wrapper, const c10::SymInt& n, const At
                              const at::Tensor& like, bool clamp, int64_t offset = 0);
 
 /// One past the last position of a wrapper's n tokens after `offset` (a cache's): under context parallelism
-/// (xtc/nn/functional/context_parallel.h) the end of this rank's shard in the whole sequence.
-c10::SymInt positions_end(const c10::SymInt& n, int64_t offset);
+/// (xtc/nn/functional/context_parallel.h) the whole sequence's length, agreed by every rank on `device`.
+c10::SymInt positions_end(const c10::SymInt& n, int64_t offset, c10::Device device);
 
 /// Under context parallelism, refuses the wrapper's options and inputs in `used` (name, whether used): those
 /// that need the whole sequence in one place. Nothing otherwise.

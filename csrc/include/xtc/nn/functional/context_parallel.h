@@ -105,6 +105,12 @@ std::vector<ShardChunk> shard_chunks(const ContextParallel& setting, int64_t len
 /// The positions of `runs`, one after another, (total length) int64.
 at::Tensor positions_of(const std::vector<ShardChunk>& runs, const at::TensorOptions& options);
 
+/// The whole sequence's length, agreed by every rank from one small all-gather of the shards' lengths, which
+/// are checked as exchange_shards checks them. A wrapper's max_seq_len check reads it before its stack's
+/// exchange, so a shard that breaks the check raises on every rank, not on its own while the others wait for
+/// it.
+int64_t agreed_sequence_length(const ContextParallel& setting, int64_t shard_length, c10::Device device);
+
 /// The first step of a sharded forward, taken by every rank: one small all-gather of each rank's input
 /// shapes and of which per-call inputs it passed, checked alike on every rank so that a bad input raises the
 /// same error everywhere (never one rank waiting in a collective for another that failed). `unsupported`:
