@@ -3,7 +3,10 @@
 # build the package for sm_90a, run the CUDA op tests (default routing, all Hopper kernels, all mma.sync kernels)
 # and the encoder parity tests when x-transformers is present, then the full attention benchmark grid and the
 # kernel A/B variants, and print the summary table last. Logs and JSON go to $OUT when set (else
-# benchmarks/results/gpu_check). About 5 minutes on an H100 (278 s measured with two test passes).
+# benchmarks/results/gpu_check). About 5 minutes on an H100 (278 s measured with two test passes, before the
+# packed (varlen) kernels doubled the instantiations, the one-launch and fp32 routes' tests and the 'medium' timing
+# were added: budget about 8 minutes now. The kernel A/B variants run only with XTC_GPU_CHECK_AB=1;
+# XTC_GPU_CHECK_GRID=0 skips the op grid).
 #
 # Usage (repo root): bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -28,7 +31,7 @@ fi
 nvidia-smi -L | tee "$LOGS/gpu.txt"
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$LOGS/gpu.txt"
 
-TORCH_CUDA_ARCH_LIST=9.0a XTC_CUDA_ARCHS=90a MAX_JOBS=16 timeout 240 python3 -m pip install --no-build-isolation --no-deps -v . \
+TORCH_CUDA_ARCH_LIST=9.0a XTC_CUDA_ARCHS=90a MAX_JOBS=16 timeout 360 python3 -m pip install --no-build-isolation --no-deps -v . \
   2>&1 | tee "$LOGS/build.log" | grep -E "error|ptxas|Successfully installed" | tail -20
 STATUS[build]=$([[ ${PIPESTATUS[0]} -eq 0 ]] && echo ok || echo FAILED)
 echo "build: ${STATUS[build]} at $(elapsed)s"
@@ -83,6 +86,8 @@ if [[ ${STATUS[build]} == ok ]]; then
   packed_tests test_packed_varlen XTC_TEST_BACKENDS=$DEFAULT,cuda_varlen && STATUS[test_packed_varlen]=ok || STATUS[test_packed_varlen]=FAILED
   packed_tests test_packed_one_launch XTC_TEST_BACKENDS=$DEFAULT,cuda_varlen,cuda_varlen_one_launch \
     && STATUS[test_packed_one_launch]=ok || STATUS[test_packed_one_launch]=FAILED
+  packed_tests test_packed_one_launch_mma XTC_TEST_BACKENDS=$MMA,cuda_varlen,cuda_varlen_one_launch \
+    && STATUS[test_packed_one_launch_mma]=ok || STATUS[test_packed_one_launch_mma]=FAILED
   if python3 -c 'import x_transformers' 2>/dev/null; then
     PYTHONUNBUFFERED=1 timeout 120 python3 benchmarks/bench_packed_cuda.py --backends "$DEFAULT,cuda_varlen" \
       --out "$LOGS/packed_cuda.json" > "$LOGS/bench_packed.log" 2>&1
@@ -108,10 +113,11 @@ if [[ ${STATUS[build]} == ok ]]; then
   fi
   # Kernel variants for A/B timing (same op, other kernels), as "backend-list head-dims" (the list in priority
   # order, "default" for the library's own choice), over XTC_GPU_CHECK_AB_LENGTHS and XTC_GPU_CHECK_AB_CASES; ';'
-  # separates variants in XTC_GPU_CHECK_AB_VARIANTS. XTC_GPU_CHECK_AB=0 skips them.
+  # separates variants in XTC_GPU_CHECK_AB_VARIANTS. They run with XTC_GPU_CHECK_AB=1 (off by default: the
+  # first run's minutes go to the tests and the end-to-end tables).
   variants=("$HOPPER 64 128" "$MMA 64 128")
   [[ -n "${XTC_GPU_CHECK_AB_VARIANTS:-}" ]] && IFS=';' read -r -a variants <<<"$XTC_GPU_CHECK_AB_VARIANTS"
-  [[ "${XTC_GPU_CHECK_AB:-1}" == 0 ]] && variants=()
+  [[ "${XTC_GPU_CHECK_AB:-0}" == 0 ]] && variants=()
   for variant in "${variants[@]}"; do
     read -r setting dims <<<"$variant"
     backend_args=(--backends "$setting" --backend-priority)
@@ -131,9 +137,9 @@ fi
 
 echo
 echo "gpu_check summary ($(head -1 "$LOGS/gpu.txt"), $(elapsed)s)"
-printf '  %-17s %s\n' step status
+printf '  %-26s %s\n' step status
 for step in build test_cuda test_cuda_hopper test_cuda_mma test_parity test_packed test_packed_varlen \
-    test_packed_one_launch bench_packed bench_encoder bench_encoder_medium bench; do
-  [[ -n "${STATUS[$step]:-}" ]] && printf '  %-17s %s\n' "$step" "${STATUS[$step]}"
+    test_packed_one_launch test_packed_one_launch_mma bench_packed bench_encoder bench_encoder_medium bench; do
+  [[ -n "${STATUS[$step]:-}" ]] && printf '  %-26s %s\n' "$step" "${STATUS[$step]}"
 done
 for s in "${STATUS[@]}"; do [[ $s == ok ]] || exit 1; done

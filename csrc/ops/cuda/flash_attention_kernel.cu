@@ -128,11 +128,7 @@ std::optional<at::Tensor> prepare_slopes(const std::optional<at::Tensor>& alibi_
   return alibi_slopes->to(at::kDouble).contiguous();
 }
 
-}  // namespace cuda_glue
-
 namespace {
-
-using namespace cuda_glue;
 
 // Which kernel family runs a call (xtc/backends.h): float16 / bfloat16 take the Hopper (warpgroup MMA)
 // kernels or the mma.sync ones, float32 / float64 the simple kernels. Hopper needs d in {64, 128}, a compute
@@ -143,8 +139,6 @@ using namespace cuda_glue;
 //   backward: Hopper when d = 128, m > 1024, or without a key padding mask.
 // That preference yields to the backend setting: with mma.sync disabled, or a priority order set, Hopper
 // takes every call it can run. Every family computes the same op.
-enum class Direction { kForward, kBackward };
-
 std::vector<std::string> hopper_reasons(Direction direction, const detail::FlashAttentionSizes<>& s,
                                         bool has_padding_mask, c10::DeviceIndex device) {
   std::vector<std::string> reasons;
@@ -173,6 +167,8 @@ std::vector<std::string> hopper_reasons(Direction direction, const detail::Flash
   return reasons;
 }
 
+}  // namespace
+
 Backend choose_cuda_kernel(Direction direction, const at::Tensor& q, const detail::FlashAttentionSizes<>& s,
                            bool has_padding_mask) {
   const bool half = is_half_type(q.scalar_type());
@@ -199,6 +195,12 @@ Backend choose_cuda_kernel(Direction direction, const at::Tensor& q, const detai
                                                                      cuda_fp32_matmul_precision())});
   return choose_backend(site, std::move(candidates));
 }
+
+}  // namespace cuda_glue
+
+namespace {
+
+using namespace cuda_glue;
 
 at::Tensor as_bf16(const at::Tensor& x) { return x.to(at::kBFloat16); }
 

@@ -1,10 +1,10 @@
 // CUDA kernels of xtc::flash_attention_varlen. With the cuda_varlen_one_launch backend enabled (off by
-// default: no GPU has run it yet), each direction is one launch of the mma.sync or warp-per-row kernels over
-// the packed frame (flash_varlen.h): the grid spans the longest sequence, every CTA reads its sequence's
-// offsets on the device, so there is no host sync and a CUDA graph can capture the call. The offsets are then
-// trusted as FlashAttention's varlen functions trust them (the kernels clamp them into the tensors, so bad
-// ones cannot reach outside memory); the per-sequence path, taken otherwise, reads and checks them on the
-// host.
+// default: no GPU has run it yet), each direction is one launch of the Hopper, mma.sync or warp-per-row
+// kernels (the dense op's choice) over the packed frame (flash_varlen.h): the grid spans the longest
+// sequence, every CTA reads its sequence's offsets on the device, so there is no host sync and a CUDA graph
+// can capture the call. The offsets are then trusted as FlashAttention's varlen functions trust them (the
+// kernels clamp them into the tensors, so bad ones cannot reach outside memory); the per-sequence path, taken
+// otherwise, reads and checks them on the host.
 //
 // Shape legend: total_q / total_k packed rows, b sequences, h query heads, hk kv heads, d, dv head dims.
 #include <ATen/Context.h>
@@ -31,6 +31,7 @@
 namespace xtc::ops {
 namespace {
 
+using cuda_glue::Direction;
 using cuda_glue::is_half_type;
 using cuda_glue::prepare_input;
 
@@ -80,12 +81,28 @@ void fill_packed_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSiz
 
 bool one_launch() { return backend_enabled(Backend::CudaVarlenOneLaunch); }
 
-void launch_forward(const cuda::FlashFwdParams& p, at::ScalarType dtype, int64_t head_dim) {
+// Hopper or mma.sync for float16 / bfloat16, by the dense op's choice (xtc/backends.h) for a sequence as long
+// as the longest: its size preference reads the keys.
+bool on_hopper(Direction direction, const at::Tensor& q, detail::FlashAttentionSizes<> s, int64_t max_keys) {
+  s.keys = max_keys;
+  const Backend hopper =
+      direction == Direction::kForward ? Backend::CudaHopperForward : Backend::CudaHopperBackward;
+  return cuda_glue::choose_cuda_kernel(direction, q, s, /*has_padding_mask=*/false) == hopper;
+}
+
+void launch_forward(const cuda::FlashFwdParams& p, at::ScalarType dtype, int64_t head_dim, bool hopper) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (is_half_type(dtype)) {
     XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
-      XTC_HEADDIM_SWITCH(head_dim, kHeadDim,
-                         [&] { C10_CUDA_CHECK((cuda::run_flash_fwd<elem_t, kHeadDim, true>(p, stream))); });
+      XTC_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
+        if constexpr (kHeadDim >= 64) {
+          if (hopper) {
+            C10_CUDA_CHECK((cuda::run_flash_fwd_sm90<elem_t, kHeadDim, true>(p, stream)));
+            return;
+          }
+        }
+        C10_CUDA_CHECK((cuda::run_flash_fwd<elem_t, kHeadDim, true>(p, stream)));
+      });
     });
   } else if (dtype == at::kFloat) {
     C10_CUDA_CHECK((cuda::run_flash_fwd_simple<float, true>(p, stream)));
@@ -121,7 +138,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_varlen_forward_kernel(
   p.lse = lse.data_ptr();
   p.o_batch_stride = out_frame.stride(0), p.o_row_stride = out_frame.stride(1);
   p.o_head_stride = out_frame.stride(2);
-  launch_forward(p, q.scalar_type(), s.head_dim);
+  const bool hopper = is_half_type(q.scalar_type()) && on_hopper(Direction::kForward, q, s, p.max_keys);
+  launch_forward(p, q.scalar_type(), s.head_dim, hopper);
   return {out, lse};
 }
 
@@ -155,12 +173,19 @@ BackwardBuffers attach_backward_buffers(cuda::FlashBwdParams& p, const detail::F
   return b;
 }
 
-void launch_backward(const cuda::FlashBwdParams& p, at::ScalarType dtype, int64_t head_dim) {
+void launch_backward(const cuda::FlashBwdParams& p, at::ScalarType dtype, int64_t head_dim, bool hopper) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (is_half_type(dtype)) {
     XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
-      XTC_HEADDIM_SWITCH(head_dim, kHeadDim,
-                         [&] { C10_CUDA_CHECK((cuda::run_flash_bwd<elem_t, kHeadDim, true>(p, stream))); });
+      XTC_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
+        if constexpr (kHeadDim >= 64) {
+          if (hopper) {
+            C10_CUDA_CHECK((cuda::run_flash_bwd_sm90<elem_t, kHeadDim, true>(p, stream)));
+            return;
+          }
+        }
+        C10_CUDA_CHECK((cuda::run_flash_bwd<elem_t, kHeadDim, true>(p, stream)));
+      });
     });
   } else if (dtype == at::kFloat) {
     C10_CUDA_CHECK((cuda::run_flash_bwd_simple<float, true>(p, stream)));
@@ -207,7 +232,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_varlen_backward_k
   p.do_batch_stride = grad_out.stride(0), p.do_row_stride = grad_out.stride(1);
   p.do_head_stride = grad_out.stride(2);
   const BackwardBuffers buffers = attach_backward_buffers(p, s, q);
-  launch_backward(p, dtype, s.head_dim);
+  const bool hopper = is_half_type(dtype) && on_hopper(Direction::kBackward, q, s, p.max_keys);
+  launch_backward(p, dtype, s.head_dim, hopper);
   return {buffers.dq.squeeze(0), buffers.dk.squeeze(0), buffers.dv.squeeze(0)};
 }
 

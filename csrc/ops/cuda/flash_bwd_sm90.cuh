@@ -38,8 +38,9 @@ struct BwdSm90Config {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "128-byte swizzled rows and an m64n{d} accumulator");
 };
 
-template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1) flash_bwd_sm90_kernel(const FlashBwdParams p) {
+// One CTA's key tile of (kv head, batch). kVarlen: p is narrowed to one packed sequence (batch 0).
+template <typename T, int kHeadDim, bool kVarlen>
+__device__ __forceinline__ void flash_bwd_sm90_tile(const FlashBwdParams& p, int n_block, int kv_head, int batch) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = BwdSm90Config<kHeadDim>;
   constexpr int kD = kHeadDim, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kThreads = Cfg::kThreads;
@@ -56,7 +57,6 @@ __global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1) flash_bw
   float* sD = sLse + 2 * kBlockM;                 // [2][kBlockM]
   bool* sKeep = reinterpret_cast<bool*>(sD + 2 * kBlockM);
 
-  const int n_block = blockIdx.x, kv_head = blockIdx.y, batch = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int wg = warp / 4;                // warpgroup: keys wg * 64 .. wg * 64 + 63 of the tile
   const int g = lane >> 2, t = lane & 3;  // accumulator coordinates: row group, thread in group
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1) flash_bw
     load_tile_sw128<T, kBlockM, kD, kThreads>(sQ(stage), q, p.q_row_stride, q0, p.queries, tid);
     load_tile_sw128<T, kBlockM, kD, kThreads>(sdO(stage), dout, p.do_row_stride, q0, p.queries, tid);
     // Rows past n are zero-filled (lse and D too); their q and dO rows are zeros, so they add nothing to dK, dV.
-    const int64_t stats = (static_cast<int64_t>(batch) * p.heads + head) * p.queries + q0;
+    const int64_t stats = stats_offset<kVarlen>(p, batch, head) + q0;
     for (int r = tid; r < kBlockM; r += kThreads) {
       const bool valid = q0 + r < p.queries;
       cp_async_4(smem_addr(sLse + stage * kBlockM + r), lse + stats + r, valid);
@@ -242,18 +242,32 @@ __global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1) flash_bw
   __trap();  // built without sm_90a code: the host launches this kernel only where that code exists
 #endif
 }
+
+template <typename T, int kHeadDim, bool kVarlen>
+__global__ void __launch_bounds__(BwdSm90Config<kHeadDim>::kThreads, 1)
+    flash_bwd_sm90_kernel(const FlashBwdParams params) {
+  if constexpr (kVarlen) {
+    FlashBwdParams p = params;
+    narrow_to_sequence<T, float>(p, blockIdx.z);
+    if (static_cast<int>(blockIdx.x) * BwdSm90Config<kHeadDim>::kBlockN >= p.keys) return;  // past its keys
+    flash_bwd_sm90_tile<T, kHeadDim, true>(p, blockIdx.x, blockIdx.y, 0);
+  } else {
+    flash_bwd_sm90_tile<T, kHeadDim, false>(params, blockIdx.x, blockIdx.y, blockIdx.z);
+  }
+}
 }  // namespace detail
 
 // The prologue and epilogue of run_flash_bwd around the Hopper main kernel.
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kVarlen>
 cudaError_t run_flash_bwd_sm90(const FlashBwdParams& params, cudaStream_t stream) {
   using Cfg = detail::BwdSm90Config<kHeadDim>;
   cudaError_t err = detail::launch_flash_bwd_prologue<T, kHeadDim>(params, stream);
   if (err != cudaSuccess) return err;
-  auto kernel = detail::flash_bwd_sm90_kernel<T, kHeadDim>;
+  auto kernel = detail::flash_bwd_sm90_kernel<T, kHeadDim, kVarlen>;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
-  const dim3 grid(detail::ceil_div(params.keys, Cfg::kBlockN), params.kv_heads, params.batch);
+  const dim3 grid = kVarlen ? dim3(detail::ceil_div(params.max_keys, Cfg::kBlockN), params.kv_heads, params.sequences)
+                            : dim3(detail::ceil_div(params.keys, Cfg::kBlockN), params.kv_heads, params.batch);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;

@@ -118,9 +118,10 @@ struct FwdSm90Config {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "128-byte swizzled rows and an m64n{d} accumulator");
 };
 
-// kBias: as in flash_fwd_kernel (ALiBi, softcap or a scale <= 0 possible; false keeps raw scores to the exponent).
-template <typename T, int kHeadDim, bool kBias>
-__global__ void __launch_bounds__(FwdSm90Config<kHeadDim>::kThreads, 1) flash_fwd_sm90_kernel(const FlashFwdParams p) {
+// One CTA's query tile of (head, batch). kBias: as in flash_fwd_tile (ALiBi, softcap or a scale <= 0 possible; false
+// keeps raw scores to the exponent). kVarlen: p is narrowed to one packed sequence (batch 0; flash_varlen.h).
+template <typename T, int kHeadDim, bool kBias, bool kVarlen>
+__device__ __forceinline__ void flash_fwd_sm90_tile(const FlashFwdParams& p, int m_block, int head, int batch) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = FwdSm90Config<kHeadDim>;
   constexpr int kD = kHeadDim, kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kThreads = Cfg::kThreads;
@@ -132,7 +133,6 @@ __global__ void __launch_bounds__(FwdSm90Config<kHeadDim>::kThreads, 1) flash_fw
   auto sV = [&](int stage) { return sK(stage) + Cfg::kKVBytes; };
   bool* sKeep = reinterpret_cast<bool*>(smem_raw + (sQ - raw) + Cfg::kQBytes + 4 * Cfg::kKVBytes);  // [2][kBlockN]
 
-  const int m_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
   const int kv_head = head % p.kv_heads;  // x-transformers' (r kvh) head expansion
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int wg = warp / 4;                // warpgroup: CTA rows wg * 64 .. wg * 64 + 63
@@ -310,7 +310,7 @@ __global__ void __launch_bounds__(FwdSm90Config<kHeadDim>::kThreads, 1) flash_fw
   cp_async_wait<0>();  // no copy may outlive the CTA (the Q copy is pending when no tile was live)
 
   T* out = static_cast<T*>(p.out) + batch * p.o_batch_stride + head * p.o_head_stride;
-  float* lse = static_cast<float*>(p.lse) + (static_cast<int64_t>(batch) * p.heads + head) * p.queries;
+  float* lse = static_cast<float*>(p.lse) + stats_offset<kVarlen>(p, batch, head);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float sum = row_sum[r];
@@ -334,24 +334,38 @@ __global__ void __launch_bounds__(FwdSm90Config<kHeadDim>::kThreads, 1) flash_fw
 #endif
 }
 
-template <typename T, int kHeadDim, bool kBias>
+template <typename T, int kHeadDim, bool kBias, bool kVarlen>
+__global__ void __launch_bounds__(FwdSm90Config<kHeadDim>::kThreads, 1)
+    flash_fwd_sm90_kernel(const FlashFwdParams params) {
+  if constexpr (kVarlen) {
+    FlashFwdParams p = params;
+    narrow_to_sequence<T, float>(p, blockIdx.z);
+    if (static_cast<int>(blockIdx.x) * FwdSm90Config<kHeadDim>::kBlockM >= p.queries) return;  // past its queries
+    flash_fwd_sm90_tile<T, kHeadDim, kBias, true>(p, blockIdx.x, blockIdx.y, 0);
+  } else {
+    flash_fwd_sm90_tile<T, kHeadDim, kBias, false>(params, blockIdx.x, blockIdx.y, blockIdx.z);
+  }
+}
+
+template <typename T, int kHeadDim, bool kBias, bool kVarlen>
 cudaError_t launch_flash_fwd_sm90(const FlashFwdParams& params, cudaStream_t stream) {
   using Cfg = FwdSm90Config<kHeadDim>;
-  auto kernel = flash_fwd_sm90_kernel<T, kHeadDim, kBias>;
+  auto kernel = flash_fwd_sm90_kernel<T, kHeadDim, kBias, kVarlen>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
   if (err != cudaSuccess) return err;
-  const dim3 grid(ceil_div(params.queries, Cfg::kBlockM), params.heads, params.batch);
+  const dim3 grid = kVarlen ? dim3(ceil_div(params.max_queries, Cfg::kBlockM), params.heads, params.sequences)
+                            : dim3(ceil_div(params.queries, Cfg::kBlockM), params.heads, params.batch);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(params);
   return cudaGetLastError();
 }
 }  // namespace detail
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kVarlen>
 cudaError_t run_flash_fwd_sm90(const FlashFwdParams& params, cudaStream_t stream) {
   // kBias == false keeps raw scores until the exponent, which needs a positive scale to keep the row maxima.
   if (params.alibi_slopes != nullptr || params.softcap > 0 || !(params.scale > 0))
-    return detail::launch_flash_fwd_sm90<T, kHeadDim, true>(params, stream);
-  return detail::launch_flash_fwd_sm90<T, kHeadDim, false>(params, stream);
+    return detail::launch_flash_fwd_sm90<T, kHeadDim, true, kVarlen>(params, stream);
+  return detail::launch_flash_fwd_sm90<T, kHeadDim, false, kVarlen>(params, stream);
 }
 
 }  // namespace xtc::cuda

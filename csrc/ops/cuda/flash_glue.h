@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <xtc/backends.h>
 
 #include <optional>
 
@@ -22,6 +23,14 @@ at::Tensor prepare_input(const at::Tensor& x);
 
 /// The slopes as the kernels read them: contiguous float64.
 std::optional<at::Tensor> prepare_slopes(const std::optional<at::Tensor>& alibi_slopes);
+
+enum class Direction { kForward, kBackward };
+
+/// The kernel family of a CUDA call (Hopper, mma.sync, warp-per-row, or float32 in the bfloat16 kernels),
+/// through the backend setting of xtc/backends.h, with Hopper's measured size preference
+/// (flash_attention_kernel.cu).
+Backend choose_cuda_kernel(Direction direction, const at::Tensor& q, const detail::FlashAttentionSizes<>& s,
+                           bool has_padding_mask);
 
 /// The CUDA kernels' limits on dtypes, head dims and sizes, with `op` named in the message.
 void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes<>& s, const char* op);

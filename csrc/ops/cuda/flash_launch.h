@@ -17,10 +17,10 @@ cudaError_t run_flash_fwd(const FlashFwdParams& params, cudaStream_t stream);
 template <typename T, int kHeadDim, bool kVarlen = false>
 cudaError_t run_flash_bwd(const FlashBwdParams& params, cudaStream_t stream);
 /// The same on Hopper warpgroup MMA, kHeadDim in {64, 128}: launch only on a compute capability 9.0 device
-/// from a build with sm_90a code (XTC_CUDA_SM90A); elsewhere their kernels trap. No packed form.
-template <typename T, int kHeadDim>
+/// from a build with sm_90a code (XTC_CUDA_SM90A); elsewhere their kernels trap.
+template <typename T, int kHeadDim, bool kVarlen = false>
 cudaError_t run_flash_fwd_sm90(const FlashFwdParams& params, cudaStream_t stream);
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kVarlen = false>
 cudaError_t run_flash_bwd_sm90(const FlashBwdParams& params, cudaStream_t stream);
 
 /// Simple kernels without tensor cores for float and double inputs, any d, dv <= kSimpleMaxHeadDim.

@@ -44,17 +44,16 @@ def simple_file(direction: str, varlen: bool = False) -> str:
 
 
 def files() -> dict[str, str]:
-    """The dense kernels, and the packed (varlen) forms of the mma.sync and simple ones (the Hopper kernels have
-    none)."""
+    """The dense kernels and their packed (varlen) forms."""
     out = {}
     for direction in DIRECTIONS:
         sm90 = direction.endswith("_sm90")
         for dtype in DTYPES:
             for head_dim in SM90_HEAD_DIMS if sm90 else HEAD_DIMS:
                 out[f"flash_{direction}_hdim{head_dim}_{dtype}.cu"] = tensor_core_file(direction, dtype, head_dim)
-                if not sm90:
-                    out[f"flash_{direction}_varlen_hdim{head_dim}_{dtype}.cu"] = tensor_core_file(
-                        direction, dtype, head_dim, varlen=True)
+                varlen_name = direction.replace("_sm90", "_varlen_sm90") if sm90 else f"{direction}_varlen"
+                out[f"flash_{varlen_name}_hdim{head_dim}_{dtype}.cu"] = tensor_core_file(direction, dtype, head_dim,
+                                                                                     varlen=True)
         if not sm90:
             out[f"flash_{direction}_simple.cu"] = simple_file(direction)
             out[f"flash_{direction}_varlen_simple.cu"] = simple_file(direction, varlen=True)
