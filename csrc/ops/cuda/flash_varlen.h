@@ -50,6 +50,7 @@ XTC_HOST_DEVICE int sequence_of_row(const int* cu, int sequences, int row) {
   return lo;
 }
 
+/// `ptr` moved by `elements` of E; nullptr stays nullptr (the buffers a kernel family does not use).
 template <typename E, typename P>
 XTC_HOST_DEVICE P* advance(P* ptr, int64_t elements) {
   using Byte = typename std::conditional<std::is_const<P>::value, const E, E>::type;
