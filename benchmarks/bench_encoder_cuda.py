@@ -3,8 +3,8 @@
 autocast, and as a bf16 module. Cases: the seed shape (1, 1024, 512) depth 6 heads 8; the padded batch
 (8, 512, 512) with lengths U[128, 512]; a long batch (2, 16384, 512) depth 2 with 25 % padding. Forward (eval,
 no_grad) and a training step (forward, mean square, backward). Ours by default, with unpad on padded batches,
-with the cuda_sdpa_fp32 route in fp32, and (--precisions fp32-medium) with the cuda_fp32_as_bf16 route at
-'medium'. Medians of interleaved calls (CUDA events), peak memory per call,
+with the cuda_sdpa_fp32 route and the cuda_fp32_tensor_cores forward in fp32, and (--precisions fp32-medium)
+with the cuda_fp32_as_bf16 route at 'medium'. Medians of interleaved calls (CUDA events), peak memory per call,
 ratios against the faster x-transformers mode, the targets (>= 1.0x; >= 1.3x on padded batches, unpad allowed)
 checked, JSON naming the GPU. benchmarks/gpu_check.sh runs it.
 
@@ -24,7 +24,8 @@ PRECISIONS = ("fp32-highest", "fp32-high", "bf16-autocast", "bf16-module")
 # Also timed on request (--precisions): fp32 at matmul precision 'medium', where ours may take the bf16 kernels.
 EXTRA_PRECISIONS = ("fp32-medium",)
 # The opt-in routes, each timed as its own row of ours.
-ROUTES = {"xtc sdpa-fp32": "CUDA_SDPA_FP32", "xtc fp32-as-bf16": "CUDA_FP32_AS_BF16"}
+ROUTES = {"xtc sdpa-fp32": "CUDA_SDPA_FP32", "xtc fp32-tensor-cores": "CUDA_FP32_TENSOR_CORES",
+          "xtc fp32-as-bf16": "CUDA_FP32_AS_BF16"}
 PADDED = ("padded", "long")
 
 
@@ -143,6 +144,7 @@ def run_case(case, shape, mode, precision, repeats, device):
     built = models(dim, depth, heads, case in PADDED)
     if precision.startswith("fp32"):
         built["xtc sdpa-fp32"] = built["xtc"]
+        built["xtc fp32-tensor-cores"] = built["xtc"]
     if precision == "fp32-medium":
         built["xtc fp32-as-bf16"] = built["xtc"]
     fns = {}

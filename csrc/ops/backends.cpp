@@ -22,14 +22,17 @@ constexpr std::array<const char*, kNumBackends> kNames = {"cpu_flash",
                                                           "cuda_sdpa_fp32",
                                                           "cuda_varlen_one_launch",
                                                           "cuda_fp32_as_bf16",
+                                                          "cuda_fp32_tensor_cores",
                                                           "math"};
 
 constexpr uint32_t bit(Backend b) { return uint32_t(1) << static_cast<uint32_t>(b); }
 constexpr uint32_t kAll = (uint32_t(1) << kNumBackends) - 1;
-// CUDA's varlen path, the fp32 SDPA route, the one-launch varlen kernels and the fp32-as-bf16 route have not
-// run on a GPU: opt-in until one has.
-constexpr uint32_t kDefaultEnabled = kAll & ~bit(Backend::CudaVarlen) & ~bit(Backend::CudaSdpaFp32) &
-                                     ~bit(Backend::CudaVarlenOneLaunch) & ~bit(Backend::CudaFp32AsBf16);
+// The families no GPU has run yet (CUDA's varlen path, the fp32 SDPA route, the one-launch varlen kernels,
+// the fp32-as-bf16 route, the fp32 tensor-core forward): opt-in until one has.
+constexpr uint32_t kNotYetRun = bit(Backend::CudaVarlen) | bit(Backend::CudaSdpaFp32) |
+                                bit(Backend::CudaVarlenOneLaunch) | bit(Backend::CudaFp32AsBf16) |
+                                bit(Backend::CudaFp32TensorCores);
+constexpr uint32_t kDefaultEnabled = kAll & ~kNotYetRun;
 
 // The priority order packed 4 bits a family, first in the lowest nibble, 0xF past the end; 0 = none set.
 // One atomic word each keeps readers lock-free and a reader never sees half an update of either.

@@ -53,6 +53,18 @@ const char* precision_name(MatmulPrecision precision) {
   }
 }
 
+namespace {
+
+// The tensor-core kernels' head dims: 32, 64 or 128, the same for values.
+void check_tensor_core_head_dims(std::vector<std::string>& reasons, int64_t head_dim, int64_t value_head_dim,
+                                 const char* kernels) {
+  if ((head_dim != 32 && head_dim != 64 && head_dim != 128) || value_head_dim != head_dim)
+    reasons.push_back("head dims " + std::to_string(head_dim) + " / " + std::to_string(value_head_dim) +
+                      " (" + kernels + " take 32, 64 or 128, the same for values)");
+}
+
+}  // namespace
+
 std::vector<std::string> fp32_as_bf16_reasons(at::ScalarType dtype, int64_t head_dim, int64_t value_head_dim,
                                               MatmulPrecision precision) {
   std::vector<std::string> reasons;
@@ -61,9 +73,13 @@ std::vector<std::string> fp32_as_bf16_reasons(at::ScalarType dtype, int64_t head
   if (precision != MatmulPrecision::Medium)
     reasons.push_back(std::string("torch's float32 matmul precision is '") + precision_name(precision) +
                       "' (bfloat16 products need 'medium')");
-  if ((head_dim != 32 && head_dim != 64 && head_dim != 128) || value_head_dim != head_dim)
-    reasons.push_back("head dims " + std::to_string(head_dim) + " / " + std::to_string(value_head_dim) +
-                      " (the bfloat16 kernels take 32, 64 or 128, the same for values)");
+  check_tensor_core_head_dims(reasons, head_dim, value_head_dim, "the bfloat16 kernels");
+  return reasons;
+}
+
+std::vector<std::string> fp32_tensor_core_reasons(int64_t head_dim, int64_t value_head_dim) {
+  std::vector<std::string> reasons;
+  check_tensor_core_head_dims(reasons, head_dim, value_head_dim, "the float32 tensor-core kernels");
   return reasons;
 }
 

@@ -23,4 +23,8 @@ const char* precision_name(MatmulPrecision precision);
 std::vector<std::string> fp32_as_bf16_reasons(at::ScalarType dtype, int64_t head_dim, int64_t value_head_dim,
                                               MatmulPrecision precision);
 
+/// Why a float32 forward on CUDA cannot run in the tensor-core float32 kernel (empty: it can): it takes head
+/// dims 32, 64, 128 with dv == d. Its products follow the precision: 3xTF32 at 'highest', TF32 below.
+std::vector<std::string> fp32_tensor_core_reasons(int64_t head_dim, int64_t value_head_dim);
+
 }  // namespace xtc::ops

@@ -54,6 +54,9 @@ class Backend(enum.Enum):
     CUDA_FP32_AS_BF16 = "cuda_fp32_as_bf16"
     """float32 CUDA calls at torch's matmul precision 'medium' (which allows bfloat16 products) in the bfloat16
     tensor-core kernels, inputs cast in and the output back, any rule. No GPU has run it yet, so it is off."""
+    CUDA_FP32_TENSOR_CORES = "cuda_fp32_tensor_cores"
+    """The float32 forward on CUDA in tensor-core kernels (TF32 products, 3xTF32 at matmul precision 'highest'),
+    any rule, head dims 32 / 64 / 128; the backward stays warp-per-row. No GPU has run it yet, so it is off."""
     MATH = "math"
     """The scores materialised by aten ops: any rule, any device, torch.func transforms."""
 
@@ -71,8 +74,8 @@ class BackendChoice:
 
 
 def enabled_backends() -> List[Backend]:
-    """The families that may run now (default: all but the four that no GPU has run yet: CUDA_VARLEN,
-    CUDA_SDPA_FP32, CUDA_VARLEN_ONE_LAUNCH, CUDA_FP32_AS_BF16)."""
+    """The families that may run now (default: all but the five that no GPU has run yet: CUDA_VARLEN,
+    CUDA_SDPA_FP32, CUDA_VARLEN_ONE_LAUNCH, CUDA_FP32_AS_BF16, CUDA_FP32_TENSOR_CORES)."""
     return [Backend(name) for name in _C.enabled_backends()]
 
 

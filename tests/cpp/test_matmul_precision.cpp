@@ -1,6 +1,6 @@
 // torch's float32 matmul precision read back from its own switches (ops/matmul_precision.h), and the reasons
-// that keep a float32 CUDA call out of the bfloat16 tensor-core kernels. The numbers of that route need a GPU
-// (tests/python/test_flash_attention_cuda.py, benchmarks/gpu_check.sh).
+// that keep a float32 CUDA call out of the bfloat16 kernels or the float32 tensor-core forward. The numbers
+// of that route need a GPU (tests/python/test_flash_attention_cuda.py, benchmarks/gpu_check.sh).
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 
@@ -12,6 +12,7 @@ namespace {
 
 using xtc::ops::cuda_fp32_matmul_precision;
 using xtc::ops::fp32_as_bf16_reasons;
+using xtc::ops::fp32_tensor_core_reasons;
 using xtc::ops::MatmulPrecision;
 
 TEST(MatmulPrecision, ReadsTorchsSwitches) {
@@ -51,6 +52,12 @@ TEST(MatmulPrecision, Fp32AsBf16NamesDtypeAndHeadDims) {
   EXPECT_TRUE(
       mentions(fp32_as_bf16_reasons(at::kFloat, 64, 32, MatmulPrecision::Medium), "head dims 64 / 32"));
   EXPECT_EQ(fp32_as_bf16_reasons(at::kHalf, 40, 40, MatmulPrecision::High).size(), 3u);
+}
+
+TEST(MatmulPrecision, Fp32TensorCoreForwardTakesTheTensorCoreHeadDims) {
+  for (const int64_t d : {32, 64, 128}) EXPECT_TRUE(fp32_tensor_core_reasons(d, d).empty()) << d;
+  EXPECT_TRUE(mentions(fp32_tensor_core_reasons(48, 48), "head dims 48 / 48"));
+  EXPECT_TRUE(mentions(fp32_tensor_core_reasons(64, 128), "head dims 64 / 128"));
 }
 
 }  // namespace

@@ -13,7 +13,7 @@ from xtc_testing import random_mask
 
 HAS_BF16_UNITS = "avx512_bf16" in open("/proc/cpuinfo").read()
 OFF_BY_DEFAULT = (Backend.CUDA_VARLEN, Backend.CUDA_SDPA_FP32, Backend.CUDA_VARLEN_ONE_LAUNCH,
-                  Backend.CUDA_FP32_AS_BF16)
+                  Backend.CUDA_FP32_AS_BF16, Backend.CUDA_FP32_TENSOR_CORES)
 DEFAULT = [b for b in Backend if b not in OFF_BY_DEFAULT]
 
 

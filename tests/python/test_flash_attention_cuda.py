@@ -305,3 +305,51 @@ def test_fp32_takes_the_bf16_kernels_only_at_medium(precision, expected):
         ref, _ = reference(q.detach().double(), k.detach().double(), v.detach().double(), mask, True, None,
                            rules[2].double(), (16, -1), 20.0)
         assert max_err(out, ref) < 1e-5
+
+
+TENSOR_CORE_FP32 = [  # (b, n, m, h, hk, d, mask kind, causal, alibi, window, softcap)
+    (2, 97, 131, 4, 2, 32, "random", False, False, (-1, -1), 0.0),  # make_mask: batch row 0 fully masked
+    (2, 130, 130, 4, 4, 64, "pad", True, True, (-1, -1), 0.0),
+    (1, 200, 257, 2, 1, 128, None, False, False, (40, 7), 25.0),
+    (3, 65, 64, 2, 2, 64, "random", False, True, (-1, -1), 10.0),
+]
+
+
+@pytest.mark.parametrize("case", TENSOR_CORE_FP32, ids=[f"d{c[5]}-{c[6]}" for c in TENSOR_CORE_FP32])
+@pytest.mark.parametrize("precision", ["highest", "high"])
+def test_fp32_tensor_core_forward_within_its_precision(case, precision):
+    """The float32 tensor-core forward (cuda_fp32_tensor_cores, off by default), every rule: at 'highest'
+    (3xTF32 products) near the warp-per-row kernel's float32 error; at 'high' (TF32) within twice the error of
+    torch's own TF32 attention in the same dense math; the backward stays warp-per-row and matches float64."""
+    from x_transformers_cpp.backends import Backend, attention_backend, enabled_backends, record_choices
+    b, n, m, h, hk, d, mask_kind, causal, alibi, window, softcap = case
+    g = torch.Generator().manual_seed(zlib.crc32(repr(case).encode()))
+    q = torch.randn(b, n, h, d, generator=g).to(DEVICE).requires_grad_()
+    k, v = (torch.randn(b, m, hk, d, generator=g).to(DEVICE).requires_grad_() for _ in range(2))
+    mask = make_mask(mask_kind, b, m, g)
+    slopes = torch.rand(h, generator=g).to(DEVICE) if alibi else None
+    rules = (causal, None, slopes, window[0], window[1], softcap)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        with attention_backend([*enabled_backends(), Backend.CUDA_FP32_TENSOR_CORES]), record_choices() as choices:
+            out, lse = torch.ops.xtc.flash_attention(q, k, v, mask, *rules)
+            out.sum().backward()
+        torch_out, _ = reference(q.detach(), k.detach(), v.detach(), mask, causal, None, slopes, window, softcap)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert Backend.CUDA_FP32_TENSOR_CORES in {c.chosen for c in choices}
+    ref, ref_lse = reference(q.detach().double(), k.detach().double(), v.detach().double(), mask, causal, None,
+                             None if slopes is None else slopes.double(), window, softcap)
+    if precision == "highest":
+        assert max_err(out, ref) < 1e-5 and max_err(lse, ref_lse) < 1e-5
+    else:
+        assert max_err(out, ref) <= 2 * max_err(torch_out, ref) + 1e-4
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)  # rows without a visible key: lse -inf, output 0
+    assert (out.transpose(1, 2)[~finite] == 0).all()
+    q64 = q.detach().double().requires_grad_()
+    want, _ = reference(q64, k.detach().double(), v.detach().double(), mask, causal, None,
+                        None if slopes is None else slopes.double(), window, softcap)
+    want.sum().backward()
+    assert max_err(q.grad, q64.grad) < (1e-4 if precision == "highest" else 2e-2)

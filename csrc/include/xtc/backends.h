@@ -45,10 +45,14 @@ enum class Backend : uint8_t {
   /// float32 CUDA calls at torch's matmul precision 'medium' (which allows bfloat16 products) in the bfloat16
   /// tensor-core kernels, inputs cast in and the output back: any rule of ours. No GPU has run it: off.
   CudaFp32AsBf16,
+  /// The float32 forward on CUDA in tensor-core kernels (mma.sync TF32, 3xTF32 at matmul precision
+  /// 'highest'),
+  /// any rule of ours, head dims 32 / 64 / 128; the backward stays warp-per-row. No GPU has run it: off.
+  CudaFp32TensorCores,
   /// The scores materialised by aten ops: any rule, any device, torch.func transforms.
   Math,
 };
-constexpr int kNumBackends = 12;
+constexpr int kNumBackends = 13;
 
 /// "cpu_flash", "cuda_hopper_forward", ... (the Python enum's values).
 const char* backend_name(Backend backend);
@@ -57,8 +61,8 @@ Backend backend_from_name(const std::string& name);
 /// Every family, in declaration order.
 std::vector<Backend> all_backends();
 
-/// The families enabled now (default: all but the four that no GPU has run: CudaVarlen, CudaSdpaFp32,
-/// CudaVarlenOneLaunch, CudaFp32AsBf16).
+/// The families enabled now (default: all but the five that no GPU has run: CudaVarlen, CudaSdpaFp32,
+/// CudaVarlenOneLaunch, CudaFp32AsBf16, CudaFp32TensorCores).
 std::vector<Backend> enabled_backends();
 bool backend_enabled(Backend backend);
 /// The order set with set_priority, empty when the built-in preferences apply.

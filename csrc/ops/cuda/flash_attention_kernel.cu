@@ -6,9 +6,10 @@
 //
 // Routing: float16 / bfloat16 with d == dv in {32, 64, 128} run the tensor-core kernels (fp32 accumulation);
 // float32 / float64 run a simple kernel in their own precision (any d, dv <= 256), so a float input is never
-// rounded to 16 bits behind the caller's back: only where torch's float32 matmul precision is 'medium', which
-// lets torch's own matmuls use bfloat16 products, and the cuda_fp32_as_bf16 backend is enabled (off until a
-// GPU has run it), do float32 calls take the bfloat16 kernels (ops/matmul_precision.h). Anything else fails
+// rounded to 16 bits behind the caller's back. Two opt-in routes for float32, off until a GPU has run them,
+// follow torch's float32 matmul precision (ops/matmul_precision.h): the tensor-core forward
+// (cuda_fp32_tensor_cores: 3xTF32 products at 'highest', TF32 below), and at 'medium', which lets torch's own
+// matmuls use bfloat16 products, the bfloat16 kernels (cuda_fp32_as_bf16). Anything else fails
 // with a message naming the value. On a Hopper GPU (compute capability 9.0) the half-precision forward and
 // backward with d in {64, 128} run the warpgroup-MMA kernels when the build has sm_90a code (XTC_CUDA_SM90A,
 // set by the build when 90a is among the architectures), except for short masked calls (choose_cuda_kernel,
@@ -51,9 +52,7 @@ namespace {
 at::Tensor with_aligned_rows(const at::Tensor& x) {
   const int64_t elems_per_16_bytes = 16 / static_cast<int64_t>(x.element_size());
   bool ok = x.stride(-1) == 1 && reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 == 0;
-  if (is_half_type(x.scalar_type())) {
-    for (int64_t i = 0; i + 1 < x.dim(); ++i) ok = ok && x.stride(i) % elems_per_16_bytes == 0;
-  }
+  for (int64_t i = 0; i + 1 < x.dim(); ++i) ok = ok && x.stride(i) % elems_per_16_bytes == 0;
   return ok ? x : x.contiguous();
 }
 
@@ -61,6 +60,8 @@ at::Tensor with_aligned_rows(const at::Tensor& x) {
 at::Tensor with_unit_last_stride(const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
 
 }  // namespace
+
+at::Tensor prepare_aligned_rows(const at::Tensor& x) { return with_aligned_rows(x); }
 
 at::Tensor prepare_input(const at::Tensor& x) {
   return is_half_type(x.scalar_type()) ? with_aligned_rows(x) : with_unit_last_stride(x);
@@ -188,11 +189,16 @@ Backend choose_cuda_kernel(Direction direction, const at::Tensor& q, const detai
   std::vector<BackendCandidate> candidates = {{hopper, std::move(hopper_no)},
                                               {Backend::CudaMmaSync, std::move(mma_no)},
                                               {Backend::CudaSimple, std::move(simple_no)}};
-  // float32 at matmul precision 'medium' may take the bfloat16 kernels, as torch's own matmuls may.
-  if (q.scalar_type() == at::kFloat)
+  // float32: the tensor-core forward (TF32 / 3xTF32 by the matmul precision) before the warp-per-row kernel;
+  // at 'medium' the bfloat16 kernels before both, as torch's own matmuls may take bfloat16 there.
+  if (q.scalar_type() == at::kFloat) {
+    if (direction == Direction::kForward)
+      candidates.insert(candidates.begin(), {Backend::CudaFp32TensorCores,
+                                             fp32_tensor_core_reasons(s.head_dim, s.value_head_dim)});
     candidates.insert(candidates.begin(),
                       {Backend::CudaFp32AsBf16, fp32_as_bf16_reasons(at::kFloat, s.head_dim, s.value_head_dim,
                                                                      cuda_fp32_matmul_precision())});
+  }
   return choose_backend(site, std::move(candidates));
 }
 
@@ -203,6 +209,42 @@ namespace {
 using namespace cuda_glue;
 
 at::Tensor as_bf16(const at::Tensor& x) { return x.to(at::kBFloat16); }
+
+// The float32 tensor-core forward: 3xTF32 products at torch's matmul precision 'highest', TF32 below.
+void launch_tf32_forward(const cuda::FlashFwdParams& p, int64_t head_dim, cudaStream_t stream) {
+  const bool split = cuda_fp32_matmul_precision() == MatmulPrecision::Highest;
+  XTC_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
+    if (split) {
+      C10_CUDA_CHECK((cuda::run_flash_fwd_tf32<kHeadDim, true>(p, stream)));
+    } else {
+      C10_CUDA_CHECK((cuda::run_flash_fwd_tf32<kHeadDim, false>(p, stream)));
+    }
+  });
+}
+
+void launch_forward(const cuda::FlashFwdParams& p, at::ScalarType dtype, int64_t head_dim, Backend kernel) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (is_half_type(dtype)) {
+    const bool hopper = kernel == Backend::CudaHopperForward;
+    XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
+      XTC_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
+        if constexpr (kHeadDim >= 64) {
+          if (hopper) {
+            C10_CUDA_CHECK((cuda::run_flash_fwd_sm90<elem_t, kHeadDim>(p, stream)));
+            return;
+          }
+        }
+        C10_CUDA_CHECK((cuda::run_flash_fwd<elem_t, kHeadDim>(p, stream)));
+      });
+    });
+  } else if (kernel == Backend::CudaFp32TensorCores) {
+    launch_tf32_forward(p, head_dim, stream);
+  } else if (dtype == at::kFloat) {
+    C10_CUDA_CHECK(cuda::run_flash_fwd_simple<float>(p, stream));
+  } else {
+    C10_CUDA_CHECK(cuda::run_flash_fwd_simple<double>(p, stream));
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
@@ -226,33 +268,17 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
                                        scale, alibi_slopes, window_left, window_right, softcap);
     return {out_bf16.to(at::kFloat), lse_float};
   }
-  const at::Tensor q = prepare_input(q_in), k = prepare_input(k_in), v = prepare_input(v_in);
+  // The float32 tensor-core kernel copies rows 16 bytes at a time, as the half-precision ones do.
+  const bool tf32 = kernel == Backend::CudaFp32TensorCores;
+  const auto prepare = [&](const at::Tensor& x) { return tf32 ? prepare_aligned_rows(x) : prepare_input(x); };
+  const at::Tensor q = prepare(q_in), k = prepare(k_in), v = prepare(v_in);
   const auto slopes = prepare_slopes(alibi_slopes);
   cuda::FlashFwdParams p{};
   fill_common_params(p, s, q, k, v, key_padding_mask, slopes, causal, window_left, window_right, softcap);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
   p.o_batch_stride = out.stride(0), p.o_row_stride = out.stride(1), p.o_head_stride = out.stride(2);
-
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (is_half_type(dtype)) {
-    const bool hopper = kernel == Backend::CudaHopperForward;
-    XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
-      XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] {
-        if constexpr (kHeadDim >= 64) {
-          if (hopper) {
-            C10_CUDA_CHECK((cuda::run_flash_fwd_sm90<elem_t, kHeadDim>(p, stream)));
-            return;
-          }
-        }
-        C10_CUDA_CHECK((cuda::run_flash_fwd<elem_t, kHeadDim>(p, stream)));
-      });
-    });
-  } else if (dtype == at::kFloat) {
-    C10_CUDA_CHECK(cuda::run_flash_fwd_simple<float>(p, stream));
-  } else {
-    C10_CUDA_CHECK(cuda::run_flash_fwd_simple<double>(p, stream));
-  }
+  launch_forward(p, dtype, s.head_dim, kernel);
   return {out, lse};
 }
 

@@ -21,6 +21,10 @@ bool is_half_type(at::ScalarType t);
 /// float32 / float64; copied once when it is not.
 at::Tensor prepare_input(const at::Tensor& x);
 
+/// x with 16-byte aligned rows whatever its dtype (the float32 tensor-core kernel's cp.async), copied once
+/// when it has not.
+at::Tensor prepare_aligned_rows(const at::Tensor& x);
+
 /// The slopes as the kernels read them: contiguous float64.
 std::optional<at::Tensor> prepare_slopes(const std::optional<at::Tensor>& alibi_slopes);
 

@@ -23,6 +23,11 @@ cudaError_t run_flash_fwd_sm90(const FlashFwdParams& params, cudaStream_t stream
 template <typename T, int kHeadDim, bool kVarlen = false>
 cudaError_t run_flash_bwd_sm90(const FlashBwdParams& params, cudaStream_t stream);
 
+/// Tensor-core float32 forward (flash_fwd_tf32.cuh): TF32 products, 3xTF32 with kSplit; kHeadDim in {32, 64,
+/// 128}, d == dv. Dense only.
+template <int kHeadDim, bool kSplit>
+cudaError_t run_flash_fwd_tf32(const FlashFwdParams& params, cudaStream_t stream);
+
 /// Simple kernels without tensor cores for float and double inputs, any d, dv <= kSimpleMaxHeadDim.
 constexpr int kSimpleMaxHeadDim = 256;
 template <typename T, bool kVarlen = false>

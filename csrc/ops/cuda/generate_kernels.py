@@ -43,8 +43,14 @@ def simple_file(direction: str, varlen: bool = False) -> str:
     return f"{HEADER}#include \"../{header}\"\n\nnamespace xtc::cuda {{\n{lines}}}  // namespace xtc::cuda\n"
 
 
+def tf32_file(head_dim: int) -> str:
+    lines = "".join(f"template cudaError_t run_flash_fwd_tf32<{head_dim}, {split}>(const FlashFwdParams&, "
+                    f"cudaStream_t);\n" for split in ("false", "true"))
+    return f"{HEADER}#include \"../flash_fwd_tf32.cuh\"\n\nnamespace xtc::cuda {{\n{lines}}}  // namespace xtc::cuda\n"
+
+
 def files() -> dict[str, str]:
-    """The dense kernels and their packed (varlen) forms."""
+    """The dense kernels and their packed (varlen) forms, and the float32 tensor-core forward."""
     out = {}
     for direction in DIRECTIONS:
         sm90 = direction.endswith("_sm90")
@@ -57,6 +63,8 @@ def files() -> dict[str, str]:
         if not sm90:
             out[f"flash_{direction}_simple.cu"] = simple_file(direction)
             out[f"flash_{direction}_varlen_simple.cu"] = simple_file(direction, varlen=True)
+    for head_dim in HEAD_DIMS:  # the float32 tensor-core forward: TF32 and 3xTF32 products
+        out[f"flash_fwd_tf32_hdim{head_dim}.cu"] = tf32_file(head_dim)
     return out
 
 
