@@ -123,6 +123,16 @@ void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSiz
   p.window_right = static_cast<int>(p.has_right ? std::min<int64_t>(right, s.keys + s.queries) : 0);
 }
 
+void fill_backward_inputs(cuda::FlashBwdParams& p, const at::Tensor& grad_out, const at::Tensor& out,
+                          const at::Tensor& lse) {
+  p.out = const_cast<void*>(out.data_ptr());
+  p.o_batch_stride = out.stride(0), p.o_row_stride = out.stride(1), p.o_head_stride = out.stride(2);
+  p.lse = const_cast<void*>(lse.data_ptr());
+  p.dout = grad_out.data_ptr();
+  p.do_batch_stride = grad_out.stride(0), p.do_row_stride = grad_out.stride(1);
+  p.do_head_stride = grad_out.stride(2);
+}
+
 std::optional<at::Tensor> prepare_slopes(const std::optional<at::Tensor>& alibi_slopes) {
   if (!alibi_slopes.has_value()) return std::nullopt;
   // The kernels read the slopes as double, whatever dtype the caller keeps them in.
@@ -322,12 +332,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
 
   cuda::FlashBwdParams p{};
   fill_common_params(p, s, q, k, v, key_padding_mask, slopes, causal, window_left, window_right, softcap);
-  p.out = const_cast<void*>(out.data_ptr());
-  p.o_batch_stride = out.stride(0), p.o_row_stride = out.stride(1), p.o_head_stride = out.stride(2);
-  p.lse = const_cast<void*>(lse.data_ptr());
-  p.dout = grad_out.data_ptr();
-  p.do_batch_stride = grad_out.stride(0), p.do_row_stride = grad_out.stride(1);
-  p.do_head_stride = grad_out.stride(2);
+  fill_backward_inputs(p, grad_out, out, lse);
 
   const auto acc_options = q.options().dtype(acc_dtype);
   const std::vector<int64_t> dq_sizes{s.batch, s.queries, s.heads, s.head_dim};

@@ -225,12 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_varlen_backward_k
   cuda::FlashBwdParams p{};
   fill_packed_params(p, s, q, k, v, cu_q, cu_k, max_seqlen_q, max_seqlen_k, slopes, causal, window_left,
                      window_right, softcap);
-  p.out = const_cast<void*>(out.data_ptr());
-  p.o_batch_stride = out.stride(0), p.o_row_stride = out.stride(1), p.o_head_stride = out.stride(2);
-  p.lse = const_cast<void*>(lse.data_ptr());
-  p.dout = grad_out.data_ptr();
-  p.do_batch_stride = grad_out.stride(0), p.do_row_stride = grad_out.stride(1);
-  p.do_head_stride = grad_out.stride(2);
+  cuda_glue::fill_backward_inputs(p, grad_out, out, lse);
   const BackwardBuffers buffers = attach_backward_buffers(p, s, q);
   const bool hopper = is_half_type(dtype) && on_hopper(Direction::kBackward, q, s, p.max_keys);
   launch_backward(p, dtype, s.head_dim, hopper);

@@ -487,19 +487,9 @@ __device__ __forceinline__ void flash_bwd_simple_row(const FlashBwdParams& p, in
 
 template <typename T, bool kVarlen>
 __global__ void __launch_bounds__(32 * kSimpleWarps) flash_bwd_simple_kernel(const FlashBwdParams params) {
-  const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
-  if (row_id >= static_cast<int64_t>(params.batch) * params.heads * params.queries) return;
-  const int i = static_cast<int>(row_id % params.queries);
-  const int head = static_cast<int>((row_id / params.queries) % params.heads);
-  const int batch = static_cast<int>(row_id / (static_cast<int64_t>(params.queries) * params.heads));
-  if constexpr (kVarlen) {
-    FlashBwdParams p = params;
-    const int local = i - narrow_to_sequence<T, T>(p, sequence_of_row(p.cu_seqlens_q, p.sequences, i));
-    if (local >= p.queries) return;  // a row the clamped offsets leave out
-    flash_bwd_simple_row<T, true>(p, 0, head, local);
-  } else {
-    flash_bwd_simple_row<T, false>(params, batch, head, i);
-  }
+  for_warp_row<T, kVarlen>(params, [](const FlashBwdParams& p, int batch, int head, int i) {
+    flash_bwd_simple_row<T, kVarlen>(p, batch, head, i);
+  });
 }
 
 }  // namespace detail

@@ -632,22 +632,30 @@ __device__ __forceinline__ void flash_fwd_simple_row(const FlashFwdParams& p, in
         row_sum != 0 ? row_max + log(row_sum) : -INFINITY;
 }
 
-// Packed: the rows of the frame's (1, total_q, h) map to their sequences by a binary search over the offsets.
-template <typename T, bool kVarlen>
-__global__ void __launch_bounds__(32 * kSimpleWarps) flash_fwd_simple_kernel(const FlashFwdParams params) {
+// The warp-per-row kernels' row of this warp in the (batch, n, h) frame, handed to row(p, batch, head, i). Packed,
+// the row's sequence is found by a binary search over the offsets and the frame narrowed to it (batch 0).
+template <typename T, bool kVarlen, typename Params, typename Row>
+__device__ __forceinline__ void for_warp_row(const Params& params, Row&& row) {
   const int64_t row_id = static_cast<int64_t>(blockIdx.x) * kSimpleWarps + threadIdx.x / 32;
   if (row_id >= static_cast<int64_t>(params.batch) * params.heads * params.queries) return;
   const int i = static_cast<int>(row_id % params.queries);
   const int head = static_cast<int>((row_id / params.queries) % params.heads);
   const int batch = static_cast<int>(row_id / (static_cast<int64_t>(params.queries) * params.heads));
   if constexpr (kVarlen) {
-    FlashFwdParams p = params;
+    Params p = params;
     const int local = i - narrow_to_sequence<T, T>(p, sequence_of_row(p.cu_seqlens_q, p.sequences, i));
     if (local >= p.queries) return;  // a row the clamped offsets leave out
-    flash_fwd_simple_row<T, true>(p, 0, head, local);
+    row(p, 0, head, local);
   } else {
-    flash_fwd_simple_row<T, false>(params, batch, head, i);
+    row(params, batch, head, i);
   }
+}
+
+template <typename T, bool kVarlen>
+__global__ void __launch_bounds__(32 * kSimpleWarps) flash_fwd_simple_kernel(const FlashFwdParams params) {
+  for_warp_row<T, kVarlen>(params, [](const FlashFwdParams& p, int batch, int head, int i) {
+    flash_fwd_simple_row<T, kVarlen>(p, batch, head, i);
+  });
 }
 
 }  // namespace detail

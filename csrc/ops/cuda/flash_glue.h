@@ -46,4 +46,8 @@ void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSiz
                         const std::optional<at::Tensor>& slopes, bool causal, int64_t window_left,
                         int64_t window_right, double softcap);
 
+/// The backward's saved forward results and incoming gradient: out and grad_out (b, n, h, dv), lse (b, h, n).
+void fill_backward_inputs(cuda::FlashBwdParams& p, const at::Tensor& grad_out, const at::Tensor& out,
+                          const at::Tensor& lse);
+
 }  // namespace xtc::ops::cuda_glue
