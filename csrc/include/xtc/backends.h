@@ -38,16 +38,15 @@ enum class Backend : uint8_t {
   /// (memory-efficient at 'highest', cuBLAS TF32 at 'high' / 'medium'): no GPU has run it, off by default.
   CudaSdpaFp32,
   /// The CUDA varlen op in one launch over (query tiles of the longest sequence, heads, sequences), offsets
-  /// read
-  /// on the device (no host sync: CUDA-graph capturable); else one launch per sequence. No GPU has run it:
-  /// off.
+  /// read on the device (no host sync: CUDA-graph capturable); else one launch per sequence. No GPU has run
+  /// it: off.
   CudaVarlenOneLaunch,
   /// float32 CUDA calls at torch's matmul precision 'medium' (which allows bfloat16 products) in the bfloat16
   /// tensor-core kernels, inputs cast in and the output back: any rule of ours. No GPU has run it: off.
   CudaFp32AsBf16,
   /// The float32 forward on CUDA in tensor-core kernels (mma.sync TF32, 3xTF32 at matmul precision
-  /// 'highest'),
-  /// any rule of ours, head dims 32 / 64 / 128; the backward stays warp-per-row. No GPU has run it: off.
+  /// 'highest'), any rule of ours, head dims 32 / 64 / 128; the backward stays warp-per-row. No GPU has run
+  /// it: off.
   CudaFp32TensorCores,
   /// The scores materialised by aten ops: any rule, any device, torch.func transforms.
   Math,

@@ -47,24 +47,22 @@ bool is_half_type(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat1
 
 namespace {
 
+// The simple kernels only need a contiguous last dim.
+at::Tensor with_unit_last_stride(const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
+
+}  // namespace
+
 // The tensor-core kernels copy rows with 16-byte cp.async: the base pointer and every stride must be 16-byte
 // multiples. Anything else (a slice at an odd offset, a non-contiguous last dim) is copied once here.
-at::Tensor with_aligned_rows(const at::Tensor& x) {
+at::Tensor prepare_aligned_rows(const at::Tensor& x) {
   const int64_t elems_per_16_bytes = 16 / static_cast<int64_t>(x.element_size());
   bool ok = x.stride(-1) == 1 && reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 == 0;
   for (int64_t i = 0; i + 1 < x.dim(); ++i) ok = ok && x.stride(i) % elems_per_16_bytes == 0;
   return ok ? x : x.contiguous();
 }
 
-// The simple kernels only need a contiguous last dim.
-at::Tensor with_unit_last_stride(const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
-
-}  // namespace
-
-at::Tensor prepare_aligned_rows(const at::Tensor& x) { return with_aligned_rows(x); }
-
 at::Tensor prepare_input(const at::Tensor& x) {
-  return is_half_type(x.scalar_type()) ? with_aligned_rows(x) : with_unit_last_stride(x);
+  return is_half_type(x.scalar_type()) ? prepare_aligned_rows(x) : with_unit_last_stride(x);
 }
 
 void check_cuda_route(const at::Tensor& q, const detail::FlashAttentionSizes<>& s, const char* op) {
@@ -212,13 +210,7 @@ Backend choose_cuda_kernel(Direction direction, const at::Tensor& q, const detai
   return choose_backend(site, std::move(candidates));
 }
 
-}  // namespace cuda_glue
-
 namespace {
-
-using namespace cuda_glue;
-
-at::Tensor as_bf16(const at::Tensor& x) { return x.to(at::kBFloat16); }
 
 // The float32 tensor-core forward: 3xTF32 products at torch's matmul precision 'highest', TF32 below.
 void launch_tf32_forward(const cuda::FlashFwdParams& p, int64_t head_dim, cudaStream_t stream) {
@@ -232,7 +224,9 @@ void launch_tf32_forward(const cuda::FlashFwdParams& p, int64_t head_dim, cudaSt
   });
 }
 
-void launch_forward(const cuda::FlashFwdParams& p, at::ScalarType dtype, int64_t head_dim, Backend kernel) {
+template <bool kVarlen>
+void launch_forward_as(const cuda::FlashFwdParams& p, at::ScalarType dtype, int64_t head_dim,
+                       Backend kernel) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (is_half_type(dtype)) {
     const bool hopper = kernel == Backend::CudaHopperForward;
@@ -240,21 +234,93 @@ void launch_forward(const cuda::FlashFwdParams& p, at::ScalarType dtype, int64_t
       XTC_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
         if constexpr (kHeadDim >= 64) {
           if (hopper) {
-            C10_CUDA_CHECK((cuda::run_flash_fwd_sm90<elem_t, kHeadDim>(p, stream)));
+            C10_CUDA_CHECK((cuda::run_flash_fwd_sm90<elem_t, kHeadDim, kVarlen>(p, stream)));
             return;
           }
         }
-        C10_CUDA_CHECK((cuda::run_flash_fwd<elem_t, kHeadDim>(p, stream)));
+        C10_CUDA_CHECK((cuda::run_flash_fwd<elem_t, kHeadDim, kVarlen>(p, stream)));
       });
     });
   } else if (kernel == Backend::CudaFp32TensorCores) {
+    TORCH_INTERNAL_ASSERT(!kVarlen, "the float32 tensor-core forward has no packed form");
     launch_tf32_forward(p, head_dim, stream);
   } else if (dtype == at::kFloat) {
-    C10_CUDA_CHECK(cuda::run_flash_fwd_simple<float>(p, stream));
+    C10_CUDA_CHECK((cuda::run_flash_fwd_simple<float, kVarlen>(p, stream)));
   } else {
-    C10_CUDA_CHECK(cuda::run_flash_fwd_simple<double>(p, stream));
+    C10_CUDA_CHECK((cuda::run_flash_fwd_simple<double, kVarlen>(p, stream)));
   }
 }
+
+template <bool kVarlen>
+void launch_backward_as(const cuda::FlashBwdParams& p, at::ScalarType dtype, int64_t head_dim,
+                        Backend kernel) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (is_half_type(dtype)) {
+    const bool hopper = kernel == Backend::CudaHopperBackward;
+    XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
+      XTC_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
+        if constexpr (kHeadDim >= 64) {
+          if (hopper) {
+            C10_CUDA_CHECK((cuda::run_flash_bwd_sm90<elem_t, kHeadDim, kVarlen>(p, stream)));
+            return;
+          }
+        }
+        C10_CUDA_CHECK((cuda::run_flash_bwd<elem_t, kHeadDim, kVarlen>(p, stream)));
+      });
+    });
+  } else if (dtype == at::kFloat) {
+    C10_CUDA_CHECK((cuda::run_flash_bwd_simple<float, kVarlen>(p, stream)));
+  } else {
+    C10_CUDA_CHECK((cuda::run_flash_bwd_simple<double, kVarlen>(p, stream)));
+  }
+}
+
+}  // namespace
+
+void launch_forward(const cuda::FlashFwdParams& p, at::ScalarType dtype, int64_t head_dim, Backend kernel,
+                    bool packed) {
+  packed ? launch_forward_as<true>(p, dtype, head_dim, kernel)
+         : launch_forward_as<false>(p, dtype, head_dim, kernel);
+}
+
+BackwardBuffers attach_backward_buffers(cuda::FlashBwdParams& p, const detail::FlashAttentionSizes<>& s,
+                                        const at::Tensor& q) {
+  const auto acc = q.options().dtype(detail::lse_dtype(q.scalar_type()));
+  const bool half = is_half_type(q.scalar_type());
+  const auto make = [&](c10::IntArrayRef sizes) {
+    return half ? at::empty(sizes, q.options()) : at::zeros(sizes, acc);
+  };
+  BackwardBuffers b{make({s.batch, s.queries, s.heads, s.head_dim}),
+                    make({s.batch, s.keys, s.kv_heads, s.head_dim}),
+                    make({s.batch, s.keys, s.kv_heads, s.value_head_dim}),
+                    {},
+                    {}};
+  if (half) {
+    // The kernels zero dq_accum, accumulate dS K into it without the softmax scale, and write dq = scale *
+    // dq_accum.
+    b.dq_accum = at::empty({s.batch, s.queries, s.heads, s.head_dim}, acc);
+    b.dsum = at::empty({s.batch, s.heads, s.queries}, acc);
+    p.dq_accum = b.dq_accum.data_ptr(), p.dsum = b.dsum.data_ptr();
+    p.dq = b.dq.data_ptr(), p.dk = b.dk.data_ptr(), p.dv = b.dv.data_ptr();
+  } else {
+    p.dq_accum = b.dq.data_ptr(), p.dk_accum = b.dk.data_ptr(), p.dv_accum = b.dv.data_ptr();
+  }
+  return b;
+}
+
+void launch_backward(const cuda::FlashBwdParams& p, at::ScalarType dtype, int64_t head_dim, Backend kernel,
+                     bool packed) {
+  packed ? launch_backward_as<true>(p, dtype, head_dim, kernel)
+         : launch_backward_as<false>(p, dtype, head_dim, kernel);
+}
+
+}  // namespace cuda_glue
+
+namespace {
+
+using namespace cuda_glue;
+
+at::Tensor as_bf16(const at::Tensor& x) { return x.to(at::kBFloat16); }
 
 std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
@@ -288,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_forward_kernel(
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
   p.o_batch_stride = out.stride(0), p.o_row_stride = out.stride(1), p.o_head_stride = out.stride(2);
-  launch_forward(p, dtype, s.head_dim, kernel);
+  launch_forward(p, dtype, s.head_dim, kernel, /*packed=*/false);
   return {out, lse};
 }
 
@@ -304,7 +370,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
   detail::check_flash_attention_backward_args(grad_out_in, out_in, lse_in, q_in, s);
   const c10::cuda::CUDAGuard guard(q_in.device());
 
-  const auto acc_dtype = detail::lse_dtype(dtype);  // float, double for double inputs
   if (s.batch * s.heads * s.queries == 0 || s.keys == 0) {
     // Nothing to attend: every gradient is an exact zero.
     return {at::zeros(q_in.sizes(), q_in.options()), at::zeros(k_in.sizes(), k_in.options()),
@@ -334,50 +399,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_kernel(
   fill_common_params(p, s, q, k, v, key_padding_mask, slopes, causal, window_left, window_right, softcap);
   fill_backward_inputs(p, grad_out, out, lse);
 
-  const auto acc_options = q.options().dtype(acc_dtype);
-  const std::vector<int64_t> dq_sizes{s.batch, s.queries, s.heads, s.head_dim};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-
-  if (is_half_type(dtype)) {
-    // The kernels zero dq_accum, accumulate dS K into it without the softmax scale, and write dq = scale *
-    // dq_accum.
-    at::Tensor dq_accum = at::empty(dq_sizes, acc_options);
-    at::Tensor dsum = at::empty({s.batch, s.heads, s.queries}, acc_options);
-    at::Tensor dq = at::empty(dq_sizes, q.options());
-    at::Tensor dk = at::empty({s.batch, s.keys, s.kv_heads, s.head_dim}, q.options());
-    at::Tensor dv = at::empty({s.batch, s.keys, s.kv_heads, s.value_head_dim}, q.options());
-    p.dq_accum = dq_accum.data_ptr();
-    p.dsum = dsum.data_ptr();
-    p.dq = dq.data_ptr();
-    p.dk = dk.data_ptr();
-    p.dv = dv.data_ptr();
-    const bool hopper = kernel == Backend::CudaHopperBackward;
-    XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
-      XTC_HEADDIM_SWITCH(s.head_dim, kHeadDim, [&] {
-        if constexpr (kHeadDim >= 64) {
-          if (hopper) {
-            C10_CUDA_CHECK((cuda::run_flash_bwd_sm90<elem_t, kHeadDim>(p, stream)));
-            return;
-          }
-        }
-        C10_CUDA_CHECK((cuda::run_flash_bwd<elem_t, kHeadDim>(p, stream)));
-      });
-    });
-    return {dq, dk, dv};
-  }
-
-  at::Tensor dq_accum = at::zeros(dq_sizes, acc_options);
-  p.dq_accum = dq_accum.data_ptr();
-  at::Tensor dk_accum = at::zeros({s.batch, s.keys, s.kv_heads, s.head_dim}, acc_options);
-  at::Tensor dv_accum = at::zeros({s.batch, s.keys, s.kv_heads, s.value_head_dim}, acc_options);
-  p.dk_accum = dk_accum.data_ptr();
-  p.dv_accum = dv_accum.data_ptr();
-  if (dtype == at::kFloat) {
-    C10_CUDA_CHECK(cuda::run_flash_bwd_simple<float>(p, stream));
-  } else {
-    C10_CUDA_CHECK(cuda::run_flash_bwd_simple<double>(p, stream));
-  }
-  return {dq_accum, dk_accum, dv_accum};
+  const BackwardBuffers buffers = attach_backward_buffers(p, s, q);
+  launch_backward(p, dtype, s.head_dim, kernel, /*packed=*/false);
+  return {buffers.dq, buffers.dk, buffers.dv};
 }
 
 }  // namespace

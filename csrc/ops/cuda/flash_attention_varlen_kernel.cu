@@ -10,11 +10,8 @@
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 #include <xtc/backends.h>
 
@@ -23,8 +20,6 @@
 #include <tuple>
 
 #include "ops/cuda/flash_glue.h"
-#include "ops/cuda/flash_launch.h"
-#include "ops/cuda/static_switch.h"
 #include "ops/flash_attention_varlen_checks.h"
 #include "ops/flash_attention_varlen_per_sequence.h"
 
@@ -81,34 +76,14 @@ void fill_packed_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSiz
 
 bool one_launch() { return backend_enabled(Backend::CudaVarlenOneLaunch); }
 
-// Hopper or mma.sync for float16 / bfloat16, by the dense op's choice (xtc/backends.h) for a sequence as long
-// as the longest: its size preference reads the keys.
-bool on_hopper(Direction direction, const at::Tensor& q, detail::FlashAttentionSizes<> s, int64_t max_keys) {
+// The kernel family: for float16 / bfloat16 the dense op's choice (xtc/backends.h) for a sequence as long as
+// the longest, whose keys its Hopper size preference reads; float32 / float64 the warp-per-row kernels (the
+// float32 routes have no packed form).
+Backend packed_kernel(Direction direction, const at::Tensor& q, detail::FlashAttentionSizes<> s,
+                      int64_t max_keys) {
+  if (!is_half_type(q.scalar_type())) return Backend::CudaSimple;
   s.keys = max_keys;
-  const Backend hopper =
-      direction == Direction::kForward ? Backend::CudaHopperForward : Backend::CudaHopperBackward;
-  return cuda_glue::choose_cuda_kernel(direction, q, s, /*has_padding_mask=*/false) == hopper;
-}
-
-void launch_forward(const cuda::FlashFwdParams& p, at::ScalarType dtype, int64_t head_dim, bool hopper) {
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (is_half_type(dtype)) {
-    XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
-      XTC_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
-        if constexpr (kHeadDim >= 64) {
-          if (hopper) {
-            C10_CUDA_CHECK((cuda::run_flash_fwd_sm90<elem_t, kHeadDim, true>(p, stream)));
-            return;
-          }
-        }
-        C10_CUDA_CHECK((cuda::run_flash_fwd<elem_t, kHeadDim, true>(p, stream)));
-      });
-    });
-  } else if (dtype == at::kFloat) {
-    C10_CUDA_CHECK((cuda::run_flash_fwd_simple<float, true>(p, stream)));
-  } else {
-    C10_CUDA_CHECK((cuda::run_flash_fwd_simple<double, true>(p, stream)));
-  }
+  return cuda_glue::choose_cuda_kernel(direction, q, s, /*has_padding_mask=*/false);
 }
 
 std::tuple<at::Tensor, at::Tensor> flash_attention_varlen_forward_kernel(
@@ -138,60 +113,9 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_varlen_forward_kernel(
   p.lse = lse.data_ptr();
   p.o_batch_stride = out_frame.stride(0), p.o_row_stride = out_frame.stride(1);
   p.o_head_stride = out_frame.stride(2);
-  const bool hopper = is_half_type(q.scalar_type()) && on_hopper(Direction::kForward, q, s, p.max_keys);
-  launch_forward(p, q.scalar_type(), s.head_dim, hopper);
+  const Backend kernel = packed_kernel(Direction::kForward, q, s, p.max_keys);
+  cuda_glue::launch_forward(p, q.scalar_type(), s.head_dim, kernel, /*packed=*/true);
   return {out, lse};
-}
-
-// The backward's buffers in the frame (b = 1): the tensor-core path's dq_accum (zeroed by its prologue), D
-// and outputs in the input dtype; the warp-per-row path's zeroed accumulators, which are its outputs. Held
-// until the launches are queued.
-struct BackwardBuffers {
-  at::Tensor dq, dk, dv, dq_accum, dsum;
-};
-
-BackwardBuffers attach_backward_buffers(cuda::FlashBwdParams& p, const detail::FlashAttentionSizes<>& s,
-                                        const at::Tensor& q) {
-  const auto acc = q.options().dtype(detail::lse_dtype(q.scalar_type()));
-  const bool half = is_half_type(q.scalar_type());
-  const auto make = [&](c10::IntArrayRef sizes) {
-    return half ? at::empty(sizes, q.options()) : at::zeros(sizes, acc);
-  };
-  BackwardBuffers b{make({1, s.queries, s.heads, s.head_dim}),
-                    make({1, s.keys, s.kv_heads, s.head_dim}),
-                    make({1, s.keys, s.kv_heads, s.value_head_dim}),
-                    {},
-                    {}};
-  if (half) {
-    b.dq_accum = at::empty({1, s.queries, s.heads, s.head_dim}, acc);
-    b.dsum = at::empty({1, s.heads, s.queries}, acc);
-    p.dq_accum = b.dq_accum.data_ptr(), p.dsum = b.dsum.data_ptr();
-    p.dq = b.dq.data_ptr(), p.dk = b.dk.data_ptr(), p.dv = b.dv.data_ptr();
-  } else {
-    p.dq_accum = b.dq.data_ptr(), p.dk_accum = b.dk.data_ptr(), p.dv_accum = b.dv.data_ptr();
-  }
-  return b;
-}
-
-void launch_backward(const cuda::FlashBwdParams& p, at::ScalarType dtype, int64_t head_dim, bool hopper) {
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (is_half_type(dtype)) {
-    XTC_HALF_SWITCH(dtype == at::kBFloat16, elem_t, [&] {
-      XTC_HEADDIM_SWITCH(head_dim, kHeadDim, [&] {
-        if constexpr (kHeadDim >= 64) {
-          if (hopper) {
-            C10_CUDA_CHECK((cuda::run_flash_bwd_sm90<elem_t, kHeadDim, true>(p, stream)));
-            return;
-          }
-        }
-        C10_CUDA_CHECK((cuda::run_flash_bwd<elem_t, kHeadDim, true>(p, stream)));
-      });
-    });
-  } else if (dtype == at::kFloat) {
-    C10_CUDA_CHECK((cuda::run_flash_bwd_simple<float, true>(p, stream)));
-  } else {
-    C10_CUDA_CHECK((cuda::run_flash_bwd_simple<double, true>(p, stream)));
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_varlen_backward_kernel(
@@ -226,9 +150,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_varlen_backward_k
   fill_packed_params(p, s, q, k, v, cu_q, cu_k, max_seqlen_q, max_seqlen_k, slopes, causal, window_left,
                      window_right, softcap);
   cuda_glue::fill_backward_inputs(p, grad_out, out, lse);
-  const BackwardBuffers buffers = attach_backward_buffers(p, s, q);
-  const bool hopper = is_half_type(dtype) && on_hopper(Direction::kBackward, q, s, p.max_keys);
-  launch_backward(p, dtype, s.head_dim, hopper);
+  const cuda_glue::BackwardBuffers buffers = cuda_glue::attach_backward_buffers(p, s, q);
+  const Backend kernel = packed_kernel(Direction::kBackward, q, s, p.max_keys);
+  cuda_glue::launch_backward(p, dtype, s.head_dim, kernel, /*packed=*/true);
   return {buffers.dq.squeeze(0), buffers.dk.squeeze(0), buffers.dv.squeeze(0)};
 }
 

@@ -50,4 +50,21 @@ void fill_common_params(cuda::FlashFwdParams& p, const detail::FlashAttentionSiz
 void fill_backward_inputs(cuda::FlashBwdParams& p, const at::Tensor& grad_out, const at::Tensor& out,
                           const at::Tensor& lse);
 
+/// The forward's launch on `kernel`'s family (choose_cuda_kernel), dense or `packed` (flash_varlen.h).
+void launch_forward(const cuda::FlashFwdParams& p, at::ScalarType dtype, int64_t head_dim, Backend kernel,
+                    bool packed);
+
+/// The backward's outputs and scratch, held until its launches are queued: the tensor-core path's dq_accum
+/// (zeroed by its prologue), D and outputs in the input dtype; the warp-per-row path's zeroed accumulators,
+/// which are its outputs. dq, dk, dv are (b, n, h, d), (b, m, hk, d), (b, m, hk, dv).
+struct BackwardBuffers {
+  at::Tensor dq, dk, dv, dq_accum, dsum;
+};
+BackwardBuffers attach_backward_buffers(cuda::FlashBwdParams& p, const detail::FlashAttentionSizes<>& s,
+                                        const at::Tensor& q);
+
+/// The backward's launches on `kernel`'s family, dense or `packed`.
+void launch_backward(const cuda::FlashBwdParams& p, at::ScalarType dtype, int64_t head_dim, Backend kernel,
+                     bool packed);
+
 }  // namespace xtc::ops::cuda_glue
