@@ -1,4 +1,5 @@
-"""A naive, dense float64 reference of xtc::flash_attention's semantics, for the op tests."""
+"""A naive, dense float64 reference of xtc::flash_attention's semantics, and its expectations on NaN logits, for the
+op tests of every device."""
 import torch
 
 
@@ -71,3 +72,24 @@ def low_precision_attention(q, k, v, mask=None, causal=False, scale=None, alibi_
     lse = torch.logsumexp(s.float(), dim=-1)
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)
     return (p @ v).transpose(1, 2), lse
+
+
+def check_nan_logits_reach_the_output(device, dtype, head_dim, keys):
+    """A NaN among a query's visible keys makes its output, lse and query gradient NaN, as a softmax does; the other
+    heads and batches stay finite; a masked NaN key changes nothing. The NaN key sits 100 before the end, past the
+    first key block of every kernel for keys >= 300."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, keys, 2, head_dim, generator=g).to(device, dtype) for _ in range(3))
+    nan_key = keys - 100
+    k[0, nan_key, 1, 3] = float("nan")
+    mask = torch.ones(2, keys, dtype=torch.bool, device=device)
+    q.requires_grad_(True)
+    out, lse = torch.ops.xtc.flash_attention(q, k, v, mask)
+    assert out[0, :, 1].isnan().all() and lse[0, 1].isnan().all()
+    assert not out[0, :, 0].isnan().any() and not out[1].isnan().any() and not lse[1].isnan().any()
+    out.sum().backward()
+    assert q.grad[0, :, 1].isnan().all()
+    assert not q.grad[0, :, 0].isnan().any() and not q.grad[1].isnan().any()
+    mask[0, nan_key] = False
+    out, lse = torch.ops.xtc.flash_attention(q.detach(), k, v, mask)
+    assert not out.isnan().any() and not lse.isnan().any()

@@ -12,6 +12,7 @@ import zlib
 
 import pytest
 import torch
+from attention_reference import check_nan_logits_reach_the_output
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -248,30 +249,10 @@ def test_backward_under_deterministic_algorithms_raises_or_warns(dtype):
         torch.use_deterministic_algorithms(previous, warn_only=warn_only)
 
 
-def nan_logits_reach_the_output(device, dtype, head_dim):
-    """The expectations of test_bad_attention_op_inputs' CPU check: a NaN among a query's visible keys makes its
-    output, lse and gradients NaN, as a softmax does; the other heads and batches stay finite; a masked NaN key
-    changes nothing."""
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 300, 2, head_dim, generator=g).to(device, dtype) for _ in range(3))
-    k[0, 200, 1, 3] = float("nan")  # past the first key tiles of every kernel family
-    mask = torch.ones(2, 300, dtype=torch.bool, device=device)
-    q.requires_grad_(True)
-    out, lse = torch.ops.xtc.flash_attention(q, k, v, mask)
-    assert out[0, :, 1].isnan().all() and lse[0, 1].isnan().all()
-    assert not out[0, :, 0].isnan().any() and not out[1].isnan().any() and not lse[1].isnan().any()
-    out.sum().backward()
-    assert q.grad[0, :, 1].isnan().all()
-    assert not q.grad[0, :, 0].isnan().any() and not q.grad[1].isnan().any()
-    mask[0, 200] = False
-    out, lse = torch.ops.xtc.flash_attention(q.detach(), k, v, mask)
-    assert not out.isnan().any() and not lse.isnan().any()
-
-
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_nan_logits_reach_the_output_as_on_the_cpu(dtype, head_dim):
-    nan_logits_reach_the_output(DEVICE, dtype, head_dim)
+    check_nan_logits_reach_the_output(DEVICE, dtype, head_dim, keys=300)
 
 
 @pytest.mark.parametrize("precision,expected", [("medium", "cuda_fp32_as_bf16"), ("high", "cuda_simple")])
